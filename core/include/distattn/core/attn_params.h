@@ -1,0 +1,73 @@
+// The engine contract: one struct describes one attention call, for every engine (CUDA and host).
+//
+// Shapes (each tensor with its own int64 element strides, head dim contiguous):
+//   q  [B, Sq,  Hq,  D]     k, v  [B, Skv, Hkv, D]      Hq % Hkv == 0 (GQA / MQA: q head h reads kv head h / (Hq/Hkv))
+//   o  [B, Sq,  Hq,  D]     lse   [B, Hq, Sq] fp32, natural log, row stride 1
+//
+// Forward:    O = softmax(scale * Q K^T + bias, masked) V,   LSE = log sum_k exp(scale * q.k + bias)
+//   bias = -slope_h * (pos_q - pos_k) (causal) or -slope_h * |pos_q - pos_k| (otherwise), computed from
+//   the integer difference first, never with the per-row constant dropped (that would break LSE merges).
+//
+// Accumulate mode (ring steps, dilated patterns): `o` is an fp32 accumulator and `lse` its running
+// log-sum-exp (start them at 0 and -inf). The call computes this block's (O_b, LSE_b) and merges:
+//   L = logaddexp(lse, LSE_b);  o = o * exp(lse - L) + O_b * exp(LSE_b - L);  lse = L
+// so no 16-bit round trip happens between steps; cast the accumulator once at the end.
+//
+// Backward: dO, O, LSE in (O and LSE of the COMPLETE forward, e.g. after all ring steps); dQ, dK, dV out.
+//   accumulate = true: dq, dk, dv are fp32 and this call's gradients are ADDED to them (ring steps);
+//   accumulate = false: they are overwritten (dtype of q, or fp32).
+// Variable-length batches (cu_seqlens) will extend this struct with optional offset arrays; every
+// field here keeps its meaning.
+#pragma once
+
+#include <cstdint>
+
+#include "distattn/core/mask.h"
+#include "distattn/core/position_map.h"
+#include "distattn/core/tensor.h"
+
+namespace distattn {
+
+struct AttnParams {
+  TensorView q;  // [B, Sq, Hq, D]   bf16/fp16 (CUDA); also fp32/fp64 (host)
+  TensorView k;  // [B, Skv, Hkv, D] same dtype as q
+  TensorView v;  // [B, Skv, Hkv, D] same dtype as q
+  TensorView o;  // [B, Sq, Hq, D]   dtype of q; fp32 in accumulate mode
+
+  float* lse = nullptr;         // [B, Hq, Sq] fp32; may be null in plain mode (not written); required in accumulate mode
+  int64_t lse_batch_stride = 0; // elements between batches (0: Hq * Sq)
+  int64_t lse_head_stride = 0;  // elements between heads (0: Sq)
+
+  PositionMap q_pos;   // global position of each q row (length Sq)
+  PositionMap kv_pos;  // global position of each kv row (length Skv)
+  Mask mask;           // causal / window / block list, on global positions
+
+  const float* alibi_slopes = nullptr;  // [Hq] fp32 on the engine's device, or null for no ALiBi
+  float softmax_scale = 0.f;            // 0: 1 / sqrt(D)
+  bool accumulate = false;              // merge into (o fp32, lse) instead of writing them
+
+  float scale() const;                       // softmax_scale or its default
+  int64_t lse_batch_step() const;            // resolved lse_batch_stride
+  int64_t lse_head_step() const;             // resolved lse_head_stride
+};
+
+struct AttnBwdParams {
+  AttnParams fwd;     // q, k, v, o (the complete forward's output), lse (its final LSE), positions, mask, ALiBi, scale
+  TensorView dout;    // [B, Sq, Hq, D]   dtype of q
+  TensorView dq;      // [B, Sq, Hq, D]   dtype of q or fp32 (fp32 required when accumulate)
+  TensorView dk;      // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
+  TensorView dv;      // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
+  bool accumulate = false;        // add into fp32 dq/dk/dv instead of overwriting
+  const float* delta = nullptr;   // optional rowsum(dO * O) [B, Hq, Sq] fp32 with the lse strides; null: computed
+};
+
+// Checks everything an engine needs before it touches memory: tensor ranks and shapes against each
+// other, dtypes, head-dim contiguity, GQA ratio, position maps (lengths equal Sq / Skv, range),
+// window >= 0, block-list dimensions, lse presence in accumulate mode. `engine` selects the dtype
+// rules (the CUDA engine takes bf16/fp16 only) and that every tensor's `device` matches.
+// Throws distattn::Error naming the argument. Engine-specific limits (supported head dims,
+// alignment, pointer residency) are checked by the engine on top of this.
+void validate_forward(const AttnParams& p, Device engine);
+void validate_backward(const AttnBwdParams& p, Device engine);
+
+}  // namespace distattn

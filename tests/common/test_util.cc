@@ -1,0 +1,187 @@
+#include "test_util.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <sstream>
+
+#include "distattn/core/check_cuda.h"
+
+namespace distattn {
+namespace testing {
+
+uint64_t test_seed() {
+  const char* env = std::getenv("DISTATTN_TEST_SEED");
+  return env ? std::strtoull(env, nullptr, 10) : 20261122ull;
+}
+
+HostTensor::HostTensor(DType dtype, int64_t B, int64_t S, int64_t H, int64_t D, int64_t head_pad, int64_t row_pad) {
+  const int64_t head_stride = D + head_pad;
+  const int64_t row_stride = H * head_stride + row_pad;
+  const int64_t batch_stride = S * row_stride;
+  storage.assign(static_cast<size_t>(B * batch_stride) * dtype_size(dtype), 0);
+  view.data = storage.data();
+  view.dtype = dtype;
+  view.device = Device::kHost;
+  view.shape = {B, S, H, D};
+  view.stride = {batch_stride, row_stride, head_stride, 1};
+}
+
+double HostTensor::get(int64_t b, int64_t s, int64_t h, int64_t d) const {
+  return load_as_double(view.data, view.offset(b, s, h, d), view.dtype);
+}
+void HostTensor::set(int64_t b, int64_t s, int64_t h, int64_t d, double v) {
+  store_from_double(view.data, view.offset(b, s, h, d), view.dtype, v);
+}
+
+void fill_normal(HostTensor& t, uint64_t seed, double stddev) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> dist(0.0, stddev);
+  const int64_t n = static_cast<int64_t>(t.storage.size() / dtype_size(t.view.dtype));
+  for (int64_t i = 0; i < n; ++i) store_from_double(t.view.data, i, t.view.dtype, dist(gen));
+}
+
+void fill_nan(HostTensor& t) {
+  const int64_t n = static_cast<int64_t>(t.storage.size() / dtype_size(t.view.dtype));
+  for (int64_t i = 0; i < n; ++i) store_from_double(t.view.data, i, t.view.dtype, std::nan(""));
+}
+
+HostTensor convert(const HostTensor& t, DType dtype) {
+  HostTensor out(dtype, t.view.shape[0], t.view.shape[1], t.view.shape[2], t.view.shape[3]);
+  for (int64_t b = 0; b < t.view.shape[0]; ++b)
+    for (int64_t s = 0; s < t.view.shape[1]; ++s)
+      for (int64_t h = 0; h < t.view.shape[2]; ++h)
+        for (int64_t d = 0; d < t.view.shape[3]; ++d) out.set(b, s, h, d, t.get(b, s, h, d));
+  return out;
+}
+
+std::string ErrorStats::str() const {
+  std::ostringstream os;
+  os << "max_abs=" << max_abs << " rel_l2=" << rel_l2 << " rmse=" << rmse << " non_finite=" << non_finite
+     << " count=" << count;
+  return os.str();
+}
+
+ErrorStats compare(const TensorView& got, const TensorView& ref) {
+  ErrorStats st;
+  if (got.shape != ref.shape) {
+    st.non_finite = -1;
+    return st;
+  }
+  double err2 = 0, ref2 = 0;
+  for (int64_t b = 0; b < got.shape[0]; ++b)
+    for (int64_t s = 0; s < got.shape[1]; ++s)
+      for (int64_t h = 0; h < got.shape[2]; ++h)
+        for (int64_t d = 0; d < got.shape[3]; ++d) {
+          const double g = load_as_double(got.data, got.offset(b, s, h, d), got.dtype);
+          const double r = load_as_double(ref.data, ref.offset(b, s, h, d), ref.dtype);
+          ++st.count;
+          if (!std::isfinite(g)) {
+            ++st.non_finite;
+            continue;
+          }
+          const double e = std::fabs(g - r);
+          st.max_abs = std::max(st.max_abs, e);
+          err2 += e * e;
+          ref2 += r * r;
+        }
+  st.rmse = st.count ? std::sqrt(err2 / st.count) : 0;
+  st.rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  return st;
+}
+
+ErrorStats compare_flat(const float* got, const double* ref, int64_t n) {
+  ErrorStats st;
+  double err2 = 0, ref2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ++st.count;
+    const double g = got[i], r = ref[i];
+    if (std::isinf(r) && std::isinf(g) && (r < 0) == (g < 0)) continue;
+    if (!std::isfinite(g)) {
+      ++st.non_finite;
+      continue;
+    }
+    const double e = std::fabs(g - r);
+    st.max_abs = std::max(st.max_abs, e);
+    err2 += e * e;
+    ref2 += r * r;
+  }
+  st.rmse = st.count ? std::sqrt(err2 / st.count) : 0;
+  st.rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  return st;
+}
+
+bool has_gpu() {
+  static const bool present = [] {
+    int count = 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  }();
+  return present;
+}
+
+DeviceTensor::DeviceTensor(const HostTensor& host) : bytes(host.bytes()), view_(host.view) {
+  DISTATTN_CUDA_CHECK(cudaMalloc(&ptr, bytes));
+  view_.data = ptr;
+  view_.device = Device::kCuda;
+  upload(host);
+}
+DeviceTensor::~DeviceTensor() {
+  if (ptr) cudaFree(ptr);
+}
+DeviceTensor::DeviceTensor(DeviceTensor&& o) noexcept : ptr(o.ptr), bytes(o.bytes), view_(o.view_) {
+  o.ptr = nullptr;
+}
+DeviceTensor& DeviceTensor::operator=(DeviceTensor&& o) noexcept {
+  if (this != &o) {
+    if (ptr) cudaFree(ptr);
+    ptr = o.ptr;
+    bytes = o.bytes;
+    view_ = o.view_;
+    o.ptr = nullptr;
+  }
+  return *this;
+}
+void DeviceTensor::download(HostTensor& host) const {
+  DISTATTN_CHECK(host.bytes() == bytes, "download: host tensor has ", host.bytes(), " bytes, device ", bytes);
+  DISTATTN_CUDA_CHECK(cudaMemcpy(host.storage.data(), ptr, bytes, cudaMemcpyDeviceToHost));
+}
+void DeviceTensor::upload(const HostTensor& host) {
+  DISTATTN_CHECK(host.bytes() == bytes, "upload: host tensor has ", host.bytes(), " bytes, device ", bytes);
+  DISTATTN_CUDA_CHECK(cudaMemcpy(ptr, host.storage.data(), bytes, cudaMemcpyHostToDevice));
+}
+
+template <typename T>
+DeviceArray<T>::DeviceArray(const std::vector<T>& host) : n(static_cast<int64_t>(host.size())) {
+  DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<int64_t>(n, 1) * sizeof(T)));
+  upload(host);
+}
+template <typename T>
+DeviceArray<T>::DeviceArray(int64_t count) : n(count) {
+  DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<int64_t>(n, 1) * sizeof(T)));
+}
+template <typename T>
+DeviceArray<T>::~DeviceArray() {
+  if (ptr) cudaFree(ptr);
+}
+template <typename T>
+std::vector<T> DeviceArray<T>::download() const {
+  std::vector<T> out(static_cast<size_t>(n));
+  if (n) DISTATTN_CUDA_CHECK(cudaMemcpy(out.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return out;
+}
+template <typename T>
+void DeviceArray<T>::upload(const std::vector<T>& host) {
+  DISTATTN_CHECK(static_cast<int64_t>(host.size()) == n, "upload: size mismatch");
+  if (n) DISTATTN_CUDA_CHECK(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+template struct DeviceArray<float>;
+template struct DeviceArray<double>;
+template struct DeviceArray<int32_t>;
+template struct DeviceArray<uint8_t>;
+
+}  // namespace testing
+}  // namespace distattn
