@@ -1,0 +1,85 @@
+// Internal helpers shared by the host engine's forward and backward (host_forward.cc, host_backward.cc).
+// Not installed: the public interface is distattn/core/host_engine.h.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "distattn/core/attn_params.h"
+#include "distattn/core/dtype.h"
+#include "distattn/core/host_engine.h"
+
+namespace distattn {
+namespace host_detail {
+
+// Rounds a value to `t` and back (identity for fp32/fp64): the kRoundIntermediates mode stores S, P,
+// dP, dS like a framework whose tensors have q's dtype would.
+inline float round_to(DType t, float x) {
+  switch (t) {
+    case DType::kBFloat16:
+      return bf16_bits_to_float(float_to_bf16_bits(x));
+    case DType::kFloat16:
+      return fp16_bits_to_float(float_to_fp16_bits(x));
+    default:
+      return x;
+  }
+}
+inline double round_to(DType, double x) { return x; }  // kFloat64 never rounds
+
+// Accumulator type and rounding policy of one precision mode.
+template <typename AccT, bool kRoundT>
+struct Policy {
+  using Acc = AccT;
+  static constexpr bool kRound = kRoundT;
+  DType dtype;  // q's dtype: what kRound rounds to
+  Acc round(Acc x) const { return kRound ? static_cast<Acc>(round_to(dtype, static_cast<float>(x))) : x; }
+};
+
+// Which kv rows each q row sees (attn_params.h / mask.h): positions resolved once, the block list
+// expanded once per q block.
+//   visible(i, j) = band.visible(pos_q[i], pos_k[j])                        without a block list
+//   visible(i, j) = listed(i/128, j/128) && (full || band.visible(...))    with one
+class Visibility {
+ public:
+  explicit Visibility(const AttnParams& p);
+
+  // Fills `cols` with the visible kv rows of q row i, ascending.
+  void row(int64_t i, std::vector<int64_t>& cols) const;
+
+  const std::vector<int64_t>& q_positions() const { return pos_q_; }
+  const std::vector<int64_t>& kv_positions() const { return pos_k_; }
+
+ private:
+  int64_t sq_, skv_;
+  DiagonalBand band_;
+  const BlockListView* blocks_;
+  std::vector<int64_t> pos_q_, pos_k_;
+};
+
+// ALiBi bias of one (q head, q row, kv row): -slope * |pos_q - pos_k|, integer difference first.
+template <typename Acc>
+inline Acc alibi_bias(Acc slope, int64_t pos_q, int64_t pos_k) {
+  const int64_t d = pos_q - pos_k;
+  return -slope * static_cast<Acc>(d < 0 ? -d : d);
+}
+
+// Copies rows [0, S) of head h of batch b of `t` into a dense [S, D] buffer of Acc.
+template <typename Acc>
+void load_head(const TensorView& t, int64_t b, int64_t h, std::vector<Acc>& out) {
+  const int64_t S = t.seqlen(), D = t.head_dim();
+  out.resize(static_cast<size_t>(S * D));
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t base = t.offset(b, s, h, 0);
+    for (int64_t d = 0; d < D; ++d) out[s * D + d] = static_cast<Acc>(load_as_double(t.data, base + d, t.dtype));
+  }
+}
+
+template <typename Acc>
+inline Acc dot(const Acc* a, const Acc* b, int64_t n) {
+  Acc s = 0;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace host_detail
+}  // namespace distattn
