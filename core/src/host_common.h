@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "distattn/core/attn_params.h"
@@ -74,12 +75,29 @@ void load_head(const TensorView& t, int64_t b, int64_t h, std::vector<Acc>& out)
   }
 }
 
+// q . k over the head dim with four partial sums: independent chains the compiler can vectorise (a
+// single running sum cannot be reordered), and a shorter error chain than one sequential sum.
 template <typename Acc>
 inline Acc dot(const Acc* a, const Acc* b, int64_t n) {
-  Acc s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+  Acc s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < n; ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
 }
+
+// Threads the host engine may use: DISTATTN_HOST_THREADS if set, else the hardware threads divided by
+// the ranks sharing this node (mpirun / Slurm environment), at least 1.
+int host_threads();
+
+// Runs body(u) for u in [0, units) on up to host_threads() threads; inline when `work` (a rough count
+// of multiply-adds) is too small to pay for starting threads. body must not throw.
+void parallel_for(int64_t units, double work, const std::function<void(int64_t)>& body);
 
 }  // namespace host_detail
 }  // namespace distattn

@@ -50,8 +50,7 @@ template <typename Pol>
 void forward_impl(const AttnParams& p, const Pol pol) {
   using Acc = typename Pol::Acc;
   const int64_t B = p.q.batch(), Sq = p.q.seqlen(), Hq = p.q.heads(), D = p.q.head_dim();
-  const int64_t Hkv = p.k.heads();
-  const int64_t group = Hq / Hkv;  // q heads per kv head
+  const int64_t group = Hq / p.k.heads();  // q heads per kv head
   const Acc scale = static_cast<Acc>(p.scale());
   const Acc kNegInf = -std::numeric_limits<Acc>::infinity();
   const int64_t lse_b = p.lse_batch_step(), lse_h = p.lse_head_step();
@@ -59,78 +58,77 @@ void forward_impl(const AttnParams& p, const Pol pol) {
   const Visibility vis(p);
   const std::vector<int64_t>& pos_q = vis.q_positions();
   const std::vector<int64_t>& pos_k = vis.kv_positions();
-  std::vector<int64_t> c;  // visible kv rows of the current q row (recomputed per row: O(Skv) << O(Skv * D))
 
-  std::vector<Acc> kbuf, vbuf, qrow(static_cast<size_t>(D)), orow(static_cast<size_t>(D)), srow;
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t hk = 0; hk < Hkv; ++hk) {
-      load_head(p.k, b, hk, kbuf);
-      load_head(p.v, b, hk, vbuf);
-      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-        const Acc slope = p.alibi_slopes ? static_cast<Acc>(p.alibi_slopes[h]) : Acc(0);
-        for (int64_t i = 0; i < Sq; ++i) {
-          vis.row(i, c);
-          const int64_t n = static_cast<int64_t>(c.size());
-          Acc lse_row = kNegInf;
-          std::fill(orow.begin(), orow.end(), Acc(0));
-          if (n > 0) {
-            const int64_t qoff = p.q.offset(b, i, h, 0);
-            for (int64_t d = 0; d < D; ++d) qrow[d] = static_cast<Acc>(load_as_double(p.q.data, qoff + d, p.q.dtype));
-            // S_ij = scale * q_i . k_j + bias_ij (rounded to q's dtype in kRoundIntermediates).
-            srow.resize(static_cast<size_t>(n));
-            Acc m = kNegInf;
-            for (int64_t t = 0; t < n; ++t) {
-              const int64_t j = c[t];
-              Acc s = scale * dot(qrow.data(), &kbuf[j * D], D);
-              if (p.alibi_slopes) s += alibi_bias(slope, pos_q[i], pos_k[j]);
-              s = pol.round(s);
-              srow[t] = s;
-              m = s > m ? s : m;
-            }
-            Acc sum = 0;
-            for (int64_t t = 0; t < n; ++t) {
-              srow[t] = std::exp(srow[t] - m);
-              sum += srow[t];
-            }
-            lse_row = m + std::log(sum);
-            const Acc inv = Acc(1) / sum;
-            // O_i = sum_j P_ij V_j with P normalised first (a naive implementation's order).
-            for (int64_t t = 0; t < n; ++t) {
-              const Acc pij = pol.round(srow[t] * inv);
-              const Acc* vr = &vbuf[c[t] * D];
-              for (int64_t d = 0; d < D; ++d) orow[d] += pij * vr[d];
-            }
-            for (int64_t d = 0; d < D; ++d) orow[d] = pol.round(orow[d]);
-          }
-
-          const int64_t ooff = p.o.offset(b, i, h, 0);
-          float* lse_ptr = p.lse ? p.lse + b * lse_b + h * lse_h + i : nullptr;
-          if (!p.accumulate) {
-            for (int64_t d = 0; d < D; ++d) store_from_double(p.o.data, ooff + d, p.o.dtype, orow[d]);
-            if (lse_ptr) *lse_ptr = static_cast<float>(lse_row);
-            continue;
-          }
-          // Accumulate: L = logaddexp(lse, LSE_b); o = o*exp(lse-L) + O_b*exp(LSE_b-L); lse = L.
-          // A block with no visible key (LSE_b = -inf) leaves the accumulator as it is; an empty
-          // accumulator (lse = -inf) takes the block's values (weights 0 and 1 exactly).
-          if (n == 0) continue;
-          float* oacc = static_cast<float*>(p.o.data) + ooff;
-          const Acc old = static_cast<Acc>(*lse_ptr);
-          if (std::isinf(old) && old < 0) {
-            for (int64_t d = 0; d < D; ++d) oacc[d] = static_cast<float>(orow[d]);
-            *lse_ptr = static_cast<float>(lse_row);
-            continue;
-          }
-          const Acc mx = old > lse_row ? old : lse_row;
-          const Acc L = mx + std::log(std::exp(old - mx) + std::exp(lse_row - mx));
-          const Acc w_old = std::exp(old - L), w_new = std::exp(lse_row - L);
-          for (int64_t d = 0; d < D; ++d)
-            oacc[d] = static_cast<float>(static_cast<Acc>(oacc[d]) * w_old + orow[d] * w_new);
-          *lse_ptr = static_cast<float>(L);
+  // One unit of work per (b, q head h): its o rows and lse entries belong to it alone. K and V of kv head
+  // h / group are copied per unit (O(Skv * D), small next to the O(Sq * Skv * D) loops).
+  const double work = static_cast<double>(B * Hq) * static_cast<double>(Sq) * static_cast<double>(p.k.seqlen()) * D;
+  parallel_for(B * Hq, work, [&](int64_t unit) {
+    const int64_t b = unit / Hq, h = unit % Hq, hk = h / group;
+    std::vector<int64_t> c;  // visible kv rows of the current q row (recomputed per row: O(Skv) << O(Skv * D))
+    std::vector<Acc> kbuf, vbuf, qrow(static_cast<size_t>(D)), orow(static_cast<size_t>(D)), srow;
+    load_head(p.k, b, hk, kbuf);
+    load_head(p.v, b, hk, vbuf);
+    const Acc slope = p.alibi_slopes ? static_cast<Acc>(p.alibi_slopes[h]) : Acc(0);
+    for (int64_t i = 0; i < Sq; ++i) {
+      vis.row(i, c);
+      const int64_t n = static_cast<int64_t>(c.size());
+      Acc lse_row = kNegInf;
+      std::fill(orow.begin(), orow.end(), Acc(0));
+      if (n > 0) {
+        const int64_t qoff = p.q.offset(b, i, h, 0);
+        for (int64_t d = 0; d < D; ++d) qrow[d] = static_cast<Acc>(load_as_double(p.q.data, qoff + d, p.q.dtype));
+        // S_ij = scale * q_i . k_j + bias_ij (rounded to q's dtype in kRoundIntermediates).
+        srow.resize(static_cast<size_t>(n));
+        Acc m = kNegInf;
+        for (int64_t t = 0; t < n; ++t) {
+          const int64_t j = c[t];
+          Acc s = scale * dot(qrow.data(), &kbuf[j * D], D);
+          if (p.alibi_slopes) s += alibi_bias(slope, pos_q[i], pos_k[j]);
+          s = pol.round(s);
+          srow[t] = s;
+          m = s > m ? s : m;
         }
+        Acc sum = 0;
+        for (int64_t t = 0; t < n; ++t) {
+          srow[t] = std::exp(srow[t] - m);
+          sum += srow[t];
+        }
+        lse_row = m + std::log(sum);
+        const Acc inv = Acc(1) / sum;
+        // O_i = sum_j P_ij V_j with P normalised first (a naive implementation's order).
+        for (int64_t t = 0; t < n; ++t) {
+          const Acc pij = pol.round(srow[t] * inv);
+          const Acc* vr = &vbuf[c[t] * D];
+          for (int64_t d = 0; d < D; ++d) orow[d] += pij * vr[d];
+        }
+        for (int64_t d = 0; d < D; ++d) orow[d] = pol.round(orow[d]);
       }
+
+      const int64_t ooff = p.o.offset(b, i, h, 0);
+      float* lse_ptr = p.lse ? p.lse + b * lse_b + h * lse_h + i : nullptr;
+      if (!p.accumulate) {
+        for (int64_t d = 0; d < D; ++d) store_from_double(p.o.data, ooff + d, p.o.dtype, orow[d]);
+        if (lse_ptr) *lse_ptr = static_cast<float>(lse_row);
+        continue;
+      }
+      // Accumulate: L = logaddexp(lse, LSE_b); o = o*exp(lse-L) + O_b*exp(LSE_b-L); lse = L.
+      // A block with no visible key (LSE_b = -inf) leaves the accumulator as it is; an empty
+      // accumulator (lse = -inf) takes the block's values (weights 0 and 1 exactly).
+      if (n == 0) continue;
+      float* oacc = static_cast<float*>(p.o.data) + ooff;
+      const Acc old = static_cast<Acc>(*lse_ptr);
+      if (std::isinf(old) && old < 0) {
+        for (int64_t d = 0; d < D; ++d) oacc[d] = static_cast<float>(orow[d]);
+        *lse_ptr = static_cast<float>(lse_row);
+        continue;
+      }
+      const Acc mx = old > lse_row ? old : lse_row;
+      const Acc L = mx + std::log(std::exp(old - mx) + std::exp(lse_row - mx));
+      const Acc w_old = std::exp(old - L), w_new = std::exp(lse_row - L);
+      for (int64_t d = 0; d < D; ++d) oacc[d] = static_cast<float>(static_cast<Acc>(oacc[d]) * w_old + orow[d] * w_new);
+      *lse_ptr = static_cast<float>(L);
     }
-  }
+  });
 }
 
 }  // namespace
