@@ -6,8 +6,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "distattn/core/error.h"
@@ -700,6 +704,50 @@ TEST(HostPrecisionModes, Fp16ErrorsOrdered) {
   EXPECT_LT(e.dq_f32 * 10, e.dq_round);
   EXPECT_LT(e.dk_f32 * 10, e.dk_round);
   EXPECT_LT(e.dv_f32 * 10, e.dv_round);
+}
+
+}  // namespace
+}  // namespace distattn
+
+namespace distattn {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Threads: units are independent, so any thread count gives bit-identical results.
+
+struct ScopedEnv {
+  std::string name;
+  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
+TEST(HostThreads, ThreadCountDoesNotChangeResults) {
+  BwdCase c;
+  Problem& pr = c.pr;
+  pr.B = 2, pr.Sq = 200, pr.Skv = 260, pr.Hq = 4, pr.Hkv = 2, pr.D = 32;  // ~1.3e7 multiply-adds: threaded
+  pr.causal = true;
+  pr.q_pos = PositionMap::contiguous(60, 200);
+  pr.slopes = {0.1f, 0.2f, 0.3f, 0.4f};
+  const uint64_t seed = test_seed() + 500;
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::vector<HostTensor> outs;
+  std::vector<std::vector<float>> lses;
+  for (const char* threads : {"1", "3"}) {
+    ScopedEnv env("DISTATTN_HOST_THREADS", threads);
+    setup_bwd(c, seed);  // runs the forward
+    host_attention_backward(bwd_params(c));
+    outs.push_back(clone(pr.o));
+    outs.push_back(clone(c.dq));
+    outs.push_back(clone(c.dk));
+    outs.push_back(clone(c.dv));
+    lses.push_back(pr.lse);
+  }
+  for (int t = 0; t < 4; ++t) {
+    const testing::ErrorStats st = compare(outs[t].view, outs[t + 4].view);
+    EXPECT_EQ(st.max_abs, 0.0) << "tensor " << t;
+    EXPECT_EQ(st.non_finite, 0) << "tensor " << t;
+  }
+  EXPECT_EQ(std::memcmp(lses[0].data(), lses[1].data(), lses[0].size() * sizeof(float)), 0);
 }
 
 }  // namespace
