@@ -1,0 +1,69 @@
+#include "bench_options.h"
+
+#include "distattn/core/error.h"
+#include "distattn/launch/sizes.h"
+
+namespace po = boost::program_options;
+
+namespace distattn {
+namespace bench {
+
+po::options_description bench_options_description() {
+  po::options_description desc("distattn_bench options");
+  launch::add_common_options(desc);
+  desc.add_options()                                                                                                 //
+      ("op,o", po::value<std::string>()->default_value("dense"), "operation: dense | rope (see the op list below)")  //
+      ("pass", po::value<std::string>()->default_value("fwd"), "dense: fwd | bwd | fwdbwd")                          //
+      ("rotary-dim", po::value<int64_t>()->default_value(0), "rope: dims rotated (even, <= head dim; 0: all)")       //
+      ("style", po::value<std::string>()->default_value("neox"), "rope: neox (rotate-half) | gptj (interleaved)")    //
+      ("check-max-seq", po::value<std::string>()->default_value("4K"),
+       "largest sequence length checked against the fp64 host engine (bigger sizes print 'skip')")  //
+      ("check-heads", po::value<int64_t>()->default_value(0),
+       "dense: kv heads checked, each with all its q heads (0: min(kv heads, CPU threads, 8))")  //
+      ("seed", po::value<uint64_t>()->default_value(20261122), "seed of the random inputs");
+  return desc;
+}
+
+BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_gpu) {
+  const po::options_description desc = bench_options_description();
+  const po::variables_map vm = launch::parse_options(argc, argv, desc);
+  BenchOptions o;
+  o.help = vm.count("help") > 0;
+  o.host_engine = !have_gpu;
+  o.common = launch::read_common_options(vm);
+
+  if (!have_gpu) {
+    // The host engine is O(S^2) loops on the CPU: small sizes and few iterations unless asked otherwise.
+    if (!o.common.sweep_given) {
+      o.common.min_seq = kHostDefaultMinSeq;
+      o.common.max_seq = kHostDefaultMaxSeq;
+    }
+    if (vm["iters"].defaulted()) o.common.iters = kHostDefaultIters;
+    if (vm["warmup_iters"].defaulted()) o.common.warmup = kHostDefaultWarmup;
+    o.common.dtype = DType::kFloat32;  // the host engine runs fp32 (and the check compares with fp64)
+  }
+  o.sizes = o.common.sweep();
+
+  o.op = vm["op"].as<std::string>();
+  DISTATTN_CHECK_ARG(!o.op.empty(), "--op/-o", "expected an operation name, got an empty string");
+  o.pass = parse_pass(vm["pass"].as<std::string>(), "--pass");
+
+  o.rotary_dim = vm["rotary-dim"].as<int64_t>();
+  DISTATTN_CHECK_ARG(o.rotary_dim >= 0 && o.rotary_dim % 2 == 0 && o.rotary_dim <= o.common.head_dim, "--rotary-dim",
+                     "must be even and between 0 and the head dim (", o.common.head_dim, "), got ", o.rotary_dim);
+  const std::string style = vm["style"].as<std::string>();
+  DISTATTN_CHECK_ARG(style == "neox" || style == "gptj", "--style", "unknown RoPE style '", style,
+                     "' (expected neox or gptj)");
+  o.rope_gptj = style == "gptj";
+
+  o.check_max_seq = launch::parse_size(vm["check-max-seq"].as<std::string>(), "--check-max-seq");
+  o.check_heads = vm["check-heads"].as<int64_t>();
+  DISTATTN_CHECK_ARG(o.check_heads >= 0 && o.check_heads <= o.common.resolved_kv_heads(), "--check-heads",
+                     "must be between 0 (automatic) and the kv heads (", o.common.resolved_kv_heads(), "), got ",
+                     o.check_heads);
+  o.seed = vm["seed"].as<uint64_t>();
+  return o;
+}
+
+}  // namespace bench
+}  // namespace distattn
