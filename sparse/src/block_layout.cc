@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstring>
 #include <sstream>
 
 #include "block_layout_internal.h"
