@@ -26,7 +26,7 @@ namespace distattn {
 constexpr int kLayoutBlock = 128;
 
 // Block sparsity in CSR form, in both directions (the forward walks rows of q blocks, the backward
-// walks columns of kv blocks). Arrays live on `device`. Owned by sparse::BlockLayout; this is a view.
+// walks columns of kv blocks). Arrays live on `device`. Owned by distattn::BlockLayout (sparse/block_layout.h); this is a view.
 struct BlockListView {
   Device device = Device::kHost;
   int64_t num_q_blocks = 0;   // ceil(Sq / kLayoutBlock)
