@@ -1,0 +1,521 @@
+// The backward attention main kernel (FlashAttention-2 style, mma.sync m16n8k16, sm_80+).
+//
+// One CTA of 8 warps per (kv tile of kBlockN = 128 rows, kv head, batch). K and V of the tile stay in
+// shared memory; the CTA walks the q heads of its GQA group and, for each, the q tiles of kBlockM = 64
+// rows that can see the kv tile (Q and dO double-buffered with cp.async). Per q tile:
+//   A  S = Q K^T, dP = dO V^T                       64 x 128, fp32, warps 2 (m) x 4 (n), 32 x 32 each
+//   B  P = exp2(S * scale_log2 - LSE_log2 [+ ALiBi]) (masked), dS = P (dP - delta) -> smem as 16-bit
+//   C  dV += P^T dO                                 128 x D in registers, warps 4 (n) x 2 (d)
+//   D  dK += dS^T Q                                 128 x D in registers, same layout
+//   E  dQ_tile = scale * dS K                        64 x D, warps 2 (m) x 4 (d) -> red.global.add.f32
+// and at the end dK (times scale) and dV are written (or added, accumulate mode) once per element.
+//
+// Shared memory rows are 16-byte chunks XOR-swizzled with the row index (physical chunk = chunk ^
+// (row & 7)), so every ldmatrix phase (8 lanes reading 8 consecutive rows at one logical chunk) and
+// every 32-bit store of P/dS (8 rows x 4 lanes) touches 8 distinct 16-byte bank groups.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "flash_bwd_params.h"
+#include "mma_primitives.cuh"
+
+namespace distattn {
+namespace kernels {
+
+template <int kHeadDim_>
+struct FlashBwdTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 64;    // q rows per tile
+  static constexpr int kBlockN = 128;   // kv rows per CTA (== kLayoutBlock: one block-list column)
+  static constexpr int kWarps = 8;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kRowBytes = kHeadDim * 2;            // one 16-bit row of Q/K/V/dO in smem
+  static constexpr int kChunks = kHeadDim / 8;              // 16-byte chunks per row
+  static constexpr int kPRowBytes = kBlockN * 2;            // one 16-bit row of P / dS (256 bytes)
+  static constexpr int kPChunks = kBlockN / 8;              // 16
+  // Shared-memory carve-up (bytes).
+  static constexpr int kSmemK = 0;                                   // [kBlockN][D]
+  static constexpr int kSmemV = kSmemK + kBlockN * kRowBytes;        // [kBlockN][D]
+  static constexpr int kSmemQ = kSmemV + kBlockN * kRowBytes;        // 2 x [kBlockM][D]
+  static constexpr int kSmemDO = kSmemQ + 2 * kBlockM * kRowBytes;   // 2 x [kBlockM][D]
+  static constexpr int kSmemP = kSmemDO + 2 * kBlockM * kRowBytes;   // [kBlockM][kBlockN]
+  static constexpr int kSmemDS = kSmemP + kBlockM * kPRowBytes;      // [kBlockM][kBlockN]
+  static constexpr int kSmemKPos = kSmemDS + kBlockM * kPRowBytes;   // int32 [kBlockN] kv positions
+  static constexpr int kSmemLse = kSmemKPos + kBlockN * 4;          // fp32 2 x [kBlockM] LSE of the q tile
+  static constexpr int kSmemDelta = kSmemLse + 2 * kBlockM * 4;      // fp32 2 x [kBlockM] delta of the q tile
+  static constexpr int kSmemBytes = kSmemDelta + 2 * kBlockM * 4;
+  // Per-warp tiles: phase C/D covers D/2 columns (kNTileC n8 tiles), phase E D/4 (kNTileE).
+  static constexpr int kNTileC = kHeadDim / 16;
+  static constexpr int kNTileE = kHeadDim / 32;
+  static_assert(kLayoutBlock == kBlockN, "the block-list column walk assumes one kv tile per layout block");
+  static_assert(kLayoutBlock % kBlockM == 0, "q tiles must divide layout blocks");
+};
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled array of `row_bytes`-byte rows.
+__device__ __forceinline__ uint32_t bwd_swz(int row, int chunk, int row_bytes) {
+  return static_cast<uint32_t>(row * row_bytes + ((chunk ^ (row & 7)) << 4));
+}
+
+__device__ __forceinline__ void bwd_ldsm_x4(uint32_t* r, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void bwd_ldsm_x4_t(uint32_t* r, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void bwd_sts_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v));
+}
+
+// Copies rows [row0, row0 + kRows) of a [rows, D] 16-bit matrix (row stride `row_stride` elements)
+// into a swizzled smem tile with cp.async; rows >= `rows_valid` are zero-filled (their source address
+// is clamped to row 0 so no out-of-bounds address is ever formed).
+template <typename Traits, int kRows>
+__device__ __forceinline__ void bwd_load_tile(uint32_t smem, const uint16_t* gmem, int64_t row_stride, int row0,
+                                              int rows_valid, int tid) {
+  constexpr int kPerThread = kRows * Traits::kChunks / Traits::kThreads;
+  static_assert(kPerThread * Traits::kThreads == kRows * Traits::kChunks, "tile not divisible by threads");
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int idx = tid + i * Traits::kThreads;
+    const int row = idx / Traits::kChunks;
+    const int chunk = idx % Traits::kChunks;
+    const bool valid = row0 + row < rows_valid;
+    const uint16_t* src = gmem + (valid ? (row0 + row) * row_stride : 0) + chunk * 8;
+    const uint32_t dst = smem + bwd_swz(row, chunk, Traits::kRowBytes);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+  }
+}
+
+// LSE and delta of q rows [row0, row0 + kBlockM) (threads 0..63: LSE, 64..127: delta), 4-byte cp.async;
+// rows past Sq are not loaded (the reader substitutes them).
+template <typename Traits>
+__device__ __forceinline__ void bwd_load_stats(uint32_t s_lse, uint32_t s_delta, const float* lse, const float* delta,
+                                               int row0, int rows_valid, int tid) {
+  if (tid < 2 * Traits::kBlockM) {
+    const int r = tid % Traits::kBlockM;
+    const bool valid = row0 + r < rows_valid;
+    const float* src = (tid < Traits::kBlockM ? lse : delta) + (valid ? row0 + r : 0);
+    const uint32_t dst = (tid < Traits::kBlockM ? s_lse : s_delta) + 4 * r;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+  }
+}
+
+// Work items of one CTA (one kv tile): without a block list, item it is q tile (it + rot) mod nQ; with
+// one, item it is q tile 2 * row_index[e0 + it/2] + it%2 of the kv block's column. Returns the tile's
+// visibility class (0 empty, 1 partial: band per element, 2 full) and the tile index.
+struct BwdWalk {
+  int n_items;  // items to visit
+  int e0;       // first CSR entry of this kv block (block list)
+  int rot;      // rotation of the q-tile order (no block list): spreads the dQ atomics of CTAs apart
+  int64_t k_min, k_max;  // global position range of the kv tile
+};
+
+template <typename Traits>
+__device__ __forceinline__ int bwd_classify_item(const FlashBwdParams& p, const BwdWalk& w, int it, int* tile) {
+  int m;
+  bool block_full = false;
+  if (p.has_blocks) {
+    const int e = w.e0 + (it >> 1);
+    m = 2 * __ldg(p.row_index + e) + (it & 1);
+    if (m >= p.num_q_tiles) return 0;
+    block_full = __ldg(p.col_partial + e) == 0;
+  } else {
+    m = it + w.rot;
+    if (m >= p.num_q_tiles) m -= p.num_q_tiles;
+  }
+  *tile = m;
+  if (block_full) return 2;
+  int64_t q_min, q_max;
+  const int r0 = m * Traits::kBlockM;
+  const int r1 = min(r0 + Traits::kBlockM, p.seqlen_q);
+  p.q_pos.range(r0, r1, &q_min, &q_max);
+  return static_cast<int>(classify_tile(p.band, q_min, q_max, w.k_min, w.k_max));
+}
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant__ FlashBwdParams p) {
+  using Tr = FlashBwdTraits<kHeadDim>;
+  constexpr int kBlockM = Tr::kBlockM;
+  constexpr int kBlockN = Tr::kBlockN;
+  constexpr int kRB = Tr::kRowBytes;
+  constexpr int kPRB = Tr::kPRowBytes;
+  constexpr float kLog2e = 1.4426950408889634f;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t s_base = smem_u32(smem);
+  const uint32_t sK = s_base + Tr::kSmemK;
+  const uint32_t sV = s_base + Tr::kSmemV;
+  const uint32_t sP = s_base + Tr::kSmemP;
+  const uint32_t sDS = s_base + Tr::kSmemDS;
+  int32_t* s_kpos = reinterpret_cast<int32_t*>(smem + Tr::kSmemKPos);
+
+  const int hkv = blockIdx.x;
+  const int n_tile = blockIdx.y;
+  const int b = blockIdx.z;
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int g = lane >> 2;  // mma groupID: fragment row
+  const int t = lane & 3;   // mma thread-in-group: fragment column pair
+  const int n0 = n_tile * kBlockN;
+  const int kv_rows = min(kBlockN, p.seqlen_kv - n0);  // valid rows of this kv tile
+  const bool kv_tail = kv_rows < kBlockN;              // columns past Skv must be masked
+
+  // ldmatrix lane patterns (see the fragment maps in mma_primitives.cuh):
+  //   X: row offset (lane & 7) + 8 * ((lane >> 3) & 1), chunk offset lane >> 4
+  //      -> A operand, row-major (non-trans) and B operand stored [k][n] (trans)
+  //   Y: row offset (lane & 7) + 8 * (lane >> 4), chunk offset (lane >> 3) & 1
+  //      -> B operand stored [n][k] (non-trans) and A operand stored [k][m] (trans)
+  const int x_row = (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int x_chunk = lane >> 4;
+  const int y_row = (lane & 7) + (lane >> 4) * 8;
+  const int y_chunk = (lane >> 3) & 1;
+
+  // ---- K, V of this kv tile: [B, Skv, Hkv, D], rows n0 .. n0 + 127 --------------------------------
+  const uint16_t* k_head = static_cast<const uint16_t*>(p.k) + b * p.k_batch_stride + hkv * p.k_head_stride;
+  const uint16_t* v_head = static_cast<const uint16_t*>(p.v) + b * p.v_batch_stride + hkv * p.v_head_stride;
+  bwd_load_tile<Tr, kBlockN>(sK, k_head, p.k_row_stride, n0, p.seqlen_kv, tid);
+  bwd_load_tile<Tr, kBlockN>(sV, v_head, p.v_row_stride, n0, p.seqlen_kv, tid);
+  cp_async_commit();
+  // Global positions of the kv rows (read by the per-element mask and ALiBi).
+  if (tid < kBlockN) s_kpos[tid] = tid < kv_rows ? static_cast<int32_t>(p.kv_pos.position(n0 + tid)) : 0;
+
+  BwdWalk walk;
+  p.kv_pos.range(n0, n0 + kv_rows, &walk.k_min, &walk.k_max);
+  if (p.has_blocks) {
+    walk.e0 = __ldg(p.col_offset + n_tile);
+    walk.n_items = 2 * (__ldg(p.col_offset + n_tile + 1) - walk.e0);
+    walk.rot = 0;
+  } else {
+    walk.e0 = 0;
+    walk.n_items = p.num_q_tiles;
+    walk.rot = static_cast<int>((static_cast<int64_t>(n_tile) * p.num_q_tiles) / p.num_kv_tiles) % p.num_q_tiles;
+  }
+
+  // Warp roles per phase.
+  const int wm_a = warp >> 2, wn_a = warp & 3;  // A/B: rows 32*wm_a, kv cols 32*wn_a of the 64 x 128 tile
+  const int wn_c = warp & 3, wd_c = warp >> 2;  // C/D: kv rows 32*wn_c, d cols (D/2)*wd_c
+  const int wm_e = warp & 1, wd_e = warp >> 1;  // E:   q rows 32*wm_e, d cols (D/4)*wd_e
+
+  float acc_dv[2][Tr::kNTileC][4];
+  float acc_dk[2][Tr::kNTileC][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < Tr::kNTileC; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc_dv[i][j][r] = acc_dk[i][j][r] = 0.f;
+
+  // ---- the walk: (q head of the group gh, item) ---------------------------------------------------
+  // Items are classified 32 at a time, one per lane; `hits` holds the ballot of the non-empty ones of
+  // the current window [scan_base, scan_base + 32) not consumed yet, and each lane keeps its item's
+  // tile and class for the shuffle that hands them out. Every warp runs the same walk (uniform result).
+  int gh = 0, scan_base = -32, my_tile = 0, my_cls = 0, tile = 0, cls = 0;
+  unsigned hits = 0;
+  auto next_work = [&]() -> bool {
+    while (true) {
+      if (hits) {
+        const int src = __ffs(hits) - 1;
+        hits &= hits - 1;
+        tile = __shfl_sync(0xffffffffu, my_tile, src);
+        cls = __shfl_sync(0xffffffffu, my_cls, src);
+        return true;
+      }
+      scan_base += 32;
+      if (scan_base >= walk.n_items) {
+        if (++gh >= p.group) return false;
+        scan_base = 0;
+      }
+      const int mine = scan_base + lane;
+      my_cls = mine < walk.n_items ? bwd_classify_item<Tr>(p, walk, mine, &my_tile) : 0;
+      hits = __ballot_sync(0xffffffffu, my_cls != 0);
+    }
+  };
+  auto q_ptr = [&](int hq) {
+    return static_cast<const uint16_t*>(p.q) + b * p.q_batch_stride + hq * p.q_head_stride;
+  };
+  auto do_ptr = [&](int hq) {
+    return static_cast<const uint16_t*>(p.dout) + b * p.dout_batch_stride + hq * p.dout_head_stride;
+  };
+  auto load_stats = [&](int hq, int row0, int which) {
+    bwd_load_stats<Tr>(s_base + Tr::kSmemLse + which * kBlockM * 4, s_base + Tr::kSmemDelta + which * kBlockM * 4,
+                       p.lse + b * p.lse_batch_stride + hq * p.lse_head_stride,
+                       p.delta + b * p.delta_batch_stride + hq * p.delta_head_stride, row0, p.seqlen_q, tid);
+  };
+
+  bool have = next_work();
+  if (have) {
+    const int hq = hkv * p.group + gh;
+    bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemQ, q_ptr(hq), p.q_row_stride, tile * kBlockM, p.seqlen_q, tid);
+    bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemDO, do_ptr(hq), p.dout_row_stride, tile * kBlockM, p.seqlen_q,
+                               tid);
+    load_stats(hq, tile * kBlockM, 0);
+  }
+  cp_async_commit();
+
+  int buf = 0;
+  while (have) {
+    const int cur_hq = hkv * p.group + gh;
+    const int cur_tile = tile;
+    const int cur_cls = cls;
+    const int m0 = cur_tile * kBlockM;
+    have = next_work();
+
+    cp_async_wait<0>();
+    __syncthreads();  // this tile's Q/dO landed; every warp is done with the previous tile's smem
+    if (have) {
+      const int hq = hkv * p.group + gh;
+      bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemQ + (buf ^ 1) * kBlockM * kRB, q_ptr(hq), p.q_row_stride,
+                                 tile * kBlockM, p.seqlen_q, tid);
+      bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemDO + (buf ^ 1) * kBlockM * kRB, do_ptr(hq), p.dout_row_stride,
+                                 tile * kBlockM, p.seqlen_q, tid);
+      load_stats(hq, tile * kBlockM, buf ^ 1);
+    }
+    cp_async_commit();
+
+    const uint32_t sQ = s_base + Tr::kSmemQ + buf * kBlockM * kRB;
+    const uint32_t sDO = s_base + Tr::kSmemDO + buf * kBlockM * kRB;
+
+    // ---- phase A: S = Q K^T and dP = dO V^T, this warp's 32 x 32 ----------------------------------
+    float acc_s[2][4][4], acc_dp[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc_s[i][j][r] = acc_dp[i][j][r] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      uint32_t a_q[2][4], a_do[2][4], b_k[2][4], b_v[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const int row = wm_a * 32 + mi * 16 + x_row;
+        bwd_ldsm_x4(a_q[mi], sQ + bwd_swz(row, 2 * kk + x_chunk, kRB));
+        bwd_ldsm_x4(a_do[mi], sDO + bwd_swz(row, 2 * kk + x_chunk, kRB));
+      }
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {  // b_k[nj] = {b0, b1} of n8 tile 2nj, then of 2nj + 1
+        const int row = wn_a * 32 + nj * 16 + y_row;
+        bwd_ldsm_x4(b_k[nj], sK + bwd_swz(row, 2 * kk + y_chunk, kRB));
+        bwd_ldsm_x4(b_v[nj], sV + bwd_swz(row, 2 * kk + y_chunk, kRB));
+      }
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          mma_16816<T>(acc_s[mi][ni], a_q[mi], &b_k[ni >> 1][(ni & 1) * 2]);
+          mma_16816<T>(acc_dp[mi][ni], a_do[mi], &b_v[ni >> 1][(ni & 1) * 2]);
+        }
+    }
+
+    // ---- phase B: P and dS, written to smem as 16-bit ---------------------------------------------
+    // Row statistics of this thread's 4 rows: 32*wm_a + 16*mi + g + 8*h. LSE = -inf (no visible key)
+    // and rows past Sq become +inf, so that P = exp2(-inf) = 0 there.
+    float lse2[2][2], dlt[2][2];
+    {
+      const float* s_lse = reinterpret_cast<const float*>(smem + Tr::kSmemLse) + buf * kBlockM;
+      const float* s_dl = reinterpret_cast<const float*>(smem + Tr::kSmemDelta) + buf * kBlockM;
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int rl = wm_a * 32 + mi * 16 + g + 8 * h;
+          const bool valid = m0 + rl < p.seqlen_q;
+          const float l = s_lse[rl];
+          lse2[mi][h] = valid && l != -INFINITY ? l * kLog2e : INFINITY;
+          dlt[mi][h] = valid ? s_dl[rl] : 0.f;
+        }
+    }
+    // Element (mi, ni, r): row 32*wm_a + 16*mi + g + 8*(r>>1), kv col 32*wn_a + 8*ni + 2t + (r&1).
+    const bool band_check = cur_cls == 1;
+    const bool alibi = p.alibi_slopes != nullptr;
+    if (!band_check && !kv_tail && !alibi) {
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const float pr = fast_exp2(fmaf(acc_s[mi][ni][r], p.scale_log2, -lse2[mi][r >> 1]));
+            acc_s[mi][ni][r] = pr;
+            acc_dp[mi][ni][r] = pr * (acc_dp[mi][ni][r] - dlt[mi][r >> 1]);
+          }
+    } else {
+      const float slope2 = alibi ? -__ldg(p.alibi_slopes + cur_hq) * kLog2e : 0.f;
+      // Global positions of this thread's rows (one multiply-add when the tile lies in one chunk).
+      int32_t qpos[2][2];
+      int64_t base, step;
+      const bool aff = p.q_pos.affine(m0, min(m0 + kBlockM, p.seqlen_q), &base, &step);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int rl = wm_a * 32 + mi * 16 + g + 8 * h;
+          qpos[mi][h] = m0 + rl >= p.seqlen_q ? 0
+                        : aff                ? static_cast<int32_t>(base + rl * step)
+                                             : static_cast<int32_t>(p.q_pos.position(m0 + rl));
+        }
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = wn_a * 32 + ni * 8 + 2 * t + c;
+          const int32_t kp = s_kpos[col];
+          const bool col_ok = col < kv_rows;
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = 2 * h + c;
+              const int32_t d = qpos[mi][h] - kp;
+              const bool vis = col_ok && (!band_check || (d >= p.band_lo32 && d <= p.band_hi32));
+              float x = fmaf(acc_s[mi][ni][r], p.scale_log2, -lse2[mi][h]);
+              x = fmaf(slope2, static_cast<float>(d < 0 ? -d : d), x);
+              const float pr = vis ? fast_exp2(x) : 0.f;
+              acc_s[mi][ni][r] = pr;
+              acc_dp[mi][ni][r] = pr * (acc_dp[mi][ni][r] - dlt[mi][h]);
+            }
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = wm_a * 32 + mi * 16 + g + 8 * h;
+          const uint32_t off = bwd_swz(row, wn_a * 4 + ni, kPRB) + 4 * t;
+          bwd_sts_u32(sP + off, pack2<T>(acc_s[mi][ni][2 * h], acc_s[mi][ni][2 * h + 1]));
+          bwd_sts_u32(sDS + off, pack2<T>(acc_dp[mi][ni][2 * h], acc_dp[mi][ni][2 * h + 1]));
+        }
+    __syncthreads();  // P and dS complete
+
+    // ---- phases C, D: dV += P^T dO, dK += dS^T Q (k = the tile's 64 q rows) -------------------------
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      uint32_t a_p[2][4], a_ds[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {  // A = P^T: stored [m][n], rows k = m, chunks of n
+        const int row = kk * 16 + y_row;
+        const int chunk = wn_c * 4 + mi * 2 + y_chunk;
+        bwd_ldsm_x4_t(a_p[mi], sP + bwd_swz(row, chunk, kPRB));
+        bwd_ldsm_x4_t(a_ds[mi], sDS + bwd_swz(row, chunk, kPRB));
+      }
+#pragma unroll
+      for (int nj = 0; nj < Tr::kNTileC / 2; ++nj) {  // B = dO / Q: stored [m][d], rows k = m
+        uint32_t b_do[4], b_q[4];
+        const int row = kk * 16 + x_row;
+        const int chunk = wd_c * (kHeadDim / 16) + nj * 2 + x_chunk;
+        bwd_ldsm_x4_t(b_do, sDO + bwd_swz(row, chunk, kRB));
+        bwd_ldsm_x4_t(b_q, sQ + bwd_swz(row, chunk, kRB));
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_16816<T>(acc_dv[mi][2 * nj], a_p[mi], &b_do[0]);
+          mma_16816<T>(acc_dv[mi][2 * nj + 1], a_p[mi], &b_do[2]);
+          mma_16816<T>(acc_dk[mi][2 * nj], a_ds[mi], &b_q[0]);
+          mma_16816<T>(acc_dk[mi][2 * nj + 1], a_ds[mi], &b_q[2]);
+        }
+      }
+    }
+
+    // ---- phase E: dQ tile = scale * dS K (k = the 128 kv rows) -> atomics -------------------------
+    {
+      float acc_dq[2][Tr::kNTileE][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < Tr::kNTileE; ++j)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) acc_dq[i][j][r] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        uint32_t a_ds[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)  // A = dS: stored [m][n], row-major
+          bwd_ldsm_x4(a_ds[mi], sDS + bwd_swz(wm_e * 32 + mi * 16 + x_row, 2 * kk + x_chunk, kPRB));
+#pragma unroll
+        for (int nj = 0; nj < Tr::kNTileE / 2; ++nj) {  // B = K: stored [n][d], rows k = n
+          uint32_t b_k[4];
+          bwd_ldsm_x4_t(b_k, sK + bwd_swz(kk * 16 + x_row, wd_e * (kHeadDim / 32) + nj * 2 + x_chunk, kRB));
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            mma_16816<T>(acc_dq[mi][2 * nj], a_ds[mi], &b_k[0]);
+            mma_16816<T>(acc_dq[mi][2 * nj + 1], a_ds[mi], &b_k[2]);
+          }
+        }
+      }
+      // Element (mi, ni, r): q row m0 + 32*wm_e + 16*mi + g + 8*(r>>1), d = (D/4)*wd_e + 8*ni + 2t + (r&1).
+      float* dq_head = p.dq_accum + b * p.dq_accum_batch_stride + cur_hq * p.dq_accum_head_stride;
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = m0 + wm_e * 32 + mi * 16 + g + 8 * h;
+          if (row < p.seqlen_q) {
+            float* dst = dq_head + static_cast<int64_t>(row) * p.dq_accum_row_stride + wd_e * (kHeadDim / 4) + 2 * t;
+#pragma unroll
+            for (int ni = 0; ni < Tr::kNTileE; ++ni) {
+              atomicAdd(dst + ni * 8, acc_dq[mi][ni][2 * h] * p.scale);
+              atomicAdd(dst + ni * 8 + 1, acc_dq[mi][ni][2 * h + 1] * p.scale);
+            }
+          }
+        }
+    }
+    buf ^= 1;
+  }
+  cp_async_wait<0>();  // nothing may be in flight when the CTA exits (an empty walk still loaded K/V)
+
+  // ---- epilogue: dK = scale * acc_dk, dV = acc_dv; rows n0 + 32*wn_c + 16*mi + g + 8*h --------------
+  // Element (mi, ni, r): kv row as above with h = r>>1, d = (D/2)*wd_c + 8*ni + 2t + (r&1).
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int rl = wn_c * 32 + mi * 16 + g + 8 * h;
+      if (rl >= kv_rows) continue;
+      const int64_t row = n0 + rl;
+      const int64_t dk_off = b * p.dk_batch_stride + row * p.dk_row_stride + hkv * p.dk_head_stride;
+      const int64_t dv_off = b * p.dv_batch_stride + row * p.dv_row_stride + hkv * p.dv_head_stride;
+#pragma unroll
+      for (int ni = 0; ni < Tr::kNTileC; ++ni) {
+        const int d = wd_c * (kHeadDim / 2) + ni * 8 + 2 * t;
+        const float k0 = acc_dk[mi][ni][2 * h] * p.scale, k1 = acc_dk[mi][ni][2 * h + 1] * p.scale;
+        const float v0 = acc_dv[mi][ni][2 * h], v1 = acc_dv[mi][ni][2 * h + 1];
+        if (p.dk_fp32) {
+          float2* dst = reinterpret_cast<float2*>(static_cast<float*>(p.dk) + dk_off + d);
+          float2 val = make_float2(k0, k1);
+          if (p.accumulate) {
+            const float2 old = *dst;
+            val.x += old.x;
+            val.y += old.y;
+          }
+          *dst = val;
+        } else {
+          *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dk) + dk_off + d) = pack2<T>(k0, k1);
+        }
+        if (p.dv_fp32) {
+          float2* dst = reinterpret_cast<float2*>(static_cast<float*>(p.dv) + dv_off + d);
+          float2 val = make_float2(v0, v1);
+          if (p.accumulate) {
+            const float2 old = *dst;
+            val.x += old.x;
+            val.y += old.y;
+          }
+          *dst = val;
+        } else {
+          *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dv) + dv_off + d) = pack2<T>(v0, v1);
+        }
+      }
+    }
+}
+
+}  // namespace kernels
+}  // namespace distattn

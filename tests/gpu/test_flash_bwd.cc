@@ -1,0 +1,548 @@
+// CUDA backward attention (flash_attention_backward) against the host engine in fp64.
+//
+// Each case draws q, k, v, dO in bf16/fp16, computes O and LSE with the fp64 host forward (O rounded to
+// the dtype, so the test does not depend on the GPU forward), then compares the GPU's dQ, dK, dV with
+// the fp64 host backward fed the same rounded inputs. The bound is flash-attention's rule: the GPU error
+// (max and RMS) must be at most twice the error of the host's kRoundIntermediates backward (what a naive
+// bf16/fp16 implementation gets) plus a small absolute slack. Outputs are poisoned with NaN first.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdio>
+#include <array>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/sparse/flash_attention.h"
+#include "test_util.h"
+
+namespace distattn {
+namespace {
+
+using testing::compare;
+using testing::DeviceArray;
+using testing::DeviceTensor;
+using testing::ErrorStats;
+using testing::fill_nan;
+using testing::fill_normal;
+using testing::HostTensor;
+using testing::test_seed;
+
+// Copies the logical contents of src into dst (any layouts, values rounded to dst's dtype).
+void copy_values(HostTensor& dst, const HostTensor& src) {
+  const auto& s = src.view.shape;
+  for (int64_t b = 0; b < s[0]; ++b)
+    for (int64_t i = 0; i < s[1]; ++i)
+      for (int64_t h = 0; h < s[2]; ++h)
+        for (int64_t d = 0; d < s[3]; ++d) dst.set(b, i, h, d, src.get(b, i, h, d));
+}
+
+// dst = a + b elementwise in fp64 (a packed fp64 result).
+HostTensor sum_f64(const HostTensor& a, const HostTensor& b) {
+  const auto& s = a.view.shape;
+  HostTensor out(DType::kFloat64, s[0], s[1], s[2], s[3]);
+  for (int64_t i0 = 0; i0 < s[0]; ++i0)
+    for (int64_t i1 = 0; i1 < s[1]; ++i1)
+      for (int64_t i2 = 0; i2 < s[2]; ++i2)
+        for (int64_t i3 = 0; i3 < s[3]; ++i3) out.set(i0, i1, i2, i3, a.get(i0, i1, i2, i3) + b.get(i0, i1, i2, i3));
+  return out;
+}
+
+double rms_of(const HostTensor& t) {
+  const auto& s = t.view.shape;
+  double sum = 0;
+  int64_t n = 0;
+  for (int64_t i0 = 0; i0 < s[0]; ++i0)
+    for (int64_t i1 = 0; i1 < s[1]; ++i1)
+      for (int64_t i2 = 0; i2 < s[2]; ++i2)
+        for (int64_t i3 = 0; i3 < s[3]; ++i3, ++n) sum += t.get(i0, i1, i2, i3) * t.get(i0, i1, i2, i3);
+  return n ? std::sqrt(sum / n) : 0;
+}
+
+// A block list built from a dense matrix of block states (0 absent, 1 partial, 2 full), with host
+// arrays (for the host engine) and device copies (for the CUDA engine).
+struct TestBlocks {
+  std::vector<int32_t> row_offset, col_index, col_offset, row_index;
+  std::vector<uint8_t> row_partial, col_partial;
+  BlockListView host;
+  BlockListView dev;
+  std::unique_ptr<DeviceArray<int32_t>> d_row_offset, d_col_index, d_col_offset, d_row_index;
+  std::unique_ptr<DeviceArray<uint8_t>> d_row_partial, d_col_partial;
+
+  explicit TestBlocks(const std::vector<std::vector<int>>& st) {
+    const int nq = static_cast<int>(st.size()), nkv = static_cast<int>(st[0].size());
+    row_offset.push_back(0);
+    for (int i = 0; i < nq; ++i) {
+      for (int j = 0; j < nkv; ++j)
+        if (st[i][j]) col_index.push_back(j), row_partial.push_back(st[i][j] == 1);
+      row_offset.push_back(static_cast<int32_t>(col_index.size()));
+    }
+    col_offset.push_back(0);
+    for (int j = 0; j < nkv; ++j) {
+      for (int i = 0; i < nq; ++i)
+        if (st[i][j]) row_index.push_back(i), col_partial.push_back(st[i][j] == 1);
+      col_offset.push_back(static_cast<int32_t>(row_index.size()));
+    }
+    host.device = Device::kHost;
+    host.num_q_blocks = nq;
+    host.num_kv_blocks = nkv;
+    host.nnz = static_cast<int64_t>(col_index.size());
+    host.row_offset = row_offset.data();
+    host.col_index = col_index.data();
+    host.row_partial = row_partial.data();
+    host.col_offset = col_offset.data();
+    host.row_index = row_index.data();
+    host.col_partial = col_partial.data();
+    d_row_offset.reset(new DeviceArray<int32_t>(row_offset));
+    d_col_index.reset(new DeviceArray<int32_t>(col_index));
+    d_col_offset.reset(new DeviceArray<int32_t>(col_offset));
+    d_row_index.reset(new DeviceArray<int32_t>(row_index));
+    d_row_partial.reset(new DeviceArray<uint8_t>(row_partial));
+    d_col_partial.reset(new DeviceArray<uint8_t>(col_partial));
+    dev = host;
+    dev.device = Device::kCuda;
+    dev.row_offset = d_row_offset->ptr;
+    dev.col_index = d_col_index->ptr;
+    dev.row_partial = d_row_partial->ptr;
+    dev.col_offset = d_col_offset->ptr;
+    dev.row_index = d_row_index->ptr;
+    dev.col_partial = d_col_partial->ptr;
+  }
+};
+
+struct BwdCase {
+  DType dtype = DType::kBFloat16;
+  int64_t D = 128, B = 1, Sq = 37, Skv = 37, Hq = 2, Hkv = 2;
+  Mask mask;                          // causal / window (blocks: set `blocks`)
+  PositionMap q_pos, kv_pos;          // num_chunks == 0: contiguous from 0
+  bool alibi = false;
+  int64_t head_pad = 0, row_pad = 0;  // padded strides (elements) for every tensor
+  bool accumulate = false;            // dq/dk/dv fp32 pre-filled, gradients added
+  bool grads_fp32 = false;            // non-accumulate: fp32 dq/dk/dv instead of the input dtype
+  bool given_delta = false;           // pass rowsum(dO * O) instead of letting the engine compute it
+  std::vector<std::vector<int>> blocks;  // non-empty: hand-built block list (0 absent, 1 partial, 2 full)
+  double scale = 0;                   // 0: 1/sqrt(D)
+};
+
+// Everything one case produces; `rows_without_keys` lists (b, h, i) whose LSE is -inf.
+struct BwdResult {
+  ErrorStats err[3], naive[3];
+  HostTensor got[3];
+  std::vector<std::array<int64_t, 3>> rows_without_keys;
+};
+
+BwdResult run_case(const BwdCase& c, uint64_t seed) {
+  const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
+  const int64_t hp = c.head_pad, rp = c.row_pad;
+  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp), k(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp),
+      v(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp), dout(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp),
+      o(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp);
+  fill_normal(q, seed + 1);
+  fill_normal(k, seed + 2);
+  fill_normal(v, seed + 3);
+  fill_normal(dout, seed + 4);
+
+  PositionMap q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
+  PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  std::vector<float> slopes;
+  if (c.alibi) {
+    for (int64_t h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(2.f, -0.5f * static_cast<float>(h + 1)));
+  }
+  std::unique_ptr<TestBlocks> blocks;
+  if (!c.blocks.empty()) blocks.reset(new TestBlocks(c.blocks));
+
+  // Host forward in fp64 (written to an fp32 O, the widest the host engine takes for 16-bit inputs;
+  // rounded to the dtype afterwards) and LSE.
+  AttnParams hf;
+  hf.q = q.view, hf.k = k.view, hf.v = v.view;
+  HostTensor o32(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
+  hf.o = o32.view;
+  std::vector<float> lse(static_cast<size_t>(c.B * c.Hq * c.Sq), 0.f);
+  hf.lse = lse.data();
+  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
+  hf.mask = c.mask;
+  if (blocks) hf.mask.blocks = &blocks->host;
+  hf.alibi_slopes = c.alibi ? slopes.data() : nullptr;
+  hf.softmax_scale = static_cast<float>(c.scale);
+  host_attention_forward(hf, HostPrecision::kFloat64);
+  copy_values(o, o32);
+  hf.o = o.view;
+
+  BwdResult res;
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hq; ++h)
+      for (int64_t i = 0; i < c.Sq; ++i)
+        if (std::isinf(lse[(b * c.Hq + h) * c.Sq + i])) res.rows_without_keys.push_back({b, h, i});
+
+  std::vector<float> delta;
+  if (c.given_delta) {  // rowsum(dO * O) of the rounded O, in double then fp32
+    delta.resize(lse.size());
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.Hq; ++h)
+        for (int64_t i = 0; i < c.Sq; ++i) {
+          double s = 0;
+          for (int64_t d = 0; d < c.D; ++d) s += dout.get(b, i, h, d) * o.get(b, i, h, d);
+          delta[(b * c.Hq + h) * c.Sq + i] = static_cast<float>(s);
+        }
+  }
+
+  // Pre-fill of the accumulate mode (random, so "added" and "overwritten" differ).
+  HostTensor pre[3] = {HostTensor(DType::kFloat32, c.B, c.Sq, c.Hq, c.D, hp, rp),
+                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, c.D, hp, rp),
+                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, c.D, hp, rp)};
+  for (int i = 0; i < 3; ++i) fill_normal(pre[i], seed + 10 + i);
+
+  // References: fp64 and the naive (rounded intermediates) host backward, both overwriting fresh tensors.
+  HostTensor ref[3], nai[3];
+  for (int i = 0; i < 3; ++i) {
+    const bool is_q = i == 0;
+    ref[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, c.D);  // fp64 math, fp32 storage
+    nai[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, c.D);
+  }
+  AttnBwdParams hb;
+  hb.fwd = hf;
+  hb.dout = dout.view;
+  hb.delta = c.given_delta ? delta.data() : nullptr;
+  hb.dq = ref[0].view, hb.dk = ref[1].view, hb.dv = ref[2].view;
+  host_attention_backward(hb, HostPrecision::kFloat64);
+  hb.dq = nai[0].view, hb.dk = nai[1].view, hb.dv = nai[2].view;
+  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
+
+  // GPU.
+  DeviceTensor dq_(q), dk_(k), dv_(v), ddo(dout), dov(o);
+  HostTensor out[3] = {HostTensor(gdt, c.B, c.Sq, c.Hq, c.D, hp, rp), HostTensor(gdt, c.B, c.Skv, c.Hkv, c.D, hp, rp),
+                       HostTensor(gdt, c.B, c.Skv, c.Hkv, c.D, hp, rp)};
+  for (int i = 0; i < 3; ++i) {
+    if (c.accumulate) {
+      copy_values(out[i], pre[i]);
+    } else {
+      fill_nan(out[i]);
+    }
+  }
+  DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
+  DeviceArray<float> d_lse(lse);
+  std::unique_ptr<DeviceArray<float>> d_delta, d_slopes;
+  if (c.given_delta) d_delta.reset(new DeviceArray<float>(delta));
+  if (c.alibi) d_slopes.reset(new DeviceArray<float>(slopes));
+
+  AttnBwdParams gb;
+  gb.fwd = hf;
+  gb.fwd.q = dq_.view(), gb.fwd.k = dk_.view(), gb.fwd.v = dv_.view(), gb.fwd.o = dov.view();
+  gb.fwd.lse = d_lse.ptr;
+  gb.fwd.alibi_slopes = c.alibi ? d_slopes->ptr : nullptr;
+  if (blocks) gb.fwd.mask.blocks = &blocks->dev;
+  gb.dout = ddo.view();
+  gb.dq = dgrad[0].view(), gb.dk = dgrad[1].view(), gb.dv = dgrad[2].view();
+  gb.accumulate = c.accumulate;
+  gb.delta = c.given_delta ? d_delta->ptr : nullptr;
+  flash_attention_backward(gb, 0);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+
+  for (int i = 0; i < 3; ++i) {
+    dgrad[i].download(out[i]);
+    if (c.accumulate) {
+      const HostTensor exp = sum_f64(pre[i], ref[i]);
+      const HostTensor nexp = sum_f64(pre[i], nai[i]);
+      res.err[i] = compare(out[i].view, exp.view);
+      res.naive[i] = compare(nexp.view, exp.view);
+    } else {
+      res.err[i] = compare(out[i].view, ref[i].view);
+      res.naive[i] = compare(nai[i].view, ref[i].view);
+    }
+    res.got[i] = std::move(out[i]);
+  }
+  // Bound check here (every case uses it): 2x the naive error + slack relative to the gradient's size.
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i) {
+    const double r = rms_of(ref[i]);
+    SCOPED_TRACE(std::string(names[i]) + " gpu: " + res.err[i].str() + " | naive: " + res.naive[i].str() +
+                 " | ref rms " + std::to_string(r));
+    EXPECT_EQ(res.err[i].non_finite, 0);
+    EXPECT_LE(res.err[i].max_abs, 2 * res.naive[i].max_abs + 1e-2 * r + 1e-6);
+    EXPECT_LE(res.err[i].rmse, 2 * res.naive[i].rmse + 2e-3 * r + 1e-7);
+    std::printf("  %s: gpu max %.3g rmse %.3g | naive max %.3g rmse %.3g | ref rms %.3g\n", names[i],
+                res.err[i].max_abs, res.err[i].rmse, res.naive[i].max_abs, res.naive[i].rmse, r);
+  }
+  return res;
+}
+
+#define RUN_CASE(c)                                                                   \
+  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);               \
+  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
+  BwdResult res = run_case(c, seed)
+
+TEST(FlashBwd, Bf16Hdim128NonCausalOdd) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.Sq = 300, c.Skv = 300, c.Hq = 2, c.Hkv = 2;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, Fp16Hdim64CausalSkvNotSqBottomAligned) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.D = 64, c.Sq = 37, c.Skv = 300;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(263, 37);  // the last 37 positions: every row sees keys
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, Bf16Hdim64GqaCausalWindowBatch2) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.D = 64, c.B = 2, c.Sq = 300, c.Skv = 300, c.Hq = 8, c.Hkv = 2;
+  c.mask = Mask::make_causal(50);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, Fp16Hdim128MqaNonCausalWindow) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.Sq = 200, c.Skv = 170, c.Hq = 4, c.Hkv = 1;
+  c.mask = Mask::make_window(40);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, SingleQueryRowAlibiNonCausal) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.Sq = 1, c.Skv = 300, c.Hq = 4, c.Hkv = 2;
+  c.alibi = true;
+  c.q_pos = PositionMap::contiguous(150, 1);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, AlibiCausalWithPositionOffsetsFp16) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.D = 128, c.Sq = 130, c.Skv = 260, c.Hq = 4, c.Hkv = 4;
+  c.mask = Mask::make_causal();
+  c.alibi = true;
+  c.q_pos = PositionMap::contiguous(1130, 130);
+  c.kv_pos = PositionMap::contiguous(1000, 260);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, ZigzagTwoChunksCausalCrossShard) {
+  DISTATTN_REQUIRE_GPU();
+  // Global sequence of 4 chunks of 75; q holds chunks 0 and 3 (rank 0 of 2), kv chunks 1 and 2 (rank 1).
+  BwdCase c;
+  c.Sq = 150, c.Skv = 150, c.Hq = 2, c.Hkv = 1;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(0, 75);
+  c.q_pos.add_chunk(225, 1, 75);
+  c.kv_pos = PositionMap::contiguous(75, 75);
+  c.kv_pos.add_chunk(150, 1, 75);
+  RUN_CASE(c);
+  EXPECT_FALSE(res.rows_without_keys.empty());  // chunk 0 sees nothing of chunks 1, 2
+  for (const auto& r : res.rows_without_keys)
+    for (int64_t d = 0; d < c.D; ++d) ASSERT_EQ(res.got[0].get(r[0], r[2], r[1], d), 0.0) << "dq of a row without keys";
+}
+
+TEST(FlashBwd, ZigzagSameShardCausalAlibi) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.D = 64, c.Sq = 150, c.Skv = 150, c.Hq = 2, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.alibi = true;
+  c.q_pos = PositionMap::contiguous(0, 75);
+  c.q_pos.add_chunk(225, 1, 75);
+  c.kv_pos = c.q_pos;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, StridedPositionsCausalPaddedStrides) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.Sq = 150, c.Skv = 140, c.Hq = 2, c.Hkv = 1;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::strided(1, 2, 150);  // dilated views: odd positions for q, multiples of 3 for kv
+  c.kv_pos = PositionMap::strided(0, 3, 140);
+  c.head_pad = 8, c.row_pad = 16;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, RowsWithNoVisibleKeyGetZeroDq) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.D = 64, c.Sq = 100, c.Skv = 200, c.Hq = 2, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.kv_pos = PositionMap::contiguous(50, 200);  // q rows 0..49 come before every key
+  RUN_CASE(c);
+  ASSERT_EQ(res.rows_without_keys.size(), static_cast<size_t>(2 * 50));
+  for (const auto& r : res.rows_without_keys)
+    for (int64_t d = 0; d < c.D; ++d) ASSERT_EQ(res.got[0].get(r[0], r[2], r[1], d), 0.0) << "dq of a row without keys";
+}
+
+TEST(FlashBwd, Fp32GradientsPaddedStridesNonCausal) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.Sq = 97, c.Skv = 131, c.Hq = 4, c.Hkv = 2;
+  c.grads_fp32 = true;
+  c.head_pad = 8, c.row_pad = 8;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, HandBuiltBlockListFullAndPartialCausal) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.Sq = 300, c.Skv = 260, c.Hq = 2, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  // 3 x 3 blocks of 128: diagonal partial (causal inside), some full below, one absent.
+  c.blocks = {{1, 0, 0}, {2, 1, 0}, {0, 2, 1}};
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, HandBuiltBlockListNonCausalHdim64) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.D = 64, c.Sq = 260, c.Skv = 300, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_window(100);  // partial blocks apply the window; full ones do not
+  c.blocks = {{1, 2, 0}, {0, 1, 1}, {2, 0, 1}};
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, AccumulateAddsToPrefilledFp32) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.Sq = 200, c.Skv = 300, c.Hq = 8, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(100, 200);
+  c.accumulate = true;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, AccumulateFp16Hdim64WindowAlibi) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.D = 64, c.Sq = 150, c.Skv = 150, c.Hq = 2, c.Hkv = 1;
+  c.mask = Mask::make_window(30);
+  c.alibi = true;
+  c.accumulate = true;
+  c.head_pad = 8, c.row_pad = 8;  // 16-byte multiples for the 16-bit inputs and the fp32 gradients
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, GivenDeltaMatchesComputedDelta) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.Sq = 200, c.Skv = 200, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.grads_fp32 = true;
+  const uint64_t seed = test_seed() + 7;
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  BwdResult computed = run_case(c, seed);
+  c.given_delta = true;
+  BwdResult given = run_case(c, seed);
+  for (int i = 0; i < 3; ++i) {
+    const ErrorStats d = compare(given.got[i].view, computed.got[i].view);
+    EXPECT_EQ(d.non_finite, 0);
+    EXPECT_LE(d.rel_l2, 1e-3) << d.str();
+  }
+}
+
+// ---- bad input: distattn::Error naming the argument, nothing written --------------------------------
+struct BadInputFixture {
+  HostTensor q, k, v, o, dout, grad_q, grad_k, grad_v;
+  std::vector<float> lse;
+  std::unique_ptr<DeviceTensor> dq_, dk_, dv_, do_, dov_, dgq, dgk, dgv;
+  std::unique_ptr<DeviceArray<float>> d_lse;
+  AttnBwdParams gb;
+
+  explicit BadInputFixture(int64_t D, DType grad_dtype) {
+    const int64_t B = 1, S = 64, H = 2;
+    q = HostTensor(DType::kBFloat16, B, S, H, D);
+    k = HostTensor(DType::kBFloat16, B, S, H, D);
+    v = HostTensor(DType::kBFloat16, B, S, H, D);
+    o = HostTensor(DType::kBFloat16, B, S, H, D);
+    dout = HostTensor(DType::kBFloat16, B, S, H, D);
+    for (HostTensor* t : {&q, &k, &v, &o, &dout}) fill_normal(*t, test_seed() + 99);
+    grad_q = HostTensor(grad_dtype, B, S, H, D);
+    grad_k = HostTensor(grad_dtype, B, S, H, D);
+    grad_v = HostTensor(grad_dtype, B, S, H, D);
+    for (HostTensor* t : {&grad_q, &grad_k, &grad_v}) fill_nan(*t);
+    lse.assign(static_cast<size_t>(B * H * S), 1.f);
+    dq_.reset(new DeviceTensor(q));
+    dk_.reset(new DeviceTensor(k));
+    dv_.reset(new DeviceTensor(v));
+    dov_.reset(new DeviceTensor(o));
+    do_.reset(new DeviceTensor(dout));
+    dgq.reset(new DeviceTensor(grad_q));
+    dgk.reset(new DeviceTensor(grad_k));
+    dgv.reset(new DeviceTensor(grad_v));
+    d_lse.reset(new DeviceArray<float>(lse));
+    gb.fwd.q = dq_->view(), gb.fwd.k = dk_->view(), gb.fwd.v = dv_->view(), gb.fwd.o = dov_->view();
+    gb.fwd.lse = d_lse->ptr;
+    gb.fwd.q_pos = PositionMap::contiguous(0, S);
+    gb.fwd.kv_pos = PositionMap::contiguous(0, S);
+    gb.dout = do_->view();
+    gb.dq = dgq->view(), gb.dk = dgk->view(), gb.dv = dgv->view();
+  }
+  // Runs the call, expects an Error naming `arg`, then checks the gradients still hold their NaN poison.
+  void expect_rejected(const std::string& arg) {
+    bool thrown = false;
+    try {
+      flash_attention_backward(gb, 0);
+    } catch (const Error& e) {
+      thrown = true;
+      EXPECT_EQ(e.argument(), arg) << e.what();
+    }
+    EXPECT_TRUE(thrown) << "expected an error naming " << arg;
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    for (auto* t : {dgq.get(), dgk.get(), dgv.get()}) {
+      HostTensor back = convert(grad_q, t->view().dtype);  // same shape/dtype, packed like the device copy
+      t->download(back);
+      const auto& s = back.view.shape;
+      for (int64_t i = 0; i < s[1]; ++i)
+        for (int64_t h = 0; h < s[2]; ++h)
+          for (int64_t d = 0; d < s[3]; ++d) ASSERT_TRUE(std::isnan(back.get(0, i, h, d))) << "gradient written";
+    }
+  }
+};
+
+TEST(FlashBwdBadInput, HostPointerForQ) {
+  DISTATTN_REQUIRE_GPU();
+  BadInputFixture f(128, DType::kBFloat16);
+  f.gb.fwd.q.data = f.q.view.data;  // host memory, still marked kCuda
+  f.expect_rejected("q");
+}
+
+TEST(FlashBwdBadInput, WrongDqDtype) {
+  DISTATTN_REQUIRE_GPU();
+  BadInputFixture f(128, DType::kBFloat16);
+  f.gb.dq.dtype = DType::kFloat16;
+  f.expect_rejected("dq");
+}
+
+TEST(FlashBwdBadInput, AccumulateWithBf16Dk) {
+  DISTATTN_REQUIRE_GPU();
+  BadInputFixture f(128, DType::kFloat32);
+  f.gb.accumulate = true;
+  f.gb.dk.dtype = DType::kBFloat16;  // same buffer read as bf16: rejected before anything happens
+  f.expect_rejected("dk");
+}
+
+TEST(FlashBwdBadInput, HeadDim96) {
+  DISTATTN_REQUIRE_GPU();
+  BadInputFixture f(96, DType::kBFloat16);
+  f.expect_rejected("q");
+}
+
+TEST(FlashBwdBadInput, HostLse) {
+  DISTATTN_REQUIRE_GPU();
+  BadInputFixture f(64, DType::kBFloat16);
+  f.gb.fwd.lse = f.lse.data();
+  f.expect_rejected("lse");
+}
+
+}  // namespace
+}  // namespace distattn
