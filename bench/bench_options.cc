@@ -9,7 +9,7 @@ namespace distattn {
 namespace bench {
 
 po::options_description bench_options_description() {
-  po::options_description desc("distattn_bench options");
+  po::options_description desc("distattn_bench options", 120, 60);
   launch::add_common_options(desc);
   desc.add_options()                                                                                                 //
       ("op,o", po::value<std::string>()->default_value("dense"), "operation: dense | rope (see the op list below)")  //

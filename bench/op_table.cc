@@ -1,0 +1,16 @@
+#include "bench_op.h"
+
+namespace distattn {
+namespace bench {
+
+const std::vector<OpEntry>& op_table() {
+  static const std::vector<OpEntry> table = {
+      {"dense", "attention forward / backward / fwd+bwd on one GPU (--pass, --causal, --window, --alibi, --gqa)",
+       make_dense_op},
+      {"rope", "RoPE on q and k in place (--rotary-dim, --style); GB/s and % of device copy bandwidth", make_rope_op},
+  };
+  return table;
+}
+
+}  // namespace bench
+}  // namespace distattn

@@ -1,0 +1,410 @@
+// Op "dense": one GPU's attention forward, backward, or both (--pass), through the CUDA engine
+// (sparse/flash_attention.h); without a GPU, through the host engine in fp32.
+//
+// Shapes: q, o, dout, dq [B, S, H, D]; k, v, dk, dv [B, S, Hkv, D]; lse [B, H, S] fp32. All packed.
+// Positions: one contiguous chunk 0..S-1 for both q and kv (a single-GPU problem).
+//
+// Check (-c 1, S <= --check-max-seq): fresh random inputs, outputs poisoned, one run, then for the first
+// `check_heads` kv heads (and their Hq/Hkv q heads each; all batches) the host engine computes
+//   ref   = fp64 everywhere (inputs: the exact values the GPU read),
+//   naive = kRoundIntermediates (S, P, dP, dS rounded to the input dtype, like a framework's naive code),
+// and each output X passes element-wise if |X_gpu - X_ref| <= 2 * max|X_naive - X_ref| + eps, with
+// eps = ulp(dtype at 1) * max|X_ref| (the representation error of the largest value; fp32 LSE: 1e-6 scale).
+// Host-engine mode has no naive baseline (its run IS fp32): there tolerance = 1e-4 * max(1, max|X_ref|).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "bench_flops.h"
+#include "bench_op.h"
+#include "device_fill.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/positional/alibi.h"
+#include "distattn/sparse/flash_attention.h"
+#include "host_tensors.h"
+
+namespace distattn {
+namespace bench {
+namespace {
+
+double dtype_ulp(DType t) {
+  switch (t) {
+    case DType::kBFloat16:
+      return std::ldexp(1.0, -7);
+    case DType::kFloat16:
+      return std::ldexp(1.0, -10);
+    case DType::kFloat32:
+      return std::ldexp(1.0, -23);
+    default:
+      return std::ldexp(1.0, -52);
+  }
+}
+
+std::string mask_label(bool causal, int64_t window) {
+  std::string s = causal ? "causal" : "none";
+  if (window > 0) s = (causal ? "c-win" : "win") + std::to_string(window);
+  return s;
+}
+
+class DenseOp : public BenchOp {
+ public:
+  explicit DenseOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+    const auto& c = opt_.common;
+    B_ = c.batch;
+    H_ = c.heads;
+    Hkv_ = c.resolved_kv_heads();
+    D_ = c.head_dim;
+    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
+    if (ctx.on_gpu()) {
+      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
+                         D_);
+    }
+    if (c.alibi) slopes_host_ = alibi_slopes(H_);
+    const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
+    check_kv_heads_ = opt_.check_heads > 0 ? opt_.check_heads : std::max<int64_t>(1, auto_heads);
+  }
+
+  std::vector<std::string> describe() const override {
+    const auto& c = opt_.common;
+    std::vector<std::string> lines;
+    std::ostringstream os;
+    os << "op dense: attention " << pass_name(opt_.pass) << ", " << dtype_name(dtype_) << ", B " << B_ << ", H " << H_
+       << ", Hkv " << Hkv_ << ", D " << D_ << ", mask " << mask_label(c.causal, c.window) << ", alibi "
+       << (c.alibi ? "yes" : "no") << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32");
+    lines.push_back(os.str());
+    lines.push_back(
+        "TFLOPs per GPU: flash formula 4*B*S^2*H*D, causal x0.5" +
+        std::string(c.window > 0 ? "; window: 4*B*H*D*(visible pairs), pairs counted exactly (closed form)" : "") +
+        "; fwd x1, bwd x2.5, fwdbwd x3.5");
+    std::ostringstream ck;
+    ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1 << " (q heads 0.."
+       << check_kv_heads_ * (H_ / Hkv_) - 1 << "), all batches, vs the fp64 host engine; ";
+    if (ctx_.on_gpu()) {
+      ck << "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host kRoundIntermediates)";
+    } else {
+      ck << "element ok if |err| <= 1e-4*max(1,max|ref|)";
+    }
+    lines.push_back(ck.str());
+    return lines;
+  }
+
+  bool work_is_bytes() const override { return false; }
+  double work(int64_t seq) const override {
+    return attention_flops(B_, seq, H_, D_, opt_.common.causal, opt_.common.window, opt_.pass);
+  }
+
+  std::string shape_header() const override {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%8s %4s %4s %4s %4s %10s", "seq", "B", "H", "Hkv", "D", "mask");
+    return buf;
+  }
+  std::string shape_cells(int64_t seq) const override {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%8lld %4lld %4lld %4lld %4lld %10s", static_cast<long long>(seq),
+                  static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
+                  static_cast<long long>(D_), mask_label(opt_.common.causal, opt_.common.window).c_str());
+    return buf;
+  }
+
+  void json_options(JsonObject& out) const override {
+    out.set("pass", pass_name(opt_.pass));
+    out.set("check_kv_heads", check_kv_heads_);
+  }
+  void json_row(JsonObject& row, int64_t seq, double) const override {
+    row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
+    row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
+    row.set("dtype", dtype_name(dtype_)).set("flops", work(seq));
+  }
+
+  void setup(int64_t seq) override {
+    S_ = seq;
+    ++size_index_;
+    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_);
+    const bool need_bwd = opt_.pass != Pass::kForward;
+    if (ctx_.on_gpu()) {
+      const size_t e = dtype_size(dtype_);
+      q_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * H_ * D_) * e);
+      k_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * Hkv_ * D_) * e);
+      v_ = DeviceBuffer(k_.bytes());
+      o_ = DeviceBuffer(q_.bytes());
+      lse_ = DeviceBuffer(static_cast<size_t>(B_ * H_ * S_) * sizeof(float));
+      if (need_bwd) {
+        dout_ = DeviceBuffer(q_.bytes());
+        dq_ = DeviceBuffer(q_.bytes());
+        dk_ = DeviceBuffer(k_.bytes());
+        dv_ = DeviceBuffer(k_.bytes());
+      }
+      if (!slopes_host_.empty() && slopes_dev_.get() == nullptr) {
+        slopes_dev_ = DeviceBuffer(slopes_host_.size() * sizeof(float));
+        DISTATTN_CUDA_CHECK(
+            cudaMemcpy(slopes_dev_.get(), slopes_host_.data(), slopes_dev_.bytes(), cudaMemcpyHostToDevice));
+      }
+      fill_inputs_device(seed);
+      poison_device(o_.get(), o_.bytes(), ctx_.stream);
+      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
+      // bwd alone is timed against the forward's O and LSE, computed once here.
+      if (opt_.pass == Pass::kBackward) flash_attention_forward(device_params(), ctx_.stream);
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    } else {
+      hq_ = HostTensor(dtype_, B_, S_, H_, D_);
+      hk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+      hv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+      ho_ = HostTensor(dtype_, B_, S_, H_, D_);
+      hlse_.assign(static_cast<size_t>(B_ * H_ * S_), 0.f);
+      if (need_bwd) {
+        hdout_ = HostTensor(dtype_, B_, S_, H_, D_);
+        hdq_ = HostTensor(dtype_, B_, S_, H_, D_);
+        hdk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+        hdv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+      }
+      fill_inputs_host(seed);
+      if (opt_.pass == Pass::kBackward) host_run(true, false);
+    }
+  }
+
+  void run() override {
+    if (ctx_.on_gpu()) {
+      if (opt_.pass != Pass::kBackward) flash_attention_forward(device_params(), ctx_.stream);
+      if (opt_.pass != Pass::kForward) flash_attention_backward(device_bwd_params(), ctx_.stream);
+    } else {
+      host_run(opt_.pass != Pass::kBackward, opt_.pass != Pass::kForward);
+    }
+  }
+
+  bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
+
+  CheckResult check() override {
+    const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
+    const bool bwd = opt_.pass != Pass::kForward;
+    // 1. Fresh inputs, poisoned outputs, one run of forward (+ backward), results copied back.
+    HostTensor q, k, v, o, dout, dq, dk, dv;
+    std::vector<float> lse;
+    if (ctx_.on_gpu()) {
+      fill_inputs_device(seed);
+      poison_device(o_.get(), o_.bytes(), ctx_.stream);
+      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
+      if (bwd) {
+        poison_device(dq_.get(), dq_.bytes(), ctx_.stream);
+        poison_device(dk_.get(), dk_.bytes(), ctx_.stream);
+        poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
+      }
+      flash_attention_forward(device_params(), ctx_.stream);
+      if (bwd) flash_attention_backward(device_bwd_params(), ctx_.stream);
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      q = download(q_.get(), dtype_, B_, S_, H_, D_);
+      k = download(k_.get(), dtype_, B_, S_, Hkv_, D_);
+      v = download(v_.get(), dtype_, B_, S_, Hkv_, D_);
+      o = download(o_.get(), dtype_, B_, S_, H_, D_);
+      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * S_);
+      if (bwd) {
+        dout = download(dout_.get(), dtype_, B_, S_, H_, D_);
+        dq = download(dq_.get(), dtype_, B_, S_, H_, D_);
+        dk = download(dk_.get(), dtype_, B_, S_, Hkv_, D_);
+        dv = download(dv_.get(), dtype_, B_, S_, Hkv_, D_);
+      }
+    } else {
+      fill_inputs_host(seed);
+      fill_nan_host(ho_);
+      fill_nan_host(hlse_);
+      if (bwd) {
+        fill_nan_host(hdq_);
+        fill_nan_host(hdk_);
+        fill_nan_host(hdv_);
+      }
+      host_run(true, bwd);
+      q = hq_, k = hk_, v = hv_, o = ho_, lse = hlse_;
+      if (bwd) dout = hdout_, dq = hdq_, dk = hdk_, dv = hdv_;
+    }
+
+    // 2. Host references on the checked heads (q heads [0, Hc), kv heads [0, Kc)); the host engine
+    //    spreads (batch, head) units over the CPU's threads itself.
+    const int64_t G = H_ / Hkv_;
+    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    const bool naive_on = ctx_.on_gpu();
+    const TensorView q16 = head_slice(q.view, 0, Hc), k16 = head_slice(k.view, 0, Kc), v16 = head_slice(v.view, 0, Kc);
+    HostTensor q64 = convert(q16, DType::kFloat64), k64 = convert(k16, DType::kFloat64),
+               v64 = convert(v16, DType::kFloat64);
+    HostTensor ref_o(DType::kFloat64, B_, S_, Hc, D_), naive_o(dtype_, B_, S_, Hc, D_);
+    std::vector<float> ref_lse(static_cast<size_t>(B_ * Hc * S_)), naive_lse(ref_lse.size());
+    fill_nan_host(ref_o), fill_nan_host(naive_o), fill_nan_host(ref_lse), fill_nan_host(naive_lse);
+    const AttnParams ref = host_params(q64.view, k64.view, v64.view, ref_o.view, ref_lse.data(), Hc);
+    host_attention_forward(ref, HostPrecision::kFloat64);
+    AttnParams naive;
+    if (naive_on) {
+      naive = host_params(q16, k16, v16, naive_o.view, naive_lse.data(), Hc);
+      host_attention_forward(naive, HostPrecision::kRoundIntermediates);
+    }
+    HostTensor ref_dq, ref_dk, ref_dv, naive_dq, naive_dk, naive_dv;
+    if (bwd) {
+      const TensorView do16 = head_slice(dout.view, 0, Hc);
+      HostTensor do64 = convert(do16, DType::kFloat64);
+      ref_dq = HostTensor(DType::kFloat64, B_, S_, Hc, D_);
+      ref_dk = HostTensor(DType::kFloat64, B_, S_, Kc, D_);
+      ref_dv = HostTensor(DType::kFloat64, B_, S_, Kc, D_);
+      fill_nan_host(ref_dq), fill_nan_host(ref_dk), fill_nan_host(ref_dv);
+      AttnBwdParams rb;
+      rb.fwd = ref;
+      rb.dout = do64.view, rb.dq = ref_dq.view, rb.dk = ref_dk.view, rb.dv = ref_dv.view;
+      host_attention_backward(rb, HostPrecision::kFloat64);
+      if (naive_on) {
+        naive_dq = HostTensor(dtype_, B_, S_, Hc, D_);
+        naive_dk = HostTensor(dtype_, B_, S_, Kc, D_);
+        naive_dv = HostTensor(dtype_, B_, S_, Kc, D_);
+        fill_nan_host(naive_dq), fill_nan_host(naive_dk), fill_nan_host(naive_dv);
+        AttnBwdParams nb;
+        nb.fwd = naive;
+        nb.dout = do16, nb.dq = naive_dq.view, nb.dk = naive_dk.view, nb.dv = naive_dv.view;
+        host_attention_backward(nb, HostPrecision::kRoundIntermediates);
+      }
+    }
+
+    // 3. Compare each output on the checked heads.
+    CheckResult r;
+    r.done = true;
+    std::ostringstream detail;
+    double worst_ratio = -1;
+    auto compare = [&](const char* name, const TensorView& got, const TensorView& ref, const TensorView* naive,
+                       double ulp) {
+      const double err = max_abs_diff(got, ref);
+      const double ref_max = max_abs(ref);
+      double naive_err = 0, tol;
+      if (naive != nullptr) {
+        naive_err = max_abs_diff(*naive, ref);
+        tol = 2 * naive_err + ulp * std::max(ref_max, 1e-30);
+      } else {
+        tol = 1e-4 * std::max(1.0, ref_max);
+      }
+      const int64_t wrong = count_outside(got, ref, tol);
+      r.wrong += wrong;
+      r.checked += got.numel();
+      r.max_err = std::max(r.max_err, err);
+      if (!std::isfinite(err)) r.max_err = err;
+      r.naive_err = std::max(r.naive_err, naive_err);
+      const double ratio = err / tol;
+      if (!(ratio <= worst_ratio)) {
+        worst_ratio = ratio;
+        r.tolerance = tol;
+      }
+      char buf[160];
+      std::snprintf(buf, sizeof(buf), "%s err %.3g naive %.3g tol %.3g wrong %lld; ", name, err, naive_err, tol,
+                    static_cast<long long>(wrong));
+      detail << buf;
+    };
+    compare("o", head_slice(o.view, 0, Hc), ref_o.view, naive_on ? &naive_o.view : nullptr, dtype_ulp(dtype_));
+    const TensorView lse_got = head_slice(lse_view(lse.data(), B_, S_, H_), 0, Hc);
+    const TensorView lse_ref = lse_view(ref_lse.data(), B_, S_, Hc);
+    const TensorView lse_naive = lse_view(naive_lse.data(), B_, S_, Hc);
+    compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
+    if (bwd) {
+      const double ulp = dtype_ulp(dtype_);
+      compare("dq", head_slice(dq.view, 0, Hc), ref_dq.view, naive_on ? &naive_dq.view : nullptr, ulp);
+      compare("dk", head_slice(dk.view, 0, Kc), ref_dk.view, naive_on ? &naive_dk.view : nullptr, ulp);
+      compare("dv", head_slice(dv.view, 0, Kc), ref_dv.view, naive_on ? &naive_dv.view : nullptr, ulp);
+    }
+    r.detail = detail.str();
+    if (!r.detail.empty()) r.detail.resize(r.detail.size() - 2);
+    return r;
+  }
+
+  void teardown() override {
+    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
+    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
+    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
+    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
+    hlse_.clear();
+  }
+
+ private:
+  void fill_inputs_device(uint64_t seed) {
+    fill_random_device(q_.get(), B_ * S_ * H_ * D_, dtype_, seed + 0, 1.0f, ctx_.stream);
+    fill_random_device(k_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 1, 1.0f, ctx_.stream);
+    fill_random_device(v_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 2, 1.0f, ctx_.stream);
+    if (dout_.get() != nullptr) fill_random_device(dout_.get(), B_ * S_ * H_ * D_, dtype_, seed + 3, 1.0f, ctx_.stream);
+  }
+  void fill_inputs_host(uint64_t seed) {
+    fill_random_host(hq_, seed + 0);
+    fill_random_host(hk_, seed + 1);
+    fill_random_host(hv_, seed + 2);
+    if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
+  }
+
+  AttnParams device_params() const {
+    AttnParams p;
+    p.q = TensorView::packed(q_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
+    p.k = TensorView::packed(k_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
+    p.v = TensorView::packed(v_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
+    p.o = TensorView::packed(o_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
+    p.lse = static_cast<float*>(lse_.get());
+    p.q_pos = PositionMap::contiguous(0, S_);
+    p.kv_pos = PositionMap::contiguous(0, S_);
+    p.mask = mask();
+    p.alibi_slopes = static_cast<const float*>(slopes_dev_.get());
+    return p;
+  }
+  AttnBwdParams device_bwd_params() const {
+    AttnBwdParams b;
+    b.fwd = device_params();
+    b.dout = TensorView::packed(dout_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
+    b.dq = TensorView::packed(dq_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
+    b.dk = TensorView::packed(dk_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
+    b.dv = TensorView::packed(dv_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
+    return b;
+  }
+  Mask mask() const {
+    Mask m;
+    m.causal = opt_.common.causal;
+    m.window = opt_.common.window;
+    return m;
+  }
+
+  // Host-engine params for q heads [0, q.heads()) whose LSE is an array [B, lse_heads, S] (packed).
+  AttnParams host_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+                         int64_t lse_heads) const {
+    AttnParams p;
+    p.q = q, p.k = k, p.v = v, p.o = o;
+    p.lse = lse;
+    p.lse_batch_stride = lse_heads * S_;
+    p.lse_head_stride = S_;
+    p.q_pos = PositionMap::contiguous(0, S_);
+    p.kv_pos = PositionMap::contiguous(0, S_);
+    p.mask = mask();
+    p.alibi_slopes = slopes_host_.empty() ? nullptr : slopes_host_.data();
+    return p;
+  }
+
+  // Host-engine mode: the whole problem in fp32 (the engine threads over (batch, head) itself).
+  void host_run(bool fwd, bool bwd) {
+    const AttnParams p = host_params(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data(), H_);
+    if (fwd) host_attention_forward(p, HostPrecision::kFloat32);
+    if (bwd) {
+      AttnBwdParams b;
+      b.fwd = p;
+      b.dout = hdout_.view, b.dq = hdq_.view, b.dk = hdk_.view, b.dv = hdv_.view;
+      host_attention_backward(b, HostPrecision::kFloat32);
+    }
+  }
+
+  RunContext ctx_;
+  const BenchOptions& opt_;
+  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0;
+  DType dtype_ = DType::kBFloat16;
+  int size_index_ = -1;
+  int64_t check_kv_heads_ = 1;
+  std::vector<float> slopes_host_;
+  // GPU buffers (packed).
+  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_;
+  // Host-engine mode buffers.
+  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_;
+  std::vector<float> hlse_;
+};
+
+}  // namespace
+
+std::unique_ptr<BenchOp> make_dense_op(const RunContext& ctx) { return std::make_unique<DenseOp>(ctx); }
+
+}  // namespace bench
+}  // namespace distattn
