@@ -9,6 +9,10 @@
 // frequency variants prescribe (YaRN's attention factor), 1 otherwise.
 // Backward is the conjugate rotation: dx = scale * R(-theta) dy, i.e. the same call with inverse = true.
 //
+// Positions are converted to fp32 before the multiply (exact up to 2^24 = 16,777,216; rounded to fp32
+// beyond, identically on host and GPU). Out of place, q_out/k_out must not partially overlap their
+// inputs (q_out == q with equal strides is the same as in place).
+//
 // Apply RoPE ONCE to the local q and k before any exchange (K travels already rotated); positions
 // come from the shard's PositionMap, so contiguous shards, zigzag halves and strided views all see
 // the angles one big GPU would.
