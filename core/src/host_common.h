@@ -44,8 +44,8 @@ class Visibility {
  public:
   explicit Visibility(const AttnParams& p);
 
-  // Fills `cols` with the visible kv rows of q row i, ascending.
-  void row(int64_t i, std::vector<int64_t>& cols) const;
+  // Fills `cols` with the visible kv rows of q row i among kv rows [j_begin, j_end) (j_end < 0: Skv), ascending.
+  void row(int64_t i, std::vector<int64_t>& cols, int64_t j_begin = 0, int64_t j_end = -1) const;
 
   const std::vector<int64_t>& q_positions() const { return pos_q_; }
   const std::vector<int64_t>& kv_positions() const { return pos_k_; }
@@ -64,14 +64,18 @@ inline Acc alibi_bias(Acc slope, int64_t pos_q, int64_t pos_k) {
   return -slope * static_cast<Acc>(d < 0 ? -d : d);
 }
 
-// Copies rows [0, S) of head h of batch b of `t` into a dense [S, D] buffer of Acc.
+// Copies rows [s_begin, s_end) (s_end < 0: all) of head h of batch b of `t` into a dense
+// [s_end - s_begin, D] buffer of Acc.
 template <typename Acc>
-void load_head(const TensorView& t, int64_t b, int64_t h, std::vector<Acc>& out) {
-  const int64_t S = t.seqlen(), D = t.head_dim();
-  out.resize(static_cast<size_t>(S * D));
-  for (int64_t s = 0; s < S; ++s) {
+void load_head(const TensorView& t, int64_t b, int64_t h, std::vector<Acc>& out, int64_t s_begin = 0,
+               int64_t s_end = -1) {
+  if (s_end < 0) s_end = t.seqlen();
+  const int64_t D = t.head_dim();
+  out.resize(static_cast<size_t>((s_end - s_begin) * D));
+  for (int64_t s = s_begin; s < s_end; ++s) {
     const int64_t base = t.offset(b, s, h, 0);
-    for (int64_t d = 0; d < D; ++d) out[s * D + d] = static_cast<Acc>(load_as_double(t.data, base + d, t.dtype));
+    Acc* dst = &out[(s - s_begin) * D];
+    for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<Acc>(load_as_double(t.data, base + d, t.dtype));
   }
 }
 

@@ -20,11 +20,12 @@ Visibility::Visibility(const AttnParams& p)
   for (int64_t j = 0; j < skv_; ++j) pos_k_[j] = p.kv_pos.position(j);
 }
 
-void Visibility::row(int64_t i, std::vector<int64_t>& cols) const {
+void Visibility::row(int64_t i, std::vector<int64_t>& cols, int64_t j_begin, int64_t j_end) const {
   cols.clear();
+  if (j_end < 0) j_end = skv_;
   const int64_t pq = pos_q_[i];
   if (blocks_ == nullptr) {
-    for (int64_t j = 0; j < skv_; ++j) {
+    for (int64_t j = j_begin; j < j_end; ++j) {
       if (band_.visible(pq, pos_k_[j])) cols.push_back(j);
     }
     return;
@@ -33,8 +34,8 @@ void Visibility::row(int64_t i, std::vector<int64_t>& cols) const {
   // so `cols` comes out ascending.
   const int64_t qb = i / kLayoutBlock;
   for (int64_t e = blocks_->row_offset[qb]; e < blocks_->row_offset[qb + 1]; ++e) {
-    const int64_t j0 = static_cast<int64_t>(blocks_->col_index[e]) * kLayoutBlock;
-    const int64_t j1 = std::min<int64_t>(j0 + kLayoutBlock, skv_);
+    const int64_t j0 = std::max<int64_t>(static_cast<int64_t>(blocks_->col_index[e]) * kLayoutBlock, j_begin);
+    const int64_t j1 = std::min<int64_t>(static_cast<int64_t>(blocks_->col_index[e] + 1) * kLayoutBlock, j_end);
     const bool partial = blocks_->row_partial[e] != 0;
     for (int64_t j = j0; j < j1; ++j) {
       if (!partial || band_.visible(pq, pos_k_[j])) cols.push_back(j);
