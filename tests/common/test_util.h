@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "distattn/core/tensor.h"
@@ -26,6 +27,21 @@ struct HostTensor {
 
   HostTensor() = default;
   HostTensor(DType dtype, int64_t B, int64_t S, int64_t H, int64_t D, int64_t head_pad = 0, int64_t row_pad = 0);
+  // Copies own their storage: the view is re-pointed at the copy's bytes (a member-wise copy would alias).
+  HostTensor(const HostTensor& o) : storage(o.storage), view(o.view) { view.data = storage.data(); }
+  HostTensor& operator=(const HostTensor& o) {
+    storage = o.storage;
+    view = o.view;
+    view.data = storage.data();
+    return *this;
+  }
+  HostTensor(HostTensor&& o) noexcept : storage(std::move(o.storage)), view(o.view) { view.data = storage.data(); }
+  HostTensor& operator=(HostTensor&& o) noexcept {
+    storage = std::move(o.storage);
+    view = o.view;
+    view.data = storage.data();
+    return *this;
+  }
   double get(int64_t b, int64_t s, int64_t h, int64_t d) const;
   void set(int64_t b, int64_t s, int64_t h, int64_t d, double v);
   size_t bytes() const { return storage.size(); }
