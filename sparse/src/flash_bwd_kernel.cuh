@@ -55,9 +55,24 @@ struct FlashBwdTraits {
   static_assert(kLayoutBlock % kBlockM == 0, "q tiles must divide layout blocks");
 };
 
-// Byte offset of 16-byte chunk `chunk` of row `row` in a swizzled array of `row_bytes`-byte rows.
-__device__ __forceinline__ uint32_t bwd_swz(int row, int chunk, int row_bytes) {
-  return static_cast<uint32_t>(row * row_bytes + ((chunk ^ (row & 7)) << 4));
+// Swizzled byte offset of the 16-byte chunk C + 2j of a row starting at `row_base` (a multiple of 128),
+// for a lane whose row has (row & 7) folded into `lane_xor` (with its ldmatrix chunk offset), split so
+// that the part depending on j is one XOR: offset(j) = bwd_lane_off(...) ^ (32 * (j & 3)) + 128 * (j >> 2).
+// Valid when the bits of (C & 7) and 2 * (j & 3) are disjoint (true for every use below).
+__device__ __forceinline__ uint32_t bwd_lane_off(int row_base, int C, int lane_xor) {
+  return static_cast<uint32_t>(row_base + ((C & ~7) << 4) + (((C & 7) ^ lane_xor) << 4));
+}
+__device__ __forceinline__ uint32_t bwd_j_off(uint32_t lane_off, int j) {
+  return (lane_off ^ static_cast<uint32_t>(32 * (j & 3))) + static_cast<uint32_t>(128 * (j >> 2));
+}
+
+// threadIdx.x read through a volatile asm: offsets derived from it are recomputed where they are used
+// (a few integer ops per phase) instead of being hoisted out of the tile loop and held in registers
+// (the loop runs at the register limit; hoisting them made ptxas spill).
+__device__ __forceinline__ int bwd_tid_volatile() {
+  int v;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(v));
+  return v;
 }
 
 __device__ __forceinline__ void bwd_ldsm_x4(uint32_t* r, uint32_t addr) {
@@ -74,23 +89,25 @@ __device__ __forceinline__ void bwd_sts_u32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v));
 }
 
-// Copies rows [row0, row0 + kRows) of a [rows, D] 16-bit matrix (row stride `row_stride` elements)
-// into a swizzled smem tile with cp.async; rows >= `rows_valid` are zero-filled (their source address
-// is clamped to row 0 so no out-of-bounds address is ever formed).
+// Copies rows [row0, row0 + kRows) of a [rows, D] 16-bit matrix into a swizzled smem tile with
+// cp.async. `src_row0` points at row row0 (a valid row); rows past `rows_left` rows are zero-filled (and
+// their source address is row0's, so no out-of-bounds address is ever formed). Thread tid copies chunk
+// tid % kChunks of rows tid / kChunks + i * kRowsPerPass: the swizzle (row & 7) is the same for all i.
 template <typename Traits, int kRows>
-__device__ __forceinline__ void bwd_load_tile(uint32_t smem, const uint16_t* gmem, int64_t row_stride, int row0,
-                                              int rows_valid, int tid) {
-  constexpr int kPerThread = kRows * Traits::kChunks / Traits::kThreads;
-  static_assert(kPerThread * Traits::kThreads == kRows * Traits::kChunks, "tile not divisible by threads");
+__device__ __forceinline__ void bwd_load_tile(uint32_t smem, const uint16_t* src_row0, int64_t row_stride,
+                                              int rows_left, int tid) {
+  constexpr int kRowsPerPass = Traits::kThreads / Traits::kChunks;
+  static_assert(kRows % kRowsPerPass == 0 && kRowsPerPass % 8 == 0, "tile not divisible by threads");
+  const int r = tid / Traits::kChunks;
+  const int c = tid % Traits::kChunks;
+  const uint16_t* src = src_row0 + r * row_stride + c * 8;
+  const int64_t step = kRowsPerPass * row_stride;
+  const uint32_t dst = smem + static_cast<uint32_t>(r * Traits::kRowBytes + ((c ^ (r & 7)) << 4));
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) {
-    const int idx = tid + i * Traits::kThreads;
-    const int row = idx / Traits::kChunks;
-    const int chunk = idx % Traits::kChunks;
-    const bool valid = row0 + row < rows_valid;
-    const uint16_t* src = gmem + (valid ? (row0 + row) * row_stride : 0) + chunk * 8;
-    const uint32_t dst = smem + bwd_swz(row, chunk, Traits::kRowBytes);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+  for (int i = 0; i < kRows / kRowsPerPass; ++i) {
+    const bool valid = r + i * kRowsPerPass < rows_left;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + i * kRowsPerPass * Traits::kRowBytes),
+                 "l"(valid ? src + i * step : src_row0), "r"(valid ? 16 : 0));
   }
 }
 
@@ -182,8 +199,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
   // ---- K, V of this kv tile: [B, Skv, Hkv, D], rows n0 .. n0 + 127 --------------------------------
   const uint16_t* k_head = static_cast<const uint16_t*>(p.k) + b * p.k_batch_stride + hkv * p.k_head_stride;
   const uint16_t* v_head = static_cast<const uint16_t*>(p.v) + b * p.v_batch_stride + hkv * p.v_head_stride;
-  bwd_load_tile<Tr, kBlockN>(sK, k_head, p.k_row_stride, n0, p.seqlen_kv, tid);
-  bwd_load_tile<Tr, kBlockN>(sV, v_head, p.v_row_stride, n0, p.seqlen_kv, tid);
+  bwd_load_tile<Tr, kBlockN>(sK, k_head + n0 * p.k_row_stride, p.k_row_stride, kv_rows, tid);
+  bwd_load_tile<Tr, kBlockN>(sV, v_head + n0 * p.v_row_stride, p.v_row_stride, kv_rows, tid);
   cp_async_commit();
   // Global positions of the kv rows (read by the per-element mask and ALiBi).
   if (tid < kBlockN) s_kpos[tid] = tid < kv_rows ? static_cast<int32_t>(p.kv_pos.position(n0 + tid)) : 0;
@@ -204,6 +221,17 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
   const int wm_a = warp >> 2, wn_a = warp & 3;  // A/B: rows 32*wm_a, kv cols 32*wn_a of the 64 x 128 tile
   const int wn_c = warp & 3, wd_c = warp >> 2;  // C/D: kv rows 32*wn_c, d cols (D/2)*wd_c
   const int wm_e = warp & 1, wd_e = warp >> 1;  // E:   q rows 32*wm_e, d cols (D/4)*wd_e
+
+  // Per-lane swizzled smem offsets (bwd_lane_off), one per (phase, operand); the loops add the
+  // compile-time parts. lx / ly: (row & 7) of the lane's ldmatrix row XOR its chunk offset.
+  const int lx = (lane & 7) ^ x_chunk;
+  const int ly = (lane & 7) ^ y_chunk;
+  const uint32_t offA_q = bwd_lane_off((wm_a * 32 + x_row) * kRB, 0, lx);        // Q, dO: rows, chunk 2kk
+  const uint32_t offA_k = bwd_lane_off((wn_a * 32 + y_row) * kRB, 0, ly);        // K, V:  rows, chunk 2kk
+  // Phases B, C, E recompute theirs from bwd_tid_volatile() (see there):
+  //   offS   P / dS stores: row 32*wm_a + g (+16mi + 8h), chunk 4*wn_a + ni, byte 4t inside the chunk
+  //   offC_p P, dS (trans): rows kk*16 + y_row, chunk 4wn_c + 2mi;  offC_b dO, Q (trans): chunk (D/16)wd_c + 2nj
+  //   offE_a dS: rows 32wm_e + x_row, chunk 2kk;                   offE_b K (trans): chunk (D/32)wd_e + 2nj
 
   float acc_dv[2][Tr::kNTileC][4];
   float acc_dk[2][Tr::kNTileC][4];
@@ -239,11 +267,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
       hits = __ballot_sync(0xffffffffu, my_cls != 0);
     }
   };
-  auto q_ptr = [&](int hq) {
-    return static_cast<const uint16_t*>(p.q) + b * p.q_batch_stride + hq * p.q_head_stride;
-  };
-  auto do_ptr = [&](int hq) {
-    return static_cast<const uint16_t*>(p.dout) + b * p.dout_batch_stride + hq * p.dout_head_stride;
+  // Q and dO rows [m0, m0 + 64) of q head hq into buffer `which`, with their LSE and delta.
+  auto load_q_tile = [&](int hq, int m0, int which) {
+    const uint16_t* q = static_cast<const uint16_t*>(p.q) + b * p.q_batch_stride + hq * p.q_head_stride;
+    const uint16_t* d = static_cast<const uint16_t*>(p.dout) + b * p.dout_batch_stride + hq * p.dout_head_stride;
+    const int rows_left = p.seqlen_q - m0;
+    bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemQ + which * kBlockM * kRB, q + m0 * p.q_row_stride, p.q_row_stride,
+                               rows_left, tid);
+    bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemDO + which * kBlockM * kRB, d + m0 * p.dout_row_stride,
+                               p.dout_row_stride, rows_left, tid);
   };
   auto load_stats = [&](int hq, int row0, int which) {
     bwd_load_stats<Tr>(s_base + Tr::kSmemLse + which * kBlockM * 4, s_base + Tr::kSmemDelta + which * kBlockM * 4,
@@ -254,9 +286,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
   bool have = next_work();
   if (have) {
     const int hq = hkv * p.group + gh;
-    bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemQ, q_ptr(hq), p.q_row_stride, tile * kBlockM, p.seqlen_q, tid);
-    bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemDO, do_ptr(hq), p.dout_row_stride, tile * kBlockM, p.seqlen_q,
-                               tid);
+    load_q_tile(hq, tile * kBlockM, 0);
     load_stats(hq, tile * kBlockM, 0);
   }
   cp_async_commit();
@@ -273,10 +303,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
     __syncthreads();  // this tile's Q/dO landed; every warp is done with the previous tile's smem
     if (have) {
       const int hq = hkv * p.group + gh;
-      bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemQ + (buf ^ 1) * kBlockM * kRB, q_ptr(hq), p.q_row_stride,
-                                 tile * kBlockM, p.seqlen_q, tid);
-      bwd_load_tile<Tr, kBlockM>(s_base + Tr::kSmemDO + (buf ^ 1) * kBlockM * kRB, do_ptr(hq), p.dout_row_stride,
-                                 tile * kBlockM, p.seqlen_q, tid);
+      load_q_tile(hq, tile * kBlockM, buf ^ 1);
       load_stats(hq, tile * kBlockM, buf ^ 1);
     }
     cp_async_commit();
@@ -295,17 +322,16 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       uint32_t a_q[2][4], a_do[2][4], b_k[2][4], b_v[2][4];
+      const uint32_t oq = bwd_j_off(offA_q, kk), ok = bwd_j_off(offA_k, kk);
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const int row = wm_a * 32 + mi * 16 + x_row;
-        bwd_ldsm_x4(a_q[mi], sQ + bwd_swz(row, 2 * kk + x_chunk, kRB));
-        bwd_ldsm_x4(a_do[mi], sDO + bwd_swz(row, 2 * kk + x_chunk, kRB));
+      for (int mi = 0; mi < 2; ++mi) {  // rows 32*wm_a + 16*mi + x_row, chunk 2kk + x_chunk
+        bwd_ldsm_x4(a_q[mi], sQ + oq + mi * 16 * kRB);
+        bwd_ldsm_x4(a_do[mi], sDO + oq + mi * 16 * kRB);
       }
 #pragma unroll
       for (int nj = 0; nj < 2; ++nj) {  // b_k[nj] = {b0, b1} of n8 tile 2nj, then of 2nj + 1
-        const int row = wn_a * 32 + nj * 16 + y_row;
-        bwd_ldsm_x4(b_k[nj], sK + bwd_swz(row, 2 * kk + y_chunk, kRB));
-        bwd_ldsm_x4(b_v[nj], sV + bwd_swz(row, 2 * kk + y_chunk, kRB));
+        bwd_ldsm_x4(b_k[nj], sK + ok + nj * 16 * kRB);
+        bwd_ldsm_x4(b_v[nj], sV + ok + nj * 16 * kRB);
       }
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
@@ -385,37 +411,47 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
             }
         }
     }
+    uint32_t offS;
+    {
+      const int vt = bwd_tid_volatile(), vl = vt & 31, vw = vt >> 5;
+      offS = bwd_lane_off(((vw >> 2) * 32 + (vl >> 2)) * kPRB, (vw & 3) * 4, vl >> 2) + 4 * (vl & 3);
+    }
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int row = wm_a * 32 + mi * 16 + g + 8 * h;
-          const uint32_t off = bwd_swz(row, wn_a * 4 + ni, kPRB) + 4 * t;
+          const uint32_t off = (offS ^ static_cast<uint32_t>(16 * ni)) + (mi * 16 + 8 * h) * kPRB;
           bwd_sts_u32(sP + off, pack2<T>(acc_s[mi][ni][2 * h], acc_s[mi][ni][2 * h + 1]));
           bwd_sts_u32(sDS + off, pack2<T>(acc_dp[mi][ni][2 * h], acc_dp[mi][ni][2 * h + 1]));
         }
     __syncthreads();  // P and dS complete
 
     // ---- phases C, D: dV += P^T dO, dK += dS^T Q (k = the tile's 64 q rows) -------------------------
+    uint32_t offC_p, offC_b;
+    {
+      const int vt = bwd_tid_volatile(), vl = vt & 31, vw = vt >> 5;
+      const int vxr = (vl & 7) + ((vl >> 3) & 1) * 8, vyr = (vl & 7) + (vl >> 4) * 8;
+      const int vlx = (vl & 7) ^ (vl >> 4), vly = (vl & 7) ^ ((vl >> 3) & 1);
+      offC_p = bwd_lane_off(vyr * kPRB, (vw & 3) * 4, vly);
+      offC_b = bwd_lane_off(vxr * kRB, (vw >> 2) * (kHeadDim / 16), vlx);
+    }
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
       uint32_t a_p[2][4], a_ds[2][4];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {  // A = P^T: stored [m][n], rows k = m, chunks of n
-        const int row = kk * 16 + y_row;
-        const int chunk = wn_c * 4 + mi * 2 + y_chunk;
-        bwd_ldsm_x4_t(a_p[mi], sP + bwd_swz(row, chunk, kPRB));
-        bwd_ldsm_x4_t(a_ds[mi], sDS + bwd_swz(row, chunk, kPRB));
+      for (int mi = 0; mi < 2; ++mi) {  // A = P^T: stored [m][n], rows k = m (kk*16 + y_row), chunk 4wn_c + 2mi
+        const uint32_t o = bwd_j_off(offC_p, mi) + kk * 16 * kPRB;
+        bwd_ldsm_x4_t(a_p[mi], sP + o);
+        bwd_ldsm_x4_t(a_ds[mi], sDS + o);
       }
 #pragma unroll
       for (int nj = 0; nj < Tr::kNTileC / 2; ++nj) {  // B = dO / Q: stored [m][d], rows k = m
         uint32_t b_do[4], b_q[4];
-        const int row = kk * 16 + x_row;
-        const int chunk = wd_c * (kHeadDim / 16) + nj * 2 + x_chunk;
-        bwd_ldsm_x4_t(b_do, sDO + bwd_swz(row, chunk, kRB));
-        bwd_ldsm_x4_t(b_q, sQ + bwd_swz(row, chunk, kRB));
+        const uint32_t o = bwd_j_off(offC_b, nj) + kk * 16 * kRB;  // rows kk*16 + x_row, chunk (D/16)wd_c + 2nj
+        bwd_ldsm_x4_t(b_do, sDO + o);
+        bwd_ldsm_x4_t(b_q, sQ + o);
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) {
           mma_16816<T>(acc_dv[mi][2 * nj], a_p[mi], &b_do[0]);
@@ -428,6 +464,14 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
 
     // ---- phase E: dQ tile = scale * dS K (k = the 128 kv rows) -> atomics -------------------------
     {
+      uint32_t offE_a, offE_b;
+      {
+        const int vt = bwd_tid_volatile(), vl = vt & 31, vw = vt >> 5;
+        const int vxr = (vl & 7) + ((vl >> 3) & 1) * 8;
+        const int vlx = (vl & 7) ^ (vl >> 4);
+        offE_a = bwd_lane_off(((vw & 1) * 32 + vxr) * kPRB, 0, vlx);
+        offE_b = bwd_lane_off(vxr * kRB, (vw >> 1) * (kHeadDim / 32), vlx);
+      }
       float acc_dq[2][Tr::kNTileE][4];
 #pragma unroll
       for (int i = 0; i < 2; ++i)
@@ -440,11 +484,11 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
         uint32_t a_ds[2][4];
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi)  // A = dS: stored [m][n], row-major
-          bwd_ldsm_x4(a_ds[mi], sDS + bwd_swz(wm_e * 32 + mi * 16 + x_row, 2 * kk + x_chunk, kPRB));
+          bwd_ldsm_x4(a_ds[mi], sDS + bwd_j_off(offE_a, kk) + mi * 16 * kPRB);  // rows 32wm_e + 16mi, chunk 2kk
 #pragma unroll
         for (int nj = 0; nj < Tr::kNTileE / 2; ++nj) {  // B = K: stored [n][d], rows k = n
           uint32_t b_k[4];
-          bwd_ldsm_x4_t(b_k, sK + bwd_swz(kk * 16 + x_row, wd_e * (kHeadDim / 32) + nj * 2 + x_chunk, kRB));
+          bwd_ldsm_x4_t(b_k, sK + bwd_j_off(offE_b, nj) + kk * 16 * kRB);  // rows kk*16, chunk (D/32)wd_e + 2nj
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi) {
             mma_16816<T>(acc_dq[mi][2 * nj], a_ds[mi], &b_k[0]);
@@ -454,6 +498,30 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
       }
       // Element (mi, ni, r): q row m0 + 32*wm_e + 16*mi + g + 8*(r>>1), d = (D/4)*wd_e + 8*ni + 2t + (r&1).
       float* dq_head = p.dq_accum + b * p.dq_accum_batch_stride + cur_hq * p.dq_accum_head_stride;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      // sm_90: one 16-byte vector reduction per 4 floats. Lanes t and t^1 swap halves so that the even
+      // lane owns row g, columns 4*(t/2) .. +3 of the n8 tile and the odd lane row g + 8, same columns:
+      // 8 reductions per thread instead of 32 (fewer LSU slots, fewer registers pinned by in-flight reds).
+      const bool odd = (t & 1) != 0;
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const int row = m0 + wm_e * 32 + mi * 16 + g + (odd ? 8 : 0);
+        float* dst = dq_head + static_cast<int64_t>(row) * p.dq_accum_row_stride + wd_e * (kHeadDim / 4) + 4 * (t >> 1);
+#pragma unroll
+        for (int ni = 0; ni < Tr::kNTileE; ++ni) {
+          const float* a = acc_dq[mi][ni];
+          const float x0 = __shfl_xor_sync(0xffffffffu, odd ? a[0] : a[2], 1);
+          const float x1 = __shfl_xor_sync(0xffffffffu, odd ? a[1] : a[3], 1);
+          const float v0 = (odd ? x0 : a[0]) * p.scale, v1 = (odd ? x1 : a[1]) * p.scale;
+          const float v2 = (odd ? a[2] : x0) * p.scale, v3 = (odd ? a[3] : x1) * p.scale;
+          if (row < p.seqlen_q) {
+            asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst + ni * 8), "f"(v0),
+                         "f"(v1), "f"(v2), "f"(v3)
+                         : "memory");
+          }
+        }
+      }
+#else
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -468,6 +536,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
             }
           }
         }
+#endif
     }
     buf ^= 1;
   }
