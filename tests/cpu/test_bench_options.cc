@@ -3,6 +3,7 @@
 // against brute force), and parse errors that name the option.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "distattn/core/error.h"
 #include "distattn/launch/options.h"
 #include "distattn/launch/sizes.h"
+#include "host_tensors.h"
 
 namespace distattn {
 namespace {
@@ -209,6 +211,56 @@ TEST(BenchFlops, WindowPairsMatchBruteForce) {
     }
   }
   EXPECT_EQ(bench::visible_pairs(1 << 20, true, 0), (int64_t{1} << 20) * ((int64_t{1} << 20) + 1) / 2);
+}
+
+}  // namespace
+}  // namespace distattn
+
+// The check's comparisons: a poisoned (NaN) element, an infinity, or an element beyond tolerance is
+// wrong; equal infinities (the -inf LSE of an empty row) are not.
+namespace distattn {
+namespace {
+
+TEST(BenchCheck, ComparisonsCountPoisonAndOutliers) {
+  bench::HostTensor ref(DType::kFloat64, 2, 5, 3, 4);
+  bench::fill_random_host(ref, 7);
+  bench::HostTensor got = bench::convert(ref.view, DType::kBFloat16);  // rounding error only
+  const double round_err = bench::max_abs_diff(got.view, ref.view);
+  EXPECT_GT(round_err, 0.0);
+  EXPECT_LE(round_err, bench::max_abs(ref.view) * std::ldexp(1.0, -8) * 1.0001);
+  EXPECT_EQ(bench::count_outside(got.view, ref.view, round_err), 0);
+
+  // One element far off, one NaN: both wrong, and max_abs_diff reports infinity for the NaN.
+  store_from_double(got.data(), 3, DType::kBFloat16, 100.0);
+  EXPECT_EQ(bench::count_outside(got.view, ref.view, 1e-2), 1);
+  store_from_double(got.data(), 17, DType::kBFloat16, std::nan(""));
+  EXPECT_EQ(bench::count_outside(got.view, ref.view, 1e-2), 2);
+  EXPECT_TRUE(std::isinf(bench::max_abs_diff(got.view, ref.view)));
+
+  // A fully poisoned tensor is wrong everywhere.
+  bench::fill_nan_host(got);
+  EXPECT_EQ(bench::count_outside(got.view, ref.view, 1e30), got.view.numel());
+
+  // Equal infinities match; opposite ones do not.
+  std::vector<float> a = {-INFINITY, 1.f, INFINITY}, b = {-INFINITY, 1.f, -INFINITY};
+  const TensorView va = bench::lse_view(a.data(), 1, 3, 1), vb = bench::lse_view(b.data(), 1, 3, 1);
+  EXPECT_EQ(bench::count_outside(va, va, 0.0), 0);
+  EXPECT_EQ(bench::count_outside(va, vb, 0.0), 1);
+}
+
+TEST(BenchCheck, HeadSliceAndRandomFill) {
+  bench::HostTensor t(DType::kFloat32, 1, 3, 4, 2);
+  bench::fill_random_host(t, 11);
+  for (int64_t i = 0; i < t.view.numel(); ++i) {
+    const double v = load_as_double(t.data(), i, DType::kFloat32);
+    EXPECT_NE(v, 0.0) << "random inputs must never be zero (element " << i << ")";
+    EXPECT_LE(std::fabs(v), 1.7320509);
+  }
+  const TensorView s = bench::head_slice(t.view, 1, 2);
+  EXPECT_EQ(s.heads(), 2);
+  EXPECT_EQ(load_as_double(s.data, s.offset(0, 2, 1, 1), s.dtype),
+            load_as_double(t.data(), t.view.offset(0, 2, 2, 1), t.view.dtype));
+  expect_error_naming([&] { bench::head_slice(t.view, 3, 2); }, "head_slice");
 }
 
 }  // namespace
