@@ -3,7 +3,7 @@
 #   GPU present and PyTorch importable: distattn and the PyTorch peers side by side (bench/run_side_by_side.sh),
 #   GPU present, no PyTorch: distattn_bench's default sweep alone,
 #   no GPU: distattn_bench runs the host engine on small sizes (it says so).
-# Extra arguments go to distattn_bench. Results (JSON) land in $DISTATTN_BUILD_DIR/results/.
+# Extra arguments go to distattn_bench (when run alone). Results (JSON) land in $DISTATTN_BUILD_DIR/results/.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${DISTATTN_BUILD_DIR:-$here/build}
@@ -11,7 +11,7 @@ build=${DISTATTN_BUILD_DIR:-$here/build}
 mkdir -p "$build/results"
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-    exec "$here/bench/run_side_by_side.sh" "$build/bench/distattn_bench" "$build/results" "$@"
+    DISTATTN_BENCH="$build/bench/distattn_bench" exec "$here/bench/run_side_by_side.sh" "$build/results"
   fi
   exec "$build/bench/distattn_bench" -o dense -b 2K -e 32K -f 2 -J "$build/results/dense.json" "$@"
 fi
