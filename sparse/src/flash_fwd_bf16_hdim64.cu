@@ -1,0 +1,8 @@
+// Forward kernel instantiation: bf16, head dim 64 (one file per variant so they compile in parallel).
+#include "flash_fwd_launch.cuh"
+
+namespace distattn {
+namespace kernels {
+template void run_flash_fwd<__nv_bfloat16, 64>(const FlashFwdParams& params, cudaStream_t stream);
+}  // namespace kernels
+}  // namespace distattn

@@ -1,0 +1,573 @@
+// CUDA forward attention engine (flash_attention_forward) against the host engine.
+//
+// Rule (flash-attention's): on the same bf16/fp16 inputs, the GPU's error against the fp64 host
+// reference must be at most 2x the error of the host engine in kRoundIntermediates (a naive
+// same-precision implementation) plus 1e-4 absolute slack, for O (rel_l2 and max_abs) and for LSE.
+// Every output is poisoned with NaN before each run, so an unwritten element fails.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distattn/core/attn_params.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/sparse/flash_attention.h"
+#include "test_util.h"
+
+namespace distattn {
+namespace {
+
+using testing::DeviceArray;
+using testing::DeviceTensor;
+using testing::ErrorStats;
+using testing::HostTensor;
+
+constexpr double kSlack = 1e-4;
+const float kNegInf = -std::numeric_limits<float>::infinity();
+
+// A block list built by hand: per q block, the listed kv blocks (ascending) and whether each is partial.
+struct HandBlocks {
+  struct Entry {
+    int32_t kv_block;
+    bool partial;
+  };
+  std::vector<std::vector<Entry>> rows;  // [num_q_blocks]
+  int64_t num_kv_blocks = 0;
+
+  // CSR in both directions on the host; `host_view` points into these vectors.
+  std::vector<int32_t> row_offset, col_index, col_offset, row_index;
+  std::vector<uint8_t> row_partial, col_partial;
+  BlockListView host_view;
+  // Device copies (an empty array still allocates one element) and their view.
+  std::unique_ptr<DeviceArray<int32_t>> d_row_offset, d_col_index, d_col_offset, d_row_index;
+  std::unique_ptr<DeviceArray<uint8_t>> d_row_partial, d_col_partial;
+  BlockListView device_view;
+
+  void build() {
+    row_offset.assign(1, 0);
+    for (const auto& r : rows) {
+      for (const Entry& e : r) {
+        col_index.push_back(e.kv_block);
+        row_partial.push_back(e.partial ? 1 : 0);
+      }
+      row_offset.push_back(static_cast<int32_t>(col_index.size()));
+    }
+    const int64_t nnz = static_cast<int64_t>(col_index.size());
+    col_offset.assign(static_cast<size_t>(num_kv_blocks + 1), 0);
+    for (int64_t j = 0; j < num_kv_blocks; ++j) {
+      for (size_t i = 0; i < rows.size(); ++i)
+        for (const Entry& e : rows[i])
+          if (e.kv_block == j) {
+            row_index.push_back(static_cast<int32_t>(i));
+            col_partial.push_back(e.partial ? 1 : 0);
+          }
+      col_offset[static_cast<size_t>(j + 1)] = static_cast<int32_t>(row_index.size());
+    }
+    host_view.device = Device::kHost;
+    host_view.num_q_blocks = static_cast<int64_t>(rows.size());
+    host_view.num_kv_blocks = num_kv_blocks;
+    host_view.nnz = nnz;
+    host_view.row_offset = row_offset.data();
+    host_view.col_index = col_index.data();
+    host_view.row_partial = row_partial.data();
+    host_view.col_offset = col_offset.data();
+    host_view.row_index = row_index.data();
+    host_view.col_partial = col_partial.data();
+
+    d_row_offset = std::make_unique<DeviceArray<int32_t>>(row_offset);
+    d_col_index = std::make_unique<DeviceArray<int32_t>>(col_index);
+    d_col_offset = std::make_unique<DeviceArray<int32_t>>(col_offset);
+    d_row_index = std::make_unique<DeviceArray<int32_t>>(row_index);
+    d_row_partial = std::make_unique<DeviceArray<uint8_t>>(row_partial);
+    d_col_partial = std::make_unique<DeviceArray<uint8_t>>(col_partial);
+    device_view = host_view;
+    device_view.device = Device::kCuda;
+    device_view.row_offset = d_row_offset->ptr;
+    device_view.col_index = d_col_index->ptr;
+    device_view.row_partial = d_row_partial->ptr;
+    device_view.col_offset = d_col_offset->ptr;
+    device_view.row_index = d_row_index->ptr;
+    device_view.col_partial = d_col_partial->ptr;
+  }
+};
+
+struct Case {
+  std::string name;
+  DType dtype = DType::kBFloat16;
+  int64_t B = 1, Sq = 64, Skv = 64, Hq = 2, Hkv = 2, D = 64;
+  Mask mask;
+  bool alibi = false;
+  float slope_scale = 1.f;  // multiplies every ALiBi slope
+  PositionMap q_pos, kv_pos;  // default: contiguous from 0
+  int64_t head_pad = 0, row_pad = 0;
+  HandBlocks* blocks = nullptr;
+  float softmax_scale = 0.f;
+};
+
+std::vector<float> make_slopes(int64_t H, float scale = 1.f) {
+  std::vector<float> s(static_cast<size_t>(H));
+  for (int64_t h = 0; h < H; ++h)
+    s[static_cast<size_t>(h)] = scale * std::pow(2.0f, -8.0f * (h + 1) / static_cast<float>(H));
+  return s;
+}
+
+// Builds the host AttnParams (inputs on the host) of a case; o and lse supplied by the caller.
+AttnParams host_params(const Case& c, const HostTensor& q, const HostTensor& k, const HostTensor& v, TensorView o,
+                       float* lse, const std::vector<float>& slopes) {
+  AttnParams p;
+  p.q = q.view;
+  p.k = k.view;
+  p.v = v.view;
+  p.o = o;
+  p.lse = lse;
+  p.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
+  p.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  p.mask = c.mask;
+  if (c.blocks) p.mask.blocks = &c.blocks->host_view;
+  p.alibi_slopes = c.alibi ? slopes.data() : nullptr;
+  p.softmax_scale = c.softmax_scale;
+  return p;
+}
+
+struct Outputs {
+  HostTensor o;
+  std::vector<float> lse;
+};
+
+// Runs the case on the GPU (poisoned outputs) and on the host in fp64 and kRoundIntermediates; checks
+// the 2x rule. Returns the GPU outputs for extra checks.
+Outputs run_and_check(const Case& c) {
+  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
+  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
+  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  testing::fill_normal(q, seed);
+  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(v, seed + 2);
+  const std::vector<float> slopes = make_slopes(c.Hq, c.slope_scale);
+  const int64_t lse_n = c.B * c.Hq * c.Sq;
+
+  // fp64 reference (computed in double, stored as fp32: the host engine writes q's dtype or fp32) and the
+  // same-precision naive baseline.
+  HostTensor o64(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
+  std::vector<float> lse64(static_cast<size_t>(lse_n));
+  host_attention_forward(host_params(c, q, k, v, o64.view, lse64.data(), slopes), HostPrecision::kFloat64);
+  HostTensor o_naive(c.dtype, c.B, c.Sq, c.Hq, c.D);
+  std::vector<float> lse_naive(static_cast<size_t>(lse_n));
+  host_attention_forward(host_params(c, q, k, v, o_naive.view, lse_naive.data(), slopes),
+                         HostPrecision::kRoundIntermediates);
+
+  // GPU, outputs poisoned (o with the same padded strides as the inputs).
+  DeviceTensor dq(q), dk(k), dv(v);
+  HostTensor o_gpu(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
+  testing::fill_nan(o_gpu);
+  DeviceTensor d_o(o_gpu);
+  DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(lse_n), std::nanf("")));
+  DeviceArray<float> d_slopes(slopes);
+  AttnParams p = host_params(c, q, k, v, d_o.view(), d_lse.ptr, slopes);
+  p.q = dq.view();
+  p.k = dk.view();
+  p.v = dv.view();
+  p.alibi_slopes = c.alibi ? d_slopes.ptr : nullptr;
+  if (c.blocks) p.mask.blocks = &c.blocks->device_view;
+  flash_attention_forward(p, nullptr);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_o.download(o_gpu);
+  Outputs out{std::move(o_gpu), d_lse.download()};
+
+  const ErrorStats e_gpu = testing::compare(out.o.view, o64.view);
+  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+  std::vector<double> lse_ref(lse64.begin(), lse64.end());
+  const ErrorStats l_gpu = testing::compare_flat(out.lse.data(), lse_ref.data(), lse_n);
+  const ErrorStats l_naive = testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n);
+  SCOPED_TRACE("O gpu " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE gpu " + l_gpu.str() + " | naive " +
+               l_naive.str());
+  EXPECT_EQ(e_gpu.non_finite, 0);
+  EXPECT_EQ(l_gpu.non_finite, 0);
+  EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+  EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kSlack);
+  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  // The reference must not be trivially empty: some LSE must be finite.
+  int64_t finite = 0;
+  for (float x : lse64) finite += std::isfinite(x) ? 1 : 0;
+  EXPECT_GT(finite, 0);
+  return out;
+}
+
+TEST(FlashForward, DenseNonCausalBf16D128) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "dense_bf16_d128";
+  c.B = 2, c.Sq = 200, c.Skv = 200, c.Hq = 3, c.Hkv = 3, c.D = 128;
+  run_and_check(c);
+}
+
+TEST(FlashForward, OddSizesFp16D64) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "odd_fp16_d64";
+  c.dtype = DType::kFloat16;
+  c.B = 1, c.Sq = 37, c.Skv = 1000, c.Hq = 2, c.Hkv = 2, c.D = 64;
+  run_and_check(c);
+  c.name = "odd_fp16_d64_short_kv";
+  c.Sq = 1000, c.Skv = 37;
+  run_and_check(c);
+}
+
+TEST(FlashForward, SingleQueryRowCausal) {
+  DISTATTN_REQUIRE_GPU();
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    for (int64_t D : {64, 128}) {
+      Case c;
+      c.name = std::string("sq1_") + dtype_name(dt) + "_" + std::to_string(D);
+      c.dtype = dt;
+      c.Sq = 1, c.Skv = 1000, c.Hq = 2, c.Hkv = 1, c.D = D;
+      c.q_pos = PositionMap::contiguous(999, 1);  // the last row of a 1000-token causal sequence
+      c.mask = Mask::make_causal();
+      run_and_check(c);
+    }
+  }
+}
+
+TEST(FlashForward, CausalGqa) {
+  DISTATTN_REQUIRE_GPU();
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    for (int64_t D : {64, 128}) {
+      Case c;
+      c.name = std::string("causal_gqa_") + dtype_name(dt) + "_" + std::to_string(D);
+      c.dtype = dt;
+      c.Sq = 1000, c.Skv = 1000, c.Hq = 8, c.Hkv = 2, c.D = D;
+      c.mask = Mask::make_causal();
+      run_and_check(c);
+    }
+  }
+}
+
+TEST(FlashForward, MqaWindowNonCausalWithOffset) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "mqa_window";
+  c.dtype = DType::kFloat16;
+  c.Sq = 200, c.Skv = 333, c.Hq = 4, c.Hkv = 1, c.D = 128;
+  c.q_pos = PositionMap::contiguous(100, 200);
+  c.mask = Mask::make_window(50);
+  run_and_check(c);
+}
+
+TEST(FlashForward, CausalWindow) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "causal_window";
+  c.Sq = 500, c.Skv = 500, c.Hq = 2, c.Hkv = 2, c.D = 128;
+  c.mask = Mask::make_causal(100);
+  run_and_check(c);
+}
+
+TEST(FlashForward, AlibiWithOffsets) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "alibi_noncausal";
+  c.Sq = 200, c.Skv = 300, c.Hq = 4, c.Hkv = 2, c.D = 128;
+  c.q_pos = PositionMap::contiguous(1000, 200);
+  c.kv_pos = PositionMap::contiguous(700, 300);
+  c.alibi = true;
+  run_and_check(c);
+  c.name = "alibi_causal_fp16_d64";
+  c.dtype = DType::kFloat16;
+  c.D = 64;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(1100, 200);
+  c.kv_pos = PositionMap::contiguous(1000, 300);
+  run_and_check(c);
+  // Far apart (|pos_q - pos_k| above 2^24): the exact per-element path. Slopes scaled down so the bias
+  // stays O(1): with full slopes a bias of ~1e7 has an fp32 ulp of ~1 in ANY fp32 engine (the fp32 LSE
+  // contract cannot resolve it), which would test the format, not the kernel.
+  c.name = "alibi_far";
+  c.slope_scale = 1e-7f;
+  c.mask = Mask::none();
+  c.q_pos = PositionMap::contiguous(40000000, 200);
+  c.kv_pos = PositionMap::contiguous(100, 300);
+  run_and_check(c);
+}
+
+TEST(FlashForward, ZigzagAndStrided) {
+  DISTATTN_REQUIRE_GPU();
+  // Zigzag over 2 ranks, chunks of 150: rank 0 holds chunks 0 and 3, rank 1 chunks 1 and 2.
+  for (bool alibi : {false, true}) {
+    Case c;
+    c.name = std::string("zigzag") + (alibi ? "_alibi" : "");
+    c.Sq = 300, c.Skv = 300, c.Hq = 2, c.Hkv = 2, c.D = 128;
+    c.q_pos = PositionMap::contiguous(0, 150);
+    c.q_pos.add_chunk(450, 1, 150);
+    c.kv_pos = PositionMap::contiguous(150, 150);
+    c.kv_pos.add_chunk(300, 1, 150);
+    c.mask = Mask::make_causal();
+    c.alibi = alibi;
+    run_and_check(c);
+  }
+  Case c;
+  c.name = "strided3";
+  c.dtype = DType::kFloat16;
+  c.Sq = 200, c.Skv = 250, c.Hq = 2, c.Hkv = 1, c.D = 64;
+  c.q_pos = PositionMap::strided(1, 3, 200);
+  c.kv_pos = PositionMap::strided(0, 3, 250);
+  c.mask = Mask::make_causal();
+  c.alibi = true;
+  run_and_check(c);
+}
+
+TEST(FlashForward, RowsWithoutKeys) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "no_keys";
+  c.Sq = 200, c.Skv = 200, c.Hq = 2, c.Hkv = 2, c.D = 128;
+  c.kv_pos = PositionMap::contiguous(100, 200);  // q rows 0..99 see no key under causal
+  c.mask = Mask::make_causal();
+  c.alibi = true;
+  const Outputs out = run_and_check(c);
+  for (int64_t h = 0; h < c.Hq; ++h)
+    for (int64_t i = 0; i < 100; ++i) {
+      EXPECT_EQ(out.lse[static_cast<size_t>(h * c.Sq + i)], kNegInf) << "h " << h << " row " << i;
+      for (int64_t d = 0; d < c.D; ++d) ASSERT_EQ(out.o.get(0, i, h, d), 0.0) << "h " << h << " row " << i;
+    }
+  EXPECT_TRUE(std::isfinite(out.lse[100]));
+}
+
+TEST(FlashForward, PaddedStrides) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "padded";
+  c.B = 2, c.Sq = 150, c.Skv = 170, c.Hq = 4, c.Hkv = 2, c.D = 64;
+  c.head_pad = 8, c.row_pad = 16;  // 16 and 32 bytes: rows stay 16-byte aligned
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(20, 150);
+  run_and_check(c);
+}
+
+TEST(FlashForward, BlockListFullAndPartial) {
+  DISTATTN_REQUIRE_GPU();
+  for (int64_t D : {64, 128}) {
+    // 600 rows = 5 blocks of 128 (the last one 88 rows). q block i lists: kv block 0 (full), the
+    // diagonal block i (partial: causal inside), kv block i-2 (partial, so the window applies) and,
+    // for q block 3, kv block 4 (partial: entirely masked by causal, must contribute nothing).
+    HandBlocks hb;
+    hb.num_kv_blocks = 5;
+    hb.rows.resize(5);
+    for (int32_t i = 0; i < 5; ++i) {
+      if (i > 0) hb.rows[i].push_back({0, false});
+      if (i >= 3) hb.rows[i].push_back({i - 2, true});
+      hb.rows[i].push_back({i, true});
+      if (i == 3) hb.rows[i].push_back({4, true});
+    }
+    hb.build();
+    Case c;
+    c.name = "blocks_" + std::to_string(D);
+    c.Sq = 600, c.Skv = 600, c.Hq = 2, c.Hkv = 1, c.D = D;
+    c.mask = Mask::make_causal(300);
+    c.blocks = &hb;
+    c.alibi = D == 64;
+    run_and_check(c);
+  }
+}
+
+// Accumulate mode: two calls over the two halves of the kv rows equal one call over all of them.
+TEST(FlashForward, AccumulateTwoHalves) {
+  DISTATTN_REQUIRE_GPU();
+  for (int64_t D : {64, 128}) {
+    const int64_t B = 1, Sq = 300, Skv = 410, H = 4, half = 160;
+    const uint64_t seed = testing::test_seed() + 77 + D;
+    SCOPED_TRACE("seed " + std::to_string(seed) + " D " + std::to_string(D));
+    HostTensor q(DType::kBFloat16, B, Sq, H, D), k(DType::kBFloat16, B, Skv, H, D), v(DType::kBFloat16, B, Skv, H, D);
+    testing::fill_normal(q, seed);
+    testing::fill_normal(k, seed + 1);
+    testing::fill_normal(v, seed + 2);
+    const std::vector<float> slopes = make_slopes(H);
+    const PositionMap q_pos = PositionMap::contiguous(200, Sq);
+    const PositionMap kv_pos = PositionMap::contiguous(0, Skv);
+
+    // Reference: one fp64 call over all kv rows.
+    AttnParams ref;
+    HostTensor o64(DType::kFloat32, B, Sq, H, D);
+    std::vector<float> lse64(static_cast<size_t>(B * H * Sq));
+    ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+    ref.q_pos = q_pos, ref.kv_pos = kv_pos, ref.mask = Mask::make_causal(), ref.alibi_slopes = slopes.data();
+    host_attention_forward(ref, HostPrecision::kFloat64);
+    HostTensor o_naive(DType::kBFloat16, B, Sq, H, D);
+    std::vector<float> lse_naive(lse64.size());
+    ref.o = o_naive.view, ref.lse = lse_naive.data();
+    host_attention_forward(ref, HostPrecision::kRoundIntermediates);
+
+    DeviceTensor dq(q), dk(k), dv(v);
+    DeviceArray<float> d_slopes(slopes);
+    HostTensor acc(DType::kFloat32, B, Sq, H, D);  // zeros: the accumulator's start
+    DeviceTensor d_acc(acc);
+    DeviceArray<float> d_lse(std::vector<float>(lse64.size(), kNegInf));
+    for (int part = 0; part < 2; ++part) {
+      const int64_t r0 = part == 0 ? 0 : half, rows = part == 0 ? half : Skv - half;
+      AttnParams p;
+      p.q = dq.view();
+      p.k = dk.view();
+      p.v = dv.view();
+      p.k.data = static_cast<uint16_t*>(p.k.data) + r0 * p.k.stride[1];
+      p.v.data = static_cast<uint16_t*>(p.v.data) + r0 * p.v.stride[1];
+      p.k.shape[1] = p.v.shape[1] = rows;
+      p.o = d_acc.view();
+      p.lse = d_lse.ptr;
+      p.q_pos = q_pos;
+      p.kv_pos = PositionMap::contiguous(r0, rows);
+      p.mask = Mask::make_causal();
+      p.alibi_slopes = d_slopes.ptr;
+      p.accumulate = true;
+      flash_attention_forward(p, nullptr);
+    }
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    d_acc.download(acc);
+    const std::vector<float> lse = d_lse.download();
+
+    const ErrorStats e_gpu = testing::compare(acc.view, o64.view);
+    const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+    std::vector<double> lse_ref(lse64.begin(), lse64.end());
+    const ErrorStats l_gpu = testing::compare_flat(lse.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
+    const ErrorStats l_naive =
+        testing::compare_flat(lse_naive.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
+    SCOPED_TRACE("O gpu " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE gpu " + l_gpu.str() + " | naive " +
+                 l_naive.str());
+    EXPECT_EQ(e_gpu.non_finite, 0);
+    EXPECT_EQ(l_gpu.non_finite, 0);
+    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+    EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  }
+}
+
+// Plain mode with an fp32 output (allowed by the contract).
+TEST(FlashForward, PlainFp32Output) {
+  DISTATTN_REQUIRE_GPU();
+  const int64_t Sq = 130, Skv = 90, H = 2, D = 64;
+  const uint64_t seed = testing::test_seed() + 5;
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  HostTensor q(DType::kFloat16, 1, Sq, H, D), k(DType::kFloat16, 1, Skv, H, D), v(DType::kFloat16, 1, Skv, H, D);
+  testing::fill_normal(q, seed);
+  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(v, seed + 2);
+  AttnParams ref;
+  HostTensor o64(DType::kFloat32, 1, Sq, H, D);
+  ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view;
+  ref.q_pos = PositionMap::contiguous(0, Sq), ref.kv_pos = PositionMap::contiguous(0, Skv);
+  host_attention_forward(ref, HostPrecision::kFloat64);
+  DeviceTensor dq(q), dk(k), dv(v);
+  HostTensor o(DType::kFloat32, 1, Sq, H, D);
+  testing::fill_nan(o);
+  DeviceTensor d_o(o);
+  AttnParams p = ref;
+  p.q = dq.view(), p.k = dk.view(), p.v = dv.view(), p.o = d_o.view();
+  flash_attention_forward(p, nullptr);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_o.download(o);
+  const ErrorStats e = testing::compare(o.view, o64.view);
+  EXPECT_EQ(e.non_finite, 0) << e.str();
+  EXPECT_LT(e.rel_l2, 2e-3) << e.str();
+}
+
+// Bad input: the right argument named, nothing written.
+TEST(FlashForward, BadInputThrowsAndWritesNothing) {
+  DISTATTN_REQUIRE_GPU();
+  const int64_t Sq = 64, Skv = 64, H = 2, D = 128;
+  HostTensor q(DType::kBFloat16, 1, Sq, H, D), k(DType::kBFloat16, 1, Skv, H, D), v(DType::kBFloat16, 1, Skv, H, D);
+  testing::fill_normal(q, 1);
+  testing::fill_normal(k, 2);
+  testing::fill_normal(v, 3);
+  DeviceTensor dq(q), dk(k), dv(v);
+  HostTensor o(DType::kBFloat16, 1, Sq, H, D);
+  testing::fill_nan(o);
+  DeviceTensor d_o(o);
+  DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(H * Sq), std::nanf("")));
+  auto good = [&] {
+    AttnParams p;
+    p.q = dq.view(), p.k = dk.view(), p.v = dv.view(), p.o = d_o.view(), p.lse = d_lse.ptr;
+    p.q_pos = PositionMap::contiguous(0, Sq), p.kv_pos = PositionMap::contiguous(0, Skv);
+    return p;
+  };
+  auto expect_error = [&](const AttnParams& p, const std::string& arg, const char* what) {
+    SCOPED_TRACE(what);
+    try {
+      flash_attention_forward(p, nullptr);
+      ADD_FAILURE() << "no error thrown";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.argument(), arg) << e.what();
+    }
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    HostTensor back(DType::kBFloat16, 1, Sq, H, D);
+    d_o.download(back);
+    for (int64_t i = 0; i < Sq; ++i)
+      for (int64_t d = 0; d < D; ++d) ASSERT_TRUE(std::isnan(back.get(0, i, 1, d))) << "o written at row " << i;
+    for (float x : d_lse.download()) ASSERT_TRUE(std::isnan(x)) << "lse written";
+  };
+
+  {  // host pointer for q (marked as CUDA)
+    AttnParams p = good();
+    p.q.data = q.view.data;
+    expect_error(p, "q", "host pointer");
+  }
+  {  // misaligned base (2 bytes off)
+    HostTensor big(DType::kBFloat16, 1, Sq + 1, H, D);
+    testing::fill_normal(big, 4);
+    DeviceTensor dbig(big);
+    AttnParams p = good();
+    p.q = dbig.view();
+    p.q.shape[1] = Sq;
+    p.q.data = static_cast<uint16_t*>(p.q.data) + 1;
+    expect_error(p, "q", "misaligned");
+  }
+  {  // unsupported head dim 96
+    HostTensor q96(DType::kBFloat16, 1, Sq, H, 96), k96(DType::kBFloat16, 1, Skv, H, 96),
+        v96(DType::kBFloat16, 1, Skv, H, 96);
+    testing::fill_normal(q96, 5);
+    testing::fill_normal(k96, 6);
+    testing::fill_normal(v96, 7);
+    DeviceTensor dq96(q96), dk96(k96), dv96(v96);
+    HostTensor o96(DType::kBFloat16, 1, Sq, H, 96);
+    testing::fill_nan(o96);
+    DeviceTensor d_o96(o96);
+    AttnParams p = good();
+    p.q = dq96.view(), p.k = dk96.view(), p.v = dv96.view(), p.o = d_o96.view();
+    EXPECT_FALSE(flash_supports_head_dim(96));
+    expect_error(p, "q", "head dim 96");
+    d_o96.download(o96);
+    for (int64_t i = 0; i < Sq; ++i) ASSERT_TRUE(std::isnan(o96.get(0, i, 0, 0)));
+  }
+  {  // wrong dtype (fp32 q)
+    HostTensor q32(DType::kFloat32, 1, Sq, H, D);
+    testing::fill_normal(q32, 8);
+    DeviceTensor dq32(q32);
+    AttnParams p = good();
+    p.q = dq32.view();
+    expect_error(p, "q", "fp32 q");
+  }
+  {  // host memory for lse
+    std::vector<float> host_lse(static_cast<size_t>(H * Sq));
+    AttnParams p = good();
+    p.lse = host_lse.data();
+    expect_error(p, "lse", "host lse");
+  }
+  {  // accumulate without lse
+    AttnParams p = good();
+    p.accumulate = true;
+    p.lse = nullptr;
+    expect_error(p, "o", "accumulate with bf16 o");
+  }
+  EXPECT_TRUE(flash_supports_head_dim(64));
+  EXPECT_TRUE(flash_supports_head_dim(128));
+}
+
+}  // namespace
+}  // namespace distattn
