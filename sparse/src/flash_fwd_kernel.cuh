@@ -30,9 +30,6 @@
 #include "flash_fwd_params.h"
 #include "mma_primitives.cuh"
 
-#ifndef FWD_LAZY_RESCALE
-#define FWD_LAZY_RESCALE 1
-#endif
 
 namespace distattn {
 namespace kernels {
@@ -409,20 +406,9 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
       // the tile column, R_row = coef * sign * (pos_q - k_base), kcol = -coef * sign * k_step. Elements
       // get s += (8nj + e2) * kcol (one FFMA each); row_off(mi, rr) = R_row + 2tq * kcol is added per row
       // in the softmax's max and exp. The score of element (mi, nj, e) is then s[mi][nj][e] + row_off.
-      // Both are recomputed from shared memory where used (volatile reads: the compiler must not keep
-      // them in registers across the softmax, where every register is taken).
-      auto alibi_kcol = [&]() {
-        const volatile fwd_detail::CtaState& vst = st;
-        return -vst.alibi_coef * static_cast<float>(vst.plan_sign) * static_cast<float>(vst.plan_k_step);
-      };
-      auto row_off = [&](int mi, int rr) {
-        const volatile fwd_detail::CtaState& vst = st;
-        if (!kAlibi || vst.plan_per_element || vst.plan_sign == 0) return 0.f;
-        const volatile int* vq = sQPos;
-        const int pos_q = vq[warp * 32 + mi * 16 + rr * 8 + g];
-        return fmaf(static_cast<float>(2 * tq), alibi_kcol(),
-                    vst.alibi_coef * static_cast<float>(vst.plan_sign * (pos_q - vst.plan_k_base)));
-      };
+      float row_off[kMTiles][2];  // 0 unless the tile takes the signed ALiBi form
+#pragma unroll
+      for (int mi = 0; mi < kMTiles; ++mi) row_off[mi][0] = row_off[mi][1] = 0.f;
       if (st.plan_per_element) {
         // Per element from the kv positions in shared memory (written before the barrier above).
         const bool mask = st.plan_mask;
@@ -456,7 +442,13 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         const float k_step_f = static_cast<float>(k_step);
         if (st.plan_sign != 0) {
           // Signed form: the column part here, the row part (row_off) in the softmax.
-          const float kcol = alibi_kcol();
+          const float kcol = -alibi_coef * static_cast<float>(st.plan_sign) * k_step_f;
+#pragma unroll
+          for (int mi = 0; mi < kMTiles; ++mi)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr)
+              row_off[mi][rr] = fmaf(static_cast<float>(2 * tq), kcol,
+                                     alibi_coef * static_cast<float>(st.plan_sign * (q_row_pos(mi, rr) - k_base)));
 #pragma unroll
           for (int mi = 0; mi < kMTiles; ++mi)
 #pragma unroll
@@ -512,13 +504,12 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
 #pragma unroll
             for (int j = 0; j < w; ++j) red[j] = fmaxf(red[j], red[j + w]);
           float mx = red[0];
-          if constexpr (kAlibi) mx += row_off(mi, rr);  // row_off differs between the quad's lanes
+          if constexpr (kAlibi) mx += row_off[mi][rr];  // row_off differs between the quad's lanes
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           tile_max[mi][rr] = mx;
           // -inf reference (nothing seen yet): any finite tile max needs the update.
-          need |= FWD_LAZY_RESCALE ? mx * scale_log2 > fmaf(row_max[mi][rr], scale_log2, kRescaleLog2)
-                                   : mx > row_max[mi][rr];
+          need |= mx * scale_log2 > fmaf(row_max[mi][rr], scale_log2, kRescaleLog2);
         }
       if (__any_sync(0xffffffffu, need)) {  // warp-uniform
 #pragma unroll
@@ -545,7 +536,7 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         for (int rr = 0; rr < 2; ++rr) {
           const float mx = row_max[mi][rr];
           const float m_scaled = mx == kNegInf ? 0.f : mx * scale_log2;
-          const float bias = kAlibi ? fmaf(row_off(mi, rr), scale_log2, -m_scaled) : -m_scaled;
+          const float bias = kAlibi ? fmaf(row_off[mi][rr], scale_log2, -m_scaled) : -m_scaled;
           float red[kNTiles];
 #pragma unroll
           for (int nj = 0; nj < kNTiles; ++nj) {
