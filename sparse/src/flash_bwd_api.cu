@@ -80,9 +80,9 @@ void flash_attention_backward(const AttnBwdParams& params, cudaStream_t stream) 
   DISTATTN_CHECK_ARG(num_kv_tiles <= 65535, "k", "has Skv = ", Skv, "; the backward grid allows at most ",
                      65535 * kBwdBlockN, " kv rows");
   DISTATTN_CHECK_ARG(B <= 65535, "q", "has batch ", B, "; the backward grid allows at most 65535");
-  DISTATTN_CHECK_ARG(Hkv <= std::numeric_limits<int32_t>::max(), "k", "has too many heads: ", Hkv);
-  // 16-byte vectors of fp32 dq in the conversion kernel: rows of dq and its strides must allow them.
-  // (check_cuda_tensor already asks 16-byte aligned strides for every tensor.)
+  DISTATTN_CHECK_ARG(Hq <= std::numeric_limits<int32_t>::max(), "q", "has too many heads: ", Hq);
+  // The kernels' 16-byte (and the dq conversion's fp32 x 4) vector accesses rely on the 16-byte aligned
+  // base addresses and strides that check_cuda_tensor has asked of every tensor above.
 
   // ---- parameters ----------------------------------------------------------------------------------
   kernels::FlashBwdParams p;
@@ -155,25 +155,25 @@ void flash_attention_backward(const AttnBwdParams& params, cudaStream_t stream) 
     p.delta_batch_stride = Hq * Sq;
     p.delta_head_stride = Sq;
   }
-  if (params.accumulate) {
-    // dq is fp32 (validated): the atomics add straight into it, no scratch and no conversion.
+  // The main kernel's dQ accumulator has row stride D (compile-time in the kernel). In accumulate mode
+  // (dq fp32, validated) whose rows are D apart (a [B, H, S, D]-ordered view, or Hq == 1 packed) the
+  // reductions go straight into dq: no scratch, no conversion. Otherwise a zeroed [B, Hq, Sq, D] scratch
+  // is converted (accumulate: added) into dq afterwards.
+  if (params.accumulate && (p.dq_row_stride == D || Sq == 1)) {
     p.dq_accum = static_cast<float*>(params.dq.data);
     p.dq_accum_batch_stride = p.dq_batch_stride;
-    p.dq_accum_row_stride = p.dq_row_stride;
     p.dq_accum_head_stride = p.dq_head_stride;
   } else {
     const size_t bytes = static_cast<size_t>(B * Sq * Hq * D) * sizeof(float);
     dq_buf.allocate(bytes);
     DISTATTN_CUDA_CHECK(cudaMemsetAsync(dq_buf.ptr, 0, bytes, stream));
     p.dq_accum = static_cast<float*>(dq_buf.ptr);
-    p.dq_accum_batch_stride = Sq * Hq * D;
-    p.dq_accum_row_stride = Hq * D;
-    p.dq_accum_head_stride = D;
+    p.dq_accum_batch_stride = Hq * Sq * D;
+    p.dq_accum_head_stride = Sq * D;
   }
 
-  DTYPE_SWITCH(f.q.dtype, T, [&] {
-    HEADDIM_SWITCH(D, kHeadDim, [&] { kernels::run_flash_bwd<T, kHeadDim>(p, stream); });
-  });
+  DTYPE_SWITCH(f.q.dtype, T,
+               [&] { HEADDIM_SWITCH(D, kHeadDim, [&] { kernels::run_flash_bwd<T, kHeadDim>(p, stream); }); });
 }
 
 }  // namespace distattn

@@ -30,24 +30,24 @@ namespace kernels {
 template <int kHeadDim_>
 struct FlashBwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = 64;    // q rows per tile
-  static constexpr int kBlockN = 128;   // kv rows per CTA (== kLayoutBlock: one block-list column)
+  static constexpr int kBlockM = 64;   // q rows per tile
+  static constexpr int kBlockN = 128;  // kv rows per CTA (== kLayoutBlock: one block-list column)
   static constexpr int kWarps = 8;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kRowBytes = kHeadDim * 2;            // one 16-bit row of Q/K/V/dO in smem
-  static constexpr int kChunks = kHeadDim / 8;              // 16-byte chunks per row
-  static constexpr int kPRowBytes = kBlockN * 2;            // one 16-bit row of P / dS (256 bytes)
-  static constexpr int kPChunks = kBlockN / 8;              // 16
+  static constexpr int kRowBytes = kHeadDim * 2;  // one 16-bit row of Q/K/V/dO in smem
+  static constexpr int kChunks = kHeadDim / 8;    // 16-byte chunks per row
+  static constexpr int kPRowBytes = kBlockN * 2;  // one 16-bit row of P / dS (256 bytes)
+  static constexpr int kPChunks = kBlockN / 8;    // 16
   // Shared-memory carve-up (bytes).
-  static constexpr int kSmemK = 0;                                   // [kBlockN][D]
-  static constexpr int kSmemV = kSmemK + kBlockN * kRowBytes;        // [kBlockN][D]
-  static constexpr int kSmemQ = kSmemV + kBlockN * kRowBytes;        // 2 x [kBlockM][D]
-  static constexpr int kSmemDO = kSmemQ + 2 * kBlockM * kRowBytes;   // 2 x [kBlockM][D]
-  static constexpr int kSmemP = kSmemDO + 2 * kBlockM * kRowBytes;   // [kBlockM][kBlockN]
-  static constexpr int kSmemDS = kSmemP + kBlockM * kPRowBytes;      // [kBlockM][kBlockN]
-  static constexpr int kSmemKPos = kSmemDS + kBlockM * kPRowBytes;   // int32 [kBlockN] kv positions
+  static constexpr int kSmemK = 0;                                  // [kBlockN][D]
+  static constexpr int kSmemV = kSmemK + kBlockN * kRowBytes;       // [kBlockN][D]
+  static constexpr int kSmemQ = kSmemV + kBlockN * kRowBytes;       // 2 x [kBlockM][D]
+  static constexpr int kSmemDO = kSmemQ + 2 * kBlockM * kRowBytes;  // 2 x [kBlockM][D]
+  static constexpr int kSmemP = kSmemDO + 2 * kBlockM * kRowBytes;  // [kBlockM][kBlockN]
+  static constexpr int kSmemDS = kSmemP + kBlockM * kPRowBytes;     // [kBlockM][kBlockN]
+  static constexpr int kSmemKPos = kSmemDS + kBlockM * kPRowBytes;  // int32 [kBlockN] kv positions
   static constexpr int kSmemLse = kSmemKPos + kBlockN * 4;          // fp32 2 x [kBlockM] LSE of the q tile
-  static constexpr int kSmemDelta = kSmemLse + 2 * kBlockM * 4;      // fp32 2 x [kBlockM] delta of the q tile
+  static constexpr int kSmemDelta = kSmemLse + 2 * kBlockM * 4;     // fp32 2 x [kBlockM] delta of the q tile
   static constexpr int kSmemBytes = kSmemDelta + 2 * kBlockM * 4;
   // Per-warp tiles: phase C/D covers D/2 columns (kNTileC n8 tiles), phase E D/4 (kNTileE).
   static constexpr int kNTileC = kHeadDim / 16;
@@ -121,8 +121,8 @@ __device__ __forceinline__ void bwd_load_tile(uint32_t smem, const uint16_t* src
     const bool valid = !kCheckRows || r + i * kRowsPerPass < rows_left;
     // Rows past the end point at the last valid row (clamped index: the address stays inside the
     // tensor) and copy 0 bytes, which zero-fills their smem chunk.
-    const uint16_t* from = kCheckRows ? src_row0 + min(r + i * kRowsPerPass, rows_left - 1) * row_stride + c * 8
-                                      : src + i * step;
+    const uint16_t* from =
+        kCheckRows ? src_row0 + min(r + i * kRowsPerPass, rows_left - 1) * row_stride + c * 8 : src + i * step;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + i * kRowsPerPass * Traits::kRowBytes),
                  "l"(from), "r"(valid ? 16 : 0));
   }
@@ -146,9 +146,9 @@ __device__ __forceinline__ void bwd_load_stats(uint32_t s_lse, uint32_t s_delta,
 // one, item it is q tile 2 * row_index[e0 + it/2] + it%2 of the kv block's column. Returns the tile's
 // visibility class (0 empty, 1 partial: band per element, 2 full) and the tile index.
 struct BwdWalk {
-  int n_items;  // items to visit
-  int e0;       // first CSR entry of this kv block (block list)
-  int rot;      // rotation of the q-tile order (no block list): spreads the dQ atomics of CTAs apart
+  int n_items;           // items to visit
+  int e0;                // first CSR entry of this kv block (block list)
+  int rot;               // rotation of the q-tile order (no block list): spreads the dQ atomics of CTAs apart
   int64_t k_min, k_max;  // global position range of the kv tile
 };
 
@@ -243,8 +243,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
   // compile-time parts. lx / ly: (row & 7) of the lane's ldmatrix row XOR its chunk offset.
   const int lx = (lane & 7) ^ x_chunk;
   const int ly = (lane & 7) ^ y_chunk;
-  const uint32_t offA_q = bwd_lane_off((wm_a * 32 + x_row) * kRB, 0, lx);        // Q, dO: rows, chunk 2kk
-  const uint32_t offA_k = bwd_lane_off((wn_a * 32 + y_row) * kRB, 0, ly);        // K, V:  rows, chunk 2kk
+  const uint32_t offA_q = bwd_lane_off((wm_a * 32 + x_row) * kRB, 0, lx);  // Q, dO: rows, chunk 2kk
+  const uint32_t offA_k = bwd_lane_off((wn_a * 32 + y_row) * kRB, 0, ly);  // K, V:  rows, chunk 2kk
   // Phases B, C, E recompute theirs from bwd_tid_volatile() (see there):
   //   offS   P / dS stores: row 32*wm_a + g (+16mi + 8h), chunk 4*wn_a + ni, byte 4t inside the chunk
   //   offC_p P, dS (trans): rows kk*16 + y_row, chunk 4wn_c + 2mi;  offC_b dO, Q (trans): chunk (D/16)wd_c + 2nj
@@ -338,7 +338,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
     // kv col 32*wn_a + 8*ni + 2t + (r&1). Order: S = Q K^T -> P = exp2(...) (masked) -> P to smem as
     // 16-bit, kept packed in 16 registers -> dP = dO V^T -> dS = P (dP - delta) -> smem. Holding P packed
     // instead of S and dP both in fp32 keeps the loop under the register limit without spills.
-    auto gemm_a = [&](float (&acc)[2][4][4], uint32_t sA, uint32_t sB) {
+    auto gemm_a = [&](float(&acc)[2][4][4], uint32_t sA, uint32_t sB) {
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -401,8 +401,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
           for (int h = 0; h < 2; ++h) {
             const int rl = wm_a * 32 + mi * 16 + g + 8 * h;
             qpos[mi][h] = m0 + rl >= p.seqlen_q ? 0
-                          : aff                ? static_cast<int32_t>(base + rl * step)
-                                               : static_cast<int32_t>(p.q_pos.position(m0 + rl));
+                          : aff                 ? static_cast<int32_t>(base + rl * step)
+                                                : static_cast<int32_t>(p.q_pos.position(m0 + rl));
           }
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni)
@@ -509,7 +509,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
         uint32_t a_ds[2][4];
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi)  // A = dS: stored [m][n], row-major
+        for (int mi = 0; mi < 2; ++mi)                                          // A = dS: stored [m][n], row-major
           bwd_ldsm_x4(a_ds[mi], sDS + bwd_j_off(offE_a, kk) + mi * 16 * kPRB);  // rows 32wm_e + 16mi, chunk 2kk
 #pragma unroll
         for (int nj = 0; nj < Tr::kNTileE / 2; ++nj) {  // B = K: stored [n][d], rows k = n
@@ -528,17 +528,27 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
       // sm_90: one 8-byte vector reduction per column pair straight from the accumulator: 16 per thread
       // per tile instead of 32 scalar ones (fewer LSU slots and fewer registers pinned by in-flight
       // reductions). Measured equal to 16-byte reductions after a lane-pair shuffle, and simpler.
+      // The scaled values are formed before the first reduction is issued, so no data register is
+      // rewritten while an earlier reduction may still be reading it.
+      const int row0 = m0 + wm_e * 32 + g;
+      // Row stride D: the 16 reductions use one address register plus immediate offsets.
+      float* dst = dq_head + static_cast<int64_t>(row0) * kHeadDim + wd_e * (kHeadDim / 4) + 2 * t;
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Tr::kNTileE; ++ni)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) acc_dq[mi][ni][r] *= p.scale;
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int row = m0 + wm_e * 32 + mi * 16 + g + 8 * h;
-          if (row < p.seqlen_q) {
-            float* dst = dq_head + static_cast<int64_t>(row) * p.dq_accum_row_stride + wd_e * (kHeadDim / 4) + 2 * t;
+          if (row0 + mi * 16 + h * 8 < p.seqlen_q) {
 #pragma unroll
             for (int ni = 0; ni < Tr::kNTileE; ++ni) {
-              asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst + ni * 8),
-                           "f"(acc_dq[mi][ni][2 * h] * p.scale), "f"(acc_dq[mi][ni][2 * h + 1] * p.scale)
+              asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(
+                               dst + (mi * 16 + h * 8) * kHeadDim + ni * 8),
+                           "f"(acc_dq[mi][ni][2 * h]), "f"(acc_dq[mi][ni][2 * h + 1])
                            : "memory");
             }
           }
@@ -550,7 +560,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
         for (int h = 0; h < 2; ++h) {
           const int row = m0 + wm_e * 32 + mi * 16 + g + 8 * h;
           if (row < p.seqlen_q) {
-            float* dst = dq_head + static_cast<int64_t>(row) * p.dq_accum_row_stride + wd_e * (kHeadDim / 4) + 2 * t;
+            float* dst = dq_head + static_cast<int64_t>(row) * kHeadDim + wd_e * (kHeadDim / 4) + 2 * t;
 #pragma unroll
             for (int ni = 0; ni < Tr::kNTileE; ++ni) {
               atomicAdd(dst + ni * 8, acc_dq[mi][ni][2 * h] * p.scale);

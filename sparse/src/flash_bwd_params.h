@@ -4,7 +4,8 @@
 // Shapes (core/attn_params.h):
 //   q, o, dout, dq   [B, Sq,  Hq,  D]      k, v, dk, dv   [B, Skv, Hkv, D]      (head dim contiguous)
 //   lse, delta       [B, Hq, Sq] fp32, row stride 1
-//   dq_accum         fp32, same logical shape as q (its own strides: packed scratch, or dq itself)
+//   dq_accum         fp32 [B, Hq, Sq, D] in effect: row stride D (a compile-time constant in the kernel, so the
+//                    dQ reductions of a thread share one address register), batch and head strides given
 #pragma once
 
 #include <cstdint>
@@ -31,54 +32,54 @@ struct FlashBwdParams {
   int64_t dout_batch_stride = 0, dout_row_stride = 0, dout_head_stride = 0;  // dout strides
 
   // --- softmax statistics ---
-  const float* lse = nullptr;    // [B, Hq, Sq] final forward LSE (natural log); -inf marks rows with no key
-  int64_t lse_batch_stride = 0;  // elements between batches of lse
-  int64_t lse_head_stride = 0;   // elements between heads of lse
-  const float* delta = nullptr;  // [B, Hq, Sq] rowsum(dO * O): given by the caller or written by the preprocess
-  float* delta_out = nullptr;    // where the preprocess writes delta (null when the caller gave it)
+  const float* lse = nullptr;      // [B, Hq, Sq] final forward LSE (natural log); -inf marks rows with no key
+  int64_t lse_batch_stride = 0;    // elements between batches of lse
+  int64_t lse_head_stride = 0;     // elements between heads of lse
+  const float* delta = nullptr;    // [B, Hq, Sq] rowsum(dO * O): given by the caller or written by the preprocess
+  float* delta_out = nullptr;      // where the preprocess writes delta (null when the caller gave it)
   int64_t delta_batch_stride = 0;  // elements between batches of delta (and delta_out)
   int64_t delta_head_stride = 0;   // elements between heads of delta (and delta_out)
 
   // --- outputs ---
   float* dq_accum = nullptr;  // fp32 dQ accumulator the main kernel adds into with atomics (scale included)
-  int64_t dq_accum_batch_stride = 0, dq_accum_row_stride = 0, dq_accum_head_stride = 0;  // its strides
-  void* dq = nullptr;         // final dQ (written by the conversion kernel unless dq_accum == dq)
+  int64_t dq_accum_batch_stride = 0, dq_accum_head_stride = 0;  // its strides (row stride: D)
+  void* dq = nullptr;  // final dQ (written by the conversion kernel unless dq_accum == dq)
   int64_t dq_batch_stride = 0, dq_row_stride = 0, dq_head_stride = 0;  // dq strides
-  void* dk = nullptr;         // [B, Skv, Hkv, D] written (or added to) once per element by the main kernel
+  void* dk = nullptr;  // [B, Skv, Hkv, D] written (or added to) once per element by the main kernel
   int64_t dk_batch_stride = 0, dk_row_stride = 0, dk_head_stride = 0;  // dk strides
-  void* dv = nullptr;         // [B, Skv, Hkv, D] like dk
+  void* dv = nullptr;                                                  // [B, Skv, Hkv, D] like dk
   int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;  // dv strides
-  bool dq_fp32 = false;       // dq is fp32 (else the input dtype)
-  bool dk_fp32 = false;       // dk is fp32 (else the input dtype)
-  bool dv_fp32 = false;       // dv is fp32 (else the input dtype)
-  bool accumulate = false;    // add into fp32 dk/dv (and dq) instead of overwriting
+  bool dq_fp32 = false;                                                // dq is fp32 (else the input dtype)
+  bool dk_fp32 = false;                                                // dk is fp32 (else the input dtype)
+  bool dv_fp32 = false;                                                // dv is fp32 (else the input dtype)
+  bool accumulate = false;  // add into fp32 dk/dv (and dq) instead of overwriting
 
   // --- sizes ---
-  int batch = 0;       // B
-  int seqlen_q = 0;    // Sq
-  int seqlen_kv = 0;   // Skv
-  int heads_q = 0;     // Hq
-  int heads_kv = 0;    // Hkv
-  int head_dim = 0;    // D (the kernel is instantiated for it; kept for the preprocess kernels)
-  int group = 1;       // Hq / Hkv: q heads per kv head
+  int batch = 0;         // B
+  int seqlen_q = 0;      // Sq
+  int seqlen_kv = 0;     // Skv
+  int heads_q = 0;       // Hq
+  int heads_kv = 0;      // Hkv
+  int head_dim = 0;      // D (the kernel is instantiated for it; kept for the preprocess kernels)
+  int group = 1;         // Hq / Hkv: q heads per kv head
   int num_q_tiles = 0;   // ceil(Sq / kBlockM)
   int num_kv_tiles = 0;  // ceil(Skv / kBlockN)
 
   // --- score and mask ---
-  float scale = 0.f;        // softmax scale
-  float scale_log2 = 0.f;   // scale * log2(e): scores are exponentiated with exp2
+  float scale = 0.f;                    // softmax scale
+  float scale_log2 = 0.f;               // scale * log2(e): scores are exponentiated with exp2
   const float* alibi_slopes = nullptr;  // [Hq] fp32 or null: bias = -slope_h * |pos_q - pos_k|
-  PositionMap q_pos;        // global position of each q row
-  PositionMap kv_pos;       // global position of each kv row
-  DiagonalBand band;        // visible iff band.lo <= pos_q - pos_k <= band.hi
-  int32_t band_lo32 = 0;    // band.lo clamped to int32 for the per-element test
-  int32_t band_hi32 = 0;    // band.hi clamped to int32 for the per-element test
+  PositionMap q_pos;                    // global position of each q row
+  PositionMap kv_pos;                   // global position of each kv row
+  DiagonalBand band;                    // visible iff band.lo <= pos_q - pos_k <= band.hi
+  int32_t band_lo32 = 0;                // band.lo clamped to int32 for the per-element test
+  int32_t band_hi32 = 0;                // band.hi clamped to int32 for the per-element test
 
   // --- block list (transposed CSR: the kv-block CTA walks its column) ---
-  bool has_blocks = false;              // a block list restricts the visible (q block, kv block) pairs
-  const int32_t* col_offset = nullptr;  // [num_kv_blocks + 1] q blocks of kv block j: [col_offset[j], col_offset[j+1])
-  const int32_t* row_index = nullptr;   // [nnz] q block index of each entry
-  const uint8_t* col_partial = nullptr; // [nnz] 1: apply the band per element; 0: the block is all visible
+  bool has_blocks = false;               // a block list restricts the visible (q block, kv block) pairs
+  const int32_t* col_offset = nullptr;   // [num_kv_blocks + 1] q blocks of kv block j: [col_offset[j], col_offset[j+1])
+  const int32_t* row_index = nullptr;    // [nnz] q block index of each entry
+  const uint8_t* col_partial = nullptr;  // [nnz] 1: apply the band per element; 0: the block is all visible
 };
 
 }  // namespace kernels

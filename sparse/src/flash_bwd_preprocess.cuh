@@ -1,6 +1,7 @@
 // The two small kernels around the backward main kernel:
 //   flash_bwd_delta_kernel     delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d]   (fp32)
-//   flash_bwd_convert_dq_kernel  dq[b, i, h, :] = dq_accum[b, i, h, :]  cast to dq's dtype
+//   flash_bwd_convert_dq_kernel  dq[b, i, h, :] (+)= dq_accum[b, h, i, :]  cast to dq's dtype (added in
+//                                accumulate mode, dq fp32)
 // Both are memory bound: one thread handles 8 consecutive head-dim elements (one 16-byte vector of a
 // 16-bit tensor), D/8 neighbouring threads make one (b, i, h) row, rows are numbered with h fastest so
 // that consecutive threads walk memory in order for packed tensors.
@@ -86,13 +87,17 @@ __global__ void flash_bwd_convert_dq_kernel(const __grid_constant__ FlashBwdPara
   const int64_t h = row % p.heads_q;
   const int64_t i = (row / p.heads_q) % p.seqlen_q;
   const int64_t b = row / (static_cast<int64_t>(p.heads_q) * p.seqlen_q);
-  const float* src = p.dq_accum + b * p.dq_accum_batch_stride + i * p.dq_accum_row_stride +
-                     h * p.dq_accum_head_stride + c * 8;
-  const float4 x0 = *reinterpret_cast<const float4*>(src);
-  const float4 x1 = *reinterpret_cast<const float4*>(src + 4);
+  const float* src = p.dq_accum + b * p.dq_accum_batch_stride + i * kHeadDim + h * p.dq_accum_head_stride + c * 8;
+  float4 x0 = *reinterpret_cast<const float4*>(src);
+  float4 x1 = *reinterpret_cast<const float4*>(src + 4);
   const int64_t off = b * p.dq_batch_stride + i * p.dq_row_stride + h * p.dq_head_stride + c * 8;
   if (p.dq_fp32) {
     float* dst = static_cast<float*>(p.dq) + off;
+    if (p.accumulate) {  // ring steps: this call's gradient is added to what dq holds
+      const float4 o0 = *reinterpret_cast<const float4*>(dst), o1 = *reinterpret_cast<const float4*>(dst + 4);
+      x0 = make_float4(x0.x + o0.x, x0.y + o0.y, x0.z + o0.z, x0.w + o0.w);
+      x1 = make_float4(x1.x + o1.x, x1.y + o1.y, x1.z + o1.z, x1.w + o1.w);
+    }
     *reinterpret_cast<float4*>(dst) = x0;
     *reinterpret_cast<float4*>(dst + 4) = x1;
   } else {

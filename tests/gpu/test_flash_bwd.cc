@@ -5,13 +5,12 @@
 // the fp64 host backward fed the same rounded inputs. The bound is flash-attention's rule: the GPU error
 // (max and RMS) must be at most twice the error of the host's kRoundIntermediates backward (what a naive
 // bf16/fp16 implementation gets) plus a small absolute slack. Outputs are poisoned with NaN first.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
-#include <cuda_runtime_api.h>
-
+#include <array>
 #include <cmath>
 #include <cstdio>
-#include <array>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -122,15 +121,15 @@ struct TestBlocks {
 struct BwdCase {
   DType dtype = DType::kBFloat16;
   int64_t D = 128, B = 1, Sq = 37, Skv = 37, Hq = 2, Hkv = 2;
-  Mask mask;                          // causal / window (blocks: set `blocks`)
-  PositionMap q_pos, kv_pos;          // num_chunks == 0: contiguous from 0
+  Mask mask;                  // causal / window (blocks: set `blocks`)
+  PositionMap q_pos, kv_pos;  // num_chunks == 0: contiguous from 0
   bool alibi = false;
-  int64_t head_pad = 0, row_pad = 0;  // padded strides (elements) for every tensor
-  bool accumulate = false;            // dq/dk/dv fp32 pre-filled, gradients added
-  bool grads_fp32 = false;            // non-accumulate: fp32 dq/dk/dv instead of the input dtype
-  bool given_delta = false;           // pass rowsum(dO * O) instead of letting the engine compute it
+  int64_t head_pad = 0, row_pad = 0;     // padded strides (elements) for every tensor
+  bool accumulate = false;               // dq/dk/dv fp32 pre-filled, gradients added
+  bool grads_fp32 = false;               // non-accumulate: fp32 dq/dk/dv instead of the input dtype
+  bool given_delta = false;              // pass rowsum(dO * O) instead of letting the engine compute it
   std::vector<std::vector<int>> blocks;  // non-empty: hand-built block list (0 absent, 1 partial, 2 full)
-  double scale = 0;                   // 0: 1/sqrt(D)
+  double scale = 0;                      // 0: 1/sqrt(D)
 };
 
 // Everything one case produces; `rows_without_keys` lists (b, h, i) whose LSE is -inf.
@@ -205,7 +204,8 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   HostTensor ref[3], nai[3];
   for (int i = 0; i < 3; ++i) {
     const bool is_q = i == 0;
-    ref[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, c.D);  // fp64 math, fp32 storage
+    ref[i] =
+        HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, c.D);  // fp64 math, fp32 storage
     nai[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, c.D);
   }
   AttnBwdParams hb;
@@ -275,8 +275,8 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   return res;
 }
 
-#define RUN_CASE(c)                                                                   \
-  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);               \
+#define RUN_CASE(c)                                                                      \
+  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
   SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
   BwdResult res = run_case(c, seed)
 
@@ -429,6 +429,17 @@ TEST(FlashBwd, AccumulateFp16Hdim64WindowAlibi) {
   c.alibi = true;
   c.accumulate = true;
   c.head_pad = 8, c.row_pad = 8;  // 16-byte multiples for the 16-bit inputs and the fp32 gradients
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, AccumulateDirectIntoDqWithRowStrideD) {
+  DISTATTN_REQUIRE_GPU();
+  // One q head, packed: dq's rows are D apart, so the engine reduces straight into dq (no scratch).
+  BwdCase c;
+  c.B = 2, c.Sq = 190, c.Skv = 250, c.Hq = 1, c.Hkv = 1;
+  c.mask = Mask::make_causal(120);
+  c.q_pos = PositionMap::contiguous(60, 190);
+  c.accumulate = true;
   RUN_CASE(c);
 }
 
