@@ -30,14 +30,13 @@
 #include "flash_fwd_params.h"
 #include "mma_primitives.cuh"
 
-
 namespace distattn {
 namespace kernels {
 
 template <int kHeadDim_, int kBlockN_>
 struct FlashFwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kBlockM = 128;  // q rows per CTA (== kLayoutBlock)
+  static constexpr int kBlockM = 128;       // q rows per CTA (== kLayoutBlock)
   static constexpr int kBlockN = kBlockN_;  // kv rows per tile
   static constexpr int kNWarps = 4;
   static constexpr int kThreads = kNWarps * 32;
@@ -75,7 +74,7 @@ struct CtaState {
   int plan_per_element;  // 1: mask and/or ALiBi from the per-row positions in sKPos
   int plan_k_base;       // fast ALiBi: pos(k0 + c) = plan_k_base + c * plan_k_step
   int plan_k_step;
-  int plan_sign;         // fast ALiBi: sign shared by every pos_q - pos_k of the tile (0: mixed)
+  int plan_sign;  // fast ALiBi: sign shared by every pos_q - pos_k of the tile (0: mixed)
 };
 static_assert(sizeof(CtaState) <= 64, "FlashFwdTraits::kSmemBytes reserves 64 bytes for the CTA state");
 
@@ -234,11 +233,11 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
   const float kNegInf = -__int_as_float(0x7f800000);
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);  // [kBlockM][kHeadDim] swizzled
-  T* sK = sQ + Tr::kSmemQ;                  // [kBlockN][kHeadDim] swizzled
-  T* sV = sK + Tr::kSmemKV;                 // [kBlockN][kHeadDim] swizzled
+  T* sQ = reinterpret_cast<T*>(smem_raw);                 // [kBlockM][kHeadDim] swizzled
+  T* sK = sQ + Tr::kSmemQ;                                // [kBlockN][kHeadDim] swizzled
+  T* sV = sK + Tr::kSmemKV;                               // [kBlockN][kHeadDim] swizzled
   int* sKPos = reinterpret_cast<int*>(sV + Tr::kSmemKV);  // [kBlockN] global position of each kv row
-  int* sQPos = sKPos + kBlockN;                            // [kBlockM] global position of each q row
+  int* sQPos = sKPos + kBlockN;                           // [kBlockM] global position of each q row
   auto& st = *reinterpret_cast<fwd_detail::CtaState*>(sQPos + kBlockM);
 
   // Heaviest q tiles first: under a causal mask the last q rows see the most keys, and starting them
@@ -249,8 +248,8 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
-  const int g = lane >> 2;   // accumulator row within an m16 tile (and +8)
-  const int tq = lane & 3;   // accumulator column pair within an n8 tile
+  const int g = lane >> 2;  // accumulator row within an m16 tile (and +8)
+  const int tq = lane & 3;  // accumulator column pair within an n8 tile
   const int m0 = m_block * kBlockM;
 
   using Walker = fwd_detail::KvTileWalker<kBlockN, Tr::kSkipGroup>;
@@ -343,8 +342,8 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
   constexpr int kRowBytes = kHeadDim * 2;
   const uint32_t smem_base = smem_u32(smem_raw);
   // Q (A operand, x4): matrices (rows 0-7, chunk 0) (rows 8-15, chunk 0) (rows 0-7, chunk 1) (rows 8-15, chunk 1)
-  const uint32_t q_lane = (warp * 32 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowBytes +
-                          ((((lane >> 4) & 1) ^ (lane & 7)) << 4);
+  const uint32_t q_lane =
+      (warp * 32 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowBytes + ((((lane >> 4) & 1) ^ (lane & 7)) << 4);
   // K (B operand, x4): matrices (kv rows 0-7, chunk 0) (0-7, chunk 1) (8-15, chunk 0) (8-15, chunk 1)
   const uint32_t k_lane = ((lane & 7) + ((lane >> 4) & 1) * 8) * kRowBytes + ((((lane >> 3) & 1) ^ (lane & 7)) << 4);
   // V (B operand, x4.trans): matrices (kv rows 0-7, d chunk 0) (8-15, chunk 0) (0-7, chunk 1) (8-15, chunk 1)
@@ -555,7 +554,7 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
       // The next tile's plan and positions: sKPos is free (barrier above) and is read after the next one.
       if (t_next >= 0) prepare_tile(n_next, vis_next);
 
-      // ---- O += P V: k over the tile's kv rows in steps of 16, P (fp32 accumulators) -> A fragments ----
+        // ---- O += P V: k over the tile's kv rows in steps of 16, P (fp32 accumulators) -> A fragments ----
 #pragma unroll
       for (int kk = 0; kk < kNTiles / 2; ++kk) {
         uint32_t a[kMTiles][4];
@@ -655,8 +654,8 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         // Both -inf: nothing visible in either part; the accumulator stays as it is.
         if (row >= p.seqlen_q || mx == kNegInf) continue;
         const float L = mx + logf(expf(la - mx) + expf(lb - mx));
-        const float w_old = expf(la - L);                   // 0 when la = -inf
-        const float w_new = expf(lb - L) * inv_l[mi][rr];   // 0 when lb = -inf
+        const float w_old = expf(la - L);                  // 0 when la = -inf
+        const float w_new = expf(lb - L) * inv_l[mi][rr];  // 0 when lb = -inf
         float* o_row = o_base + row * p.o_row_stride;
 #pragma unroll
         for (int dj = 0; dj < kDTiles; ++dj) {

@@ -43,35 +43,35 @@ struct FlashFwdParams {
   int64_t lse_head_stride = 0;   // elements between heads of lse (resolved)
 
   // --- sizes -----------------------------------------------------------------------------------------
-  int batch = 0;       // B
-  int seqlen_q = 0;    // Sq: local q rows
-  int seqlen_kv = 0;   // Skv: local kv rows
-  int heads_q = 0;     // Hq
-  int heads_kv = 0;    // Hkv
-  int head_group = 1;  // Hq / Hkv: q head h reads kv head h / head_group
-  int head_dim = 0;    // D (the kernel is instantiated for it; kept for checks)
+  int batch = 0;         // B
+  int seqlen_q = 0;      // Sq: local q rows
+  int seqlen_kv = 0;     // Skv: local kv rows
+  int heads_q = 0;       // Hq
+  int heads_kv = 0;      // Hkv
+  int head_group = 1;    // Hq / Hkv: q head h reads kv head h / head_group
+  int head_dim = 0;      // D (the kernel is instantiated for it; kept for checks)
   int num_m_blocks = 0;  // ceil(Sq / kBlockM): the grid's x extent
 
   // --- positions and mask ----------------------------------------------------------------------------
-  PositionMap q_pos;   // global position of each q row (length Sq), positions < 2^31
-  PositionMap kv_pos;  // global position of each kv row (length Skv)
+  PositionMap q_pos;    // global position of each q row (length Sq), positions < 2^31
+  PositionMap kv_pos;   // global position of each kv row (length Skv)
   int64_t band_lo = 0;  // visible iff band_lo <= pos_q - pos_k <= band_hi (DiagonalBand, +-kInf sentinels)
   int64_t band_hi = 0;
 
   // Block list (BlockListView arrays, device memory), or has_blocks == false for a dense band mask.
   // kBlockM == kLayoutBlock, so the kernel's q tile m reads CSR row m.
   bool has_blocks = false;
-  const int32_t* block_row_offset = nullptr;  // [num_q_blocks + 1]
-  const int32_t* block_col_index = nullptr;   // [nnz] kv block of each listed block, ascending per row
-  const uint8_t* block_row_partial = nullptr; // [nnz] 1: apply the element mask; 0: whole block visible
+  const int32_t* block_row_offset = nullptr;   // [num_q_blocks + 1]
+  const int32_t* block_col_index = nullptr;    // [nnz] kv block of each listed block, ascending per row
+  const uint8_t* block_row_partial = nullptr;  // [nnz] 1: apply the element mask; 0: whole block visible
 
   // --- scores ---------------------------------------------------------------------------------------
   // score (natural units) = softmax_scale * q.k - slope_h * |pos_q - pos_k|. The kernel works in log2
   // units on the UNSCALED dot product: t = q.k + alibi_coef_h * |pos_q - pos_k|, p = exp2(t * scale_log2 - m),
   // with alibi_coef_h = -slope_h / softmax_scale, so ALiBi costs one FFMA per element and the exp keeps
   // FA2's single FFMA form.
-  float softmax_scale = 0.f;      // resolved scale (> 0)
-  float scale_log2 = 0.f;         // softmax_scale * log2(e)
+  float softmax_scale = 0.f;            // resolved scale (> 0)
+  float scale_log2 = 0.f;               // softmax_scale * log2(e)
   const float* alibi_slopes = nullptr;  // [Hq] fp32 device, or null (kernel instantiated without ALiBi)
 
   // --- output mode ----------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ struct Case {
   int64_t B = 1, Sq = 64, Skv = 64, Hq = 2, Hkv = 2, D = 64;
   Mask mask;
   bool alibi = false;
-  float slope_scale = 1.f;  // multiplies every ALiBi slope
+  float slope_scale = 1.f;    // multiplies every ALiBi slope
   PositionMap q_pos, kv_pos;  // default: contiguous from 0
   int64_t head_pad = 0, row_pad = 0;
   HandBlocks* blocks = nullptr;
