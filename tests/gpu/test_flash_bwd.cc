@@ -128,6 +128,7 @@ struct BwdCase {
   bool accumulate = false;               // dq/dk/dv fp32 pre-filled, gradients added
   bool grads_fp32 = false;               // non-accumulate: fp32 dq/dk/dv instead of the input dtype
   bool given_delta = false;              // pass rowsum(dO * O) instead of letting the engine compute it
+  bool o_fp32 = false;                   // O given in fp32 (an accumulated forward's output), not rounded to the dtype
   std::vector<std::vector<int>> blocks;  // non-empty: hand-built block list (0 absent, 1 partial, 2 full)
   double scale = 0;                      // 0: 1/sqrt(D)
 };
@@ -144,7 +145,7 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   const int64_t hp = c.head_pad, rp = c.row_pad;
   HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp), k(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp),
       v(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp), dout(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp),
-      o(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp);
+      o(c.o_fp32 ? DType::kFloat32 : c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp);
   fill_normal(q, seed + 1);
   fill_normal(k, seed + 2);
   fill_normal(v, seed + 3);
@@ -440,6 +441,16 @@ TEST(FlashBwd, AccumulateDirectIntoDqWithRowStrideD) {
   c.mask = Mask::make_causal(120);
   c.q_pos = PositionMap::contiguous(60, 190);
   c.accumulate = true;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwd, Fp32OutputFromAccumulatedForward) {
+  DISTATTN_REQUIRE_GPU();
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.Sq = 130, c.Skv = 200, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(70, 130);
+  c.o_fp32 = true;  // delta = rowsum(dO * O) read from an fp32 O
   RUN_CASE(c);
 }
 
