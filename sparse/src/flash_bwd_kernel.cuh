@@ -8,8 +8,11 @@
 //      dP = dO V^T (same layout), dS = P (dP - delta) -> smem as 16-bit
 //   C  dV += P^T dO                                 128 x D in registers, warps 4 (n) x 2 (d)
 //   D  dK += dS^T Q                                 128 x D in registers, same layout
-//   E  dQ_tile = scale * dS K                        64 x D, warps 2 (m) x 4 (d) -> red.global.add.f32
+//   E  dQ_tile = scale * dS K                        64 x D, warps 2 (m) x 4 (d) -> fp32 reductions into
+//      the dQ accumulator (row stride D): red.global.add.v2.f32 on sm_90, scalar atomicAdd on sm_80
 // and at the end dK (times scale) and dV are written (or added, accumulate mode) once per element.
+// Tiles are classified with PositionMap::range + classify_tile: empty ones are skipped without loads,
+// full ones take no per-element mask, partial ones (and the kv tile crossing Skv) evaluate the band.
 //
 // Shared memory rows are 16-byte chunks XOR-swizzled with the row index (physical chunk = chunk ^
 // (row & 7)), so every ldmatrix phase (8 lanes reading 8 consecutive rows at one logical chunk) and
