@@ -7,14 +7,19 @@
 // empty under the mask (no load, no math), and for each visited tile:
 //
 //   wait K[n]; barrier; issue V[n]                    (V's load overlaps S = Q K^T)
+//   find the next non-empty tile n'                   (scalar work while few registers are live)
 //   S = Q K^T            Q and K fragments by ldmatrix from shared memory
-//   mask / ALiBi         element mask only on partial tiles and the tile that crosses Skv
-//   find the next non-empty tile n'
+//   mask / ALiBi         element mask only on partial tiles and the tile that crosses Skv; ALiBi as one
+//                        FFMA per element plus a per-row term on tiles where pos_q - pos_k has one sign
 //   wait V[n]; barrier; issue K[n']                   (K's load overlaps the softmax and O += P V)
-//   online softmax       exp2, row max reduced over the 4 lanes of a quad with 2 shuffles
+//   online softmax       exp2, tree max/sum, quad reduction with 2 shuffles, lazy rescaling of O
+//   prepare tile n'      its plan (mask? ALiBi form?) and, if needed, its kv positions, into smem
 //   O += P V             P converted to 16 bit in registers and used directly as the A operand
 //
-// so shared memory holds Q, one K tile and one V tile (64 KB at D = 128): two CTAs fit per SM.
+// so shared memory holds Q, one K tile and one V tile (64 KB at D = 128): two CTAs fit per SM. The
+// accumulators take nearly all 255 registers, so CTA-uniform values (position ranges, slice offsets,
+// the tile plan) live in shared memory and per-thread load offsets are rebuilt per use.
+// Timings and the history of these choices: notes/fwd_kernel.md.
 //
 // Fragment layout of mma m16n8k16 (g = lane / 4, tq = lane % 4), used throughout:
 //   accumulator of an m16 x n8 tile: c0,c1 -> (row g,   cols 2tq, 2tq+1)   c2,c3 -> (row g+8, same cols)
