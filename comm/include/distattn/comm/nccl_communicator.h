@@ -1,0 +1,74 @@
+// NcclCommunicator: the Communicator over NCCL, device memory. One process per GPU.
+//
+// Construction (collective over the MPI communicator, bounded by the deadline):
+//   - the GPU: node-local rank (MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)) modulo the visible devices,
+//     or an explicit `device` >= 0; made current;
+//   - rank 0's ncclUniqueId broadcast over MPI; a NONBLOCKING NCCL communicator (config.blocking = 0), so
+//     every NCCL call returns and the host can poll ncclCommGetAsyncError against the deadline;
+//   - its own non-blocking CUDA stream for communication, and events to hand buffers between streams.
+// The exchange is ncclSend to next() + ncclRecv from prev() inside ONE ncclGroupStart/End (ungrouped
+// pairs deadlock). Waits poll cudaEventQuery and ncclCommGetAsyncError; on an error or past the deadline
+// the communicator calls ncclCommAbort, is marked broken and throws an Error naming the rank, the
+// operation and the step.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <memory>
+#include <vector>
+
+#include "distattn/comm/communicator.h"
+
+namespace distattn {
+
+class NcclCommunicator : public Communicator {
+ public:
+  // device < 0: node-local rank % device count. timeout_s <= 0: default_comm_timeout_s().
+  explicit NcclCommunicator(MPI_Comm comm, int device = -1, double timeout_s = 0.0);
+  ~NcclCommunicator() override;
+
+  Device device() const override { return Device::kCuda; }
+  const char* backend() const override { return "nccl"; }
+  int cuda_device() const { return device_; }
+  int local_rank() const { return local_rank_; }
+  cudaStream_t stream() const { return stream_; }  // the communication stream
+  ncclComm_t nccl() const { return nccl_; }
+
+  ExchangeTicket post_exchange(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
+                               CUstream_st* after = nullptr) override;
+  void wait_exchange(ExchangeTicket& ticket, CUstream_st* consumer = nullptr) override;
+
+  void all_gather(const char* op, const void* send, void* recv, size_t bytes_per_rank,
+                  CUstream_st* stream = nullptr) override;
+  // fp16, bf16, fp32, fp64 sums.
+  void reduce_scatter(const char* op, const void* send, void* recv, size_t count, DType dtype,
+                      CUstream_st* stream = nullptr) override;
+
+  // ncclCommSplit (plus MPI_Comm_split for the control plane); the child shares this GPU.
+  std::unique_ptr<Communicator> split(int color, int key) override;
+
+ private:
+  struct FromSplit {};
+  NcclCommunicator(FromSplit, MPI_Comm comm, const NcclCommunicator& parent, int color, int key);
+
+  void init_common();                                  // streams, events
+  void wait_nccl_ready(const char* op, int64_t step);  // polls ncclCommGetAsyncError until not in progress
+  // Polls `event` (and the async error) until complete or the deadline; aborts and throws on failure.
+  void wait_event(cudaEvent_t event, const char* op, int64_t step);
+  [[noreturn]] void abort_and_throw(const std::string& why, const char* op, int64_t step);
+  void order_after(CUstream_st* producer);   // stream_ waits for the work enqueued so far on `producer`
+  void order_before(CUstream_st* consumer);  // `consumer` waits for the work enqueued so far on stream_
+
+  int device_ = -1;
+  int local_rank_ = 0;
+  ncclComm_t nccl_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr;    // recorded on a producer stream, waited by stream_
+  cudaEvent_t sync_ = nullptr;     // recorded on stream_ after a collective
+  std::vector<cudaEvent_t> done_;  // one per exchange slot
+  std::vector<bool> busy_;
+};
+
+}  // namespace distattn

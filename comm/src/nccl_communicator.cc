@@ -1,0 +1,253 @@
+// NcclCommunicator (nccl_communicator.h): NCCL bootstrapped over MPI, nonblocking communicator, watchdog
+// waits. Compiled as plain C++ against the CUDA runtime API (no kernels here).
+#include "distattn/comm/nccl_communicator.h"
+
+#include <cuda_runtime_api.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <thread>
+
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/check_libs.h"  // after <mpi.h> and <nccl.h>: DISTATTN_MPI_CHECK, DISTATTN_NCCL_CHECK
+#include "distattn/core/error.h"
+
+namespace distattn {
+
+namespace {
+
+ncclDataType_t nccl_type(DType t) {
+  switch (t) {
+    case DType::kFloat16:
+      return ncclFloat16;
+    case DType::kBFloat16:
+      return ncclBfloat16;
+    case DType::kFloat32:
+      return ncclFloat32;
+    case DType::kFloat64:
+      return ncclFloat64;
+  }
+  DISTATTN_THROW("dtype", "unknown dtype ", static_cast<int>(t));
+}
+
+ncclConfig_t nonblocking_config() {
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;  // every call returns; completion is polled (ncclCommGetAsyncError) with the deadline
+  return config;
+}
+
+}  // namespace
+
+NcclCommunicator::NcclCommunicator(MPI_Comm comm, int device, double timeout_s) : Communicator(comm, timeout_s) {
+  // Node-local rank from the shared-memory split (not an environment guess), ordered by rank.
+  MPI_Comm local = MPI_COMM_NULL;
+  DISTATTN_MPI_CHECK(MPI_Comm_split_type(control_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local));
+  MPI_Comm_rank(local, &local_rank_);
+  MPI_Comm_free(&local);
+
+  int count = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDeviceCount(&count));
+  DISTATTN_CHECK_ARG(count > 0, "device", "no CUDA device is visible to this rank");
+  device_ = device >= 0 ? device : local_rank_ % count;
+  DISTATTN_CHECK_ARG(device_ < count, "device", "is ", device_, " but only ", count, " devices are visible");
+  DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
+
+  // Rank 0's unique id to everyone, bounded by the deadline.
+  ncclUniqueId id;
+  if (rank_ == 0) DISTATTN_NCCL_CHECK(ncclGetUniqueId(&id));
+  MPI_Request req = MPI_REQUEST_NULL;
+  DISTATTN_MPI_CHECK(MPI_Ibcast(&id, sizeof(id), MPI_BYTE, 0, control_, &req));
+  wait_mpi(&req, 1, "NCCL bootstrap (unique id broadcast)", -1, "rank 0's NCCL unique id", false);
+
+  ncclConfig_t config = nonblocking_config();
+  DISTATTN_NCCL_CHECK(ncclCommInitRankConfig(&nccl_, size_, id, rank_, &config));
+  wait_nccl_ready("ncclCommInitRankConfig", -1);
+  init_common();
+}
+
+NcclCommunicator::NcclCommunicator(FromSplit, MPI_Comm comm, const NcclCommunicator& parent, int color, int key)
+    : Communicator(comm, parent.timeout_s()) {
+  device_ = parent.device_;
+  local_rank_ = parent.local_rank_;
+  DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
+  ncclConfig_t config = nonblocking_config();
+  DISTATTN_NCCL_CHECK(ncclCommSplit(parent.nccl_, color, key, &nccl_, &config));
+  wait_nccl_ready("ncclCommSplit", -1);
+  init_common();
+}
+
+void NcclCommunicator::init_common() {
+  DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+  DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&sync_, cudaEventDisableTiming));
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // No throwing here. A healthy communicator is finalized (flushes pending work) then destroyed; a
+  // broken one was already aborted.
+  if (nccl_ != nullptr && !broken()) {
+    ncclResult_t state = ncclCommFinalize(nccl_) == ncclSuccess ? ncclInProgress : ncclInternalError;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
+    while (state == ncclInProgress && std::chrono::steady_clock::now() < deadline) {
+      if (ncclCommGetAsyncError(nccl_, &state) != ncclSuccess) state = ncclInternalError;
+      if (state == ncclInProgress) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    if (state == ncclSuccess) {
+      ncclCommDestroy(nccl_);
+    } else {
+      ncclCommAbort(nccl_);  // finalize failed or stalled: do not hang in the destructor
+    }
+  }
+  for (cudaEvent_t e : done_) cudaEventDestroy(e);
+  if (ready_) cudaEventDestroy(ready_);
+  if (sync_) cudaEventDestroy(sync_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void NcclCommunicator::abort_and_throw(const std::string& why, const char* op, int64_t step) {
+  const std::string text = detail::make_message(op, step >= 0 ? " step " : "", step >= 0 ? std::to_string(step) : "",
+                                                ": ", why, " (NCCL communicator aborted)");
+  if (nccl_ != nullptr && !broken()) ncclCommAbort(nccl_);
+  DISTATTN_THROW("", mark_broken(text));
+}
+
+void NcclCommunicator::wait_nccl_ready(const char* op, int64_t step) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
+  for (int spin = 0;; ++spin) {
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t rc = ncclCommGetAsyncError(nccl_, &state);
+    if (rc != ncclSuccess)
+      abort_and_throw(detail::make_message("ncclCommGetAsyncError failed: ", ncclGetErrorString(rc)), op, step);
+    if (state == ncclSuccess) return;
+    if (state != ncclInProgress) {
+      abort_and_throw(detail::make_message("NCCL error: ", ncclGetErrorString(state)), op, step);
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      abort_and_throw(detail::make_message("timed out after ", timeout_s(), " s (NCCL still in progress)"), op, step);
+    }
+    if (spin > 64) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+void NcclCommunicator::wait_event(cudaEvent_t event, const char* op, int64_t step) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
+  for (int spin = 0;; ++spin) {
+    const cudaError_t q = cudaEventQuery(event);
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) {
+      abort_and_throw(
+          detail::make_message("CUDA error while waiting: ", cudaGetErrorName(q), " (", cudaGetErrorString(q), ")"), op,
+          step);
+    }
+    ncclResult_t state = ncclSuccess;
+    if (ncclCommGetAsyncError(nccl_, &state) != ncclSuccess || (state != ncclSuccess && state != ncclInProgress)) {
+      abort_and_throw(detail::make_message("NCCL async error: ", ncclGetErrorString(state)), op, step);
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      abort_and_throw(detail::make_message("timed out after ", timeout_s(), " s waiting for rank ", prev(), " / rank ",
+                                           next(), " (set DISTATTN_COMM_TIMEOUT_S to change the limit)"),
+                      op, step);
+    }
+    if (spin > 64) std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+void NcclCommunicator::order_after(CUstream_st* producer) {
+  if (producer == nullptr) return;
+  DISTATTN_CUDA_CHECK(cudaEventRecord(ready_, producer));
+  DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+}
+
+void NcclCommunicator::order_before(CUstream_st* consumer) {
+  if (consumer == nullptr) return;
+  DISTATTN_CUDA_CHECK(cudaEventRecord(sync_, stream_));
+  DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(consumer, sync_, 0));
+}
+
+ExchangeTicket NcclCommunicator::post_exchange(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
+                                               CUstream_st* after) {
+  require_healthy(op, step);
+  DISTATTN_CHECK_ARG(bytes == 0 || (send != nullptr && recv != nullptr), "send/recv", op, " step ", step,
+                     ": null buffer for ", bytes, " bytes");
+  DISTATTN_CHECK_ARG(bytes == 0 || send != recv, "recv", op, " step ", step, ": the receive buffer is the send buffer");
+  DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
+  size_t slot = 0;
+  while (slot < busy_.size() && busy_[slot]) ++slot;
+  if (slot == busy_.size()) {
+    cudaEvent_t e = nullptr;
+    DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    done_.push_back(e);
+    busy_.push_back(false);
+  }
+  order_after(after);
+  if (bytes > 0) {
+    // One group: the send to next and the receive from prev progress together (separate calls deadlock).
+    DISTATTN_NCCL_CHECK(ncclGroupStart());
+    DISTATTN_NCCL_CHECK(ncclSend(send, bytes, ncclUint8, next(), nccl_, stream_));
+    DISTATTN_NCCL_CHECK(ncclRecv(recv, bytes, ncclUint8, prev(), nccl_, stream_));
+    const ncclResult_t rc = ncclGroupEnd();
+    if (rc != ncclSuccess && rc != ncclInProgress) {
+      abort_and_throw(detail::make_message("ncclGroupEnd failed: ", ncclGetErrorString(rc)), op, step);
+    }
+    // Nonblocking communicator: the group may still be being enqueued.
+    wait_nccl_ready(op, step);
+  }
+  DISTATTN_CUDA_CHECK(cudaEventRecord(done_[slot], stream_));
+  busy_[slot] = true;
+  return ExchangeTicket{static_cast<int>(slot), step, op};
+}
+
+void NcclCommunicator::wait_exchange(ExchangeTicket& ticket, CUstream_st* consumer) {
+  DISTATTN_CHECK_ARG(
+      ticket.slot >= 0 && ticket.slot < static_cast<int>(busy_.size()) && busy_[static_cast<size_t>(ticket.slot)],
+      "ticket", "is not a pending exchange (waited twice, or never posted)");
+  const size_t slot = static_cast<size_t>(ticket.slot);
+  busy_[slot] = false;
+  ticket.slot = -1;
+  require_healthy(ticket.op, ticket.step);
+  DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
+  if (consumer != nullptr) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(consumer, done_[slot], 0));
+  wait_event(done_[slot], ticket.op, ticket.step);
+}
+
+void NcclCommunicator::all_gather(const char* op, const void* send, void* recv, size_t bytes_per_rank,
+                                  CUstream_st* stream) {
+  require_healthy(op, -1);
+  DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
+  order_after(stream);
+  DISTATTN_NCCL_CHECK(ncclAllGather(send, recv, bytes_per_rank, ncclUint8, nccl_, stream_));
+  wait_nccl_ready(op, -1);
+  order_before(stream);
+  DISTATTN_CUDA_CHECK(cudaEventRecord(sync_, stream_));
+  wait_event(sync_, op, -1);
+}
+
+void NcclCommunicator::reduce_scatter(const char* op, const void* send, void* recv, size_t count, DType dtype,
+                                      CUstream_st* stream) {
+  require_healthy(op, -1);
+  DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
+  order_after(stream);
+  DISTATTN_NCCL_CHECK(ncclReduceScatter(send, recv, count, nccl_type(dtype), ncclSum, nccl_, stream_));
+  wait_nccl_ready(op, -1);
+  order_before(stream);
+  DISTATTN_CUDA_CHECK(cudaEventRecord(sync_, stream_));
+  wait_event(sync_, op, -1);
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
+  require_healthy("split", -1);
+  MPI_Comm sub = MPI_COMM_NULL;
+  DISTATTN_MPI_CHECK(MPI_Comm_split(control_, color, key, &sub));
+  std::unique_ptr<Communicator> child;
+  try {
+    child.reset(new NcclCommunicator(FromSplit{}, sub, *this, color, key));
+  } catch (...) {
+    MPI_Comm_free(&sub);
+    throw;
+  }
+  MPI_Comm_free(&sub);
+  return child;
+}
+
+}  // namespace distattn

@@ -1,0 +1,91 @@
+// RingAttention: exact attention over a sequence sharded across the ranks of a Communicator.
+//
+// Each rank holds its shard of Q, K, V (shard.h: contiguous, zigzag or striped) as [B, S/P, H, D]
+// tensors. K and V travel around the ring packed in ONE buffer, double-buffered on the receive side:
+// the exchange of step s+1 is posted before step s's compute. Each step runs the engine in
+// ACCUMULATE mode (attn_params.h) on the held K|V with that shard's global positions, so O and LSE
+// accumulate in fp32 across steps and are cast once at the end. Steps whose shard pair is fully
+// masked are skipped (the buffer is still forwarded).
+//
+// Backward: K|V travel again (prefetched one step ahead like the forward) and their gradients travel
+// with them: each rank adds its contribution to the dK|dV accumulator of the shard it holds and
+// passes it on, so after P steps every shard's gradient arrives home complete. Travel precision is
+// fp32 (default) or bf16. dQ accumulates locally in fp32; delta = rowsum(dO * O) is computed once.
+// GQA: only the Hkv key/value heads travel.
+//
+// Engines: a Communicator on Device::kHost (MpiCommunicator) runs the host engine; the CUDA path
+// (NcclCommunicator, flash_attention_*) is not built yet and is refused at construction.
+//
+// Bad input (a layout that cannot split seq_len, ranks that disagree on the configuration, a rank
+// whose shard shapes or dtypes do not match) becomes a distattn::Error on EVERY rank, naming the rank
+// and the argument, before any exchange that could wait on a peer.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "distattn/comm/communicator.h"
+#include "distattn/core/attn_params.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/core/mask.h"
+#include "distattn/ring/schedule.h"
+#include "distattn/ring/shard.h"
+
+namespace distattn {
+namespace ring {
+
+// Precision of the dK|dV accumulators while they travel.
+enum class GradTravel : int { kFloat32 = 0, kBFloat16 = 1 };
+
+struct RingConfig {
+  ShardLayout layout = ShardLayout::kZigzag;  // how the sequence is sharded (the same on every rank)
+  int64_t seq_len = 0;                        // GLOBAL sequence length S
+  int64_t batch = 1;                          // B
+  int64_t q_heads = 0;                        // Hq
+  int64_t kv_heads = 0;                       // Hkv (Hq % Hkv == 0); 0: Hq
+  int64_t head_dim = 0;                       // D
+  DType dtype = DType::kBFloat16;             // q, k, v, dout (host engine: also fp32 / fp64)
+  Mask mask;                                  // causal / window on GLOBAL positions (no block lists yet)
+  const float* alibi_slopes = nullptr;        // [Hq] fp32 on the communicator's device, or null
+  float softmax_scale = 0.f;                  // 0: 1 / sqrt(D)
+  GradTravel grad_travel = GradTravel::kFloat32;
+  HostPrecision host_precision = HostPrecision::kFloat64;  // host engine only
+
+  int64_t resolved_kv_heads() const { return kv_heads > 0 ? kv_heads : q_heads; }
+};
+
+class RingAttention {
+ public:
+  // Collective over `comm` (which must outlive this object): validates the config locally, then
+  // agrees on it across ranks (both bounded by the communicator's timeout). Throws on every rank.
+  RingAttention(Communicator& comm, const RingConfig& config);
+
+  const RingConfig& config() const { return config_; }
+  const RingSchedule& schedule() const { return schedule_; }
+  int64_t local_rows() const { return local_rows_; }  // S / P
+  const PositionMap& q_positions() const { return schedule_.q_pos; }
+
+  // Local shards: q [B, S/P, Hq, D], k, v [B, S/P, Hkv, D] of config.dtype; o [B, S/P, Hq, D] of
+  // config.dtype or fp32; lse [B, Hq, S/P] fp32 packed (may be null). Any strides, head dim contiguous.
+  // Rows with no visible key anywhere get O = 0, LSE = -inf. `stream`: CUDA stream (GPU path).
+  void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+               CUstream_st* stream = nullptr);
+
+  // o and lse: the complete forward's (this rank's shard). dq [B, S/P, Hq, D], dk, dv [B, S/P, Hkv, D] of
+  // config.dtype or fp32, overwritten.
+  void backward(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                CUstream_st* stream = nullptr);
+
+ private:
+  AttnParams step_params(const TensorView& q, const TensorView& k, const TensorView& v, const RingStep& st) const;
+
+  Communicator& comm_;
+  RingConfig config_;
+  RingSchedule schedule_;
+  int64_t local_rows_ = 0;
+  std::vector<float> alibi_host_;  // host copy of the slopes (host engine)
+};
+
+}  // namespace ring
+}  // namespace distattn

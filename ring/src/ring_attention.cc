@@ -1,0 +1,316 @@
+// RingAttention (ring_attention.h): validation and agreement, and the host-engine executor.
+//
+// Host executor, forward, rank r of P (Sl = S/P local rows, Nkv = B*Sl*Hkv*D):
+//   kv[0] = own K|V packed [2][B, Sl, Hkv, D] in q's dtype; acc_o = 0 (fp32 [B, Sl, Hq, D]); acc_lse = -inf
+//   for s in 0..P-1:                               (held: K|V of rank (r - s) mod P)
+//     s+1 < P: post exchange kv[cur] -> next, prev -> kv[nxt]        (feeds step s+1)
+//     step not fully masked: engine(accumulate) on kv[cur] with that shard's positions
+//     s+1 < P: wait; swap cur, nxt
+//   o = cast(acc_o); lse = acc_lse
+//
+// Backward: K|V circulate the same way (prefetched). The gradient accumulator of the held shard
+// circulates one exchange behind: at step s this rank computes its contribution into a zeroed fp32
+// scratch (no dependency on the incoming accumulator, so the compute overlaps that exchange), then
+// waits for the accumulator of the held shard (from prev, which held it at step s-1), adds, and sends
+// it on. After step P-1's send, the accumulator that arrives is this rank's own shard's, complete.
+#include "distattn/ring/ring_attention.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "distattn/core/error.h"
+#include "distattn/core/host_engine.h"
+
+namespace distattn {
+namespace ring {
+
+namespace {
+
+const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "host"; }
+
+// A local shard's expected shape; throws naming `name` otherwise. `dtype_ok` decides the dtypes allowed.
+void check_shard(const TensorView& t, const char* name, int64_t B, int64_t Sl, int64_t H, int64_t D, DType dtype,
+                 bool fp32_allowed, Device device) {
+  DISTATTN_CHECK_ARG(t.data != nullptr, name, "is null");
+  const std::array<int64_t, 4> want{B, Sl, H, D};
+  DISTATTN_CHECK_ARG(t.shape == want, name, "has shape ", describe(t), ", expected this rank's shard [", B, ", ", Sl,
+                     ", ", H, ", ", D, "] (S/P rows of the ring configuration)");
+  DISTATTN_CHECK_ARG(t.dtype == dtype || (fp32_allowed && t.dtype == DType::kFloat32), name, "has dtype ",
+                     dtype_name(t.dtype), ", expected the configuration's ", dtype_name(dtype),
+                     fp32_allowed ? " or fp32" : "");
+  DISTATTN_CHECK_ARG(t.device == device, name, "lives on ", device_name(t.device), " but the communicator is on ",
+                     device_name(device));
+}
+
+// Copies a strided [B, S, H, D] view into a packed buffer of the same dtype (raw element bytes).
+void pack(const TensorView& t, unsigned char* dst) {
+  const size_t es = dtype_size(t.dtype);
+  const size_t row = static_cast<size_t>(t.head_dim()) * es;
+  const unsigned char* src = static_cast<const unsigned char*>(t.data);
+  for (int64_t b = 0; b < t.batch(); ++b)
+    for (int64_t s = 0; s < t.seqlen(); ++s)
+      for (int64_t h = 0; h < t.heads(); ++h) {
+        std::memcpy(dst, src + t.offset(b, s, h, 0) * static_cast<int64_t>(es), row);
+        dst += row;
+      }
+}
+
+// Writes a packed buffer of element type `from` into the (strided) view `to`, converting through double.
+void unpack_convert(const void* src, DType from, const TensorView& to) {
+  int64_t i = 0;
+  for (int64_t b = 0; b < to.batch(); ++b)
+    for (int64_t s = 0; s < to.seqlen(); ++s)
+      for (int64_t h = 0; h < to.heads(); ++h) {
+        const int64_t off = to.offset(b, s, h, 0);
+        for (int64_t d = 0; d < to.head_dim(); ++d, ++i)
+          store_from_double(to.data, off + d, to.dtype, load_as_double(src, i, from));
+      }
+}
+
+TensorView packed_view(void* data, DType dtype, int64_t B, int64_t S, int64_t H, int64_t D) {
+  return TensorView::packed(data, dtype, Device::kHost, B, S, H, D);
+}
+
+}  // namespace
+
+RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : comm_(comm), config_(config) {
+  const int P = comm.size();
+  if (config_.kv_heads <= 0) config_.kv_heads = config_.q_heads;
+  // 1. Local validation; the verdict is shared below so every rank throws, not only the bad one.
+  bool ok = true;
+  std::string arg, msg;
+  try {
+    DISTATTN_CHECK_ARG(comm.device() == Device::kHost, "comm", "is a ", comm.backend(),
+                       " communicator: the GPU ring executor is not built yet; "
+                       "use an MpiCommunicator (host engine)");
+    validate_layout(config_.layout, config_.seq_len, P);
+    DISTATTN_CHECK_ARG(config_.batch >= 1, "batch", "is ", config_.batch, " (expected >= 1)");
+    DISTATTN_CHECK_ARG(config_.q_heads >= 1, "q_heads", "is ", config_.q_heads, " (expected >= 1)");
+    DISTATTN_CHECK_ARG(config_.q_heads % config_.kv_heads == 0, "kv_heads", "is ", config_.kv_heads,
+                       ", which does not divide q_heads = ", config_.q_heads);
+    DISTATTN_CHECK_ARG(config_.head_dim >= 1, "head_dim", "is ", config_.head_dim, " (expected >= 1)");
+    DISTATTN_CHECK_ARG(dtype_size(config_.dtype) != 0, "dtype", "is unknown (", static_cast<int>(config_.dtype), ")");
+    DISTATTN_CHECK_ARG(config_.mask.blocks == nullptr, "mask.blocks",
+                       "block lists are not supported by the ring yet (causal / window masks are)");
+    DISTATTN_CHECK_ARG(config_.mask.window >= 0, "mask.window", "is ", config_.mask.window, " (expected >= 0)");
+    DISTATTN_CHECK_ARG(std::isfinite(config_.softmax_scale) && config_.softmax_scale >= 0.f, "softmax_scale", "is ",
+                       config_.softmax_scale, " (expected finite and >= 0; 0: 1/sqrt(D))");
+    DISTATTN_CHECK_ARG(config_.grad_travel == GradTravel::kFloat32 || config_.grad_travel == GradTravel::kBFloat16,
+                       "grad_travel", "is ", static_cast<int>(config_.grad_travel), " (expected fp32 or bf16)");
+    if (config_.alibi_slopes != nullptr) {
+      alibi_host_.assign(config_.alibi_slopes, config_.alibi_slopes + config_.q_heads);
+      for (int64_t h = 0; h < config_.q_heads; ++h) {
+        DISTATTN_CHECK_ARG(std::isfinite(alibi_host_[h]), "alibi_slopes", "slope of head ", h, " is ", alibi_host_[h],
+                           " (expected finite)");
+      }
+    }
+    local_rows_ = config_.seq_len / P;
+  } catch (const Error& e) {
+    ok = false;
+    arg = e.argument();
+    msg = e.message();
+  }
+  comm.agree_ok(ok, arg, msg, "RingAttention construction");
+
+  // 2. Agreement on everything that must be equal across ranks.
+  ConfigFingerprint fp;
+  fp.add("world_size", P)
+      .add("layout", static_cast<int64_t>(config_.layout))
+      .add("seq_len", config_.seq_len)
+      .add("batch", config_.batch)
+      .add("q_heads", config_.q_heads)
+      .add("kv_heads", config_.kv_heads)
+      .add("head_dim", config_.head_dim)
+      .add("dtype", static_cast<int64_t>(config_.dtype))
+      .add("mask.causal", config_.mask.causal ? 1 : 0)
+      .add("mask.window", config_.mask.window)
+      .add("alibi", config_.alibi_slopes != nullptr ? 1 : 0)
+      .add_hash("alibi_slopes", alibi_host_.data(), alibi_host_.size() * sizeof(float))
+      .add_float("softmax_scale", config_.softmax_scale)
+      .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
+      .add("host_precision", static_cast<int64_t>(config_.host_precision));
+  comm.check_agreement(fp, "RingAttention construction");
+
+  schedule_ = make_schedule(config_.layout, config_.seq_len, P, comm.rank(), config_.mask);
+}
+
+AttnParams RingAttention::step_params(const TensorView& q, const TensorView& k, const TensorView& v,
+                                      const RingStep& st) const {
+  AttnParams p;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.q_pos = schedule_.q_pos;
+  p.kv_pos = st.kv_pos;
+  p.mask = config_.mask;
+  p.alibi_slopes = alibi_host_.empty() ? nullptr : alibi_host_.data();
+  p.softmax_scale = config_.softmax_scale;
+  return p;
+}
+
+void RingAttention::forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                            float* lse, CUstream_st* /*stream*/) {
+  const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
+  const Device dev = comm_.device();
+  // Every rank's shards checked, the verdict shared: a bad shard on one rank is an Error on all.
+  bool ok = true;
+  std::string arg, msg;
+  try {
+    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev);
+    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev);
+    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev);
+    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev);
+    AttnParams p = step_params(q, k, v, schedule_.steps[0]);  // strides, aliasing, positions
+    p.o = o;
+    p.lse = lse;
+    validate_forward(p, dev);
+  } catch (const Error& e) {
+    ok = false;
+    arg = e.argument();
+    msg = e.message();
+  }
+  comm_.agree_ok(ok, arg, msg, "RingAttention::forward");
+
+  const int P = comm_.size();
+  const size_t es = dtype_size(config_.dtype);
+  const int64_t nkv = B * Sl * Hkv * D;  // elements of one of K, V
+  const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
+  std::vector<unsigned char> kv[2] = {std::vector<unsigned char>(kv_bytes), std::vector<unsigned char>(kv_bytes)};
+  pack(k, kv[0].data());
+  pack(v, kv[0].data() + nkv * es);
+
+  // fp32 accumulators: O [B, Sl, Hq, D] packed, LSE [B, Hq, Sl] packed.
+  std::vector<float> acc_o(static_cast<size_t>(B * Sl * Hq * D), 0.f);
+  std::vector<float> acc_lse(static_cast<size_t>(B * Hq * Sl), -std::numeric_limits<float>::infinity());
+  const TensorView acc_view = packed_view(acc_o.data(), DType::kFloat32, B, Sl, Hq, D);
+
+  int cur = 0;
+  for (int s = 0; s < P; ++s) {
+    ExchangeTicket t;
+    if (s + 1 < P)
+      t = comm_.post_exchange("ring forward K|V exchange", s + 1, kv[cur].data(), kv[1 - cur].data(), kv_bytes);
+    const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
+    if (!st.skipped()) {
+      AttnParams p = step_params(q, packed_view(kv[cur].data(), config_.dtype, B, Sl, Hkv, D),
+                                 packed_view(kv[cur].data() + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      p.o = acc_view;
+      p.lse = acc_lse.data();
+      p.accumulate = true;
+      host_attention_forward(p, config_.host_precision);
+    }
+    if (s + 1 < P) {
+      comm_.wait_exchange(t);
+      cur = 1 - cur;
+    }
+  }
+  // Cast once: O in o's dtype; LSE as accumulated.
+  unpack_convert(acc_o.data(), DType::kFloat32, o);
+  if (lse != nullptr) std::memcpy(lse, acc_lse.data(), acc_lse.size() * sizeof(float));
+}
+
+void RingAttention::backward(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
+                             const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk,
+                             const TensorView& dv, CUstream_st* /*stream*/) {
+  const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
+  const Device dev = comm_.device();
+  bool ok = true;
+  std::string arg, msg;
+  try {
+    check_shard(dout, "dout", B, Sl, Hq, D, config_.dtype, false, dev);
+    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev);
+    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev);
+    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev);
+    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev);
+    check_shard(dq, "dq", B, Sl, Hq, D, config_.dtype, true, dev);
+    check_shard(dk, "dk", B, Sl, Hkv, D, config_.dtype, true, dev);
+    check_shard(dv, "dv", B, Sl, Hkv, D, config_.dtype, true, dev);
+    DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
+    AttnBwdParams bp;
+    bp.fwd = step_params(q, k, v, schedule_.steps[0]);
+    bp.fwd.o = o;
+    bp.fwd.lse = const_cast<float*>(lse);
+    bp.dout = dout;
+    bp.dq = dq;
+    bp.dk = dk;
+    bp.dv = dv;
+    validate_backward(bp, dev);
+  } catch (const Error& e) {
+    ok = false;
+    arg = e.argument();
+    msg = e.message();
+  }
+  comm_.agree_ok(ok, arg, msg, "RingAttention::backward");
+
+  const int P = comm_.size();
+  const size_t es = dtype_size(config_.dtype);
+  const int64_t nkv = B * Sl * Hkv * D;
+  const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
+  std::vector<unsigned char> kv[2] = {std::vector<unsigned char>(kv_bytes), std::vector<unsigned char>(kv_bytes)};
+  pack(k, kv[0].data());
+  pack(v, kv[0].data() + nkv * es);
+
+  // delta_i = sum_d dO_id O_id, [B, Hq, Sl] fp32, computed once for all steps.
+  std::vector<float> delta(static_cast<size_t>(B * Hq * Sl));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Sl; ++i) {
+        double acc = 0;
+        const int64_t od = o.offset(b, i, h, 0), dd = dout.offset(b, i, h, 0);
+        for (int64_t d = 0; d < D; ++d)
+          acc += load_as_double(o.data, od + d, o.dtype) * load_as_double(dout.data, dd + d, dout.dtype);
+        delta[static_cast<size_t>((b * Hq + h) * Sl + i)] = static_cast<float>(acc);
+      }
+
+  std::vector<float> acc_dq(static_cast<size_t>(B * Sl * Hq * D), 0.f);
+  std::vector<float> scratch(2 * static_cast<size_t>(nkv));  // this step's dK | dV, fp32
+  const DType gtype = config_.grad_travel == GradTravel::kFloat32 ? DType::kFloat32 : DType::kBFloat16;
+  const size_t gbytes = 2 * static_cast<size_t>(nkv) * dtype_size(gtype);
+  std::vector<unsigned char> dsend(gbytes), drecv(gbytes);  // travelling dK | dV accumulators
+
+  int cur = 0;
+  ExchangeTicket tg;  // the gradient exchange in flight
+  for (int s = 0; s < P; ++s) {
+    ExchangeTicket tk;
+    if (s + 1 < P)
+      tk = comm_.post_exchange("ring backward K|V exchange", s + 1, kv[cur].data(), kv[1 - cur].data(), kv_bytes);
+    const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
+    if (!st.skipped()) {
+      std::fill(scratch.begin(), scratch.end(), 0.f);
+      AttnBwdParams bp;
+      bp.fwd = step_params(q, packed_view(kv[cur].data(), config_.dtype, B, Sl, Hkv, D),
+                           packed_view(kv[cur].data() + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      bp.fwd.o = o;
+      bp.fwd.lse = const_cast<float*>(lse);
+      bp.dout = dout;
+      bp.dq = packed_view(acc_dq.data(), DType::kFloat32, B, Sl, Hq, D);
+      bp.dk = packed_view(scratch.data(), DType::kFloat32, B, Sl, Hkv, D);
+      bp.dv = packed_view(scratch.data() + nkv, DType::kFloat32, B, Sl, Hkv, D);
+      bp.accumulate = true;
+      bp.delta = delta.data();
+      host_attention_backward(bp, config_.host_precision);
+    }
+    // The held shard's accumulator: from prev (which held this shard at step s-1), or zero at step 0.
+    if (s > 0) comm_.wait_exchange(tg);
+    const int64_t n2 = 2 * nkv;
+    for (int64_t i = 0; i < n2; ++i) {
+      const double incoming = s > 0 ? load_as_double(drecv.data(), i, gtype) : 0.0;
+      const double mine = st.skipped() ? 0.0 : static_cast<double>(scratch[static_cast<size_t>(i)]);
+      store_from_double(dsend.data(), i, gtype, incoming + mine);
+    }
+    tg = comm_.post_exchange("ring backward dK|dV exchange", s, dsend.data(), drecv.data(), gbytes);
+    if (s + 1 < P) {
+      comm_.wait_exchange(tk);
+      cur = 1 - cur;
+    }
+  }
+  comm_.wait_exchange(tg);  // this rank's own dK | dV, complete
+  unpack_convert(drecv.data(), gtype, dk);
+  unpack_convert(drecv.data() + nkv * dtype_size(gtype), gtype, dv);
+  unpack_convert(acc_dq.data(), DType::kFloat32, dq);
+}
+
+}  // namespace ring
+}  // namespace distattn
