@@ -5,21 +5,19 @@
 namespace distattn {
 
 PositionMap& PositionMap::add_chunk(int64_t start, int64_t stride, int64_t length) {
-  DISTATTN_CHECK_ARG(num_chunks < kMaxChunks, "position_map", "a position map holds at most ", kMaxChunks,
-                     " chunks");
+  DISTATTN_CHECK_ARG(num_chunks < kMaxChunks, "position_map", "a position map holds at most ", kMaxChunks, " chunks");
   chunks[num_chunks++] = PositionChunk{start, stride, length};
   return *this;
 }
 
 void PositionMap::validate(const char* argument, int64_t expected_rows) const {
-  DISTATTN_CHECK_ARG(num_chunks >= 1 && num_chunks <= kMaxChunks, argument, "needs 1 to ", kMaxChunks,
-                     " chunks, has ", num_chunks);
+  DISTATTN_CHECK_ARG(num_chunks >= 1 && num_chunks <= kMaxChunks, argument, "needs 1 to ", kMaxChunks, " chunks, has ",
+                     num_chunks);
   for (int c = 0; c < num_chunks; ++c) {
     const PositionChunk& ch = chunks[c];
     DISTATTN_CHECK_ARG(ch.length >= 1, argument, "chunk ", c, " has length ", ch.length, " (expected >= 1)");
     DISTATTN_CHECK_ARG(ch.stride >= 1, argument, "chunk ", c, " has stride ", ch.stride, " (expected >= 1)");
-    DISTATTN_CHECK_ARG(ch.start >= 0, argument, "chunk ", c, " starts at position ", ch.start,
-                       " (expected >= 0)");
+    DISTATTN_CHECK_ARG(ch.start >= 0, argument, "chunk ", c, " starts at position ", ch.start, " (expected >= 0)");
     // last = start + (length - 1) * stride, checked without overflowing int64.
     DISTATTN_CHECK_ARG(ch.length - 1 <= (kMaxPosition - ch.start) / ch.stride, argument, "chunk ", c,
                        " reaches past position ", kMaxPosition, " (start ", ch.start, ", stride ", ch.stride,

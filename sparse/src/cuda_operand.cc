@@ -20,20 +20,21 @@ void check_device_pointer(const void* ptr, const char* argument, bool allow_null
     DISTATTN_THROW(argument, "pointer ", ptr, " is not known to CUDA (", cudaGetErrorString(status),
                    "); device memory is required");
   }
-  DISTATTN_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, argument, "pointer ",
-                     ptr, " is host memory; device memory is required");
+  DISTATTN_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, argument, "pointer ", ptr,
+                     " is host memory; device memory is required");
 }
 
 void check_cuda_tensor(const TensorView& t, const char* argument) {
-  DISTATTN_CHECK_ARG(t.device == Device::kCuda, argument, "is marked as host memory; the CUDA engine needs device tensors");
+  DISTATTN_CHECK_ARG(t.device == Device::kCuda, argument,
+                     "is marked as host memory; the CUDA engine needs device tensors");
   check_device_pointer(t.data, argument);
   const int64_t elem = static_cast<int64_t>(dtype_size(t.dtype));
   DISTATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, argument, "base address ", t.data,
                      " is not 16-byte aligned (the kernels load 16-byte vectors)");
   for (int axis = 0; axis < 3; ++axis) {
     DISTATTN_CHECK_ARG((t.stride[axis] * elem) % 16 == 0 || t.shape[axis] == 1, argument, "stride[", axis,
-                       "] = ", t.stride[axis], " elements is not a multiple of 16 bytes (",
-                       16 / elem, " elements of ", dtype_name(t.dtype), ")");
+                       "] = ", t.stride[axis], " elements is not a multiple of 16 bytes (", 16 / elem, " elements of ",
+                       dtype_name(t.dtype), ")");
   }
 }
 

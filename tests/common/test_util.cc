@@ -131,9 +131,7 @@ DeviceTensor::DeviceTensor(const HostTensor& host) : bytes(host.bytes()), view_(
 DeviceTensor::~DeviceTensor() {
   if (ptr) cudaFree(ptr);
 }
-DeviceTensor::DeviceTensor(DeviceTensor&& o) noexcept : ptr(o.ptr), bytes(o.bytes), view_(o.view_) {
-  o.ptr = nullptr;
-}
+DeviceTensor::DeviceTensor(DeviceTensor&& o) noexcept : ptr(o.ptr), bytes(o.bytes), view_(o.view_) { o.ptr = nullptr; }
 DeviceTensor& DeviceTensor::operator=(DeviceTensor&& o) noexcept {
   if (this != &o) {
     if (ptr) cudaFree(ptr);

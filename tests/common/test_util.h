@@ -55,10 +55,10 @@ void fill_nan(HostTensor& t);
 HostTensor convert(const HostTensor& t, DType dtype);
 
 struct ErrorStats {
-  double max_abs = 0;     // max |got - ref|
-  double rel_l2 = 0;      // ||got - ref|| / ||ref||
-  double rmse = 0;        // sqrt(mean (got - ref)^2)
-  int64_t non_finite = 0; // elements of got that are NaN/inf where ref is finite
+  double max_abs = 0;      // max |got - ref|
+  double rel_l2 = 0;       // ||got - ref|| / ||ref||
+  double rmse = 0;         // sqrt(mean (got - ref)^2)
+  int64_t non_finite = 0;  // elements of got that are NaN/inf where ref is finite
   int64_t count = 0;
   std::string str() const;
 };

@@ -34,9 +34,9 @@ struct AttnParams {
   TensorView v;  // [B, Skv, Hkv, D] same dtype as q
   TensorView o;  // [B, Sq, Hq, D]   dtype of q; fp32 in accumulate mode
 
-  float* lse = nullptr;         // [B, Hq, Sq] fp32; may be null in plain mode (not written); required in accumulate mode
-  int64_t lse_batch_stride = 0; // elements between batches (0: Hq * Sq)
-  int64_t lse_head_stride = 0;  // elements between heads (0: Sq)
+  float* lse = nullptr;  // [B, Hq, Sq] fp32; may be null in plain mode (not written); required in accumulate mode
+  int64_t lse_batch_stride = 0;  // elements between batches (0: Hq * Sq)
+  int64_t lse_head_stride = 0;   // elements between heads (0: Sq)
 
   PositionMap q_pos;   // global position of each q row (length Sq)
   PositionMap kv_pos;  // global position of each kv row (length Skv)
@@ -46,19 +46,19 @@ struct AttnParams {
   float softmax_scale = 0.f;            // 0: 1 / sqrt(D)
   bool accumulate = false;              // merge into (o fp32, lse) instead of writing them
 
-  float scale() const;                       // softmax_scale or its default
-  int64_t lse_batch_step() const;            // resolved lse_batch_stride
-  int64_t lse_head_step() const;             // resolved lse_head_stride
+  float scale() const;             // softmax_scale or its default
+  int64_t lse_batch_step() const;  // resolved lse_batch_stride
+  int64_t lse_head_step() const;   // resolved lse_head_stride
 };
 
 struct AttnBwdParams {
-  AttnParams fwd;     // q, k, v, o (the complete forward's output), lse (its final LSE), positions, mask, ALiBi, scale
-  TensorView dout;    // [B, Sq, Hq, D]   dtype of q
-  TensorView dq;      // [B, Sq, Hq, D]   dtype of q or fp32 (fp32 required when accumulate)
-  TensorView dk;      // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
-  TensorView dv;      // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
-  bool accumulate = false;        // add into fp32 dq/dk/dv instead of overwriting
-  const float* delta = nullptr;   // optional rowsum(dO * O) [B, Hq, Sq] fp32 with the lse strides; null: computed
+  AttnParams fwd;   // q, k, v, o (the complete forward's output), lse (its final LSE), positions, mask, ALiBi, scale
+  TensorView dout;  // [B, Sq, Hq, D]   dtype of q
+  TensorView dq;    // [B, Sq, Hq, D]   dtype of q or fp32 (fp32 required when accumulate)
+  TensorView dk;    // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
+  TensorView dv;    // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
+  bool accumulate = false;       // add into fp32 dq/dk/dv instead of overwriting
+  const float* delta = nullptr;  // optional rowsum(dO * O) [B, Hq, Sq] fp32 with the lse strides; null: computed
 };
 
 // Checks everything an engine needs before it touches memory: tensor ranks and shapes against each

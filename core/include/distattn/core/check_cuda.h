@@ -6,15 +6,14 @@
 
 #include "distattn/core/error.h"
 
-#define DISTATTN_CUDA_CHECK(expr)                                                                  \
-  do {                                                                                             \
-    cudaError_t distattn_status_ = (expr);                                                         \
-    if (distattn_status_ != cudaSuccess) {                                                         \
-      throw ::distattn::Error(::distattn::detail::make_message(#expr, " failed: ",                 \
-                                                               cudaGetErrorName(distattn_status_), \
-                                                               " (", cudaGetErrorString(distattn_status_), ")"), \
-                              "", __FILE__, __LINE__);                                             \
-    }                                                                                              \
+#define DISTATTN_CUDA_CHECK(expr)                                                                                      \
+  do {                                                                                                                 \
+    cudaError_t distattn_status_ = (expr);                                                                             \
+    if (distattn_status_ != cudaSuccess) {                                                                             \
+      throw ::distattn::Error(::distattn::detail::make_message(#expr, " failed: ", cudaGetErrorName(distattn_status_), \
+                                                               " (", cudaGetErrorString(distattn_status_), ")"),       \
+                              "", __FILE__, __LINE__);                                                                 \
+    }                                                                                                                  \
   } while (0)
 
 // After a kernel launch: picks up launch-configuration errors without synchronising.

@@ -92,11 +92,11 @@ inline uint16_t float_to_fp16_bits(float f) {
   std::memcpy(&u, &f, 4);
   uint32_t sign = (u >> 16) & 0x8000u;
   uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
-  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u); // overflow -> inf (rounds past 65504)
-  if (abs < 0x38800000u) {                                              // subnormal or zero in fp16
-    if (abs < 0x33000000u) return static_cast<uint16_t>(sign);          // below half the smallest subnormal
-    int shift = 126 - static_cast<int>(abs >> 23);                      // 14..24
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
+  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf (rounds past 65504)
+  if (abs < 0x38800000u) {                                               // subnormal or zero in fp16
+    if (abs < 0x33000000u) return static_cast<uint16_t>(sign);           // below half the smallest subnormal
+    int shift = 126 - static_cast<int>(abs >> 23);                       // 14..24
     uint32_t man = (abs & 0x7fffffu) | 0x800000u;
     uint32_t half_man = man >> (shift);
     uint32_t rem = man & ((1u << shift) - 1u);

@@ -23,7 +23,7 @@ class Error : public std::runtime_error {
   const std::string& message() const { return message_; }
   const std::string& argument() const { return argument_; }
   const std::string& where() const { return where_; }  // "file:line"
-  int rank() const { return rank_; }                     // -1 when unknown
+  int rank() const { return rank_; }                   // -1 when unknown
 
  private:
   std::string message_;
@@ -51,11 +51,11 @@ std::string make_message(const Args&... args) {
 
 // Throws distattn::Error naming `arg` (a string literal or std::string) unless `cond` holds.
 // The remaining arguments are streamed into the message.
-#define DISTATTN_CHECK_ARG(cond, arg, ...)                                                              \
-  do {                                                                                                  \
-    if (!(cond)) {                                                                                      \
+#define DISTATTN_CHECK_ARG(cond, arg, ...)                                                               \
+  do {                                                                                                   \
+    if (!(cond)) {                                                                                       \
       throw ::distattn::Error(::distattn::detail::make_message(__VA_ARGS__), (arg), __FILE__, __LINE__); \
-    }                                                                                                   \
+    }                                                                                                    \
   } while (0)
 
 // Throws distattn::Error with no argument name: an internal invariant or an unsupported request.

@@ -26,27 +26,29 @@ namespace distattn {
 constexpr int kLayoutBlock = 128;
 
 // Block sparsity in CSR form, in both directions (the forward walks rows of q blocks, the backward
-// walks columns of kv blocks). Arrays live on `device`. Owned by distattn::BlockLayout (sparse/block_layout.h); this is a view.
+// walks columns of kv blocks). Arrays live on `device`. Owned by distattn::BlockLayout (sparse/block_layout.h); this is
+// a view.
 struct BlockListView {
   Device device = Device::kHost;
   int64_t num_q_blocks = 0;   // ceil(Sq / kLayoutBlock)
   int64_t num_kv_blocks = 0;  // ceil(Skv / kLayoutBlock)
   int64_t nnz = 0;            // listed blocks
   // By q block: kv blocks of q block i are col_index[row_offset[i] .. row_offset[i+1]), ascending.
-  const int32_t* row_offset = nullptr;  // [num_q_blocks + 1]
-  const int32_t* col_index = nullptr;   // [nnz]
-  const uint8_t* row_partial = nullptr; // [nnz] 1: apply the element mask; 0: the whole block is visible
+  const int32_t* row_offset = nullptr;   // [num_q_blocks + 1]
+  const int32_t* col_index = nullptr;    // [nnz]
+  const uint8_t* row_partial = nullptr;  // [nnz] 1: apply the element mask; 0: the whole block is visible
   // By kv block (the transpose): q blocks of kv block j are row_index[col_offset[j] .. col_offset[j+1]).
-  const int32_t* col_offset = nullptr;  // [num_kv_blocks + 1]
-  const int32_t* row_index = nullptr;   // [nnz]
-  const uint8_t* col_partial = nullptr; // [nnz]
+  const int32_t* col_offset = nullptr;   // [num_kv_blocks + 1]
+  const int32_t* row_index = nullptr;    // [nnz]
+  const uint8_t* col_partial = nullptr;  // [nnz]
 };
 
 struct Mask {
-  bool causal = false;                   // hide keys after the query
-  int64_t window = 0;                    // 0: unlimited; W > 0: hide keys with pos_q - pos_k >= W (and
-                                         // pos_k - pos_q >= W when not causal)
-  const BlockListView* blocks = nullptr; // optional block sparsity (host-side struct; its arrays on the engine's device)
+  bool causal = false;  // hide keys after the query
+  int64_t window = 0;   // 0: unlimited; W > 0: hide keys with pos_q - pos_k >= W (and
+                        // pos_k - pos_q >= W when not causal)
+  const BlockListView* blocks =
+      nullptr;  // optional block sparsity (host-side struct; its arrays on the engine's device)
 
   static Mask none() { return Mask{}; }
   static Mask make_causal(int64_t window_size = 0) { return Mask{true, window_size, nullptr}; }

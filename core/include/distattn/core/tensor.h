@@ -19,9 +19,9 @@ namespace distattn {
 enum class Device : int { kHost = 0, kCuda = 1 };
 
 struct TensorView {
-  void* data = nullptr;                   // first element; host or device memory as `device` says
-  DType dtype = DType::kBFloat16;         // element type
-  Device device = Device::kCuda;          // where `data` lives
+  void* data = nullptr;                       // first element; host or device memory as `device` says
+  DType dtype = DType::kBFloat16;             // element type
+  Device device = Device::kCuda;              // where `data` lives
   std::array<int64_t, 4> shape{0, 0, 0, 0};   // [B, S, H, D]
   std::array<int64_t, 4> stride{0, 0, 0, 0};  // elements between neighbours along each axis
 

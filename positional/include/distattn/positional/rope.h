@@ -39,17 +39,17 @@ enum class RopeScaling : int {
 };
 
 struct RopeConfig {
-  int64_t head_dim = 128;               // D
-  int64_t rotary_dim = 0;               // dims rotated (even, <= head_dim); 0: head_dim
-  double base = 10000.0;                // theta base
+  int64_t head_dim = 128;  // D
+  int64_t rotary_dim = 0;  // dims rotated (even, <= head_dim); 0: head_dim
+  double base = 10000.0;   // theta base
   RopeStyle style = RopeStyle::kNeoX;
   RopeScaling scaling = RopeScaling::kNone;
-  double factor = 1.0;                  // scaling factor (linear, dynamic NTK, YaRN, llama3)
-  int64_t original_max_position = 0;    // pre-scaling context (dynamic NTK, YaRN, llama3)
-  int64_t sequence_length = 0;          // dynamic NTK: the global length being processed
-  double yarn_beta_fast = 32.0;         // YaRN ramp bounds (in rotations)
+  double factor = 1.0;                // scaling factor (linear, dynamic NTK, YaRN, llama3)
+  int64_t original_max_position = 0;  // pre-scaling context (dynamic NTK, YaRN, llama3)
+  int64_t sequence_length = 0;        // dynamic NTK: the global length being processed
+  double yarn_beta_fast = 32.0;       // YaRN ramp bounds (in rotations)
   double yarn_beta_slow = 1.0;
-  double yarn_mscale = 0.0;             // YaRN attention factor override; 0: 0.1 * ln(factor) + 1
+  double yarn_mscale = 0.0;  // YaRN attention factor override; 0: 0.1 * ln(factor) + 1
   double llama3_low_freq_factor = 1.0;
   double llama3_high_freq_factor = 4.0;
 };
@@ -65,17 +65,17 @@ struct RopeFrequencies {
 RopeFrequencies make_rope_frequencies(const RopeConfig& config);
 
 struct RopeParams {
-  TensorView q;        // [B, Sq, Hq, D] input
-  TensorView k;        // [B, Skv, Hkv, D] input; may be empty (data == nullptr): q only
-  TensorView q_out;    // output for q; empty: in place
-  TensorView k_out;    // output for k; empty: in place
-  PositionMap q_pos;   // global positions of q rows
-  PositionMap k_pos;   // global positions of k rows
-  int64_t rotary_dim = 0;              // 0: D
+  TensorView q;            // [B, Sq, Hq, D] input
+  TensorView k;            // [B, Skv, Hkv, D] input; may be empty (data == nullptr): q only
+  TensorView q_out;        // output for q; empty: in place
+  TensorView k_out;        // output for k; empty: in place
+  PositionMap q_pos;       // global positions of q rows
+  PositionMap k_pos;       // global positions of k rows
+  int64_t rotary_dim = 0;  // 0: D
   RopeStyle style = RopeStyle::kNeoX;
-  const float* inv_freq = nullptr;     // [rotary_dim / 2] fp32, on the device that runs the call
-  float scale = 1.0f;                  // cos/sin multiplier
-  bool inverse = false;                // backward: rotate by -theta
+  const float* inv_freq = nullptr;  // [rotary_dim / 2] fp32, on the device that runs the call
+  float scale = 1.0f;               // cos/sin multiplier
+  bool inverse = false;             // backward: rotate by -theta
 };
 
 // One fused launch for q and k. bf16/fp16/fp32 tensors. Validates first; throws distattn::Error.
