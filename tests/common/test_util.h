@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "distattn/core/error.h"
 #include "distattn/core/tensor.h"
 
 namespace distattn {
@@ -66,6 +67,17 @@ struct ErrorStats {
 ErrorStats compare(const TensorView& got, const TensorView& ref);
 // Same for flat fp32/fp64 arrays (LSE). Matching -inf entries count as exact.
 ErrorStats compare_flat(const float* got, const double* ref, int64_t n);
+
+// Runs `stmt` and expects a distattn::Error whose argument() is `arg` (checked, with the message shown).
+#define EXPECT_ERROR_ARG(stmt, arg)                                         \
+  do {                                                                      \
+    try {                                                                   \
+      stmt;                                                                 \
+      ADD_FAILURE() << "expected distattn::Error naming " << (arg);         \
+    } catch (const ::distattn::Error& e) {                                  \
+      EXPECT_EQ(e.argument(), std::string(arg)) << "message: " << e.what(); \
+    }                                                                       \
+  } while (0)
 
 // --- GPU ---
 bool has_gpu();

@@ -8,19 +8,10 @@
 
 #include "distattn/core/error.h"
 #include "distattn/positional/alibi.h"
+#include "test_util.h"
 
 namespace distattn {
 namespace {
-
-#define EXPECT_ERROR_ARG(stmt, arg)                                         \
-  do {                                                                      \
-    try {                                                                   \
-      stmt;                                                                 \
-      ADD_FAILURE() << "expected distattn::Error naming " << (arg);         \
-    } catch (const ::distattn::Error& e) {                                  \
-      EXPECT_EQ(e.argument(), std::string(arg)) << "message: " << e.what(); \
-    }                                                                       \
-  } while (0)
 
 TEST(Alibi, EightHeadsArePowersOfOneHalf) {
   const std::vector<float> s = alibi_slopes(8);

@@ -25,17 +25,6 @@ HostTensor clone(const HostTensor& t) {
   return c;
 }
 
-// Expects `stmt` to throw distattn::Error whose argument() is `arg`.
-#define EXPECT_ERROR_ARG(stmt, arg)                                         \
-  do {                                                                      \
-    try {                                                                   \
-      stmt;                                                                 \
-      ADD_FAILURE() << "expected distattn::Error naming " << (arg);         \
-    } catch (const ::distattn::Error& e) {                                  \
-      EXPECT_EQ(e.argument(), std::string(arg)) << "message: " << e.what(); \
-    }                                                                       \
-  } while (0)
-
 // Independent reference. Pair i of (b, s, h) as a complex number z = x[ia] + i x[ib]; RoPE multiplies it
 // by scale * e^{i theta} (e^{-i theta} for the inverse), theta = float(pos) * inv_freq[i] (the fp32
 // contract) evaluated in double from there. Dims past rot are copied. Output: fp64 [B, S, H, D].

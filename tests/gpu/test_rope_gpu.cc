@@ -20,16 +20,6 @@ using testing::DeviceArray;
 using testing::DeviceTensor;
 using testing::HostTensor;
 
-#define EXPECT_ERROR_ARG(stmt, arg)                                         \
-  do {                                                                      \
-    try {                                                                   \
-      stmt;                                                                 \
-      ADD_FAILURE() << "expected distattn::Error naming " << (arg);         \
-    } catch (const ::distattn::Error& e) {                                  \
-      EXPECT_EQ(e.argument(), std::string(arg)) << "message: " << e.what(); \
-    }                                                                       \
-  } while (0)
-
 HostTensor clone(const HostTensor& t) {  // HostTensor's implicit copy keeps the old data pointer
   HostTensor c = t;
   c.view.data = c.storage.data();
