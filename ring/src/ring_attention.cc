@@ -16,13 +16,17 @@
 #include "distattn/ring/ring_attention.h"
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
+#include "distattn/sparse/flash_attention.h"
 
 namespace distattn {
 namespace ring {
@@ -43,6 +47,26 @@ void check_shard(const TensorView& t, const char* name, int64_t B, int64_t Sl, i
                      fp32_allowed ? " or fp32" : "");
   DISTATTN_CHECK_ARG(t.device == device, name, "lives on ", device_name(t.device), " but the communicator is on ",
                      device_name(device));
+}
+
+// What the CUDA engine will check after the agreement point, checked before it so that a bad pointer
+// on one rank fails every rank: device (or managed) memory, 16-byte aligned base and strides.
+void check_cuda_pointer(const void* ptr, const char* name) {
+  cudaPointerAttributes attr{};
+  const cudaError_t rc = cudaPointerGetAttributes(&attr, ptr);
+  if (rc != cudaSuccess) cudaGetLastError();  // clear the sticky-free error of a plain host pointer
+  DISTATTN_CHECK_ARG(rc == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
+                     name, "is not device memory (the communicator is a CUDA one)");
+}
+
+void check_cuda_operand(const TensorView& t, const char* name) {
+  check_cuda_pointer(t.data, name);
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
+  DISTATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name, "is not 16-byte aligned");
+  for (int i = 0; i < 3; ++i) {
+    DISTATTN_CHECK_ARG(t.shape[i] == 1 || (t.stride[i] * es) % 16 == 0, name, "stride along axis ", i, " is ",
+                       t.stride[i], " elements: the CUDA engine needs multiples of 16 bytes; ", describe(t));
+  }
 }
 
 // Copies a strided [B, S, H, D] view into a packed buffer of the same dtype (raw element bytes).
@@ -100,8 +124,20 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
                        config_.softmax_scale, " (expected finite and >= 0; 0: 1/sqrt(D))");
     DISTATTN_CHECK_ARG(config_.grad_travel == GradTravel::kFloat32 || config_.grad_travel == GradTravel::kBFloat16,
                        "grad_travel", "is ", static_cast<int>(config_.grad_travel), " (expected fp32 or bf16)");
+    if (comm.device() == Device::kCuda) {
+      DISTATTN_CHECK_ARG(config_.dtype == DType::kBFloat16 || config_.dtype == DType::kFloat16, "dtype", "is ",
+                         dtype_name(config_.dtype), "; the CUDA engine takes bf16 or fp16");
+      DISTATTN_CHECK_ARG(flash_supports_head_dim(config_.head_dim), "head_dim", "is ", config_.head_dim,
+                         ": the CUDA engine has no kernel for it");
+    }
     if (config_.alibi_slopes != nullptr) {
-      alibi_host_.assign(config_.alibi_slopes, config_.alibi_slopes + config_.q_heads);
+      alibi_host_.resize(static_cast<size_t>(config_.q_heads));
+      if (comm.device() == Device::kCuda) {  // device slopes: a host copy for the checks and the fingerprint
+        DISTATTN_CUDA_CHECK(cudaMemcpy(alibi_host_.data(), config_.alibi_slopes, alibi_host_.size() * sizeof(float),
+                                       cudaMemcpyDeviceToHost));
+      } else {
+        alibi_host_.assign(config_.alibi_slopes, config_.alibi_slopes + config_.q_heads);
+      }
       for (int64_t h = 0; h < config_.q_heads; ++h) {
         DISTATTN_CHECK_ARG(std::isfinite(alibi_host_[h]), "alibi_slopes", "slope of head ", h, " is ", alibi_host_[h],
                            " (expected finite)");
@@ -146,13 +182,15 @@ AttnParams RingAttention::step_params(const TensorView& q, const TensorView& k, 
   p.q_pos = schedule_.q_pos;
   p.kv_pos = st.kv_pos;
   p.mask = config_.mask;
-  p.alibi_slopes = alibi_host_.empty() ? nullptr : alibi_host_.data();
+  // The host engine reads the host copy; the CUDA engine the caller's device array.
+  p.alibi_slopes =
+      comm_.device() == Device::kCuda ? config_.alibi_slopes : (alibi_host_.empty() ? nullptr : alibi_host_.data());
   p.softmax_scale = config_.softmax_scale;
   return p;
 }
 
 void RingAttention::forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                            float* lse, CUstream_st* /*stream*/) {
+                            float* lse, CUstream_st* stream) {
   const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const Device dev = comm_.device();
   // Every rank's shards checked, the verdict shared: a bad shard on one rank is an Error on all.
@@ -167,13 +205,29 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
     p.o = o;
     p.lse = lse;
     validate_forward(p, dev);
+    if (dev == Device::kCuda) {
+      for (const auto& t :
+           {std::make_pair(&q, "q"), std::make_pair(&k, "k"), std::make_pair(&v, "v"), std::make_pair(&o, "o")}) {
+        check_cuda_operand(*t.first, t.second);
+      }
+      if (lse != nullptr) check_cuda_pointer(lse, "lse");
+    }
   } catch (const Error& e) {
     ok = false;
     arg = e.argument();
     msg = e.message();
   }
   comm_.agree_ok(ok, arg, msg, "RingAttention::forward");
+  if (dev == Device::kCuda) {
+    forward_cuda(q, k, v, o, lse, stream);
+  } else {
+    forward_host(q, k, v, o, lse);
+  }
+}
 
+void RingAttention::forward_host(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                 float* lse) {
+  const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const int P = comm_.size();
   const size_t es = dtype_size(config_.dtype);
   const int64_t nkv = B * Sl * Hkv * D;  // elements of one of K, V
@@ -213,7 +267,7 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
 
 void RingAttention::backward(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
                              const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk,
-                             const TensorView& dv, CUstream_st* /*stream*/) {
+                             const TensorView& dv, CUstream_st* stream) {
   const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const Device dev = comm_.device();
   bool ok = true;
@@ -237,13 +291,31 @@ void RingAttention::backward(const TensorView& dout, const TensorView& q, const 
     bp.dk = dk;
     bp.dv = dv;
     validate_backward(bp, dev);
+    if (dev == Device::kCuda) {
+      for (const auto& t :
+           {std::make_pair(&dout, "dout"), std::make_pair(&q, "q"), std::make_pair(&k, "k"), std::make_pair(&v, "v"),
+            std::make_pair(&o, "o"), std::make_pair(&dq, "dq"), std::make_pair(&dk, "dk"), std::make_pair(&dv, "dv")}) {
+        check_cuda_operand(*t.first, t.second);
+      }
+      check_cuda_pointer(lse, "lse");
+    }
   } catch (const Error& e) {
     ok = false;
     arg = e.argument();
     msg = e.message();
   }
   comm_.agree_ok(ok, arg, msg, "RingAttention::backward");
+  if (dev == Device::kCuda) {
+    backward_cuda(dout, q, k, v, o, lse, dq, dk, dv, stream);
+  } else {
+    backward_host(dout, q, k, v, o, lse, dq, dk, dv);
+  }
+}
 
+void RingAttention::backward_host(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
+                                  const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk,
+                                  const TensorView& dv) {
+  const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const int P = comm_.size();
   const size_t es = dtype_size(config_.dtype);
   const int64_t nkv = B * Sl * Hkv * D;

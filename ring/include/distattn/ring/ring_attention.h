@@ -13,8 +13,10 @@
 // fp32 (default) or bf16. dQ accumulates locally in fp32; delta = rowsum(dO * O) is computed once.
 // GQA: only the Hkv key/value heads travel.
 //
-// Engines: a Communicator on Device::kHost (MpiCommunicator) runs the host engine; the CUDA path
-// (NcclCommunicator, flash_attention_*) is not built yet and is refused at construction.
+// Engines: a Communicator on Device::kHost (MpiCommunicator) runs the host engine (tested under mpirun);
+// one on Device::kCuda (NcclCommunicator) runs flash_attention_forward/backward in accumulate mode on
+// `stream`, the exchange on the communicator's stream, events between them. The CUDA executor compiles
+// but has NOT been run on a GPU yet (see ring_cuda.cc).
 //
 // Bad input (a layout that cannot split seq_len, ranks that disagree on the configuration, a rank
 // whose shard shapes or dtypes do not match) becomes a distattn::Error on EVERY rank, naming the rank
@@ -79,12 +81,22 @@ class RingAttention {
 
  private:
   AttnParams step_params(const TensorView& q, const TensorView& k, const TensorView& v, const RingStep& st) const;
+  // The executors, after every rank's inputs were checked (ring_attention.cc: host, ring_cuda.cc: CUDA).
+  void forward_host(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse);
+  void backward_host(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
+                     const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk,
+                     const TensorView& dv);
+  void forward_cuda(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+                    CUstream_st* stream);
+  void backward_cuda(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
+                     const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk,
+                     const TensorView& dv, CUstream_st* stream);
 
   Communicator& comm_;
   RingConfig config_;
   RingSchedule schedule_;
   int64_t local_rows_ = 0;
-  std::vector<float> alibi_host_;  // host copy of the slopes (host engine)
+  std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
 };
 
 }  // namespace ring

@@ -1,0 +1,35 @@
+// Small device helpers of the ring's CUDA executor (ring_cuda.cc): fills, casts, the travelling
+// gradient update and delta. Internal (not installed). All enqueue on `stream`, validate nothing
+// (the executor validated its inputs), and check the launch.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "distattn/core/tensor.h"
+
+namespace distattn {
+namespace ring {
+namespace detail {
+
+// p[0 .. n) = value (fp32).
+void fill_f32(float* p, int64_t n, float value, cudaStream_t stream);
+
+// dst (a strided [B, S, H, D] view of bf16/fp16/fp32) = src, a PACKED [B, S, H, D] buffer of src_dtype
+// (fp32 or bf16), converted with round-to-nearest-even.
+void convert_packed_to_view(const void* src, DType src_dtype, const TensorView& dst, cudaStream_t stream);
+
+// out[i] = (incoming ? incoming[i] : 0) + (mine ? mine[i] : 0) for i < n; incoming / out of `travel`
+// dtype (fp32 or bf16), mine fp32. The sum is formed in fp32 and rounded once.
+void travel_add(const void* incoming, const float* mine, void* out, int64_t n, DType travel, cudaStream_t stream);
+
+// delta[b, h, i] = sum_d dout[b, i, h, d] * o[b, i, h, d] in fp32, delta packed [B, H, S].
+void row_dot(const TensorView& dout, const TensorView& o, float* delta, cudaStream_t stream);
+
+// Packs a strided [B, S, H, D] device view into a packed buffer of the same dtype (cudaMemcpy2DAsync).
+void pack_view(const TensorView& src, void* dst, cudaStream_t stream);
+
+}  // namespace detail
+}  // namespace ring
+}  // namespace distattn
