@@ -107,9 +107,6 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
   bool ok = true;
   std::string arg, msg;
   try {
-    DISTATTN_CHECK_ARG(comm.device() == Device::kHost, "comm", "is a ", comm.backend(),
-                       " communicator: the GPU ring executor is not built yet; "
-                       "use an MpiCommunicator (host engine)");
     validate_layout(config_.layout, config_.seq_len, P);
     DISTATTN_CHECK_ARG(config_.batch >= 1, "batch", "is ", config_.batch, " (expected >= 1)");
     DISTATTN_CHECK_ARG(config_.q_heads >= 1, "q_heads", "is ", config_.q_heads, " (expected >= 1)");

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -105,6 +106,28 @@ TEST(MpiComm, ExchangeAllGatherReduceScatterSplit) {
   sub->wait_exchange(t);
   const int prev_in_group = (sub->prev()) * 2 + r % 2;
   EXPECT_EQ(y, prev_in_group);
+}
+
+TEST(MpiComm, TimeoutFromEnvironmentAndSetter) {
+  const char* old = std::getenv("DISTATTN_COMM_TIMEOUT_S");
+  const std::string saved = old ? old : "";
+  setenv("DISTATTN_COMM_TIMEOUT_S", "2.5", 1);
+  EXPECT_EQ(default_comm_timeout_s(), 2.5);
+  {
+    MpiCommunicator comm(MPI_COMM_WORLD);  // no explicit timeout: the environment's
+    EXPECT_EQ(comm.timeout_s(), 2.5);
+    comm.set_timeout_s(7.0);
+    EXPECT_EQ(comm.timeout_s(), 7.0);
+    expect_error_containing([&] { comm.set_timeout_s(-1.0); }, {"timeout_s"}, "negative timeout");
+  }
+  setenv("DISTATTN_COMM_TIMEOUT_S", "soon", 1);
+  expect_error_containing([] { default_comm_timeout_s(); }, {"DISTATTN_COMM_TIMEOUT_S", "soon"}, "malformed env");
+  if (old) {
+    setenv("DISTATTN_COMM_TIMEOUT_S", saved.c_str(), 1);
+  } else {
+    unsetenv("DISTATTN_COMM_TIMEOUT_S");
+  }
+  EXPECT_EQ(default_comm_timeout_s(), old ? std::atof(saved.c_str()) : 300.0);
 }
 
 TEST(MpiComm, FingerprintDisagreementNamesFieldAndRankOnEveryRank) {
