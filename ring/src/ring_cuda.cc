@@ -58,7 +58,9 @@ TensorView device_view(void* data, DType dtype, int64_t B, int64_t S, int64_t H,
 
 void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                  float* lse, CUstream_st* stream_in) {
-  const cudaStream_t stream = stream_in;
+  // A null stream is the legacy default stream; name it explicitly so the exchange is ordered against it
+  // (the communicator treats a null stream as "no ordering").
+  const cudaStream_t stream = stream_in != nullptr ? stream_in : cudaStreamLegacy;
   const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const int P = comm_.size();
   const size_t es = dtype_size(config_.dtype);
@@ -103,7 +105,9 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
 void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
                                   const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk,
                                   const TensorView& dv, CUstream_st* stream_in) {
-  const cudaStream_t stream = stream_in;
+  // A null stream is the legacy default stream; name it explicitly so the exchange is ordered against it
+  // (the communicator treats a null stream as "no ordering").
+  const cudaStream_t stream = stream_in != nullptr ? stream_in : cudaStreamLegacy;
   const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const int P = comm_.size();
   const size_t es = dtype_size(config_.dtype);
