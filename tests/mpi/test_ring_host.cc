@@ -263,6 +263,11 @@ TEST(RingHost, RopeOnGlobalPositionsEveryLayout) {
   }
 }
 
+TEST(RingHost, MessagesPastTheEagerLimit) {
+  // 256 KiB K|V messages per step: MPI's rendezvous protocol, which progresses only inside MPI calls.
+  run_and_report(Case{ShardLayout::kZigzag, 32, 1, 8, 8, 32, Mask::make_causal(), false});
+}
+
 TEST(RingHost, Bf16GradientTravel) {
   Case c{ShardLayout::kZigzag, 4, 1, 4, 2, 16, Mask::make_causal(), false};
   c.travel = GradTravel::kBFloat16;
