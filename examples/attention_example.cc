@@ -56,8 +56,8 @@ int main() {
     DISTATTN_CUDA_CHECK(cudaMalloc(&dk, n * 2));
     DISTATTN_CUDA_CHECK(cudaMalloc(&dv, n * 2));
     DISTATTN_CUDA_CHECK(cudaMalloc(&dout, n * 2));
-    DISTATTN_CUDA_CHECK(cudaMalloc(&dlse, lse.size() * 4));
-    DISTATTN_CUDA_CHECK(cudaMalloc(&dslopes, slopes.size() * 4));
+    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dlse), lse.size() * 4));
+    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dslopes), slopes.size() * 4));
     DISTATTN_CUDA_CHECK(cudaMemcpy(dq, q.data(), n * 2, cudaMemcpyHostToDevice));
     DISTATTN_CUDA_CHECK(cudaMemcpy(dk, k.data(), n * 2, cudaMemcpyHostToDevice));
     DISTATTN_CUDA_CHECK(cudaMemcpy(dv, v.data(), n * 2, cudaMemcpyHostToDevice));
