@@ -77,6 +77,26 @@ double attention_flops(int64_t B, int64_t S, int64_t H, int64_t D, bool causal, 
   return per_pair * pairs * pass_factor(pass);
 }
 
+double ring_flops_per_gpu(int64_t B, int64_t S, int64_t H, int64_t D, bool causal, int64_t window, Pass pass,
+                          int ranks) {
+  DISTATTN_CHECK_ARG(ranks >= 1, "ranks", "must be >= 1, got ", ranks);
+  return attention_flops(B, S, H, D, causal, window, pass) / static_cast<double>(ranks);
+}
+
+double ring_kv_shard_bytes(int64_t B, int64_t S, int64_t Hkv, int64_t D, int64_t elem_size, int ranks) {
+  DISTATTN_CHECK_ARG(ranks >= 1, "ranks", "must be >= 1, got ", ranks);
+  return 2.0 * static_cast<double>(B) * (static_cast<double>(S) / ranks) * static_cast<double>(Hkv) *
+         static_cast<double>(D) * static_cast<double>(elem_size);
+}
+
+double allgather_busbw_gbps(double shard_bytes, int ranks, double time_ms) {
+  DISTATTN_CHECK_ARG(ranks >= 1, "ranks", "must be >= 1, got ", ranks);
+  DISTATTN_CHECK_ARG(time_ms > 0, "time_ms", "must be > 0, got ", time_ms);
+  const double size = static_cast<double>(ranks) * shard_bytes;  // the gathered buffer
+  const double algbw = size / (time_ms * 1e-3) / 1e9;
+  return algbw * static_cast<double>(ranks - 1) / static_cast<double>(ranks);
+}
+
 double rope_bytes(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, int64_t elem_size) {
   return 2.0 * static_cast<double>(B) * static_cast<double>(S) * static_cast<double>(Hq + Hkv) *
          static_cast<double>(D) * static_cast<double>(elem_size);

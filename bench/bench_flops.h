@@ -34,6 +34,21 @@ int64_t visible_pairs(int64_t S, bool causal, int64_t window);
 // Times pass_factor(pass). H is the number of QUERY heads (GQA does not change the FLOPs).
 double attention_flops(int64_t B, int64_t S, int64_t H, int64_t D, bool causal, int64_t window, Pass pass);
 
+// Ring attention, per GPU: the flash formula above on the GLOBAL sequence length S, divided by the
+// `ranks` GPUs that share it (each does 1/N of the visible pairs when the layout balances the work):
+//   attention_flops(B, S, H, D, causal, window, pass) / ranks.
+double ring_flops_per_gpu(int64_t B, int64_t S, int64_t H, int64_t D, bool causal, int64_t window, Pass pass,
+                          int ranks);
+
+// Bytes of one rank's K|V shard, the unit the ring moves per hop: 2 * B * (S / ranks) * Hkv * D * elem_size.
+double ring_kv_shard_bytes(int64_t B, int64_t S, int64_t Hkv, int64_t D, int64_t elem_size, int ranks);
+
+// Bus bandwidth (GB/s) of moving every rank's K|V shard to every other rank in `time_ms`, counted as an
+// all-gather the way nccl-tests does: size = ranks * shard_bytes (the gathered buffer),
+// algbw = size / time, busbw = algbw * (ranks - 1) / ranks  (= (ranks - 1) * shard_bytes / time).
+// One rank: 0 (nothing moves).
+double allgather_busbw_gbps(double shard_bytes, int ranks, double time_ms);
+
 // Bytes a RoPE call on q [B,S,Hq,D] and k [B,S,Hkv,D] reads plus writes (in place: each element once
 // each way), for GB/s: 2 * B * S * (Hq + Hkv) * D * elem_size.
 double rope_bytes(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, int64_t elem_size);

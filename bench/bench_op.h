@@ -80,6 +80,7 @@ const std::vector<OpEntry>& op_table();
 // Constructors living in ops/*.cc.
 std::unique_ptr<BenchOp> make_dense_op(const RunContext& ctx);
 std::unique_ptr<BenchOp> make_rope_op(const RunContext& ctx);
+std::unique_ptr<BenchOp> make_ring_op(const RunContext& ctx);
 
 }  // namespace bench
 }  // namespace distattn

@@ -11,11 +11,14 @@ namespace bench {
 po::options_description bench_options_description() {
   po::options_description desc("distattn_bench options", 120, 60);
   launch::add_common_options(desc);
-  desc.add_options()                                                                                                 //
-      ("op,o", po::value<std::string>()->default_value("dense"), "operation: dense | rope (see the op list below)")  //
-      ("pass", po::value<std::string>()->default_value("fwd"), "dense: fwd | bwd | fwdbwd")                          //
-      ("rotary-dim", po::value<int64_t>()->default_value(0), "rope: dims rotated (even, <= head dim; 0: all)")       //
-      ("style", po::value<std::string>()->default_value("neox"), "rope: neox (rotate-half) | gptj (interleaved)")    //
+  desc.add_options()  //
+      ("op,o", po::value<std::string>()->default_value("dense"),
+       "operation: dense | ring | rope (see the op list below)")                                                   //
+      ("pass", po::value<std::string>()->default_value("fwd"), "dense, ring: fwd | bwd | fwdbwd")                  //
+      ("rotary-dim", po::value<int64_t>()->default_value(0), "rope: dims rotated (even, <= head dim; 0: all)")     //
+      ("style", po::value<std::string>()->default_value("neox"), "rope: neox (rotate-half) | gptj (interleaved)")  //
+      ("layout", po::value<std::string>()->default_value("zigzag"),
+       "ring: shard layout zigzag | contiguous | striped")  //
       ("check-max-seq", po::value<std::string>()->default_value("4K"),
        "largest sequence length checked against the fp64 host engine (bigger sizes print 'skip')")  //
       ("check-heads", po::value<int64_t>()->default_value(0),
@@ -55,6 +58,10 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
   DISTATTN_CHECK_ARG(style == "neox" || style == "gptj", "--style", "unknown RoPE style '", style,
                      "' (expected neox or gptj)");
   o.rope_gptj = style == "gptj";
+
+  o.layout = vm["layout"].as<std::string>();
+  DISTATTN_CHECK_ARG(o.layout == "zigzag" || o.layout == "contiguous" || o.layout == "striped", "--layout",
+                     "unknown shard layout '", o.layout, "' (expected zigzag, contiguous or striped)");
 
   o.check_max_seq = launch::parse_size(vm["check-max-seq"].as<std::string>(), "--check-max-seq");
   o.check_heads = vm["check-heads"].as<int64_t>();

@@ -15,17 +15,18 @@ namespace distattn {
 namespace bench {
 
 struct BenchOptions {
-  launch::CommonOptions common;  // sweep, iterations, check, JSON path, shape, dtype, mask, ALiBi
-  std::string op = "dense";      // -o/--op: an entry of the op table
-  Pass pass = Pass::kForward;    // --pass: fwd | bwd | fwdbwd (dense)
-  int64_t rotary_dim = 0;        // --rotary-dim: RoPE dims rotated (0: head dim)
-  bool rope_gptj = false;        // --style gptj (default neox)
-  int64_t check_max_seq = 4096;  // --check-max-seq: largest S checked against the fp64 host engine
-  int64_t check_heads = 0;       // --check-heads: kv heads checked (with all their q heads); 0: automatic
-  uint64_t seed = 20261122;      // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
-  bool host_engine = false;      // no GPU: the host engine (fp32) runs the op
-  bool help = false;             // -h/--help given: print usage and exit
-  std::vector<int64_t> sizes;    // the resolved sweep
+  launch::CommonOptions common;   // sweep, iterations, check, JSON path, shape, dtype, mask, ALiBi
+  std::string op = "dense";       // -o/--op: an entry of the op table
+  Pass pass = Pass::kForward;     // --pass: fwd | bwd | fwdbwd (dense, ring)
+  int64_t rotary_dim = 0;         // --rotary-dim: RoPE dims rotated (0: head dim)
+  bool rope_gptj = false;         // --style gptj (default neox)
+  std::string layout = "zigzag";  // --layout: ring shard layout, zigzag | contiguous | striped
+  int64_t check_max_seq = 4096;   // --check-max-seq: largest S checked against the fp64 host engine
+  int64_t check_heads = 0;        // --check-heads: kv heads checked (with all their q heads); 0: automatic
+  uint64_t seed = 20261122;       // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
+  bool host_engine = false;       // no GPU: the host engine (fp32) runs the op
+  bool help = false;              // -h/--help given: print usage and exit
+  std::vector<int64_t> sizes;     // the resolved sweep
 };
 
 // The full option table: common options plus the bench's own.

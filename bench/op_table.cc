@@ -7,6 +7,10 @@ const std::vector<OpEntry>& op_table() {
   static const std::vector<OpEntry> table = {
       {"dense", "attention forward / backward / fwd+bwd on one GPU (--pass, --causal, --window, --alibi, --gqa)",
        make_dense_op},
+      {"ring",
+       "ring attention over the job's ranks, one GPU each (global S sharded by --layout; --pass, --causal, "
+       "--window, --alibi, --gqa); per-GPU TFLOPs, exposed communication, K|V busbw, peak memory",
+       make_ring_op},
       {"rope", "RoPE on q and k in place (--rotary-dim, --style); GB/s and % of device copy bandwidth", make_rope_op},
   };
   return table;

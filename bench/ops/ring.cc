@@ -1,0 +1,736 @@
+// Op "ring": ring attention across the ranks of the job (ring/ring_attention.h), one GPU per rank
+// (NcclCommunicator on the device the harness selected); without a GPU, the host ring over plain MPI
+// (MpiCommunicator + host engine, fp32) on small sizes.
+//
+// Shapes (per rank, all packed): q, o, dout, dq [B, S/N, H, D]; k, v, dk, dv [B, S/N, Hkv, D];
+// lse [B, H, S/N] fp32. S is the GLOBAL sequence length of the sweep, N the number of ranks; the rows a
+// rank holds are given by --layout (zigzag default, contiguous, striped; ring/shard.h).
+//
+// Columns beyond the harness's (time = max over ranks of each rank's median ring time):
+//   TFLOPs    per GPU: flash formula on the GLOBAL S (4*B*S^2*H*D, causal x0.5, windows exact) / N
+//   comp(ms)  compute-only time: the ring's engine calls for this rank's step schedule (same shapes,
+//             positions, masks, skipped steps, per-step scratch clears in bwd) on the rank's OWN K|V,
+//             with no exchange, no packing and no gradient travel; median over iters, max over ranks
+//   exp(ms)   exposed communication = time - comp: what the exchanges (and the ring's small
+//             pack/cast/travel-add kernels) add on top of the slowest rank's compute. May read slightly
+//             negative from timing noise. exp% = exp / time.
+//   xchg(ms)  exchange-only time: the N-1 K|V hops of a forward (post_exchange + wait_exchange on the
+//             compute stream, nothing else), median over iters, max over ranks
+//   busbw     of that exchange, as an all-gather of the K|V shards (nccl-tests): size = N * shard bytes,
+//             algbw = size / xchg, busbw = algbw * (N-1)/N. K|V only (bwd's dK|dV travel is not counted).
+//   peakMiB   GPU: the op's own buffers + the high-water mark of the device's default cudaMallocAsync pool
+//             (the ring's scratch) during one run() (cudaMemPoolAttrUsedMemHigh, reset first); NCCL's
+//             internal buffers and the CUDA context are not counted. Max over ranks.
+//             Host engine: the op's own buffers only.
+//
+// Check (-c 1, S <= --check-max-seq): every rank rebuilds the FULL q, k, v (, dout) from the seed (no
+// communication), takes its shard, runs the ring, and compares its shard of O, LSE (, dQ, dK, dV) on the
+// first `check_heads` kv heads with its shard of the single-process fp64 host engine's result on the full
+// sequence; tolerance as in dense (2 * naive_err + ulp * max|ref|; host mode 1e-4 * max(1, max|ref|)).
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <sstream>
+
+#include "bench_flops.h"
+#include "bench_op.h"
+#include "device_fill.h"
+#include "distattn/comm/mpi_communicator.h"
+#include "distattn/comm/nccl_communicator.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/check_libs.h"
+#include "distattn/core/error.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/positional/alibi.h"
+#include "distattn/ring/ring_attention.h"
+#include "distattn/sparse/flash_attention.h"
+#include "host_tensors.h"
+
+namespace distattn {
+namespace bench {
+namespace {
+
+double dtype_ulp(DType t) {
+  switch (t) {
+    case DType::kBFloat16:
+      return std::ldexp(1.0, -7);
+    case DType::kFloat16:
+      return std::ldexp(1.0, -10);
+    case DType::kFloat32:
+      return std::ldexp(1.0, -23);
+    default:
+      return std::ldexp(1.0, -52);
+  }
+}
+
+std::string mask_label(bool causal, int64_t window) {
+  std::string s = causal ? "causal" : "none";
+  if (window > 0) s = (causal ? "c-win" : "win") + std::to_string(window);
+  return s;
+}
+
+ring::ShardLayout parse_layout(const std::string& s) {
+  if (s == "contiguous") return ring::ShardLayout::kContiguous;
+  if (s == "striped") return ring::ShardLayout::kStriped;
+  DISTATTN_CHECK_ARG(s == "zigzag", "--layout", "unknown shard layout '", s, "'");
+  return ring::ShardLayout::kZigzag;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double max_over_ranks(double x) {
+  double r = 0;
+  DISTATTN_MPI_CHECK(MPI_Allreduce(&x, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return r;
+}
+
+void upload(const HostTensor& t, void* dst) {
+  DISTATTN_CUDA_CHECK(cudaMemcpy(dst, t.storage.data(), t.bytes(), cudaMemcpyHostToDevice));
+}
+
+// Per-size measurements made in setup() (max over ranks), printed by extra_cells / json_row.
+struct SizeStats {
+  double compute_ms = 0;   // compute-only time
+  double exchange_ms = 0;  // exchange-only time (N-1 K|V hops)
+  double shard_bytes = 0;  // one rank's K|V shard
+  double busbw = 0;        // GB/s (0 for one rank)
+  double peak_bytes = 0;   // per rank, max over ranks
+  double buffer_bytes = 0;
+  double pool_high_bytes = 0;
+};
+
+class RingOp : public BenchOp {
+ public:
+  explicit RingOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+    const auto& c = opt_.common;
+    B_ = c.batch;
+    H_ = c.heads;
+    Hkv_ = c.resolved_kv_heads();
+    D_ = c.head_dim;
+    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
+    layout_ = parse_layout(opt_.layout);
+    if (ctx.on_gpu()) {
+      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
+                         D_);
+      DISTATTN_CHECK_ARG(dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16, "--dtype",
+                         "the ring's CUDA engine takes bf16 or fp16, got ", dtype_name(dtype_));
+    }
+    if (c.alibi) slopes_host_ = alibi_slopes(H_);
+    const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
+    check_kv_heads_ = opt_.check_heads > 0 ? opt_.check_heads : std::max<int64_t>(1, auto_heads);
+    // Collective over MPI_COMM_WORLD: every rank constructs the op at the same point of run_bench.
+    if (ctx.on_gpu()) {
+      comm_ = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, ctx.device);
+      if (!slopes_host_.empty()) {
+        slopes_dev_ = DeviceBuffer(slopes_host_.size() * sizeof(float));
+        DISTATTN_CUDA_CHECK(
+            cudaMemcpy(slopes_dev_.get(), slopes_host_.data(), slopes_dev_.bytes(), cudaMemcpyHostToDevice));
+      }
+    } else {
+      comm_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+    }
+    N_ = comm_->size();
+  }
+
+  std::vector<std::string> describe() const override {
+    const auto& c = opt_.common;
+    std::vector<std::string> lines;
+    std::ostringstream os;
+    os << "op ring: ring attention " << pass_name(opt_.pass) << " over " << N_ << " rank(s) (" << comm_->backend()
+       << "), layout " << opt_.layout << ", " << dtype_name(dtype_) << ", B " << B_ << ", H " << H_ << ", Hkv " << Hkv_
+       << ", D " << D_ << ", mask " << mask_label(c.causal, c.window) << ", alibi " << (c.alibi ? "yes" : "no")
+       << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32 over MPI");
+    lines.push_back(os.str());
+    lines.push_back(
+        "seq = GLOBAL S; each rank holds S/N rows. TFLOPs per GPU: flash formula on the global S "
+        "(4*B*S^2*H*D, causal x0.5, windows exact; fwd x1, bwd x2.5, fwdbwd x3.5) / N");
+    lines.push_back(
+        "comp = compute-only (the ring's engine calls for this rank's schedule on its own K|V, no "
+        "exchange), exp = time - comp (exposed communication + ring bookkeeping), both max over ranks");
+    lines.push_back(
+        "xchg = N-1 K|V hops alone; busbw = all-gather of the K|V shards (nccl-tests): "
+        "N*shard/xchg*(N-1)/N. peak = " +
+        std::string(ctx_.on_gpu() ? "op buffers + cudaMallocAsync pool high-water (ring scratch)"
+                                  : "op buffers only (host engine)") +
+        ", max over ranks");
+    std::ostringstream ck;
+    ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1
+       << ", each rank's shard vs its shard of the single-process fp64 host engine on the full sequence; ";
+    ck << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
+                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+    lines.push_back(ck.str());
+    return lines;
+  }
+
+  bool work_is_bytes() const override { return false; }
+  double work(int64_t seq) const override {
+    return ring_flops_per_gpu(B_, seq, H_, D_, opt_.common.causal, opt_.common.window, opt_.pass, N_);
+  }
+
+  std::string shape_header() const override {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%8s %3s %4s %4s %4s %4s %10s %10s", "seq", "N", "B", "H", "Hkv", "D", "mask",
+                  "layout");
+    return buf;
+  }
+  std::string shape_cells(int64_t seq) const override {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "%8lld %3d %4lld %4lld %4lld %4lld %10s %10s", static_cast<long long>(seq), N_,
+                  static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
+                  static_cast<long long>(D_), mask_label(opt_.common.causal, opt_.common.window).c_str(),
+                  opt_.layout.c_str());
+    return buf;
+  }
+  std::string extra_header() const override {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), " %10s %9s %6s %9s %8s %8s", "comp(ms)", "exp(ms)", "exp%", "xchg(ms)", "busbw",
+                  "peakMiB");
+    return buf;
+  }
+  std::string extra_cells(int64_t, double time_ms) const override {
+    const double exposed = time_ms - stats_.compute_ms;
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), " %10.4f %9.4f %6.1f %9.4f %8.2f %8.0f", stats_.compute_ms, exposed,
+                  time_ms > 0 ? 100.0 * exposed / time_ms : 0.0, stats_.exchange_ms, stats_.busbw,
+                  stats_.peak_bytes / (1024.0 * 1024.0));
+    return buf;
+  }
+
+  void json_options(JsonObject& out) const override {
+    out.set("pass", pass_name(opt_.pass)).set("layout", opt_.layout).set("ranks", N_);
+    out.set("backend", comm_->backend()).set("check_kv_heads", check_kv_heads_);
+  }
+  void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
+    row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
+    row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
+    row.set("dtype", dtype_name(dtype_)).set("ranks", N_).set("layout", opt_.layout);
+    row.set("local_seq", seq / N_).set("flops", work(seq)).set("flops_global", work(seq) * N_);
+    const double exposed = time_ms - stats_.compute_ms;
+    row.set("compute_ms", stats_.compute_ms).set("exposed_comm_ms", exposed);
+    row.set("exposed_comm_pct", time_ms > 0 ? 100.0 * exposed / time_ms : 0.0);
+    row.set("exchange_ms", stats_.exchange_ms).set("kv_shard_bytes", stats_.shard_bytes);
+    row.set("busbw_gbps", stats_.busbw);
+    row.set("peak_mem_bytes", stats_.peak_bytes).set("peak_mem_mib", stats_.peak_bytes / (1024.0 * 1024.0));
+    row.set("buffer_bytes", stats_.buffer_bytes).set("pool_high_bytes", stats_.pool_high_bytes);
+  }
+
+  void setup(int64_t seq) override {
+    S_ = seq;
+    ++size_index_;
+    ring::validate_layout(layout_, S_, N_);  // same verdict on every rank (same options)
+    Sl_ = ring::local_rows(layout_, S_, N_);
+    ring::RingConfig cfg;
+    cfg.layout = layout_;
+    cfg.seq_len = S_;
+    cfg.batch = B_;
+    cfg.q_heads = H_;
+    cfg.kv_heads = Hkv_;
+    cfg.head_dim = D_;
+    cfg.dtype = dtype_;
+    cfg.mask = mask();
+    cfg.alibi_slopes = slopes_ptr();
+    cfg.host_precision = HostPrecision::kFloat32;  // host mode only: the fp32 run, checked against fp64
+    ring_ = std::make_unique<ring::RingAttention>(*comm_, cfg);
+
+    if (opt_.common.iters > 0 && ctx_.rank == 0) {
+      std::fprintf(stderr, "[ring] S=%lld (%lld rows/rank): setting up\n", static_cast<long long>(S_),
+                   static_cast<long long>(Sl_));
+      std::fflush(stderr);
+    }
+    // Timing inputs: each rank fills its own shard (values need not match a global tensor for timing).
+    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 7919ull * ctx_.rank;
+    allocate();
+    if (ctx_.on_gpu()) {
+      fill_device(seed);
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    } else {
+      fill_local_host(seed);
+    }
+    if (opt_.pass == Pass::kBackward) ring_forward();  // bwd alone is timed against this O and LSE
+
+    stats_ = SizeStats();
+    stats_.shard_bytes = ring_kv_shard_bytes(B_, S_, Hkv_, D_, static_cast<int64_t>(dtype_size(dtype_)), N_);
+    measure_peak_memory();
+    const double comp = time_compute_only();
+    const double xchg = time_exchange_only();
+    stats_.compute_ms = max_over_ranks(comp);
+    stats_.exchange_ms = max_over_ranks(xchg);
+    stats_.busbw =
+        N_ > 1 && stats_.exchange_ms > 0 ? allgather_busbw_gbps(stats_.shard_bytes, N_, stats_.exchange_ms) : 0.0;
+  }
+
+  void run() override {
+    if (opt_.pass != Pass::kBackward) ring_forward();
+    if (opt_.pass != Pass::kForward) ring_backward();
+  }
+
+  bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
+
+  CheckResult check() override {
+    const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
+    const bool bwd = opt_.pass != Pass::kForward;
+    const int r = ctx_.rank;
+    // 1. The FULL inputs from the seed (identical on every rank), this rank's shard of them.
+    HostTensor fq(dtype_, B_, S_, H_, D_), fk(dtype_, B_, S_, Hkv_, D_), fv(dtype_, B_, S_, Hkv_, D_), fdo;
+    fill_random_host(fq, seed + 0);
+    fill_random_host(fk, seed + 1);
+    fill_random_host(fv, seed + 2);
+    if (bwd) {
+      fdo = HostTensor(dtype_, B_, S_, H_, D_);
+      fill_random_host(fdo, seed + 3);
+    }
+    HostTensor q = shard(fq), k = shard(fk), v = shard(fv), dout;
+    if (bwd) dout = shard(fdo);
+
+    // 2. Poisoned outputs, one ring run (forward, then backward), local results on the host.
+    HostTensor o, dq, dk, dv;
+    std::vector<float> lse;
+    if (ctx_.on_gpu()) {
+      upload(q, q_.get()), upload(k, k_.get()), upload(v, v_.get());
+      if (bwd) upload(dout, dout_.get());
+      poison_device(o_.get(), o_.bytes(), ctx_.stream);
+      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
+      if (bwd) {
+        poison_device(dq_.get(), dq_.bytes(), ctx_.stream);
+        poison_device(dk_.get(), dk_.bytes(), ctx_.stream);
+        poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
+      }
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      ring_forward();
+      if (bwd) ring_backward();
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      o = download(o_.get(), dtype_, B_, Sl_, H_, D_);
+      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * Sl_);
+      if (bwd) {
+        dq = download(dq_.get(), dtype_, B_, Sl_, H_, D_);
+        dk = download(dk_.get(), dtype_, B_, Sl_, Hkv_, D_);
+        dv = download(dv_.get(), dtype_, B_, Sl_, Hkv_, D_);
+      }
+    } else {
+      hq_ = q, hk_ = k, hv_ = v;
+      if (bwd) hdout_ = dout;
+      fill_nan_host(ho_), fill_nan_host(hlse_);
+      if (bwd) fill_nan_host(hdq_), fill_nan_host(hdk_), fill_nan_host(hdv_);
+      ring_forward();
+      if (bwd) ring_backward();
+      o = ho_, lse = hlse_;
+      if (bwd) dq = hdq_, dk = hdk_, dv = hdv_;
+    }
+
+    // 3. The single-process references on the full sequence for the checked heads, then this rank's shard.
+    const int64_t G = H_ / Hkv_;
+    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    const bool naive_on = ctx_.on_gpu();
+    const TensorView q16 = head_slice(fq.view, 0, Hc), k16 = head_slice(fk.view, 0, Kc),
+                     v16 = head_slice(fv.view, 0, Kc);
+    HostTensor q64 = convert(q16, DType::kFloat64), k64 = convert(k16, DType::kFloat64),
+               v64 = convert(v16, DType::kFloat64);
+    HostTensor ref_o(DType::kFloat64, B_, S_, Hc, D_), naive_o(dtype_, B_, S_, Hc, D_);
+    std::vector<float> ref_lse(static_cast<size_t>(B_ * Hc * S_)), naive_lse(ref_lse.size());
+    fill_nan_host(ref_o), fill_nan_host(naive_o), fill_nan_host(ref_lse), fill_nan_host(naive_lse);
+    const AttnParams ref = full_params(q64.view, k64.view, v64.view, ref_o.view, ref_lse.data());
+    host_attention_forward(ref, HostPrecision::kFloat64);
+    AttnParams naive;
+    if (naive_on) {
+      naive = full_params(q16, k16, v16, naive_o.view, naive_lse.data());
+      host_attention_forward(naive, HostPrecision::kRoundIntermediates);
+    }
+    HostTensor ref_dq, ref_dk, ref_dv, naive_dq, naive_dk, naive_dv;
+    if (bwd) {
+      const TensorView do16 = head_slice(fdo.view, 0, Hc);
+      HostTensor do64 = convert(do16, DType::kFloat64);
+      ref_dq = HostTensor(DType::kFloat64, B_, S_, Hc, D_);
+      ref_dk = HostTensor(DType::kFloat64, B_, S_, Kc, D_);
+      ref_dv = HostTensor(DType::kFloat64, B_, S_, Kc, D_);
+      fill_nan_host(ref_dq), fill_nan_host(ref_dk), fill_nan_host(ref_dv);
+      AttnBwdParams rb;
+      rb.fwd = ref;
+      rb.dout = do64.view, rb.dq = ref_dq.view, rb.dk = ref_dk.view, rb.dv = ref_dv.view;
+      host_attention_backward(rb, HostPrecision::kFloat64);
+      if (naive_on) {
+        naive_dq = HostTensor(dtype_, B_, S_, Hc, D_);
+        naive_dk = HostTensor(dtype_, B_, S_, Kc, D_);
+        naive_dv = HostTensor(dtype_, B_, S_, Kc, D_);
+        fill_nan_host(naive_dq), fill_nan_host(naive_dk), fill_nan_host(naive_dv);
+        AttnBwdParams nb;
+        nb.fwd = naive;
+        nb.dout = do16, nb.dq = naive_dq.view, nb.dk = naive_dk.view, nb.dv = naive_dv.view;
+        host_attention_backward(nb, HostPrecision::kRoundIntermediates);
+      }
+    }
+    // Local shards of the references: [B, S/N, Hc|Kc, D] and LSE [B, Hc, S/N].
+    auto lse_shard = [&](const std::vector<float>& full) {
+      std::vector<float> local(static_cast<size_t>(B_ * Hc * Sl_));
+      ring::shard_lse_host(full.data(), local.data(), B_, Hc, layout_, S_, N_, r);
+      return local;
+    };
+    HostTensor l_ref_o = shard(ref_o), l_naive_o = naive_on ? shard(naive_o) : HostTensor();
+    std::vector<float> l_ref_lse = lse_shard(ref_lse), l_naive_lse = lse_shard(naive_lse);
+
+    // 4. Compare each output of this rank's shard on the checked heads.
+    CheckResult res;
+    res.done = true;
+    std::ostringstream detail;
+    double worst_ratio = -1;
+    auto compare = [&](const char* name, const TensorView& got, const TensorView& refv, const TensorView* naivev,
+                       double ulp) {
+      const double err = max_abs_diff(got, refv);
+      const double ref_max = max_abs(refv);
+      double naive_err = 0, tol;
+      if (naivev != nullptr) {
+        naive_err = max_abs_diff(*naivev, refv);
+        tol = 2 * naive_err + ulp * std::max(ref_max, 1e-30);
+      } else {
+        tol = 1e-4 * std::max(1.0, ref_max);
+      }
+      const int64_t wrong = count_outside(got, refv, tol);
+      res.wrong += wrong;
+      res.checked += got.numel();
+      res.max_err = std::max(res.max_err, err);
+      if (!std::isfinite(err)) res.max_err = err;
+      res.naive_err = std::max(res.naive_err, naive_err);
+      const double ratio = err / tol;
+      if (!(ratio <= worst_ratio)) {
+        worst_ratio = ratio;
+        res.tolerance = tol;
+      }
+      char buf[160];
+      std::snprintf(buf, sizeof(buf), "%s err %.3g naive %.3g tol %.3g wrong %lld; ", name, err, naive_err, tol,
+                    static_cast<long long>(wrong));
+      detail << buf;
+    };
+    const double ulp = dtype_ulp(dtype_);
+    compare("o", head_slice(o.view, 0, Hc), l_ref_o.view, naive_on ? &l_naive_o.view : nullptr, ulp);
+    const TensorView lse_got = head_slice(lse_view(lse.data(), B_, Sl_, H_), 0, Hc);
+    const TensorView lse_ref = lse_view(l_ref_lse.data(), B_, Sl_, Hc);
+    const TensorView lse_naive = lse_view(l_naive_lse.data(), B_, Sl_, Hc);
+    compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
+    if (bwd) {
+      HostTensor l_ref_dq = shard(ref_dq), l_ref_dk = shard(ref_dk), l_ref_dv = shard(ref_dv);
+      HostTensor l_n_dq, l_n_dk, l_n_dv;
+      if (naive_on) l_n_dq = shard(naive_dq), l_n_dk = shard(naive_dk), l_n_dv = shard(naive_dv);
+      compare("dq", head_slice(dq.view, 0, Hc), l_ref_dq.view, naive_on ? &l_n_dq.view : nullptr, ulp);
+      compare("dk", head_slice(dk.view, 0, Kc), l_ref_dk.view, naive_on ? &l_n_dk.view : nullptr, ulp);
+      compare("dv", head_slice(dv.view, 0, Kc), l_ref_dv.view, naive_on ? &l_n_dv.view : nullptr, ulp);
+    }
+    res.detail = detail.str();
+    if (!res.detail.empty()) res.detail.resize(res.detail.size() - 2);
+    return res;
+  }
+
+  void teardown() override {
+    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
+    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
+    acc_o_.reset(), acc_lse_.reset(), acc_dq_.reset(), acc_dkv_.reset(), zero_delta_.reset();
+    xbuf_.reset();
+    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
+    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
+    hacc_o_ = HostTensor(), hacc_dq_ = HostTensor(), hacc_dk_ = HostTensor(), hacc_dv_ = HostTensor();
+    hlse_.clear(), hacc_lse_.clear(), hxbuf_.clear();
+    ring_.reset();
+  }
+
+ private:
+  Mask mask() const {
+    Mask m;
+    m.causal = opt_.common.causal;
+    m.window = opt_.common.window;
+    return m;
+  }
+  const float* slopes_ptr() const {
+    if (slopes_host_.empty()) return nullptr;
+    return ctx_.on_gpu() ? static_cast<const float*>(slopes_dev_.get()) : slopes_host_.data();
+  }
+
+  // This rank's shard [B, S/N, H, D] of a full host tensor [B, S, H, D] (same dtype).
+  HostTensor shard(const HostTensor& full) const {
+    const TensorView& f = full.view;
+    HostTensor local(f.dtype, f.shape[0], Sl_, f.shape[2], f.shape[3]);
+    ring::shard_host(f, local.view, layout_, N_, ctx_.rank);
+    return local;
+  }
+
+  void allocate() {
+    const bool need_bwd = opt_.pass != Pass::kForward;
+    const int64_t nq = B_ * Sl_ * H_ * D_, nkv = B_ * Sl_ * Hkv_ * D_, nl = B_ * H_ * Sl_;
+    if (ctx_.on_gpu()) {
+      const size_t e = dtype_size(dtype_);
+      q_ = DeviceBuffer(nq * e), k_ = DeviceBuffer(nkv * e), v_ = DeviceBuffer(nkv * e);
+      o_ = DeviceBuffer(nq * e), lse_ = DeviceBuffer(nl * sizeof(float));
+      if (need_bwd) {
+        dout_ = DeviceBuffer(nq * e), dq_ = DeviceBuffer(nq * e);
+        dk_ = DeviceBuffer(nkv * e), dv_ = DeviceBuffer(nkv * e);
+      }
+      stats_buffers_ = static_cast<double>(q_.bytes() + k_.bytes() + v_.bytes() + o_.bytes() + lse_.bytes() +
+                                           dout_.bytes() + dq_.bytes() + dk_.bytes() + dv_.bytes());
+    } else {
+      hq_ = HostTensor(dtype_, B_, Sl_, H_, D_), hk_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_);
+      hv_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_), ho_ = HostTensor(dtype_, B_, Sl_, H_, D_);
+      hlse_.assign(static_cast<size_t>(nl), 0.f);
+      if (need_bwd) {
+        hdout_ = HostTensor(dtype_, B_, Sl_, H_, D_), hdq_ = HostTensor(dtype_, B_, Sl_, H_, D_);
+        hdk_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_), hdv_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_);
+      }
+      stats_buffers_ =
+          static_cast<double>(hq_.bytes() + hk_.bytes() + hv_.bytes() + ho_.bytes() + hlse_.size() * sizeof(float) +
+                              hdout_.bytes() + hdq_.bytes() + hdk_.bytes() + hdv_.bytes());
+    }
+  }
+  void fill_device(uint64_t seed) {
+    const int64_t nq = B_ * Sl_ * H_ * D_, nkv = B_ * Sl_ * Hkv_ * D_;
+    fill_random_device(q_.get(), nq, dtype_, seed + 0, 1.0f, ctx_.stream);
+    fill_random_device(k_.get(), nkv, dtype_, seed + 1, 1.0f, ctx_.stream);
+    fill_random_device(v_.get(), nkv, dtype_, seed + 2, 1.0f, ctx_.stream);
+    if (dout_.get() != nullptr) fill_random_device(dout_.get(), nq, dtype_, seed + 3, 1.0f, ctx_.stream);
+    poison_device(o_.get(), o_.bytes(), ctx_.stream);
+    poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
+  }
+  void fill_local_host(uint64_t seed) {
+    fill_random_host(hq_, seed + 0), fill_random_host(hk_, seed + 1), fill_random_host(hv_, seed + 2);
+    if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
+  }
+
+  TensorView local_view(void* p, int64_t heads, DType t) const {
+    return TensorView::packed(p, t, ctx_.on_gpu() ? Device::kCuda : Device::kHost, B_, Sl_, heads, D_);
+  }
+  void ring_forward() {
+    if (ctx_.on_gpu()) {
+      ring_->forward(local_view(q_.get(), H_, dtype_), local_view(k_.get(), Hkv_, dtype_),
+                     local_view(v_.get(), Hkv_, dtype_), local_view(o_.get(), H_, dtype_),
+                     static_cast<float*>(lse_.get()), ctx_.stream);
+    } else {
+      ring_->forward(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data());
+    }
+  }
+  void ring_backward() {
+    if (ctx_.on_gpu()) {
+      ring_->backward(local_view(dout_.get(), H_, dtype_), local_view(q_.get(), H_, dtype_),
+                      local_view(k_.get(), Hkv_, dtype_), local_view(v_.get(), Hkv_, dtype_),
+                      local_view(o_.get(), H_, dtype_), static_cast<const float*>(lse_.get()),
+                      local_view(dq_.get(), H_, dtype_), local_view(dk_.get(), Hkv_, dtype_),
+                      local_view(dv_.get(), Hkv_, dtype_), ctx_.stream);
+    } else {
+      ring_->backward(hdout_.view, hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data(), hdq_.view, hdk_.view,
+                      hdv_.view);
+    }
+  }
+
+  // Single-process params on the full sequence for the reference (q heads [0, Hc), LSE [B, Hc, S]).
+  AttnParams full_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                         float* lse) const {
+    AttnParams p;
+    p.q = q, p.k = k, p.v = v, p.o = o;
+    p.lse = lse;
+    p.lse_batch_stride = q.shape[2] * S_;
+    p.lse_head_stride = S_;
+    p.q_pos = PositionMap::contiguous(0, S_);
+    p.kv_pos = PositionMap::contiguous(0, S_);
+    p.mask = mask();
+    p.alibi_slopes = slopes_host_.empty() ? nullptr : slopes_host_.data();
+    return p;
+  }
+
+  // --- peak memory (GPU: op buffers + the default pool's high-water mark over one run) -----------------
+  void measure_peak_memory() {
+    double pool_high = 0;
+    if (ctx_.on_gpu()) {
+      cudaMemPool_t pool = nullptr;
+      DISTATTN_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ctx_.device));
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      uint64_t zero = 0;
+      DISTATTN_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
+      run();  // also a warm-up of the ring (and of NCCL's connections)
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      uint64_t high = 0;
+      DISTATTN_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high));
+      pool_high = static_cast<double>(high);
+    }
+    stats_.buffer_bytes = max_over_ranks(stats_buffers_);
+    stats_.pool_high_bytes = max_over_ranks(pool_high);
+    stats_.peak_bytes = max_over_ranks(stats_buffers_ + pool_high);
+  }
+
+  // --- compute-only: the ring's engine calls for this rank's schedule, on its own K|V ----------------
+  void compute_only_once() {
+    const ring::RingSchedule& sched = ring_->schedule();
+    const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward;
+    const bool gpu = ctx_.on_gpu();
+    const int64_t nkv = B_ * Sl_ * Hkv_ * D_;
+    AttnParams p;
+    if (gpu) {
+      p.q = local_view(q_.get(), H_, dtype_), p.k = local_view(k_.get(), Hkv_, dtype_);
+      p.v = local_view(v_.get(), Hkv_, dtype_);
+    } else {
+      p.q = hq_.view, p.k = hk_.view, p.v = hv_.view;
+    }
+    p.q_pos = sched.q_pos;
+    p.mask = mask();
+    p.alibi_slopes = slopes_ptr();
+    for (const ring::RingStep& st : sched.steps) {
+      if (st.skipped()) continue;
+      p.kv_pos = st.kv_pos;
+      if (fwd) {
+        AttnParams f = p;
+        f.o = gpu ? local_view(acc_o_.get(), H_, DType::kFloat32) : hacc_o_.view;
+        f.lse = gpu ? static_cast<float*>(acc_lse_.get()) : hacc_lse_.data();
+        f.accumulate = true;
+        if (gpu) {
+          flash_attention_forward(f, ctx_.stream);
+        } else {
+          host_attention_forward(f, HostPrecision::kFloat32);
+        }
+      }
+      if (bwd) {
+        AttnBwdParams b;
+        b.fwd = p;
+        b.accumulate = true;
+        if (gpu) {
+          b.fwd.o = local_view(o_.get(), H_, dtype_);
+          b.fwd.lse = static_cast<float*>(lse_.get());
+          b.dout = local_view(dout_.get(), H_, dtype_);
+          b.dq = local_view(acc_dq_.get(), H_, DType::kFloat32);
+          b.dk = local_view(acc_dkv_.get(), Hkv_, DType::kFloat32);
+          b.dv = local_view(static_cast<float*>(acc_dkv_.get()) + nkv, Hkv_, DType::kFloat32);
+          b.delta = static_cast<const float*>(zero_delta_.get());  // the ring computes delta once, not per step
+          // The ring clears its per-step fp32 dK|dV scratch before each step: so does this.
+          DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dkv_.get(), 0, acc_dkv_.bytes(), ctx_.stream));
+          flash_attention_backward(b, ctx_.stream);
+        } else {
+          b.fwd.o = ho_.view;
+          b.fwd.lse = hlse_.data();
+          b.dout = hdout_.view, b.dq = hacc_dq_.view, b.dk = hacc_dk_.view, b.dv = hacc_dv_.view;
+          host_attention_backward(b, HostPrecision::kFloat32);
+        }
+      }
+    }
+  }
+
+  double time_compute_only() {
+    const bool bwd = opt_.pass != Pass::kForward;
+    const int64_t nq = B_ * Sl_ * H_ * D_, nkv = B_ * Sl_ * Hkv_ * D_, nl = B_ * H_ * Sl_;
+    if (ctx_.on_gpu()) {
+      acc_o_ = DeviceBuffer(nq * sizeof(float));
+      acc_lse_ = DeviceBuffer(nl * sizeof(float));
+      DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_o_.get(), 0, acc_o_.bytes(), ctx_.stream));
+      // The running LSE starts at 0 rather than the ring's -inf (no fill kernel here; any finite start is a
+      // valid merge state and the kernel's time does not depend on it).
+      DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_lse_.get(), 0, acc_lse_.bytes(), ctx_.stream));
+      if (bwd) {
+        acc_dq_ = DeviceBuffer(nq * sizeof(float));
+        acc_dkv_ = DeviceBuffer(2 * nkv * sizeof(float));
+        zero_delta_ = DeviceBuffer(nl * sizeof(float));
+        DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dq_.get(), 0, acc_dq_.bytes(), ctx_.stream));
+        DISTATTN_CUDA_CHECK(cudaMemsetAsync(zero_delta_.get(), 0, zero_delta_.bytes(), ctx_.stream));
+      }
+    } else {
+      hacc_o_ = HostTensor(DType::kFloat32, B_, Sl_, H_, D_);
+      hacc_lse_.assign(static_cast<size_t>(nl), -std::numeric_limits<float>::infinity());
+      if (bwd) {
+        hacc_dq_ = HostTensor(DType::kFloat32, B_, Sl_, H_, D_);
+        hacc_dk_ = HostTensor(DType::kFloat32, B_, Sl_, Hkv_, D_);
+        hacc_dv_ = HostTensor(DType::kFloat32, B_, Sl_, Hkv_, D_);
+      }
+    }
+    return time_loop([this] { compute_only_once(); });
+  }
+
+  // --- exchange-only: the N-1 K|V hops of a forward, back to back -----------------------------------
+  double time_exchange_only() {
+    if (N_ == 1) return 0.0;
+    const size_t bytes = static_cast<size_t>(stats_.shard_bytes);
+    unsigned char* buf[2];
+    if (ctx_.on_gpu()) {
+      xbuf_ = DeviceBuffer(2 * bytes);
+      DISTATTN_CUDA_CHECK(cudaMemsetAsync(xbuf_.get(), 0, xbuf_.bytes(), ctx_.stream));
+      buf[0] = static_cast<unsigned char*>(xbuf_.get());
+    } else {
+      hxbuf_.assign(2 * bytes, 0);
+      buf[0] = hxbuf_.data();
+    }
+    buf[1] = buf[0] + bytes;
+    CUstream_st* stream = ctx_.on_gpu() ? ctx_.stream : nullptr;
+    return time_loop([&] {
+      int cur = 0;
+      for (int s = 1; s < N_; ++s) {
+        ExchangeTicket t = comm_->post_exchange("bench exchange-only", s, buf[cur], buf[1 - cur], bytes, stream);
+        comm_->wait_exchange(t, stream);
+        cur = 1 - cur;
+      }
+    });
+  }
+
+  // Median over opt.iters of fn() after opt.warmup runs: CUDA events on the compute stream (GPU) or a
+  // steady clock (host), like the harness's own timing of run().
+  template <typename Fn>
+  double time_loop(Fn&& fn) {
+    const int warmup = std::max(1, opt_.common.warmup), iters = std::max(1, opt_.common.iters);
+    for (int i = 0; i < warmup; ++i) fn();
+    std::vector<double> ms(static_cast<size_t>(iters));
+    if (ctx_.on_gpu()) {
+      std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters), nullptr);
+      for (auto& e : ev) DISTATTN_CUDA_CHECK(cudaEventCreate(&e));
+      struct Guard {
+        std::vector<cudaEvent_t>& e;
+        ~Guard() {
+          for (auto x : e)
+            if (x) cudaEventDestroy(x);
+        }
+      } guard{ev};
+      for (int i = 0; i < iters; ++i) {
+        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i], ctx_.stream));
+        fn();
+        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], ctx_.stream));
+      }
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      DISTATTN_CUDA_CHECK_LAUNCH();
+      for (int i = 0; i < iters; ++i) {
+        float t = 0;
+        DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]));
+        ms[i] = t;
+      }
+    } else {
+      for (int i = 0; i < iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        fn();
+        ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      }
+    }
+    return median(ms);
+  }
+
+  RunContext ctx_;
+  const BenchOptions& opt_;
+  std::unique_ptr<Communicator> comm_;
+  std::unique_ptr<ring::RingAttention> ring_;
+  ring::ShardLayout layout_ = ring::ShardLayout::kZigzag;
+  int N_ = 1;
+  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0, Sl_ = 0;
+  DType dtype_ = DType::kBFloat16;
+  int size_index_ = -1;
+  int64_t check_kv_heads_ = 1;
+  std::vector<float> slopes_host_;
+  SizeStats stats_;
+  double stats_buffers_ = 0;
+  // GPU buffers (packed, local shards) and the compute-only / exchange-only scratch.
+  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_;
+  DeviceBuffer acc_o_, acc_lse_, acc_dq_, acc_dkv_, zero_delta_, xbuf_;
+  // Host-engine mode buffers.
+  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_, hacc_o_, hacc_dq_, hacc_dk_, hacc_dv_;
+  std::vector<float> hlse_, hacc_lse_;
+  std::vector<unsigned char> hxbuf_;
+};
+
+}  // namespace
+
+std::unique_ptr<BenchOp> make_ring_op(const RunContext& ctx) { return std::make_unique<RingOp>(ctx); }
+
+}  // namespace bench
+}  // namespace distattn
