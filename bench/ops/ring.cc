@@ -265,6 +265,10 @@ class RingOp : public BenchOp {
     stats_.exchange_ms = max_over_ranks(xchg);
     stats_.busbw =
         N_ > 1 && stats_.exchange_ms > 0 ? allgather_busbw_gbps(stats_.shard_bytes, N_, stats_.exchange_ms) : 0.0;
+    // The compute-only / exchange-only scratch is not part of the ring's footprint: free it before the timed runs.
+    acc_o_.reset(), acc_lse_.reset(), acc_dq_.reset(), acc_dkv_.reset(), zero_delta_.reset(), xbuf_.reset();
+    hacc_o_ = HostTensor(), hacc_dq_ = HostTensor(), hacc_dk_ = HostTensor(), hacc_dv_ = HostTensor();
+    hacc_lse_.clear(), hxbuf_.clear();
   }
 
   void run() override {
