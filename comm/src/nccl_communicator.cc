@@ -43,8 +43,9 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, int device, double timeout_s) 
   // Node-local rank from the shared-memory split (not an environment guess), ordered by rank.
   MPI_Comm local = MPI_COMM_NULL;
   DISTATTN_MPI_CHECK(MPI_Comm_split_type(control_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local));
-  MPI_Comm_rank(local, &local_rank_);
+  const int rc_rank = MPI_Comm_rank(local, &local_rank_);
   MPI_Comm_free(&local);
+  DISTATTN_MPI_CHECK(rc_rank);
 
   int count = 0;
   DISTATTN_CUDA_CHECK(cudaGetDeviceCount(&count));
@@ -86,8 +87,11 @@ void NcclCommunicator::init_common() {
 NcclCommunicator::~NcclCommunicator() {
   // No throwing here. A healthy communicator is finalized (flushes pending work) then destroyed; a
   // broken one was already aborted.
+  if (device_ >= 0) (void)cudaSetDevice(device_);
   if (nccl_ != nullptr && !broken()) {
-    ncclResult_t state = ncclCommFinalize(nccl_) == ncclSuccess ? ncclInProgress : ncclInternalError;
+    // Nonblocking communicator: ncclCommFinalize normally answers ncclInProgress; poll until it is done.
+    const ncclResult_t fin = ncclCommFinalize(nccl_);
+    ncclResult_t state = (fin == ncclSuccess || fin == ncclInProgress) ? ncclInProgress : ncclInternalError;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
     while (state == ncclInProgress && std::chrono::steady_clock::now() < deadline) {
       if (ncclCommGetAsyncError(nccl_, &state) != ncclSuccess) state = ncclInternalError;
@@ -184,11 +188,20 @@ ExchangeTicket NcclCommunicator::post_exchange(const char* op, int64_t step, con
   if (bytes > 0) {
     // One group: the send to next and the receive from prev progress together (separate calls deadlock).
     DISTATTN_NCCL_CHECK(ncclGroupStart());
-    DISTATTN_NCCL_CHECK(ncclSend(send, bytes, ncclUint8, next(), nccl_, stream_));
-    DISTATTN_NCCL_CHECK(ncclRecv(recv, bytes, ncclUint8, prev(), nccl_, stream_));
-    const ncclResult_t rc = ncclGroupEnd();
+    ncclResult_t rc = ncclSend(send, bytes, ncclUint8, next(), nccl_, stream_);
+    const char* failed = "ncclSend";
+    if (rc == ncclSuccess || rc == ncclInProgress) {
+      rc = ncclRecv(recv, bytes, ncclUint8, prev(), nccl_, stream_);
+      failed = "ncclRecv";
+    }
+    const ncclResult_t end = ncclGroupEnd();  // always closed, also after a failed send/recv
+    if (rc == ncclSuccess || rc == ncclInProgress) {
+      rc = end;
+      failed = "ncclGroupEnd";
+    }
     if (rc != ncclSuccess && rc != ncclInProgress) {
-      abort_and_throw(detail::make_message("ncclGroupEnd failed: ", ncclGetErrorString(rc)), op, step);
+      // The peers may already have posted their half: abort so that they time out instead of hanging.
+      abort_and_throw(detail::make_message(failed, " failed: ", ncclGetErrorString(rc)), op, step);
     }
     // Nonblocking communicator: the group may still be being enqueued.
     wait_nccl_ready(op, step);

@@ -1,23 +1,41 @@
 // RingAttention's CUDA executor (ring_attention.h). Same schedule as the host executor
 // (ring_attention.cc), with streams:
-//   compute stream  = the caller's `stream`: packing, the engine calls, casts
-//   comm stream     = NcclCommunicator::stream(): the grouped ncclSend/ncclRecv
-//   post_exchange(after = stream) orders an exchange after everything enqueued on the compute stream so
-//   far (in particular the step that last READ the buffer it receives into); wait_exchange(consumer =
-//   stream) orders the compute stream after it, and the host polls it with the deadline (watchdog).
+//   compute stream  C = the caller's `stream` (null: the legacy default stream): packing, the engine
+//                       calls, casts, and the stream-ordered scratch (allocated and freed on C)
+//   comm stream     N = NcclCommunicator::stream(): the grouped ncclSend/ncclRecv
+//   post_exchange(after = C) records an event on C and makes N wait for it: the exchange starts after
+//   everything enqueued on C so far, in particular the step that last READ the buffer it receives into
+//   (write-after-read) and the allocation of both buffers; wait_exchange(consumer = C) makes C wait for the
+//   exchange's completion event (read-after-write) and the host polls that event with the deadline.
 //
-// Forward, step s: post the K|V exchange feeding step s+1, enqueue step s's compute on kv[cur], then
-// wait. The exchange of step s+1 therefore runs while step s computes.
+// Forward, step s: post the K|V exchange feeding step s+1 (send kv[cur], receive kv[1-cur]), enqueue step s's
+// compute on kv[cur] (N only reads kv[cur] meanwhile), then wait. The exchange of step s+1 runs while step s
+// computes.
 // Backward, step s: post the K|V exchange of step s+1; compute step s into a zeroed fp32 scratch dK|dV
 // (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1);
-// wait for that accumulator; add; post it on to next.
+// wait for that accumulator (C after it: drecv is complete and dsend is no longer being sent); add
+// (C reads drecv, writes dsend); post it on to next (N after the add: it overwrites drecv and sends dsend).
+// Per-step hazards, all ordered by the two events above:
+//   kv[1-cur]  received on N while C computes on kv[cur]; C last read kv[1-cur] in step s-1 (before the post)
+//   dsend      written by C's add at step s only after C waited for step s-1's send of it
+//   drecv      read by C's add at step s, overwritten by N's exchange of step s posted after that add
+// dQ accumulates on C in a head-major fp32 buffer [B, Hq, S/P, D] (row stride D): the engine reduces into it
+// directly in accumulate mode, without a scratch of its own; delta = rowsum(dO * O) is computed once.
 //
-// STATUS: compiles; not yet run on a GPU (verified next session with the gpu-mpi tests).
+// Scratch lifetime: every buffer N touches is allocated and freed on C. On the normal path each exchange is
+// waited with consumer C before the frees are enqueued. If anything throws between a post and its wait,
+// PendingExchanges (declared after the buffers, so destroyed before them) waits for the outstanding
+// exchanges (bounded by the deadline; a timeout aborts the NCCL communicator, which ends its kernels) and
+// makes C wait for everything enqueued on N, so the pool never gets a buffer back while NCCL may still use it.
+//
+// STATUS: compiles; first GPU runs with tests/mpi/test_ring_gpu.cc (label gpu-mpi).
 #include <cuda_runtime_api.h>
 
 #include <cmath>
+#include <exception>
 #include <limits>
 
+#include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/ring/ring_attention.h"
@@ -54,6 +72,50 @@ TensorView device_view(void* data, DType dtype, int64_t B, int64_t S, int64_t H,
   return TensorView::packed(data, dtype, Device::kCuda, B, S, H, D);
 }
 
+// The exchanges of one executor call that are posted but not yet waited for (tickets with slot >= 0; the
+// communicator resets a ticket's slot when it is waited, also when that wait throws). See "Scratch lifetime"
+// above: only does work while an exception unwinds the executor.
+class PendingExchanges {
+ public:
+  PendingExchanges(Communicator& comm, cudaStream_t compute) : comm_(comm), compute_(compute) {}
+  ~PendingExchanges() {
+    if (std::uncaught_exceptions() <= uncaught_) return;  // normal exit: every exchange was waited
+    for (ExchangeTicket& t : tickets) {
+      if (t.slot < 0) continue;
+      try {
+        comm_.wait_exchange(t, compute_);  // bounded; a broken communicator refuses at once
+      } catch (...) {
+        // the original exception is the one reported
+      }
+    }
+    // Whatever the waits above managed, C waits for all of N (aborted NCCL kernels end; a healthy
+    // communicator has nothing left on N after the waits).
+    if (auto* nccl = dynamic_cast<NcclCommunicator*>(&comm_)) {
+      cudaEvent_t tail = nullptr;
+      if (cudaEventCreateWithFlags(&tail, cudaEventDisableTiming) == cudaSuccess) {
+        if (cudaEventRecord(tail, nccl->stream()) == cudaSuccess) (void)cudaStreamWaitEvent(compute_, tail, 0);
+        (void)cudaEventDestroy(tail);
+      }
+    }
+    (void)cudaGetLastError();  // nothing sticky from the clean-up
+  }
+  PendingExchanges(const PendingExchanges&) = delete;
+  PendingExchanges& operator=(const PendingExchanges&) = delete;
+
+  ExchangeTicket tickets[2];  // [0] K|V, [1] dK|dV accumulators (backward)
+
+ private:
+  Communicator& comm_;
+  cudaStream_t compute_;
+  int uncaught_ = std::uncaught_exceptions();
+};
+
+// Makes the communicator's GPU current (the scratch is allocated on the current device).
+void use_comm_device(const Communicator& comm) {
+  if (const auto* nccl = dynamic_cast<const NcclCommunicator*>(&comm))
+    DISTATTN_CUDA_CHECK(cudaSetDevice(nccl->cuda_device()));
+}
+
 }  // namespace
 
 void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
@@ -66,9 +128,12 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   const size_t es = dtype_size(config_.dtype);
   const int64_t nkv = B * Sl * Hkv * D;  // elements of one of K, V
   const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
+  use_comm_device(comm_);
 
+  // K|V double buffer: kv[c] = [K | V], each packed [B, Sl, Hkv, D] in the input dtype (only KV heads travel).
   DeviceScratch kv0(kv_bytes, stream), kv1(kv_bytes, stream);
   unsigned char* kv[2] = {kv0.get(), kv1.get()};
+  // fp32 accumulators: O packed [B, Sl, Hq, D], LSE packed [B, Hq, Sl].
   DeviceScratch acc_o(static_cast<size_t>(B * Sl * Hq * D) * sizeof(float), stream);
   DeviceScratch acc_lse(static_cast<size_t>(B * Hq * Sl) * sizeof(float), stream);
   detail::pack_view(k, kv[0], stream);
@@ -76,10 +141,11 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_o.get(), 0, static_cast<size_t>(B * Sl * Hq * D) * sizeof(float), stream));
   detail::fill_f32(acc_lse.get<float>(), B * Hq * Sl, -std::numeric_limits<float>::infinity(), stream);
   const TensorView acc_view = device_view(acc_o.get(), DType::kFloat32, B, Sl, Hq, D);
+  PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
+  ExchangeTicket& t = pending.tickets[0];
 
   int cur = 0;
   for (int s = 0; s < P; ++s) {
-    ExchangeTicket t;
     if (s + 1 < P) t = comm_.post_exchange("ring forward K|V exchange", s + 1, kv[cur], kv[1 - cur], kv_bytes, stream);
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
@@ -115,6 +181,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
   const DType gtype = config_.grad_travel == GradTravel::kFloat32 ? DType::kFloat32 : DType::kBFloat16;
   const size_t gbytes = 2 * static_cast<size_t>(nkv) * dtype_size(gtype);
+  use_comm_device(comm_);
 
   DeviceScratch kv0(kv_bytes, stream), kv1(kv_bytes, stream);
   unsigned char* kv[2] = {kv0.get(), kv1.get()};
@@ -122,16 +189,21 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   detail::pack_view(v, kv[0] + nkv * es, stream);
   DeviceScratch delta(static_cast<size_t>(B * Hq * Sl) * sizeof(float), stream);
   detail::row_dot(dout, o, delta.get<float>(), stream);  // once for all steps
+  // dQ accumulator, fp32 head-major [B, Hq, Sl, D] seen as [B, Sl, Hq, D] with strides (Hq*Sl*D, D, Sl*D, 1):
+  // rows D apart, so the engine's accumulate mode reduces into it directly (no scratch, no conversion).
   const size_t dq_bytes = static_cast<size_t>(B * Sl * Hq * D) * sizeof(float);
   DeviceScratch acc_dq(dq_bytes, stream);
   DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dq.get(), 0, dq_bytes, stream));
+  TensorView acc_dq_view = device_view(acc_dq.get(), DType::kFloat32, B, Sl, Hq, D);
+  acc_dq_view.stride = {Hq * Sl * D, D, Sl * D, 1};
   DeviceScratch scratch(2 * static_cast<size_t>(nkv) * sizeof(float), stream);  // this step's dK | dV
   DeviceScratch dsend(gbytes, stream), drecv(gbytes, stream);                   // travelling accumulators
+  PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
+  ExchangeTicket& tk = pending.tickets[0];
+  ExchangeTicket& tg = pending.tickets[1];
 
   int cur = 0;
-  ExchangeTicket tg;
   for (int s = 0; s < P; ++s) {
-    ExchangeTicket tk;
     if (s + 1 < P) {
       tk = comm_.post_exchange("ring backward K|V exchange", s + 1, kv[cur], kv[1 - cur], kv_bytes, stream);
     }
@@ -144,7 +216,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       bp.fwd.o = o;
       bp.fwd.lse = const_cast<float*>(lse);
       bp.dout = dout;
-      bp.dq = device_view(acc_dq.get(), DType::kFloat32, B, Sl, Hq, D);
+      bp.dq = acc_dq_view;
       bp.dk = device_view(scratch.get(), DType::kFloat32, B, Sl, Hkv, D);
       bp.dv = device_view(scratch.get<float>() + nkv, DType::kFloat32, B, Sl, Hkv, D);
       bp.accumulate = true;
@@ -163,7 +235,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   comm_.wait_exchange(tg, stream);  // this rank's own dK | dV, complete
   detail::convert_packed_to_view(drecv.get(), gtype, dk, stream);
   detail::convert_packed_to_view(drecv.get() + nkv * dtype_size(gtype), gtype, dv, stream);
-  detail::convert_packed_to_view(acc_dq.get(), DType::kFloat32, dq, stream);
+  detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
 }
 
 }  // namespace ring

@@ -54,12 +54,15 @@ __global__ void fill_kernel(float* p, int64_t n, float value) {
     p[i] = value;
 }
 
-// Element i of the packed source is (b, s, h, d) with i = ((b*S + s)*H + h)*D + d.
-__global__ void convert_kernel(const void* src, int src_dtype, void* dst, int dst_dtype, int64_t S, int64_t H,
-                               int64_t D, int64_t n, int64_t sb, int64_t ss, int64_t sh) {
+// Logical element i = ((b*S + s)*H + h)*D + d; source at b*src_b + s*src_s + h*src_h + d, destination at
+// b*sb + s*ss + h*sh + d (both in elements of their dtype).
+__global__ void convert_kernel(const void* src, int src_dtype, int64_t src_b, int64_t src_s, int64_t src_h, void* dst,
+                               int dst_dtype, int64_t S, int64_t H, int64_t D, int64_t n, int64_t sb, int64_t ss,
+                               int64_t sh) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t d = i % D, h = (i / D) % H, s = (i / (D * H)) % S, b = i / (D * H * S);
-    store_f(dst, b * sb + s * ss + h * sh + d, dst_dtype, load_f(src, i, src_dtype));
+    store_f(dst, b * sb + s * ss + h * sh + d, dst_dtype,
+            load_f(src, b * src_b + s * src_s + h * src_h + d, src_dtype));
   }
 }
 
@@ -97,13 +100,19 @@ void fill_f32(float* p, int64_t n, float value, cudaStream_t stream) {
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 
-void convert_packed_to_view(const void* src, DType src_dtype, const TensorView& dst, cudaStream_t stream) {
+void convert_strided_to_view(const void* src, DType src_dtype, int64_t src_b, int64_t src_s, int64_t src_h,
+                             const TensorView& dst, cudaStream_t stream) {
   const int64_t n = dst.numel();
   if (n <= 0) return;
   convert_kernel<<<blocks_for(n), kThreads, 0, stream>>>(
-      src, static_cast<int>(src_dtype), dst.data, static_cast<int>(dst.dtype), dst.seqlen(), dst.heads(),
-      dst.head_dim(), n, dst.stride[0], dst.stride[1], dst.stride[2]);
+      src, static_cast<int>(src_dtype), src_b, src_s, src_h, dst.data, static_cast<int>(dst.dtype), dst.seqlen(),
+      dst.heads(), dst.head_dim(), n, dst.stride[0], dst.stride[1], dst.stride[2]);
   DISTATTN_CUDA_CHECK_LAUNCH();
+}
+
+void convert_packed_to_view(const void* src, DType src_dtype, const TensorView& dst, cudaStream_t stream) {
+  const int64_t S = dst.seqlen(), H = dst.heads(), D = dst.head_dim();
+  convert_strided_to_view(src, src_dtype, S * H * D, H * D, D, dst, stream);
 }
 
 void travel_add(const void* incoming, const float* mine, void* out, int64_t n, DType travel, cudaStream_t stream) {
@@ -130,20 +139,22 @@ void pack_view(const TensorView& src, void* dst, cudaStream_t stream) {
   const int64_t S = src.seqlen(), H = src.heads(), D = src.head_dim();
   char* out = static_cast<char*>(dst);
   const char* in = static_cast<const char*>(src.data);
-  if (src.stride[2] == D) {
-    // Heads contiguous within a row: one 2-D copy per batch (rows of H*D elements, source pitch stride[1]).
+  // cudaMemcpy2D wants a source pitch >= the row width even for a single row, where the stride is free.
+  auto pitch = [&](int64_t width_elems) { return static_cast<size_t>(S == 1 ? width_elems : src.stride[1]) * es; };
+  if ((H == 1 || src.stride[2] == D) && (S == 1 || src.stride[1] >= H * D)) {
+    // Heads adjacent within a row: one 2-D copy per batch (rows of H*D elements, source pitch stride[1]).
     for (int64_t b = 0; b < src.batch(); ++b) {
       DISTATTN_CUDA_CHECK(cudaMemcpy2DAsync(out + b * S * H * D * es, H * D * es, in + b * src.stride[0] * es,
-                                            src.stride[1] * es, H * D * es, S, cudaMemcpyDeviceToDevice, stream));
+                                            pitch(H * D), H * D * es, S, cudaMemcpyDeviceToDevice, stream));
     }
     return;
   }
-  // General strides: one 2-D copy per (batch, head) (rows of D elements).
+  // General strides: one 2-D copy per (batch, head) (rows of D elements, destination pitch H*D).
   for (int64_t b = 0; b < src.batch(); ++b)
     for (int64_t h = 0; h < H; ++h) {
       DISTATTN_CUDA_CHECK(cudaMemcpy2DAsync(out + (b * S * H + h) * D * es, H * D * es,
-                                            in + (b * src.stride[0] + h * src.stride[2]) * es, src.stride[1] * es,
-                                            D * es, S, cudaMemcpyDeviceToDevice, stream));
+                                            in + (b * src.stride[0] + h * src.stride[2]) * es, pitch(D), D * es, S,
+                                            cudaMemcpyDeviceToDevice, stream));
     }
 }
 

@@ -20,6 +20,11 @@ void fill_f32(float* p, int64_t n, float value, cudaStream_t stream);
 // (fp32 or bf16), converted with round-to-nearest-even.
 void convert_packed_to_view(const void* src, DType src_dtype, const TensorView& dst, cudaStream_t stream);
 
+// Same with a strided source: element (b, s, h, d) of src at b * src_b + s * src_s + h * src_h + d
+// (elements of src_dtype), e.g. a head-major [B, H, S, D] fp32 accumulator read as [B, S, H, D].
+void convert_strided_to_view(const void* src, DType src_dtype, int64_t src_b, int64_t src_s, int64_t src_h,
+                             const TensorView& dst, cudaStream_t stream);
+
 // out[i] = (incoming ? incoming[i] : 0) + (mine ? mine[i] : 0) for i < n; incoming / out of `travel`
 // dtype (fp32 or bf16), mine fp32. The sum is formed in fp32 and rounded once.
 void travel_add(const void* incoming, const float* mine, void* out, int64_t n, DType travel, cudaStream_t stream);
@@ -27,7 +32,8 @@ void travel_add(const void* incoming, const float* mine, void* out, int64_t n, D
 // delta[b, h, i] = sum_d dout[b, i, h, d] * o[b, i, h, d] in fp32, delta packed [B, H, S].
 void row_dot(const TensorView& dout, const TensorView& o, float* delta, cudaStream_t stream);
 
-// Packs a strided [B, S, H, D] device view into a packed buffer of the same dtype (cudaMemcpy2DAsync).
+// Packs a strided [B, S, H, D] device view into a packed buffer of the same dtype (cudaMemcpy2DAsync:
+// one 2-D copy per batch when the heads of a row are adjacent, else one per (batch, head)).
 void pack_view(const TensorView& src, void* dst, cudaStream_t stream);
 
 }  // namespace detail
