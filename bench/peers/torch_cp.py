@@ -277,8 +277,12 @@ def main():
             row["time_ms"] = t
             row["time_ms_min_rank"] = -max_over_ranks(-t_local)
             row["tflops"] = row["flops"] / (t * 1e-3) / 1e12
+            # torch.cuda.max_memory_allocated since the full inputs existed: it INCLUDES their full-size
+            # storage (context_parallel shards with an in-place resize_, which keeps the allocation), i.e.
+            # full_input_bytes more than a caller that holds only shards would need.
             row["peak_mem_bytes"] = max_over_ranks(float(peak))
             row["peak_mem_mib"] = row["peak_mem_bytes"] / (1 << 20)
+            row["full_input_bytes"] = float(2 * B * S * (2 * H + 2 * Hkv) * D)
         rows.append(row)
         if "error" in row:
             log(f"  {peer:>24} S={S:>7}: {row['error'][:140]}")
