@@ -47,7 +47,7 @@ JOBS=${JOBS:-"fwd-causal fwd"}
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export DISTATTN_GIT_COMMIT=${DISTATTN_GIT_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 export DISTATTN_COMM_TIMEOUT_S=${DISTATTN_COMM_TIMEOUT_S:-300} NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-MPI=("$MPIRUN" --allow-run-as-root --oversubscribe -np "$NP" -x NCCL_NVLS_ENABLE -x PATH -x DISTATTN_GIT_COMMIT
+MPI=("$MPIRUN" --allow-run-as-root --oversubscribe --bind-to none -np "$NP" -x NCCL_NVLS_ENABLE -x PATH -x DISTATTN_GIT_COMMIT
      -x DISTATTN_COMM_TIMEOUT_S -x NCCL_DEBUG)
 [[ -n ${LD_LIBRARY_PATH:-} ]] && MPI+=(-x LD_LIBRARY_PATH)
 # shellcheck disable=SC2206
