@@ -73,7 +73,27 @@ NcclCommunicator::NcclCommunicator(FromSplit, MPI_Comm comm, const NcclCommunica
   local_rank_ = parent.local_rank_;
   DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
   ncclConfig_t config = nonblocking_config();
-  DISTATTN_NCCL_CHECK(ncclCommSplit(parent.nccl_, color, key, &nccl_, &config));
+  const ncclResult_t rc = ncclCommSplit(parent.nccl_, color, key, &nccl_, &config);
+  if (rc != ncclSuccess && rc != ncclInProgress) {
+    DISTATTN_THROW("", detail::make_message("ncclCommSplit failed: ", ncclGetErrorString(rc)));
+  }
+  // A nonblocking split may publish the child handle only when it completes; until then its progress is
+  // reported by the PARENT (querying a not-yet-published child answers "invalid argument"). So: poll the
+  // parent until the handle appears, then the child, both under the communicator's deadline.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s());
+  volatile ncclComm_t* published = &nccl_;
+  while (*published == nullptr) {
+    ncclResult_t state = ncclSuccess;
+    if (ncclCommGetAsyncError(parent.nccl_, &state) != ncclSuccess ||
+        (state != ncclSuccess && state != ncclInProgress)) {
+      DISTATTN_THROW(
+          "", detail::make_message("ncclCommSplit: the parent communicator reports ", ncclGetErrorString(state)));
+    }
+    // No handle yet with the parent healthy: keep waiting (a real failure shows as a parent error or a timeout).
+    DISTATTN_CHECK(std::chrono::steady_clock::now() < deadline, "ncclCommSplit timed out after ", timeout_s(),
+                   " s without producing a communicator (color ", color, ")");
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
   wait_nccl_ready("ncclCommSplit", -1);
   init_common();
 }
