@@ -325,6 +325,40 @@ TEST(FlashForward, ZigzagAndStrided) {
   run_and_check(c);
 }
 
+// ALiBi tile forms: the kernel splits the bias into a row and a column part on tiles where every
+// pos_q - pos_k has one sign and |pos_q - pos_k| < 2^24, and computes it per element elsewhere (tiles that
+// straddle pos_q == pos_k, multi-chunk tiles, far tiles). Non-causal cases with both signs, a negative
+// sign only, a kv stride of 3 (column step 3), and a q range whose tiles cross |pos_q - pos_k| = 2^24.
+TEST(FlashForward, AlibiTileForms) {
+  DISTATTN_REQUIRE_GPU();
+  Case c;
+  c.name = "alibi_both_signs";
+  c.Sq = 333, c.Skv = 333, c.Hq = 4, c.Hkv = 2, c.D = 128;
+  c.alibi = true;
+  run_and_check(c);
+  c.name = "alibi_negative_sign_fp16_d64";
+  c.dtype = DType::kFloat16;
+  c.D = 64;
+  c.Sq = 200, c.Skv = 300;
+  c.q_pos = PositionMap::contiguous(0, 200);
+  c.kv_pos = PositionMap::contiguous(500, 300);
+  run_and_check(c);
+  c.name = "alibi_kv_stride3";
+  c.dtype = DType::kBFloat16;
+  c.D = 128;
+  c.q_pos = PositionMap::contiguous(300, 200);
+  c.kv_pos = PositionMap::strided(0, 3, 300);
+  run_and_check(c);
+  // kv tiles 0..4 have |pos_q - pos_k| up to >= 2^24 (per element), tiles 5 and 6 below (row/column form).
+  // Slopes scaled down so the bias stays O(1) (see alibi_far).
+  c.name = "alibi_across_2p24";
+  c.slope_scale = 1e-7f;
+  c.Skv = 400;
+  c.q_pos = PositionMap::contiguous(16777300, 200);
+  c.kv_pos = PositionMap::contiguous(0, 400);
+  run_and_check(c);
+}
+
 TEST(FlashForward, RowsWithoutKeys) {
   DISTATTN_REQUIRE_GPU();
   Case c;
