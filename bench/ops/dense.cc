@@ -26,6 +26,7 @@
 #include "distattn/positional/alibi.h"
 #include "distattn/sparse/flash_attention.h"
 #include "host_tensors.h"
+#include "output_check.h"
 
 namespace distattn {
 namespace bench {
@@ -263,51 +264,19 @@ class DenseOp : public BenchOp {
     }
 
     // 3. Compare each output on the checked heads.
-    CheckResult r;
-    r.done = true;
-    std::ostringstream detail;
-    double worst_ratio = -1;
-    auto compare = [&](const char* name, const TensorView& got, const TensorView& ref, const TensorView* naive,
-                       double ulp) {
-      const double err = max_abs_diff(got, ref);
-      const double ref_max = max_abs(ref);
-      double naive_err = 0, tol;
-      if (naive != nullptr) {
-        naive_err = max_abs_diff(*naive, ref);
-        tol = 2 * naive_err + ulp * std::max(ref_max, 1e-30);
-      } else {
-        tol = 1e-4 * std::max(1.0, ref_max);
-      }
-      const int64_t wrong = count_outside(got, ref, tol);
-      r.wrong += wrong;
-      r.checked += got.numel();
-      r.max_err = std::max(r.max_err, err);
-      if (!std::isfinite(err)) r.max_err = err;
-      r.naive_err = std::max(r.naive_err, naive_err);
-      const double ratio = err / tol;
-      if (!(ratio <= worst_ratio)) {
-        worst_ratio = ratio;
-        r.tolerance = tol;
-      }
-      char buf[160];
-      std::snprintf(buf, sizeof(buf), "%s err %.3g naive %.3g tol %.3g wrong %lld; ", name, err, naive_err, tol,
-                    static_cast<long long>(wrong));
-      detail << buf;
-    };
-    compare("o", head_slice(o.view, 0, Hc), ref_o.view, naive_on ? &naive_o.view : nullptr, dtype_ulp(dtype_));
+    OutputCheck check;
+    check.compare("o", head_slice(o.view, 0, Hc), ref_o.view, naive_on ? &naive_o.view : nullptr, dtype_ulp(dtype_));
     const TensorView lse_got = head_slice(lse_view(lse.data(), B_, S_, H_), 0, Hc);
     const TensorView lse_ref = lse_view(ref_lse.data(), B_, S_, Hc);
     const TensorView lse_naive = lse_view(naive_lse.data(), B_, S_, Hc);
-    compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
+    check.compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
     if (bwd) {
       const double ulp = dtype_ulp(dtype_);
-      compare("dq", head_slice(dq.view, 0, Hc), ref_dq.view, naive_on ? &naive_dq.view : nullptr, ulp);
-      compare("dk", head_slice(dk.view, 0, Kc), ref_dk.view, naive_on ? &naive_dk.view : nullptr, ulp);
-      compare("dv", head_slice(dv.view, 0, Kc), ref_dv.view, naive_on ? &naive_dv.view : nullptr, ulp);
+      check.compare("dq", head_slice(dq.view, 0, Hc), ref_dq.view, naive_on ? &naive_dq.view : nullptr, ulp);
+      check.compare("dk", head_slice(dk.view, 0, Kc), ref_dk.view, naive_on ? &naive_dk.view : nullptr, ulp);
+      check.compare("dv", head_slice(dv.view, 0, Kc), ref_dv.view, naive_on ? &naive_dv.view : nullptr, ulp);
     }
-    r.detail = detail.str();
-    if (!r.detail.empty()) r.detail.resize(r.detail.size() - 2);
-    return r;
+    return check.finish();
   }
 
   void teardown() override {

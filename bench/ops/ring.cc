@@ -50,6 +50,7 @@
 #include "distattn/ring/ring_attention.h"
 #include "distattn/sparse/flash_attention.h"
 #include "host_tensors.h"
+#include "output_check.h"
 
 namespace distattn {
 namespace bench {
@@ -380,54 +381,22 @@ class RingOp : public BenchOp {
     std::vector<float> l_ref_lse = lse_shard(ref_lse), l_naive_lse = lse_shard(naive_lse);
 
     // 4. Compare each output of this rank's shard on the checked heads.
-    CheckResult res;
-    res.done = true;
-    std::ostringstream detail;
-    double worst_ratio = -1;
-    auto compare = [&](const char* name, const TensorView& got, const TensorView& refv, const TensorView* naivev,
-                       double ulp) {
-      const double err = max_abs_diff(got, refv);
-      const double ref_max = max_abs(refv);
-      double naive_err = 0, tol;
-      if (naivev != nullptr) {
-        naive_err = max_abs_diff(*naivev, refv);
-        tol = 2 * naive_err + ulp * std::max(ref_max, 1e-30);
-      } else {
-        tol = 1e-4 * std::max(1.0, ref_max);
-      }
-      const int64_t wrong = count_outside(got, refv, tol);
-      res.wrong += wrong;
-      res.checked += got.numel();
-      res.max_err = std::max(res.max_err, err);
-      if (!std::isfinite(err)) res.max_err = err;
-      res.naive_err = std::max(res.naive_err, naive_err);
-      const double ratio = err / tol;
-      if (!(ratio <= worst_ratio)) {
-        worst_ratio = ratio;
-        res.tolerance = tol;
-      }
-      char buf[160];
-      std::snprintf(buf, sizeof(buf), "%s err %.3g naive %.3g tol %.3g wrong %lld; ", name, err, naive_err, tol,
-                    static_cast<long long>(wrong));
-      detail << buf;
-    };
+    OutputCheck check;
     const double ulp = dtype_ulp(dtype_);
-    compare("o", head_slice(o.view, 0, Hc), l_ref_o.view, naive_on ? &l_naive_o.view : nullptr, ulp);
+    check.compare("o", head_slice(o.view, 0, Hc), l_ref_o.view, naive_on ? &l_naive_o.view : nullptr, ulp);
     const TensorView lse_got = head_slice(lse_view(lse.data(), B_, Sl_, H_), 0, Hc);
     const TensorView lse_ref = lse_view(l_ref_lse.data(), B_, Sl_, Hc);
     const TensorView lse_naive = lse_view(l_naive_lse.data(), B_, Sl_, Hc);
-    compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
+    check.compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
     if (bwd) {
       HostTensor l_ref_dq = shard(ref_dq), l_ref_dk = shard(ref_dk), l_ref_dv = shard(ref_dv);
       HostTensor l_n_dq, l_n_dk, l_n_dv;
       if (naive_on) l_n_dq = shard(naive_dq), l_n_dk = shard(naive_dk), l_n_dv = shard(naive_dv);
-      compare("dq", head_slice(dq.view, 0, Hc), l_ref_dq.view, naive_on ? &l_n_dq.view : nullptr, ulp);
-      compare("dk", head_slice(dk.view, 0, Kc), l_ref_dk.view, naive_on ? &l_n_dk.view : nullptr, ulp);
-      compare("dv", head_slice(dv.view, 0, Kc), l_ref_dv.view, naive_on ? &l_n_dv.view : nullptr, ulp);
+      check.compare("dq", head_slice(dq.view, 0, Hc), l_ref_dq.view, naive_on ? &l_n_dq.view : nullptr, ulp);
+      check.compare("dk", head_slice(dk.view, 0, Kc), l_ref_dk.view, naive_on ? &l_n_dk.view : nullptr, ulp);
+      check.compare("dv", head_slice(dv.view, 0, Kc), l_ref_dv.view, naive_on ? &l_n_dv.view : nullptr, ulp);
     }
-    res.detail = detail.str();
-    if (!res.detail.empty()) res.detail.resize(res.detail.size() - 2);
-    return res;
+    return check.finish();
   }
 
   void teardown() override {

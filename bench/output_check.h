@@ -1,0 +1,31 @@
+// The check's per-output comparison, shared by every op that checks against the host engine.
+//
+// An element of an output is wrong when |got - ref| > tol, with
+//   tol = 2 * (max error of the naive same-precision host run) + ulp * max|ref|     (naive run available)
+//   tol = 1e-4 * max(1, max|ref|)                                                   (host-engine mode: no naive run)
+// which is DESIGN.md's "at most 2x the naive implementation's error", applied per element.
+#pragma once
+
+#include <sstream>
+
+#include "bench_op.h"
+#include "distattn/core/tensor.h"
+
+namespace distattn {
+namespace bench {
+
+class OutputCheck {
+ public:
+  // Compares one output (`naive` may be null); the views must have the same shape.
+  void compare(const char* name, const TensorView& got, const TensorView& ref, const TensorView* naive, double ulp);
+  // The accumulated result (done = true) with a "name err .. naive .. tol .. wrong ..; ..." detail string.
+  CheckResult finish();
+
+ private:
+  CheckResult result_;
+  std::ostringstream detail_;
+  double worst_ratio_ = -1;
+};
+
+}  // namespace bench
+}  // namespace distattn
