@@ -13,31 +13,12 @@
 #include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
+#include "mpi_gpu.h"
 #include "mpi_gtest_main.h"
 
 namespace distattn {
 namespace testing {
 namespace {
-
-// True on every rank iff every rank has a GPU of its own (node-local rank < device count).
-bool every_rank_has_a_gpu() {
-  MPI_Comm local;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
-  int local_rank = 0;
-  MPI_Comm_rank(local, &local_rank);
-  MPI_Comm_free(&local);
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    count = 0;
-  }
-  int mine = local_rank < count ? 1 : 0, all = 0;
-  MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return all == 1;
-}
-
-#define REQUIRE_GPU_PER_RANK() \
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs one GPU per rank"
 
 template <typename T>
 struct Dev {

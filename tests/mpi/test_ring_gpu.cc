@@ -39,6 +39,7 @@
 #include "distattn/ring/ring_attention.h"
 #include "distattn/ring/shard.h"
 #include "distattn/sparse/flash_attention.h"
+#include "mpi_gpu.h"
 #include "mpi_gtest_main.h"
 #include "test_util.h"
 
@@ -54,26 +55,6 @@ using ring::ShardLayout;
 constexpr double kCommTimeout = 120.0;  // a hang becomes an Error on every rank before CTest's TIMEOUT
 constexpr double kFwdSlack = 1e-4;      // tests/gpu/test_flash_fwd.cc
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-// True on every rank iff every rank has a GPU of its own (node-local rank < visible devices).
-bool every_rank_has_a_gpu() {
-  MPI_Comm local;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
-  int local_rank = 0;
-  MPI_Comm_rank(local, &local_rank);
-  MPI_Comm_free(&local);
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    count = 0;
-  }
-  int mine = local_rank < count ? 1 : 0, all = 0;
-  MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return all == 1;
-}
-
-#define REQUIRE_GPU_PER_RANK() \
-  if (!every_rank_has_a_gpu()) GTEST_SKIP() << "needs one GPU per rank (every rank skips together)"
 
 struct Case {
   ShardLayout layout = ShardLayout::kZigzag;
