@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Ratio table (ours / each peer) and regression check of our own rates against a baseline.
+
+  bench/compare.py RESULT.json|DIR [...] [--baseline OLD.json|DIR [...]] [--threshold 0.10]
+
+Inputs: side-by-side reports (bench/peers/merge_side_by_side.py), distattn_bench -J output and torch_peers.py /
+torch_cp.py -J output, in any mix; a directory stands for its *.json files. All rows are pooled.
+
+Ratio table: one block per job label (op, pass, causal, window, alibi, N GPUs), one line per shape and S; each
+peer's cell is "rate (ours/peer x)"; > 1: distattn faster. TFLOPs per GPU for attention, GB/s for rope.
+
+Row key (bench/study_lib.py): op, pass, causal, window, alibi, dtype, B, H, Hkv, D, ranks, rotary_dim, style, seq
+(peers are matched to ours on these), plus layout for the regression check. Several rows of one key (the same
+shape in two files) count as their median.
+
+--baseline: every row of ours whose key is also in the baseline is compared; a row is a regression when
+current / baseline - 1 < -threshold. Exit codes: 0 no regression; 1 a regression flagged; 2 bad input (a missing
+file, unreadable JSON, an unknown format, or a baseline that shares no row key with the results).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import study_lib as L  # noqa: E402
+
+
+def print_ratio_table(rows, out):
+    groups = L.ratio_table(rows)
+    for prov in L.provenance(rows):
+        print(f"# source: {prov}", file=out)
+    print("# ratio = ours / peer (rates; > 1: distattn faster)", file=out)
+    for g in groups:
+        print(f"# {g['label']}  [{g['unit']}]", file=out)
+        head = f"{'seq':>8} {'shape':<20} {'distattn':>10}" + "".join(f" {p:>26}" for p in g["peers"])
+        print(head, file=out)
+        for ln in g["lines"]:
+            ours = f"{ln['ours']:.1f}" if ln["ours"] is not None else "n/a"
+            line = f"{ln['seq']:>8} {ln['shape']:<20} {ours:>10}"
+            for p in g["peers"]:
+                cell = ln["cells"].get(p)
+                if cell is None:
+                    text = "-"
+                elif cell[0] is None:
+                    text = "refused" if cell[2] and str(cell[2]).startswith("refused") else "error"
+                elif cell[1] is None:
+                    text = f"{cell[0]:.1f}"
+                else:
+                    text = f"{cell[0]:.1f} ({cell[1]:.2f}x)"
+                line += f" {text:>26}"
+            if ln["wrong"]:
+                line += f"   ! {ln['wrong']} wrong values"
+            print(line, file=out)
+    return groups
+
+
+def print_regressions(matched, unmatched, threshold, out):
+    print(f"# regression check: our rate now / baseline, flagged below -{threshold * 100:.1f}%", file=out)
+    print(f"{'job':<28} {'seq':>8} {'shape':<20} {'baseline':>10} {'now':>10} {'change':>8}", file=out)
+    for m in matched:
+        flag = "  REGRESSION" if m["flagged"] else ""
+        print(f"{m['label']:<28} {m['seq']:>8} {m['shape']:<20} {m['base']:>10.1f} {m['cur']:>10.1f}"
+              f" {m['change'] * 100:>+7.1f}%{flag}", file=out)
+    if unmatched:
+        print(f"# {len(unmatched)} row(s) of ours have no baseline row with the same key (not checked)", file=out)
+    n = sum(m["flagged"] for m in matched)
+    print(f"# {n} regression(s) in {len(matched)} compared row(s)", file=out)
+    return n
+
+
+def main(argv=None, out=sys.stdout):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="+", help="result JSON files or directories of them")
+    ap.add_argument("--baseline", nargs="+", default=None, help="baseline JSON files or directories")
+    ap.add_argument("--threshold", type=float, default=0.10,
+                    help="regression threshold as a fraction of the baseline rate (default 0.10 = 10%%)")
+    ap.add_argument("--no-table", action="store_true", help="skip the ratio table")
+    args = ap.parse_args(argv)
+    if not 0 <= args.threshold < 1:
+        print(f"compare: --threshold {args.threshold}: expected a fraction in [0, 1)", file=sys.stderr)
+        return 2
+    try:
+        rows = L.load(args.results)
+        base = L.load(args.baseline) if args.baseline else None
+    except L.StudyError as e:
+        print(f"compare: {e}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"compare: no rows in {' '.join(args.results)}", file=sys.stderr)
+        return 2
+    if not args.no_table:
+        print_ratio_table(rows, out)
+    if base is None:
+        return 0
+    matched, unmatched = L.regressions(rows, base, args.threshold)
+    if not matched:
+        print(f"compare: the baseline ({' '.join(args.baseline)}) shares no row key with the results: nothing "
+              "compared", file=sys.stderr)
+        return 2
+    devs = {r["device"] for r in rows if r["impl"] == L.OURS} | {r["device"] for r in base if r["impl"] == L.OURS}
+    if len(devs) > 1:
+        print(f"# warning: results and baseline come from different devices ({', '.join(sorted(map(str, devs)))})",
+              file=out)
+    return 1 if print_regressions(matched, unmatched, args.threshold, out) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
