@@ -1,0 +1,115 @@
+// LongNet dilated attention on one device (host engine or CUDA engine), forward and backward.
+//
+// Definition (LongNet, and ../../shared/DESIGN.md "Dilated attention"): a list of patterns (w_i, r_i).
+// For pattern i and query head h, every segment [g*w_i, (g+1)*w_i) of the sequence keeps the rows
+//     g*w_i + s + r_i*m,   m = 0 .. w_i/r_i - 1,   s = h mod r_i,
+// and computes dense attention (optionally causal) among the kept rows of that segment only. A row that
+// pattern i does not keep for head h gets nothing from it (O_i = 0, LSE_i = -inf). The patterns are mixed
+// by their softmax denominators:
+//     O = sum_i alpha_i O_i,   alpha_i = exp(LSE_i - LSE),   LSE = logsumexp_i LSE_i.
+// Equivalently: one softmax over the MULTISET union of every pattern's (query, key) pairs; a pair kept by
+// two patterns (row 0 of a segment under r = 1 and r = 2, say) counts twice, as in torchscale's mixing.
+// A (row, head) that no pattern keeps has O = 0 and LSE = -inf (or is an error, see DilatedConfig).
+//
+// Causal: on the compacted segment, which equals causal on global positions (positions are monotone).
+// ALiBi: bias -slope_h * (pos_q - pos_k) on GLOBAL positions (|.| when not causal).
+//
+// Tensors (int64 element strides, head dim contiguous, as in core/attn_params.h):
+//   q, o, dout, dq [B, S, Hq, D]     k, v, dk, dv [B, S, Hkv, D]   (Hq % Hkv == 0: GQA)
+//   lse [B, Hq, S] fp32 packed (written by the forward, read by the backward)
+// Host engine: every tensor and lse in host memory, q of any engine dtype (fp64 for references).
+// CUDA engine: device memory, bf16/fp16, head dims of flash_supports_head_dim; work is enqueued on `stream`.
+//
+// How it runs (no gather copies): for each pattern, segment and head-offset class s, ONE engine call on
+// strided views (row stride * r, start row g*w + s; heads s, s + r, ... as a view with head stride * r
+// when that is a regular stride of q and kv heads, else one call per head) with global position maps
+// PositionMap::strided(g*w + s, r, w/r). Each pattern writes an fp32 partial (O_i, LSE_i) into scratch,
+// merged into an fp32 accumulator with the accumulate-mode formula; the accumulator is cast once.
+// (The engine's own accumulate mode cannot be used across patterns: its lse must be row-contiguous,
+// and a dilated view's rows are not contiguous in a [B, H, S] lse.)
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "distattn/core/host_engine.h"  // HostPrecision
+#include "distattn/core/tensor.h"
+
+namespace distattn {
+
+struct DilatedPattern {
+  int64_t segment = 0;  // w: segment length in rows; must divide the sequence length
+  int64_t rate = 1;     // r: dilation rate; must divide w
+};
+
+struct DilatedConfig {
+  std::vector<DilatedPattern> patterns;     // at least one
+  bool causal = false;                      // causal inside each (compacted) segment
+  float softmax_scale = 0.f;                // 0: 1 / sqrt(D)
+  std::vector<float> alibi_slopes;          // HOST values, [Hq] or empty for no ALiBi (copied at construction)
+  bool error_if_query_without_key = false;  // throw (argument "config.patterns") if some (row, head) is kept by
+                                            // no pattern; otherwise such rows get O = 0 and LSE = -inf
+  // Host engine only: kFloat64 (the reference) or kRoundIntermediates (the naive same-precision baseline of the
+  // GPU tests' 2x rule). Accumulator, partial O and LSE are fp32 in every mode (the engine's contract).
+  HostPrecision host_precision = HostPrecision::kFloat64;
+};
+
+// Checks the configuration against a sequence length and head count; throws distattn::Error naming the
+// argument ("config.patterns", "config.patterns[i].segment", "config.patterns[i].rate",
+// "config.alibi_slopes", "config.softmax_scale"). Called by every entry point before anything runs.
+void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_t q_heads);
+
+// Owns the configuration and the scratch buffers: fp32 accumulator O [B, S, Hq, D], one pattern's fp32
+// partial O_i [B, S, Hq, D], fp32 LSE accumulator and partial [B, Hq, S] each, and in the backward fp32 dQ,
+// dK, dV. Scratch lives on `device` (cudaMalloc on CUDA), grows to the largest call and is kept until
+// destruction; the object is not thread-safe (one call at a time). On CUDA the destructor synchronises the
+// stream of the last call before freeing.
+class DilatedAttention {
+ public:
+  DilatedAttention(DilatedConfig config, Device device);
+  ~DilatedAttention();
+  DilatedAttention(const DilatedAttention&) = delete;
+  DilatedAttention& operator=(const DilatedAttention&) = delete;
+
+  const DilatedConfig& config() const { return config_; }
+  Device device() const { return device_; }
+
+  // o [B, S, Hq, D] (q's dtype or fp32) and lse [B, Hq, S] fp32 packed are written.
+  // Everything is validated first; on bad input nothing is written and nothing is launched.
+  void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse,
+               cudaStream_t stream = nullptr);
+
+  // o and lse: the forward's outputs. dq, dk, dv (q's dtype or fp32) are overwritten.
+  void backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, const float* lse,
+                const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                cudaStream_t stream = nullptr);
+
+ private:
+  float* scratch(int64_t floats);  // at least `floats` fp32 elements on device_
+  void validate_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                        const float* lse) const;
+  const float* pattern_slopes(size_t pattern) const;  // slopes permuted by head-offset class, or null
+
+  DilatedConfig config_;
+  Device device_;
+  // ALiBi slopes per pattern i, ordered by offset class: [i*Hq + rank of head h in (h mod r, h div r) order].
+  std::vector<float> slopes_host_;
+  float* slopes_device_ = nullptr;
+  float* scratch_ = nullptr;  // device_ memory (host: points into scratch_host_)
+  int64_t scratch_floats_ = 0;
+  std::vector<float> scratch_host_;
+  cudaStream_t last_stream_ = nullptr;
+};
+
+// One-shot forms (a temporary DilatedAttention; on CUDA they synchronise `stream` before returning).
+void dilated_attention_forward(const DilatedConfig& config, const TensorView& q, const TensorView& k,
+                               const TensorView& v, const TensorView& o, float* lse, Device device,
+                               cudaStream_t stream = nullptr);
+void dilated_attention_backward(const DilatedConfig& config, const TensorView& q, const TensorView& k,
+                                const TensorView& v, const TensorView& o, const float* lse, const TensorView& dout,
+                                const TensorView& dq, const TensorView& dk, const TensorView& dv, Device device,
+                                cudaStream_t stream = nullptr);
+
+}  // namespace distattn

@@ -1,0 +1,215 @@
+// Dilated (LongNet) attention on the CUDA engine against the host path in fp64 (tests/cpu/test_dilated.cc
+// checks the host path against a dense reference built from the pattern definition).
+//
+// Rule (flash-attention's, as in test_flash_fwd.cc / test_flash_bwd.cc): on the same bf16/fp16 inputs the
+// GPU's error against the fp64 host path is at most 2x the error of the host path in kRoundIntermediates
+// (a naive same-precision implementation) plus a small slack. The backward is fed the fp64 forward's O
+// (rounded to the dtype) and LSE on both sides, so it does not depend on the GPU forward. Outputs are
+// poisoned with NaN before each run.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "distattn/dilated/dilated_attention.h"
+#include "test_util.h"
+
+namespace distattn {
+namespace {
+
+using testing::compare;
+using testing::compare_flat;
+using testing::DeviceArray;
+using testing::DeviceTensor;
+using testing::ErrorStats;
+using testing::fill_nan;
+using testing::fill_normal;
+using testing::HostTensor;
+
+struct GpuCase {
+  std::string name;
+  DType dtype = DType::kBFloat16;
+  int64_t B = 1, S = 256, Hq = 4, Hkv = 4, D = 64;
+  std::vector<DilatedPattern> patterns{{64, 1}, {128, 2}, {256, 4}};
+  bool causal = false;
+  bool alibi = false;
+  int64_t head_pad = 0, row_pad = 0;  // padding in elements (kept a multiple of 8: 16-byte aligned rows)
+};
+
+double rms_of(const HostTensor& t) {
+  const TensorView& v = t.view;
+  double s = 0;
+  int64_t n = 0;
+  for (int64_t b = 0; b < v.shape[0]; ++b)
+    for (int64_t i = 0; i < v.shape[1]; ++i)
+      for (int64_t h = 0; h < v.shape[2]; ++h)
+        for (int64_t d = 0; d < v.shape[3]; ++d, ++n) s += t.get(b, i, h, d) * t.get(b, i, h, d);
+  return std::sqrt(s / std::max<int64_t>(n, 1));
+}
+
+void run_case(const GpuCase& c) {
+  DISTATTN_REQUIRE_GPU();
+  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
+  DilatedConfig cfg;
+  cfg.patterns = c.patterns;
+  cfg.causal = c.causal;
+  if (c.alibi) {
+    for (int64_t h = 0; h < c.Hq; ++h) cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
+  }
+  DilatedConfig naive_cfg = cfg;
+  naive_cfg.host_precision = HostPrecision::kRoundIntermediates;
+
+  HostTensor q(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  HostTensor k(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor v(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor dout(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  fill_normal(q, seed);
+  fill_normal(k, seed + 1);
+  fill_normal(v, seed + 2);
+  fill_normal(dout, seed + 3);
+  const int64_t n_lse = c.B * c.Hq * c.S;
+
+  // --- forward ---
+  HostTensor o64(DType::kFloat32, c.B, c.S, c.Hq, c.D), o_naive(c.dtype, c.B, c.S, c.Hq, c.D);
+  std::vector<float> lse64(n_lse), lse_naive(n_lse);
+  dilated_attention_forward(cfg, q.view, k.view, v.view, o64.view, lse64.data(), Device::kHost);
+  dilated_attention_forward(naive_cfg, q.view, k.view, v.view, o_naive.view, lse_naive.data(), Device::kHost);
+
+  DeviceTensor dq_in(q), dk_in(k), dv_in(v), ddout(dout);
+  HostTensor o_gpu(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  fill_nan(o_gpu);
+  DeviceTensor d_o(o_gpu);
+  DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
+  DilatedAttention gpu(cfg, Device::kCuda);
+  gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_o.download(o_gpu);
+  const std::vector<float> lse_gpu = d_lse.download();
+  {
+    const ErrorStats e = compare(o_gpu.view, o64.view), en = compare(o_naive.view, o64.view);
+    const std::vector<double> ref(lse64.begin(), lse64.end());
+    const ErrorStats l = compare_flat(lse_gpu.data(), ref.data(), n_lse);
+    const ErrorStats ln = compare_flat(lse_naive.data(), ref.data(), n_lse);
+    SCOPED_TRACE("O gpu " + e.str() + " | naive " + en.str() + " || LSE gpu " + l.str() + " | naive " + ln.str());
+    std::printf("  %s fwd: O gpu max %.3g naive %.3g | LSE gpu max %.3g naive %.3g\n", c.name.c_str(), e.max_abs,
+                en.max_abs, l.max_abs, ln.max_abs);
+    EXPECT_EQ(e.non_finite, 0);
+    EXPECT_EQ(l.non_finite, 0);
+    EXPECT_LE(e.rel_l2, 2 * en.rel_l2 + 1e-4);
+    EXPECT_LE(e.max_abs, 2 * en.max_abs + 1e-4);
+    EXPECT_LE(l.max_abs, 2 * ln.max_abs + 1e-4);
+  }
+
+  // --- backward, fed the fp64 forward's O (rounded to the dtype) and LSE on both sides ---
+  HostTensor o_in(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t i = 0; i < c.S; ++i)
+      for (int64_t h = 0; h < c.Hq; ++h)
+        for (int64_t d = 0; d < c.D; ++d) o_in.set(b, i, h, d, o64.get(b, i, h, d));
+  HostTensor ref[3] = {HostTensor(DType::kFloat32, c.B, c.S, c.Hq, c.D),
+                       HostTensor(DType::kFloat32, c.B, c.S, c.Hkv, c.D),
+                       HostTensor(DType::kFloat32, c.B, c.S, c.Hkv, c.D)};
+  HostTensor nai[3] = {HostTensor(DType::kFloat32, c.B, c.S, c.Hq, c.D),
+                       HostTensor(DType::kFloat32, c.B, c.S, c.Hkv, c.D),
+                       HostTensor(DType::kFloat32, c.B, c.S, c.Hkv, c.D)};
+  dilated_attention_backward(cfg, q.view, k.view, v.view, o_in.view, lse64.data(), dout.view, ref[0].view, ref[1].view,
+                             ref[2].view, Device::kHost);
+  dilated_attention_backward(naive_cfg, q.view, k.view, v.view, o_in.view, lse64.data(), dout.view, nai[0].view,
+                             nai[1].view, nai[2].view, Device::kHost);
+  HostTensor out[3] = {HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad),
+                       HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad),
+                       HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad)};
+  for (HostTensor& t : out) fill_nan(t);
+  DeviceTensor d_oin(o_in), g0(out[0]), g1(out[1]), g2(out[2]);
+  DeviceArray<float> d_lse64(lse64);
+  gpu.backward(dq_in.view(), dk_in.view(), dv_in.view(), d_oin.view(), d_lse64.ptr, ddout.view(), g0.view(), g1.view(),
+               g2.view(), nullptr);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  g0.download(out[0]);
+  g1.download(out[1]);
+  g2.download(out[2]);
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i) {
+    const ErrorStats e = compare(out[i].view, ref[i].view), en = compare(nai[i].view, ref[i].view);
+    const double r = rms_of(ref[i]);
+    SCOPED_TRACE(std::string(names[i]) + " gpu " + e.str() + " | naive " + en.str() + " | ref rms " +
+                 std::to_string(r));
+    std::printf("  %s %s: gpu max %.3g rmse %.3g | naive max %.3g rmse %.3g | ref rms %.3g\n", c.name.c_str(), names[i],
+                e.max_abs, e.rmse, en.max_abs, en.rmse, r);
+    EXPECT_GT(r, 0.0);
+    EXPECT_EQ(e.non_finite, 0);
+    EXPECT_LE(e.max_abs, 2 * en.max_abs + 1e-2 * r + 1e-6);
+    EXPECT_LE(e.rmse, 2 * en.rmse + 2e-3 * r + 1e-7);
+  }
+}
+
+TEST(DilatedGpu, LongNetLikeNonCausal) { run_case({"longnet_noncausal"}); }
+TEST(DilatedGpu, LongNetLikeCausalHdim128Batch) {
+  GpuCase c{"longnet_causal_d128"};
+  c.causal = true;
+  c.D = 128;
+  c.B = 2;
+  run_case(c);
+}
+TEST(DilatedGpu, HeadsNotDivisibleByRateFp16Padded) {
+  GpuCase c{"h3_fp16_padded"};
+  c.dtype = DType::kFloat16;
+  c.Hq = c.Hkv = 3;
+  c.causal = true;
+  c.head_pad = 8;
+  c.row_pad = 16;
+  run_case(c);
+}
+TEST(DilatedGpu, GqaPerHeadAndStridedPaths) {
+  GpuCase c{"gqa"};
+  c.S = 384;
+  c.Hq = 6;
+  c.Hkv = 2;
+  c.patterns = {{96, 2}, {192, 3}, {64, 1}};  // r = 2: per-head calls (ratio 3); r = 3: one strided call
+  c.causal = true;
+  run_case(c);
+}
+TEST(DilatedGpu, AlibiGlobalPositionsAndRowsWithoutKeys) {
+  GpuCase c{"alibi_nokey"};
+  c.alibi = true;
+  c.Hq = c.Hkv = 5;
+  c.patterns = {{128, 2}, {256, 4}};  // half the (row, head) pairs see nothing: O = 0, LSE = -inf
+  run_case(c);
+  GpuCase d{"alibi_causal"};
+  d.alibi = true;
+  d.causal = true;
+  d.S = 512;
+  d.patterns = {{128, 1}, {256, 2}, {512, 4}};
+  run_case(d);
+}
+
+TEST(DilatedGpu, BadInputThrowsBeforeLaunch) {
+  DISTATTN_REQUIRE_GPU();
+  HostTensor q(DType::kBFloat16, 1, 64, 2, 64);
+  fill_normal(q, 1);
+  DeviceTensor dq(q);
+  HostTensor o(DType::kBFloat16, 1, 64, 2, 64);
+  fill_nan(o);
+  DeviceTensor d_o(o);
+  DeviceArray<float> lse(std::vector<float>(128, std::nanf("")));
+  DilatedConfig cfg;
+  cfg.patterns = {{48, 1}};  // does not divide 64
+  DilatedAttention attn(cfg, Device::kCuda);
+  EXPECT_ERROR_ARG(attn.forward(dq.view(), dq.view(), dq.view(), d_o.view(), lse.ptr), "config.patterns[0].segment");
+  EXPECT_ERROR_ARG(attn.forward(q.view, q.view, q.view, d_o.view(), lse.ptr), "q");  // host memory for CUDA
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_o.download(o);
+  EXPECT_TRUE(std::isnan(o.get(0, 0, 0, 0)) && std::isnan(o.get(0, 63, 1, 63)));
+  for (float x : lse.download()) EXPECT_TRUE(std::isnan(x));
+}
+
+}  // namespace
+}  // namespace distattn
