@@ -49,6 +49,31 @@ TensorView sub_view(const TensorView& t, int64_t row0, int64_t r, int64_t rows, 
   return v;
 }
 
+// How one pattern's segments reach the engine. Unfolded: one call per segment g, rows g*w + s + r*j, global
+// positions PositionMap::strided(g*w + s, r, m). Folded (B == 1, or every tensor's batch stride equals S times
+// its row stride): the B * S/w segments become the batch dimension of ONE call, batch index b*(S/w) + g at
+// b*stride[0] + g*w*stride[1] = (b*(S/w) + g) * (w*stride[1]); positions are then measured from the segment
+// start, strided(s, r, m), which changes nothing because the causal mask and the ALiBi bias depend only on
+// position DIFFERENCES inside a segment (keys never cross segments). The compacted LSE [B, S/w, Hq, m] has
+// the uniform batch step Hq*m in both cases.
+struct SegmentPlan {
+  bool fold;
+  int64_t B, w, r, m, nseg, Hq;
+  int64_t calls() const { return fold ? 1 : nseg; }
+  TensorView view(const TensorView& t, int64_t call, int64_t s, int64_t h0, int64_t hstep, int64_t heads) const {
+    if (!fold) return sub_view(t, call * w + s, r, m, h0, hstep, heads);
+    TensorView v = sub_view(t, s, r, m, h0, hstep, heads);
+    v.shape[0] = B * nseg;
+    v.stride[0] = w * t.stride[1];
+    return v;
+  }
+  PositionMap positions(int64_t call, int64_t s) const { return PositionMap::strided(call * w + s, r, m); }
+  float* lse(float* base, int64_t call, int64_t h0) const { return base + (call * Hq + h0) * m; }
+  int64_t lse_batch_stride() const { return fold ? Hq * m : nseg * Hq * m; }
+};
+
+bool foldable(const TensorView& t) { return t.shape[0] == 1 || t.stride[0] == t.shape[1] * t.stride[1]; }
+
 // One engine call's head set for pattern rate r, offset class s: q heads qh0 + qstep*t (t < count) reading
 // kv heads kh0 + kstep*t (or, when kv_all, the whole kv tensor with the GQA ratio: r == 1).
 struct HeadGroup {
@@ -245,6 +270,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   float* lse_part = lse_acc + n_lse;  // compacted [B, S/w, Hq, w/r]
   const TensorView part_view = TensorView::packed(part, DType::kFloat32, device_, B, S, Hq, D);
   const bool cuda = device_ == Device::kCuda;
+  const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v);  // scratch is packed
   const float inf = std::numeric_limits<float>::infinity();
   if (cuda) {
     dilated_detail::cuda_fill(acc, n_o, 0.f, stream);
@@ -257,22 +283,22 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   for (size_t i = 0; i < config_.patterns.size(); ++i) {
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate, m = w / r, nseg = S / w;
     const float* slopes = pattern_slopes(i);
+    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq};
     int64_t class_offset = 0;
     for (int64_t s = 0; s < std::min(r, Hq); ++s) {
       for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
-        for (int64_t g = 0; g < nseg; ++g) {
-          // Rows g*w + s + r*j, j < m: q/k/v/o views with row stride * r; global positions of those rows.
-          const int64_t row0 = g * w + s;
+        for (int64_t g = 0; g < plan.calls(); ++g) {
+          // Rows g*w + s + r*j, j < m (all segments at once when folded): q/k/v/o views with row stride * r.
           AttnParams p;
-          p.q = sub_view(q, row0, r, m, hg.qh0, hg.qstep, hg.count);
-          p.k = hg.kv_all ? sub_view(k, row0, r, m, 0, 1, Hkv) : sub_view(k, row0, r, m, hg.kh0, hg.kstep, hg.count);
-          p.v = hg.kv_all ? sub_view(v, row0, r, m, 0, 1, Hkv) : sub_view(v, row0, r, m, hg.kh0, hg.kstep, hg.count);
-          p.o = sub_view(part_view, row0, r, m, hg.qh0, hg.qstep, hg.count);
+          p.q = plan.view(q, g, s, hg.qh0, hg.qstep, hg.count);
+          p.k = hg.kv_all ? plan.view(k, g, s, 0, 1, Hkv) : plan.view(k, g, s, hg.kh0, hg.kstep, hg.count);
+          p.v = hg.kv_all ? plan.view(v, g, s, 0, 1, Hkv) : plan.view(v, g, s, hg.kh0, hg.kstep, hg.count);
+          p.o = plan.view(part_view, g, s, hg.qh0, hg.qstep, hg.count);
           // Compacted partial LSE of (segment g, head qh0 + qstep*t, row j): see dilated_index.h.
-          p.lse = lse_part + (g * Hq + hg.qh0) * m;
+          p.lse = plan.lse(lse_part, g, hg.qh0);
           p.lse_head_stride = hg.qstep * m;
-          p.lse_batch_stride = nseg * Hq * m;
-          p.q_pos = PositionMap::strided(row0, r, m);
+          p.lse_batch_stride = plan.lse_batch_stride();
+          p.q_pos = plan.positions(g, s);
           p.kv_pos = p.q_pos;
           p.mask.causal = config_.causal;
           p.alibi_slopes = slopes != nullptr ? slopes + hg.slope_offset : nullptr;
@@ -335,6 +361,7 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
   const TensorView dk_view = TensorView::packed(dk_acc, DType::kFloat32, device_, B, S, Hkv, D);
   const TensorView dv_view = TensorView::packed(dv_acc, DType::kFloat32, device_, B, S, Hkv, D);
   const bool cuda = device_ == Device::kCuda;
+  const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v) && foldable(o) && foldable(dout);
   if (cuda) {
     dilated_detail::cuda_fill(base, n_q + 2 * n_kv, 0.f, stream);
   } else {
@@ -349,31 +376,31 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
       host_compact_lse(lse, lse_part, B, S, Hq, w, r);
     }
     const float* slopes = pattern_slopes(i);
+    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq};
     int64_t class_offset = 0;
     for (int64_t s = 0; s < std::min(r, Hq); ++s) {
       for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
-        for (int64_t g = 0; g < nseg; ++g) {
-          const int64_t row0 = g * w + s;
+        for (int64_t g = 0; g < plan.calls(); ++g) {
           AttnBwdParams bp;
           AttnParams& p = bp.fwd;
-          p.q = sub_view(q, row0, r, m, hg.qh0, hg.qstep, hg.count);
-          p.k = hg.kv_all ? sub_view(k, row0, r, m, 0, 1, Hkv) : sub_view(k, row0, r, m, hg.kh0, hg.kstep, hg.count);
-          p.v = hg.kv_all ? sub_view(v, row0, r, m, 0, 1, Hkv) : sub_view(v, row0, r, m, hg.kh0, hg.kstep, hg.count);
-          p.o = sub_view(o, row0, r, m, hg.qh0, hg.qstep, hg.count);  // the FINAL output: delta = dO . O
-          p.lse = lse_part + (g * Hq + hg.qh0) * m;                   // the FINAL LSE of these rows
+          p.q = plan.view(q, g, s, hg.qh0, hg.qstep, hg.count);
+          p.k = hg.kv_all ? plan.view(k, g, s, 0, 1, Hkv) : plan.view(k, g, s, hg.kh0, hg.kstep, hg.count);
+          p.v = hg.kv_all ? plan.view(v, g, s, 0, 1, Hkv) : plan.view(v, g, s, hg.kh0, hg.kstep, hg.count);
+          p.o = plan.view(o, g, s, hg.qh0, hg.qstep, hg.count);  // the FINAL output: delta = dO . O
+          p.lse = plan.lse(lse_part, g, hg.qh0);                 // the FINAL LSE of these rows
           p.lse_head_stride = hg.qstep * m;
-          p.lse_batch_stride = nseg * Hq * m;
-          p.q_pos = PositionMap::strided(row0, r, m);
+          p.lse_batch_stride = plan.lse_batch_stride();
+          p.q_pos = plan.positions(g, s);
           p.kv_pos = p.q_pos;
           p.mask.causal = config_.causal;
           p.alibi_slopes = slopes != nullptr ? slopes + hg.slope_offset : nullptr;
           p.softmax_scale = config_.softmax_scale;
-          bp.dout = sub_view(dout, row0, r, m, hg.qh0, hg.qstep, hg.count);
-          bp.dq = sub_view(dq_view, row0, r, m, hg.qh0, hg.qstep, hg.count);
-          bp.dk = hg.kv_all ? sub_view(dk_view, row0, r, m, 0, 1, Hkv)
-                            : sub_view(dk_view, row0, r, m, hg.kh0, hg.kstep, hg.count);
-          bp.dv = hg.kv_all ? sub_view(dv_view, row0, r, m, 0, 1, Hkv)
-                            : sub_view(dv_view, row0, r, m, hg.kh0, hg.kstep, hg.count);
+          bp.dout = plan.view(dout, g, s, hg.qh0, hg.qstep, hg.count);
+          bp.dq = plan.view(dq_view, g, s, hg.qh0, hg.qstep, hg.count);
+          bp.dk =
+              hg.kv_all ? plan.view(dk_view, g, s, 0, 1, Hkv) : plan.view(dk_view, g, s, hg.kh0, hg.kstep, hg.count);
+          bp.dv =
+              hg.kv_all ? plan.view(dv_view, g, s, 0, 1, Hkv) : plan.view(dv_view, g, s, hg.kh0, hg.kstep, hg.count);
           bp.accumulate = true;
           if (cuda) {
             flash_attention_backward(bp, stream);

@@ -144,41 +144,59 @@ std::vector<float> random_slopes(int64_t H, uint64_t seed) {
   return s;
 }
 
-// Runs forward and backward through the host engine and compares with the reference.
-void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad = 0) {
+// Runs forward and backward through the host engine, with segments folded into the batch (the default when
+// the layout allows) and with one call per segment, and compares both with the reference.
+// `batch_pad` rows between batches make the layout non-foldable (batch stride != S * row stride).
+void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad = 0, int64_t batch_pad = 0) {
   Case cs(sh, salt, pad);
+  if (batch_pad > 0) {  // same values, batches spread apart: copy into taller tensors and narrow the view
+    for (HostTensor* t : {&cs.q, &cs.k, &cs.v, &cs.dout}) {
+      HostTensor tall(t->view.dtype, sh.B, sh.S + batch_pad, t->view.shape[2], sh.D, pad, pad);
+      fill_normal(tall, cs.seed + 99);
+      tall.view.shape[1] = sh.S;
+      for (int64_t b = 0; b < sh.B; ++b)
+        for (int64_t i = 0; i < sh.S; ++i)
+          for (int64_t h = 0; h < t->view.shape[2]; ++h)
+            for (int64_t d = 0; d < sh.D; ++d) tall.set(b, i, h, d, t->get(b, i, h, d));
+      *t = std::move(tall);
+    }
+  }
   SCOPED_TRACE("seed " + std::to_string(cs.seed) + " S=" + std::to_string(sh.S) + " Hq=" + std::to_string(sh.Hq) +
                " Hkv=" + std::to_string(sh.Hkv) + " causal=" + std::to_string(c.causal));
-  HostTensor o(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, pad, pad);
-  std::vector<float> lse(sh.B * sh.Hq * sh.S, std::numeric_limits<float>::quiet_NaN());
-  fill_nan(o);
-  DilatedAttention attn(c, Device::kHost);
-  attn.forward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data());
   const Reference ref = reference(c, sh, cs.q, cs.k, cs.v, &cs.dout);
-  const auto eo = compare(o.view, ref.o.view);
-  const auto el = compare_flat(lse.data(), ref.lse.data(), static_cast<int64_t>(lse.size()));
-  EXPECT_EQ(eo.non_finite, 0) << eo.str();
-  EXPECT_LE(eo.max_abs, 2e-6) << eo.str();
-  EXPECT_EQ(el.non_finite, 0) << el.str();
-  EXPECT_LE(el.max_abs, 2e-6) << el.str();
-  // -inf exactly where the reference has no key.
-  for (size_t n = 0; n < lse.size(); ++n) {
-    ASSERT_EQ(std::isinf(lse[n]), std::isinf(ref.lse[n])) << "lse entry " << n;
-  }
+  for (bool fold : {true, false}) {
+    SCOPED_TRACE(fold ? "segments folded into the batch" : "one call per segment");
+    HostTensor o(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, pad, pad);
+    std::vector<float> lse(sh.B * sh.Hq * sh.S, std::numeric_limits<float>::quiet_NaN());
+    fill_nan(o);
+    DilatedAttention attn(c, Device::kHost);
+    attn.set_fold_segments(fold);
+    attn.forward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data());
+    const auto eo = compare(o.view, ref.o.view);
+    const auto el = compare_flat(lse.data(), ref.lse.data(), static_cast<int64_t>(lse.size()));
+    EXPECT_EQ(eo.non_finite, 0) << eo.str();
+    EXPECT_LE(eo.max_abs, 2e-6) << eo.str();
+    EXPECT_EQ(el.non_finite, 0) << el.str();
+    EXPECT_LE(el.max_abs, 2e-6) << el.str();
+    // -inf exactly where the reference has no key.
+    for (size_t n = 0; n < lse.size(); ++n) {
+      ASSERT_EQ(std::isinf(lse[n]), std::isinf(ref.lse[n])) << "lse entry " << n;
+    }
 
-  HostTensor dq(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, 0, pad);
-  HostTensor dk(DType::kFloat64, sh.B, sh.S, sh.Hkv, sh.D, pad, 0);
-  HostTensor dv(DType::kFloat64, sh.B, sh.S, sh.Hkv, sh.D);
-  fill_nan(dq);
-  fill_nan(dk);
-  fill_nan(dv);
-  attn.backward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data(), cs.dout.view, dq.view, dk.view, dv.view);
-  for (auto [got, want, name] : {std::make_tuple(&dq, &ref.dq, "dq"), std::make_tuple(&dk, &ref.dk, "dk"),
-                                 std::make_tuple(&dv, &ref.dv, "dv")}) {
-    const auto e = compare(got->view, want->view);
-    EXPECT_EQ(e.non_finite, 0) << name << " " << e.str();
-    EXPECT_LE(e.rel_l2, 1e-5) << name << " " << e.str();
-    EXPECT_LE(e.max_abs, 2e-5) << name << " " << e.str();
+    HostTensor dq(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, 0, pad);
+    HostTensor dk(DType::kFloat64, sh.B, sh.S, sh.Hkv, sh.D, pad, 0);
+    HostTensor dv(DType::kFloat64, sh.B, sh.S, sh.Hkv, sh.D);
+    fill_nan(dq);
+    fill_nan(dk);
+    fill_nan(dv);
+    attn.backward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data(), cs.dout.view, dq.view, dk.view, dv.view);
+    for (auto [got, want, name] : {std::make_tuple(&dq, &ref.dq, "dq"), std::make_tuple(&dk, &ref.dk, "dk"),
+                                   std::make_tuple(&dv, &ref.dv, "dv")}) {
+      const auto e = compare(got->view, want->view);
+      EXPECT_EQ(e.non_finite, 0) << name << " " << e.str();
+      EXPECT_LE(e.rel_l2, 1e-5) << name << " " << e.str();
+      EXPECT_LE(e.max_abs, 2e-5) << name << " " << e.str();
+    }
   }
 }
 
@@ -195,7 +213,10 @@ TEST(Dilated, HeadsNotDivisibleByRateOddHeads) {
   check(longnet_like(true), {1, 64, 3, 3, 8}, 3);   // H = 3 < r = 4, H % 2 != 0
   check(longnet_like(false), {1, 64, 5, 5, 8}, 4);  // odd heads
 }
-TEST(Dilated, StridedTensorsAndBatch) { check(longnet_like(true), {3, 32, 5, 5, 8}, 5, /*pad=*/3); }
+TEST(Dilated, StridedTensorsAndBatch) {
+  check(longnet_like(true), {3, 32, 5, 5, 8}, 5, /*pad=*/3);                     // foldable: padded rows
+  check(longnet_like(false), {2, 32, 3, 3, 8}, 18, /*pad=*/1, /*batch_pad=*/5);  // batch gap: per segment
+}
 TEST(Dilated, GqaStridePathAndPerHeadPath) {
   DilatedConfig c;
   c.patterns = {{8, 1}, {24, 2}, {12, 3}};  // Hq/Hkv = 3: r = 3 one strided call, r = 2 one call per head

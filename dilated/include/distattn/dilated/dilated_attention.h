@@ -23,7 +23,10 @@
 // How it runs (no gather copies): for each pattern, segment and head-offset class s, ONE engine call on
 // strided views (row stride * r, start row g*w + s; heads s, s + r, ... as a view with head stride * r
 // when that is a regular stride of q and kv heads, else one call per head) with global position maps
-// PositionMap::strided(g*w + s, r, w/r). Each pattern writes an fp32 partial (O_i, LSE_i) into scratch,
+// PositionMap::strided(g*w + s, r, w/r). When the layout allows (B == 1, or batch stride == S * row stride)
+// the S/w segments of a pattern are folded into the batch dimension of a single call instead (positions then
+// counted from the segment start: same masks and ALiBi, which depend only on differences inside a segment).
+// Each pattern writes an fp32 partial (O_i, LSE_i) into scratch,
 // merged into an fp32 accumulator with the accumulate-mode formula; the accumulator is cast once.
 // (The engine's own accumulate mode cannot be used across patterns: its lse must be row-contiguous,
 // and a dilated view's rows are not contiguous in a [B, H, S] lse.)
@@ -74,6 +77,11 @@ class DilatedAttention {
   DilatedAttention& operator=(const DilatedAttention&) = delete;
 
   const DilatedConfig& config() const { return config_; }
+
+  // Segments of a pattern go to the engine as the batch of ONE call when the tensors' layout allows it
+  // (B == 1, or batch stride == S * row stride) -- see SegmentPlan in dilated_attention.cc; otherwise one
+  // call per segment. Both give the same result; false forces the per-segment calls (tests).
+  void set_fold_segments(bool fold) { fold_segments_ = fold; }
   Device device() const { return device_; }
 
   // o [B, S, Hq, D] (q's dtype or fp32) and lse [B, Hq, S] fp32 packed are written.
@@ -101,6 +109,7 @@ class DilatedAttention {
   int64_t scratch_floats_ = 0;
   std::vector<float> scratch_host_;
   cudaStream_t last_stream_ = nullptr;
+  bool fold_segments_ = true;
 };
 
 // One-shot forms (a temporary DilatedAttention; on CUDA they synchronise `stream` before returning).
