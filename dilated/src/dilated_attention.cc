@@ -56,19 +56,25 @@ TensorView sub_view(const TensorView& t, int64_t row0, int64_t r, int64_t rows, 
 // start, strided(s, r, m), which changes nothing because the causal mask and the ALiBi bias depend only on
 // position DIFFERENCES inside a segment (keys never cross segments). The compacted LSE [B, S/w, Hq, m] has
 // the uniform batch step Hq*m in both cases.
+// The folded batch is cut into calls of at most `chunk` segments (the CUDA grid takes at most 65535 batches);
+// call c covers flattened batch indices [c*chunk, c*chunk + count), which start at row c*chunk*w of the
+// flattened (b, row) space (uniform because batch stride == S * row stride when folding).
 struct SegmentPlan {
   bool fold;
   int64_t B, w, r, m, nseg, Hq;
-  int64_t calls() const { return fold ? 1 : nseg; }
+  int64_t chunk;  // folded: segments per call (>= 1); unfolded: 1
+  int64_t total() const { return fold ? B * nseg : nseg; }
+  int64_t calls() const { return (total() + chunk - 1) / chunk; }
   TensorView view(const TensorView& t, int64_t call, int64_t s, int64_t h0, int64_t hstep, int64_t heads) const {
     if (!fold) return sub_view(t, call * w + s, r, m, h0, hstep, heads);
-    TensorView v = sub_view(t, s, r, m, h0, hstep, heads);
-    v.shape[0] = B * nseg;
+    const int64_t first = call * chunk;
+    TensorView v = sub_view(t, first * w + s, r, m, h0, hstep, heads);
+    v.shape[0] = std::min(chunk, total() - first);
     v.stride[0] = w * t.stride[1];
     return v;
   }
-  PositionMap positions(int64_t call, int64_t s) const { return PositionMap::strided(call * w + s, r, m); }
-  float* lse(float* base, int64_t call, int64_t h0) const { return base + (call * Hq + h0) * m; }
+  PositionMap positions(int64_t call, int64_t s) const { return PositionMap::strided(fold ? s : call * w + s, r, m); }
+  float* lse(float* base, int64_t call, int64_t h0) const { return base + (call * chunk * Hq + h0) * m; }
   int64_t lse_batch_stride() const { return fold ? Hq * m : nseg * Hq * m; }
 };
 
@@ -210,6 +216,11 @@ DilatedAttention::~DilatedAttention() {
   }
 }
 
+int64_t DilatedAttention::fold_chunk(int64_t total) const {
+  int64_t limit = max_fold_batch_ > 0 ? max_fold_batch_ : (device_ == Device::kCuda ? 65535 : total);
+  return std::max<int64_t>(1, std::min(limit, total));
+}
+
 const float* DilatedAttention::pattern_slopes(size_t pattern) const {
   if (slopes_host_.empty()) return nullptr;
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
@@ -283,7 +294,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   for (size_t i = 0; i < config_.patterns.size(); ++i) {
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate, m = w / r, nseg = S / w;
     const float* slopes = pattern_slopes(i);
-    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq};
+    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq, fold ? fold_chunk(B * nseg) : 1};
     int64_t class_offset = 0;
     for (int64_t s = 0; s < std::min(r, Hq); ++s) {
       for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
@@ -376,7 +387,7 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
       host_compact_lse(lse, lse_part, B, S, Hq, w, r);
     }
     const float* slopes = pattern_slopes(i);
-    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq};
+    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq, fold ? fold_chunk(B * nseg) : 1};
     int64_t class_offset = 0;
     for (int64_t s = 0; s < std::min(r, Hq); ++s) {
       for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {

@@ -164,13 +164,14 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
   SCOPED_TRACE("seed " + std::to_string(cs.seed) + " S=" + std::to_string(sh.S) + " Hq=" + std::to_string(sh.Hq) +
                " Hkv=" + std::to_string(sh.Hkv) + " causal=" + std::to_string(c.causal));
   const Reference ref = reference(c, sh, cs.q, cs.k, cs.v, &cs.dout);
-  for (bool fold : {true, false}) {
-    SCOPED_TRACE(fold ? "segments folded into the batch" : "one call per segment");
+  for (int mode = 0; mode < 3; ++mode) {  // folded in one call, folded in calls of <= 3 segments, per segment
+    const bool fold = mode < 2;
+    SCOPED_TRACE(mode == 0 ? "segments folded into the batch" : mode == 1 ? "folded, 3 per call" : "per segment");
     HostTensor o(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, pad, pad);
     std::vector<float> lse(sh.B * sh.Hq * sh.S, std::numeric_limits<float>::quiet_NaN());
     fill_nan(o);
     DilatedAttention attn(c, Device::kHost);
-    attn.set_fold_segments(fold);
+    attn.set_fold_segments(fold, mode == 1 ? 3 : 0);
     attn.forward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data());
     const auto eo = compare(o.view, ref.o.view);
     const auto el = compare_flat(lse.data(), ref.lse.data(), static_cast<int64_t>(lse.size()));

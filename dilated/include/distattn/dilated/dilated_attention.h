@@ -80,8 +80,12 @@ class DilatedAttention {
 
   // Segments of a pattern go to the engine as the batch of ONE call when the tensors' layout allows it
   // (B == 1, or batch stride == S * row stride) -- see SegmentPlan in dilated_attention.cc; otherwise one
-  // call per segment. Both give the same result; false forces the per-segment calls (tests).
-  void set_fold_segments(bool fold) { fold_segments_ = fold; }
+  // call per segment. Both give the same result; false forces the per-segment calls (tests). A folded batch
+  // is split into calls of at most `max_batch` segments (0: the engine's limit, 65535 on CUDA; none on host).
+  void set_fold_segments(bool fold, int64_t max_batch = 0) {
+    fold_segments_ = fold;
+    max_fold_batch_ = max_batch;
+  }
   Device device() const { return device_; }
 
   // o [B, S, Hq, D] (q's dtype or fp32) and lse [B, Hq, S] fp32 packed are written.
@@ -98,7 +102,9 @@ class DilatedAttention {
   float* scratch(int64_t floats);  // at least `floats` fp32 elements on device_
   void validate_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                         const float* lse) const;
-  const float* pattern_slopes(size_t pattern) const;  // slopes permuted by head-offset class, or null
+  const float* pattern_slopes(size_t pattern) const;
+  int64_t fold_chunk(
+      int64_t total) const;  // segments per folded call  // slopes permuted by head-offset class, or null
 
   DilatedConfig config_;
   Device device_;
@@ -110,6 +116,7 @@ class DilatedAttention {
   std::vector<float> scratch_host_;
   cudaStream_t last_stream_ = nullptr;
   bool fold_segments_ = true;
+  int64_t max_fold_batch_ = 0;
 };
 
 // One-shot forms (a temporary DilatedAttention; on CUDA they synchronise `stream` before returning).
