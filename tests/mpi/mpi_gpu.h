@@ -29,6 +29,7 @@ inline bool every_rank_has_a_gpu() {
 }  // namespace testing
 }  // namespace distattn
 
-#define REQUIRE_GPU_PER_RANK()                                                                                  \
-  if (!::distattn::testing::every_rank_has_a_gpu()) GTEST_SKIP() << "needs one GPU per rank (every rank skips " \
-                                                                    "together)"
+#define REQUIRE_GPU_PER_RANK()                                \
+  if (!::distattn::testing::every_rank_has_a_gpu())           \
+  GTEST_SKIP() << "needs one GPU per rank (every rank skips " \
+                  "together)"
