@@ -49,6 +49,7 @@
 #include "distattn/positional/alibi.h"
 #include "distattn/ring/ring_attention.h"
 #include "distattn/sparse/flash_attention.h"
+#include "host_reference.h"
 #include "host_tensors.h"
 #include "output_check.h"
 
@@ -336,41 +337,15 @@ class RingOp : public BenchOp {
     const bool naive_on = ctx_.on_gpu();
     const TensorView q16 = head_slice(fq.view, 0, Hc), k16 = head_slice(fk.view, 0, Kc),
                      v16 = head_slice(fv.view, 0, Kc);
-    HostTensor q64 = convert(q16, DType::kFloat64), k64 = convert(k16, DType::kFloat64),
-               v64 = convert(v16, DType::kFloat64);
-    HostTensor ref_o(DType::kFloat64, B_, S_, Hc, D_), naive_o(dtype_, B_, S_, Hc, D_);
-    std::vector<float> ref_lse(static_cast<size_t>(B_ * Hc * S_)), naive_lse(ref_lse.size());
-    fill_nan_host(ref_o), fill_nan_host(naive_o), fill_nan_host(ref_lse), fill_nan_host(naive_lse);
-    const AttnParams ref = full_params(q64.view, k64.view, v64.view, ref_o.view, ref_lse.data());
-    host_attention_forward(ref, HostPrecision::kFloat64);
-    AttnParams naive;
-    if (naive_on) {
-      naive = full_params(q16, k16, v16, naive_o.view, naive_lse.data());
-      host_attention_forward(naive, HostPrecision::kRoundIntermediates);
-    }
-    HostTensor ref_dq, ref_dk, ref_dv, naive_dq, naive_dk, naive_dv;
-    if (bwd) {
-      const TensorView do16 = head_slice(fdo.view, 0, Hc);
-      HostTensor do64 = convert(do16, DType::kFloat64);
-      ref_dq = HostTensor(DType::kFloat64, B_, S_, Hc, D_);
-      ref_dk = HostTensor(DType::kFloat64, B_, S_, Kc, D_);
-      ref_dv = HostTensor(DType::kFloat64, B_, S_, Kc, D_);
-      fill_nan_host(ref_dq), fill_nan_host(ref_dk), fill_nan_host(ref_dv);
-      AttnBwdParams rb;
-      rb.fwd = ref;
-      rb.dout = do64.view, rb.dq = ref_dq.view, rb.dk = ref_dk.view, rb.dv = ref_dv.view;
-      host_attention_backward(rb, HostPrecision::kFloat64);
-      if (naive_on) {
-        naive_dq = HostTensor(dtype_, B_, S_, Hc, D_);
-        naive_dk = HostTensor(dtype_, B_, S_, Kc, D_);
-        naive_dv = HostTensor(dtype_, B_, S_, Kc, D_);
-        fill_nan_host(naive_dq), fill_nan_host(naive_dk), fill_nan_host(naive_dv);
-        AttnBwdParams nb;
-        nb.fwd = naive;
-        nb.dout = do16, nb.dq = naive_dq.view, nb.dk = naive_dk.view, nb.dv = naive_dv.view;
-        host_attention_backward(nb, HostPrecision::kRoundIntermediates);
-      }
-    }
+    const TensorView do16 = bwd ? head_slice(fdo.view, 0, Hc) : TensorView();
+    HostReferences refs =
+        compute_host_references(q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
+                                [&](const TensorView& rq, const TensorView& rk, const TensorView& rv,
+                                    const TensorView& ro, float* rlse) { return full_params(rq, rk, rv, ro, rlse); });
+    HostTensor &ref_o = refs.o, &naive_o = refs.naive_o;
+    std::vector<float>&ref_lse = refs.lse, &naive_lse = refs.naive_lse;
+    HostTensor &ref_dq = refs.dq, &ref_dk = refs.dk, &ref_dv = refs.dv;
+    HostTensor &naive_dq = refs.naive_dq, &naive_dk = refs.naive_dk, &naive_dv = refs.naive_dv;
     // Local shards of the references: [B, S/N, Hc|Kc, D] and LSE [B, Hc, S/N].
     auto lse_shard = [&](const std::vector<float>& full) {
       std::vector<float> local(static_cast<size_t>(B_ * Hc * Sl_));
