@@ -25,33 +25,10 @@ import argparse
 import datetime
 import json
 import os
-import re
 import sys
 import traceback
 
-
-def parse_size(text, option):
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", text)
-    if not m:
-        raise SystemExit(f"torch_cp: argument '{option}': expected a size such as 4096, 2K or 1M, got '{text}'")
-    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
-
-
-def sweep(args):
-    lo, hi = parse_size(args.minseq, "-b"), parse_size(args.maxseq, "-e")
-    if lo < 1 or hi < lo:
-        raise SystemExit(f"torch_cp: bad sweep -b {lo} -e {hi}")
-    sizes, s = [], lo
-    inc = parse_size(args.stepseq, "-i") if args.stepseq else 0
-    while s <= hi:
-        sizes.append(s)
-        s = s + inc if inc else s * args.stepfactor
-    return sizes
-
-
-def flops_global(B, S, H, D, causal, pass_):
-    f = 4.0 * B * S * S * H * D * (0.5 if causal else 1.0)
-    return f * {"fwd": 1.0, "bwd": 2.5, "fwdbwd": 3.5}[pass_]
+from peer_common import flops, parse_size, sweep
 
 
 def env_init():
@@ -205,8 +182,8 @@ def main():
         row = {"peer": peer, "seq": S, "B": B, "H": H, "Hkv": Hkv, "D": D, "causal": args.causal, "alibi": False,
                "window": 0, "pass": args.pass_, "dtype": args.dtype, "ranks": world, "layout": "head-tail",
                "local_seq": S // world, "gbps": None, "max_err": None, "wrong": None,
-               "flops": flops_global(B, S, H, D, args.causal, args.pass_) / world,
-               "flops_global": flops_global(B, S, H, D, args.causal, args.pass_)}
+               "flops": flops(B, S, H, D, args.causal, args.pass_) / world,
+               "flops_global": flops(B, S, H, D, args.causal, args.pass_)}
         if meta_err is not None or refused is not None:
             row["error"] = meta_err or refused
             row["tflops"] = None

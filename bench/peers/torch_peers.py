@@ -21,28 +21,9 @@ Arguments mirror distattn_bench (-b -e -f -i -n -w -B -H --gqa -d --dtype --caus
 import argparse
 import datetime
 import json
-import re
 import sys
 
-
-def parse_size(text, option):
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", text)
-    if not m:
-        raise SystemExit(f"torch_peers: argument '{option}': expected a size such as 4096, 2K or 1M, got '{text}'")
-    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
-    return int(m.group(1)) * mult
-
-
-def sweep(args):
-    lo, hi = parse_size(args.minseq, "-b"), parse_size(args.maxseq, "-e")
-    if lo < 1 or hi < lo:
-        raise SystemExit(f"torch_peers: bad sweep -b {lo} -e {hi}")
-    sizes, s = [], lo
-    inc = parse_size(args.stepseq, "-i") if args.stepseq else 0
-    while s <= hi:
-        sizes.append(s)
-        s = s + inc if inc else s * args.stepfactor
-    return sizes
+from peer_common import flops, parse_size, sweep
 
 
 def alibi_slopes(n):
@@ -54,11 +35,6 @@ def alibi_slopes(n):
         return pow2(n)
     m = 1 << (n.bit_length() - 1)
     return pow2(m) + pow2(2 * m)[0::2][: n - m]
-
-
-def flops(B, S, H, D, causal, pass_):
-    f = 4.0 * B * S * S * H * D * (0.5 if causal else 1.0)
-    return f * {"fwd": 1.0, "bwd": 2.5, "fwdbwd": 3.5}[pass_]
 
 
 def main():
