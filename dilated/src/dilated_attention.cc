@@ -107,6 +107,34 @@ std::vector<HeadGroup> head_groups(int64_t Hq, int64_t Hkv, int64_t r, int64_t s
   return out;
 }
 
+// The kv-side view (k, v, dk, dv) of head group hg: the whole kv tensor (GQA ratio kept) or its strided heads.
+TensorView kv_view(const SegmentPlan& plan, const HeadGroup& hg, int64_t g, int64_t s, const TensorView& t) {
+  return hg.kv_all ? plan.view(t, g, s, 0, 1, t.heads()) : plan.view(t, g, s, hg.kh0, hg.kstep, hg.count);
+}
+
+// One engine call: rows of segment call g at offset s for head group hg, on strided views of q, k, v and
+// `o` (the pattern's partial output in the forward, the FINAL output in the backward), with the compacted
+// LSE at `lse_base` (partial in the forward, the final LSE in the backward). accumulate is left false.
+AttnParams pattern_call(const SegmentPlan& plan, const HeadGroup& hg, int64_t g, int64_t s, const TensorView& q,
+                        const TensorView& k, const TensorView& v, const TensorView& o, float* lse_base,
+                        const float* slopes, const DilatedConfig& config) {
+  AttnParams p;
+  p.q = plan.view(q, g, s, hg.qh0, hg.qstep, hg.count);
+  p.k = kv_view(plan, hg, g, s, k);
+  p.v = kv_view(plan, hg, g, s, v);
+  p.o = plan.view(o, g, s, hg.qh0, hg.qstep, hg.count);
+  // Compacted LSE of (segment g, head qh0 + qstep*t, row j): see dilated_index.h.
+  p.lse = plan.lse(lse_base, g, hg.qh0);
+  p.lse_head_stride = hg.qstep * plan.m;
+  p.lse_batch_stride = plan.lse_batch_stride();
+  p.q_pos = plan.positions(g, s);
+  p.kv_pos = p.q_pos;
+  p.mask.causal = config.causal;
+  p.alibi_slopes = slopes != nullptr ? slopes + hg.slope_offset : nullptr;
+  p.softmax_scale = config.softmax_scale;
+  return p;
+}
+
 // --- host versions of the helpers (cuda versions in dilated_kernels.cu) ---
 void host_merge(float* acc, float* lse_acc, const float* part, const float* lse_part, int64_t B, int64_t S, int64_t H,
                 int64_t D, int64_t w, int64_t r) {
@@ -300,21 +328,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
         for (int64_t g = 0; g < plan.calls(); ++g) {
           // Rows g*w + s + r*j, j < m (all segments at once when folded): q/k/v/o views with row stride * r.
-          AttnParams p;
-          p.q = plan.view(q, g, s, hg.qh0, hg.qstep, hg.count);
-          p.k = hg.kv_all ? plan.view(k, g, s, 0, 1, Hkv) : plan.view(k, g, s, hg.kh0, hg.kstep, hg.count);
-          p.v = hg.kv_all ? plan.view(v, g, s, 0, 1, Hkv) : plan.view(v, g, s, hg.kh0, hg.kstep, hg.count);
-          p.o = plan.view(part_view, g, s, hg.qh0, hg.qstep, hg.count);
-          // Compacted partial LSE of (segment g, head qh0 + qstep*t, row j): see dilated_index.h.
-          p.lse = plan.lse(lse_part, g, hg.qh0);
-          p.lse_head_stride = hg.qstep * m;
-          p.lse_batch_stride = plan.lse_batch_stride();
-          p.q_pos = plan.positions(g, s);
-          p.kv_pos = p.q_pos;
-          p.mask.causal = config_.causal;
-          p.alibi_slopes = slopes != nullptr ? slopes + hg.slope_offset : nullptr;
-          p.softmax_scale = config_.softmax_scale;
-          p.accumulate = false;
+          const AttnParams p = pattern_call(plan, hg, g, s, q, k, v, part_view, lse_part, slopes, config_);
           if (cuda) {
             flash_attention_forward(p, stream);
           } else {
@@ -393,25 +407,12 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
       for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
         for (int64_t g = 0; g < plan.calls(); ++g) {
           AttnBwdParams bp;
-          AttnParams& p = bp.fwd;
-          p.q = plan.view(q, g, s, hg.qh0, hg.qstep, hg.count);
-          p.k = hg.kv_all ? plan.view(k, g, s, 0, 1, Hkv) : plan.view(k, g, s, hg.kh0, hg.kstep, hg.count);
-          p.v = hg.kv_all ? plan.view(v, g, s, 0, 1, Hkv) : plan.view(v, g, s, hg.kh0, hg.kstep, hg.count);
-          p.o = plan.view(o, g, s, hg.qh0, hg.qstep, hg.count);  // the FINAL output: delta = dO . O
-          p.lse = plan.lse(lse_part, g, hg.qh0);                 // the FINAL LSE of these rows
-          p.lse_head_stride = hg.qstep * m;
-          p.lse_batch_stride = plan.lse_batch_stride();
-          p.q_pos = plan.positions(g, s);
-          p.kv_pos = p.q_pos;
-          p.mask.causal = config_.causal;
-          p.alibi_slopes = slopes != nullptr ? slopes + hg.slope_offset : nullptr;
-          p.softmax_scale = config_.softmax_scale;
+          // o: the FINAL output (delta = dO . O); lse_part: the FINAL LSE of these rows, compacted.
+          bp.fwd = pattern_call(plan, hg, g, s, q, k, v, o, lse_part, slopes, config_);
           bp.dout = plan.view(dout, g, s, hg.qh0, hg.qstep, hg.count);
           bp.dq = plan.view(dq_view, g, s, hg.qh0, hg.qstep, hg.count);
-          bp.dk =
-              hg.kv_all ? plan.view(dk_view, g, s, 0, 1, Hkv) : plan.view(dk_view, g, s, hg.kh0, hg.kstep, hg.count);
-          bp.dv =
-              hg.kv_all ? plan.view(dv_view, g, s, 0, 1, Hkv) : plan.view(dv_view, g, s, hg.kh0, hg.kstep, hg.count);
+          bp.dk = kv_view(plan, hg, g, s, dk_view);
+          bp.dv = kv_view(plan, hg, g, s, dv_view);
           bp.accumulate = true;
           if (cuda) {
             flash_attention_backward(bp, stream);
