@@ -11,11 +11,23 @@
 // and each output X passes element-wise if |X_gpu - X_ref| <= 2 * max|X_naive - X_ref| + eps, with
 // eps = ulp(dtype at 1) * max|X_ref| (the representation error of the largest value; fp32 LSE: 1e-6 scale).
 // Host-engine mode has no naive baseline (its run IS fp32): there tolerance = 1e-4 * max(1, max|X_ref|).
+//
+// --rope (what a user's training step does around attention): the timed iteration is
+//   RoPE forward on q, k in place (one fused launch, positions 0..S-1)  -> attention forward
+//   [--pass bwd/fwdbwd: -> attention backward -> RoPE backward (inverse rotation) on dq, dk in place]
+// (--pass bwd: q, k are rotated once in setup, before the forward that provides O and LSE). q and k are rotated
+// again by every iteration; a rotation keeps their magnitude, so the timing sees the same kind of data.
+// The check then runs that path once on fresh inputs and compares with the host engine applied to host-rotated
+// q, k (rope_apply_host in the input dtype: rounded once, as the kernel does), the fp64 and naive gradients
+// rotated back with the host RoPE (fp64 / input dtype). The RoPE kernels alone (forward; + backward when the pass
+// has one) are timed once per size (CUDA events, median) and reported as rope_ms and their share of the step.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <sstream>
+#include <vector>
 
 #include "bench_flops.h"
 #include "bench_op.h"
@@ -24,6 +36,7 @@
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/positional/alibi.h"
+#include "distattn/positional/rope.h"
 #include "distattn/sparse/flash_attention.h"
 #include "host_reference.h"
 #include "host_tensors.h"
@@ -66,6 +79,19 @@ class DenseOp : public BenchOp {
                          D_);
     }
     if (c.alibi) slopes_host_ = alibi_slopes(H_);
+    if (opt_.rope) {
+      RopeConfig config;
+      config.head_dim = D_;
+      config.rotary_dim = opt_.rotary_dim;
+      config.style = opt_.rope_gptj ? RopeStyle::kGptJ : RopeStyle::kNeoX;
+      freqs_ = make_rope_frequencies(config);
+      rotary_dim_ = opt_.rotary_dim > 0 ? opt_.rotary_dim : D_;
+      if (ctx.on_gpu()) {
+        inv_freq_dev_ = DeviceBuffer(freqs_.inv_freq.size() * sizeof(float));
+        DISTATTN_CUDA_CHECK(
+            cudaMemcpy(inv_freq_dev_.get(), freqs_.inv_freq.data(), inv_freq_dev_.bytes(), cudaMemcpyHostToDevice));
+      }
+    }
     const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
     check_kv_heads_ = opt_.check_heads > 0 ? opt_.check_heads : std::max<int64_t>(1, auto_heads);
   }
@@ -76,17 +102,31 @@ class DenseOp : public BenchOp {
     std::ostringstream os;
     os << "op dense: attention " << pass_name(opt_.pass) << ", " << dtype_name(dtype_) << ", B " << B_ << ", H " << H_
        << ", Hkv " << Hkv_ << ", D " << D_ << ", mask " << mask_label(c.causal, c.window) << ", alibi "
-       << (c.alibi ? "yes" : "no") << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32");
+       << (c.alibi ? "yes" : "no") << ", rope ";
+    if (opt_.rope) {
+      os << "yes (fused kernel on q, k before; " << (opt_.pass == Pass::kForward ? "" : "backward on dq, dk after; ")
+         << "rotary dim " << rotary_dim_ << ", " << (opt_.rope_gptj ? "gptj" : "neox") << ")";
+    } else {
+      os << "no";
+    }
+    os << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32");
     lines.push_back(os.str());
     lines.push_back(
         "TFLOPs per GPU: flash formula 4*B*S^2*H*D, causal x0.5" +
         std::string(c.window > 0 ? "; window: 4*B*H*D*(visible pairs), pairs counted exactly (closed form)" : "") +
-        "; fwd x1, bwd x2.5, fwdbwd x3.5");
+        "; fwd x1, bwd x2.5, fwdbwd x3.5" + std::string(opt_.rope ? " (RoPE adds time, not FLOPs)" : ""));
+    if (opt_.rope && ctx_.on_gpu()) {
+      lines.push_back("rope(ms): the RoPE kernel(s) of one iteration timed alone (median); rope%: rope(ms) / time(ms)");
+    }
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1 << " (q heads 0.."
        << check_kv_heads_ * (H_ / Hkv_) - 1 << "), all batches, vs the fp64 host engine; ";
     if (ctx_.on_gpu()) {
       ck << "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host kRoundIntermediates)";
+    }
+    if (opt_.rope) {
+      ck << "; reference on host-rotated q, k (host RoPE in " << dtype_name(dtype_)
+         << "), gradients rotated back on the host";
     } else {
       ck << "element ok if |err| <= 1e-4*max(1,max|ref|)";
     }
@@ -112,14 +152,41 @@ class DenseOp : public BenchOp {
     return buf;
   }
 
+  std::string extra_header() const override {
+    if (!opt_.rope || !ctx_.on_gpu()) return "";
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), " %8s %6s", "rope(ms)", "rope%");
+    return buf;
+  }
+  std::string extra_cells(int64_t seq, double time_ms) const override {
+    if (!opt_.rope || !ctx_.on_gpu()) return "";
+    const double r = rope_ms(seq);
+    char buf[48];
+    std::snprintf(buf, sizeof(buf), " %8.4f %6.2f", r, time_ms > 0 ? 100.0 * r / time_ms : 0.0);
+    return buf;
+  }
+
   void json_options(JsonObject& out) const override {
     out.set("pass", pass_name(opt_.pass));
     out.set("check_kv_heads", check_kv_heads_);
+    out.set("rope", opt_.rope);
+    if (opt_.rope) out.set("rotary_dim", rotary_dim_).set("style", opt_.rope_gptj ? "gptj" : "neox");
   }
-  void json_row(JsonObject& row, int64_t seq, double) const override {
+  // Row keys: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels of one iteration
+  // timed alone, GPU only; null on the host engine) and rope_share_pct = 100 * rope_ms / time_ms.
+  void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
     row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
     row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
-    row.set("dtype", dtype_name(dtype_)).set("flops", work(seq));
+    row.set("dtype", dtype_name(dtype_)).set("flops", work(seq)).set("rope", opt_.rope);
+    if (opt_.rope) {
+      row.set("rotary_dim", rotary_dim_).set("style", opt_.rope_gptj ? "gptj" : "neox");
+      const double r = rope_ms(seq);
+      if (ctx_.on_gpu() && r > 0 && time_ms > 0) {
+        row.set("rope_ms", r).set("rope_share_pct", 100.0 * r / time_ms);
+      } else {
+        row.set_null("rope_ms").set_null("rope_share_pct");
+      }
+    }
   }
 
   void setup(int64_t seq) override {
@@ -148,8 +215,12 @@ class DenseOp : public BenchOp {
       fill_inputs_device(seed);
       poison_device(o_.get(), o_.bytes(), ctx_.stream);
       poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
-      // bwd alone is timed against the forward's O and LSE, computed once here.
-      if (opt_.pass == Pass::kBackward) flash_attention_forward(device_params(), ctx_.stream);
+      if (opt_.rope) time_rope_kernels();
+      // bwd alone is timed against the forward's O and LSE, computed once here (on rotated q, k with --rope).
+      if (opt_.pass == Pass::kBackward) {
+        if (opt_.rope) rope_cuda(false);
+        flash_attention_forward(device_params(), ctx_.stream);
+      }
       DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     } else {
       hq_ = HostTensor(dtype_, B_, S_, H_, D_);
@@ -164,18 +235,14 @@ class DenseOp : public BenchOp {
         hdv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
       }
       fill_inputs_host(seed);
-      if (opt_.pass == Pass::kBackward) host_run(true, false);
+      if (opt_.pass == Pass::kBackward) {
+        if (opt_.rope) rope_apply_host(rope_params(hq_.view, hk_.view, freqs_.inv_freq.data(), false));
+        host_run(true, false);
+      }
     }
   }
 
-  void run() override {
-    if (ctx_.on_gpu()) {
-      if (opt_.pass != Pass::kBackward) flash_attention_forward(device_params(), ctx_.stream);
-      if (opt_.pass != Pass::kForward) flash_attention_backward(device_bwd_params(), ctx_.stream);
-    } else {
-      host_run(opt_.pass != Pass::kBackward, opt_.pass != Pass::kForward);
-    }
-  }
+  void run() override { run_pass(opt_.pass != Pass::kBackward, opt_.pass != Pass::kForward); }
 
   bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
 
@@ -183,6 +250,7 @@ class DenseOp : public BenchOp {
     const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
     const bool bwd = opt_.pass != Pass::kForward;
     // 1. Fresh inputs, poisoned outputs, one run of forward (+ backward), results copied back.
+    // q, k: the inputs as the user gave them (before RoPE; the run rotates the buffers in place).
     HostTensor q, k, v, o, dout, dq, dk, dv;
     std::vector<float> lse;
     if (ctx_.on_gpu()) {
@@ -194,11 +262,11 @@ class DenseOp : public BenchOp {
         poison_device(dk_.get(), dk_.bytes(), ctx_.stream);
         poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
       }
-      flash_attention_forward(device_params(), ctx_.stream);
-      if (bwd) flash_attention_backward(device_bwd_params(), ctx_.stream);
       DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
       q = download(q_.get(), dtype_, B_, S_, H_, D_);
       k = download(k_.get(), dtype_, B_, S_, Hkv_, D_);
+      run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
       v = download(v_.get(), dtype_, B_, S_, Hkv_, D_);
       o = download(o_.get(), dtype_, B_, S_, H_, D_);
       lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * S_);
@@ -217,8 +285,9 @@ class DenseOp : public BenchOp {
         fill_nan_host(hdk_);
         fill_nan_host(hdv_);
       }
-      host_run(true, bwd);
-      q = hq_, k = hk_, v = hv_, o = ho_, lse = hlse_;
+      q = hq_, k = hk_;  // copies before the run rotates hq_, hk_
+      run_pass(true, bwd);
+      v = hv_, o = ho_, lse = hlse_;
       if (bwd) dout = hdout_, dq = hdq_, dk = hdk_, dv = hdv_;
     }
 
@@ -227,7 +296,15 @@ class DenseOp : public BenchOp {
     const int64_t G = H_ / Hkv_;
     const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
     const bool naive_on = ctx_.on_gpu();
-    const TensorView q16 = head_slice(q.view, 0, Hc), k16 = head_slice(k.view, 0, Kc), v16 = head_slice(v.view, 0, Kc);
+    // With --rope the references see q, k rotated on the host in the input dtype (what the kernel stores).
+    HostTensor q_rot, k_rot;
+    if (opt_.rope) {
+      q_rot = convert(head_slice(q.view, 0, Hc), dtype_);
+      k_rot = convert(head_slice(k.view, 0, Kc), dtype_);
+      rope_apply_host(rope_params(q_rot.view, k_rot.view, freqs_.inv_freq.data(), false));
+    }
+    const TensorView q16 = opt_.rope ? q_rot.view : head_slice(q.view, 0, Hc);
+    const TensorView k16 = opt_.rope ? k_rot.view : head_slice(k.view, 0, Kc), v16 = head_slice(v.view, 0, Kc);
     const TensorView do16 = bwd ? head_slice(dout.view, 0, Hc) : TensorView();
     HostReferences refs = compute_host_references(
         q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
@@ -238,6 +315,12 @@ class DenseOp : public BenchOp {
     std::vector<float>&ref_lse = refs.lse, &naive_lse = refs.naive_lse;
     HostTensor &ref_dq = refs.dq, &ref_dk = refs.dk, &ref_dv = refs.dv;
     HostTensor &naive_dq = refs.naive_dq, &naive_dk = refs.naive_dk, &naive_dv = refs.naive_dv;
+    if (opt_.rope && bwd) {
+      // The references' dq, dk are gradients w.r.t. the ROTATED q, k: rotate them back like the RoPE backward
+      // (fp64 for the reference, the input dtype for the naive run).
+      rope_apply_host(rope_params(ref_dq.view, ref_dk.view, freqs_.inv_freq.data(), true));
+      if (naive_on) rope_apply_host(rope_params(naive_dq.view, naive_dk.view, freqs_.inv_freq.data(), true));
+    }
 
     // 3. Compare each output on the checked heads.
     OutputCheck check;
@@ -264,6 +347,83 @@ class DenseOp : public BenchOp {
   }
 
  private:
+  // One iteration: [RoPE fwd on q, k] -> attention fwd (if fwd) -> attention bwd -> [RoPE bwd on dq, dk] (if bwd).
+  // --pass bwd times (fwd = false, bwd = true): attention bwd [+ RoPE bwd]; q, k were rotated in setup.
+  void run_pass(bool fwd, bool bwd) {
+    if (ctx_.on_gpu()) {
+      if (fwd && opt_.rope) rope_cuda(false);
+      if (fwd) flash_attention_forward(device_params(), ctx_.stream);
+      if (bwd) flash_attention_backward(device_bwd_params(), ctx_.stream);
+      if (bwd && opt_.rope) rope_cuda(true);
+    } else {
+      if (fwd && opt_.rope) rope_apply_host(rope_params(hq_.view, hk_.view, freqs_.inv_freq.data(), false));
+      host_run(fwd, bwd);
+      if (bwd && opt_.rope) rope_apply_host(rope_params(hdq_.view, hdk_.view, freqs_.inv_freq.data(), true));
+    }
+  }
+
+  // RoPE params on q [B, S, Hq', D] and k [B, S, Hkv', D] (any head counts: the check's slices), positions 0..S-1,
+  // in place; inverse: the backward (conjugate rotation) applied to gradients.
+  RopeParams rope_params(const TensorView& q, const TensorView& k, const float* inv_freq, bool inverse) const {
+    RopeParams p;
+    p.q = q;
+    p.k = k;
+    p.q_pos = PositionMap::contiguous(0, S_);
+    p.k_pos = PositionMap::contiguous(0, S_);
+    p.rotary_dim = rotary_dim_;
+    p.style = opt_.rope_gptj ? RopeStyle::kGptJ : RopeStyle::kNeoX;
+    p.inv_freq = inv_freq;
+    p.scale = freqs_.scale;
+    p.inverse = inverse;
+    return p;
+  }
+  // Enqueues the fused RoPE kernel: forward on q, k or (inverse) backward on dq, dk, in place.
+  void rope_cuda(bool inverse) {
+    const float* f = static_cast<const float*>(inv_freq_dev_.get());
+    if (!inverse) {
+      rope_apply_cuda(rope_params(TensorView::packed(q_.get(), dtype_, Device::kCuda, B_, S_, H_, D_),
+                                  TensorView::packed(k_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_), f, false),
+                      ctx_.stream);
+    } else {
+      rope_apply_cuda(rope_params(TensorView::packed(dq_.get(), dtype_, Device::kCuda, B_, S_, H_, D_),
+                                  TensorView::packed(dk_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_), f, true),
+                      ctx_.stream);
+    }
+  }
+  // The RoPE kernels of one iteration alone (forward; + backward on dq, dk when the pass has a backward; bwd
+  // alone: backward only), warm-up then the median of kRopeIters CUDA-event timings; stored for this size.
+  void time_rope_kernels() {
+    constexpr int kRopeWarmup = 3, kRopeIters = 15;
+    const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward;
+    auto once = [&] {
+      if (fwd) rope_cuda(false);
+      if (bwd) rope_cuda(true);
+    };
+    for (int i = 0; i < kRopeWarmup; ++i) once();
+    std::vector<cudaEvent_t> ev(2 * kRopeIters, nullptr);
+    for (auto& e : ev) DISTATTN_CUDA_CHECK(cudaEventCreate(&e));
+    std::vector<float> ms(kRopeIters, 0.f);
+    try {
+      for (int i = 0; i < kRopeIters; ++i) {
+        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i], ctx_.stream));
+        once();
+        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], ctx_.stream));
+      }
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      for (int i = 0; i < kRopeIters; ++i) DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    } catch (...) {
+      for (auto e : ev) cudaEventDestroy(e);
+      throw;
+    }
+    for (auto e : ev) cudaEventDestroy(e);
+    std::sort(ms.begin(), ms.end());
+    rope_ms_[S_] = ms[ms.size() / 2];
+  }
+  double rope_ms(int64_t seq) const {
+    const auto it = rope_ms_.find(seq);
+    return it == rope_ms_.end() ? 0.0 : it->second;
+  }
+
   void fill_inputs_device(uint64_t seed) {
     fill_random_device(q_.get(), B_ * S_ * H_ * D_, dtype_, seed + 0, 1.0f, ctx_.stream);
     fill_random_device(k_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 1, 1.0f, ctx_.stream);
@@ -340,8 +500,11 @@ class DenseOp : public BenchOp {
   int size_index_ = -1;
   int64_t check_kv_heads_ = 1;
   std::vector<float> slopes_host_;
+  RopeFrequencies freqs_;              // --rope: host frequencies (inv_freq [rotary_dim / 2], scale)
+  int64_t rotary_dim_ = 0;             // --rope: dims rotated
+  std::map<int64_t, double> rope_ms_;  // --rope, GPU: RoPE kernels of one iteration alone, ms, per size
   // GPU buffers (packed).
-  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_;
+  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_, inv_freq_dev_;
   // Host-engine mode buffers.
   HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_;
   std::vector<float> hlse_;

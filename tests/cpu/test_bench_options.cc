@@ -129,6 +129,21 @@ TEST(BenchOptions, DefaultsAndSweepFromTheCommandLine) {
   EXPECT_EQ(o.sizes, (std::vector<int64_t>{65536}));
 }
 
+TEST(BenchOptions, RopeAroundDenseAttention) {
+  EXPECT_FALSE(parse({}).rope);
+  bench::BenchOptions o = parse({"-o", "dense", "--rope", "--pass", "fwdbwd", "--rotary-dim", "64", "--style", "gptj"});
+  EXPECT_TRUE(o.rope);
+  EXPECT_EQ(o.pass, Pass::kForwardBackward);
+  EXPECT_EQ(o.rotary_dim, 64);
+  EXPECT_TRUE(o.rope_gptj);
+  EXPECT_TRUE(parse({"--rope"}, /*have_gpu=*/false).rope);  // the host engine runs it too
+  // Only the dense op wraps attention in RoPE: elsewhere the flag would be silently ignored.
+  const std::string msg = expect_error_naming([] { parse({"-o", "ring", "--rope"}); }, "--rope");
+  EXPECT_NE(msg.find("ring"), std::string::npos) << msg;
+  expect_error_naming([] { parse({"-o", "rope", "--rope"}); }, "--rope");
+  expect_error_naming([] { parse({"--rope", "--rotary-dim", "3"}); }, "rotary-dim");
+}
+
 TEST(BenchOptions, HostEngineDefaultsWithoutGpu) {
   bench::BenchOptions o = parse({}, /*have_gpu=*/false);
   EXPECT_TRUE(o.host_engine);
