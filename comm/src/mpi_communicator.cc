@@ -60,7 +60,12 @@ MpiCommunicator::~MpiCommunicator() {
 }
 
 ExchangeTicket MpiCommunicator::post_exchange(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
-                                              CUstream_st* /*after*/) {
+                                              CUstream_st* after) {
+  return post_shift(op, step, send, recv, bytes, 1, after);  // to next(), from prev()
+}
+
+ExchangeTicket MpiCommunicator::post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
+                                           int shift, CUstream_st* /*after*/) {
   require_healthy(op, step);
   DISTATTN_CHECK_ARG(bytes == 0 || (send != nullptr && recv != nullptr), "send/recv", op, " step ", step,
                      ": null buffer for ", bytes, " bytes");
@@ -69,16 +74,18 @@ ExchangeTicket MpiCommunicator::post_exchange(const char* op, int64_t step, cons
   while (slot < static_cast<int>(slots_.size()) && slots_[static_cast<size_t>(slot)].busy) ++slot;
   if (slot == static_cast<int>(slots_.size())) slots_.emplace_back();
   Slot& s = slots_[static_cast<size_t>(slot)];
+  s.send_to = peer(shift);
+  s.recv_from = peer(-shift);
   // Tags cycle through a range every MPI guarantees (MPI_TAG_UB >= 32767). Every rank posts its
   // exchanges in the same order, so the same tag names the same exchange on both ends.
   const int tag = tag_;
   tag_ = (tag_ + 1) % 32768;
-  if (size_ > 1 && bytes > 0) {
+  if (s.send_to != rank_ && bytes > 0) {
     ByteType bt(bytes);
-    DISTATTN_MPI_CHECK(MPI_Irecv(recv, bt.count, bt.type, prev(), tag, data_, &s.reqs[0]));
-    DISTATTN_MPI_CHECK(MPI_Isend(send, bt.count, bt.type, next(), tag, data_, &s.reqs[1]));
+    DISTATTN_MPI_CHECK(MPI_Irecv(recv, bt.count, bt.type, s.recv_from, tag, data_, &s.reqs[0]));
+    DISTATTN_MPI_CHECK(MPI_Isend(send, bt.count, bt.type, s.send_to, tag, data_, &s.reqs[1]));
   } else if (bytes > 0) {
-    std::memcpy(recv, send, bytes);  // a ring of one: this rank sends to itself
+    std::memcpy(recv, send, bytes);  // shift 0 (mod size), e.g. a ring of one: this rank sends to itself
   }
   s.busy = true;
   return ExchangeTicket{slot, step, op};
@@ -92,11 +99,12 @@ void MpiCommunicator::wait_exchange(ExchangeTicket& ticket, CUstream_st* /*consu
   s.busy = false;
   ticket.slot = -1;
   require_healthy(ticket.op, ticket.step);
+  const bool ring = s.recv_from == prev() && s.send_to == next();
   // Wait for the receive first so a timeout names the rank whose data never came.
   wait_mpi(&s.reqs[0], 1, ticket.op, ticket.step,
-           detail::make_message("rank ", prev(), " (previous in the ring) to send"), true);
+           detail::make_message("rank ", s.recv_from, ring ? " (previous in the ring)" : "", " to send"), true);
   wait_mpi(&s.reqs[1], 1, ticket.op, ticket.step,
-           detail::make_message("rank ", next(), " (next in the ring) to receive"), true);
+           detail::make_message("rank ", s.send_to, ring ? " (next in the ring)" : "", " to receive"), true);
 }
 
 void MpiCommunicator::all_gather(const char* op, const void* send, void* recv, size_t bytes_per_rank,

@@ -191,6 +191,16 @@ void NcclCommunicator::order_before(CUstream_st* consumer) {
 
 ExchangeTicket NcclCommunicator::post_exchange(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
                                                CUstream_st* after) {
+  return post_p2p(op, step, send, recv, bytes, next(), prev(), false, after);  // a ring of one: NCCL self send/recv
+}
+
+ExchangeTicket NcclCommunicator::post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
+                                            int shift, CUstream_st* after) {
+  return post_p2p(op, step, send, recv, bytes, peer(shift), peer(-shift), true, after);
+}
+
+ExchangeTicket NcclCommunicator::post_p2p(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
+                                          int send_to, int recv_from, bool self_copy, CUstream_st* after) {
   require_healthy(op, step);
   DISTATTN_CHECK_ARG(bytes == 0 || (send != nullptr && recv != nullptr), "send/recv", op, " step ", step,
                      ": null buffer for ", bytes, " bytes");
@@ -205,13 +215,16 @@ ExchangeTicket NcclCommunicator::post_exchange(const char* op, int64_t step, con
     busy_.push_back(false);
   }
   order_after(after);
-  if (bytes > 0) {
-    // One group: the send to next and the receive from prev progress together (separate calls deadlock).
+  if (bytes > 0 && self_copy && send_to == rank_ && recv_from == rank_) {
+    // Shift 0: nothing crosses a link; a copy on the communication stream keeps the same ordering rules.
+    DISTATTN_CUDA_CHECK(cudaMemcpyAsync(recv, send, bytes, cudaMemcpyDeviceToDevice, stream_));
+  } else if (bytes > 0) {
+    // One group: the send and the receive progress together (separate calls deadlock).
     DISTATTN_NCCL_CHECK(ncclGroupStart());
-    ncclResult_t rc = ncclSend(send, bytes, ncclUint8, next(), nccl_, stream_);
+    ncclResult_t rc = ncclSend(send, bytes, ncclUint8, send_to, nccl_, stream_);
     const char* failed = "ncclSend";
     if (rc == ncclSuccess || rc == ncclInProgress) {
-      rc = ncclRecv(recv, bytes, ncclUint8, prev(), nccl_, stream_);
+      rc = ncclRecv(recv, bytes, ncclUint8, recv_from, nccl_, stream_);
       failed = "ncclRecv";
     }
     const ncclResult_t end = ncclGroupEnd();  // always closed, also after a failed send/recv

@@ -1,18 +1,21 @@
 // RingAttention (ring_attention.h): validation and agreement, and the host-engine executor.
 //
-// Host executor, forward, rank r of P (Sl = S/P local rows, Nkv = B*Sl*Hkv*D):
+// Host executor, forward, rank r of P (Sl = S/P local rows, Nkv = B*Sl*Hkv*D, L = last_useful_step <= P-1):
 //   kv[0] = own K|V packed [2][B, Sl, Hkv, D] in q's dtype; acc_o = 0 (fp32 [B, Sl, Hq, D]); acc_lse = -inf
-//   for s in 0..P-1:                               (held: K|V of rank (r - s) mod P)
-//     s+1 < P: post exchange kv[cur] -> next, prev -> kv[nxt]        (feeds step s+1)
-//     step not fully masked: engine(accumulate) on kv[cur] with that shard's positions
-//     s+1 < P: wait; swap cur, nxt
+//   for s in 0..L:                                 (held: K|V of rank (r - s) mod P)
+//     s < L: post exchange kv[cur] -> next, prev -> kv[nxt]          (feeds step s+1)
+//     step not empty: engine(accumulate) on kv[cur] with that shard's positions (and its sub-layout)
+//     s < L: wait; swap cur, nxt
 //   o = cast(acc_o); lse = acc_lse
+// Steps after L have no work on any rank (every rank computes the same L), so no K|V travels there.
 //
 // Backward: K|V circulate the same way (prefetched). The gradient accumulator of the held shard
 // circulates one exchange behind: at step s this rank computes its contribution into a zeroed fp32
 // scratch (no dependency on the incoming accumulator, so the compute overlaps that exchange), then
 // waits for the accumulator of the held shard (from prev, which held it at step s-1), adds, and sends
-// it on. After step P-1's send, the accumulator that arrives is this rank's own shard's, complete.
+// it on. At step L the accumulator this rank holds belongs to rank r - L and has every contribution
+// (nobody works after L): it goes straight home, a shift by -L (send to r - L, receive this rank's own
+// from r + L). Without an early end L = P-1 and that shift is +1, the plain ring hop.
 #include "distattn/ring/ring_attention.h"
 
 #include <cmath>
@@ -26,6 +29,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
+#include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
 
 namespace distattn {
@@ -115,7 +119,16 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
     DISTATTN_CHECK_ARG(config_.head_dim >= 1, "head_dim", "is ", config_.head_dim, " (expected >= 1)");
     DISTATTN_CHECK_ARG(dtype_size(config_.dtype) != 0, "dtype", "is unknown (", static_cast<int>(config_.dtype), ")");
     DISTATTN_CHECK_ARG(config_.mask.blocks == nullptr, "mask.blocks",
-                       "block lists are not supported by the ring yet (causal / window masks are)");
+                       "the ring takes block sparsity as ONE global layout in RingConfig::block_layout "
+                       "(mask holds the causal / window band)");
+    if (config_.block_layout != nullptr) {
+      validate_block_layout(config_.layout, config_.seq_len, P, *config_.block_layout);
+      const Mask& band = config_.block_layout->band();
+      DISTATTN_CHECK_ARG(band.causal == config_.mask.causal && band.window == config_.mask.window, "mask", "is causal ",
+                         config_.mask.causal, " window ", config_.mask.window,
+                         " but the block layout's band (what its partial blocks mean) is causal ", band.causal,
+                         " window ", band.window, ": pass mask = block_layout->band()");
+    }
     DISTATTN_CHECK_ARG(config_.mask.window >= 0, "mask.window", "is ", config_.mask.window, " (expected >= 0)");
     DISTATTN_CHECK_ARG(std::isfinite(config_.softmax_scale) && config_.softmax_scale >= 0.f, "softmax_scale", "is ",
                        config_.softmax_scale, " (expected finite and >= 0; 0: 1/sqrt(D))");
@@ -165,9 +178,38 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       .add_float("softmax_scale", config_.softmax_scale)
       .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
       .add("host_precision", static_cast<int64_t>(config_.host_precision));
+  // The block layout: presence, size and a hash of its row CSR (listed blocks and their partial flags).
+  const BlockLayout* bl = config_.block_layout;
+  uint64_t layout_hash = 0;
+  if (bl != nullptr) {
+    layout_hash = fnv1a64(bl->row_offset().data(), bl->row_offset().size() * sizeof(int32_t));
+    layout_hash = fnv1a64(bl->col_index().data(), bl->col_index().size() * sizeof(int32_t), layout_hash);
+    layout_hash = fnv1a64(bl->row_partial().data(), bl->row_partial().size(), layout_hash);
+  }
+  fp.add("block_layout", bl != nullptr ? 1 : 0)
+      .add("block_layout.nnz", bl != nullptr ? bl->nnz() : 0)
+      .add("block_layout.hash", static_cast<int64_t>(layout_hash));
   comm.check_agreement(fp, "RingAttention construction");
 
-  schedule_ = make_schedule(config_.layout, config_.seq_len, P, comm.rank(), config_.mask);
+  // 3. The schedule (block-sparse: every step's sub-layout, uploaded once for the CUDA engine). Whatever
+  // fails here fails on every rank too.
+  ok = true;
+  try {
+    if (bl != nullptr) {
+      schedule_ = make_schedule(config_.layout, config_.seq_len, P, comm.rank(), *bl);
+      if (comm.device() == Device::kCuda) {
+        upload_step_layouts();
+      }
+    } else {
+      schedule_ = make_schedule(config_.layout, config_.seq_len, P, comm.rank(), config_.mask);
+    }
+  } catch (const Error& e) {
+    ok = false;
+    arg = e.argument();
+    msg = e.message();
+  }
+  comm.agree_ok(ok, arg, msg, "RingAttention construction (schedule)");
+  config_.block_layout = nullptr;  // read during construction only: the steps hold their own sub-layouts
 }
 
 AttnParams RingAttention::step_params(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -179,6 +221,9 @@ AttnParams RingAttention::step_params(const TensorView& q, const TensorView& k, 
   p.q_pos = schedule_.q_pos;
   p.kv_pos = st.kv_pos;
   p.mask = config_.mask;
+  if (st.blocks != nullptr) {  // block-sparse: the step's sub-layout (host arrays, or the copy uploaded once)
+    p.mask = comm_.device() == Device::kCuda ? st.blocks->device_mask() : st.blocks->host_mask();
+  }
   // The host engine reads the host copy; the CUDA engine the caller's device array.
   p.alibi_slopes =
       comm_.device() == Device::kCuda ? config_.alibi_slopes : (alibi_host_.empty() ? nullptr : alibi_host_.data());
@@ -199,6 +244,7 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
     check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev);
     check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev);
     AttnParams p = step_params(q, k, v, schedule_.steps[0]);  // strides, aliasing, positions
+    p.mask.blocks = nullptr;                                  // the sub-layouts were checked when they were built
     p.o = o;
     p.lse = lse;
     validate_forward(p, dev);
@@ -225,7 +271,6 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
 void RingAttention::forward_host(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                  float* lse) {
   const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
-  const int P = comm_.size();
   const size_t es = dtype_size(config_.dtype);
   const int64_t nkv = B * Sl * Hkv * D;  // elements of one of K, V
   const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
@@ -238,13 +283,19 @@ void RingAttention::forward_host(const TensorView& q, const TensorView& k, const
   std::vector<float> acc_lse(static_cast<size_t>(B * Hq * Sl), -std::numeric_limits<float>::infinity());
   const TensorView acc_view = packed_view(acc_o.data(), DType::kFloat32, B, Sl, Hq, D);
 
+  const int L = schedule_.last_useful_step;
+  last_forward_ = RingCallStats();
+  last_forward_.steps_run = L + 1;
   int cur = 0;
-  for (int s = 0; s < P; ++s) {
+  for (int s = 0; s <= L; ++s) {
     ExchangeTicket t;
-    if (s + 1 < P)
+    if (s < L) {
       t = comm_.post_exchange("ring forward K|V exchange", s + 1, kv[cur].data(), kv[1 - cur].data(), kv_bytes);
+      ++last_forward_.kv_exchanges;
+    }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
+      ++last_forward_.computed_steps;
       AttnParams p = step_params(q, packed_view(kv[cur].data(), config_.dtype, B, Sl, Hkv, D),
                                  packed_view(kv[cur].data() + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.o = acc_view;
@@ -252,7 +303,7 @@ void RingAttention::forward_host(const TensorView& q, const TensorView& k, const
       p.accumulate = true;
       host_attention_forward(p, config_.host_precision);
     }
-    if (s + 1 < P) {
+    if (s < L) {
       comm_.wait_exchange(t);
       cur = 1 - cur;
     }
@@ -281,6 +332,7 @@ void RingAttention::backward(const TensorView& dout, const TensorView& q, const 
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
     AttnBwdParams bp;
     bp.fwd = step_params(q, k, v, schedule_.steps[0]);
+    bp.fwd.mask.blocks = nullptr;  // the sub-layouts were checked when they were built
     bp.fwd.o = o;
     bp.fwd.lse = const_cast<float*>(lse);
     bp.dout = dout;
@@ -339,14 +391,21 @@ void RingAttention::backward_host(const TensorView& dout, const TensorView& q, c
   const size_t gbytes = 2 * static_cast<size_t>(nkv) * dtype_size(gtype);
   std::vector<unsigned char> dsend(gbytes), drecv(gbytes);  // travelling dK | dV accumulators
 
+  const int L = schedule_.last_useful_step;
+  last_backward_ = RingCallStats();
+  last_backward_.steps_run = L + 1;
+  last_backward_.grad_home_shift = ((-L) % P + P) % P;
   int cur = 0;
   ExchangeTicket tg;  // the gradient exchange in flight
-  for (int s = 0; s < P; ++s) {
+  for (int s = 0; s <= L; ++s) {
     ExchangeTicket tk;
-    if (s + 1 < P)
+    if (s < L) {
       tk = comm_.post_exchange("ring backward K|V exchange", s + 1, kv[cur].data(), kv[1 - cur].data(), kv_bytes);
+      ++last_backward_.kv_exchanges;
+    }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
+      ++last_backward_.computed_steps;
       std::fill(scratch.begin(), scratch.end(), 0.f);
       AttnBwdParams bp;
       bp.fwd = step_params(q, packed_view(kv[cur].data(), config_.dtype, B, Sl, Hkv, D),
@@ -369,8 +428,11 @@ void RingAttention::backward_host(const TensorView& dout, const TensorView& q, c
       const double mine = st.skipped() ? 0.0 : static_cast<double>(scratch[static_cast<size_t>(i)]);
       store_from_double(dsend.data(), i, gtype, incoming + mine);
     }
-    tg = comm_.post_exchange("ring backward dK|dV exchange", s, dsend.data(), drecv.data(), gbytes);
-    if (s + 1 < P) {
+    // On to next; at step L straight home to rank r - L (its accumulator is complete).
+    tg = s < L ? comm_.post_exchange("ring backward dK|dV exchange", s, dsend.data(), drecv.data(), gbytes)
+               : comm_.post_shift("ring backward dK|dV home", s, dsend.data(), drecv.data(), gbytes, -L);
+    ++last_backward_.grad_exchanges;
+    if (s < L) {
       comm_.wait_exchange(tk);
       cur = 1 - cur;
     }

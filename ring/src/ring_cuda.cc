@@ -10,11 +10,12 @@
 //
 // Forward, step s: post the K|V exchange feeding step s+1 (send kv[cur], receive kv[1-cur]), enqueue step s's
 // compute on kv[cur] (N only reads kv[cur] meanwhile), then wait. The exchange of step s+1 runs while step s
-// computes.
+// computes. Only steps 0 .. L = schedule().last_useful_step run (no rank has work after L).
 // Backward, step s: post the K|V exchange of step s+1; compute step s into a zeroed fp32 scratch dK|dV
 // (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1);
 // wait for that accumulator (C after it: drecv is complete and dsend is no longer being sent); add
 // (C reads drecv, writes dsend); post it on to next (N after the add: it overwrites drecv and sends dsend).
+// At step L the accumulator goes straight home instead (post_shift by -L; +1 = the ring hop when L = P-1).
 // Per-step hazards, all ordered by the two events above:
 //   kv[1-cur]  received on N while C computes on kv[cur]; C last read kv[1-cur] in step s-1 (before the post)
 //   dsend      written by C's add at step s only after C waited for step s-1's send of it
@@ -28,7 +29,7 @@
 // exchanges (bounded by the deadline; a timeout aborts the NCCL communicator, which ends its kernels) and
 // makes C wait for everything enqueued on N, so the pool never gets a buffer back while NCCL may still use it.
 //
-// STATUS: compiles; first GPU runs with tests/mpi/test_ring_gpu.cc (label gpu-mpi).
+// Block-sparse steps pass their sub-layout's device copy, uploaded once at construction (upload_step_layouts).
 #include <cuda_runtime_api.h>
 
 #include <cmath>
@@ -39,6 +40,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/ring/ring_attention.h"
+#include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
 #include "ring_kernels.h"
 
@@ -118,13 +120,19 @@ void use_comm_device(const Communicator& comm) {
 
 }  // namespace
 
+void RingAttention::upload_step_layouts() {
+  use_comm_device(comm_);
+  for (RingStep& st : schedule_.steps) {
+    if (st.blocks != nullptr && !st.skipped()) st.blocks->device_view(nullptr);  // cudaMalloc + copy, synchronised
+  }
+}
+
 void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                  float* lse, CUstream_st* stream_in) {
   // A null stream is the legacy default stream; name it explicitly so the exchange is ordered against it
   // (the communicator treats a null stream as "no ordering").
   const cudaStream_t stream = stream_in != nullptr ? stream_in : cudaStreamLegacy;
   const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
-  const int P = comm_.size();
   const size_t es = dtype_size(config_.dtype);
   const int64_t nkv = B * Sl * Hkv * D;  // elements of one of K, V
   const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
@@ -144,11 +152,18 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
   ExchangeTicket& t = pending.tickets[0];
 
+  const int L = schedule_.last_useful_step;
+  last_forward_ = RingCallStats();
+  last_forward_.steps_run = L + 1;
   int cur = 0;
-  for (int s = 0; s < P; ++s) {
-    if (s + 1 < P) t = comm_.post_exchange("ring forward K|V exchange", s + 1, kv[cur], kv[1 - cur], kv_bytes, stream);
+  for (int s = 0; s <= L; ++s) {
+    if (s < L) {
+      t = comm_.post_exchange("ring forward K|V exchange", s + 1, kv[cur], kv[1 - cur], kv_bytes, stream);
+      ++last_forward_.kv_exchanges;
+    }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
+      ++last_forward_.computed_steps;
       AttnParams p = step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
                                  device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.o = acc_view;
@@ -156,7 +171,7 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
       p.accumulate = true;
       flash_attention_forward(p, stream);
     }
-    if (s + 1 < P) {
+    if (s < L) {
       comm_.wait_exchange(t, stream);
       cur = 1 - cur;
     }
@@ -202,13 +217,19 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   ExchangeTicket& tk = pending.tickets[0];
   ExchangeTicket& tg = pending.tickets[1];
 
+  const int L = schedule_.last_useful_step;
+  last_backward_ = RingCallStats();
+  last_backward_.steps_run = L + 1;
+  last_backward_.grad_home_shift = ((-L) % P + P) % P;
   int cur = 0;
-  for (int s = 0; s < P; ++s) {
-    if (s + 1 < P) {
+  for (int s = 0; s <= L; ++s) {
+    if (s < L) {
       tk = comm_.post_exchange("ring backward K|V exchange", s + 1, kv[cur], kv[1 - cur], kv_bytes, stream);
+      ++last_backward_.kv_exchanges;
     }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
+      ++last_backward_.computed_steps;
       DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0, 2 * static_cast<size_t>(nkv) * sizeof(float), stream));
       AttnBwdParams bp;
       bp.fwd = step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
@@ -226,8 +247,11 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     if (s > 0) comm_.wait_exchange(tg, stream);
     detail::travel_add(s > 0 ? drecv.get() : nullptr, st.skipped() ? nullptr : scratch.get<float>(), dsend.get(),
                        2 * nkv, gtype, stream);
-    tg = comm_.post_exchange("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, stream);
-    if (s + 1 < P) {
+    // On to next; at step L straight home to rank r - L (its accumulator is complete).
+    tg = s < L ? comm_.post_exchange("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, stream)
+               : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), gbytes, -L, stream);
+    ++last_backward_.grad_exchanges;
+    if (s < L) {
       comm_.wait_exchange(tk, stream);
       cur = 1 - cur;
     }

@@ -99,6 +99,17 @@ class Communicator {
   // additionally orders `consumer` after the exchange (the host still waits: that is the watchdog).
   virtual void wait_exchange(ExchangeTicket& ticket, CUstream_st* consumer = nullptr) = 0;
 
+  // --- a shift exchange: send `bytes` from `send` to peer(shift), receive `bytes` from peer(-shift) into `recv` ---
+  // Every rank posts it with the same shift (any integer; taken mod size()). shift = 1 moves data like
+  // post_exchange; shift = 0 (mod size()) copies `send` into `recv` locally. Used e.g. to send a buffer that
+  // travelled s hops of the ring straight home (shift = -s). Completed by wait_exchange(), with the same
+  // ordering (`after`, `consumer`), deadline and abort as post_exchange. Throws naming "send/recv" for a null
+  // buffer, "recv" when recv == send.
+  virtual ExchangeTicket post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes, int shift,
+                                    CUstream_st* after = nullptr) = 0;
+  // The rank `shift` places after this one on the ring: (rank() + shift) mod size(), for any integer shift.
+  int peer(int shift) const { return static_cast<int>(((rank_ + int64_t{shift}) % size_ + size_) % size_); }
+
   // --- collectives (blocking with the deadline; NCCL: ordered after `stream`, and `stream` after them) ---
   // recv holds size() * bytes_per_rank bytes, rank i's contribution at offset i * bytes_per_rank.
   virtual void all_gather(const char* op, const void* send, void* recv, size_t bytes_per_rank,

@@ -28,6 +28,8 @@ class MpiCommunicator : public Communicator {
   ExchangeTicket post_exchange(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
                                CUstream_st* after = nullptr) override;
   void wait_exchange(ExchangeTicket& ticket, CUstream_st* consumer = nullptr) override;
+  ExchangeTicket post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes, int shift,
+                            CUstream_st* after = nullptr) override;
 
   void all_gather(const char* op, const void* send, void* recv, size_t bytes_per_rank,
                   CUstream_st* stream = nullptr) override;
@@ -41,6 +43,7 @@ class MpiCommunicator : public Communicator {
   struct Slot {
     bool busy = false;
     MPI_Request reqs[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};  // [0] receive from prev, [1] send to next
+    int recv_from = -1, send_to = -1;                            // the peers (prev / next for post_exchange)
   };
   MPI_Comm data_ = MPI_COMM_NULL;  // data plane (exchanges and collectives)
   std::vector<Slot> slots_;

@@ -39,6 +39,10 @@ class NcclCommunicator : public Communicator {
   ExchangeTicket post_exchange(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
                                CUstream_st* after = nullptr) override;
   void wait_exchange(ExchangeTicket& ticket, CUstream_st* consumer = nullptr) override;
+  // ncclSend to peer(shift) + ncclRecv from peer(-shift) in one group; shift = 0 (mod size): a device copy on the
+  // communication stream.
+  ExchangeTicket post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes, int shift,
+                            CUstream_st* after = nullptr) override;
 
   void all_gather(const char* op, const void* send, void* recv, size_t bytes_per_rank,
                   CUstream_st* stream = nullptr) override;
@@ -60,6 +64,10 @@ class NcclCommunicator : public Communicator {
   [[noreturn]] void abort_and_throw(const std::string& why, const char* op, int64_t step);
   void order_after(CUstream_st* producer);   // stream_ waits for the work enqueued so far on `producer`
   void order_before(CUstream_st* consumer);  // `consumer` waits for the work enqueued so far on stream_
+  // post_exchange / post_shift: grouped send to `send_to` and receive from `recv_from` (a device copy when
+  // both are this rank and `self_copy`), ordered after `after`, completion recorded in a slot's event.
+  ExchangeTicket post_p2p(const char* op, int64_t step, const void* send, void* recv, size_t bytes, int send_to,
+                          int recv_from, bool self_copy, CUstream_st* after);
 
   int device_ = -1;
   int local_rank_ = 0;

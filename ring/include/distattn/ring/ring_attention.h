@@ -5,18 +5,25 @@
 // the exchange of step s+1 is posted before step s's compute. Each step runs the engine in
 // ACCUMULATE mode (attn_params.h) on the held K|V with that shard's global positions, so O and LSE
 // accumulate in fp32 across steps and are cast once at the end. Steps whose shard pair is fully
-// masked are skipped (the buffer is still forwarded).
+// masked are skipped (the buffer is still forwarded), and the ring ends after the last step at which any
+// rank has work (schedule.h: last_useful_step; e.g. a sliding window over a contiguous layout).
+//
+// Block-sparse ring: RingConfig::block_layout is ONE global BlockLayout over the whole sequence (S x S in
+// 128-row blocks, the same on every rank, e.g. BigBird or strided). Each rank's chunks must be whole blocks
+// (contiguous or zigzag with chunk sizes multiples of 128; striped is rejected). At construction every step
+// gets its sub-layout (this rank's q rows x the shard held then) in local block indices; steps with none are
+// not computed, and the ring ends after the last step with blocks anywhere.
 //
 // Backward: K|V travel again (prefetched one step ahead like the forward) and their gradients travel
 // with them: each rank adds its contribution to the dK|dV accumulator of the shard it holds and
-// passes it on, so after P steps every shard's gradient arrives home complete. Travel precision is
+// passes it on, so after P steps every shard's gradient arrives home complete (with an early end, after the
+// last useful step each accumulator is sent straight home by one shift exchange). Travel precision is
 // fp32 (default) or bf16. dQ accumulates locally in fp32; delta = rowsum(dO * O) is computed once.
 // GQA: only the Hkv key/value heads travel.
 //
 // Engines: a Communicator on Device::kHost (MpiCommunicator) runs the host engine (tested under mpirun);
 // one on Device::kCuda (NcclCommunicator) runs flash_attention_forward/backward in accumulate mode on
-// `stream`, the exchange on the communicator's stream, events between them. The CUDA executor compiles
-// but has NOT been run on a GPU yet (see ring_cuda.cc).
+// `stream`, the exchange on the communicator's stream, events between them (ring_cuda.cc).
 //
 // Bad input (a layout that cannot split seq_len, ranks that disagree on the configuration, a rank
 // whose shard shapes or dtypes do not match) becomes a distattn::Error on EVERY rank, naming the rank
@@ -34,6 +41,9 @@
 #include "distattn/ring/shard.h"
 
 namespace distattn {
+
+class BlockLayout;  // sparse/block_layout.h
+
 namespace ring {
 
 // Precision of the dK|dV accumulators while they travel.
@@ -47,25 +57,45 @@ struct RingConfig {
   int64_t kv_heads = 0;                       // Hkv (Hq % Hkv == 0); 0: Hq
   int64_t head_dim = 0;                       // D
   DType dtype = DType::kBFloat16;             // q, k, v, dout (host engine: also fp32 / fp64)
-  Mask mask;                                  // causal / window on GLOBAL positions (no block lists yet)
-  const float* alibi_slopes = nullptr;        // [Hq] fp32 on the communicator's device, or null
-  float softmax_scale = 0.f;                  // 0: 1 / sqrt(D)
+  Mask mask;                                  // causal / window on GLOBAL positions (blocks: use block_layout)
+  // Optional block sparsity: ONE layout over the whole sequence, num_q_blocks = num_kv_blocks = S / 128, rows
+  // and columns = global 128-row blocks (positions 0 .. S-1), identical on every rank (agreed by a hash).
+  // Its band must equal mask's causal / window (use mask = layout.band()). Read during construction only.
+  // Requires layout contiguous or zigzag with every chunk a multiple of 128 rows. (RingAttention::config()
+  // shows it as null: the steps keep their own sub-layouts.)
+  const BlockLayout* block_layout = nullptr;
+  const float* alibi_slopes = nullptr;  // [Hq] fp32 on the communicator's device, or null
+  float softmax_scale = 0.f;            // 0: 1 / sqrt(D)
   GradTravel grad_travel = GradTravel::kFloat32;
   HostPrecision host_precision = HostPrecision::kFloat64;  // host engine only
 
   int64_t resolved_kv_heads() const { return kv_heads > 0 ? kv_heads : q_heads; }
 };
 
+// What the last forward / backward call did (introspection: tests, the bench).
+struct RingCallStats {
+  int steps_run = 0;        // ring steps walked: schedule().last_useful_step + 1
+  int computed_steps = 0;   // steps with an engine call on this rank
+  int kv_exchanges = 0;     // K|V exchanges posted
+  int grad_exchanges = 0;   // backward: dK|dV accumulator exchanges posted (the last one sends them home)
+  int grad_home_shift = 0;  // backward: the last one's shift, -last_useful_step mod P (1: a plain ring hop)
+};
+
 class RingAttention {
  public:
   // Collective over `comm` (which must outlive this object): validates the config locally, then
-  // agrees on it across ranks (both bounded by the communicator's timeout). Throws on every rank.
+  // agrees on it across ranks (both bounded by the communicator's timeout). Throws on every rank: names
+  // the argument (e.g. "seq_len", "layout", "block_layout", "mask") and the rank(s) it was bad on; a
+  // field the ranks disagree on (e.g. "block_layout.hash") names the disagreeing ranks.
+  // Block-sparse: builds every step's sub-layout (host; CUDA: uploaded once to the communicator's GPU).
   RingAttention(Communicator& comm, const RingConfig& config);
 
   const RingConfig& config() const { return config_; }
   const RingSchedule& schedule() const { return schedule_; }
   int64_t local_rows() const { return local_rows_; }  // S / P
   const PositionMap& q_positions() const { return schedule_.q_pos; }
+  const RingCallStats& last_forward() const { return last_forward_; }
+  const RingCallStats& last_backward() const { return last_backward_; }
 
   // Local shards: q [B, S/P, Hq, D], k, v [B, S/P, Hkv, D] of config.dtype; o [B, S/P, Hq, D] of
   // config.dtype or fp32; lse [B, Hq, S/P] fp32 packed (may be null). Any strides, head dim contiguous.
@@ -81,6 +111,7 @@ class RingAttention {
 
  private:
   AttnParams step_params(const TensorView& q, const TensorView& k, const TensorView& v, const RingStep& st) const;
+  void upload_step_layouts();  // CUDA: every non-empty step's sub-layout to the communicator's GPU (ring_cuda.cc)
   // The executors, after every rank's inputs were checked (ring_attention.cc: host, ring_cuda.cc: CUDA).
   void forward_host(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse);
   void backward_host(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -97,6 +128,7 @@ class RingAttention {
   RingSchedule schedule_;
   int64_t local_rows_ = 0;
   std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
+  RingCallStats last_forward_, last_backward_;
 };
 
 }  // namespace ring

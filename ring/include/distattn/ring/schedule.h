@@ -1,13 +1,24 @@
 // The ring step schedule.
 //
-// P ranks, P steps. At step s rank r holds the K|V shard that rank (r - s) mod P owns (its own at
+// P ranks, at most P steps. At step s rank r holds the K|V shard that rank (r - s) mod P owns (its own at
 // step 0); after computing with it, the shard moves on to rank r + 1. A step whose (q shard, kv shard)
-// pair is fully masked is skipped: no compute, but the buffer is still forwarded so the ring stays
-// consistent. Classification is per (q chunk, kv chunk) pair with PositionMap::range and
+// pair has no visible pair is skipped: no compute, but the buffer is still forwarded so the ring stays
+// consistent. Dense ring: classification per (q chunk, kv chunk) pair with PositionMap::range and
 // classify_tile (mask.h): kEmpty and kFull are exact promises, kPartial means "mask per element".
+//
+// Block-sparse ring (a GLOBAL BlockLayout over the whole sequence, Sq = Skv = S): at construction each
+// step gets the sub-layout of (this rank's q rows) x (the held kv shard) in LOCAL block indices; a step
+// whose sub-layout lists nothing is skipped.
+//
+// Early end: every rank can classify every rank's steps (cheap: position ranges or block counts), so all
+// ranks agree on last_useful_step, the last step at which ANY rank has work. The executors run steps
+// 0 .. last_useful_step only: last_useful_step K|V exchanges instead of P - 1 (a sliding window over a
+// contiguous layout needs only the first steps; a local block band the same). The backward then sends
+// each dK|dV accumulator home directly (one shift exchange) instead of walking the rest of the ring.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "distattn/core/mask.h"
@@ -15,6 +26,9 @@
 #include "distattn/ring/shard.h"
 
 namespace distattn {
+
+class BlockLayout;  // sparse/block_layout.h
+
 namespace ring {
 
 // Owner of the K|V shard rank `rank` holds at step `step`: (rank - step) mod P.
@@ -31,6 +45,11 @@ struct RingStep {
   int kv_rank = 0;     // whose K|V is held
   PositionMap kv_pos;  // its global positions
   TileVisibility visibility = TileVisibility::kPartial;
+  // Block-sparse ring only: the sub-layout of (this rank's q rows) x (the held shard's kv rows), LOCAL block
+  // indices (q block i = local q rows [128 i, 128 i + 128)), band = the global layout's; built once at
+  // construction (the CUDA executor uploads it once). Null for the dense ring.
+  std::shared_ptr<BlockLayout> blocks;
+  int64_t listed_blocks = -1;  // blocks->nnz() (-1: dense ring)
   bool skipped() const { return visibility == TileVisibility::kEmpty; }
 };
 
@@ -39,11 +58,40 @@ struct RingSchedule {
   int world_size = 1;
   int rank = 0;
   PositionMap q_pos;
-  std::vector<RingStep> steps;  // [P]
-  int computed_steps() const;   // steps not skipped
+  std::vector<RingStep> steps;  // [P]; steps after last_useful_step are empty (skipped) on every rank
+  // The last step at which ANY rank has work (0 .. P-1; 0 when nobody has work anywhere). The same on every
+  // rank. A call runs steps 0 .. last_useful_step.
+  int last_useful_step = 0;
+  bool block_sparse = false;  // steps carry sub-layouts
+
+  int computed_steps() const;  // steps not skipped (all of them <= last_useful_step)
+  // K|V hops of one forward (and of one backward): last_useful_step (P - 1 without an early end).
+  int kv_exchanges() const { return last_useful_step; }
+  // dK|dV accumulator posts of one backward: last_useful_step + 1. The first last_useful_step are ring hops; the
+  // last sends every accumulator straight home (a shift by -last_useful_step; +1, a ring hop, without an early
+  // end; a local copy when last_useful_step == 0).
+  int grad_exchanges() const { return last_useful_step + 1; }
 };
 
+// Dense ring (causal / window mask on global positions; mask.blocks must be null).
 RingSchedule make_schedule(ShardLayout layout, int64_t seq_len, int world_size, int rank, const Mask& mask);
+
+// Throws distattn::Error unless `global` can drive a block-sparse ring over `layout`: names "layout" for striped
+// (its rows are not 128-row chunks), "seq_len" unless every chunk boundary is a multiple of kLayoutBlock
+// (contiguous: S/P, zigzag: S/(2P) rows per chunk), "block_layout" unless it is ceil(S/128) x ceil(S/128) blocks.
+// Validates the layout (validate_layout) first.
+void validate_block_layout(ShardLayout layout, int64_t seq_len, int world_size, const BlockLayout& global);
+
+// Block-sparse ring: `global` covers the whole sequence (q and kv positions 0 .. S-1, band = global.band()).
+// Validates with validate_block_layout. Partial blocks the band proves empty are dropped and those it proves
+// full become full (exact: classify_tile on the blocks' global position ranges).
+RingSchedule make_schedule(ShardLayout layout, int64_t seq_len, int world_size, int rank, const BlockLayout& global);
+
+// Which ranks have work at which step: work[r * P + s] = 1 iff rank r computes at step s. Dense form (mask
+// without blocks) and block-sparse form (validated like make_schedule). last_useful_step() reads it.
+std::vector<uint8_t> step_work(ShardLayout layout, int64_t seq_len, int world_size, const Mask& mask);
+std::vector<uint8_t> step_work(ShardLayout layout, int64_t seq_len, int world_size, const BlockLayout& global);
+int last_useful_step(const std::vector<uint8_t>& work, int world_size);
 
 }  // namespace ring
 }  // namespace distattn
