@@ -22,6 +22,7 @@
 
 #include "dilated_index.h"
 #include "dilated_kernels.h"
+#include "dilated_views.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
@@ -33,21 +34,13 @@ namespace distattn {
 namespace {
 
 using dilated_detail::compact_index;
+using dilated_detail::head_groups;
+using dilated_detail::HeadGroup;
+using dilated_detail::host_cast;
 using dilated_detail::kept;
+using dilated_detail::sub_view;
 
 std::string pattern_arg(size_t i, const char* field) { return "config.patterns[" + std::to_string(i) + "]." + field; }
-
-// View of rows row0, row0 + r, ... (rows of them) and heads head0, head0 + hstep, ... (heads of them):
-// the same buffer, strides multiplied, no copy.
-TensorView sub_view(const TensorView& t, int64_t row0, int64_t r, int64_t rows, int64_t head0, int64_t hstep,
-                    int64_t heads) {
-  TensorView v = t;
-  v.data = static_cast<char*>(t.data) +
-           (row0 * t.stride[1] + head0 * t.stride[2]) * static_cast<int64_t>(dtype_size(t.dtype));
-  v.shape = {t.shape[0], rows, heads, t.shape[3]};
-  v.stride = {t.stride[0], t.stride[1] * r, t.stride[2] * hstep, 1};
-  return v;
-}
 
 // How one pattern's segments reach the engine. Unfolded: one call per segment g, rows g*w + s + r*j, global
 // positions PositionMap::strided(g*w + s, r, m). Folded (B == 1, or every tensor's batch stride equals S times
@@ -79,33 +72,6 @@ struct SegmentPlan {
 };
 
 bool foldable(const TensorView& t) { return t.shape[0] == 1 || t.stride[0] == t.shape[1] * t.stride[1]; }
-
-// One engine call's head set for pattern rate r, offset class s: q heads qh0 + qstep*t (t < count) reading
-// kv heads kh0 + kstep*t (or, when kv_all, the whole kv tensor with the GQA ratio: r == 1).
-struct HeadGroup {
-  int64_t qh0, qstep, kh0, kstep, count;
-  bool kv_all;
-  int64_t slope_offset;  // into the pattern's permuted slopes
-};
-
-// The calls covering class s of rate r: one (regular stride of q AND kv heads) or one per head.
-// GQA ratio g = Hq / Hkv: q head s + r*t reads kv head (s + r*t) / g = s/g + (r/g)*t when g divides r.
-std::vector<HeadGroup> head_groups(int64_t Hq, int64_t Hkv, int64_t r, int64_t s, int64_t class_offset) {
-  std::vector<HeadGroup> out;
-  const int64_t g = Hq / Hkv;
-  const int64_t count = (Hq - 1 - s) / r + 1;
-  if (r == 1) {
-    out.push_back({0, 1, 0, 1, Hq, true, 0});
-  } else if (r % g == 0) {
-    out.push_back({s, r, s / g, r / g, count, false, class_offset});
-  } else {
-    for (int64_t t = 0; t < count; ++t) {
-      const int64_t h = s + r * t;
-      out.push_back({h, 1, h / g, 1, 1, false, class_offset + t});
-    }
-  }
-  return out;
-}
 
 // The kv-side view (k, v, dk, dv) of head group hg: the whole kv tensor (GQA ratio kept) or its strided heads.
 TensorView kv_view(const SegmentPlan& plan, const HeadGroup& hg, int64_t g, int64_t s, const TensorView& t) {
@@ -153,15 +119,6 @@ void host_merge(float* acc, float* lse_acc, const float* part, const float* lse_
         for (int64_t d = 0; d < D; ++d) a[d] = a[d] * ca + pp[d] * cp;
         la = L;
       }
-}
-
-void host_cast(const float* src, const TensorView& dst) {
-  const int64_t B = dst.shape[0], S = dst.shape[1], H = dst.shape[2], D = dst.shape[3];
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t d = 0; d < D; ++d)
-          store_from_double(dst.data, dst.offset(b, s, h, d), dst.dtype, src[((b * S + s) * H + h) * D + d]);
 }
 
 void host_compact_lse(const float* lse, float* lse_part, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r) {

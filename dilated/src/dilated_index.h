@@ -24,5 +24,21 @@ DISTATTN_HD int64_t compact_index(int64_t b, int64_t p, int64_t h, int64_t S, in
   return ((b * (S / w) + g) * H + h) * (w / r) + m;
 }
 
+// --- distributed patterns (distributed_dilated.cc, w > L) ---
+// Rank p holds global rows [p*L, (p+1)*L). For rate r, head h (class s = h mod r) and base = (p*L) mod r,
+// local row l is kept iff (p*L + l) mod r == s, i.e. l = phase + r*i with phase = (s - base) mod r.
+DISTATTN_HD int64_t dist_phase(int64_t s, int64_t base, int64_t r) { return ((s - base) % r + r) % r; }
+// Kept local rows of a class on a shard of L rows: ceil((L - phase) / r), 0 when phase >= L.
+DISTATTN_HD int64_t dist_count(int64_t phase, int64_t L, int64_t r) { return phase < L ? (L - 1 - phase) / r + 1 : 0; }
+// Packed partial LSE of a distributed pattern: [B, H, n_max], entry (b, h, i) of kept row phase(h) + r*i.
+DISTATTN_HD int64_t dist_lse_index(int64_t b, int64_t h, int64_t i, int64_t H, int64_t n_max) {
+  return (b * H + h) * n_max + i;
+}
+// The kv head behind entry t of class s's packed K|V: every kv head (t) when r == 1 (one class, GQA kept),
+// else the kv head of q head s + r*t (ratio gqa = Hq / Hkv; entries may repeat a kv head when r < gqa).
+DISTATTN_HD int64_t dist_kv_head(int64_t t, int64_t s, int64_t r, int64_t gqa) {
+  return r == 1 ? t : (s + r * t) / gqa;
+}
+
 }  // namespace dilated_detail
 }  // namespace distattn
