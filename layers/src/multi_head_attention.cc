@@ -10,6 +10,7 @@
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
+#include "distattn/sparse/block_sparse_attention.h"
 #include "distattn/sparse/flash_attention.h"
 #include "projection.h"
 
@@ -190,7 +191,7 @@ struct MultiHeadAttention::Impl {
   std::unique_ptr<ring::RingAttention> ring;
   int64_t ring_batch = -1, ring_rows = -1;
   std::unique_ptr<DilatedAttention> dilated;
-  BlockLayout sparse;
+  std::unique_ptr<BlockSparseAttention> sparse;
   int64_t sparse_rows = -1;
   int64_t saved_batch = -1, saved_rows = -1;  // shape of the last forward (-1: none)
   cudaStream_t last_stream = nullptr;
@@ -248,6 +249,7 @@ DType MultiHeadAttention::grad_dtype() const {
   return config_.dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
 }
 
+const BlockSparseAttention* MultiHeadAttention::block_sparse_core() const { return impl_->sparse.get(); }
 const void* MultiHeadAttention::saved_qkv() const { return impl_->qkv.get(); }
 const void* MultiHeadAttention::saved_o() const { return impl_->o.get(); }
 const float* MultiHeadAttention::saved_lse() const { return static_cast<const float*>(impl_->lse.get()); }
@@ -339,11 +341,21 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
     default:
       positions_ = c.positions.num_chunks > 0 ? c.positions : PositionMap::contiguous(0, S);
       if (c.core == AttentionCore::kBlockSparse && m.sparse_rows != S) {
-        m.sparse = c.sparse_layout(S, positions_);
-        DISTATTN_CHECK_ARG(m.sparse.num_q_blocks() == (S + kLayoutBlock - 1) / kLayoutBlock &&
-                               m.sparse.num_kv_blocks() == m.sparse.num_q_blocks(),
-                           "config.sparse_layout", "built a ", m.sparse.num_q_blocks(), " x ", m.sparse.num_kv_blocks(),
-                           " block layout for ", S, " rows");
+        BlockLayout layout = c.sparse_layout(S, positions_);
+        DISTATTN_CHECK_ARG(layout.band().causal == c.mask.causal && layout.band().window == c.mask.window,
+                           "config.sparse_layout", "built a layout whose band (causal ", layout.band().causal,
+                           ", window ", layout.band().window, ") differs from config.mask (causal ", c.mask.causal,
+                           ", window ", c.mask.window, ")");
+        BlockSparseConfig sc;
+        sc.q_heads = Hq;
+        sc.kv_heads = c.resolved_kv_heads();
+        sc.head_dim = c.head_dim;
+        sc.softmax_scale = c.softmax_scale;
+        sc.alibi_slopes = c.alibi_slopes;
+        sc.q_pos = sc.kv_pos = positions_;
+        sc.host_precision = c.host_precision;
+        m.sparse.reset();
+        m.sparse.reset(new BlockSparseAttention(std::move(layout), sc, device_, stream));
         m.sparse_rows = S;
       }
       break;
@@ -398,6 +410,9 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
     case AttentionCore::kDilated:
       m.dilated->forward(v.q, v.k, v.v, ov, lse, stream);
       break;
+    case AttentionCore::kBlockSparse:
+      m.sparse->forward(v.q, v.k, v.v, ov, lse, stream);
+      break;
     default: {
       AttnParams p;
       p.q = v.q, p.k = v.k, p.v = v.v, p.o = ov;
@@ -406,11 +421,9 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
       p.mask = c.mask;
       p.softmax_scale = c.softmax_scale;
       if (device_ == Device::kCuda) {
-        if (c.core == AttentionCore::kBlockSparse) p.mask = m.sparse.device_mask(stream);
         p.alibi_slopes = c.alibi_slopes.empty() ? nullptr : static_cast<const float*>(m.slopes.get());
         flash_attention_forward(p, stream);
       } else {
-        if (c.core == AttentionCore::kBlockSparse) p.mask = m.sparse.host_mask();
         p.alibi_slopes = c.alibi_slopes.empty() ? nullptr : c.alibi_slopes.data();
         host_attention_forward(p, c.host_precision);
       }
@@ -490,6 +503,9 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
     case AttentionCore::kDilated:
       m.dilated->backward(v.q, v.k, v.v, ov, lse, dov, d.q, d.k, d.v, stream);
       break;
+    case AttentionCore::kBlockSparse:
+      m.sparse->backward(v.q, v.k, v.v, ov, lse, dov, d.q, d.k, d.v, stream);
+      break;
     default: {
       AttnBwdParams bp;
       bp.fwd.q = v.q, bp.fwd.k = v.k, bp.fwd.v = v.v, bp.fwd.o = ov;
@@ -499,11 +515,9 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
       bp.fwd.softmax_scale = c.softmax_scale;
       bp.dout = dov, bp.dq = d.q, bp.dk = d.k, bp.dv = d.v;
       if (device_ == Device::kCuda) {
-        if (c.core == AttentionCore::kBlockSparse) bp.fwd.mask = m.sparse.device_mask(stream);
         bp.fwd.alibi_slopes = c.alibi_slopes.empty() ? nullptr : static_cast<const float*>(m.slopes.get());
         flash_attention_backward(bp, stream);
       } else {
-        if (c.core == AttentionCore::kBlockSparse) bp.fwd.mask = m.sparse.host_mask();
         bp.fwd.alibi_slopes = c.alibi_slopes.empty() ? nullptr : c.alibi_slopes.data();
         host_attention_backward(bp, c.host_precision);
       }

@@ -553,6 +553,12 @@ TEST_F(MhaHostErrors, ForwardInputs) {
   cd.dilated_patterns = {{4, 1}};
   MultiHeadAttention ld(cd, Device::kHost);
   EXPECT_ERROR_ARG(ld.forward(w, seq(x), seq(y)), "config.patterns[0].segment");
+  // Block-sparse layout whose band (none) differs from config.mask (causal).
+  MhaConfig cs = c;
+  cs.core = AttentionCore::kBlockSparse;
+  cs.sparse_layout = [](int64_t s, const PositionMap&) { return BlockLayout::strided(s, s, 1, 0); };
+  MultiHeadAttention ls(cs, Device::kHost);
+  EXPECT_ERROR_ARG(ls.forward(w, seq(x), seq(y)), "config.sparse_layout");
   expect_y_untouched();
 }
 

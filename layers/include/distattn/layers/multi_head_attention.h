@@ -30,8 +30,9 @@
 //   kRing     RingAttention over `comm` (ring/ring_attention.h); S = S_local * ranks, layout zigzag /
 //             contiguous / striped; positions: the ring's shard map.
 //   kDilated  LongNet dilated attention on one device (dilated/dilated_attention.h), positions 0..S_local-1.
-//   kBlockSparse  the engine with a block list (sparse/block_layout.h) built by MhaConfig::sparse_layout from
-//             (S_local, positions); the call's band is the layout's (make_mask).
+//   kBlockSparse  BlockSparseAttention (sparse/block_sparse_attention.h) on the layout MhaConfig::sparse_layout
+//             builds from (S_local, positions), rebuilt when S_local changes; the layout's band (causal /
+//             window) must equal config.mask's.
 //
 // Precision. CUDA: x, weights, biases, qkv, o, dO, dqkv and dx are config.dtype (bf16 or fp16); every GEMM
 // is cublasGemmEx / cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F (fp32 accumulation); weight gradients
@@ -62,6 +63,7 @@
 #include "distattn/positional/rope.h"
 #include "distattn/ring/ring_attention.h"
 #include "distattn/sparse/block_layout.h"
+#include "distattn/sparse/block_sparse_attention.h"
 
 namespace distattn {
 namespace layers {
@@ -182,6 +184,10 @@ class MultiHeadAttention {
 
   // Global positions of the local rows used by the last forward (RoPE and the core's masks).
   const PositionMap& positions() const { return positions_; }
+
+  // The block-sparse core built by the last forward (kBlockSparse), else null: its visible_pairs() gives the
+  // attention's useful FLOPs.
+  const BlockSparseAttention* block_sparse_core() const;
 
   // Saved activations of the last forward (for tests): qkv [B, S_local, N] and o [B, S_local, Hq*D]
   // (config.dtype, packed), lse [B, Hq, S_local] fp32. Device memory on CUDA.
