@@ -221,8 +221,10 @@ AttnParams RingAttention::step_params(const TensorView& q, const TensorView& k, 
   p.q_pos = schedule_.q_pos;
   p.kv_pos = st.kv_pos;
   p.mask = config_.mask;
-  if (st.blocks != nullptr) {  // block-sparse: the step's sub-layout (host arrays, or the copy uploaded once)
-    p.mask = comm_.device() == Device::kCuda ? st.blocks->device_mask() : st.blocks->host_mask();
+  // Block-sparse: the step's sub-layout (host arrays, or the device copy uploaded at construction; empty steps
+  // are never computed and have none).
+  if (st.blocks != nullptr && !st.skipped()) {
+    p.mask = comm_.device() == Device::kCuda ? st.blocks->make_mask(st.device_blocks) : st.blocks->host_mask();
   }
   // The host engine reads the host copy; the CUDA engine the caller's device array.
   p.alibi_slopes =

@@ -123,7 +123,9 @@ void use_comm_device(const Communicator& comm) {
 void RingAttention::upload_step_layouts() {
   use_comm_device(comm_);
   for (RingStep& st : schedule_.steps) {
-    if (st.blocks != nullptr && !st.skipped()) st.blocks->device_view(nullptr);  // cudaMalloc + copy, synchronised
+    // cudaMalloc + copy, synchronised; the view is kept so that calls need not ask the layout (which checks
+    // the caller's current device) again.
+    if (st.blocks != nullptr && !st.skipped()) st.device_blocks = st.blocks->device_view(nullptr);
   }
 }
 

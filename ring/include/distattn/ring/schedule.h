@@ -50,6 +50,8 @@ struct RingStep {
   // construction (the CUDA executor uploads it once). Null for the dense ring.
   std::shared_ptr<BlockLayout> blocks;
   int64_t listed_blocks = -1;  // blocks->nnz() (-1: dense ring)
+  // CUDA executor: the view of `blocks`' device copy (uploaded once at construction; device == kCuda then).
+  BlockListView device_blocks;
   bool skipped() const { return visibility == TileVisibility::kEmpty; }
 };
 

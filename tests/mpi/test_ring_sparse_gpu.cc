@@ -1,0 +1,444 @@
+// Block-sparse ring attention and the ring's early end on GPUs (NcclCommunicator + the CUDA engine), under
+// mpirun (label gpu-mpi, np 2 and 4); and NcclCommunicator::post_shift.
+//
+// Every rank takes the GPU of its node-local rank; if any rank has none, every rank skips together.
+// Each case (ring_sparse_cases.h patterns; S = 2048, the same for every number of ranks):
+//   - every rank draws the SAME full bf16 Q, K, V, dO (seed printed) and builds the SAME global layout;
+//   - references for this rank's q rows against the full K, V: the host engine in fp64 and the naive
+//     kRoundIntermediates baseline, both with the rows of the global layout (rows_of_layout); the partial dK, dV
+//     over this rank's q rows are summed over ranks in fp64;
+//   - the ring: forward (O bf16, poisoned), backward fed the reference O (bf16) and LSE (dQ, dK, dV poisoned);
+//   - one GPU, the whole sequence with the global layout: flash_attention_forward / _backward;
+//   - the ring's step and exchange counts against the step work derived from the element mask alone.
+// Bounds (test_ring_gpu.cc): ring error vs fp64 <= 2x the naive error + slack, and <= 2x the one-GPU error + the
+// same slack ("does not grow with the number of ranks").
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distattn/comm/nccl_communicator.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/ring/ring_attention.h"
+#include "distattn/ring/shard.h"
+#include "distattn/sparse/block_layout.h"
+#include "distattn/sparse/flash_attention.h"
+#include "mpi_gpu.h"
+#include "mpi_gtest_main.h"
+#include "ring_sparse_cases.h"
+#include "test_util.h"
+
+namespace distattn {
+namespace testing {
+namespace {
+
+using ring::RingAttention;
+using ring::RingConfig;
+using ring::ShardLayout;
+
+constexpr double kCommTimeout = 120.0;
+constexpr double kFwdSlack = 1e-4;  // tests/gpu/test_flash_fwd.cc
+constexpr int64_t kSeq = 2048;      // contiguous and zigzag chunks are whole blocks for P = 1, 2, 4, 8
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+HostTensor shard_of(const HostTensor& full, ShardLayout layout, int P, int r) {
+  const TensorView& f = full.view;
+  HostTensor local(f.dtype, f.batch(), f.seqlen() / P, f.heads(), f.head_dim());
+  ring::shard_host(f, local.view, layout, P, r);
+  return local;
+}
+
+HostTensor gather_full(const HostTensor& local, ShardLayout layout, int64_t S) {
+  const int P = mpi_size();
+  const HostTensor packed = convert(local, local.view.dtype);
+  const size_t bytes = packed.bytes();
+  std::vector<unsigned char> all(bytes * static_cast<size_t>(P));
+  EXPECT_EQ(MPI_Allgather(packed.storage.data(), static_cast<int>(bytes), MPI_BYTE, all.data(), static_cast<int>(bytes),
+                          MPI_BYTE, MPI_COMM_WORLD),
+            MPI_SUCCESS);
+  const TensorView& l = local.view;
+  HostTensor full(l.dtype, l.batch(), S, l.heads(), l.head_dim());
+  for (int r = 0; r < P; ++r) {
+    const TensorView piece = TensorView::packed(all.data() + bytes * static_cast<size_t>(r), l.dtype, Device::kHost,
+                                                l.batch(), l.seqlen(), l.heads(), l.head_dim());
+    ring::unshard_host(piece, full.view, layout, P, r);
+  }
+  return full;
+}
+
+std::vector<float> gather_lse(const std::vector<float>& local, int64_t H, ShardLayout layout, int64_t S) {
+  const int P = mpi_size();
+  std::vector<float> all(local.size() * static_cast<size_t>(P)), full(static_cast<size_t>(H * S));
+  EXPECT_EQ(MPI_Allgather(local.data(), static_cast<int>(local.size()), MPI_FLOAT, all.data(),
+                          static_cast<int>(local.size()), MPI_FLOAT, MPI_COMM_WORLD),
+            MPI_SUCCESS);
+  for (int r = 0; r < P; ++r) ring::unshard_lse_host(all.data() + local.size() * r, full.data(), 1, H, layout, S, P, r);
+  return full;
+}
+
+HostTensor sum_over_ranks(const HostTensor& part) {
+  const TensorView& t = part.view;
+  HostTensor out(DType::kFloat64, t.batch(), t.seqlen(), t.heads(), t.head_dim());
+  std::vector<double> mine(static_cast<size_t>(t.numel())), sum(mine.size());
+  int64_t i = 0;
+  for (int64_t b = 0; b < t.batch(); ++b)
+    for (int64_t s = 0; s < t.seqlen(); ++s)
+      for (int64_t h = 0; h < t.heads(); ++h)
+        for (int64_t d = 0; d < t.head_dim(); ++d) mine[static_cast<size_t>(i++)] = part.get(b, s, h, d);
+  EXPECT_EQ(MPI_Allreduce(mine.data(), sum.data(), static_cast<int>(mine.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+            MPI_SUCCESS);
+  std::memcpy(out.storage.data(), sum.data(), sum.size() * sizeof(double));
+  return out;
+}
+
+double rms_of(const TensorView& t) {
+  double sum = 0;
+  int64_t n = 0;
+  for (int64_t b = 0; b < t.batch(); ++b)
+    for (int64_t s = 0; s < t.seqlen(); ++s)
+      for (int64_t h = 0; h < t.heads(); ++h)
+        for (int64_t d = 0; d < t.head_dim(); ++d, ++n) {
+          const double x = load_as_double(t.data, t.offset(b, s, h, d), t.dtype);
+          sum += x * x;
+        }
+  return n ? std::sqrt(sum / n) : 0;
+}
+
+struct Triple {
+  ErrorStats ring, single, naive;
+};
+
+// What the ring did (identical on every rank except computed_steps).
+struct RunInfo {
+  int last_useful_step = -1;
+  int kv_exchanges = -1;
+  int grad_exchanges = -1;
+};
+
+RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
+  const int P = mpi_size(), r = mpi_rank();
+  const int64_t S = kSeq, Hq = c.Hq, Hkv = c.Hkv, D = c.D, Sl = S / P;
+  const uint64_t seed = test_seed() + std::hash<std::string>()(c.name()) % 9973;
+  SCOPED_TRACE(::testing::Message() << c.name() << " S=" << S << " P=" << P << " rank " << r << " seed " << seed);
+  const DType bf = DType::kBFloat16;
+
+  HostTensor Q(bf, 1, S, Hq, D), K(bf, 1, S, Hkv, D), V(bf, 1, S, Hkv, D), dO(bf, 1, S, Hq, D);
+  fill_normal(Q, seed + 1);
+  fill_normal(K, seed + 2);
+  fill_normal(V, seed + 3);
+  fill_normal(dO, seed + 4);
+  const HostTensor q = shard_of(Q, c.layout, P, r), k = shard_of(K, c.layout, P, r), v = shard_of(V, c.layout, P, r),
+                   dout = shard_of(dO, c.layout, P, r);
+  std::vector<float> slopes;
+  if (c.alibi)
+    for (int64_t h = 0; h < Hq; ++h) slopes.push_back(std::pow(2.f, -8.f * (h + 1) / static_cast<float>(Hq)));
+  const std::unique_ptr<BlockLayout> g = make_global_layout(c, S);
+  const PositionMap my_pos = ring::shard_positions(c.layout, S, P, r);
+
+  // ---- references for this rank's q rows (fp64 and naive) against the full K, V ----------------------------
+  BlockLayout rows;
+  if (g) rows = rows_of_layout(*g, shard_blocks(c.layout, S, P, r));
+  AttnParams hp;
+  hp.q = q.view;
+  hp.k = K.view;
+  hp.v = V.view;
+  hp.q_pos = my_pos;
+  hp.kv_pos = PositionMap::contiguous(0, S);
+  hp.mask = g ? rows.host_mask() : c.band();
+  hp.alibi_slopes = c.alibi ? slopes.data() : nullptr;
+  hp.softmax_scale = c.scale;
+  HostTensor o64(DType::kFloat32, 1, Sl, Hq, D), o_naive(bf, 1, Sl, Hq, D);
+  std::vector<float> lse64(static_cast<size_t>(Hq * Sl)), lse_naive(lse64.size());
+  hp.o = o64.view;
+  hp.lse = lse64.data();
+  host_attention_forward(hp, HostPrecision::kFloat64);
+  hp.o = o_naive.view;
+  hp.lse = lse_naive.data();
+  host_attention_forward(hp, HostPrecision::kRoundIntermediates);
+  const HostTensor ob_local = convert(o64, bf);
+  const HostTensor Ob = gather_full(ob_local, c.layout, S);
+  const std::vector<float> LSE = gather_lse(lse64, Hq, c.layout, S);
+  AttnBwdParams hb;
+  hb.fwd = hp;
+  hb.fwd.o = ob_local.view;
+  hb.fwd.lse = lse64.data();
+  hb.dout = dout.view;
+  HostTensor dq64(DType::kFloat32, 1, Sl, Hq, D), dk_part(DType::kFloat32, 1, S, Hkv, D),
+      dv_part(DType::kFloat32, 1, S, Hkv, D);
+  hb.dq = dq64.view, hb.dk = dk_part.view, hb.dv = dv_part.view;
+  host_attention_backward(hb, HostPrecision::kFloat64);
+  HostTensor dq_naive(DType::kFloat32, 1, Sl, Hq, D), dk_npart(DType::kFloat32, 1, S, Hkv, D),
+      dv_npart(DType::kFloat32, 1, S, Hkv, D);
+  hb.dq = dq_naive.view, hb.dk = dk_npart.view, hb.dv = dv_npart.view;
+  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
+  const HostTensor dk_ref = shard_of(sum_over_ranks(dk_part), c.layout, P, r),
+                   dv_ref = shard_of(sum_over_ranks(dv_part), c.layout, P, r),
+                   dk_nai = shard_of(sum_over_ranks(dk_npart), c.layout, P, r),
+                   dv_nai = shard_of(sum_over_ranks(dv_npart), c.layout, P, r);
+  const ExpectedWork ew = expected_work(element_mask(c, g.get(), S), c.layout, S, P);
+
+  // ---- the ring --------------------------------------------------------------------------------------------
+  cudaStream_t stream = nullptr;
+  DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  DeviceArray<float> d_slopes(slopes.empty() ? std::vector<float>(1, 0.f) : slopes);
+  DeviceTensor d_q(q), d_k(k), d_v(v), d_dout(dout);
+  RingConfig cfg;
+  cfg.layout = c.layout;
+  cfg.seq_len = S;
+  cfg.batch = 1;
+  cfg.q_heads = Hq;
+  cfg.kv_heads = Hkv;
+  cfg.head_dim = D;
+  cfg.dtype = bf;
+  cfg.mask = c.band();
+  cfg.block_layout = g.get();
+  cfg.alibi_slopes = c.alibi ? d_slopes.ptr : nullptr;
+  cfg.softmax_scale = c.scale;
+  RingAttention ra(comm, cfg);
+  EXPECT_EQ(ra.schedule().last_useful_step, ew.last);
+  EXPECT_EQ(ra.schedule().computed_steps(), ew.computed[static_cast<size_t>(r)]);
+
+  HostTensor o(bf, 1, Sl, Hq, D);
+  fill_nan(o);
+  DeviceTensor d_o(o);
+  DeviceArray<float> d_lse(std::vector<float>(lse64.size(), kNaN));
+  ra.forward(d_q.view(), d_k.view(), d_v.view(), d_o.view(), d_lse.ptr, stream);
+  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  d_o.download(o);
+  const std::vector<float> lse = d_lse.download();
+  EXPECT_EQ(ra.last_forward().kv_exchanges, ew.last);
+  EXPECT_EQ(ra.last_forward().computed_steps, ew.computed[static_cast<size_t>(r)]);
+
+  const HostTensor ob_shard = shard_of(Ob, c.layout, P, r);
+  DeviceTensor d_ob(ob_shard);
+  DeviceArray<float> d_lse_ref(lse64);
+  HostTensor gr[3] = {HostTensor(bf, 1, Sl, Hq, D), HostTensor(bf, 1, Sl, Hkv, D), HostTensor(bf, 1, Sl, Hkv, D)};
+  for (HostTensor& t : gr) fill_nan(t);
+  DeviceTensor d_g[3] = {DeviceTensor(gr[0]), DeviceTensor(gr[1]), DeviceTensor(gr[2])};
+  ra.backward(d_dout.view(), d_q.view(), d_k.view(), d_v.view(), d_ob.view(), d_lse_ref.ptr, d_g[0].view(),
+              d_g[1].view(), d_g[2].view(), stream);
+  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int i = 0; i < 3; ++i) d_g[i].download(gr[i]);
+  EXPECT_EQ(ra.last_backward().kv_exchanges, ew.last);
+  EXPECT_EQ(ra.last_backward().grad_exchanges, ew.last + 1);
+  EXPECT_EQ(ra.last_backward().grad_home_shift, ((-ew.last) % P + P) % P);
+
+  // ---- one GPU, the whole sequence, the global layout ------------------------------------------------------
+  DeviceTensor f_q(Q), f_k(K), f_v(V), f_do(dO), f_ob(Ob);
+  HostTensor o1(bf, 1, S, Hq, D);
+  fill_nan(o1);
+  DeviceTensor f_o(o1);
+  DeviceArray<float> f_lse(std::vector<float>(static_cast<size_t>(Hq * S), kNaN));
+  AttnParams gp;
+  gp.q = f_q.view(), gp.k = f_k.view(), gp.v = f_v.view(), gp.o = f_o.view();
+  gp.lse = f_lse.ptr;
+  gp.q_pos = gp.kv_pos = PositionMap::contiguous(0, S);
+  gp.mask = g ? g->device_mask(stream) : c.band();
+  gp.alibi_slopes = c.alibi ? d_slopes.ptr : nullptr;
+  gp.softmax_scale = c.scale;
+  flash_attention_forward(gp, stream);
+  DeviceArray<float> f_lse_ref(LSE);
+  HostTensor g1[3] = {HostTensor(bf, 1, S, Hq, D), HostTensor(bf, 1, S, Hkv, D), HostTensor(bf, 1, S, Hkv, D)};
+  for (HostTensor& t : g1) fill_nan(t);
+  DeviceTensor f_g[3] = {DeviceTensor(g1[0]), DeviceTensor(g1[1]), DeviceTensor(g1[2])};
+  AttnBwdParams gb;
+  gb.fwd = gp;
+  gb.fwd.o = f_ob.view();
+  gb.fwd.lse = f_lse_ref.ptr;
+  gb.dout = f_do.view();
+  gb.dq = f_g[0].view(), gb.dk = f_g[1].view(), gb.dv = f_g[2].view();
+  flash_attention_backward(gb, stream);
+  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  f_o.download(o1);
+  for (int i = 0; i < 3; ++i) f_g[i].download(g1[i]);
+  const std::vector<float> lse1_full = f_lse.download();
+  std::vector<float> lse1(lse64.size());
+  ring::shard_lse_host(lse1_full.data(), lse1.data(), 1, Hq, c.layout, S, P, r);
+  cudaStreamDestroy(stream);
+
+  // ---- errors on this rank's rows ----------------------------------------------------------------------------
+  Triple t[5];
+  t[0] = {compare(o.view, o64.view), compare(shard_of(o1, c.layout, P, r).view, o64.view),
+          compare(o_naive.view, o64.view)};
+  const std::vector<double> lse_ref_d(lse64.begin(), lse64.end());
+  const int64_t nl = static_cast<int64_t>(lse64.size());
+  t[1] = {compare_flat(lse.data(), lse_ref_d.data(), nl), compare_flat(lse1.data(), lse_ref_d.data(), nl),
+          compare_flat(lse_naive.data(), lse_ref_d.data(), nl)};
+  const HostTensor* refs[3] = {&dq64, &dk_ref, &dv_ref};
+  const HostTensor* nais[3] = {&dq_naive, &dk_nai, &dv_nai};
+  for (int i = 0; i < 3; ++i) {
+    t[2 + i] = {compare(gr[i].view, refs[i]->view), compare(shard_of(g1[i], c.layout, P, r).view, refs[i]->view),
+                compare(nais[i]->view, refs[i]->view)};
+  }
+  const char* names[5] = {"O", "LSE", "dQ", "dK", "dV"};
+  for (int i = 0; i < 5; ++i) {
+    const Triple& e = t[i];
+    SCOPED_TRACE(std::string(names[i]) + " ring: " + e.ring.str() + " | 1 GPU: " + e.single.str() +
+                 " | naive: " + e.naive.str());
+    EXPECT_EQ(e.ring.non_finite, 0);
+    EXPECT_EQ(e.single.non_finite, 0);
+    EXPECT_GT(e.ring.count, 0);
+    if (i < 2) {
+      EXPECT_LE(e.ring.rel_l2, 2 * e.naive.rel_l2 + kFwdSlack);
+      EXPECT_LE(e.ring.max_abs, 2 * e.naive.max_abs + kFwdSlack);
+      EXPECT_LE(e.ring.rel_l2, 2 * e.single.rel_l2 + kFwdSlack) << "grows with the number of ranks";
+      EXPECT_LE(e.ring.max_abs, 2 * e.single.max_abs + kFwdSlack) << "grows with the number of ranks";
+    } else {
+      const double rr = rms_of(refs[i - 2]->view);
+      EXPECT_LE(e.ring.max_abs, 2 * e.naive.max_abs + 1e-2 * rr + 1e-6);
+      EXPECT_LE(e.ring.rmse, 2 * e.naive.rmse + 2e-3 * rr + 1e-7);
+      EXPECT_LE(e.ring.max_abs, 2 * e.single.max_abs + 1e-2 * rr + 1e-6) << "grows with the number of ranks";
+      EXPECT_LE(e.ring.rmse, 2 * e.single.rmse + 2e-3 * rr + 1e-7) << "grows with the number of ranks";
+    }
+  }
+  EXPECT_TRUE(std::any_of(lse64.begin(), lse64.end(), [](float x) { return std::isfinite(x); }));
+
+  double mine[15], worst[15];
+  for (int i = 0; i < 5; ++i) {
+    mine[3 * i] = t[i].ring.max_abs;
+    mine[3 * i + 1] = t[i].single.max_abs;
+    mine[3 * i + 2] = t[i].naive.max_abs;
+  }
+  MPI_Allreduce(mine, worst, 15, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  RunInfo info{ra.schedule().last_useful_step, ra.last_forward().kv_exchanges, ra.last_backward().grad_exchanges};
+  if (r == 0) {
+    std::printf("[ring-sparse-gpu P=%d] %-40s seed %llu density %.3f last step %d | max|err| ring/1gpu/naive:", P,
+                c.name().c_str(), static_cast<unsigned long long>(seed), g ? g->density() : 1.0, info.last_useful_step);
+    for (int i = 0; i < 5; ++i)
+      std::printf("  %s %.2e/%.2e/%.2e", names[i], worst[3 * i], worst[3 * i + 1], worst[3 * i + 2]);
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  return info;
+}
+
+class RingSparseGpuLayouts : public ::testing::TestWithParam<ShardLayout> {};
+
+// BigBird (causal and not, ALiBi), strided causal GQA, global tokens, random, causal window band, empty rows;
+// D = 128 and 64.
+TEST_P(RingSparseGpuLayouts, MatchFp64AndOneGpu) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  SparseCase c;
+  c.layout = GetParam();
+  c.Hq = 4, c.Hkv = 2, c.D = 128;
+  std::vector<SparseCase> cases;
+  c.pattern = Pattern::kBigBird;
+  c.alibi = true;
+  cases.push_back(c);
+  c.causal = true;
+  cases.push_back(c);
+  c.alibi = false;
+  c.pattern = Pattern::kStrided;
+  cases.push_back(c);
+  c.pattern = Pattern::kGlobal;
+  c.D = 64;
+  cases.push_back(c);
+  c.pattern = Pattern::kRandom;
+  c.causal = false;
+  c.Hkv = 1;
+  cases.push_back(c);
+  c.pattern = Pattern::kWindowBand;
+  c.causal = true;
+  c.window = 300;
+  c.Hkv = 2;
+  cases.push_back(c);
+  c.pattern = Pattern::kHoles;
+  c.causal = false;
+  c.window = 0;
+  c.D = 128;
+  cases.push_back(c);
+  for (const SparseCase& x : cases) run_case(comm, x);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, RingSparseGpuLayouts,
+                         ::testing::Values(ShardLayout::kContiguous, ShardLayout::kZigzag),
+                         [](const ::testing::TestParamInfo<ShardLayout>& i) {
+                           return std::string(ring::layout_name(i.param));
+                         });
+
+// The early end on GPUs: a causal local band and a block diagonal (contiguous), a causal sliding window on the
+// dense ring (no wider than a shard).
+TEST(RingSparseGpu, EarlyEnd) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  const int P = mpi_size();
+  SparseCase c;
+  c.layout = ShardLayout::kContiguous;
+  c.Hq = 4, c.Hkv = 2, c.D = 128;
+  c.pattern = Pattern::kLocalBand;
+  c.causal = true;
+  RunInfo i = run_case(comm, c);
+  EXPECT_EQ(i.last_useful_step, std::min(1, P - 1));
+  EXPECT_EQ(i.kv_exchanges, std::min(1, P - 1));
+  c.pattern = Pattern::kBlockDiagonal;
+  c.causal = false;
+  c.alibi = true;
+  i = run_case(comm, c);
+  EXPECT_EQ(i.last_useful_step, 0);
+  EXPECT_EQ(i.kv_exchanges, 0);
+  EXPECT_EQ(i.grad_exchanges, 1);
+  c.pattern = Pattern::kDense;
+  c.causal = true;
+  c.window = 256;  // <= S/P for P <= 8
+  i = run_case(comm, c);
+  EXPECT_EQ(i.last_useful_step, std::min(1, P - 1));
+  EXPECT_EQ(i.kv_exchanges, std::min(1, P - 1));
+}
+
+// NcclCommunicator::post_shift: every shift (negative, zero, beyond the ring) reaches peer(shift); a ring hop and
+// a shift in flight together; bad arguments refused.
+TEST(NcclShift, EveryShiftReachesThePeer) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  const int P = mpi_size(), r = mpi_rank();
+  const int64_t n = 4099;  // odd element count
+  cudaStream_t stream = nullptr;
+  DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int shift = -P - 1; shift <= P + 1; ++shift) {
+    SCOPED_TRACE(::testing::Message() << "shift " << shift << " rank " << r);
+    std::vector<float> send(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) send[static_cast<size_t>(i)] = static_cast<float>(r * 100000 + i * 3 + shift);
+    DeviceArray<float> d_send(send), d_recv(std::vector<float>(static_cast<size_t>(n), kNaN));
+    ExchangeTicket t = comm.post_shift("test shift", shift, d_send.ptr, d_recv.ptr,
+                                       static_cast<size_t>(n) * sizeof(float), shift, stream);
+    comm.wait_exchange(t, stream);
+    DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<float> got = d_recv.download();
+    const int from = ((r - shift) % P + P) % P;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; ++i)
+      bad += got[static_cast<size_t>(i)] != static_cast<float>(from * 100000 + i * 3 + shift);
+    EXPECT_EQ(bad, 0) << "from rank " << from;
+  }
+  DeviceArray<int> a(std::vector<int>(64, r)), b(std::vector<int>(64, 100 + r)), ra(std::vector<int>(64, -1)),
+      rb(std::vector<int>(64, -1));
+  ExchangeTicket t1 = comm.post_exchange("test hop", 0, a.ptr, ra.ptr, 64 * sizeof(int), stream);
+  ExchangeTicket t2 = comm.post_shift("test home", 0, b.ptr, rb.ptr, 64 * sizeof(int), -2, stream);
+  comm.wait_exchange(t2, stream);
+  comm.wait_exchange(t1, stream);
+  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  EXPECT_EQ(ra.download()[5], comm.prev());
+  EXPECT_EQ(rb.download()[5], 100 + comm.peer(2));
+  EXPECT_ERROR_ARG(comm.post_shift("bad", 0, nullptr, rb.ptr, 8, 1, stream), "send/recv");
+  EXPECT_ERROR_ARG(comm.post_shift("bad", 0, rb.ptr, rb.ptr, 8, 1, stream), "recv");
+  EXPECT_FALSE(comm.broken());
+  cudaStreamDestroy(stream);
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace distattn
+
+int main(int argc, char** argv) { return distattn::testing::run_mpi_gtests(argc, argv); }
