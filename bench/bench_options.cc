@@ -26,6 +26,12 @@ po::options_description bench_options_description() {
        "largest sequence length checked against the fp64 host engine (bigger sizes print 'skip')")  //
       ("check-heads", po::value<int64_t>()->default_value(0),
        "dense: kv heads checked, each with all its q heads (0: min(kv heads, CPU threads, 8))")  //
+      ("sparse-pattern", po::value<std::string>()->default_value("block-diagonal"),
+       "sparse: block-diagonal | sliding-window (--window, --causal) | strided | bigbird | random")  //
+      ("sparse-block", po::value<std::string>()->default_value("2048"),
+       "sparse: block-diagonal segment rows; strided: stride rows (multiples of 128)")  //
+      ("sparse-random", po::value<int64_t>()->default_value(3),
+       "sparse: random 128-row blocks per q block (random, bigbird)")  //
       ("seed", po::value<uint64_t>()->default_value(20261122), "seed of the random inputs");
   return desc;
 }
@@ -74,6 +80,16 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
   DISTATTN_CHECK_ARG(o.check_heads >= 0 && o.check_heads <= o.common.resolved_kv_heads(), "--check-heads",
                      "must be between 0 (automatic) and the kv heads (", o.common.resolved_kv_heads(), "), got ",
                      o.check_heads);
+  o.sparse_pattern = vm["sparse-pattern"].as<std::string>();
+  DISTATTN_CHECK_ARG(o.sparse_pattern == "block-diagonal" || o.sparse_pattern == "sliding-window" ||
+                         o.sparse_pattern == "strided" || o.sparse_pattern == "bigbird" || o.sparse_pattern == "random",
+                     "--sparse-pattern", "unknown pattern '", o.sparse_pattern,
+                     "' (expected block-diagonal, sliding-window, strided, bigbird or random)");
+  o.sparse_block = launch::parse_size(vm["sparse-block"].as<std::string>(), "--sparse-block");
+  DISTATTN_CHECK_ARG(o.sparse_block >= 128 && o.sparse_block % 128 == 0, "--sparse-block",
+                     "must be a positive multiple of 128 (the layout block), got ", o.sparse_block);
+  o.sparse_random = vm["sparse-random"].as<int64_t>();
+  DISTATTN_CHECK_ARG(o.sparse_random >= 1, "--sparse-random", "must be >= 1, got ", o.sparse_random);
   o.seed = vm["seed"].as<uint64_t>();
   return o;
 }

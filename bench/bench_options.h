@@ -25,10 +25,14 @@ struct BenchOptions {
   std::string layout = "zigzag";  // --layout: ring shard layout, zigzag | contiguous | striped
   int64_t check_max_seq = 4096;   // --check-max-seq: largest S checked against the fp64 host engine
   int64_t check_heads = 0;        // --check-heads: kv heads checked (with all their q heads); 0: automatic
-  uint64_t seed = 20261122;       // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
-  bool host_engine = false;       // no GPU: the host engine (fp32) runs the op
-  bool help = false;              // -h/--help given: print usage and exit
-  std::vector<int64_t> sizes;     // the resolved sweep
+  std::string sparse_pattern = "block-diagonal";  // --sparse-pattern (op sparse): block-diagonal | sliding-window |
+                                                  // strided | bigbird | random
+  int64_t sparse_block = 2048;  // --sparse-block: rows of a block-diagonal segment; strided: the stride (rows)
+  int64_t sparse_random = 3;    // --sparse-random: random 128-blocks per q block (random, bigbird)
+  uint64_t seed = 20261122;     // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
+  bool host_engine = false;     // no GPU: the host engine (fp32) runs the op
+  bool help = false;            // -h/--help given: print usage and exit
+  std::vector<int64_t> sizes;   // the resolved sweep
 };
 
 // The full option table: common options plus the bench's own.

@@ -11,6 +11,10 @@ const std::vector<OpEntry>& op_table() {
        "ring attention over the job's ranks, one GPU each (global S sharded by --layout; --pass, --causal, "
        "--window, --alibi, --gqa); per-GPU TFLOPs, exposed communication, K|V busbw, peak memory",
        make_ring_op},
+      {"sparse",
+       "block-sparse attention on one GPU (--sparse-pattern, --sparse-block, --window, --causal, --pass); useful "
+       "TFLOPs",
+       make_sparse_op},
       {"rope", "RoPE on q and k in place (--rotary-dim, --style); GB/s and % of device copy bandwidth", make_rope_op},
   };
   return table;

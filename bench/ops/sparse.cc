@@ -1,0 +1,378 @@
+// Op "sparse": one GPU's block-sparse attention (sparse/block_sparse_attention.h) forward, backward or both
+// (--pass), through the CUDA engine with the layout's block list uploaded once per size; without a GPU,
+// through the host engine in fp32.
+//
+// Patterns (--sparse-pattern), all on contiguous positions 0..S-1, Sq = Skv = S:
+//   block-diagonal  independent segments of --sparse-block rows (default 2048); --causal inside each
+//   sliding-window  pos_q - pos_k < --window, and causal with --causal (else |pos_q - pos_k| < W)
+//   strided         (qb - kb) mod (--sparse-block / 128) == 0 or |qb - kb| <= 1 (128-row blocks); --causal
+//   bigbird         window 1 block each side + 1 global block + --sparse-random random blocks per q block
+//   random          --sparse-random random blocks per q block
+// The layout is built in setup() (not timed), like a model builds it once.
+//
+// Work: USEFUL FLOPs, 4 * B * H * D * (visible pairs), the pairs counted exactly from the layout and its band
+// (BlockSparseAttention::visible_pairs); backward x2.5, fwd+bwd x3.5. Columns: %dense = visible pairs / S^2,
+// %comp = pairs of the listed blocks (what the engine computes) / S^2.
+//
+// Check (-c 1, S <= --check-max-seq): as the dense op (bench/ops/dense.cc): fresh inputs, poisoned outputs,
+// one run, then the fp64 host engine with the SAME block list on the checked heads; element ok if
+// |err| <= 2 * naive_err + ulp * max|ref| (naive: host kRoundIntermediates).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include "bench_flops.h"
+#include "bench_op.h"
+#include "device_fill.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/positional/alibi.h"
+#include "distattn/sparse/block_sparse_attention.h"
+#include "distattn/sparse/flash_attention.h"
+#include "host_reference.h"
+#include "host_tensors.h"
+#include "output_check.h"
+
+namespace distattn {
+namespace bench {
+namespace {
+
+double dtype_ulp(DType t) {
+  switch (t) {
+    case DType::kBFloat16:
+      return std::ldexp(1.0, -7);
+    case DType::kFloat16:
+      return std::ldexp(1.0, -10);
+    case DType::kFloat32:
+      return std::ldexp(1.0, -23);
+    default:
+      return std::ldexp(1.0, -52);
+  }
+}
+
+class SparseOp : public BenchOp {
+ public:
+  explicit SparseOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+    const auto& c = opt_.common;
+    B_ = c.batch;
+    H_ = c.heads;
+    Hkv_ = c.resolved_kv_heads();
+    D_ = c.head_dim;
+    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
+    if (ctx.on_gpu()) {
+      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
+                         D_);
+    }
+    const std::string& pat = opt_.sparse_pattern;
+    if (pat == "sliding-window") {
+      DISTATTN_CHECK_ARG(c.window > 0, "--window", "--sparse-pattern sliding-window needs --window W > 0");
+    } else {
+      DISTATTN_CHECK_ARG(c.window == 0, "--window", "applies to --sparse-pattern sliding-window only (pattern is ", pat,
+                         ")");
+    }
+    if (c.alibi) slopes_host_ = alibi_slopes(H_);
+    const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
+    check_kv_heads_ = opt_.check_heads > 0 ? opt_.check_heads : std::max<int64_t>(1, auto_heads);
+  }
+
+  std::string pattern_label() const {
+    const auto& c = opt_.common;
+    const std::string& pat = opt_.sparse_pattern;
+    std::ostringstream os;
+    if (pat == "block-diagonal") os << "bdiag" << opt_.sparse_block;
+    if (pat == "sliding-window") os << "win" << c.window;
+    if (pat == "strided") os << "stride" << opt_.sparse_block;
+    if (pat == "bigbird") os << "bigbird" << opt_.sparse_random;
+    if (pat == "random") os << "random" << opt_.sparse_random;
+    if (c.causal) os << "-c";
+    return os.str();
+  }
+
+  std::vector<std::string> describe() const override {
+    const auto& c = opt_.common;
+    std::vector<std::string> lines;
+    std::ostringstream os;
+    os << "op sparse: block-sparse attention " << pass_name(opt_.pass) << ", " << dtype_name(dtype_) << ", B " << B_
+       << ", H " << H_ << ", Hkv " << Hkv_ << ", D " << D_ << ", pattern " << opt_.sparse_pattern << " ("
+       << pattern_label() << "), causal " << (c.causal ? "yes" : "no") << ", alibi " << (c.alibi ? "yes" : "no")
+       << (ctx_.on_gpu() ? ", engine CUDA (block list uploaded once per size)" : ", engine host fp32");
+    lines.push_back(os.str());
+    lines.push_back(
+        "TFLOPs per GPU: USEFUL, 4*B*H*D*(visible pairs, exact from the layout and its band); fwd x1, bwd x2.5, "
+        "fwdbwd x3.5; %dense = visible pairs / S^2, %comp = pairs of the listed 128x128 blocks / S^2");
+    std::ostringstream ck;
+    ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1
+       << ", vs the fp64 host engine with the same block list; ";
+    ck << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host kRoundIntermediates)"
+                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+    lines.push_back(ck.str());
+    return lines;
+  }
+
+  bool work_is_bytes() const override { return false; }
+  double work(int64_t seq) const override {
+    const auto it = pairs_.find(seq);
+    DISTATTN_CHECK(it != pairs_.end(), "sparse op: work(", seq, ") asked before setup(", seq, ")");
+    return 4.0 * static_cast<double>(B_) * static_cast<double>(H_) * static_cast<double>(D_) *
+           static_cast<double>(it->second.first) * pass_factor(opt_.pass);
+  }
+
+  std::string shape_header() const override {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%8s %4s %4s %4s %4s %14s", "seq", "B", "H", "Hkv", "D", "pattern");
+    return buf;
+  }
+  std::string shape_cells(int64_t seq) const override {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%8lld %4lld %4lld %4lld %4lld %14s", static_cast<long long>(seq),
+                  static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
+                  static_cast<long long>(D_), pattern_label().c_str());
+    return buf;
+  }
+  std::string extra_header() const override { return "  %dense  %comp"; }
+  std::string extra_cells(int64_t seq, double) const override {
+    const auto it = pairs_.find(seq);
+    if (it == pairs_.end()) return "";
+    const double all = static_cast<double>(seq) * static_cast<double>(seq);
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), " %7.3f %6.3f", 100.0 * it->second.first / all, 100.0 * it->second.second / all);
+    return buf;
+  }
+
+  void json_options(JsonObject& out) const override {
+    out.set("pass", pass_name(opt_.pass));
+    out.set("check_kv_heads", check_kv_heads_);
+    out.set("sparse_pattern", opt_.sparse_pattern).set("sparse_block", opt_.sparse_block);
+    out.set("sparse_random", opt_.sparse_random);
+  }
+  void json_row(JsonObject& row, int64_t seq, double) const override {
+    const auto it = pairs_.find(seq);
+    const double all = static_cast<double>(seq) * static_cast<double>(seq);
+    row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
+    row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
+    row.set("dtype", dtype_name(dtype_)).set("flops", work(seq));
+    row.set("pattern", opt_.sparse_pattern).set("pattern_label", pattern_label());
+    row.set("sparse_block", opt_.sparse_block).set("sparse_random", opt_.sparse_random);
+    row.set("visible_pairs", it->second.first).set("computed_pairs", it->second.second);
+    row.set("dense_fraction", it->second.first / all).set("computed_fraction", it->second.second / all);
+  }
+
+  void setup(int64_t seq) override {
+    S_ = seq;
+    ++size_index_;
+    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_);
+    const bool need_bwd = opt_.pass != Pass::kForward;
+    attn_ = std::make_unique<BlockSparseAttention>(
+        make_attention(ctx_.on_gpu() ? Device::kCuda : Device::kHost, HostPrecision::kFloat32));
+    pairs_[seq] = {attn_->visible_pairs(S_, S_), attn_->computed_pairs(S_, S_)};
+    if (ctx_.on_gpu()) {
+      const size_t e = dtype_size(dtype_);
+      q_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * H_ * D_) * e);
+      k_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * Hkv_ * D_) * e);
+      v_ = DeviceBuffer(k_.bytes());
+      o_ = DeviceBuffer(q_.bytes());
+      lse_ = DeviceBuffer(static_cast<size_t>(B_ * H_ * S_) * sizeof(float));
+      if (need_bwd) {
+        dout_ = DeviceBuffer(q_.bytes());
+        dq_ = DeviceBuffer(q_.bytes());
+        dk_ = DeviceBuffer(k_.bytes());
+        dv_ = DeviceBuffer(k_.bytes());
+      }
+      fill_inputs_device(seed);
+      poison_device(o_.get(), o_.bytes(), ctx_.stream);
+      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
+      if (opt_.pass == Pass::kBackward) run_fwd();  // bwd alone is timed against this forward's O and LSE
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    } else {
+      hq_ = HostTensor(dtype_, B_, S_, H_, D_);
+      hk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+      hv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+      ho_ = HostTensor(dtype_, B_, S_, H_, D_);
+      hlse_.assign(static_cast<size_t>(B_ * H_ * S_), 0.f);
+      if (need_bwd) {
+        hdout_ = HostTensor(dtype_, B_, S_, H_, D_);
+        hdq_ = HostTensor(dtype_, B_, S_, H_, D_);
+        hdk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+        hdv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
+      }
+      fill_inputs_host(seed);
+      if (opt_.pass == Pass::kBackward) run_fwd();
+    }
+  }
+
+  void run() override {
+    if (opt_.pass != Pass::kBackward) run_fwd();
+    if (opt_.pass != Pass::kForward) run_bwd();
+  }
+
+  bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
+
+  CheckResult check() override {
+    const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
+    const bool bwd = opt_.pass != Pass::kForward;
+    HostTensor q, k, v, o, dout, dq, dk, dv;
+    std::vector<float> lse;
+    if (ctx_.on_gpu()) {
+      fill_inputs_device(seed);
+      poison_device(o_.get(), o_.bytes(), ctx_.stream);
+      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
+      if (bwd) {
+        poison_device(dq_.get(), dq_.bytes(), ctx_.stream);
+        poison_device(dk_.get(), dk_.bytes(), ctx_.stream);
+        poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
+      }
+      run_fwd();
+      if (bwd) run_bwd();
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      q = download(q_.get(), dtype_, B_, S_, H_, D_);
+      k = download(k_.get(), dtype_, B_, S_, Hkv_, D_);
+      v = download(v_.get(), dtype_, B_, S_, Hkv_, D_);
+      o = download(o_.get(), dtype_, B_, S_, H_, D_);
+      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * S_);
+      if (bwd) {
+        dout = download(dout_.get(), dtype_, B_, S_, H_, D_);
+        dq = download(dq_.get(), dtype_, B_, S_, H_, D_);
+        dk = download(dk_.get(), dtype_, B_, S_, Hkv_, D_);
+        dv = download(dv_.get(), dtype_, B_, S_, Hkv_, D_);
+      }
+    } else {
+      fill_inputs_host(seed);
+      fill_nan_host(ho_);
+      fill_nan_host(hlse_);
+      if (bwd) {
+        fill_nan_host(hdq_);
+        fill_nan_host(hdk_);
+        fill_nan_host(hdv_);
+      }
+      run_fwd();
+      if (bwd) run_bwd();
+      q = hq_, k = hk_, v = hv_, o = ho_, lse = hlse_;
+      if (bwd) dout = hdout_, dq = hdq_, dk = hdk_, dv = hdv_;
+    }
+
+    // References on the checked heads with the SAME layout (its host arrays) through the host engine.
+    const int64_t G = H_ / Hkv_;
+    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    const bool naive_on = ctx_.on_gpu();
+    const BlockListView view = attn_->layout().host_view();
+    const TensorView q16 = head_slice(q.view, 0, Hc), k16 = head_slice(k.view, 0, Kc), v16 = head_slice(v.view, 0, Kc);
+    const TensorView do16 = bwd ? head_slice(dout.view, 0, Hc) : TensorView();
+    HostReferences refs = compute_host_references(
+        q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
+        [&](const TensorView& rq, const TensorView& rk, const TensorView& rv, const TensorView& ro, float* rlse) {
+          AttnParams p;
+          p.q = rq, p.k = rk, p.v = rv, p.o = ro;
+          p.lse = rlse;
+          p.lse_batch_stride = Hc * S_;
+          p.lse_head_stride = S_;
+          p.q_pos = PositionMap::contiguous(0, S_);
+          p.kv_pos = PositionMap::contiguous(0, S_);
+          p.mask = attn_->layout().make_mask(view);
+          p.alibi_slopes = slopes_host_.empty() ? nullptr : slopes_host_.data();
+          return p;
+        });
+
+    OutputCheck check;
+    const double ulp = dtype_ulp(dtype_);
+    check.compare("o", head_slice(o.view, 0, Hc), refs.o.view, naive_on ? &refs.naive_o.view : nullptr, ulp);
+    const TensorView lse_got = head_slice(lse_view(lse.data(), B_, S_, H_), 0, Hc);
+    const TensorView lse_ref = lse_view(refs.lse.data(), B_, S_, Hc);
+    const TensorView lse_naive = lse_view(refs.naive_lse.data(), B_, S_, Hc);
+    check.compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
+    if (bwd) {
+      check.compare("dq", head_slice(dq.view, 0, Hc), refs.dq.view, naive_on ? &refs.naive_dq.view : nullptr, ulp);
+      check.compare("dk", head_slice(dk.view, 0, Kc), refs.dk.view, naive_on ? &refs.naive_dk.view : nullptr, ulp);
+      check.compare("dv", head_slice(dv.view, 0, Kc), refs.dv.view, naive_on ? &refs.naive_dv.view : nullptr, ulp);
+    }
+    return check.finish();
+  }
+
+  void teardown() override {
+    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
+    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
+    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
+    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
+    hlse_.clear();
+    attn_.reset();
+  }
+
+ private:
+  BlockSparseAttention make_attention(Device device, HostPrecision precision) const {
+    const auto& c = opt_.common;
+    BlockSparseConfig cfg;
+    cfg.q_heads = H_, cfg.kv_heads = Hkv_, cfg.head_dim = D_;
+    cfg.alibi_slopes = slopes_host_;
+    cfg.host_precision = precision;
+    const std::string& pat = opt_.sparse_pattern;
+    const uint64_t layout_seed = opt_.seed ^ 0xb10c5ull;
+    cudaStream_t s = ctx_.stream;
+    if (pat == "block-diagonal")
+      return BlockSparseAttention::block_diagonal(S_, S_, opt_.sparse_block, c.causal, cfg, device, s);
+    if (pat == "sliding-window") return BlockSparseAttention::local_window(S_, S_, c.window, c.causal, cfg, device, s);
+    if (pat == "strided")
+      return BlockSparseAttention::strided(S_, S_, opt_.sparse_block / kLayoutBlock, 1, c.causal, cfg, device, s);
+    if (pat == "bigbird") {
+      return BlockSparseAttention::bigbird(S_, S_, 1, 1, opt_.sparse_random, layout_seed, c.causal, cfg, device, s);
+    }
+    return BlockSparseAttention::random(S_, S_, std::min<int64_t>(opt_.sparse_random, (S_ + 127) / 128), layout_seed,
+                                        c.causal, cfg, device, s);
+  }
+
+  void run_fwd() {
+    if (ctx_.on_gpu()) {
+      attn_->forward(dev(q_, H_), dev(k_, Hkv_), dev(v_, Hkv_), dev(o_, H_), static_cast<float*>(lse_.get()),
+                     ctx_.stream);
+    } else {
+      attn_->forward(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data());
+    }
+  }
+  void run_bwd() {
+    if (ctx_.on_gpu()) {
+      attn_->backward(dev(q_, H_), dev(k_, Hkv_), dev(v_, Hkv_), dev(o_, H_), static_cast<const float*>(lse_.get()),
+                      dev(dout_, H_), dev(dq_, H_), dev(dk_, Hkv_), dev(dv_, Hkv_), ctx_.stream);
+    } else {
+      attn_->backward(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data(), hdout_.view, hdq_.view, hdk_.view,
+                      hdv_.view);
+    }
+  }
+  TensorView dev(const DeviceBuffer& b, int64_t heads) const {
+    return TensorView::packed(b.get(), dtype_, Device::kCuda, B_, S_, heads, D_);
+  }
+
+  void fill_inputs_device(uint64_t seed) {
+    fill_random_device(q_.get(), B_ * S_ * H_ * D_, dtype_, seed + 0, 1.0f, ctx_.stream);
+    fill_random_device(k_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 1, 1.0f, ctx_.stream);
+    fill_random_device(v_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 2, 1.0f, ctx_.stream);
+    if (dout_.get() != nullptr) fill_random_device(dout_.get(), B_ * S_ * H_ * D_, dtype_, seed + 3, 1.0f, ctx_.stream);
+  }
+  void fill_inputs_host(uint64_t seed) {
+    fill_random_host(hq_, seed + 0);
+    fill_random_host(hk_, seed + 1);
+    fill_random_host(hv_, seed + 2);
+    if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
+  }
+
+  RunContext ctx_;
+  const BenchOptions& opt_;
+  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0;
+  DType dtype_ = DType::kBFloat16;
+  int size_index_ = -1;
+  int64_t check_kv_heads_ = 1;
+  std::vector<float> slopes_host_;
+  std::unique_ptr<BlockSparseAttention> attn_;
+  std::map<int64_t, std::pair<int64_t, int64_t>> pairs_;  // seq -> (visible pairs, computed pairs) per (b, h)
+  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_;
+  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_;
+  std::vector<float> hlse_;
+};
+
+}  // namespace
+
+std::unique_ptr<BenchOp> make_sparse_op(const RunContext& ctx) { return std::make_unique<SparseOp>(ctx); }
+
+}  // namespace bench
+}  // namespace distattn
