@@ -342,6 +342,12 @@ unsigned char* DistributedDilatedAttention::bscratch(Slot slot, size_t bytes) {
   return bscratch_[slot];
 }
 
+int64_t DistributedDilatedAttention::scratch_bytes() const {
+  int64_t bytes = fscratch_floats_ * static_cast<int64_t>(sizeof(float));
+  for (size_t b : bscratch_bytes_) bytes += static_cast<int64_t>(b);
+  return bytes + (local_ ? local_->scratch_bytes() : 0);
+}
+
 const float* DistributedDilatedAttention::pattern_slopes(size_t pattern) const {
   if (slopes_host_.empty()) return nullptr;
   const float* base = comm_.device() == Device::kCuda ? slopes_device_ : slopes_host_.data();

@@ -87,6 +87,8 @@ class DilatedAttention {
     max_fold_batch_ = max_batch;
   }
   Device device() const { return device_; }
+  // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
+  int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
 
   // o [B, S, Hq, D] (q's dtype or fp32) and lse [B, Hq, S] fp32 packed are written.
   // Everything is validated first; on bad input nothing is written and nothing is launched.

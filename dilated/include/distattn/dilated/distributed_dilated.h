@@ -76,6 +76,9 @@ class DistributedDilatedAttention {
   const DistributedDilatedConfig& config() const { return config_; }
   int64_t local_rows() const { return local_rows_; }  // L = S / P
   const DilatedPatternPlan& plan(size_t pattern) const { return plans_[pattern]; }
+  // Bytes of scratch held on the engine's device (accumulators, packed / gathered K|V, fp32 dK|dV buffers, and
+  // the local patterns' single-device scratch); grows to the largest call, kept until destruction.
+  int64_t scratch_bytes() const;
 
   // Local shards (see the top of this file): q [B, L, Hq, D], k, v [B, L, Hkv, D] of config.dtype (any strides,
   // head dim contiguous); o [B, L, Hq, D] of config.dtype or fp32 and lse [B, Hq, L] fp32 packed are written.

@@ -1,0 +1,476 @@
+// Op "dilated": LongNet dilated attention (dilated/dilated_attention.h) on one GPU, or across the job's ranks
+// (dilated/distributed_dilated.h: GLOBAL S sharded contiguously, S/N rows per rank, one GPU each, NCCL); without
+// a GPU, the host engine in fp32 (over plain MPI when N > 1) on small sizes.
+//
+// Patterns: the environment variables DISTATTN_DILATED_SEGMENTS and DISTATTN_DILATED_RATES (comma lists of equal
+// length, sizes may end in k/K), e.g. "2048,4096" and "1,2". Default: LongNet's segments 2048, 4096, 8192,
+// 16384, 32768 with rates 1, 2, 4, 8, 16 (LongNet's 6 and 12 do not divide power-of-two segments: torchscale
+// pads, this library requires r | w). A segment longer than S is capped to S (its rate must still divide S).
+// Sharded (N > 1): a segment <= S/N must divide S/N; a longer one must be a multiple of S/N (else an Error).
+//
+// Shapes (per rank, packed): q, o, dout, dq [B, S/N, H, D]; k, v, dk, dv [B, S/N, Hkv, D]; lse [B, H, S/N] fp32.
+//
+// Work (USEFUL FLOPs: only the (query, key) pairs computed): pattern (w, r) keeps m = w/r rows per segment and
+// head, so it computes B * H * (S/w) * m^2 pairs (causal: B * H * (S/w) * m(m+1)/2); FLOPs = 4 * D * pairs
+// summed over patterns (a pair kept by two patterns is computed twice and counted twice), x2.5 bwd, x3.5
+// fwdbwd, divided by N (per GPU). Column "frac": those pairs / the dense pairs (S^2 or S(S+1)/2, per head).
+// Column "peakMiB": the op's buffers + the class's device scratch after one run + the high-water mark of the
+// default cudaMallocAsync pool during that run (engine scratch); NCCL's buffers and the context not counted.
+// Max over ranks.
+//
+// Check (-c 1, S <= --check-max-seq): every rank rebuilds the FULL q, k, v, dout from the seed, runs the op on
+// its shard (outputs poisoned), and compares its rows with the single-process host DilatedAttention on the full
+// sequence: fp64 reference, and (GPU) the naive same-precision run (kRoundIntermediates) for the 2x rule
+// (OutputCheck: |err| <= 2 * naive_err + ulp * max|ref|; host mode 1e-4 * max(1, max|ref|)). The backward runs
+// on the op's own O and LSE; the references on theirs.
+#include <cuda_runtime_api.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_flops.h"
+#include "bench_op.h"
+#include "device_fill.h"
+#include "distattn/comm/mpi_communicator.h"
+#include "distattn/comm/nccl_communicator.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/check_libs.h"
+#include "distattn/core/error.h"
+#include "distattn/dilated/dilated_attention.h"
+#include "distattn/dilated/distributed_dilated.h"
+#include "distattn/positional/alibi.h"
+#include "distattn/sparse/flash_attention.h"
+#include "host_tensors.h"
+#include "output_check.h"
+
+namespace distattn {
+namespace bench {
+namespace {
+
+double dtype_ulp(DType t) {
+  switch (t) {
+    case DType::kBFloat16:
+      return std::ldexp(1.0, -7);
+    case DType::kFloat16:
+      return std::ldexp(1.0, -10);
+    case DType::kFloat32:
+      return std::ldexp(1.0, -23);
+    default:
+      return std::ldexp(1.0, -52);
+  }
+}
+
+double max_over_ranks(double x) {
+  double r = 0;
+  DISTATTN_MPI_CHECK(MPI_Allreduce(&x, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return r;
+}
+
+// "2048,4k" -> {2048, 4096}; throws naming `name`.
+std::vector<int64_t> parse_list(const char* text, const char* name) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    DISTATTN_CHECK_ARG(!item.empty(), name, "has an empty entry in '", text, "'");
+    char* end = nullptr;
+    long long v = std::strtoll(item.c_str(), &end, 10);
+    if (*end == 'k' || *end == 'K') v *= 1024, ++end;
+    DISTATTN_CHECK_ARG(*end == '\0' && v >= 1, name, "entry '", item, "' is not a positive integer");
+    out.push_back(v);
+  }
+  DISTATTN_CHECK_ARG(!out.empty(), name, "is empty");
+  return out;
+}
+
+std::vector<DilatedPattern> requested_patterns() {
+  const char* ws = std::getenv("DISTATTN_DILATED_SEGMENTS");
+  const char* rs = std::getenv("DISTATTN_DILATED_RATES");
+  std::vector<int64_t> w = parse_list(ws != nullptr ? ws : "2048,4096,8192,16384,32768", "DISTATTN_DILATED_SEGMENTS");
+  std::vector<int64_t> r = parse_list(rs != nullptr ? rs : "1,2,4,8,16", "DISTATTN_DILATED_RATES");
+  DISTATTN_CHECK_ARG(w.size() == r.size(), "DISTATTN_DILATED_RATES", "has ", r.size(), " entries, the segments ",
+                     w.size());
+  std::vector<DilatedPattern> out;
+  for (size_t i = 0; i < w.size(); ++i) out.push_back({w[i], r[i]});
+  return out;
+}
+
+class DilatedOp : public BenchOp {
+ public:
+  explicit DilatedOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+    const auto& c = opt_.common;
+    B_ = c.batch;
+    H_ = c.heads;
+    Hkv_ = c.resolved_kv_heads();
+    D_ = c.head_dim;
+    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
+    DISTATTN_CHECK_ARG(c.window == 0, "--window", "the dilated op has no window (its patterns are the sparsity)");
+    if (ctx.on_gpu()) {
+      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
+                         D_);
+      DISTATTN_CHECK_ARG(dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16, "--dtype",
+                         "the CUDA engine takes bf16 or fp16, got ", dtype_name(dtype_));
+    }
+    requested_ = requested_patterns();
+    if (c.alibi) slopes_ = alibi_slopes(H_);
+    DISTATTN_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &N_));
+    // Collective over MPI_COMM_WORLD: every rank constructs the op at the same point of run_bench.
+    if (N_ > 1) {
+      if (ctx.on_gpu()) {
+        comm_ = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, ctx.device);
+      } else {
+        comm_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+      }
+    }
+  }
+
+  std::vector<std::string> describe() const override {
+    std::ostringstream os;
+    os << "op dilated: LongNet dilated attention " << pass_name(opt_.pass) << " over " << N_ << " rank(s)"
+       << (N_ > 1 ? (ctx_.on_gpu() ? " (nccl, distributed class)" : " (mpi, distributed class)") : "") << ", "
+       << dtype_name(dtype_) << ", B " << B_ << ", H " << H_ << ", Hkv " << Hkv_ << ", D " << D_ << ", "
+       << (opt_.common.causal ? "causal" : "non-causal") << ", alibi " << (opt_.common.alibi ? "yes" : "no")
+       << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32") << "; patterns (w, r):";
+    for (const DilatedPattern& p : requested_) os << " (" << p.segment << ", " << p.rate << ")";
+    os << ", segments capped to S";
+    return {os.str(),
+            "seq = GLOBAL S; each rank holds S/N rows. USEFUL TFLOPs per GPU: 4*D*sum over patterns of B*H*(S/w)*m^2 "
+            "pairs (m = w/r; causal m(m+1)/2), x2.5 bwd, x3.5 fwdbwd, / N; frac = those pairs / dense pairs",
+            "peak = op buffers + class scratch + cudaMallocAsync pool high-water over one run, max over ranks",
+            std::string("check: S <= ") + std::to_string(opt_.check_max_seq) +
+                ", each rank's rows vs the single-process host DilatedAttention (fp64) on the full sequence; " +
+                (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
+                               : "element ok if |err| <= 1e-4*max(1,max|ref|)")};
+  }
+
+  bool work_is_bytes() const override { return false; }
+  double work(int64_t seq) const override {
+    return 4.0 * static_cast<double>(D_) * pairs(seq) * pass_factor(opt_.pass) / N_;
+  }
+
+  std::string shape_header() const override {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "%8s %3s %4s %4s %4s %4s %7s %4s", "seq", "N", "B", "H", "Hkv", "D", "mask",
+                  "pats");
+    return buf;
+  }
+  std::string shape_cells(int64_t seq) const override {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "%8lld %3d %4lld %4lld %4lld %4lld %7s %4zu", static_cast<long long>(seq), N_,
+                  static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
+                  static_cast<long long>(D_), opt_.common.causal ? "causal" : "none", patterns_for(seq).size());
+    return buf;
+  }
+  std::string extra_header() const override {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), " %8s %8s", "frac", "peakMiB");
+    return buf;
+  }
+  std::string extra_cells(int64_t seq, double) const override {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), " %8.5f %8.0f", pairs(seq) / dense_pairs(seq), peak_bytes_ / (1024.0 * 1024.0));
+    return buf;
+  }
+  void json_options(JsonObject& out) const override {
+    out.set("pass", pass_name(opt_.pass)).set("ranks", N_);
+    std::ostringstream ws, rs;
+    for (size_t i = 0; i < requested_.size(); ++i)
+      ws << (i ? "," : "") << requested_[i].segment, rs << (i ? "," : "") << requested_[i].rate;
+    out.set("segments", ws.str()).set("rates", rs.str());
+  }
+  void json_row(JsonObject& row, int64_t seq, double) const override {
+    row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
+    row.set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass)).set("dtype", dtype_name(dtype_));
+    row.set("ranks", N_).set("local_seq", seq / N_).set("useful_flops", work(seq));
+    row.set("pairs", pairs(seq)).set("dense_fraction", pairs(seq) / dense_pairs(seq));
+    std::ostringstream pats;
+    for (const DilatedPattern& p : patterns_for(seq)) pats << "(" << p.segment << "," << p.rate << ")";
+    row.set("patterns", pats.str());
+    row.set("peak_mem_bytes", peak_bytes_).set("peak_mem_mib", peak_bytes_ / (1024.0 * 1024.0));
+  }
+
+  void setup(int64_t seq) override {
+    S_ = seq;
+    ++size_index_;
+    DISTATTN_CHECK_ARG(S_ % N_ == 0, "seq", "S = ", S_, " is not divisible by the ", N_, " ranks");
+    L_ = S_ / N_;
+    DilatedConfig dc = config_for(S_);
+    if (N_ > 1) {
+      DistributedDilatedConfig cfg;
+      cfg.dilated = dc;
+      cfg.seq_len = S_;
+      cfg.batch = B_;
+      cfg.q_heads = H_;
+      cfg.kv_heads = Hkv_;
+      cfg.head_dim = D_;
+      cfg.dtype = dtype_;
+      dist_ = std::make_unique<DistributedDilatedAttention>(*comm_, cfg);
+    } else {
+      single_ = std::make_unique<DilatedAttention>(dc, ctx_.on_gpu() ? Device::kCuda : Device::kHost);
+    }
+    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 7919ull * ctx_.rank;
+    allocate();
+    if (ctx_.on_gpu()) {
+      const int64_t nq = B_ * L_ * H_ * D_, nkv = B_ * L_ * Hkv_ * D_;
+      fill_random_device(q_.get(), nq, dtype_, seed + 0, 1.0f, ctx_.stream);
+      fill_random_device(k_.get(), nkv, dtype_, seed + 1, 1.0f, ctx_.stream);
+      fill_random_device(v_.get(), nkv, dtype_, seed + 2, 1.0f, ctx_.stream);
+      if (dout_.get() != nullptr) fill_random_device(dout_.get(), nq, dtype_, seed + 3, 1.0f, ctx_.stream);
+      poison_device(o_.get(), o_.bytes(), ctx_.stream);
+      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    } else {
+      fill_random_host(hq_, seed + 0), fill_random_host(hk_, seed + 1), fill_random_host(hv_, seed + 2);
+      if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
+    }
+    if (opt_.pass == Pass::kBackward) op_forward();  // bwd alone is timed against this O and LSE
+    measure_peak_memory();
+  }
+
+  void run() override {
+    if (opt_.pass != Pass::kBackward) op_forward();
+    if (opt_.pass != Pass::kForward) op_backward();
+  }
+
+  bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
+
+  CheckResult check() override {
+    const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
+    const bool bwd = opt_.pass != Pass::kForward;
+    const int64_t row0 = static_cast<int64_t>(ctx_.rank) * L_;
+    // 1. The FULL inputs from the seed (identical on every rank), this rank's rows of them.
+    HostTensor fq(dtype_, B_, S_, H_, D_), fk(dtype_, B_, S_, Hkv_, D_), fv(dtype_, B_, S_, Hkv_, D_),
+        fdo(dtype_, B_, S_, H_, D_);
+    fill_random_host(fq, seed + 0), fill_random_host(fk, seed + 1), fill_random_host(fv, seed + 2);
+    fill_random_host(fdo, seed + 3);
+    // 2. Poisoned outputs, one run of the op (forward, then backward on its own O and LSE).
+    HostTensor o, dq, dk, dv;
+    std::vector<float> lse;
+    if (ctx_.on_gpu()) {
+      upload(rows(fq, row0), q_.get()), upload(rows(fk, row0), k_.get()), upload(rows(fv, row0), v_.get());
+      if (bwd) upload(rows(fdo, row0), dout_.get());
+      for (DeviceBuffer* b : {&o_, &lse_, &dq_, &dk_, &dv_})
+        if (b->get() != nullptr) poison_device(b->get(), b->bytes(), ctx_.stream);
+      op_forward();
+      if (bwd) op_backward();
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      o = download(o_.get(), dtype_, B_, L_, H_, D_);
+      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * L_);
+      if (bwd) {
+        dq = download(dq_.get(), dtype_, B_, L_, H_, D_);
+        dk = download(dk_.get(), dtype_, B_, L_, Hkv_, D_);
+        dv = download(dv_.get(), dtype_, B_, L_, Hkv_, D_);
+      }
+    } else {
+      hq_ = rows(fq, row0), hk_ = rows(fk, row0), hv_ = rows(fv, row0);
+      if (bwd) hdout_ = rows(fdo, row0);
+      fill_nan_host(ho_), fill_nan_host(hlse_);
+      if (bwd) fill_nan_host(hdq_), fill_nan_host(hdk_), fill_nan_host(hdv_);
+      op_forward();
+      if (bwd) op_backward();
+      o = ho_, lse = hlse_;
+      if (bwd) dq = hdq_, dk = hdk_, dv = hdv_;
+    }
+    // 3. References on the full sequence: fp64 and (GPU) the naive same-precision run.
+    const bool naive_on = ctx_.on_gpu();
+    DilatedConfig ref_cfg = config_for(S_), naive_cfg = ref_cfg;
+    ref_cfg.host_precision = HostPrecision::kFloat64;
+    naive_cfg.host_precision = HostPrecision::kRoundIntermediates;
+    HostTensor ro(DType::kFloat64, B_, S_, H_, D_), no(dtype_, B_, S_, H_, D_);
+    std::vector<float> rlse(static_cast<size_t>(B_ * H_ * S_)), nlse(rlse.size());
+    dilated_attention_forward(ref_cfg, fq.view, fk.view, fv.view, ro.view, rlse.data(), Device::kHost);
+    if (naive_on) dilated_attention_forward(naive_cfg, fq.view, fk.view, fv.view, no.view, nlse.data(), Device::kHost);
+    OutputCheck check;
+    const double ulp = dtype_ulp(dtype_);
+    const HostTensor l_ro = rows(ro, row0), l_no = rows(no, row0);
+    check.compare("o", o.view, l_ro.view, naive_on ? &l_no.view : nullptr, ulp);
+    std::vector<float> l_rlse = lse_rows(rlse, row0), l_nlse = lse_rows(nlse, row0);
+    const TensorView lse_ref = lse_view(l_rlse.data(), B_, L_, H_), lse_naive = lse_view(l_nlse.data(), B_, L_, H_);
+    check.compare("lse", lse_view(lse.data(), B_, L_, H_), lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
+    if (bwd) {
+      HostTensor rq(DType::kFloat64, B_, S_, H_, D_), rk(DType::kFloat64, B_, S_, Hkv_, D_),
+          rv(DType::kFloat64, B_, S_, Hkv_, D_), nq(dtype_, B_, S_, H_, D_), nk(dtype_, B_, S_, Hkv_, D_),
+          nv(dtype_, B_, S_, Hkv_, D_);
+      dilated_attention_backward(ref_cfg, fq.view, fk.view, fv.view, ro.view, rlse.data(), fdo.view, rq.view, rk.view,
+                                 rv.view, Device::kHost);
+      if (naive_on)
+        dilated_attention_backward(naive_cfg, fq.view, fk.view, fv.view, no.view, nlse.data(), fdo.view, nq.view,
+                                   nk.view, nv.view, Device::kHost);
+      const HostTensor l_rq = rows(rq, row0), l_rk = rows(rk, row0), l_rv = rows(rv, row0), l_nq = rows(nq, row0),
+                       l_nk = rows(nk, row0), l_nv = rows(nv, row0);
+      check.compare("dq", dq.view, l_rq.view, naive_on ? &l_nq.view : nullptr, ulp);
+      check.compare("dk", dk.view, l_rk.view, naive_on ? &l_nk.view : nullptr, ulp);
+      check.compare("dv", dv.view, l_rv.view, naive_on ? &l_nv.view : nullptr, ulp);
+    }
+    return check.finish();
+  }
+
+  void teardown() override {
+    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
+    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
+    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
+    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
+    hlse_.clear();
+    dist_.reset();
+    single_.reset();
+  }
+
+ private:
+  // The requested patterns with segments capped to S.
+  std::vector<DilatedPattern> patterns_for(int64_t S) const {
+    std::vector<DilatedPattern> out = requested_;
+    for (DilatedPattern& p : out) p.segment = std::min(p.segment, S);
+    return out;
+  }
+  DilatedConfig config_for(int64_t S) const {
+    DilatedConfig dc;
+    dc.patterns = patterns_for(S);
+    dc.causal = opt_.common.causal;
+    dc.alibi_slopes = slopes_;
+    dc.host_precision = HostPrecision::kFloat32;  // host mode: the fp32 run, checked against fp64
+    return dc;
+  }
+  // Computed (query, key) pairs over every pattern, segment, head and batch.
+  double pairs(int64_t S) const {
+    double total = 0;
+    for (const DilatedPattern& p : patterns_for(S)) {
+      const double m = static_cast<double>(p.segment / p.rate);
+      total += static_cast<double>(B_ * H_) * static_cast<double>(S / p.segment) *
+               (opt_.common.causal ? m * (m + 1) / 2 : m * m);
+    }
+    return total;
+  }
+  double dense_pairs(int64_t S) const {
+    const double s = static_cast<double>(S);
+    return static_cast<double>(B_ * H_) * (opt_.common.causal ? s * (s + 1) / 2 : s * s);
+  }
+
+  // Rows [row0, row0 + L) of a full packed tensor, packed.
+  HostTensor rows(const HostTensor& full, int64_t row0) const {
+    const TensorView& f = full.view;
+    HostTensor t(f.dtype, f.shape[0], L_, f.shape[2], f.shape[3]);
+    const size_t row_bytes = static_cast<size_t>(f.shape[2] * f.shape[3]) * dtype_size(f.dtype);
+    for (int64_t b = 0; b < f.shape[0]; ++b)
+      std::memcpy(t.storage.data() + static_cast<size_t>(b * L_) * row_bytes,
+                  full.storage.data() + static_cast<size_t>(b * f.shape[1] + row0) * row_bytes,
+                  static_cast<size_t>(L_) * row_bytes);
+    return t;
+  }
+  std::vector<float> lse_rows(const std::vector<float>& full, int64_t row0) const {
+    std::vector<float> out;
+    for (int64_t b = 0; b < B_; ++b)
+      for (int64_t h = 0; h < H_; ++h)
+        for (int64_t l = 0; l < L_; ++l) out.push_back(full[static_cast<size_t>((b * H_ + h) * S_ + row0 + l)]);
+    return out;
+  }
+  static void upload(const HostTensor& t, void* dst) {
+    DISTATTN_CUDA_CHECK(cudaMemcpy(dst, t.storage.data(), t.bytes(), cudaMemcpyHostToDevice));
+  }
+
+  void allocate() {
+    const bool need_bwd = opt_.pass != Pass::kForward;
+    const int64_t nq = B_ * L_ * H_ * D_, nkv = B_ * L_ * Hkv_ * D_, nl = B_ * H_ * L_;
+    if (ctx_.on_gpu()) {
+      const size_t e = dtype_size(dtype_);
+      q_ = DeviceBuffer(nq * e), k_ = DeviceBuffer(nkv * e), v_ = DeviceBuffer(nkv * e);
+      o_ = DeviceBuffer(nq * e), lse_ = DeviceBuffer(nl * sizeof(float));
+      if (need_bwd) {
+        dout_ = DeviceBuffer(nq * e), dq_ = DeviceBuffer(nq * e);
+        dk_ = DeviceBuffer(nkv * e), dv_ = DeviceBuffer(nkv * e);
+      }
+      buffer_bytes_ = static_cast<double>(q_.bytes() + k_.bytes() + v_.bytes() + o_.bytes() + lse_.bytes() +
+                                          dout_.bytes() + dq_.bytes() + dk_.bytes() + dv_.bytes());
+    } else {
+      hq_ = HostTensor(dtype_, B_, L_, H_, D_), hk_ = HostTensor(dtype_, B_, L_, Hkv_, D_);
+      hv_ = HostTensor(dtype_, B_, L_, Hkv_, D_), ho_ = HostTensor(dtype_, B_, L_, H_, D_);
+      hlse_.assign(static_cast<size_t>(nl), 0.f);
+      if (need_bwd) {
+        hdout_ = HostTensor(dtype_, B_, L_, H_, D_), hdq_ = HostTensor(dtype_, B_, L_, H_, D_);
+        hdk_ = HostTensor(dtype_, B_, L_, Hkv_, D_), hdv_ = HostTensor(dtype_, B_, L_, Hkv_, D_);
+      }
+      buffer_bytes_ =
+          static_cast<double>(hq_.bytes() + hk_.bytes() + hv_.bytes() + ho_.bytes() + hlse_.size() * sizeof(float) +
+                              hdout_.bytes() + hdq_.bytes() + hdk_.bytes() + hdv_.bytes());
+    }
+  }
+
+  TensorView local_view(const DeviceBuffer& b, int64_t heads) const {
+    return TensorView::packed(b.get(), dtype_, Device::kCuda, B_, L_, heads, D_);
+  }
+  void op_forward() {
+    const bool gpu = ctx_.on_gpu();
+    const TensorView q = gpu ? local_view(q_, H_) : hq_.view, k = gpu ? local_view(k_, Hkv_) : hk_.view,
+                     v = gpu ? local_view(v_, Hkv_) : hv_.view, o = gpu ? local_view(o_, H_) : ho_.view;
+    float* lse = gpu ? static_cast<float*>(lse_.get()) : hlse_.data();
+    if (dist_) {
+      dist_->forward(q, k, v, o, lse, ctx_.stream);
+    } else {
+      single_->forward(q, k, v, o, lse, ctx_.stream);
+    }
+  }
+  void op_backward() {
+    const bool gpu = ctx_.on_gpu();
+    const TensorView q = gpu ? local_view(q_, H_) : hq_.view, k = gpu ? local_view(k_, Hkv_) : hk_.view,
+                     v = gpu ? local_view(v_, Hkv_) : hv_.view, o = gpu ? local_view(o_, H_) : ho_.view,
+                     dout = gpu ? local_view(dout_, H_) : hdout_.view, dq = gpu ? local_view(dq_, H_) : hdq_.view,
+                     dk = gpu ? local_view(dk_, Hkv_) : hdk_.view, dv = gpu ? local_view(dv_, Hkv_) : hdv_.view;
+    const float* lse = gpu ? static_cast<const float*>(lse_.get()) : hlse_.data();
+    if (dist_) {
+      dist_->backward(q, k, v, o, lse, dout, dq, dk, dv, ctx_.stream);
+    } else {
+      single_->backward(q, k, v, o, lse, dout, dq, dk, dv, ctx_.stream);
+    }
+  }
+
+  // Op buffers + the class's scratch after one run + the default pool's high-water mark during it.
+  void measure_peak_memory() {
+    double pool_high = 0;
+    if (ctx_.on_gpu()) {
+      cudaMemPool_t pool = nullptr;
+      DISTATTN_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ctx_.device));
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      uint64_t zero = 0;
+      DISTATTN_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
+      run();  // also the warm-up that grows the scratch
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      uint64_t high = 0;
+      DISTATTN_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high));
+      pool_high = static_cast<double>(high);
+    } else {
+      run();
+    }
+    const double scratch = static_cast<double>(dist_ ? dist_->scratch_bytes() : single_->scratch_bytes());
+    peak_bytes_ = max_over_ranks(buffer_bytes_ + scratch + pool_high);
+  }
+
+  RunContext ctx_;
+  const BenchOptions& opt_;
+  std::vector<DilatedPattern> requested_;
+  std::unique_ptr<Communicator> comm_;  // N > 1 only
+  std::unique_ptr<DistributedDilatedAttention> dist_;
+  std::unique_ptr<DilatedAttention> single_;
+  int N_ = 1;
+  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0, L_ = 0;
+  DType dtype_ = DType::kBFloat16;
+  int size_index_ = -1;
+  std::vector<float> slopes_;
+  double buffer_bytes_ = 0, peak_bytes_ = 0;
+  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_;
+  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_;
+  std::vector<float> hlse_;
+};
+
+}  // namespace
+
+std::unique_ptr<BenchOp> make_dilated_op(const RunContext& ctx) { return std::make_unique<DilatedOp>(ctx); }
+
+}  // namespace bench
+}  // namespace distattn
