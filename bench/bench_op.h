@@ -81,6 +81,7 @@ const std::vector<OpEntry>& op_table();
 std::unique_ptr<BenchOp> make_dense_op(const RunContext& ctx);
 std::unique_ptr<BenchOp> make_rope_op(const RunContext& ctx);
 std::unique_ptr<BenchOp> make_ring_op(const RunContext& ctx);
+std::unique_ptr<BenchOp> make_dilated_op(const RunContext& ctx);
 std::unique_ptr<BenchOp> make_sparse_op(const RunContext& ctx);
 
 }  // namespace bench

@@ -15,6 +15,10 @@ const std::vector<OpEntry>& op_table() {
        "block-sparse attention on one GPU (--sparse-pattern, --sparse-block, --window, --causal, --pass); useful "
        "TFLOPs",
        make_sparse_op},
+      {"dilated",
+       "LongNet dilated attention, one GPU or sharded over the job's ranks (patterns: DISTATTN_DILATED_SEGMENTS / "
+       "_RATES; --causal, --alibi, --gqa, --pass); useful TFLOPs, dense fraction, peak memory",
+       make_dilated_op},
       {"rope", "RoPE on q and k in place (--rotary-dim, --style); GB/s and % of device copy bandwidth", make_rope_op},
   };
   return table;

@@ -279,12 +279,13 @@ class DilatedOp : public BenchOp {
       o = ho_, lse = hlse_;
       if (bwd) dq = hdq_, dk = hdk_, dv = hdv_;
     }
-    // 3. References on the full sequence: fp64 and (GPU) the naive same-precision run.
+    // 3. References on the full sequence: fp64 arithmetic (fp32 outputs: the engine's accumulators are fp32 in
+    //    every mode) and (GPU) the naive same-precision run.
     const bool naive_on = ctx_.on_gpu();
     DilatedConfig ref_cfg = config_for(S_), naive_cfg = ref_cfg;
     ref_cfg.host_precision = HostPrecision::kFloat64;
     naive_cfg.host_precision = HostPrecision::kRoundIntermediates;
-    HostTensor ro(DType::kFloat64, B_, S_, H_, D_), no(dtype_, B_, S_, H_, D_);
+    HostTensor ro(DType::kFloat32, B_, S_, H_, D_), no(dtype_, B_, S_, H_, D_);
     std::vector<float> rlse(static_cast<size_t>(B_ * H_ * S_)), nlse(rlse.size());
     dilated_attention_forward(ref_cfg, fq.view, fk.view, fv.view, ro.view, rlse.data(), Device::kHost);
     if (naive_on) dilated_attention_forward(naive_cfg, fq.view, fk.view, fv.view, no.view, nlse.data(), Device::kHost);
@@ -296,8 +297,8 @@ class DilatedOp : public BenchOp {
     const TensorView lse_ref = lse_view(l_rlse.data(), B_, L_, H_), lse_naive = lse_view(l_nlse.data(), B_, L_, H_);
     check.compare("lse", lse_view(lse.data(), B_, L_, H_), lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
     if (bwd) {
-      HostTensor rq(DType::kFloat64, B_, S_, H_, D_), rk(DType::kFloat64, B_, S_, Hkv_, D_),
-          rv(DType::kFloat64, B_, S_, Hkv_, D_), nq(dtype_, B_, S_, H_, D_), nk(dtype_, B_, S_, Hkv_, D_),
+      HostTensor rq(DType::kFloat32, B_, S_, H_, D_), rk(DType::kFloat32, B_, S_, Hkv_, D_),
+          rv(DType::kFloat32, B_, S_, Hkv_, D_), nq(dtype_, B_, S_, H_, D_), nk(dtype_, B_, S_, Hkv_, D_),
           nv(dtype_, B_, S_, Hkv_, D_);
       dilated_attention_backward(ref_cfg, fq.view, fk.view, fv.view, ro.view, rlse.data(), fdo.view, rq.view, rk.view,
                                  rv.view, Device::kHost);
