@@ -27,7 +27,8 @@ po::options_description bench_options_description() {
       ("check-heads", po::value<int64_t>()->default_value(0),
        "dense: kv heads checked, each with all its q heads (0: min(kv heads, CPU threads, 8))")  //
       ("sparse-pattern", po::value<std::string>()->default_value("block-diagonal"),
-       "sparse: block-diagonal | sliding-window (--window, --causal) | strided | bigbird | random")  //
+       "sparse, ring: block-diagonal | sliding-window (--window, --causal) | strided | bigbird | random "
+       "(ring: block-sparse only when given)")  //
       ("sparse-block", po::value<std::string>()->default_value("2048"),
        "sparse: block-diagonal segment rows; strided: stride rows (multiples of 128)")  //
       ("sparse-random", po::value<int64_t>()->default_value(3),
@@ -81,6 +82,7 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
                      "must be between 0 (automatic) and the kv heads (", o.common.resolved_kv_heads(), "), got ",
                      o.check_heads);
   o.sparse_pattern = vm["sparse-pattern"].as<std::string>();
+  o.sparse_pattern_given = !vm["sparse-pattern"].defaulted();
   DISTATTN_CHECK_ARG(o.sparse_pattern == "block-diagonal" || o.sparse_pattern == "sliding-window" ||
                          o.sparse_pattern == "strided" || o.sparse_pattern == "bigbird" || o.sparse_pattern == "random",
                      "--sparse-pattern", "unknown pattern '", o.sparse_pattern,

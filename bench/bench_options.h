@@ -27,12 +27,13 @@ struct BenchOptions {
   int64_t check_heads = 0;        // --check-heads: kv heads checked (with all their q heads); 0: automatic
   std::string sparse_pattern = "block-diagonal";  // --sparse-pattern (op sparse): block-diagonal | sliding-window |
                                                   // strided | bigbird | random
-  int64_t sparse_block = 2048;  // --sparse-block: rows of a block-diagonal segment; strided: the stride (rows)
-  int64_t sparse_random = 3;    // --sparse-random: random 128-blocks per q block (random, bigbird)
-  uint64_t seed = 20261122;     // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
-  bool host_engine = false;     // no GPU: the host engine (fp32) runs the op
-  bool help = false;            // -h/--help given: print usage and exit
-  std::vector<int64_t> sizes;   // the resolved sweep
+  int64_t sparse_block = 2048;        // --sparse-block: rows of a block-diagonal segment; strided: the stride (rows)
+  int64_t sparse_random = 3;          // --sparse-random: random 128-blocks per q block (random, bigbird)
+  bool sparse_pattern_given = false;  // --sparse-pattern given explicitly (op ring: block-sparse only then)
+  uint64_t seed = 20261122;           // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
+  bool host_engine = false;           // no GPU: the host engine (fp32) runs the op
+  bool help = false;                  // -h/--help given: print usage and exit
+  std::vector<int64_t> sizes;         // the resolved sweep
 };
 
 // The full option table: common options plus the bench's own.

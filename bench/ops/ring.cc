@@ -23,10 +23,26 @@
 //             internal buffers and the CUDA context are not counted. Max over ranks.
 //             Host engine: the op's own buffers only.
 //
+//   %dense    visible pairs / S^2 (what the mask or layout leaves of the full attention)
+//   steps     ring steps with an engine call, max over ranks; hops = K|V exchanges of one pass (N-1 without an
+//             early end; fewer when no rank has work after some step: schedule().last_useful_step)
+//
+// Block-sparse ring (--sparse-pattern, given explicitly; ring/ring_attention.h block_layout): ONE global layout
+// over the whole sequence (positions 0..S-1, 128-row blocks), built once per size in setup() (not timed):
+//   block-diagonal  independent segments of --sparse-block rows; --causal inside each
+//   strided         (qb - kb) mod (--sparse-block / 128) == 0 or |qb - kb| <= 1; --causal restricts it
+//   bigbird         window 1 block each side + 1 global block + --sparse-random random blocks per q block
+//   random          --sparse-random random blocks per q block
+//   sliding-window  no layout: the dense ring with the --window band (and --causal), ending early where it can
+// Needs --layout contiguous or zigzag and every chunk a whole number of 128-row blocks (S a multiple of 128*N,
+// zigzag 256*N). TFLOPs are then USEFUL FLOPs per GPU: 4*B*H*D*(visible pairs, counted exactly from the
+// layout and its band) x pass factor / N.
+//
 // Check (-c 1, S <= --check-max-seq): every rank rebuilds the FULL q, k, v (, dout) from the seed (no
 // communication), takes its shard, runs the ring, and compares its shard of O, LSE (, dQ, dK, dV) on the
 // first `check_heads` kv heads with its shard of the single-process fp64 host engine's result on the full
-// sequence; tolerance as in dense (2 * naive_err + ulp * max|ref|; host mode 1e-4 * max(1, max|ref|)).
+// sequence (with the same global layout when sparse); tolerance as in dense (2 * naive_err + ulp * max|ref|;
+// host mode 1e-4 * max(1, max|ref|)).
 #include <mpi.h>
 
 #include <algorithm>
@@ -34,6 +50,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -48,6 +65,7 @@
 #include "distattn/core/host_engine.h"
 #include "distattn/positional/alibi.h"
 #include "distattn/ring/ring_attention.h"
+#include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
 #include "host_reference.h"
 #include "host_tensors.h"
@@ -83,6 +101,31 @@ ring::ShardLayout parse_layout(const std::string& s) {
   return ring::ShardLayout::kZigzag;
 }
 
+// Visible (query, key) pairs of a global layout on positions 0..S-1: full blocks whole, partial blocks row by
+// row through the layout's band (lo <= i - j <= hi).
+int64_t layout_visible_pairs(const BlockLayout& g, int64_t S) {
+  const DiagonalBand band = DiagonalBand::from_mask(g.band());
+  const std::vector<int32_t>& ro = g.row_offset();
+  const std::vector<int32_t>& ci = g.col_index();
+  const std::vector<uint8_t>& rp = g.row_partial();
+  int64_t pairs = 0;
+  for (int64_t qb = 0; qb < g.num_q_blocks(); ++qb) {
+    const int64_t q0 = qb * kLayoutBlock, q1 = std::min(q0 + kLayoutBlock, S);  // rows [q0, q1)
+    for (int32_t e = ro[static_cast<size_t>(qb)]; e < ro[static_cast<size_t>(qb) + 1]; ++e) {
+      const int64_t k0 = int64_t{ci[static_cast<size_t>(e)]} * kLayoutBlock, k1 = std::min(k0 + kLayoutBlock, S);
+      if (!rp[static_cast<size_t>(e)]) {
+        pairs += (q1 - q0) * (k1 - k0);
+        continue;
+      }
+      for (int64_t i = q0; i < q1; ++i) {  // j in [i - hi, i - lo] within [k0, k1)
+        const int64_t lo = std::max(k0, i - band.hi), hi = std::min(k1 - 1, i - band.lo);
+        pairs += std::max<int64_t>(0, hi - lo + 1);
+      }
+    }
+  }
+  return pairs;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -107,6 +150,9 @@ struct SizeStats {
   double peak_bytes = 0;   // per rank, max over ranks
   double buffer_bytes = 0;
   double pool_high_bytes = 0;
+  int steps = 0;      // computed ring steps, max over ranks
+  int hops = 0;       // K|V exchanges of one pass (schedule().kv_exchanges())
+  int grad_hops = 0;  // dK|dV exchanges of one backward (the last one sends them home)
 };
 
 class RingOp : public BenchOp {
@@ -126,6 +172,34 @@ class RingOp : public BenchOp {
                          "the ring's CUDA engine takes bf16 or fp16, got ", dtype_name(dtype_));
     }
     if (c.alibi) slopes_host_ = alibi_slopes(H_);
+    // Block-sparse ring: only with --sparse-pattern given (the option's default belongs to the sparse op).
+    if (opt_.sparse_pattern_given) {
+      pattern_ = opt_.sparse_pattern;
+      if (pattern_ == "sliding-window") {
+        DISTATTN_CHECK_ARG(c.window > 0, "--window", "--sparse-pattern sliding-window needs --window W > 0");
+      } else {
+        DISTATTN_CHECK_ARG(c.window == 0, "--window", "applies to --sparse-pattern sliding-window only (pattern is ",
+                           pattern_, ")");
+        DISTATTN_CHECK_ARG(layout_ != ring::ShardLayout::kStriped, "--layout",
+                           "striped cannot carry a block layout (rows are not whole 128-row blocks): use contiguous "
+                           "or zigzag with --sparse-pattern");
+        block_sparse_ = true;
+      }
+    }
+    if (block_sparse_) {
+      // Every size must cut into whole 128-row blocks per chunk (the same verdict on every rank).
+      const int64_t ranks = [] {
+        int n = 1;
+        MPI_Comm_size(MPI_COMM_WORLD, &n);
+        return static_cast<int64_t>(n);
+      }();
+      const int64_t unit = kLayoutBlock * ranks * (layout_ == ring::ShardLayout::kZigzag ? 2 : 1);
+      for (int64_t seq : opt_.sizes) {
+        DISTATTN_CHECK_ARG(seq % unit == 0, "-b/-e/-f", "size ", seq, " cannot carry a block layout over ", ranks,
+                           " ranks (", opt_.layout, "): every chunk must be whole 128-row blocks, S a multiple of ",
+                           unit);
+      }
+    }
     const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
     check_kv_heads_ = opt_.check_heads > 0 ? opt_.check_heads : std::max<int64_t>(1, auto_heads);
     // Collective over MPI_COMM_WORLD: every rank constructs the op at the same point of run_bench.
@@ -148,9 +222,14 @@ class RingOp : public BenchOp {
     std::ostringstream os;
     os << "op ring: ring attention " << pass_name(opt_.pass) << " over " << N_ << " rank(s) (" << comm_->backend()
        << "), layout " << opt_.layout << ", " << dtype_name(dtype_) << ", B " << B_ << ", H " << H_ << ", Hkv " << Hkv_
-       << ", D " << D_ << ", mask " << mask_label(c.causal, c.window) << ", alibi " << (c.alibi ? "yes" : "no")
+       << ", D " << D_ << ", mask " << mask_cell() << ", alibi " << (c.alibi ? "yes" : "no")
        << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32 over MPI");
     lines.push_back(os.str());
+    if (block_sparse_) {
+      lines.push_back("block-sparse ring: pattern " + pattern_ +
+                      ", one global layout per size (built in setup, not timed); TFLOPs = USEFUL FLOPs per GPU: "
+                      "4*B*H*D*visible pairs (exact, from the layout and its band) x pass factor / N");
+    }
     lines.push_back(
         "seq = GLOBAL S; each rank holds S/N rows. TFLOPs per GPU: flash formula on the global S "
         "(4*B*S^2*H*D, causal x0.5, windows exact; fwd x1, bwd x2.5, fwdbwd x3.5) / N");
@@ -158,8 +237,9 @@ class RingOp : public BenchOp {
         "comp = compute-only (the ring's engine calls for this rank's schedule on its own K|V, no "
         "exchange), exp = time - comp (exposed communication + ring bookkeeping), both max over ranks");
     lines.push_back(
-        "xchg = N-1 K|V hops alone; busbw = all-gather of the K|V shards (nccl-tests): "
-        "N*shard/xchg*(N-1)/N. peak = " +
+        "xchg = the ring's K|V hops alone (hops = N-1, or fewer with an early end); busbw = hops*shard/xchg "
+        "(= nccl-tests all-gather busbw when hops = N-1); steps = engine steps (max over ranks); "
+        "%dense = visible pairs / S^2. peak = " +
         std::string(ctx_.on_gpu() ? "op buffers + cudaMallocAsync pool high-water (ring scratch)"
                                   : "op buffers only (host engine)") +
         ", max over ranks");
@@ -174,7 +254,10 @@ class RingOp : public BenchOp {
 
   bool work_is_bytes() const override { return false; }
   double work(int64_t seq) const override {
-    return ring_flops_per_gpu(B_, seq, H_, D_, opt_.common.causal, opt_.common.window, opt_.pass, N_);
+    if (!block_sparse_)
+      return ring_flops_per_gpu(B_, seq, H_, D_, opt_.common.causal, opt_.common.window, opt_.pass, N_);
+    return 4.0 * static_cast<double>(B_) * static_cast<double>(H_) * static_cast<double>(D_) *
+           static_cast<double>(visible_pairs_of(seq)) * pass_factor(opt_.pass) / static_cast<double>(N_);
   }
 
   std::string shape_header() const override {
@@ -187,28 +270,29 @@ class RingOp : public BenchOp {
     char buf[160];
     std::snprintf(buf, sizeof(buf), "%8lld %3d %4lld %4lld %4lld %4lld %10s %10s", static_cast<long long>(seq), N_,
                   static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
-                  static_cast<long long>(D_), mask_label(opt_.common.causal, opt_.common.window).c_str(),
-                  opt_.layout.c_str());
+                  static_cast<long long>(D_), mask_cell().c_str(), opt_.layout.c_str());
     return buf;
   }
   std::string extra_header() const override {
     char buf[128];
-    std::snprintf(buf, sizeof(buf), " %10s %9s %6s %9s %8s %8s", "comp(ms)", "exp(ms)", "exp%", "xchg(ms)", "busbw",
-                  "peakMiB");
+    std::snprintf(buf, sizeof(buf), " %10s %9s %6s %9s %8s %8s %7s %5s %4s", "comp(ms)", "exp(ms)", "exp%", "xchg(ms)",
+                  "busbw", "peakMiB", "%dense", "steps", "hops");
     return buf;
   }
-  std::string extra_cells(int64_t, double time_ms) const override {
+  std::string extra_cells(int64_t seq, double time_ms) const override {
     const double exposed = time_ms - stats_.compute_ms;
-    char buf[160];
-    std::snprintf(buf, sizeof(buf), " %10.4f %9.4f %6.1f %9.4f %8.2f %8.0f", stats_.compute_ms, exposed,
+    char buf[200];
+    std::snprintf(buf, sizeof(buf), " %10.4f %9.4f %6.1f %9.4f %8.2f %8.0f %7.2f %5d %4d", stats_.compute_ms, exposed,
                   time_ms > 0 ? 100.0 * exposed / time_ms : 0.0, stats_.exchange_ms, stats_.busbw,
-                  stats_.peak_bytes / (1024.0 * 1024.0));
+                  stats_.peak_bytes / (1024.0 * 1024.0), 100.0 * density(seq), stats_.steps, stats_.hops);
     return buf;
   }
 
   void json_options(JsonObject& out) const override {
     out.set("pass", pass_name(opt_.pass)).set("layout", opt_.layout).set("ranks", N_);
     out.set("backend", comm_->backend()).set("check_kv_heads", check_kv_heads_);
+    out.set("sparse_pattern", pattern_.empty() ? std::string("none") : pattern_);
+    if (block_sparse_) out.set("sparse_block", opt_.sparse_block).set("sparse_random", opt_.sparse_random);
   }
   void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
     row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
@@ -222,6 +306,9 @@ class RingOp : public BenchOp {
     row.set("busbw_gbps", stats_.busbw);
     row.set("peak_mem_bytes", stats_.peak_bytes).set("peak_mem_mib", stats_.peak_bytes / (1024.0 * 1024.0));
     row.set("buffer_bytes", stats_.buffer_bytes).set("pool_high_bytes", stats_.pool_high_bytes);
+    row.set("sparse_pattern", pattern_.empty() ? std::string("none") : pattern_).set("block_sparse", block_sparse_);
+    row.set("visible_pairs", static_cast<double>(visible_pairs_of(seq))).set("density", density(seq));
+    row.set("steps_computed_max", stats_.steps).set("kv_hops", stats_.hops).set("grad_hops", stats_.grad_hops);
   }
 
   void setup(int64_t seq) override {
@@ -240,6 +327,13 @@ class RingOp : public BenchOp {
     cfg.mask = mask();
     cfg.alibi_slopes = slopes_ptr();
     cfg.host_precision = HostPrecision::kFloat32;  // host mode only: the fp32 run, checked against fp64
+    ring_.reset();
+    global_.reset();
+    if (block_sparse_) {
+      global_ = std::make_unique<BlockLayout>(pattern_layout(S_));  // the same on every rank (same options)
+      cfg.mask = global_->band();
+      cfg.block_layout = global_.get();
+    }
     ring_ = std::make_unique<ring::RingAttention>(*comm_, cfg);
 
     if (opt_.common.iters > 0 && ctx_.rank == 0) {
@@ -259,14 +353,19 @@ class RingOp : public BenchOp {
     if (opt_.pass == Pass::kBackward) ring_forward();  // bwd alone is timed against this O and LSE
 
     stats_ = SizeStats();
+    stats_.steps = static_cast<int>(max_over_ranks(ring_->schedule().computed_steps()));
+    stats_.hops = ring_->schedule().kv_exchanges();
+    stats_.grad_hops = ring_->schedule().grad_exchanges();
     stats_.shard_bytes = ring_kv_shard_bytes(B_, S_, Hkv_, D_, static_cast<int64_t>(dtype_size(dtype_)), N_);
     measure_peak_memory();
     const double comp = time_compute_only();
     const double xchg = time_exchange_only();
     stats_.compute_ms = max_over_ranks(comp);
     stats_.exchange_ms = max_over_ranks(xchg);
-    stats_.busbw =
-        N_ > 1 && stats_.exchange_ms > 0 ? allgather_busbw_gbps(stats_.shard_bytes, N_, stats_.exchange_ms) : 0.0;
+    // hops * shard / time: the nccl-tests all-gather busbw when hops = N-1 (allgather_busbw_gbps).
+    stats_.busbw = stats_.hops > 0 && stats_.exchange_ms > 0
+                       ? stats_.hops * stats_.shard_bytes / (stats_.exchange_ms * 1e-3) / 1e9
+                       : 0.0;
     // The compute-only / exchange-only scratch is not part of the ring's footprint: free it before the timed runs.
     acc_o_.reset(), acc_lse_.reset(), acc_dq_.reset(), acc_dkv_.reset(), zero_delta_.reset(), xbuf_.reset();
     hacc_o_ = HostTensor(), hacc_dq_ = HostTensor(), hacc_dk_ = HostTensor(), hacc_dv_ = HostTensor();
@@ -384,9 +483,59 @@ class RingOp : public BenchOp {
     hacc_o_ = HostTensor(), hacc_dq_ = HostTensor(), hacc_dk_ = HostTensor(), hacc_dv_ = HostTensor();
     hlse_.clear(), hacc_lse_.clear(), hxbuf_.clear();
     ring_.reset();
+    global_.reset();
   }
 
  private:
+  // The mask column: the band, or the pattern's label (e.g. "c-bigbird3", "stride2048", "bdiag2048").
+  std::string mask_cell() const {
+    if (!block_sparse_) return mask_label(opt_.common.causal, opt_.common.window);
+    std::string s = opt_.common.causal ? "c-" : "";
+    if (pattern_ == "block-diagonal") s += "bdiag" + std::to_string(opt_.sparse_block);
+    if (pattern_ == "strided") s += "stride" + std::to_string(opt_.sparse_block);
+    if (pattern_ == "bigbird") s += "bigbird" + std::to_string(opt_.sparse_random);
+    if (pattern_ == "random") s += "random" + std::to_string(opt_.sparse_random);
+    return s;
+  }
+
+  // The global layout of --sparse-pattern for S rows (positions 0..S-1, 128-row blocks).
+  BlockLayout pattern_layout(int64_t S) const {
+    const PositionMap all = PositionMap::contiguous(0, S);
+    const bool causal = opt_.common.causal;
+    const CausalRestriction cr = causal ? CausalRestriction::on(all, all) : CausalRestriction::none();
+    const uint64_t seed = opt_.seed ^ 0xb10c5ull;
+    if (pattern_ == "strided") return BlockLayout::strided(S, S, opt_.sparse_block / kLayoutBlock, 1, cr);
+    if (pattern_ == "bigbird") return BlockLayout::bigbird(S, S, 1, 1, opt_.sparse_random, seed, cr);
+    if (pattern_ == "random") return BlockLayout::random(S, S, opt_.sparse_random, seed, cr);
+    DISTATTN_CHECK_ARG(pattern_ == "block-diagonal", "--sparse-pattern", "no ring layout for '", pattern_, "'");
+    // Segments of sparse_block rows: every block pair inside one segment (then the causal band when --causal).
+    const int64_t nb = S / kLayoutBlock, seg = std::max<int64_t>(1, opt_.sparse_block / kLayoutBlock);
+    std::vector<std::pair<int64_t, int64_t>> list;
+    for (int64_t qb = 0; qb < nb; ++qb)
+      for (int64_t kb = qb / seg * seg; kb < std::min(nb, (qb / seg + 1) * seg); ++kb) list.emplace_back(qb, kb);
+    BlockLayout bd = BlockLayout::from_block_list(nb, nb, list);
+    return causal ? BlockLayout::intersect(bd, BlockLayout::causal(S, S, all, all)) : std::move(bd);
+  }
+
+  // Visible pairs at size `seq` (exact; cached: the layout is rebuilt for a size not set up yet).
+  int64_t visible_pairs_of(int64_t seq) const {
+    if (!block_sparse_) return visible_pairs(seq, opt_.common.causal, opt_.common.window);
+    const auto it = pairs_.find(seq);
+    if (it != pairs_.end()) return it->second;
+    const int64_t n =
+        global_ && S_ == seq ? layout_visible_pairs(*global_, seq) : layout_visible_pairs(pattern_layout(seq), seq);
+    pairs_[seq] = n;
+    return n;
+  }
+  double density(int64_t seq) const {
+    return static_cast<double>(visible_pairs_of(seq)) / (static_cast<double>(seq) * static_cast<double>(seq));
+  }
+
+  // The mask of one ring step for a direct engine call (compute-only timing): its sub-layout, or the band.
+  Mask step_mask(const ring::RingStep& st) const {
+    if (st.blocks == nullptr) return mask();
+    return ctx_.on_gpu() ? st.blocks->make_mask(st.device_blocks) : st.blocks->host_mask();
+  }
   Mask mask() const {
     Mask m;
     m.causal = opt_.common.causal;
@@ -481,7 +630,7 @@ class RingOp : public BenchOp {
     p.lse_head_stride = S_;
     p.q_pos = PositionMap::contiguous(0, S_);
     p.kv_pos = PositionMap::contiguous(0, S_);
-    p.mask = mask();
+    p.mask = global_ ? global_->host_mask() : mask();  // block-sparse: the same global layout
     p.alibi_slopes = slopes_host_.empty() ? nullptr : slopes_host_.data();
     return p;
   }
@@ -520,11 +669,11 @@ class RingOp : public BenchOp {
       p.q = hq_.view, p.k = hk_.view, p.v = hv_.view;
     }
     p.q_pos = sched.q_pos;
-    p.mask = mask();
     p.alibi_slopes = slopes_ptr();
     for (const ring::RingStep& st : sched.steps) {
       if (st.skipped()) continue;
       p.kv_pos = st.kv_pos;
+      p.mask = step_mask(st);
       if (fwd) {
         AttnParams f = p;
         f.o = gpu ? local_view(acc_o_.get(), H_, DType::kFloat32) : hacc_o_.view;
@@ -590,9 +739,10 @@ class RingOp : public BenchOp {
     return time_loop([this] { compute_only_once(); });
   }
 
-  // --- exchange-only: the N-1 K|V hops of a forward, back to back -----------------------------------
+  // --- exchange-only: the K|V hops of a forward (N-1, fewer with an early end), back to back ----------
   double time_exchange_only() {
-    if (N_ == 1) return 0.0;
+    const int hops = ring_->schedule().kv_exchanges();
+    if (hops == 0) return 0.0;
     const size_t bytes = static_cast<size_t>(stats_.shard_bytes);
     unsigned char* buf[2];
     if (ctx_.on_gpu()) {
@@ -607,7 +757,7 @@ class RingOp : public BenchOp {
     CUstream_st* stream = ctx_.on_gpu() ? ctx_.stream : nullptr;
     return time_loop([&] {
       int cur = 0;
-      for (int s = 1; s < N_; ++s) {
+      for (int s = 1; s <= hops; ++s) {
         ExchangeTicket t = comm_->post_exchange("bench exchange-only", s, buf[cur], buf[1 - cur], bytes, stream);
         comm_->wait_exchange(t, stream);
         cur = 1 - cur;
@@ -658,6 +808,10 @@ class RingOp : public BenchOp {
   const BenchOptions& opt_;
   std::unique_ptr<Communicator> comm_;
   std::unique_ptr<ring::RingAttention> ring_;
+  std::string pattern_;                  // --sparse-pattern when given ("" otherwise)
+  bool block_sparse_ = false;            // a global block layout drives the ring (every pattern but sliding-window)
+  std::unique_ptr<BlockLayout> global_;  // this size's layout (setup)
+  mutable std::map<int64_t, int64_t> pairs_;  // seq -> visible pairs (block-sparse)
   ring::ShardLayout layout_ = ring::ShardLayout::kZigzag;
   int N_ = 1;
   int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0, Sl_ = 0;
