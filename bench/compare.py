@@ -2,6 +2,7 @@
 """Ratio table (ours / each peer) and regression check of our own rates against a baseline.
 
   bench/compare.py RESULT.json|DIR [...] [--baseline OLD.json|DIR [...]] [--threshold 0.10]
+  bench/compare.py --positional STUDY.json [--target 3]      # the positional overhead table only
 
 Inputs: side-by-side reports (bench/peers/merge_side_by_side.py), distattn_bench -J output and torch_peers.py /
 torch_cp.py -J output, in any mix; a directory stands for its *.json files. All rows are pooled.
@@ -9,7 +10,13 @@ torch_cp.py -J output, in any mix; a directory stands for its *.json files. All 
 Ratio table: one block per job label (op, pass, causal, window, alibi, N GPUs), one line per shape and S; each
 peer's cell is "rate (ours/peer x)"; > 1: distattn faster. TFLOPs per GPU for attention, GB/s for rope.
 
-Row key (bench/study_lib.py): op, pass, causal, window, alibi, dtype, B, H, Hkv, D, ranks, rotary_dim, style, seq
+Positional overhead table (printed after the ratio table whenever the results hold one of our attention rows with
+RoPE or ALiBi and the same row without; --positional prints only it): one block per attention job, one line per S:
+the time without positional encoding, then per variant its time and overhead = time(variant) / time(none) - 1
+(with RoPE also the share of the RoPE kernels timed alone, rope_ms / time); each block ends with the worst overhead
+at S >= 8K per variant against the target (--target, default 3%).
+
+Row key (bench/study_lib.py): op, pass, causal, window, alibi, rope, dtype, B, H, Hkv, D, ranks, rotary_dim, style, seq
 (peers are matched to ours on these), plus layout for the regression check. Several rows of one key (the same
 shape in two files) count as their median.
 
@@ -54,6 +61,42 @@ def print_ratio_table(rows, out):
     return groups
 
 
+def print_positional_table(rows, target_pct, out):
+    """The overhead table (study_lib.positional_table); returns its groups (empty: nothing printed)."""
+    groups = L.positional_table(rows, target_pct=target_pct)
+    if not groups:
+        return groups
+    print(f"# positional encoding overhead = time(variant) / time(none) - 1; target < {target_pct:g}% at S >= "
+          f"{L._kfmt(L.TARGET_MIN_SEQ)}; rope: RoPE fwd on q, k before attention (+ RoPE bwd on dq, dk after), "
+          "share = the RoPE kernels timed alone / the variant's time", file=out)
+    for g in groups:
+        print(f"# {g['label']}  ({g['shape']})", file=out)
+        head = f"{'seq':>8} {'none(ms)':>10}"
+        for v in g["variants"]:
+            head += f" {v + '(ms)':>12} {v + ' ovh':>11}" + (f" {'share':>7}" if "rope" in v else "")
+        print(head, file=out)
+        for ln in g["lines"]:
+            line = f"{ln['seq']:>8} {ln['none_ms']:>10.4f}"
+            for v in g["variants"]:
+                cell = ln["cells"].get(v)
+                if cell is None:
+                    line += f" {'-':>12} {'-':>11}" + (f" {'-':>7}" if "rope" in v else "")
+                    continue
+                t, pct, share = cell
+                line += f" {t:>12.4f} {pct:>+10.2f}%"
+                if "rope" in v:
+                    line += f" {share:>6.2f}%" if share is not None else f" {'n/a':>7}"
+            print(line, file=out)
+        for v in g["variants"]:
+            worst, met = g["verdict"][v]
+            if worst is None:
+                print(f"#   {v}: no S >= {L._kfmt(L.TARGET_MIN_SEQ)} measured", file=out)
+            else:
+                print(f"#   {v}: worst overhead at S >= {L._kfmt(L.TARGET_MIN_SEQ)}: {worst:+.2f}% -> target "
+                      f"< {target_pct:g}% {'met' if met else 'MISSED'}", file=out)
+    return groups
+
+
 def print_regressions(matched, unmatched, threshold, out):
     print(f"# regression check: our rate now / baseline, flagged below -{threshold * 100:.1f}%", file=out)
     print(f"{'job':<28} {'seq':>8} {'shape':<20} {'baseline':>10} {'now':>10} {'change':>8}", file=out)
@@ -75,6 +118,10 @@ def main(argv=None, out=sys.stdout):
     ap.add_argument("--threshold", type=float, default=0.10,
                     help="regression threshold as a fraction of the baseline rate (default 0.10 = 10%%)")
     ap.add_argument("--no-table", action="store_true", help="skip the ratio table")
+    ap.add_argument("--positional", action="store_true",
+                    help="print only the positional overhead table (exit 2 when the results hold no pair)")
+    ap.add_argument("--target", type=float, default=L.TARGET_PCT,
+                    help="positional overhead target in %% at S >= 8K (default %(default)s)")
     args = ap.parse_args(argv)
     if not 0 <= args.threshold < 1:
         print(f"compare: --threshold {args.threshold}: expected a fraction in [0, 1)", file=sys.stderr)
@@ -88,8 +135,15 @@ def main(argv=None, out=sys.stdout):
     if not rows:
         print(f"compare: no rows in {' '.join(args.results)}", file=sys.stderr)
         return 2
+    if args.positional:
+        if not print_positional_table(rows, args.target, out):
+            print(f"compare: no positional pair (a row with RoPE or ALiBi and the same row without) in "
+                  f"{' '.join(args.results)}", file=sys.stderr)
+            return 2
+        return 0
     if not args.no_table:
         print_ratio_table(rows, out)
+        print_positional_table(rows, args.target, out)
     if base is None:
         return 0
     matched, unmatched = L.regressions(rows, base, args.threshold)

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """PNG plots of benchmark result JSON (matplotlib, Agg backend).
 
-  bench/plot.py RESULT.json|DIR [...] --out DIR [--dpi 100]
+  bench/plot.py RESULT.json|DIR [...] --out DIR [--dpi 100] [--only positional,...] [--suffix _h100]
 
-Inputs as for bench/compare.py (side-by-side reports, distattn_bench -J, torch_peers/torch_cp -J; a directory
-stands for its *.json files); all rows are pooled. Plots written when their data is present (otherwise a
-message and no file; the exit code stays 0):
+Inputs as for bench/compare.py (side-by-side reports, distattn_bench -J, torch_peers/torch_cp -J, the report of
+bench/run_positional_study.sh; a directory stands for its *.json files); all rows are pooled. Plots written when
+their data is present (otherwise a message and no file; the exit code stays 0):
   tflops_vs_seq.png        TFLOPs per GPU against S (log-2 axis), one panel per job, ours and every peer
   ring_time_split.png      ring: each S's time split into compute (comp) and exposed communication (exp)
   scaling_efficiency.png   TFLOPs/GPU on N GPUs over one GPU's (dense) at the same global S, against N
-  positional_overhead.png  ALiBi against no ALiBi; RoPE kernel time against the attention it feeds
+  positional_overhead.png  overhead % = time with / time without - 1 against S: one panel per attention job
+                           (dense causal, dense non-causal), one line per variant and pass (RoPE fwd, ALiBi fwdbwd,
+                           ...), 3% and 5% guide lines; thin lines: the RoPE kernels timed alone, % of the step
 Every figure's footnote names the device, date and commit of the data it shows. Exit 2 on bad input
 (missing file, unknown format), 3 when matplotlib is missing.
 """
@@ -52,7 +54,7 @@ def _save(fig, path, dpi):
     return path
 
 
-def plot_tflops(rows, out, dpi):
+def plot_tflops(rows, out, dpi, suffix=""):
     series = L.tflops_series(rows)
     if not series:
         print("plot: tflops_vs_seq skipped: no TFLOPs rows")
@@ -96,10 +98,10 @@ def plot_tflops(rows, out, dpi):
     fig.suptitle("Attention TFLOPs per GPU against sequence length: distattn and peers", fontsize=12)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     _footnote(fig, [r for r in rows if r["unit"] == "TFLOPs"])
-    return _save(fig, os.path.join(out, "tflops_vs_seq.png"), dpi)
+    return _save(fig, os.path.join(out, f"tflops_vs_seq{suffix}.png"), dpi)
 
 
-def plot_ring_split(rows, out, dpi):
+def plot_ring_split(rows, out, dpi, suffix=""):
     split = L.ring_split(rows)
     if not split:
         print("plot: ring_time_split skipped: no rows with compute_ms (distattn_bench -o ring)")
@@ -131,10 +133,10 @@ def plot_ring_split(rows, out, dpi):
     fig.suptitle("Ring attention: compute and exposed communication (total time above each bar)", fontsize=12)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     _footnote(fig, [r for r in rows if r["compute_ms"] is not None])
-    return _save(fig, os.path.join(out, "ring_time_split.png"), dpi)
+    return _save(fig, os.path.join(out, f"ring_time_split{suffix}.png"), dpi)
 
 
-def plot_scaling(rows, out, dpi):
+def plot_scaling(rows, out, dpi, suffix=""):
     used = []
     sc = L.scaling(rows, used)
     if not sc:
@@ -163,42 +165,64 @@ def plot_scaling(rows, out, dpi):
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     _footnote(fig, used)
-    return _save(fig, os.path.join(out, "scaling_efficiency.png"), dpi)
+    return _save(fig, os.path.join(out, f"scaling_efficiency{suffix}.png"), dpi)
 
 
-def plot_positional(rows, out, dpi):
+_VARIANT_COLORS = {"RoPE": "#1f77b4", "ALiBi": "#d62728", "RoPE+ALiBi": "#9467bd", "RoPE kernel alone": "#17becf"}
+_PASS_STYLES = {"fwd": "-", "bwd": ":", "fwdbwd": "--"}
+
+
+def plot_positional(rows, out, dpi, suffix=""):
     used = []
-    pos = L.positional(rows, used)
-    if not pos:
-        print("plot: positional_overhead skipped: needs rows with and without ALiBi (same shape), or rope rows "
-              "and dense rows of the same S and shape")
+    panels = L.positional_panels(rows, used)
+    if not panels:
+        print("plot: positional_overhead skipped: needs rows with and without RoPE / ALiBi (same shape), or rope "
+              "rows and dense rows of the same S and shape")
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    xs_all = sorted({x for pts in pos.values() for x, _ in pts})
-    for name, pts in pos.items():
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="o", label=name)
-        for x, y in pts:
-            ax.annotate(f"{y:.1f}%", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
-    ax.axhline(3.0, color="#2ca02c", lw=0.9, ls="--", label="3% target")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs_all)
-    ax.set_xticklabels([_kfmt(x) for x in xs_all])
-    ax.minorticks_off()
-    ax.set_ylim(bottom=0, top=max(5.0, max(y for pts in pos.values() for _, y in pts) * 1.25))
-    ax.set_xlabel("sequence length S")
-    ax.set_ylabel("overhead, % of attention without it")
-    ax.set_title("Positional encoding overhead (distattn)\nALiBi: time with / without - 1;  RoPE: rope kernel "
-                 "time / attention time", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), squeeze=False)
+    for ax, (panel, lines) in zip(axes.flat, panels.items()):
+        xs_all = sorted({x for pts in lines.values() for x, _ in pts})
+        ys_all = [y for pts in lines.values() for _, y in pts]
+        for name, pts in lines.items():
+            variant, _, pss = name.rpartition(" ")
+            xs, ys = zip(*pts)
+            alone = variant == "RoPE kernel alone"  # a share, not a with/without difference: thin, no value labels
+            line, = ax.plot(xs, ys, marker="x" if alone else "o", ms=4, lw=0.9 if alone else 1.6,
+                            ls=_PASS_STYLES.get(pss, "-."), color=_VARIANT_COLORS.get(variant),
+                            label=name + (" (share)" if alone else ""))
+            if alone:
+                continue
+            # Values at the target's first S and at the largest S: the two numbers the study is read for.
+            for x, y in pts:
+                if x == L.TARGET_MIN_SEQ or x == xs[-1]:
+                    ax.annotate(f"{y:+.1f}%", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7,
+                                ha="center", color=line.get_color())
+        ax.axhline(L.TARGET_PCT, color="#2ca02c", lw=1.0, ls="--", label=f"{L.TARGET_PCT:g}% target")
+        ax.axhline(5.0, color="#ff7f0e", lw=1.0, ls=":", label="5%")
+        ax.axhline(0.0, color="#888888", lw=0.6)
+        if xs_all[-1] >= L.TARGET_MIN_SEQ:
+            ax.axvspan(L.TARGET_MIN_SEQ / 1.25, xs_all[-1] * 1.25, color="#2ca02c", alpha=0.04)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs_all)
+        ax.set_xticklabels([_kfmt(x) for x in xs_all])
+        ax.minorticks_off()
+        ax.set_xlim(xs_all[0] / 1.25, xs_all[-1] * 1.25)
+        lo, hi = min(ys_all + [0.0]), max(ys_all + [5.0])
+        ax.set_ylim(lo - 0.08 * (hi - lo) - 0.5, hi + 0.15 * (hi - lo))
+        ax.set_xlabel("sequence length S")
+        ax.set_ylabel("overhead, % of the same attention without it")
+        ax.set_title(panel, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Positional encoding overhead (distattn): time with / time without - 1 (shaded: S >= "
+                 f"{_kfmt(L.TARGET_MIN_SEQ)}, the target range)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     _footnote(fig, used)
-    return _save(fig, os.path.join(out, "positional_overhead.png"), dpi)
+    return _save(fig, os.path.join(out, f"positional_overhead{suffix}.png"), dpi)
 
 
-PLOTS = (plot_tflops, plot_ring_split, plot_scaling, plot_positional)
+PLOTS = {"tflops": plot_tflops, "ring": plot_ring_split, "scaling": plot_scaling, "positional": plot_positional}
 
 
 def main(argv=None):
@@ -206,7 +230,19 @@ def main(argv=None):
     ap.add_argument("results", nargs="+", help="result JSON files or directories of them")
     ap.add_argument("--out", required=True, help="output folder for the PNGs (created)")
     ap.add_argument("--dpi", type=int, default=100)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated plots to draw: " + ", ".join(PLOTS) + " (default: every one)")
+    ap.add_argument("--suffix", default="", help="appended to every file name, e.g. _h100 -> tflops_vs_seq_h100.png")
     args = ap.parse_args(argv)
+    names = list(PLOTS) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PLOTS]
+    if unknown or not names:
+        print(f"plot: --only {args.only!r}: unknown plot(s) {', '.join(unknown)} (known: {', '.join(PLOTS)})",
+              file=sys.stderr)
+        return 2
+    if "/" in args.suffix:
+        print(f"plot: --suffix {args.suffix!r} must not contain '/'", file=sys.stderr)
+        return 2
     try:
         rows = L.load(args.results)
     except L.StudyError as e:
@@ -218,8 +254,8 @@ def main(argv=None):
         print(f"plot: matplotlib is needed ({e}); pip install matplotlib", file=sys.stderr)
         return 3
     os.makedirs(args.out, exist_ok=True)
-    for fn in PLOTS:
-        fn(rows, args.out, args.dpi)
+    for name in names:
+        PLOTS[name](rows, args.out, args.dpi, args.suffix)
     return 0
 
 

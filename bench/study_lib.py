@@ -7,21 +7,26 @@ Formats read (detected from the top-level keys, anything else is a StudyError na
                     "rows": [flat rows, each with "peer" and "job"]}; a row's op comes from its job.
   * bench         - distattn_bench -J: {"op", "rows", "peer": "distattn", ...}; every row is ours.
   * peers         - bench/peers/torch_peers.py / torch_cp.py -J: {"peer_suite", "op", "rows"}; rows carry "peer".
+  * positional_study - bench/run_positional_study.sh's merged report (merge_positional below):
+                    {"kind": "positional_study", "runs": [...], "rows": [distattn_bench dense rows, each with "op"]}.
 A directory argument stands for every *.json directly in it (sorted).
 
 Every row becomes a flat dict ("normalised row") with these fields:
   impl      "distattn" for ours, else the peer's name (torch-flash, torch-context-parallel, ...)
   op        dense | ring | rope | ... (the bench operation)
-  pass, causal, window, alibi, B, H, Hkv, D, dtype, ranks, seq, layout, rotary_dim, style
+  pass, causal, window, alibi, rope, B, H, Hkv, D, dtype, ranks, seq, layout, rotary_dim, style
             the shape; defaults where a tool leaves a field out: pass "fwd" (None for rope), causal/alibi False,
-            window 0, B 1, Hkv = H, ranks 1, layout None
+            window 0, B 1, Hkv = H, ranks 1, layout None. rope: attention wrapped in the RoPE kernels (distattn_bench
+            -o dense --rope; False otherwise, also for the rope op itself); rotary_dim/style: the rope op's, or a
+            dense row's with rope, else None
   rate, unit   tflops (TFLOPs per GPU) when given, else gbps (GB/s); None when the run refused / errored
   time_ms, compute_ms, exposed_comm_ms, exposed_comm_pct, wrong, error
+  rope_ms, rope_share_pct   dense --rope rows: the RoPE kernels of one iteration timed alone, and their % of time_ms
   job       the job name of a side-by-side report (None otherwise); label: our own job label (see label_of)
   source, device, date, commit   where the row came from (file, its device, date and git commit)
 
 Keys (the row matching rule, used by both tools):
-  SHAPE_FIELDS = (op, pass, causal, window, alibi, dtype, B, H, Hkv, D, ranks, rotary_dim, style, seq)
+  SHAPE_FIELDS = (op, pass, causal, window, alibi, rope, dtype, B, H, Hkv, D, ranks, rotary_dim, style, seq)
   peer_key(row) = SHAPE_FIELDS values: ours and a peer are the same job when these agree (the layout is
                   left out: PyTorch's context_parallel balances head-tail, ours zigzag, same global problem).
   row_key(row)  = peer_key + (layout,): the regression key; our rate at one key is compared with the
@@ -34,8 +39,12 @@ import os
 import statistics
 
 OURS = "distattn"
-SHAPE_FIELDS = ("op", "pass", "causal", "window", "alibi", "dtype", "B", "H", "Hkv", "D", "ranks", "rotary_dim",
-                "style", "seq")
+POSITIONAL_KIND = "positional_study"
+# The positional study's target (issue 5): overhead under TARGET_PCT % of the plain attention at S >= TARGET_MIN_SEQ.
+TARGET_PCT = 3.0
+TARGET_MIN_SEQ = 8192
+SHAPE_FIELDS = ("op", "pass", "causal", "window", "alibi", "rope", "dtype", "B", "H", "Hkv", "D", "ranks",
+                "rotary_dim", "style", "seq")
 KEY_FIELDS = SHAPE_FIELDS + ("layout",)
 
 
@@ -59,11 +68,13 @@ def _expand(paths):
 
 
 def detect_format(doc):
-    """'side_by_side', 'bench', 'peers' or None for a parsed JSON document."""
+    """'side_by_side', 'bench', 'peers', 'positional_study' or None for a parsed JSON document."""
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
         return None
     if doc.get("kind") == "side_by_side" and isinstance(doc.get("jobs"), list):
         return "side_by_side"
+    if doc.get("kind") == POSITIONAL_KIND and isinstance(doc.get("runs"), list):
+        return POSITIONAL_KIND
     if "peer_suite" in doc and "op" in doc:
         return "peers"
     if doc.get("peer") == OURS and "op" in doc:
@@ -75,6 +86,7 @@ def _normalise(raw, op, impl, job, meta, source, report_ranks):
     if not isinstance(raw, dict) or "seq" not in raw:
         raise StudyError(f"{source}: a row without 'seq' ({str(raw)[:80]})")
     is_rope = op == "rope"
+    rope = bool(raw.get("rope", False)) and not is_rope
     H = raw.get("H")
     D = raw.get("D")
     row = {
@@ -84,20 +96,23 @@ def _normalise(raw, op, impl, job, meta, source, report_ranks):
         "causal": bool(raw.get("causal", False)),
         "window": int(raw.get("window") or 0),
         "alibi": bool(raw.get("alibi", False)),
+        "rope": rope,
         "dtype": raw.get("dtype"),
         "B": int(raw.get("B", 1)),
         "H": H,
         "Hkv": raw.get("Hkv", H),
         "D": D,
         "ranks": int(raw.get("ranks", report_ranks or 1)),
-        "rotary_dim": raw.get("rotary_dim", D if is_rope else None),
-        "style": raw.get("style") if is_rope else None,
+        "rotary_dim": raw.get("rotary_dim", D if is_rope else None) if (is_rope or rope) else None,
+        "style": raw.get("style") if (is_rope or rope) else None,
         "seq": int(raw["seq"]),
         "layout": raw.get("layout"),
         "time_ms": raw.get("time_ms"),
         "compute_ms": raw.get("compute_ms"),
         "exposed_comm_ms": raw.get("exposed_comm_ms"),
         "exposed_comm_pct": raw.get("exposed_comm_pct"),
+        "rope_ms": raw.get("rope_ms"),
+        "rope_share_pct": raw.get("rope_share_pct"),
         "wrong": raw.get("wrong"),
         "error": raw.get("error"),
         "job": job,
@@ -126,7 +141,13 @@ def rows_of(doc, source):
                          "merge_side_by_side.py, distattn_bench -J output or torch_peers/torch_cp -J output)")
     meta = {k: doc.get(k) for k in ("device", "date", "git_commit")}
     rows = []
-    if fmt == "side_by_side":
+    if fmt == POSITIONAL_KIND:
+        for r in doc["rows"]:
+            op = r.get("op") if isinstance(r, dict) else None
+            if op is None:
+                raise StudyError(f"{source}: a positional-study row without 'op'")
+            rows.append(_normalise(r, op, OURS, None, meta, source, r.get("ranks")))
+    elif fmt == "side_by_side":
         job_op = {j.get("name"): j.get("op") for j in doc["jobs"]}
         job_ranks = {j.get("name"): (j.get("options") or {}).get("ranks") for j in doc["jobs"]}
         for r in doc["rows"]:
@@ -168,6 +189,8 @@ def label_of(row):
         parts.append(f"window={row['window']}")
     if row["alibi"]:
         parts.append("alibi")
+    if row.get("rope"):
+        parts.append("rope")
     if row["ranks"] > 1:
         parts.append(f"N={row['ranks']}")
     return " ".join(parts)
@@ -364,36 +387,116 @@ def _kparse(s):
     return int(s.rstrip("KM")) * mult
 
 
-def positional(rows, used=None):
-    """Positional-encoding overhead of ours, in % of the same attention without it.
+def variant_of(row):
+    """The positional encoding a row of ours ran with: 'none', 'rope', 'alibi' or 'rope+alibi'."""
+    on = [name for name in ("rope", "alibi") if row.get(name)]
+    return "+".join(on) if on else "none"
 
-    ALiBi: time(alibi) / time(no alibi) - 1 for two of our rows equal in every row_key field but alibi.
-    RoPE (a separate kernel on q and k before attention): time(rope) / time(attention) for our rope row and
-    our plain forward attention row (no ALiBi, no window, one GPU) of the same S, B, H, Hkv, D, dtype.
-    Returns {series: [(seq, percent)]}, e.g. 'ALiBi: dense fwd causal', 'RoPE: dense fwd causal'. `used`, a list,
-    receives the rows the result was computed from.
+
+def plain_key(row):
+    """row_key of the same attention without positional encoding (alibi and rope off, no rotary_dim / style)."""
+    d = {f: row[f] for f in KEY_FIELDS}
+    d.update(alibi=False, rope=False, rotary_dim=None, style=None)
+    return tuple(d[f] for f in KEY_FIELDS)
+
+
+def overhead_pairs(rows, used=None):
+    """Each of our attention rows with a positional encoding against our row of the same attention without it.
+
+    overhead_pct = (time(variant) / time(none) - 1) * 100, both times medians over the rows of their row_key (the
+    variant's key and plain_key of it: equal in every field but alibi / rope / rotary_dim / style). Returns a list
+    of {label (the plain row's label), shape, seq, variant, time_ms, none_ms, overhead_pct, rope_ms,
+    rope_share_pct} sorted by label, shape, variant, seq; rope_ms is the median of the rows' separately timed
+    RoPE kernels (None without) and rope_share_pct = rope_ms / time_ms * 100. Keys without a plain row are left
+    out. `used`, a list, receives the rows the result was computed from.
     """
-    ours = [r for r in rows if r["impl"] == OURS and r["time_ms"] is not None]
-    times = {}
+    ours = [r for r in rows if r["impl"] == OURS and r["time_ms"] is not None and r["op"] != "rope"]
+    by_key = {}
     for r in ours:
-        times.setdefault(row_key(r), []).append(r["time_ms"])
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ai = KEY_FIELDS.index("alibi")
-    out = {}
-    for k, t in med.items():
-        if not k[ai]:
+        by_key.setdefault(row_key(r), []).append(r)
+    med = {k: statistics.median(r["time_ms"] for r in rs) for k, rs in by_key.items()}
+    out = []
+    for k, rs in by_key.items():
+        first = rs[0]
+        variant = variant_of(first)
+        pk = plain_key(first)
+        if variant == "none" or pk not in med:
             continue
-        plain = k[:ai] + (False,) + k[ai + 1:]
-        if plain in med:
-            if used is not None:
-                used.extend(r for r in ours if row_key(r) in (k, plain))
-            d = dict(zip(KEY_FIELDS, k))
-            lab = label_of(dict(d, alibi=False))
-            out.setdefault(f"ALiBi: {lab}", []).append((d["seq"], (t / med[plain] - 1.0) * 100.0))
+        if used is not None:
+            used.extend(rs + by_key[pk])
+        t, t0 = med[k], med[pk]
+        rope = [r["rope_ms"] for r in rs if r.get("rope_ms") is not None]
+        rope_ms = statistics.median(rope) if rope else None
+        plain = by_key[pk][0]
+        out.append({"label": plain["label"], "shape": shape_str(plain), "seq": first["seq"], "variant": variant,
+                    "time_ms": t, "none_ms": t0, "overhead_pct": (t / t0 - 1.0) * 100.0, "rope_ms": rope_ms,
+                    "rope_share_pct": rope_ms / t * 100.0 if rope_ms is not None and t > 0 else None})
+    out.sort(key=lambda p: (p["label"], p["shape"], _variant_order(p["variant"]), p["seq"]))
+    return out
+
+
+def _variant_order(v):
+    order = ("none", "rope", "alibi", "rope+alibi")
+    return (order.index(v) if v in order else len(order), v)
+
+
+def positional_table(rows, target_pct=TARGET_PCT, target_min_seq=TARGET_MIN_SEQ):
+    """The overhead table of compare.py: one group per plain attention job (label, shape).
+
+    Returns [{label, shape, variants: [names], lines: [{seq, none_ms, cells: {variant: (time_ms, overhead_pct,
+    rope_share_pct)}}], verdict: {variant: (worst overhead at S >= target_min_seq or None, met: bool or None)}}];
+    met = worst < target_pct (None when no S >= target_min_seq was measured).
+    """
+    groups = {}
+    for p in overhead_pairs(rows):
+        g = groups.setdefault((p["label"], p["shape"]), {"label": p["label"], "shape": p["shape"], "variants": [],
+                                                         "lines": {}, "verdict": {}})
+        if p["variant"] not in g["variants"]:
+            g["variants"].append(p["variant"])
+        ln = g["lines"].setdefault(p["seq"], {"seq": p["seq"], "none_ms": p["none_ms"], "cells": {}})
+        ln["cells"][p["variant"]] = (p["time_ms"], p["overhead_pct"], p["rope_share_pct"])
+    out = []
+    for key in sorted(groups, key=lambda k: (_pass_mask_order(k[0]), k[1])):
+        g = groups[key]
+        g["variants"].sort(key=_variant_order)
+        g["lines"] = [g["lines"][s] for s in sorted(g["lines"])]
+        for v in g["variants"]:
+            big = [ln["cells"][v][1] for ln in g["lines"] if v in ln["cells"] and ln["seq"] >= target_min_seq]
+            worst = max(big) if big else None
+            g["verdict"][v] = (worst, None if worst is None else worst < target_pct)
+        out.append(g)
+    return out
+
+
+def _pass_mask_order(label):
+    order = {"fwd": 0, "bwd": 1, "fwdbwd": 2}
+    parts = label.split()
+    return (parts[0], order.get(parts[1], 9) if len(parts) > 1 else 9, label)
+
+
+def positional(rows, used=None):
+    """Positional-encoding overhead of ours, in % of the same attention without it: {series: [(seq, percent)]}.
+
+    'RoPE: <label>', 'ALiBi: <label>', 'RoPE+ALiBi: <label>': overhead_pairs (time with / time without - 1), e.g.
+    distattn_bench -o dense --rope or --alibi against the same run without.
+    'RoPE kernel alone: <label>': the RoPE kernels' share of the step: rope_share_pct of a dense --rope row (its
+    RoPE kernels timed alone / its time); for results without one, the time of our rope op row (the RoPE kernel on q
+    and k, nothing else) / the time of our plain forward attention row (no ALiBi, no RoPE, no window, one GPU) of
+    the same S, B, H, Hkv, D, dtype (a training step also rotates dq and dk back, not timed there).
+    `used`, a list, receives the rows the result was computed from.
+    """
+    names = {"rope": "RoPE", "alibi": "ALiBi", "rope+alibi": "RoPE+ALiBi"}
+    out = {}
+    for p in overhead_pairs(rows, used):
+        out.setdefault(f"{names.get(p['variant'], p['variant'])}: {p['label']}", []).append(
+            (p["seq"], p["overhead_pct"]))
+        if p["variant"] == "rope" and p["rope_share_pct"] is not None:
+            out.setdefault(f"RoPE kernel alone: {p['label']}", []).append((p["seq"], p["rope_share_pct"]))
+    ours = [r for r in rows if r["impl"] == OURS and r["time_ms"] is not None]
     attn = {}
     for r in ours:
-        # Forward passes only: a training step also rotates dq and dk back, which the rope row does not time.
-        if r["op"] == "dense" and r["pass"] == "fwd" and r["ranks"] == 1 and not r["alibi"] and not r["window"]:
+        if (r["op"] == "dense" and r["pass"] == "fwd" and r["ranks"] == 1 and not r["alibi"] and not r["rope"] and
+                not r["window"]):
             attn.setdefault((r["seq"], r["B"], r["H"], r["Hkv"], r["D"], r["dtype"]), {}).setdefault(
                 r["label"], []).append(r["time_ms"])
     rope = {}
@@ -402,9 +505,107 @@ def positional(rows, used=None):
             rope.setdefault((r["seq"], r["B"], r["H"], r["Hkv"], r["D"], r["dtype"]), []).append(r["time_ms"])
     for k, rt in rope.items():
         for lab, at in attn.get(k, {}).items():
+            if f"RoPE kernel alone: {lab}" in out and any(x == k[0] for x, _ in out[f"RoPE kernel alone: {lab}"]):
+                continue  # measured inside the dense --rope run already
             if used is not None:
                 used.extend(r for r in ours if (r["seq"], r["B"], r["H"], r["Hkv"], r["D"], r["dtype"]) == k and
                             (r["op"] == "rope" or r["label"] == lab))
-            out.setdefault(f"RoPE: {lab}", []).append(
+            out.setdefault(f"RoPE kernel alone: {lab}", []).append(
                 (k[0], statistics.median(rt) / statistics.median(at) * 100.0))
     return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def positional_panels(rows, used=None):
+    """positional() regrouped for the plot: {panel: {line: [(seq, percent)]}}: one panel per attention job without
+    its pass ('dense causal', 'dense non-causal'), one line per variant and pass ('RoPE fwd', 'ALiBi fwdbwd')."""
+    panels = {}
+    for name, pts in positional(rows, used).items():
+        variant, _, label = name.partition(": ")
+        parts = label.split()
+        op, pss, mask = parts[0], (parts[1] if len(parts) > 1 else "?"), " ".join(parts[2:]) or "non-causal"
+        panels.setdefault(f"{op} {mask}", {})[f"{variant} {pss}"] = pts
+    return {k: dict(sorted(v.items())) for k, v in sorted(panels.items())}
+
+
+# ----- the positional study's merged report (bench/run_positional_study.sh) -----
+
+def merge_positional(manifest_path, settings=None):
+    """Merges the distattn_bench -J files of one positional study into one report (format 'positional_study').
+
+    manifest: one line per bench run in the order they ran, tab-separated: order, tag, exit code, seconds, the
+    JSON path (missing when the run failed or was skipped). Rows are the runs' rows with op, ranks, variant
+    ('none'/'rope'/'alibi', from the row's rope / alibi fields), run (its order) and command_line added.
+    Returns the report dict: kind, device, date / git_commit (the first run's), settings, runs [{order, tag, rc,
+    seconds, status, command_line}], rows, status ('OK' when every run exited 0 and no value was wrong, else
+    'FAILED'). Raises StudyError on a malformed manifest or an unreadable / non-bench JSON.
+    """
+    runs, rows, meta = [], [], {}
+    try:
+        with open(manifest_path) as f:
+            lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+    except OSError as e:
+        raise StudyError(f"{manifest_path}: cannot read the manifest ({e})") from None
+    for n, ln in enumerate(lines, 1):
+        cells = ln.split("\t")
+        if len(cells) != 5:
+            raise StudyError(f"{manifest_path}:{n}: expected 5 tab-separated cells (order, tag, rc, seconds, json), "
+                             f"got {len(cells)}")
+        order, tag, rc, secs, path = cells
+        try:
+            run = {"order": int(order), "tag": tag, "rc": int(rc), "seconds": float(secs)}
+        except ValueError:
+            raise StudyError(f"{manifest_path}:{n}: order, rc and seconds must be numbers ({ln!r})") from None
+        doc = None
+        if path and os.path.exists(path):
+            try:
+                with open(path) as f:
+                    doc = json.load(f)
+            except (OSError, ValueError) as e:
+                raise StudyError(f"{path}: cannot read JSON ({e})") from None
+            if detect_format(doc) != "bench":
+                raise StudyError(f"{path}: not a distattn_bench -J report")
+        run["status"] = ("skipped" if run["rc"] < 0 else "no JSON") if doc is None else (
+            "OK" if run["rc"] == 0 and doc.get("status") in ("OK", "unchecked") else "FAILED")
+        run["command_line"] = doc.get("command_line") if doc else None
+        runs.append(run)
+        if doc is None:
+            continue
+        for k in ("device", "git_commit", "date"):
+            meta.setdefault(k, doc.get(k))
+        for r in doc["rows"]:
+            rows.append(dict(r, op=doc["op"], ranks=doc.get("ranks", 1), variant=variant_of(r), run=run["order"],
+                             command_line=doc.get("command_line")))
+    ok = bool(runs) and all(r["status"] == "OK" for r in runs)
+    return {"kind": POSITIONAL_KIND, "device": meta.get("device"), "date": meta.get("date"),
+            "git_commit": meta.get("git_commit"), "settings": dict(settings or {}), "runs": runs, "rows": rows,
+            "status": "OK" if ok else "FAILED"}
+
+
+def main(argv=None):
+    """python3 bench/study_lib.py merge-positional MANIFEST OUT.json [key=value ...]: see merge_positional."""
+    import sys
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3 or argv[0] != "merge-positional":
+        print("usage: study_lib.py merge-positional MANIFEST OUT.json [key=value ...]", file=sys.stderr)
+        return 2
+    settings = {}
+    for kv in argv[3:]:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            print(f"study_lib: setting {kv!r} is not key=value", file=sys.stderr)
+            return 2
+        settings[k] = v
+    try:
+        doc = merge_positional(argv[1], settings)
+    except StudyError as e:
+        print(f"study_lib: {e}", file=sys.stderr)
+        return 2
+    with open(argv[2], "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"# merged {len(doc['runs'])} run(s), {len(doc['rows'])} row(s) into {argv[2]}: {doc['status']}")
+    return 0 if doc["status"] == "OK" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

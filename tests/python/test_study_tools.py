@@ -196,6 +196,16 @@ class RegressionTest(Tmp):
         rc, _, _ = self.run_compare(self.current(300.0, 330.0), "--baseline", self.base, "--threshold", "0.2")
         self.assertEqual(rc, 0)
 
+    def test_default_threshold_is_ten_percent(self):
+        self.assertEqual(compare.main.__defaults__, (None, sys.stdout))  # nothing hides the argparse default
+        rc, out, _ = self.run_compare(self.current(300.0 * 0.91, 400.0 * 0.905), "--baseline", self.base)
+        self.assertEqual(rc, 0, out)  # -9% and -9.5%: within the default 10%
+        self.assertIn("flagged below -10.0%", out)
+        rc, out, _ = self.run_compare(self.current(300.0 * 0.91, 400.0 * 0.89), "--baseline", self.base)
+        self.assertEqual(rc, 1, out)  # -11% at 8K
+        self.assertEqual(out.count("REGRESSION"), 1)
+        self.assertIn("-11.0%  REGRESSION", out)
+
     def test_unmatched_rows_are_reported_not_flagged(self):
         cur = self.current(300.0, 400.0, [dense_row(32768, 1.0)])
         rc, out, _ = self.run_compare(cur, "--baseline", self.base, "--no-table")
@@ -264,9 +274,9 @@ class PlotDataTest(Tmp):
                 "Hkv": 32, "D": 128, "dtype": "bf16", "rotary_dim": 128, "style": "neox"}
         rows = L.rows_of(bench_doc("dense", [plain, alibi]), "a") + L.rows_of(bench_doc("rope", [rope]), "b")
         pos = L.positional(rows)
-        self.assertEqual(sorted(pos), ["ALiBi: dense fwd causal", "RoPE: dense fwd causal"])
+        self.assertEqual(sorted(pos), ["ALiBi: dense fwd causal", "RoPE kernel alone: dense fwd causal"])
         self.assertAlmostEqual(pos["ALiBi: dense fwd causal"][0][1], 25.0)
-        self.assertAlmostEqual(pos["RoPE: dense fwd causal"][0][1], 2.0)
+        self.assertAlmostEqual(pos["RoPE kernel alone: dense fwd causal"][0][1], 2.0)
         self.assertEqual(L.positional(L.rows_of(bench_doc("dense", [plain]), "c")), {})
 
     def test_committed_results_load(self):
@@ -280,6 +290,230 @@ class PlotDataTest(Tmp):
         for r in rows:
             self.assertIsNotNone(r["op"])
         self.assertTrue(L.ratio_table(rows))
+
+
+def study_rows(times, share=None):
+    """distattn_bench dense rows of a positional study: times = {(pass, causal, variant, seq): time_ms}."""
+    rows = []
+    for (pss, causal, variant, seq), t in times.items():
+        r = dense_row(seq, 100.0, causal=causal, alibi=variant == "alibi", rope=variant == "rope")
+        r.update(time_ms=t, tflops=r["flops"] / (t * 1e-3) / 1e12, **{"pass": pss})
+        if variant == "rope":
+            r.update(rotary_dim=128, style="neox", rope_ms=share * t / 100.0 if share else None,
+                     rope_share_pct=share)
+        rows.append(r)
+    return rows
+
+
+class PositionalTest(Tmp):
+    def rows(self, **kw):
+        return L.rows_of(bench_doc("dense", study_rows(**kw)), "study")
+
+    def test_rope_is_a_key_field_and_in_the_label(self):
+        plain, rope = self.rows(times={("fwd", True, "none", 8192): 2.0, ("fwd", True, "rope", 8192): 2.1})
+        self.assertNotEqual(L.peer_key(plain), L.peer_key(rope))
+        self.assertEqual(rope["label"], "dense fwd causal rope")
+        self.assertEqual((rope["rotary_dim"], rope["style"]), (128, "neox"))
+        self.assertEqual((plain["rotary_dim"], plain["style"]), (None, None))  # a plain dense row has no rotary dims
+        self.assertEqual(L.plain_key(rope), L.row_key(plain))
+        self.assertEqual([L.variant_of(r) for r in (plain, rope)], ["none", "rope"])
+        self.assertEqual(L.variant_of({"rope": True, "alibi": True}), "rope+alibi")
+        # A peer row without the field is not RoPE: it matches our plain row, never the rope one.
+        peer = L.rows_of({"peer_suite": "torch", "op": "dense", "rows": [dict(dense_row(8192, 1.0, causal=True),
+                                                                            peer="p")]}, "p")[0]
+        self.assertEqual(L.peer_key(peer), L.peer_key(plain))
+
+    def test_overhead_pairs_and_medians(self):
+        times = {("fwd", True, "none", 8192): 2.0, ("fwd", True, "rope", 8192): 2.06,
+                 ("fwd", True, "alibi", 8192): 2.2, ("fwd", False, "rope", 8192): 9.0}  # no non-causal 'none'
+        rows = self.rows(times=times, share=2.5)
+        # A second file with the same keys: each side is reduced to its median before the ratio.
+        rows += L.rows_of(bench_doc("dense", study_rows({("fwd", True, "none", 8192): 2.2,
+                                                         ("fwd", True, "none", 8192 * 2): 1.0})), "again")
+        pairs = L.overhead_pairs(rows)
+        self.assertEqual([(p["label"], p["variant"]) for p in pairs],
+                         [("dense fwd causal", "rope"), ("dense fwd causal", "alibi")])
+        rope, alibi = pairs
+        self.assertAlmostEqual(rope["none_ms"], 2.1)
+        self.assertAlmostEqual(rope["overhead_pct"], (2.06 / 2.1 - 1) * 100)
+        self.assertAlmostEqual(alibi["overhead_pct"], (2.2 / 2.1 - 1) * 100)
+        self.assertAlmostEqual(rope["rope_share_pct"], 2.5)
+        self.assertIsNone(alibi["rope_share_pct"])
+
+    def test_table_verdict_uses_only_large_s(self):
+        times = {}
+        for seq, r_pct, a_pct in ((2048, 40.0, 1.0), (8192, 2.9, 4.0), (16384, 1.0, 2.0)):
+            times[("fwdbwd", False, "none", seq)] = 10.0
+            times[("fwdbwd", False, "rope", seq)] = 10.0 * (1 + r_pct / 100)
+            times[("fwdbwd", False, "alibi", seq)] = 10.0 * (1 + a_pct / 100)
+        g, = L.positional_table(self.rows(times=times))
+        self.assertEqual((g["label"], g["variants"]), ("dense fwdbwd", ["rope", "alibi"]))
+        self.assertEqual([ln["seq"] for ln in g["lines"]], [2048, 8192, 16384])
+        self.assertAlmostEqual(g["verdict"]["rope"][0], 2.9)  # the 40% at 2K is below the target range
+        self.assertTrue(g["verdict"]["rope"][1])
+        self.assertAlmostEqual(g["verdict"]["alibi"][0], 4.0)
+        self.assertFalse(g["verdict"]["alibi"][1])
+        g, = L.positional_table(self.rows(times=times), target_pct=5.0)
+        self.assertTrue(g["verdict"]["alibi"][1])
+        small = {k: v for k, v in times.items() if k[3] == 2048}
+        g, = L.positional_table(self.rows(times=small))
+        self.assertEqual(g["verdict"]["rope"], (None, None))
+
+    def test_compare_positional_table(self):
+        times = {("fwd", True, "none", 8192): 2.0, ("fwd", True, "rope", 8192): 2.1, ("fwd", True, "alibi", 8192): 2.02}
+        path = self.write("study.json", bench_doc("dense", study_rows(times, share=4.5)))
+        rc, out, _ = self.run_compare("--positional", path)
+        self.assertEqual(rc, 0)
+        self.assertIn("# dense fwd causal  (B1 H32 D128 bf16)", out)
+        line = [ln for ln in out.splitlines() if ln.strip().startswith("8192")][0].split()
+        self.assertEqual(line, ["8192", "2.0000", "2.1000", "+5.00%", "4.50%", "2.0200", "+1.00%"])
+        self.assertIn("rope: worst overhead at S >= 8K: +5.00% -> target < 3% MISSED", out)
+        self.assertIn("alibi: worst overhead at S >= 8K: +1.00% -> target < 3% met", out)
+        rc, out, _ = self.run_compare("--positional", "--target", "6", path)
+        self.assertIn("+5.00% -> target < 6% met", out)
+        # Without --positional the overhead table follows the ratio table.
+        rc, out, _ = self.run_compare(path)
+        self.assertEqual(rc, 0)
+        self.assertLess(out.index("ratio = ours / peer"), out.index("positional encoding overhead"))
+        plain = self.write("plain.json", bench_doc("dense", [dense_row(4096, 300.0)]))
+        rc, out, err = self.run_compare("--positional", plain)
+        self.assertEqual(rc, 2)
+        self.assertIn("no positional pair", err)
+        rc, out, _ = self.run_compare(plain)
+        self.assertNotIn("positional encoding overhead", out)
+
+
+class MergePositionalTest(Tmp):
+    def manifest(self, lines):
+        return self.write("manifest.tsv", "".join("\t".join(str(c) for c in ln) + "\n" for ln in lines))
+
+    def test_merge_keeps_every_run_in_order(self):
+        a = self.write("a.json", bench_doc("dense", study_rows({("fwd", True, "none", 2048): 1.0})))
+        b = self.write("b.json", bench_doc("dense", study_rows({("fwd", True, "rope", 2048): 1.1}, share=9.0)))
+        m = self.manifest([(1, "fwd_causal_none_2K", 0, 2, a), (2, "fwd_causal_rope_2K", 0, 3, b)])
+        doc = L.merge_positional(m, {"sizes": "2K"})
+        self.assertEqual(doc["kind"], "positional_study")
+        self.assertEqual(doc["status"], "OK")
+        self.assertEqual((doc["device"], doc["git_commit"]), ("GPU-X", "aaaaaaa"))
+        self.assertEqual([r["tag"] for r in doc["runs"]], ["fwd_causal_none_2K", "fwd_causal_rope_2K"])
+        self.assertEqual([(r["variant"], r["run"], r["op"]) for r in doc["rows"]], [("none", 1, "dense"),
+                                                                                   ("rope", 2, "dense")])
+        self.assertEqual(doc["settings"], {"sizes": "2K"})
+        # The merged report is a format of its own that every tool reads.
+        out = self.write("study.json", doc)
+        pairs = L.overhead_pairs(L.load([out]))
+        self.assertEqual(len(pairs), 1)
+        self.assertAlmostEqual(pairs[0]["overhead_pct"], 10.0)
+
+    def test_failed_missing_and_skipped_runs_fail_the_report(self):
+        a = self.write("a.json", bench_doc("dense", study_rows({("fwd", True, "none", 2048): 1.0})))
+        bad = dict(bench_doc("dense", study_rows({("fwd", True, "alibi", 2048): 1.0})), status="FAILED")
+        b = self.write("b.json", bad)
+        m = self.manifest([(1, "x", 0, 1, a), (2, "y", 1, 1, b), (3, "z", 2, 0, ""), (4, "w", -1, 0, "")])
+        doc = L.merge_positional(m)
+        self.assertEqual([r["status"] for r in doc["runs"]], ["OK", "FAILED", "no JSON", "skipped"])
+        self.assertEqual(doc["status"], "FAILED")
+        self.assertEqual(len(doc["rows"]), 2)
+
+    def test_bad_manifests_raise(self):
+        with self.assertRaisesRegex(L.StudyError, "cannot read the manifest"):
+            L.merge_positional(os.path.join(self.dir, "none.tsv"))
+        with self.assertRaisesRegex(L.StudyError, "expected 5 tab-separated cells"):
+            L.merge_positional(self.manifest([(1, "x", 0)]))
+        with self.assertRaisesRegex(L.StudyError, "must be numbers"):
+            L.merge_positional(self.manifest([("one", "x", 0, 1, "")]))
+        odd = self.write("odd.json", {"rows": []})
+        with self.assertRaisesRegex(L.StudyError, "not a distattn_bench -J report"):
+            L.merge_positional(self.manifest([(1, "x", 0, 1, odd)]))
+
+    def test_command_line(self):
+        a = self.write("a.json", bench_doc("dense", study_rows({("fwd", True, "none", 2048): 1.0})))
+        m = self.manifest([(1, "x", 0, 1, a)])
+        out = os.path.join(self.dir, "merged.json")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(L.main(["merge-positional", m, out, "sizes=2K"]), 0)
+        with open(out) as f:
+            self.assertEqual(json.load(f)["settings"], {"sizes": "2K"})
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(L.main(["merge-positional", m]), 2)
+            self.assertEqual(L.main(["merge-positional", m, out, "novalue"]), 2)
+            self.assertEqual(L.main(["merge-positional", os.path.join(self.dir, "gone"), out]), 2)
+
+
+# A stand-in for distattn_bench: reads the options the study passes and writes a -J report whose time is known:
+# none = S / 1024 ms, rope +2%, alibi +10% (and exit 1, "FAILED", for the variant in $STUB_FAIL).
+STUB_BENCH = r"""#!/usr/bin/env python3
+import json, os, sys
+a = sys.argv[1:]
+def val(flag):
+    return a[a.index(flag) + 1]
+seq = int(val("-b"))
+variant = "rope" if "--rope" in a else "alibi" if "--alibi" in a else "none"
+t = seq / 1024 * {"none": 1.0, "rope": 1.02, "alibi": 1.10}[variant]
+row = {"seq": seq, "time_ms": t, "tflops": 1.0, "gbps": None, "B": 1, "H": 32, "Hkv": 32, "D": 128,
+       "causal": "--causal" in a, "window": 0, "alibi": variant == "alibi", "rope": variant == "rope",
+       "pass": val("--pass"), "dtype": "bf16", "wrong": 0}
+if variant == "rope":
+    row.update(rotary_dim=128, style="neox", rope_ms=0.02 * t / 1.02, rope_share_pct=2.0 / 1.02)
+failed = os.environ.get("STUB_FAIL") == variant
+if os.environ.get("STUB_SLEEP"):
+    import time
+    time.sleep(float(os.environ["STUB_SLEEP"]))
+doc = {"peer": "distattn", "device": "stub", "date": "2026-11-22T00:00:00Z", "git_commit": "c0ffee0", "op": "dense",
+       "ranks": 1, "command_line": " ".join(a), "options": {}, "rows": [row], "status": "FAILED" if failed else "OK"}
+with open(val("-J"), "w") as f:
+    json.dump(doc, f)
+print(f"{seq} {variant} {t}")
+sys.exit(1 if failed else 0)
+"""
+
+
+@unittest.skipUnless(os.path.exists("/bin/bash"), "no bash")
+class StudyScriptTest(Tmp):
+    def run_study(self, **env):
+        import subprocess
+        stub = self.write("stub_bench.py", STUB_BENCH)
+        os.chmod(stub, 0o755)
+        out = os.path.join(self.dir, "out")
+        e = dict(os.environ, DISTATTN_BENCH=stub, PYTHON=sys.executable, SIZES="1K 2K 8K")
+        e.update(env)
+        p = subprocess.run(["/bin/bash", os.path.join(ROOT, "bench", "run_positional_study.sh"), out],
+                           capture_output=True, text=True, env=e)
+        return p, out
+
+    def test_interleaved_runs_one_report_and_the_table(self):
+        p, out = self.run_study()
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        with open(os.path.join(out, "positional_study.json")) as f:
+            doc = json.load(f)
+        self.assertEqual(doc["status"], "OK")
+        tags = [r["tag"] for r in doc["runs"]]
+        self.assertEqual(len(tags), 3 * 2 * 2 * 3)  # S x passes x masks x variants
+        # The variants of one (S, pass, mask) run back to back, their order rotating from one group to the next.
+        self.assertEqual(tags[:6], ["fwd_causal_none_1K", "fwd_causal_rope_1K", "fwd_causal_alibi_1K",
+                                    "fwd_full_rope_1K", "fwd_full_alibi_1K", "fwd_full_none_1K"])
+        self.assertEqual(tags[6], "fwdbwd_causal_alibi_1K")
+        with open(os.path.join(out, "overhead.txt")) as f:
+            table = f.read()
+        self.assertEqual(table.count("rope: worst overhead at S >= 8K: +2.00% -> target < 3% met"), 4)
+        self.assertEqual(table.count("alibi: worst overhead at S >= 8K: +10.00% -> target < 3% MISSED"), 4)
+        self.assertIn(table, p.stdout)  # printed last
+        self.assertTrue(os.path.exists(os.path.join(out, "study.log")))
+
+    def test_failures_and_budget_give_exit_1(self):
+        p, out = self.run_study(STUB_FAIL="alibi", PASSES="fwd", MASKS="causal")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        with open(os.path.join(out, "positional_study.json")) as f:
+            self.assertEqual(json.load(f)["status"], "FAILED")
+        # Past MAX_SECONDS no run starts: the rest is recorded as skipped, and the study fails.
+        p, out = self.run_study(MAX_SECONDS="1", STUB_SLEEP="1.2", SIZES="1K", PASSES="fwd", MASKS="causal")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        with open(os.path.join(out, "positional_study.json")) as f:
+            runs = json.load(f)["runs"]
+        self.assertEqual([r["status"] for r in runs], ["OK", "skipped", "skipped"])
+        p, out = self.run_study(VARIANTS="none sinusoidal")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("unknown variant", p.stderr)
 
 
 @unittest.skipUnless(HAS_MPL, "matplotlib not installed: plots not tested")
@@ -302,6 +536,27 @@ class PlotTest(Tmp):
                 self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
         with contextlib.redirect_stderr(io.StringIO()):
             self.assertEqual(plot.main([os.path.join(self.dir, "none.json"), "--out", out]), 2)
+            self.assertEqual(plot.main([d, "--out", out, "--only", "tflops,bogus"]), 2)
+            self.assertEqual(plot.main([d, "--out", out, "--suffix", "a/b"]), 2)
+
+    def test_positional_plot_only_with_suffix(self):
+        import plot
+        times = {}
+        for seq in (4096, 8192):
+            for pss in ("fwd", "fwdbwd"):
+                times[(pss, True, "none", seq)] = 1.0
+                times[(pss, True, "rope", seq)] = 1.03
+                times[(pss, True, "alibi", seq)] = 1.1
+        s = self.write("s.json", bench_doc("dense", study_rows(times, share=2.5)))
+        out = os.path.join(self.dir, "png2")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(plot.main([s, "--out", out, "--dpi", "40", "--only", "positional", "--suffix", "_x"]), 0)
+        self.assertEqual(os.listdir(out), ["positional_overhead_x.png"])
+        panels = L.positional_panels(L.load([s]))
+        self.assertEqual(list(panels), ["dense causal"])
+        self.assertEqual(sorted(panels["dense causal"]), ["ALiBi fwd", "ALiBi fwdbwd", "RoPE fwd", "RoPE fwdbwd",
+                                                          "RoPE kernel alone fwd", "RoPE kernel alone fwdbwd"])
+        self.assertAlmostEqual(panels["dense causal"]["ALiBi fwd"][1][1], 10.0)
 
 
 if __name__ == "__main__":
