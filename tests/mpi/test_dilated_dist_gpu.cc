@@ -130,6 +130,13 @@ void run_case(NcclCommunicator& comm, const GpuCase& c) {
   cfg.kv_heads = c.Hkv;
   cfg.head_dim = c.D;
   cfg.dtype = c.dtype;
+  // The stream outlives the object (its destructor synchronises the stream of the last call).
+  cudaStream_t stream = nullptr;
+  DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  struct StreamGuard {
+    cudaStream_t s;
+    ~StreamGuard() { cudaStreamDestroy(s); }
+  } stream_guard{stream};
   DistributedDilatedAttention dd(comm, cfg);
   const HostTensor q = shard_copy(Q, row0, L, c.head_pad, c.row_pad), k = shard_copy(K, row0, L, c.head_pad, c.row_pad),
                    v = shard_copy(V, row0, L, c.head_pad, c.row_pad), dout = shard_copy(dO, row0, L),
@@ -139,8 +146,6 @@ void run_case(NcclCommunicator& comm, const GpuCase& c) {
   fill_nan(o);
   DeviceTensor d_o(o);
   DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(c.B * c.Hq * L), std::nanf("")));
-  cudaStream_t stream = nullptr;
-  DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   dd.forward(d_q.view(), d_k.view(), d_v.view(), d_o.view(), d_lse.ptr, stream);
   DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   d_o.download(o);
@@ -197,7 +202,6 @@ void run_case(NcclCommunicator& comm, const GpuCase& c) {
     EXPECT_LE(e.rmse, 2 * en.rmse + 2e-3 * rms + 1e-7);
     worst[2 + i] = e.max_abs;
   }
-  DISTATTN_CUDA_CHECK(cudaStreamDestroy(stream));
   double all[8];
   MPI_Allreduce(worst, all, 8, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   if (p == 0) {
