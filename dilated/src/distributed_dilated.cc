@@ -8,10 +8,13 @@
 //   class s (< min(r, Hq)): heads s, s + r, ...; kept global rows g*w + s + r*m, m < M = w/r (r | w);
 //   on rank p: local rows l = phase_p + r*i, i < n_p  (phase, count: dilated_index.h), n_max = ceil(L/r);
 //   the m of rank j's first kept row is off_j = n_0 + ... + n_{j-1} (kept rows are consecutive in m);
-//   packed K|V rows of one rank: [n_max, 2, B, KH, D] (rows >= n_p zero), KH kv-head entries (dist_kv_head);
-//   gathered: [G * n_max, 2, B, KH, D] = rank blocks in order; compacted (only when some n_j < n_max):
-//   [M, 2, B, KH, D], key m at global position g*w + s + r*m, so the K view of the buffer is
-//     shape [B, M', E, D], strides {KH*D, 2*B*KH*D, D, 1}, V = K + B*KH*D elements.
+//   ONE all-gather per pattern: a rank's packed K|V rows [n_max][class s][2, B, KH_s, D] (rows >= n_p of a class
+//   zero; KH_s kv-head entries, dist_kv_head), row_elems = sum_s 2*B*KH_s*D elements per row, class s at offset
+//   coff_s in a row; gathered: [G * n_max] rows = the rank blocks in order. When every rank keeps n_max rows of
+//   class s (r divides L), its keys are already consecutive: key m = row m, at global position g*w + s + r*m, and
+//   the K view is  data + coff_s, shape [B, M', E, D], strides {KH_s*D, row_elems, D, 1}, V = K + B*KH_s*D.
+//   Otherwise class s is first squeezed into [M, 2, B, KH_s, D] (row stride 2*B*KH_s*D) by one strided copy per
+//   rank. The backward mirrors it: fp32 dK|dV in the gathered layout (padding rows zero), one reduce-scatter.
 //   Causal: rank j's queries see only keys m < off_j + n_j (ranks after j are entirely in the future).
 //   Partial O: fp32 [B, L, Hq, D] (kept rows written); partial LSE packed [B, Hq, n_max] (dist_lse_index).
 #include "distattn/dilated/distributed_dilated.h"
@@ -56,9 +59,15 @@ struct DistributedDilatedAttention::ClassInfo {
   std::vector<int64_t> off;  // first m of each rank's rows
   bool padded = false;       // some rank keeps fewer than n_max rows (r does not divide L)
   int64_t class_offset = 0;  // into the pattern's permuted slopes
-  size_t row_bytes(size_t es) const { return static_cast<size_t>(2 * kc.KH) * B_D * es; }
-  int64_t B_D = 0;  // B * D
+  int64_t class_elems = 0;   // 2 * B * KH * D: one packed row of this class
+  int64_t coff = 0;          // offset of this class inside a packed row (elements)
   int64_t visible_keys(bool causal) const { return causal ? off[static_cast<size_t>(j)] + kc.count : M; }
+};
+
+struct DistributedDilatedAttention::PatternInfo {
+  std::vector<ClassInfo> classes;  // s = 0 .. min(r, Hq) - 1
+  int64_t G = 1, n_max = 0;
+  int64_t row_elems = 0;  // elements of one packed row (every class)
 };
 
 namespace {
@@ -100,24 +109,26 @@ void check_cuda_operand(const TensorView& t, const char* name) {
   }
 }
 
-// K (c = 0) or V (c = 1) rows [0, rows) of a packed class buffer [., 2, B, KH, D], entries e0 .. e0+count-1.
-TensorView kv_rows_view(void* buf, int c, DType dtype, Device device, int64_t B, int64_t KH, int64_t D, int64_t rows,
-                        int64_t e0, int64_t count) {
+// K (c = 0) or V (c = 1) rows [0, rows) of one class in a packed buffer (`buf` = the class's part of row 0, rows
+// `row_stride` elements apart, each [2, B, KH, D]), entries e0 .. e0+count-1.
+TensorView kv_rows_view(void* buf, int64_t row_stride, int c, DType dtype, Device device, int64_t B, int64_t KH,
+                        int64_t D, int64_t rows, int64_t e0, int64_t count) {
   TensorView t;
   t.data = static_cast<char*>(buf) + (c * B * KH * D + e0 * D) * static_cast<int64_t>(dtype_size(dtype));
   t.dtype = dtype;
   t.device = device;
   t.shape = {B, rows, count, D};
-  t.stride = {KH * D, 2 * B * KH * D, D, 1};
+  t.stride = {KH * D, row_stride, D, 1};
   return t;
 }
 
 // --- host versions of the CUDA helpers (distributed_dilated_kernels.h) ---
-void host_pack_kept(const TensorView& k, const TensorView& v, unsigned char* send, const KeptClass& kc) {
+void host_pack_kept(const TensorView& k, const TensorView& v, unsigned char* send_class, const KeptClass& kc) {
   const int64_t B = k.shape[0], D = k.shape[3];
   const size_t es = dtype_size(k.dtype), rowb = static_cast<size_t>(D) * es;
   for (int64_t i = 0; i < kc.n_max; ++i)
     for (int c = 0; c < 2; ++c) {
+      unsigned char* send = send_class + (static_cast<size_t>(i * kc.row_elems + c * B * kc.KH * D)) * es;
       const TensorView& t = c == 0 ? k : v;
       for (int64_t b = 0; b < B; ++b)
         for (int64_t e = 0; e < kc.KH; ++e, send += rowb) {
@@ -137,7 +148,7 @@ void host_scatter_add_kept(const float* own, float* dk, float* dv, int64_t B, in
     for (int c = 0; c < 2; ++c)
       for (int64_t b = 0; b < B; ++b)
         for (int64_t e = 0; e < kc.KH; ++e) {
-          const float* src = own + (((i * 2 + c) * B + b) * kc.KH + e) * D;
+          const float* src = own + i * kc.row_elems + ((c * B + b) * kc.KH + e) * D;
           const int64_t l = kc.phase + kc.r * i, h = dist_kv_head(e, kc.s, kc.r, kc.gqa);
           float* dst = (c == 0 ? dk : dv) + ((b * L + l) * Hkv + h) * D;
           for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
@@ -182,13 +193,16 @@ void fill(float* p, int64_t n, float value, Device device, cudaStream_t stream) 
   }
 }
 
-// dst[0, bytes) = src on the engine's device (stream-ordered on CUDA).
-void copy_bytes(void* dst, const void* src, size_t bytes, Device device, cudaStream_t stream) {
-  if (bytes == 0) return;
+// `rows` rows of `width` bytes: dst (pitch dpitch bytes) = src (pitch spitch bytes), stream-ordered on CUDA.
+void copy_rows(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, int64_t rows, Device device,
+               cudaStream_t stream) {
+  if (rows <= 0 || width == 0) return;
   if (device == Device::kCuda) {
-    DISTATTN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+    DISTATTN_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, static_cast<size_t>(rows),
+                                          cudaMemcpyDeviceToDevice, stream));
   } else {
-    std::memcpy(dst, src, bytes);
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(static_cast<char*>(dst) + i * dpitch, static_cast<const char*>(src) + i * spitch, width);
   }
 }
 
@@ -364,12 +378,12 @@ DistributedDilatedAttention::ClassInfo DistributedDilatedAttention::class_info(s
   ci.g = comm_.rank() / ci.G;
   ci.j = comm_.rank() % ci.G;
   ci.M = ci.w / ci.r;
-  ci.B_D = config_.batch * config_.head_dim;
   ci.kc.s = s;
   ci.kc.r = ci.r;
   ci.kc.gqa = Hq / Hkv;
   ci.kc.n_max = plans_[pattern].max_rows;
   ci.kc.KH = ci.r == 1 ? Hkv : (Hq - 1 - s) / ci.r + 1;  // r == 1: every kv head; else one entry per q head
+  ci.class_elems = 2 * config_.batch * ci.kc.KH * config_.head_dim;
   int64_t m = 0;
   for (int64_t jj = 0; jj < ci.G; ++jj) {
     const int64_t phase = dist_phase(s, ((ci.g * ci.G + jj) * L) % ci.r, ci.r);
@@ -390,25 +404,58 @@ DistributedDilatedAttention::ClassInfo DistributedDilatedAttention::class_info(s
   return ci;
 }
 
-unsigned char* DistributedDilatedAttention::gather_class(const ClassInfo& ci, const TensorView& k, const TensorView& v,
-                                                         cudaStream_t stream) {
-  const Device dev = comm_.device();
-  const size_t rowb = ci.row_bytes(dtype_size(config_.dtype));
-  const size_t block = static_cast<size_t>(ci.kc.n_max) * rowb;  // one rank's contribution
-  unsigned char* send = bscratch(kSend, block);
-  unsigned char* gathered = bscratch(kGathered, block * static_cast<size_t>(ci.G));
-  if (dev == Device::kCuda) {
-    dilated_detail::cuda_pack_kept(k, v, send, ci.kc, stream);
-  } else {
-    host_pack_kept(k, v, send, ci.kc);
+DistributedDilatedAttention::PatternInfo DistributedDilatedAttention::pattern_info(size_t pattern) const {
+  PatternInfo pinfo;
+  pinfo.G = plans_[pattern].group;
+  pinfo.n_max = plans_[pattern].max_rows;
+  const int64_t r = config_.dilated.patterns[pattern].rate;
+  for (int64_t s = 0; s < std::min(r, config_.q_heads); ++s) {
+    ClassInfo ci = class_info(pattern, s);
+    ci.coff = pinfo.row_elems;
+    pinfo.row_elems += ci.class_elems;
+    pinfo.classes.push_back(std::move(ci));
   }
-  groups_.at(ci.G)->all_gather("dilated K|V all-gather", send, gathered, block, stream);
-  if (!ci.padded) return gathered;  // rank blocks are already the consecutive m ranges
-  unsigned char* compact = bscratch(kCompact, static_cast<size_t>(ci.M) * rowb);
-  for (int64_t jj = 0; jj < ci.G; ++jj)
-    copy_bytes(compact + static_cast<size_t>(ci.off[static_cast<size_t>(jj)]) * rowb,
-               gathered + static_cast<size_t>(jj) * block, static_cast<size_t>(ci.n[static_cast<size_t>(jj)]) * rowb,
-               dev, stream);
+  for (ClassInfo& ci : pinfo.classes) ci.kc.row_elems = pinfo.row_elems;
+  return pinfo;
+}
+
+unsigned char* DistributedDilatedAttention::gather_pattern(const PatternInfo& pinfo, const TensorView& k,
+                                                           const TensorView& v, cudaStream_t stream) {
+  const Device dev = comm_.device();
+  const size_t es = dtype_size(config_.dtype);
+  const size_t block = static_cast<size_t>(pinfo.n_max * pinfo.row_elems) * es;  // one rank's contribution
+  unsigned char* send = bscratch(kSend, block);
+  unsigned char* gathered = bscratch(kGathered, block * static_cast<size_t>(pinfo.G));
+  for (const ClassInfo& ci : pinfo.classes) {
+    unsigned char* dst = send + static_cast<size_t>(ci.coff) * es;
+    if (dev == Device::kCuda) {
+      dilated_detail::cuda_pack_kept(k, v, dst, ci.kc, stream);
+    } else {
+      host_pack_kept(k, v, dst, ci.kc);
+    }
+  }
+  groups_.at(pinfo.G)->all_gather("dilated K|V all-gather", send, gathered, block, stream);
+  return gathered;
+}
+
+unsigned char* DistributedDilatedAttention::class_keys(const ClassInfo& ci, const PatternInfo& pinfo,
+                                                       unsigned char* gathered, int64_t* row_stride,
+                                                       cudaStream_t stream) {
+  const size_t es = dtype_size(config_.dtype);
+  if (!ci.padded) {  // rank blocks are already the consecutive key ranges
+    *row_stride = pinfo.row_elems;
+    return gathered + static_cast<size_t>(ci.coff) * es;
+  }
+  // Squeeze out the padding rows: rank j's n_j rows go to keys off_j .. off_j + n_j - 1.
+  const size_t width = static_cast<size_t>(ci.class_elems) * es, pitch = static_cast<size_t>(pinfo.row_elems) * es;
+  unsigned char* compact = bscratch(kCompact, static_cast<size_t>(ci.M) * width);
+  for (int64_t jj = 0; jj < ci.G; ++jj) {
+    const size_t u = static_cast<size_t>(jj);
+    copy_rows(compact + static_cast<size_t>(ci.off[u]) * width, width,
+              gathered + static_cast<size_t>(jj * pinfo.n_max) * pitch + static_cast<size_t>(ci.coff) * es, pitch,
+              width, ci.n[u], comm_.device(), stream);
+  }
+  *row_stride = ci.class_elems;
   return compact;
 }
 
@@ -475,10 +522,13 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
     if (plans_[pi].local) continue;
     const int64_t r = dc.patterns[pi].rate, n_max = plans_[pi].max_rows;
     const float* slopes = pattern_slopes(pi);
-    for (int64_t s = 0; s < std::min(r, Hq); ++s) {
-      const ClassInfo ci = class_info(pi, s);
-      unsigned char* kv = gather_class(ci, k, v, stream);  // collective over the segment's ranks
-      if (ci.kc.count == 0) continue;                      // no kept query row here (r > L)
+    const PatternInfo pinfo = pattern_info(pi);
+    unsigned char* gathered = gather_pattern(pinfo, k, v, stream);  // collective over the segment's ranks
+    for (const ClassInfo& ci : pinfo.classes) {
+      const int64_t s = ci.kc.s;
+      if (ci.kc.count == 0) continue;  // no kept query row here (r > L)
+      int64_t krs = 0;                 // elements between consecutive keys
+      unsigned char* kv = class_keys(ci, pinfo, gathered, &krs, stream);
       const int64_t keys = ci.visible_keys(dc.causal);
       for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, ci.class_offset)) {
         // Entries of the packed K|V this group reads: all kv heads (r == 1, GQA ratio kept) or q head t's entry.
@@ -486,8 +536,8 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
         AttnParams p;
         p.q = sub_view(q, ci.kc.phase, r, ci.kc.count, hg.qh0, hg.qstep, hg.count);  // rows phase + r*i
         p.o = sub_view(part_view, ci.kc.phase, r, ci.kc.count, hg.qh0, hg.qstep, hg.count);
-        p.k = kv_rows_view(kv, 0, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
-        p.v = kv_rows_view(kv, 1, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
+        p.k = kv_rows_view(kv, krs, 0, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
+        p.v = kv_rows_view(kv, krs, 1, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
         p.lse = lse_part + hg.qh0 * n_max;  // [B, Hq, n_max]: (b, qh0 + qstep*t, i)
         p.lse_head_stride = hg.qstep * n_max;
         p.lse_batch_stride = Hq * n_max;
@@ -599,14 +649,27 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
       host_compact_lse_dist(lse, lse_part, B, L, Hq, r, base, n_max);
     }
     const float* slopes = pattern_slopes(pi);
-    for (int64_t s = 0; s < std::min(r, Hq); ++s) {
-      const ClassInfo ci = class_info(pi, s);
-      unsigned char* kv = gather_class(ci, k, v, stream);
-      // fp32 dK|dV of the compacted segment's keys, [M, 2, B, KH, D], zeroed: the engine adds into it.
-      const size_t row_floats = static_cast<size_t>(2 * ci.kc.KH * B * D);
-      const size_t block_floats = static_cast<size_t>(n_max) * row_floats;  // one rank's share
-      float* grad = reinterpret_cast<float*>(bscratch(kGrad, static_cast<size_t>(ci.M) * row_floats * sizeof(float)));
-      fill(grad, ci.M * static_cast<int64_t>(row_floats), 0.f, dev, stream);
+    const PatternInfo pinfo = pattern_info(pi);
+    unsigned char* gathered = gather_pattern(pinfo, k, v, stream);  // collective over the segment's ranks
+    // fp32 dK|dV of every gathered key in the gathered layout [G * n_max][class][2, B, KH, D], zeroed (padding
+    // rows stay zero): the engine adds into it, then one reduce-scatter returns each rank its own block.
+    const int64_t block_floats = n_max * pinfo.row_elems;  // one rank's share
+    float* grads =
+        reinterpret_cast<float*>(bscratch(kGradPadded, static_cast<size_t>(pinfo.G * block_floats) * sizeof(float)));
+    fill(grads, pinfo.G * block_floats, 0.f, dev, stream);
+    for (const ClassInfo& ci : pinfo.classes) {
+      const int64_t s = ci.kc.s;
+      int64_t krs = 0;
+      unsigned char* kv = class_keys(ci, pinfo, gathered, &krs, stream);
+      // The class's gradient rows: in place when its keys are the gathered rows, else squeezed like the keys
+      // ([M, 2, B, KH, D], zeroed) and spread back to the rank blocks afterwards.
+      float* g = grads + ci.coff;
+      int64_t grs = pinfo.row_elems;
+      if (ci.padded) {
+        g = reinterpret_cast<float*>(bscratch(kGrad, static_cast<size_t>(ci.M * ci.class_elems) * sizeof(float)));
+        grs = ci.class_elems;
+        fill(g, ci.M * ci.class_elems, 0.f, dev, stream);
+      }
       if (ci.kc.count > 0) {
         const int64_t keys = ci.visible_keys(dc.causal);
         for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, ci.class_offset)) {
@@ -615,8 +678,8 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
           AttnParams& p = bp.fwd;
           p.q = sub_view(q, ci.kc.phase, r, ci.kc.count, hg.qh0, hg.qstep, hg.count);
           p.o = sub_view(o, ci.kc.phase, r, ci.kc.count, hg.qh0, hg.qstep, hg.count);  // FINAL o: delta
-          p.k = kv_rows_view(kv, 0, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
-          p.v = kv_rows_view(kv, 1, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
+          p.k = kv_rows_view(kv, krs, 0, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
+          p.v = kv_rows_view(kv, krs, 1, config_.dtype, dev, B, ci.kc.KH, D, keys, e0, ecount);
           p.lse = lse_part + hg.qh0 * n_max;  // FINAL lse of these rows
           p.lse_head_stride = hg.qstep * n_max;
           p.lse_batch_stride = Hq * n_max;
@@ -627,8 +690,8 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
           p.softmax_scale = dc.softmax_scale;
           bp.dout = sub_view(dout, ci.kc.phase, r, ci.kc.count, hg.qh0, hg.qstep, hg.count);
           bp.dq = sub_view(dq_view, ci.kc.phase, r, ci.kc.count, hg.qh0, hg.qstep, hg.count);
-          bp.dk = kv_rows_view(grad, 0, DType::kFloat32, dev, B, ci.kc.KH, D, keys, e0, ecount);
-          bp.dv = kv_rows_view(grad, 1, DType::kFloat32, dev, B, ci.kc.KH, D, keys, e0, ecount);
+          bp.dk = kv_rows_view(g, grs, 0, DType::kFloat32, dev, B, ci.kc.KH, D, keys, e0, ecount);
+          bp.dv = kv_rows_view(g, grs, 1, DType::kFloat32, dev, B, ci.kc.KH, D, keys, e0, ecount);
           bp.accumulate = true;
           if (dev == Device::kCuda) {
             flash_attention_backward(bp, stream);
@@ -637,24 +700,24 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
           }
         }
       }
-      // Back to the rank-block layout [G, n_max, ...] (zero padding rows) when the counts differ.
-      float* send = grad;
-      if (ci.padded) {
-        send =
-            reinterpret_cast<float*>(bscratch(kGradPadded, static_cast<size_t>(ci.G) * block_floats * sizeof(float)));
-        fill(send, ci.G * static_cast<int64_t>(block_floats), 0.f, dev, stream);
-        for (int64_t jj = 0; jj < ci.G; ++jj)
-          copy_bytes(send + static_cast<size_t>(jj) * block_floats,
-                     grad + static_cast<size_t>(ci.off[static_cast<size_t>(jj)]) * row_floats,
-                     static_cast<size_t>(ci.n[static_cast<size_t>(jj)]) * row_floats * sizeof(float), dev, stream);
+      if (ci.padded) {  // keys off_j .. off_j + n_j - 1 back to rank j's block rows 0 .. n_j - 1
+        const size_t width = static_cast<size_t>(ci.class_elems) * sizeof(float);
+        const size_t pitch = static_cast<size_t>(pinfo.row_elems) * sizeof(float);
+        for (int64_t jj = 0; jj < ci.G; ++jj) {
+          const size_t u = static_cast<size_t>(jj);
+          copy_rows(grads + jj * block_floats + ci.coff, pitch, g + ci.off[u] * ci.class_elems, width, width, ci.n[u],
+                    dev, stream);
+        }
       }
-      float* own = reinterpret_cast<float*>(bscratch(kOwnGrad, block_floats * sizeof(float)));
-      groups_.at(ci.G)->reduce_scatter("dilated dK|dV reduce-scatter", send, own, block_floats, DType::kFloat32,
-                                       stream);
+    }
+    float* own = reinterpret_cast<float*>(bscratch(kOwnGrad, static_cast<size_t>(block_floats) * sizeof(float)));
+    groups_.at(pinfo.G)->reduce_scatter("dilated dK|dV reduce-scatter", grads, own, static_cast<size_t>(block_floats),
+                                        DType::kFloat32, stream);
+    for (const ClassInfo& ci : pinfo.classes) {
       if (dev == Device::kCuda) {
-        dilated_detail::cuda_scatter_add_kept(own, dk_acc, dv_acc, B, L, Hkv, D, ci.kc, stream);
+        dilated_detail::cuda_scatter_add_kept(own + ci.coff, dk_acc, dv_acc, B, L, Hkv, D, ci.kc, stream);
       } else {
-        host_scatter_add_kept(own, dk_acc, dv_acc, B, L, Hkv, D, ci.kc);
+        host_scatter_add_kept(own + ci.coff, dk_acc, dv_acc, B, L, Hkv, D, ci.kc);
       }
     }
   }

@@ -24,7 +24,8 @@ int blocks_for(int64_t n) {
 #define GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); i += int64_t{gridDim.x} * blockDim.x)
 
-// One thread per element of send [n_max, 2, B, KH, D]: i = ((((row*2 + c)*B + b)*KH + t)*D + d.
+// One thread per element (row, c, b, t, d) of the class's part, i = ((((row*2 + c)*B + b)*KH + t)*D + d, written to
+// row*row_elems + (i mod 2*B*KH*D).
 // T: an unsigned integer of the element's size (a plain bit copy).
 template <typename T>
 __global__ void pack_kernel(const T* k, const T* v, T* send, int64_t B, int64_t KH, int64_t D, KeptClass kc, int64_t kb,
@@ -33,12 +34,13 @@ __global__ void pack_kernel(const T* k, const T* v, T* send, int64_t B, int64_t 
   GRID_STRIDE(i, n) {
     const int64_t d = i % D, t = (i / D) % KH, b = (i / (D * KH)) % B, c = (i / (D * KH * B)) % 2,
                   row = i / (D * KH * B * 2);
+    T* dst = send + row * kc.row_elems + ((c * B + b) * KH + t) * D + d;
     if (row >= kc.count) {
-      send[i] = T(0);
+      *dst = T(0);
       continue;
     }
     const int64_t l = kc.phase + kc.r * row, e = dist_kv_head(t, kc.s, kc.r, kc.gqa);
-    send[i] = c == 0 ? k[b * kb + l * ks + e * kh + d] : v[b * vb + l * vs + e * vh + d];
+    *dst = c == 0 ? k[b * kb + l * ks + e * kh + d] : v[b * vb + l * vs + e * vh + d];
   }
 }
 
@@ -54,7 +56,7 @@ __global__ void scatter_add_kernel(const float* own, float* dk, float* dv, int64
     bool any = false;
     for (int64_t t = 0; t < kc.KH; ++t) {
       if (dist_kv_head(t, kc.s, kc.r, kc.gqa) != e) continue;
-      add += own[(((row * 2 + c) * B + b) * kc.KH + t) * D + d];
+      add += own[row * kc.row_elems + ((c * B + b) * kc.KH + t) * D + d];
       any = true;
     }
     if (!any) continue;

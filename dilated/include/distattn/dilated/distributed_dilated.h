@@ -98,10 +98,18 @@ class DistributedDilatedAttention {
   float* fscratch(int64_t floats);                    // fp32 accumulators (see distributed_dilated.cc)
   unsigned char* bscratch(Slot slot, size_t bytes);   // one slot, at least `bytes`
   const float* pattern_slopes(size_t pattern) const;  // slopes permuted by offset class, or null
-  struct ClassInfo;                                   // one (pattern, class) on this rank
+  struct ClassInfo;                                   // one (pattern, head-offset class) on this rank
+  struct PatternInfo;                                 // every class of a distributed pattern, and the packed row layout
   ClassInfo class_info(size_t pattern, int64_t s) const;
-  // All-gathers the class's kept K|V rows over the segment's ranks; returns the compacted rows [M, 2, B, KH, D].
-  unsigned char* gather_class(const ClassInfo& ci, const TensorView& k, const TensorView& v, cudaStream_t stream);
+  PatternInfo pattern_info(size_t pattern) const;
+  // Packs every class's kept K|V rows and all-gathers them over the segment's ranks (one collective); returns
+  // the gathered rows [G * n_max][class][2, B, KH, D].
+  unsigned char* gather_pattern(const PatternInfo& pinfo, const TensorView& k, const TensorView& v,
+                                cudaStream_t stream);
+  // Class ci's keys in order (the gathered rows themselves, or squeezed when r does not divide L): returns the
+  // class's part of key 0 and sets *row_stride (elements between keys).
+  unsigned char* class_keys(const ClassInfo& ci, const PatternInfo& pinfo, unsigned char* gathered, int64_t* row_stride,
+                            cudaStream_t stream);
 
   Communicator& comm_;
   DistributedDilatedConfig config_;
