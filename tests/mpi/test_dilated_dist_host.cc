@@ -484,6 +484,16 @@ TEST(DilatedDistHost, BadSegmentOrRateIsAnErrorOnEveryRank) {
     if (P == 3) expect_construction_error(small_config({{72, 2}}), "config.patterns[0].segment");
     if (P == 4) expect_construction_error(small_config({{64, 2}}), "config.patterns[0].segment");
   }
+  // Rows kept by no pattern with error_if_query_without_key: a global property (row p of head h is kept by rate r
+  // iff p mod r == h mod r), decided before any shard is touched.
+  {
+    DistributedDilatedConfig cfg = small_config({span_all(4)});
+    cfg.dilated.error_if_query_without_key = true;
+    expect_construction_error(cfg, "config.patterns");
+    cfg.dilated.patterns.push_back({16, 1});  // now every row has a key: constructs
+    MpiCommunicator comm(MPI_COMM_WORLD, kCommTimeout);
+    EXPECT_NO_THROW(DistributedDilatedAttention dd(comm, cfg));
+  }
   // S not divisible by P.
   if (P >= 2) {
     DistributedDilatedConfig cfg = small_config({{1, 1}});
