@@ -15,14 +15,18 @@
 //     g = p / G. For every head-offset class s < min(r, Hq), its kept rows are the local rows
 //         l = phi + r*i,   phi = (s - p*L) mod r,   i < n_p = ceil((L - phi) / r)   (0 when phi >= L)
 //     (r need not divide L: the phase and the count differ between ranks). Each rank packs the kept rows of
-//     K and V, for only the kv heads the class reads, into [n_max, 2, B, KH, D] (n_max = ceil(L/r)), the
-//     sub-communicator all-gathers these (G * n_max rows), the padding rows of short ranks are squeezed out,
-//     and the kept query rows (a strided VIEW of q: no copy) attend to the gathered keys: the compacted
-//     segment, key m at global position g*w + s + r*m. Causal: only the keys of ranks 0..j of the segment
-//     (later ranks are fully masked), THIS rank's own block included.
-//   - Backward: the same gathers; the engine writes dK, dV of the gathered keys into fp32 buffers, a
-//     reduce-scatter over the sub-communicator returns every rank the sum for its own kept rows, added into its
+//     K and V, for only the kv heads the class reads, every class side by side in one row layout
+//     [n_max][class][2, B, KH, D] (n_max = ceil(L/r)); ONE all-gather per pattern over the sub-communicator
+//     (G * n_max rows); where the counts differ the padding rows are squeezed out; the kept query rows (a
+//     strided VIEW of q: no copy) attend to the gathered keys: the compacted segment, key m at global position
+//     g*w + s + r*m. Causal: only the keys of ranks 0..j of the segment (later ranks are fully masked), THIS
+//     rank's own block included.
+//   - Backward: the same gather; the engine writes dK, dV of the gathered keys into fp32 buffers in the gathered
+//     layout, ONE reduce-scatter per pattern returns every rank the sum for its own kept rows, added into its
 //     fp32 dK, dV; dQ is local. Exact, LSE mixing included (see dilated_attention.cc).
+//   Communication per distributed pattern: each rank contributes n_max * 2 * B * sum_s KH_s * D elements (about
+//   2*B*L*Hq*D/r when r > 1 -- one kv entry per q head of a class --, 2*B*L*Hkv*D when r = 1) and receives G-1
+//   such blocks; the backward repeats that all-gather and adds an fp32 reduce-scatter of the same blocks.
 //
 // Engines: a Communicator on Device::kHost (MpiCommunicator) runs the host engine (fp64/fp32/...); one on
 // Device::kCuda (NcclCommunicator) runs the flash engine on `stream`, bf16/fp16, scratch kept across calls.
