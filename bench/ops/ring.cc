@@ -14,18 +14,20 @@
 //   exp(ms)   exposed communication = time - comp: what the exchanges (and the ring's small
 //             pack/cast/travel-add kernels) add on top of the slowest rank's compute. May read slightly
 //             negative from timing noise. exp% = exp / time.
-//   xchg(ms)  exchange-only time: the N-1 K|V hops of a forward (post_exchange + wait_exchange on the
-//             compute stream, nothing else), median over iters, max over ranks
-//   busbw     of that exchange, as an all-gather of the K|V shards (nccl-tests): size = N * shard bytes,
-//             algbw = size / xchg, busbw = algbw * (N-1)/N. K|V only (bwd's dK|dV travel is not counted).
+//   xchg(ms)  exchange-only time: the K|V hops of a forward (N-1, or the ring's fewer moves; post + wait on
+//             the compute stream, nothing else), median over iters, max over ranks
+//   busbw     of that exchange: hops * shard bytes / xchg, which for hops = N-1 is the nccl-tests all-gather
+//             busbw of the K|V shards (size = N * shard, algbw = size / xchg, busbw = algbw * (N-1)/N). K|V only
+//             (bwd's dK|dV travel is not counted).
 //   peakMiB   GPU: the op's own buffers + the high-water mark of the device's default cudaMallocAsync pool
 //             (the ring's scratch) during one run() (cudaMemPoolAttrUsedMemHigh, reset first); NCCL's
 //             internal buffers and the CUDA context are not counted. Max over ranks.
 //             Host engine: the op's own buffers only.
 //
 //   %dense    visible pairs / S^2 (what the mask or layout leaves of the full attention)
-//   steps     ring steps with an engine call, max over ranks; hops = K|V exchanges of one pass (N-1 without an
-//             early end; fewer when no rank has work after some step: schedule().last_useful_step)
+//   steps     ring steps with an engine call, max over ranks; hops = K|V exchanges of one pass (N-1 for the full
+//             ring; fewer when some steps have no work on any rank: schedule().useful_steps; the K|V jump over
+//             those, and nothing moves after the last useful step)
 //
 // Block-sparse ring (--sparse-pattern, given explicitly; ring/ring_attention.h block_layout): ONE global layout
 // over the whole sequence (positions 0..S-1, 128-row blocks), built once per size in setup() (not timed):
@@ -237,7 +239,7 @@ class RingOp : public BenchOp {
         "comp = compute-only (the ring's engine calls for this rank's schedule on its own K|V, no "
         "exchange), exp = time - comp (exposed communication + ring bookkeeping), both max over ranks");
     lines.push_back(
-        "xchg = the ring's K|V hops alone (hops = N-1, or fewer with an early end); busbw = hops*shard/xchg "
+        "xchg = the ring's K|V hops alone (hops = N-1, fewer when steps are empty everywhere); busbw = hops*shard/xchg "
         "(= nccl-tests all-gather busbw when hops = N-1); steps = engine steps (max over ranks); "
         "%dense = visible pairs / S^2. peak = " +
         std::string(ctx_.on_gpu() ? "op buffers + cudaMallocAsync pool high-water (ring scratch)"
@@ -755,10 +757,15 @@ class RingOp : public BenchOp {
     }
     buf[1] = buf[0] + bytes;
     CUstream_st* stream = ctx_.on_gpu() ? ctx_.stream : nullptr;
+    // The ring's own moves: from each useful step to the next (a ring hop, or a jump over steps empty everywhere).
+    const std::vector<int>& U = ring_->schedule().useful_steps;
     return time_loop([&] {
       int cur = 0;
-      for (int s = 1; s <= hops; ++s) {
-        ExchangeTicket t = comm_->post_exchange("bench exchange-only", s, buf[cur], buf[1 - cur], bytes, stream);
+      for (size_t i = 0; i + 1 < U.size(); ++i) {
+        const int jump = U[i + 1] - U[i];
+        ExchangeTicket t =
+            jump == 1 ? comm_->post_exchange("bench exchange-only", U[i + 1], buf[cur], buf[1 - cur], bytes, stream)
+                      : comm_->post_shift("bench exchange-only", U[i + 1], buf[cur], buf[1 - cur], bytes, jump, stream);
         comm_->wait_exchange(t, stream);
         cur = 1 - cur;
       }

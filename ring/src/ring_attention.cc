@@ -1,21 +1,24 @@
 // RingAttention (ring_attention.h): validation and agreement, and the host-engine executor.
 //
-// Host executor, forward, rank r of P (Sl = S/P local rows, Nkv = B*Sl*Hkv*D, L = last_useful_step <= P-1):
+// Host executor, forward, rank r of P (Sl = S/P local rows, Nkv = B*Sl*Hkv*D; U = schedule().useful_steps,
+// the same on every rank: 0 and the steps with work on some rank; U = 0, 1, .., P-1 for the full ring):
 //   kv[0] = own K|V packed [2][B, Sl, Hkv, D] in q's dtype; acc_o = 0 (fp32 [B, Sl, Hq, D]); acc_lse = -inf
-//   for s in 0..L:                                 (held: K|V of rank (r - s) mod P)
-//     s < L: post exchange kv[cur] -> next, prev -> kv[nxt]          (feeds step s+1)
+//   for each s = U[i]:                             (held: K|V of rank (r - s) mod P)
+//     not last: post the jump to u' = U[i+1]: kv[cur] -> rank r + (u' - s), rank r - (u' - s) -> kv[nxt]
+//               (the ring hop when u' - s = 1); the rank we receive from held shard r - u' at step s
 //     step not empty: engine(accumulate) on kv[cur] with that shard's positions (and its sub-layout)
-//     s < L: wait; swap cur, nxt
+//     not last: wait; swap cur, nxt
 //   o = cast(acc_o); lse = acc_lse
-// Steps after L have no work on any rank (every rank computes the same L), so no K|V travels there.
+// Steps outside U have no work on any rank, so no K|V travels for them.
 //
-// Backward: K|V circulate the same way (prefetched). The gradient accumulator of the held shard
-// circulates one exchange behind: at step s this rank computes its contribution into a zeroed fp32
-// scratch (no dependency on the incoming accumulator, so the compute overlaps that exchange), then
-// waits for the accumulator of the held shard (from prev, which held it at step s-1), adds, and sends
-// it on. At step L the accumulator this rank holds belongs to rank r - L and has every contribution
-// (nobody works after L): it goes straight home, a shift by -L (send to r - L, receive this rank's own
-// from r + L). Without an early end L = P-1 and that shift is +1, the plain ring hop.
+// Backward: K|V travel the same way (prefetched). The gradient accumulator of the held shard travels
+// one exchange behind: at step s this rank computes its contribution into a zeroed fp32 scratch (no
+// dependency on the incoming accumulator, so the compute overlaps that exchange), then waits for the
+// accumulator of the held shard (from the rank that held it at the previous useful step), adds, and sends
+// it on with the same jump as the K|V. At the last useful step L the accumulator this rank holds belongs to
+// rank r - L and has every contribution (nobody works after L): it goes straight home, a shift by -L (send
+// to r - L, receive this rank's own from r + L). For the full ring L = P-1 and that shift is +1, the plain
+// ring hop.
 #include "distattn/ring/ring_attention.h"
 
 #include <cmath>
@@ -212,6 +215,14 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
   config_.block_layout = nullptr;  // read during construction only: the steps hold their own sub-layouts
 }
 
+ExchangeTicket RingAttention::post_jump(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
+                                        int jump, CUstream_st* after) {
+  // A jump of 1 is the ring hop (post_exchange, as the full ring always did); longer ones skip steps that are
+  // empty on every rank.
+  return jump == 1 ? comm_.post_exchange(op, step, send, recv, bytes, after)
+                   : comm_.post_shift(op, step, send, recv, bytes, jump, after);
+}
+
 AttnParams RingAttention::step_params(const TensorView& q, const TensorView& k, const TensorView& v,
                                       const RingStep& st) const {
   AttnParams p;
@@ -285,14 +296,17 @@ void RingAttention::forward_host(const TensorView& q, const TensorView& k, const
   std::vector<float> acc_lse(static_cast<size_t>(B * Hq * Sl), -std::numeric_limits<float>::infinity());
   const TensorView acc_view = packed_view(acc_o.data(), DType::kFloat32, B, Sl, Hq, D);
 
-  const int L = schedule_.last_useful_step;
+  const std::vector<int>& U = schedule_.useful_steps;
   last_forward_ = RingCallStats();
-  last_forward_.steps_run = L + 1;
+  last_forward_.steps_run = static_cast<int>(U.size());
   int cur = 0;
-  for (int s = 0; s <= L; ++s) {
+  for (size_t i = 0; i < U.size(); ++i) {
+    const int s = U[i];
+    const bool more = i + 1 < U.size();
     ExchangeTicket t;
-    if (s < L) {
-      t = comm_.post_exchange("ring forward K|V exchange", s + 1, kv[cur].data(), kv[1 - cur].data(), kv_bytes);
+    if (more) {
+      t = post_jump("ring forward K|V exchange", U[i + 1], kv[cur].data(), kv[1 - cur].data(), kv_bytes, U[i + 1] - s,
+                    nullptr);
       ++last_forward_.kv_exchanges;
     }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
@@ -305,7 +319,7 @@ void RingAttention::forward_host(const TensorView& q, const TensorView& k, const
       p.accumulate = true;
       host_attention_forward(p, config_.host_precision);
     }
-    if (s < L) {
+    if (more) {
       comm_.wait_exchange(t);
       cur = 1 - cur;
     }
@@ -393,16 +407,20 @@ void RingAttention::backward_host(const TensorView& dout, const TensorView& q, c
   const size_t gbytes = 2 * static_cast<size_t>(nkv) * dtype_size(gtype);
   std::vector<unsigned char> dsend(gbytes), drecv(gbytes);  // travelling dK | dV accumulators
 
+  const std::vector<int>& U = schedule_.useful_steps;
   const int L = schedule_.last_useful_step;
   last_backward_ = RingCallStats();
-  last_backward_.steps_run = L + 1;
+  last_backward_.steps_run = static_cast<int>(U.size());
   last_backward_.grad_home_shift = ((-L) % P + P) % P;
   int cur = 0;
   ExchangeTicket tg;  // the gradient exchange in flight
-  for (int s = 0; s <= L; ++s) {
+  for (size_t i = 0; i < U.size(); ++i) {
+    const int s = U[i];
+    const bool more = i + 1 < U.size();
     ExchangeTicket tk;
-    if (s < L) {
-      tk = comm_.post_exchange("ring backward K|V exchange", s + 1, kv[cur].data(), kv[1 - cur].data(), kv_bytes);
+    if (more) {
+      tk = post_jump("ring backward K|V exchange", U[i + 1], kv[cur].data(), kv[1 - cur].data(), kv_bytes, U[i + 1] - s,
+                     nullptr);
       ++last_backward_.kv_exchanges;
     }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
@@ -422,19 +440,20 @@ void RingAttention::backward_host(const TensorView& dout, const TensorView& q, c
       bp.delta = delta.data();
       host_attention_backward(bp, config_.host_precision);
     }
-    // The held shard's accumulator: from prev (which held this shard at step s-1), or zero at step 0.
-    if (s > 0) comm_.wait_exchange(tg);
+    // The held shard's accumulator: from the rank that held this shard at the previous useful step, or zero
+    // at step 0.
+    if (i > 0) comm_.wait_exchange(tg);
     const int64_t n2 = 2 * nkv;
-    for (int64_t i = 0; i < n2; ++i) {
-      const double incoming = s > 0 ? load_as_double(drecv.data(), i, gtype) : 0.0;
-      const double mine = st.skipped() ? 0.0 : static_cast<double>(scratch[static_cast<size_t>(i)]);
-      store_from_double(dsend.data(), i, gtype, incoming + mine);
+    for (int64_t e = 0; e < n2; ++e) {
+      const double incoming = i > 0 ? load_as_double(drecv.data(), e, gtype) : 0.0;
+      const double mine = st.skipped() ? 0.0 : static_cast<double>(scratch[static_cast<size_t>(e)]);
+      store_from_double(dsend.data(), e, gtype, incoming + mine);
     }
-    // On to next; at step L straight home to rank r - L (its accumulator is complete).
-    tg = s < L ? comm_.post_exchange("ring backward dK|dV exchange", s, dsend.data(), drecv.data(), gbytes)
-               : comm_.post_shift("ring backward dK|dV home", s, dsend.data(), drecv.data(), gbytes, -L);
+    // On with the K|V's jump; after the last useful step straight home to rank r - L (complete by then).
+    tg = more ? post_jump("ring backward dK|dV exchange", s, dsend.data(), drecv.data(), gbytes, U[i + 1] - s, nullptr)
+              : comm_.post_shift("ring backward dK|dV home", s, dsend.data(), drecv.data(), gbytes, -L);
     ++last_backward_.grad_exchanges;
-    if (s < L) {
+    if (more) {
       comm_.wait_exchange(tk);
       cur = 1 - cur;
     }

@@ -10,12 +10,14 @@
 //
 // Forward, step s: post the K|V exchange feeding step s+1 (send kv[cur], receive kv[1-cur]), enqueue step s's
 // compute on kv[cur] (N only reads kv[cur] meanwhile), then wait. The exchange of step s+1 runs while step s
-// computes. Only steps 0 .. L = schedule().last_useful_step run (no rank has work after L).
+// computes. Only the useful steps U = schedule().useful_steps are visited; the exchange from U[i] to U[i+1]
+// is a jump of U[i+1] - U[i] ranks (post_jump: the ring hop when 1), see ring_attention.cc.
 // Backward, step s: post the K|V exchange of step s+1; compute step s into a zeroed fp32 scratch dK|dV
 // (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1);
 // wait for that accumulator (C after it: drecv is complete and dsend is no longer being sent); add
 // (C reads drecv, writes dsend); post it on to next (N after the add: it overwrites drecv and sends dsend).
-// At step L the accumulator goes straight home instead (post_shift by -L; +1 = the ring hop when L = P-1).
+// It jumps with the K|V; after the last useful step L it goes straight home instead (post_shift by -L; +1 = the
+// ring hop when L = P-1).
 // Per-step hazards, all ordered by the two events above:
 //   kv[1-cur]  received on N while C computes on kv[cur]; C last read kv[1-cur] in step s-1 (before the post)
 //   dsend      written by C's add at step s only after C waited for step s-1's send of it
@@ -35,6 +37,7 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <vector>
 
 #include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
@@ -154,13 +157,15 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
   ExchangeTicket& t = pending.tickets[0];
 
-  const int L = schedule_.last_useful_step;
+  const std::vector<int>& U = schedule_.useful_steps;
   last_forward_ = RingCallStats();
-  last_forward_.steps_run = L + 1;
+  last_forward_.steps_run = static_cast<int>(U.size());
   int cur = 0;
-  for (int s = 0; s <= L; ++s) {
-    if (s < L) {
-      t = comm_.post_exchange("ring forward K|V exchange", s + 1, kv[cur], kv[1 - cur], kv_bytes, stream);
+  for (size_t i = 0; i < U.size(); ++i) {
+    const int s = U[i];
+    const bool more = i + 1 < U.size();
+    if (more) {
+      t = post_jump("ring forward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], kv_bytes, U[i + 1] - s, stream);
       ++last_forward_.kv_exchanges;
     }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
@@ -173,7 +178,7 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
       p.accumulate = true;
       flash_attention_forward(p, stream);
     }
-    if (s < L) {
+    if (more) {
       comm_.wait_exchange(t, stream);
       cur = 1 - cur;
     }
@@ -219,14 +224,17 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   ExchangeTicket& tk = pending.tickets[0];
   ExchangeTicket& tg = pending.tickets[1];
 
+  const std::vector<int>& U = schedule_.useful_steps;
   const int L = schedule_.last_useful_step;
   last_backward_ = RingCallStats();
-  last_backward_.steps_run = L + 1;
+  last_backward_.steps_run = static_cast<int>(U.size());
   last_backward_.grad_home_shift = ((-L) % P + P) % P;
   int cur = 0;
-  for (int s = 0; s <= L; ++s) {
-    if (s < L) {
-      tk = comm_.post_exchange("ring backward K|V exchange", s + 1, kv[cur], kv[1 - cur], kv_bytes, stream);
+  for (size_t i = 0; i < U.size(); ++i) {
+    const int s = U[i];
+    const bool more = i + 1 < U.size();
+    if (more) {
+      tk = post_jump("ring backward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], kv_bytes, U[i + 1] - s, stream);
       ++last_backward_.kv_exchanges;
     }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
@@ -246,14 +254,14 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       bp.delta = delta.get<float>();
       flash_attention_backward(bp, stream);
     }
-    if (s > 0) comm_.wait_exchange(tg, stream);
-    detail::travel_add(s > 0 ? drecv.get() : nullptr, st.skipped() ? nullptr : scratch.get<float>(), dsend.get(),
+    if (i > 0) comm_.wait_exchange(tg, stream);
+    detail::travel_add(i > 0 ? drecv.get() : nullptr, st.skipped() ? nullptr : scratch.get<float>(), dsend.get(),
                        2 * nkv, gtype, stream);
-    // On to next; at step L straight home to rank r - L (its accumulator is complete).
-    tg = s < L ? comm_.post_exchange("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, stream)
-               : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), gbytes, -L, stream);
+    // On with the K|V's jump; after the last useful step straight home to rank r - L (complete by then).
+    tg = more ? post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, stream)
+              : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), gbytes, -L, stream);
     ++last_backward_.grad_exchanges;
-    if (s < L) {
+    if (more) {
       comm_.wait_exchange(tk, stream);
       cur = 1 - cur;
     }

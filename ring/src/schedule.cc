@@ -49,6 +49,17 @@ int last_useful_step(const std::vector<uint8_t>& work, int world_size) {
   return last;
 }
 
+std::vector<int> useful_steps(const std::vector<uint8_t>& work, int world_size) {
+  last_useful_step(work, world_size);  // validates the size
+  std::vector<int> u{0};
+  for (int s = 1; s < world_size; ++s) {
+    bool any = false;
+    for (int r = 0; r < world_size; ++r) any = any || work[static_cast<size_t>(r) * world_size + s] != 0;
+    if (any) u.push_back(s);
+  }
+  return u;
+}
+
 std::vector<uint8_t> step_work(ShardLayout layout, int64_t seq_len, int world_size, const Mask& mask) {
   DISTATTN_CHECK_ARG(mask.blocks == nullptr, "mask.blocks",
                      "the dense schedule takes causal / window masks; pass a block layout to the block-sparse form");
@@ -78,7 +89,8 @@ RingSchedule make_schedule(ShardLayout layout, int64_t seq_len, int world_size, 
     st.kv_pos = shard_positions(layout, seq_len, world_size, st.kv_rank);
     st.visibility = classify_step(sched.q_pos, st.kv_pos, mask);
   }
-  sched.last_useful_step = last_useful_step(step_work(layout, seq_len, world_size, mask), world_size);
+  sched.useful_steps = useful_steps(step_work(layout, seq_len, world_size, mask), world_size);
+  sched.last_useful_step = sched.useful_steps.back();
   return sched;
 }
 
@@ -223,7 +235,8 @@ RingSchedule make_schedule(ShardLayout layout, int64_t seq_len, int world_size, 
     st.listed_blocks = st.blocks->nnz();
     st.visibility = st.listed_blocks == 0 ? TileVisibility::kEmpty : TileVisibility::kPartial;
   }
-  sched.last_useful_step = last_useful_step(step_work(layout, seq_len, P, global), P);
+  sched.useful_steps = useful_steps(step_work(layout, seq_len, P, global), P);
+  sched.last_useful_step = sched.useful_steps.back();
   return sched;
 }
 

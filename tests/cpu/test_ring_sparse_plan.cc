@@ -87,8 +87,16 @@ int check_plan(const BlockLayout& g, ShardLayout layout, int64_t S, int P) {
       for (int64_t kb = 0; kb < g.num_kv_blocks(); ++kb) want_listed += expected_state(g, S, qb, kb) != 0;
     EXPECT_EQ(listed, want_listed) << "rank " << r;
   }
-  // Every rank computed the same last useful step, and it is the brute-force maximum over ranks.
+  // Every rank computed the same last useful step, and it is the brute-force maximum over ranks; the useful steps
+  // are 0 and exactly the steps some rank computes.
   for (int l : lasts) EXPECT_EQ(l, last);
+  std::vector<int> useful{0};
+  for (int s = 1; s < P; ++s) {
+    bool any = false;
+    for (int r = 0; r < P; ++r) any = any || !ring::make_schedule(layout, S, P, r, g).steps[s].skipped();
+    if (any) useful.push_back(s);
+  }
+  for (int r = 0; r < P; ++r) EXPECT_EQ(ring::make_schedule(layout, S, P, r, g).useful_steps, useful) << "rank " << r;
   return last;
 }
 
@@ -151,12 +159,16 @@ TEST(RingSparsePlan, DenseWindowEndsEarly) {
     EXPECT_EQ(ring::make_schedule(ShardLayout::kContiguous, S, P, P - 1, Mask::make_causal(102)).last_useful_step,
               std::min(2, P - 1));
     EXPECT_EQ(ring::make_schedule(ShardLayout::kContiguous, S, P, 0, Mask::make_causal()).last_useful_step, P - 1);
-    EXPECT_EQ(ring::make_schedule(ShardLayout::kContiguous, S, P, 0, Mask::make_window(50)).last_useful_step, P - 1);
+    const ring::RingSchedule two = ring::make_schedule(ShardLayout::kContiguous, S, P, 0, Mask::make_window(50));
+    EXPECT_EQ(two.last_useful_step, P - 1);  // the next shard (step P-1) too; the middle steps are jumped over
+    EXPECT_EQ(two.useful_steps, P == 2 ? std::vector<int>({0, 1}) : std::vector<int>({0, 1, P - 1}));
+    EXPECT_EQ(two.kv_exchanges(), std::min(2, P - 1));
     EXPECT_EQ(ring::make_schedule(ShardLayout::kContiguous, S, P, 0, Mask::none()).last_useful_step, P - 1);
     const ring::RingSchedule z = ring::make_schedule(ShardLayout::kZigzag, 2 * S, P, 0, Mask::make_causal(50));
     EXPECT_EQ(z.last_useful_step, P - 1);  // the late chunk's predecessor sits on rank 1 (step P-1)
-    EXPECT_EQ(z.kv_exchanges(), z.last_useful_step);
-    EXPECT_EQ(z.grad_exchanges(), z.last_useful_step + 1);
+    EXPECT_EQ(z.useful_steps, P == 2 ? std::vector<int>({0, 1}) : std::vector<int>({0, 1, P - 1}));
+    EXPECT_EQ(z.kv_exchanges(), static_cast<int>(z.useful_steps.size()) - 1);
+    EXPECT_EQ(z.grad_exchanges(), static_cast<int>(z.useful_steps.size()));
   }
 }
 

@@ -159,10 +159,12 @@ inline std::vector<uint8_t> element_mask(const SparseCase& c, const BlockLayout*
 }
 
 // From the element mask alone: which rank computes at which ring step (rank r meets the K|V of rank k at step
-// (r - k) mod P), the last step with work anywhere, and each rank's number of computed steps.
+// (r - k) mod P), the steps with work anywhere, the last of them, and each rank's number of computed steps.
 struct ExpectedWork {
   int last = 0;
   std::vector<int> computed;  // [P]
+  std::vector<int> useful;    // 0 and every step with work on some rank, ascending
+  int exchanges() const { return static_cast<int>(useful.size()) - 1; }  // K|V moves of one pass
 };
 
 inline ExpectedWork expected_work(const std::vector<uint8_t>& vis, ring::ShardLayout layout, int64_t S, int P) {
@@ -180,6 +182,12 @@ inline ExpectedWork expected_work(const std::vector<uint8_t>& vis, ring::ShardLa
     }
   ExpectedWork e;
   e.computed.assign(static_cast<size_t>(P), 0);
+  e.useful.push_back(0);
+  for (int s = 1; s < P; ++s) {
+    bool any = false;
+    for (int r = 0; r < P; ++r) any = any || work[static_cast<size_t>(r * P + s)] != 0;
+    if (any) e.useful.push_back(s);
+  }
   for (int r = 0; r < P; ++r)
     for (int s = 0; s < P; ++s)
       if (work[static_cast<size_t>(r * P + s)]) {

@@ -207,6 +207,7 @@ RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
   cfg.softmax_scale = c.scale;
   RingAttention ra(comm, cfg);
   EXPECT_EQ(ra.schedule().last_useful_step, ew.last);
+  EXPECT_EQ(ra.schedule().useful_steps, ew.useful);
   EXPECT_EQ(ra.schedule().computed_steps(), ew.computed[static_cast<size_t>(r)]);
 
   HostTensor o(bf, 1, Sl, Hq, D);
@@ -217,7 +218,7 @@ RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
   DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   d_o.download(o);
   const std::vector<float> lse = d_lse.download();
-  EXPECT_EQ(ra.last_forward().kv_exchanges, ew.last);
+  EXPECT_EQ(ra.last_forward().kv_exchanges, ew.exchanges());
   EXPECT_EQ(ra.last_forward().computed_steps, ew.computed[static_cast<size_t>(r)]);
 
   const HostTensor ob_shard = shard_of(Ob, c.layout, P, r);
@@ -230,8 +231,8 @@ RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
               d_g[1].view(), d_g[2].view(), stream);
   DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (int i = 0; i < 3; ++i) d_g[i].download(gr[i]);
-  EXPECT_EQ(ra.last_backward().kv_exchanges, ew.last);
-  EXPECT_EQ(ra.last_backward().grad_exchanges, ew.last + 1);
+  EXPECT_EQ(ra.last_backward().kv_exchanges, ew.exchanges());
+  EXPECT_EQ(ra.last_backward().grad_exchanges, ew.exchanges() + 1);
   EXPECT_EQ(ra.last_backward().grad_home_shift, ((-ew.last) % P + P) % P);
 
   // ---- one GPU, the whole sequence, the global layout ------------------------------------------------------
@@ -368,8 +369,8 @@ INSTANTIATE_TEST_SUITE_P(Layouts, RingSparseGpuLayouts,
                            return std::string(ring::layout_name(i.param));
                          });
 
-// The early end on GPUs: a causal local band and a block diagonal (contiguous), a causal sliding window on the
-// dense ring (no wider than a shard).
+// The early end on GPUs: a causal local band, a two-sided one (the middle steps jumped over) and a block
+// diagonal (contiguous), a causal sliding window on the dense ring (no wider than a shard).
 TEST(RingSparseGpu, EarlyEnd) {
   REQUIRE_GPU_PER_RANK();
   NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
@@ -382,8 +383,12 @@ TEST(RingSparseGpu, EarlyEnd) {
   RunInfo i = run_case(comm, c);
   EXPECT_EQ(i.last_useful_step, std::min(1, P - 1));
   EXPECT_EQ(i.kv_exchanges, std::min(1, P - 1));
-  c.pattern = Pattern::kBlockDiagonal;
+  // Two-sided local band: steps {0, 1, P-1}; on 4 ranks the K|V jump from step 1 to step 3 (a shift by 2).
   c.causal = false;
+  i = run_case(comm, c);
+  EXPECT_EQ(i.last_useful_step, P - 1);
+  EXPECT_EQ(i.kv_exchanges, std::min(2, P - 1));
+  c.pattern = Pattern::kBlockDiagonal;
   c.alibi = true;
   i = run_case(comm, c);
   EXPECT_EQ(i.last_useful_step, 0);

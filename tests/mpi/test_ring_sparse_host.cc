@@ -236,9 +236,11 @@ RunInfo run_case(const SparseCase& c) {
   EXPECT_EQ(ra.schedule().block_sparse, g != nullptr);
   EXPECT_EQ(ra.schedule().last_useful_step, ew.last);
   EXPECT_EQ(ra.schedule().computed_steps(), ew.computed[static_cast<size_t>(r)]);
-  EXPECT_EQ(ra.schedule().kv_exchanges(), ew.last);
+  EXPECT_EQ(ra.schedule().useful_steps, ew.useful);
+  EXPECT_EQ(ra.schedule().kv_exchanges(), ew.exchanges());
   for (const ring::RingStep& st : ra.schedule().steps) {
-    if (st.step > ew.last) EXPECT_TRUE(st.skipped()) << "step " << st.step << " after the last useful one";
+    if (std::find(ew.useful.begin(), ew.useful.end(), st.step) == ew.useful.end())
+      EXPECT_TRUE(st.skipped()) << "step " << st.step << " has no work on any rank";
     if (g) EXPECT_EQ(st.skipped(), st.listed_blocks == 0) << "step " << st.step;
   }
 
@@ -248,8 +250,8 @@ RunInfo run_case(const SparseCase& c) {
   fill_nan(o);
   std::vector<float> lse(static_cast<size_t>(c.Hq * Sl), std::numeric_limits<float>::quiet_NaN());
   ra.forward(q.view, k.view, v.view, o.view, lse.data());
-  EXPECT_EQ(ra.last_forward().steps_run, ew.last + 1);
-  EXPECT_EQ(ra.last_forward().kv_exchanges, ew.last);
+  EXPECT_EQ(ra.last_forward().steps_run, static_cast<int>(ew.useful.size()));
+  EXPECT_EQ(ra.last_forward().kv_exchanges, ew.exchanges());
   EXPECT_EQ(ra.last_forward().computed_steps, ew.computed[static_cast<size_t>(r)]);
 
   const HostTensor o_ref = shard_of(O_ref, c.layout, P, r), o_nv = shard_of(nv.O, c.layout, P, r);
@@ -266,9 +268,9 @@ RunInfo run_case(const SparseCase& c) {
   fill_nan(dk);
   fill_nan(dv);
   ra.backward(dout.view, q.view, k.view, v.view, o_ref.view, lse_ref_local.data(), dq.view, dk.view, dv.view);
-  EXPECT_EQ(ra.last_backward().steps_run, ew.last + 1);
-  EXPECT_EQ(ra.last_backward().kv_exchanges, ew.last);
-  EXPECT_EQ(ra.last_backward().grad_exchanges, ew.last + 1);
+  EXPECT_EQ(ra.last_backward().steps_run, static_cast<int>(ew.useful.size()));
+  EXPECT_EQ(ra.last_backward().kv_exchanges, ew.exchanges());
+  EXPECT_EQ(ra.last_backward().grad_exchanges, ew.exchanges() + 1);
   EXPECT_EQ(ra.last_backward().grad_home_shift, ((-ew.last) % P + P) % P);
   EXPECT_EQ(ra.last_backward().computed_steps, ew.computed[static_cast<size_t>(r)]);
 
@@ -321,10 +323,10 @@ RunInfo run_case(const SparseCase& c) {
   info.computed_steps = ra.last_forward().computed_steps;
   if (r == 0) {
     std::printf(
-        "[ring-sparse P=%d] %-44s seed %llu density %.3f  last step %d  max|err| O %.1e LSE %.1e dQ %.1e dK "
-        "%.1e dV %.1e\n",
+        "[ring-sparse P=%d] %-44s seed %llu density %.3f  last step %d  hops %d  max|err| O %.1e LSE %.1e dQ "
+        "%.1e dK %.1e dV %.1e\n",
         P, c.name().c_str(), static_cast<unsigned long long>(seed), g ? g->density() : 1.0, info.last_useful_step,
-        all[0], all[1], all[2], all[3], all[4]);
+        info.kv_exchanges, all[0], all[1], all[2], all[3], all[4]);
     std::fflush(stdout);
   }
   return info;
@@ -410,17 +412,22 @@ TEST(RingSparseHost, EarlyEndCounts) {
   EXPECT_EQ(i.grad_exchanges, 1);
   EXPECT_EQ(i.computed_steps, 1);
   // Two-sided local band: rank r needs r-1 (step 1) and r+1 (step P-1): the middle steps are empty for every
-  // rank, the ring does not end early.
+  // rank and are jumped over: 2 exchanges (steps 0 -> 1 -> P-1) instead of P - 1.
+  const int three = std::min(2, P - 1);  // exchanges when steps {0, 1, P-1} are the useful ones
   c.pattern = Pattern::kLocalBand;
   c.alibi = false;
   i = run_case(c);
   EXPECT_EQ(i.last_useful_step, P - 1);
+  EXPECT_EQ(i.kv_exchanges, three);
+  EXPECT_EQ(i.grad_exchanges, three + 1);
   if (P >= 4) EXPECT_LE(i.computed_steps, 3);
-  // Zigzag with a causal local band: chunk 2P-1-r needs chunk 2P-2-r, held by rank r+1 (step P-1): no early end.
+  // Zigzag with a causal local band: chunk r needs chunk r-1 (rank r-1, step 1), chunk 2P-1-r needs chunk
+  // 2P-2-r, held by rank r+1 (step P-1): the same three steps.
   c.layout = ShardLayout::kZigzag;
   c.causal = true;
   i = run_case(c);
   EXPECT_EQ(i.last_useful_step, P - 1);
+  EXPECT_EQ(i.kv_exchanges, three);
 }
 
 // The dense ring's sliding window ends early too.
@@ -436,18 +443,22 @@ TEST(RingSparseHost, DenseSlidingWindowEndsEarly) {
   RunInfo i = run_case(c);
   EXPECT_EQ(i.last_useful_step, std::min(1, P - 1));
   EXPECT_EQ(i.kv_exchanges, std::min(1, P - 1));
+  EXPECT_EQ(i.grad_exchanges, std::min(1, P - 1) + 1);
   c.window = 300;  // wider than a shard: two previous shards
   i = run_case(c);
   EXPECT_EQ(i.last_useful_step, std::min(2, P - 1));
-  c.causal = false;  // two-sided: the next shard is needed too (step P-1)
+  EXPECT_EQ(i.kv_exchanges, std::min(2, P - 1));
+  c.causal = false;  // two-sided: the next shard is needed too (step P-1), the middle ones jumped over
   c.window = 100;
   i = run_case(c);
   EXPECT_EQ(i.last_useful_step, P - 1);
+  EXPECT_EQ(i.kv_exchanges, std::min(2, P - 1));
   c.causal = true;  // causal without a window, zigzag: every step
   c.window = 0;
   c.layout = ShardLayout::kZigzag;
   i = run_case(c);
   EXPECT_EQ(i.last_useful_step, P - 1);
+  EXPECT_EQ(i.kv_exchanges, P - 1);
   EXPECT_EQ(i.computed_steps, P);
 }
 

@@ -5,19 +5,21 @@
 // the exchange of step s+1 is posted before step s's compute. Each step runs the engine in
 // ACCUMULATE mode (attn_params.h) on the held K|V with that shard's global positions, so O and LSE
 // accumulate in fp32 across steps and are cast once at the end. Steps whose shard pair is fully
-// masked are skipped (the buffer is still forwarded), and the ring ends after the last step at which any
-// rank has work (schedule.h: last_useful_step; e.g. a sliding window over a contiguous layout).
+// masked are skipped; steps empty on EVERY rank are not even visited: the K|V jump over them (a shift
+// exchange), and the ring ends after the last step at which any rank has work (schedule.h: useful_steps,
+// last_useful_step; e.g. a causal sliding window over a contiguous layout needs steps 0 and 1 only).
 //
 // Block-sparse ring: RingConfig::block_layout is ONE global BlockLayout over the whole sequence (S x S in
 // 128-row blocks, the same on every rank, e.g. BigBird or strided). Each rank's chunks must be whole blocks
 // (contiguous or zigzag with chunk sizes multiples of 128; striped is rejected). At construction every step
 // gets its sub-layout (this rank's q rows x the shard held then) in local block indices; steps with none are
-// not computed, and the ring ends after the last step with blocks anywhere.
+// not computed, steps with none on any rank not visited, and the ring ends after the last step with blocks
+// anywhere.
 //
 // Backward: K|V travel again (prefetched one step ahead like the forward) and their gradients travel
 // with them: each rank adds its contribution to the dK|dV accumulator of the shard it holds and
-// passes it on, so after P steps every shard's gradient arrives home complete (with an early end, after the
-// last useful step each accumulator is sent straight home by one shift exchange). Travel precision is
+// passes it on (with the K|V's jumps), and after the last useful step each accumulator, complete, is sent
+// straight home by one shift exchange (for the full ring that is the P-th ring hop). Travel precision is
 // fp32 (default) or bf16. dQ accumulates locally in fp32; delta = rowsum(dO * O) is computed once.
 // GQA: only the Hkv key/value heads travel.
 //
@@ -74,7 +76,7 @@ struct RingConfig {
 
 // What the last forward / backward call did (introspection: tests, the bench).
 struct RingCallStats {
-  int steps_run = 0;        // ring steps walked: schedule().last_useful_step + 1
+  int steps_run = 0;        // ring steps visited: schedule().useful_steps.size()
   int computed_steps = 0;   // steps with an engine call on this rank
   int kv_exchanges = 0;     // K|V exchanges posted
   int grad_exchanges = 0;   // backward: dK|dV accumulator exchanges posted (the last one sends them home)
@@ -111,7 +113,12 @@ class RingAttention {
 
  private:
   AttnParams step_params(const TensorView& q, const TensorView& k, const TensorView& v, const RingStep& st) const;
-  void upload_step_layouts();  // CUDA: every non-empty step's sub-layout to the communicator's GPU (ring_cuda.cc)
+  void upload_step_layouts();
+  // The K|V (or dK|dV) move from one useful step to the next, `jump` steps later: post_exchange when 1,
+  // post_shift(jump) otherwise.
+  ExchangeTicket post_jump(
+      const char* op, int64_t step, const void* send, void* recv, size_t bytes, int jump,
+      CUstream_st* after);  // CUDA: every non-empty step's sub-layout to the communicator's GPU (ring_cuda.cc)
   // The executors, after every rank's inputs were checked (ring_attention.cc: host, ring_cuda.cc: CUDA).
   void forward_host(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse);
   void backward_host(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,

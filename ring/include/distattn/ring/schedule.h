@@ -10,11 +10,14 @@
 // step gets the sub-layout of (this rank's q rows) x (the held kv shard) in LOCAL block indices; a step
 // whose sub-layout lists nothing is skipped.
 //
-// Early end: every rank can classify every rank's steps (cheap: position ranges or block counts), so all
-// ranks agree on last_useful_step, the last step at which ANY rank has work. The executors run steps
-// 0 .. last_useful_step only: last_useful_step K|V exchanges instead of P - 1 (a sliding window over a
-// contiguous layout needs only the first steps; a local block band the same). The backward then sends
-// each dK|dV accumulator home directly (one shift exchange) instead of walking the rest of the ring.
+// Useful steps and the early end: every rank can classify every rank's steps (cheap: position ranges or
+// block counts), so all ranks agree on useful_steps, the steps at which ANY rank has work (plus step 0). The
+// executors visit only those: the K|V buffer JUMPS from one useful step u to the next u' by a shift of
+// u' - u ranks (each rank sends what it holds to rank r + (u' - u), which holds that shard at u'), so a step
+// empty on every rank costs neither compute nor traffic, and nothing moves after the last useful step
+// (last_useful_step). Without empty steps every jump is 1: the plain ring. E.g. a causal sliding window over
+// a contiguous layout needs steps {0, 1} (one exchange instead of P - 1), a two-sided one {0, 1, P-1} (two).
+// The dK|dV accumulators jump with the K|V and, after the last useful step, go home by one shift.
 #pragma once
 
 #include <cstdint>
@@ -60,19 +63,20 @@ struct RingSchedule {
   int world_size = 1;
   int rank = 0;
   PositionMap q_pos;
-  std::vector<RingStep> steps;  // [P]; steps after last_useful_step are empty (skipped) on every rank
-  // The last step at which ANY rank has work (0 .. P-1; 0 when nobody has work anywhere). The same on every
-  // rank. A call runs steps 0 .. last_useful_step.
+  std::vector<RingStep> steps;  // [P]; steps not in useful_steps are empty (skipped) on every rank
+  // The steps a call visits, ascending: 0 and every step at which ANY rank has work. The same on every rank.
+  std::vector<int> useful_steps{0};
+  // Its last element (0 .. P-1; 0 when nobody has work anywhere): nothing moves after it.
   int last_useful_step = 0;
   bool block_sparse = false;  // steps carry sub-layouts
 
-  int computed_steps() const;  // steps not skipped (all of them <= last_useful_step)
-  // K|V hops of one forward (and of one backward): last_useful_step (P - 1 without an early end).
-  int kv_exchanges() const { return last_useful_step; }
-  // dK|dV accumulator posts of one backward: last_useful_step + 1. The first last_useful_step are ring hops; the
-  // last sends every accumulator straight home (a shift by -last_useful_step; +1, a ring hop, without an early
-  // end; a local copy when last_useful_step == 0).
-  int grad_exchanges() const { return last_useful_step + 1; }
+  int computed_steps() const;  // steps not skipped (all of them in useful_steps)
+  // K|V exchanges of one forward (and of one backward): useful_steps.size() - 1 (P - 1 for the full ring).
+  int kv_exchanges() const { return static_cast<int>(useful_steps.size()) - 1; }
+  // dK|dV accumulator exchanges of one backward: useful_steps.size(). All but the last jump along with the
+  // K|V; the last sends every accumulator straight home (a shift by -last_useful_step: +1, a ring hop, for
+  // the full ring; a local copy when last_useful_step == 0).
+  int grad_exchanges() const { return static_cast<int>(useful_steps.size()); }
 };
 
 // Dense ring (causal / window mask on global positions; mask.blocks must be null).
@@ -90,9 +94,11 @@ void validate_block_layout(ShardLayout layout, int64_t seq_len, int world_size, 
 RingSchedule make_schedule(ShardLayout layout, int64_t seq_len, int world_size, int rank, const BlockLayout& global);
 
 // Which ranks have work at which step: work[r * P + s] = 1 iff rank r computes at step s. Dense form (mask
-// without blocks) and block-sparse form (validated like make_schedule). last_useful_step() reads it.
+// without blocks) and block-sparse form (validated like make_schedule). useful_steps() / last_useful_step()
+// read it: {0} plus every step with work on some rank (ascending), and its largest element.
 std::vector<uint8_t> step_work(ShardLayout layout, int64_t seq_len, int world_size, const Mask& mask);
 std::vector<uint8_t> step_work(ShardLayout layout, int64_t seq_len, int world_size, const BlockLayout& global);
+std::vector<int> useful_steps(const std::vector<uint8_t>& work, int world_size);
 int last_useful_step(const std::vector<uint8_t>& work, int world_size);
 
 }  // namespace ring
