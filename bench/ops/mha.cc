@@ -6,12 +6,14 @@
 // environment variable DISTATTN_MHA_CORE (default dense).
 //   dense    one GPU's engine on S rows (positions 0..S-1)
 //   ring     RingAttention over the job's ranks; S is the GLOBAL length, each rank holds S/N rows (--layout)
-//   dilated  LongNet dilated attention on S rows; patterns DISTATTN_DILATED_SEGMENTS / DISTATTN_DILATED_RATES
+//   dilated  LongNet dilated attention (one GPU: S rows; N ranks: DistributedDilatedAttention); patterns
+//   DISTATTN_DILATED_SEGMENTS / DISTATTN_DILATED_RATES
 //            (the dilated op's variables and defaults), patterns with segment > S dropped
 //   sparse   BlockSparseAttention: --sparse-pattern block-diagonal (segment --sparse-block) | strided (stride
 //            --sparse-block rows, local band 1 block) | sliding-window (window --window, else --sparse-block)
-// With N > 1 ranks and a core other than ring, every rank runs its own S rows (data parallel) and the weight
-// gradients are all-reduced over the ranks inside backward (timed: it is part of the layer).
+// With N > 1 ranks the dilated core is the distributed one (S global, each rank S/N contiguous rows); with the dense
+// and sparse cores every rank runs its own S rows (data parallel). Every core all-reduces the weight gradients over
+// the ranks inside backward (timed: it is part of the layer).
 //
 // Shapes: E = H * D (-H, -d), Hkv = --gqa, x, y, dy, dx [B, S_local, E] packed; Wqkv [(H + 2 Hkv) D, E],
 // Wo [E, H D]; no biases. Inputs: x, dy ~ U-like random (device_fill) of scale 1, weights scaled by 1/sqrt(fan_in).
@@ -178,6 +180,8 @@ class MhaOp : public BenchOp {
     lines.push_back(os.str());
     if (core_ == AttentionCore::kRing) {
       lines.push_back("seq = GLOBAL S, layout " + opt_.layout + ", each rank holds S/N rows");
+    } else if (sequence_parallel()) {
+      lines.push_back("seq = GLOBAL S, distributed dilated core: each rank holds S/N contiguous rows");
     } else if (N_ > 1) {
       lines.push_back("seq = S per rank (data parallel: each rank its own rows), weight grads all-reduced in bwd");
     }
@@ -243,7 +247,7 @@ class MhaOp : public BenchOp {
     ++size_index_;
     S_ = seq;
     Sl_ = local_rows(seq);
-    build_layer(Sl_);
+    build_layer(S_);
     const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 977 * static_cast<uint64_t>(ctx_.rank);
     allocate();
     if (ctx_.on_gpu()) {
@@ -277,7 +281,7 @@ class MhaOp : public BenchOp {
 
   CheckResult check() override {
     // Full problem on the host (identical on every rank), this rank's rows uploaded.
-    const int64_t Sf = core_ == AttentionCore::kRing ? S_ : Sl_;
+    const int64_t Sf = sequence_parallel() ? S_ : Sl_;
     const uint64_t seed = (opt_.seed ^ 0x3a5eedull) + 16 * static_cast<uint64_t>(size_index_);
     HostTensor fx(dtype_, B_, Sf, 1, E_), fdy(dtype_, B_, Sf, 1, E_), fwq(dtype_, 1, qkv_dim(), 1, E_),
         fwo(dtype_, 1, E_, 1, H_ * D_);
@@ -352,7 +356,11 @@ class MhaOp : public BenchOp {
   bool bwd() const { return opt_.pass != Pass::kForward; }
   int64_t qkv_dim() const { return (H_ + 2 * Hkv_) * D_; }
   DType grad_dtype() const { return DType::kFloat32; }
-  int64_t local_rows(int64_t seq) const { return core_ == AttentionCore::kRing ? seq / N_ : seq; }
+  // The ring and (over > 1 ranks) the dilated core shard the sequence: the sweep's S is then global.
+  bool sequence_parallel() const {
+    return core_ == AttentionCore::kRing || (core_ == AttentionCore::kDilated && N_ > 1);
+  }
+  int64_t local_rows(int64_t seq) const { return sequence_parallel() ? seq / N_ : seq; }
 
   double projection_flops(int64_t seq) const {
     const double f = layers::mha_projection_flops(B_ * local_rows(seq), E_, H_, Hkv_, D_);
@@ -366,8 +374,9 @@ class MhaOp : public BenchOp {
         return ring_flops_per_gpu(B_, seq, H_, D_, c.causal, c.window, opt_.pass, N_);
       case AttentionCore::kDense:
         return attention_flops(B_, seq, H_, D_, c.causal, c.window, opt_.pass);
-      default:
-        return 4.0 * B_ * H_ * D_ * static_cast<double>(visible_pairs(seq)) * pass_factor(opt_.pass);
+      default:  // dilated (global S, shared by the N ranks when distributed) and sparse: exact visible pairs
+        return 4.0 * B_ * H_ * D_ * static_cast<double>(visible_pairs(seq)) * pass_factor(opt_.pass) /
+               (sequence_parallel() ? N_ : 1);
     }
   }
 
@@ -410,7 +419,8 @@ class MhaOp : public BenchOp {
     return BlockLayout::sliding_window(seq, seq, pos, pos, window, causal);
   }
 
-  MhaConfig layer_config(int64_t rows, DType dtype, HostPrecision precision, AttentionCore core) const {
+  // `seq`: the sweep's length (global when sequence parallel); the dilated patterns are chosen on it.
+  MhaConfig layer_config(int64_t seq, DType dtype, HostPrecision precision, AttentionCore core) const {
     const auto& c = opt_.common;
     MhaConfig cfg;
     cfg.embed_dim = E_;
@@ -427,7 +437,7 @@ class MhaOp : public BenchOp {
     cfg.host_precision = precision;
     if (opt_.layout == "contiguous") cfg.ring_layout = ring::ShardLayout::kContiguous;
     if (opt_.layout == "striped") cfg.ring_layout = ring::ShardLayout::kStriped;
-    if (core == AttentionCore::kDilated) cfg.dilated_patterns = patterns_for(rows);
+    if (core == AttentionCore::kDilated) cfg.dilated_patterns = patterns_for(seq);
     if (core == AttentionCore::kBlockSparse) {
       if (opt_.sparse_pattern == "sliding-window") {
         cfg.mask.window = c.window > 0 ? c.window : opt_.sparse_block;
@@ -440,10 +450,10 @@ class MhaOp : public BenchOp {
     return cfg;
   }
 
-  void build_layer(int64_t rows) {
+  void build_layer(int64_t seq) {
     const Device dev = ctx_.on_gpu() ? Device::kCuda : Device::kHost;
     layer_ = std::make_unique<MultiHeadAttention>(
-        layer_config(rows, dtype_, ctx_.on_gpu() ? HostPrecision::kFloat64 : HostPrecision::kFloat32, core_), dev,
+        layer_config(seq, dtype_, ctx_.on_gpu() ? HostPrecision::kFloat64 : HostPrecision::kFloat32, core_), dev,
         comm_.get());
   }
 
@@ -503,17 +513,20 @@ class MhaOp : public BenchOp {
     }
   }
 
-  // This rank's rows of a full [B, S_full, 1, E] host tensor (ring: its shard; otherwise the tensor itself).
+  // This rank's rows of a full [B, S_full, 1, E] host tensor (sequence parallel: its shard -- the ring's layout, or
+  // contiguous for the distributed dilated core; otherwise the tensor itself).
   HostTensor local_of(const HostTensor& full) const {
-    if (core_ != AttentionCore::kRing) return full;
+    if (!sequence_parallel()) return full;
     HostTensor local(full.view.dtype, B_, Sl_, 1, E_);
-    ring::shard_host(full.view, local.view, layer_->config().ring_layout, N_, ctx_.rank);
+    const ring::ShardLayout layout =
+        core_ == AttentionCore::kRing ? layer_->config().ring_layout : ring::ShardLayout::kContiguous;
+    ring::shard_host(full.view, local.view, layout, N_, ctx_.rank);
     return local;
   }
 
-  // The host layer on the full problem. Ring: the dense core over the global sequence in one process (its
-  // gradients are the full ones). Other cores: this rank's rows with this rank's x and dy, gradients all-reduced
-  // over the ranks with MPI (what the layer under test does through its communicator).
+  // The host layer on the full problem. Sequence parallel: one process over the global sequence (ring: the dense
+  // core; dilated: the single-device dilated core), its gradients are the full ones. Data parallel: this rank's
+  // rows, gradients all-reduced over the ranks with MPI (what the layer under test does through its communicator).
   Ref host_reference(DType dtype, HostPrecision precision, const HostTensor& fx, const HostTensor& fdy,
                      const HostTensor& fwq, const HostTensor& fwo) const {
     const AttentionCore core = core_ == AttentionCore::kRing ? AttentionCore::kDense : core_;
@@ -542,7 +555,7 @@ class MhaOp : public BenchOp {
       g.qkv_weight = r.gq.data();
       g.out_weight = r.go.data();
       ref.backward(w, sv(x), sv(dy), sv(r.dx), g);
-      if (core_ != AttentionCore::kRing && N_ > 1) {
+      if (!sequence_parallel() && N_ > 1) {
         const MPI_Datatype mt = gt == DType::kFloat64 ? MPI_DOUBLE : MPI_FLOAT;
         DISTATTN_MPI_CHECK(
             MPI_Allreduce(MPI_IN_PLACE, r.gq.data(), static_cast<int>(qkv_dim() * E_), mt, MPI_SUM, MPI_COMM_WORLD));

@@ -10,6 +10,7 @@
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
+#include "distattn/dilated/distributed_dilated.h"
 #include "distattn/sparse/block_sparse_attention.h"
 #include "distattn/sparse/flash_attention.h"
 #include "projection.h"
@@ -191,6 +192,8 @@ struct MultiHeadAttention::Impl {
   std::unique_ptr<ring::RingAttention> ring;
   int64_t ring_batch = -1, ring_rows = -1;
   std::unique_ptr<DilatedAttention> dilated;
+  std::unique_ptr<DistributedDilatedAttention> dist_dilated;  // kDilated over > 1 ranks (config.dilated_distributed)
+  int64_t dilated_batch = -1, dilated_rows = -1;
   std::unique_ptr<BlockSparseAttention> sparse;
   int64_t sparse_rows = -1;
   int64_t saved_batch = -1, saved_rows = -1;  // shape of the last forward (-1: none)
@@ -198,6 +201,11 @@ struct MultiHeadAttention::Impl {
   bool used_cuda = false;
 
   bool collective() const { return comm != nullptr && comm->size() > 1; }
+  // The core itself talks to the other ranks (so a forward / backward is collective).
+  bool collective_core(const MhaConfig& c) const {
+    return c.core == AttentionCore::kRing ||
+           (c.core == AttentionCore::kDilated && c.dilated_distributed && collective());
+  }
 };
 
 MultiHeadAttention::MultiHeadAttention(MhaConfig config, Device device, Communicator* comm)
@@ -229,7 +237,7 @@ MultiHeadAttention::MultiHeadAttention(MhaConfig config, Device device, Communic
   } else {
     m.proj = detail::make_host_projector(grad_dtype());
   }
-  if (config_.core == AttentionCore::kDilated) {
+  if (config_.core == AttentionCore::kDilated && !m.collective_core(config_)) {
     DilatedConfig dc;
     dc.patterns = config_.dilated_patterns;
     dc.causal = config_.mask.causal;
@@ -294,18 +302,18 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
     if ((c.core == AttentionCore::kDense || c.core == AttentionCore::kBlockSparse) && c.positions.num_chunks > 0) {
       c.positions.validate("config.positions", x.seq);
     }
-    if (c.core == AttentionCore::kDilated) {
+    if (c.core == AttentionCore::kDilated && !m.collective_core(c)) {  // the distributed one checks collectively
       DilatedConfig dc;
       dc.patterns = c.dilated_patterns;
       validate_dilated_config(dc, x.seq, c.q_heads);
     }
   } catch (const Error& e) {
-    if (c.core != AttentionCore::kRing || !m.collective()) throw;
+    if (!m.collective_core(c)) throw;
     ok = false;
     bad_arg = e.argument();
     bad_msg = e.message();
   }
-  if (c.core == AttentionCore::kRing) m.comm->agree_ok(ok, bad_arg, bad_msg, "MultiHeadAttention::forward");
+  if (m.collective_core(c)) m.comm->agree_ok(ok, bad_arg, bad_msg, "MultiHeadAttention::forward");
 
   const int64_t B = x.batch, S = x.seq, N = c.qkv_dim(), HD = c.attn_dim();
   const int64_t Hq = c.q_heads;
@@ -336,7 +344,30 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
       positions_ = m.ring->q_positions();
       break;
     case AttentionCore::kDilated:
-      positions_ = PositionMap::contiguous(0, S);
+      if (m.collective_core(c)) {
+        // Sequence sharded contiguously: rank p holds global rows [p*S, (p+1)*S) of S * P.
+        if (!m.dist_dilated || m.dilated_batch != B || m.dilated_rows != S) {
+          DistributedDilatedConfig dc;
+          dc.dilated.patterns = c.dilated_patterns;
+          dc.dilated.causal = c.mask.causal;
+          dc.dilated.softmax_scale = c.softmax_scale;
+          dc.dilated.alibi_slopes = c.alibi_slopes;
+          dc.dilated.host_precision = c.host_precision;
+          dc.seq_len = S * m.comm->size();
+          dc.batch = B;
+          dc.q_heads = Hq;
+          dc.kv_heads = c.resolved_kv_heads();
+          dc.head_dim = c.head_dim;
+          dc.dtype = c.dtype;
+          m.dist_dilated.reset();
+          m.dist_dilated.reset(new DistributedDilatedAttention(*m.comm, dc));
+          m.dilated_batch = B;
+          m.dilated_rows = S;
+        }
+        positions_ = PositionMap::contiguous(static_cast<int64_t>(m.comm->rank()) * S, S);
+      } else {
+        positions_ = PositionMap::contiguous(0, S);
+      }
       break;
     default:
       positions_ = c.positions.num_chunks > 0 ? c.positions : PositionMap::contiguous(0, S);
@@ -408,7 +439,11 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
       m.ring->forward(v.q, v.k, v.v, ov, lse, stream);
       break;
     case AttentionCore::kDilated:
-      m.dilated->forward(v.q, v.k, v.v, ov, lse, stream);
+      if (m.dist_dilated) {
+        m.dist_dilated->forward(v.q, v.k, v.v, ov, lse, stream);
+      } else {
+        m.dilated->forward(v.q, v.k, v.v, ov, lse, stream);
+      }
       break;
     case AttentionCore::kBlockSparse:
       m.sparse->forward(v.q, v.k, v.v, ov, lse, stream);
@@ -461,12 +496,12 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
     check_param(g.qkv_bias, c.bias, "grads.qkv_bias", device_);
     check_param(g.out_bias, c.bias, "grads.out_bias", device_);
   } catch (const Error& e) {
-    if (!(c.core == AttentionCore::kRing || reduce) || !m.collective()) throw;
+    if (!(m.collective_core(c) || reduce) || !m.collective()) throw;
     ok = false;
     bad_arg = e.argument();
     bad_msg = e.message();
   }
-  if (c.core == AttentionCore::kRing || reduce) m.comm->agree_ok(ok, bad_arg, bad_msg, "MultiHeadAttention::backward");
+  if (m.collective_core(c) || reduce) m.comm->agree_ok(ok, bad_arg, bad_msg, "MultiHeadAttention::backward");
 
   const int64_t B = x.batch, S = x.seq, N = c.qkv_dim(), HD = c.attn_dim(), E = c.embed_dim;
   const int64_t Hq = c.q_heads;
@@ -501,7 +536,11 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
       m.ring->backward(dov, v.q, v.k, v.v, ov, lse, d.q, d.k, d.v, stream);
       break;
     case AttentionCore::kDilated:
-      m.dilated->backward(v.q, v.k, v.v, ov, lse, dov, d.q, d.k, d.v, stream);
+      if (m.dist_dilated) {
+        m.dist_dilated->backward(v.q, v.k, v.v, ov, lse, dov, d.q, d.k, d.v, stream);
+      } else {
+        m.dilated->backward(v.q, v.k, v.v, ov, lse, dov, d.q, d.k, d.v, stream);
+      }
       break;
     case AttentionCore::kBlockSparse:
       m.sparse->backward(v.q, v.k, v.v, ov, lse, dov, d.q, d.k, d.v, stream);

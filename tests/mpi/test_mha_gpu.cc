@@ -2,6 +2,7 @@
 //   - ring core: each rank holds its shard of the sequence; y and dx against this rank's shard of (a) the host
 //     layer in fp64 on the full sequence and (b) the same layer on ONE GPU (dense core, full sequence); the weight
 //     gradients (all-reduced over the ranks by the layer) against the full-sequence gradients of both;
+//   - dilated core (sequence parallel, contiguous shards): the same checks against one GPU's single-device core;
 //   - dense core, data parallel: rank r holds batch element r; the all-reduced weight gradients against one GPU
 //     running the whole batch (the NCCL reduce-scatter + all-gather path).
 // Every rank draws the SAME full bf16 inputs (seed printed) and takes its shard; every rank computes the references.
@@ -130,10 +131,11 @@ Outputs run_gpu(const MhaConfig& cfg, Communicator* comm, const Inputs& in, int6
   return o;
 }
 
-// The host layer (dense core) on the full problem in `dtype` (fp64 reference or the bf16 naive baseline).
+// The host layer on the full problem in `dtype` (fp64 reference or the bf16 naive baseline), one process: the
+// ring's reference is the dense core, the dilated core stays dilated (single device).
 Outputs run_host(MhaConfig cfg, DType dtype, HostPrecision precision, const Inputs& in) {
   cfg.dtype = dtype;
-  cfg.core = AttentionCore::kDense;
+  if (cfg.core == AttentionCore::kRing) cfg.core = AttentionCore::kDense;
   cfg.host_precision = precision;
   MultiHeadAttention layer(cfg, Device::kHost);
   const size_t es = dtype_size(dtype);
@@ -189,12 +191,15 @@ std::vector<T> shard(const std::vector<T>& full, int64_t B, int64_t S, int64_t E
 }
 
 struct Case {
+  AttentionCore core = AttentionCore::kRing;  // kRing (layout below) or kDilated (contiguous shards, patterns below)
+  std::vector<DilatedPattern> patterns;
   ShardLayout layout = ShardLayout::kZigzag;
   int64_t S = 1024, B = 1, E = 256, Hq = 4, Hkv = 2, D = 64;
   Mask mask;
   bool bias = true;
   std::string name() const {
-    std::string n = std::string(ring::layout_name(layout)) + (mask.causal ? "/causal" : "/full");
+    std::string n = core == AttentionCore::kDilated ? std::string("dilated") : std::string(ring::layout_name(layout));
+    n += mask.causal ? "/causal" : "/full";
     if (mask.window) n += "/win" + std::to_string(mask.window);
     n += bias ? "/bias" : "";
     return n + "/B" + std::to_string(B) + "E" + std::to_string(E) + "Hq" + std::to_string(Hq) + "Hkv" +
@@ -211,11 +216,15 @@ void run_ring_case(const Case& c) {
   cfg.dtype = DType::kBFloat16;
   cfg.bias = c.bias;
   cfg.mask = c.mask;
+  if (c.core == AttentionCore::kDilated) {
+    cfg.core = AttentionCore::kDilated;  // the one-GPU run and the host references use the single-device core
+    cfg.dilated_patterns = c.patterns;
+  }
   const Inputs in = draw_inputs(cfg, c.B, c.S, seed);
 
   NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
   MhaConfig rc = cfg;
-  rc.core = AttentionCore::kRing;
+  rc.core = c.core;
   rc.ring_layout = c.layout;
   const int64_t Sl = c.S / P;
   const Outputs ring = run_gpu(rc, &comm, in, c.B, Sl, shard(in.x, c.B, c.S, c.E, c.layout, P, r),
@@ -237,7 +246,7 @@ void run_ring_case(const Case& c) {
       std::printf("    %-6s rel L2 vs fp64: ring %.2e  one GPU %.2e  naive bf16 %.2e\n", what, e_ring, e_one, e_naive);
     }
   };
-  if (r == 0) std::printf("[mha ring gpu P=%d] %s seed %llu\n", P, c.name().c_str(), (unsigned long long)seed);
+  if (r == 0) std::printf("[mha seq-parallel gpu P=%d] %s seed %llu\n", P, c.name().c_str(), (unsigned long long)seed);
   check(0, "y", ring.y, sh(one.y), sh(ref.y), sh(naive.y));
   check(1, "dx", ring.dx, sh(one.dx), sh(ref.dx), sh(naive.dx));
   check(2, "dWqkv", ring.gwqkv, one.gwqkv, ref.gwqkv, naive.gwqkv);
@@ -274,6 +283,18 @@ TEST(MhaRingGpu, StripedCausalBatch2) {
   c.mask = Mask::make_causal();
   c.B = 2;
   c.S = 512;
+  run_ring_case(c);
+}
+
+// Dilated core across GPUs (DistributedDilatedAttention, contiguous shards of S/P rows): a pattern inside every
+// shard and one spanning all ranks (S, rate 4), causal.
+TEST(MhaDilatedGpu, DistributedCausal) {
+  REQUIRE_GPU_PER_RANK();
+  Case c;
+  c.core = AttentionCore::kDilated;
+  c.layout = ShardLayout::kContiguous;  // the distributed dilated core's sharding
+  c.mask = Mask::make_causal();
+  c.patterns = {{128, 1}, {256, 2}, {1024, 4}};  // S = 1024: P = 2, 4 give shards of 512 and 256 rows
   run_ring_case(c);
 }
 

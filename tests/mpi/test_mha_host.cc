@@ -5,6 +5,7 @@
 // on the full sequence as the reference, takes its shard of x and dy, and runs the distributed layer:
 //   - ring core (each rank holds its sequence shard; zigzag / contiguous / striped): y and dx must equal the
 //     reference's shard, the weight gradients (all-reduced over the ranks) the reference's full gradients;
+//   - dilated core, sequence parallel (contiguous shards, segments inside a shard and spanning ranks): the same;
 //   - dense core, data parallel (each rank holds one batch element): the all-reduced weight gradients equal the
 //     single-process gradients over the whole batch.
 // Tolerance: the ring keeps O, LSE and dK|dV in fp32 between steps (the engine's accumulate mode), so values
@@ -239,6 +240,62 @@ TEST(MhaRingHost, StripedCausalNoBiasOddRows) {
   c.bias = false;
   c.B = 1;
   run_ring_case(c);
+}
+
+// Dilated core, sequence parallel (DistributedDilatedAttention over the ranks, contiguous shards of L = 8 rows):
+// patterns inside a shard (4, 8) and one spanning every rank (S = 8P, rate 4), causal, GQA, against the
+// single-process layer with the single-device dilated core on the full sequence.
+TEST(MhaDilatedHost, DistributedEqualsSingleProcess) {
+  const int P = mpi_size(), r = mpi_rank();
+  Case c;
+  c.mask = Mask::make_causal();
+  const int64_t L = 8, S = L * P, B = 2, E = c.E;
+  MhaConfig cfg = base_config(c);
+  cfg.core = AttentionCore::kDilated;
+  cfg.dilated_patterns = {{4, 1}, {8, 2}, {S, 4}};
+  const uint64_t seed = test_seed() + 5150;
+  SCOPED_TRACE(::testing::Message() << "S=" << S << " P=" << P << " rank " << r << " seed " << seed);
+  std::mt19937_64 rng(seed);
+  Weights w = draw_weights(cfg, rng);
+  std::vector<double> x = normal(static_cast<size_t>(B * S * E), rng, 1.0);
+  std::vector<double> dy = normal(static_cast<size_t>(B * S * E), rng, 1.0);
+  auto full = [&](std::vector<double>& v) {
+    return SequenceView::packed(v.data(), DType::kFloat64, Device::kHost, B, S, E);
+  };
+  std::vector<double> y_ref(x.size()), dx_ref(x.size());
+  Grads g_ref(cfg);
+  {
+    MultiHeadAttention ref(cfg, Device::kHost);
+    ref.forward(w.view(), full(x), full(y_ref));
+    ref.backward(w.view(), full(x), full(dy), full(dx_ref), g_ref.view());
+  }
+  auto shard = [&](std::vector<double>& v) {
+    std::vector<double> local(static_cast<size_t>(B * L * E));
+    ring::shard_host(as_4d(v, B, S, E), as_4d(local, B, L, E), ShardLayout::kContiguous, P, r);
+    return local;
+  };
+  std::vector<double> xl = shard(x), dyl = shard(dy), yl(xl.size(), kNaN), dxl(xl.size(), kNaN);
+  auto loc = [&](std::vector<double>& v) {
+    return SequenceView::packed(v.data(), DType::kFloat64, Device::kHost, B, L, E);
+  };
+  MpiCommunicator comm(MPI_COMM_WORLD, kCommTimeout);
+  MultiHeadAttention layer(cfg, Device::kHost, &comm);
+  layer.forward(w.view(), loc(xl), loc(yl));
+  EXPECT_EQ(layer.positions().position(0), r * L);  // global positions of a contiguous shard
+  Grads g(cfg);
+  layer.backward(w.view(), loc(xl), loc(dyl), loc(dxl), g.view());
+  double worst = 0;
+  expect_close("y", yl, shard(y_ref), &worst);
+  expect_close("dx", dxl, shard(dx_ref), &worst);
+  expect_close("dWqkv", g.wqkv, g_ref.wqkv, &worst);
+  expect_close("dWo", g.wo, g_ref.wo, &worst);
+  expect_close("dbqkv", g.bqkv, g_ref.bqkv, &worst);
+  expect_close("dbo", g.bo, g_ref.bo, &worst);
+  double all = 0;
+  MPI_Allreduce(&worst, &all, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  if (r == 0)
+    std::printf("[mha dilated P=%d] S %lld seed %llu  max rel err (y, dx, grads) %.2e\n", P, (long long)S,
+                (unsigned long long)seed, all);
 }
 
 // Data parallel with the dense core: rank r holds batch element r of a batch of P sequences; the all-reduced

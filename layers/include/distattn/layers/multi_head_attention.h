@@ -29,7 +29,10 @@
 //             positions: MhaConfig::positions (default 0..S_local-1).
 //   kRing     RingAttention over `comm` (ring/ring_attention.h); S = S_local * ranks, layout zigzag /
 //             contiguous / striped; positions: the ring's shard map.
-//   kDilated  LongNet dilated attention on one device (dilated/dilated_attention.h), positions 0..S_local-1.
+//   kDilated  LongNet dilated attention. With a communicator of > 1 ranks and config.dilated_distributed (default):
+//             DistributedDilatedAttention (dilated/distributed_dilated.h) over the sequence sharded contiguously,
+//             rank p holding global rows [p*S_local, (p+1)*S_local) (each pattern's segment must divide S_local or
+//             be a multiple of it); otherwise the single-device DilatedAttention on positions 0..S_local-1.
 //   kBlockSparse  BlockSparseAttention (sparse/block_sparse_attention.h) on the layout MhaConfig::sparse_layout
 //             builds from (S_local, positions), rebuilt when S_local changes; the layout's band (causal /
 //             window) must equal config.mask's.
@@ -120,9 +123,12 @@ struct MhaConfig {
   // kRing: how the global sequence is sharded (S_local * ranks rows), and the dK|dV travel precision.
   ring::ShardLayout ring_layout = ring::ShardLayout::kZigzag;
   ring::GradTravel ring_grad_travel = ring::GradTravel::kFloat32;
-  // kDilated: the (segment, rate) patterns (each segment must divide S_local); mask.causal is the dilated
-  // core's causal flag; windows are not supported there.
+  // kDilated: the (segment, rate) patterns (single device: each segment must divide S_local); mask.causal is
+  // the dilated core's causal flag; windows are not supported there.
   std::vector<DilatedPattern> dilated_patterns;
+  // kDilated with a communicator of > 1 ranks: true: sequence parallel (DistributedDilatedAttention over comm);
+  // false: data parallel (each rank its own sequences, single-device core, weight gradients all-reduced).
+  bool dilated_distributed = true;
   // kBlockSparse: the layout builder (required).
   SparseLayoutBuilder sparse_layout;
 
@@ -157,8 +163,8 @@ void validate_mha_config(const MhaConfig& config, Device device);
 
 class MultiHeadAttention {
  public:
-  // `comm` is required for kRing (and must live as long as the layer); for the other cores it is optional and
-  // only used to all-reduce weight gradients (data-parallel / sequence-parallel callers). Its device must be
+  // `comm` is required for kRing (and must live as long as the layer); kDilated runs distributed over it (see
+  // MhaConfig::dilated_distributed); for every core it carries the weight-gradient all-reduce. Its device must be
   // `device`. The layer owns a cuBLAS handle (CUDA) and its scratch: the saved activations qkv [T, N], o
   // [T, Hq*D], lse [B, Hq, S_local] and the backward's dO and dqkv, grown to the largest call.
   // Throws distattn::Error (validate_mha_config, "comm").
