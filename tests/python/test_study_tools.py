@@ -441,26 +441,33 @@ class MergePositionalTest(Tmp):
 
 
 # A stand-in for distattn_bench: reads the options the study passes and writes a -J report whose time is known:
-# none = S / 1024 ms, rope +2%, alibi +10% (and exit 1, "FAILED", for the variant in $STUB_FAIL).
+# none = S / 1024 ms, rope +2%, alibi +10% (and exit 1, "FAILED", for the variant in $STUB_FAIL). -o ring rows are
+# 2-rank rows; "-o ring --rope -h" (the study's probe) succeeds only with $STUB_RING_ROPE set.
 STUB_BENCH = r"""#!/usr/bin/env python3
 import json, os, sys
 a = sys.argv[1:]
 def val(flag):
     return a[a.index(flag) + 1]
+if "-h" in a:
+    sys.exit(0 if os.environ.get("STUB_RING_ROPE") or "ring" not in a else 2)
+op = val("-o")
+ranks = 2 if op == "ring" else 1
 seq = int(val("-b"))
 variant = "rope" if "--rope" in a else "alibi" if "--alibi" in a else "none"
 t = seq / 1024 * {"none": 1.0, "rope": 1.02, "alibi": 1.10}[variant]
 row = {"seq": seq, "time_ms": t, "tflops": 1.0, "gbps": None, "B": 1, "H": 32, "Hkv": 32, "D": 128,
        "causal": "--causal" in a, "window": 0, "alibi": variant == "alibi", "rope": variant == "rope",
-       "pass": val("--pass"), "dtype": "bf16", "wrong": 0}
+       "pass": val("--pass"), "dtype": "bf16", "wrong": 0, "ranks": ranks}
+if op == "ring":
+    row["layout"] = val("--layout")
 if variant == "rope":
     row.update(rotary_dim=128, style="neox", rope_ms=0.02 * t / 1.02, rope_share_pct=2.0 / 1.02)
 failed = os.environ.get("STUB_FAIL") == variant
 if os.environ.get("STUB_SLEEP"):
     import time
     time.sleep(float(os.environ["STUB_SLEEP"]))
-doc = {"peer": "distattn", "device": "stub", "date": "2026-11-22T00:00:00Z", "git_commit": "c0ffee0", "op": "dense",
-       "ranks": 1, "command_line": " ".join(a), "options": {}, "rows": [row], "status": "FAILED" if failed else "OK"}
+doc = {"peer": "distattn", "device": "stub", "date": "2026-11-22T00:00:00Z", "git_commit": "c0ffee0", "op": op,
+       "ranks": ranks, "command_line": " ".join(a), "options": {}, "rows": [row], "status": "FAILED" if failed else "OK"}
 with open(val("-J"), "w") as f:
     json.dump(doc, f)
 print(f"{seq} {variant} {t}")
@@ -499,6 +506,27 @@ class StudyScriptTest(Tmp):
         self.assertEqual(table.count("alibi: worst overhead at S >= 8K: +10.00% -> target < 3% MISSED"), 4)
         self.assertIn(table, p.stdout)  # printed last
         self.assertTrue(os.path.exists(os.path.join(out, "study.log")))
+
+    def test_ring_joins_when_asked_and_rope_only_where_accepted(self):
+        one = dict(SIZES="8K", PASSES="fwd", MASKS="causal", OPS="dense ring", RING_LAUNCH="env")
+        p, out = self.run_study(**one)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        with open(os.path.join(out, "positional_study.json")) as f:
+            doc = json.load(f)
+        self.assertEqual([r["tag"] for r in doc["runs"]],
+                         ["fwd_causal_none_8K", "fwd_causal_rope_8K", "fwd_causal_alibi_8K",
+                          "ring_fwd_causal_alibi_8K", "ring_fwd_causal_none_8K"])  # no --rope for the ring
+        self.assertIn("--layout zigzag", doc["runs"][-1]["command_line"])
+        self.assertIn("# ring fwd causal N=2", p.stdout)
+        self.assertIn("rope variant no (the ring op refuses --rope)", p.stdout)
+        p, out = self.run_study(STUB_RING_ROPE="1", **one)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        with open(os.path.join(out, "positional_study.json")) as f:
+            tags = [r["tag"] for r in json.load(f)["runs"]]
+        self.assertIn("ring_fwd_causal_rope_8K", tags)
+        p, out = self.run_study(OPS="dense tree")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("unknown op", p.stderr)
 
     def test_failures_and_budget_give_exit_1(self):
         p, out = self.run_study(STUB_FAIL="alibi", PASSES="fwd", MASKS="causal")
