@@ -184,7 +184,8 @@ class MultiHeadAttention {
 
   // After forward() with the same x: dy [B, S_local, E] -> dx [B, S_local, E] and the weight gradients
   // (overwritten; summed over ranks when config.all_reduce_weight_grads and comm has > 1 rank).
-  // Throws naming "x" if called without a matching forward().
+  // Throws naming "x" if called without a matching forward(). CUDA: it reads the forward's saved activations, so
+  // enqueue it on the forward's stream (or order the two streams). One call at a time per layer (not thread-safe).
   void backward(const MhaWeights& weights, const SequenceView& x, const SequenceView& dy, const SequenceView& dx,
                 const MhaGrads& grads, cudaStream_t stream = nullptr);
 
