@@ -96,6 +96,7 @@ class RingAttention {
   const RingSchedule& schedule() const { return schedule_; }
   int64_t local_rows() const { return local_rows_; }  // S / P
   const PositionMap& q_positions() const { return schedule_.q_pos; }
+  // What the most recent forward / backward on this object did (zeros before the first call). Never throws.
   const RingCallStats& last_forward() const { return last_forward_; }
   const RingCallStats& last_backward() const { return last_backward_; }
 
