@@ -172,6 +172,17 @@ void check_sequence(const SequenceView& v, const char* arg, const MhaConfig& c, 
   if (device == Device::kCuda) require_device_pointer(v.data, arg);
 }
 
+// Bytes spanned by an activation view (first element to one past the last).
+size_t span_bytes(const SequenceView& v) {
+  const int64_t last = (v.batch - 1) * v.batch_step() + (v.seq - 1) * v.row_step() + v.dim;
+  return static_cast<size_t>(last) * dtype_size(v.dtype);
+}
+bool overlap(const SequenceView& a, const SequenceView& b) {
+  const char* pa = static_cast<const char*>(a.data);
+  const char* pb = static_cast<const char*>(b.data);
+  return pa < pb + span_bytes(b) && pb < pa + span_bytes(a);
+}
+
 void check_param(const void* p, bool required, const char* arg, Device device) {
   if (required) {
     DISTATTN_CHECK_ARG(p != nullptr, arg, "is null");
@@ -295,6 +306,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
   try {
     check_sequence(x, "x", c, device_, -1, -1);
     check_sequence(y, "y", c, device_, x.batch, x.seq);
+    DISTATTN_CHECK_ARG(!overlap(x, y), "y", "overlaps x (the output projection would overwrite the input)");
     check_param(w.qkv_weight, true, "weights.qkv_weight", device_);
     check_param(w.out_weight, true, "weights.out_weight", device_);
     check_param(w.qkv_bias, c.bias, "weights.qkv_bias", device_);

@@ -532,6 +532,7 @@ TEST_F(MhaHostErrors, ForwardInputs) {
   nw.qkv_bias = wo.data();  // config.bias is false
   EXPECT_ERROR_ARG(layer.forward(nw, seq(x), seq(y)), "weights.qkv_bias");
   expect_y_untouched();
+  EXPECT_ERROR_ARG(layer.forward(w, seq(x), seq(x)), "y");  // in place is refused
   SequenceView ybad = seq(y);
   ybad.seq = 4;
   EXPECT_ERROR_ARG(layer.forward(w, seq(x), ybad), "y");
