@@ -588,3 +588,19 @@ TEST_F(MhaHostErrors, BackwardInputs) {
 }  // namespace
 }  // namespace testing
 }  // namespace distattn
+
+namespace distattn {
+namespace testing {
+namespace {
+
+// The projection FLOPs the benchmark reports: 2*T*E*N (fused QKV) + 2*T*(Hq*D)*E (output), N = (Hq + 2 Hkv) * D.
+TEST(MhaHost, ProjectionFlops) {
+  // T = 10 tokens, E = 8, Hq = 4, Hkv = 2, D = 2: N = 16, Hq*D = 8 -> 2*10*8*16 + 2*10*8*8 = 2560 + 1280.
+  EXPECT_DOUBLE_EQ(layers::mha_projection_flops(10, 8, 4, 2, 2), 3840.0);
+  // MHA (Hkv = Hq): N = 3 * Hq * D, so the total is 8 * T * E * Hq * D.
+  EXPECT_DOUBLE_EQ(layers::mha_projection_flops(4096, 4096, 32, 32, 128), 8.0 * 4096 * 4096 * 32 * 128);
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace distattn
