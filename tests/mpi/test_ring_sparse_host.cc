@@ -572,6 +572,38 @@ TEST(MpiShift, EveryShiftReachesThePeer) {
   EXPECT_FALSE(comm.broken());
 }
 
+// post_shift has post_exchange's watchdog: a rank that never posts its half makes the rank waiting for its data
+// time out with an Error naming the operation, the step and the missing rank; that communicator is then broken.
+TEST(MpiShift, MissingPeerTimesOutNamingIt) {
+  const int P = mpi_size(), r = mpi_rank();
+  if (P < 2) GTEST_SKIP() << "needs 2 ranks";
+  const int absent = P - 1, shift = -1;
+  const int waiter = ((absent + shift) % P + P) % P;  // receives from peer(-shift) = absent
+  {
+    MpiCommunicator comm(MPI_COMM_WORLD, 2.0);
+    std::vector<char> a(64, static_cast<char>(r)), b(64);
+    if (r != absent) {
+      std::string text;
+      try {
+        ExchangeTicket t = comm.post_shift("test shift home", 5, a.data(), b.data(), a.size(), shift);
+        comm.wait_exchange(t);
+      } catch (const Error& e) {
+        text = e.what();
+      }
+      if (r == waiter) {
+        EXPECT_NE(text.find("timed out"), std::string::npos) << text;
+        EXPECT_NE(text.find("test shift home step 5"), std::string::npos) << text;
+        EXPECT_NE(text.find("rank " + std::to_string(absent)), std::string::npos) << text;
+        EXPECT_TRUE(comm.broken());
+        EXPECT_ERROR_ARG(comm.post_shift("later", 6, a.data(), b.data(), a.size(), 1), "");
+      } else {
+        EXPECT_TRUE(text.empty()) << text;  // its source posted; its (small, eager) send completes
+      }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);  // everyone is past the failure before the communicator goes away
+  }
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace distattn
