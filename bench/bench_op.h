@@ -83,6 +83,7 @@ std::unique_ptr<BenchOp> make_rope_op(const RunContext& ctx);
 std::unique_ptr<BenchOp> make_ring_op(const RunContext& ctx);
 std::unique_ptr<BenchOp> make_dilated_op(const RunContext& ctx);
 std::unique_ptr<BenchOp> make_sparse_op(const RunContext& ctx);
+std::unique_ptr<BenchOp> make_mha_op(const RunContext& ctx);
 
 }  // namespace bench
 }  // namespace distattn

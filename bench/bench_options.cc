@@ -13,7 +13,7 @@ po::options_description bench_options_description() {
   launch::add_common_options(desc);
   desc.add_options()  //
       ("op,o", po::value<std::string>()->default_value("dense"),
-       "operation: dense | ring | rope (see the op list below)")                                                   //
+       "operation: dense | ring | sparse | dilated | mha | rope (see the op list below)")                          //
       ("pass", po::value<std::string>()->default_value("fwd"), "dense, ring: fwd | bwd | fwdbwd")                  //
       ("rotary-dim", po::value<int64_t>()->default_value(0), "rope: dims rotated (even, <= head dim; 0: all)")     //
       ("style", po::value<std::string>()->default_value("neox"), "rope: neox (rotate-half) | gptj (interleaved)")  //
@@ -33,6 +33,8 @@ po::options_description bench_options_description() {
        "sparse: block-diagonal segment rows; strided: stride rows (multiples of 128)")  //
       ("sparse-random", po::value<int64_t>()->default_value(3),
        "sparse: random 128-row blocks per q block (random, bigbird)")  //
+      ("core", po::value<std::string>()->default_value("dense"),
+       "mha: attention core of the layer, dense | ring | dilated | sparse")  //
       ("seed", po::value<uint64_t>()->default_value(20261122), "seed of the random inputs");
   return desc;
 }
@@ -92,6 +94,9 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
                      "must be a positive multiple of 128 (the layout block), got ", o.sparse_block);
   o.sparse_random = vm["sparse-random"].as<int64_t>();
   DISTATTN_CHECK_ARG(o.sparse_random >= 1, "--sparse-random", "must be >= 1, got ", o.sparse_random);
+  o.core = vm["core"].as<std::string>();
+  DISTATTN_CHECK_ARG(o.core == "dense" || o.core == "ring" || o.core == "dilated" || o.core == "sparse", "--core",
+                     "unknown attention core '", o.core, "' (expected dense, ring, dilated or sparse)");
   o.seed = vm["seed"].as<uint64_t>();
   return o;
 }

@@ -30,6 +30,7 @@ struct BenchOptions {
   int64_t sparse_block = 2048;        // --sparse-block: rows of a block-diagonal segment; strided: the stride (rows)
   int64_t sparse_random = 3;          // --sparse-random: random 128-blocks per q block (random, bigbird)
   bool sparse_pattern_given = false;  // --sparse-pattern given explicitly (op ring: block-sparse only then)
+  std::string core = "dense";         // --core (op mha): the layer's attention core, dense | ring | dilated | sparse
   uint64_t seed = 20261122;           // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
   bool host_engine = false;           // no GPU: the host engine (fp32) runs the op
   bool help = false;                  // -h/--help given: print usage and exit

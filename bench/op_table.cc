@@ -19,6 +19,10 @@ const std::vector<OpEntry>& op_table() {
        "LongNet dilated attention, one GPU or sharded over the job's ranks (patterns: DISTATTN_DILATED_SEGMENTS / "
        "_RATES; --causal, --alibi, --gqa, --pass); useful TFLOPs, dense fraction, peak memory",
        make_dilated_op},
+      {"mha",
+       "one attention layer: fused QKV and output projections (cuBLAS), RoPE, attention core --core "
+       "dense|ring|dilated|sparse; whole-layer TFLOPs",
+       make_mha_op},
       {"rope", "RoPE on q and k in place (--rotary-dim, --style); GB/s and % of device copy bandwidth", make_rope_op},
   };
   return table;

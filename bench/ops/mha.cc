@@ -2,8 +2,7 @@
 // fused QKV projection (cuBLAS, bf16 in, fp32 accumulation), RoPE on global positions, an attention core, output
 // projection; backward through all of it incl. the weight gradients. Without a GPU: the host layer in fp32.
 //
-// Core: --core dense|ring|dilated|sparse when the bench has that option (BenchOptions::core), else the
-// environment variable DISTATTN_MHA_CORE (default dense).
+// Core: --core dense|ring|dilated|sparse (default dense).
 //   dense    one GPU's engine on S rows (positions 0..S-1)
 //   ring     RingAttention over the job's ranks; S is the GLOBAL length, each rank holds S/N rows (--layout)
 //   dilated  LongNet dilated attention (one GPU: S rows; N ranks: DistributedDilatedAttention); patterns
@@ -40,7 +39,6 @@
 #include <memory>
 #include <sstream>
 #include <string>
-#include <type_traits>
 #include <utility>
 
 #include "bench_flops.h"
@@ -72,22 +70,6 @@ using layers::MhaGrads;
 using layers::MhaWeights;
 using layers::MultiHeadAttention;
 using layers::SequenceView;
-
-// --core when BenchOptions has a `core` field (std::string), else DISTATTN_MHA_CORE, else "dense".
-template <typename T, typename = void>
-struct HasCore : std::false_type {};
-template <typename T>
-struct HasCore<T, std::void_t<decltype(std::declval<T>().core)>> : std::true_type {};
-template <typename T>
-std::string core_option(const T& o, std::true_type) {
-  return o.core;
-}
-template <typename T>
-std::string core_option(const T&, std::false_type) {
-  const char* env = std::getenv("DISTATTN_MHA_CORE");
-  return env != nullptr ? env : "dense";
-}
-const char* core_argument() { return HasCore<BenchOptions>::value ? "--core" : "DISTATTN_MHA_CORE"; }
 
 double dtype_ulp(DType t) {
   switch (t) {
@@ -140,7 +122,7 @@ class MhaOp : public BenchOp {
     D_ = c.head_dim;
     E_ = H_ * D_;
     dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
-    core_ = layers::parse_core(core_option(opt_, HasCore<BenchOptions>()), core_argument());
+    core_ = layers::parse_core(opt_.core, "--core");
     if (ctx.on_gpu()) {
       DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
                          D_);
