@@ -4,7 +4,9 @@
 // One CTA = one q tile of kBlockM = 128 rows (= kLayoutBlock, so q tile m is CSR row m of a block list)
 // of one (batch, q head). 4 warps; warp w owns q rows [32w, 32w + 32) of the tile as two m16 tiles.
 // The CTA walks the kv tiles (kBlockN rows) from the last to the first, skipping every tile that is
-// empty under the mask (no load, no math), and for each visited tile:
+// empty under the mask (no load, no math) -- with ALiBi where the cutoff applies (see "ALiBi cutoff"), also
+// every tile whose exp2 underflows to exactly 0, and non-causal walks then start at the diagonal -- and for
+// each visited tile:
 //
 //   wait K[n]; barrier; issue V[n]                    (V's load overlaps S = Q K^T)
 //   find the next non-empty tile n'                   (scalar work while few registers are live)
@@ -52,7 +54,7 @@ struct FlashFwdTraits {
   static constexpr int kSmemQ = kBlockM * kHeadDim;    // elements
   static constexpr int kSmemKV = kBlockN * kHeadDim;   // elements of one K (or V) tile
   // Q, K, V tiles, then the kv rows' positions (int32), the q rows' positions (int32), the CTA state.
-  static constexpr int kSmemBytes = (kSmemQ + 2 * kSmemKV) * 2 + kBlockN * 4 + kBlockM * 4 + 64;
+  static constexpr int kSmemBytes = (kSmemQ + 2 * kSmemKV) * 2 + kBlockN * 4 + kBlockM * 4 + 128;
   // Dense tile walk: groups of this many tiles are classified at once to jump over long empty runs.
   static constexpr int kSkipGroup = 16;
   // CTAs per SM the register budget is sized for (D = 128 needs ~255 registers: O 128 + S 64 per
@@ -80,8 +82,16 @@ struct CtaState {
   int plan_k_base;       // fast ALiBi: pos(k0 + c) = plan_k_base + c * plan_k_step
   int plan_k_step;
   int plan_sign;  // fast ALiBi: sign shared by every pos_q - pos_k of the tile (0: mixed)
+  // ALiBi cutoff (alibi_cutoff_rows). The walk visits tiles t >= t_lo only (0 without the cutoff). Mode 2
+  // (non-causal) also rotates it: rot_d_hi, rot_d_hi - 1, ..., t_lo, then rot_t_hi, ..., rot_d_hi + 1.
+  int t_lo;
+  int rot_d_hi, rot_t_hi;
+  float q_norm_sq[4];  // per warp: max ||q_row||^2 over the warp's 32 rows (cutoff only)
+  float k_norm_sq;     // max ||k_row||^2 of this (batch, kv head) (cutoff only)
+  float slope;         // ALiBi slope of this head (cutoff only)
+  int alibi_base;      // ALiBi column form (kAlibiMode 2): the CTA's first q position (q_min)
 };
-static_assert(sizeof(CtaState) <= 64, "FlashFwdTraits::kSmemBytes reserves 64 bytes for the CTA state");
+static_assert(sizeof(CtaState) <= 128, "FlashFwdTraits::kSmemBytes reserves 128 bytes for the CTA state");
 
 // Shared-memory layout of a [rows][kHeadDim] 16-bit tile: each row is kHeadDim / 8 chunks of 16 bytes;
 // chunk c of row r is stored at chunk position c ^ (r % 8) (only the low 3 bits flip). The 8 rows an
@@ -159,7 +169,9 @@ __device__ __forceinline__ bool fast_affine(const PositionMap& m, int b, int e, 
 // Walks the kv tiles of one q tile from the last to the first, classifying each against the mask.
 // Dense band: tile t covers kv rows [t*kBlockN, ...). Block list: tile t is sub-tile t % kPer of the
 // (t / kPer)-th listed kv block of this q block (kPer = kLayoutBlock / kBlockN).
-template <int kBlockN, int kSkipGroup>
+// kCutoff (the ALiBi instantiation): the walk may be bounded below by st.t_lo (cutoff mode 1) or rotated
+// (mode 2, no skip-group jumps: candidate index and tile index differ there).
+template <int kBlockN, int kSkipGroup, bool kCutoff>
 struct KvTileWalker {
   static constexpr int kPer = kLayoutBlock / kBlockN;
   const FlashFwdParams& p;  // kernel parameters (param space)
@@ -175,6 +187,21 @@ struct KvTileWalker {
       st.list_begin = 0;
       st.count = (p.seqlen_kv + kBlockN - 1) / kBlockN;
     }
+    st.t_lo = 0;
+    // Mode 2 (dense, so candidate t is tile t): d_hi = the higher of the CTA's two diagonal tiles (it holds
+    // the own key of some existing q row, so it is never empty); t_lo <= d_hi <= rot_t_hi.
+    st.rot_d_hi = min(m0 / kBlockN + 1, st.count - 1);
+    st.rot_t_hi = st.count - 1;
+  }
+
+  // The first tile to visit (-1 if none): the last non-empty one, or in cutoff mode 2 the diagonal tile d_hi.
+  __device__ __forceinline__ int first(int& n, TileVisibility& vis) const {
+    if (kCutoff && p.alibi_cutoff == 2) {
+      const int t = st.rot_d_hi;
+      vis = classify(t, n);
+      return t;
+    }
+    return prev(st.count - 1, n, vis);
   }
   __device__ DiagonalBand band() const {
     DiagonalBand b;
@@ -204,7 +231,9 @@ struct KvTileWalker {
 
   // The largest t' <= t whose tile is not empty (-1 if none), with its n and visibility.
   __device__ __forceinline__ int prev(int t, int& n, TileVisibility& vis) const {
-    while (t >= 0) {
+    if (kCutoff && p.alibi_cutoff == 2) return prev_rotated(t, n, vis);
+    const int t_lo = kCutoff ? st.t_lo : 0;
+    while (t >= t_lo) {
       vis = classify(t, n);
       if (vis != TileVisibility::kEmpty) return t;
       --t;
@@ -220,14 +249,98 @@ struct KvTileWalker {
     }
     return -1;
   }
+
+  // Mode 2: the next non-empty tile of the rotated walk at or after candidate t (-1 at the end). Segment 1 runs
+  // d_hi down to t_lo, segment 2 rot_t_hi down to d_hi + 1. prev is called with t = (current tile) - 1, which
+  // equals d_hi only when coming down segment 2: the end.
+  __device__ __forceinline__ int prev_rotated(int t, int& n, TileVisibility& vis) const {
+    while (true) {
+      if (t < st.t_lo) t = st.rot_t_hi;  // segment 1 done (t_hi == d_hi: segment 2 is empty, next line ends)
+      if (t == st.rot_d_hi) return -1;
+      vis = classify(t, n);
+      if (vis != TileVisibility::kEmpty) return t;
+      --t;
+    }
+  }
 };
+
+// ---- ALiBi cutoff ------------------------------------------------------------------------------------
+// With ALiBi, keys far from the diagonal get a bias so negative that their exp2 is exactly 0; the kernel then
+// does not visit them. Premises (flash_fwd_api.cu enables it only where all hold): dense band with d = 0
+// visible (causal: band_lo = 0 <= band_hi; non-causal: band_lo <= 0 <= band_hi), no block list, q_pos ==
+// kv_pos as ONE chunk {start, stride, L} (so Sq == Skv, q row r and kv row r share a position and positions
+// grow with the row), ALiBi slope > 0, finite inputs.
+//   1. The first two tiles the walk visits are the CTA's diagonal tiles m0/kBlockN + 1 and m0/kBlockN (kv rows
+//      [m0, m0 + 128)): causal (mode 1), because every tile above them is empty and the walk goes down from
+//      the last non-empty one; non-causal (mode 2), because the walk is rotated to start there
+//      (KvTileWalker::first / prev_rotated). So every q row r has seen its own key (d = 0, bias 0) before any other.
+//   2. Its running max M_r (unscaled t = q.k + coef |d|) is then >= q_r.k_r >= -|q_r| Kmax, and a key at
+//      distance dist has t <= |q_r| Kmax - dist * slope / scale. In the log2 units of p = exp2((t - m) scale_log2)
+//      with the lazy reference max m >= M - kRescaleLog2 / scale_log2:
+//        (t - m) scale_log2 <= 2 scale_log2 Qmax Kmax - slope log2(e) dist + kRescaleLog2.
+//   3. Where that is <= -160, ex2.approx.ftz returns exactly +0 (results below 2^-126 are flushed): the tile
+//      adds +0 to every row sum and 0 * V to O, and moves no row max (its max is below m - kRescaleLog2). The
+//      state after it equals the state before it, so skipping it changes no bit of O or LSE, wherever it sits
+//      in the walk (the walk order itself is the same with and without skipping).
+// Margins: 2^-10 relative on the dot-product and the bias terms (norms, mma accumulation, fp32 bias and
+// exponent arithmetic are all ~1e-6 relative), plus 176 = 160 + kRescaleLog2 + 8 absolute (log2 units).
+// Returns the smallest distance in rows (of `stride` positions) that clears the bound, or -1 when nothing may
+// be cut (NaN / inf norms, slope <= 0 or too small, or a distance beyond 2^30 rows).
+__device__ __forceinline__ int alibi_cutoff_rows(const FlashFwdParams& p, float q_norm_sq, float k_norm_sq,
+                                                 float slope) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr float kMarginLog2 = 176.f;
+  constexpr float kRel = 1.f / 1024.f;
+  const float dot_log2 = p.scale_log2 * sqrtf(q_norm_sq) * sqrtf(k_norm_sq);  // bound on |q.k| scale_log2
+  const float need_log2 = fmaf(2.f * dot_log2, 1.f + kRel, kMarginLog2);
+  const float per_row_log2 = slope * kLog2e * static_cast<float>(p.q_pos.chunks[0].stride) * (1.f - kRel);
+  if (!(need_log2 <= 3.0e38f) || !(per_row_log2 > 0.f)) return -1;
+  const float rows = ceilf(need_log2 / per_row_log2);  // >= 1
+  return rows <= 1073741824.f ? static_cast<int>(rows) : -1;
+}
+
+// Thread 0, once per CTA (after the q norms): narrows the walk to the tiles within `rows` rows of the CTA's q
+// rows [m0, m0 + kBlockM) (phantom rows past Sq sit at the last row's position, inside that range).
+//   below: kv rows < t_lo * kBlockN <= m0 + 1 - rows are >= rows before every q row;
+//   above (mode 2): kv rows >= (t_hi + 1) * kBlockN >= m0 + kBlockM - 1 + rows are >= rows after every q row.
+// Mode 2 also drops the tiles outside the mask's window (empty anyway: the same walk with or without skipping).
+template <int kBlockM, int kBlockN>
+__device__ void alibi_cutoff_apply(const FlashFwdParams& p, CtaState& st, int m0, int rows) {
+  const int count = (p.seqlen_kv + kBlockN - 1) / kBlockN;
+  int t_lo = 0, t_hi = count - 1;
+  if (!p.alibi_cutoff_skip) rows = -1;  // the bit-identity reference: same walk, nothing skipped
+  if (rows >= 0 && rows <= m0) t_lo = (m0 + 1 - rows) / kBlockN;  // <= m0 / kBlockN: the diagonal tiles stay
+  if (p.alibi_cutoff == 1) {
+    st.t_lo = t_lo;
+    return;
+  }
+  if (rows >= 0) {
+    const int64_t first_far = static_cast<int64_t>(m0) + kBlockM - 1 + rows;  // kv rows >= this: cut
+    t_hi = static_cast<int>(min(static_cast<int64_t>(t_hi), (first_far + kBlockN - 1) / kBlockN - 1));
+  }
+  // Window: visible kv rows k satisfy -band_hi <= (k - q) * stride <= -band_lo for some q row of the CTA.
+  const int64_t stride = p.q_pos.chunks[0].stride;
+  const int64_t lo_row = static_cast<int64_t>(m0) - p.band_hi / stride;
+  const int64_t hi_row = static_cast<int64_t>(m0) + kBlockM - 1 + (-p.band_lo) / stride;
+  if (lo_row > 0) t_lo = max(t_lo, static_cast<int>(min(lo_row / kBlockN, static_cast<int64_t>(m0 / kBlockN))));
+  if (hi_row < static_cast<int64_t>(count) * kBlockN) t_hi = min(t_hi, static_cast<int>(hi_row / kBlockN));
+  st.t_lo = t_lo;
+  st.rot_t_hi = max(t_hi, st.rot_d_hi);
+}
 
 }  // namespace fwd_detail
 
-template <typename T, int kHeadDim, int kBlockN, bool kAlibi>
+// kAlibiMode: 0 no ALiBi; 1 ALiBi, general form (|pos_q - pos_k| per element, or split into a row and a column
+// part on tiles where the difference has one sign); 2 ALiBi where every visible pair has pos_q - pos_k >= 0
+// (band_lo >= 0: causal): the bias -slope (pos_q - base) + slope (pos_k - base), base = the CTA's first q
+// position, has a row part that is constant along each row, so it cancels in the softmax: the walk adds only the
+// column part and the epilogue adds the row part to the LSE (so O is unchanged and the LSE exact).
+template <typename T, int kHeadDim, int kBlockN, int kAlibiMode>
 __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinBlocksPerSM))
     flash_fwd_kernel(const __grid_constant__ FlashFwdParams p) {
   using Tr = FlashFwdTraits<kHeadDim, kBlockN>;
+  constexpr bool kAlibi = kAlibiMode != 0;
+  constexpr bool kColumnAlibi = kAlibiMode == 2;
   constexpr int kBlockM = Tr::kBlockM;
   constexpr int kMTiles = Tr::kMTiles;
   constexpr int kNTiles = Tr::kNTiles;
@@ -257,12 +370,17 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
   const int tq = lane & 3;  // accumulator column pair within an n8 tile
   const int m0 = m_block * kBlockM;
 
-  using Walker = fwd_detail::KvTileWalker<kBlockN, Tr::kSkipGroup>;
+  using Walker = fwd_detail::KvTileWalker<kBlockN, Tr::kSkipGroup, kAlibi>;
   if (tid == 0) {
     Walker::init(p, st, m_block, m0, min(m0 + kBlockM, p.seqlen_q));
     // ALiBi in the unscaled domain: t = q.k + alibi_coef * |pos_q - pos_k|, alibi_coef = -slope / scale.
     st.alibi_coef = kAlibi ? -p.alibi_slopes[h] / p.softmax_scale : 0.f;
+    st.alibi_base = static_cast<int>(st.q_min);
     const int h_kv = h / p.head_group;
+    if (kAlibi && p.alibi_cutoff != 0) {  // loaded now, used after Q has landed (before the walk)
+      st.slope = p.alibi_slopes[h];
+      st.k_norm_sq = p.kv_norm_sq_max[b * p.heads_kv + h_kv];
+    }
     st.k_offset = b * p.k_batch_stride + h_kv * p.k_head_stride;
     st.v_offset = b * p.v_batch_stride + h_kv * p.v_head_stride;
   }
@@ -299,10 +417,17 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         // All positions < 2^31 and the tile's rows all exist, so these int32 differences cannot overflow.
         const int k_base = static_cast<int>(base64);
         const int k_last = k_base + (kBlockN - 1) * static_cast<int>(step64);
-        const int d_max = static_cast<int>(st.q_max) - k_base;
-        const int d_min = static_cast<int>(st.q_min) - k_last;
-        fast = max(abs(d_max), abs(d_min)) < (1 << 24);
-        sign = d_min >= 0 ? 1 : (d_max <= 0 ? -1 : 0);
+        if constexpr (kColumnAlibi) {
+          // Column form: base - pos_k over the tile, exact in fp32 below 2^24.
+          const int base = st.alibi_base;
+          fast = max(abs(base - k_base), abs(base - k_last)) < (1 << 24);
+          sign = 1;
+        } else {
+          const int d_max = static_cast<int>(st.q_max) - k_base;
+          const int d_min = static_cast<int>(st.q_min) - k_last;
+          fast = max(abs(d_max), abs(d_min)) < (1 << 24);
+          sign = d_min >= 0 ? 1 : (d_max <= 0 ? -1 : 0);
+        }
       }
       per_element = !fast;
       if (tid == 0) {
@@ -358,13 +483,41 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
 
   int n = 0;
   TileVisibility vis = TileVisibility::kEmpty;
-  int t = walker.prev(st.count - 1, n, vis);
+  int t = walker.first(n, vis);
 
   if (t >= 0) {
     fwd_detail::load_tile<kBlockM, kHeadDim, kThreads>(sQ, q_slice(), p.q_row_stride, m0, p.seqlen_q);
+    if constexpr (kAlibi) cp_async_commit();  // Q in a group of its own: the ALiBi cutoff waits for Q only
     fwd_detail::load_tile<kBlockN, kHeadDim, kThreads>(sK, k_slice(), p.k_row_stride, n * kBlockN, p.seqlen_kv);
     cp_async_commit();
     prepare_tile(n, vis);
+    if constexpr (kAlibi) {
+      if (p.alibi_cutoff != 0) {
+        // ALiBi cutoff (fwd_detail::alibi_cutoff_rows), once per CTA before the walk: the largest q row norm
+        // of the tile from Q in shared memory (rows past Sq were zero-filled), then the lowest tile to visit.
+        cp_async_wait<1>();
+        __syncthreads();  // Q landed (K[n] may still be in flight)
+        float nsq = 0.f;
+#pragma unroll
+        for (int c = 0; c < kHeadDim / 8; ++c) {
+          const uint4 w = *reinterpret_cast<const uint4*>(sQ + fwd_detail::swizzle<kHeadDim>(tid, c));
+          nsq += (sq_sum2<T>(w.x) + sq_sum2<T>(w.y)) + (sq_sum2<T>(w.z) + sq_sum2<T>(w.w));
+        }
+        if (!(nsq <= 3.4e38f)) nsq = __int_as_float(0x7f800000);  // NaN / inf -> +inf: nothing is cut
+#pragma unroll
+        for (int off = 16; off >= 1; off /= 2) nsq = fmaxf(nsq, __shfl_xor_sync(0xffffffffu, nsq, off));
+        static_assert(Tr::kNWarps == 4, "CtaState::q_norm_sq has one slot per warp");
+        if (lane == 0) st.q_norm_sq[warp] = nsq;
+        __syncthreads();
+        if (tid == 0) {
+          const float q_norm_sq =
+              fmaxf(fmaxf(st.q_norm_sq[0], st.q_norm_sq[1]), fmaxf(st.q_norm_sq[2], st.q_norm_sq[3]));
+          const int rows = fwd_detail::alibi_cutoff_rows(p, q_norm_sq, st.k_norm_sq, st.slope);
+          fwd_detail::alibi_cutoff_apply<kBlockM, kBlockN>(p, st, m0, rows);
+        }
+        // st.t_lo (and rot_t_hi) are published by the barrier at the top of the walk, before walker.prev reads them.
+      }
+    }
 
     while (true) {
       cp_async_wait<0>();
@@ -410,9 +563,13 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
       // the tile column, R_row = coef * sign * (pos_q - k_base), kcol = -coef * sign * k_step. Elements
       // get s += (8nj + e2) * kcol (one FFMA each); row_off(mi, rr) = R_row + 2tq * kcol is added per row
       // in the softmax's max and exp. The score of element (mi, nj, e) is then s[mi][nj][e] + row_off.
+      // Column form (kAlibiMode 2): t' = q.k + alibi_coef * (base - pos_k) (the row part dropped: the epilogue adds
+      // it to the LSE); on fast tiles s += (8nj + e2) * kcol and lane_off = alibi_coef * (base - k_base) + 2tq *
+      // kcol, one value per thread (no q row position involved), added in the max and exp like row_off.
       float row_off[kMTiles][2];  // 0 unless the tile takes the signed ALiBi form
 #pragma unroll
       for (int mi = 0; mi < kMTiles; ++mi) row_off[mi][0] = row_off[mi][1] = 0.f;
+      float lane_off = 0.f;
       if (st.plan_per_element) {
         // Per element from the kv positions in shared memory (written before the barrier above).
         const bool mask = st.plan_mask;
@@ -421,12 +578,14 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         const int band_lo = static_cast<int>(max(p.band_lo, static_cast<int64_t>(INT32_MIN)));
         const int band_hi = static_cast<int>(min(p.band_hi, static_cast<int64_t>(INT32_MAX)));
         const float alibi_coef = st.alibi_coef;
+        const int base = kColumnAlibi ? st.alibi_base : 0;
 #pragma unroll
         for (int nj = 0; nj < kNTiles; ++nj)
 #pragma unroll
           for (int e2 = 0; e2 < 2; ++e2) {
             const int c = nj * 8 + 2 * tq + e2;
             const int pk = sKPos[c];
+            const float col = alibi_coef * static_cast<float>(base - pk);  // column form only
 #pragma unroll
             for (int mi = 0; mi < kMTiles; ++mi)
 #pragma unroll
@@ -435,6 +594,8 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
                 float& x = s[mi][nj][rr * 2 + e2];
                 if (mask && (c >= k_valid || d < band_lo || d > band_hi)) {
                   x = kNegInf;
+                } else if constexpr (kColumnAlibi) {
+                  x += col;
                 } else if constexpr (kAlibi) {
                   x = fmaf(static_cast<float>(d < 0 ? -d : d), alibi_coef, x);
                 }
@@ -444,7 +605,16 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         const float alibi_coef = st.alibi_coef;
         const int k_base = st.plan_k_base, k_step = st.plan_k_step;
         const float k_step_f = static_cast<float>(k_step);
-        if (st.plan_sign != 0) {
+        if constexpr (kColumnAlibi) {
+          const float kcol = -alibi_coef * k_step_f;
+          lane_off = fmaf(static_cast<float>(2 * tq), kcol, alibi_coef * static_cast<float>(st.alibi_base - k_base));
+#pragma unroll
+          for (int mi = 0; mi < kMTiles; ++mi)
+#pragma unroll
+            for (int nj = 0; nj < kNTiles; ++nj)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) s[mi][nj][e] = fmaf(static_cast<float>(nj * 8 + e % 2), kcol, s[mi][nj][e]);
+        } else if (st.plan_sign != 0) {
           // Signed form: the column part here, the row part (row_off) in the softmax.
           const float kcol = -alibi_coef * static_cast<float>(st.plan_sign) * k_step_f;
 #pragma unroll
@@ -508,7 +678,11 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
 #pragma unroll
             for (int j = 0; j < w; ++j) red[j] = fmaxf(red[j], red[j + w]);
           float mx = red[0];
-          if constexpr (kAlibi) mx += row_off[mi][rr];  // row_off differs between the quad's lanes
+          if constexpr (kColumnAlibi) {
+            mx += lane_off;  // differs between the quad's lanes
+          } else if constexpr (kAlibi) {
+            mx += row_off[mi][rr];  // row_off differs between the quad's lanes
+          }
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           tile_max[mi][rr] = mx;
@@ -540,7 +714,9 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         for (int rr = 0; rr < 2; ++rr) {
           const float mx = row_max[mi][rr];
           const float m_scaled = mx == kNegInf ? 0.f : mx * scale_log2;
-          const float bias = kAlibi ? fmaf(row_off[mi][rr], scale_log2, -m_scaled) : -m_scaled;
+          const float bias = kColumnAlibi ? fmaf(lane_off, scale_log2, -m_scaled)
+                             : kAlibi     ? fmaf(row_off[mi][rr], scale_log2, -m_scaled)
+                                          : -m_scaled;
           float red[kNTiles];
 #pragma unroll
           for (int nj = 0; nj < kNTiles; ++nj) {
@@ -604,7 +780,11 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const bool any = l > 0.f;
       inv_l[mi][rr] = any ? 1.f / l : 0.f;
-      lse_b[mi][rr] = any ? (row_max[mi][rr] * scale_log2 + __log2f(l)) * kLn2 : kNegInf;
+      float m_log2 = row_max[mi][rr] * scale_log2;
+      // Column form: the row part alibi_coef * (pos_q - base) the walk left out (pos_q - base: 0 .. q range).
+      if constexpr (kColumnAlibi)
+        m_log2 = fmaf(st.alibi_coef * static_cast<float>(q_row_pos(mi, rr) - st.alibi_base), scale_log2, m_log2);
+      lse_b[mi][rr] = any ? (m_log2 + __log2f(l)) * kLn2 : kNegInf;
     }
 
   if (!p.accumulate) {

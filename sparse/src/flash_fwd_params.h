@@ -74,6 +74,14 @@ struct FlashFwdParams {
   float scale_log2 = 0.f;               // softmax_scale * log2(e)
   const float* alibi_slopes = nullptr;  // [Hq] fp32 device, or null (kernel instantiated without ALiBi)
 
+  // ALiBi underflow cutoff (flash_fwd_kernel.cuh, "ALiBi cutoff"; enabled by flash_fwd_api.cu only where
+  // its argument holds: dense band, q_pos == kv_pos as one chunk, ALiBi on). Tiles so far from the diagonal
+  // that every exp2 of theirs is exactly 0 are not visited; O and LSE stay bit-identical.
+  int alibi_cutoff = 0;           // 0: off; 1: causal (walk bounded below); 2: non-causal (rotated walk, both sides)
+  bool alibi_cutoff_skip = true;  // false: same walk (mode 2: rotated), nothing skipped (bit-identity reference)
+  const float* kv_norm_sq_max = nullptr;  // [B, Hkv] fp32 device: max over kv rows of ||k_row||^2 (+inf if
+                                          // any is not finite); read only when alibi_cutoff
+
   // --- output mode ----------------------------------------------------------------------------------
   bool accumulate = false;  // merge (O_b, LSE_b) into the fp32 accumulator o and its running lse
   bool o_fp32 = false;      // o is fp32 (always in accumulate mode; optional in plain mode)
@@ -84,6 +92,12 @@ struct FlashFwdParams {
 // flash_fwd_<dtype>_hdim<d>.cu so the instantiations compile in parallel.
 template <typename T, int kHeadDim>
 void run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream);
+
+// ALiBi cutoff pre-pass (flash_fwd_kv_norm.cu): out[b * Hkv + h] = max over kv rows j of ||k[b, j, h, :]||^2
+// in fp32 (+inf where a row's is not finite), from params.k_ptr / k strides / sizes. `out` (device, B * Hkv
+// floats) is zeroed on `stream` first. T: __nv_bfloat16 or __half; head dims 64 and 128.
+template <typename T>
+void run_kv_norm_sq_max(const FlashFwdParams& params, float* out, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace distattn

@@ -87,6 +87,21 @@ __device__ __forceinline__ uint32_t pack2<__half>(float x, float y) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// Sum of the squares of the two 16-bit values in one register (fp32; exact products, one rounding per add).
+template <typename T>
+__device__ __forceinline__ float sq_sum2(uint32_t packed);
+template <>
+__device__ __forceinline__ float sq_sum2<__nv_bfloat16>(uint32_t packed) {
+  const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed));
+  return fmaf(f.x, f.x, f.y * f.y);
+}
+template <>
+__device__ __forceinline__ float sq_sum2<__half>(uint32_t packed) {
+  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&packed));
+  return fmaf(f.x, f.x, f.y * f.y);
+}
+
+// 2^x; results below 2^-126 (x < -126) are flushed to +0 (.ftz), which the ALiBi cutoff relies on.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -20,6 +21,8 @@
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
 #include "test_util.h"
+// Internal switches of the forward (the ALiBi cutoff on / off); not part of the public headers.
+#include "../../sparse/src/flash_fwd_options.h"
 
 namespace distattn {
 namespace {
@@ -109,6 +112,7 @@ struct Case {
   int64_t head_pad = 0, row_pad = 0;
   HandBlocks* blocks = nullptr;
   float softmax_scale = 0.f;
+  double qk_stddev = 1.0;  // standard deviation of q and k (v: 1)
 };
 
 std::vector<float> make_slopes(int64_t H, float scale = 1.f) {
@@ -141,17 +145,54 @@ struct Outputs {
   std::vector<float> lse;
 };
 
+struct Inputs {
+  HostTensor q, k, v;
+};
+
+uint64_t case_seed(const Case& c) { return testing::test_seed() + std::hash<std::string>()(c.name) % 100000; }
+
+// Random q, k (stddev c.qk_stddev) and v (stddev 1) with the case's shapes and padding.
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Inputs in{HostTensor(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad),
+            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad),
+            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad)};
+  testing::fill_normal(in.q, seed, c.qk_stddev);
+  testing::fill_normal(in.k, seed + 1, c.qk_stddev);
+  testing::fill_normal(in.v, seed + 2);
+  return in;
+}
+
+// The case on the GPU with explicit forward options; o and lse poisoned with NaN before the run.
+Outputs run_gpu(const Case& c, const Inputs& in, const detail::FlashFwdOptions& options) {
+  const std::vector<float> slopes = make_slopes(c.Hq, c.slope_scale);
+  const int64_t lse_n = c.B * c.Hq * c.Sq;
+  DeviceTensor dq(in.q), dk(in.k), dv(in.v);
+  HostTensor o_gpu(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
+  testing::fill_nan(o_gpu);
+  DeviceTensor d_o(o_gpu);
+  DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(lse_n), std::nanf("")));
+  DeviceArray<float> d_slopes(slopes);
+  AttnParams p = host_params(c, in.q, in.k, in.v, d_o.view(), d_lse.ptr, slopes);
+  p.q = dq.view();
+  p.k = dk.view();
+  p.v = dv.view();
+  p.alibi_slopes = c.alibi ? d_slopes.ptr : nullptr;
+  if (c.blocks) p.mask.blocks = &c.blocks->device_view;
+  detail::flash_attention_forward(p, options, nullptr);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_o.download(o_gpu);
+  return Outputs{std::move(o_gpu), d_lse.download()};
+}
+
 // Runs the case on the GPU (poisoned outputs) and on the host in fp64 and kRoundIntermediates; checks
 // the 2x rule. Returns the GPU outputs for extra checks.
 Outputs run_and_check(const Case& c) {
-  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
+  const uint64_t seed = case_seed(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
-  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  testing::fill_normal(q, seed);
-  testing::fill_normal(k, seed + 1);
-  testing::fill_normal(v, seed + 2);
+  const Inputs in = make_inputs(c, seed);
+  const HostTensor& q = in.q;
+  const HostTensor& k = in.k;
+  const HostTensor& v = in.v;
   const std::vector<float> slopes = make_slopes(c.Hq, c.slope_scale);
   const int64_t lse_n = c.B * c.Hq * c.Sq;
 
@@ -165,7 +206,8 @@ Outputs run_and_check(const Case& c) {
   host_attention_forward(host_params(c, q, k, v, o_naive.view, lse_naive.data(), slopes),
                          HostPrecision::kRoundIntermediates);
 
-  // GPU, outputs poisoned (o with the same padded strides as the inputs).
+  // GPU through the public entry point (default options: the ALiBi cutoff on where it applies), outputs
+  // poisoned (o with the same padded strides as the inputs).
   DeviceTensor dq(q), dk(k), dv(v);
   HostTensor o_gpu(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
   testing::fill_nan(o_gpu);
@@ -328,7 +370,8 @@ TEST(FlashForward, ZigzagAndStrided) {
 // ALiBi tile forms: the kernel splits the bias into a row and a column part on tiles where every
 // pos_q - pos_k has one sign and |pos_q - pos_k| < 2^24, and computes it per element elsewhere (tiles that
 // straddle pos_q == pos_k, multi-chunk tiles, far tiles). Non-causal cases with both signs, a negative
-// sign only, a kv stride of 3 (column step 3), and a q range whose tiles cross |pos_q - pos_k| = 2^24.
+// sign only, a kv stride of 3 (column step 3), and a q range whose tiles cross |pos_q - pos_k| = 2^24; causal
+// cases for the column form (kAlibiMode 2) across 2^24 and with a kv stride and a two-chunk q map.
 TEST(FlashForward, AlibiTileForms) {
   DISTATTN_REQUIRE_GPU();
   Case c;
@@ -357,6 +400,125 @@ TEST(FlashForward, AlibiTileForms) {
   c.q_pos = PositionMap::contiguous(16777300, 200);
   c.kv_pos = PositionMap::contiguous(0, 400);
   run_and_check(c);
+  // Causal (the column form: bias = slope * (pos_k - base), base = the CTA's first q position, the row part
+  // added to the LSE at the end): |base - pos_k| >= 2^24 on kv tiles 0..4 (per element), below on 5 and 6.
+  c.name = "alibi_causal_across_2p24";
+  c.mask = Mask::make_causal();
+  run_and_check(c);
+  // Causal column form with a kv stride of 7 and a q map of two chunks (CTA 0 spans both).
+  c.name = "alibi_causal_stride7_two_chunks";
+  c.slope_scale = 1.f;
+  c.q_pos = PositionMap::contiguous(1000, 60);
+  c.q_pos.add_chunk(2000, 1, 140);
+  c.kv_pos = PositionMap::strided(0, 7, 400);
+  run_and_check(c);
+}
+
+// ALiBi cutoff (flash_fwd_kernel.cuh): q_pos == kv_pos as one chunk. Far kv tiles whose exp2 is exactly 0 are
+// skipped, so O and LSE must be BIT-identical to the same walk with nothing skipped (options alibi_cutoff_skip =
+// false; causal: also to the kernel with the cutoff off, which walks the same tiles in the same order), and
+// pass the fp64 rule. `cut`: 1 if tile 0 and the last kv tile must be skipped for the rows checked below, 0 if
+// they must be visited (large norms: the bound leaves nothing to cut), -1 not checked. Checked by putting NaN
+// into those V rows: a visited tile carries NaN into O (0 * NaN), a skipped one cannot. Rows checked: q rows
+// in CTAs >= 1 (128-row CTAs; tile 0 = kv rows 0..63); non-causal: of those, the CTAs whose rows end at least
+// 65 rows before the last kv tile (the bound needs <= 65 rows of distance in the steep cases).
+void check_alibi_cutoff(const Case& c, int cut) {
+  ASSERT_TRUE(c.alibi && c.blocks == nullptr && c.Sq == c.Skv);
+  run_and_check(c);
+  const uint64_t seed = case_seed(c) + 7;
+  SCOPED_TRACE("cutoff case " + c.name + " seed " + std::to_string(seed));
+  Inputs in = make_inputs(c, seed);
+  const detail::FlashFwdOptions kOn{true, true}, kReference{true, false}, kOff{false, true};
+  auto expect_same_bits = [](const Outputs& x, const Outputs& y, const char* what) {
+    ASSERT_EQ(x.o.bytes(), y.o.bytes());
+    EXPECT_EQ(std::memcmp(x.o.storage.data(), y.o.storage.data(), x.o.bytes()), 0) << "O differs: " << what;
+    ASSERT_EQ(x.lse.size(), y.lse.size());
+    EXPECT_EQ(std::memcmp(x.lse.data(), y.lse.data(), x.lse.size() * sizeof(float)), 0) << "LSE differs: " << what;
+  };
+  const Outputs on = run_gpu(c, in, kOn);
+  expect_same_bits(on, run_gpu(c, in, kReference), "cutoff vs nothing skipped");
+  if (c.mask.causal) expect_same_bits(on, run_gpu(c, in, kOff), "cutoff vs cutoff off");
+  int64_t non_finite = 0;
+  for (float x : on.lse) non_finite += std::isfinite(x) ? 0 : 1;
+  EXPECT_EQ(non_finite, 0);  // every row sees its own key
+  if (cut < 0) return;
+
+  const int64_t last_tile = (c.Skv - 1) / 64;
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hkv; ++h)
+      for (int64_t d = 0; d < c.D; ++d) {
+        for (int64_t j = 0; j < 64; ++j) in.v.set(b, j, h, d, std::nan(""));
+        if (!c.mask.causal)
+          for (int64_t j = last_tile * 64; j < c.Skv; ++j) in.v.set(b, j, h, d, std::nan(""));
+      }
+  const Outputs on_nan = run_gpu(c, in, kOn);
+  const Outputs ref_nan = run_gpu(c, in, kReference);
+  int64_t rows = 0, nan_on = 0, nan_ref = 0;
+  for (int64_t i = 128; i < c.Sq; ++i) {
+    if (!c.mask.causal && (i / 128) * 128 + 127 + 65 > last_tile * 64) continue;
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.Hq; ++h) {
+        ++rows;
+        nan_on += std::isnan(on_nan.o.get(b, i, h, 0)) ? 1 : 0;
+        nan_ref += std::isnan(ref_nan.o.get(b, i, h, 0)) ? 1 : 0;
+      }
+  }
+  EXPECT_GT(rows, 0);
+  EXPECT_EQ(nan_ref, rows) << "with nothing skipped every checked row reads the NaN V rows";
+  EXPECT_EQ(nan_on, cut ? 0 : rows) << (cut ? "a far tile was visited" : "a tile was skipped");
+}
+
+TEST(FlashForward, AlibiCutoffBitIdentical) {
+  DISTATTN_REQUIRE_GPU();
+  for (bool causal : {true, false}) {
+    const std::string tag = causal ? "causal_" : "noncausal_";
+    Case c;
+    c.alibi = true;
+    c.mask = causal ? Mask::make_causal() : Mask::none();
+    // Steep slopes (1024x the 4-head rule: 256, 64, 16, 4): everything beyond the diagonal tiles is cut (the
+    // bound needs ~25 rows of distance at slope 4); GQA 2, two batches.
+    c.name = "cutoff_steep_" + tag;
+    c.B = 2, c.Sq = 1000, c.Skv = 1000, c.Hq = 4, c.Hkv = 2, c.D = 128;
+    c.slope_scale = 1024.f;
+    check_alibi_cutoff(c, 1);
+    // 8x the rule (2 .. 0.03): part of the rows is cut for the steeper heads.
+    c.name = "cutoff_medium_" + tag;
+    c.slope_scale = 8.f;
+    check_alibi_cutoff(c, -1);
+    // The plain slope rule at an odd length: only the steep heads' far tiles go.
+    c.name = "cutoff_shallow_" + tag;
+    c.B = 1, c.Sq = 1531, c.Skv = 1531, c.Hq = 4, c.Hkv = 4;
+    c.slope_scale = 1.f;
+    check_alibi_cutoff(c, -1);
+    // Large q and k (stddev 30; slopes 0.5, 0.03): |q.k| may reach the bias of every distance here, so nothing
+    // may be cut.
+    c.name = "cutoff_large_norms_" + tag;
+    c.Sq = 777, c.Skv = 777, c.Hq = 2, c.Hkv = 2;
+    c.slope_scale = 8.f;
+    c.qk_stddev = 30.0;
+    check_alibi_cutoff(c, 0);
+    // A strided map starting at 5 (one chunk, the same for q and kv), a window, fp16, D = 64.
+    c.name = "cutoff_strided_window_fp16_d64_" + tag;
+    c.dtype = DType::kFloat16;
+    c.D = 64;
+    c.qk_stddev = 1.0;
+    c.Sq = 900, c.Skv = 900, c.Hq = 2, c.Hkv = 1;
+    c.q_pos = PositionMap::strided(5, 3, 900);
+    c.kv_pos = PositionMap::strided(5, 3, 900);
+    c.mask = causal ? Mask::make_causal(1000) : Mask::make_window(700);
+    c.slope_scale = 2.f;
+    check_alibi_cutoff(c, -1);
+    // Padded strides and a single short CTA (S < 128: nothing beyond the diagonal tiles to cut).
+    c.name = "cutoff_padded_short_" + tag;
+    c.dtype = DType::kBFloat16;
+    c.D = 128;
+    c.Sq = 100, c.Skv = 100;
+    c.q_pos = PositionMap::contiguous(3, 100);
+    c.kv_pos = PositionMap::contiguous(3, 100);
+    c.mask = causal ? Mask::make_causal() : Mask::none();
+    c.head_pad = 8, c.row_pad = 16;
+    check_alibi_cutoff(c, -1);
+  }
 }
 
 TEST(FlashForward, RowsWithoutKeys) {

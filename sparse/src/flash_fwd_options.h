@@ -1,0 +1,27 @@
+// Internal switches of the CUDA forward (not part of the public contract): tests and timing programs use them
+// to run the same kernel with and without an optimisation and compare the results bit for bit.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "distattn/core/attn_params.h"
+
+namespace distattn {
+namespace detail {
+
+struct FlashFwdOptions {
+  // ALiBi underflow cutoff (flash_fwd_kernel.cuh, "ALiBi cutoff"): skip kv tiles whose exp2 is exactly 0 for
+  // every element. Applied only where its premises hold (no block list, q_pos == kv_pos as one chunk, ALiBi
+  // on); non-causal calls then also walk their tiles diagonal-first. false: the kernel as without ALiBi cutoff.
+  bool alibi_cutoff = true;
+  // false (with alibi_cutoff): the same walk order and set-up, but no tile skipped: the reference that the
+  // cutoff must match bit for bit (non-causal calls walk in another order when alibi_cutoff is false).
+  bool alibi_cutoff_skip = true;
+};
+
+// flash_attention_forward (distattn/sparse/flash_attention.h) with explicit options; same shapes, same throws.
+// The ALiBi cutoff takes B * Hkv floats of scratch from cudaMallocAsync on `stream` (freed on it).
+void flash_attention_forward(const AttnParams& params, const FlashFwdOptions& options, cudaStream_t stream);
+
+}  // namespace detail
+}  // namespace distattn
