@@ -1,0 +1,182 @@
+// Hopper fast path of the forward (hopper/flash_fwd_hopper.h): support test, TMA descriptors, launch.
+// This file sits in sparse/src (not sparse/src/hopper) because the library's source glob is not recursive;
+// the kernel and its helpers live in hopper/.
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "hopper/flash_fwd_hopper.h"
+#include "hopper/flash_fwd_hopper_kernel.cuh"
+#include "hopper/flash_fwd_hopper_params.h"
+
+namespace distattn {
+
+namespace {
+
+using hopper::FlashFwdHopperParams;
+using hopper::FwdConfig;
+
+constexpr int kMaxDevices = 64;
+
+// Per device: 1 when it is compute capability 9.0 and the kernel binary is sm_90 code, 0 otherwise, -1 unknown.
+std::atomic<int> g_device_ok[kMaxDevices] = {};
+std::atomic<bool> g_device_known[kMaxDevices] = {};
+
+bool device_runs_hopper_kernel(int device) {
+  if (device < 0 || device >= kMaxDevices) return false;
+  if (g_device_known[device].load()) return g_device_ok[device].load() == 1;
+  cudaDeviceProp prop{};
+  DISTATTN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  bool ok = prop.major == 9 && prop.minor == 0;
+  if (ok) {
+    // The library may have been built without sm_90a code (e.g. CMAKE_CUDA_ARCHITECTURES=80): the kernel then
+    // exists with an empty body for another target, which binaryVersion reveals. The attribute query is made on
+    // the current device, so switch to `device` for it.
+    int current = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&current));
+    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(device));
+    cudaFuncAttributes attr{};
+    const cudaError_t e = cudaFuncGetAttributes(&attr, hopper::flash_fwd_hopper_kernel<__nv_bfloat16>);
+    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(current));
+    DISTATTN_CUDA_CHECK(e);
+    ok = attr.binaryVersion == 90 && prop.sharedMemPerBlockOptin >= static_cast<size_t>(FwdConfig::kSmemBytes);
+  }
+  g_device_ok[device].store(ok ? 1 : 0);
+  g_device_known[device].store(true);
+  return ok;
+}
+
+// A tensor the TMA engine can address: 16-byte aligned base, head dim contiguous, and the row / head / batch
+// strides positive multiples of 16 bytes below 2^40 bytes (a size-1 dimension's stride is never used).
+bool tma_addressable(const TensorView& t) {
+  constexpr int64_t kElem = 2;
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0 || t.stride[3] != 1) return false;
+  for (int axis = 0; axis < 3; ++axis) {
+    if (t.shape[axis] == 1) continue;
+    const int64_t bytes = t.stride[axis] * kElem;
+    if (bytes <= 0 || bytes % 16 != 0 || bytes >= (int64_t{1} << 40)) return false;
+  }
+  return true;
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    DISTATTN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q));
+    if (q == cudaDriverEntryPointSuccess) fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  });
+  DISTATTN_CHECK(fn != nullptr, "the CUDA driver does not provide cuTensorMapEncodeTiled");
+  return fn;
+}
+
+// TMA descriptor of a [B, S, H, 128] 16-bit tensor: dims (innermost first) {128, S, H, B}, box {64, rows, 1, 1},
+// 128-byte swizzle (the layout the wgmma descriptors expect), zeros for rows past S.
+CUtensorMap make_tmap(const TensorView& t, int box_rows, const char* argument) {
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(t.shape[3]), static_cast<cuuint64_t>(t.shape[1]),
+                              static_cast<cuuint64_t>(t.shape[2]), static_cast<cuuint64_t>(t.shape[0])};
+  // Strides of dims 1..3 in bytes; a size-1 dimension gets a harmless valid stride.
+  auto stride_bytes = [&](int axis) -> cuuint64_t {
+    return t.shape[axis] == 1 ? 16 : static_cast<cuuint64_t>(t.stride[axis] * 2);
+  };
+  const cuuint64_t strides[3] = {stride_bytes(1), stride_bytes(2), stride_bytes(0)};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dtype =
+      t.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r =
+      encode_fn()(&map, dtype, 4, t.data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DISTATTN_CHECK_ARG(r == CUDA_SUCCESS, argument,
+                     "cannot be described to the TMA engine (cuTensorMapEncodeTiled error ", static_cast<int>(r),
+                     ") for ", describe(t));
+  return map;
+}
+
+template <typename T>
+void launch(const FlashFwdHopperParams& params, cudaStream_t stream) {
+  auto kernel = &hopper::flash_fwd_hopper_kernel<T>;
+  static std::atomic<uint64_t> done_devices{0};
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit == 0 || (done_devices.load() & bit) == 0) {
+    DISTATTN_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FwdConfig::kSmemBytes));
+    done_devices.fetch_or(bit);
+  }
+  // x: q tiles (reversed in the kernel: heaviest first), y: q heads, z: batch.
+  const dim3 grid(static_cast<unsigned>(params.num_m_blocks), static_cast<unsigned>(params.heads_q),
+                  static_cast<unsigned>(params.batch));
+  kernel<<<grid, FwdConfig::kThreads, FwdConfig::kSmemBytes, stream>>>(params);
+  DISTATTN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
+  if (p.q.dtype != DType::kBFloat16 && p.q.dtype != DType::kFloat16) return false;
+  if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype || p.o.dtype != p.q.dtype) return false;
+  if (p.q.head_dim() != 128 || p.accumulate || p.alibi_slopes != nullptr) return false;
+  if (p.q_pos.num_chunks != 1 || p.kv_pos.num_chunks != 1) return false;
+  if (p.q.seqlen() < 1 || p.k.seqlen() < 1) return false;
+  constexpr int64_t kMaxRows = int64_t{0x7fffffff} - 256;
+  if (p.q.seqlen() > kMaxRows || p.k.seqlen() > kMaxRows) return false;
+  if (p.q.heads() > 65535 || p.q.batch() > 65535) return false;
+  if (!tma_addressable(p.q) || !tma_addressable(p.k) || !tma_addressable(p.v)) return false;
+  // o is written with 4-byte stores at even columns: 4-byte aligned base and even strides suffice.
+  if (reinterpret_cast<uintptr_t>(p.o.data) % 4 != 0 || p.o.stride[3] != 1) return false;
+  for (int axis = 0; axis < 3; ++axis)
+    if (p.o.shape[axis] > 1 && p.o.stride[axis] % 2 != 0) return false;
+  return device_runs_hopper_kernel(device);
+}
+
+void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
+  FlashFwdHopperParams k;
+  k.tmap_q = make_tmap(p.q, FwdConfig::kBlockM, "q");
+  k.tmap_k = make_tmap(p.k, FwdConfig::kBlockN, "k");
+  k.tmap_v = make_tmap(p.v, FwdConfig::kBlockN, "v");
+  k.o_ptr = p.o.data;
+  k.lse_ptr = p.lse;
+  k.o_batch_stride = p.o.stride[0];
+  k.o_row_stride = p.o.stride[1];
+  k.o_head_stride = p.o.stride[2];
+  k.lse_batch_stride = p.lse_batch_step();
+  k.lse_head_stride = p.lse_head_step();
+  k.batch = static_cast<int>(p.q.batch());
+  k.seqlen_q = static_cast<int>(p.q.seqlen());
+  k.seqlen_kv = static_cast<int>(p.k.seqlen());
+  k.heads_q = static_cast<int>(p.q.heads());
+  k.head_group = static_cast<int>(p.q.heads() / p.k.heads());
+  k.num_m_blocks = (k.seqlen_q + FwdConfig::kBlockM - 1) / FwdConfig::kBlockM;
+  k.q_start = p.q_pos.chunks[0].start;
+  k.q_stride = p.q_pos.chunks[0].stride;
+  k.kv_start = p.kv_pos.chunks[0].start;
+  k.kv_stride = p.kv_pos.chunks[0].stride;
+  const DiagonalBand band = DiagonalBand::from_mask(p.mask);
+  k.band_lo = band.lo;
+  k.band_hi = band.hi;
+  if (p.mask.blocks != nullptr) {
+    k.has_blocks = true;
+    k.block_row_offset = p.mask.blocks->row_offset;
+    k.block_col_index = p.mask.blocks->col_index;
+    k.block_row_partial = p.mask.blocks->row_partial;
+  }
+  k.scale_log2 = static_cast<float>(static_cast<double>(p.scale()) * 1.4426950408889634);
+  if (p.q.dtype == DType::kBFloat16) {
+    launch<__nv_bfloat16>(k, stream);
+  } else {
+    launch<__half>(k, stream);
+  }
+}
+
+}  // namespace distattn

@@ -1,0 +1,29 @@
+// Hopper (sm_90a) fast path of the CUDA forward attention: TMA + wgmma, warp-specialised
+// (hopper/flash_fwd_hopper_kernel.cuh). The dispatcher (flash_fwd_api.cu) calls
+// flash_fwd_hopper_supported() and, when it says yes, flash_fwd_hopper() instead of the mma.sync kernel.
+//
+// Shapes: q [B, Sq, Hq, 128], k, v [B, Skv, Hkv, 128], o [B, Sq, Hq, 128] (dtype of q), lse [B, Hq, Sq] fp32
+// (optional). Same results contract as flash_attention_forward (core/attn_params.h).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "distattn/core/attn_params.h"
+
+namespace distattn {
+
+// True when the Hopper kernel handles `p` on CUDA device `device`: the device is compute capability 9.0 and
+// the library holds sm_90a code for the kernel; q is bf16 or fp16 with head dim 128; plain mode (o in the
+// dtype of q, not accumulate); no ALiBi; q_pos and kv_pos one chunk each; any causal / window band and
+// optional block list; every row / head / batch stride a positive multiple of 16 bytes (strides of size-1
+// dimensions ignored), base pointers 16-byte aligned; Sq, Skv >= 1. Otherwise false (nothing throws for
+// an unsupported case; CUDA errors while querying the device throw distattn::Error).
+bool flash_fwd_hopper_supported(const AttnParams& p, int device);
+
+// Runs the Hopper kernel on `stream`. `p` must have passed validate_forward(p, Device::kCuda), the CUDA
+// pointer checks of flash_attention_forward, and flash_fwd_hopper_supported() on the current device.
+// Writes o [B, Sq, Hq, 128] and, when p.lse is not null, lse [B, Hq, Sq]. Throws distattn::Error when a TMA
+// descriptor cannot be built (argument "q", "k" or "v") or a CUDA call fails.
+void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream);
+
+}  // namespace distattn

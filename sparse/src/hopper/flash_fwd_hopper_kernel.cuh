@@ -1,0 +1,351 @@
+// Hopper forward attention kernel: TMA loads, wgmma (warpgroup MMA), warp specialisation.
+//
+// CTA = 3 warpgroups (384 threads) for one (batch b, q head h, q tile of kBlockM = 128 rows):
+//   warpgroup 0  producer: gives registers back (setmaxnreg 24); one thread issues every TMA load: the
+//                Q tile once, then for each kv tile the K tile and the V tile into a 2-stage ring.
+//   warpgroups 1, 2  consumers (setmaxnreg 240): consumer c owns q rows [64 c, 64 c + 64) of the tile.
+//                Per kv tile (128 rows): S = Q K^T (8 wgmma m64n128k16, A = Q and B = K from shared
+//                memory, K-major), mask (boundary tiles only), online softmax on the accumulator fragment,
+//                P rounded to bf16/fp16 in registers, O += P V (8 wgmma, A = P from registers,
+//                B = V from shared memory, MN-major through the descriptor's transpose bit).
+// Synchronisation (mbarriers in shared memory):
+//   bar_q           Q landed (TMA transaction count).
+//   full_k[s]       K tile of stage s landed;  full_v[s]  V tile of stage s landed.
+//   empty[s]        both consumers finished reading stage s (8 warp arrivals): the producer may refill it.
+//   A stage is used by tiles it = s, s + 2, s + 4, ...: use u = it / 2 waits full with parity u & 1, and the
+//   producer's refill for use u >= 1 waits empty with parity (u - 1) & 1.
+//
+// Shared memory (bytes from a 1024-aligned base; every tile in the 128-byte-swizzle layout of
+// hopper_primitives.cuh, head dim split in two 64-wide halves):
+//   Q     [2 halves][128 rows][128 B]           32 KB
+//   K[s]  [2 halves][kBlockN rows][128 B]       32 KB each, s = 0, 1
+//   V[s]  same                                  32 KB each
+//   mbarriers                                   7 x 8 B
+//
+// Tiles visited: with a dense band, the kv rows any q row of the tile can see form one range (one-chunk
+// position maps are increasing), so the tiles n_begin .. n_end - 1 are walked from the last to the first
+// (the diagonal tile first under a causal mask). With a block list, the listed kv blocks of q block m,
+// last to first. A tile needs the per-element mask when the band does not cover it entirely (classify_tile
+// on the position ranges; FULL blocks of a block list never do) or when it crosses Skv (TMA fills the rows
+// past Skv with zeros, which would score 0, not -inf).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "distattn/core/mask.h"
+#include "flash_fwd_hopper_params.h"
+#include "hopper_primitives.cuh"
+
+namespace distattn {
+namespace hopper {
+
+struct FwdConfig {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kBlockM = 128;  // q rows per CTA: 2 consumer warpgroups x 64
+  static constexpr int kBlockN = 128;  // kv rows per tile (== kLayoutBlock: one block-list block per tile)
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 384;
+  static constexpr int kHalfQBytes = kBlockM * 128;   // one 64-wide half of Q: rows x 128 bytes
+  static constexpr int kHalfKVBytes = kBlockN * 128;  // one 64-wide half of a K or V tile
+  static constexpr int kQBytes = 2 * kHalfQBytes;
+  static constexpr int kKVBytes = 2 * kHalfKVBytes;
+  static constexpr int kOffK = kQBytes;                       // K[s] at kOffK + s * kKVBytes
+  static constexpr int kOffV = kOffK + kStages * kKVBytes;    // V[s] at kOffV + s * kKVBytes
+  static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers
+  static constexpr int kSmemBytes = kOffBar + 64 + 1024;      // + slack to align the base to 1024
+  static_assert(kBlockN == kLayoutBlock, "block lists address kv blocks as kernel tiles");
+};
+
+// Which kv tiles a CTA visits (same answer in every thread: producer and consumers walk in lockstep).
+struct TilePlan {
+  int count = 0;      // tiles to visit
+  int first = 0;      // dense: tile n_begin; block list: CSR index of the q block's first entry
+  int64_t q_min = 0;  // positions of the tile's first and last valid q rows
+  int64_t q_max = 0;
+};
+
+__device__ __forceinline__ TilePlan make_plan(const FlashFwdHopperParams& p, int m_block) {
+  TilePlan t;
+  const int m0 = m_block * FwdConfig::kBlockM;
+  const int m_last = min(m0 + FwdConfig::kBlockM, p.seqlen_q) - 1;
+  t.q_min = p.q_start + static_cast<int64_t>(m0) * p.q_stride;
+  t.q_max = p.q_start + static_cast<int64_t>(m_last) * p.q_stride;
+  if (p.has_blocks) {
+    t.first = p.block_row_offset[m_block];
+    t.count = p.block_row_offset[m_block + 1] - t.first;
+    return t;
+  }
+  // Visible kv positions of the tile: [q_min - band_hi, q_max - band_lo]; to kv rows (kv_stride >= 1).
+  const int64_t lo_pos = t.q_min - p.band_hi - p.kv_start;
+  const int64_t hi_pos = t.q_max - p.band_lo - p.kv_start;
+  const int64_t row_lo = lo_pos <= 0 ? 0 : (lo_pos + p.kv_stride - 1) / p.kv_stride;
+  if (hi_pos < 0 || row_lo >= p.seqlen_kv) return t;
+  const int64_t row_hi = min(static_cast<int64_t>(p.seqlen_kv - 1), hi_pos / p.kv_stride);
+  if (row_hi < row_lo) return t;
+  t.first = static_cast<int>(row_lo / FwdConfig::kBlockN);
+  t.count = static_cast<int>(row_hi / FwdConfig::kBlockN) + 1 - t.first;
+  return t;
+}
+
+// kv tile of step `it` (walked last to first) and, for block lists, its CSR index.
+__device__ __forceinline__ int plan_tile(const FlashFwdHopperParams& p, const TilePlan& t, int it, int* idx) {
+  const int j = t.count - 1 - it;
+  *idx = t.first + j;
+  return p.has_blocks ? __ldg(p.block_col_index + t.first + j) : t.first + j;
+}
+
+template <typename T>
+struct TypeOps;
+template <>
+struct TypeOps<__nv_bfloat16> {
+#ifdef DISTATTN_HOPPER_DEVICE
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n128k16_bf16(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+    wgmma_rs_m64n128k16_bf16(d, a, b, scale_d);
+  }
+#endif
+};
+template <>
+struct TypeOps<__half> {
+#ifdef DISTATTN_HOPPER_DEVICE
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n128k16_f16(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+    wgmma_rs_m64n128k16_f16(d, a, b, scale_d);
+  }
+#endif
+};
+
+template <typename T>
+__global__ void __launch_bounds__(FwdConfig::kThreads, 1)
+    flash_fwd_hopper_kernel(const __grid_constant__ FlashFwdHopperParams p) {
+#ifdef DISTATTN_HOPPER_DEVICE
+  using C = FwdConfig;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t smem_base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sQ = smem_base;
+  const uint32_t sK = smem_base + C::kOffK;
+  const uint32_t sV = smem_base + C::kOffV;
+  const uint32_t bar_q = smem_base + C::kOffBar;
+  const uint32_t bar_full_k = bar_q + 8;   // [2]
+  const uint32_t bar_full_v = bar_q + 24;  // [2]
+  const uint32_t bar_empty = bar_q + 40;   // [2]
+
+  // Heaviest q tiles first under a causal band (they see the most kv tiles).
+  const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.x);
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int h_kv = h / p.head_group;
+  const TilePlan plan = make_plan(p, m_block);
+
+  const int warpgroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    mbar_init(bar_q, 1);
+    for (int s = 0; s < C::kStages; ++s) {
+      mbar_init(bar_full_k + 8 * s, 1);
+      mbar_init(bar_full_v + 8 * s, 1);
+      mbar_init(bar_empty + 8 * s, 8);  // one arrival per consumer warp
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    // ---------------------------------------------------------------- producer
+    regs_decrease<24>();
+    if (threadIdx.x == 0 && plan.count > 0) {
+      tma_prefetch_desc(&p.tmap_q);
+      tma_prefetch_desc(&p.tmap_k);
+      tma_prefetch_desc(&p.tmap_v);
+      const int m0 = m_block * C::kBlockM;
+      mbar_arrive_expect_tx(bar_q, C::kQBytes);
+      tma_load_4d(sQ, &p.tmap_q, bar_q, 0, m0, h, b);
+      tma_load_4d(sQ + C::kHalfQBytes, &p.tmap_q, bar_q, 64, m0, h, b);
+      for (int it = 0; it < plan.count; ++it) {
+        const int s = it & 1;
+        const int use = it >> 1;
+        if (use > 0) mbar_wait(bar_empty + 8 * s, (use - 1) & 1);
+        int idx;
+        const int n0 = plan_tile(p, plan, it, &idx) * C::kBlockN;
+        const uint32_t k_dst = sK + s * C::kKVBytes;
+        const uint32_t v_dst = sV + s * C::kKVBytes;
+        mbar_arrive_expect_tx(bar_full_k + 8 * s, C::kKVBytes);
+        tma_load_4d(k_dst, &p.tmap_k, bar_full_k + 8 * s, 0, n0, h_kv, b);
+        tma_load_4d(k_dst + C::kHalfKVBytes, &p.tmap_k, bar_full_k + 8 * s, 64, n0, h_kv, b);
+        mbar_arrive_expect_tx(bar_full_v + 8 * s, C::kKVBytes);
+        tma_load_4d(v_dst, &p.tmap_v, bar_full_v + 8 * s, 0, n0, h_kv, b);
+        tma_load_4d(v_dst + C::kHalfKVBytes, &p.tmap_v, bar_full_v + 8 * s, 64, n0, h_kv, b);
+      }
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------ consumers
+  regs_increase<240>();
+  const int cw = warpgroup - 1;  // consumer warpgroup: q rows [64 cw, 64 cw + 64) of the tile
+  const int tid = threadIdx.x % 128;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int row0 = cw * 64 + warp * 16 + lane / 4;  // this thread's rows in the tile: row0, row0 + 8
+  const int col_base = 2 * (lane % 4);              // column of acc[4 c] within n8 chunk c is 8 c + col_base
+  const int m0 = m_block * C::kBlockM;
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};  // running max of the raw q.k per row (unscaled)
+  float row_sum[2] = {0.f, 0.f};              // this thread's partial sums of exp2(q.k * scale_log2 - max)
+  const float scale_log2 = p.scale_log2;
+
+  // Descriptors. Q (A, K-major): this warpgroup's 64 rows start 64 * 128 bytes into each half.
+  const uint64_t desc_q = make_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
+  // Positions of this thread's two rows (int64: rows past Sq are computed but never written).
+  const int64_t pos_q0 = p.q_start + static_cast<int64_t>(m0 + row0) * p.q_stride;
+  const int64_t pos_q1 = pos_q0 + 8 * p.q_stride;
+
+  if (plan.count > 0) mbar_wait(bar_q, 0);
+
+  for (int it = 0; it < plan.count; ++it) {
+    const int s = it & 1;
+    const uint32_t parity = (it >> 1) & 1;
+    int idx;
+    const int n = plan_tile(p, plan, it, &idx);
+    const int n0 = n * C::kBlockN;
+
+    // Does this tile need the per-element mask?
+    bool band_mask;
+    {
+      const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
+      const int64_t k_min = p.kv_start + static_cast<int64_t>(n0) * p.kv_stride;
+      const int64_t k_max = p.kv_start + static_cast<int64_t>(k_last) * p.kv_stride;
+      const DiagonalBand band{p.band_lo, p.band_hi};
+      const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
+      band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
+    }
+    const bool tail = n0 + C::kBlockN > p.seqlen_kv;
+
+    // ---- S = Q K^T (64 x 128 per warpgroup), k over the head dim in 8 steps of 16.
+    float sc[64];
+    const uint64_t desc_k = make_desc_sw128(sK + s * C::kKVBytes, 16, 1024);
+    mbar_wait(bar_full_k + 8 * s, parity);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      // step kk: half kk / 4 of the head dim, 32 bytes per 16 elements inside the half.
+      const uint32_t off_q = ((kk / 4) * C::kHalfQBytes + (kk % 4) * 32) >> 4;
+      const uint32_t off_k = ((kk / 4) * C::kHalfKVBytes + (kk % 4) * 32) >> 4;
+      TypeOps<T>::mma_ss(sc, desc_q + off_q, desc_k + off_k, kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(sc);
+
+    // ---- mask (boundary tiles only): column c of acc i is n0 + 8 (i / 4) + col_base + (i % 2).
+    if (band_mask || tail) {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        const int col = n0 + 8 * (i / 4) + col_base + (i % 2);
+        const int64_t pos_k = p.kv_start + static_cast<int64_t>(col) * p.kv_stride;
+        const int64_t d = ((i / 2) % 2 ? pos_q1 : pos_q0) - pos_k;
+        bool visible = col < p.seqlen_kv;
+        if (band_mask) visible = visible && d >= p.band_lo && d <= p.band_hi;
+        if (!visible) sc[i] = -INFINITY;
+      }
+    }
+
+    // ---- online softmax. Row r of acc i is (i / 2) % 2; a row is spread over the 4 threads of a quad.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 64; ++i) tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], sc[i]);
+    float scaled_max[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const float new_max = fmaxf(row_max[r], tile_max[r]);
+      // A row with nothing visible yet keeps max -inf: use 0 as the reference so no inf - inf appears.
+      scaled_max[r] = new_max == -INFINITY ? 0.f : new_max * scale_log2;
+      const float corr = fast_exp2(row_max[r] * scale_log2 - scaled_max[r]);  // 0 when row_max was -inf
+      row_max[r] = new_max;
+      row_sum[r] *= corr;
+#pragma unroll
+      for (int c = 0; c < 16; ++c) {
+        o[4 * c + 2 * r] *= corr;
+        o[4 * c + 2 * r + 1] *= corr;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      sc[i] = fast_exp2(fmaf(sc[i], scale_log2, -scaled_max[(i / 2) % 2]));
+      row_sum[(i / 2) % 2] += sc[i];
+    }
+    // P as the A operand: k step kk covers columns [16 kk, 16 kk + 16) = n8 chunks 2 kk, 2 kk + 1.
+    uint32_t pa[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
+
+    // ---- O += P V (64 x 128), k over the tile's kv rows in 8 steps of 16 rows (2048 bytes each).
+    const uint64_t desc_v = make_desc_sw128(sV + s * C::kKVBytes, C::kHalfKVBytes, 1024);
+    mbar_wait(bar_full_v + 8 * s, parity);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint32_t a[4] = {pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3]};
+      TypeOps<T>::mma_rs(o, a, desc_v + ((kk * 2048) >> 4), 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    fence_regs(pa);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar_empty + 8 * s);
+  }
+
+  // ---- epilogue: normalise, write O and LSE.
+  float inv[2], lse[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = l > 0.f ? 1.f / l : 0.f;
+    // natural-log LSE = ln 2 * (max * scale_log2 + log2 l); rows with nothing visible: -inf.
+    lse[r] = l > 0.f ? 0.6931471805599453f * (row_max[r] * scale_log2 + __log2f(l)) : -INFINITY;
+  }
+  T* o_base =
+      static_cast<T*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride + static_cast<int64_t>(h) * p.o_head_stride;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = m0 + row0 + 8 * r;
+    if (row < p.seqlen_q) {
+      T* o_row = o_base + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+      for (int c = 0; c < 16; ++c) {
+        const uint32_t v = TypeOps<T>::pack(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
+        *reinterpret_cast<uint32_t*>(o_row + 8 * c) = v;
+      }
+      if (p.lse_ptr != nullptr && (lane % 4) == 0) {
+        p.lse_ptr[static_cast<int64_t>(b) * p.lse_batch_stride + static_cast<int64_t>(h) * p.lse_head_stride + row] =
+            lse[r];
+      }
+    }
+  }
+#endif  // DISTATTN_HOPPER_DEVICE
+}
+
+}  // namespace hopper
+}  // namespace distattn

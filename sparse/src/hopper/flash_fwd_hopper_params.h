@@ -1,0 +1,60 @@
+// Kernel parameters of the Hopper (sm_90a, wgmma + TMA) forward attention kernel
+// (flash_fwd_hopper_kernel.cuh). Filled on the host by flash_fwd_hopper.cu from a validated AttnParams
+// and passed by value as a __grid_constant__ argument: the TMA tensor maps must live in parameter
+// (or constant / global) memory, and the kernel reads them in place through their generic address.
+//
+// Tensors (int64 element strides on the host; the tensor maps carry them in bytes):
+//   q  [B, Sq,  Hq,  D]   TMA map dims (innermost first) {D, Sq, Hq, B}, box {64, 128, 1, 1}
+//   k  [B, Skv, Hkv, D]   {D, Skv, Hkv, B}, box {64, kBlockN, 1, 1}; v likewise
+//   o  [B, Sq,  Hq,  D]   written by ordinary stores: o_ptr + b*o_batch_stride + s*o_row_stride + h*o_head_stride + d
+//   lse [B, Hq, Sq] fp32  lse_ptr + b*lse_batch_stride + h*lse_head_stride + s  (null: not written)
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (a 128-byte, 64-byte aligned opaque struct; header only, no libcuda link)
+
+#include <cstdint>
+
+namespace distattn {
+namespace hopper {
+
+struct FlashFwdHopperParams {
+  // --- TMA descriptors (128-byte swizzle, zero fill out of range) --------------------------------------
+  CUtensorMap tmap_q;  // q, box 64 x 128 rows
+  CUtensorMap tmap_k;  // k, box 64 x kBlockN rows
+  CUtensorMap tmap_v;  // v, box 64 x kBlockN rows
+
+  // --- output -----------------------------------------------------------------------------------------
+  void* o_ptr = nullptr;         // [B, Sq, Hq, D] dtype of q
+  float* lse_ptr = nullptr;      // [B, Hq, Sq] fp32 natural-log LSE, or null
+  int64_t o_batch_stride = 0;    // elements
+  int64_t o_row_stride = 0;      // elements
+  int64_t o_head_stride = 0;     // elements
+  int64_t lse_batch_stride = 0;  // elements (resolved)
+  int64_t lse_head_stride = 0;   // elements (resolved)
+
+  // --- sizes --------------------------------------------------------------------------------------------
+  int batch = 0;         // B
+  int seqlen_q = 0;      // Sq
+  int seqlen_kv = 0;     // Skv
+  int heads_q = 0;       // Hq
+  int head_group = 1;    // Hq / Hkv: q head h reads kv head h / head_group
+  int num_m_blocks = 0;  // ceil(Sq / 128): grid x
+
+  // --- positions (one chunk each: pos(row) = start + row * stride) and the band ---------------------------
+  int64_t q_start = 0, q_stride = 1;    // q_pos.chunks[0]
+  int64_t kv_start = 0, kv_stride = 1;  // kv_pos.chunks[0]
+  int64_t band_lo = 0;  // visible iff band_lo <= pos_q - pos_k <= band_hi (DiagonalBand, +-2^40 sentinels)
+  int64_t band_hi = 0;
+
+  // --- block list (BlockListView by q block; 128 x 128 blocks = the kernel's tiles), or has_blocks false --
+  bool has_blocks = false;
+  const int32_t* block_row_offset = nullptr;   // [num_q_blocks + 1]
+  const int32_t* block_col_index = nullptr;    // [nnz] ascending per q block
+  const uint8_t* block_row_partial = nullptr;  // [nnz] 1: band mask applies; 0: whole block visible
+
+  // --- scores -------------------------------------------------------------------------------------------
+  float scale_log2 = 0.f;  // softmax_scale * log2(e): p = exp2(q.k * scale_log2 - running max)
+};
+
+}  // namespace hopper
+}  // namespace distattn

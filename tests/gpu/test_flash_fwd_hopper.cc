@@ -1,0 +1,346 @@
+// Hopper (sm_90a wgmma) forward kernel (sparse/src/hopper) against the fp64 host engine, called directly
+// through flash_fwd_hopper() (the dispatcher in flash_fwd_api.cu is wired separately).
+//
+// Rule (flash-attention's, as in test_flash_fwd.cc): on the same bf16/fp16 inputs, the kernel's error against
+// the fp64 host reference is at most 2x the error of the host engine in kRoundIntermediates plus 1e-4, for O
+// (rel_l2 and max_abs) and LSE. Outputs are poisoned with NaN before each run. Cases run only where
+// flash_fwd_hopper_supported() says yes (an H100 / H200 with the sm_90a build); elsewhere they skip.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../../sparse/src/hopper/flash_fwd_hopper.h"
+#include "distattn/core/attn_params.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/sparse/flash_attention.h"
+#include "test_util.h"
+
+namespace distattn {
+namespace {
+
+using testing::DeviceArray;
+using testing::DeviceTensor;
+using testing::ErrorStats;
+using testing::HostTensor;
+
+constexpr double kSlack = 1e-4;
+
+// A hand-written block list (CSR by q block and its transpose), on the host and on the device.
+struct Blocks {
+  std::vector<std::vector<std::pair<int32_t, bool>>> rows;  // per q block: (kv block ascending, partial)
+  int64_t num_kv_blocks = 0;
+  std::vector<int32_t> row_offset, col_index, col_offset, row_index;
+  std::vector<uint8_t> row_partial, col_partial;
+  BlockListView host_view, device_view;
+  std::unique_ptr<DeviceArray<int32_t>> d_ro, d_ci, d_co, d_ri;
+  std::unique_ptr<DeviceArray<uint8_t>> d_rp, d_cp;
+
+  void build() {
+    row_offset.assign(1, 0);
+    for (const auto& r : rows) {
+      for (const auto& e : r) {
+        col_index.push_back(e.first);
+        row_partial.push_back(e.second ? 1 : 0);
+      }
+      row_offset.push_back(static_cast<int32_t>(col_index.size()));
+    }
+    col_offset.assign(1, 0);
+    for (int32_t j = 0; j < num_kv_blocks; ++j) {
+      for (size_t i = 0; i < rows.size(); ++i)
+        for (const auto& e : rows[i])
+          if (e.first == j) {
+            row_index.push_back(static_cast<int32_t>(i));
+            col_partial.push_back(e.second ? 1 : 0);
+          }
+      col_offset.push_back(static_cast<int32_t>(row_index.size()));
+    }
+    host_view.device = Device::kHost;
+    host_view.num_q_blocks = static_cast<int64_t>(rows.size());
+    host_view.num_kv_blocks = num_kv_blocks;
+    host_view.nnz = static_cast<int64_t>(col_index.size());
+    host_view.row_offset = row_offset.data();
+    host_view.col_index = col_index.data();
+    host_view.row_partial = row_partial.data();
+    host_view.col_offset = col_offset.data();
+    host_view.row_index = row_index.data();
+    host_view.col_partial = col_partial.data();
+    d_ro = std::make_unique<DeviceArray<int32_t>>(row_offset);
+    d_ci = std::make_unique<DeviceArray<int32_t>>(col_index);
+    d_co = std::make_unique<DeviceArray<int32_t>>(col_offset);
+    d_ri = std::make_unique<DeviceArray<int32_t>>(row_index);
+    d_rp = std::make_unique<DeviceArray<uint8_t>>(row_partial);
+    d_cp = std::make_unique<DeviceArray<uint8_t>>(col_partial);
+    device_view = host_view;
+    device_view.device = Device::kCuda;
+    device_view.row_offset = d_ro->ptr;
+    device_view.col_index = d_ci->ptr;
+    device_view.row_partial = d_rp->ptr;
+    device_view.col_offset = d_co->ptr;
+    device_view.row_index = d_ri->ptr;
+    device_view.col_partial = d_cp->ptr;
+  }
+};
+
+struct Case {
+  std::string name;
+  DType dtype = DType::kBFloat16;
+  int64_t B = 1, Sq = 256, Skv = 256, Hq = 2, Hkv = 2, D = 128;
+  Mask mask;
+  PositionMap q_pos, kv_pos;          // default: contiguous from 0
+  int64_t head_pad = 0, row_pad = 0;  // multiples of 8 elements keep the 16-byte strides TMA needs
+  Blocks* blocks = nullptr;
+  bool lse = true;
+};
+
+struct Outputs {
+  HostTensor o;
+  std::vector<float> lse;
+};
+
+AttnParams make_params(const Case& c, TensorView q, TensorView k, TensorView v, TensorView o, float* lse,
+                       const BlockListView* blocks) {
+  AttnParams p;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.o = o;
+  p.lse = lse;
+  p.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
+  p.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  p.mask = c.mask;
+  p.mask.blocks = blocks;
+  return p;
+}
+
+// Runs the case on the GPU: the Hopper kernel (hopper = true) or the public entry point (the existing kernel
+// until the dispatcher is wired). o and lse are poisoned with NaN first.
+Outputs run_gpu(const Case& c, const HostTensor& q, const HostTensor& k, const HostTensor& v, bool hopper) {
+  DeviceTensor dq(q), dk(k), dv(v);
+  HostTensor o(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
+  testing::fill_nan(o);
+  DeviceTensor d_o(o);
+  const int64_t lse_n = c.B * c.Hq * c.Sq;
+  DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(lse_n), std::nanf("")));
+  AttnParams p = make_params(c, dq.view(), dk.view(), dv.view(), d_o.view(), c.lse ? d_lse.ptr : nullptr,
+                             c.blocks ? &c.blocks->device_view : nullptr);
+  validate_forward(p, Device::kCuda);
+  if (hopper) {
+    int device = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    EXPECT_TRUE(flash_fwd_hopper_supported(p, device));
+    flash_fwd_hopper(p, nullptr);
+  } else {
+    flash_attention_forward(p, nullptr);
+  }
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_o.download(o);
+  return Outputs{std::move(o), d_lse.download()};
+}
+
+// Skips the test unless the Hopper kernel can run here (GPU present, CC 9.0, sm_90a code in the library).
+bool hopper_available() {
+  if (!testing::has_gpu()) return false;
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  AttnParams p;
+  static char dummy[256] __attribute__((aligned(16)));
+  p.q = p.k = p.v = p.o = TensorView::packed(dummy, DType::kBFloat16, Device::kCuda, 1, 1, 1, 128);
+  p.q_pos = p.kv_pos = PositionMap::contiguous(0, 1);
+  return flash_fwd_hopper_supported(p, device);
+}
+#define REQUIRE_HOPPER()                                                       \
+  do {                                                                         \
+    DISTATTN_REQUIRE_GPU();                                                    \
+    if (!hopper_available()) GTEST_SKIP() << "no sm_90 device / sm_90a build"; \
+  } while (0)
+
+// The 2x-naive check of one case; also compares with the existing kernel (same inputs) when `vs_old`.
+void run_and_check(const Case& c, bool vs_old = true) {
+  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
+  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
+  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  testing::fill_normal(q, seed);
+  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(v, seed + 2);
+  const int64_t lse_n = c.B * c.Hq * c.Sq;
+  const BlockListView* hb = c.blocks ? &c.blocks->host_view : nullptr;
+
+  HostTensor o64(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
+  std::vector<float> lse64(static_cast<size_t>(lse_n));
+  host_attention_forward(make_params(c, q.view, k.view, v.view, o64.view, lse64.data(), hb), HostPrecision::kFloat64);
+  HostTensor o_naive(c.dtype, c.B, c.Sq, c.Hq, c.D);
+  std::vector<float> lse_naive(static_cast<size_t>(lse_n));
+  host_attention_forward(make_params(c, q.view, k.view, v.view, o_naive.view, lse_naive.data(), hb),
+                         HostPrecision::kRoundIntermediates);
+
+  const Outputs out = run_gpu(c, q, k, v, /*hopper=*/true);
+  const ErrorStats e_gpu = testing::compare(out.o.view, o64.view);
+  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+  std::vector<double> lse_ref(lse64.begin(), lse64.end());
+  SCOPED_TRACE("O hopper " + e_gpu.str() + " | naive " + e_naive.str());
+  EXPECT_EQ(e_gpu.non_finite, 0);
+  EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+  if (c.lse) {
+    const ErrorStats l_gpu = testing::compare_flat(out.lse.data(), lse_ref.data(), lse_n);
+    const ErrorStats l_naive = testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n);
+    SCOPED_TRACE("LSE hopper " + l_gpu.str() + " | naive " + l_naive.str());
+    EXPECT_EQ(l_gpu.non_finite, 0);
+    EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kSlack);
+    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+    // -inf exactly where the reference has it (rows with no visible key).
+    for (int64_t i = 0; i < lse_n; ++i)
+      ASSERT_EQ(std::isinf(out.lse[static_cast<size_t>(i)]), std::isinf(lse64[static_cast<size_t>(i)])) << "row " << i;
+  } else {
+    // lse == null: nothing written there is checked by run_gpu leaving the poison (not observable); O suffices.
+  }
+  int64_t finite = 0;
+  for (float x : lse64) finite += std::isfinite(x) ? 1 : 0;
+  EXPECT_GT(finite, 0);
+
+  if (vs_old) {
+    // Agreement with the existing mma.sync kernel: both are within 2x naive of fp64, so within 4x naive of
+    // each other.
+    const Outputs old = run_gpu(c, q, k, v, /*hopper=*/false);
+    const ErrorStats e_pair = testing::compare(out.o.view, old.o.view);
+    SCOPED_TRACE("O hopper vs old kernel " + e_pair.str());
+    EXPECT_EQ(e_pair.non_finite, 0);
+    EXPECT_LE(e_pair.max_abs, 4 * e_naive.max_abs + kSlack);
+  }
+}
+
+TEST(FlashForwardHopper, DenseOddSizesGqaPaddedStrides) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.name = "hopper_dense_odd_gqa";
+  c.B = 2, c.Sq = 1000, c.Skv = 777, c.Hq = 4, c.Hkv = 2;
+  c.head_pad = 8, c.row_pad = 16;
+  run_and_check(c);
+}
+
+TEST(FlashForwardHopper, DenseFp16ShortAndLong) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.name = "hopper_fp16_short_q";
+  c.dtype = DType::kFloat16;
+  c.Sq = 37, c.Skv = 1000, c.Hq = 3, c.Hkv = 1;
+  run_and_check(c);
+  c.name = "hopper_fp16_short_kv";
+  c.Sq = 1000, c.Skv = 37;
+  run_and_check(c);
+  c.name = "hopper_fp16_one_row_no_lse";
+  c.Sq = 1, c.Skv = 129, c.lse = false;
+  run_and_check(c);
+}
+
+TEST(FlashForwardHopper, CausalGqaBothDtypes) {
+  REQUIRE_HOPPER();
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    Case c;
+    c.name = std::string("hopper_causal_") + dtype_name(dt);
+    c.dtype = dt;
+    c.Sq = 1000, c.Skv = 1000, c.Hq = 8, c.Hkv = 2;
+    c.mask = Mask::make_causal();
+    run_and_check(c);
+  }
+}
+
+TEST(FlashForwardHopper, WindowsAndOffsets) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.name = "hopper_causal_window";
+  c.Sq = 1000, c.Skv = 1000;
+  c.mask = Mask::make_causal(300);
+  run_and_check(c);
+  c.name = "hopper_window_offset";
+  c.Sq = 200, c.Skv = 333, c.Hq = 4, c.Hkv = 1;
+  c.q_pos = PositionMap::contiguous(100, 200);
+  c.mask = Mask::make_window(50);
+  run_and_check(c);
+  // q after the keys (a ring step): causal, every pair visible but through the band.
+  c.name = "hopper_causal_shifted";
+  c.Sq = 300, c.Skv = 500;
+  c.q_pos = PositionMap::contiguous(600, 300);
+  c.kv_pos = PositionMap::contiguous(200, 500);
+  c.mask = Mask::make_causal(700);
+  run_and_check(c);
+}
+
+TEST(FlashForwardHopper, StridedPositionsAndEmptyRows) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.name = "hopper_strided_causal";
+  c.Sq = 500, c.Skv = 400;
+  c.q_pos = PositionMap::strided(1, 2, 500);
+  c.kv_pos = PositionMap::strided(0, 3, 400);
+  c.mask = Mask::make_causal();
+  run_and_check(c);
+  // Rows 0..199 see no key (keys start at position 200): O = 0 and LSE = -inf there.
+  c.name = "hopper_empty_rows";
+  c.Sq = 300, c.Skv = 300;
+  c.q_pos = PositionMap::contiguous(0, 300);
+  c.kv_pos = PositionMap::contiguous(200, 300);
+  run_and_check(c);
+}
+
+TEST(FlashForwardHopper, BlockLists) {
+  REQUIRE_HOPPER();
+  // 5 q blocks x 4 kv blocks (Sq = 600, Skv = 500): block-diagonal-ish with full, partial and missing blocks,
+  // one q block with no block at all (its rows: O = 0, LSE = -inf), under a causal band for the partial ones.
+  Blocks bl;
+  bl.num_kv_blocks = 4;
+  bl.rows = {{{0, true}}, {{0, false}, {1, true}}, {}, {{1, false}, {2, false}, {3, true}}, {{0, true}, {3, false}}};
+  bl.build();
+  Case c;
+  c.name = "hopper_blocks_causal";
+  c.Sq = 600, c.Skv = 500, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.blocks = &bl;
+  run_and_check(c);
+  // Not compared with the existing kernel: on this case (FULL blocks off the window band) the mma.sync kernel's
+  // O is 0.78 away from this kernel's, which is within 3e-4 of fp64 (H100 run of 16:08 UTC, seed printed):
+  // reported to the lead; the check against fp64 above is the one that counts.
+  c.name = "hopper_blocks_window_fp16";
+  c.dtype = DType::kFloat16;
+  c.mask = Mask::make_window(100);
+  run_and_check(c, /*vs_old=*/false);
+}
+
+TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
+  REQUIRE_HOPPER();
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  DeviceArray<float> buf(int64_t{4 * 64 * 128});  // bytes enough for 16-bit [1, 64, 4, 128]
+  AttnParams p;
+  p.q = p.k = p.v = p.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 64, 2, 128);
+  p.q_pos = p.kv_pos = PositionMap::contiguous(0, 64);
+  EXPECT_TRUE(flash_fwd_hopper_supported(p, device));
+  AttnParams a = p;
+  a.accumulate = true;
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a = p;
+  float slope = 0.5f;
+  a.alibi_slopes = &slope;
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a = p;
+  a.q_pos = PositionMap::contiguous(0, 32);
+  a.q_pos.add_chunk(100, 1, 32);
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a = p;
+  a.q = a.k = a.v = a.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 64, 4, 64);
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a = p;
+  a.k.stride[1] = 2 * 128 + 4;  // rows 8 bytes off a 16-byte multiple
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+}
+
+}  // namespace
+}  // namespace distattn
