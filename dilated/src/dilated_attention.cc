@@ -1,5 +1,5 @@
-// LongNet dilated attention on one device: validation, the per-pattern engine calls on strided views, the
-// pattern merge and the backward (dilated_attention.h).
+// LongNet dilated attention on one device: validation, the per-pattern engine calls on strided views (accumulate
+// mode, the running LSE compacted per pattern) and the backward (dilated_attention.h).
 //
 // Why the backward is exact. Mixing the patterns by their LSEs is one softmax over the multiset union U of
 // every pattern's (query i, key j) pairs: with LSE_i = log sum_{(i,j) in U} exp(s_ij) (a pair kept by two
@@ -38,97 +38,152 @@ using dilated_detail::head_groups;
 using dilated_detail::HeadGroup;
 using dilated_detail::host_cast;
 using dilated_detail::kept;
-using dilated_detail::sub_view;
+using dilated_detail::max_rows;
+using dilated_detail::rows_of_class;
 
 std::string pattern_arg(size_t i, const char* field) { return "config.patterns[" + std::to_string(i) + "]." + field; }
 
-// How one pattern's segments reach the engine. Unfolded: one call per segment g, rows g*w + s + r*j, global
-// positions PositionMap::strided(g*w + s, r, m). Folded (B == 1, or every tensor's batch stride equals S times
-// its row stride): the B * S/w segments become the batch dimension of ONE call, batch index b*(S/w) + g at
-// b*stride[0] + g*w*stride[1] = (b*(S/w) + g) * (w*stride[1]); positions are then measured from the segment
-// start, strided(s, r, m), which changes nothing because the causal mask and the ALiBi bias depend only on
-// position DIFFERENCES inside a segment (keys never cross segments). The compacted LSE [B, S/w, Hq, m] has
-// the uniform batch step Hq*m in both cases.
-// The folded batch is cut into calls of at most `chunk` segments (the CUDA grid takes at most 65535 batches);
-// call c covers flattened batch indices [c*chunk, c*chunk + count), which start at row c*chunk*w of the
-// flattened (b, row) space (uniform because batch stride == S * row stride when folding).
-struct SegmentPlan {
-  bool fold;
-  int64_t B, w, r, m, nseg, Hq;
-  int64_t chunk;  // folded: segments per call (>= 1); unfolded: 1
-  int64_t total() const { return fold ? B * nseg : nseg; }
-  int64_t calls() const { return (total() + chunk - 1) / chunk; }
-  TensorView view(const TensorView& t, int64_t call, int64_t s, int64_t h0, int64_t hstep, int64_t heads) const {
-    if (!fold) return sub_view(t, call * w + s, r, m, h0, hstep, heads);
-    const int64_t first = call * chunk;
-    TensorView v = sub_view(t, first * w + s, r, m, h0, hstep, heads);
-    v.shape[0] = std::min(chunk, total() - first);
-    v.stride[0] = w * t.stride[1];
+// One strided view of a [B, S, H, D] tensor t, as integer coefficients of t's own strides (so the same spec
+// serves q, o, dout, dq and, with the kv head mapping, k, v, dk, dv whatever their layouts):
+//   start element  ob*st0 + orow*st1 + oh*st2,   shape [batch, rows, heads, D],
+//   strides        {cb*st0 + crow*st1 + ch*st2,  rstep*st1,  hstep*st2,  1}.
+struct ViewSpec {
+  int64_t ob = 0, orow = 0, oh = 0;  // start (batch, row, head)
+  int64_t cb = 0, crow = 0, ch = 0;  // batch step as (batches, rows, heads)
+  int64_t batch = 1, rows = 0, rstep = 1, heads = 0, hstep = 1;
+  TensorView apply(const TensorView& t) const {
+    TensorView v = t;
+    v.data = static_cast<char*>(t.data) +
+             (ob * t.stride[0] + orow * t.stride[1] + oh * t.stride[2]) * static_cast<int64_t>(dtype_size(t.dtype));
+    v.shape = {batch, rows, heads, t.shape[3]};
+    v.stride = {cb * t.stride[0] + crow * t.stride[1] + ch * t.stride[2], rstep * t.stride[1], hstep * t.stride[2], 1};
     return v;
   }
-  PositionMap positions(int64_t call, int64_t s) const { return PositionMap::strided(fold ? s : call * w + s, r, m); }
-  float* lse(float* base, int64_t call, int64_t h0) const { return base + (call * chunk * Hq + h0) * m; }
-  int64_t lse_batch_stride() const { return fold ? Hq * m : nseg * Hq * m; }
 };
+
+// One engine call of a pattern: q-side view (q, o, dout, dq), kv-side view (k, v, dk, dv), its rows' entries in
+// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), positions, ALiBi slope offset (into the pattern's
+// permuted slopes; -1: none).
+struct PatternCall {
+  ViewSpec qv, kv;
+  int64_t lse_offset = 0, lse_batch_stride = 0, lse_head_stride = 0;
+  PositionMap pos;
+  int64_t slope_offset = -1;
+};
+
+// Every engine call of pattern (w, r) over [B, S, Hq / Hkv, D] tensors (dilated_attention.h "How it runs").
+//   Segments folded (per class s, head group hg): the B * S/w segments are the batch, flattened index
+//   u = b*(S/w) + g at row u*w (uniform because batch stride == S * row stride), rows u*w + s + r*i; cut into
+//   calls of at most `chunk` segments. Compacted LSE of (u, h, i): (u*Hq + h)*m_max + i: batch step Hq*m_max.
+//   Unfolded (the layout does not allow folding): one call per segment g with the B batches as the batch.
+//   Classes folded (per batch b, segment g, run of classes s0 .. s0+n-1 with equal rows and heads): class s at
+//   row g*w + s, head s: batch step (0, 1, 1) rows/heads; heads s + r*j: head step r; LSE batch step m_max
+//   (class s = head s), head step r*m_max.
+std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t w, int64_t r,
+                                      bool fold_segments, int64_t chunk, bool fold_classes, bool alibi) {
+  std::vector<PatternCall> calls;
+  const int64_t nseg = S / w, mm = max_rows(w, r), nclass = std::min(r, Hq);
+  const int64_t seg_batch = fold_segments ? std::min(chunk, B * nseg) : B;
+  const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && nclass > seg_batch && nclass <= 65535;
+  if (classes) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t g = 0; g < nseg; ++g)
+        for (int64_t s0 = 0; s0 < nclass;) {
+          const int64_t rows = rows_of_class(w, r, s0), heads = (Hq - 1 - s0) / r + 1;
+          int64_t n = 1;
+          while (s0 + n < nclass && rows_of_class(w, r, s0 + n) == rows && (Hq - 1 - s0 - n) / r + 1 == heads) ++n;
+          PatternCall c;
+          c.qv.ob = b, c.qv.orow = g * w + s0, c.qv.oh = s0;
+          c.qv.cb = 0, c.qv.crow = 1, c.qv.ch = 1;
+          c.qv.batch = n, c.qv.rows = rows, c.qv.rstep = r, c.qv.heads = heads, c.qv.hstep = r;
+          c.kv = c.qv;  // Hq == Hkv
+          c.lse_offset = ((b * nseg + g) * Hq + s0) * mm;
+          c.lse_batch_stride = mm;
+          c.lse_head_stride = r * mm;
+          c.pos = PositionMap::strided(0, r, rows);
+          calls.push_back(c);
+          s0 += n;
+        }
+    return calls;
+  }
+  int64_t class_offset = 0;
+  const int64_t total = fold_segments ? B * nseg : nseg;
+  const int64_t per_call = fold_segments ? chunk : 1;
+  for (int64_t s = 0; s < nclass; ++s) {
+    const int64_t rows = rows_of_class(w, r, s);
+    for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
+      for (int64_t first = 0; first < total; first += per_call) {
+        PatternCall c;
+        c.qv.orow = first * w + s, c.qv.oh = hg.qh0;
+        c.qv.rows = rows, c.qv.rstep = r, c.qv.heads = hg.count, c.qv.hstep = hg.qstep;
+        if (fold_segments) {
+          c.qv.batch = std::min(per_call, total - first), c.qv.crow = w;
+        } else {
+          c.qv.batch = B, c.qv.cb = 1;
+        }
+        c.kv = c.qv;
+        if (hg.kv_all) {
+          c.kv.oh = 0, c.kv.heads = Hkv, c.kv.hstep = 1;
+        } else {
+          c.kv.oh = hg.kh0, c.kv.heads = hg.count, c.kv.hstep = hg.kstep;
+        }
+        c.lse_offset = (first * Hq + hg.qh0) * mm;
+        c.lse_batch_stride = fold_segments ? Hq * mm : nseg * Hq * mm;
+        c.lse_head_stride = hg.qstep * mm;
+        c.pos = PositionMap::strided(fold_segments ? s : first * w + s, r, rows);
+        c.slope_offset = alibi ? hg.slope_offset : -1;
+        calls.push_back(c);
+      }
+    }
+    class_offset += (Hq - 1 - s) / r + 1;
+  }
+  return calls;
+}
 
 bool foldable(const TensorView& t) { return t.shape[0] == 1 || t.stride[0] == t.shape[1] * t.stride[1]; }
 
-// The kv-side view (k, v, dk, dv) of head group hg: the whole kv tensor (GQA ratio kept) or its strided heads.
-TensorView kv_view(const SegmentPlan& plan, const HeadGroup& hg, int64_t g, int64_t s, const TensorView& t) {
-  return hg.kv_all ? plan.view(t, g, s, 0, 1, t.heads()) : plan.view(t, g, s, hg.kh0, hg.kstep, hg.count);
-}
-
-// One engine call: rows of segment call g at offset s for head group hg, on strided views of q, k, v and
-// `o` (the pattern's partial output in the forward, the FINAL output in the backward), with the compacted
-// LSE at `lse_base` (partial in the forward, the final LSE in the backward). accumulate is left false.
-AttnParams pattern_call(const SegmentPlan& plan, const HeadGroup& hg, int64_t g, int64_t s, const TensorView& q,
-                        const TensorView& k, const TensorView& v, const TensorView& o, float* lse_base,
-                        const float* slopes, const DilatedConfig& config) {
+// The engine parameters of one call: q, k, v, o views, the compacted LSE at lse_c, positions, mask, ALiBi.
+AttnParams engine_params(const PatternCall& c, const TensorView& q, const TensorView& k, const TensorView& v,
+                         const TensorView& o, float* lse_c, const float* slopes, const DilatedConfig& config) {
   AttnParams p;
-  p.q = plan.view(q, g, s, hg.qh0, hg.qstep, hg.count);
-  p.k = kv_view(plan, hg, g, s, k);
-  p.v = kv_view(plan, hg, g, s, v);
-  p.o = plan.view(o, g, s, hg.qh0, hg.qstep, hg.count);
-  // Compacted LSE of (segment g, head qh0 + qstep*t, row j): see dilated_index.h.
-  p.lse = plan.lse(lse_base, g, hg.qh0);
-  p.lse_head_stride = hg.qstep * plan.m;
-  p.lse_batch_stride = plan.lse_batch_stride();
-  p.q_pos = plan.positions(g, s);
-  p.kv_pos = p.q_pos;
+  p.q = c.qv.apply(q);
+  p.k = c.kv.apply(k);
+  p.v = c.kv.apply(v);
+  p.o = c.qv.apply(o);
+  p.lse = lse_c + c.lse_offset;
+  p.lse_batch_stride = c.lse_batch_stride;
+  p.lse_head_stride = c.lse_head_stride;
+  p.q_pos = c.pos;
+  p.kv_pos = c.pos;
   p.mask.causal = config.causal;
-  p.alibi_slopes = slopes != nullptr ? slopes + hg.slope_offset : nullptr;
+  p.alibi_slopes = slopes != nullptr && c.slope_offset >= 0 ? slopes + c.slope_offset : nullptr;
   p.softmax_scale = config.softmax_scale;
   return p;
 }
 
 // --- host versions of the helpers (cuda versions in dilated_kernels.cu) ---
-void host_merge(float* acc, float* lse_acc, const float* part, const float* lse_part, int64_t B, int64_t S, int64_t H,
-                int64_t D, int64_t w, int64_t r) {
+// Pattern (w, r)'s kept entries between lse [B, H, S] and the compacted lse_c (dilated_index.h).
+void host_lse_move(float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r, bool to_compact) {
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t p = 0; p < S; ++p)
-      for (int64_t h = 0; h < H; ++h) {
-        if (!kept(p, h, r)) continue;
-        float& la = lse_acc[(b * H + h) * S + p];
-        const float lp = lse_part[compact_index(b, p, h, S, H, w, r)];
-        const float hi = std::max(la, lp);
-        if (hi == -std::numeric_limits<float>::infinity()) continue;
-        const float L = hi + std::log1p(std::exp(std::min(la, lp) - hi));
-        const float ca = std::exp(la - L), cp = std::exp(lp - L);
-        float* a = acc + ((b * S + p) * H + h) * D;
-        const float* pp = part + ((b * S + p) * H + h) * D;
-        for (int64_t d = 0; d < D; ++d) a[d] = a[d] * ca + pp[d] * cp;
-        la = L;
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t p = 0; p < S; ++p) {
+        if (!kept(p, h, w, r)) continue;
+        float& c = lse_c[compact_index(b, p, h, S, H, w, r)];
+        float& l = lse[(b * H + h) * S + p];
+        if (to_compact) {
+          c = l;
+        } else {
+          l = c;
+        }
       }
 }
 
-void host_compact_lse(const float* lse, float* lse_part, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r) {
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t p = 0; p < S; ++p)
-        if (kept(p, h, r)) lse_part[compact_index(b, p, h, S, H, w, r)] = lse[(b * H + h) * S + p];
-}
-
 int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
+
+// Floats of the compacted LSE of pattern (w, r): B * S/w * Hq * ceil(w/r).
+int64_t compact_floats(int64_t B, int64_t S, int64_t Hq, int64_t w, int64_t r) {
+  return B * (S / w) * Hq * max_rows(w, r);
+}
 
 }  // namespace
 
@@ -139,9 +194,12 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
     DISTATTN_CHECK_ARG(pt.segment >= 1, pattern_arg(i, "segment"), "is ", pt.segment, " (expected >= 1)");
     DISTATTN_CHECK_ARG(seqlen % pt.segment == 0, pattern_arg(i, "segment"), "is ", pt.segment,
                        ", which does not divide the sequence length ", seqlen);
-    DISTATTN_CHECK_ARG(pt.rate >= 1, pattern_arg(i, "rate"), "is ", pt.rate, " (expected >= 1)");
-    DISTATTN_CHECK_ARG(pt.segment % pt.rate == 0, pattern_arg(i, "rate"), "is ", pt.rate,
-                       ", which does not divide the segment length ", pt.segment);
+    DISTATTN_CHECK_ARG(pt.rate >= 1 && pt.rate <= pt.segment, pattern_arg(i, "rate"), "is ", pt.rate,
+                       " (expected 1 <= rate <= segment length ", pt.segment, ")");
+    DISTATTN_CHECK_ARG(config.ragged_rates || pt.segment % pt.rate == 0, pattern_arg(i, "rate"), "is ", pt.rate,
+                       ", which does not divide the segment length ", pt.segment,
+                       " (set config.ragged_rates = true for torchscale's ragged classes: class s keeps rows s, "
+                       "s + r, ... < w of each segment)");
   }
   DISTATTN_CHECK_ARG(std::isfinite(config.softmax_scale) && config.softmax_scale >= 0.f, "config.softmax_scale", "is ",
                      config.softmax_scale, " (expected finite and >= 0; 0: 1/sqrt(D))");
@@ -154,11 +212,12 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
     }
   }
   if (config.error_if_query_without_key) {
-    // Row p is kept for head h by pattern i iff p mod r_i == h mod r_i: periodic in p with period
-    // lcm(r_i), so rows [0, min(S, lcm)) decide (a rate of 1 keeps every row).
+    // Row p is kept for head h by pattern i iff (p mod w_i) mod r_i == h mod r_i: periodic in p with period
+    // r_i when r_i divides w_i, else w_i; so rows [0, min(S, lcm of those periods)) decide.
     int64_t period = 1;
     for (const DilatedPattern& pt : config.patterns) {
-      period = period / gcd64(period, pt.rate) * pt.rate;
+      const int64_t pp = pt.segment % pt.rate == 0 ? pt.rate : pt.segment;
+      period = period / gcd64(period, pp) * pp;
       if (period >= seqlen) {
         period = seqlen;
         break;
@@ -167,7 +226,7 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
     for (int64_t h = 0; h < q_heads; ++h) {
       for (int64_t p = 0; p < std::min(period, seqlen); ++p) {
         bool any = false;
-        for (const DilatedPattern& pt : config.patterns) any = any || kept(p, h, pt.rate);
+        for (const DilatedPattern& pt : config.patterns) any = any || kept(p, h, pt.segment, pt.rate);
         DISTATTN_CHECK_ARG(any, "config.patterns", "leave row ", p, " of head ", h,
                            " with no key (no pattern keeps it) and error_if_query_without_key is set");
       }
@@ -249,65 +308,93 @@ void DilatedAttention::validate_tensors(const TensorView& q, const TensorView& k
   if (device_ == Device::kCuda) {
     DISTATTN_CHECK_ARG(flash_supports_head_dim(q.head_dim()), "q", "has head dim ", q.head_dim(),
                        ", which the CUDA engine has no kernels for");
+    // lse is read and written by this file's own kernels (the running LSE), not only by the engine.
+    cudaPointerAttributes attr{};
+    const cudaError_t rc = cudaPointerGetAttributes(&attr, lse);
+    if (rc != cudaSuccess) cudaGetLastError();
+    DISTATTN_CHECK_ARG(rc == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
+                       "lse", "is not device memory (the CUDA engine needs the fp32 LSE [B, Hq, S] on the device)");
   }
   validate_dilated_config(config_, q.seqlen(), q.heads());
 }
+
+// Pattern order: a rate-1 pattern first (it keeps every row, so it initialises the accumulator in plain mode),
+// then the others in the configured order. Returns the order and whether the first one runs in plain mode.
+namespace {
+std::vector<size_t> pattern_order(const DilatedConfig& config, bool* first_plain) {
+  std::vector<size_t> order;
+  size_t first = config.patterns.size();
+  for (size_t i = 0; i < config.patterns.size() && first == config.patterns.size(); ++i)
+    if (config.patterns[i].rate == 1) first = i;
+  *first_plain = first < config.patterns.size();
+  if (*first_plain) order.push_back(first);
+  for (size_t i = 0; i < config.patterns.size(); ++i)
+    if (i != first) order.push_back(i);
+  return order;
+}
+}  // namespace
 
 void DilatedAttention::forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                float* lse, cudaStream_t stream) {
   validate_tensors(q, k, v, o, lse);
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
   const int64_t n_o = B * S * Hq * D, n_lse = B * Hq * S;
-  float* base = scratch(2 * n_o + 2 * n_lse);
+  int64_t n_c = 0;
+  for (const DilatedPattern& pt : config_.patterns) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
+  float* base = scratch(n_o + n_c);
   last_stream_ = stream;
-  float* acc = base;                  // packed fp32 [B, S, Hq, D]: the mixed output
-  float* part = base + n_o;           // packed fp32 [B, S, Hq, D]: one pattern's output (kept rows)
-  float* lse_acc = part + n_o;        // packed [B, Hq, S]
-  float* lse_part = lse_acc + n_lse;  // compacted [B, S/w, Hq, w/r]
-  const TensorView part_view = TensorView::packed(part, DType::kFloat32, device_, B, S, Hq, D);
+  float* acc = base;         // packed fp32 [B, S, Hq, D]: the mixed output; the running LSE is `lse` itself
+  float* lse_c = acc + n_o;  // one pattern's compacted LSE [B, S/w, Hq, ceil(w/r)]
+  const TensorView acc_view = TensorView::packed(acc, DType::kFloat32, device_, B, S, Hq, D);
   const bool cuda = device_ == Device::kCuda;
-  const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v);  // scratch is packed
-  const float inf = std::numeric_limits<float>::infinity();
-  if (cuda) {
-    dilated_detail::cuda_fill(acc, n_o, 0.f, stream);
-    dilated_detail::cuda_fill(lse_acc, n_lse, -inf, stream);
-  } else {
-    std::fill(acc, acc + n_o, 0.f);
-    std::fill(lse_acc, lse_acc + n_lse, -inf);
+  const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v);  // the accumulator is packed
+  const bool alibi = !config_.alibi_slopes.empty();
+  bool first_plain = false;
+  const std::vector<size_t> order = pattern_order(config_, &first_plain);
+  if (!first_plain) {  // no rate-1 pattern: start at O = 0, LSE = -inf (rows no pattern keeps stay so)
+    if (cuda) {
+      DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc, 0, n_o * sizeof(float), stream));
+      dilated_detail::cuda_fill(lse, n_lse, -std::numeric_limits<float>::infinity(), stream);
+    } else {
+      std::fill(acc, acc + n_o, 0.f);
+      std::fill(lse, lse + n_lse, -std::numeric_limits<float>::infinity());
+    }
   }
 
-  for (size_t i = 0; i < config_.patterns.size(); ++i) {
-    const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate, m = w / r, nseg = S / w;
-    const float* slopes = pattern_slopes(i);
-    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq, fold ? fold_chunk(B * nseg) : 1};
-    int64_t class_offset = 0;
-    for (int64_t s = 0; s < std::min(r, Hq); ++s) {
-      for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
-        for (int64_t g = 0; g < plan.calls(); ++g) {
-          // Rows g*w + s + r*j, j < m (all segments at once when folded): q/k/v/o views with row stride * r.
-          const AttnParams p = pattern_call(plan, hg, g, s, q, k, v, part_view, lse_part, slopes, config_);
-          if (cuda) {
-            flash_attention_forward(p, stream);
-          } else {
-            host_attention_forward(p, config_.host_precision);
-          }
-        }
+  for (size_t n = 0; n < order.size(); ++n) {
+    const size_t i = order[n];
+    const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
+    const bool accumulate = n > 0 || !first_plain;
+    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1).
+    if (accumulate) {
+      if (cuda) {
+        dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+      } else {
+        host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
       }
-      class_offset += (Hq - 1 - s) / r + 1;
+    }
+    const float* slopes = pattern_slopes(i);
+    for (const PatternCall& c :
+         plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi)) {
+      AttnParams p = engine_params(c, q, k, v, acc_view, lse_c, slopes, config_);
+      p.accumulate = accumulate;  // plain: the rate-1 pattern writes every row of acc and lse_c
+      if (cuda) {
+        flash_attention_forward(p, stream);
+      } else {
+        host_attention_forward(p, config_.host_precision);
+      }
     }
     if (cuda) {
-      dilated_detail::cuda_merge(acc, lse_acc, part, lse_part, B, S, Hq, D, w, r, stream);
+      dilated_detail::cuda_lse_scatter(lse_c, lse, B, S, Hq, w, r, stream);
     } else {
-      host_merge(acc, lse_acc, part, lse_part, B, S, Hq, D, w, r);
+      host_lse_move(lse, lse_c, B, S, Hq, w, r, false);
     }
   }
 
   if (cuda) {
     dilated_detail::cuda_cast(acc, o, stream);
-    DISTATTN_CUDA_CHECK(cudaMemcpyAsync(lse, lse_acc, n_lse * sizeof(float), cudaMemcpyDeviceToDevice, stream));
   } else {
     host_cast(acc, o);
-    std::memcpy(lse, lse_acc, n_lse * sizeof(float));
   }
 }
 
@@ -332,53 +419,50 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
     validate_backward(full, device_);
   }
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
-  const int64_t n_q = B * S * Hq * D, n_kv = B * S * Hkv * D, n_lse = B * Hq * S;
-  float* base = scratch(n_q + 2 * n_kv + n_lse);
+  const int64_t n_q = B * S * Hq * D, n_kv = B * S * Hkv * D;
+  int64_t n_c = 0;
+  for (const DilatedPattern& pt : config_.patterns) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
+  float* base = scratch(n_q + 2 * n_kv + n_c);
   last_stream_ = stream;
-  float* dq_acc = base;             // packed fp32 [B, S, Hq, D]
-  float* dk_acc = base + n_q;       // packed fp32 [B, S, Hkv, D]
-  float* dv_acc = dk_acc + n_kv;    // packed fp32 [B, S, Hkv, D]
-  float* lse_part = dv_acc + n_kv;  // the final LSE compacted for one pattern: [B, S/w, Hq, w/r]
+  float* dq_acc = base;           // packed fp32 [B, S, Hq, D]
+  float* dk_acc = base + n_q;     // packed fp32 [B, S, Hkv, D]
+  float* dv_acc = dk_acc + n_kv;  // packed fp32 [B, S, Hkv, D]
+  float* lse_c = dv_acc + n_kv;   // the final LSE compacted for one pattern: [B, S/w, Hq, ceil(w/r)]
   const TensorView dq_view = TensorView::packed(dq_acc, DType::kFloat32, device_, B, S, Hq, D);
   const TensorView dk_view = TensorView::packed(dk_acc, DType::kFloat32, device_, B, S, Hkv, D);
   const TensorView dv_view = TensorView::packed(dv_acc, DType::kFloat32, device_, B, S, Hkv, D);
   const bool cuda = device_ == Device::kCuda;
   const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v) && foldable(o) && foldable(dout);
+  const bool alibi = !config_.alibi_slopes.empty();
   if (cuda) {
-    dilated_detail::cuda_fill(base, n_q + 2 * n_kv, 0.f, stream);
+    DISTATTN_CUDA_CHECK(cudaMemsetAsync(base, 0, (n_q + 2 * n_kv) * sizeof(float), stream));
   } else {
     std::fill(base, base + n_q + 2 * n_kv, 0.f);
   }
 
   for (size_t i = 0; i < config_.patterns.size(); ++i) {
-    const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate, m = w / r, nseg = S / w;
+    const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
     if (cuda) {
-      dilated_detail::cuda_compact_lse(lse, lse_part, B, S, Hq, w, r, stream);
+      dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
     } else {
-      host_compact_lse(lse, lse_part, B, S, Hq, w, r);
+      host_lse_move(const_cast<float*>(lse), lse_c, B, S, Hq, w, r, true);
     }
     const float* slopes = pattern_slopes(i);
-    const SegmentPlan plan{fold, B, w, r, m, nseg, Hq, fold ? fold_chunk(B * nseg) : 1};
-    int64_t class_offset = 0;
-    for (int64_t s = 0; s < std::min(r, Hq); ++s) {
-      for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
-        for (int64_t g = 0; g < plan.calls(); ++g) {
-          AttnBwdParams bp;
-          // o: the FINAL output (delta = dO . O); lse_part: the FINAL LSE of these rows, compacted.
-          bp.fwd = pattern_call(plan, hg, g, s, q, k, v, o, lse_part, slopes, config_);
-          bp.dout = plan.view(dout, g, s, hg.qh0, hg.qstep, hg.count);
-          bp.dq = plan.view(dq_view, g, s, hg.qh0, hg.qstep, hg.count);
-          bp.dk = kv_view(plan, hg, g, s, dk_view);
-          bp.dv = kv_view(plan, hg, g, s, dv_view);
-          bp.accumulate = true;
-          if (cuda) {
-            flash_attention_backward(bp, stream);
-          } else {
-            host_attention_backward(bp, config_.host_precision);
-          }
-        }
+    for (const PatternCall& c :
+         plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi)) {
+      AttnBwdParams bp;
+      // o: the FINAL output (delta = dO . O); lse_c: the FINAL LSE of these rows, compacted.
+      bp.fwd = engine_params(c, q, k, v, o, lse_c, slopes, config_);
+      bp.dout = c.qv.apply(dout);
+      bp.dq = c.qv.apply(dq_view);
+      bp.dk = c.kv.apply(dk_view);
+      bp.dv = c.kv.apply(dv_view);
+      bp.accumulate = true;
+      if (cuda) {
+        flash_attention_backward(bp, stream);
+      } else {
+        host_attention_backward(bp, config_.host_precision);
       }
-      class_offset += (Hq - 1 - s) / r + 1;
     }
   }
 

@@ -1,12 +1,15 @@
 // Index math shared by the host loops (dilated_attention.cc) and the CUDA helpers (dilated_kernels.cu).
 // Internal (not installed).
 //
-// Pattern (w, r) over S rows, Hq heads: row p is kept for head h iff p mod r == h mod r (segments start at
-// multiples of w and r divides w, so the offset inside the segment has the same residue).
-// A pattern's partial LSE is stored COMPACTED as [B, S/w, Hq, w/r]: (batch, segment g, head h, kept row m)
-// with p = g*w + (h mod r) + r*m. For one engine call (segment g, heads h0, h0 + r, ...) this is a
-// row-contiguous [B, Hq', m] array with head step r*(w/r) and batch step (S/w)*Hq*(w/r), which is what
-// AttnParams::lse requires (row stride 1); a [B, Hq, S] layout would need row stride r.
+// Pattern (w, r) over S rows, Hq heads: in every segment [g*w, (g+1)*w) head h (class s = h mod r) keeps the rows
+// g*w + s + r*i, i < rows_of_class(w, r, s) = ceil((w - s) / r): row p is kept iff (p mod w) mod r == h mod r.
+// When r divides w every class keeps w/r rows and the test is p mod r == h mod r; with ragged rates
+// (DilatedConfig::ragged_rates, torchscale's semantics) the classes differ in length by at most one.
+// A pattern's LSE is handled COMPACTED as [B, S/w, Hq, m_max], m_max = ceil(w/r): (batch, segment g, head h,
+// kept row i) with p = g*w + (h mod r) + r*i (entries i >= rows_of_class of a short class are padding, never
+// read). For one engine call (segment g, heads h0, h0 + r, ...) this is a row-contiguous [B, Hq', m] array with
+// head step r*m_max and batch step (S/w)*Hq*m_max, which is what AttnParams::lse requires (row stride 1); the
+// [B, Hq, S] layout would need row stride r.
 #pragma once
 
 #include <cstdint>
@@ -16,17 +19,22 @@
 namespace distattn {
 namespace dilated_detail {
 
-DISTATTN_HD bool kept(int64_t p, int64_t h, int64_t r) { return p % r == h % r; }
+DISTATTN_HD int64_t rows_of_class(int64_t w, int64_t r, int64_t s) { return s < w ? (w - 1 - s) / r + 1 : 0; }
+DISTATTN_HD int64_t max_rows(int64_t w, int64_t r) { return (w + r - 1) / r; }
 
-// Compacted partial-LSE index of (b, p, h); only meaningful when kept(p, h, r).
+DISTATTN_HD bool kept(int64_t p, int64_t h, int64_t w, int64_t r) { return (p % w) % r == h % r; }
+
+// Compacted LSE index of (b, p, h); only meaningful when kept(p, h, w, r).
 DISTATTN_HD int64_t compact_index(int64_t b, int64_t p, int64_t h, int64_t S, int64_t H, int64_t w, int64_t r) {
-  const int64_t g = p / w, m = (p % w) / r;
-  return ((b * (S / w) + g) * H + h) * (w / r) + m;
+  const int64_t g = p / w, i = (p % w) / r;
+  return ((b * (S / w) + g) * H + h) * max_rows(w, r) + i;
 }
 
 // --- distributed patterns (distributed_dilated.cc, w > L) ---
-// Rank p holds global rows [p*L, (p+1)*L). For rate r, head h (class s = h mod r) and base = (p*L) mod r,
-// local row l is kept iff (p*L + l) mod r == s, i.e. l = phase + r*i with phase = (s - base) mod r.
+// Rank p holds global rows [p*L, (p+1)*L), L dividing w. For rate r, head h (class s = h mod r) and
+// base = ((p*L) mod w) mod r (the segment offset of the shard's first row, mod r), local row l is kept iff
+// ((p*L + l) mod w) mod r == s, i.e. l = phase + r*i with phase = (s - base) mod r (the shard lies inside one
+// segment, so the offset inside the segment is (p*L) mod w + l).
 DISTATTN_HD int64_t dist_phase(int64_t s, int64_t base, int64_t r) { return ((s - base) % r + r) % r; }
 // Kept local rows of a class on a shard of L rows: ceil((L - phase) / r), 0 when phase >= L.
 DISTATTN_HD int64_t dist_count(int64_t phase, int64_t L, int64_t r) { return phase < L ? (L - 1 - phase) / r + 1 : 0; }

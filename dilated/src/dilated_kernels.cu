@@ -26,60 +26,46 @@ int blocks_for(int64_t n) {
 
 __global__ void fill_kernel(float* p, int64_t n, float value) { GRID_STRIDE(i, n) p[i] = value; }
 
-// Phase 1, one thread per element (b, p, h, d) of acc, i = ((b*S + p)*H + h)*D + d: rescale with the OLD
-// lse_acc (phase 2 updates it afterwards, so no thread reads a half-updated row).
-__global__ void merge_values_kernel(float* acc, const float* lse_acc, const float* part, const float* lse_part,
-                                    int64_t B, int64_t S, int64_t H, int64_t D, int64_t w, int64_t r) {
-  const int64_t n = B * S * H * D;
-  GRID_STRIDE(i, n) {
-    const int64_t h = (i / D) % H, p = (i / (D * H)) % S, b = i / (D * H * S);
-    if (!kept(p, h, r)) continue;
-    const float la = lse_acc[(b * H + h) * S + p];
-    const float lp = lse_part[compact_index(b, p, h, S, H, w, r)];
-    const float hi = fmaxf(la, lp);
-    if (hi == -INFINITY) continue;  // neither side has any key: stays 0
-    const float L = hi + log1pf(expf(fminf(la, lp) - hi));
-    acc[i] = acc[i] * expf(la - L) + part[i] * expf(lp - L);
-  }
-}
-
-// Phase 2, one thread per row (b, h, p): lse_acc = logaddexp(lse_acc, lse_part).
-__global__ void merge_lse_kernel(float* lse_acc, const float* lse_part, int64_t B, int64_t S, int64_t H, int64_t w,
-                                 int64_t r) {
-  const int64_t n = B * H * S;
-  GRID_STRIDE(i, n) {
-    const int64_t p = i % S, h = (i / S) % H, b = i / (S * H);
-    if (!kept(p, h, r)) continue;
-    const float la = lse_acc[i];
-    const float lp = lse_part[compact_index(b, p, h, S, H, w, r)];
-    const float hi = fmaxf(la, lp);
-    if (hi == -INFINITY) continue;
-    lse_acc[i] = hi + log1pf(expf(fminf(la, lp) - hi));
-  }
-}
-
-__global__ void cast_kernel(const float* src, void* dst, int dtype, int64_t S, int64_t H, int64_t D, int64_t n,
+// One thread per 4 consecutive elements of src (packed [B, S, H, D], D % 4 == 0): element e = 4*v lies in row
+// (b, s, h) = e / D and dims d .. d+3, d = e % D; dst element (b, s, h, d) at b*sb + s*ss + h*sh + d.
+__global__ void cast_kernel(const float* src, void* dst, int dtype, int64_t S, int64_t H, int64_t D, int64_t nvec,
                             int64_t sb, int64_t ss, int64_t sh) {
-  GRID_STRIDE(i, n) {
-    const int64_t d = i % D, h = (i / D) % H, s = (i / (D * H)) % S, b = i / (D * H * S);
+  GRID_STRIDE(v, nvec) {
+    const int64_t e = 4 * v, row = e / D, d = e - row * D;
+    const int64_t h = row % H, bs = row / H, s = bs % S, b = bs / S;
     const int64_t o = b * sb + s * ss + h * sh + d;
-    const float v = src[i];
+    const float4 x = reinterpret_cast<const float4*>(src)[v];
     if (dtype == static_cast<int>(DType::kBFloat16)) {
-      static_cast<__nv_bfloat16*>(dst)[o] = __float2bfloat16_rn(v);
+      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(dst) + o);
+      out[0] = __floats2bfloat162_rn(x.x, x.y);
+      out[1] = __floats2bfloat162_rn(x.z, x.w);
     } else if (dtype == static_cast<int>(DType::kFloat16)) {
-      static_cast<__half*>(dst)[o] = __float2half_rn(v);
+      __half2* out = reinterpret_cast<__half2*>(static_cast<__half*>(dst) + o);
+      out[0] = __floats2half2_rn(x.x, x.y);
+      out[1] = __floats2half2_rn(x.z, x.w);
     } else {
-      static_cast<float*>(dst)[o] = v;
+      float* out = static_cast<float*>(dst) + o;
+      out[0] = x.x, out[1] = x.y, out[2] = x.z, out[3] = x.w;
     }
   }
 }
 
-__global__ void compact_lse_kernel(const float* lse, float* lse_part, int64_t B, int64_t S, int64_t H, int64_t w,
-                                   int64_t r) {
-  const int64_t n = B * H * S;
-  GRID_STRIDE(i, n) {
-    const int64_t p = i % S, h = (i / S) % H, b = i / (S * H);
-    if (kept(p, h, r)) lse_part[compact_index(b, p, h, S, H, w, r)] = lse[i];
+// One thread per compacted entry t = ((b*nseg + g)*H + h)*m_max + i of pattern (w, r): row p = g*w + s + r*i with
+// s = h mod r (skipped when s + r*i >= w: padding of a short class). to_compact: lse_c[t] = lse[(b*H + h)*S + p];
+// otherwise the reverse.
+__global__ void lse_move_kernel(float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r,
+                                bool to_compact) {
+  const int64_t nseg = S / w, m_max = max_rows(w, r), n = B * nseg * H * m_max;
+  GRID_STRIDE(t, n) {
+    const int64_t i = t % m_max, bgh = t / m_max, h = bgh % H, bg = bgh / H, g = bg % nseg, b = bg / nseg;
+    const int64_t off = h % r + r * i;
+    if (off >= w) continue;
+    const int64_t l = (b * H + h) * S + g * w + off;
+    if (to_compact) {
+      lse_c[t] = lse[l];
+    } else {
+      lse[l] = lse_c[t];
+    }
   }
 }
 
@@ -91,26 +77,26 @@ void cuda_fill(float* p, int64_t n, float value, cudaStream_t stream) {
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 
-void cuda_merge(float* acc, float* lse_acc, const float* part, const float* lse_part, int64_t B, int64_t S, int64_t H,
-                int64_t D, int64_t w, int64_t r, cudaStream_t stream) {
-  merge_values_kernel<<<blocks_for(B * S * H * D), kThreads, 0, stream>>>(acc, lse_acc, part, lse_part, B, S, H, D, w,
-                                                                          r);
-  DISTATTN_CUDA_CHECK_LAUNCH();
-  merge_lse_kernel<<<blocks_for(B * H * S), kThreads, 0, stream>>>(lse_acc, lse_part, B, S, H, w, r);
-  DISTATTN_CUDA_CHECK_LAUNCH();
-}
-
 void cuda_cast(const float* src, const TensorView& dst, cudaStream_t stream) {
-  const int64_t n = dst.numel();
-  cast_kernel<<<blocks_for(n), kThreads, 0, stream>>>(src, dst.data, static_cast<int>(dst.dtype), dst.shape[1],
-                                                      dst.shape[2], dst.shape[3], n, dst.stride[0], dst.stride[1],
-                                                      dst.stride[2]);
+  const int64_t nvec = dst.numel() / 4;
+  if (nvec <= 0) return;
+  cast_kernel<<<blocks_for(nvec), kThreads, 0, stream>>>(src, dst.data, static_cast<int>(dst.dtype), dst.shape[1],
+                                                         dst.shape[2], dst.shape[3], nvec, dst.stride[0], dst.stride[1],
+                                                         dst.stride[2]);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 
-void cuda_compact_lse(const float* lse, float* lse_part, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r,
+void cuda_lse_gather(const float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r,
+                     cudaStream_t stream) {
+  const int64_t n = B * (S / w) * H * max_rows(w, r);
+  lse_move_kernel<<<blocks_for(n), kThreads, 0, stream>>>(const_cast<float*>(lse), lse_c, B, S, H, w, r, true);
+  DISTATTN_CUDA_CHECK_LAUNCH();
+}
+
+void cuda_lse_scatter(const float* lse_c, float* lse, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r,
                       cudaStream_t stream) {
-  compact_lse_kernel<<<blocks_for(B * H * S), kThreads, 0, stream>>>(lse, lse_part, B, S, H, w, r);
+  const int64_t n = B * (S / w) * H * max_rows(w, r);
+  lse_move_kernel<<<blocks_for(n), kThreads, 0, stream>>>(lse, const_cast<float*>(lse_c), B, S, H, w, r, false);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,8 +1,10 @@
 // Dilated (LongNet) attention through the host engine (fp64 inputs; fp32 accumulator and LSE inside)
 // against a dense fp64 reference written here from the pattern definition alone:
-//   for each pattern (w, r), head h and query row i kept by it (i mod r == h mod r), the keys are the rows j
-//   of i's segment with j mod r == h mod r (and j <= i when causal); the softmax runs over the MULTISET
-//   union of those keys over all patterns (a key listed by two patterns counts twice).
+//   for each pattern (w, r), head h and query row i kept by it ((i - g0) mod r == h mod r, g0 = the start of
+//   i's segment: torchscale's rows s, s + r, ... < w of each segment, also when r does not divide w, the
+//   config.ragged_rates case), the keys are the rows j of i's segment with (j - g0) mod r == h mod r (and j <= i
+//   when causal); the softmax runs over the MULTISET union of those keys over all patterns (a key listed by two
+//   patterns counts twice).
 // Backward: the reference's analytic gradient of that softmax, checked itself by finite differences.
 #include <gtest/gtest.h>
 
@@ -10,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -36,10 +39,10 @@ std::vector<int64_t> keys_of(const DilatedConfig& c, int64_t i, int64_t h, bool 
   std::vector<int64_t> keys;
   std::vector<char> seen;
   for (const DilatedPattern& p : c.patterns) {
-    if (i % p.rate != h % p.rate) continue;  // row i not kept for head h by this pattern
-    const int64_t g0 = (i / p.segment) * p.segment;
+    const int64_t g0 = (i / p.segment) * p.segment;  // offsets counted from the segment start
+    if ((i - g0) % p.rate != h % p.rate) continue;   // row i not kept for head h by this pattern
     for (int64_t j = g0; j < g0 + p.segment; ++j) {
-      if (j % p.rate != h % p.rate) continue;
+      if ((j - g0) % p.rate != h % p.rate) continue;
       if (c.causal && j > i) continue;
       keys.push_back(j);
     }
@@ -164,14 +167,20 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
   SCOPED_TRACE("seed " + std::to_string(cs.seed) + " S=" + std::to_string(sh.S) + " Hq=" + std::to_string(sh.Hq) +
                " Hkv=" + std::to_string(sh.Hkv) + " causal=" + std::to_string(c.causal));
   const Reference ref = reference(c, sh, cs.q, cs.k, cs.v, &cs.dout);
-  for (int mode = 0; mode < 3; ++mode) {  // folded in one call, folded in calls of <= 3 segments, per segment
-    const bool fold = mode < 2;
-    SCOPED_TRACE(mode == 0 ? "segments folded into the batch" : mode == 1 ? "folded, 3 per call" : "per segment");
+  // Modes: 0 the default (segments or classes folded, whichever gives more CTAs), 1 segments folded in calls of
+  // <= 3 segments, 2 per segment (classes may still fold), 3 segments folded and classes never folded.
+  for (int mode = 0; mode < 4; ++mode) {
+    const bool fold = mode != 2;
+    SCOPED_TRACE(mode == 0   ? "default folding"
+                 : mode == 1 ? "segments folded, 3 per call"
+                 : mode == 2 ? "per segment"
+                             : "segments folded, classes never");
     HostTensor o(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, pad, pad);
     std::vector<float> lse(sh.B * sh.Hq * sh.S, std::numeric_limits<float>::quiet_NaN());
     fill_nan(o);
     DilatedAttention attn(c, Device::kHost);
     attn.set_fold_segments(fold, mode == 1 ? 3 : 0);
+    attn.set_fold_classes(mode != 3);
     attn.forward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data());
     const auto eo = compare(o.view, ref.o.view);
     const auto el = compare_flat(lse.data(), ref.lse.data(), static_cast<int64_t>(lse.size()));
@@ -347,6 +356,47 @@ TEST(Dilated, BackwardMatchesFiniteDifferences) {
   EXPECT_GT(worst, 0.0);
 }
 
+// Rates that do not divide their segment (config.ragged_rates): class s keeps rows s, s + r, ... < w of each
+// segment, so classes differ in length; H % r != 0, rates above H, GQA (strided and per-head kv), ALiBi.
+TEST(Dilated, RaggedRatesForwardBackward) {
+  DilatedConfig c;
+  c.ragged_rates = true;
+  c.patterns = {{12, 1}, {12, 5}, {24, 7}};  // r = 5: classes of 3, 3, 2, 2, 2 rows; r = 7 > H: 4, 4, 4, 3, 3
+  c.causal = true;
+  check(c, {1, 48, 5, 5, 8}, 30);
+  c.causal = false;
+  check(c, {2, 24, 5, 5, 8}, 31, /*pad=*/1);
+  c.patterns = {{16, 3}, {8, 1}, {16, 6}};  // Hq/Hkv = 3 divides 3 and 6: strided kv heads
+  check(c, {1, 32, 6, 2, 8}, 32);
+  c.causal = true;
+  c.patterns = {{10, 4}, {20, 3}};  // Hq/Hkv = 2: r = 4 strided kv heads, r = 3 per head; no rate-1 pattern
+  check(c, {1, 40, 4, 2, 8}, 33);
+  c.alibi_slopes = random_slopes(4, testing::test_seed() + 34);
+  check(c, {1, 40, 4, 2, 8}, 34, 0, /*batch_pad=*/3);
+}
+
+// With ragged rates a short class really is short: head 4 of r = 5 over w = 12 keeps rows 4 and 9 only (not 14).
+TEST(Dilated, RaggedRatesKeepTorchscaleRows) {
+  DilatedConfig c;
+  c.ragged_rates = true;
+  c.patterns = {{12, 5}};
+  Case cs({1, 24, 5, 5, 8}, 35);
+  HostTensor o(DType::kFloat64, 1, 24, 5, 8);
+  std::vector<float> lse(5 * 24);
+  dilated_attention_forward(c, cs.q.view, cs.k.view, cs.v.view, o.view, lse.data(), Device::kHost);
+  for (int64_t h = 0; h < 5; ++h)
+    for (int64_t p = 0; p < 24; ++p) {
+      const bool want = (p % 12) % 5 == h;
+      EXPECT_EQ(std::isfinite(lse[h * 24 + p]), want) << "h " << h << " p " << p;
+    }
+  // Rows 10 and 11 of each segment belong to classes 0 and 1 (10 % 5, 11 % 5), as in torchscale.
+  EXPECT_TRUE(std::isfinite(lse[0 * 24 + 10]) && std::isfinite(lse[1 * 24 + 23]));
+  c.error_if_query_without_key = true;
+  EXPECT_ERROR_ARG(validate_dilated_config(c, 24, 5), "config.patterns");
+  c.patterns.push_back({24, 1});
+  EXPECT_NO_THROW(validate_dilated_config(c, 24, 5));
+}
+
 TEST(Dilated, ScratchGrowsAcrossCalls) {
   DilatedConfig c = longnet_like(false);
   DilatedAttention attn(c, Device::kHost);
@@ -385,9 +435,21 @@ TEST(Dilated, BadInputNamesArgumentAndWritesNothing) {
   c.patterns = {{8, 1}, {12, 2}};  // 12 does not divide 32
   EXPECT_ERROR_ARG(run(c), "config.patterns[1].segment");
   untouched();
-  c.patterns = {{8, 1}, {16, 3}};  // 3 does not divide 16
+  c.patterns = {{8, 1}, {16, 3}};  // 3 does not divide 16: an Error unless ragged_rates (which it names)
   EXPECT_ERROR_ARG(run(c), "config.patterns[1].rate");
   untouched();
+  try {
+    validate_dilated_config(c, 32, 4);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ragged_rates"), std::string::npos) << e.what();
+  }
+  c.ragged_rates = true;
+  EXPECT_NO_THROW(validate_dilated_config(c, 32, 4));
+  c.patterns = {{8, 1}, {16, 17}};  // a rate above the segment stays an error
+  EXPECT_ERROR_ARG(run(c), "config.patterns[1].rate");
+  untouched();
+  c.ragged_rates = false;
   c.patterns = {{8, 0}};
   EXPECT_ERROR_ARG(run(c), "config.patterns[0].rate");
   untouched();

@@ -41,6 +41,8 @@ struct GpuCase {
   bool causal = false;
   bool alibi = false;
   int64_t head_pad = 0, row_pad = 0;  // padding in elements (kept a multiple of 8: 16-byte aligned rows)
+  bool ragged = false;                // config.ragged_rates
+  bool fold_classes = true;           // false: DilatedAttention::set_fold_classes(false) on the GPU
 };
 
 double rms_of(const HostTensor& t) {
@@ -61,6 +63,7 @@ void run_case(const GpuCase& c) {
   DilatedConfig cfg;
   cfg.patterns = c.patterns;
   cfg.causal = c.causal;
+  cfg.ragged_rates = c.ragged;
   if (c.alibi) {
     for (int64_t h = 0; h < c.Hq; ++h) cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
   }
@@ -89,6 +92,7 @@ void run_case(const GpuCase& c) {
   DeviceTensor d_o(o_gpu);
   DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
   DilatedAttention gpu(cfg, Device::kCuda);
+  gpu.set_fold_classes(c.fold_classes);
   gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
   d_o.download(o_gpu);
@@ -189,6 +193,42 @@ TEST(DilatedGpu, AlibiGlobalPositionsAndRowsWithoutKeys) {
   d.S = 512;
   d.patterns = {{128, 1}, {256, 2}, {512, 4}};
   run_case(d);
+}
+
+// The last pattern (one segment, 4 classes) runs with the classes folded into the batch by default; the same
+// case with that folding off (per-class calls) must pass too.
+TEST(DilatedGpu, ClassFoldingOffMatches) {
+  GpuCase c{"no_class_fold"};
+  c.causal = true;
+  c.fold_classes = false;
+  run_case(c);
+}
+
+// Rates that do not divide their segments (config.ragged_rates, LongNet's r = 6, 12 on power-of-two segments):
+// classes of unequal length, H % r != 0, classes folded (one segment of 512, 6 classes) and not.
+TEST(DilatedGpu, RaggedRates) {
+  GpuCase c{"ragged_causal_d128"};
+  c.ragged = true;
+  c.causal = true;
+  c.S = 1024;
+  c.D = 128;
+  c.Hq = c.Hkv = 8;
+  c.patterns = {{128, 1}, {256, 3}, {512, 6}, {1024, 12}};
+  run_case(c);
+  GpuCase d{"ragged_noncausal_fp16_gqa"};
+  d.ragged = true;
+  d.dtype = DType::kFloat16;
+  d.S = 512;
+  d.Hq = 6;
+  d.Hkv = 2;
+  d.patterns = {{512, 6}, {256, 5}, {128, 1}};  // GQA 3: r = 6 strided kv heads, r = 5 per head
+  run_case(d);
+  GpuCase e{"ragged_causal_no_class_fold"};
+  e = c;
+  e.name = "ragged_causal_no_class_fold";
+  e.fold_classes = false;
+  e.Hq = e.Hkv = 5;
+  run_case(e);
 }
 
 TEST(DilatedGpu, BadInputThrowsBeforeLaunch) {

@@ -2,8 +2,10 @@
 //
 // Definition (LongNet, and ../../shared/DESIGN.md "Dilated attention"): a list of patterns (w_i, r_i).
 // For pattern i and query head h, every segment [g*w_i, (g+1)*w_i) of the sequence keeps the rows
-//     g*w_i + s + r_i*m,   m = 0 .. w_i/r_i - 1,   s = h mod r_i,
-// and computes dense attention (optionally causal) among the kept rows of that segment only. A row that
+//     g*w_i + s + r_i*m,   m = 0 .. ceil((w_i - s)/r_i) - 1,   s = h mod r_i,
+// and computes dense attention (optionally causal) among the kept rows of that segment only. By default r_i
+// must divide w_i (every class keeps w_i/r_i rows); DilatedConfig::ragged_rates lets it not divide (torchscale's
+// semantics: the classes of a segment then differ in length by one). A row that
 // pattern i does not keep for head h gets nothing from it (O_i = 0, LSE_i = -inf). The patterns are mixed
 // by their softmax denominators:
 //     O = sum_i alpha_i O_i,   alpha_i = exp(LSE_i - LSE),   LSE = logsumexp_i LSE_i.
@@ -20,16 +22,22 @@
 // Host engine: every tensor and lse in host memory, q of any engine dtype (fp64 for references).
 // CUDA engine: device memory, bf16/fp16, head dims of flash_supports_head_dim; work is enqueued on `stream`.
 //
-// How it runs (no gather copies): for each pattern, segment and head-offset class s, ONE engine call on
-// strided views (row stride * r, start row g*w + s; heads s, s + r, ... as a view with head stride * r
-// when that is a regular stride of q and kv heads, else one call per head) with global position maps
-// PositionMap::strided(g*w + s, r, w/r). When the layout allows (B == 1, or batch stride == S * row stride)
-// the S/w segments of a pattern are folded into the batch dimension of a single call instead (positions then
-// counted from the segment start: same masks and ALiBi, which depend only on differences inside a segment).
-// Each pattern writes an fp32 partial (O_i, LSE_i) into scratch,
-// merged into an fp32 accumulator with the accumulate-mode formula; the accumulator is cast once.
-// (The engine's own accumulate mode cannot be used across patterns: its lse must be row-contiguous,
-// and a dilated view's rows are not contiguous in a [B, H, S] lse.)
+// How it runs (no gather copies): for each pattern, engine calls on strided views (row stride * r, start row
+// g*w + s; heads s, s + r, ... as a view with head stride * r when that is a regular stride of q and kv heads,
+// else one call per head) with position maps PositionMap::strided(., r, rows), folded one of two ways:
+//   - segments folded: one call per head-offset class s, the S/w segments (and the B batches when the layout
+//     allows: B == 1, or batch stride == S * row stride) in the batch dimension, positions counted from the
+//     segment start (masks and ALiBi depend only on differences inside a segment);
+//   - classes folded: one call per segment (and batch), the classes in the batch dimension (class s starts at
+//     row s, head s: batch stride = row stride + head stride; outputs never alias), positions strided(0, r, .)
+//     for every class. Only without ALiBi (its slopes differ per class), with Hq == Hkv, and for the classes of
+//     equal row and head counts (consecutive runs).
+//   The one with more CTAs per call is used (classes when min(r, Hq) > the segment batch).
+// The patterns ACCUMULATE into one fp32 output [B, S, Hq, D] through the engine's accumulate mode: the running
+// LSE is kept in the caller's lse [B, Hq, S] and, per pattern, its kept entries are gathered into the compacted
+// layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back.
+// A rate-1 pattern (every row kept) runs first in plain mode and initialises the accumulator; otherwise it
+// starts at 0 and -inf. The accumulator is cast once into o.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -44,13 +52,18 @@ namespace distattn {
 
 struct DilatedPattern {
   int64_t segment = 0;  // w: segment length in rows; must divide the sequence length
-  int64_t rate = 1;     // r: dilation rate; must divide w
+  int64_t rate = 1;     // r: dilation rate, 1 <= r <= w; must divide w unless DilatedConfig::ragged_rates
 };
 
 struct DilatedConfig {
-  std::vector<DilatedPattern> patterns;     // at least one
-  bool causal = false;                      // causal inside each (compacted) segment
-  float softmax_scale = 0.f;                // 0: 1 / sqrt(D)
+  std::vector<DilatedPattern> patterns;  // at least one
+  bool causal = false;                   // causal inside each (compacted) segment
+  float softmax_scale = 0.f;             // 0: 1 / sqrt(D)
+  // Opt-in for rates that do not divide their segment (LongNet's own configuration: w = 2048 .. 32768 with
+  // r = 1, 2, 4, 6, 12). false: such a rate is an Error naming config.patterns[i].rate. true: torchscale's
+  // semantics, class s keeps the rows s, s + r, ... < w of every segment, ceil((w - s) / r) of them (classes
+  // differ in length by one). Rates that divide w behave identically either way.
+  bool ragged_rates = false;
   std::vector<float> alibi_slopes;          // HOST values, [Hq] or empty for no ALiBi (copied at construction)
   bool error_if_query_without_key = false;  // throw (argument "config.patterns") if some (row, head) is kept by
                                             // no pattern; otherwise such rows get O = 0 and LSE = -inf
@@ -61,14 +74,14 @@ struct DilatedConfig {
 
 // Checks the configuration against a sequence length and head count; throws distattn::Error naming the
 // argument ("config.patterns", "config.patterns[i].segment", "config.patterns[i].rate",
-// "config.alibi_slopes", "config.softmax_scale"). Called by every entry point before anything runs.
+// "config.alibi_slopes", "config.softmax_scale"). A rate that does not divide its segment is an Error unless
+// config.ragged_rates is set. Called by every entry point before anything runs.
 void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_t q_heads);
 
-// Owns the configuration and the scratch buffers: fp32 accumulator O [B, S, Hq, D], one pattern's fp32
-// partial O_i [B, S, Hq, D], fp32 LSE accumulator and partial [B, Hq, S] each, and in the backward fp32 dQ,
-// dK, dV. Scratch lives on `device` (cudaMalloc on CUDA), grows to the largest call and is kept until
-// destruction; the object is not thread-safe (one call at a time). On CUDA the destructor synchronises the
-// stream of the last call before freeing.
+// Owns the configuration and the scratch buffers: fp32 accumulator O [B, S, Hq, D] and one pattern's
+// compacted LSE (at most [B, Hq, S + S/w]), and in the backward fp32 dQ, dK, dV and the compacted LSE. Scratch lives on
+// `device` (cudaMalloc on CUDA), grows to the largest call and is kept until destruction; the object is not thread-safe
+// (one call at a time). On CUDA the destructor synchronises the stream of the last call before freeing.
 class DilatedAttention {
  public:
   DilatedAttention(DilatedConfig config, Device device);
@@ -86,6 +99,9 @@ class DilatedAttention {
     fold_segments_ = fold;
     max_fold_batch_ = max_batch;
   }
+  // Classes of a pattern go to the engine as the batch of one call per segment when that gives more CTAs
+  // (see "How it runs"); false forces the per-class calls (tests: both give the same result).
+  void set_fold_classes(bool fold) { fold_classes_ = fold; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -104,9 +120,8 @@ class DilatedAttention {
   float* scratch(int64_t floats);  // at least `floats` fp32 elements on device_
   void validate_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                         const float* lse) const;
-  const float* pattern_slopes(size_t pattern) const;
-  int64_t fold_chunk(
-      int64_t total) const;  // segments per folded call  // slopes permuted by head-offset class, or null
+  const float* pattern_slopes(size_t pattern) const;  // slopes permuted by head-offset class, or null
+  int64_t fold_chunk(int64_t total) const;            // segments per folded call
 
   DilatedConfig config_;
   Device device_;
@@ -118,6 +133,7 @@ class DilatedAttention {
   std::vector<float> scratch_host_;
   cudaStream_t last_stream_ = nullptr;
   bool fold_segments_ = true;
+  bool fold_classes_ = true;
   int64_t max_fold_batch_ = 0;
 };
 
