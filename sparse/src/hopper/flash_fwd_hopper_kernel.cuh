@@ -2,25 +2,29 @@
 //
 // CTA = 3 warpgroups (384 threads) for one (batch b, q head h, q tile of kBlockM = 128 rows):
 //   warpgroup 0  producer: gives registers back (setmaxnreg 24); one thread issues every TMA load: the
-//                Q tile once, then for each kv tile the K tile and the V tile into a 2-stage ring.
+//                Q tile once, then K and V tiles into a 2-stage ring, in the order K(0), K(1), V(0), K(2),
+//                V(1), ... (the consumers need K(it) and V(it - 1) together).
 //   warpgroups 1, 2  consumers (setmaxnreg 240): consumer c owns q rows [64 c, 64 c + 64) of the tile.
 //                Per kv tile (128 rows): S = Q K^T (8 wgmma m64n128k16, A = Q and B = K from shared
 //                memory, K-major), mask (boundary tiles only), online softmax on the accumulator fragment,
 //                P rounded to bf16/fp16 in registers, O += P V (8 wgmma, A = P from registers,
 //                B = V from shared memory, MN-major through the descriptor's transpose bit).
+//                Intra-warpgroup overlap: S(it) and P V(it - 1) are issued back to back, and the softmax of
+//                tile it runs while the tensor cores still do P V(it - 1); O is rescaled after that wait.
 // Synchronisation (mbarriers in shared memory):
-//   bar_q           Q landed (TMA transaction count).
-//   full_k[s]       K tile of stage s landed;  full_v[s]  V tile of stage s landed.
-//   empty[s]        both consumers finished reading stage s (8 warp arrivals): the producer may refill it.
-//   A stage is used by tiles it = s, s + 2, s + 4, ...: use u = it / 2 waits full with parity u & 1, and the
-//   producer's refill for use u >= 1 waits empty with parity (u - 1) & 1.
+//   bar_q              Q landed (TMA transaction count).
+//   full_k[s], full_v[s]    K / V tile of stage s landed.
+//   empty_k[s], empty_v[s]  both consumers finished reading K / V of stage s (8 warp arrivals each): the
+//                      producer may refill it. K is released right after S, V after P V.
+//   Tile it uses stage it % 2; its use u = it / 2 waits full with parity u & 1, and the producer's refill
+//   for use u >= 1 waits empty with parity (u - 1) & 1.
 //
 // Shared memory (bytes from a 1024-aligned base; every tile in the 128-byte-swizzle layout of
 // hopper_primitives.cuh, head dim split in two 64-wide halves):
 //   Q     [2 halves][128 rows][128 B]           32 KB
 //   K[s]  [2 halves][kBlockN rows][128 B]       32 KB each, s = 0, 1
 //   V[s]  same                                  32 KB each
-//   mbarriers                                   7 x 8 B
+//   mbarriers                                   9 x 8 B
 //
 // Tiles visited: with a dense band, the kv rows any q row of the tile can see form one range (one-chunk
 // position maps are increasing), so the tiles n_begin .. n_end - 1 are walked from the last to the first
@@ -55,7 +59,7 @@ struct FwdConfig {
   static constexpr int kOffK = kQBytes;                       // K[s] at kOffK + s * kKVBytes
   static constexpr int kOffV = kOffK + kStages * kKVBytes;    // V[s] at kOffV + s * kKVBytes
   static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers
-  static constexpr int kSmemBytes = kOffBar + 64 + 1024;      // + slack to align the base to 1024
+  static constexpr int kSmemBytes = kOffBar + 128 + 1024;     // + slack to align the base to 1024
   static_assert(kBlockN == kLayoutBlock, "block lists address kv blocks as kernel tiles");
 };
 
@@ -130,6 +134,55 @@ struct TypeOps<__half> {
 #endif
 };
 
+// Per-thread softmax state and helpers of a consumer warpgroup (see the kernel below).
+// Row-range mask: a thread's row r sees kv rows [kv_lo[r], kv_hi[r]] (band AND row < Skv; empty when
+// kv_lo > kv_hi), computed once per CTA since one-chunk position maps are affine. On a tile starting at
+// n0, acc i of the thread has column n0 + col_base + 8 (i / 4) + (i % 2), so the test per element is one
+// compile-time offset against two per-row bounds.
+template <bool kBand>
+__device__ __forceinline__ void mask_tile(float (&sc)[64], const int (&kv_lo)[2], const int (&kv_hi)[2], int seqlen_kv,
+                                          int n0_plus_col) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int lo = kBand ? kv_lo[r] - n0_plus_col : INT32_MIN;
+    const int hi = (kBand ? kv_hi[r] : seqlen_kv - 1) - n0_plus_col;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      if ((i / 2) % 2 != r) continue;
+      const int off = 8 * (i / 4) + (i % 2);
+      if (off < lo || off > hi) sc[i] = -INFINITY;
+    }
+  }
+}
+
+#ifdef DISTATTN_HOPPER_DEVICE
+// Online softmax of one tile: updates row_max / row_sum, turns sc into unnormalised probabilities
+// exp2(s * scale_log2 - max * scale_log2) and returns the factor the previous O must be multiplied by.
+__device__ __forceinline__ void softmax_tile(float (&sc)[64], float (&row_max)[2], float (&row_sum)[2],
+                                             float (&corr)[2], float scale_log2) {
+  float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int i = 0; i < 64; ++i) tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], sc[i]);
+  float scaled_max[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+    tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+    const float new_max = fmaxf(row_max[r], tile_max[r]);
+    // A row with nothing visible yet keeps max -inf: use 0 as the reference so no inf - inf appears.
+    scaled_max[r] = new_max == -INFINITY ? 0.f : new_max * scale_log2;
+    corr[r] = fast_exp2(row_max[r] * scale_log2 - scaled_max[r]);  // 0 when row_max was -inf
+    row_max[r] = new_max;
+    row_sum[r] *= corr[r];
+  }
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    sc[i] = fast_exp2(fmaf(sc[i], scale_log2, -scaled_max[(i / 2) % 2]));
+    row_sum[(i / 2) % 2] += sc[i];
+  }
+}
+#endif
+
 template <typename T>
 __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     flash_fwd_hopper_kernel(const __grid_constant__ FlashFwdHopperParams p) {
@@ -141,9 +194,10 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const uint32_t sK = smem_base + C::kOffK;
   const uint32_t sV = smem_base + C::kOffV;
   const uint32_t bar_q = smem_base + C::kOffBar;
-  const uint32_t bar_full_k = bar_q + 8;   // [2]
-  const uint32_t bar_full_v = bar_q + 24;  // [2]
-  const uint32_t bar_empty = bar_q + 40;   // [2]
+  const uint32_t bar_full_k = bar_q + 8;    // [2]
+  const uint32_t bar_full_v = bar_q + 24;   // [2]
+  const uint32_t bar_empty_k = bar_q + 40;  // [2]
+  const uint32_t bar_empty_v = bar_q + 56;  // [2]
 
   // Heaviest q tiles first under a causal band (they see the most kv tiles).
   const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.x);
@@ -158,7 +212,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar_full_k + 8 * s, 1);
       mbar_init(bar_full_v + 8 * s, 1);
-      mbar_init(bar_empty + 8 * s, 8);  // one arrival per consumer warp
+      mbar_init(bar_empty_k + 8 * s, 8);  // one arrival per consumer warp
+      mbar_init(bar_empty_v + 8 * s, 8);
     }
     mbar_init_fence();
   }
@@ -166,6 +221,9 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
 
   if (warpgroup == 0) {
     // ---------------------------------------------------------------- producer
+    // Order: Q, K(0), then K(it), V(it - 1) for it = 1.., then V(last): the consumers need K(it) and V(it - 1)
+    // in the same iteration (S of tile it overlaps P V of tile it - 1). Tile it uses stage it % 2; its use
+    // u = it / 2 >= 1 waits until both consumers released that stage's K (resp. V) from use u - 1.
     regs_decrease<24>();
     if (threadIdx.x == 0 && plan.count > 0) {
       tma_prefetch_desc(&p.tmap_q);
@@ -175,26 +233,32 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       mbar_arrive_expect_tx(bar_q, C::kQBytes);
       tma_load_4d(sQ, &p.tmap_q, bar_q, 0, m0, h, b);
       tma_load_4d(sQ + C::kHalfQBytes, &p.tmap_q, bar_q, 64, m0, h, b);
-      for (int it = 0; it < plan.count; ++it) {
+      auto load = [&](int it, uint32_t smem, const CUtensorMap* map, uint32_t full, uint32_t empty) {
         const int s = it & 1;
         const int use = it >> 1;
-        if (use > 0) mbar_wait(bar_empty + 8 * s, (use - 1) & 1);
+        if (use > 0) mbar_wait(empty + 8 * s, (use - 1) & 1);
         int idx;
         const int n0 = plan_tile(p, plan, it, &idx) * C::kBlockN;
-        const uint32_t k_dst = sK + s * C::kKVBytes;
-        const uint32_t v_dst = sV + s * C::kKVBytes;
-        mbar_arrive_expect_tx(bar_full_k + 8 * s, C::kKVBytes);
-        tma_load_4d(k_dst, &p.tmap_k, bar_full_k + 8 * s, 0, n0, h_kv, b);
-        tma_load_4d(k_dst + C::kHalfKVBytes, &p.tmap_k, bar_full_k + 8 * s, 64, n0, h_kv, b);
-        mbar_arrive_expect_tx(bar_full_v + 8 * s, C::kKVBytes);
-        tma_load_4d(v_dst, &p.tmap_v, bar_full_v + 8 * s, 0, n0, h_kv, b);
-        tma_load_4d(v_dst + C::kHalfKVBytes, &p.tmap_v, bar_full_v + 8 * s, 64, n0, h_kv, b);
+        const uint32_t dst = smem + s * C::kKVBytes;
+        mbar_arrive_expect_tx(full + 8 * s, C::kKVBytes);
+        tma_load_4d(dst, map, full + 8 * s, 0, n0, h_kv, b);
+        tma_load_4d(dst + C::kHalfKVBytes, map, full + 8 * s, 64, n0, h_kv, b);
+      };
+      load(0, sK, &p.tmap_k, bar_full_k, bar_empty_k);
+      for (int it = 1; it < plan.count; ++it) {
+        load(it, sK, &p.tmap_k, bar_full_k, bar_empty_k);
+        load(it - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
       }
+      load(plan.count - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
     }
     return;
   }
 
   // ------------------------------------------------------------------ consumers
+  // Iteration it (>= 1) of the main loop: issue S(it) = Q K(it)^T and O += P(it - 1) V(it - 1) back to back
+  // (two wgmma batches in flight), wait for S(it) only, run the mask and softmax of tile it while the tensor
+  // cores do P V, then wait for P V, rescale O by the new maxima and pack P(it). The last P V runs after the
+  // loop. K(it) is released as soon as S(it) is done, V(it - 1) after P V.
   regs_increase<240>();
   const int cw = warpgroup - 1;  // consumer warpgroup: q rows [64 cw, 64 cw + 64) of the tile
   const int tid = threadIdx.x % 128;
@@ -211,37 +275,26 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   float row_sum[2] = {0.f, 0.f};              // this thread's partial sums of exp2(q.k * scale_log2 - max)
   const float scale_log2 = p.scale_log2;
 
+  // Visible kv rows of this thread's two rows (band and Skv): [kv_lo[r], kv_hi[r]].
+  int kv_lo[2], kv_hi[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t pos_q = p.q_start + static_cast<int64_t>(m0 + row0 + 8 * r) * p.q_stride;
+    const int64_t lo_pos = pos_q - p.band_hi - p.kv_start;
+    const int64_t hi_pos = pos_q - p.band_lo - p.kv_start;
+    const int64_t lo = lo_pos <= 0 ? 0 : (lo_pos + p.kv_stride - 1) / p.kv_stride;
+    const int64_t hi = hi_pos < 0 ? -1 : hi_pos / p.kv_stride;
+    kv_lo[r] = static_cast<int>(min(lo, static_cast<int64_t>(p.seqlen_kv)));
+    kv_hi[r] = static_cast<int>(min(hi, static_cast<int64_t>(p.seqlen_kv - 1)));
+  }
+
   // Descriptors. Q (A, K-major): this warpgroup's 64 rows start 64 * 128 bytes into each half.
   const uint64_t desc_q = make_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
-  // Positions of this thread's two rows (int64: rows past Sq are computed but never written).
-  const int64_t pos_q0 = p.q_start + static_cast<int64_t>(m0 + row0) * p.q_stride;
-  const int64_t pos_q1 = pos_q0 + 8 * p.q_stride;
+  float sc[64];
+  uint32_t pa[32];
 
-  if (plan.count > 0) mbar_wait(bar_q, 0);
-
-  for (int it = 0; it < plan.count; ++it) {
-    const int s = it & 1;
-    const uint32_t parity = (it >> 1) & 1;
-    int idx;
-    const int n = plan_tile(p, plan, it, &idx);
-    const int n0 = n * C::kBlockN;
-
-    // Does this tile need the per-element mask?
-    bool band_mask;
-    {
-      const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
-      const int64_t k_min = p.kv_start + static_cast<int64_t>(n0) * p.kv_stride;
-      const int64_t k_max = p.kv_start + static_cast<int64_t>(k_last) * p.kv_stride;
-      const DiagonalBand band{p.band_lo, p.band_hi};
-      const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
-      band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
-    }
-    const bool tail = n0 + C::kBlockN > p.seqlen_kv;
-
-    // ---- S = Q K^T (64 x 128 per warpgroup), k over the head dim in 8 steps of 16.
-    float sc[64];
+  auto issue_s = [&](int s) {
     const uint64_t desc_k = make_desc_sw128(sK + s * C::kKVBytes, 16, 1024);
-    mbar_wait(bar_full_k + 8 * s, parity);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
@@ -251,56 +304,10 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       TypeOps<T>::mma_ss(sc, desc_q + off_q, desc_k + off_k, kk > 0 ? 1 : 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sc);
-
-    // ---- mask (boundary tiles only): column c of acc i is n0 + 8 (i / 4) + col_base + (i % 2).
-    if (band_mask || tail) {
-#pragma unroll
-      for (int i = 0; i < 64; ++i) {
-        const int col = n0 + 8 * (i / 4) + col_base + (i % 2);
-        const int64_t pos_k = p.kv_start + static_cast<int64_t>(col) * p.kv_stride;
-        const int64_t d = ((i / 2) % 2 ? pos_q1 : pos_q0) - pos_k;
-        bool visible = col < p.seqlen_kv;
-        if (band_mask) visible = visible && d >= p.band_lo && d <= p.band_hi;
-        if (!visible) sc[i] = -INFINITY;
-      }
-    }
-
-    // ---- online softmax. Row r of acc i is (i / 2) % 2; a row is spread over the 4 threads of a quad.
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int i = 0; i < 64; ++i) tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], sc[i]);
-    float scaled_max[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float new_max = fmaxf(row_max[r], tile_max[r]);
-      // A row with nothing visible yet keeps max -inf: use 0 as the reference so no inf - inf appears.
-      scaled_max[r] = new_max == -INFINITY ? 0.f : new_max * scale_log2;
-      const float corr = fast_exp2(row_max[r] * scale_log2 - scaled_max[r]);  // 0 when row_max was -inf
-      row_max[r] = new_max;
-      row_sum[r] *= corr;
-#pragma unroll
-      for (int c = 0; c < 16; ++c) {
-        o[4 * c + 2 * r] *= corr;
-        o[4 * c + 2 * r + 1] *= corr;
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      sc[i] = fast_exp2(fmaf(sc[i], scale_log2, -scaled_max[(i / 2) % 2]));
-      row_sum[(i / 2) % 2] += sc[i];
-    }
-    // P as the A operand: k step kk covers columns [16 kk, 16 kk + 16) = n8 chunks 2 kk, 2 kk + 1.
-    uint32_t pa[32];
-#pragma unroll
-    for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
-
-    // ---- O += P V (64 x 128), k over the tile's kv rows in 8 steps of 16 rows (2048 bytes each).
+  };
+  auto issue_pv = [&](int s) {
+    // k over the tile's kv rows in 8 steps of 16 rows (2048 bytes each); B = V, MN-major.
     const uint64_t desc_v = make_desc_sw128(sV + s * C::kKVBytes, C::kHalfKVBytes, 1024);
-    mbar_wait(bar_full_v + 8 * s, parity);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
@@ -308,11 +315,72 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       TypeOps<T>::mma_rs(o, a, desc_v + ((kk * 2048) >> 4), 1);
     }
     wgmma_commit();
+  };
+  // Mask of tile `it` where needed: partial band (classify_tile on the position ranges; FULL blocks of a
+  // block list never), or the tile crossing Skv.
+  auto mask = [&](int it) {
+    int idx;
+    const int n0 = plan_tile(p, plan, it, &idx) * C::kBlockN;
+    const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
+    const int64_t k_min = p.kv_start + static_cast<int64_t>(n0) * p.kv_stride;
+    const int64_t k_max = p.kv_start + static_cast<int64_t>(k_last) * p.kv_stride;
+    const DiagonalBand band{p.band_lo, p.band_hi};
+    const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
+    const bool band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
+    if (band_mask) {
+      mask_tile<true>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
+    } else if (n0 + C::kBlockN > p.seqlen_kv) {
+      mask_tile<false>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
+    }
+  };
+  auto pack_p = [&]() {
+  // P as the A operand: k step kk covers columns [16 kk, 16 kk + 16) = n8 chunks 2 kk, 2 kk + 1.
+#pragma unroll
+    for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
+  };
+
+  if (plan.count > 0) {
+    mbar_wait(bar_q, 0);
+    // Tile 0: S, softmax, P (O is still 0: no rescale).
+    mbar_wait(bar_full_k, 0);
+    issue_s(0);
+    wgmma_wait<0>();
+    fence_regs(sc);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar_empty_k);
+    mask(0);
+    float corr[2];
+    softmax_tile(sc, row_max, row_sum, corr, scale_log2);
+    pack_p();
+
+    for (int it = 1; it < plan.count; ++it) {
+      const int s = it & 1;
+      const int ps = s ^ 1;
+      mbar_wait(bar_full_k + 8 * s, (it >> 1) & 1);
+      issue_s(s);
+      mbar_wait(bar_full_v + 8 * ps, ((it - 1) >> 1) & 1);
+      issue_pv(ps);
+      wgmma_wait<1>();  // S(it) done; P V (it - 1) may still run
+      fence_regs(sc);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_empty_k + 8 * s);
+      mask(it);
+      softmax_tile(sc, row_max, row_sum, corr, scale_log2);
+      wgmma_wait<0>();  // P V (it - 1) done: O and the P registers are free
+      fence_regs(o);
+      fence_regs(pa);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_empty_v + 8 * ps);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) o[i] *= corr[(i / 2) % 2];
+      pack_p();
+    }
+    const int last = plan.count - 1;
+    mbar_wait(bar_full_v + 8 * (last & 1), (last >> 1) & 1);
+    issue_pv(last & 1);
     wgmma_wait<0>();
     fence_regs(o);
     fence_regs(pa);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar_empty + 8 * s);
   }
 
   // ---- epilogue: normalise, write O and LSE.
