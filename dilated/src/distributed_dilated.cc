@@ -5,7 +5,8 @@
 //
 // Shapes and index math of one distributed pattern (w, r), P ranks, L = S/P rows each, G = w/L:
 //   rank p is rank j = p mod G of segment g = p / G (global rows [g*w, (g+1)*w));
-//   class s (< min(r, Hq)): heads s, s + r, ...; kept global rows g*w + s + r*m, m < M = w/r (r | w);
+//   class s (< min(r, Hq)): heads s, s + r, ...; kept global rows g*w + s + r*m, m < M = ceil((w - s)/r) (w/r when
+//   r | w; ragged rates: classes differ by one);
 //   on rank p: local rows l = phase_p + r*i, i < n_p  (phase, count: dilated_index.h), n_max = ceil(L/r);
 //   the m of rank j's first kept row is off_j = n_0 + ... + n_{j-1} (kept rows are consecutive in m);
 //   ONE all-gather per pattern: a rank's packed K|V rows [n_max][class s][2, B, KH_s, D] (rows >= n_p of a class
@@ -53,7 +54,7 @@ struct DistributedDilatedAttention::ClassInfo {
   int64_t w = 0, r = 1, G = 1;
   int64_t j = 0;             // this rank's index inside its segment
   int64_t g = 0;             // segment index
-  int64_t M = 0;             // keys of the compacted segment (w / r)
+  int64_t M = 0;             // keys of the compacted segment: rows_of_class(w, r, s) (w / r when r | w)
   KeptClass kc;              // this rank's kept rows and entries
   std::vector<int64_t> n;    // kept rows of each rank of the segment
   std::vector<int64_t> off;  // first m of each rank's rows
@@ -281,6 +282,7 @@ DistributedDilatedAttention::DistributedDilatedAttention(Communicator& comm, con
       .add("config.alibi_slopes.size", static_cast<int64_t>(dc.alibi_slopes.size()))
       .add_hash("config.alibi_slopes", dc.alibi_slopes.data(), dc.alibi_slopes.size() * sizeof(float))
       .add("config.error_if_query_without_key", dc.error_if_query_without_key ? 1 : 0)
+      .add("config.ragged_rates", dc.ragged_rates ? 1 : 0)
       .add("config.host_precision", static_cast<int64_t>(dc.host_precision));
   comm.check_agreement(fp, "DistributedDilatedAttention construction");
 
@@ -377,7 +379,7 @@ DistributedDilatedAttention::ClassInfo DistributedDilatedAttention::class_info(s
   ci.G = plans_[pattern].group;
   ci.g = comm_.rank() / ci.G;
   ci.j = comm_.rank() % ci.G;
-  ci.M = ci.w / ci.r;
+  ci.M = dilated_detail::rows_of_class(ci.w, ci.r, s);
   ci.kc.s = s;
   ci.kc.r = ci.r;
   ci.kc.gqa = Hq / Hkv;
@@ -386,7 +388,8 @@ DistributedDilatedAttention::ClassInfo DistributedDilatedAttention::class_info(s
   ci.class_elems = 2 * config_.batch * ci.kc.KH * config_.head_dim;
   int64_t m = 0;
   for (int64_t jj = 0; jj < ci.G; ++jj) {
-    const int64_t phase = dist_phase(s, ((ci.g * ci.G + jj) * L) % ci.r, ci.r);
+    // Rank jj of the segment starts at offset jj*L inside it (kept offsets: s + r*m, also for ragged rates).
+    const int64_t phase = dist_phase(s, (jj * L) % ci.r, ci.r);
     const int64_t cnt = dist_count(phase, L, ci.r);
     ci.n.push_back(cnt);
     ci.off.push_back(m);
@@ -397,7 +400,7 @@ DistributedDilatedAttention::ClassInfo DistributedDilatedAttention::class_info(s
       ci.kc.count = cnt;
     }
   }
-  // Every kept row of the segment belongs to exactly one rank: the counts add up to w / r.
+  // Every kept row of the segment belongs to exactly one rank: the counts add up to ceil((w - s) / r).
   DISTATTN_CHECK_ARG(m == ci.M, pattern_arg(pattern, "rate"), "internal: kept rows add up to ", m, ", expected ", ci.M);
   // Slopes of class s start after the heads of classes 0 .. s-1.
   for (int64_t c = 0; c < s; ++c) ci.class_offset += (Hq - 1 - c) / ci.r + 1;
@@ -553,7 +556,7 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
         }
       }
     }
-    const int64_t base = (comm_.rank() * L) % r;
+    const int64_t base = ((comm_.rank() * L) % dc.patterns[pi].segment) % r;  // shard offset in its segment
     if (dev == Device::kCuda) {
       dilated_detail::cuda_merge_dist(acc, lse_acc, part, lse_part, B, L, Hq, D, r, base, n_max, stream);
     } else {
@@ -642,7 +645,7 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
   for (size_t pi = 0; pi < dc.patterns.size(); ++pi) {
     if (plans_[pi].local) continue;
     const int64_t r = dc.patterns[pi].rate, n_max = plans_[pi].max_rows;
-    const int64_t base = (comm_.rank() * L) % r;
+    const int64_t base = ((comm_.rank() * L) % dc.patterns[pi].segment) % r;  // shard offset in its segment
     if (dev == Device::kCuda) {
       dilated_detail::cuda_compact_lse_dist(lse, lse_part, B, L, Hq, r, base, n_max, stream);
     } else {

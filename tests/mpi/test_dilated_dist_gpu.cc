@@ -46,6 +46,7 @@ struct GpuCase {
   bool causal = false;
   bool alibi = false;
   int64_t head_pad = 0, row_pad = 0;  // shard padding in elements (multiples of 8: 16-byte aligned)
+  bool ragged = false;                // config.ragged_rates
 };
 
 DilatedPattern span_all(int64_t L, int64_t r) { return {mpi_size() * L, r}; }
@@ -89,6 +90,7 @@ void run_case(NcclCommunicator& comm, const GpuCase& c) {
   DilatedConfig dc;
   dc.patterns = c.patterns;
   dc.causal = c.causal;
+  dc.ragged_rates = c.ragged;
   if (c.alibi)
     for (int64_t h = 0; h < c.Hq; ++h) dc.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
   DilatedConfig naive_cfg = dc;
@@ -259,6 +261,21 @@ TEST(DilatedDistGpu, RateNotDividingTheShard) {
     c.L = 192;
     const int64_t r = mpi_size() == 4 ? 256 : (mpi_size() == 2 ? 128 : 3);
     c.patterns = {{64, 1}, span_all(c.L, r)};
+    c.causal = causal;
+    run_case(comm, c);
+  }
+}
+
+// LongNet's own rates (r = 6, 12 on power-of-two segments: config.ragged_rates), local and spanning segments.
+TEST(DilatedDistGpu, RaggedRatesLongNet) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  for (bool causal : {false, true}) {
+    GpuCase c{std::string("ragged r6/r12") + (causal ? "/causal" : "")};
+    c.ragged = true;
+    c.D = 128;
+    c.Hq = c.Hkv = 8;
+    c.patterns = {{64, 1}, {128, 2}, {256, 6}, span_two(c.L, 6), span_all(c.L, 12)};
     c.causal = causal;
     run_case(comm, c);
   }

@@ -5,9 +5,11 @@
 // and compares its shard of O, LSE, dQ, dK, dV with two fp64 references of the WHOLE sequence:
 //   (a) the single-process DilatedAttention (host engine, fp64);
 //   (b) a dense attention whose element mask is built here from the pattern definition alone: pair (i, j) of
-//       head h has multiplicity  mult = #{patterns (w, r): i/w == j/w, i mod r == j mod r == h mod r, and
-//       j <= i when causal},  and the softmax runs over the multiset (LSE_i = log sum_j mult_ij exp(s_ij)),
-//       which is the LSE mixing of the patterns. Its backward is the analytic gradient of that softmax.
+//       head h has multiplicity  mult = #{patterns (w, r): i/w == j/w, (i - g0) mod r == (j - g0) mod r == h mod r
+//       with g0 = (i/w)*w the segment start (torchscale's rows s, s + r, ... < w; the same as i mod r when r
+//       divides w, and the definition when it does not: ragged_rates), and j <= i when causal},  and the softmax runs
+//       over the multiset (LSE_i = log sum_j mult_ij exp(s_ij)), which is the LSE mixing of the patterns. Its backward
+//       is the analytic gradient of that softmax.
 // The backward is fed reference (b)'s O and LSE, so its error is its own.
 // Patterns are chosen per P so that one case has segments local to a shard, one spanning 2 ranks, one spanning
 // every rank, and the rank roles the torchscale implementation gets wrong (rank 0 and the first rank of a later
@@ -46,6 +48,7 @@ struct DistCase {
   bool alibi = false;
   float scale = 0.f;
   DType dtype = DType::kFloat64;
+  bool ragged = false;  // config.ragged_rates (rates not dividing their segments)
 };
 
 // --- pattern builders for the current world size (S = P * L) ---
@@ -73,7 +76,8 @@ int64_t multiplicity(const std::vector<DilatedPattern>& pats, bool causal, int64
   int64_t m = 0;
   for (const DilatedPattern& p : pats) {
     if (i / p.segment != j / p.segment) continue;
-    if (i % p.rate != h % p.rate || j % p.rate != h % p.rate) continue;
+    const int64_t g0 = (i / p.segment) * p.segment;  // offsets inside the segment decide
+    if ((i - g0) % p.rate != h % p.rate || (j - g0) % p.rate != h % p.rate) continue;
     ++m;
   }
   return m;
@@ -225,6 +229,7 @@ Errs run_case(const DistCase& c) {
   dc.causal = c.causal;
   dc.softmax_scale = c.scale;
   dc.alibi_slopes = slopes;
+  dc.ragged_rates = c.ragged;
 
   // (b) dense reference, and (a) the single-process DilatedAttention on the whole sequence.
   const Dense ref = dense_reference(c, S, Q, K, V, dO, slopes);
@@ -400,6 +405,29 @@ TEST(DilatedDistHost, RateNotDividingTheShard) {
   }
 }
 
+// Rates that do not divide their segments (config.ragged_rates: class s keeps rows s, s + r, ... < w of each
+// segment, classes of unequal length): local segments, segments spanning two ranks and all ranks (each rank's
+// shard starts at a segment offset that is not a multiple of r), H % r != 0, GQA on the strided and per-head paths.
+TEST(DilatedDistHost, RaggedRates) {
+  for (bool causal : {false, true}) {
+    DistCase c{std::string("ragged") + (causal ? "/causal" : "")};
+    c.ragged = true;
+    c.Hq = c.Hkv = 6;
+    c.patterns = {{16, 1}, {24, 5}, span_two(7), span_all(5)};  // 24 | L; 5 and 7 divide none of 48P, 96
+    c.causal = causal;
+    run_and_report(c);
+  }
+  DistCase c{"ragged/gqa/alibi/causal"};
+  c.ragged = true;
+  c.B = 1;
+  c.Hq = 6;
+  c.Hkv = 3;                             // ratio 2: r = 10 strided kv heads, r = 3 one call per head
+  c.patterns = {{16, 3}, span_all(10)};  // 16 mod 3 = 1; 48P mod 10 != 0; no rate-1 pattern: rows without keys
+  c.causal = true;
+  c.alibi = true;
+  run_and_report(c);
+}
+
 TEST(DilatedDistHost, Fp32InputsCustomScaleMqa) {
   DistCase c{"fp32/mqa/scale"};
   c.dtype = DType::kFloat32;
@@ -476,6 +504,12 @@ TEST(DilatedDistHost, BadSegmentOrRateIsAnErrorOnEveryRank) {
   const int64_t S = P * kL;
   expect_construction_error(small_config({{16, 1}, {S + 1, 1}}), "config.patterns[1].segment");  // w does not divide S
   expect_construction_error(small_config({{16, 1}, {S, 5}}), "config.patterns[1].rate");         // 5 does not divide S
+  {  // ... unless ragged rates are asked for
+    DistributedDilatedConfig cfg = small_config({{16, 1}, {S, 5}});
+    cfg.dilated.ragged_rates = true;
+    MpiCommunicator comm(MPI_COMM_WORLD, kCommTimeout);
+    EXPECT_NO_THROW(DistributedDilatedAttention dd(comm, cfg));
+  }
   if (P >= 2) {
     // w < L not dividing L: a segment would straddle two ranks (32 divides S = 96, 144, 192 but not 48).
     if (S % 32 == 0) expect_construction_error(small_config({{32, 1}}), "config.patterns[0].segment");
