@@ -8,6 +8,24 @@ namespace po = boost::program_options;
 namespace distattn {
 namespace bench {
 
+namespace {
+// "2K,4096" -> {2048, 4096}: positive sizes (launch::parse_size), comma separated; throws naming `option`.
+std::vector<int64_t> parse_size_list(const std::string& text, const std::string& option) {
+  std::vector<int64_t> out;
+  size_t begin = 0;
+  while (true) {
+    const size_t end = text.find(',', begin);
+    const std::string item = text.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    const int64_t v = launch::parse_size(item, option);
+    DISTATTN_CHECK_ARG(v >= 1, option, "entry '", item, "' must be >= 1");
+    out.push_back(v);
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  return out;
+}
+}  // namespace
+
 po::options_description bench_options_description() {
   po::options_description desc("distattn_bench options", 120, 60);
   launch::add_common_options(desc);
@@ -35,6 +53,13 @@ po::options_description bench_options_description() {
        "sparse: random 128-row blocks per q block (random, bigbird)")  //
       ("core", po::value<std::string>()->default_value("dense"),
        "mha: attention core of the layer, dense | ring | dilated | sparse")  //
+      ("dilated-segments", po::value<std::string>()->default_value("2K,4K,8K,16K,32K"),
+       "dilated, mha --core dilated: segment lengths w_i, comma list (K suffixes)")  //
+      ("dilated-rates", po::value<std::string>()->default_value("1,2,4,6,12"),
+       "dilated, mha --core dilated: dilation rates r_i, one per segment")  //
+      ("dilated-ragged", po::value<int>()->default_value(1),
+       "dilated, mha --core dilated: 1 = rates need not divide segments (torchscale's ragged classes), 0 = they "
+       "must")  //
       ("seed", po::value<uint64_t>()->default_value(20261122), "seed of the random inputs");
   return desc;
 }
@@ -97,6 +122,14 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
   o.core = vm["core"].as<std::string>();
   DISTATTN_CHECK_ARG(o.core == "dense" || o.core == "ring" || o.core == "dilated" || o.core == "sparse", "--core",
                      "unknown attention core '", o.core, "' (expected dense, ring, dilated or sparse)");
+  o.dilated_segments = parse_size_list(vm["dilated-segments"].as<std::string>(), "--dilated-segments");
+  o.dilated_rates = parse_size_list(vm["dilated-rates"].as<std::string>(), "--dilated-rates");
+  DISTATTN_CHECK_ARG(o.dilated_rates.size() == o.dilated_segments.size(), "--dilated-rates", "has ",
+                     o.dilated_rates.size(), " entries, --dilated-segments ", o.dilated_segments.size(),
+                     " (one rate per segment)");
+  const int ragged = vm["dilated-ragged"].as<int>();
+  DISTATTN_CHECK_ARG(ragged == 0 || ragged == 1, "--dilated-ragged", "expected 0 or 1, got ", ragged);
+  o.dilated_ragged = ragged == 1;
   o.seed = vm["seed"].as<uint64_t>();
   return o;
 }

@@ -31,6 +31,11 @@ struct BenchOptions {
   int64_t sparse_random = 3;          // --sparse-random: random 128-blocks per q block (random, bigbird)
   bool sparse_pattern_given = false;  // --sparse-pattern given explicitly (op ring: block-sparse only then)
   std::string core = "dense";         // --core (op mha): the layer's attention core, dense | ring | dilated | sparse
+  // --dilated-segments / --dilated-rates (ops dilated, mha --core dilated): LongNet patterns (w_i, r_i), comma lists of
+  // equal length (K suffixes allowed). Default: LongNet's own configuration.
+  std::vector<int64_t> dilated_segments{2048, 4096, 8192, 16384, 32768};
+  std::vector<int64_t> dilated_rates{1, 2, 4, 6, 12};
+  bool dilated_ragged = true;  // --dilated-ragged 0|1: DilatedConfig::ragged_rates (rates not dividing segments)
   uint64_t seed = 20261122;           // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
   bool host_engine = false;           // no GPU: the host engine (fp32) runs the op
   bool help = false;                  // -h/--help given: print usage and exit
