@@ -124,6 +124,7 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
                      "unknown attention core '", o.core, "' (expected dense, ring, dilated or sparse)");
   o.dilated_segments = parse_size_list(vm["dilated-segments"].as<std::string>(), "--dilated-segments");
   o.dilated_rates = parse_size_list(vm["dilated-rates"].as<std::string>(), "--dilated-rates");
+  o.dilated_rates_given = !vm["dilated-rates"].defaulted();
   DISTATTN_CHECK_ARG(o.dilated_rates.size() == o.dilated_segments.size(), "--dilated-rates", "has ",
                      o.dilated_rates.size(), " entries, --dilated-segments ", o.dilated_segments.size(),
                      " (one rate per segment)");

@@ -35,11 +35,12 @@ struct BenchOptions {
   // equal length (K suffixes allowed). Default: LongNet's own configuration.
   std::vector<int64_t> dilated_segments{2048, 4096, 8192, 16384, 32768};
   std::vector<int64_t> dilated_rates{1, 2, 4, 6, 12};
-  bool dilated_ragged = true;  // --dilated-ragged 0|1: DilatedConfig::ragged_rates (rates not dividing segments)
-  uint64_t seed = 20261122;           // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
-  bool host_engine = false;           // no GPU: the host engine (fp32) runs the op
-  bool help = false;                  // -h/--help given: print usage and exit
-  std::vector<int64_t> sizes;         // the resolved sweep
+  bool dilated_ragged = true;        // --dilated-ragged 0|1: DilatedConfig::ragged_rates (rates not dividing segments)
+  bool dilated_rates_given = false;  // --dilated-rates given explicitly (op mha falls back otherwise, see mha.cc)
+  uint64_t seed = 20261122;          // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
+  bool host_engine = false;          // no GPU: the host engine (fp32) runs the op
+  bool help = false;                 // -h/--help given: print usage and exit
+  std::vector<int64_t> sizes;        // the resolved sweep
 };
 
 // The full option table: common options plus the bench's own.

@@ -2,17 +2,17 @@
 // (dilated/distributed_dilated.h: GLOBAL S sharded contiguously, S/N rows per rank, one GPU each, NCCL); without
 // a GPU, the host engine in fp32 (over plain MPI when N > 1) on small sizes.
 //
-// Patterns: the environment variables DISTATTN_DILATED_SEGMENTS and DISTATTN_DILATED_RATES (comma lists of equal
-// length, sizes may end in k/K), e.g. "2048,4096" and "1,2". Default: LongNet's segments 2048, 4096, 8192,
-// 16384, 32768 with rates 1, 2, 4, 8, 16 (LongNet's 6 and 12 do not divide power-of-two segments: torchscale
-// pads, this library requires r | w). A segment longer than S is capped to S (its rate must still divide S).
+// Patterns: --dilated-segments and --dilated-rates (comma lists of equal length, K suffixes), --dilated-ragged 0|1
+// (DilatedConfig::ragged_rates). Default: LongNet's configuration, segments 2048, 4096, 8192, 16384, 32768 with
+// rates 1, 2, 4, 6, 12, ragged on (6 and 12 do not divide the segments: torchscale's classes, rows s, s + r, ...
+// < w). A pattern whose segment is longer than S is dropped at that S (noted in describe() and the JSON rows).
 // Sharded (N > 1): a segment <= S/N must divide S/N; a longer one must be a multiple of S/N (else an Error).
 //
 // Shapes (per rank, packed): q, o, dout, dq [B, S/N, H, D]; k, v, dk, dv [B, S/N, Hkv, D]; lse [B, H, S/N] fp32.
 //
-// Work (USEFUL FLOPs: only the (query, key) pairs computed): pattern (w, r) keeps m = w/r rows per segment and
-// head, so it computes B * H * (S/w) * m^2 pairs (causal: B * H * (S/w) * m(m+1)/2); FLOPs = 4 * D * pairs
-// summed over patterns (a pair kept by two patterns is computed twice and counted twice), x2.5 bwd, x3.5
+// Work (USEFUL FLOPs: only the (query, key) pairs computed): pattern (w, r) keeps m_h = ceil((w - h mod r)/r) rows
+// per segment for head h (w/r when r | w), so it computes B * (S/w) * sum_h m_h^2 pairs (causal: m_h(m_h+1)/2); FLOPs =
+// 4 * D * pairs summed over patterns (a pair kept by two patterns is computed twice and counted twice), x2.5 bwd, x3.5
 // fwdbwd, divided by N (per GPU). Column "frac": those pairs / the dense pairs (S^2 or S(S+1)/2, per head).
 // Column "peakMiB": the op's buffers + the class's device scratch after one run + the high-water mark of the
 // default cudaMallocAsync pool during that run (engine scratch); NCCL's buffers and the context not counted.
@@ -74,32 +74,10 @@ double max_over_ranks(double x) {
   return r;
 }
 
-// "2048,4k" -> {2048, 4096}; throws naming `name`.
-std::vector<int64_t> parse_list(const char* text, const char* name) {
-  std::vector<int64_t> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    DISTATTN_CHECK_ARG(!item.empty(), name, "has an empty entry in '", text, "'");
-    char* end = nullptr;
-    long long v = std::strtoll(item.c_str(), &end, 10);
-    if (*end == 'k' || *end == 'K') v *= 1024, ++end;
-    DISTATTN_CHECK_ARG(*end == '\0' && v >= 1, name, "entry '", item, "' is not a positive integer");
-    out.push_back(v);
-  }
-  DISTATTN_CHECK_ARG(!out.empty(), name, "is empty");
-  return out;
-}
-
-std::vector<DilatedPattern> requested_patterns() {
-  const char* ws = std::getenv("DISTATTN_DILATED_SEGMENTS");
-  const char* rs = std::getenv("DISTATTN_DILATED_RATES");
-  std::vector<int64_t> w = parse_list(ws != nullptr ? ws : "2048,4096,8192,16384,32768", "DISTATTN_DILATED_SEGMENTS");
-  std::vector<int64_t> r = parse_list(rs != nullptr ? rs : "1,2,4,8,16", "DISTATTN_DILATED_RATES");
-  DISTATTN_CHECK_ARG(w.size() == r.size(), "DISTATTN_DILATED_RATES", "has ", r.size(), " entries, the segments ",
-                     w.size());
+std::vector<DilatedPattern> requested_patterns(const BenchOptions& opt) {
   std::vector<DilatedPattern> out;
-  for (size_t i = 0; i < w.size(); ++i) out.push_back({w[i], r[i]});
+  for (size_t i = 0; i < opt.dilated_segments.size(); ++i)
+    out.push_back({opt.dilated_segments[i], opt.dilated_rates[i]});
   return out;
 }
 
@@ -119,7 +97,7 @@ class DilatedOp : public BenchOp {
       DISTATTN_CHECK_ARG(dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16, "--dtype",
                          "the CUDA engine takes bf16 or fp16, got ", dtype_name(dtype_));
     }
-    requested_ = requested_patterns();
+    requested_ = requested_patterns(opt_);
     if (c.alibi) slopes_ = alibi_slopes(H_);
     DISTATTN_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &N_));
     // Collective over MPI_COMM_WORLD: every rank constructs the op at the same point of run_bench.
@@ -140,10 +118,12 @@ class DilatedOp : public BenchOp {
        << (opt_.common.causal ? "causal" : "non-causal") << ", alibi " << (opt_.common.alibi ? "yes" : "no")
        << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32") << "; patterns (w, r):";
     for (const DilatedPattern& p : requested_) os << " (" << p.segment << ", " << p.rate << ")";
-    os << ", segments capped to S";
+    os << ", ragged rates " << (opt_.dilated_ragged ? "on (rates need not divide segments; the bench default)" : "off")
+       << "; patterns with segment > S dropped at that S (column pats = patterns run)";
     return {os.str(),
-            "seq = GLOBAL S; each rank holds S/N rows. USEFUL TFLOPs per GPU: 4*D*sum over patterns of B*H*(S/w)*m^2 "
-            "pairs (m = w/r; causal m(m+1)/2), x2.5 bwd, x3.5 fwdbwd, / N; frac = those pairs / dense pairs",
+            "seq = GLOBAL S; each rank holds S/N rows. USEFUL TFLOPs per GPU: 4*D*sum over patterns and heads h of "
+            "B*(S/w)*m^2 pairs (m = ceil((w - h mod r)/r); causal m(m+1)/2), x2.5 bwd, x3.5 fwdbwd, / N; frac = those "
+            "pairs / dense pairs",
             "peak = op buffers + class scratch + cudaMallocAsync pool high-water over one run, max over ranks",
             std::string("check: S <= ") + std::to_string(opt_.check_max_seq) +
                 ", each rank's rows vs the single-process host DilatedAttention (fp64) on the full sequence; " +
@@ -184,7 +164,7 @@ class DilatedOp : public BenchOp {
     std::ostringstream ws, rs;
     for (size_t i = 0; i < requested_.size(); ++i)
       ws << (i ? "," : "") << requested_[i].segment, rs << (i ? "," : "") << requested_[i].rate;
-    out.set("segments", ws.str()).set("rates", rs.str());
+    out.set("segments", ws.str()).set("rates", rs.str()).set("ragged_rates", opt_.dilated_ragged);
   }
   void json_row(JsonObject& row, int64_t seq, double) const override {
     row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
@@ -325,16 +305,20 @@ class DilatedOp : public BenchOp {
   }
 
  private:
-  // The requested patterns with segments capped to S.
+  // The requested patterns whose segment fits in S (longer ones are dropped).
   std::vector<DilatedPattern> patterns_for(int64_t S) const {
-    std::vector<DilatedPattern> out = requested_;
-    for (DilatedPattern& p : out) p.segment = std::min(p.segment, S);
+    std::vector<DilatedPattern> out;
+    for (const DilatedPattern& p : requested_)
+      if (p.segment <= S) out.push_back(p);
+    DISTATTN_CHECK_ARG(!out.empty(), "--dilated-segments", "every segment is longer than S = ", S,
+                       " (patterns with segment > S are dropped)");
     return out;
   }
   DilatedConfig config_for(int64_t S) const {
     DilatedConfig dc;
     dc.patterns = patterns_for(S);
     dc.causal = opt_.common.causal;
+    dc.ragged_rates = opt_.dilated_ragged;
     dc.alibi_slopes = slopes_;
     dc.host_precision = HostPrecision::kFloat32;  // host mode: the fp32 run, checked against fp64
     return dc;
@@ -343,9 +327,13 @@ class DilatedOp : public BenchOp {
   double pairs(int64_t S) const {
     double total = 0;
     for (const DilatedPattern& p : patterns_for(S)) {
-      const double m = static_cast<double>(p.segment / p.rate);
-      total += static_cast<double>(B_ * H_) * static_cast<double>(S / p.segment) *
-               (opt_.common.causal ? m * (m + 1) / 2 : m * m);
+      // Head h (class s = h mod r) keeps m_s = ceil((w - s) / r) rows of each segment (w / r when r | w).
+      for (int64_t h = 0; h < H_; ++h) {
+        const int64_t s = h % p.rate;
+        const double m = s < p.segment ? static_cast<double>((p.segment - 1 - s) / p.rate + 1) : 0.0;
+        total += static_cast<double>(B_) * static_cast<double>(S / p.segment) *
+                 (opt_.common.causal ? m * (m + 1) / 2 : m * m);
+      }
     }
     return total;
   }

@@ -6,8 +6,8 @@
 //   dense    one GPU's engine on S rows (positions 0..S-1)
 //   ring     RingAttention over the job's ranks; S is the GLOBAL length, each rank holds S/N rows (--layout)
 //   dilated  LongNet dilated attention (one GPU: S rows; N ranks: DistributedDilatedAttention); patterns
-//   DISTATTN_DILATED_SEGMENTS / DISTATTN_DILATED_RATES
-//            (the dilated op's variables and defaults), patterns with segment > S dropped
+//            --dilated-segments / --dilated-rates, patterns with segment > S dropped; the layer takes no ragged
+//            rates, so the default rates become 1, 2, 4, 8, 16 (requested_patterns)
 //   sparse   BlockSparseAttention: --sparse-pattern block-diagonal (segment --sparse-block) | strided (stride
 //            --sparse-block rows, local band 1 block) | sliding-window (window --window, else --sparse-block)
 // With N > 1 ranks the dilated core is the distributed one (S global, each rank S/N contiguous rows); with the dense
@@ -84,31 +84,27 @@ double dtype_ulp(DType t) {
   }
 }
 
-std::vector<int64_t> parse_list(const char* text, const char* name) {
-  std::vector<int64_t> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    char* end = nullptr;
-    long long v = std::strtoll(item.c_str(), &end, 10);
-    if (*end == 'k' || *end == 'K') v *= 1024, ++end;
-    DISTATTN_CHECK_ARG(!item.empty() && *end == '\0' && v >= 1, name, "entry '", item, "' is not a positive integer");
-    out.push_back(v);
-  }
-  DISTATTN_CHECK_ARG(!out.empty(), name, "is empty");
-  return out;
-}
-
-std::vector<DilatedPattern> requested_patterns() {
-  const char* ws = std::getenv("DISTATTN_DILATED_SEGMENTS");
-  const char* rs = std::getenv("DISTATTN_DILATED_RATES");
-  const std::vector<int64_t> w =
-      parse_list(ws != nullptr ? ws : "2048,4096,8192,16384,32768", "DISTATTN_DILATED_SEGMENTS");
-  const std::vector<int64_t> r = parse_list(rs != nullptr ? rs : "1,2,4,8,16", "DISTATTN_DILATED_RATES");
-  DISTATTN_CHECK_ARG(w.size() == r.size(), "DISTATTN_DILATED_RATES", "has ", r.size(), " entries, the segments ",
-                     w.size());
+// The layer's dilated patterns from --dilated-segments / --dilated-rates. MhaConfig has no ragged-rates option
+// (rates must divide segments there): with the default rates (LongNet's 6 and 12 do not divide power-of-two
+// segments) the op falls back to 1, 2, 4, 8, 16 (as many as there are segments); rates given explicitly that do
+// not divide their segments are an Error naming --dilated-rates.
+std::vector<DilatedPattern> requested_patterns(const BenchOptions& opt, bool* fell_back) {
   std::vector<DilatedPattern> out;
-  for (size_t i = 0; i < w.size(); ++i) out.push_back({w[i], r[i]});
+  bool divides = true;
+  for (size_t i = 0; i < opt.dilated_segments.size(); ++i) {
+    out.push_back({opt.dilated_segments[i], opt.dilated_rates[i]});
+    divides = divides && opt.dilated_segments[i] % opt.dilated_rates[i] == 0;
+  }
+  *fell_back = false;
+  if (divides) return out;
+  DISTATTN_CHECK_ARG(!opt.dilated_rates_given, "--dilated-rates",
+                     "op mha: the layer's dilated core (MhaConfig) takes only rates that divide their segments");
+  int64_t r = 1;
+  for (DilatedPattern& p : out) {
+    p.rate = p.segment % r == 0 ? r : 1;
+    r *= 2;
+  }
+  *fell_back = true;
   return out;
 }
 
@@ -129,7 +125,7 @@ class MhaOp : public BenchOp {
     }
     DISTATTN_CHECK_ARG(core_ != AttentionCore::kDilated || c.window == 0, "--window",
                        "the dilated core has no window (its patterns are the sparsity)");
-    if (core_ == AttentionCore::kDilated) requested_ = requested_patterns();
+    if (core_ == AttentionCore::kDilated) requested_ = requested_patterns(opt_, &rates_fell_back_);
     DISTATTN_CHECK_ARG(core_ != AttentionCore::kBlockSparse || opt_.sparse_pattern == "block-diagonal" ||
                            opt_.sparse_pattern == "strided" || opt_.sparse_pattern == "sliding-window",
                        "--sparse-pattern",
@@ -171,6 +167,7 @@ class MhaOp : public BenchOp {
       std::ostringstream p;
       p << "dilated patterns (segment:rate, segments > S dropped):";
       for (const DilatedPattern& d : requested_) p << " " << d.segment << ":" << d.rate;
+      if (rates_fell_back_) p << " (power-of-two rates: the layer takes no ragged rates)";
       lines.push_back(p.str());
     }
     if (core_ == AttentionCore::kBlockSparse) {
@@ -555,6 +552,7 @@ class MhaOp : public BenchOp {
   DType dtype_ = DType::kBFloat16;
   AttentionCore core_ = AttentionCore::kDense;
   std::vector<DilatedPattern> requested_;
+  bool rates_fell_back_ = false;  // default rates replaced by powers of two (requested_patterns)
   std::vector<float> slopes_;
   int size_index_ = -1;
   mutable std::map<int64_t, int64_t> pairs_;
