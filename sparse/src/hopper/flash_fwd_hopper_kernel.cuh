@@ -50,7 +50,10 @@ struct FwdConfig {
   static constexpr int kHeadDim = 128;
   static constexpr int kBlockM = 128;  // q rows per CTA: 2 consumer warpgroups x 64
   static constexpr int kBlockN = 128;  // kv rows per tile (== kLayoutBlock: one block-list block per tile)
-  static constexpr int kStages = 2;
+#ifndef DISTATTN_HOPPER_STAGES
+#define DISTATTN_HOPPER_STAGES 2
+#endif
+  static constexpr int kStages = DISTATTN_HOPPER_STAGES;  // K and V ring depth (3 fits: 7 x 32 KB + 1 KB)
   static constexpr int kThreads = 384;
   static constexpr int kHalfQBytes = kBlockM * 128;   // one 64-wide half of Q: rows x 128 bytes
   static constexpr int kHalfKVBytes = kBlockN * 128;  // one 64-wide half of a K or V tile
@@ -157,30 +160,59 @@ __device__ __forceinline__ void mask_tile(float (&sc)[64], const int (&kv_lo)[2]
 
 #ifdef DISTATTN_HOPPER_DEVICE
 // Online softmax of one tile: updates row_max / row_sum, turns sc into unnormalised probabilities
-// exp2(s * scale_log2 - max * scale_log2) and returns the factor the previous O must be multiplied by.
-__device__ __forceinline__ void softmax_tile(float (&sc)[64], float (&row_max)[2], float (&row_sum)[2],
+// exp2(s * scale_log2 - max * scale_log2) and sets corr, the factor the previous O must be multiplied by.
+// Returns false when corr is 1 for every row of the warp (O need not be touched).
+// Lazy rescale (kLazy): the reference max of a row moves only when the tile's max exceeds it by more than
+// 8 in log2 units (p <= 2^8 then, harmless in fp32 and in bf16/fp16's range); the decision is warp-uniform,
+// so most tiles skip the 64 multiplies of O. O and LSE stay exact (the sum uses the same reference).
+#ifndef DISTATTN_HOPPER_LAZY
+#define DISTATTN_HOPPER_LAZY 1
+#endif
+__device__ __forceinline__ bool softmax_tile(float (&sc)[64], float (&row_max)[2], float (&row_sum)[2],
                                              float (&corr)[2], float scale_log2) {
   float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int i = 0; i < 64; ++i) tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], sc[i]);
-  float scaled_max[2];
+  bool grow = false;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
     tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-    const float new_max = fmaxf(row_max[r], tile_max[r]);
-    // A row with nothing visible yet keeps max -inf: use 0 as the reference so no inf - inf appears.
-    scaled_max[r] = new_max == -INFINITY ? 0.f : new_max * scale_log2;
-    corr[r] = fast_exp2(row_max[r] * scale_log2 - scaled_max[r]);  // 0 when row_max was -inf
-    row_max[r] = new_max;
-    row_sum[r] *= corr[r];
+    grow = grow ||
+           (DISTATTN_HOPPER_LAZY ? tile_max[r] * scale_log2 > row_max[r] * scale_log2 + 8.f : tile_max[r] > row_max[r]);
+  }
+  const bool rescale = __any_sync(0xffffffffu, grow);
+  float scaled_max[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rescale) {
+      const float new_max = fmaxf(row_max[r], tile_max[r]);
+      // A row with nothing visible yet keeps max -inf: use 0 as the reference so no inf - inf appears.
+      scaled_max[r] = new_max == -INFINITY ? 0.f : new_max * scale_log2;
+      corr[r] = fast_exp2(row_max[r] * scale_log2 - scaled_max[r]);  // 0 when row_max was -inf
+      row_max[r] = new_max;
+      row_sum[r] *= corr[r];
+    } else {
+      scaled_max[r] = row_max[r] == -INFINITY ? 0.f : row_max[r] * scale_log2;
+      corr[r] = 1.f;
+    }
   }
 #pragma unroll
   for (int i = 0; i < 64; ++i) {
     sc[i] = fast_exp2(fmaf(sc[i], scale_log2, -scaled_max[(i / 2) % 2]));
     row_sum[(i / 2) % 2] += sc[i];
   }
+  return rescale;
 }
+
+// Named barriers (ids 1, 2; 0 is __syncthreads) ordering the two consumer warpgroups' wgmma issue
+// ("pingpong"): each waits for its turn before issuing a tile's matrix products and hands the turn over
+// right after, so one warpgroup's softmax runs while the other's products occupy the tensor cores.
+#ifndef DISTATTN_HOPPER_PINGPONG
+#define DISTATTN_HOPPER_PINGPONG 1
+#endif
+__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
 
 template <typename T>
@@ -194,10 +226,10 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const uint32_t sK = smem_base + C::kOffK;
   const uint32_t sV = smem_base + C::kOffV;
   const uint32_t bar_q = smem_base + C::kOffBar;
-  const uint32_t bar_full_k = bar_q + 8;    // [2]
-  const uint32_t bar_full_v = bar_q + 24;   // [2]
-  const uint32_t bar_empty_k = bar_q + 40;  // [2]
-  const uint32_t bar_empty_v = bar_q + 56;  // [2]
+  const uint32_t bar_full_k = bar_q + 8;                      // [kStages]
+  const uint32_t bar_full_v = bar_full_k + 8 * C::kStages;    // [kStages]
+  const uint32_t bar_empty_k = bar_full_v + 8 * C::kStages;   // [kStages]
+  const uint32_t bar_empty_v = bar_empty_k + 8 * C::kStages;  // [kStages]
 
   // Heaviest q tiles first under a causal band (they see the most kv tiles).
   const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.x);
@@ -234,8 +266,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       tma_load_4d(sQ, &p.tmap_q, bar_q, 0, m0, h, b);
       tma_load_4d(sQ + C::kHalfQBytes, &p.tmap_q, bar_q, 64, m0, h, b);
       auto load = [&](int it, uint32_t smem, const CUtensorMap* map, uint32_t full, uint32_t empty) {
-        const int s = it & 1;
-        const int use = it >> 1;
+        const int s = it % C::kStages;
+        const int use = it / C::kStages;
         if (use > 0) mbar_wait(empty + 8 * s, (use - 1) & 1);
         int idx;
         const int n0 = plan_tile(p, plan, it, &idx) * C::kBlockN;
@@ -339,11 +371,29 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
   };
 
+  // Pingpong turns: consumer cw waits on barrier 1 + cw, then arrives on the other's. Consumer 1 hands the
+  // first turn to consumer 0; both take plan.count + 1 turns, and consumer 0 takes one extra at the end to
+  // consume consumer 1's last hand-over (no barrier is left half-arrived at exit).
+  const bool pingpong = DISTATTN_HOPPER_PINGPONG != 0;
+#ifndef DISTATTN_HOPPER_S_FIRST
+#define DISTATTN_HOPPER_S_FIRST 1
+#endif
+  constexpr bool kSFirst = DISTATTN_HOPPER_S_FIRST != 0;
+  auto turn_begin = [&]() {
+    if (pingpong) named_sync(1 + cw);
+  };
+  auto turn_end = [&]() {
+    if (pingpong) named_arrive(2 - cw);
+  };
+
   if (plan.count > 0) {
+    if (pingpong && cw == 1) named_arrive(1);
     mbar_wait(bar_q, 0);
     // Tile 0: S, softmax, P (O is still 0: no rescale).
     mbar_wait(bar_full_k, 0);
+    turn_begin();
     issue_s(0);
+    turn_end();
     wgmma_wait<0>();
     fence_regs(sc);
     __syncwarp();
@@ -354,30 +404,39 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     pack_p();
 
     for (int it = 1; it < plan.count; ++it) {
-      const int s = it & 1;
-      const int ps = s ^ 1;
-      mbar_wait(bar_full_k + 8 * s, (it >> 1) & 1);
+      const int s = it % C::kStages;
+      const int ps = (it - 1) % C::kStages;
+      mbar_wait(bar_full_k + 8 * s, (it / C::kStages) & 1);
+      turn_begin();
+      if (!kSFirst) mbar_wait(bar_full_v + 8 * ps, ((it - 1) / C::kStages) & 1);
       issue_s(s);
-      mbar_wait(bar_full_v + 8 * ps, ((it - 1) >> 1) & 1);
+      // S is issued before waiting for V(it - 1) (kSFirst): a late V then costs nothing while S runs.
+      if (kSFirst) mbar_wait(bar_full_v + 8 * ps, ((it - 1) / C::kStages) & 1);
       issue_pv(ps);
+      turn_end();
       wgmma_wait<1>();  // S(it) done; P V (it - 1) may still run
       fence_regs(sc);
       __syncwarp();
       if (lane == 0) mbar_arrive(bar_empty_k + 8 * s);
       mask(it);
-      softmax_tile(sc, row_max, row_sum, corr, scale_log2);
+      const bool rescale = softmax_tile(sc, row_max, row_sum, corr, scale_log2);
       wgmma_wait<0>();  // P V (it - 1) done: O and the P registers are free
       fence_regs(o);
       fence_regs(pa);
       __syncwarp();
       if (lane == 0) mbar_arrive(bar_empty_v + 8 * ps);
+      if (rescale) {
 #pragma unroll
-      for (int i = 0; i < 64; ++i) o[i] *= corr[(i / 2) % 2];
+        for (int i = 0; i < 64; ++i) o[i] *= corr[(i / 2) % 2];
+      }
       pack_p();
     }
     const int last = plan.count - 1;
-    mbar_wait(bar_full_v + 8 * (last & 1), (last >> 1) & 1);
-    issue_pv(last & 1);
+    mbar_wait(bar_full_v + 8 * (last % C::kStages), (last / C::kStages) & 1);
+    turn_begin();
+    issue_pv(last % C::kStages);
+    turn_end();
+    if (pingpong && cw == 0) named_sync(1);
     wgmma_wait<0>();
     fence_regs(o);
     fence_regs(pa);
