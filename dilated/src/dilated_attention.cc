@@ -69,6 +69,10 @@ struct PatternCall {
   int64_t lse_offset = 0, lse_batch_stride = 0, lse_head_stride = 0;
   PositionMap pos;
   int64_t slope_offset = -1;
+  // Calls of different lane keys write disjoint elements (o, lse, dq, dk, dv) and may run concurrently: the
+  // class s on the per-class path (its head groups stay in order: per-head GQA calls of one class share kv
+  // heads in the backward), the call index on the classes-folded path (distinct segments or classes).
+  int64_t lane_key = 0;
 };
 
 // Every engine call of pattern (w, r) over [B, S, Hq / Hkv, D] tensors (dilated_attention.h "How it runs").
@@ -101,6 +105,7 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
           c.lse_batch_stride = mm;
           c.lse_head_stride = r * mm;
           c.pos = PositionMap::strided(0, r, rows);
+          c.lane_key = static_cast<int64_t>(calls.size());
           calls.push_back(c);
           s0 += n;
         }
@@ -132,6 +137,7 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
         c.lse_head_stride = hg.qstep * mm;
         c.pos = PositionMap::strided(fold_segments ? s : first * w + s, r, rows);
         c.slope_offset = alibi ? hg.slope_offset : -1;
+        c.lane_key = s;
         calls.push_back(c);
       }
     }
@@ -257,6 +263,40 @@ DilatedAttention::~DilatedAttention() {
     if (scratch_ != nullptr || slopes_device_ != nullptr) cudaStreamSynchronize(last_stream_);
     if (scratch_ != nullptr) cudaFree(scratch_);
     if (slopes_device_ != nullptr) cudaFree(slopes_device_);
+    for (cudaStream_t st : lane_streams_) cudaStreamDestroy(st);
+    for (cudaEvent_t ev : lane_events_) cudaEventDestroy(ev);
+    if (fork_event_ != nullptr) cudaEventDestroy(fork_event_);
+  }
+}
+
+int DilatedAttention::fork_lanes(int64_t keys, cudaStream_t stream) {
+  const int lanes = concurrent_calls_ ? static_cast<int>(std::min<int64_t>(kMaxLanes, keys)) : 1;
+  if (lanes <= 1) return 1;
+  while (static_cast<int>(lane_streams_.size()) < lanes - 1) {  // created on first use, kept
+    cudaStream_t st = nullptr;
+    DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    lane_streams_.push_back(st);
+    cudaEvent_t ev = nullptr;
+    DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    lane_events_.push_back(ev);
+  }
+  if (fork_event_ == nullptr) DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+  // Side lanes start after everything enqueued on `stream` so far (the LSE gather, earlier patterns).
+  DISTATTN_CUDA_CHECK(cudaEventRecord(fork_event_, stream));
+  for (int l = 0; l < lanes - 1; ++l) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(lane_streams_[l], fork_event_, 0));
+  return lanes;
+}
+
+cudaStream_t DilatedAttention::lane_stream(int64_t key, int lanes, cudaStream_t stream) const {
+  const int l = lanes <= 1 ? 0 : static_cast<int>(key % lanes);
+  return l == 0 ? stream : lane_streams_[l - 1];
+}
+
+void DilatedAttention::join_lanes(int lanes, cudaStream_t stream) {
+  // `stream` continues (LSE scatter, next pattern, cast) only after every side lane's calls.
+  for (int l = 0; l < lanes - 1; ++l) {
+    DISTATTN_CUDA_CHECK(cudaEventRecord(lane_events_[l], lane_streams_[l]));
+    DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, lane_events_[l], 0));
   }
 }
 
@@ -374,16 +414,19 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       }
     }
     const float* slopes = pattern_slopes(i);
-    for (const PatternCall& c :
-         plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi)) {
+    const std::vector<PatternCall> calls =
+        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi);
+    const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
+    for (const PatternCall& c : calls) {
       AttnParams p = engine_params(c, q, k, v, acc_view, lse_c, slopes, config_);
       p.accumulate = accumulate;  // plain: the rate-1 pattern writes every row of acc and lse_c
       if (cuda) {
-        flash_attention_forward(p, stream);
+        flash_attention_forward(p, lane_stream(c.lane_key, lanes, stream));
       } else {
         host_attention_forward(p, config_.host_precision);
       }
     }
+    if (cuda) join_lanes(lanes, stream);
     if (cuda) {
       dilated_detail::cuda_lse_scatter(lse_c, lse, B, S, Hq, w, r, stream);
     } else {
@@ -448,8 +491,10 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
       host_lse_move(const_cast<float*>(lse), lse_c, B, S, Hq, w, r, true);
     }
     const float* slopes = pattern_slopes(i);
-    for (const PatternCall& c :
-         plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi)) {
+    const std::vector<PatternCall> calls =
+        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi);
+    const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
+    for (const PatternCall& c : calls) {
       AttnBwdParams bp;
       // o: the FINAL output (delta = dO . O); lse_c: the FINAL LSE of these rows, compacted.
       bp.fwd = engine_params(c, q, k, v, o, lse_c, slopes, config_);
@@ -459,11 +504,12 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
       bp.dv = c.kv.apply(dv_view);
       bp.accumulate = true;
       if (cuda) {
-        flash_attention_backward(bp, stream);
+        flash_attention_backward(bp, lane_stream(c.lane_key, lanes, stream));
       } else {
         host_attention_backward(bp, config_.host_precision);
       }
     }
+    if (cuda) join_lanes(lanes, stream);
   }
 
   if (cuda) {

@@ -102,6 +102,10 @@ class DilatedAttention {
   // Classes of a pattern go to the engine as the batch of one call per segment when that gives more CTAs
   // (see "How it runs"); false forces the per-class calls (tests: both give the same result).
   void set_fold_classes(bool fold) { fold_classes_ = fold; }
+  // CUDA: the calls of one pattern that write disjoint elements (different classes, segments) are spread over up
+  // to 4 streams forked from and joined back into the caller's stream (event waits), so one call's tail overlaps
+  // the next call. false: every call on the caller's stream. Same results either way.
+  void set_concurrent_calls(bool on) { concurrent_calls_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -121,7 +125,14 @@ class DilatedAttention {
   void validate_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                         const float* lse) const;
   const float* pattern_slopes(size_t pattern) const;  // slopes permuted by head-offset class, or null
-  int64_t fold_chunk(int64_t total) const;            // segments per folded call
+  // Concurrent calls (set_concurrent_calls): fork_lanes records an event on `stream` that the side streams wait
+  // for and returns the lanes used (1: everything on `stream`); lane_stream picks a call's stream by its lane
+  // key; join_lanes makes `stream` wait for every side lane.
+  static constexpr int kMaxLanes = 4;
+  int fork_lanes(int64_t keys, cudaStream_t stream);
+  cudaStream_t lane_stream(int64_t key, int lanes, cudaStream_t stream) const;
+  void join_lanes(int lanes, cudaStream_t stream);
+  int64_t fold_chunk(int64_t total) const;  // segments per folded call
 
   DilatedConfig config_;
   Device device_;
@@ -134,6 +145,10 @@ class DilatedAttention {
   cudaStream_t last_stream_ = nullptr;
   bool fold_segments_ = true;
   bool fold_classes_ = true;
+  bool concurrent_calls_ = true;
+  std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
+  std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
+  cudaEvent_t fork_event_ = nullptr;
   int64_t max_fold_batch_ = 0;
 };
 
