@@ -43,6 +43,7 @@ struct GpuCase {
   int64_t head_pad = 0, row_pad = 0;  // padding in elements (kept a multiple of 8: 16-byte aligned rows)
   bool ragged = false;                // config.ragged_rates
   bool fold_classes = true;           // false: DilatedAttention::set_fold_classes(false) on the GPU
+  bool concurrent = true;             // false: DilatedAttention::set_concurrent_calls(false) (one stream)
 };
 
 double rms_of(const HostTensor& t) {
@@ -93,6 +94,7 @@ void run_case(const GpuCase& c) {
   DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
   DilatedAttention gpu(cfg, Device::kCuda);
   gpu.set_fold_classes(c.fold_classes);
+  gpu.set_concurrent_calls(c.concurrent);
   gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
   d_o.download(o_gpu);
@@ -196,12 +198,17 @@ TEST(DilatedGpu, AlibiGlobalPositionsAndRowsWithoutKeys) {
 }
 
 // The last pattern (one segment, 4 classes) runs with the classes folded into the batch by default; the same
-// case with that folding off (per-class calls) must pass too.
+// case with that folding off (per-class calls) must pass too, and with every call on one stream.
 TEST(DilatedGpu, ClassFoldingOffMatches) {
   GpuCase c{"no_class_fold"};
   c.causal = true;
   c.fold_classes = false;
   run_case(c);
+  GpuCase d{"one_stream"};  // the default folding, every call on the caller's stream
+  d.causal = true;
+  d.concurrent = false;
+  d.Hq = d.Hkv = 5;
+  run_case(d);
 }
 
 // Rates that do not divide their segments (config.ragged_rates, LongNet's r = 6, 12 on power-of-two segments):
