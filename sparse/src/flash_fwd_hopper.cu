@@ -125,16 +125,20 @@ void launch(const FlashFwdHopperParams& params, cudaStream_t stream) {
 
 bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   if (p.q.dtype != DType::kBFloat16 && p.q.dtype != DType::kFloat16) return false;
-  if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype || p.o.dtype != p.q.dtype) return false;
-  if (p.q.head_dim() != 128 || p.accumulate || p.alibi_slopes != nullptr) return false;
+  if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype) return false;
+  if (p.o.dtype != p.q.dtype && p.o.dtype != DType::kFloat32) return false;
+  if (p.accumulate && (p.o.dtype != DType::kFloat32 || p.lse == nullptr)) return false;
+  if (p.q.head_dim() != 128 || p.alibi_slopes != nullptr) return false;
   if (p.q_pos.num_chunks != 1 || p.kv_pos.num_chunks != 1) return false;
   if (p.q.seqlen() < 1 || p.k.seqlen() < 1) return false;
   constexpr int64_t kMaxRows = int64_t{0x7fffffff} - 256;
   if (p.q.seqlen() > kMaxRows || p.k.seqlen() > kMaxRows) return false;
   if (p.q.heads() > 65535 || p.q.batch() > 65535) return false;
   if (!tma_addressable(p.q) || !tma_addressable(p.k) || !tma_addressable(p.v)) return false;
-  // o is written with 4-byte stores at even columns: 4-byte aligned base and even strides suffice.
-  if (reinterpret_cast<uintptr_t>(p.o.data) % 4 != 0 || p.o.stride[3] != 1) return false;
+  // o is written two elements at a time (4-byte stores, 8-byte for fp32) at even columns: a base aligned to
+  // two elements and even strides suffice.
+  const uintptr_t o_pair = p.o.dtype == DType::kFloat32 ? 8 : 4;
+  if (reinterpret_cast<uintptr_t>(p.o.data) % o_pair != 0 || p.o.stride[3] != 1) return false;
   for (int axis = 0; axis < 3; ++axis)
     if (p.o.shape[axis] > 1 && p.o.stride[axis] % 2 != 0) return false;
   return device_runs_hopper_kernel(device);
@@ -171,6 +175,8 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
     k.block_col_index = p.mask.blocks->col_index;
     k.block_row_partial = p.mask.blocks->row_partial;
   }
+  k.accumulate = p.accumulate;
+  k.o_fp32 = p.o.dtype == DType::kFloat32;
   k.scale_log2 = static_cast<float>(static_cast<double>(p.scale()) * 1.4426950408889634);
   if (p.q.dtype == DType::kBFloat16) {
     launch<__nv_bfloat16>(k, stream);

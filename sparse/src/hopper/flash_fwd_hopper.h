@@ -2,8 +2,9 @@
 // (hopper/flash_fwd_hopper_kernel.cuh). The dispatcher (flash_fwd_api.cu) calls
 // flash_fwd_hopper_supported() and, when it says yes, flash_fwd_hopper() instead of the mma.sync kernel.
 //
-// Shapes: q [B, Sq, Hq, 128], k, v [B, Skv, Hkv, 128], o [B, Sq, Hq, 128] (dtype of q), lse [B, Hq, Sq] fp32
-// (optional). Same results contract as flash_attention_forward (core/attn_params.h).
+// Shapes: q [B, Sq, Hq, 128], k, v [B, Skv, Hkv, 128], o [B, Sq, Hq, 128] (dtype of q or fp32), lse [B, Hq, Sq]
+// fp32 (optional in plain mode; the running LSE in accumulate mode). Same results contract as flash_attention_forward
+// (core/attn_params.h).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -13,11 +14,11 @@
 namespace distattn {
 
 // True when the Hopper kernel handles `p` on CUDA device `device`: the device is compute capability 9.0 and
-// the library holds sm_90a code for the kernel; q is bf16 or fp16 with head dim 128; plain mode (o in the
-// dtype of q, not accumulate); no ALiBi; q_pos and kv_pos one chunk each; any causal / window band and
-// optional block list; every row / head / batch stride a positive multiple of 16 bytes (strides of size-1
-// dimensions ignored), base pointers 16-byte aligned; Sq, Skv >= 1. Otherwise false (nothing throws for
-// an unsupported case; CUDA errors while querying the device throw distattn::Error).
+// the library holds sm_90a code for the kernel; q is bf16 or fp16 with head dim 128; o in the dtype of q or
+// fp32 (plain mode), or accumulate mode (o fp32, lse set); no ALiBi; q_pos and kv_pos one chunk each; any causal /
+// window band and optional block list; every row / head / batch stride a positive multiple of 16 bytes (strides of
+// size-1 dimensions ignored), base pointers 16-byte aligned; Sq, Skv >= 1. Otherwise false (nothing throws for an
+// unsupported case; CUDA errors while querying the device throw distattn::Error).
 bool flash_fwd_hopper_supported(const AttnParams& p, int device);
 
 // Runs the Hopper kernel on `stream`. `p` must have passed validate_forward(p, Device::kCuda), the CUDA

@@ -453,22 +453,65 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     // natural-log LSE = ln 2 * (max * scale_log2 + log2 l); rows with nothing visible: -inf.
     lse[r] = l > 0.f ? 0.6931471805599453f * (row_max[r] * scale_log2 + __log2f(l)) : -INFINITY;
   }
-  T* o_base =
-      static_cast<T*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride + static_cast<int64_t>(h) * p.o_head_stride;
+  const int64_t o_off = static_cast<int64_t>(b) * p.o_batch_stride + static_cast<int64_t>(h) * p.o_head_stride;
+  float* lse_base = p.lse_ptr != nullptr ? p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride +
+                                               static_cast<int64_t>(h) * p.lse_head_stride
+                                         : nullptr;
+  // acc o[4 c + 2 r + e] is (row row0 + 8 r, column 8 c + col_base + e).
+  if (!p.accumulate) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = m0 + row0 + 8 * r;
-    if (row < p.seqlen_q) {
-      T* o_row = o_base + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+    for (int r = 0; r < 2; ++r) {
+      const int row = m0 + row0 + 8 * r;
+      if (row >= p.seqlen_q) continue;
+      if (!p.o_fp32) {
+        T* o_row = static_cast<T*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) {
+          const uint32_t v = TypeOps<T>::pack(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
+          *reinterpret_cast<uint32_t*>(o_row + 8 * c) = v;
+        }
+      } else {
+        float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+        for (int c = 0; c < 16; ++c)
+          *reinterpret_cast<float2*>(o_row + 8 * c) =
+              make_float2(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
+      }
+      if (lse_base != nullptr && (lane % 4) == 0) lse_base[row] = lse[r];
+    }
+  } else {
+    // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse - L) + O_b e^(LSE_b - L).
+    // The four lanes of a quad share a row: all read the old lse before any lane writes the new one.
+    float lse_old[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = m0 + row0 + 8 * r;
+      lse_old[r] = row < p.seqlen_q ? lse_base[row] : -INFINITY;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = m0 + row0 + 8 * r;
+      const float la = lse_old[r], lb = lse[r];
+      const float mx = fmaxf(la, lb);
+      // Both -inf: nothing visible in either part; the accumulator stays as it is.
+      if (row >= p.seqlen_q || mx == -INFINITY) continue;
+      const float L = mx + logf(expf(la - mx) + expf(lb - mx));
+      const float w_old = expf(la - L);           // 0 when la = -inf
+      const float w_new = expf(lb - L) * inv[r];  // 0 when lb = -inf
+      float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
 #pragma unroll
       for (int c = 0; c < 16; ++c) {
-        const uint32_t v = TypeOps<T>::pack(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
-        *reinterpret_cast<uint32_t*>(o_row + 8 * c) = v;
+        float2* ptr = reinterpret_cast<float2*>(o_row + 8 * c);
+        float2 old = *ptr;
+        // w_old == 0: the old value is not used (select, not multiply: 0 * inf would be NaN).
+        old.x = w_old > 0.f ? old.x * w_old : 0.f;
+        old.y = w_old > 0.f ? old.y * w_old : 0.f;
+        old.x = fmaf(o[4 * c + 2 * r], w_new, old.x);
+        old.y = fmaf(o[4 * c + 2 * r + 1], w_new, old.y);
+        *ptr = old;
       }
-      if (p.lse_ptr != nullptr && (lane % 4) == 0) {
-        p.lse_ptr[static_cast<int64_t>(b) * p.lse_batch_stride + static_cast<int64_t>(h) * p.lse_head_stride + row] =
-            lse[r];
-      }
+      if ((lane % 4) == 0) lse_base[row] = L;
     }
   }
 #endif  // DISTATTN_HOPPER_DEVICE

@@ -6,8 +6,8 @@
 // Tensors (int64 element strides on the host; the tensor maps carry them in bytes):
 //   q  [B, Sq,  Hq,  D]   TMA map dims (innermost first) {D, Sq, Hq, B}, box {64, 128, 1, 1}
 //   k  [B, Skv, Hkv, D]   {D, Skv, Hkv, B}, box {64, kBlockN, 1, 1}; v likewise
-//   o  [B, Sq,  Hq,  D]   written by ordinary stores: o_ptr + b*o_batch_stride + s*o_row_stride + h*o_head_stride + d
-//   lse [B, Hq, Sq] fp32  lse_ptr + b*lse_batch_stride + h*lse_head_stride + s  (null: not written)
+//   o  [B, Sq,  Hq,  D]   dtype of q or fp32; written by ordinary stores: o_ptr + b*o_batch_stride + s*o_row_stride +
+//   h*o_head_stride + d lse [B, Hq, Sq] fp32  lse_ptr + b*lse_batch_stride + h*lse_head_stride + s  (null: not written)
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (a 128-byte, 64-byte aligned opaque struct; header only, no libcuda link)
@@ -51,6 +51,10 @@ struct FlashFwdHopperParams {
   const int32_t* block_row_offset = nullptr;   // [num_q_blocks + 1]
   const int32_t* block_col_index = nullptr;    // [nnz] ascending per q block
   const uint8_t* block_row_partial = nullptr;  // [nnz] 1: band mask applies; 0: whole block visible
+
+  // --- output mode ------------------------------------------------------------------------------------------
+  bool accumulate = false;  // merge (O_b, LSE_b) into the fp32 accumulator o and its running lse (lse_ptr set)
+  bool o_fp32 = false;      // o is fp32 (always in accumulate mode; optional in plain mode)
 
   // --- scores -------------------------------------------------------------------------------------------
   float scale_log2 = 0.f;  // softmax_scale * log2(e): p = exp2(q.k * scale_log2 - running max)
