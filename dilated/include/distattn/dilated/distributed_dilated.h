@@ -14,7 +14,9 @@
 //     (built at construction, one per distinct G: color = rank / G). Rank p is rank j = p mod G of segment
 //     g = p / G. For every head-offset class s < min(r, Hq), its kept rows are the local rows
 //         l = phi + r*i,   phi = (s - p*L) mod r,   i < n_p = ceil((L - phi) / r)   (0 when phi >= L)
-//     (r need not divide L: the phase and the count differ between ranks). Each rank packs the kept rows of
+//     (r need not divide L: the phase and the count differ between ranks). With config.dilated.ragged_rates r need
+//     not divide w either: class s keeps ceil((w - s)/r) rows of the segment, and phi is taken from the shard's
+//     offset inside its segment, phi = (s - (p*L mod w)) mod r. Each rank packs the kept rows of
 //     K and V, for only the kv heads the class reads, every class side by side in one row layout
 //     [n_max][class][2, B, KH, D] (n_max = ceil(L/r)); ONE all-gather per pattern over the sub-communicator
 //     (G * n_max rows); where the counts differ the padding rows are squeezed out; the kept query rows (a
