@@ -11,6 +11,8 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_bwd_alibi.h"
+#include "flash_bwd_options.h"
 #include "flash_bwd_params.h"
 #include "static_switch.h"
 
@@ -23,8 +25,9 @@ void run_flash_bwd(const FlashBwdParams& p, cudaStream_t stream);
 
 namespace {
 
-constexpr int kBwdBlockM = 64;   // q rows per tile (FlashBwdTraits::kBlockM)
-constexpr int kBwdBlockN = 128;  // kv rows per CTA (FlashBwdTraits::kBlockN)
+constexpr int kBwdBlockM = 64;       // q rows per tile (FlashBwdTraits::kBlockM)
+constexpr int kBwdBlockN = 128;      // kv rows per CTA (FlashBwdTraits::kBlockN)
+constexpr int kBwdMaxCutGroup = 64;  // FlashBwdTraits::kMaxCutGroup
 
 // Stream-ordered scratch that is released on the stream even when a launch throws.
 struct StreamScratch {
@@ -48,6 +51,12 @@ int32_t clamp_to_int32(int64_t x) {
 }  // namespace
 
 void flash_attention_backward(const AttnBwdParams& params, cudaStream_t stream) {
+  detail::flash_attention_backward(params, detail::FlashBwdOptions{}, stream);
+}
+
+namespace detail {
+
+void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions& options, cudaStream_t stream) {
   // ---- validation: everything before anything is allocated or launched ----------------------------
   validate_backward(params, Device::kCuda);
   const AttnParams& f = params.fwd;
@@ -142,38 +151,82 @@ void flash_attention_backward(const AttnBwdParams& params, cudaStream_t stream) 
     p.col_partial = bl->col_partial;
   }
 
-  // ---- scratch: delta [B, Hq, Sq] and the fp32 dQ accumulator [B, Sq, Hq, D] (packed) ---------------
-  StreamScratch delta_buf(stream), dq_buf(stream);
-  if (params.delta != nullptr) {
-    p.delta = params.delta;
-    p.delta_batch_stride = p.lse_batch_stride;
-    p.delta_head_stride = p.lse_head_stride;
-  } else {
-    delta_buf.allocate(static_cast<size_t>(B * Hq * Sq) * sizeof(float));
-    p.delta_out = static_cast<float*>(delta_buf.ptr);
-    p.delta = p.delta_out;
-    p.delta_batch_stride = Hq * Sq;
-    p.delta_head_stride = Sq;
+  // ---- ALiBi cutoff (flash_bwd_kernel.cuh "ALiBi cutoff"): threshold T + 3 on exp2's argument, T = 127
+  // for bf16 (ex2.approx.ftz flushes below 2^-126), 26 for fp16 (P < 2^-25 rounds to 0 when stored) ----------
+  // Limits: the packed q-tile interval (16 bits each), the pre-pass grid (heads <= 65535), the kernel's shared
+  // copy of its group's intervals (FlashBwdTraits::kMaxCutGroup), and position differences that the kernel's
+  // int32 pos_q - pos_k holds exactly (the bound uses the true distance).
+  bool positions_ok = Sq > 0 && Skv > 0;
+  if (positions_ok) {
+    int64_t q_lo = 0, q_hi = 0, k_lo = 0, k_hi = 0;  // positions fit int32 (PositionMap validation)
+    f.q_pos.range(0, Sq, &q_lo, &q_hi);
+    f.kv_pos.range(0, Skv, &k_lo, &k_hi);
+    positions_ok = std::max(q_hi, k_hi) - std::min(q_lo, k_lo) < (int64_t{1} << 30);
   }
+  const bool alibi_cut = options.alibi_cutoff && f.alibi_slopes != nullptr && Hq <= 65535 && Hkv <= 65535 &&
+                         p.num_q_tiles < 65535 && p.group <= kBwdMaxCutGroup && positions_ok;
+  if (alibi_cut) {
+    p.alibi_cut_log2 = f.q.dtype == DType::kFloat16 ? 29.f : 130.f;
+    p.alibi_cut_skip = options.alibi_cutoff_skip;
+    p.alibi_cut_count = options.alibi_cut_count;
+  }
+
+  // ---- scratch, one stream-ordered allocation: delta [B, Hq, Sq], the fp32 dQ accumulator [B, Sq, Hq, D]
+  // (packed), the cutoff's q tile stats [B, Hq, num_q_tiles] float2, kv tile norms [B, Hkv, num_kv_tiles] and
+  // packed q-tile intervals [B, Hq, num_kv_tiles] uint32.
+  // Each piece starts 256-byte aligned.
+  auto align256 = [](size_t x) { return (x + 255) / 256 * 256; };
+  const bool own_delta = params.delta == nullptr;
   // The main kernel's dQ accumulator has row stride D (compile-time in the kernel). In accumulate mode
   // (dq fp32, validated) whose rows are D apart (a [B, H, S, D]-ordered view, or Hq == 1 packed) the
   // reductions go straight into dq: no scratch, no conversion. Otherwise a zeroed [B, Hq, Sq, D] scratch
   // is converted (accumulate: added) into dq afterwards.
-  if (params.accumulate && (p.dq_row_stride == D || Sq == 1)) {
+  const bool dq_direct = params.accumulate && (p.dq_row_stride == D || Sq == 1);
+  const size_t delta_bytes = own_delta ? align256(static_cast<size_t>(B * Hq * Sq) * sizeof(float)) : 0;
+  const size_t dq_bytes = dq_direct ? 0 : align256(static_cast<size_t>(B * Sq * Hq * D) * sizeof(float));
+  const size_t qstat_bytes = alibi_cut ? align256(static_cast<size_t>(B * Hq * p.num_q_tiles) * sizeof(float2)) : 0;
+  const size_t knorm_bytes = alibi_cut ? align256(static_cast<size_t>(B * Hkv * p.num_kv_tiles) * sizeof(float)) : 0;
+  const size_t keep_bytes = alibi_cut ? align256(static_cast<size_t>(B * Hq * p.num_kv_tiles) * sizeof(uint32_t)) : 0;
+  StreamScratch scratch(stream);
+  const size_t total = delta_bytes + dq_bytes + qstat_bytes + knorm_bytes + keep_bytes;
+  if (total > 0) scratch.allocate(total);
+  unsigned char* cursor = static_cast<unsigned char*>(scratch.ptr);
+  if (!own_delta) {
+    p.delta = params.delta;
+    p.delta_batch_stride = p.lse_batch_stride;
+    p.delta_head_stride = p.lse_head_stride;
+  } else {
+    p.delta_out = reinterpret_cast<float*>(cursor);
+    cursor += delta_bytes;
+    p.delta = p.delta_out;
+    p.delta_batch_stride = Hq * Sq;
+    p.delta_head_stride = Sq;
+  }
+  if (dq_direct) {
     p.dq_accum = static_cast<float*>(params.dq.data);
     p.dq_accum_batch_stride = p.dq_batch_stride;
     p.dq_accum_head_stride = p.dq_head_stride;
   } else {
-    const size_t bytes = static_cast<size_t>(B * Sq * Hq * D) * sizeof(float);
-    dq_buf.allocate(bytes);
-    DISTATTN_CUDA_CHECK(cudaMemsetAsync(dq_buf.ptr, 0, bytes, stream));
-    p.dq_accum = static_cast<float*>(dq_buf.ptr);
+    DISTATTN_CUDA_CHECK(cudaMemsetAsync(cursor, 0, dq_bytes, stream));
+    p.dq_accum = reinterpret_cast<float*>(cursor);
+    cursor += dq_bytes;
     p.dq_accum_batch_stride = Hq * Sq * D;
     p.dq_accum_head_stride = Sq * D;
+  }
+  if (alibi_cut) {
+    float2* q_stat = reinterpret_cast<float2*>(cursor);
+    float* k_norm = reinterpret_cast<float*>(cursor + qstat_bytes);
+    uint32_t* keep = reinterpret_cast<uint32_t*>(cursor + qstat_bytes + knorm_bytes);
+    DTYPE_SWITCH(f.q.dtype, T, [&] {
+      kernels::run_flash_bwd_alibi_prepass<T>(p, kBwdBlockM, kBwdBlockN, q_stat, k_norm, keep, stream);
+    });
+    p.alibi_keep = keep;
   }
 
   DTYPE_SWITCH(f.q.dtype, T,
                [&] { HEADDIM_SWITCH(D, kHeadDim, [&] { kernels::run_flash_bwd<T, kHeadDim>(p, stream); }); });
 }
+
+}  // namespace detail
 
 }  // namespace distattn

@@ -13,6 +13,7 @@
 // and at the end dK (times scale) and dV are written (or added, accumulate mode) once per element.
 // Tiles are classified with PositionMap::range + classify_tile: empty ones are skipped without loads,
 // full ones take no per-element mask, partial ones (and the kv tile crossing Skv) evaluate the band.
+// With ALiBi, pairs whose P provably underflows to exactly 0 are skipped too ("ALiBi cutoff" below).
 //
 // Shared memory rows are 16-byte chunks XOR-swizzled with the row index (physical chunk = chunk ^
 // (row & 7)), so every ldmatrix phase (8 lanes reading 8 consecutive rows at one logical chunk) and
@@ -51,7 +52,9 @@ struct FlashBwdTraits {
   static constexpr int kSmemKPos = kSmemDS + kBlockM * kPRowBytes;  // int32 [kBlockN] kv positions
   static constexpr int kSmemLse = kSmemKPos + kBlockN * 4;          // fp32 2 x [kBlockM] LSE of the q tile
   static constexpr int kSmemDelta = kSmemLse + 2 * kBlockM * 4;     // fp32 2 x [kBlockM] delta of the q tile
-  static constexpr int kSmemBytes = kSmemDelta + 2 * kBlockM * 4;
+  static constexpr int kSmemKeep = kSmemDelta + 2 * kBlockM * 4;    // uint32 [kMaxCutGroup] ALiBi cutoff intervals
+  static constexpr int kMaxCutGroup = 64;                           // q heads per kv head the cutoff serves
+  static constexpr int kSmemBytes = kSmemKeep + kMaxCutGroup * 4;
   // Per-warp tiles: phase C/D covers D/2 columns (kNTileC n8 tiles), phase E D/4 (kNTileE).
   static constexpr int kNTileC = kHeadDim / 16;
   static constexpr int kNTileE = kHeadDim / 32;
@@ -155,8 +158,23 @@ struct BwdWalk {
   int64_t k_min, k_max;  // global position range of the kv tile
 };
 
+// ALiBi cutoff. The kernel recomputes P = exp2(x) with x = S * scale_log2 - LSE_log2 + slope2 * |pos_q - pos_k|
+// (slope2 = -slope * log2(e)) from the forward's final LSE. A (q tile, kv tile) pair whose every x lies below
+// -T_dtype makes every P exactly 0 as the kernel stores it (16-bit): bf16 T = 127 (ex2.approx.ftz flushes
+// results below 2^-126 to +0), fp16 T = 26 (exp2 < 2^-25 rounds to +0 in fp16). Then dS = P (dP - delta) is
+// +-0 too and the pair adds nothing to dV, dK or dQ: not visiting it changes no bit (given finite dP - delta:
+// 0 * inf would be NaN). The pre-pass (flash_bwd_alibi_stats.cu, where the bound and its margins are written
+// out) judges every pair and leaves, per (batch, q head, kv tile), the interval [lo, hi) of q tiles that holds
+// every pair it could not cut (packed lo | hi << 16); the walk skips the q tiles outside it. Valid for any
+// position maps, masks and block lists (the bound uses position ranges and the actual LSE). The CTA copies the
+// intervals of its group's q heads to shared memory once (s_keep): the walk loop runs at the register limit and
+// a global load indexed by (batch, head, kv tile) there spilled; an LDS indexed by gh does not.
+
+// keep: the ALiBi cutoff's q-tile interval of the item's q head (read when p.alibi_keep is set); *cut is set
+// when the cutoff judged the pair cuttable (skipped unless p.alibi_cut_skip is false).
 template <typename Traits>
-__device__ __forceinline__ int bwd_classify_item(const FlashBwdParams& p, const BwdWalk& w, int it, int* tile) {
+__device__ __forceinline__ int bwd_classify_item(const FlashBwdParams& p, const BwdWalk& w, int it, uint32_t keep,
+                                                 int* tile, bool* cut) {
   int m;
   bool block_full = false;
   if (p.has_blocks) {
@@ -169,12 +187,18 @@ __device__ __forceinline__ int bwd_classify_item(const FlashBwdParams& p, const 
     if (m >= p.num_q_tiles) m -= p.num_q_tiles;
   }
   *tile = m;
-  if (block_full) return 2;
+  const bool alibi_cut = p.alibi_keep != nullptr;
+  if (block_full && !alibi_cut) return 2;
   int64_t q_min, q_max;
   const int r0 = m * Traits::kBlockM;
   const int r1 = min(r0 + Traits::kBlockM, p.seqlen_q);
   p.q_pos.range(r0, r1, &q_min, &q_max);
-  return static_cast<int>(classify_tile(p.band, q_min, q_max, w.k_min, w.k_max));
+  const int cls = block_full ? 2 : static_cast<int>(classify_tile(p.band, q_min, q_max, w.k_min, w.k_max));
+  if (cls != 0 && alibi_cut && (m < static_cast<int>(keep & 0xffffu) || m >= static_cast<int>(keep >> 16))) {
+    *cut = true;
+    if (p.alibi_cut_skip) return 0;
+  }
+  return cls;
 }
 
 template <typename T, int kHeadDim>
@@ -224,6 +248,12 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
   cp_async_commit();
   // Global positions of the kv rows (read by the per-element mask and ALiBi).
   if (tid < kBlockN) s_kpos[tid] = tid < kv_rows ? static_cast<int32_t>(p.kv_pos.position(n0 + tid)) : 0;
+  // ALiBi cutoff: the q-tile interval of each q head of the group for this kv tile (keep[b, hq, n_tile];
+  // the host enables the cutoff only for group <= kMaxCutGroup).
+  uint32_t* s_keep = reinterpret_cast<uint32_t*>(smem + Tr::kSmemKeep);
+  if (p.alibi_keep != nullptr && tid < p.group)
+    s_keep[tid] = p.alibi_keep[(static_cast<int64_t>(b) * p.heads_q + hkv * p.group + tid) * p.num_kv_tiles + n_tile];
+  if (p.alibi_keep != nullptr) __syncthreads();  // s_keep is read by every warp's first next_work below
 
   BwdWalk walk;
   p.kv_pos.range(n0, n0 + kv_rows, &walk.k_min, &walk.k_max);
@@ -283,8 +313,13 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
         scan_base = 0;
       }
       const int mine = scan_base + lane;
-      my_cls = mine < walk.n_items ? bwd_classify_item<Tr>(p, walk, mine, &my_tile) : 0;
+      bool my_cut = false;
+      my_cls = mine < walk.n_items ? bwd_classify_item<Tr>(p, walk, mine, s_keep[gh], &my_tile, &my_cut) : 0;
       hits = __ballot_sync(0xffffffffu, my_cls != 0);
+      if (p.alibi_cut_count != nullptr) {  // tests: pairs the ALiBi cutoff judged cuttable (one warp counts)
+        const unsigned cuts = __ballot_sync(0xffffffffu, my_cut);
+        if (threadIdx.x == 0 && cuts != 0) atomicAdd(p.alibi_cut_count, static_cast<unsigned long long>(__popc(cuts)));
+      }
     }
   };
   // Q and dO rows [m0, m0 + 64) of q head hq into buffer `which`, with their LSE and delta.

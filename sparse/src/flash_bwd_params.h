@@ -75,6 +75,12 @@ struct FlashBwdParams {
   int32_t band_lo32 = 0;                // band.lo clamped to int32 for the per-element test
   int32_t band_hi32 = 0;                // band.hi clamped to int32 for the per-element test
 
+  // --- ALiBi underflow cutoff (flash_bwd_kernel.cuh, "ALiBi cutoff"; pre-pass flash_bwd_alibi_stats.cu) ---
+  const uint32_t* alibi_keep = nullptr;  // [B, Hq, num_kv_tiles] q tiles [lo, hi) to visit (lo | hi << 16); null: off
+  float alibi_cut_log2 = 0.f;            // a pair is cut where its bound on exp2's argument is < -alibi_cut_log2
+  bool alibi_cut_skip = true;            // false: pairs are judged (and counted) but still visited (tests)
+  unsigned long long* alibi_cut_count = nullptr;  // null or a device counter: += pairs judged cuttable (tests)
+
   // --- block list (transposed CSR: the kv-block CTA walks its column) ---
   bool has_blocks = false;               // a block list restricts the visible (q block, kv block) pairs
   const int32_t* col_offset = nullptr;   // [num_kv_blocks + 1] q blocks of kv block j: [col_offset[j], col_offset[j+1])

@@ -8,9 +8,11 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -18,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../../sparse/src/flash_bwd_options.h"  // internal: the ALiBi cutoff's test switches
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
@@ -131,6 +134,8 @@ struct BwdCase {
   bool o_fp32 = false;                   // O given in fp32 (an accumulated forward's output), not rounded to the dtype
   std::vector<std::vector<int>> blocks;  // non-empty: hand-built block list (0 absent, 1 partial, 2 full)
   double scale = 0;                      // 0: 1/sqrt(D)
+  float slope_step = 0.5f;               // ALiBi slopes 2^(-slope_step (h + 1))
+  unsigned long long* cut_count = nullptr;  // device counter: pairs the ALiBi cutoff judged cuttable
 };
 
 // Everything one case produces; `rows_without_keys` lists (b, h, i) whose LSE is -inf.
@@ -155,7 +160,7 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
   std::vector<float> slopes;
   if (c.alibi) {
-    for (int64_t h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(2.f, -0.5f * static_cast<float>(h + 1)));
+    for (int64_t h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(2.f, -c.slope_step * static_cast<float>(h + 1)));
   }
   std::unique_ptr<TestBlocks> blocks;
   if (!c.blocks.empty()) blocks.reset(new TestBlocks(c.blocks));
@@ -245,7 +250,9 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   gb.dq = dgrad[0].view(), gb.dk = dgrad[1].view(), gb.dv = dgrad[2].view();
   gb.accumulate = c.accumulate;
   gb.delta = c.given_delta ? d_delta->ptr : nullptr;
-  flash_attention_backward(gb, 0);
+  detail::FlashBwdOptions opt;
+  opt.alibi_cut_count = c.cut_count;
+  detail::flash_attention_backward(gb, opt, 0);
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
 
   for (int i = 0; i < 3; ++i) {
@@ -470,6 +477,192 @@ TEST(FlashBwd, GivenDeltaMatchesComputedDelta) {
     EXPECT_EQ(d.non_finite, 0);
     EXPECT_LE(d.rel_l2, 1e-3) << d.str();
   }
+}
+
+// ---- ALiBi underflow cutoff (flash_bwd_kernel.cuh, "ALiBi cutoff") ---------------------------------------
+// GPU-only: the GPU forward gives O and LSE, then the backward runs three ways: cutoff on (pairs skipped), cutoff
+// judged but nothing skipped, cutoff off. dK and dV (fp32 or the input dtype) must match bit for bit. dQ is
+// summed across kv tiles with fp32 atomics whose order is not fixed run to run (with or without the cutoff), so
+// it is compared with fp32 grads against a tolerance far below one bf16 ulp; the fp64 checks are separate.
+struct CutCase {
+  DType dtype = DType::kBFloat16;
+  int64_t D = 128, B = 1, S = 1000, Hq = 4, Hkv = 2;
+  bool causal = true;
+  int64_t window = -1;            // >= 0: sliding window (causal band of that width)
+  float slope_step = 0.5f;        // slopes 2^(-slope_step (h + 1))
+  double qk_mult = 1.0;           // q and k drawn with this standard deviation (large: nothing may be cut)
+  bool grads_fp32 = true;         // fp32 dq/dk/dv (else the input dtype)
+  int64_t start = 0, stride = 1;  // q_pos = kv_pos = start + stride * row (one chunk)
+};
+
+// One zeroed device counter (the cutoff's count of cuttable pairs).
+struct DeviceCounter {
+  unsigned long long* ptr = nullptr;
+  DeviceCounter() {
+    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), sizeof(unsigned long long)));
+    reset();
+  }
+  ~DeviceCounter() { (void)cudaFree(ptr); }
+  DeviceCounter(const DeviceCounter&) = delete;
+  DeviceCounter& operator=(const DeviceCounter&) = delete;
+  void reset() { DISTATTN_CUDA_CHECK(cudaMemset(ptr, 0, sizeof(unsigned long long))); }
+  unsigned long long get() const {
+    unsigned long long n = 0;
+    DISTATTN_CUDA_CHECK(cudaMemcpy(&n, ptr, sizeof(n), cudaMemcpyDeviceToHost));
+    return n;
+  }
+};
+
+struct CutRun {
+  HostTensor g[3];
+  unsigned long long count = 0;
+};
+
+void run_cut_case(const CutCase& c, uint64_t seed, bool* any_cut) {
+  const DType gdt = c.grads_fp32 ? DType::kFloat32 : c.dtype;
+  HostTensor q(c.dtype, c.B, c.S, c.Hq, c.D), k(c.dtype, c.B, c.S, c.Hkv, c.D), v(c.dtype, c.B, c.S, c.Hkv, c.D),
+      dout(c.dtype, c.B, c.S, c.Hq, c.D), o(c.dtype, c.B, c.S, c.Hq, c.D);
+  fill_normal(q, seed + 1, c.qk_mult);
+  fill_normal(k, seed + 2, c.qk_mult);
+  fill_normal(v, seed + 3);
+  fill_normal(dout, seed + 4);
+  fill_nan(o);
+  std::vector<float> slopes;
+  for (int64_t h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(2.f, -c.slope_step * static_cast<float>(h + 1)));
+  DeviceTensor dq_(q), dk_(k), dv_(v), ddo(dout), dov(o);
+  DeviceArray<float> d_slopes(slopes);
+  std::vector<float> lse_init(static_cast<size_t>(c.B * c.Hq * c.S), std::nanf(""));
+  DeviceArray<float> d_lse(lse_init);
+  DeviceCounter d_count;
+
+  AttnParams f;
+  f.q = dq_.view(), f.k = dk_.view(), f.v = dv_.view(), f.o = dov.view();
+  f.lse = d_lse.ptr;
+  f.q_pos = PositionMap::strided(c.start, c.stride, c.S);
+  f.kv_pos = f.q_pos;
+  if (c.window >= 0) {
+    f.mask = c.causal ? Mask::make_causal(c.window) : Mask::make_window(c.window);
+  } else if (c.causal) {
+    f.mask = Mask::make_causal();
+  }
+  f.alibi_slopes = d_slopes.ptr;
+  flash_attention_forward(f, 0);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+
+  CutRun runs[3];
+  const char* names[3] = {"cutoff", "judged, nothing skipped", "cutoff off"};
+  for (int r = 0; r < 3; ++r) {
+    HostTensor out[3] = {HostTensor(gdt, c.B, c.S, c.Hq, c.D), HostTensor(gdt, c.B, c.S, c.Hkv, c.D),
+                         HostTensor(gdt, c.B, c.S, c.Hkv, c.D)};
+    for (auto& t : out) fill_nan(t);
+    DeviceTensor dg[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
+    d_count.reset();
+    AttnBwdParams gb;
+    gb.fwd = f;
+    gb.dout = ddo.view();
+    gb.dq = dg[0].view(), gb.dk = dg[1].view(), gb.dv = dg[2].view();
+    detail::FlashBwdOptions opt;
+    opt.alibi_cutoff = r != 2;
+    opt.alibi_cutoff_skip = r == 0;
+    opt.alibi_cut_count = d_count.ptr;
+    detail::flash_attention_backward(gb, opt, 0);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    for (int i = 0; i < 3; ++i) dg[i].download(out[i]), runs[r].g[i] = std::move(out[i]);
+    runs[r].count = d_count.get();
+  }
+  const int64_t pairs = c.B * c.Hq * ((c.S + 63) / 64) * ((c.S + 127) / 128);
+  std::printf("  S %lld: pairs judged cuttable %llu of %lld (judged-only run: %llu, cutoff off: %llu)\n",
+              static_cast<long long>(c.S), runs[0].count, static_cast<long long>(pairs), runs[1].count, runs[2].count);
+  EXPECT_EQ(runs[0].count, runs[1].count);
+  EXPECT_EQ(runs[2].count, 0u);
+  *any_cut = runs[0].count > 0;
+  for (int r = 1; r < 3; ++r) {
+    SCOPED_TRACE(std::string("cutoff vs ") + names[r]);
+    for (int i = 1; i < 3; ++i)
+      EXPECT_EQ(std::memcmp(runs[0].g[i].storage.data(), runs[r].g[i].storage.data(), runs[0].g[i].bytes()), 0)
+          << (i == 1 ? "dK" : "dV") << " differs";
+    const ErrorStats e = compare(runs[0].g[0].view, runs[r].g[0].view);
+    double mx = 0;
+    const auto& sh = runs[r].g[0].view.shape;
+    for (int64_t b = 0; b < sh[0]; ++b)
+      for (int64_t i = 0; i < sh[1]; ++i)
+        for (int64_t h = 0; h < sh[2]; ++h)
+          for (int64_t d = 0; d < sh[3]; ++d) mx = std::max(mx, std::fabs(runs[r].g[0].get(b, i, h, d)));
+    EXPECT_EQ(e.non_finite, 0);
+    // fp32 atomics in another order: a few fp32 ulps of the largest partial sums; bf16 grads: one bf16 ulp.
+    EXPECT_LE(e.max_abs, (c.grads_fp32 ? 1e-5 : 1e-2) * mx) << "dQ: " << e.str();
+  }
+}
+
+#define RUN_CUT_CASE(c, expect_cut)                                                        \
+  do {                                                                                     \
+    const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
+    SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
+    bool any = false;                                                                      \
+    run_cut_case(c, seed, &any);                                                           \
+    EXPECT_EQ(any, expect_cut);                                                            \
+  } while (0)
+
+TEST(FlashBwdAlibiCutoff, BitIdenticalCausalAndNonCausal) {
+  DISTATTN_REQUIRE_GPU();
+  CutCase c;
+  for (bool causal : {true, false}) {
+    c.causal = causal;
+    c.slope_step = 0.5f;  // steep: 0.71 .. 0.25
+    c.S = 1000;
+    RUN_CUT_CASE(c, true);
+    c.slope_step = 2.f;  // shallow: 0.25 .. 0.004: cuts only the steeper heads
+    c.S = 1100;
+    RUN_CUT_CASE(c, true);
+    c.slope_step = 0.5f;  // large norms: |q||k| scale ~ 1.8e4 log2 units, nothing may be cut
+    c.qk_mult = 40.0;
+    c.S = 700;
+    RUN_CUT_CASE(c, false);
+    c.qk_mult = 1.0;
+  }
+}
+
+TEST(FlashBwdAlibiCutoff, BitIdenticalOddSizesGqaDtypes) {
+  DISTATTN_REQUIRE_GPU();
+  CutCase c;
+  c.dtype = DType::kFloat16, c.D = 64, c.S = 777, c.Hq = 6, c.Hkv = 2, c.B = 2, c.causal = false;
+  RUN_CUT_CASE(c, true);
+  c.grads_fp32 = false;  // fp16 gradients
+  c.causal = true;
+  RUN_CUT_CASE(c, true);
+  c = CutCase();
+  c.S = 1333, c.Hq = 8, c.Hkv = 1, c.window = 600;  // MQA, sliding window, strided positions with an offset
+  c.start = 5000, c.stride = 3;
+  RUN_CUT_CASE(c, true);
+  c = CutCase();
+  c.S = 300, c.slope_step = 8.f;  // tiny slopes at a short length: nothing may be cut
+  RUN_CUT_CASE(c, false);
+}
+
+// fp64 checks with the cutoff on (the library default), cutting pairs.
+TEST(FlashBwdAlibiCutoff, Fp64CausalSteep) {
+  DISTATTN_REQUIRE_GPU();
+  DeviceCounter d_count;
+  BwdCase c;
+  c.Sq = 700, c.Skv = 700, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.alibi = true;
+  c.cut_count = d_count.ptr;
+  RUN_CASE(c);
+  EXPECT_GT(d_count.get(), 0u);
+}
+
+TEST(FlashBwdAlibiCutoff, Fp64NonCausalFp16Hdim64Shallow) {
+  DISTATTN_REQUIRE_GPU();
+  DeviceCounter d_count;
+  BwdCase c;
+  c.dtype = DType::kFloat16, c.D = 64;
+  c.Sq = 650, c.Skv = 650, c.Hq = 3, c.Hkv = 1;
+  c.alibi = true;
+  c.slope_step = 1.f;
+  c.cut_count = d_count.ptr;
+  RUN_CASE(c);
+  EXPECT_GT(d_count.get(), 0u);
 }
 
 // ---- bad input: distattn::Error naming the argument, nothing written --------------------------------
