@@ -3,8 +3,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "cuda_operand.h"
@@ -13,6 +15,7 @@
 #include "distattn/sparse/flash_attention.h"
 #include "flash_fwd_options.h"
 #include "flash_fwd_params.h"
+#include "hopper/flash_fwd_hopper.h"
 #include "static_switch.h"
 
 namespace distattn {
@@ -20,6 +23,20 @@ namespace distattn {
 bool flash_supports_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
 namespace {
+
+// DISTATTN_FORWARD_KERNEL: unset, "auto" or "hopper": the Hopper kernel where it applies; "mma": the mma.sync kernel
+// only. Read once per process; anything else throws naming the variable.
+bool forward_kernel_forced_to_mma() {
+  static const bool forced = [] {
+    const char* v = std::getenv("DISTATTN_FORWARD_KERNEL");
+    if (v == nullptr || *v == '\0') return false;
+    const std::string s(v);
+    DISTATTN_CHECK_ARG(s == "auto" || s == "hopper" || s == "mma", "DISTATTN_FORWARD_KERNEL",
+                       "expected auto, hopper or mma, got '", s, "'");
+    return s == "mma";
+  }();
+  return forced;
+}
 
 kernels::FlashFwdParams make_fwd_params(const AttnParams& p) {
   kernels::FlashFwdParams k;
@@ -156,6 +173,18 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
                      kMaxRows);
   DISTATTN_CHECK_ARG(p.q.heads() <= 65535, "q", "has ", p.q.heads(), " heads; the CUDA engine takes at most 65535");
   DISTATTN_CHECK_ARG(p.q.batch() <= 65535, "q", "has batch ", p.q.batch(), "; the CUDA engine takes at most 65535");
+
+  // The Hopper kernel (TMA + wgmma, hopper/) takes every call it supports; the mma.sync kernel below serves the
+  // rest (ALiBi, multi-chunk position maps, head dim 64, other GPUs). DISTATTN_FORWARD_KERNEL=mma forces the
+  // mma.sync kernel everywhere (A/B timings, bisecting a result).
+  if (options.allow_hopper && !forward_kernel_forced_to_mma()) {
+    int device = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    if (flash_fwd_hopper_supported(p, device)) {
+      flash_fwd_hopper(p, stream);
+      return;
+    }
+  }
 
   kernels::FlashFwdParams params = make_fwd_params(p);
   StreamScratch kv_norms(stream);

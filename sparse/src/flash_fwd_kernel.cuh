@@ -77,7 +77,8 @@ struct CtaState {
   int count;             // candidate kv tiles
   float alibi_coef;      // -slope_h / softmax_scale (0 without ALiBi)
   // Plan of the kv tile in flight (written by prepare_tile before the barrier that publishes it):
-  int plan_mask;         // 1: element mask (partial tile, or the tile crossing Skv)
+  int plan_mask;         // 0: no element mask; 1: band + Skv bound (partial tile); 2: Skv bound only (a FULL or
+                         // unmasked tile crossing Skv: the band must not touch it, a listed FULL block is visible)
   int plan_per_element;  // 1: mask and/or ALiBi from the per-row positions in sKPos
   int plan_k_base;       // fast ALiBi: pos(k0 + c) = plan_k_base + c * plan_k_step
   int plan_k_step;
@@ -406,7 +407,8 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
   // the tile, so that its fp32 arithmetic on integers is exact.
   auto prepare_tile = [&](int n, TileVisibility vis) {
     const int k0 = n * kBlockN;
-    const bool mask = vis == TileVisibility::kPartial || k0 + kBlockN > p.seqlen_kv;
+    const bool band_mask = vis == TileVisibility::kPartial;
+    const bool mask = band_mask || k0 + kBlockN > p.seqlen_kv;
     bool per_element = mask;
     if constexpr (kAlibi) {
       // Computed by every thread (a few integer ops; no warp waits on one thread's work).
@@ -437,7 +439,7 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
       }
     }
     if (tid == 0) {
-      st.plan_mask = mask;
+      st.plan_mask = band_mask ? 1 : (mask ? 2 : 0);
       st.plan_per_element = per_element;
     }
     if (per_element && tid < kBlockN) {
@@ -572,11 +574,13 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
       float lane_off = 0.f;
       if (st.plan_per_element) {
         // Per element from the kv positions in shared memory (written before the barrier above).
-        const bool mask = st.plan_mask;
+        const bool mask = st.plan_mask != 0;
         const int k_valid = p.seqlen_kv - n * kBlockN;  // columns >= k_valid do not exist
-        // Band bounds as int32 (|pos_q - pos_k| < 2^31; the +-2^40 sentinels clamp to the int32 ends).
-        const int band_lo = static_cast<int>(max(p.band_lo, static_cast<int64_t>(INT32_MIN)));
-        const int band_hi = static_cast<int>(min(p.band_hi, static_cast<int64_t>(INT32_MAX)));
+        // Band bounds as int32 (|pos_q - pos_k| < 2^31; the +-2^40 sentinels clamp to the int32 ends). A tile
+        // masked only for Skv (plan_mask 2: FULL, or unbanded) keeps every pair of the band: open bounds.
+        const bool band = st.plan_mask == 1;
+        const int band_lo = band ? static_cast<int>(max(p.band_lo, static_cast<int64_t>(INT32_MIN))) : INT32_MIN;
+        const int band_hi = band ? static_cast<int>(min(p.band_hi, static_cast<int64_t>(INT32_MAX))) : INT32_MAX;
         const float alibi_coef = st.alibi_coef;
         const int base = kColumnAlibi ? st.alibi_base : 0;
 #pragma unroll

@@ -17,6 +17,9 @@ struct FlashFwdOptions {
   // false (with alibi_cutoff): the same walk order and set-up, but no tile skipped: the reference that the
   // cutoff must match bit for bit (non-causal calls walk in another order when alibi_cutoff is false).
   bool alibi_cutoff_skip = true;
+  // false: never the Hopper kernel (hopper/flash_fwd_hopper.h), always the mma.sync kernel: tests that compare the
+  // two, and the mma.sync kernel's own tests on a Hopper GPU.
+  bool allow_hopper = true;
 };
 
 // flash_attention_forward (distattn/sparse/flash_attention.h) with explicit options; same shapes, same throws.

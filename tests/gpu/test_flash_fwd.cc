@@ -206,38 +206,30 @@ Outputs run_and_check(const Case& c) {
   host_attention_forward(host_params(c, q, k, v, o_naive.view, lse_naive.data(), slopes),
                          HostPrecision::kRoundIntermediates);
 
-  // GPU through the public entry point (default options: the ALiBi cutoff on where it applies), outputs
-  // poisoned (o with the same padded strides as the inputs).
-  DeviceTensor dq(q), dk(k), dv(v);
-  HostTensor o_gpu(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
-  testing::fill_nan(o_gpu);
-  DeviceTensor d_o(o_gpu);
-  DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(lse_n), std::nanf("")));
-  DeviceArray<float> d_slopes(slopes);
-  AttnParams p = host_params(c, q, k, v, d_o.view(), d_lse.ptr, slopes);
-  p.q = dq.view();
-  p.k = dk.view();
-  p.v = dv.view();
-  p.alibi_slopes = c.alibi ? d_slopes.ptr : nullptr;
-  if (c.blocks) p.mask.blocks = &c.blocks->device_view;
-  flash_attention_forward(p, nullptr);
-  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-  d_o.download(o_gpu);
-  Outputs out{std::move(o_gpu), d_lse.download()};
-
-  const ErrorStats e_gpu = testing::compare(out.o.view, o64.view);
-  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+  // The GPU twice, outputs poisoned each time (o with the same padded strides as the inputs): with the default
+  // options (the Hopper kernel where it applies, the ALiBi cutoff where it applies) and with the mma.sync kernel
+  // forced, so both kernels meet every case on a Hopper GPU. Both must pass the 2x rule on their own.
   std::vector<double> lse_ref(lse64.begin(), lse64.end());
-  const ErrorStats l_gpu = testing::compare_flat(out.lse.data(), lse_ref.data(), lse_n);
+  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
   const ErrorStats l_naive = testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n);
-  SCOPED_TRACE("O gpu " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE gpu " + l_gpu.str() + " | naive " +
-               l_naive.str());
-  EXPECT_EQ(e_gpu.non_finite, 0);
-  EXPECT_EQ(l_gpu.non_finite, 0);
-  EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-  EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kSlack);
-  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  detail::FlashFwdOptions mma_only;
+  mma_only.allow_hopper = false;
+  Outputs out = run_gpu(c, in, detail::FlashFwdOptions{});
+  const Outputs out_mma = run_gpu(c, in, mma_only);
+  const Outputs* const runs[] = {&out, &out_mma};
+  for (const Outputs* g : runs) {
+    SCOPED_TRACE(g == &out ? "default kernel choice" : "mma.sync kernel forced");
+    const ErrorStats e_gpu = testing::compare(g->o.view, o64.view);
+    const ErrorStats l_gpu = testing::compare_flat(g->lse.data(), lse_ref.data(), lse_n);
+    SCOPED_TRACE("O gpu " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE gpu " + l_gpu.str() + " | naive " +
+                 l_naive.str());
+    EXPECT_EQ(e_gpu.non_finite, 0);
+    EXPECT_EQ(l_gpu.non_finite, 0);
+    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+    EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+    EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kSlack);
+    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  }
   // The reference must not be trivially empty: some LSE must be finite.
   int64_t finite = 0;
   for (float x : lse64) finite += std::isfinite(x) ? 1 : 0;
@@ -571,6 +563,31 @@ TEST(FlashForward, BlockListFullAndPartial) {
     c.mask = Mask::make_causal(300);
     c.blocks = &hb;
     c.alibi = D == 64;
+    run_and_check(c);
+  }
+}
+
+// A FULL block that crosses Skv, in a call whose band (a non-causal window) does NOT cover the block: FULL is the
+// list's promise that every pair is visible, so only the Skv bound may mask it. The mma.sync kernel used to apply
+// the band to such a tile (its per-element path served both the band and the Skv bound): max |O - fp64| 0.78.
+TEST(FlashForward, FullBlockCrossingSkvIgnoresTheBand) {
+  DISTATTN_REQUIRE_GPU();
+  for (int64_t D : {64, 128}) {
+    // Skv = 500: kv block 3 holds rows 384..499 (it crosses Skv). q block 4 (rows 512..599) lists kv block 0
+    // partial (the window applies: distances >= 385, nothing visible) and kv block 3 FULL (distances 13..215,
+    // mostly outside the window, all visible by the FULL promise). q blocks 0..3: their diagonal block, partial.
+    HandBlocks hb;
+    hb.num_kv_blocks = 4;
+    hb.rows.resize(5);
+    for (int32_t i = 0; i < 4; ++i) hb.rows[i].push_back({i, true});
+    hb.rows[4].push_back({0, true});
+    hb.rows[4].push_back({3, false});
+    hb.build();
+    Case c;
+    c.name = "full_block_crossing_skv_" + std::to_string(D);
+    c.Sq = 600, c.Skv = 500, c.Hq = 2, c.Hkv = 2, c.D = D;
+    c.mask = Mask::make_window(100);
+    c.blocks = &hb;
     run_and_check(c);
   }
 }
