@@ -16,8 +16,9 @@ const std::vector<OpEntry>& op_table() {
        "TFLOPs",
        make_sparse_op},
       {"dilated",
-       "LongNet dilated attention, one GPU or sharded over the job's ranks (patterns: DISTATTN_DILATED_SEGMENTS / "
-       "_RATES; --causal, --alibi, --gqa, --pass); useful TFLOPs, dense fraction, peak memory",
+       "LongNet dilated attention, one GPU or sharded over the job's ranks (--dilated-segments, --dilated-rates, "
+       "--dilated-ragged; default LongNet's configuration; --causal, --alibi, --gqa, --pass); useful TFLOPs, dense "
+       "fraction, peak memory",
        make_dilated_op},
       {"mha",
        "one attention layer: fused QKV and output projections (cuBLAS), RoPE, attention core --core "
