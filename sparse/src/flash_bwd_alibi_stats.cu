@@ -86,19 +86,21 @@ __global__ void __launch_bounds__(kStatThreads) bwd_alibi_tile_stat_kernel(const
 }
 
 // The bound of one (q tile m, kv tile n) pair of head hq (see flash_bwd_kernel.cuh, "ALiBi cutoff"): every
-// exp2 argument x = S scale_log2 - LSE_log2 + slope2 |pos_q - pos_k| of the pair satisfies
+// exp2 argument x = S scale_log2 - LSE_log2 + bias of the pair satisfies
 //   x <= |scale_log2| Qmax Kmax - slope log2(e) dist_min - min_rows LSE_log2
 // (Cauchy-Schwarz; rows with LSE -inf have P = 0 whatever x and are left out of the min; dist_min: the smallest
 // |pos_q - pos_k| between the tiles' position ranges). Margins: 2^-10 relative on the product (the mma's fp32
-// accumulation error is below 2^-16 |q||k| for D <= 128; the norms are rounded up), 2^-18 relative on every
-// term plus 1 absolute (fp32 rounding of x in the main kernel, two fmas, and of this bound); alibi_cut_log2 is
-// the dtype's underflow threshold plus 3. Returns true when the pair is cut; false on NaN.
+// accumulation error is below 2^-16 |q||k| for D <= 128; the norms are rounded up); 2^-16 relative on the sum of
+// the magnitudes the main loop forms (S scale_log2, LSE_log2, and the bias parts, at most slope log2(e) times
+// dist_min + both tiles' position spans in the split form) plus 1 absolute, for the fp32 roundings of x (three
+// at most) and of this bound; alibi_cut_log2 is the dtype's underflow threshold plus 3. True: the pair is cut;
+// false on NaN.
 __device__ __forceinline__ bool bwd_alibi_pair_cut(float abs_scale_log2, float slope2, float2 qs, float kn,
-                                                   int64_t dist, float cut_log2) {
+                                                   int64_t dist, int64_t spans, float cut_log2) {
   const float s_max = abs_scale_log2 * qs.x * kn * (1.f + 0x1p-10f);
   const float bias_max = slope2 * static_cast<float>(dist);
   const float bound = s_max + bias_max - qs.y;
-  const float slack = 0x1p-18f * (s_max + fabsf(bias_max) + fabsf(qs.y)) + 1.f;
+  const float slack = 0x1p-16f * (s_max + fabsf(slope2) * static_cast<float>(dist + spans) + fabsf(qs.y)) + 1.f;
   return bound + slack < -cut_log2;
 }
 
@@ -128,7 +130,8 @@ __global__ void __launch_bounds__(kStatThreads)
     int64_t dist = k_min - q_max;
     if (q_min - k_max > dist) dist = q_min - k_max;
     if (dist < 0) dist = 0;
-    const bool cut = usable && bwd_alibi_pair_cut(fabsf(p.scale_log2), slope2, qs_row[m], kn, dist, p.alibi_cut_log2);
+    const bool cut = usable && bwd_alibi_pair_cut(fabsf(p.scale_log2), slope2, qs_row[m], kn, dist,
+                                                  (q_max - q_min) + (k_max - k_min), p.alibi_cut_log2);
     if (!cut) lo = min(lo, m), hi = max(hi, m);
   }
   if (hi >= 0) {

@@ -24,6 +24,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "flash_bwd_params.h"
 #include "mma_primitives.cuh"
@@ -150,7 +151,8 @@ __device__ __forceinline__ void bwd_load_stats(uint32_t s_lse, uint32_t s_delta,
 
 // Work items of one CTA (one kv tile): without a block list, item it is q tile (it + rot) mod nQ; with
 // one, item it is q tile 2 * row_index[e0 + it/2] + it%2 of the kv block's column. Returns the tile's
-// visibility class (0 empty, 1 partial: band per element, 2 full) and the tile index.
+// visibility class (0 empty, 1 partial: band per element, 2 full; with ALiBi 3 / 4: full with pos_q - pos_k
+// >= 0 / <= 0 everywhere) and the tile index.
 struct BwdWalk {
   int n_items;           // items to visit
   int e0;                // first CSR entry of this kv block (block list)
@@ -188,12 +190,18 @@ __device__ __forceinline__ int bwd_classify_item(const FlashBwdParams& p, const 
   }
   *tile = m;
   const bool alibi_cut = p.alibi_keep != nullptr;
-  if (block_full && !alibi_cut) return 2;
+  const bool alibi = p.alibi_slopes != nullptr;
+  if (block_full && !alibi) return 2;
   int64_t q_min, q_max;
   const int r0 = m * Traits::kBlockM;
   const int r1 = min(r0 + Traits::kBlockM, p.seqlen_q);
   p.q_pos.range(r0, r1, &q_min, &q_max);
-  const int cls = block_full ? 2 : static_cast<int>(classify_tile(p.band, q_min, q_max, w.k_min, w.k_max));
+  int cls = block_full ? 2 : static_cast<int>(classify_tile(p.band, q_min, q_max, w.k_min, w.k_max));
+  // ALiBi on a full tile where pos_q - pos_k has one sign: 3 (>= 0 everywhere) or 4 (<= 0): the main loop's
+  // split form (row part + column part, no per-element |d|) applies.
+  // (not on the kv tile crossing Skv: its columns past the end need the per-element path)
+  if (alibi && cls == 2 && (static_cast<int>(blockIdx.y) + 1) * Traits::kBlockN <= p.seqlen_kv)
+    cls = q_min >= w.k_max ? 3 : q_max <= w.k_min ? 4 : 2;
   if (cls != 0 && alibi_cut && (m < static_cast<int>(keep & 0xffffu) || m >= static_cast<int>(keep >> 16))) {
     *cut = true;
     if (p.alibi_cut_skip) return 0;
@@ -209,6 +217,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
   constexpr int kRB = Tr::kRowBytes;
   constexpr int kPRB = Tr::kPRowBytes;
   constexpr float kLog2e = 1.4426950408889634f;
+  // ALiBi split form (phase B) for bf16 only: in the fp16 D=128 instantiation it made ptxas spill (12 B).
+  constexpr bool kAlibiSplit = std::is_same<T, __nv_bfloat16>::value || kHeadDim != 128;
 
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t s_base = smem_u32(smem);
@@ -428,39 +438,80 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
             for (int r = 0; r < 4; ++r)
               acc_s[mi][ni][r] = fast_exp2(fmaf(acc_s[mi][ni][r], p.scale_log2, -lse2[mi][r >> 1]));
       } else {
-        const float slope2 = alibi ? -__ldg(p.alibi_slopes + cur_hq) * kLog2e : 0.f;
-        // Global positions of this thread's rows (one multiply-add when the tile lies in one chunk).
-        int32_t qpos[2][2];
-        int64_t base, step;
-        const bool aff = p.q_pos.affine(m0, min(m0 + kBlockM, p.seqlen_q), &base, &step);
+        if (kAlibiSplit && cur_cls >= 3) {
+          // ALiBi, full tile, one sign of d = pos_q - pos_k (classify: 3 d >= 0, 4 d <= 0). With s2 = -slope
+          // log2(e) sign: bias = s2 d = s2 (pos_q - kb) - s2 (pos_k - kb), kb = the tile's first kv position. The
+          // row part joins -LSE_log2 once per row, the column part is one value per column: one FFMA + one FADD
+          // per element instead of the |d| chain and the visibility select.
+          // Global positions of this thread's rows (one multiply-add when the tile lies in one chunk).
+          int32_t qpos[2][2];
+          int64_t base, step;
+          const bool aff = p.q_pos.affine(m0, min(m0 + kBlockM, p.seqlen_q), &base, &step);
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
+          for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int rl = wm_a * 32 + mi * 16 + g + 8 * h;
-            qpos[mi][h] = m0 + rl >= p.seqlen_q ? 0
-                          : aff                 ? static_cast<int32_t>(base + rl * step)
-                                                : static_cast<int32_t>(p.q_pos.position(m0 + rl));
-          }
+            for (int h = 0; h < 2; ++h) {
+              const int rl = wm_a * 32 + mi * 16 + g + 8 * h;
+              qpos[mi][h] = m0 + rl >= p.seqlen_q ? 0
+                            : aff                 ? static_cast<int32_t>(base + rl * step)
+                                                  : static_cast<int32_t>(p.q_pos.position(m0 + rl));
+            }
+          const float s2 = (cur_cls == 3 ? -kLog2e : kLog2e) * __ldg(p.alibi_slopes + cur_hq);
+          const int32_t kb = s_kpos[0];
+          float rowc[2][2];
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
+          for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int col = wn_a * 32 + ni * 8 + 2 * t + c;
-            const int32_t kp = s_kpos[col];
-            const bool col_ok = col < kv_rows;
+            for (int h = 0; h < 2; ++h) rowc[mi][h] = fmaf(s2, static_cast<float>(qpos[mi][h] - kb), -lse2[mi][h]);
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
+          for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = 2 * h + c;
-                const int32_t d = qpos[mi][h] - kp;
-                const bool vis = col_ok && (!band_check || (d >= p.band_lo32 && d <= p.band_hi32));
-                float x = fmaf(acc_s[mi][ni][r], p.scale_log2, -lse2[mi][h]);
-                x = fmaf(slope2, static_cast<float>(d < 0 ? -d : d), x);
-                acc_s[mi][ni][r] = vis ? fast_exp2(x) : 0.f;
-              }
-          }
+            for (int c = 0; c < 2; ++c) {
+              const int col = wn_a * 32 + ni * 8 + 2 * t + c;
+              const float colc = -s2 * static_cast<float>(s_kpos[col] - kb);
+#pragma unroll
+              for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = 2 * h + c;
+                  acc_s[mi][ni][r] = fast_exp2(fmaf(acc_s[mi][ni][r], p.scale_log2, rowc[mi][h]) + colc);
+                }
+            }
+        } else {
+          const float slope2 = alibi ? -__ldg(p.alibi_slopes + cur_hq) * kLog2e : 0.f;
+          // Global positions of this thread's rows (one multiply-add when the tile lies in one chunk).
+          int32_t qpos[2][2];
+          int64_t base, step;
+          const bool aff = p.q_pos.affine(m0, min(m0 + kBlockM, p.seqlen_q), &base, &step);
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int rl = wm_a * 32 + mi * 16 + g + 8 * h;
+              qpos[mi][h] = m0 + rl >= p.seqlen_q ? 0
+                            : aff                 ? static_cast<int32_t>(base + rl * step)
+                                                  : static_cast<int32_t>(p.q_pos.position(m0 + rl));
+            }
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int col = wn_a * 32 + ni * 8 + 2 * t + c;
+              const int32_t kp = s_kpos[col];
+              const bool col_ok = col < kv_rows;
+#pragma unroll
+              for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = 2 * h + c;
+                  const int32_t d = qpos[mi][h] - kp;
+                  const bool vis = col_ok && (!band_check || (d >= p.band_lo32 && d <= p.band_hi32));
+                  float x = fmaf(acc_s[mi][ni][r], p.scale_log2, -lse2[mi][h]);
+                  x = fmaf(slope2, static_cast<float>(d < 0 ? -d : d), x);
+                  acc_s[mi][ni][r] = vis ? fast_exp2(x) : 0.f;
+                }
+            }
+        }
       }
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)

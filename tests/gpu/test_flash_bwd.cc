@@ -652,6 +652,22 @@ TEST(FlashBwdAlibiCutoff, Fp64CausalSteep) {
   EXPECT_GT(d_count.get(), 0u);
 }
 
+// bf16 D=128 non-causal with strided positions: full tiles on both sides of the diagonal take the split
+// form (row part + column part), the diagonal tiles the per-element path; the steep heads cut pairs.
+TEST(FlashBwdAlibiCutoff, Fp64NonCausalBf16StridedPositions) {
+  DISTATTN_REQUIRE_GPU();
+  DeviceCounter d_count;
+  BwdCase c;
+  c.Sq = 600, c.Skv = 600, c.Hq = 4, c.Hkv = 4;
+  c.q_pos = PositionMap::strided(1000, 3, 600);
+  c.kv_pos = PositionMap::strided(1000, 3, 600);
+  c.alibi = true;
+  c.slope_step = 1.5f;
+  c.cut_count = d_count.ptr;
+  RUN_CASE(c);
+  EXPECT_GT(d_count.get(), 0u);
+}
+
 TEST(FlashBwdAlibiCutoff, Fp64NonCausalFp16Hdim64Shallow) {
   DISTATTN_REQUIRE_GPU();
   DeviceCounter d_count;
