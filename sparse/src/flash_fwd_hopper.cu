@@ -65,6 +65,31 @@ bool tma_addressable(const TensorView& t) {
   return true;
 }
 
+// A position map the kernel addresses per tile: 1..kMaxChunks chunks, every chunk boundary (prefix sum of the
+// lengths, except the last which is the sequence end) a multiple of the tile rows, so each tile lies in one chunk.
+bool tile_aligned_chunks(const PositionMap& m, int tile_rows) {
+  if (m.num_chunks < 1 || m.num_chunks > FlashFwdHopperParams::kMaxChunks) return false;
+  int64_t row = 0;
+  for (int c = 0; c + 1 < m.num_chunks; ++c) {
+    row += m.chunks[c].length;
+    if (row % tile_rows != 0) return false;
+  }
+  return true;
+}
+
+// Copies a validated position map into the kernel's chunk arrays (rows: prefix sums of the lengths).
+void fill_chunks(const PositionMap& m, int* num, int* rows, int64_t* start, int64_t* stride) {
+  *num = m.num_chunks;
+  int64_t row = 0;
+  for (int c = 0; c < m.num_chunks; ++c) {
+    rows[c] = static_cast<int>(row);
+    start[c] = m.chunks[c].start;
+    stride[c] = m.chunks[c].stride;
+    row += m.chunks[c].length;
+  }
+  for (int c = m.num_chunks; c <= FlashFwdHopperParams::kMaxChunks; ++c) rows[c] = static_cast<int>(row);
+}
+
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
   static std::once_flag once;
@@ -129,7 +154,8 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   if (p.o.dtype != p.q.dtype && p.o.dtype != DType::kFloat32) return false;
   if (p.accumulate && (p.o.dtype != DType::kFloat32 || p.lse == nullptr)) return false;
   if (p.q.head_dim() != 128 || p.alibi_slopes != nullptr) return false;
-  if (p.q_pos.num_chunks != 1 || p.kv_pos.num_chunks != 1) return false;
+  if (!tile_aligned_chunks(p.q_pos, FwdConfig::kBlockM) || !tile_aligned_chunks(p.kv_pos, FwdConfig::kBlockN))
+    return false;
   if (p.q.seqlen() < 1 || p.k.seqlen() < 1) return false;
   constexpr int64_t kMaxRows = int64_t{0x7fffffff} - 256;
   if (p.q.seqlen() > kMaxRows || p.k.seqlen() > kMaxRows) return false;
@@ -162,10 +188,8 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
   k.heads_q = static_cast<int>(p.q.heads());
   k.head_group = static_cast<int>(p.q.heads() / p.k.heads());
   k.num_m_blocks = (k.seqlen_q + FwdConfig::kBlockM - 1) / FwdConfig::kBlockM;
-  k.q_start = p.q_pos.chunks[0].start;
-  k.q_stride = p.q_pos.chunks[0].stride;
-  k.kv_start = p.kv_pos.chunks[0].start;
-  k.kv_stride = p.kv_pos.chunks[0].stride;
+  fill_chunks(p.q_pos, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
+  fill_chunks(p.kv_pos, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
   const DiagonalBand band = DiagonalBand::from_mask(p.mask);
   k.band_lo = band.lo;
   k.band_hi = band.hi;

@@ -412,6 +412,167 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
   }
 }
 
+// Multi-chunk position maps (zigzag ring shards): every chunk boundary on a multiple of 128 rows (the kernel's q and
+// kv tile), the last chunk may end anywhere. Each case also against the mma.sync kernel.
+PositionMap two_chunks(int64_t s0, int64_t len0, int64_t s1, int64_t len1, int64_t stride0 = 1, int64_t stride1 = 1) {
+  PositionMap m = PositionMap::strided(s0, stride0, len0);
+  m.add_chunk(s1, stride1, len1);
+  return m;
+}
+
+TEST(FlashForwardHopper, ZigzagMapsCausal) {
+  REQUIRE_HOPPER();
+  Case c;
+  // P = 2, chunk C = 256: rank 0 holds positions [0, 256) and [768, 1024); rank 1 [256, 512) and [512, 768).
+  c.name = "hopper_zigzag256_diag";
+  c.Sq = 512, c.Skv = 512, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = two_chunks(0, 256, 768, 256);
+  c.kv_pos = c.q_pos;
+  run_and_check(c);
+  c.name = "hopper_zigzag256_r0_kv_r1";
+  c.kv_pos = two_chunks(256, 256, 512, 256);
+  run_and_check(c);
+  c.name = "hopper_zigzag256_r1_kv_r0";
+  c.q_pos = two_chunks(256, 256, 512, 256);
+  c.kv_pos = two_chunks(0, 256, 768, 256);
+  run_and_check(c);
+  // C = 384 (3 tiles per chunk), rank 1 of P = 2 against rank 0, GQA 8:2, fp16.
+  c.name = "hopper_zigzag384_fp16";
+  c.dtype = DType::kFloat16;
+  c.Sq = 768, c.Skv = 768, c.Hq = 8, c.Hkv = 2;
+  c.q_pos = two_chunks(384, 384, 768, 384);
+  c.kv_pos = two_chunks(0, 384, 1152, 384);
+  run_and_check(c);
+  c.name = "hopper_zigzag384_diag_bf16";
+  c.dtype = DType::kBFloat16;
+  c.kv_pos = c.q_pos;
+  run_and_check(c);
+  // Last chunks short (q: 100 rows, kv: 77 rows): Sq / Skv tails masked inside the last chunk.
+  c.name = "hopper_zigzag_short_last";
+  c.Sq = 356, c.Skv = 461, c.Hq = 4, c.Hkv = 1;
+  c.q_pos = two_chunks(0, 256, 1000, 100);
+  c.kv_pos = two_chunks(500, 384, 900, 77);
+  run_and_check(c);
+}
+
+TEST(FlashForwardHopper, MultiChunkWindowsStridesAndOrder) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.name = "hopper_zigzag_causal_window";
+  c.Sq = 512, c.Skv = 768, c.Hq = 4, c.Hkv = 2;
+  c.q_pos = two_chunks(256, 256, 1280, 256);
+  c.kv_pos = two_chunks(0, 384, 1152, 384);
+  c.mask = Mask::make_causal(300);
+  run_and_check(c);
+  // Non-causal window: keys on both sides of each query, in both chunks.
+  c.name = "hopper_zigzag_window";
+  c.mask = Mask::make_window(200);
+  run_and_check(c);
+  // Non-causal, no band: every pair visible (positions only pick the tiles).
+  c.name = "hopper_zigzag_dense";
+  c.mask = Mask::none();
+  c.Sq = 300, c.Skv = 400;
+  c.q_pos = two_chunks(7, 256, 3000, 44);
+  c.kv_pos = two_chunks(100, 384, 5, 16);
+  run_and_check(c);
+  // Strided chunks (different strides per chunk) under causal.
+  c.name = "hopper_multichunk_strided";
+  c.Sq = 456, c.Skv = 500;
+  c.mask = Mask::make_causal();
+  c.q_pos = two_chunks(1, 256, 3000, 200, 2, 3);
+  c.kv_pos = two_chunks(0, 128, 1500, 372, 3, 4);
+  run_and_check(c);
+  // Four q chunks out of order (positions decrease between chunks), three kv chunks, window 400 causal.
+  c.name = "hopper_multichunk_unordered";
+  c.Sq = 3 * 128 + 50, c.Skv = 2 * 256 + 99, c.Hq = 2, c.Hkv = 1;
+  c.q_pos = PositionMap::contiguous(1000, 128);
+  c.q_pos.add_chunk(0, 1, 128).add_chunk(500, 1, 128).add_chunk(2000, 1, 50);
+  c.kv_pos = PositionMap::contiguous(700, 256);
+  c.kv_pos.add_chunk(0, 1, 256).add_chunk(1800, 2, 99);
+  c.mask = Mask::make_causal(400);
+  run_and_check(c);
+  // Rows with nothing visible: q chunk 0 lies before every key.
+  c.name = "hopper_multichunk_empty_rows";
+  c.Sq = 256 + 128, c.Skv = 256;
+  c.q_pos = two_chunks(0, 256, 5000, 128);
+  c.kv_pos = two_chunks(4000, 128, 4500, 128);
+  c.mask = Mask::make_causal();
+  run_and_check(c);
+}
+
+// The ring's zigzag over P = 2 ranks with chunk C = 256 (4 chunks, 1024 positions), seen from rank 0: q = chunks 0
+// and 3; step 0 attends to its own shard (chunks 0, 3), step 1 to rank 1's (chunks 1, 2), both in accumulate mode
+// (fp32 o, running lse) under a causal mask. Equals one fp64 call over the concatenated keys with a 4-chunk map.
+TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
+  REQUIRE_HOPPER();
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    const int64_t B = 1, C = 256, Sq = 2 * C, Skv = 4 * C, Hq = 4, Hkv = 2, D = 128;
+    const uint64_t seed = testing::test_seed() + 777 + static_cast<int>(dt);
+    SCOPED_TRACE(std::string("zigzag ring ") + dtype_name(dt) + " seed " + std::to_string(seed));
+    HostTensor q(dt, B, Sq, Hq, D), k(dt, B, Skv, Hkv, D), v(dt, B, Skv, Hkv, D);
+    testing::fill_normal(q, seed);
+    testing::fill_normal(k, seed + 1);
+    testing::fill_normal(v, seed + 2);
+    const PositionMap q_pos = two_chunks(0, C, 3 * C, C);
+    const PositionMap kv_step[2] = {two_chunks(0, C, 3 * C, C), two_chunks(C, C, 2 * C, C)};
+    PositionMap kv_all = kv_step[0];
+    kv_all.add_chunk(C, 1, C).add_chunk(2 * C, 1, C);
+    AttnParams ref;
+    HostTensor o64(DType::kFloat32, B, Sq, Hq, D);
+    std::vector<float> lse64(static_cast<size_t>(B * Hq * Sq));
+    ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+    ref.q_pos = q_pos, ref.kv_pos = kv_all, ref.mask = Mask::make_causal();
+    host_attention_forward(ref, HostPrecision::kFloat64);
+    HostTensor o_naive(dt, B, Sq, Hq, D);
+    std::vector<float> lse_naive(lse64.size());
+    ref.o = o_naive.view, ref.lse = lse_naive.data();
+    host_attention_forward(ref, HostPrecision::kRoundIntermediates);
+    const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+    std::vector<double> lse_ref(lse64.begin(), lse64.end());
+    const ErrorStats l_naive =
+        testing::compare_flat(lse_naive.data(), lse_ref.data(), static_cast<int64_t>(lse64.size()));
+
+    int device = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    DeviceTensor dq(q), dk(k), dv(v);
+    HostTensor acc(DType::kFloat32, B, Sq, Hq, D);  // zeros: the accumulator's start
+    DeviceTensor d_acc(acc);
+    DeviceArray<float> d_lse(std::vector<float>(lse64.size(), -std::numeric_limits<float>::infinity()));
+    for (int step = 0; step < 2; ++step) {
+      const int64_t r0 = step * 2 * C;
+      AttnParams p;
+      p.q = dq.view();
+      p.k = dk.view();
+      p.v = dv.view();
+      p.k.data = static_cast<uint16_t*>(p.k.data) + r0 * p.k.stride[1];
+      p.v.data = static_cast<uint16_t*>(p.v.data) + r0 * p.v.stride[1];
+      p.k.shape[1] = p.v.shape[1] = 2 * C;
+      p.o = d_acc.view();
+      p.lse = d_lse.ptr;
+      p.q_pos = q_pos;
+      p.kv_pos = kv_step[step];
+      p.mask = Mask::make_causal();
+      p.accumulate = true;
+      validate_forward(p, Device::kCuda);
+      ASSERT_TRUE(flash_fwd_hopper_supported(p, device));
+      flash_fwd_hopper(p, nullptr);
+    }
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    d_acc.download(acc);
+    const std::vector<float> lse = d_lse.download();
+    const ErrorStats e_gpu = testing::compare(acc.view, o64.view);
+    const ErrorStats l_gpu = testing::compare_flat(lse.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
+    SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
+                 l_naive.str());
+    EXPECT_EQ(e_gpu.non_finite, 0);
+    EXPECT_EQ(l_gpu.non_finite, 0);
+    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+    EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  }
+}
+
 // Regression test of the mma.sync kernel found with this file: the block-list case above with a non-causal window
 // (a FULL block crossing Skv used to get the band: 0.78 from fp64 on q block 4), against fp64 with the 2x rule.
 TEST(FlashForwardHopper, ExistingKernelBlockListWindow) {
@@ -474,6 +635,23 @@ TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
   a = p;
   a.q_pos = PositionMap::contiguous(0, 32);
   a.q_pos.add_chunk(100, 1, 32);
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  // Multi-chunk maps: boundaries on multiples of 128 rows are taken, others refused (q and kv sides).
+  DeviceArray<float> big(int64_t{2 * 512 * 128});  // bytes enough for 16-bit [1, 512, 4, 128]
+  AttnParams m = p;
+  m.q = m.k = m.v = m.o = TensorView::packed(big.ptr, DType::kBFloat16, Device::kCuda, 1, 512, 4, 128);
+  m.q_pos = two_chunks(0, 256, 768, 256);
+  m.kv_pos = two_chunks(256, 384, 900, 128);
+  EXPECT_TRUE(flash_fwd_hopper_supported(m, device));
+  a = m;
+  a.q_pos = two_chunks(0, 200, 768, 312);
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a = m;
+  a.kv_pos = two_chunks(0, 448, 900, 64);  // 448 = 3.5 tiles
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a = m;
+  a.kv_pos = PositionMap::contiguous(0, 128);
+  a.kv_pos.add_chunk(1000, 1, 128).add_chunk(2000, 1, 100).add_chunk(3000, 1, 156);  // third boundary 356
   EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
   a = p;
   a.q = a.k = a.v = a.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 64, 4, 64);

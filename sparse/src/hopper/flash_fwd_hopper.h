@@ -15,10 +15,12 @@ namespace distattn {
 
 // True when the Hopper kernel handles `p` on CUDA device `device`: the device is compute capability 9.0 and
 // the library holds sm_90a code for the kernel; q is bf16 or fp16 with head dim 128; o in the dtype of q or
-// fp32 (plain mode), or accumulate mode (o fp32, lse set); no ALiBi; q_pos and kv_pos one chunk each; any causal /
-// window band and optional block list; every row / head / batch stride a positive multiple of 16 bytes (strides of
-// size-1 dimensions ignored), base pointers 16-byte aligned; Sq, Skv >= 1. Otherwise false (nothing throws for an
-// unsupported case; CUDA errors while querying the device throw distattn::Error).
+// fp32 (plain mode), or accumulate mode (o fp32, lse set); no ALiBi; q_pos and kv_pos of up to 8 chunks each
+// whose boundaries (prefix sums of the chunk lengths; the sequence end excepted) are multiples of 128 rows (one
+// chunk: any map; zigzag shards with chunk lengths a multiple of 128); any causal / window band and optional block
+// list; every row / head / batch stride a positive multiple of 16 bytes (strides of size-1 dimensions ignored), base
+// pointers 16-byte aligned; Sq, Skv >= 1. Otherwise false (nothing throws for an unsupported case; CUDA errors while
+// querying the device throw distattn::Error).
 bool flash_fwd_hopper_supported(const AttnParams& p, int device);
 
 // Runs the Hopper kernel on `stream`. `p` must have passed validate_forward(p, Device::kCuda), the CUDA

@@ -25,13 +25,17 @@
 //   K[s]  [2 halves][kBlockN rows][128 B]       32 KB each, s = 0, 1
 //   V[s]  same                                  32 KB each
 //   mbarriers                                   9 x 8 B
+//   dense tile plan (per kv chunk)              128 B
+//   row-range mask table [8 chunks][128 rows]   8 KB
 //
-// Tiles visited: with a dense band, the kv rows any q row of the tile can see form one range (one-chunk
-// position maps are increasing), so the tiles n_begin .. n_end - 1 are walked from the last to the first
-// (the diagonal tile first under a causal mask). With a block list, the listed kv blocks of q block m,
-// last to first. A tile needs the per-element mask when the band does not cover it entirely (classify_tile
-// on the position ranges; FULL blocks of a block list never do) or when it crosses Skv (TMA fills the rows
-// past Skv with zeros, which would score 0, not -inf).
+// Position maps: up to 8 chunks per side whose boundaries are multiples of 128 rows (flash_fwd_hopper_supported),
+// so every q tile and kv tile lies in one chunk and its positions are affine (start + row * stride).
+// Tiles visited: with a dense band, inside each kv chunk the kv rows any q row of the tile can see form one
+// range (a chunk's positions are increasing); the per-chunk tile ranges (disjoint: chunks are tile-aligned)
+// are walked from the last to the first (the diagonal tile first under a causal mask). With a block list, the listed kv
+// blocks of q block m, last to first. A tile needs the per-element mask when the band does not cover it entirely
+// (classify_tile on the position ranges; FULL blocks of a block list never do) or when it crosses Skv (TMA fills the
+// rows past Skv with zeros, which would score 0, not -inf).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -62,47 +66,118 @@ struct FwdConfig {
   static constexpr int kOffK = kQBytes;                       // K[s] at kOffK + s * kKVBytes
   static constexpr int kOffV = kOffK + kStages * kKVBytes;    // V[s] at kOffV + s * kKVBytes
   static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers
-  static constexpr int kSmemBytes = kOffBar + 128 + 1024;     // + slack to align the base to 1024
+  static constexpr int kMaxChunks = FlashFwdHopperParams::kMaxChunks;
+  // Dense plan (thread 0 writes it before the first __syncthreads): int total, then per kv chunk c the kv tiles
+  // [seg_first[c], seg_first[c] + seg_count[c]) the q tile may see.
+  static constexpr int kOffPlan = kOffBar + 128;  // int plan[0] = total; [kPlanFirst + c], [kPlanCount + c]
+  // Row-range mask table: int2 [kMaxChunks][kBlockM] = visible global kv rows [lo, hi] of each q row of the tile
+  // inside kv chunk c (band and chunk end; empty when lo > hi); written once per CTA by the consumers.
+  static constexpr int kOffBounds = kOffPlan + 128;
+  static constexpr int kSmemBytes = kOffBounds + 8 * kMaxChunks * kBlockM + 1024;  // + slack to align to 1024
   static_assert(kBlockN == kLayoutBlock, "block lists address kv blocks as kernel tiles");
 };
+
+// Affine piece of a position map holding local row `row`: pos(row + t) = base + t * step for the rest of the
+// chunk. Compile-time chunk indices only (the params live in the parameter bank; no local copy).
+struct Affine {
+  int64_t base = 0;
+  int64_t step = 1;
+  int chunk = 0;
+};
+__device__ __forceinline__ Affine chunk_affine(const int (&rows)[FwdConfig::kMaxChunks + 1],
+                                               const int64_t (&start)[FwdConfig::kMaxChunks],
+                                               const int64_t (&stride)[FwdConfig::kMaxChunks], int num_chunks,
+                                               int row) {
+  Affine a;
+#pragma unroll
+  for (int c = 1; c < FwdConfig::kMaxChunks; ++c)
+    if (c < num_chunks && row >= rows[c]) a.chunk = c;
+#pragma unroll
+  for (int c = 0; c < FwdConfig::kMaxChunks; ++c)
+    if (c == a.chunk) {
+      a.step = stride[c];
+      a.base = start[c] + static_cast<int64_t>(row - rows[c]) * stride[c];
+    }
+  return a;
+}
+
+constexpr int kPlanFirst = 4;                                   // plan[kPlanFirst + c]: first tile of chunk c
+constexpr int kPlanCount = kPlanFirst + FwdConfig::kMaxChunks;  // plan[kPlanCount + c]: its tile count
 
 // Which kv tiles a CTA visits (same answer in every thread: producer and consumers walk in lockstep).
 struct TilePlan {
   int count = 0;      // tiles to visit
-  int first = 0;      // dense: tile n_begin; block list: CSR index of the q block's first entry
+  int first = 0;      // block list: CSR index of the q block's first entry (dense: the segments in shared memory)
   int64_t q_min = 0;  // positions of the tile's first and last valid q rows
   int64_t q_max = 0;
+  int64_t q_step = 1;  // q position step inside the tile (its chunk's stride)
 };
 
+// Visible rows [lo, hi] (local, clipped to the chunk [row_c, row_c + len - 1]; empty when lo > hi) of kv chunk
+// (start, stride, row_c, len) for q positions [q_lo, q_hi] under the band: pos_k in [q_lo - band_hi, q_hi -
+// band_lo]. Divisions only when the stride is not 1.
+__device__ __forceinline__ void chunk_rows(int64_t q_lo, int64_t q_hi, int64_t band_lo, int64_t band_hi, int64_t start,
+                                           int64_t stride, int row_c, int len, int* lo, int* hi) {
+  const int64_t lo_pos = q_lo - band_hi - start;
+  const int64_t hi_pos = q_hi - band_lo - start;
+  const int64_t l = lo_pos <= 0 ? 0 : (stride == 1 ? lo_pos : (lo_pos + stride - 1) / stride);
+  const int64_t h = hi_pos < 0 ? -1 : (stride == 1 ? hi_pos : hi_pos / stride);
+  *lo = row_c + static_cast<int>(min(l, static_cast<int64_t>(len)));
+  *hi = row_c + static_cast<int>(min(h, static_cast<int64_t>(len - 1)));
+}
+
+// Every thread: q positions and block-list range. Thread 0 (write_segments) also writes the dense plan's per-chunk
+// tile segments to shared memory; count is then read back after the first __syncthreads (read_count).
 __device__ __forceinline__ TilePlan make_plan(const FlashFwdHopperParams& p, int m_block) {
   TilePlan t;
   const int m0 = m_block * FwdConfig::kBlockM;
   const int m_last = min(m0 + FwdConfig::kBlockM, p.seqlen_q) - 1;
-  t.q_min = p.q_start + static_cast<int64_t>(m0) * p.q_stride;
-  t.q_max = p.q_start + static_cast<int64_t>(m_last) * p.q_stride;
+  const Affine qa = chunk_affine(p.q_row, p.q_start, p.q_stride, p.q_chunks, m0);
+  t.q_min = qa.base;
+  t.q_max = qa.base + static_cast<int64_t>(m_last - m0) * qa.step;
+  t.q_step = qa.step;
   if (p.has_blocks) {
     t.first = p.block_row_offset[m_block];
     t.count = p.block_row_offset[m_block + 1] - t.first;
-    return t;
   }
-  // Visible kv positions of the tile: [q_min - band_hi, q_max - band_lo]; to kv rows (kv_stride >= 1).
-  const int64_t lo_pos = t.q_min - p.band_hi - p.kv_start;
-  const int64_t hi_pos = t.q_max - p.band_lo - p.kv_start;
-  const int64_t row_lo = lo_pos <= 0 ? 0 : (lo_pos + p.kv_stride - 1) / p.kv_stride;
-  if (hi_pos < 0 || row_lo >= p.seqlen_kv) return t;
-  const int64_t row_hi = min(static_cast<int64_t>(p.seqlen_kv - 1), hi_pos / p.kv_stride);
-  if (row_hi < row_lo) return t;
-  t.first = static_cast<int>(row_lo / FwdConfig::kBlockN);
-  t.count = static_cast<int>(row_hi / FwdConfig::kBlockN) + 1 - t.first;
   return t;
 }
 
-// kv tile of step `it` (walked last to first) and, for block lists, its CSR index.
-__device__ __forceinline__ int plan_tile(const FlashFwdHopperParams& p, const TilePlan& t, int it, int* idx) {
-  const int j = t.count - 1 - it;
-  *idx = t.first + j;
-  return p.has_blocks ? __ldg(p.block_col_index + t.first + j) : t.first + j;
+#ifdef DISTATTN_HOPPER_DEVICE
+__device__ __forceinline__ void write_segments(const FlashFwdHopperParams& p, const TilePlan& t, int* plan) {
+  int total = 0;
+#pragma unroll
+  for (int c = 0; c < FwdConfig::kMaxChunks; ++c) {
+    if (c >= p.kv_chunks) break;
+    int lo, hi;
+    chunk_rows(t.q_min, t.q_max, p.band_lo, p.band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
+               p.kv_row[c + 1] - p.kv_row[c], &lo, &hi);
+    int first = 0, count = 0;
+    if (lo <= hi) {
+      first = lo / FwdConfig::kBlockN;
+      count = hi / FwdConfig::kBlockN + 1 - first;
+    }
+    plan[kPlanFirst + c] = first;
+    plan[kPlanCount + c] = count;
+    total += count;
+  }
+  plan[0] = total;
 }
+
+// kv tile of step `it` (walked last to first) and, for block lists, its CSR index.
+__device__ __forceinline__ int plan_tile(const FlashFwdHopperParams& p, const TilePlan& t, int it, int* idx,
+                                         const int* plan) {
+  int j = t.count - 1 - it;
+  *idx = t.first + j;
+  if (p.has_blocks) return __ldg(p.block_col_index + t.first + j);
+  for (int c = 0; c < p.kv_chunks; ++c) {
+    const int count = plan[kPlanCount + c];
+    if (j < count) return plan[kPlanFirst + c] + j;
+    j -= count;
+  }
+  return 0;  // not reached: 0 <= it < count
+}
+#endif
 
 template <typename T>
 struct TypeOps;
@@ -236,10 +311,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int h_kv = h / p.head_group;
-  const TilePlan plan = make_plan(p, m_block);
+  TilePlan plan = make_plan(p, m_block);
+  uint8_t* const smem_ptr = smem_raw + (smem_base - smem_u32(smem_raw));
+  int* const tile_plan = reinterpret_cast<int*>(smem_ptr + C::kOffPlan);
+  int2* const bounds = reinterpret_cast<int2*>(smem_ptr + C::kOffBounds);  // [kMaxChunks][kBlockM]
 
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
+    if (!p.has_blocks) write_segments(p, plan, tile_plan);
     mbar_init(bar_q, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar_full_k + 8 * s, 1);
@@ -250,6 +329,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     mbar_init_fence();
   }
   __syncthreads();
+  if (!p.has_blocks) plan.count = tile_plan[0];
 
   if (warpgroup == 0) {
     // ---------------------------------------------------------------- producer
@@ -270,7 +350,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         const int use = it / C::kStages;
         if (use > 0) mbar_wait(empty + 8 * s, (use - 1) & 1);
         int idx;
-        const int n0 = plan_tile(p, plan, it, &idx) * C::kBlockN;
+        const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
         const uint32_t dst = smem + s * C::kKVBytes;
         mbar_arrive_expect_tx(full + 8 * s, C::kKVBytes);
         tma_load_4d(dst, map, full + 8 * s, 0, n0, h_kv, b);
@@ -307,18 +387,25 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   float row_sum[2] = {0.f, 0.f};              // this thread's partial sums of exp2(q.k * scale_log2 - max)
   const float scale_log2 = p.scale_log2;
 
-  // Visible kv rows of this thread's two rows (band and Skv): [kv_lo[r], kv_hi[r]].
-  int kv_lo[2], kv_hi[2];
+  // Row-range mask table: visible kv rows of this thread's two rows inside each kv chunk (band and chunk end,
+  // hence Skv for the last chunk), written once per CTA by lane 0 of each quad (the quad shares the rows) and read
+  // back only on tiles that need the band mask.
+  if ((lane % 4) == 0) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t pos_q = p.q_start + static_cast<int64_t>(m0 + row0 + 8 * r) * p.q_stride;
-    const int64_t lo_pos = pos_q - p.band_hi - p.kv_start;
-    const int64_t hi_pos = pos_q - p.band_lo - p.kv_start;
-    const int64_t lo = lo_pos <= 0 ? 0 : (lo_pos + p.kv_stride - 1) / p.kv_stride;
-    const int64_t hi = hi_pos < 0 ? -1 : hi_pos / p.kv_stride;
-    kv_lo[r] = static_cast<int>(min(lo, static_cast<int64_t>(p.seqlen_kv)));
-    kv_hi[r] = static_cast<int>(min(hi, static_cast<int64_t>(p.seqlen_kv - 1)));
+    for (int c = 0; c < C::kMaxChunks; ++c) {
+      if (c >= p.kv_chunks) break;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = row0 + 8 * r;
+        const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
+        int lo, hi;
+        chunk_rows(pos_q, pos_q, p.band_lo, p.band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
+                   p.kv_row[c + 1] - p.kv_row[c], &lo, &hi);
+        bounds[c * C::kBlockM + row] = make_int2(lo, hi);
+      }
+    }
   }
+  __syncwarp();
 
   // Descriptors. Q (A, K-major): this warpgroup's 64 rows start 64 * 128 bytes into each half.
   const uint64_t desc_q = make_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
@@ -352,17 +439,23 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   // block list never), or the tile crossing Skv.
   auto mask = [&](int it) {
     int idx;
-    const int n0 = plan_tile(p, plan, it, &idx) * C::kBlockN;
+    const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
     const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
-    const int64_t k_min = p.kv_start + static_cast<int64_t>(n0) * p.kv_stride;
-    const int64_t k_max = p.kv_start + static_cast<int64_t>(k_last) * p.kv_stride;
+    // The tile lies in one kv chunk (boundaries are tile multiples): its positions are affine.
+    const Affine ka = chunk_affine(p.kv_row, p.kv_start, p.kv_stride, p.kv_chunks, n0);
+    const int64_t k_min = ka.base;
+    const int64_t k_max = ka.base + static_cast<int64_t>(k_last - n0) * ka.step;
     const DiagonalBand band{p.band_lo, p.band_hi};
     const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
     const bool band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
     if (band_mask) {
+      const int2 b0 = bounds[ka.chunk * C::kBlockM + row0];
+      const int2 b1 = bounds[ka.chunk * C::kBlockM + row0 + 8];
+      const int kv_lo[2] = {b0.x, b1.x}, kv_hi[2] = {b0.y, b1.y};
       mask_tile<true>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
     } else if (n0 + C::kBlockN > p.seqlen_kv) {
-      mask_tile<false>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
+      const int unused[2] = {0, 0};
+      mask_tile<false>(sc, unused, unused, p.seqlen_kv, n0 + col_base);
     }
   };
   auto pack_p = [&]() {

@@ -40,9 +40,19 @@ struct FlashFwdHopperParams {
   int head_group = 1;    // Hq / Hkv: q head h reads kv head h / head_group
   int num_m_blocks = 0;  // ceil(Sq / 128): grid x
 
-  // --- positions (one chunk each: pos(row) = start + row * stride) and the band ---------------------------
-  int64_t q_start = 0, q_stride = 1;    // q_pos.chunks[0]
-  int64_t kv_start = 0, kv_stride = 1;  // kv_pos.chunks[0]
+  // --- positions: up to kMaxChunks chunks per side (PositionMap). Chunk c covers local rows
+  // [row[c], row[c + 1]) with pos(row) = start[c] + (row - row[c]) * stride[c]. Every boundary row[c], 0 < c <
+  // num_chunks, is a multiple of the side's tile rows (128), so a q tile / kv tile lies inside one chunk and its
+  // positions are affine (flash_fwd_hopper_supported refuses other maps). row[num_chunks] = Sq (Skv).
+  static constexpr int kMaxChunks = 8;
+  int q_chunks = 1;                    // q_pos.num_chunks
+  int q_row[kMaxChunks + 1] = {};      // first local q row of each chunk (prefix sums of lengths)
+  int64_t q_start[kMaxChunks] = {};    // q_pos.chunks[c].start
+  int64_t q_stride[kMaxChunks] = {};   // q_pos.chunks[c].stride (>= 1)
+  int kv_chunks = 1;                   // kv_pos.num_chunks
+  int kv_row[kMaxChunks + 1] = {};     // first local kv row of each chunk
+  int64_t kv_start[kMaxChunks] = {};   // kv_pos.chunks[c].start
+  int64_t kv_stride[kMaxChunks] = {};  // kv_pos.chunks[c].stride (>= 1)
   int64_t band_lo = 0;  // visible iff band_lo <= pos_q - pos_k <= band_hi (DiagonalBand, +-2^40 sentinels)
   int64_t band_hi = 0;
 

@@ -1,0 +1,120 @@
+// Timing probe (not part of the library, not a test): one zigzag ring step's forward call on one GPU, the Hopper
+// kernel (multi-chunk position maps) next to the mma.sync kernel (detail::FlashFwdOptions::allow_hopper = false), on
+// the same random inputs. Rank 0 of P ranks over S tokens (2P chunks of C = S / (2P)) holds chunks 0 and 2P - 1:
+// step "diag" attends to its own shard (causal), step "off" to rank 1's shard (chunks 1 and 2P - 2, causal).
+// B = 1, H = 32, D = 128, bf16; CUDA events, median of `reps` after 3 warm-ups; TFLOPs from the visible pairs
+// counted exactly. Build like hopper_fwd_timing (notes/hopper_kernel.md). Usage: hopper_zigzag_timing [reps] [S] [P]
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "../../flash_fwd_options.h"
+#include "../flash_fwd_hopper.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/sparse/flash_attention.h"
+
+using namespace distattn;
+
+__global__ void fill_random(__nv_bfloat16* x, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + seed) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    x[i] = __float2bfloat16(((z >> 40) * (1.0f / 16777216.0f) - 0.5f) * 3.4f);
+  }
+}
+
+template <typename F>
+double median_ms(F&& f, int reps, cudaStream_t s) {
+  cudaEvent_t e0, e1;
+  DISTATTN_CUDA_CHECK(cudaEventCreate(&e0));
+  DISTATTN_CUDA_CHECK(cudaEventCreate(&e1));
+  for (int i = 0; i < 3; ++i) f();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    DISTATTN_CUDA_CHECK(cudaEventRecord(e0, s));
+    f();
+    DISTATTN_CUDA_CHECK(cudaEventRecord(e1, s));
+    DISTATTN_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Visible (causal) pairs between two maps, counted row by row.
+double causal_pairs(const PositionMap& q, const PositionMap& kv) {
+  double pairs = 0;
+  for (int64_t i = 0; i < q.length(); ++i) {
+    const int64_t pq = q.position(i);
+    for (int c = 0; c < kv.num_chunks; ++c) {
+      const PositionChunk& ch = kv.chunks[c];  // stride 1 here
+      pairs += static_cast<double>(std::max<int64_t>(0, std::min<int64_t>(ch.length, pq - ch.start + 1)));
+    }
+  }
+  return pairs;
+}
+
+int main(int argc, char** argv) {
+  const int reps = argc > 1 ? atoi(argv[1]) : 20;
+  const int64_t S = argc > 2 ? atoll(argv[2]) : 32768;
+  const int64_t P = argc > 3 ? atoll(argv[3]) : 2;
+  const int64_t C = S / (2 * P), L = 2 * C, H = 32, D = 128;
+  cudaStream_t stream;
+  DISTATTN_CUDA_CHECK(cudaStreamCreate(&stream));
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  const size_t n = size_t(L) * H * D;
+  __nv_bfloat16 *q, *k, *v, *o;
+  float* lse;
+  DISTATTN_CUDA_CHECK(cudaMalloc(&q, n * 2));
+  DISTATTN_CUDA_CHECK(cudaMalloc(&k, n * 2));
+  DISTATTN_CUDA_CHECK(cudaMalloc(&v, n * 2));
+  DISTATTN_CUDA_CHECK(cudaMalloc(&o, n * 4));
+  DISTATTN_CUDA_CHECK(cudaMalloc(&lse, size_t(L) * H * 4));
+  fill_random<<<1024, 256, 0, stream>>>(q, n, 1);
+  fill_random<<<1024, 256, 0, stream>>>(k, n, 2);
+  fill_random<<<1024, 256, 0, stream>>>(v, n, 3);
+  DISTATTN_CUDA_CHECK_LAUNCH();
+  PositionMap q_pos = PositionMap::contiguous(0, C);
+  q_pos.add_chunk((2 * P - 1) * C, 1, C);
+  PositionMap kv_off = PositionMap::contiguous(C, C);
+  kv_off.add_chunk((2 * P - 2) * C, 1, C);
+  struct Step {
+    const char* name;
+    PositionMap kv;
+  };
+  const Step steps[] = {{"diag", q_pos}, {"off", kv_off}};
+  printf("S=%lld P=%lld rank 0 shard %lld rows (chunks of %lld), H=%lld D=%lld bf16, accumulate mode (fp32 o)\n",
+         (long long)S, (long long)P, (long long)L, (long long)C, (long long)H, (long long)D);
+  for (const Step& st : steps) {
+    AttnParams p;
+    p.q = TensorView::packed(q, DType::kBFloat16, Device::kCuda, 1, L, H, D);
+    p.k = TensorView::packed(k, DType::kBFloat16, Device::kCuda, 1, L, H, D);
+    p.v = TensorView::packed(v, DType::kBFloat16, Device::kCuda, 1, L, H, D);
+    p.o = TensorView::packed(o, DType::kFloat32, Device::kCuda, 1, L, H, D);
+    p.lse = lse;
+    p.accumulate = true;
+    p.q_pos = q_pos;
+    p.kv_pos = st.kv;
+    p.mask = Mask::make_causal();
+    validate_forward(p, Device::kCuda);
+    const bool hopper = flash_fwd_hopper_supported(p, device);
+    detail::FlashFwdOptions mma;
+    mma.allow_hopper = false;
+    const double t_new =
+        median_ms([&] { detail::flash_attention_forward(p, detail::FlashFwdOptions{}, stream); }, reps, stream);
+    const double t_old = median_ms([&] { detail::flash_attention_forward(p, mma, stream); }, reps, stream);
+    const double flops = 4.0 * causal_pairs(q_pos, st.kv) * H * D;
+    printf("step %-5s hopper_supported=%d  dispatched %8.3f ms %7.1f TF | mma.sync %8.3f ms %7.1f TF | x%.2f\n",
+           st.name, hopper ? 1 : 0, t_new, flops / t_new / 1e9, t_old, flops / t_old / 1e9, t_old / t_new);
+  }
+  return 0;
+}
