@@ -8,7 +8,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import glob
 import os
 import sys
 import tempfile
@@ -282,9 +281,10 @@ class PlotDataTest(Tmp):
 
     def test_committed_results_load(self):
         results = os.path.join(ROOT, "bench", "results")
-        # Every committed folder that holds result JSON (probe-only folders keep their rows as *.jsonl).
-        found = [os.path.join(results, d) for d in sorted(os.listdir(results))
-                 if d.startswith("2026") and glob.glob(os.path.join(results, d, "**", "*.json"), recursive=True)] \
+        # Every committed folder (or subfolder, e.g. a side-by-side run's cp/) that holds result JSON itself; probe-only
+        # folders keep their rows as *.jsonl.
+        found = sorted(root for root, _, files in os.walk(results)
+                       if os.path.relpath(root, results).startswith("2026") and any(f.endswith(".json") for f in files)) \
             if os.path.isdir(results) else []
         if not found:
             self.skipTest("no committed bench/results")
