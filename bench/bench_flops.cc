@@ -102,5 +102,10 @@ double rope_bytes(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, int6
          static_cast<double>(D) * static_cast<double>(elem_size);
 }
 
+std::string mask_label(bool causal, int64_t window) {
+  if (window > 0) return (causal ? "c-win" : "win") + std::to_string(window);
+  return causal ? "causal" : "none";
+}
+
 }  // namespace bench
 }  // namespace distattn

@@ -26,6 +26,9 @@ int64_t band_pairs(int64_t S, int64_t lo, int64_t hi);
 //   no mask: S^2;  causal: S(S+1)/2;  window W (causal: 0 <= i-j < W; otherwise |i-j| < W): band_pairs.
 int64_t visible_pairs(int64_t S, bool causal, int64_t window);
 
+// The table's mask column: "none", "causal", "win<W>" or "c-win<W>".
+std::string mask_label(bool causal, int64_t window);
+
 // Forward FLOPs counted the flash-attention way, per batch element and head pair-count:
 //   no window:  4 * B * S^2 * H * D, halved when causal (the convention every peer reports; it counts
 //               S^2/2 pairs for causal rather than the exact S(S+1)/2);

@@ -304,5 +304,11 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
   return ok ? 0 : 1;
 }
 
+double max_over_ranks(double x) {
+  double r = 0;
+  DISTATTN_MPI_CHECK(MPI_Allreduce(&x, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return r;
+}
+
 }  // namespace bench
 }  // namespace distattn

@@ -12,5 +12,9 @@ namespace bench {
 // options or a failing call.
 int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]);
 
+// The maximum of x over the job's ranks (MPI_COMM_WORLD; every rank must call it). Ops report per-rank times and
+// memory as the slowest / largest rank's.
+double max_over_ranks(double x);
+
 }  // namespace bench
 }  // namespace distattn

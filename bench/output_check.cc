@@ -9,6 +9,19 @@
 namespace distattn {
 namespace bench {
 
+double dtype_ulp(DType dtype) {
+  switch (dtype) {
+    case DType::kBFloat16:
+      return std::ldexp(1.0, -7);
+    case DType::kFloat16:
+      return std::ldexp(1.0, -10);
+    case DType::kFloat32:
+      return std::ldexp(1.0, -23);
+    default:
+      return std::ldexp(1.0, -52);
+  }
+}
+
 void OutputCheck::compare(const char* name, const TensorView& got, const TensorView& ref, const TensorView* naive,
                           double ulp) {
   const double err = max_abs_diff(got, ref);

@@ -9,10 +9,14 @@
 #include <sstream>
 
 #include "bench_op.h"
+#include "distattn/core/dtype.h"
 #include "distattn/core/tensor.h"
 
 namespace distattn {
 namespace bench {
+
+// The unit roundoff of a dtype's mantissa (bf16 2^-7, fp16 2^-10, fp32 2^-23, fp64 2^-52): the `ulp` of compare().
+double dtype_ulp(DType dtype);
 
 class OutputCheck {
  public:

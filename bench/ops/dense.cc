@@ -46,25 +46,6 @@ namespace distattn {
 namespace bench {
 namespace {
 
-double dtype_ulp(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    case DType::kFloat32:
-      return std::ldexp(1.0, -23);
-    default:
-      return std::ldexp(1.0, -52);
-  }
-}
-
-std::string mask_label(bool causal, int64_t window) {
-  std::string s = causal ? "causal" : "none";
-  if (window > 0) s = (causal ? "c-win" : "win") + std::to_string(window);
-  return s;
-}
-
 class DenseOp : public BenchOp {
  public:
   explicit DenseOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {

@@ -48,31 +48,13 @@
 #include "distattn/dilated/distributed_dilated.h"
 #include "distattn/positional/alibi.h"
 #include "distattn/sparse/flash_attention.h"
+#include "harness.h"
 #include "host_tensors.h"
 #include "output_check.h"
 
 namespace distattn {
 namespace bench {
 namespace {
-
-double dtype_ulp(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    case DType::kFloat32:
-      return std::ldexp(1.0, -23);
-    default:
-      return std::ldexp(1.0, -52);
-  }
-}
-
-double max_over_ranks(double x) {
-  double r = 0;
-  DISTATTN_MPI_CHECK(MPI_Allreduce(&x, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-  return r;
-}
 
 std::vector<DilatedPattern> requested_patterns(const BenchOptions& opt) {
   std::vector<DilatedPattern> out;

@@ -71,19 +71,6 @@ using layers::MhaWeights;
 using layers::MultiHeadAttention;
 using layers::SequenceView;
 
-double dtype_ulp(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    case DType::kFloat32:
-      return std::ldexp(1.0, -23);
-    default:
-      return std::ldexp(1.0, -52);
-  }
-}
-
 // The layer's dilated patterns from --dilated-segments / --dilated-rates. MhaConfig has no ragged-rates option
 // (rates must divide segments there): with the default rates (LongNet's 6 and 12 do not divide power-of-two
 // segments) the op falls back to 1, 2, 4, 8, 16 (as many as there are segments); rates given explicitly that do

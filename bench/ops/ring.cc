@@ -69,6 +69,7 @@
 #include "distattn/ring/ring_attention.h"
 #include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
+#include "harness.h"
 #include "host_reference.h"
 #include "host_tensors.h"
 #include "output_check.h"
@@ -76,25 +77,6 @@
 namespace distattn {
 namespace bench {
 namespace {
-
-double dtype_ulp(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    case DType::kFloat32:
-      return std::ldexp(1.0, -23);
-    default:
-      return std::ldexp(1.0, -52);
-  }
-}
-
-std::string mask_label(bool causal, int64_t window) {
-  std::string s = causal ? "causal" : "none";
-  if (window > 0) s = (causal ? "c-win" : "win") + std::to_string(window);
-  return s;
-}
 
 ring::ShardLayout parse_layout(const std::string& s) {
   if (s == "contiguous") return ring::ShardLayout::kContiguous;
@@ -131,12 +113,6 @@ int64_t layout_visible_pairs(const BlockLayout& g, int64_t S) {
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
-}
-
-double max_over_ranks(double x) {
-  double r = 0;
-  DISTATTN_MPI_CHECK(MPI_Allreduce(&x, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-  return r;
 }
 
 void upload(const HostTensor& t, void* dst) {

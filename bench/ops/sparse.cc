@@ -41,19 +41,6 @@ namespace distattn {
 namespace bench {
 namespace {
 
-double dtype_ulp(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    case DType::kFloat32:
-      return std::ldexp(1.0, -23);
-    default:
-      return std::ldexp(1.0, -52);
-  }
-}
-
 class SparseOp : public BenchOp {
  public:
   explicit SparseOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
