@@ -152,8 +152,8 @@ int main(int argc, char** argv) {
                  "\"iters\": %d, \"time_ms\": %.4f, \"min_ms\": %.4f, \"max_ms\": %.4f, \"tflops\": %.2f, "
                  "\"vs_none_pct\": %.2f, \"paired_vs_none_pct\": %.2f}",
                  rows_json.empty() ? "" : "\n", S, B, H, D, causal ? "true" : "false", names[cfg],
-                 cfg % 3 ? "true" : "false", cfg % 3 == 1 ? "true" : "false", cfg >= 3 ? "qk_x100" : "random",
-                 iters, med, mn, mx, flops / med * 1e-9, (med / base - 1) * 100, (pr - 1) * 100);
+                 cfg % 3 ? "true" : "false", cfg % 3 == 1 ? "true" : "false", cfg >= 3 ? "qk_x100" : "random", iters,
+                 med, mn, mx, flops / med * 1e-9, (med / base - 1) * 100, (pr - 1) * 100);
         rows_json += buf;
       }
       // Bit identity: cutoff skipping vs judged-but-not-skipped vs cutoff off (dK, dV memcmp; dQ max diff).
@@ -185,10 +185,11 @@ int main(int argc, char** argv) {
             qmax = std::max(qmax, double(std::fabs(b)));
             ndiff += g[0][0][i] != g[ref][0][i];
           }
-          printf("S %d causal %d %s: cutoff vs %s: dK identical %s, dV identical %s, dQ: %zu of %zu bf16 values "
-                 "differ, max |diff| %.3g (max |dQ| %.3g), non-finite %zu\n",
-                 S, causal, adv ? "adversarial" : "random", ref == 1 ? "judged-not-skipped" : "cutoff-off",
-                 same_k ? "YES" : "NO", same_v ? "YES" : "NO", ndiff, n, dmax, qmax, nonfinite);
+          printf(
+              "S %d causal %d %s: cutoff vs %s: dK identical %s, dV identical %s, dQ: %zu of %zu bf16 values "
+              "differ, max |diff| %.3g (max |dQ| %.3g), non-finite %zu\n",
+              S, causal, adv ? "adversarial" : "random", ref == 1 ? "judged-not-skipped" : "cutoff-off",
+              same_k ? "YES" : "NO", same_v ? "YES" : "NO", ndiff, n, dmax, qmax, nonfinite);
         }
       }
     }

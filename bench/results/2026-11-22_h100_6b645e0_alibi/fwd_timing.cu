@@ -30,7 +30,7 @@ __global__ void fill_random(__nv_bfloat16* x, size_t n, uint64_t seed, float sca
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
-    const float u = (z >> 40) * (1.0f / 16777216.0f);  // [0,1)
+    const float u = (z >> 40) * (1.0f / 16777216.0f);          // [0,1)
     x[i] = __float2bfloat16((u - 0.5f) * 3.4641016f * scale);  // uniform(-sqrt3, sqrt3) * scale: variance scale^2
   }
 }
@@ -178,8 +178,8 @@ int main(int argc, char** argv) {
                  "\"time_ms\": %.4f, \"min_ms\": %.4f, \"max_ms\": %.4f, \"tflops\": %.2f, "
                  "\"vs_none_pct\": %.2f, \"paired_vs_none_pct\": %.2f, \"prepass_ms\": %.4f}",
                  rows_json.empty() ? "" : ",\n", S, B, H, D, causal ? "true" : "false", names[cfg],
-                 cfg % 3 ? "true" : "false", cfg % 3 == 1 ? "true" : "false", cfg >= 3 ? "qk_x100" : "random",
-                 iters, med[cfg], *std::min_element(ms[cfg].begin(), ms[cfg].end()),
+                 cfg % 3 ? "true" : "false", cfg % 3 == 1 ? "true" : "false", cfg >= 3 ? "qk_x100" : "random", iters,
+                 med[cfg], *std::min_element(ms[cfg].begin(), ms[cfg].end()),
                  *std::max_element(ms[cfg].begin(), ms[cfg].end()), flops / med[cfg] * 1e-9,
                  (med[cfg] / med[cfg < 3 ? 0 : 3] - 1) * 100, (pr - 1) * 100, prepass_ms);
         rows_json += buf;
@@ -201,8 +201,8 @@ int main(int argc, char** argv) {
         }
         size_t nan = 0;
         for (float x : l_on) nan += std::isfinite(x) ? 0 : 1;
-        const bool same = memcmp(o_on.data(), o_off.data(), n * 2) == 0 &&
-                          memcmp(l_on.data(), l_off.data(), l_on.size() * 4) == 0;
+        const bool same =
+            memcmp(o_on.data(), o_off.data(), n * 2) == 0 && memcmp(l_on.data(), l_off.data(), l_on.size() * 4) == 0;
         printf("        %s inputs: cutoff vs nothing-skipped bit-identical O and LSE: %s (non-finite LSE: %zu)\n",
                adv ? "adversarial" : "random", same ? "YES" : "** NO **", nan);
       }
