@@ -35,6 +35,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
+#include "distattn/core/operand_checks.h"
 #include "distattn/sparse/flash_attention.h"
 #include "distributed_dilated_kernels.h"
 
@@ -73,42 +74,10 @@ struct DistributedDilatedAttention::PatternInfo {
 
 namespace {
 
-const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "host"; }
+// How check_shard names the expected row count.
+constexpr const char* kShardRows = "S/P rows";
 
 std::string pattern_arg(size_t i, const char* field) { return "config.patterns[" + std::to_string(i) + "]." + field; }
-
-// A local shard's expected shape, dtype and device; throws naming `name` otherwise.
-void check_shard(const TensorView& t, const char* name, int64_t B, int64_t L, int64_t H, int64_t D, DType dtype,
-                 bool fp32_allowed, Device device) {
-  DISTATTN_CHECK_ARG(t.data != nullptr, name, "is null");
-  const std::array<int64_t, 4> want{B, L, H, D};
-  DISTATTN_CHECK_ARG(t.shape == want, name, "has shape ", describe(t), ", expected this rank's shard [", B, ", ", L,
-                     ", ", H, ", ", D, "] (S/P rows)");
-  DISTATTN_CHECK_ARG(t.dtype == dtype || (fp32_allowed && t.dtype == DType::kFloat32), name, "has dtype ",
-                     dtype_name(t.dtype), ", expected the configuration's ", dtype_name(dtype),
-                     fp32_allowed ? " or fp32" : "");
-  DISTATTN_CHECK_ARG(t.device == device, name, "lives on ", device_name(t.device), " but the communicator is on ",
-                     device_name(device));
-}
-
-// What the CUDA engine checks after the collectives, checked before them so a bad pointer fails every rank.
-void check_cuda_pointer(const void* ptr, const char* name) {
-  cudaPointerAttributes attr{};
-  const cudaError_t rc = cudaPointerGetAttributes(&attr, ptr);
-  if (rc != cudaSuccess) cudaGetLastError();
-  DISTATTN_CHECK_ARG(rc == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
-                     name, "is not device memory (the communicator is a CUDA one)");
-}
-
-void check_cuda_operand(const TensorView& t, const char* name) {
-  check_cuda_pointer(t.data, name);
-  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
-  DISTATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name, "is not 16-byte aligned");
-  for (int i = 0; i < 3; ++i) {
-    DISTATTN_CHECK_ARG(t.shape[i] == 1 || (t.stride[i] * es) % 16 == 0, name, "stride along axis ", i, " is ",
-                       t.stride[i], " elements: the CUDA engine needs multiples of 16 bytes; ", describe(t));
-  }
-}
 
 // K (c = 0) or V (c = 1) rows [0, rows) of one class in a packed buffer (`buf` = the class's part of row 0, rows
 // `row_stride` elements apart, each [2, B, KH, D]), entries e0 .. e0+count-1.
@@ -469,10 +438,10 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
   bool ok = true;
   std::string arg, msg;
   try {
-    check_shard(q, "q", B, L, Hq, D, config_.dtype, false, dev);
-    check_shard(k, "k", B, L, Hkv, D, config_.dtype, false, dev);
-    check_shard(v, "v", B, L, Hkv, D, config_.dtype, false, dev);
-    check_shard(o, "o", B, L, Hq, D, config_.dtype, true, dev);
+    check_shard(q, "q", B, L, Hq, D, config_.dtype, false, dev, kShardRows);
+    check_shard(k, "k", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(v, "v", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(o, "o", B, L, Hq, D, config_.dtype, true, dev, kShardRows);
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; dilated attention needs the fp32 LSE [B, Hq, S/P]");
     AttnParams full;  // the engine's rules on the whole shards (strides, aliasing)
     full.q = q;
@@ -485,11 +454,11 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
     full.mask.causal = config_.dilated.causal;
     validate_forward(full, dev);
     if (dev == Device::kCuda) {
-      check_cuda_operand(q, "q");
-      check_cuda_operand(k, "k");
-      check_cuda_operand(v, "v");
-      check_cuda_operand(o, "o");
-      check_cuda_pointer(lse, "lse");
+      check_cuda_tensor(q, "q");
+      check_cuda_tensor(k, "k");
+      check_cuda_tensor(v, "v");
+      check_cuda_tensor(o, "o");
+      check_device_pointer(lse, "lse");
     }
   } catch (const Error& e) {
     ok = false;
@@ -582,14 +551,14 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
   bool ok = true;
   std::string arg, msg;
   try {
-    check_shard(q, "q", B, L, Hq, D, config_.dtype, false, dev);
-    check_shard(k, "k", B, L, Hkv, D, config_.dtype, false, dev);
-    check_shard(v, "v", B, L, Hkv, D, config_.dtype, false, dev);
-    check_shard(o, "o", B, L, Hq, D, config_.dtype, true, dev);
-    check_shard(dout, "dout", B, L, Hq, D, config_.dtype, false, dev);
-    check_shard(dq, "dq", B, L, Hq, D, config_.dtype, true, dev);
-    check_shard(dk, "dk", B, L, Hkv, D, config_.dtype, true, dev);
-    check_shard(dv, "dv", B, L, Hkv, D, config_.dtype, true, dev);
+    check_shard(q, "q", B, L, Hq, D, config_.dtype, false, dev, kShardRows);
+    check_shard(k, "k", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(v, "v", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(o, "o", B, L, Hq, D, config_.dtype, true, dev, kShardRows);
+    check_shard(dout, "dout", B, L, Hq, D, config_.dtype, false, dev, kShardRows);
+    check_shard(dq, "dq", B, L, Hq, D, config_.dtype, true, dev, kShardRows);
+    check_shard(dk, "dk", B, L, Hkv, D, config_.dtype, true, dev, kShardRows);
+    check_shard(dv, "dv", B, L, Hkv, D, config_.dtype, true, dev, kShardRows);
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
     AttnBwdParams full;
     full.fwd.q = q;
@@ -608,8 +577,8 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
     if (dev == Device::kCuda) {
       const std::pair<const TensorView*, const char*> ops[] = {{&q, "q"},       {&k, "k"},   {&v, "v"},   {&o, "o"},
                                                                {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}};
-      for (const auto& t : ops) check_cuda_operand(*t.first, t.second);
-      check_cuda_pointer(lse, "lse");
+      for (const auto& t : ops) check_cuda_tensor(*t.first, t.second);
+      check_device_pointer(lse, "lse");
     }
   } catch (const Error& e) {
     ok = false;

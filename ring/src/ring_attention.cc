@@ -32,6 +32,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
+#include "distattn/core/operand_checks.h"
 #include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
 
@@ -40,41 +41,8 @@ namespace ring {
 
 namespace {
 
-const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "host"; }
-
-// A local shard's expected shape; throws naming `name` otherwise. `dtype_ok` decides the dtypes allowed.
-void check_shard(const TensorView& t, const char* name, int64_t B, int64_t Sl, int64_t H, int64_t D, DType dtype,
-                 bool fp32_allowed, Device device) {
-  DISTATTN_CHECK_ARG(t.data != nullptr, name, "is null");
-  const std::array<int64_t, 4> want{B, Sl, H, D};
-  DISTATTN_CHECK_ARG(t.shape == want, name, "has shape ", describe(t), ", expected this rank's shard [", B, ", ", Sl,
-                     ", ", H, ", ", D, "] (S/P rows of the ring configuration)");
-  DISTATTN_CHECK_ARG(t.dtype == dtype || (fp32_allowed && t.dtype == DType::kFloat32), name, "has dtype ",
-                     dtype_name(t.dtype), ", expected the configuration's ", dtype_name(dtype),
-                     fp32_allowed ? " or fp32" : "");
-  DISTATTN_CHECK_ARG(t.device == device, name, "lives on ", device_name(t.device), " but the communicator is on ",
-                     device_name(device));
-}
-
-// What the CUDA engine will check after the agreement point, checked before it so that a bad pointer
-// on one rank fails every rank: device (or managed) memory, 16-byte aligned base and strides.
-void check_cuda_pointer(const void* ptr, const char* name) {
-  cudaPointerAttributes attr{};
-  const cudaError_t rc = cudaPointerGetAttributes(&attr, ptr);
-  if (rc != cudaSuccess) cudaGetLastError();  // clear the sticky-free error of a plain host pointer
-  DISTATTN_CHECK_ARG(rc == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
-                     name, "is not device memory (the communicator is a CUDA one)");
-}
-
-void check_cuda_operand(const TensorView& t, const char* name) {
-  check_cuda_pointer(t.data, name);
-  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
-  DISTATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name, "is not 16-byte aligned");
-  for (int i = 0; i < 3; ++i) {
-    DISTATTN_CHECK_ARG(t.shape[i] == 1 || (t.stride[i] * es) % 16 == 0, name, "stride along axis ", i, " is ",
-                       t.stride[i], " elements: the CUDA engine needs multiples of 16 bytes; ", describe(t));
-  }
-}
+// How check_shard names the expected row count.
+constexpr const char* kShardRows = "S/P rows of the ring configuration";
 
 // Copies a strided [B, S, H, D] view into a packed buffer of the same dtype (raw element bytes).
 void pack(const TensorView& t, unsigned char* dst) {
@@ -252,10 +220,10 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
   bool ok = true;
   std::string arg, msg;
   try {
-    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev);
-    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev);
-    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev);
-    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev);
+    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev, kShardRows);
+    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev, kShardRows);
     AttnParams p = step_params(q, k, v, schedule_.steps[0]);  // strides, aliasing, positions
     p.mask.blocks = nullptr;                                  // the sub-layouts were checked when they were built
     p.o = o;
@@ -264,9 +232,9 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
     if (dev == Device::kCuda) {
       for (const auto& t :
            {std::make_pair(&q, "q"), std::make_pair(&k, "k"), std::make_pair(&v, "v"), std::make_pair(&o, "o")}) {
-        check_cuda_operand(*t.first, t.second);
+        check_cuda_tensor(*t.first, t.second);
       }
-      if (lse != nullptr) check_cuda_pointer(lse, "lse");
+      if (lse != nullptr) check_device_pointer(lse, "lse");
     }
   } catch (const Error& e) {
     ok = false;
@@ -337,14 +305,14 @@ void RingAttention::backward(const TensorView& dout, const TensorView& q, const 
   bool ok = true;
   std::string arg, msg;
   try {
-    check_shard(dout, "dout", B, Sl, Hq, D, config_.dtype, false, dev);
-    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev);
-    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev);
-    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev);
-    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev);
-    check_shard(dq, "dq", B, Sl, Hq, D, config_.dtype, true, dev);
-    check_shard(dk, "dk", B, Sl, Hkv, D, config_.dtype, true, dev);
-    check_shard(dv, "dv", B, Sl, Hkv, D, config_.dtype, true, dev);
+    check_shard(dout, "dout", B, Sl, Hq, D, config_.dtype, false, dev, kShardRows);
+    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev, kShardRows);
+    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
+    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev, kShardRows);
+    check_shard(dq, "dq", B, Sl, Hq, D, config_.dtype, true, dev, kShardRows);
+    check_shard(dk, "dk", B, Sl, Hkv, D, config_.dtype, true, dev, kShardRows);
+    check_shard(dv, "dv", B, Sl, Hkv, D, config_.dtype, true, dev, kShardRows);
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
     AttnBwdParams bp;
     bp.fwd = step_params(q, k, v, schedule_.steps[0]);
@@ -360,9 +328,9 @@ void RingAttention::backward(const TensorView& dout, const TensorView& q, const 
       for (const auto& t :
            {std::make_pair(&dout, "dout"), std::make_pair(&q, "q"), std::make_pair(&k, "k"), std::make_pair(&v, "v"),
             std::make_pair(&o, "o"), std::make_pair(&dq, "dq"), std::make_pair(&dk, "dk"), std::make_pair(&dv, "dv")}) {
-        check_cuda_operand(*t.first, t.second);
+        check_cuda_tensor(*t.first, t.second);
       }
-      check_cuda_pointer(lse, "lse");
+      check_device_pointer(lse, "lse");
     }
   } catch (const Error& e) {
     ok = false;

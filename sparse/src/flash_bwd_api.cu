@@ -7,9 +7,9 @@
 #include <cstdint>
 #include <limits>
 
-#include "cuda_operand.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
+#include "distattn/core/operand_checks.h"
 #include "distattn/sparse/flash_attention.h"
 #include "flash_bwd_alibi.h"
 #include "flash_bwd_options.h"

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "cuda_operand.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
+#include "distattn/core/operand_checks.h"
 #include "distattn/sparse/flash_attention.h"
 #include "flash_fwd_options.h"
 #include "flash_fwd_params.h"

@@ -1,7 +1,8 @@
-#include "cuda_operand.h"
+#include "distattn/core/operand_checks.h"
 
 #include <cuda_runtime_api.h>
 
+#include <array>
 #include <cstdint>
 
 #include "distattn/core/error.h"
@@ -36,6 +37,20 @@ void check_cuda_tensor(const TensorView& t, const char* argument) {
                        "] = ", t.stride[axis], " elements is not a multiple of 16 bytes (", 16 / elem, " elements of ",
                        dtype_name(t.dtype), ")");
   }
+}
+
+void check_shard(const TensorView& t, const char* argument, int64_t B, int64_t rows, int64_t H, int64_t D, DType dtype,
+                 bool fp32_allowed, Device device, const char* rows_note) {
+  DISTATTN_CHECK_ARG(t.data != nullptr, argument, "is null");
+  const std::array<int64_t, 4> want{B, rows, H, D};
+  DISTATTN_CHECK_ARG(t.shape == want, argument, "has shape ", describe(t), ", expected this rank's shard [", B, ", ",
+                     rows, ", ", H, ", ", D, "] (", rows_note, ")");
+  DISTATTN_CHECK_ARG(t.dtype == dtype || (fp32_allowed && t.dtype == DType::kFloat32), argument, "has dtype ",
+                     dtype_name(t.dtype), ", expected the configuration's ", dtype_name(dtype),
+                     fp32_allowed ? " or fp32" : "");
+  const auto where = [](Device d) { return d == Device::kCuda ? "cuda" : "host"; };
+  DISTATTN_CHECK_ARG(t.device == device, argument, "lives on ", where(t.device), " but the communicator is on ",
+                     where(device));
 }
 
 }  // namespace distattn
