@@ -140,6 +140,10 @@ def rows_of(doc, source):
         raise StudyError(f"{source}: unknown result format (expected a side-by-side report from "
                          "merge_side_by_side.py, distattn_bench -J output or torch_peers/torch_cp -J output)")
     meta = {k: doc.get(k) for k in ("device", "date", "git_commit")}
+    # A distattn_bench run with DISTATTN_FORWARD_KERNEL=mma measured the older forward kernel on purpose (an A/B):
+    # its rows become their own series, "distattn[mma]", instead of being pooled with the default kernel's.
+    kernel = doc.get("forward_kernel")
+    ours = OURS if kernel in (None, "auto", "hopper") else f"{OURS}[{kernel}]"
     rows = []
     if fmt == POSITIONAL_KIND:
         for r in doc["rows"]:
@@ -158,7 +162,9 @@ def rows_of(doc, source):
             rows.append(_normalise(r, op, r.get("peer", OURS), job, meta, source, job_ranks.get(job)))
     else:
         for r in doc["rows"]:
-            impl = (r.get("peer") if isinstance(r, dict) else None) or (OURS if fmt == "bench" else None)
+            impl = (r.get("peer") if isinstance(r, dict) else None) or (ours if fmt == "bench" else None)
+            if fmt == "bench" and impl == OURS:
+                impl = ours
             if impl is None:
                 raise StudyError(f"{source}: peers row without 'peer'")
             rows.append(_normalise(r, doc["op"], impl, None, meta, source, doc.get("ranks")))

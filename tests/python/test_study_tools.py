@@ -100,6 +100,17 @@ class LoadingTest(Tmp):
         self.assertEqual(L.peer_key(rows[0]), L.peer_key(rows[1]))
         self.assertNotEqual(L.row_key(rows[0]), L.row_key(rows[1]))
 
+    def test_forced_forward_kernel_is_its_own_series(self):
+        row = dense_row(16384, 370.0)
+        default = L.rows_of(dict(bench_doc("dense", [row]), forward_kernel="auto"), "a")
+        forced = L.rows_of(dict(bench_doc("dense", [row]), forward_kernel="mma"), "b")
+        legacy = L.rows_of(bench_doc("dense", [row]), "c")  # reports written before the field existed
+        self.assertEqual([r["impl"] for r in default + legacy], [L.OURS, L.OURS])
+        self.assertEqual([r["impl"] for r in forced], [L.OURS + "[mma]"])
+        series = L.tflops_series(default + forced)
+        (panel,) = series.values()
+        self.assertEqual(sorted(panel), [L.OURS, L.OURS + "[mma]"])  # not pooled into one median
+
     def test_keys_separate_every_shape_field(self):
         base = L.rows_of(bench_doc("dense", [dense_row(4096, 300.0)]), "a")[0]
         for field, value in (("seq", 8192), ("causal", True), ("alibi", True), ("window", 256), ("pass", "bwd"),
