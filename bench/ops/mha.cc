@@ -6,8 +6,8 @@
 //   dense    one GPU's engine on S rows (positions 0..S-1)
 //   ring     RingAttention over the job's ranks; S is the GLOBAL length, each rank holds S/N rows (--layout)
 //   dilated  LongNet dilated attention (one GPU: S rows; N ranks: DistributedDilatedAttention); patterns
-//            --dilated-segments / --dilated-rates, patterns with segment > S dropped; the layer takes no ragged
-//            rates, so the default rates become 1, 2, 4, 8, 16 (requested_patterns)
+//            --dilated-segments / --dilated-rates / --dilated-ragged (default LongNet's configuration, ragged),
+//            patterns with segment > S dropped
 //   sparse   BlockSparseAttention: --sparse-pattern block-diagonal (segment --sparse-block) | strided (stride
 //            --sparse-block rows, local band 1 block) | sliding-window (window --window, else --sparse-block)
 // With N > 1 ranks the dilated core is the distributed one (S global, each rank S/N contiguous rows); with the dense
@@ -71,27 +71,12 @@ using layers::MhaWeights;
 using layers::MultiHeadAttention;
 using layers::SequenceView;
 
-// The layer's dilated patterns from --dilated-segments / --dilated-rates. MhaConfig has no ragged-rates option
-// (rates must divide segments there): with the default rates (LongNet's 6 and 12 do not divide power-of-two
-// segments) the op falls back to 1, 2, 4, 8, 16 (as many as there are segments); rates given explicitly that do
-// not divide their segments are an Error naming --dilated-rates.
-std::vector<DilatedPattern> requested_patterns(const BenchOptions& opt, bool* fell_back) {
+// The layer's dilated patterns from --dilated-segments / --dilated-rates (rates that do not divide their segments
+// need --dilated-ragged 1, MhaConfig::dilated_ragged_rates; the layer's validation names them otherwise).
+std::vector<DilatedPattern> requested_patterns(const BenchOptions& opt) {
   std::vector<DilatedPattern> out;
-  bool divides = true;
-  for (size_t i = 0; i < opt.dilated_segments.size(); ++i) {
+  for (size_t i = 0; i < opt.dilated_segments.size(); ++i)
     out.push_back({opt.dilated_segments[i], opt.dilated_rates[i]});
-    divides = divides && opt.dilated_segments[i] % opt.dilated_rates[i] == 0;
-  }
-  *fell_back = false;
-  if (divides) return out;
-  DISTATTN_CHECK_ARG(!opt.dilated_rates_given, "--dilated-rates",
-                     "op mha: the layer's dilated core (MhaConfig) takes only rates that divide their segments");
-  int64_t r = 1;
-  for (DilatedPattern& p : out) {
-    p.rate = p.segment % r == 0 ? r : 1;
-    r *= 2;
-  }
-  *fell_back = true;
   return out;
 }
 
@@ -112,7 +97,7 @@ class MhaOp : public BenchOp {
     }
     DISTATTN_CHECK_ARG(core_ != AttentionCore::kDilated || c.window == 0, "--window",
                        "the dilated core has no window (its patterns are the sparsity)");
-    if (core_ == AttentionCore::kDilated) requested_ = requested_patterns(opt_, &rates_fell_back_);
+    if (core_ == AttentionCore::kDilated) requested_ = requested_patterns(opt_);
     DISTATTN_CHECK_ARG(core_ != AttentionCore::kBlockSparse || opt_.sparse_pattern == "block-diagonal" ||
                            opt_.sparse_pattern == "strided" || opt_.sparse_pattern == "sliding-window",
                        "--sparse-pattern",
@@ -154,7 +139,7 @@ class MhaOp : public BenchOp {
       std::ostringstream p;
       p << "dilated patterns (segment:rate, segments > S dropped):";
       for (const DilatedPattern& d : requested_) p << " " << d.segment << ":" << d.rate;
-      if (rates_fell_back_) p << " (power-of-two rates: the layer takes no ragged rates)";
+      if (opt_.dilated_ragged) p << " (ragged rates allowed: class s keeps rows s, s+r, ... < w)";
       lines.push_back(p.str());
     }
     if (core_ == AttentionCore::kBlockSparse) {
@@ -341,25 +326,27 @@ class MhaOp : public BenchOp {
       case AttentionCore::kDense:
         return attention_flops(B_, seq, H_, D_, c.causal, c.window, opt_.pass);
       default:  // dilated (global S, shared by the N ranks when distributed) and sparse: exact visible pairs
-        return 4.0 * B_ * H_ * D_ * static_cast<double>(visible_pairs(seq)) * pass_factor(opt_.pass) /
+        return 4.0 * B_ * D_ * static_cast<double>(visible_pairs_all_heads(seq)) * pass_factor(opt_.pass) /
                (sequence_parallel() ? N_ : 1);
     }
   }
 
-  // Visible (q, k) pairs per (batch, head) of the dilated / sparse core at length `seq` (cached).
-  int64_t visible_pairs(int64_t seq) const {
+  // Visible (q, k) pairs of the dilated / sparse core at length `seq`, summed over the q heads, per batch (cached).
+  int64_t visible_pairs_all_heads(int64_t seq) const {
     auto it = pairs_.find(seq);
     if (it != pairs_.end()) return it->second;
     int64_t pairs = 0;
     if (core_ == AttentionCore::kDilated) {
-      // Per head, pattern (w, r): S/w segments, each with m = w/r kept rows attending among themselves.
-      for (const DilatedPattern& p : patterns_for(seq)) {
-        const int64_t m = p.segment / p.rate;
-        pairs += (seq / p.segment) * (opt_.common.causal ? m * (m + 1) / 2 : m * m);
-      }
+      // Head h, pattern (w, r): S/w segments, each keeping the m = ceil((w - h mod r) / r) rows s, s+r, ... < w
+      // (= w/r when r divides w) that attend among themselves.
+      for (const DilatedPattern& p : patterns_for(seq))
+        for (int64_t h = 0; h < H_; ++h) {
+          const int64_t m = (p.segment - h % p.rate + p.rate - 1) / p.rate;
+          pairs += (seq / p.segment) * (opt_.common.causal ? m * (m + 1) / 2 : m * m);
+        }
     } else {
       const PositionMap pos = PositionMap::contiguous(0, seq);
-      pairs = count_visible_pairs(make_layout(seq, pos), seq, seq, pos, pos);
+      pairs = H_ * count_visible_pairs(make_layout(seq, pos), seq, seq, pos, pos);
     }
     pairs_[seq] = pairs;
     return pairs;
@@ -403,7 +390,10 @@ class MhaOp : public BenchOp {
     cfg.host_precision = precision;
     if (opt_.layout == "contiguous") cfg.ring_layout = ring::ShardLayout::kContiguous;
     if (opt_.layout == "striped") cfg.ring_layout = ring::ShardLayout::kStriped;
-    if (core == AttentionCore::kDilated) cfg.dilated_patterns = patterns_for(seq);
+    if (core == AttentionCore::kDilated) {
+      cfg.dilated_patterns = patterns_for(seq);
+      cfg.dilated_ragged_rates = opt_.dilated_ragged;
+    }
     if (core == AttentionCore::kBlockSparse) {
       if (opt_.sparse_pattern == "sliding-window") {
         cfg.mask.window = c.window > 0 ? c.window : opt_.sparse_block;
@@ -539,7 +529,6 @@ class MhaOp : public BenchOp {
   DType dtype_ = DType::kBFloat16;
   AttentionCore core_ = AttentionCore::kDense;
   std::vector<DilatedPattern> requested_;
-  bool rates_fell_back_ = false;  // default rates replaced by powers of two (requested_patterns)
   std::vector<float> slopes_;
   int size_index_ = -1;
   mutable std::map<int64_t, int64_t> pairs_;

@@ -251,6 +251,7 @@ MultiHeadAttention::MultiHeadAttention(MhaConfig config, Device device, Communic
   if (config_.core == AttentionCore::kDilated && !m.collective_core(config_)) {
     DilatedConfig dc;
     dc.patterns = config_.dilated_patterns;
+    dc.ragged_rates = config_.dilated_ragged_rates;
     dc.causal = config_.mask.causal;
     dc.softmax_scale = config_.softmax_scale;
     dc.alibi_slopes = config_.alibi_slopes;
@@ -317,6 +318,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
     if (c.core == AttentionCore::kDilated && !m.collective_core(c)) {  // the distributed one checks collectively
       DilatedConfig dc;
       dc.patterns = c.dilated_patterns;
+      dc.ragged_rates = c.dilated_ragged_rates;
       validate_dilated_config(dc, x.seq, c.q_heads);
     }
   } catch (const Error& e) {
@@ -361,6 +363,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
         if (!m.dist_dilated || m.dilated_batch != B || m.dilated_rows != S) {
           DistributedDilatedConfig dc;
           dc.dilated.patterns = c.dilated_patterns;
+          dc.dilated.ragged_rates = c.dilated_ragged_rates;
           dc.dilated.causal = c.mask.causal;
           dc.dilated.softmax_scale = c.softmax_scale;
           dc.dilated.alibi_slopes = c.alibi_slopes;

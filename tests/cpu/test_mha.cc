@@ -52,6 +52,7 @@ struct Problem {
   std::vector<float> slopes;            // ALiBi [Hq] or empty
   int64_t pos_start = 0;                // dense / sparse: positions pos_start + s
   std::vector<DilatedPattern> dilated;  // non-empty: the dilated core
+  bool dilated_ragged = false;          // MhaConfig::dilated_ragged_rates (rates need not divide segments)
   int64_t sparse_stride = 0;            // > 0: the block-sparse core, strided rule (below)
   int64_t sparse_local = 0;
   int64_t N() const { return (Hq + 2 * Hkv) * D; }
@@ -210,6 +211,7 @@ MhaConfig layer_config(const Problem& p) {
   if (!p.dilated.empty()) {
     c.core = AttentionCore::kDilated;
     c.dilated_patterns = p.dilated;
+    c.dilated_ragged_rates = p.dilated_ragged;
   } else {
     c.positions = PositionMap::contiguous(p.pos_start, p.S);
     if (p.sparse_stride > 0) {
@@ -399,6 +401,19 @@ TEST(MhaHost, DilatedNonCausalRowsWithoutKeys) {
   run_problem(p, /*row_pad=*/1);
 }
 
+TEST(MhaHost, DilatedLongNetRaggedRates) {
+  // LongNet-style rates that do not divide their segments (3 on 8, 6 on 16): class s keeps rows s, s+r, ... < w,
+  // so classes differ in length; the reference's multiplicity() counts exactly those pairs. 7 heads: H % r != 0.
+  Problem p;
+  p.S = 16;
+  p.Hq = 7;
+  p.Hkv = 7;
+  p.causal = true;
+  p.dilated = {{8, 3}, {16, 6}};
+  p.dilated_ragged = true;
+  run_problem(p);
+}
+
 TEST(MhaHost, BlockSparseCausalStrided) {
   // 3 blocks of 128 rows (the last short): stride 2, no local band -> block (2, 1) is absent; causal on top.
   // Larger than the other cases: gradients are checked on a sample of 24 entries per tensor.
@@ -554,6 +569,12 @@ TEST_F(MhaHostErrors, ForwardInputs) {
   cd.dilated_patterns = {{4, 1}};
   MultiHeadAttention ld(cd, Device::kHost);
   EXPECT_ERROR_ARG(ld.forward(w, seq(x), seq(y)), "config.patterns[0].segment");
+  // A rate that does not divide its segment without dilated_ragged_rates.
+  MhaConfig cr = c;
+  cr.core = AttentionCore::kDilated;
+  cr.dilated_patterns = {{5, 2}};
+  MultiHeadAttention lr(cr, Device::kHost);
+  EXPECT_ERROR_ARG(lr.forward(w, seq(x), seq(y)), "config.patterns[0].rate");
   // Block-sparse layout whose band (none) differs from config.mask (causal).
   MhaConfig cs = c;
   cs.core = AttentionCore::kBlockSparse;

@@ -126,6 +126,9 @@ struct MhaConfig {
   // kDilated: the (segment, rate) patterns (single device: each segment must divide S_local); mask.causal is
   // the dilated core's causal flag; windows are not supported there.
   std::vector<DilatedPattern> dilated_patterns;
+  // kDilated: DilatedConfig::ragged_rates: rates that do not divide their segment keep rows s, s+r, ... < w
+  // (LongNet's own configuration: r = 6, 12 on power-of-two segments); false: such a rate is an Error.
+  bool dilated_ragged_rates = false;
   // kDilated with a communicator of > 1 ranks: true: sequence parallel (DistributedDilatedAttention over comm);
   // false: data parallel (each rank its own sequences, single-device core, weight gradients all-reduced).
   bool dilated_distributed = true;
