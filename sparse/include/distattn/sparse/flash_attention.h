@@ -5,6 +5,12 @@
 // window masks on global positions, block lists, ALiBi (exact form), accumulate mode.
 // Every argument is validated before anything is launched; bad input throws distattn::Error and
 // writes nothing. Work is enqueued on `stream`; the calls do not synchronise.
+//
+// Two forward kernels: on a Hopper GPU (compute capability 9.0, library built with sm_90a) the TMA + wgmma kernel
+// takes every call it supports (bf16/fp16, head dim 128, no ALiBi, position maps whose chunk boundaries fall on
+// 128-row tiles; masks, block lists, accumulate mode and fp32 output included); the mma.sync kernel takes the rest.
+// Both meet the same contract and tests. The environment variable DISTATTN_FORWARD_KERNEL=mma (read once per
+// process; "auto" or unset: the default) forces the mma.sync kernel. The backward is the mma.sync kernel.
 #pragma once
 
 #include <cuda_runtime_api.h>
