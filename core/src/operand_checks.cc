@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 
 #include "distattn/core/error.h"
 
@@ -51,6 +52,48 @@ void check_shard(const TensorView& t, const char* argument, int64_t B, int64_t r
   const auto where = [](Device d) { return d == Device::kCuda ? "cuda" : "host"; };
   DISTATTN_CHECK_ARG(t.device == device, argument, "lives on ", where(t.device), " but the communicator is on ",
                      where(device));
+}
+
+namespace {
+
+struct Operand {
+  const TensorView* view;
+  const char* name;
+  bool is_q_side;     // [B, rows, Hq, D] (else the kv heads)
+  bool fp32_allowed;  // an output
+};
+
+void check_shards(const ShardSpec& spec, std::initializer_list<Operand> operands, const float* lse) {
+  for (const Operand& t : operands) {
+    check_shard(*t.view, t.name, spec.batch, spec.rows, t.is_q_side ? spec.q_heads : spec.kv_heads, spec.head_dim,
+                spec.dtype, t.fp32_allowed, spec.device, spec.rows_note);
+  }
+  if (spec.device != Device::kCuda) return;
+  for (const Operand& t : operands) check_cuda_tensor(*t.view, t.name);
+  check_device_pointer(lse, "lse", /*allow_null=*/true);
+}
+
+}  // namespace
+
+void check_forward_shards(const ShardSpec& spec, const TensorView& q, const TensorView& k, const TensorView& v,
+                          const TensorView& o, const float* lse) {
+  check_shards(spec, {{&q, "q", true, false}, {&k, "k", false, false}, {&v, "v", false, false}, {&o, "o", true, true}},
+               lse);
+}
+
+void check_backward_shards(const ShardSpec& spec, const TensorView& dout, const TensorView& q, const TensorView& k,
+                           const TensorView& v, const TensorView& o, const float* lse, const TensorView& dq,
+                           const TensorView& dk, const TensorView& dv) {
+  check_shards(spec,
+               {{&dout, "dout", true, false},
+                {&q, "q", true, false},
+                {&k, "k", false, false},
+                {&v, "v", false, false},
+                {&o, "o", true, true},
+                {&dq, "dq", true, true},
+                {&dk, "dk", false, true},
+                {&dv, "dv", false, true}},
+               lse);
 }
 
 }  // namespace distattn

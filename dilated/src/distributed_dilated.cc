@@ -74,8 +74,19 @@ struct DistributedDilatedAttention::PatternInfo {
 
 namespace {
 
-// How check_shard names the expected row count.
-constexpr const char* kShardRows = "S/P rows";
+// This rank's expected shards: `rows` = S/P rows of the configuration's shapes, on the communicator's device.
+ShardSpec shard_spec(const DistributedDilatedConfig& c, int64_t rows, Device device) {
+  ShardSpec spec;
+  spec.batch = c.batch;
+  spec.rows = rows;
+  spec.q_heads = c.q_heads;
+  spec.kv_heads = c.kv_heads;
+  spec.head_dim = c.head_dim;
+  spec.dtype = c.dtype;
+  spec.device = device;
+  spec.rows_note = "S/P rows";
+  return spec;
+}
 
 std::string pattern_arg(size_t i, const char* field) { return "config.patterns[" + std::to_string(i) + "]." + field; }
 
@@ -184,9 +195,7 @@ DistributedDilatedAttention::DistributedDilatedAttention(Communicator& comm, con
   if (config_.kv_heads <= 0) config_.kv_heads = config_.q_heads;
   const DilatedConfig& dc = config_.dilated;
   // 1. Local validation; the verdict is shared so that every rank throws, not only the bad one.
-  bool ok = true;
-  std::string arg, msg;
-  try {
+  comm.agree_on("DistributedDilatedAttention construction", [&] {
     DISTATTN_CHECK_ARG(config_.seq_len >= 1 && config_.seq_len % P == 0, "seq_len", "is ", config_.seq_len,
                        ", expected a positive multiple of the ", P, " ranks (contiguous shards of S/P rows)");
     DISTATTN_CHECK_ARG(config_.seq_len - 1 <= PositionMap::kMaxPosition, "seq_len", "is ", config_.seq_len,
@@ -223,12 +232,7 @@ DistributedDilatedAttention::DistributedDilatedAttention(Communicator& comm, con
       pl.max_rows = (L + r - 1) / r;
       plans_.push_back(pl);
     }
-  } catch (const Error& e) {
-    ok = false;
-    arg = e.argument();
-    msg = e.message();
-  }
-  comm.agree_ok(ok, arg, msg, "DistributedDilatedAttention construction");
+  });
 
   // 2. Agreement on everything that must be equal across ranks.
   std::vector<int64_t> pats;
@@ -435,14 +439,9 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
                                           const TensorView& o, float* lse, cudaStream_t stream) {
   const int64_t B = config_.batch, L = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const Device dev = comm_.device();
-  bool ok = true;
-  std::string arg, msg;
-  try {
-    check_shard(q, "q", B, L, Hq, D, config_.dtype, false, dev, kShardRows);
-    check_shard(k, "k", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(v, "v", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(o, "o", B, L, Hq, D, config_.dtype, true, dev, kShardRows);
+  comm_.agree_on("DistributedDilatedAttention::forward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; dilated attention needs the fp32 LSE [B, Hq, S/P]");
+    check_forward_shards(shard_spec(config_, local_rows_, dev), q, k, v, o, lse);
     AttnParams full;  // the engine's rules on the whole shards (strides, aliasing)
     full.q = q;
     full.k = k;
@@ -453,19 +452,7 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
     full.kv_pos = full.q_pos;
     full.mask.causal = config_.dilated.causal;
     validate_forward(full, dev);
-    if (dev == Device::kCuda) {
-      check_cuda_tensor(q, "q");
-      check_cuda_tensor(k, "k");
-      check_cuda_tensor(v, "v");
-      check_cuda_tensor(o, "o");
-      check_device_pointer(lse, "lse");
-    }
-  } catch (const Error& e) {
-    ok = false;
-    arg = e.argument();
-    msg = e.message();
-  }
-  comm_.agree_ok(ok, arg, msg, "DistributedDilatedAttention::forward");
+  });
   last_stream_ = stream;
   const bool any_dist = std::any_of(plans_.begin(), plans_.end(), [](const DilatedPatternPlan& p) { return !p.local; });
   if (!any_dist) {  // every segment inside a shard: the single-device path on the local shard
@@ -548,18 +535,9 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
                                            cudaStream_t stream) {
   const int64_t B = config_.batch, L = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const Device dev = comm_.device();
-  bool ok = true;
-  std::string arg, msg;
-  try {
-    check_shard(q, "q", B, L, Hq, D, config_.dtype, false, dev, kShardRows);
-    check_shard(k, "k", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(v, "v", B, L, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(o, "o", B, L, Hq, D, config_.dtype, true, dev, kShardRows);
-    check_shard(dout, "dout", B, L, Hq, D, config_.dtype, false, dev, kShardRows);
-    check_shard(dq, "dq", B, L, Hq, D, config_.dtype, true, dev, kShardRows);
-    check_shard(dk, "dk", B, L, Hkv, D, config_.dtype, true, dev, kShardRows);
-    check_shard(dv, "dv", B, L, Hkv, D, config_.dtype, true, dev, kShardRows);
+  comm_.agree_on("DistributedDilatedAttention::backward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
+    check_backward_shards(shard_spec(config_, local_rows_, dev), dout, q, k, v, o, lse, dq, dk, dv);
     AttnBwdParams full;
     full.fwd.q = q;
     full.fwd.k = k;
@@ -574,18 +552,7 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
     full.dk = dk;
     full.dv = dv;
     validate_backward(full, dev);
-    if (dev == Device::kCuda) {
-      const std::pair<const TensorView*, const char*> ops[] = {{&q, "q"},       {&k, "k"},   {&v, "v"},   {&o, "o"},
-                                                               {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}};
-      for (const auto& t : ops) check_cuda_tensor(*t.first, t.second);
-      check_device_pointer(lse, "lse");
-    }
-  } catch (const Error& e) {
-    ok = false;
-    arg = e.argument();
-    msg = e.message();
-  }
-  comm_.agree_ok(ok, arg, msg, "DistributedDilatedAttention::backward");
+  });
   last_stream_ = stream;
   const bool any_dist = std::any_of(plans_.begin(), plans_.end(), [](const DilatedPatternPlan& p) { return !p.local; });
   if (!any_dist) {

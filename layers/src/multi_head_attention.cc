@@ -302,9 +302,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
   Impl& m = *impl_;
   const MhaConfig& c = config_;
   // 1. Validate everything locally; across ranks (ring core) agree before any collective.
-  bool ok = true;
-  std::string bad_arg, bad_msg;
-  try {
+  const auto local_checks = [&] {
     check_sequence(x, "x", c, device_, -1, -1);
     check_sequence(y, "y", c, device_, x.batch, x.seq);
     DISTATTN_CHECK_ARG(!overlap(x, y), "y", "overlaps x (the output projection would overwrite the input)");
@@ -321,13 +319,12 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
       dc.ragged_rates = c.dilated_ragged_rates;
       validate_dilated_config(dc, x.seq, c.q_heads);
     }
-  } catch (const Error& e) {
-    if (!m.collective_core(c)) throw;
-    ok = false;
-    bad_arg = e.argument();
-    bad_msg = e.message();
+  };
+  if (m.collective_core(c)) {
+    m.comm->agree_on("MultiHeadAttention::forward", local_checks);
+  } else {
+    local_checks();
   }
-  if (m.collective_core(c)) m.comm->agree_ok(ok, bad_arg, bad_msg, "MultiHeadAttention::forward");
 
   const int64_t B = x.batch, S = x.seq, N = c.qkv_dim(), HD = c.attn_dim();
   const int64_t Hq = c.q_heads;
@@ -493,9 +490,7 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
   Impl& m = *impl_;
   const MhaConfig& c = config_;
   const bool reduce = c.all_reduce_weight_grads && m.collective();
-  bool ok = true;
-  std::string bad_arg, bad_msg;
-  try {
+  const auto local_checks = [&] {
     DISTATTN_CHECK_ARG(m.saved_batch >= 1, "x", "backward() needs a completed forward() first");
     check_sequence(x, "x", c, device_, -1, -1);
     DISTATTN_CHECK_ARG(x.batch == m.saved_batch && x.seq == m.saved_rows, "x", "is [", x.batch, ", ", x.seq,
@@ -510,13 +505,13 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
     check_param(g.out_weight, true, "grads.out_weight", device_);
     check_param(g.qkv_bias, c.bias, "grads.qkv_bias", device_);
     check_param(g.out_bias, c.bias, "grads.out_bias", device_);
-  } catch (const Error& e) {
-    if (!(m.collective_core(c) || reduce) || !m.collective()) throw;
-    ok = false;
-    bad_arg = e.argument();
-    bad_msg = e.message();
+  };
+  // Across ranks (a collective core, or the weight-gradient all-reduce) every rank learns every rank's verdict.
+  if ((m.collective_core(c) || reduce) && m.collective()) {
+    m.comm->agree_on("MultiHeadAttention::backward", local_checks);
+  } else {
+    local_checks();
   }
-  if (m.collective_core(c) || reduce) m.comm->agree_ok(ok, bad_arg, bad_msg, "MultiHeadAttention::backward");
 
   const int64_t B = x.batch, S = x.seq, N = c.qkv_dim(), HD = c.attn_dim(), E = c.embed_dim;
   const int64_t Hq = c.q_heads;

@@ -41,8 +41,19 @@ namespace ring {
 
 namespace {
 
-// How check_shard names the expected row count.
-constexpr const char* kShardRows = "S/P rows of the ring configuration";
+// This rank's expected shards: `rows` = S/P rows of the configuration's shapes, on the communicator's device.
+ShardSpec shard_spec(const RingConfig& c, int64_t rows, Device device) {
+  ShardSpec spec;
+  spec.batch = c.batch;
+  spec.rows = rows;
+  spec.q_heads = c.q_heads;
+  spec.kv_heads = c.kv_heads;
+  spec.head_dim = c.head_dim;
+  spec.dtype = c.dtype;
+  spec.device = device;
+  spec.rows_note = "S/P rows of the ring configuration";
+  return spec;
+}
 
 // Copies a strided [B, S, H, D] view into a packed buffer of the same dtype (raw element bytes).
 void pack(const TensorView& t, unsigned char* dst) {
@@ -79,9 +90,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
   const int P = comm.size();
   if (config_.kv_heads <= 0) config_.kv_heads = config_.q_heads;
   // 1. Local validation; the verdict is shared below so every rank throws, not only the bad one.
-  bool ok = true;
-  std::string arg, msg;
-  try {
+  comm.agree_on("RingAttention construction", [&] {
     validate_layout(config_.layout, config_.seq_len, P);
     DISTATTN_CHECK_ARG(config_.batch >= 1, "batch", "is ", config_.batch, " (expected >= 1)");
     DISTATTN_CHECK_ARG(config_.q_heads >= 1, "q_heads", "is ", config_.q_heads, " (expected >= 1)");
@@ -125,12 +134,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       }
     }
     local_rows_ = config_.seq_len / P;
-  } catch (const Error& e) {
-    ok = false;
-    arg = e.argument();
-    msg = e.message();
-  }
-  comm.agree_ok(ok, arg, msg, "RingAttention construction");
+  });
 
   // 2. Agreement on everything that must be equal across ranks.
   ConfigFingerprint fp;
@@ -164,8 +168,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
 
   // 3. The schedule (block-sparse: every step's sub-layout, uploaded once for the CUDA engine). Whatever
   // fails here fails on every rank too.
-  ok = true;
-  try {
+  comm.agree_on("RingAttention construction (schedule)", [&] {
     if (bl != nullptr) {
       schedule_ = make_schedule(config_.layout, config_.seq_len, P, comm.rank(), *bl);
       if (comm.device() == Device::kCuda) {
@@ -174,12 +177,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
     } else {
       schedule_ = make_schedule(config_.layout, config_.seq_len, P, comm.rank(), config_.mask);
     }
-  } catch (const Error& e) {
-    ok = false;
-    arg = e.argument();
-    msg = e.message();
-  }
-  comm.agree_ok(ok, arg, msg, "RingAttention construction (schedule)");
+  });
   config_.block_layout = nullptr;  // read during construction only: the steps hold their own sub-layouts
 }
 
@@ -214,34 +212,16 @@ AttnParams RingAttention::step_params(const TensorView& q, const TensorView& k, 
 
 void RingAttention::forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                             float* lse, CUstream_st* stream) {
-  const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const Device dev = comm_.device();
   // Every rank's shards checked, the verdict shared: a bad shard on one rank is an Error on all.
-  bool ok = true;
-  std::string arg, msg;
-  try {
-    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev, kShardRows);
-    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev, kShardRows);
+  comm_.agree_on("RingAttention::forward", [&] {
+    check_forward_shards(shard_spec(config_, local_rows_, dev), q, k, v, o, lse);
     AttnParams p = step_params(q, k, v, schedule_.steps[0]);  // strides, aliasing, positions
     p.mask.blocks = nullptr;                                  // the sub-layouts were checked when they were built
     p.o = o;
     p.lse = lse;
     validate_forward(p, dev);
-    if (dev == Device::kCuda) {
-      for (const auto& t :
-           {std::make_pair(&q, "q"), std::make_pair(&k, "k"), std::make_pair(&v, "v"), std::make_pair(&o, "o")}) {
-        check_cuda_tensor(*t.first, t.second);
-      }
-      if (lse != nullptr) check_device_pointer(lse, "lse");
-    }
-  } catch (const Error& e) {
-    ok = false;
-    arg = e.argument();
-    msg = e.message();
-  }
-  comm_.agree_ok(ok, arg, msg, "RingAttention::forward");
+  });
   if (dev == Device::kCuda) {
     forward_cuda(q, k, v, o, lse, stream);
   } else {
@@ -300,20 +280,10 @@ void RingAttention::forward_host(const TensorView& q, const TensorView& k, const
 void RingAttention::backward(const TensorView& dout, const TensorView& q, const TensorView& k, const TensorView& v,
                              const TensorView& o, const float* lse, const TensorView& dq, const TensorView& dk,
                              const TensorView& dv, CUstream_st* stream) {
-  const int64_t B = config_.batch, Sl = local_rows_, Hq = config_.q_heads, Hkv = config_.kv_heads, D = config_.head_dim;
   const Device dev = comm_.device();
-  bool ok = true;
-  std::string arg, msg;
-  try {
-    check_shard(dout, "dout", B, Sl, Hq, D, config_.dtype, false, dev, kShardRows);
-    check_shard(q, "q", B, Sl, Hq, D, config_.dtype, false, dev, kShardRows);
-    check_shard(k, "k", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(v, "v", B, Sl, Hkv, D, config_.dtype, false, dev, kShardRows);
-    check_shard(o, "o", B, Sl, Hq, D, config_.dtype, true, dev, kShardRows);
-    check_shard(dq, "dq", B, Sl, Hq, D, config_.dtype, true, dev, kShardRows);
-    check_shard(dk, "dk", B, Sl, Hkv, D, config_.dtype, true, dev, kShardRows);
-    check_shard(dv, "dv", B, Sl, Hkv, D, config_.dtype, true, dev, kShardRows);
+  comm_.agree_on("RingAttention::backward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
+    check_backward_shards(shard_spec(config_, local_rows_, dev), dout, q, k, v, o, lse, dq, dk, dv);
     AttnBwdParams bp;
     bp.fwd = step_params(q, k, v, schedule_.steps[0]);
     bp.fwd.mask.blocks = nullptr;  // the sub-layouts were checked when they were built
@@ -324,20 +294,7 @@ void RingAttention::backward(const TensorView& dout, const TensorView& q, const 
     bp.dk = dk;
     bp.dv = dv;
     validate_backward(bp, dev);
-    if (dev == Device::kCuda) {
-      for (const auto& t :
-           {std::make_pair(&dout, "dout"), std::make_pair(&q, "q"), std::make_pair(&k, "k"), std::make_pair(&v, "v"),
-            std::make_pair(&o, "o"), std::make_pair(&dq, "dq"), std::make_pair(&dk, "dk"), std::make_pair(&dv, "dv")}) {
-        check_cuda_tensor(*t.first, t.second);
-      }
-      check_device_pointer(lse, "lse");
-    }
-  } catch (const Error& e) {
-    ok = false;
-    arg = e.argument();
-    msg = e.message();
-  }
-  comm_.agree_ok(ok, arg, msg, "RingAttention::backward");
+  });
   if (dev == Device::kCuda) {
     backward_cuda(dout, q, k, v, o, lse, dq, dk, dv, stream);
   } else {

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "distattn/core/dtype.h"
+#include "distattn/core/error.h"
 #include "distattn/core/tensor.h"
 
 struct CUstream_st;  // cudaStream_t without pulling the CUDA headers in here
@@ -89,6 +90,21 @@ class Communicator {
   // Every rank contributes ok (and, when !ok, its Error's argument and message). If any rank is not
   // ok, every rank throws an Error naming each failing rank, its argument and message (truncated).
   void agree_ok(bool ok, const std::string& argument, const std::string& message, const char* what);
+  // Runs this rank's `local_checks` (a callable that throws distattn::Error on bad input), then agree_ok() on the
+  // outcome: one rank's Error becomes an Error on every rank, before anything that could wait on a peer.
+  template <typename LocalChecks>
+  void agree_on(const char* what, LocalChecks&& local_checks) {
+    bool ok = true;
+    std::string argument, message;
+    try {
+      local_checks();
+    } catch (const Error& e) {
+      ok = false;
+      argument = e.argument();
+      message = e.message();
+    }
+    agree_ok(ok, argument, message, what);
+  }
 
   // --- the ring exchange: send `bytes` from `send` to next(), receive `bytes` from prev() into `recv` ---
   // Posted now, completed by wait_exchange(). NCCL: enqueued on this communicator's stream after the

@@ -23,4 +23,26 @@ void check_cuda_tensor(const TensorView& t, const char* argument);
 void check_shard(const TensorView& t, const char* argument, int64_t B, int64_t rows, int64_t H, int64_t D, DType dtype,
                  bool fp32_allowed, Device device, const char* rows_note);
 
+// The expected local shards of a distributed attention call (ring/, dilated/): q, o, dout, dq [B, rows, Hq, D];
+// k, v, dk, dv [B, rows, Hkv, D]; inputs in `dtype`, outputs in `dtype` or fp32; all on `device`.
+struct ShardSpec {
+  int64_t batch = 0;
+  int64_t rows = 0;  // this rank's rows (S/P)
+  int64_t q_heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  DType dtype = DType::kBFloat16;
+  Device device = Device::kHost;
+  const char* rows_note = "S/P rows";  // how the messages name `rows`
+};
+
+// check_shard on q, k, v, o and, on CUDA, check_cuda_tensor on each and check_device_pointer on lse (may be null:
+// callers that need it check that first, with their own message).
+void check_forward_shards(const ShardSpec& spec, const TensorView& q, const TensorView& k, const TensorView& v,
+                          const TensorView& o, const float* lse);
+// The same for a backward call: dout, q, k, v, o, dq, dk, dv and lse.
+void check_backward_shards(const ShardSpec& spec, const TensorView& dout, const TensorView& q, const TensorView& k,
+                           const TensorView& v, const TensorView& o, const float* lse, const TensorView& dq,
+                           const TensorView& dk, const TensorView& dv);
+
 }  // namespace distattn
