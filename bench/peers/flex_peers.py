@@ -26,7 +26,7 @@ import datetime
 import json
 import sys
 
-from peer_common import parse_size, sweep
+from peer_common import cuda_median_ms, parse_size, sweep
 
 LAYOUT_BLOCK = 128
 PATTERNS = ("block-diagonal", "sliding-window", "strided", "bigbird", "random")
@@ -161,17 +161,7 @@ def main(argv=None):
     label = pattern_label(args.sparse_pattern, args.sparse_block, args.window, args.causal, args.sparse_random)
 
     def time_fn(fn):
-        for _ in range(args.warmup_iters):
-            fn()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        stops = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        for i in range(args.iters):
-            starts[i].record()
-            fn()
-            stops[i].record()
-        torch.cuda.synchronize()
-        t = sorted(s.elapsed_time(e) for s, e in zip(starts, stops))
-        return t[len(t) // 2]
+        return cuda_median_ms(fn, args.iters, args.warmup_iters)
 
     rows = []
     for S in sizes:

@@ -1,5 +1,6 @@
 """What every peer script shares with distattn_bench: sizes with K/M/G suffixes, the -b/-e/-f/-i sweep and the
-flash-attention FLOP formula. Pure Python (no torch), so it is unit-tested on machines without a GPU stack."""
+flash-attention FLOP formula, and the CUDA-event timing loop. Importing it needs no torch (cuda_median_ms imports it
+when called), so it is unit-tested on machines without a GPU stack."""
 
 import os
 import re
@@ -37,3 +38,20 @@ def flops(B, S, H, D, causal, pass_):
     """flash-attention's count: 4*B*S^2*H*D, halved for causal; backward 2.5x, fwd+bwd 3.5x."""
     f = 4.0 * B * S * S * H * D * (0.5 if causal else 1.0)
     return f * {"fwd": 1.0, "bwd": 2.5, "fwdbwd": 3.5}[pass_]
+
+
+def cuda_median_ms(fn, iters, warmup):
+    """Median of `iters` CUDA-event timings (ms) of fn() after `warmup` untimed calls, as distattn_bench times."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    stops = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for i in range(iters):
+        starts[i].record()
+        fn()
+        stops[i].record()
+    torch.cuda.synchronize()
+    t = sorted(s.elapsed_time(e) for s, e in zip(starts, stops))
+    return t[len(t) // 2]

@@ -28,7 +28,7 @@ import os
 import sys
 import traceback
 
-from peer_common import flops, parse_size, sweep
+from peer_common import cuda_median_ms, flops, parse_size, sweep
 
 
 def env_init():
@@ -160,17 +160,7 @@ def main():
                     pass
 
     def time_fn(fn):
-        for _ in range(args.warmup_iters):
-            fn()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        stops = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        for i in range(args.iters):
-            starts[i].record()
-            fn()
-            stops[i].record()
-        torch.cuda.synchronize()
-        t = sorted(s.elapsed_time(e) for s, e in zip(starts, stops))
-        return t[len(t) // 2]
+        return cuda_median_ms(fn, args.iters, args.warmup_iters)
 
     def max_over_ranks(x):
         t = torch.tensor([x], dtype=torch.float64, device=dev)

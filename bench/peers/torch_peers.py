@@ -23,7 +23,7 @@ import datetime
 import json
 import sys
 
-from peer_common import flops, parse_size, sweep
+from peer_common import cuda_median_ms, flops, parse_size, sweep
 
 
 def alibi_slopes(n):
@@ -76,17 +76,7 @@ def main():
     wanted = set(x for x in args.peers.split(",") if x)
 
     def time_fn(fn):
-        for _ in range(args.warmup_iters):
-            fn()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        stops = [torch.cuda.Event(enable_timing=True) for _ in range(args.iters)]
-        for i in range(args.iters):
-            starts[i].record()
-            fn()
-            stops[i].record()
-        torch.cuda.synchronize()
-        t = sorted(s.elapsed_time(e) for s, e in zip(starts, stops))
-        return t[len(t) // 2]
+        return cuda_median_ms(fn, args.iters, args.warmup_iters)
 
     rows = []
 

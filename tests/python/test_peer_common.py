@@ -3,7 +3,9 @@ distattn_bench (the values are distattn_bench's: tests/cpu/test_bench_options.cc
 import argparse
 import os
 import sys
+import types
 import unittest
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "bench", "peers"))
@@ -15,7 +17,37 @@ def args(minseq, maxseq, stepfactor=2, stepseq=None):
     return argparse.Namespace(minseq=minseq, maxseq=maxseq, stepfactor=stepfactor, stepseq=stepseq)
 
 
+def fake_torch(durations):
+    """A stand-in for torch's CUDA events: the i-th timed interval lasts durations[i] ms."""
+    clock = {"t": 0.0, "record": 0}
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.at = None
+
+        def record(self):
+            # starts and stops alternate; a stop advances the clock by that interval's duration
+            k = clock["record"]
+            if k % 2 == 1:
+                clock["t"] += durations[k // 2]
+            self.at = clock["t"]
+            clock["record"] += 1
+
+        def elapsed_time(self, stop):
+            return stop.at - self.at
+
+    cuda = types.SimpleNamespace(Event=Event, synchronize=lambda: None)
+    return types.SimpleNamespace(cuda=cuda)
+
+
 class PeerCommonTest(unittest.TestCase):
+    def test_cuda_median_ms(self):
+        calls = []
+        with mock.patch.dict(sys.modules, {"torch": fake_torch([5.0, 1.0, 3.0, 9.0, 2.0])}):
+            ms = peer_common.cuda_median_ms(lambda: calls.append(1), iters=5, warmup=2)
+        self.assertEqual(ms, 3.0)           # median of 5, 1, 3, 9, 2
+        self.assertEqual(len(calls), 2 + 5)  # warm-up calls are made but not timed
+
     def test_sizes(self):
         self.assertEqual(peer_common.parse_size("4096", "-b"), 4096)
         self.assertEqual(peer_common.parse_size("2K", "-b"), 2048)
