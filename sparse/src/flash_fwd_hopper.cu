@@ -165,7 +165,6 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   // ALiBi: not with block lists (the kernel's per-row reference D0 is taken over the band only), and not where the
   // mma.sync kernel's exact ALiBi cutoff applies (one identical chunk on both sides, no block list: it skips the
   // tiles whose exp2 underflows, which this kernel does not yet).
-  if (p.alibi_slopes != nullptr) return false;  // ALiBi path not yet verified (see notes/hopper_kernel.md)
   if (p.alibi_slopes != nullptr && (p.mask.blocks != nullptr || alibi_cutoff_case(p))) return false;
   if (!tile_aligned_chunks(p.q_pos, FwdConfig::kBlockM) || !tile_aligned_chunks(p.kv_pos, FwdConfig::kBlockN))
     return false;

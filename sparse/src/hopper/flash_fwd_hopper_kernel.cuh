@@ -268,9 +268,11 @@ __device__ __forceinline__ bool softmax_tile(float (&sc)[64], float (&row_max)[2
   bool grow = false;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
+    // row_off depends on the lane (its columns start at col_base): add it BEFORE the quad reduction, so the four
+    // lanes of a row agree on one max (-inf stays -inf).
+    if (kRowOff) tile_max[r] += row_off[r];
     tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
     tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-    if (kRowOff) tile_max[r] += row_off[r];  // -inf stays -inf
     grow = grow ||
            (DISTATTN_HOPPER_LAZY ? tile_max[r] * scale_log2 > row_max[r] * scale_log2 + 8.f : tile_max[r] > row_max[r]);
   }
