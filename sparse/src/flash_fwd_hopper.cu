@@ -42,7 +42,7 @@ bool device_runs_hopper_kernel(int device) {
     DISTATTN_CUDA_CHECK(cudaGetDevice(&current));
     if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(device));
     cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, hopper::flash_fwd_hopper_kernel<__nv_bfloat16>);
+    const cudaError_t e = cudaFuncGetAttributes(&attr, hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false>);
     if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(current));
     DISTATTN_CUDA_CHECK(e);
     ok = attr.binaryVersion == 90 && prop.sharedMemPerBlockOptin >= static_cast<size_t>(FwdConfig::kSmemBytes);
@@ -75,6 +75,14 @@ bool tile_aligned_chunks(const PositionMap& m, int tile_rows) {
     if (row % tile_rows != 0) return false;
   }
   return true;
+}
+
+// The case where the mma.sync kernel applies its ALiBi cutoff (flash_fwd_options.h): q_pos == kv_pos, one chunk.
+bool alibi_cutoff_case(const AttnParams& p) {
+  if (p.q_pos.num_chunks != 1 || p.kv_pos.num_chunks != 1) return false;
+  const PositionChunk& a = p.q_pos.chunks[0];
+  const PositionChunk& b = p.kv_pos.chunks[0];
+  return a.start == b.start && a.stride == b.stride && a.length == b.length;
 }
 
 // Copies a validated position map into the kernel's chunk arrays (rows: prefix sums of the lengths).
@@ -127,9 +135,9 @@ CUtensorMap make_tmap(const TensorView& t, int box_rows, const char* argument) {
   return map;
 }
 
-template <typename T>
+template <typename T, bool kAlibi>
 void launch(const FlashFwdHopperParams& params, cudaStream_t stream) {
-  auto kernel = &hopper::flash_fwd_hopper_kernel<T>;
+  auto kernel = &hopper::flash_fwd_hopper_kernel<T, kAlibi>;
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
@@ -153,7 +161,11 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype) return false;
   if (p.o.dtype != p.q.dtype && p.o.dtype != DType::kFloat32) return false;
   if (p.accumulate && (p.o.dtype != DType::kFloat32 || p.lse == nullptr)) return false;
-  if (p.q.head_dim() != 128 || p.alibi_slopes != nullptr) return false;
+  if (p.q.head_dim() != 128) return false;
+  // ALiBi: not with block lists (the kernel's per-row reference D0 is taken over the band only), and not where the
+  // mma.sync kernel's exact ALiBi cutoff applies (one identical chunk on both sides, no block list: it skips the
+  // tiles whose exp2 underflows, which this kernel does not yet).
+  if (p.alibi_slopes != nullptr && (p.mask.blocks != nullptr || alibi_cutoff_case(p))) return false;
   if (!tile_aligned_chunks(p.q_pos, FwdConfig::kBlockM) || !tile_aligned_chunks(p.kv_pos, FwdConfig::kBlockN))
     return false;
   if (p.q.seqlen() < 1 || p.k.seqlen() < 1) return false;
@@ -202,10 +214,19 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
   k.accumulate = p.accumulate;
   k.o_fp32 = p.o.dtype == DType::kFloat32;
   k.scale_log2 = static_cast<float>(static_cast<double>(p.scale()) * 1.4426950408889634);
-  if (p.q.dtype == DType::kBFloat16) {
-    launch<__nv_bfloat16>(k, stream);
+  k.softmax_scale = p.scale();
+  k.alibi_slopes = p.alibi_slopes;
+  const bool bf16 = p.q.dtype == DType::kBFloat16;
+  if (p.alibi_slopes != nullptr) {
+    if (bf16)
+      launch<__nv_bfloat16, true>(k, stream);
+    else
+      launch<__half, true>(k, stream);
   } else {
-    launch<__half>(k, stream);
+    if (bf16)
+      launch<__nv_bfloat16, false>(k, stream);
+    else
+      launch<__half, false>(k, stream);
   }
 }
 

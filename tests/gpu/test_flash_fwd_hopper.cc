@@ -100,6 +100,8 @@ struct Case {
   int64_t head_pad = 0, row_pad = 0;  // multiples of 8 elements keep the 16-byte strides TMA needs
   Blocks* blocks = nullptr;
   bool lse = true;
+  std::vector<float> slopes;     // ALiBi slopes [Hq], empty: no ALiBi
+  bool expect_supported = true;  // false: supported() must say no (the kernel still runs, called directly)
 };
 
 struct Outputs {
@@ -108,8 +110,9 @@ struct Outputs {
 };
 
 AttnParams make_params(const Case& c, TensorView q, TensorView k, TensorView v, TensorView o, float* lse,
-                       const BlockListView* blocks) {
+                       const BlockListView* blocks, const float* slopes = nullptr) {
   AttnParams p;
+  p.alibi_slopes = slopes;
   p.q = q;
   p.k = k;
   p.v = v;
@@ -131,13 +134,15 @@ Outputs run_gpu(const Case& c, const HostTensor& q, const HostTensor& k, const H
   DeviceTensor d_o(o);
   const int64_t lse_n = c.B * c.Hq * c.Sq;
   DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(lse_n), std::nanf("")));
+  std::unique_ptr<DeviceArray<float>> d_slopes;
+  if (!c.slopes.empty()) d_slopes = std::make_unique<DeviceArray<float>>(c.slopes);
   AttnParams p = make_params(c, dq.view(), dk.view(), dv.view(), d_o.view(), c.lse ? d_lse.ptr : nullptr,
-                             c.blocks ? &c.blocks->device_view : nullptr);
+                             c.blocks ? &c.blocks->device_view : nullptr, d_slopes ? d_slopes->ptr : nullptr);
   validate_forward(p, Device::kCuda);
   if (hopper) {
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-    EXPECT_TRUE(flash_fwd_hopper_supported(p, device));
+    EXPECT_EQ(flash_fwd_hopper_supported(p, device), c.expect_supported);
     flash_fwd_hopper(p, nullptr);
   } else {
     detail::FlashFwdOptions mma_only;  // the public entry point would dispatch to the Hopper kernel
@@ -178,13 +183,15 @@ void run_and_check(const Case& c, bool vs_old = true) {
   testing::fill_normal(v, seed + 2);
   const int64_t lse_n = c.B * c.Hq * c.Sq;
   const BlockListView* hb = c.blocks ? &c.blocks->host_view : nullptr;
+  const float* hs = c.slopes.empty() ? nullptr : c.slopes.data();
 
   HostTensor o64(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
   std::vector<float> lse64(static_cast<size_t>(lse_n));
-  host_attention_forward(make_params(c, q.view, k.view, v.view, o64.view, lse64.data(), hb), HostPrecision::kFloat64);
+  host_attention_forward(make_params(c, q.view, k.view, v.view, o64.view, lse64.data(), hb, hs),
+                         HostPrecision::kFloat64);
   HostTensor o_naive(c.dtype, c.B, c.Sq, c.Hq, c.D);
   std::vector<float> lse_naive(static_cast<size_t>(lse_n));
-  host_attention_forward(make_params(c, q.view, k.view, v.view, o_naive.view, lse_naive.data(), hb),
+  host_attention_forward(make_params(c, q.view, k.view, v.view, o_naive.view, lse_naive.data(), hb, hs),
                          HostPrecision::kRoundIntermediates);
 
   const Outputs out = run_gpu(c, q, k, v, /*hopper=*/true);
@@ -506,23 +513,31 @@ TEST(FlashForwardHopper, MultiChunkWindowsStridesAndOrder) {
 // (fp32 o, running lse) under a causal mask. Equals one fp64 call over the concatenated keys with a 4-chunk map.
 TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
   REQUIRE_HOPPER();
-  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+  for (int variant = 0; variant < 3; ++variant) {
+    // 0: bf16; 1: fp16; 2: bf16 with ALiBi (steep and shallow slopes), positions shifted past 2^20.
+    const DType dt = variant == 1 ? DType::kFloat16 : DType::kBFloat16;
+    const bool alibi = variant == 2;
+    const int64_t off = alibi ? (int64_t{1} << 20) + 4096 : 0;
+    const std::vector<float> slopes = {0.5f, 0.0625f, 1.f / 256, 1.f / 4096};
+    const DeviceArray<float> d_slopes(slopes);
     const int64_t B = 1, C = 256, Sq = 2 * C, Skv = 4 * C, Hq = 4, Hkv = 2, D = 128;
-    const uint64_t seed = testing::test_seed() + 777 + static_cast<int>(dt);
-    SCOPED_TRACE(std::string("zigzag ring ") + dtype_name(dt) + " seed " + std::to_string(seed));
+    const uint64_t seed = testing::test_seed() + 777 + variant;
+    SCOPED_TRACE(std::string("zigzag ring ") + dtype_name(dt) + (alibi ? " alibi" : "") + " seed " +
+                 std::to_string(seed));
     HostTensor q(dt, B, Sq, Hq, D), k(dt, B, Skv, Hkv, D), v(dt, B, Skv, Hkv, D);
     testing::fill_normal(q, seed);
     testing::fill_normal(k, seed + 1);
     testing::fill_normal(v, seed + 2);
-    const PositionMap q_pos = two_chunks(0, C, 3 * C, C);
-    const PositionMap kv_step[2] = {two_chunks(0, C, 3 * C, C), two_chunks(C, C, 2 * C, C)};
+    const PositionMap q_pos = two_chunks(off, C, off + 3 * C, C);
+    const PositionMap kv_step[2] = {two_chunks(off, C, off + 3 * C, C), two_chunks(off + C, C, off + 2 * C, C)};
     PositionMap kv_all = kv_step[0];
-    kv_all.add_chunk(C, 1, C).add_chunk(2 * C, 1, C);
+    kv_all.add_chunk(off + C, 1, C).add_chunk(off + 2 * C, 1, C);
     AttnParams ref;
     HostTensor o64(DType::kFloat32, B, Sq, Hq, D);
     std::vector<float> lse64(static_cast<size_t>(B * Hq * Sq));
     ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
     ref.q_pos = q_pos, ref.kv_pos = kv_all, ref.mask = Mask::make_causal();
+    ref.alibi_slopes = alibi ? slopes.data() : nullptr;
     host_attention_forward(ref, HostPrecision::kFloat64);
     HostTensor o_naive(dt, B, Sq, Hq, D);
     std::vector<float> lse_naive(lse64.size());
@@ -553,6 +568,7 @@ TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
       p.q_pos = q_pos;
       p.kv_pos = kv_step[step];
       p.mask = Mask::make_causal();
+      p.alibi_slopes = alibi ? d_slopes.ptr : nullptr;
       p.accumulate = true;
       validate_forward(p, Device::kCuda);
       ASSERT_TRUE(flash_fwd_hopper_supported(p, device));
@@ -571,6 +587,100 @@ TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
     EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
     EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
   }
+}
+
+// ALiBi: bias -slope_h |pos_q - pos_k| (natural log units, before the softmax), steep and shallow slopes, tiles on
+// either side of the diagonal and straddling it, positions past 2^20, against fp64 and the mma.sync kernel.
+const std::vector<float> kSlopes4 = {1.f, 0.25f, 1.f / 64, 1.f / 2048};  // steep .. shallow
+
+TEST(FlashForwardHopper, AlibiOneChunk) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.slopes = kSlopes4;
+  c.Hq = 4, c.Hkv = 2;
+  // Ring-step-like: q after the keys, causal (one-sign tiles, mostly sigma = +1, plus the diagonal).
+  c.name = "hopper_alibi_causal_shifted";
+  c.Sq = 300, c.Skv = 500;
+  c.q_pos = PositionMap::contiguous(600, 300);
+  c.kv_pos = PositionMap::contiguous(200, 500);
+  c.mask = Mask::make_causal();
+  run_and_check(c);
+  // Non-causal, no band, positions past 2^20: tiles of both signs and straddling ones.
+  c.name = "hopper_alibi_noncausal_2e20";
+  c.Sq = 500, c.Skv = 777;
+  c.q_pos = PositionMap::contiguous((int64_t{1} << 20) + 5000, 500);
+  c.kv_pos = PositionMap::contiguous((int64_t{1} << 20) + 4700, 777);
+  c.mask = Mask::none();
+  run_and_check(c);
+  // Every key far before every query (|d| ~ 3 * 2^20): the per-row reference carries the LSE.
+  c.name = "hopper_alibi_far_keys";
+  c.Sq = 256, c.Skv = 384;
+  c.q_pos = PositionMap::contiguous(int64_t{3} << 20, 256);
+  c.kv_pos = PositionMap::contiguous(100, 384);
+  run_and_check(c);
+  // Non-causal window with an offset, fp16.
+  c.name = "hopper_alibi_window_fp16";
+  c.dtype = DType::kFloat16;
+  c.Sq = 400, c.Skv = 333;
+  c.q_pos = PositionMap::contiguous(100, 400);
+  c.kv_pos = PositionMap::contiguous(0, 333);
+  c.mask = Mask::make_window(150);
+  run_and_check(c);
+  // Strided positions under causal.
+  c.name = "hopper_alibi_strided";
+  c.dtype = DType::kBFloat16;
+  c.Sq = 500, c.Skv = 400;
+  c.q_pos = PositionMap::strided(1, 2, 500);
+  c.kv_pos = PositionMap::strided(0, 3, 400);
+  c.mask = Mask::make_causal();
+  run_and_check(c);
+  // q_pos == kv_pos (one chunk): left to the mma.sync kernel's ALiBi cutoff by supported(); the kernel itself
+  // still computes it right (run directly).
+  c.name = "hopper_alibi_self_causal";
+  c.Sq = 1000, c.Skv = 1000;
+  c.q_pos = PositionMap::contiguous(0, 1000);
+  c.kv_pos = c.q_pos;
+  c.expect_supported = false;
+  run_and_check(c);
+}
+
+TEST(FlashForwardHopper, AlibiMultiChunk) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.slopes = {0.5f, 1.f / 32, 1.f / 512, 1.f / 8192};
+  c.Hq = 4, c.Hkv = 1;
+  const int64_t big = (int64_t{1} << 21) + 3;
+  c.name = "hopper_alibi_zigzag_causal";
+  c.Sq = 512, c.Skv = 512;
+  c.q_pos = two_chunks(big, 256, big + 768, 256);
+  c.kv_pos = two_chunks(big + 256, 256, big + 512, 256);
+  c.mask = Mask::make_causal();
+  run_and_check(c);
+  c.name = "hopper_alibi_zigzag_diag";
+  c.kv_pos = c.q_pos;
+  run_and_check(c);
+  c.name = "hopper_alibi_zigzag384_noncausal";
+  c.Sq = 768, c.Skv = 768;
+  c.q_pos = two_chunks(big + 384, 384, big + 768, 384);
+  c.kv_pos = two_chunks(big, 384, big + 1152, 384);
+  c.mask = Mask::none();
+  run_and_check(c);
+  c.name = "hopper_alibi_zigzag_window_short_last";
+  c.dtype = DType::kFloat16;
+  c.Sq = 356, c.Skv = 461;
+  c.q_pos = two_chunks(0, 256, 1000, 100);
+  c.kv_pos = two_chunks(500, 384, 900, 77);
+  c.mask = Mask::make_window(250);
+  run_and_check(c);
+  c.name = "hopper_alibi_unordered_strided";
+  c.dtype = DType::kBFloat16;
+  c.Sq = 3 * 128 + 50, c.Skv = 2 * 256 + 99;
+  c.q_pos = PositionMap::contiguous(big + 1000, 128);
+  c.q_pos.add_chunk(big, 1, 128).add_chunk(big + 500, 1, 128).add_chunk(big + 2000, 1, 50);
+  c.kv_pos = PositionMap::contiguous(big + 700, 256);
+  c.kv_pos.add_chunk(big, 1, 256).add_chunk(big + 1800, 2, 99);
+  c.mask = Mask::make_causal(400);
+  run_and_check(c);
 }
 
 // Regression test of the mma.sync kernel found with this file: the block-list case above with a non-causal window
@@ -630,8 +740,10 @@ TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
   EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
   a = p;
   float slope = 0.5f;
-  a.alibi_slopes = &slope;
+  a.alibi_slopes = &slope;  // q_pos == kv_pos, one chunk: the mma.sync kernel's ALiBi cutoff case
   EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a.kv_pos = PositionMap::contiguous(10, 64);  // another map: taken
+  EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
   a = p;
   a.q_pos = PositionMap::contiguous(0, 32);
   a.q_pos.add_chunk(100, 1, 32);
@@ -652,6 +764,17 @@ TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
   a = m;
   a.kv_pos = PositionMap::contiguous(0, 128);
   a.kv_pos.add_chunk(1000, 1, 128).add_chunk(2000, 1, 100).add_chunk(3000, 1, 156);  // third boundary 356
+  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a = m;
+  a.alibi_slopes = &slope;  // ALiBi on multi-chunk maps: taken, also with q_pos == kv_pos
+  EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
+  a.kv_pos = a.q_pos;
+  EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
+  Blocks bl;  // ALiBi with a block list: refused
+  bl.num_kv_blocks = 4;
+  bl.rows = {{{0, true}}, {{1, false}}, {}, {{3, true}}};
+  bl.build();
+  a.mask.blocks = &bl.device_view;
   EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
   a = p;
   a.q = a.k = a.v = a.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 64, 4, 64);

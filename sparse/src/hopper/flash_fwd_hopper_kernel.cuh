@@ -27,6 +27,18 @@
 //   mbarriers                                   9 x 8 B
 //   dense tile plan (per kv chunk)              128 B
 //   row-range mask table [8 chunks][128 rows]   8 KB
+//   ALiBi row reference D0 [128 rows]           1 KB
+//
+// ALiBi (kAlibi): scores t = q.k + coef |pos_q - pos_k| with coef = -slope_h / softmax_scale (q.k units). Exactness
+// with positions up to 2^31: every row r gets an integer reference D0(r) = min |pos_q - pos_k| over its visible keys
+// (once per CTA, from the row-range table), and the kernel works with t' = q.k + coef (|d| - D0(r)), which is t minus
+// a per-row constant (the softmax does not change; LSE = LSE' - slope D0(r), added once in the epilogue in double).
+// |d| - D0 is small for the keys that matter, so fp32 holds it exactly. Per kv tile (q range x k range):
+//   one sign (every pos_q - pos_k >= 0, sigma = +1, or every one <= 0, sigma = -1): |d| - D0 = e_row - sigma k_step c
+//     with e_row = sigma (pos_q - k_base - col_base k_step) - D0 (int64 per row and tile) and c the compile-time
+//     column offset of the accumulator: one FFMA per element (s += c * kcol, kcol = -coef sigma k_step); the row
+//     part coef e_row goes into the softmax's max and exp per row (row_off), not per element;
+//   straddling the diagonal (both signs): |d| per element from a small per-row integer (exact below 2^24): 3 ops.
 //
 // Position maps: up to 8 chunks per side whose boundaries are multiples of 128 rows (flash_fwd_hopper_supported),
 // so every q tile and kv tile lies in one chunk and its positions are affine (start + row * stride).
@@ -73,7 +85,9 @@ struct FwdConfig {
   // Row-range mask table: int2 [kMaxChunks][kBlockM] = visible global kv rows [lo, hi] of each q row of the tile
   // inside kv chunk c (band and chunk end; empty when lo > hi); written once per CTA by the consumers.
   static constexpr int kOffBounds = kOffPlan + 128;
-  static constexpr int kSmemBytes = kOffBounds + 8 * kMaxChunks * kBlockM + 1024;  // + slack to align to 1024
+  // ALiBi: int64 [kBlockM] = D0(row), the smallest |pos_q - pos_k| over the row's visible keys (see the kernel).
+  static constexpr int kOffDref = kOffBounds + 8 * kMaxChunks * kBlockM;
+  static constexpr int kSmemBytes = kOffDref + 8 * kBlockM + 1024;  // + slack to align the base to 1024
   static_assert(kBlockN == kLayoutBlock, "block lists address kv blocks as kernel tiles");
 };
 
@@ -243,14 +257,20 @@ __device__ __forceinline__ void mask_tile(float (&sc)[64], const int (&kv_lo)[2]
 #ifndef DISTATTN_HOPPER_LAZY
 #define DISTATTN_HOPPER_LAZY 1
 #endif
+// kRowOff (ALiBi): the score of element i is sc[i] + row_off[row of i] (a per-row term of the tile kept out of the
+// elements: added to the tile max and folded into the exp's per-row bias).
+template <bool kRowOff>
 __device__ __forceinline__ bool softmax_tile(float (&sc)[64], float (&row_max)[2], float (&row_sum)[2],
-                                             float (&corr)[2], float scale_log2) {
+                                             float (&corr)[2], float scale_log2, const float (&row_off)[2]) {
   float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int i = 0; i < 64; ++i) tile_max[(i / 2) % 2] = fmaxf(tile_max[(i / 2) % 2], sc[i]);
   bool grow = false;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
+    // row_off depends on the lane (its columns start at col_base): add it BEFORE the quad reduction, so the four
+    // lanes of a row agree on one max (-inf stays -inf).
+    if (kRowOff) tile_max[r] += row_off[r];
     tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
     tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
     grow = grow ||
@@ -272,9 +292,12 @@ __device__ __forceinline__ bool softmax_tile(float (&sc)[64], float (&row_max)[2
       corr[r] = 1.f;
     }
   }
+  float bias[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) bias[r] = kRowOff ? fmaf(row_off[r], scale_log2, -scaled_max[r]) : -scaled_max[r];
 #pragma unroll
   for (int i = 0; i < 64; ++i) {
-    sc[i] = fast_exp2(fmaf(sc[i], scale_log2, -scaled_max[(i / 2) % 2]));
+    sc[i] = fast_exp2(fmaf(sc[i], scale_log2, bias[(i / 2) % 2]));
     row_sum[(i / 2) % 2] += sc[i];
   }
   return rescale;
@@ -290,7 +313,7 @@ __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 
 __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
 
-template <typename T>
+template <typename T, bool kAlibi>
 __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     flash_fwd_hopper_kernel(const __grid_constant__ FlashFwdHopperParams p) {
 #ifdef DISTATTN_HOPPER_DEVICE
@@ -314,7 +337,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   TilePlan plan = make_plan(p, m_block);
   uint8_t* const smem_ptr = smem_raw + (smem_base - smem_u32(smem_raw));
   int* const tile_plan = reinterpret_cast<int*>(smem_ptr + C::kOffPlan);
-  int2* const bounds = reinterpret_cast<int2*>(smem_ptr + C::kOffBounds);  // [kMaxChunks][kBlockM]
+  int2* const bounds = reinterpret_cast<int2*>(smem_ptr + C::kOffBounds);        // [kMaxChunks][kBlockM]
+  long long* const dref = reinterpret_cast<long long*>(smem_ptr + C::kOffDref);  // [kBlockM] ALiBi D0
 
   const int warpgroup = threadIdx.x / 128;
   if (threadIdx.x == 0) {
@@ -402,10 +426,29 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         chunk_rows(pos_q, pos_q, p.band_lo, p.band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
                    p.kv_row[c + 1] - p.kv_row[c], &lo, &hi);
         bounds[c * C::kBlockM + row] = make_int2(lo, hi);
+        if (kAlibi) {
+          // Nearest visible key of this chunk: local row floor((pos_q - start) / stride) or the next, clamped to
+          // [lo, hi]; D0 = min over the chunks (0 for a row with nothing visible: it stays O = 0, LSE = -inf).
+          if (c == 0) dref[row] = INT64_MAX;
+          if (lo <= hi) {
+            const int64_t start = p.kv_start[c], stride = p.kv_stride[c];
+            const int64_t x = pos_q - start;
+            const int64_t jf = x < 0 ? -1 : (stride == 1 ? x : x / stride);  // local row in the chunk
+            const int64_t lo_l = lo - p.kv_row[c], hi_l = hi - p.kv_row[c];
+            const int64_t ja = min(max(jf, lo_l), hi_l), jb = min(max(jf + 1, lo_l), hi_l);
+            const int64_t da = pos_q - (start + ja * stride), db = pos_q - (start + jb * stride);
+            const int64_t d = min(da < 0 ? -da : da, db < 0 ? -db : db);
+            if (d < dref[row]) dref[row] = d;
+          }
+          if (c + 1 == p.kv_chunks && dref[row] == INT64_MAX) dref[row] = 0;
+        }
       }
     }
   }
   __syncwarp();
+  // ALiBi constants of this head (q.k units) and this thread's rows' D0 and positions.
+  const float alibi_slope = kAlibi ? __ldg(p.alibi_slopes + h) : 0.f;
+  const float alibi_coef = kAlibi ? -alibi_slope / p.softmax_scale : 0.f;
 
   // Descriptors. Q (A, K-major): this warpgroup's 64 rows start 64 * 128 bytes into each half.
   const uint64_t desc_q = make_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
@@ -437,6 +480,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   };
   // Mask of tile `it` where needed: partial band (classify_tile on the position ranges; FULL blocks of a
   // block list never), or the tile crossing Skv.
+  float row_off[2] = {0.f, 0.f};  // ALiBi: the tile's per-row score term (softmax_tile<kAlibi>)
   auto mask = [&](int it) {
     int idx;
     const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
@@ -448,6 +492,43 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     const DiagonalBand band{p.band_lo, p.band_hi};
     const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
     const bool band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
+    if constexpr (kAlibi) {
+      // Bias (see the header): one-sign tiles split into row_off (per row) + c * kcol (per element); tiles
+      // straddling pos_q == pos_k take |d| per element. Elements masked below get -inf regardless.
+      const int64_t d_lo = plan.q_min - k_max, d_hi = plan.q_max - k_min;  // range of pos_q - pos_k over the tile
+      const int sigma = d_lo >= 0 ? 1 : (d_hi <= 0 ? -1 : 0);
+      const int64_t k_col = ka.base + static_cast<int64_t>(col_base) * ka.step;  // pos_k of this thread's col 0
+      if (sigma != 0) {
+        const float kcol = -alibi_coef * static_cast<float>(sigma) * static_cast<float>(ka.step);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = row0 + 8 * r;
+          const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
+          const int64_t e_row = sigma * (pos_q - k_col) - dref[row];
+          row_off[r] = alibi_coef * static_cast<float>(e_row);
+        }
+#pragma unroll
+        for (int i = 0; i < 64; ++i) sc[i] = fmaf(static_cast<float>(8 * (i / 4) + (i % 2)), kcol, sc[i]);
+      } else {
+        const float k_step = static_cast<float>(ka.step);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = row0 + 8 * r;
+          const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
+          // Straddling tile: |pos_q - k_col| is within the tile's span (exact in fp32); D0 <= the row's |d| on any
+          // visible key here, so |d| - D0 is exact too (a row with no visible key here is all masked).
+          const float d_row = static_cast<float>(pos_q - k_col);
+          const float d0 = static_cast<float>(min(dref[row], static_cast<long long>(1 << 24)));
+          row_off[r] = 0.f;
+#pragma unroll
+          for (int i = 0; i < 64; ++i) {
+            if ((i / 2) % 2 != r) continue;
+            const float d = fmaf(-static_cast<float>(8 * (i / 4) + (i % 2)), k_step, d_row);
+            sc[i] = fmaf(fabsf(d) - d0, alibi_coef, sc[i]);
+          }
+        }
+      }
+    }
     if (band_mask) {
       const int2 b0 = bounds[ka.chunk * C::kBlockM + row0];
       const int2 b1 = bounds[ka.chunk * C::kBlockM + row0 + 8];
@@ -493,7 +574,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     if (lane == 0) mbar_arrive(bar_empty_k);
     mask(0);
     float corr[2];
-    softmax_tile(sc, row_max, row_sum, corr, scale_log2);
+    softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
     pack_p();
 
     for (int it = 1; it < plan.count; ++it) {
@@ -512,7 +593,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       __syncwarp();
       if (lane == 0) mbar_arrive(bar_empty_k + 8 * s);
       mask(it);
-      const bool rescale = softmax_tile(sc, row_max, row_sum, corr, scale_log2);
+      const bool rescale = softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
       wgmma_wait<0>();  // P V (it - 1) done: O and the P registers are free
       fence_regs(o);
       fence_regs(pa);
@@ -545,6 +626,11 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     inv[r] = l > 0.f ? 1.f / l : 0.f;
     // natural-log LSE = ln 2 * (max * scale_log2 + log2 l); rows with nothing visible: -inf.
     lse[r] = l > 0.f ? 0.6931471805599453f * (row_max[r] * scale_log2 + __log2f(l)) : -INFINITY;
+    // ALiBi: the scores were t - coef D0(row); LSE = LSE' + softmax_scale coef D0 = LSE' - slope D0 (double: D0 may
+    // be ~2^31).
+    if (kAlibi && l > 0.f)
+      lse[r] = static_cast<float>(static_cast<double>(lse[r]) -
+                                  static_cast<double>(alibi_slope) * static_cast<double>(dref[row0 + 8 * r]));
   }
   const int64_t o_off = static_cast<int64_t>(b) * p.o_batch_stride + static_cast<int64_t>(h) * p.o_head_stride;
   float* lse_base = p.lse_ptr != nullptr ? p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride +

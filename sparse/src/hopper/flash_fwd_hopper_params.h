@@ -67,7 +67,11 @@ struct FlashFwdHopperParams {
   bool o_fp32 = false;      // o is fp32 (always in accumulate mode; optional in plain mode)
 
   // --- scores -------------------------------------------------------------------------------------------
-  float scale_log2 = 0.f;  // softmax_scale * log2(e): p = exp2(q.k * scale_log2 - running max)
+  float scale_log2 = 0.f;     // softmax_scale * log2(e): p = exp2(q.k * scale_log2 - running max)
+  float softmax_scale = 0.f;  // natural-log scale of q.k (ALiBi: coef = -slope / softmax_scale in q.k units)
+
+  // --- ALiBi (kernel instantiation kAlibi) ------------------------------------------------------------------
+  const float* alibi_slopes = nullptr;  // [Hq] fp32: bias -slope_h * |pos_q - pos_k| added to softmax_scale * q.k
 };
 
 }  // namespace hopper
