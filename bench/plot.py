@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """PNG plots of benchmark result JSON (matplotlib, Agg backend).
 
-  bench/plot.py RESULT.json|DIR [...] --out DIR [--dpi 100] [--only positional,...] [--suffix _h100]
+  bench/plot.py RESULT.json|DIR [...] --out DIR [--dpi 100] [--only positional,...] [--suffix _h100] [--newest]
 
 Inputs as for bench/compare.py (side-by-side reports, distattn_bench -J, torch_peers/torch_cp -J, the report of
-bench/run_positional_study.sh; a directory stands for its *.json files); all rows are pooled. Plots written when
+bench/run_positional_study.sh; a directory stands for its *.json files); all rows are pooled (median per point),
+or with --newest only the newest run of each point is kept (results of several commits side by side). Plots written when
 their data is present (otherwise a message and no file; the exit code stays 0):
   tflops_vs_seq.png        TFLOPs per GPU against S (log-2 axis), one panel per job, ours and every peer
   ring_time_split.png      ring: each S's time split into compute (comp) and exposed communication (exp)
@@ -233,6 +234,9 @@ def main(argv=None):
     ap.add_argument("--only", default=None,
                     help="comma-separated plots to draw: " + ", ".join(PLOTS) + " (default: every one)")
     ap.add_argument("--suffix", default="", help="appended to every file name, e.g. _h100 -> tflops_vs_seq_h100.png")
+    ap.add_argument("--newest", action="store_true",
+                    help="keep only the newest run of every point (impl, device, shape, S): older commits' rows of "
+                         "the same point are dropped instead of pooled")
     args = ap.parse_args(argv)
     names = list(PLOTS) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in PLOTS]
@@ -248,6 +252,10 @@ def main(argv=None):
     except L.StudyError as e:
         print(f"plot: {e}", file=sys.stderr)
         return 2
+    if args.newest:
+        kept = L.newest_only(rows)
+        print(f"plot: --newest kept {len(kept)} of {len(rows)} rows")
+        rows = kept
     try:
         _plt()
     except ImportError as e:

@@ -221,6 +221,20 @@ def key_str(key, fields=KEY_FIELDS):
     return " ".join(f"{f}={v}" for f, v in zip(fields, key) if v is not None)
 
 
+def newest_only(rows):
+    """The rows of the newest measurement of every (impl, device, key, seq): older runs of the same point dropped.
+
+    Result folders pile up runs of one shape from different commits (e.g. the mma.sync and the Hopper forward);
+    pooling them would plot a median of two kernels. 'Newest' is the row's source date (ISO 8601, so string order
+    is time order); rows without a date lose to any dated row and are kept only where nothing dated exists.
+    """
+    best = {}
+    for r in rows:
+        k = (r["impl"], r["device"], row_key(r), r["seq"])
+        best[k] = max(best.get(k, ""), r["date"] or "")
+    return [r for r in rows if (r["date"] or "") == best[(r["impl"], r["device"], row_key(r), r["seq"])]]
+
+
 def reduce_rates(rows, keyfn):
     """{(impl, key): median rate} over the rows that have a rate."""
     acc = {}

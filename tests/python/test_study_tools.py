@@ -319,6 +319,21 @@ def study_rows(times, share=None):
     return rows
 
 
+class NewestOnlyTest(Tmp):
+    def test_newest_run_of_each_point_wins(self):
+        old = bench_doc("dense", [dense_row(4096, 300.0), dense_row(8192, 310.0)], commit="old0000")
+        new = bench_doc("dense", [dense_row(8192, 600.0)], commit="new0000")
+        new["date"] = "2026-11-23T09:00:00Z"  # later than bench_doc's default
+        rows = L.load([self.write("o.json", old), self.write("n.json", new)])
+        kept = L.newest_only(rows)
+        got = sorted((r["seq"], r["rate"], r["commit"]) for r in kept)
+        # 8K: only the newer run; 4K: the old run is the only one and stays.
+        self.assertEqual(got, [(4096, 300.0, "old0000"), (8192, 600.0, "new0000")])
+        # Pooled (no filter), 8K is the median of both runs: the reason for the filter.
+        pooled = L.tflops_series(rows)
+        self.assertEqual(dict(next(iter(pooled.values()))[L.OURS])[8192], 455.0)
+
+
 class PositionalTest(Tmp):
     def rows(self, **kw):
         return L.rows_of(bench_doc("dense", study_rows(**kw)), "study")
