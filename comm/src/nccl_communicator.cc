@@ -99,7 +99,14 @@ NcclCommunicator::NcclCommunicator(FromSplit, MPI_Comm comm, const NcclCommunica
 }
 
 void NcclCommunicator::init_common() {
-  DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  // The communication stream gets the device's greatest priority. The attention kernels fill every SM (one CTA per
+  // SM for the Hopper forward); when an SM frees up, the block scheduler dispatches the pending CTAs of the
+  // higher-priority stream first, so an exchange posted before a step's compute starts within one CTA's time
+  // instead of waiting for the whole kernel (which exposes the exchange: the ring's step would then take compute
+  // + transfer instead of max of the two).
+  int least = 0, greatest = 0;
+  DISTATTN_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  DISTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, greatest));
   DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&sync_, cudaEventDisableTiming));
 }

@@ -5,7 +5,8 @@
 //     or an explicit `device` >= 0; made current;
 //   - rank 0's ncclUniqueId broadcast over MPI; a NONBLOCKING NCCL communicator (config.blocking = 0), so
 //     every NCCL call returns and the host can poll ncclCommGetAsyncError against the deadline;
-//   - its own non-blocking CUDA stream for communication, and events to hand buffers between streams.
+//   - its own non-blocking CUDA stream for communication (created with the device's greatest priority, so that
+//     exchanges are not queued behind the attention kernels' CTAs), and events to hand buffers between streams.
 // The exchange is ncclSend to next() + ncclRecv from prev() inside ONE ncclGroupStart/End (ungrouped
 // pairs deadlock). Waits poll cudaEventQuery and ncclCommGetAsyncError; on an error or past the deadline
 // the communicator calls ncclCommAbort, is marked broken and throws an Error naming the rank, the
