@@ -648,6 +648,7 @@ class RingOp : public BenchOp {
     }
     p.q_pos = sched.q_pos;
     p.alibi_slopes = slopes_ptr();
+    bool acc_written = false;  // as the ring: the first computed forward step writes the accumulator plainly
     for (const ring::RingStep& st : sched.steps) {
       if (st.skipped()) continue;
       p.kv_pos = st.kv_pos;
@@ -656,7 +657,8 @@ class RingOp : public BenchOp {
         AttnParams f = p;
         f.o = gpu ? local_view(acc_o_.get(), H_, DType::kFloat32) : hacc_o_.view;
         f.lse = gpu ? static_cast<float*>(acc_lse_.get()) : hacc_lse_.data();
-        f.accumulate = true;
+        f.accumulate = acc_written;
+        acc_written = true;
         if (gpu) {
           flash_attention_forward(f, ctx_.stream);
         } else {
