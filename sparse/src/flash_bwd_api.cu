@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
@@ -14,6 +16,7 @@
 #include "flash_bwd_alibi.h"
 #include "flash_bwd_options.h"
 #include "flash_bwd_params.h"
+#include "hopper/flash_bwd_hopper.h"
 #include "static_switch.h"
 
 namespace distattn {
@@ -41,6 +44,20 @@ struct StreamScratch {
   StreamScratch(const StreamScratch&) = delete;
   StreamScratch& operator=(const StreamScratch&) = delete;
 };
+
+// DISTATTN_BACKWARD_KERNEL: unset, "auto" or "hopper": the Hopper kernel where it applies; "mma": the mma.sync kernel
+// only. Read once per process; anything else throws naming the variable.
+bool backward_kernel_forced_to_mma() {
+  static const bool forced = [] {
+    const char* v = std::getenv("DISTATTN_BACKWARD_KERNEL");
+    if (v == nullptr || *v == '\0') return false;
+    const std::string s(v);
+    DISTATTN_CHECK_ARG(s == "auto" || s == "hopper" || s == "mma", "DISTATTN_BACKWARD_KERNEL",
+                       "expected auto, hopper or mma, got '", s, "'");
+    return s == "mma";
+  }();
+  return forced;
+}
 
 int32_t clamp_to_int32(int64_t x) {
   const int64_t lo = -static_cast<int64_t>(std::numeric_limits<int32_t>::max());
@@ -92,6 +109,16 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
   DISTATTN_CHECK_ARG(Hq <= std::numeric_limits<int32_t>::max(), "q", "has too many heads: ", Hq);
   // The kernels' 16-byte (and the dq conversion's fp32 x 4) vector accesses rely on the 16-byte aligned
   // base addresses and strides that check_cuda_tensor has asked of every tensor above.
+
+  // The Hopper kernel (TMA + wgmma, hopper/) takes every call it supports (bf16/fp16, D = 128, no ALiBi, no block
+  // list, chunk boundaries on 128 rows); the mma.sync kernel serves the rest. DISTATTN_BACKWARD_KERNEL=mma forces
+  // the mma.sync kernel everywhere (A/B timings, bisecting a result). Decided before any scratch is allocated.
+  bool use_hopper = false;
+  if (options.allow_hopper && !backward_kernel_forced_to_mma()) {
+    int device = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    use_hopper = flash_bwd_hopper_supported(params, device);
+  }
 
   // ---- parameters ----------------------------------------------------------------------------------
   kernels::FlashBwdParams p;
@@ -223,6 +250,10 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
     p.alibi_keep = keep;
   }
 
+  if (use_hopper) {  // same scratch (delta, dQ accumulator), same preprocess and conversion kernels
+    flash_bwd_hopper(params, p, stream);
+    return;
+  }
   DTYPE_SWITCH(f.q.dtype, T,
                [&] { HEADDIM_SWITCH(D, kHeadDim, [&] { kernels::run_flash_bwd<T, kHeadDim>(p, stream); }); });
 }

@@ -19,6 +19,10 @@ struct FlashBwdOptions {
   bool alibi_cutoff_skip = true;
   // null, or a device counter the main kernel adds the number of pairs judged cuttable to (skipped or not).
   unsigned long long* alibi_cut_count = nullptr;
+  // false: never the Hopper kernel (hopper/flash_bwd_hopper.h), always the mma.sync kernel: tests that compare the
+  // two, and the mma.sync kernel's own tests on a Hopper GPU. The environment variable DISTATTN_BACKWARD_KERNEL=mma
+  // does the same for a whole process.
+  bool allow_hopper = true;
 };
 
 // flash_attention_backward (distattn/sparse/flash_attention.h) with explicit options; same shapes, same throws.

@@ -1,0 +1,223 @@
+// Hopper fast path of the backward (hopper/flash_bwd_hopper.h): support test, TMA descriptors, launches.
+// This file sits in sparse/src (not sparse/src/hopper) because the library's source glob is not recursive;
+// the kernel and its helpers live in hopper/.
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/error.h"
+#include "flash_bwd_launch.cuh"
+#include "hopper/flash_bwd_hopper.h"
+#include "hopper/flash_bwd_hopper_kernel.cuh"
+#include "hopper/flash_bwd_hopper_params.h"
+
+namespace distattn {
+
+namespace {
+
+using hopper::BwdConfig;
+using hopper::FlashBwdHopperParams;
+
+constexpr int kMaxDevices = 64;
+
+// Per device: whether it is compute capability 9.0 with the kernel's sm_90a code and enough shared memory.
+std::atomic<int> g_device_ok[kMaxDevices] = {};
+std::atomic<bool> g_device_known[kMaxDevices] = {};
+
+bool device_runs_hopper_bwd(int device) {
+  if (device < 0 || device >= kMaxDevices) return false;
+  if (g_device_known[device].load()) return g_device_ok[device].load() == 1;
+  cudaDeviceProp prop{};
+  DISTATTN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  bool ok = prop.major == 9 && prop.minor == 0;
+  if (ok) {
+    // A build without sm_90a code (e.g. CMAKE_CUDA_ARCHITECTURES=80) holds the kernel with an empty body for
+    // another target: binaryVersion says so. The attribute query is made on the current device.
+    int current = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&current));
+    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(device));
+    cudaFuncAttributes attr{};
+    const cudaError_t e = cudaFuncGetAttributes(&attr, hopper::flash_bwd_hopper_kernel<__nv_bfloat16>);
+    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(current));
+    DISTATTN_CUDA_CHECK(e);
+    ok = attr.binaryVersion == 90 && prop.sharedMemPerBlockOptin >= static_cast<size_t>(BwdConfig::kSmemBytes);
+  }
+  g_device_ok[device].store(ok ? 1 : 0);
+  g_device_known[device].store(true);
+  return ok;
+}
+
+// A 16-bit tensor the TMA engine can address: 16-byte aligned base, head dim contiguous, row / head / batch strides
+// positive multiples of 16 bytes below 2^40 bytes (a size-1 dimension's stride is never used).
+bool tma_addressable(const TensorView& t) {
+  constexpr int64_t kElem = 2;
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0 || t.stride[3] != 1) return false;
+  for (int axis = 0; axis < 3; ++axis) {
+    if (t.shape[axis] == 1) continue;
+    const int64_t bytes = t.stride[axis] * kElem;
+    if (bytes <= 0 || bytes % 16 != 0 || bytes >= (int64_t{1} << 40)) return false;
+  }
+  return true;
+}
+
+// 1..kMaxChunks chunks whose boundaries (prefix sums of the lengths, the last excepted) are multiples of 128 rows:
+// every 64-row q tile and 128-row kv tile lies in one chunk.
+bool tile_aligned_chunks(const PositionMap& m) {
+  if (m.num_chunks < 1 || m.num_chunks > FlashBwdHopperParams::kMaxChunks) return false;
+  int64_t row = 0;
+  for (int c = 0; c + 1 < m.num_chunks; ++c) {
+    row += m.chunks[c].length;
+    if (row % 128 != 0) return false;
+  }
+  return true;
+}
+
+// A validated position map into the kernel's chunk arrays (rows: prefix sums of the lengths).
+void fill_chunks(const PositionMap& m, int* num, int* rows, int64_t* start, int64_t* stride) {
+  *num = m.num_chunks;
+  int64_t row = 0;
+  for (int c = 0; c < m.num_chunks; ++c) {
+    rows[c] = static_cast<int>(row);
+    start[c] = m.chunks[c].start;
+    stride[c] = m.chunks[c].stride;
+    row += m.chunks[c].length;
+  }
+  for (int c = m.num_chunks; c <= FlashBwdHopperParams::kMaxChunks; ++c) rows[c] = static_cast<int>(row);
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    DISTATTN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q));
+    if (q == cudaDriverEntryPointSuccess) fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  });
+  DISTATTN_CHECK(fn != nullptr, "the CUDA driver does not provide cuTensorMapEncodeTiled");
+  return fn;
+}
+
+// TMA descriptor of a [B, S, H, 128] 16-bit tensor: dims (innermost first) {128, S, H, B}, box {64, rows, 1, 1},
+// 128-byte swizzle (the layout the wgmma descriptors expect), zeros for rows past S.
+CUtensorMap make_tmap(const TensorView& t, int box_rows, const char* argument) {
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(t.shape[3]), static_cast<cuuint64_t>(t.shape[1]),
+                              static_cast<cuuint64_t>(t.shape[2]), static_cast<cuuint64_t>(t.shape[0])};
+  auto stride_bytes = [&](int axis) -> cuuint64_t {
+    return t.shape[axis] == 1 ? 16 : static_cast<cuuint64_t>(t.stride[axis] * 2);
+  };
+  const cuuint64_t strides[3] = {stride_bytes(1), stride_bytes(2), stride_bytes(0)};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dtype =
+      t.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r =
+      encode_fn()(&map, dtype, 4, t.data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DISTATTN_CHECK_ARG(r == CUDA_SUCCESS, argument,
+                     "cannot be described to the TMA engine (cuTensorMapEncodeTiled error ", static_cast<int>(r),
+                     ") for ", describe(t));
+  return map;
+}
+
+template <typename T>
+void launch_main(const FlashBwdHopperParams& params, cudaStream_t stream) {
+  auto kernel = &hopper::flash_bwd_hopper_kernel<T>;
+  static std::atomic<uint64_t> done_devices{0};
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit == 0 || (done_devices.load() & bit) == 0) {
+    DISTATTN_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdConfig::kSmemBytes));
+    done_devices.fetch_or(bit);
+  }
+  // x: kv tiles (tile 0, the heaviest under a causal band, first), y: kv heads, z: batch.
+  const dim3 grid(static_cast<unsigned>(params.num_kv_tiles), static_cast<unsigned>(params.heads_kv),
+                  static_cast<unsigned>(params.batch));
+  kernel<<<grid, BwdConfig::kThreads, BwdConfig::kSmemBytes, stream>>>(params);
+  DISTATTN_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool flash_bwd_hopper_supported(const AttnBwdParams& p, int device) {
+  const AttnParams& f = p.fwd;
+  const DType dt = f.q.dtype;
+  if (dt != DType::kBFloat16 && dt != DType::kFloat16) return false;
+  if (f.k.dtype != dt || f.v.dtype != dt || p.dout.dtype != dt) return false;
+  if (p.dk.dtype != dt && p.dk.dtype != DType::kFloat32) return false;
+  if (p.dv.dtype != dt && p.dv.dtype != DType::kFloat32) return false;
+  if (f.q.head_dim() != 128 || f.k.head_dim() != 128) return false;
+  if (f.k.heads() < 1 || f.q.heads() % f.k.heads() != 0) return false;
+  if (f.alibi_slopes != nullptr || f.mask.blocks != nullptr) return false;
+  if (!tile_aligned_chunks(f.q_pos) || !tile_aligned_chunks(f.kv_pos)) return false;
+  if (f.q.seqlen() < 1 || f.k.seqlen() < 1) return false;
+  constexpr int64_t kMaxRows = int64_t{0x7fffffff} - 256;
+  if (f.q.seqlen() > kMaxRows || f.k.seqlen() > kMaxRows) return false;
+  if (f.k.heads() > 65535 || f.q.batch() > 65535) return false;
+  if (!tma_addressable(f.q) || !tma_addressable(f.k) || !tma_addressable(f.v) || !tma_addressable(p.dout)) return false;
+  return device_runs_hopper_bwd(device);
+}
+
+void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp, cudaStream_t stream) {
+  const AttnParams& f = p.fwd;
+  FlashBwdHopperParams k;
+  k.tmap_q = make_tmap(f.q, BwdConfig::kBlockM, "q");
+  k.tmap_dout = make_tmap(p.dout, BwdConfig::kBlockM, "dout");
+  k.tmap_k = make_tmap(f.k, BwdConfig::kBlockN, "k");
+  k.tmap_v = make_tmap(f.v, BwdConfig::kBlockN, "v");
+  k.lse_ptr = kp.lse;
+  k.lse_batch_stride = kp.lse_batch_stride;
+  k.lse_head_stride = kp.lse_head_stride;
+  k.delta_ptr = kp.delta;
+  k.delta_batch_stride = kp.delta_batch_stride;
+  k.delta_head_stride = kp.delta_head_stride;
+  k.dq_accum = kp.dq_accum;
+  k.dq_accum_batch_stride = kp.dq_accum_batch_stride;
+  k.dq_accum_head_stride = kp.dq_accum_head_stride;
+  k.dk_ptr = kp.dk;
+  k.dk_batch_stride = kp.dk_batch_stride;
+  k.dk_row_stride = kp.dk_row_stride;
+  k.dk_head_stride = kp.dk_head_stride;
+  k.dv_ptr = kp.dv;
+  k.dv_batch_stride = kp.dv_batch_stride;
+  k.dv_row_stride = kp.dv_row_stride;
+  k.dv_head_stride = kp.dv_head_stride;
+  k.dk_fp32 = kp.dk_fp32;
+  k.dv_fp32 = kp.dv_fp32;
+  k.accumulate = kp.accumulate;
+  k.batch = kp.batch;
+  k.seqlen_q = kp.seqlen_q;
+  k.seqlen_kv = kp.seqlen_kv;
+  k.heads_q = kp.heads_q;
+  k.heads_kv = kp.heads_kv;
+  k.group = kp.group;
+  k.num_kv_tiles = (kp.seqlen_kv + BwdConfig::kBlockN - 1) / BwdConfig::kBlockN;
+  fill_chunks(f.q_pos, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
+  fill_chunks(f.kv_pos, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
+  const DiagonalBand band = DiagonalBand::from_mask(f.mask);
+  k.band_lo = band.lo;
+  k.band_hi = band.hi;
+  k.scale = kp.scale;
+  k.scale_log2 = static_cast<float>(static_cast<double>(kp.scale) * 1.4426950408889634);
+  const bool bf16 = f.q.dtype == DType::kBFloat16;
+  // The same three steps as kernels::run_flash_bwd, with the Hopper main kernel in the middle.
+  if (bf16) {
+    if (kp.delta_out != nullptr) kernels::launch_flash_bwd_delta<__nv_bfloat16, 128>(kp, stream);
+    launch_main<__nv_bfloat16>(k, stream);
+    if (kp.dq_accum != kp.dq) kernels::launch_flash_bwd_convert_dq<__nv_bfloat16, 128>(kp, stream);
+  } else {
+    if (kp.delta_out != nullptr) kernels::launch_flash_bwd_delta<__half, 128>(kp, stream);
+    launch_main<__half>(k, stream);
+    if (kp.dq_accum != kp.dq) kernels::launch_flash_bwd_convert_dq<__half, 128>(kp, stream);
+  }
+}
+
+}  // namespace distattn

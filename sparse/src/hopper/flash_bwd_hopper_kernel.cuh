@@ -1,0 +1,516 @@
+// Hopper backward attention kernel: TMA loads, wgmma (warpgroup MMA), warp specialisation.
+//
+// CTA = 3 warpgroups (384 threads) for one (batch b, kv head g, kv tile of kBlockN = 128 rows). K and V of the tile
+// are loaded once; the CTA walks every q head of the GQA group (dK, dV sum over them) and, per head, the q tiles of
+// kBlockM = 64 rows that can see the kv tile (the band / chunk plan below).
+//   warpgroup 0  producer (setmaxnreg 24): thread 0 issues every TMA load: K and V once, then Q and dO of each q
+//                tile into a 2-stage ring; warp 1 copies the tile's LSE (as LSE * log2 e; +inf for rows past Sq
+//                or without keys, so P = 0 there) and delta into shared memory next to them.
+//   warpgroups 1, 2  consumers (setmaxnreg 240): consumer c owns kv rows [64 c, 64 c + 64) of the tile. Per q tile,
+//                all products transposed so that the kv rows are the wgmma M dimension:
+//     S^T  = K_c Q^T           64 x 64   8 wgmma m64n64k16, A = K (smem, K-major), B = Q (smem, K-major)
+//     dP^T = V_c dO^T          64 x 64   8 wgmma m64n64k16, A = V, B = dO
+//     P^T  = exp2(S^T scale_log2 - LSE_log2[q]) (band mask on partial tiles and rows past Skv)
+//     dV_c += P^T dO           64 x 128  4 wgmma m64n128k16, A = P^T from registers (the S^T accumulator is
+//                                        already the A fragment), B = dO (MN-major, transpose bit)
+//     dS^T = P^T (dP^T - delta[q])
+//     dK_c += dS^T Q           64 x 128  4 wgmma m64n128k16, A = dS^T registers, B = Q (MN-major)
+//     dS^T -> shared memory (16-bit, [128 kv rows][64 q], 128-byte swizzle), barrier of both consumers, then
+//     dQ[:, 64 c .. 64 c + 64) = dS K    64 x 64   8 wgmma m64n64k16, A = dS (MN-major: the stored dS^T read
+//                                        with the A transpose bit), B = K columns of half c (MN-major)
+//     dQ * scale added to the fp32 accumulator with red.global.add.v2.f32 (the conversion kernel casts it).
+//   S^T and dP^T are issued back to back; the softmax of P runs while dP^T is computed, dS while P^T dO runs.
+// Synchronisation (mbarriers in shared memory):
+//   bar_kv      K and V landed (transaction count).
+//   full[s]     Q and dO of stage s landed (TMA bytes + 1 arrival of thread 0) and its LSE / delta were written
+//               (32 arrivals of warp 1).
+//   empty[s]    all 8 consumer warps finished with stage s (Q, dO, stats).
+//   named barrier 1 (256 consumer threads): both halves of dS^T are in shared memory. dS is double-buffered by
+//               iteration parity: a consumer reaching iteration it + 2 passed the barrier of it + 1, which the
+//               other consumer reached only after its dQ products of iteration it were complete.
+//   Item it uses stage it % 2; its use u = it / 2 waits full with parity u & 1, and the producer's refill for use
+//   u >= 1 waits empty with parity (u - 1) & 1.
+//
+// Shared memory (bytes from a 1024-aligned base; tiles in the 128-byte-swizzle layout of hopper_primitives.cuh,
+// head dim in two 64-wide halves):
+//   K, V     [2 halves][128 rows][128 B]        32 KB each
+//   Q[s], dO[s]  [2 halves][64 rows][128 B]     16 KB each, s = 0, 1
+//   dS[s]    [128 kv rows][64 q][2 B]           16 KB each
+//   stats[s] float lse_log2[64], delta[64]      512 B each
+//   mbarriers, the q-tile plan
+//
+// Position maps: up to 8 chunks per side with boundaries on multiples of 128 rows (flash_bwd_hopper_supported):
+// the kv tile and every q tile lie in one chunk, positions affine. Plan: for kv positions [k_min, k_max] the visible
+// q positions are [k_min + band_lo, k_max + band_hi]; per q chunk they are one local row range (positions grow in a
+// chunk), so one q-tile segment per chunk; every head of the group walks the same segments.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "distattn/core/mask.h"
+#include "flash_bwd_hopper_params.h"
+#include "hopper_bwd_primitives.cuh"
+
+namespace distattn {
+namespace hopper {
+
+struct BwdConfig {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kBlockM = 64;   // q rows per tile
+  static constexpr int kBlockN = 128;  // kv rows per CTA: 2 consumer warpgroups x 64
+  static constexpr int kStages = 2;    // Q / dO / stats ring depth
+  static constexpr int kThreads = 384;
+  static constexpr int kHalfQBytes = kBlockM * 128;       // one 64-wide half of a Q or dO tile
+  static constexpr int kQBytes = 2 * kHalfQBytes;         // 16 KB
+  static constexpr int kHalfKVBytes = kBlockN * 128;      // one 64-wide half of K or V
+  static constexpr int kKVBytes = 2 * kHalfKVBytes;       // 32 KB
+  static constexpr int kDSBytes = kBlockN * kBlockM * 2;  // dS^T: 128 rows of 128 bytes
+  static constexpr int kOffK = 0;
+  static constexpr int kOffV = kKVBytes;
+  static constexpr int kOffQ = 2 * kKVBytes;                     // Q[s] at kOffQ + s * kQBytes
+  static constexpr int kOffDO = kOffQ + kStages * kQBytes;       // dO[s]
+  static constexpr int kOffDS = kOffDO + kStages * kQBytes;      // dS[s] at kOffDS + s * kDSBytes
+  static constexpr int kOffStats = kOffDS + kStages * kDSBytes;  // float [s][128]: lse_log2 [0, 64), delta [64, 128)
+  static constexpr int kOffBar = kOffStats + kStages * 512;      // mbarriers: kv, full[2], empty[2]
+  static constexpr int kOffPlan = kOffBar + 128;                 // int plan[20]
+  static constexpr int kSmemBytes = kOffPlan + 128 + 1024;       // + slack to align the base to 1024
+  static constexpr int kMaxChunks = FlashBwdHopperParams::kMaxChunks;
+  static_assert(kBlockN % kBlockM == 0 && 128 % kBlockM == 0, "chunk boundaries (128 rows) must align with tiles");
+};
+
+// Plan in shared memory (thread 0 writes it before the first __syncthreads): plan[0] = q tiles per head; per q
+// chunk c the tiles [plan[kBwdPlanFirst + c], + plan[kBwdPlanCount + c]).
+constexpr int kBwdPlanFirst = 4;
+constexpr int kBwdPlanCount = kBwdPlanFirst + BwdConfig::kMaxChunks;
+
+// floor(a / b), ceil(a / b) for b >= 1 and any sign of a.
+__device__ __forceinline__ int64_t bwd_floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+__device__ __forceinline__ int64_t bwd_ceil_div(int64_t a, int64_t b) { return -bwd_floor_div(-a, b); }
+
+// Affine piece of a position map at local row `row`: pos(row + t) = base + t * step inside its chunk.
+// Compile-time chunk indices only (the params stay in the parameter bank).
+struct BwdAffine {
+  int64_t base = 0;
+  int64_t step = 1;
+};
+__device__ __forceinline__ BwdAffine bwd_affine(const int (&rows)[BwdConfig::kMaxChunks + 1],
+                                                const int64_t (&start)[BwdConfig::kMaxChunks],
+                                                const int64_t (&stride)[BwdConfig::kMaxChunks], int num_chunks,
+                                                int row) {
+  int chunk = 0;
+#pragma unroll
+  for (int c = 1; c < BwdConfig::kMaxChunks; ++c)
+    if (c < num_chunks && row >= rows[c]) chunk = c;
+  BwdAffine a;
+#pragma unroll
+  for (int c = 0; c < BwdConfig::kMaxChunks; ++c)
+    if (c == chunk) {
+      a.step = stride[c];
+      a.base = start[c] + static_cast<int64_t>(row - rows[c]) * stride[c];
+    }
+  return a;
+}
+
+// Thread 0: the q-tile segments of every q chunk visible from kv positions [k_min, k_max].
+__device__ __forceinline__ void bwd_write_plan(const FlashBwdHopperParams& p, int64_t k_min, int64_t k_max, int* plan) {
+  int total = 0;
+#pragma unroll
+  for (int c = 0; c < BwdConfig::kMaxChunks; ++c) {
+    if (c >= p.q_chunks) break;
+    const int row_c = p.q_row[c];
+    const int len = p.q_row[c + 1] - row_c;
+    // local rows l of the chunk with pos = start + l * stride in [k_min + band_lo, k_max + band_hi]
+    const int64_t l = max(bwd_ceil_div(k_min + p.band_lo - p.q_start[c], p.q_stride[c]), int64_t{0});
+    const int64_t h =
+        min(bwd_floor_div(k_max + p.band_hi - p.q_start[c], p.q_stride[c]), static_cast<int64_t>(len - 1));
+    int first = 0, count = 0;
+    if (l <= h) {
+      first = (row_c + static_cast<int>(l)) / BwdConfig::kBlockM;
+      count = (row_c + static_cast<int>(h)) / BwdConfig::kBlockM + 1 - first;
+    }
+    plan[kBwdPlanFirst + c] = first;
+    plan[kBwdPlanCount + c] = count;
+    total += count;
+  }
+  plan[0] = total;
+}
+
+// q tile of the j-th visible tile of a head (0 <= j < plan[0]).
+__device__ __forceinline__ int bwd_plan_tile(const int* plan, int q_chunks, int j) {
+  for (int c = 0; c < BwdConfig::kMaxChunks; ++c) {
+    if (c >= q_chunks) break;
+    const int count = plan[kBwdPlanCount + c];
+    if (j < count) return plan[kBwdPlanFirst + c] + j;
+    j -= count;
+  }
+  return 0;  // not reached
+}
+
+template <typename T>
+struct BwdTypeOps;
+template <>
+struct BwdTypeOps<__nv_bfloat16> {
+#ifdef DISTATTN_HOPPER_DEVICE
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  template <int kTransA, int kTransB>
+  static __device__ __forceinline__ void mma64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n64k16_bf16<kTransA, kTransB>(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+    wgmma_rs_m64n128k16_bf16(d, a, b, scale_d);
+  }
+#endif
+};
+template <>
+struct BwdTypeOps<__half> {
+#ifdef DISTATTN_HOPPER_DEVICE
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  template <int kTransA, int kTransB>
+  static __device__ __forceinline__ void mma64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n64k16_f16<kTransA, kTransB>(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+    wgmma_rs_m64n128k16_f16(d, a, b, scale_d);
+  }
+#endif
+};
+
+template <typename T>
+__global__ void __launch_bounds__(BwdConfig::kThreads, 1)
+    flash_bwd_hopper_kernel(const __grid_constant__ FlashBwdHopperParams p) {
+#ifdef DISTATTN_HOPPER_DEVICE
+  using C = BwdConfig;
+  using Ops = BwdTypeOps<T>;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  const uint32_t smem_base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  uint8_t* const smem = smem_raw + (smem_base - smem_u32(smem_raw));
+  const uint32_t sK = smem_base + C::kOffK;
+  const uint32_t sV = smem_base + C::kOffV;
+  const uint32_t sQ = smem_base + C::kOffQ;
+  const uint32_t sDO = smem_base + C::kOffDO;
+  const uint32_t sDS = smem_base + C::kOffDS;
+  float* const stats = reinterpret_cast<float*>(smem + C::kOffStats);
+  const uint32_t bar_kv = smem_base + C::kOffBar;
+  const uint32_t bar_full = bar_kv + 8;                  // [kStages]
+  const uint32_t bar_empty = bar_full + 8 * C::kStages;  // [kStages]
+  int* const plan = reinterpret_cast<int*>(smem + C::kOffPlan);
+
+  // kv tile 0 first: under a causal band with aligned positions it sees the most q tiles.
+  const int n_tile = blockIdx.x;
+  const int h_kv = blockIdx.y;
+  const int b = blockIdx.z;
+  const int n0 = n_tile * C::kBlockN;
+  const int kv_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
+  const bool kv_tail = n0 + C::kBlockN > p.seqlen_kv;
+  // The kv tile lies in one chunk: positions ka.base + t * ka.step, t in [0, kv_last - n0].
+  const BwdAffine ka = bwd_affine(p.kv_row, p.kv_start, p.kv_stride, p.kv_chunks, n0);
+  const int64_t k_min = ka.base;
+  const int64_t k_max = ka.base + static_cast<int64_t>(kv_last - n0) * ka.step;
+
+  if (threadIdx.x == 0) {
+    bwd_write_plan(p, k_min, k_max, plan);
+    mbar_init(bar_kv, 1);
+    for (int s = 0; s < C::kStages; ++s) {
+      mbar_init(bar_full + 8 * s, 1 + 32);  // thread 0's expect_tx + warp 1's 32 stats arrivals
+      mbar_init(bar_empty + 8 * s, 8);      // one arrival per consumer warp
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  const int per_head = plan[0];
+  const int n_items = per_head * p.group;  // item it: q head h_kv * group + it / per_head, tile it % per_head
+  const int warpgroup = threadIdx.x / 128;
+
+  if (warpgroup == 0) {
+    // ---------------------------------------------------------------- producer
+    regs_decrease<24>();
+    if (n_items == 0) return;  // nothing visible: no load is issued (the consumers write zeros)
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x == 0) {
+      tma_prefetch_desc(&p.tmap_q);
+      tma_prefetch_desc(&p.tmap_dout);
+      tma_prefetch_desc(&p.tmap_k);
+      tma_prefetch_desc(&p.tmap_v);
+      mbar_arrive_expect_tx(bar_kv, 2 * C::kKVBytes);
+      tma_load_4d(sK, &p.tmap_k, bar_kv, 0, n0, h_kv, b);
+      tma_load_4d(sK + C::kHalfKVBytes, &p.tmap_k, bar_kv, 64, n0, h_kv, b);
+      tma_load_4d(sV, &p.tmap_v, bar_kv, 0, n0, h_kv, b);
+      tma_load_4d(sV + C::kHalfKVBytes, &p.tmap_v, bar_kv, 64, n0, h_kv, b);
+      for (int it = 0; it < n_items; ++it) {
+        const int s = it % C::kStages;
+        const int use = it / C::kStages;
+        if (use > 0) mbar_wait(bar_empty + 8 * s, (use - 1) & 1);
+        const int hq = h_kv * p.group + it / per_head;
+        const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+        const uint32_t full = bar_full + 8 * s;
+        const uint32_t q_dst = sQ + s * C::kQBytes;
+        const uint32_t do_dst = sDO + s * C::kQBytes;
+        mbar_arrive_expect_tx(full, 2 * C::kQBytes);
+        tma_load_4d(q_dst, &p.tmap_q, full, 0, m0, hq, b);
+        tma_load_4d(q_dst + C::kHalfQBytes, &p.tmap_q, full, 64, m0, hq, b);
+        tma_load_4d(do_dst, &p.tmap_dout, full, 0, m0, hq, b);
+        tma_load_4d(do_dst + C::kHalfQBytes, &p.tmap_dout, full, 64, m0, hq, b);
+      }
+    } else if (warp == 1) {
+      // LSE (as LSE * log2 e, +inf where P must be 0) and delta of the item's 64 q rows, two rows per lane.
+      const int lane = threadIdx.x % 32;
+      for (int it = 0; it < n_items; ++it) {
+        const int s = it % C::kStages;
+        const int use = it / C::kStages;
+        if (use > 0) mbar_wait(bar_empty + 8 * s, (use - 1) & 1);
+        const int hq = h_kv * p.group + it / per_head;
+        const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+        const float* lse = p.lse_ptr + b * p.lse_batch_stride + hq * p.lse_head_stride;
+        const float* delta = p.delta_ptr + b * p.delta_batch_stride + hq * p.delta_head_stride;
+        float* st = stats + s * 128;
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int r = lane + 32 * k;
+          const int row = m0 + r;
+          const bool valid = row < p.seqlen_q;
+          const float l = valid ? __ldg(lse + row) : -INFINITY;
+          st[r] = l == -INFINITY ? INFINITY : l * 1.4426950408889634f;
+          st[64 + r] = valid ? __ldg(delta + row) : 0.f;
+        }
+        mbar_arrive(bar_full + 8 * s);  // release: the stores above are visible to the waiting consumers
+      }
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------ consumers
+  regs_increase<240>();
+  const int cw = warpgroup - 1;  // consumer: kv rows [64 cw, 64 cw + 64) of the tile
+  const int tid = threadIdx.x % 128;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int row_in = warp * 16 + lane / 4;  // this thread's rows in the consumer's 64-row slab: row_in, row_in + 8
+  const int col_base = 2 * (lane % 4);      // acc i has column 8 (i / 4) + col_base + (i % 2)
+
+  float dv[64], dk[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) dv[i] = dk[i] = 0.f;
+
+  if (n_items > 0) {
+    // Positions of this thread's two kv rows (rows past Skv: masked everywhere).
+    int64_t pos_k[2];
+    bool kv_ok[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int local = 64 * cw + row_in + 8 * r;
+      kv_ok[r] = n0 + local < p.seqlen_kv;
+      pos_k[r] = ka.base + static_cast<int64_t>(local) * ka.step;
+    }
+    // A of S^T / dP^T: K / V rows [64 cw, 64 cw + 64) (K-major), 64 cw * 128 bytes into each half.
+    const uint64_t desc_k = make_desc_sw128(sK + cw * 64 * 128, 16, 1024);
+    const uint64_t desc_v = make_desc_sw128(sV + cw * 64 * 128, 16, 1024);
+    // B of dQ: K [kv][d] read as kv x d with d contiguous (MN-major), head-dim half cw only (N = 64).
+    const uint64_t desc_kt = make_desc_sw128(sK + cw * C::kHalfKVBytes, C::kHalfKVBytes, 1024);
+    const DiagonalBand band{p.band_lo, p.band_hi};
+    const float scale_log2 = p.scale_log2;
+    mbar_wait(bar_kv, 0);
+
+    for (int it = 0; it < n_items; ++it) {
+      const int s = it % C::kStages;
+      const int hq = h_kv * p.group + it / per_head;
+      const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+      // The q tile lies in one chunk: pos_q(m0 + i) = qa.base + i * qa.step.
+      const BwdAffine qa = bwd_affine(p.q_row, p.q_start, p.q_stride, p.q_chunks, m0);
+      const int q_last = min(m0 + C::kBlockM, p.seqlen_q) - 1;
+      const int64_t q_max = qa.base + static_cast<int64_t>(q_last - m0) * qa.step;
+      const bool need_mask = kv_tail || classify_tile(band, qa.base, q_max, k_min, k_max) != TileVisibility::kFull;
+
+      const uint32_t q_s = sQ + s * C::kQBytes;
+      const uint32_t do_s = sDO + s * C::kQBytes;
+      mbar_wait(bar_full + 8 * s, (it / C::kStages) & 1);
+
+      // S^T = K_c Q^T and dP^T = V_c dO^T: 8 k-steps over the head dim (half kk / 4, 32 bytes per step inside it).
+      float st[32], dp[32];
+      {
+        const uint64_t desc_q = make_desc_sw128(q_s, 16, 1024);
+        const uint64_t desc_do = make_desc_sw128(do_s, 16, 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk) {
+          const uint32_t off_a = ((kk / 4) * C::kHalfKVBytes + (kk % 4) * 32) >> 4;
+          const uint32_t off_b = ((kk / 4) * C::kHalfQBytes + (kk % 4) * 32) >> 4;
+          Ops::template mma64<0, 0>(st, desc_k + off_a, desc_q + off_b, kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk) {
+          const uint32_t off_a = ((kk / 4) * C::kHalfKVBytes + (kk % 4) * 32) >> 4;
+          const uint32_t off_b = ((kk / 4) * C::kHalfQBytes + (kk % 4) * 32) >> 4;
+          Ops::template mma64<0, 0>(dp, desc_v + off_a, desc_do + off_b, kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+      }
+      wgmma_wait<1>();  // S^T done; dP^T may still run
+      fence_regs(st);
+
+      const float* lse2 = stats + s * 128;
+      const float* dlt = lse2 + 64;
+      if (need_mask) {
+        // Visible q columns [lo, hi] of each of this thread's kv rows: pos_q(i) in [pos_k + band_lo, pos_k + band_hi].
+        int lo[2], hi[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          int64_t l = bwd_ceil_div(pos_k[r] + p.band_lo - qa.base, qa.step);
+          int64_t h = bwd_floor_div(pos_k[r] + p.band_hi - qa.base, qa.step);
+          l = min(max(l, int64_t{-1}), int64_t{64});
+          h = min(max(h, int64_t{-1}), int64_t{64});
+          lo[r] = kv_ok[r] ? static_cast<int>(l) : 64;
+          hi[r] = kv_ok[r] ? static_cast<int>(h) : -1;
+        }
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          const int r = (i / 2) % 2;
+          const int col = 8 * (i / 4) + col_base + (i % 2);
+          if (col < lo[r] || col > hi[r]) st[i] = -INFINITY;
+        }
+      }
+      // P^T = exp2(S^T scale_log2 - LSE_log2[q]); masked (-inf) and LSE_log2 = +inf give 0.
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * c + col_base);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          st[4 * c + 2 * r] = fast_exp2(fmaf(st[4 * c + 2 * r], scale_log2, -l.x));
+          st[4 * c + 2 * r + 1] = fast_exp2(fmaf(st[4 * c + 2 * r + 1], scale_log2, -l.y));
+        }
+      }
+      // P^T as the A operand (k = q rows): k step kk covers columns [16 kk, 16 kk + 16) = n8 chunks 2 kk, 2 kk + 1.
+      uint32_t pp[16];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) pp[j] = Ops::pack(st[2 * j], st[2 * j + 1]);
+      {
+        // dV_c += P^T dO: B = dO as q x d (d contiguous: MN-major), the two d halves kHalfQBytes apart; k step kk =
+        // 16 q rows = 2048 bytes.
+        const uint64_t desc_dot = make_desc_sw128(do_s, C::kHalfQBytes, 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const uint32_t a[4] = {pp[4 * kk], pp[4 * kk + 1], pp[4 * kk + 2], pp[4 * kk + 3]};
+          Ops::mma_rs(dv, a, desc_dot + ((kk * 2048) >> 4), 1);
+        }
+        wgmma_commit();
+      }
+      wgmma_wait<1>();  // dP^T done; P^T dO may still run
+      fence_regs(dp);
+      // dS^T = P^T (dP^T - delta[q])
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const float2 d = *reinterpret_cast<const float2*>(dlt + 8 * c + col_base);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          dp[4 * c + 2 * r] = st[4 * c + 2 * r] * (dp[4 * c + 2 * r] - d.x);
+          dp[4 * c + 2 * r + 1] = st[4 * c + 2 * r + 1] * (dp[4 * c + 2 * r + 1] - d.y);
+        }
+      }
+      uint32_t pds[16];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) pds[j] = Ops::pack(dp[2 * j], dp[2 * j + 1]);
+      {
+        // dK_c += dS^T Q: B = Q as q x d, MN-major like dO above.
+        const uint64_t desc_qt = make_desc_sw128(q_s, C::kHalfQBytes, 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const uint32_t a[4] = {pds[4 * kk], pds[4 * kk + 1], pds[4 * kk + 2], pds[4 * kk + 3]};
+          Ops::mma_rs(dk, a, desc_qt + ((kk * 2048) >> 4), 1);
+        }
+        wgmma_commit();
+      }
+      // dS^T to shared memory: row 64 cw + row_in + 8 r (kv), 16-bit columns (q) 8 c + col_base, +1; the 16-byte
+      // chunk c of a row sits at chunk position c ^ (row % 8) (128-byte swizzle; row % 8 = lane / 4).
+      const uint32_t ds_s = sDS + (it % 2) * C::kDSBytes;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int r = j % 2, c = j / 2;
+        const uint32_t addr = ds_s + (64 * cw + row_in + 8 * r) * 128 + ((c ^ (lane / 4)) << 4) + 4 * (lane % 4);
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(pds[j]) : "memory");
+      }
+      fence_proxy_async_smem();
+      bwd_named_sync<256>(1);  // both consumers' dS^T rows are in place
+      float dq[32];
+      {
+        // dQ[:, 64 cw + n] = sum_kv dS[q][kv] K[kv][64 cw + n]: A = dS (q x kv) stored kv-major (transpose bit),
+        // B = K half cw as kv x d (MN-major); k step kk = 16 kv rows = 2048 bytes in both.
+        const uint64_t desc_ds = make_desc_sw128(ds_s, C::kDSBytes, 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+          Ops::template mma64<1, 1>(dq, desc_ds + ((kk * 2048) >> 4), desc_kt + ((kk * 2048) >> 4), kk > 0 ? 1 : 0);
+        wgmma_commit();
+      }
+      wgmma_wait<0>();
+      fence_regs(dq);
+      fence_regs(dv);
+      fence_regs(dk);
+      fence_regs(pp);
+      fence_regs(pds);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_empty + 8 * s);  // Q, dO and stats of stage s are free
+
+      // dQ * scale into the accumulator: acc i is (q row row_in + 8 ((i / 2) % 2), d 64 cw + 8 (i / 4) + col_base +
+      // (i % 2)) of the tile; rows past Sq are dropped.
+      float* dq_head = p.dq_accum + b * p.dq_accum_batch_stride + hq * p.dq_accum_head_stride;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row_in + 8 * r;
+        if (row >= p.seqlen_q) continue;
+        float* dst = dq_head + static_cast<int64_t>(row) * C::kHeadDim + 64 * cw + col_base;
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+          red_add_f32x2(dst + 8 * c, dq[4 * c + 2 * r] * p.scale, dq[4 * c + 2 * r + 1] * p.scale);
+      }
+    }
+  }
+
+  // ---- epilogue: dK = scale * acc, dV = acc, rows n0 + 64 cw + row_in + 8 r; acc i column 8 (i / 4) + col_base +
+  // (i % 2) (64 accumulators: 16 n8 chunks).
+  auto store = [&](const float(&acc)[64], void* base, int64_t batch_stride, int64_t row_stride, int64_t head_stride,
+                   bool fp32, float mul) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = n0 + 64 * cw + row_in + 8 * r;
+      if (row >= p.seqlen_kv) continue;
+      const int64_t off = b * batch_stride + static_cast<int64_t>(row) * row_stride +
+                          static_cast<int64_t>(h_kv) * head_stride + col_base;
+      if (fp32) {
+        float* dst = static_cast<float*>(base) + off;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) {
+          float2 v = make_float2(acc[4 * c + 2 * r] * mul, acc[4 * c + 2 * r + 1] * mul);
+          float2* ptr = reinterpret_cast<float2*>(dst + 8 * c);
+          if (p.accumulate) {  // ring steps: this call's gradient is added to what the tensor holds
+            const float2 old = *ptr;
+            v.x += old.x;
+            v.y += old.y;
+          }
+          *ptr = v;
+        }
+      } else {
+        T* dst = static_cast<T*>(base) + off;
+#pragma unroll
+        for (int c = 0; c < 16; ++c)
+          *reinterpret_cast<uint32_t*>(dst + 8 * c) = Ops::pack(acc[4 * c + 2 * r] * mul, acc[4 * c + 2 * r + 1] * mul);
+      }
+    }
+  };
+  store(dk, p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, p.dk_fp32, p.scale);
+  store(dv, p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, p.dv_fp32, 1.f);
+#endif  // DISTATTN_HOPPER_DEVICE
+}
+
+}  // namespace hopper
+}  // namespace distattn

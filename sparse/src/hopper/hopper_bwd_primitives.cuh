@@ -1,0 +1,70 @@
+// Hopper (sm_90a) primitives of the wgmma backward kernel (flash_bwd_hopper_kernel.cuh), in addition to
+// hopper_primitives.cuh (descriptors, m64n128k16 wgmma, mbarriers, TMA, setmaxnreg), which this header includes.
+// Device code only for sm_90a (DISTATTN_HOPPER_DEVICE); other targets see the declarations vanish.
+//
+//   wgmma m64n64k16, A and B from shared memory, fp32 accumulators, transpose bits as template arguments
+//   (0: K-major operand, 1: MN-major). d[32]: thread t of the warpgroup (warp w = t / 32, lane l) holds, for
+//   i in [0, 32), row 16 w + l / 4 + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (l % 4) + (i % 2) (the m64n128 layout
+//   of hopper_primitives.cuh cut to 64 columns).
+//   Named barriers of an explicit thread count, the async-proxy fence for shared memory written by ordinary
+//   stores and read by wgmma, and the vector fp32 reduction to global memory (sm_90).
+#pragma once
+
+#include <cstdint>
+
+#include "hopper_primitives.cuh"
+
+namespace distattn {
+namespace hopper {
+
+#ifdef DISTATTN_HOPPER_DEVICE
+
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_ss_m64n64k16_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, "
+      "%13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, "
+      "1, %35, %36;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));
+}
+
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_ss_m64n64k16_f16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, "
+      "%14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, "
+      "%35, %36;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));
+}
+
+// Barrier `id` (1..15; 0 is __syncthreads) over `kCount` threads (a multiple of 32), all of which call it.
+template <int kCount>
+__device__ __forceinline__ void bwd_named_sync(int id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kCount) : "memory");
+}
+
+// Orders this thread's ordinary shared-memory stores before later reads by the async proxy (wgmma, TMA);
+// followed by a barrier among the writers and the readers.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// ptr[0] += a, ptr[1] += b as one fire-and-forget vector reduction (ptr 8-byte aligned, global memory).
+__device__ __forceinline__ void red_add_f32x2(float* ptr, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(ptr), "f"(a), "f"(b) : "memory");
+}
+
+#endif  // DISTATTN_HOPPER_DEVICE
+
+}  // namespace hopper
+}  // namespace distattn

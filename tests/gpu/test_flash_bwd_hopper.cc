@@ -1,0 +1,408 @@
+// Hopper (sm_90a wgmma) backward kernel (sparse/src/hopper/flash_bwd_hopper_kernel.cuh) against the fp64 host
+// engine, through the public dispatcher (flash_bwd_api.cu) with options.allow_hopper on and off: every case runs
+// both the Hopper kernel and the mma.sync kernel on the same inputs, and each must meet the bound on its own.
+//
+// Each case draws q, k, v, dO in bf16/fp16 (seeds printed), computes O and LSE with the fp64 host forward (O rounded
+// to the dtype), and compares the GPU's dQ, dK, dV with the fp64 host backward on the same rounded inputs. Bound
+// (as in test_flash_bwd.cc): max and RMS error at most twice those of the host's kRoundIntermediates backward plus a
+// small slack relative to the gradient's RMS. Outputs are poisoned with NaN first (accumulate mode: random
+// pre-fill, the expected value is pre-fill + gradient). On a device where flash_bwd_hopper_supported() is false
+// (not compute capability 9.0, or a build without sm_90a) the Hopper half of each case is skipped, and the test
+// asserts that it is true on an H100 / H200 for every case here, so the Hopper path cannot silently fall back.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../../sparse/src/flash_bwd_options.h"
+#include "../../sparse/src/hopper/flash_bwd_hopper.h"
+#include "distattn/core/attn_params.h"
+#include "distattn/core/check_cuda.h"
+#include "distattn/core/host_engine.h"
+#include "distattn/sparse/flash_attention.h"
+#include "test_util.h"
+
+namespace distattn {
+namespace {
+
+using testing::compare;
+using testing::DeviceArray;
+using testing::DeviceTensor;
+using testing::ErrorStats;
+using testing::fill_nan;
+using testing::fill_normal;
+using testing::HostTensor;
+using testing::test_seed;
+
+struct HCase {
+  DType dtype = DType::kBFloat16;
+  int64_t B = 1, Sq = 300, Skv = 300, Hq = 2, Hkv = 2;
+  Mask mask;
+  PositionMap q_pos, kv_pos;  // num_chunks == 0: contiguous from 0
+  int64_t head_pad = 0, row_pad = 0;
+  bool accumulate = false;   // dq/dk/dv fp32, pre-filled at random, gradients added
+  bool grads_fp32 = false;   // plain mode with fp32 gradients
+  bool given_delta = false;  // the caller passes rowsum(dO * O)
+  double scale = 0;          // 0: 1/sqrt(D)
+};
+
+constexpr int64_t kD = 128;
+
+void copy_values(HostTensor& dst, const HostTensor& src) {
+  const auto& s = src.view.shape;
+  for (int64_t b = 0; b < s[0]; ++b)
+    for (int64_t i = 0; i < s[1]; ++i)
+      for (int64_t h = 0; h < s[2]; ++h)
+        for (int64_t d = 0; d < s[3]; ++d) dst.set(b, i, h, d, src.get(b, i, h, d));
+}
+
+HostTensor sum_f64(const HostTensor& a, const HostTensor& b) {
+  const auto& s = a.view.shape;
+  HostTensor out(DType::kFloat64, s[0], s[1], s[2], s[3]);
+  for (int64_t i0 = 0; i0 < s[0]; ++i0)
+    for (int64_t i1 = 0; i1 < s[1]; ++i1)
+      for (int64_t i2 = 0; i2 < s[2]; ++i2)
+        for (int64_t i3 = 0; i3 < s[3]; ++i3) out.set(i0, i1, i2, i3, a.get(i0, i1, i2, i3) + b.get(i0, i1, i2, i3));
+  return out;
+}
+
+double rms_of(const HostTensor& t) {
+  const auto& s = t.view.shape;
+  double sum = 0;
+  int64_t n = 0;
+  for (int64_t i0 = 0; i0 < s[0]; ++i0)
+    for (int64_t i1 = 0; i1 < s[1]; ++i1)
+      for (int64_t i2 = 0; i2 < s[2]; ++i2)
+        for (int64_t i3 = 0; i3 < s[3]; ++i3, ++n) sum += t.get(i0, i1, i2, i3) * t.get(i0, i1, i2, i3);
+  return n ? std::sqrt(sum / n) : 0;
+}
+
+bool on_hopper_device() {
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  DISTATTN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.major == 9 && prop.minor == 0;
+}
+
+// Runs the case through the Hopper kernel (when supported here) and through the mma.sync kernel; checks both.
+void run_case(const HCase& c, uint64_t seed) {
+  const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
+  const int64_t hp = c.head_pad, rp = c.row_pad;
+  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp), k(c.dtype, c.B, c.Skv, c.Hkv, kD, hp, rp),
+      v(c.dtype, c.B, c.Skv, c.Hkv, kD, hp, rp), dout(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp),
+      o(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp);
+  fill_normal(q, seed + 1);
+  fill_normal(k, seed + 2);
+  fill_normal(v, seed + 3);
+  fill_normal(dout, seed + 4);
+  const PositionMap q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
+  const PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+
+  AttnParams hf;
+  hf.q = q.view, hf.k = k.view, hf.v = v.view;
+  HostTensor o32(DType::kFloat32, c.B, c.Sq, c.Hq, kD);
+  hf.o = o32.view;
+  std::vector<float> lse(static_cast<size_t>(c.B * c.Hq * c.Sq), 0.f);
+  hf.lse = lse.data();
+  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
+  hf.mask = c.mask;
+  hf.softmax_scale = static_cast<float>(c.scale);
+  host_attention_forward(hf, HostPrecision::kFloat64);
+  copy_values(o, o32);
+  hf.o = o.view;
+
+  std::vector<float> delta;
+  if (c.given_delta) {
+    delta.resize(lse.size());
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.Hq; ++h)
+        for (int64_t i = 0; i < c.Sq; ++i) {
+          double s = 0;
+          for (int64_t d = 0; d < kD; ++d) s += dout.get(b, i, h, d) * o.get(b, i, h, d);
+          delta[(b * c.Hq + h) * c.Sq + i] = static_cast<float>(s);
+        }
+  }
+
+  HostTensor pre[3] = {HostTensor(DType::kFloat32, c.B, c.Sq, c.Hq, kD, hp, rp),
+                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, kD, hp, rp),
+                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, kD, hp, rp)};
+  for (int i = 0; i < 3; ++i) fill_normal(pre[i], seed + 10 + i);
+
+  HostTensor ref[3], nai[3];
+  for (int i = 0; i < 3; ++i) {
+    const bool is_q = i == 0;
+    ref[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, kD);
+    nai[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, kD);
+  }
+  AttnBwdParams hb;
+  hb.fwd = hf;
+  hb.dout = dout.view;
+  hb.delta = c.given_delta ? delta.data() : nullptr;
+  hb.dq = ref[0].view, hb.dk = ref[1].view, hb.dv = ref[2].view;
+  host_attention_backward(hb, HostPrecision::kFloat64);
+  hb.dq = nai[0].view, hb.dk = nai[1].view, hb.dv = nai[2].view;
+  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
+  HostTensor expect[3], nexpect[3];
+  for (int i = 0; i < 3; ++i) {
+    expect[i] = c.accumulate ? sum_f64(pre[i], ref[i]) : ref[i];
+    nexpect[i] = c.accumulate ? sum_f64(pre[i], nai[i]) : nai[i];
+  }
+
+  DeviceTensor dq_(q), dk_(k), dv_(v), ddo(dout), dov(o);
+  DeviceArray<float> d_lse(lse);
+  std::unique_ptr<DeviceArray<float>> d_delta;
+  if (c.given_delta) d_delta.reset(new DeviceArray<float>(delta));
+
+  const bool hopper_here = on_hopper_device();
+  for (int pass = 0; pass < 2; ++pass) {
+    const bool allow_hopper = pass == 0;
+    const char* kernel = allow_hopper ? "hopper" : "mma.sync";
+    HostTensor out[3] = {HostTensor(gdt, c.B, c.Sq, c.Hq, kD, hp, rp), HostTensor(gdt, c.B, c.Skv, c.Hkv, kD, hp, rp),
+                         HostTensor(gdt, c.B, c.Skv, c.Hkv, kD, hp, rp)};
+    for (int i = 0; i < 3; ++i) {
+      if (c.accumulate)
+        copy_values(out[i], pre[i]);
+      else
+        fill_nan(out[i]);
+    }
+    DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
+    AttnBwdParams gb;
+    gb.fwd = hf;
+    gb.fwd.q = dq_.view(), gb.fwd.k = dk_.view(), gb.fwd.v = dv_.view(), gb.fwd.o = dov.view();
+    gb.fwd.lse = d_lse.ptr;
+    gb.dout = ddo.view();
+    gb.dq = dgrad[0].view(), gb.dk = dgrad[1].view(), gb.dv = dgrad[2].view();
+    gb.accumulate = c.accumulate;
+    gb.delta = c.given_delta ? d_delta->ptr : nullptr;
+    if (allow_hopper) {
+      int device = 0;
+      DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+      const bool supported = flash_bwd_hopper_supported(gb, device);
+      // On an H100 / H200 with the sm_90a build every case of this file must take the Hopper kernel.
+      if (hopper_here) EXPECT_TRUE(supported) << "the Hopper backward refused a case it should take";
+      if (!supported) {
+        std::printf("  [hopper] not supported on this device: skipped\n");
+        continue;
+      }
+    }
+    detail::FlashBwdOptions opt;
+    opt.allow_hopper = allow_hopper;
+    detail::flash_attention_backward(gb, opt, 0);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; ++i) {
+      dgrad[i].download(out[i]);
+      const ErrorStats err = compare(out[i].view, expect[i].view);
+      const ErrorStats naive = compare(nexpect[i].view, expect[i].view);
+      const double r = rms_of(ref[i]);
+      SCOPED_TRACE(std::string(kernel) + " " + names[i] + " gpu: " + err.str() + " | naive: " + naive.str() +
+                   " | ref rms " + std::to_string(r));
+      EXPECT_EQ(err.non_finite, 0);
+      EXPECT_LE(err.max_abs, 2 * naive.max_abs + 1e-2 * r + 1e-6);
+      EXPECT_LE(err.rmse, 2 * naive.rmse + 2e-3 * r + 1e-7);
+      std::printf("  [%s] %s: gpu max %.3g rmse %.3g | naive max %.3g rmse %.3g | ref rms %.3g\n", kernel, names[i],
+                  err.max_abs, err.rmse, naive.max_abs, naive.rmse, r);
+    }
+  }
+}
+
+#define RUN_CASE(c)                                                                      \
+  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
+  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));                     \
+  run_case(c, seed)
+
+// Zigzag shard of a ring over `ranks` ranks: rank r holds chunks r and 2 ranks - 1 - r of length `chunk`.
+PositionMap zigzag(int64_t chunk, int ranks, int rank) {
+  PositionMap m;
+  m.add_chunk(static_cast<int64_t>(rank) * chunk, 1, chunk);
+  m.add_chunk(static_cast<int64_t>(2 * ranks - 1 - rank) * chunk, 1, chunk);
+  return m;
+}
+
+TEST(FlashBwdHopper, Bf16NonCausal) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 300, c.Skv = 300;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16Causal) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 517, c.Skv = 517;
+  c.mask = Mask::make_causal();
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16CausalWindow) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 450, c.Skv = 450;
+  c.mask = Mask::make_causal(100);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16SymmetricWindow) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 400, c.Skv = 420;
+  c.mask = Mask::make_window(70);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16GqaCausalBatch2) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.B = 2, c.Sq = 300, c.Skv = 300, c.Hq = 8, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16OddLengthsNonCausal) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 1000, c.Skv = 1333, c.Hq = 2, c.Hkv = 1;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16OddLengthsCausalBottomAligned) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 1000, c.Skv = 1333, c.Hq = 2, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(333, 1000);
+  RUN_CASE(c);
+}
+
+// Causal with q positions before most keys: kv tiles 2.. see no q row at all (dK = dV = 0 must be written).
+TEST(FlashBwdHopper, Bf16CausalKvTilesWithoutQueries) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 200, c.Skv = 600;
+  c.mask = Mask::make_causal();
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, SingleQueryRow) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 1, c.Skv = 300, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(150, 1);
+  RUN_CASE(c);
+}
+
+// Ring step of a zigzag causal ring over 4 ranks (chunks of 256 rows): q of rank 1, k/v of rank 2, and the
+// diagonal step (rank 0 with itself).
+TEST(FlashBwdHopper, Bf16ZigzagRingStep) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 512, c.Skv = 512;
+  c.mask = Mask::make_causal();
+  c.q_pos = zigzag(256, 4, 1);
+  c.kv_pos = zigzag(256, 4, 2);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16ZigzagDiagonalStepAccumulate) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 512, c.Skv = 512, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = zigzag(256, 4, 0);
+  c.kv_pos = zigzag(256, 4, 0);
+  c.accumulate = true;
+  RUN_CASE(c);
+}
+
+// Three chunks per side, boundaries on 128 rows, ragged last chunk, a stride-2 chunk, a window band.
+TEST(FlashBwdHopper, Bf16ThreeChunksStridedWindow) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 128 + 256 + 100, c.Skv = 256 + 128 + 77;
+  c.mask = Mask::make_causal(300);
+  c.q_pos.add_chunk(0, 1, 128).add_chunk(1000, 2, 256).add_chunk(500, 1, 100);
+  c.kv_pos.add_chunk(100, 1, 256).add_chunk(900, 1, 128).add_chunk(1300, 3, 77);
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16AccumulateCausalGqa) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 333, c.Skv = 333, c.Hq = 6, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.accumulate = true;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Fp16CausalGqa) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.dtype = DType::kFloat16;
+  c.Sq = 390, c.Skv = 390, c.Hq = 4, c.Hkv = 1;
+  c.mask = Mask::make_causal();
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Fp16NonCausalOddGivenDeltaFp32Grads) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.dtype = DType::kFloat16;
+  c.Sq = 1000, c.Skv = 1333, c.Hq = 2, c.Hkv = 2;
+  c.given_delta = true;
+  c.grads_fp32 = true;
+  RUN_CASE(c);
+}
+
+TEST(FlashBwdHopper, Bf16PaddedStridesLargeScale) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 260, c.Skv = 270, c.Hq = 3, c.Hkv = 1;
+  c.head_pad = 8, c.row_pad = 16;
+  c.scale = 0.3;  // sharper softmax than 1/sqrt(128)
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(10, 260);
+  RUN_CASE(c);
+}
+
+// What the dispatcher must leave on the mma.sync kernel.
+TEST(FlashBwdHopper, SupportedRefusesAlibiBlocksHdim64AndUnalignedChunks) {
+  DISTATTN_REQUIRE_GPU();
+  HostTensor q(DType::kBFloat16, 1, 256, 2, kD), k(DType::kBFloat16, 1, 256, 2, kD);
+  DeviceTensor dq(q), dk(k), dv(k), ddo(q), dov(q), gq(q), gk(k), gv(k);
+  DeviceArray<float> lse(static_cast<int64_t>(2 * 256));
+  AttnBwdParams p;
+  p.fwd.q = dq.view(), p.fwd.k = dk.view(), p.fwd.v = dv.view(), p.fwd.o = dov.view();
+  p.fwd.lse = lse.ptr;
+  p.fwd.q_pos = PositionMap::contiguous(0, 256);
+  p.fwd.kv_pos = PositionMap::contiguous(0, 256);
+  p.dout = ddo.view();
+  p.dq = gq.view(), p.dk = gk.view(), p.dv = gv.view();
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  const bool base = flash_bwd_hopper_supported(p, device);
+  EXPECT_EQ(base, on_hopper_device());
+  AttnBwdParams a = p;
+  DeviceArray<float> slopes(std::vector<float>{0.5f, 0.25f});
+  a.fwd.alibi_slopes = slopes.ptr;
+  EXPECT_FALSE(flash_bwd_hopper_supported(a, device));
+  AttnBwdParams u = p;
+  u.fwd.q_pos = PositionMap();
+  u.fwd.q_pos.add_chunk(0, 1, 100).add_chunk(500, 1, 156);  // boundary at row 100: not on a 128-row tile
+  EXPECT_FALSE(flash_bwd_hopper_supported(u, device));
+  HostTensor q64(DType::kBFloat16, 1, 256, 2, 64);
+  DeviceTensor d64(q64);
+  AttnBwdParams h = p;
+  h.fwd.q = d64.view();
+  EXPECT_FALSE(flash_bwd_hopper_supported(h, device));
+}
+
+}  // namespace
+}  // namespace distattn
