@@ -13,9 +13,11 @@
 // computes. Only the useful steps U = schedule().useful_steps are visited; the exchange from U[i] to U[i+1]
 // is a jump of U[i+1] - U[i] ranks (post_jump: the ring hop when 1), see ring_attention.cc.
 // Backward, step s: post the K|V exchange of step s+1; compute step s into a zeroed fp32 scratch dK|dV
-// (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1);
-// wait for that accumulator (C after it: drecv is complete and dsend is no longer being sent); add
-// (C reads drecv, writes dsend); post it on to next (N after the add: it overwrites drecv and sends dsend).
+// (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1). The
+// bookkeeping runs on a side stream X (memory-bound; it overlaps step s+1's compute instead of delaying it): X
+// waits for step s's compute and for the accumulator (drecv complete, dsend no longer being sent), adds (reads
+// drecv and the scratch, writes dsend), clears the scratch, and N posts the accumulator on after X. The scratch is
+// double-buffered (step s+1 computes into the other one; step s+2 waits for X's clear).
 // It jumps with the K|V; after the last useful step L it goes straight home instead (post_shift by -L; +1 = the
 // ring hop when L = P-1).
 // Per-step hazards, all ordered by the two events above:
@@ -113,6 +115,55 @@ class PendingExchanges {
   Communicator& comm_;
   cudaStream_t compute_;
   int uncaught_ = std::uncaught_exceptions();
+};
+
+// A second stream for the backward's memory-bound gradient bookkeeping (travel add, scratch clear), so that it runs
+// beside the next step's compute instead of after it. The destructor (also when an exception unwinds the
+// executor) makes the main stream wait for everything enqueued on the side stream, so the stream-ordered frees of
+// the buffers it touches come after their last use. cudaStreamWaitEvent captures an event's state when called, so
+// one event per purpose may be re-recorded every step.
+class SideStream {
+ public:
+  explicit SideStream(cudaStream_t main) : main_(main) {
+    DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&after_main_, &cleared_[0], &cleared_[1], &join_}) {
+      const cudaError_t rc = cudaEventCreateWithFlags(e, cudaEventDisableTiming);
+      if (rc != cudaSuccess) {
+        release();
+        DISTATTN_CUDA_CHECK(rc);
+      }
+    }
+  }
+  ~SideStream() {
+    if (side_ != nullptr && join_ != nullptr && cudaEventRecord(join_, side_) == cudaSuccess)
+      (void)cudaStreamWaitEvent(main_, join_, 0);
+    release();
+    (void)cudaGetLastError();
+  }
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  cudaStream_t get() const { return side_; }
+  // The side stream waits for everything enqueued on the main stream so far.
+  void follow_main() {
+    DISTATTN_CUDA_CHECK(cudaEventRecord(after_main_, main_));
+    DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(side_, after_main_, 0));
+  }
+  // Marks (on the side stream) that scratch buffer b is clear again; the main stream waits for that mark.
+  void mark_cleared(int b) { DISTATTN_CUDA_CHECK(cudaEventRecord(cleared_[b], side_)); }
+  void main_waits_cleared(int b) { DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(main_, cleared_[b], 0)); }
+
+ private:
+  void release() {
+    for (cudaEvent_t* e : {&after_main_, &cleared_[0], &cleared_[1], &join_}) {
+      if (*e != nullptr) (void)cudaEventDestroy(*e);
+      *e = nullptr;
+    }
+    if (side_ != nullptr) (void)cudaStreamDestroy(side_);  // resources go once its work is done
+    side_ = nullptr;
+  }
+  cudaStream_t main_;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t after_main_ = nullptr, cleared_[2] = {nullptr, nullptr}, join_ = nullptr;
 };
 
 // Makes the communicator's GPU current (the scratch is allocated on the current device).
@@ -225,21 +276,39 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dq.get(), 0, dq_bytes, stream));
   TensorView acc_dq_view = device_view(acc_dq.get(), DType::kFloat32, B, Sl, Hq, D);
   acc_dq_view.stride = {Hq * Sl * D, D, Sl * D, 1};
-  DeviceScratch scratch(2 * static_cast<size_t>(nkv) * sizeof(float), stream);  // this step's dK | dV
-  DeviceScratch dsend(gbytes, stream), drecv(gbytes, stream);                   // travelling accumulators
-  PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
+  // This step's dK | dV, fp32, double-buffered: step i computes into scratch[i % 2] on C while the side stream X
+  // adds step i-1's into the travelling accumulator and clears it again for step i+1.
+  const size_t scratch_bytes = 2 * static_cast<size_t>(nkv) * sizeof(float);
+  DeviceScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
+  float* scratch[2] = {scratch0.get<float>(), scratch1.get<float>()};
+  DeviceScratch dsend(gbytes, stream), drecv(gbytes, stream);  // travelling accumulators
+  SideStream side(stream);                                     // after the buffers: joins C before they are freed
+  PendingExchanges pending(comm_, stream);                     // after the buffers: destroyed before them
   ExchangeTicket& tk = pending.tickets[0];
   ExchangeTicket& tg = pending.tickets[1];
-
+  const cudaStream_t X = side.get();
   const std::vector<int>& U = schedule_.useful_steps;
+  DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[0], 0, scratch_bytes, stream));
+  if (U.size() > 1) {    // scratch[1] is cleared on X, beside step 0's compute
+    side.follow_main();  // after its allocation
+    DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[1], 0, scratch_bytes, X));
+    side.mark_cleared(1);
+  }
+
   const int L = schedule_.last_useful_step;
   last_backward_ = RingCallStats();
   last_backward_.steps_run = static_cast<int>(U.size());
   last_backward_.grad_home_shift = ((-L) % P + P) % P;
   int cur = 0;
+  // Per step i (buffer b = i % 2), in host order:
+  //   C: [wait X's clear of scratch[b] (initial for b = 1, else after step i-2)] compute step i into scratch[b] (+ dQ)
+  //   X: wait C (compute i done); wait the accumulator of step i-1 (drecv); dsend = drecv + scratch[b];
+  //      clear scratch[b]; N: send dsend on (after X), receive the next accumulator into drecv
+  // The clear of scratch[b] on X is what step i+2's compute waits for; the add overlaps step i+1's compute.
   for (size_t i = 0; i < U.size(); ++i) {
     const int s = U[i];
     const bool more = i + 1 < U.size();
+    float* scr = scratch[i % 2];
     if (more) {
       tk = post_jump("ring backward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], kv_bytes, U[i + 1] - s, stream);
       ++last_backward_.kv_exchanges;
@@ -247,7 +316,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
       ++last_backward_.computed_steps;
-      DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch.get(), 0, 2 * static_cast<size_t>(nkv) * sizeof(float), stream));
+      if (i >= 1) side.main_waits_cleared(static_cast<int>(i % 2));  // cleared on X (initially / after step i-2's add)
       AttnBwdParams bp;
       bp.fwd = step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
                            device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
@@ -255,18 +324,22 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       bp.fwd.lse = const_cast<float*>(lse);
       bp.dout = dout;
       bp.dq = acc_dq_view;
-      bp.dk = device_view(scratch.get(), DType::kFloat32, B, Sl, Hkv, D);
-      bp.dv = device_view(scratch.get<float>() + nkv, DType::kFloat32, B, Sl, Hkv, D);
+      bp.dk = device_view(scr, DType::kFloat32, B, Sl, Hkv, D);
+      bp.dv = device_view(scr + nkv, DType::kFloat32, B, Sl, Hkv, D);
       bp.accumulate = true;
       bp.delta = delta.get<float>();
       flash_attention_backward(bp, stream);
     }
-    if (i > 0) comm_.wait_exchange(tg, stream);
-    detail::travel_add(i > 0 ? drecv.get() : nullptr, st.skipped() ? nullptr : scratch.get<float>(), dsend.get(),
-                       2 * nkv, gtype, stream);
+    side.follow_main();                     // X after this step's compute (and everything before it on C)
+    if (i > 0) comm_.wait_exchange(tg, X);  // drecv holds the accumulator of step i-1; dsend is free
+    detail::travel_add(i > 0 ? drecv.get() : nullptr, st.skipped() ? nullptr : scr, dsend.get(), 2 * nkv, gtype, X);
+    if (!st.skipped() && i + 2 < U.size()) {
+      DISTATTN_CUDA_CHECK(cudaMemsetAsync(scr, 0, scratch_bytes, X));
+      side.mark_cleared(static_cast<int>(i % 2));
+    }
     // On with the K|V's jump; after the last useful step straight home to rank r - L (complete by then).
-    tg = more ? post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, stream)
-              : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), gbytes, -L, stream);
+    tg = more ? post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, X)
+              : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), gbytes, -L, X);
     ++last_backward_.grad_exchanges;
     if (more) {
       comm_.wait_exchange(tk, stream);
