@@ -261,6 +261,13 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
   const DType gtype = config_.grad_travel == GradTravel::kFloat32 ? DType::kFloat32 : DType::kBFloat16;
   const size_t gbytes = 2 * static_cast<size_t>(nkv) * dtype_size(gtype);
+  // The home hop carries the complete gradient: in dk/dv's own 16-bit dtype when both have it, rounded once by
+  // the last add exactly as the final conversion would round it (identical results, half the bytes of fp32 on the
+  // one hop that nothing overlaps); otherwise in the travel dtype.
+  const DType home_dtype =
+      (dk.dtype == dv.dtype && dk.dtype != DType::kFloat32 && dtype_size(dk.dtype) <= dtype_size(gtype)) ? dk.dtype
+                                                                                                         : gtype;
+  const size_t home_bytes = 2 * static_cast<size_t>(nkv) * dtype_size(home_dtype);
   use_comm_device(comm_);
 
   DeviceScratch kv0(kv_bytes, stream), kv1(kv_bytes, stream);
@@ -332,14 +339,16 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     }
     side.follow_main();                     // X after this step's compute (and everything before it on C)
     if (i > 0) comm_.wait_exchange(tg, X);  // drecv holds the accumulator of step i-1; dsend is free
-    detail::travel_add(i > 0 ? drecv.get() : nullptr, st.skipped() ? nullptr : scr, dsend.get(), 2 * nkv, gtype, X);
+    // The last add writes the home hop's dtype (see home_dtype); the others keep the travel dtype.
+    detail::travel_add(i > 0 ? drecv.get() : nullptr, gtype, st.skipped() ? nullptr : scr, dsend.get(),
+                       more ? gtype : home_dtype, 2 * nkv, X);
     if (!st.skipped() && i + 2 < U.size()) {
       DISTATTN_CUDA_CHECK(cudaMemsetAsync(scr, 0, scratch_bytes, X));
       side.mark_cleared(static_cast<int>(i % 2));
     }
     // On with the K|V's jump; after the last useful step straight home to rank r - L (complete by then).
     tg = more ? post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, X)
-              : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), gbytes, -L, X);
+              : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), home_bytes, -L, X);
     ++last_backward_.grad_exchanges;
     if (more) {
       comm_.wait_exchange(tk, stream);
@@ -347,8 +356,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     }
   }
   comm_.wait_exchange(tg, stream);  // this rank's own dK | dV, complete
-  detail::convert_packed_to_view(drecv.get(), gtype, dk, stream);
-  detail::convert_packed_to_view(drecv.get() + nkv * dtype_size(gtype), gtype, dv, stream);
+  detail::convert_packed_to_view(drecv.get(), home_dtype, dk, stream);
+  detail::convert_packed_to_view(drecv.get() + nkv * dtype_size(home_dtype), home_dtype, dv, stream);
   detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
 }
 

@@ -66,11 +66,12 @@ __global__ void convert_kernel(const void* src, int src_dtype, int64_t src_b, in
   }
 }
 
-__global__ void travel_add_kernel(const void* incoming, const float* mine, void* out, int64_t n, int travel) {
+__global__ void travel_add_kernel(const void* incoming, int in_dtype, const float* mine, void* out, int out_dtype,
+                                  int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    float v = incoming != nullptr ? load_f(incoming, i, travel) : 0.f;
+    float v = incoming != nullptr ? load_f(incoming, i, in_dtype) : 0.f;
     if (mine != nullptr) v += mine[i];
-    store_f(out, i, travel, v);
+    store_f(out, i, out_dtype, v);
   }
 }
 
@@ -115,9 +116,11 @@ void convert_packed_to_view(const void* src, DType src_dtype, const TensorView& 
   convert_strided_to_view(src, src_dtype, S * H * D, H * D, D, dst, stream);
 }
 
-void travel_add(const void* incoming, const float* mine, void* out, int64_t n, DType travel, cudaStream_t stream) {
+void travel_add(const void* incoming, DType in_dtype, const float* mine, void* out, DType out_dtype, int64_t n,
+                cudaStream_t stream) {
   if (n <= 0) return;
-  travel_add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(incoming, mine, out, n, static_cast<int>(travel));
+  travel_add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(incoming, static_cast<int>(in_dtype), mine, out,
+                                                            static_cast<int>(out_dtype), n);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 

@@ -25,9 +25,10 @@ void convert_packed_to_view(const void* src, DType src_dtype, const TensorView& 
 void convert_strided_to_view(const void* src, DType src_dtype, int64_t src_b, int64_t src_s, int64_t src_h,
                              const TensorView& dst, cudaStream_t stream);
 
-// out[i] = (incoming ? incoming[i] : 0) + (mine ? mine[i] : 0) for i < n; incoming / out of `travel`
-// dtype (fp32 or bf16), mine fp32. The sum is formed in fp32 and rounded once.
-void travel_add(const void* incoming, const float* mine, void* out, int64_t n, DType travel, cudaStream_t stream);
+// out[i] = (incoming ? incoming[i] : 0) + (mine ? mine[i] : 0) for i < n; incoming of `in_dtype`, out of
+// `out_dtype` (fp32, bf16 or fp16), mine fp32. The sum is formed in fp32 and rounded once.
+void travel_add(const void* incoming, DType in_dtype, const float* mine, void* out, DType out_dtype, int64_t n,
+                cudaStream_t stream);
 
 // delta[b, h, i] = sum_d dout[b, i, h, d] * o[b, i, h, d] in fp32, delta packed [B, H, S].
 void row_dot(const TensorView& dout, const TensorView& o, float* delta, cudaStream_t stream);
