@@ -126,6 +126,28 @@ CUtensorMap make_tmap(const TensorView& t, int box_rows, const char* argument) {
   return map;
 }
 
+// TMA descriptor of the fp32 dQ accumulator (row stride 128 floats; head and batch strides of kp): dims {128, Sq, Hq,
+// B}, box {32, 64, 1, 1} (128 bytes wide), 128-byte swizzle: the staging layout the kernel's TMA reductions read.
+CUtensorMap make_tmap_dq(const kernels::FlashBwdParams& kp) {
+  CUtensorMap map;
+  const cuuint64_t dims[4] = {128, static_cast<cuuint64_t>(kp.seqlen_q), static_cast<cuuint64_t>(kp.heads_q),
+                              static_cast<cuuint64_t>(kp.batch)};
+  auto bytes = [](int64_t size, int64_t stride_elems) -> cuuint64_t {
+    return size == 1 ? 16 : static_cast<cuuint64_t>(stride_elems * 4);
+  };
+  const cuuint64_t strides[3] = {bytes(kp.seqlen_q, 128), bytes(kp.heads_q, kp.dq_accum_head_stride),
+                                 bytes(kp.batch, kp.dq_accum_batch_stride)};
+  const cuuint32_t box[4] = {32, static_cast<cuuint32_t>(BwdConfig::kBlockM), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, kp.dq_accum, dims, strides, box,
+                                 elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DISTATTN_CHECK_ARG(r == CUDA_SUCCESS, "dq",
+                     "accumulator cannot be described to the TMA engine (cuTensorMapEncodeTiled error ",
+                     static_cast<int>(r), ")");
+  return map;
+}
+
 template <typename T>
 void launch_main(const FlashBwdHopperParams& params, cudaStream_t stream) {
   auto kernel = &hopper::flash_bwd_hopper_kernel<T>;
@@ -173,6 +195,7 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   k.tmap_dout = make_tmap(p.dout, BwdConfig::kBlockM, "dout");
   k.tmap_k = make_tmap(f.k, BwdConfig::kBlockN, "k");
   k.tmap_v = make_tmap(f.v, BwdConfig::kBlockN, "v");
+  k.tmap_dq = make_tmap_dq(kp);  // the dQ reductions (DISTATTN_HOPPER_BWD_DQ_TMA, the default)
   k.lse_ptr = kp.lse;
   k.lse_batch_stride = kp.lse_batch_stride;
   k.lse_head_stride = kp.lse_head_stride;

@@ -5,7 +5,10 @@
 // kBlockM = 64 rows that can see the kv tile (the band / chunk plan below).
 //   warpgroup 0  producer (setmaxnreg 24): thread 0 issues every TMA load: K and V once, then Q and dO of each q
 //                tile into a 2-stage ring; warp 1 copies the tile's LSE (as LSE * log2 e; +inf for rows past Sq
-//                or without keys, so P = 0 there) and delta into shared memory next to them.
+//                or without keys, so P = 0 there) and delta into shared memory next to them; warp 2 (lane 0) adds
+//                each item's dQ tile, staged in shared memory by the consumers, to the fp32 dQ accumulator with TMA
+//                reductions (cp.reduce.async.bulk.tensor .add: whole 128-byte lines at L2 instead of per-element
+//                atomics; the conversion kernel casts the accumulator to dq afterwards).
 //   warpgroups 1, 2  consumers (setmaxnreg 240): consumer c owns kv rows [64 c, 64 c + 64) of the tile. Per q tile,
 //                all products transposed so that the kv rows are the wgmma M dimension:
 //     S^T  = K_c Q^T           64 x 64   8 wgmma m64n64k16, A = K (smem, K-major), B = Q (smem, K-major)
@@ -15,29 +18,34 @@
 //                                        already the A fragment), B = dO (MN-major, transpose bit)
 //     dS^T = P^T (dP^T - delta[q])
 //     dK_c += dS^T Q           64 x 128  4 wgmma m64n128k16, A = dS^T registers, B = Q (MN-major)
-//     dS^T -> shared memory (16-bit, [128 kv rows][64 q], 128-byte swizzle), barrier of both consumers, then
+//     dS^T -> shared memory (16-bit, [128 kv rows][64 q], 128-byte swizzle, double-buffered), then, once both
+//     consumers' halves are there,
 //     dQ[:, 64 c .. 64 c + 64) = dS K    64 x 64   8 wgmma m64n64k16, A = dS (MN-major: the stored dS^T read
 //                                        with the A transpose bit), B = K columns of half c (MN-major)
-//     dQ * scale added to the fp32 accumulator with red.global.add.v2.f32 (the conversion kernel casts it).
-//   S^T and dP^T are issued back to back; the softmax of P runs while dP^T is computed, dS while P^T dO runs.
+//     dQ * scale -> the shared fp32 staging tile (warp 2 of the producer reduces it into dq_accum).
+//   S^T and dP^T are issued back to back; the softmax of P runs while dP^T is computed, dS while P^T dO runs. The dQ
+//   product of item it is issued in iteration it + 1 (kDeferDq), after the consumer's own dS(it + 1) is written.
 // Synchronisation (mbarriers in shared memory):
-//   bar_kv      K and V landed (transaction count).
-//   full[s]     Q and dO of stage s landed (TMA bytes + 1 arrival of thread 0) and its LSE / delta were written
-//               (32 arrivals of warp 1).
-//   empty[s]    all 8 consumer warps finished with stage s (Q, dO, stats).
-//   named barrier 1 (256 consumer threads): both halves of dS^T are in shared memory. dS is double-buffered by
-//               iteration parity: a consumer reaching iteration it + 2 passed the barrier of it + 1, which the
-//               other consumer reached only after its dQ products of iteration it were complete.
+//   bar_kv       K and V landed (transaction count).
+//   full[s]      Q and dO of stage s landed (TMA bytes + 1 arrival of thread 0) and its LSE / delta were written
+//                (32 arrivals of warp 1).
+//   empty[s]     all 8 consumer warps finished with stage s (Q, dO, stats).
+//   ds_full[i]   all 256 consumer threads wrote their part of the dS held by buffer i (item it uses i = it % 2).
+//   ds_empty[i]  all 256 consumer threads finished the dQ product that read buffer i.
+//   dq_full      all 256 consumer threads wrote the dQ staging tile of the next item (phase k = item k).
+//   dq_empty     warp 2's reductions of item k have read the staging tile (1 arrival).
 //   Item it uses stage it % 2; its use u = it / 2 waits full with parity u & 1, and the producer's refill for use
-//   u >= 1 waits empty with parity (u - 1) & 1.
+//   u >= 1 waits empty with parity (u - 1) & 1 (ds_full / ds_empty likewise per dS buffer). A barrier never runs two
+//   phases ahead of a waiter: each phase u + 1 needs an arrival that comes after that waiter's wait for phase u.
 //
 // Shared memory (bytes from a 1024-aligned base; tiles in the 128-byte-swizzle layout of hopper_primitives.cuh,
 // head dim in two 64-wide halves):
 //   K, V     [2 halves][128 rows][128 B]        32 KB each
 //   Q[s], dO[s]  [2 halves][64 rows][128 B]     16 KB each, s = 0, 1
-//   dS[s]    [128 kv rows][64 q][2 B]           16 KB each
+//   dS[i]    [128 kv rows][64 q][2 B]           16 KB each, i = 0, 1
+//   dQ staging fp32 [4 boxes][64 rows][128 B]   32 KB
 //   stats[s] float lse_log2[64], delta[64]      512 B each
-//   mbarriers, the q-tile plan
+//   mbarriers, the q-tile plan                  (195 KB in all)
 //
 // Position maps: up to 8 chunks per side with boundaries on multiples of 128 rows (flash_bwd_hopper_supported):
 // the kv tile and every q tile lie in one chunk, positions affine. Plan: for kv positions [k_min, k_max] the visible
@@ -70,13 +78,17 @@ struct BwdConfig {
   static constexpr int kDSBytes = kBlockN * kBlockM * 2;  // dS^T: 128 rows of 128 bytes
   static constexpr int kOffK = 0;
   static constexpr int kOffV = kKVBytes;
-  static constexpr int kOffQ = 2 * kKVBytes;                     // Q[s] at kOffQ + s * kQBytes
-  static constexpr int kOffDO = kOffQ + kStages * kQBytes;       // dO[s]
-  static constexpr int kOffDS = kOffDO + kStages * kQBytes;      // dS[s] at kOffDS + s * kDSBytes
-  static constexpr int kOffStats = kOffDS + kStages * kDSBytes;  // float [s][128]: lse_log2 [0, 64), delta [64, 128)
-  static constexpr int kOffBar = kOffStats + kStages * 512;      // mbarriers: kv, full[2], empty[2]
-  static constexpr int kOffPlan = kOffBar + 128;                 // int plan[20]
-  static constexpr int kSmemBytes = kOffPlan + 128 + 1024;       // + slack to align the base to 1024
+  static constexpr int kOffQ = 2 * kKVBytes;                 // Q[s] at kOffQ + s * kQBytes
+  static constexpr int kOffDO = kOffQ + kStages * kQBytes;   // dO[s]
+  static constexpr int kOffDS = kOffDO + kStages * kQBytes;  // dS[s] at kOffDS + s * kDSBytes
+  // dQ staging (kDqTma): fp32 [4 boxes of 32 columns][64 rows][128 B], 128-byte swizzle (the dq tensor map's layout).
+  static constexpr int kOffDQ = kOffDS + kStages * kDSBytes;
+  static constexpr int kDQBytes = kBlockM * kHeadDim * 4;  // 32 KB
+  static constexpr int kOffStats = kOffDQ + kDQBytes;      // float [s][128]: lse_log2 [0, 64), delta [64, 128)
+  static constexpr int kOffBar =
+      kOffStats + kStages * 512;                            // mbarriers: kv, full[2], empty[2], ds_full[2], ds_empty[2]
+  static constexpr int kOffPlan = kOffBar + 128;            // int plan[20]
+  static constexpr int kSmemBytes = kOffPlan + 128 + 1024;  // + slack to align the base to 1024
   static constexpr int kMaxChunks = FlashBwdHopperParams::kMaxChunks;
   static_assert(kBlockN % kBlockM == 0 && 128 % kBlockM == 0, "chunk boundaries (128 rows) must align with tiles");
 };
@@ -184,6 +196,22 @@ struct BwdTypeOps<__half> {
 #endif
 };
 
+// kDeferDq (default): dQ of item it is issued in iteration it + 1, after this consumer's dS(it + 1) is written, so
+// the two consumers only wait for each other's dS of the previous item (mbarriers ds_full / ds_empty per dS buffer)
+// and may drift up to one item apart. 0: a named barrier of both consumers per item before dQ (lockstep).
+// H100, 32 heads x 128, bf16 (bench/results/*_hopper_bwd): with red.global.add for dQ both orders ran at ~400 TF
+// (16K, 64K, causal or not); with the TMA reduction (kDqTma) defer + TMA gave 453-464 TF. The combination TMA without
+// defer spilled 16 bytes and was not measured.
+#ifndef DISTATTN_HOPPER_BWD_DEFER_DQ
+#define DISTATTN_HOPPER_BWD_DEFER_DQ 1
+#endif
+// kDqTma (default): the consumers write dQ * scale of an item to a shared fp32 tile and warp 2 of the producer
+// warpgroup adds it to dq_accum with TMA reductions (4 boxes of 64 rows x 32 columns); 0: red.global.add.v2.f32 from
+// registers (16 per thread and item; ~13% slower end to end).
+#ifndef DISTATTN_HOPPER_BWD_DQ_TMA
+#define DISTATTN_HOPPER_BWD_DQ_TMA 1
+#endif
+
 template <typename T>
 __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
     flash_bwd_hopper_kernel(const __grid_constant__ FlashBwdHopperParams p) {
@@ -200,8 +228,15 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
   const uint32_t sDS = smem_base + C::kOffDS;
   float* const stats = reinterpret_cast<float*>(smem + C::kOffStats);
   const uint32_t bar_kv = smem_base + C::kOffBar;
-  const uint32_t bar_full = bar_kv + 8;                  // [kStages]
-  const uint32_t bar_empty = bar_full + 8 * C::kStages;  // [kStages]
+  const uint32_t bar_full = bar_kv + 8;                     // [kStages]
+  const uint32_t bar_empty = bar_full + 8 * C::kStages;     // [kStages]
+  const uint32_t bar_ds_full = bar_empty + 8 * C::kStages;  // [2] kDeferDq: dS(it) of buffer it % 2 written
+  const uint32_t bar_ds_empty = bar_ds_full + 16;           // [2] kDeferDq: dQ(it) finished reading buffer it % 2
+  const uint32_t bar_dq_full = bar_ds_empty + 16;           // kDqTma: the dQ staging tile is written (256 arrivals)
+  const uint32_t bar_dq_empty = bar_dq_full + 8;            // kDqTma: its TMA reduction has read it (1 arrival)
+  const uint32_t sDQ = smem_base + C::kOffDQ;
+  constexpr bool kDqTma = DISTATTN_HOPPER_BWD_DQ_TMA != 0;
+  constexpr bool kDeferDq = DISTATTN_HOPPER_BWD_DEFER_DQ != 0;
   int* const plan = reinterpret_cast<int*>(smem + C::kOffPlan);
 
   // kv tile 0 first: under a causal band with aligned positions it sees the most q tiles.
@@ -223,6 +258,12 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
       mbar_init(bar_full + 8 * s, 1 + 32);  // thread 0's expect_tx + warp 1's 32 stats arrivals
       mbar_init(bar_empty + 8 * s, 8);      // one arrival per consumer warp
     }
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(bar_ds_full + 8 * i, 256);  // every consumer thread
+      mbar_init(bar_ds_empty + 8 * i, 256);
+    }
+    mbar_init(bar_dq_full, 256);
+    mbar_init(bar_dq_empty, 1);
     mbar_init_fence();
   }
   __syncthreads();
@@ -259,6 +300,23 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
         tma_load_4d(q_dst + C::kHalfQBytes, &p.tmap_q, full, 64, m0, hq, b);
         tma_load_4d(do_dst, &p.tmap_dout, full, 0, m0, hq, b);
         tma_load_4d(do_dst + C::kHalfQBytes, &p.tmap_dout, full, 64, m0, hq, b);
+      }
+    } else if (kDqTma && warp == 2) {
+      // dQ writer: item k's tile (written by the consumers, dq_full phase k) -> dq_accum rows [m0, m0 + 64) of head
+      // hq (rows past Sq are skipped by the TMA unit); the staging tile is free again once the reduction read it.
+      if (threadIdx.x % 32 == 0) {
+        tma_prefetch_desc(&p.tmap_dq);
+        for (int it = 0; it < n_items; ++it) {
+          const int hq = h_kv * p.group + it / per_head;
+          const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+          mbar_wait(bar_dq_full, it & 1);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) tma_reduce_add_4d(&p.tmap_dq, sDQ + j * (C::kBlockM * 128), 32 * j, m0, hq, b);
+          bulk_commit();
+          bulk_wait_read<0>();
+          mbar_arrive(bar_dq_empty);
+        }
+        bulk_wait<0>();  // the last reductions are complete before the CTA exits
       }
     } else if (warp == 1) {
       // LSE (as LSE * log2 e, +inf where P must be 0) and delta of the item's 64 q rows, two rows per lane.
@@ -318,6 +376,58 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
     const DiagonalBand band{p.band_lo, p.band_hi};
     const float scale_log2 = p.scale_log2;
     mbar_wait(bar_kv, 0);
+
+    // dQ of one item: dQ[:, 64 cw + n] = sum_kv dS[q][kv] K[kv][64 cw + n]: A = dS (q x kv) stored kv-major
+    // (transpose bit), B = K half cw as kv x d (MN-major); k step kk = 16 kv rows = 2048 bytes in both.
+    // dq is a fresh (uninitialised) array per item: one declared outside the loop would be live across iterations
+    // for the compiler (the wgmma asm reads its accumulators) and cost 32 registers in the softmax.
+    auto issue_dq = [&](float(&dq)[32], uint32_t ds_smem) {
+      const uint64_t desc_ds = make_desc_sw128(ds_smem, C::kDSBytes, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+        Ops::template mma64<1, 1>(dq, desc_ds + ((kk * 2048) >> 4), desc_kt + ((kk * 2048) >> 4), kk > 0 ? 1 : 0);
+      wgmma_commit();
+    };
+    // dQ * scale into the accumulator: acc i is (q row row_in + 8 ((i / 2) % 2), d 64 cw + 8 (i / 4) + col_base +
+    // (i % 2)) of the item's tile m0 of head hq; rows past Sq are dropped.
+    int dq_uses = 0;  // kDqTma: items whose dQ went through the staging tile so far
+    auto add_dq = [&](const float(&dq)[32], int hq, int m0) {
+      if (kDqTma) {
+        // Staging tile: column col = 64 cw + 8 c + col_base (+1) is in box col / 32, 16-byte chunk (col % 32) / 4 of
+        // the 128-byte row, stored at chunk position chunk ^ (row % 8); row % 8 = lane / 4.
+        if (dq_uses > 0) mbar_wait(bar_dq_empty, (dq_uses - 1) & 1);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = row_in + 8 * r;
+#pragma unroll
+          for (int c = 0; c < 8; ++c) {
+            const int box = 2 * cw + c / 4;
+            const int chunk = 2 * (c % 4) + col_base / 4;
+            const uint32_t addr =
+                sDQ + box * (C::kBlockM * 128) + row * 128 + ((chunk ^ (lane / 4)) << 4) + 4 * (col_base % 4);
+            asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[4 * c + 2 * r] * p.scale),
+                         "f"(dq[4 * c + 2 * r + 1] * p.scale)
+                         : "memory");
+          }
+        }
+        fence_proxy_async_smem();
+        mbar_arrive(bar_dq_full);
+        ++dq_uses;
+        return;
+      }
+      float* dq_head = p.dq_accum + b * p.dq_accum_batch_stride + hq * p.dq_accum_head_stride;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row_in + 8 * r;
+        if (row >= p.seqlen_q) continue;
+        float* dst = dq_head + static_cast<int64_t>(row) * C::kHeadDim + 64 * cw + col_base;
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+          red_add_f32x2(dst + 8 * c, dq[4 * c + 2 * r] * p.scale, dq[4 * c + 2 * r + 1] * p.scale);
+      }
+    };
+    int prev_hq = 0, prev_m0 = 0;  // kDeferDq: the item whose dQ is issued in the next iteration
 
     for (int it = 0; it < n_items; ++it) {
       const int s = it % C::kStages;
@@ -432,7 +542,9 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
       }
       // dS^T to shared memory: row 64 cw + row_in + 8 r (kv), 16-bit columns (q) 8 c + col_base, +1; the 16-byte
       // chunk c of a row sits at chunk position c ^ (row % 8) (128-byte swizzle; row % 8 = lane / 4).
-      const uint32_t ds_s = sDS + (it % 2) * C::kDSBytes;
+      const int ds_buf = it % 2;
+      if (kDeferDq && it >= 2) mbar_wait(bar_ds_empty + 8 * ds_buf, ((it / 2) - 1) & 1);  // dQ(it - 2) read it
+      const uint32_t ds_s = sDS + ds_buf * C::kDSBytes;
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
         const int r = j % 2, c = j / 2;
@@ -440,17 +552,18 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
         asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(pds[j]) : "memory");
       }
       fence_proxy_async_smem();
-      bwd_named_sync<256>(1);  // both consumers' dS^T rows are in place
       float dq[32];
-      {
-        // dQ[:, 64 cw + n] = sum_kv dS[q][kv] K[kv][64 cw + n]: A = dS (q x kv) stored kv-major (transpose bit),
-        // B = K half cw as kv x d (MN-major); k step kk = 16 kv rows = 2048 bytes in both.
-        const uint64_t desc_ds = make_desc_sw128(ds_s, C::kDSBytes, 1024);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-          Ops::template mma64<1, 1>(dq, desc_ds + ((kk * 2048) >> 4), desc_kt + ((kk * 2048) >> 4), kk > 0 ? 1 : 0);
-        wgmma_commit();
+      if (kDeferDq) {
+        mbar_arrive(bar_ds_full + 8 * ds_buf);  // this thread's part of dS(it) is in place (release)
+        // dQ(it - 1) from the other buffer. At it = 0 the product runs on a buffer not yet written and its result is
+        // dropped: issuing it unconditionally keeps the wgmma out of a branch (ptxas serialised the kernel's wgmma
+        // and spilled when it was conditional).
+        const int pit = it - 1;
+        if (it >= 1) mbar_wait(bar_ds_full + 8 * (pit % 2), (pit / 2) & 1);  // both halves of dS(it - 1)
+        issue_dq(dq, sDS + ((it + 1) % 2) * C::kDSBytes);
+      } else {
+        bwd_named_sync<256>(1);  // both consumers' dS^T rows are in place
+        issue_dq(dq, ds_s);
       }
       wgmma_wait<0>();
       fence_regs(dq);
@@ -460,19 +573,25 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
       fence_regs(pds);
       __syncwarp();
       if (lane == 0) mbar_arrive(bar_empty + 8 * s);  // Q, dO and stats of stage s are free
-
-      // dQ * scale into the accumulator: acc i is (q row row_in + 8 ((i / 2) % 2), d 64 cw + 8 (i / 4) + col_base +
-      // (i % 2)) of the tile; rows past Sq are dropped.
-      float* dq_head = p.dq_accum + b * p.dq_accum_batch_stride + hq * p.dq_accum_head_stride;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = m0 + row_in + 8 * r;
-        if (row >= p.seqlen_q) continue;
-        float* dst = dq_head + static_cast<int64_t>(row) * C::kHeadDim + 64 * cw + col_base;
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-          red_add_f32x2(dst + 8 * c, dq[4 * c + 2 * r] * p.scale, dq[4 * c + 2 * r + 1] * p.scale);
+      if (kDeferDq) {
+        if (it >= 1) {
+          mbar_arrive(bar_ds_empty + 8 * ((it - 1) % 2));  // done reading dS(it - 1)
+          add_dq(dq, prev_hq, prev_m0);
+        }
+        prev_hq = hq;
+        prev_m0 = m0;
+      } else {
+        add_dq(dq, hq, m0);
       }
+    }
+    if (kDeferDq) {  // the last item's dQ
+      const int pit = n_items - 1;
+      mbar_wait(bar_ds_full + 8 * (pit % 2), (pit / 2) & 1);
+      float dq[32];
+      issue_dq(dq, sDS + (pit % 2) * C::kDSBytes);
+      wgmma_wait<0>();
+      fence_regs(dq);
+      add_dq(dq, prev_hq, prev_m0);
     }
   }
 

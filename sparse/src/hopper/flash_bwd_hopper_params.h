@@ -25,6 +25,7 @@ struct FlashBwdHopperParams {
   CUtensorMap tmap_dout;  // dout, box 64 x 64 rows
   CUtensorMap tmap_k;     // k, box 64 x 128 rows
   CUtensorMap tmap_v;     // v, box 64 x 128 rows
+  CUtensorMap tmap_dq;    // dq_accum fp32 {128, Sq, Hq, B}, box 32 x 64 rows (kDqTma: TMA reduce-add of dQ tiles)
 
   // --- softmax statistics (read by the producer warpgroup) ------------------------------------------------
   const float* lse_ptr = nullptr;    // [B, Hq, Sq] natural-log LSE of the forward; -inf: row without keys
