@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 
 #include "distattn/core/check_cuda.h"
@@ -14,6 +15,7 @@
 #include "hopper/flash_fwd_hopper.h"
 #include "hopper/flash_fwd_hopper_kernel.cuh"
 #include "hopper/flash_fwd_hopper_params.h"
+#include "hopper/flash_fwd_hopper_scheduler.h"
 
 namespace distattn {
 
@@ -135,8 +137,84 @@ CUtensorMap make_tmap(const TensorView& t, int box_rows, const char* argument) {
   return map;
 }
 
+// Grid override for tests and experiments: -1 = none (the environment variable DISTATTN_HOPPER_GRID, then the
+// automatic choice), 0 = one CTA per slot of work units, n > 0 = n CTAs (at most the slot count).
+std::atomic<int> g_grid_override{-1};
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return (end != nullptr && *end == '\0' && x >= -1 && x <= (1L << 30)) ? static_cast<int>(x) : fallback;
+}
+
+// Streaming multiprocessors of the current device (cached per device).
+int sm_count() {
+  static std::atomic<int> cached[kMaxDevices] = {};
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  if (device >= 0 && device < kMaxDevices && cached[device].load() > 0) return cached[device].load();
+  int sms = 0;
+  DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (device >= 0 && device < kMaxDevices) cached[device].store(sms);
+  return sms;
+}
+
+// kv tiles that q tile m visits under the dense band (no block list): the kernel's write_segments, on the host.
+int dense_tile_count(const FlashFwdHopperParams& k, int m) {
+  const hopper::TilePlan t = hopper::make_plan(k, m);
+  int total = 0;
+  for (int c = 0; c < k.kv_chunks; ++c) {
+    int lo = 0, hi = 0;
+    hopper::chunk_rows(t.q_min, t.q_max, k.band_lo, k.band_hi, k.kv_start[c], k.kv_stride[c], k.kv_row[c],
+                       k.kv_row[c + 1] - k.kv_row[c], &lo, &hi);
+    if (lo <= hi) total += hi / FwdConfig::kBlockN + 1 - lo / FwdConfig::kBlockN;
+  }
+  return total;
+}
+
+// Pair q tiles M - 1 - j and j in one slot (flash_fwd_hopper_scheduler.h) when the tile counts grow about linearly
+// with m (causal): w(0) + w(M - 1) close to 2 w(middle) compared with the spread w(M - 1) - w(0). Not for block lists
+// (their counts live on the device) nor flat or saturating counts (dense, windows: heaviest first alone is better).
+// DISTATTN_HOPPER_PAIR=0 / 1 forces it for experiments.
+bool pair_units(const FlashFwdHopperParams& k) {
+  static const int env_pair = env_int("DISTATTN_HOPPER_PAIR", -1);
+  if (env_pair >= 0) return env_pair == 1;
+  if (k.has_blocks || k.num_m_blocks < 3) return false;
+  const int64_t w0 = dense_tile_count(k, 0), wl = dense_tile_count(k, k.num_m_blocks - 1);
+  const int64_t wm = dense_tile_count(k, (k.num_m_blocks - 1) / 2);
+  const int64_t bend = w0 + wl - 2 * wm, spread = wl - w0;
+  return 2 * (bend < 0 ? -bend : bend) < (spread < 0 ? -spread : spread);
+}
+
+// Persistent launches for short problems only: up to this many q tiles per (b, h) (Sq <= 4096). Measured on an H100
+// (notes/hopper_kernel.md, "Persistent schedule"): +8-9% at 2K (B 8) and 4K causal, even at 16K non-causal; at 16K
+// causal the one-CTA-per-unit launch was 3% faster (the hardware's dynamic CTA dispatch balances the 128 unequal q
+// tiles better than the static snake), so long problems keep it.
+constexpr int kPersistentMaxMBlocks = 32;
+
+// CTAs of the launch: persistent (one per SM, each walking its units; flash_fwd_hopper_scheduler.h) for short
+// problems, one CTA per slot otherwise (with pair_units off and sections of one pair, the former kernel's CTA order:
+// q tiles heaviest first inside each (b, h)), unless an override says otherwise.
+int grid_size(const FlashFwdHopperParams& k, bool persistent) {
+  static const int env_grid = env_int("DISTATTN_HOPPER_GRID", -1);
+  int choice = g_grid_override.load();
+  if (choice < 0) choice = env_grid;
+  int ctas = 0;
+  if (choice == 0) {
+    ctas = k.num_slots;
+  } else if (choice > 0) {
+    ctas = choice;
+  } else {
+    ctas = persistent ? sm_count() : k.num_slots;
+  }
+  if (ctas > k.num_slots) ctas = k.num_slots;
+  return ctas < 1 ? 1 : ctas;
+}
+
 template <typename T, bool kAlibi>
-void launch(const FlashFwdHopperParams& params, cudaStream_t stream) {
+void launch(const FlashFwdHopperParams& params, bool persistent, cudaStream_t stream) {
   auto kernel = &hopper::flash_fwd_hopper_kernel<T, kAlibi>;
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
@@ -147,9 +225,8 @@ void launch(const FlashFwdHopperParams& params, cudaStream_t stream) {
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FwdConfig::kSmemBytes));
     done_devices.fetch_or(bit);
   }
-  // x: q tiles (reversed in the kernel: heaviest first), y: q heads, z: batch.
-  const dim3 grid(static_cast<unsigned>(params.num_m_blocks), static_cast<unsigned>(params.heads_q),
-                  static_cast<unsigned>(params.batch));
+  // One dimension: CTA c walks the units of the snake schedule (flash_fwd_hopper_scheduler.h).
+  const dim3 grid(static_cast<unsigned>(grid_size(params, persistent)));
   kernel<<<grid, FwdConfig::kThreads, FwdConfig::kSmemBytes, stream>>>(params);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
@@ -172,6 +249,9 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   constexpr int64_t kMaxRows = int64_t{0x7fffffff} - 256;
   if (p.q.seqlen() > kMaxRows || p.k.seqlen() > kMaxRows) return false;
   if (p.q.heads() > 65535 || p.q.batch() > 65535) return false;
+  // Work units (q tile, head, batch) are numbered with an int (flash_fwd_hopper_scheduler.h).
+  const int64_t units = (p.q.seqlen() + FwdConfig::kBlockM - 1) / FwdConfig::kBlockM * p.q.heads() * p.q.batch();
+  if (units >= int64_t{0x7fffffff}) return false;
   if (!tma_addressable(p.q) || !tma_addressable(p.k) || !tma_addressable(p.v)) return false;
   // o is written two elements at a time (4-byte stores, 8-byte for fp32) at even columns: a base aligned to
   // two elements and even strides suffice.
@@ -200,6 +280,15 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
   k.heads_q = static_cast<int>(p.q.heads());
   k.head_group = static_cast<int>(p.q.heads() / p.k.heads());
   k.num_m_blocks = (k.seqlen_q + FwdConfig::kBlockM - 1) / FwdConfig::kBlockM;
+  const bool persistent = k.num_m_blocks <= kPersistentMaxMBlocks;
+  // L2 sections (persistent launches): the K and V of the kv heads of one section fit in ~8 MB. Measured at 2K causal
+  // B 8 (H100): 8 MB 471 TF, 1 or 4 MB the same, 32 MB 457, every pair in one section 315 (K / V re-read from DRAM).
+  // DISTATTN_HOPPER_L2_MB overrides for experiments. One pair per section otherwise.
+  static const int l2_mb = env_int("DISTATTN_HOPPER_L2_MB", 8);
+  k.section_pairs = !persistent
+                        ? 1
+                        : hopper::l2_section_pairs(k.seqlen_kv, k.head_group, static_cast<int64_t>(k.heads_q) * k.batch,
+                                                   static_cast<int64_t>(l2_mb > 0 ? l2_mb : 8) << 20);
   fill_chunks(p.q_pos, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
   fill_chunks(p.kv_pos, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
   const DiagonalBand band = DiagonalBand::from_mask(p.mask);
@@ -212,6 +301,9 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
     k.block_row_partial = p.mask.blocks->row_partial;
   }
   k.accumulate = p.accumulate;
+  // Schedule (after the positions, band and block list: pair_units reads them).
+  k.pair_units = persistent && pair_units(k);
+  k.num_slots = hopper::slots_per_pair(k) * k.heads_q * k.batch;  // <= M * Hq * B < 2^31 (supported())
   k.o_fp32 = p.o.dtype == DType::kFloat32;
   k.scale_log2 = static_cast<float>(static_cast<double>(p.scale()) * 1.4426950408889634);
   k.softmax_scale = p.scale();
@@ -219,15 +311,17 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   if (p.alibi_slopes != nullptr) {
     if (bf16)
-      launch<__nv_bfloat16, true>(k, stream);
+      launch<__nv_bfloat16, true>(k, persistent, stream);
     else
-      launch<__half, true>(k, stream);
+      launch<__half, true>(k, persistent, stream);
   } else {
     if (bf16)
-      launch<__nv_bfloat16, false>(k, stream);
+      launch<__nv_bfloat16, false>(k, persistent, stream);
     else
-      launch<__half, false>(k, stream);
+      launch<__half, false>(k, persistent, stream);
   }
 }
+
+void flash_fwd_hopper_set_grid_override(int ctas) { g_grid_override.store(ctas < 0 ? -1 : ctas); }
 
 }  // namespace distattn

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -724,6 +725,161 @@ TEST(FlashForwardHopper, ExistingKernelBlockListWindow) {
   }
   EXPECT_LE(e_old.max_abs, 2 * e_naive.max_abs + kSlack)
       << "existing kernel " << e_old.str() << " | naive " << e_naive.str() << " seed " << seed;
+}
+
+// Persistent schedule (hopper/flash_fwd_hopper_scheduler.h): the CTA count must not change a single bit of the
+// results, since each work unit (q tile, head, batch) is computed the same way whichever CTA takes it. Each case:
+// checked against fp64 (2x naive) with the automatic grid, then run with 1 CTA (every unit through one CTA: the
+// barrier phases, plan slots and Q hand-over across units), 3 and 7 CTAs (units of uneven weight per CTA, snake
+// order), and one CTA per unit, each output poisoned first and compared bit for bit with the automatic grid's.
+struct GridOverride {
+  explicit GridOverride(int ctas) { flash_fwd_hopper_set_grid_override(ctas); }
+  ~GridOverride() { flash_fwd_hopper_set_grid_override(-1); }
+};
+
+void expect_same_bits(const Outputs& a, const Outputs& b, const std::string& what) {
+  ASSERT_EQ(a.o.bytes(), b.o.bytes());
+  EXPECT_EQ(std::memcmp(a.o.storage.data(), b.o.storage.data(), a.o.bytes()), 0) << what << ": O differs";
+  ASSERT_EQ(a.lse.size(), b.lse.size());
+  EXPECT_EQ(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)), 0) << what << ": LSE differs";
+}
+
+void run_grids(const Case& c) {
+  run_and_check(c, /*vs_old=*/false);  // automatic grid against fp64
+  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
+  SCOPED_TRACE("grids, case " + c.name + " seed " + std::to_string(seed));
+  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
+  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  testing::fill_normal(q, seed);
+  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(v, seed + 2);
+  const Outputs ref = run_gpu(c, q, k, v, /*hopper=*/true);
+  for (int ctas : {1, 3, 7, 0}) {
+    GridOverride grid(ctas);
+    expect_same_bits(ref, run_gpu(c, q, k, v, /*hopper=*/true), "grid " + std::to_string(ctas));
+  }
+}
+
+TEST(FlashForwardHopper, PersistentGridsDilatedLikeBatches) {
+  REQUIRE_HOPPER();
+  Case c;
+  // LongNet-like: many short causal problems (batch = segments) on strided positions, GQA; 3 q tiles per problem,
+  // the last one short, so the units weigh 1, 2 and 3 kv tiles (240 units: two or more per CTA on any GPU).
+  c.name = "hopper_grid_dilated_like";
+  c.B = 40, c.Sq = 300, c.Skv = 300, c.Hq = 2, c.Hkv = 1;
+  c.q_pos = PositionMap::strided(3, 4, 300);
+  c.kv_pos = PositionMap::strided(3, 4, 300);
+  c.mask = Mask::make_causal();
+  run_grids(c);
+  // Units with no kv tile at all (q tile 0 sees no key: the producer loads no Q for it, the consumers still
+  // release it), fp16, window.
+  c.name = "hopper_grid_empty_units_fp16";
+  c.dtype = DType::kFloat16;
+  c.B = 3, c.Sq = 600, c.Skv = 500, c.Hq = 4, c.Hkv = 2;
+  c.q_pos = PositionMap::contiguous(0, 600);
+  c.kv_pos = PositionMap::contiguous(200, 500);
+  c.mask = Mask::make_causal(350);
+  run_grids(c);
+}
+
+TEST(FlashForwardHopper, PersistentGridsBlockListsAlibiZigzag) {
+  REQUIRE_HOPPER();
+  Blocks bl;  // q block 2 has no block: a unit of count 0 in block-list mode
+  bl.num_kv_blocks = 4;
+  bl.rows = {{{0, true}}, {{0, false}, {1, true}}, {}, {{1, false}, {2, false}, {3, true}}, {{0, true}, {3, false}}};
+  bl.build();
+  Case c;
+  c.name = "hopper_grid_blocks_causal";
+  c.B = 3, c.Sq = 600, c.Skv = 500, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.blocks = &bl;
+  run_grids(c);
+  Case a;
+  a.name = "hopper_grid_alibi_zigzag";
+  a.slopes = {0.5f, 1.f / 32, 1.f / 512, 1.f / 8192};
+  a.B = 2, a.Hq = 4, a.Hkv = 1;
+  const int64_t big = (int64_t{1} << 21) + 3;
+  a.Sq = 512, a.Skv = 512;
+  a.q_pos = two_chunks(big, 256, big + 768, 256);
+  a.kv_pos = two_chunks(big + 256, 256, big + 512, 256);
+  a.mask = Mask::make_causal();
+  run_grids(a);
+}
+
+// Accumulate mode under several grids: three calls over thirds of the kv rows into one fp32 accumulator, B = 6
+// causal problems; bit-identical for every grid and within 2x naive of fp64.
+TEST(FlashForwardHopper, PersistentGridsAccumulate) {
+  REQUIRE_HOPPER();
+  const DType dt = DType::kBFloat16;
+  const int64_t B = 6, Sq = 520, Skv = 520, Hq = 4, Hkv = 4, D = 128;
+  const uint64_t seed = testing::test_seed() + 5151;
+  SCOPED_TRACE("persistent accumulate seed " + std::to_string(seed));
+  HostTensor q(dt, B, Sq, Hq, D), k(dt, B, Skv, Hkv, D), v(dt, B, Skv, Hkv, D);
+  testing::fill_normal(q, seed);
+  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(v, seed + 2);
+  AttnParams ref;
+  HostTensor o64(DType::kFloat32, B, Sq, Hq, D);
+  std::vector<float> lse64(static_cast<size_t>(B * Hq * Sq));
+  ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+  ref.q_pos = PositionMap::contiguous(0, Sq), ref.kv_pos = PositionMap::contiguous(0, Skv);
+  ref.mask = Mask::make_causal();
+  host_attention_forward(ref, HostPrecision::kFloat64);
+  HostTensor o_naive(dt, B, Sq, Hq, D);
+  std::vector<float> lse_naive(lse64.size());
+  ref.o = o_naive.view, ref.lse = lse_naive.data();
+  host_attention_forward(ref, HostPrecision::kRoundIntermediates);
+  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+  std::vector<double> lse_ref(lse64.begin(), lse64.end());
+  const ErrorStats l_naive =
+      testing::compare_flat(lse_naive.data(), lse_ref.data(), static_cast<int64_t>(lse64.size()));
+
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  DeviceTensor dq(q), dk(k), dv(v);
+  auto run = [&](int ctas) {
+    GridOverride grid(ctas);
+    HostTensor acc(DType::kFloat32, B, Sq, Hq, D);
+    testing::fill_normal(acc, seed + 7);  // overwritten: the first call's lse is -inf everywhere
+    DeviceTensor d_acc(acc);
+    DeviceArray<float> d_lse(std::vector<float>(lse64.size(), -std::numeric_limits<float>::infinity()));
+    const int64_t cuts[4] = {0, 128, 384, Skv};  // tile-aligned thirds of unequal length
+    for (int part = 0; part < 3; ++part) {
+      const int64_t r0 = cuts[part], rows = cuts[part + 1] - cuts[part];
+      AttnParams p;
+      p.q = dq.view();
+      p.k = dk.view();
+      p.v = dv.view();
+      p.k.data = static_cast<uint16_t*>(p.k.data) + r0 * p.k.stride[1];
+      p.v.data = static_cast<uint16_t*>(p.v.data) + r0 * p.v.stride[1];
+      p.k.shape[1] = p.v.shape[1] = rows;
+      p.o = d_acc.view();
+      p.lse = d_lse.ptr;
+      p.q_pos = PositionMap::contiguous(0, Sq);
+      p.kv_pos = PositionMap::contiguous(r0, rows);
+      p.mask = Mask::make_causal();
+      p.accumulate = true;
+      validate_forward(p, Device::kCuda);
+      EXPECT_TRUE(flash_fwd_hopper_supported(p, device));
+      flash_fwd_hopper(p, nullptr);
+    }
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    d_acc.download(acc);
+    return Outputs{std::move(acc), d_lse.download()};
+  };
+  const Outputs automatic = run(-1);
+  const ErrorStats e_gpu = testing::compare(automatic.o.view, o64.view);
+  const ErrorStats l_gpu =
+      testing::compare_flat(automatic.lse.data(), lse_ref.data(), static_cast<int64_t>(automatic.lse.size()));
+  SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
+               l_naive.str());
+  EXPECT_EQ(e_gpu.non_finite, 0);
+  EXPECT_EQ(l_gpu.non_finite, 0);
+  EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  for (int ctas : {1, 5, 0}) expect_same_bits(automatic, run(ctas), "accumulate grid " + std::to_string(ctas));
 }
 
 TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {

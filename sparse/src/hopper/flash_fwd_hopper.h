@@ -15,8 +15,9 @@ namespace distattn {
 
 // True when the Hopper kernel handles `p` on CUDA device `device`: the device is compute capability 9.0 and
 // the library holds sm_90a code for the kernel; q is bf16 or fp16 with head dim 128; o in the dtype of q or
-// fp32 (plain mode), or accumulate mode (o fp32, lse set); no ALiBi; q_pos and kv_pos of up to 8 chunks each
-// whose boundaries (prefix sums of the chunk lengths; the sequence end excepted) are multiples of 128 rows (one
+// fp32 (plain mode), or accumulate mode (o fp32, lse set); ALiBi except with a block list or where q_pos == kv_pos
+// (one identical chunk: the mma.sync kernel's exact ALiBi cutoff is faster there); q_pos and kv_pos of up to 8 chunks
+// each whose boundaries (prefix sums of the chunk lengths; the sequence end excepted) are multiples of 128 rows (one
 // chunk: any map; zigzag shards with chunk lengths a multiple of 128); any causal / window band and optional block
 // list; every row / head / batch stride a positive multiple of 16 bytes (strides of size-1 dimensions ignored), base
 // pointers 16-byte aligned; Sq, Skv >= 1. Otherwise false (nothing throws for an unsupported case; CUDA errors while
@@ -28,5 +29,12 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device);
 // Writes o [B, Sq, Hq, 128] and, when p.lse is not null, lse [B, Hq, Sq]. Throws distattn::Error when a TMA
 // descriptor cannot be built (argument "q", "k" or "v") or a CUDA call fails.
 void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream);
+
+// The kernel walks work units (q tile of 128 rows, q head, batch; hopper/flash_fwd_hopper_scheduler.h): for short
+// problems (Sq <= 4096) persistently, one CTA per SM each walking a share; otherwise one CTA per unit. For tests and
+// experiments, the CTA count of later launches (all threads, all devices): ctas > 0 = that many (at most the unit
+// count), 0 = one CTA per unit, < 0 = automatic again (then the environment variable DISTATTN_HOPPER_GRID, read once,
+// overrides likewise). Results do not depend on it. Throws nothing.
+void flash_fwd_hopper_set_grid_override(int ctas);
 
 }  // namespace distattn

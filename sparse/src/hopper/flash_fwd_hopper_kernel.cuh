@@ -1,9 +1,14 @@
 // Hopper forward attention kernel: TMA loads, wgmma (warpgroup MMA), warp specialisation.
 //
-// CTA = 3 warpgroups (384 threads) for one (batch b, q head h, q tile of kBlockM = 128 rows):
-//   warpgroup 0  producer: gives registers back (setmaxnreg 24); one thread issues every TMA load: the
-//                Q tile once, then K and V tiles into a 2-stage ring, in the order K(0), K(1), V(0), K(2),
-//                V(1), ... (the consumers need K(it) and V(it - 1) together).
+// Work unit = (batch b, q head h, q tile of kBlockM = 128 rows). A CTA walks a sequence of units
+// (flash_fwd_hopper_scheduler.h: persistent grid of one CTA per SM for short problems, one CTA per unit otherwise);
+// the barrier phases and the K / V ring continue from one unit to the next, so the producer loads the next unit's Q,
+// K and V while the consumers finish the current one.
+// CTA = 3 warpgroups (384 threads):
+//   warpgroup 0  producer: gives registers back (setmaxnreg 24); one thread issues every TMA load: per unit the
+//                Q tile once (after both consumers' last S of the previous unit), then K and V tiles into a 2-stage
+//                ring, in the order K(0), K(1), V(0), K(2), V(1), ... (the consumers need K(it) and V(it - 1)
+//                together).
 //   warpgroups 1, 2  consumers (setmaxnreg 240): consumer c owns q rows [64 c, 64 c + 64) of the tile.
 //                Per kv tile (128 rows): S = Q K^T (8 wgmma m64n128k16, A = Q and B = K from shared
 //                memory, K-major), mask (boundary tiles only), online softmax on the accumulator fragment,
@@ -11,27 +16,28 @@
 //                B = V from shared memory, MN-major through the descriptor's transpose bit).
 //                Intra-warpgroup overlap: S(it) and P V(it - 1) are issued back to back, and the softmax of
 //                tile it runs while the tensor cores still do P V(it - 1); O is rescaled after that wait.
-// Synchronisation (mbarriers in shared memory):
-//   bar_q              Q landed (TMA transaction count).
+// Synchronisation (mbarriers in shared memory; k = the CTA's unit count so far, g = its kv tiles so far):
+//   bar_q              unit k's Q landed (TMA transaction count; a plain arrival for a unit with no kv tile), phase k.
+//   q_empty            both consumers' last S of unit k done (8 warp arrivals): Q and plan slot k % 2 may be refilled.
 //   full_k[s], full_v[s]    K / V tile of stage s landed.
 //   empty_k[s], empty_v[s]  both consumers finished reading K / V of stage s (8 warp arrivals each): the
 //                      producer may refill it. K is released right after S, V after P V.
-//   Tile it uses stage it % 2; its use u = it / 2 waits full with parity u & 1, and the producer's refill
-//   for use u >= 1 waits empty with parity (u - 1) & 1.
+//   Tile it of a unit sits at ring position j = g + it: stage j % 2; its use u = j / 2 waits full with parity
+//   u & 1, and the producer's refill for use u >= 1 waits empty with parity (u - 1) & 1.
 //
 // Shared memory (bytes from a 1024-aligned base; every tile in the 128-byte-swizzle layout of
 // hopper_primitives.cuh, head dim split in two 64-wide halves):
 //   Q     [2 halves][128 rows][128 B]           32 KB
 //   K[s]  [2 halves][kBlockN rows][128 B]       32 KB each, s = 0, 1
 //   V[s]  same                                  32 KB each
-//   mbarriers                                   9 x 8 B
-//   dense tile plan (per kv chunk)              128 B
+//   mbarriers                                   10 x 8 B
+//   dense tile plan (per kv chunk), 2 slots     2 x 128 B
 //   row-range mask table [8 chunks][128 rows]   8 KB
 //   ALiBi row reference D0 [128 rows]           1 KB
 //
 // ALiBi (kAlibi): scores t = q.k + coef |pos_q - pos_k| with coef = -slope_h / softmax_scale (q.k units). Exactness
 // with positions up to 2^31: every row r gets an integer reference D0(r) = min |pos_q - pos_k| over its visible keys
-// (once per CTA, from the row-range table), and the kernel works with t' = q.k + coef (|d| - D0(r)), which is t minus
+// (once per unit, from the row-range table), and the kernel works with t' = q.k + coef (|d| - D0(r)), which is t minus
 // a per-row constant (the softmax does not change; LSE = LSE' - slope D0(r), added once in the epilogue in double).
 // |d| - D0 is small for the keys that matter, so fp32 holds it exactly. Per kv tile (q range x k range):
 //   one sign (every pos_q - pos_k >= 0, sigma = +1, or every one <= 0, sigma = -1): |d| - D0 = e_row - sigma k_step c
@@ -57,6 +63,7 @@
 
 #include "distattn/core/mask.h"
 #include "flash_fwd_hopper_params.h"
+#include "flash_fwd_hopper_scheduler.h"
 #include "hopper_primitives.cuh"
 
 namespace distattn {
@@ -64,7 +71,7 @@ namespace hopper {
 
 struct FwdConfig {
   static constexpr int kHeadDim = 128;
-  static constexpr int kBlockM = 128;  // q rows per CTA: 2 consumer warpgroups x 64
+  static constexpr int kBlockM = 128;  // q rows per work unit: 2 consumer warpgroups x 64
   static constexpr int kBlockN = 128;  // kv rows per tile (== kLayoutBlock: one block-list block per tile)
 #ifndef DISTATTN_HOPPER_STAGES
 #define DISTATTN_HOPPER_STAGES 2
@@ -77,14 +84,17 @@ struct FwdConfig {
   static constexpr int kKVBytes = 2 * kHalfKVBytes;
   static constexpr int kOffK = kQBytes;                       // K[s] at kOffK + s * kKVBytes
   static constexpr int kOffV = kOffK + kStages * kKVBytes;    // V[s] at kOffV + s * kKVBytes
-  static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers
+  static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers (2 + 4 kStages of 8 bytes)
   static constexpr int kMaxChunks = FlashFwdHopperParams::kMaxChunks;
-  // Dense plan (thread 0 writes it before the first __syncthreads): int total, then per kv chunk c the kv tiles
-  // [seg_first[c], seg_first[c] + seg_count[c]) the q tile may see.
+  // Dense plan of a work unit, two slots (unit k of the CTA uses slot k % 2; the producer thread writes it before
+  // the unit's bar_q arrival): int total, then per kv chunk c the kv tiles [seg_first[c], seg_first[c] +
+  // seg_count[c]) the q tile may see.
+  static constexpr int kPlanSlotInts = 32;        // 128 bytes per slot
   static constexpr int kOffPlan = kOffBar + 128;  // int plan[0] = total; [kPlanFirst + c], [kPlanCount + c]
   // Row-range mask table: int2 [kMaxChunks][kBlockM] = visible global kv rows [lo, hi] of each q row of the tile
-  // inside kv chunk c (band and chunk end; empty when lo > hi); written once per CTA by the consumers.
-  static constexpr int kOffBounds = kOffPlan + 128;
+  // inside kv chunk c (band and chunk end; empty when lo > hi); written once per work unit by the consumers (each
+  // warp its own rows).
+  static constexpr int kOffBounds = kOffPlan + 2 * 4 * kPlanSlotInts;
   // ALiBi: int64 [kBlockM] = D0(row), the smallest |pos_q - pos_k| over the row's visible keys (see the kernel).
   static constexpr int kOffDref = kOffBounds + 8 * kMaxChunks * kBlockM;
   static constexpr int kSmemBytes = kOffDref + 8 * kBlockM + 1024;  // + slack to align the base to 1024
@@ -98,10 +108,10 @@ struct Affine {
   int64_t step = 1;
   int chunk = 0;
 };
-__device__ __forceinline__ Affine chunk_affine(const int (&rows)[FwdConfig::kMaxChunks + 1],
-                                               const int64_t (&start)[FwdConfig::kMaxChunks],
-                                               const int64_t (&stride)[FwdConfig::kMaxChunks], int num_chunks,
-                                               int row) {
+__host__ __device__ __forceinline__ Affine chunk_affine(const int (&rows)[FwdConfig::kMaxChunks + 1],
+                                                        const int64_t (&start)[FwdConfig::kMaxChunks],
+                                                        const int64_t (&stride)[FwdConfig::kMaxChunks], int num_chunks,
+                                                        int row) {
   Affine a;
 #pragma unroll
   for (int c = 1; c < FwdConfig::kMaxChunks; ++c)
@@ -130,19 +140,20 @@ struct TilePlan {
 // Visible rows [lo, hi] (local, clipped to the chunk [row_c, row_c + len - 1]; empty when lo > hi) of kv chunk
 // (start, stride, row_c, len) for q positions [q_lo, q_hi] under the band: pos_k in [q_lo - band_hi, q_hi -
 // band_lo]. Divisions only when the stride is not 1.
-__device__ __forceinline__ void chunk_rows(int64_t q_lo, int64_t q_hi, int64_t band_lo, int64_t band_hi, int64_t start,
-                                           int64_t stride, int row_c, int len, int* lo, int* hi) {
+__host__ __device__ __forceinline__ void chunk_rows(int64_t q_lo, int64_t q_hi, int64_t band_lo, int64_t band_hi,
+                                                    int64_t start, int64_t stride, int row_c, int len, int* lo,
+                                                    int* hi) {
   const int64_t lo_pos = q_lo - band_hi - start;
   const int64_t hi_pos = q_hi - band_lo - start;
   const int64_t l = lo_pos <= 0 ? 0 : (stride == 1 ? lo_pos : (lo_pos + stride - 1) / stride);
   const int64_t h = hi_pos < 0 ? -1 : (stride == 1 ? hi_pos : hi_pos / stride);
-  *lo = row_c + static_cast<int>(min(l, static_cast<int64_t>(len)));
-  *hi = row_c + static_cast<int>(min(h, static_cast<int64_t>(len - 1)));
+  *lo = row_c + static_cast<int>(l < len ? l : static_cast<int64_t>(len));
+  *hi = row_c + static_cast<int>(h < len - 1 ? h : static_cast<int64_t>(len - 1));
 }
 
 // Every thread: q positions and block-list range. Thread 0 (write_segments) also writes the dense plan's per-chunk
 // tile segments to shared memory; count is then read back after the first __syncthreads (read_count).
-__device__ __forceinline__ TilePlan make_plan(const FlashFwdHopperParams& p, int m_block) {
+__host__ __device__ __forceinline__ TilePlan make_plan(const FlashFwdHopperParams& p, int m_block) {
   TilePlan t;
   const int m0 = m_block * FwdConfig::kBlockM;
   const int m_last = min(m0 + FwdConfig::kBlockM, p.seqlen_q) - 1;
@@ -228,7 +239,7 @@ struct TypeOps<__half> {
 
 // Per-thread softmax state and helpers of a consumer warpgroup (see the kernel below).
 // Row-range mask: a thread's row r sees kv rows [kv_lo[r], kv_hi[r]] (band AND row < Skv; empty when
-// kv_lo > kv_hi), computed once per CTA since one-chunk position maps are affine. On a tile starting at
+// kv_lo > kv_hi), computed once per unit since one-chunk position maps are affine. On a tile starting at
 // n0, acc i of the thread has column n0 + col_base + 8 (i / 4) + (i % 2), so the test per element is one
 // compile-time offset against two per-row bounds.
 template <bool kBand>
@@ -309,6 +320,8 @@ __device__ __forceinline__ bool softmax_tile(float (&sc)[64], float (&row_max)[2
 #ifndef DISTATTN_HOPPER_PINGPONG
 #define DISTATTN_HOPPER_PINGPONG 1
 #endif
+// Brings the 128-byte line holding `ptr` into L2 (no register result, nothing waits for it).
+__device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr)); }
 __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
@@ -328,21 +341,16 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const uint32_t bar_full_v = bar_full_k + 8 * C::kStages;    // [kStages]
   const uint32_t bar_empty_k = bar_full_v + 8 * C::kStages;   // [kStages]
   const uint32_t bar_empty_v = bar_empty_k + 8 * C::kStages;  // [kStages]
-
-  // Heaviest q tiles first under a causal band (they see the most kv tiles).
-  const int m_block = p.num_m_blocks - 1 - static_cast<int>(blockIdx.x);
-  const int h = blockIdx.y;
-  const int b = blockIdx.z;
-  const int h_kv = h / p.head_group;
-  TilePlan plan = make_plan(p, m_block);
+  const uint32_t bar_q_empty = bar_empty_v + 8 * C::kStages;  // both consumers finished their last S of a unit
   uint8_t* const smem_ptr = smem_raw + (smem_base - smem_u32(smem_raw));
-  int* const tile_plan = reinterpret_cast<int*>(smem_ptr + C::kOffPlan);
+  int* const plan_slots = reinterpret_cast<int*>(smem_ptr + C::kOffPlan);        // [2][kPlanSlotInts]
   int2* const bounds = reinterpret_cast<int2*>(smem_ptr + C::kOffBounds);        // [kMaxChunks][kBlockM]
   long long* const dref = reinterpret_cast<long long*>(smem_ptr + C::kOffDref);  // [kBlockM] ALiBi D0
 
   const int warpgroup = threadIdx.x / 128;
+  const int cta = static_cast<int>(blockIdx.x);
+  const int grid = static_cast<int>(gridDim.x);
   if (threadIdx.x == 0) {
-    if (!p.has_blocks) write_segments(p, plan, tile_plan);
     mbar_init(bar_q, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar_full_k + 8 * s, 1);
@@ -350,51 +358,78 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       mbar_init(bar_empty_k + 8 * s, 8);  // one arrival per consumer warp
       mbar_init(bar_empty_v + 8 * s, 8);
     }
+    mbar_init(bar_q_empty, 8);
     mbar_init_fence();
   }
   __syncthreads();
-  if (!p.has_blocks) plan.count = tile_plan[0];
 
+  // Producer and consumers walk the same units (flash_fwd_hopper_scheduler.h) and count, across units, the units
+  // done (k: unit k waits bar_q with parity k & 1 and uses plan slot k % 2) and the kv tiles done (g: tile it of a
+  // unit uses the ring position g + it: stage (g + it) % kStages, use (g + it) / kStages), so the barrier phases
+  // continue from one unit to the next and the producer runs ahead into the next unit while the consumers finish
+  // the current one (its last P V and epilogue overlap the next unit's Q, K and V loads).
   if (warpgroup == 0) {
     // ---------------------------------------------------------------- producer
-    // Order: Q, K(0), then K(it), V(it - 1) for it = 1.., then V(last): the consumers need K(it) and V(it - 1)
-    // in the same iteration (S of tile it overlaps P V of tile it - 1). Tile it uses stage it % 2; its use
-    // u = it / 2 >= 1 waits until both consumers released that stage's K (resp. V) from use u - 1.
+    // Per unit: wait until the consumers' last S of the previous unit is done (Q buffer free, and the plan slot
+    // about to be rewritten was last read two units ago), write the dense plan to slot k % 2, load Q (or just
+    // arrive on bar_q when the unit visits no tile), then K(0), K(it), V(it - 1) for it = 1.., V(last): the
+    // consumers need K(it) and V(it - 1) in the same iteration (S of tile it overlaps P V of tile it - 1). Ring
+    // position j = g + it waits, from its second use on, until both consumers released that stage's K (resp. V).
     regs_decrease<24>();
-    if (threadIdx.x == 0 && plan.count > 0) {
+    if (threadIdx.x == 0) {
       tma_prefetch_desc(&p.tmap_q);
       tma_prefetch_desc(&p.tmap_k);
       tma_prefetch_desc(&p.tmap_v);
-      const int m0 = m_block * C::kBlockM;
-      mbar_arrive_expect_tx(bar_q, C::kQBytes);
-      tma_load_4d(sQ, &p.tmap_q, bar_q, 0, m0, h, b);
-      tma_load_4d(sQ + C::kHalfQBytes, &p.tmap_q, bar_q, 64, m0, h, b);
-      auto load = [&](int it, uint32_t smem, const CUtensorMap* map, uint32_t full, uint32_t empty) {
-        const int s = it % C::kStages;
-        const int use = it / C::kStages;
-        if (use > 0) mbar_wait(empty + 8 * s, (use - 1) & 1);
-        int idx;
-        const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
-        const uint32_t dst = smem + s * C::kKVBytes;
-        mbar_arrive_expect_tx(full + 8 * s, C::kKVBytes);
-        tma_load_4d(dst, map, full + 8 * s, 0, n0, h_kv, b);
-        tma_load_4d(dst + C::kHalfKVBytes, map, full + 8 * s, 64, n0, h_kv, b);
-      };
-      load(0, sK, &p.tmap_k, bar_full_k, bar_empty_k);
-      for (int it = 1; it < plan.count; ++it) {
-        load(it, sK, &p.tmap_k, bar_full_k, bar_empty_k);
-        load(it - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
+      int g = 0;
+      UnitWalk walk;
+      WorkUnit u;
+      for (int k = 0; walk.next(p, cta, grid, &u); ++k) {
+        const int h_kv = u.h / p.head_group;
+        TilePlan plan = make_plan(p, u.m_block);
+        int* const tile_plan = plan_slots + (k & 1) * C::kPlanSlotInts;
+        if (k > 0) mbar_wait(bar_q_empty, (k - 1) & 1);
+        if (!p.has_blocks) {
+          write_segments(p, plan, tile_plan);
+          plan.count = tile_plan[0];
+        }
+        if (plan.count == 0) {
+          mbar_arrive(bar_q);  // release: the consumers read the plan (count 0) after their wait
+          continue;
+        }
+        // Q tile prologue: Q of the unit lands in sQ; the consumers wait on bar_q before their first S.
+        const int m0 = u.m_block * C::kBlockM;
+        mbar_arrive_expect_tx(bar_q, C::kQBytes);
+        tma_load_4d(sQ, &p.tmap_q, bar_q, 0, m0, u.h, u.b);
+        tma_load_4d(sQ + C::kHalfQBytes, &p.tmap_q, bar_q, 64, m0, u.h, u.b);
+        auto load = [&](int it, uint32_t smem, const CUtensorMap* map, uint32_t full, uint32_t empty) {
+          const int j = g + it;
+          const int s = j % C::kStages;
+          const int use = j / C::kStages;
+          if (use > 0) mbar_wait(empty + 8 * s, (use - 1) & 1);
+          int idx;
+          const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
+          const uint32_t dst = smem + s * C::kKVBytes;
+          mbar_arrive_expect_tx(full + 8 * s, C::kKVBytes);
+          tma_load_4d(dst, map, full + 8 * s, 0, n0, h_kv, u.b);
+          tma_load_4d(dst + C::kHalfKVBytes, map, full + 8 * s, 64, n0, h_kv, u.b);
+        };
+        load(0, sK, &p.tmap_k, bar_full_k, bar_empty_k);
+        for (int it = 1; it < plan.count; ++it) {
+          load(it, sK, &p.tmap_k, bar_full_k, bar_empty_k);
+          load(it - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
+        }
+        load(plan.count - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
+        g += plan.count;
       }
-      load(plan.count - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
     }
     return;
   }
 
   // ------------------------------------------------------------------ consumers
-  // Iteration it (>= 1) of the main loop: issue S(it) = Q K(it)^T and O += P(it - 1) V(it - 1) back to back
+  // Iteration it (>= 1) of a unit's main loop: issue S(it) = Q K(it)^T and O += P(it - 1) V(it - 1) back to back
   // (two wgmma batches in flight), wait for S(it) only, run the mask and softmax of tile it while the tensor
   // cores do P V, then wait for P V, rescale O by the new maxima and pack P(it). The last P V runs after the
-  // loop. K(it) is released as soon as S(it) is done, V(it - 1) after P V.
+  // loop. K(it) is released as soon as S(it) is done, V(it - 1) after P V, Q after the unit's last S.
   regs_increase<240>();
   const int cw = warpgroup - 1;  // consumer warpgroup: q rows [64 cw, 64 cw + 64) of the tile
   const int tid = threadIdx.x % 128;
@@ -402,152 +437,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const int lane = tid % 32;
   const int row0 = cw * 64 + warp * 16 + lane / 4;  // this thread's rows in the tile: row0, row0 + 8
   const int col_base = 2 * (lane % 4);              // column of acc[4 c] within n8 chunk c is 8 c + col_base
-  const int m0 = m_block * C::kBlockM;
-
-  float o[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};  // running max of the raw q.k per row (unscaled)
-  float row_sum[2] = {0.f, 0.f};              // this thread's partial sums of exp2(q.k * scale_log2 - max)
   const float scale_log2 = p.scale_log2;
-
-  // Row-range mask table: visible kv rows of this thread's two rows inside each kv chunk (band and chunk end,
-  // hence Skv for the last chunk), written once per CTA by lane 0 of each quad (the quad shares the rows) and read
-  // back only on tiles that need the band mask.
-  if ((lane % 4) == 0) {
-#pragma unroll
-    for (int c = 0; c < C::kMaxChunks; ++c) {
-      if (c >= p.kv_chunks) break;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = row0 + 8 * r;
-        const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
-        int lo, hi;
-        chunk_rows(pos_q, pos_q, p.band_lo, p.band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
-                   p.kv_row[c + 1] - p.kv_row[c], &lo, &hi);
-        bounds[c * C::kBlockM + row] = make_int2(lo, hi);
-        if (kAlibi) {
-          // Nearest visible key of this chunk: local row floor((pos_q - start) / stride) or the next, clamped to
-          // [lo, hi]; D0 = min over the chunks (0 for a row with nothing visible: it stays O = 0, LSE = -inf).
-          if (c == 0) dref[row] = INT64_MAX;
-          if (lo <= hi) {
-            const int64_t start = p.kv_start[c], stride = p.kv_stride[c];
-            const int64_t x = pos_q - start;
-            const int64_t jf = x < 0 ? -1 : (stride == 1 ? x : x / stride);  // local row in the chunk
-            const int64_t lo_l = lo - p.kv_row[c], hi_l = hi - p.kv_row[c];
-            const int64_t ja = min(max(jf, lo_l), hi_l), jb = min(max(jf + 1, lo_l), hi_l);
-            const int64_t da = pos_q - (start + ja * stride), db = pos_q - (start + jb * stride);
-            const int64_t d = min(da < 0 ? -da : da, db < 0 ? -db : db);
-            if (d < dref[row]) dref[row] = d;
-          }
-          if (c + 1 == p.kv_chunks && dref[row] == INT64_MAX) dref[row] = 0;
-        }
-      }
-    }
-  }
-  __syncwarp();
-  // ALiBi constants of this head (q.k units) and this thread's rows' D0 and positions.
-  const float alibi_slope = kAlibi ? __ldg(p.alibi_slopes + h) : 0.f;
-  const float alibi_coef = kAlibi ? -alibi_slope / p.softmax_scale : 0.f;
-
   // Descriptors. Q (A, K-major): this warpgroup's 64 rows start 64 * 128 bytes into each half.
   const uint64_t desc_q = make_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
-  float sc[64];
-  uint32_t pa[32];
-
-  auto issue_s = [&](int s) {
-    const uint64_t desc_k = make_desc_sw128(sK + s * C::kKVBytes, 16, 1024);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      // step kk: half kk / 4 of the head dim, 32 bytes per 16 elements inside the half.
-      const uint32_t off_q = ((kk / 4) * C::kHalfQBytes + (kk % 4) * 32) >> 4;
-      const uint32_t off_k = ((kk / 4) * C::kHalfKVBytes + (kk % 4) * 32) >> 4;
-      TypeOps<T>::mma_ss(sc, desc_q + off_q, desc_k + off_k, kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-  };
-  auto issue_pv = [&](int s) {
-    // k over the tile's kv rows in 8 steps of 16 rows (2048 bytes each); B = V, MN-major.
-    const uint64_t desc_v = make_desc_sw128(sV + s * C::kKVBytes, C::kHalfKVBytes, 1024);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      const uint32_t a[4] = {pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3]};
-      TypeOps<T>::mma_rs(o, a, desc_v + ((kk * 2048) >> 4), 1);
-    }
-    wgmma_commit();
-  };
-  // Mask of tile `it` where needed: partial band (classify_tile on the position ranges; FULL blocks of a
-  // block list never), or the tile crossing Skv.
-  float row_off[2] = {0.f, 0.f};  // ALiBi: the tile's per-row score term (softmax_tile<kAlibi>)
-  auto mask = [&](int it) {
-    int idx;
-    const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
-    const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
-    // The tile lies in one kv chunk (boundaries are tile multiples): its positions are affine.
-    const Affine ka = chunk_affine(p.kv_row, p.kv_start, p.kv_stride, p.kv_chunks, n0);
-    const int64_t k_min = ka.base;
-    const int64_t k_max = ka.base + static_cast<int64_t>(k_last - n0) * ka.step;
-    const DiagonalBand band{p.band_lo, p.band_hi};
-    const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
-    const bool band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
-    if constexpr (kAlibi) {
-      // Bias (see the header): one-sign tiles split into row_off (per row) + c * kcol (per element); tiles
-      // straddling pos_q == pos_k take |d| per element. Elements masked below get -inf regardless.
-      const int64_t d_lo = plan.q_min - k_max, d_hi = plan.q_max - k_min;  // range of pos_q - pos_k over the tile
-      const int sigma = d_lo >= 0 ? 1 : (d_hi <= 0 ? -1 : 0);
-      const int64_t k_col = ka.base + static_cast<int64_t>(col_base) * ka.step;  // pos_k of this thread's col 0
-      if (sigma != 0) {
-        const float kcol = -alibi_coef * static_cast<float>(sigma) * static_cast<float>(ka.step);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = row0 + 8 * r;
-          const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
-          const int64_t e_row = sigma * (pos_q - k_col) - dref[row];
-          row_off[r] = alibi_coef * static_cast<float>(e_row);
-        }
-#pragma unroll
-        for (int i = 0; i < 64; ++i) sc[i] = fmaf(static_cast<float>(8 * (i / 4) + (i % 2)), kcol, sc[i]);
-      } else {
-        const float k_step = static_cast<float>(ka.step);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = row0 + 8 * r;
-          const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
-          // Straddling tile: |pos_q - k_col| is within the tile's span (exact in fp32); D0 <= the row's |d| on any
-          // visible key here, so |d| - D0 is exact too (a row with no visible key here is all masked).
-          const float d_row = static_cast<float>(pos_q - k_col);
-          const float d0 = static_cast<float>(min(dref[row], static_cast<long long>(1 << 24)));
-          row_off[r] = 0.f;
-#pragma unroll
-          for (int i = 0; i < 64; ++i) {
-            if ((i / 2) % 2 != r) continue;
-            const float d = fmaf(-static_cast<float>(8 * (i / 4) + (i % 2)), k_step, d_row);
-            sc[i] = fmaf(fabsf(d) - d0, alibi_coef, sc[i]);
-          }
-        }
-      }
-    }
-    if (band_mask) {
-      const int2 b0 = bounds[ka.chunk * C::kBlockM + row0];
-      const int2 b1 = bounds[ka.chunk * C::kBlockM + row0 + 8];
-      const int kv_lo[2] = {b0.x, b1.x}, kv_hi[2] = {b0.y, b1.y};
-      mask_tile<true>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
-    } else if (n0 + C::kBlockN > p.seqlen_kv) {
-      const int unused[2] = {0, 0};
-      mask_tile<false>(sc, unused, unused, p.seqlen_kv, n0 + col_base);
-    }
-  };
-  auto pack_p = [&]() {
-  // P as the A operand: k step kk covers columns [16 kk, 16 kk + 16) = n8 chunks 2 kk, 2 kk + 1.
-#pragma unroll
-    for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
-  };
-
-  // Pingpong turns: consumer cw waits on barrier 1 + cw, then arrives on the other's. Consumer 1 hands the
-  // first turn to consumer 0; both take plan.count + 1 turns, and consumer 0 takes one extra at the end to
-  // consume consumer 1's last hand-over (no barrier is left half-arrived at exit).
+  // Pingpong turns: consumer cw waits on barrier 1 + cw, then arrives on the other's. The turns run on across units
+  // (both consumers take plan.count + 1 turns per unit), so at a unit boundary consumer 0 issues the next unit's
+  // first S while consumer 1 still does its last P V and epilogue: the two stay half a step apart instead of both
+  // draining at once. Consumer 1 hands the very first turn to consumer 0, and consumer 0 takes one extra turn after
+  // its last unit to consume consumer 1's last hand-over (no barrier is left half-arrived at exit).
   const bool pingpong = DISTATTN_HOPPER_PINGPONG != 0;
 #ifndef DISTATTN_HOPPER_S_FIRST
 #define DISTATTN_HOPPER_S_FIRST 1
@@ -560,139 +457,325 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     if (pingpong) named_arrive(2 - cw);
   };
 
-  if (plan.count > 0) {
-    if (pingpong && cw == 1) named_arrive(1);
-    mbar_wait(bar_q, 0);
-    // Tile 0: S, softmax, P (O is still 0: no rescale).
-    mbar_wait(bar_full_k, 0);
-    turn_begin();
-    issue_s(0);
-    turn_end();
-    wgmma_wait<0>();
-    fence_regs(sc);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar_empty_k);
-    mask(0);
-    float corr[2];
-    softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
-    pack_p();
+  if (pingpong && cw == 1) named_arrive(1);
+  int g = 0;  // kv tiles of the previous units (ring position of this unit's tile 0)
+  UnitWalk walk;
+  WorkUnit u;
+  for (int k = 0; walk.next(p, cta, grid, &u); ++k) {  // k: units done
+    const int h = u.h;
+    const int b = u.b;
+    const int m0 = u.m_block * C::kBlockM;
+    TilePlan plan = make_plan(p, u.m_block);
+    const int* const tile_plan = plan_slots + (k & 1) * C::kPlanSlotInts;
 
-    for (int it = 1; it < plan.count; ++it) {
-      const int s = it % C::kStages;
-      const int ps = (it - 1) % C::kStages;
-      mbar_wait(bar_full_k + 8 * s, (it / C::kStages) & 1);
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] = 0.f;
+    float row_max[2] = {-INFINITY, -INFINITY};  // running max of the raw q.k per row (unscaled)
+    float row_sum[2] = {0.f, 0.f};              // this thread's partial sums of exp2(q.k * scale_log2 - max)
+
+    // Row-range mask table: visible kv rows of this thread's two rows inside each kv chunk (band and chunk end,
+    // hence Skv for the last chunk), written once per unit by lane 0 of each quad (the quad shares the rows; only
+    // this warp reads them) and read back only on tiles that need the band mask. The first __syncwarp keeps the
+    // previous unit's reads before the overwrite.
+    __syncwarp();
+    if ((lane % 4) == 0) {
+#pragma unroll
+      for (int c = 0; c < C::kMaxChunks; ++c) {
+        if (c >= p.kv_chunks) break;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = row0 + 8 * r;
+          const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
+          int lo, hi;
+          chunk_rows(pos_q, pos_q, p.band_lo, p.band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
+                     p.kv_row[c + 1] - p.kv_row[c], &lo, &hi);
+          bounds[c * C::kBlockM + row] = make_int2(lo, hi);
+          if (kAlibi) {
+            // Nearest visible key of this chunk: local row floor((pos_q - start) / stride) or the next, clamped to
+            // [lo, hi]; D0 = min over the chunks (0 for a row with nothing visible: it stays O = 0, LSE = -inf).
+            if (c == 0) dref[row] = INT64_MAX;
+            if (lo <= hi) {
+              const int64_t start = p.kv_start[c], stride = p.kv_stride[c];
+              const int64_t x = pos_q - start;
+              const int64_t jf = x < 0 ? -1 : (stride == 1 ? x : x / stride);  // local row in the chunk
+              const int64_t lo_l = lo - p.kv_row[c], hi_l = hi - p.kv_row[c];
+              const int64_t ja = min(max(jf, lo_l), hi_l), jb = min(max(jf + 1, lo_l), hi_l);
+              const int64_t da = pos_q - (start + ja * stride), db = pos_q - (start + jb * stride);
+              const int64_t d = min(da < 0 ? -da : da, db < 0 ? -db : db);
+              if (d < dref[row]) dref[row] = d;
+            }
+            if (c + 1 == p.kv_chunks && dref[row] == INT64_MAX) dref[row] = 0;
+          }
+        }
+      }
+    }
+    __syncwarp();
+    // ALiBi constants of this head (q.k units).
+    const float alibi_slope = kAlibi ? __ldg(p.alibi_slopes + h) : 0.f;
+    const float alibi_coef = kAlibi ? -alibi_slope / p.softmax_scale : 0.f;
+
+    // Accumulate mode: the epilogue reads this unit's old O rows and LSE; start bringing them to L2 now, so the
+    // read-modify-write at the end of the unit does not wait for DRAM (lane 0 of a quad: its two rows, 512 bytes
+    // each in fp32 = four 128-byte lines).
+    if (p.accumulate && (lane % 4) == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row0 + 8 * r;
+        if (row < p.seqlen_q) {
+          const float* o_row = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
+                               static_cast<int64_t>(h) * p.o_head_stride + static_cast<int64_t>(row) * p.o_row_stride;
+#pragma unroll
+          for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
+        }
+      }
+    }
+
+    // Q tile prologue: the producer arrives on bar_q once per unit (with Q's bytes when the unit visits a tile);
+    // after the wait, Q is in sQ and the unit's dense plan is in its slot.
+    mbar_wait(bar_q, k & 1);
+    if (!p.has_blocks) plan.count = tile_plan[0];
+
+    float sc[64];
+    uint32_t pa[32];
+    auto issue_s = [&](int s) {
+      const uint64_t desc_k = make_desc_sw128(sK + s * C::kKVBytes, 16, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        // step kk: half kk / 4 of the head dim, 32 bytes per 16 elements inside the half.
+        const uint32_t off_q = ((kk / 4) * C::kHalfQBytes + (kk % 4) * 32) >> 4;
+        const uint32_t off_k = ((kk / 4) * C::kHalfKVBytes + (kk % 4) * 32) >> 4;
+        TypeOps<T>::mma_ss(sc, desc_q + off_q, desc_k + off_k, kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](int s) {
+      // k over the tile's kv rows in 8 steps of 16 rows (2048 bytes each); B = V, MN-major.
+      const uint64_t desc_v = make_desc_sw128(sV + s * C::kKVBytes, C::kHalfKVBytes, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        const uint32_t a[4] = {pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3]};
+        TypeOps<T>::mma_rs(o, a, desc_v + ((kk * 2048) >> 4), 1);
+      }
+      wgmma_commit();
+    };
+    // Mask of tile `it` where needed: partial band (classify_tile on the position ranges; FULL blocks of a
+    // block list never), or the tile crossing Skv.
+    float row_off[2] = {0.f, 0.f};  // ALiBi: the tile's per-row score term (softmax_tile<kAlibi>)
+    auto mask = [&](int it) {
+      int idx;
+      const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
+      const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
+      // The tile lies in one kv chunk (boundaries are tile multiples): its positions are affine.
+      const Affine ka = chunk_affine(p.kv_row, p.kv_start, p.kv_stride, p.kv_chunks, n0);
+      const int64_t k_min = ka.base;
+      const int64_t k_max = ka.base + static_cast<int64_t>(k_last - n0) * ka.step;
+      const DiagonalBand band{p.band_lo, p.band_hi};
+      const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
+      const bool band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
+      if constexpr (kAlibi) {
+        // Bias (see the header): one-sign tiles split into row_off (per row) + c * kcol (per element); tiles
+        // straddling pos_q == pos_k take |d| per element. Elements masked below get -inf regardless.
+        const int64_t d_lo = plan.q_min - k_max, d_hi = plan.q_max - k_min;  // range of pos_q - pos_k over the tile
+        const int sigma = d_lo >= 0 ? 1 : (d_hi <= 0 ? -1 : 0);
+        const int64_t k_col = ka.base + static_cast<int64_t>(col_base) * ka.step;  // pos_k of this thread's col 0
+        if (sigma != 0) {
+          const float kcol = -alibi_coef * static_cast<float>(sigma) * static_cast<float>(ka.step);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = row0 + 8 * r;
+            const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
+            const int64_t e_row = sigma * (pos_q - k_col) - dref[row];
+            row_off[r] = alibi_coef * static_cast<float>(e_row);
+          }
+#pragma unroll
+          for (int i = 0; i < 64; ++i) sc[i] = fmaf(static_cast<float>(8 * (i / 4) + (i % 2)), kcol, sc[i]);
+        } else {
+          const float k_step = static_cast<float>(ka.step);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = row0 + 8 * r;
+            const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
+            // Straddling tile: |pos_q - k_col| is within the tile's span (exact in fp32); D0 <= the row's |d| on
+            // any visible key here, so |d| - D0 is exact too (a row with no visible key here is all masked).
+            const float d_row = static_cast<float>(pos_q - k_col);
+            const float d0 = static_cast<float>(min(dref[row], static_cast<long long>(1 << 24)));
+            row_off[r] = 0.f;
+#pragma unroll
+            for (int i = 0; i < 64; ++i) {
+              if ((i / 2) % 2 != r) continue;
+              const float d = fmaf(-static_cast<float>(8 * (i / 4) + (i % 2)), k_step, d_row);
+              sc[i] = fmaf(fabsf(d) - d0, alibi_coef, sc[i]);
+            }
+          }
+        }
+      }
+      if (band_mask) {
+        const int2 b0 = bounds[ka.chunk * C::kBlockM + row0];
+        const int2 b1 = bounds[ka.chunk * C::kBlockM + row0 + 8];
+        const int kv_lo[2] = {b0.x, b1.x}, kv_hi[2] = {b0.y, b1.y};
+        mask_tile<true>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
+      } else if (n0 + C::kBlockN > p.seqlen_kv) {
+        const int unused[2] = {0, 0};
+        mask_tile<false>(sc, unused, unused, p.seqlen_kv, n0 + col_base);
+      }
+    };
+    auto pack_p = [&]() {
+    // P as the A operand: k step kk covers columns [16 kk, 16 kk + 16) = n8 chunks 2 kk, 2 kk + 1.
+#pragma unroll
+      for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
+    };
+
+    if (plan.count > 0) {
+      // Tile 0: S, softmax, P (O is still 0: no rescale).
+      const int s0 = g % C::kStages;
+      mbar_wait(bar_full_k + 8 * s0, (g / C::kStages) & 1);
       turn_begin();
-      if (!kSFirst) mbar_wait(bar_full_v + 8 * ps, ((it - 1) / C::kStages) & 1);
-      issue_s(s);
-      // S is issued before waiting for V(it - 1) (kSFirst): a late V then costs nothing while S runs.
-      if (kSFirst) mbar_wait(bar_full_v + 8 * ps, ((it - 1) / C::kStages) & 1);
-      issue_pv(ps);
+      issue_s(s0);
       turn_end();
-      wgmma_wait<1>();  // S(it) done; P V (it - 1) may still run
+      wgmma_wait<0>();
       fence_regs(sc);
       __syncwarp();
-      if (lane == 0) mbar_arrive(bar_empty_k + 8 * s);
-      mask(it);
-      const bool rescale = softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
-      wgmma_wait<0>();  // P V (it - 1) done: O and the P registers are free
+      if (lane == 0) {
+        mbar_arrive(bar_empty_k + 8 * s0);
+        if (plan.count == 1) mbar_arrive(bar_q_empty);  // the unit's last S is done: Q may be refilled
+      }
+      mask(0);
+      float corr[2];
+      softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
+      pack_p();
+
+      for (int it = 1; it < plan.count; ++it) {
+        const int j = g + it;  // ring position of tile it; tile it - 1 sits at j - 1
+        const int s = j % C::kStages;
+        const int ps = (j - 1) % C::kStages;
+        mbar_wait(bar_full_k + 8 * s, (j / C::kStages) & 1);
+        turn_begin();
+        if (!kSFirst) mbar_wait(bar_full_v + 8 * ps, ((j - 1) / C::kStages) & 1);
+        issue_s(s);
+        // S is issued before waiting for V(it - 1) (kSFirst): a late V then costs nothing while S runs.
+        if (kSFirst) mbar_wait(bar_full_v + 8 * ps, ((j - 1) / C::kStages) & 1);
+        issue_pv(ps);
+        turn_end();
+        wgmma_wait<1>();  // S(it) done; P V (it - 1) may still run
+        fence_regs(sc);
+        __syncwarp();
+        if (lane == 0) {
+          mbar_arrive(bar_empty_k + 8 * s);
+          if (it + 1 == plan.count) mbar_arrive(bar_q_empty);  // the unit's last S is done
+        }
+        mask(it);
+        const bool rescale = softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
+        wgmma_wait<0>();  // P V (it - 1) done: O and the P registers are free
+        fence_regs(o);
+        fence_regs(pa);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_empty_v + 8 * ps);
+        if (rescale) {
+#pragma unroll
+          for (int i = 0; i < 64; ++i) o[i] *= corr[(i / 2) % 2];
+        }
+        pack_p();
+      }
+      const int last = g + plan.count - 1;
+      mbar_wait(bar_full_v + 8 * (last % C::kStages), (last / C::kStages) & 1);
+      turn_begin();
+      issue_pv(last % C::kStages);
+      turn_end();
+      wgmma_wait<0>();
       fence_regs(o);
       fence_regs(pa);
       __syncwarp();
-      if (lane == 0) mbar_arrive(bar_empty_v + 8 * ps);
-      if (rescale) {
-#pragma unroll
-        for (int i = 0; i < 64; ++i) o[i] *= corr[(i / 2) % 2];
-      }
-      pack_p();
+      // V(last) is released too: the producer's next unit reuses the stage.
+      if (lane == 0) mbar_arrive(bar_empty_v + 8 * (last % C::kStages));
+      g += plan.count;
+    } else {
+      // Nothing to visit: Q was not loaded, but the producer's next unit waits for this unit's release.
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_q_empty);
     }
-    const int last = plan.count - 1;
-    mbar_wait(bar_full_v + 8 * (last % C::kStages), (last / C::kStages) & 1);
-    turn_begin();
-    issue_pv(last % C::kStages);
-    turn_end();
-    if (pingpong && cw == 0) named_sync(1);
-    wgmma_wait<0>();
-    fence_regs(o);
-    fence_regs(pa);
-  }
 
-  // ---- epilogue: normalise, write O and LSE.
-  float inv[2], lse[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    inv[r] = l > 0.f ? 1.f / l : 0.f;
-    // natural-log LSE = ln 2 * (max * scale_log2 + log2 l); rows with nothing visible: -inf.
-    lse[r] = l > 0.f ? 0.6931471805599453f * (row_max[r] * scale_log2 + __log2f(l)) : -INFINITY;
-    // ALiBi: the scores were t - coef D0(row); LSE = LSE' + softmax_scale coef D0 = LSE' - slope D0 (double: D0 may
-    // be ~2^31).
-    if (kAlibi && l > 0.f)
-      lse[r] = static_cast<float>(static_cast<double>(lse[r]) -
-                                  static_cast<double>(alibi_slope) * static_cast<double>(dref[row0 + 8 * r]));
-  }
-  const int64_t o_off = static_cast<int64_t>(b) * p.o_batch_stride + static_cast<int64_t>(h) * p.o_head_stride;
-  float* lse_base = p.lse_ptr != nullptr ? p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride +
-                                               static_cast<int64_t>(h) * p.lse_head_stride
-                                         : nullptr;
-  // acc o[4 c + 2 r + e] is (row row0 + 8 r, column 8 c + col_base + e).
-  if (!p.accumulate) {
+    // ---- epilogue: normalise, write O and LSE (overlaps the producer's loads for the next unit).
+    float inv[2], lse[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = m0 + row0 + 8 * r;
-      if (row >= p.seqlen_q) continue;
-      if (!p.o_fp32) {
-        T* o_row = static_cast<T*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+      float l = row_sum[r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv[r] = l > 0.f ? 1.f / l : 0.f;
+      // natural-log LSE = ln 2 * (max * scale_log2 + log2 l); rows with nothing visible: -inf.
+      lse[r] = l > 0.f ? 0.6931471805599453f * (row_max[r] * scale_log2 + __log2f(l)) : -INFINITY;
+      // ALiBi: the scores were t - coef D0(row); LSE = LSE' + softmax_scale coef D0 = LSE' - slope D0 (double: D0
+      // may be ~2^31).
+      if (kAlibi && l > 0.f)
+        lse[r] = static_cast<float>(static_cast<double>(lse[r]) -
+                                    static_cast<double>(alibi_slope) * static_cast<double>(dref[row0 + 8 * r]));
+    }
+    const int64_t o_off = static_cast<int64_t>(b) * p.o_batch_stride + static_cast<int64_t>(h) * p.o_head_stride;
+    float* lse_base = p.lse_ptr != nullptr ? p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride +
+                                                 static_cast<int64_t>(h) * p.lse_head_stride
+                                           : nullptr;
+    // acc o[4 c + 2 r + e] is (row row0 + 8 r, column 8 c + col_base + e).
+    if (!p.accumulate) {
 #pragma unroll
-        for (int c = 0; c < 16; ++c) {
-          const uint32_t v = TypeOps<T>::pack(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
-          *reinterpret_cast<uint32_t*>(o_row + 8 * c) = v;
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row0 + 8 * r;
+        if (row >= p.seqlen_q) continue;
+        if (!p.o_fp32) {
+          T* o_row = static_cast<T*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+          for (int c = 0; c < 16; ++c) {
+            const uint32_t v = TypeOps<T>::pack(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
+            *reinterpret_cast<uint32_t*>(o_row + 8 * c) = v;
+          }
+        } else {
+          float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+          for (int c = 0; c < 16; ++c)
+            *reinterpret_cast<float2*>(o_row + 8 * c) =
+                make_float2(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
         }
-      } else {
+        if (lse_base != nullptr && (lane % 4) == 0) lse_base[row] = lse[r];
+      }
+    } else {
+      // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse - L) + O_b e^(LSE_b - L).
+      // The four lanes of a quad share a row: all read the old lse before any lane writes the new one.
+      float lse_old[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row0 + 8 * r;
+        lse_old[r] = row < p.seqlen_q ? lse_base[row] : -INFINITY;
+      }
+      __syncwarp();
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row0 + 8 * r;
+        const float la = lse_old[r], lb = lse[r];
+        const float mx = fmaxf(la, lb);
+        // Both -inf: nothing visible in either part; the accumulator stays as it is.
+        if (row >= p.seqlen_q || mx == -INFINITY) continue;
+        const float L = mx + logf(expf(la - mx) + expf(lb - mx));
+        const float w_old = expf(la - L);           // 0 when la = -inf
+        const float w_new = expf(lb - L) * inv[r];  // 0 when lb = -inf
         float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
 #pragma unroll
-        for (int c = 0; c < 16; ++c)
-          *reinterpret_cast<float2*>(o_row + 8 * c) =
-              make_float2(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
+        for (int c = 0; c < 16; ++c) {
+          float2* ptr = reinterpret_cast<float2*>(o_row + 8 * c);
+          float2 old = *ptr;
+          // w_old == 0: the old value is not used (select, not multiply: 0 * inf would be NaN).
+          old.x = w_old > 0.f ? old.x * w_old : 0.f;
+          old.y = w_old > 0.f ? old.y * w_old : 0.f;
+          old.x = fmaf(o[4 * c + 2 * r], w_new, old.x);
+          old.y = fmaf(o[4 * c + 2 * r + 1], w_new, old.y);
+          *ptr = old;
+        }
+        if ((lane % 4) == 0) lse_base[row] = L;
       }
-      if (lse_base != nullptr && (lane % 4) == 0) lse_base[row] = lse[r];
-    }
-  } else {
-    // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse - L) + O_b e^(LSE_b - L).
-    // The four lanes of a quad share a row: all read the old lse before any lane writes the new one.
-    float lse_old[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = m0 + row0 + 8 * r;
-      lse_old[r] = row < p.seqlen_q ? lse_base[row] : -INFINITY;
-    }
-    __syncwarp();
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = m0 + row0 + 8 * r;
-      const float la = lse_old[r], lb = lse[r];
-      const float mx = fmaxf(la, lb);
-      // Both -inf: nothing visible in either part; the accumulator stays as it is.
-      if (row >= p.seqlen_q || mx == -INFINITY) continue;
-      const float L = mx + logf(expf(la - mx) + expf(lb - mx));
-      const float w_old = expf(la - L);           // 0 when la = -inf
-      const float w_new = expf(lb - L) * inv[r];  // 0 when lb = -inf
-      float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
-#pragma unroll
-      for (int c = 0; c < 16; ++c) {
-        float2* ptr = reinterpret_cast<float2*>(o_row + 8 * c);
-        float2 old = *ptr;
-        // w_old == 0: the old value is not used (select, not multiply: 0 * inf would be NaN).
-        old.x = w_old > 0.f ? old.x * w_old : 0.f;
-        old.y = w_old > 0.f ? old.y * w_old : 0.f;
-        old.x = fmaf(o[4 * c + 2 * r], w_new, old.x);
-        old.y = fmaf(o[4 * c + 2 * r + 1], w_new, old.y);
-        *ptr = old;
-      }
-      if ((lane % 4) == 0) lse_base[row] = L;
     }
   }
+  if (pingpong && cw == 0) named_sync(1);
 #endif  // DISTATTN_HOPPER_DEVICE
 }
 

@@ -38,7 +38,12 @@ struct FlashFwdHopperParams {
   int seqlen_kv = 0;     // Skv
   int heads_q = 0;       // Hq
   int head_group = 1;    // Hq / Hkv: q head h reads kv head h / head_group
-  int num_m_blocks = 0;  // ceil(Sq / 128): grid x
+  int num_m_blocks = 0;  // M = ceil(Sq / 128): q tiles per (b, h)
+
+  // --- persistent schedule (flash_fwd_hopper_scheduler.h) -----------------------------------------------------
+  int num_slots = 0;        // slots of work units (q tile, head, batch): Hq * B * (pair_units ? ceil(M / 2) : M)
+  bool pair_units = false;  // a slot holds q tiles M - 1 - j and j (causal balancing) instead of tile M - 1 - j
+  int section_pairs = 1;    // (b, h) pairs per L2 section of the slot order (their kv heads' K / V fit in L2)
 
   // --- positions: up to kMaxChunks chunks per side (PositionMap). Chunk c covers local rows
   // [row[c], row[c + 1]) with pos(row) = start[c] + (row - row[c]) * stride[c]. Every boundary row[c], 0 < c <
