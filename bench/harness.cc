@@ -47,6 +47,12 @@ std::string forward_kernel_choice() {
   return (v == nullptr || *v == '\0') ? std::string("auto") : std::string(v);
 }
 
+// DISTATTN_BACKWARD_KERNEL as the engine reads it (sparse/src/flash_bwd_api.cu): "auto" when unset or empty.
+std::string backward_kernel_choice() {
+  const char* v = std::getenv("DISTATTN_BACKWARD_KERNEL");
+  return (v == nullptr || *v == '\0') ? std::string("auto") : std::string(v);
+}
+
 std::string git_commit() {
   const char* env = std::getenv("DISTATTN_GIT_COMMIT");
   if (env != nullptr && *env != '\0') return env;
@@ -168,7 +174,9 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
   const std::string device_name = launch::device_name(ctx.device);
   print0(rank, "# distattn_bench: " + launch::command_line(argc, argv));
   print0(rank, "# git " + git_commit() + ", " + utc_now_iso() + ", " + std::to_string(mpi.world_size()) + " rank(s)" +
-                   (ctx.on_gpu() ? ", forward kernel " + forward_kernel_choice() : std::string()));
+                   (ctx.on_gpu() ? ", forward kernel " + forward_kernel_choice() + ", backward kernel " +
+                                       backward_kernel_choice()
+                                 : std::string()));
   if (!ctx.on_gpu()) print0(rank, "# no CUDA device: running the host engine (fp32) on small sizes");
   {
     constexpr int kLine = 256;
@@ -298,7 +306,8 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
     report.set("date", utc_now_iso()).set("git_commit", git_commit());
     // Which forward kernel the engine was allowed to use: rows of a DISTATTN_FORWARD_KERNEL=mma run are the
     // older kernel's and must not be pooled with the default ones (bench/study_lib.py keys on this).
-    if (ctx.on_gpu()) report.set("forward_kernel", forward_kernel_choice());
+    if (ctx.on_gpu())
+      report.set("forward_kernel", forward_kernel_choice()).set("backward_kernel", backward_kernel_choice());
     report.set("command_line", launch::command_line(argc, argv)).set("op", opt.op);
     report.set("ranks", mpi.world_size()).set("host_engine", !ctx.on_gpu());
     report.set("options", options);

@@ -142,8 +142,13 @@ def rows_of(doc, source):
     meta = {k: doc.get(k) for k in ("device", "date", "git_commit")}
     # A distattn_bench run with DISTATTN_FORWARD_KERNEL=mma measured the older forward kernel on purpose (an A/B):
     # its rows become their own series, "distattn[mma]", instead of being pooled with the default kernel's.
+    # Same for DISTATTN_BACKWARD_KERNEL=mma ("distattn[bwd=mma]"; both forced: "distattn[mma,bwd=mma]").
     kernel = doc.get("forward_kernel")
-    ours = OURS if kernel in (None, "auto", "hopper") else f"{OURS}[{kernel}]"
+    bkernel = doc.get("backward_kernel")
+    tags = [] if kernel in (None, "auto", "hopper") else [kernel]
+    if bkernel not in (None, "auto", "hopper"):
+        tags.append(f"bwd={bkernel}")
+    ours = OURS if not tags else f"{OURS}[{','.join(tags)}]"
     rows = []
     if fmt == POSITIONAL_KIND:
         for r in doc["rows"]:

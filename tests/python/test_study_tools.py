@@ -334,6 +334,18 @@ class NewestOnlyTest(Tmp):
         self.assertEqual(dict(next(iter(pooled.values()))[L.OURS])[8192], 455.0)
 
 
+class KernelTagTest(Tmp):
+    def test_forced_kernels_are_their_own_series(self):
+        auto = bench_doc("dense", [dense_row(4096, 500.0)])
+        fwd_mma = dict(bench_doc("dense", [dense_row(4096, 300.0)]), forward_kernel="mma")
+        bwd_mma = dict(bench_doc("dense", [dense_row(4096, 280.0)]), forward_kernel="auto", backward_kernel="mma")
+        both = dict(bench_doc("dense", [dense_row(4096, 250.0)]), forward_kernel="mma", backward_kernel="mma")
+        rows = L.load([self.write(n + ".json", d) for n, d in
+                       (("a", auto), ("f", fwd_mma), ("b", bwd_mma), ("m", both))])
+        self.assertEqual(sorted(r["impl"] for r in rows),
+                         sorted([L.OURS, L.OURS + "[mma]", L.OURS + "[bwd=mma]", L.OURS + "[mma,bwd=mma]"]))
+
+
 class PositionalTest(Tmp):
     def rows(self, **kw):
         return L.rows_of(bench_doc("dense", study_rows(**kw)), "study")
