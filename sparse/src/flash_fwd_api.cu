@@ -175,7 +175,8 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
   DISTATTN_CHECK_ARG(p.q.batch() <= 65535, "q", "has batch ", p.q.batch(), "; the CUDA engine takes at most 65535");
 
   // The Hopper kernel (TMA + wgmma, hopper/) takes every call it supports; the mma.sync kernel below serves the
-  // rest (ALiBi, position-map chunks not on 128-row tiles, head dim 64, other GPUs). DISTATTN_FORWARD_KERNEL=mma
+  // rest (ALiBi with block lists, ALiBi on one identical q/kv chunk beyond 8192 keys where its exact cutoff wins,
+  // position-map chunks not on 128-row tiles, head dim 64, other GPUs). DISTATTN_FORWARD_KERNEL=mma
   // forces the mma.sync kernel everywhere (A/B timings, bisecting a result).
   if (options.allow_hopper && !forward_kernel_forced_to_mma()) {
     int device = 0;

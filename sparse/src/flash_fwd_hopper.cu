@@ -194,6 +194,16 @@ bool pair_units(const FlashFwdHopperParams& k) {
 // tiles better than the static snake), so long problems keep it.
 constexpr int kPersistentMaxMBlocks = 32;
 
+// Largest key count for which a call in the ALiBi-cutoff case (q_pos == kv_pos, one chunk) goes to this kernel.
+// The default, 8192, comes from the positional study on an H200 with the standard geometric slopes (H = 32,
+// bench/results/2026-11-22_h200_5b1bb19_final/positional): the mma.sync kernel with its cutoff costs +13.7% (non-
+// causal) / +19.7% (causal) over no ALiBi at 8K, and -19.5% / -7.0% at 16K. Flatter slopes skip less and move
+// the break-even up. DISTATTN_ALIBI_HOPPER_MAX_KV overrides it (0: never, as before; read once).
+int alibi_hopper_max_kv() {
+  static const int v = env_int("DISTATTN_ALIBI_HOPPER_MAX_KV", 8192);
+  return v < 0 ? 0 : v;
+}
+
 // CTAs of the launch: persistent (one per SM, each walking its units; flash_fwd_hopper_scheduler.h) for short
 // problems, one CTA per slot otherwise (with pair_units off and sections of one pair, the former kernel's CTA order:
 // q tiles heaviest first inside each (b, h)), unless an override says otherwise.
@@ -239,10 +249,12 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   if (p.o.dtype != p.q.dtype && p.o.dtype != DType::kFloat32) return false;
   if (p.accumulate && (p.o.dtype != DType::kFloat32 || p.lse == nullptr)) return false;
   if (p.q.head_dim() != 128) return false;
-  // ALiBi: not with block lists (the kernel's per-row reference D0 is taken over the band only), and not where the
-  // mma.sync kernel's exact ALiBi cutoff applies (one identical chunk on both sides, no block list: it skips the
-  // tiles whose exp2 underflows, which this kernel does not yet).
-  if (p.alibi_slopes != nullptr && (p.mask.blocks != nullptr || alibi_cutoff_case(p))) return false;
+  // ALiBi: not with block lists (the kernel's per-row reference D0 is taken over the band only). Where the mma.sync
+  // kernel's exact ALiBi cutoff applies (one identical chunk on both sides, no block list) that kernel skips the tiles
+  // whose exp2 underflows, which this one does not yet: its gain grows with the key count and outweighs this
+  // kernel's speed beyond alibi_hopper_max_kv() keys; up to there this kernel takes the call.
+  if (p.alibi_slopes != nullptr && p.mask.blocks != nullptr) return false;
+  if (p.alibi_slopes != nullptr && alibi_cutoff_case(p) && p.k.seqlen() > alibi_hopper_max_kv()) return false;
   if (!tile_aligned_chunks(p.q_pos, FwdConfig::kBlockM) || !tile_aligned_chunks(p.kv_pos, FwdConfig::kBlockN))
     return false;
   if (p.q.seqlen() < 1 || p.k.seqlen() < 1) return false;

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -635,13 +636,15 @@ TEST(FlashForwardHopper, AlibiOneChunk) {
   c.kv_pos = PositionMap::strided(0, 3, 400);
   c.mask = Mask::make_causal();
   run_and_check(c);
-  // q_pos == kv_pos (one chunk): left to the mma.sync kernel's ALiBi cutoff by supported(); the kernel itself
-  // still computes it right (run directly).
+  // q_pos == kv_pos (one chunk): taken up to 8192 keys (beyond, supported() leaves it to the mma.sync kernel's
+  // ALiBi cutoff; SupportedSaysNoOutsideItsScope checks the limit).
   c.name = "hopper_alibi_self_causal";
   c.Sq = 1000, c.Skv = 1000;
   c.q_pos = PositionMap::contiguous(0, 1000);
   c.kv_pos = c.q_pos;
-  c.expect_supported = false;
+  run_and_check(c);
+  c.name = "hopper_alibi_self_full";
+  c.mask = Mask{};
   run_and_check(c);
 }
 
@@ -896,8 +899,20 @@ TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
   EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
   a = p;
   float slope = 0.5f;
-  a.alibi_slopes = &slope;  // q_pos == kv_pos, one chunk: the mma.sync kernel's ALiBi cutoff case
-  EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
+  a.alibi_slopes = &slope;  // q_pos == kv_pos, one chunk: the ALiBi cutoff case, taken up to 8192 keys
+  EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
+  {
+    // Shapes only (nothing is launched or read): 8192 keys taken, 8193 left to the mma.sync kernel's cutoff.
+    AttnParams l = a;
+    l.q = l.k = l.v = l.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 8192, 2, 128);
+    l.q_pos = l.kv_pos = PositionMap::contiguous(0, 8192);
+    EXPECT_TRUE(flash_fwd_hopper_supported(l, device));
+    l.q = l.k = l.v = l.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 8193, 2, 128);
+    l.q_pos = l.kv_pos = PositionMap::contiguous(0, 8193);
+    if (std::getenv("DISTATTN_ALIBI_HOPPER_MAX_KV") == nullptr) EXPECT_FALSE(flash_fwd_hopper_supported(l, device));
+    l.alibi_slopes = nullptr;  // without ALiBi: taken at any length
+    EXPECT_TRUE(flash_fwd_hopper_supported(l, device));
+  }
   a.kv_pos = PositionMap::contiguous(10, 64);  // another map: taken
   EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
   a = p;

@@ -15,8 +15,9 @@ namespace distattn {
 
 // True when the Hopper kernel handles `p` on CUDA device `device`: the device is compute capability 9.0 and
 // the library holds sm_90a code for the kernel; q is bf16 or fp16 with head dim 128; o in the dtype of q or
-// fp32 (plain mode), or accumulate mode (o fp32, lse set); ALiBi except with a block list or where q_pos == kv_pos
-// (one identical chunk: the mma.sync kernel's exact ALiBi cutoff is faster there); q_pos and kv_pos of up to 8 chunks
+// fp32 (plain mode), or accumulate mode (o fp32, lse set); ALiBi except with a block list, or where q_pos == kv_pos
+// (one identical chunk) with more than 8192 keys (DISTATTN_ALIBI_HOPPER_MAX_KV: the mma.sync kernel's exact ALiBi
+// cutoff is faster there); q_pos and kv_pos of up to 8 chunks
 // each whose boundaries (prefix sums of the chunk lengths; the sequence end excepted) are multiples of 128 rows (one
 // chunk: any map; zigzag shards with chunk lengths a multiple of 128); any causal / window band and optional block
 // list; every row / head / batch stride a positive multiple of 16 bytes (strides of size-1 dimensions ignored), base
