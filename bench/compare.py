@@ -3,6 +3,7 @@
 
   bench/compare.py RESULT.json|DIR [...] [--baseline OLD.json|DIR [...]] [--threshold 0.10]
   bench/compare.py --positional STUDY.json [--target 3]      # the positional overhead table only
+  bench/compare.py --scaling RESULT.json|DIR [...]            # the strong-scaling table only (1, 2, 4 GPUs)
 
 Inputs: side-by-side reports (bench/peers/merge_side_by_side.py), distattn_bench -J output and torch_peers.py /
 torch_cp.py -J output, in any mix; a directory stands for its *.json files. All rows are pooled.
@@ -97,6 +98,20 @@ def print_positional_table(rows, target_pct, out):
     return groups
 
 
+def print_scaling_table(rows, out):
+    """The strong-scaling table (study_lib.scaling): one line per series, efficiency at each N. False when empty."""
+    sc = L.scaling(rows)
+    if not sc:
+        return False
+    ns = sorted({n for pts in sc.values() for n, _ in pts})
+    print("# strong scaling: efficiency = TFLOPs/GPU on N GPUs / TFLOPs on one GPU, same global S", file=out)
+    print(f"{'series':<32}" + "".join(f"{'N=' + str(n):>9}" for n in ns), file=out)
+    for name, pts in sc.items():
+        d = dict(pts)
+        print(f"{name:<32}" + "".join(f"{d[n] * 100:>8.1f}%" if n in d else f"{'-':>9}" for n in ns), file=out)
+    return True
+
+
 def print_regressions(matched, unmatched, threshold, out):
     print(f"# regression check: our rate now / baseline, flagged below -{threshold * 100:.1f}%", file=out)
     print(f"{'job':<28} {'seq':>8} {'shape':<20} {'baseline':>10} {'now':>10} {'change':>8}", file=out)
@@ -120,6 +135,9 @@ def main(argv=None, out=sys.stdout):
     ap.add_argument("--no-table", action="store_true", help="skip the ratio table")
     ap.add_argument("--positional", action="store_true",
                     help="print only the positional overhead table (exit 2 when the results hold no pair)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="print only the strong-scaling table (exit 2 when the results hold no multi-GPU series with a "
+                         "one-GPU reference)")
     ap.add_argument("--target", type=float, default=L.TARGET_PCT,
                     help="positional overhead target in %% at S >= 8K (default %(default)s)")
     args = ap.parse_args(argv)
@@ -135,6 +153,11 @@ def main(argv=None, out=sys.stdout):
     if not rows:
         print(f"compare: no rows in {' '.join(args.results)}", file=sys.stderr)
         return 2
+    if args.scaling:
+        if not print_scaling_table(rows, out):
+            print(f"compare: no multi-GPU series with a one-GPU reference in {' '.join(args.results)}", file=sys.stderr)
+            return 2
+        return 0
     if args.positional:
         if not print_positional_table(rows, args.target, out):
             print(f"compare: no positional pair (a row with RoPE or ALiBi and the same row without) in "

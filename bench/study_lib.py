@@ -367,30 +367,33 @@ _SCALE_FIELDS = ("pass", "causal", "window", "alibi", "dtype", "B", "H", "Hkv", 
 def scaling(rows, used=None):
     """Strong-scaling efficiency of ours: TFLOPs/GPU on N GPUs / TFLOPs of one GPU at the same global problem.
 
-    One-GPU reference: our dense row (ranks 1) of the same pass, mask, shape and global S (a ring row with
-    ranks 1 if there is no dense one). Efficiency = T1 / (N * TN) = (TFLOPs/GPU at N) / TFLOPs at 1.
+    Ring series: the one-GPU reference is our dense row (ranks 1) of the same pass, mask, shape and global S (a ring
+    row with ranks 1 if there is no dense one). Dilated series ("dilated ..."): the one-GPU dilated row (the
+    single-device path; the key holds no dilated configuration, so the rows must share one, e.g. the bench default).
+    Efficiency = T1 / (N * TN) = (TFLOPs/GPU at N) / TFLOPs at 1.
     Returns {series "pass[ causal] S=..": [(N, efficiency)]} for series with a reference and at least one N > 1;
     N = 1 appears as (1, 1.0). `used`, a list, receives the rows the result was computed from.
     """
     ours = [r for r in rows if r["impl"] == OURS and r["rate"] is not None and r["unit"] == "TFLOPs"]
-    one = {}
-    for pref in ("ring", "dense"):  # dense overwrites ring: the plain kernel is the reference
-        for k, v in reduce_rates([r for r in ours if r["op"] == pref and r["ranks"] == 1],
-                                 lambda r: tuple(r[f] for f in _SCALE_FIELDS)).items():
-            one[k[1]] = v
-    multi = reduce_rates([r for r in ours if r["op"] == "ring" and r["ranks"] > 1],
-                         lambda r: (r["ranks"],) + tuple(r[f] for f in _SCALE_FIELDS))
+    key = lambda r: tuple(r[f] for f in _SCALE_FIELDS)  # noqa: E731
     out = {}
-    for (_, k), rate in multi.items():
-        n, sk = k[0], k[1:]
-        if sk not in one:
-            continue
-        if used is not None:
-            used.extend(r for r in ours if tuple(r[f] for f in _SCALE_FIELDS) == sk and r["ranks"] in (1, n))
-        d = dict(zip(_SCALE_FIELDS, sk))
-        name = f"{d['pass']}{' causal' if d['causal'] else ''}{' alibi' if d['alibi'] else ''} S={_kfmt(d['seq'])}"
-        pts = out.setdefault(name, {1: 1.0})
-        pts[n] = rate / one[sk]
+    for family, refs in (("ring", ("ring", "dense")), ("dilated", ("dilated",))):
+        one = {}
+        for pref in refs:  # for the ring, dense overwrites ring: the plain kernel is the reference
+            for k, v in reduce_rates([r for r in ours if r["op"] == pref and r["ranks"] == 1], key).items():
+                one[k[1]] = v
+        multi = reduce_rates([r for r in ours if r["op"] == family and r["ranks"] > 1], lambda r: (r["ranks"],) + key(r))
+        for (_, k), rate in multi.items():
+            n, sk = k[0], k[1:]
+            if sk not in one:
+                continue
+            if used is not None:
+                used.extend(r for r in ours if r["op"] in refs + (family,) and key(r) == sk and r["ranks"] in (1, n))
+            d = dict(zip(_SCALE_FIELDS, sk))
+            name = (("dilated " if family == "dilated" else "") + f"{d['pass']}{' causal' if d['causal'] else ''}"
+                    f"{' alibi' if d['alibi'] else ''} S={_kfmt(d['seq'])}")
+            pts = out.setdefault(name, {1: 1.0})
+            pts[n] = rate / one[sk]
     return {k: sorted(v.items()) for k, v in sorted(out.items(), key=lambda kv: _series_order(kv[0]))}
 
 

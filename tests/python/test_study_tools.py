@@ -278,6 +278,23 @@ class PlotDataTest(Tmp):
         self.assertEqual(L.scaling(two + four), {})
         self.assertEqual(len({id(r) for r in used}), 3)
 
+    def test_dilated_scaling_and_compare_table(self):
+        import compare
+        d1 = L.rows_of(bench_doc("dilated", [dense_row(262144, 300.0, causal=True)]), "d1")
+        d4 = L.rows_of(bench_doc("dilated", [dense_row(262144, 270.0, causal=True, ranks=4)], ranks=4), "d4")
+        dense1 = L.rows_of(bench_doc("dense", [dense_row(262144, 500.0, causal=True)]), "x")  # not dilated's reference
+        sc = L.scaling(d1 + d4 + dense1)
+        self.assertEqual(list(sc), ["dilated fwd causal S=256K"])
+        self.assertAlmostEqual(sc["dilated fwd causal S=256K"][1][1], 0.9)
+        d = self.write("d1.json", bench_doc("dilated", [dense_row(262144, 300.0, causal=True)]))
+        f = self.write("d4.json", bench_doc("dilated", [dense_row(262144, 270.0, causal=True, ranks=4)], ranks=4))
+        buf = io.StringIO()
+        self.assertEqual(compare.main([d, f, "--scaling"], out=buf), 0)
+        self.assertIn("dilated fwd causal S=256K", buf.getvalue())
+        self.assertIn("90.0%", buf.getvalue())
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(compare.main([d, "--scaling"], out=io.StringIO()), 2)  # no multi-GPU series
+
     def test_positional_overhead(self):
         plain = dense_row(8192, 300.0, causal=True)
         alibi = dict(plain, alibi=True, time_ms=plain["time_ms"] * 1.25, tflops=240.0)
