@@ -602,6 +602,73 @@ class StudyScriptTest(Tmp):
         self.assertIn("unknown variant", p.stderr)
 
 
+SCALING_STUB_BENCH = r"""#!/usr/bin/env python3
+import json, os, sys
+a = sys.argv[1:]
+def val(flag):
+    return a[a.index(flag) + 1]
+op = val("-o")
+ranks = int(os.environ.get("STUB_RANKS", "1"))
+seq = {"K": 1024, "M": 1048576}.get(val("-b")[-1], 1)
+seq *= int(val("-b").rstrip("KM"))
+base = {"dense": 400.0, "ring": 400.0, "dilated": 300.0}[op]
+tflops = base * (1 - 0.05 * (ranks - 1))
+row = {"seq": seq, "time_ms": 1.0, "tflops": tflops, "gbps": None, "B": 1, "H": 32, "Hkv": 32, "D": 128,
+       "causal": "--causal" in a, "window": 0, "alibi": False, "pass": val("--pass"), "dtype": "bf16", "wrong": 0,
+       "ranks": ranks}
+if op == "ring":
+    row["layout"] = "zigzag"
+doc = {"peer": "distattn", "device": "stub", "date": "2026-11-22T00:00:00Z", "git_commit": "c0ffee0", "op": op,
+       "ranks": ranks, "command_line": " ".join(a), "options": {}, "rows": [row], "status": "OK"}
+with open(val("-J"), "w") as f:
+    json.dump(doc, f)
+print(f"   {seq} {op} {ranks} {tflops}")
+"""
+
+# Stands in for mpirun: takes -np N, drops the launcher's own options, runs the program once with STUB_RANKS=N.
+FAKE_MPIRUN = r"""#!/usr/bin/env python3
+import os, sys
+a = sys.argv[1:]
+n, rest, i = 1, [], 0
+while i < len(a):
+    if a[i] == "-np":
+        n, i = int(a[i + 1]), i + 2
+    elif a[i] in ("-x", "--bind-to"):
+        i += 2
+    elif a[i] in ("--allow-run-as-root", "--oversubscribe"):
+        i += 1
+    else:
+        rest, i = a[i:], len(a)
+os.execve(rest[0], rest, dict(os.environ, STUB_RANKS=str(n)))
+"""
+
+
+@unittest.skipUnless(os.path.exists("/bin/bash"), "no bash")
+class ScalingScriptTest(Tmp):
+    def test_one_two_four_gpus_and_the_table(self):
+        import subprocess
+        stub = self.write("stub_bench.py", SCALING_STUB_BENCH)
+        fake = self.write("fake_mpirun.py", FAKE_MPIRUN)
+        for f in (stub, fake):
+            os.chmod(f, 0o755)
+        out = os.path.join(self.dir, "out")
+        e = dict(os.environ, DISTATTN_BENCH=stub, MPIRUN=fake, PYTHON=sys.executable, NPS="1 2 4", PASSES="fwd",
+                 RING_GROUPS="2K:2K:1:0 512K:512K:1:0", DILATED_GROUPS="64K:64K:1:0", ONE_GPU_MAX="256K")
+        p = subprocess.run(["/bin/bash", os.path.join(ROOT, "bench", "run_scaling_study.sh"), out],
+                           capture_output=True, text=True, env=e)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        runs = sorted(f for f in os.listdir(out) if f.endswith(".json"))
+        # One GPU: dense (the ring's reference) and dilated, never above ONE_GPU_MAX; 2 and 4 GPUs: ring and dilated.
+        self.assertEqual(runs, ["dense_fwd_np1_2K-2K.json", "dilated_fwd_np1_64K-64K.json",
+                                "dilated_fwd_np2_64K-64K.json", "dilated_fwd_np4_64K-64K.json",
+                                "ring_fwd_np2_2K-2K.json", "ring_fwd_np2_512K-512K.json",
+                                "ring_fwd_np4_2K-2K.json", "ring_fwd_np4_512K-512K.json"])
+        table = p.stdout[p.stdout.index("# strong scaling"):]
+        self.assertRegex(table, r"dilated fwd causal S=64K +100\.0% +95\.0% +85\.0%")
+        self.assertRegex(table, r"fwd causal S=2K +100\.0% +95\.0% +85\.0%")
+        self.assertNotIn("S=512K", table)  # no one-GPU reference there
+
+
 @unittest.skipUnless(HAS_MPL, "matplotlib not installed: plots not tested")
 class PlotTest(Tmp):
     def test_plots_written_and_skipped(self):
