@@ -2,12 +2,10 @@
 // This file sits in sparse/src (not sparse/src/hopper) because the library's source glob is not recursive;
 // the kernel and its helpers live in hopper/.
 #include <cuda.h>
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_runtime.h>
 
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
@@ -15,115 +13,28 @@
 #include "hopper/flash_bwd_hopper.h"
 #include "hopper/flash_bwd_hopper_kernel.cuh"
 #include "hopper/flash_bwd_hopper_params.h"
+#include "hopper/hopper_host.h"
 
 namespace distattn {
 
 namespace {
 
 using hopper::BwdConfig;
+using hopper::DeviceSupportCache;
 using hopper::FlashBwdHopperParams;
+using hopper::tma_addressable;
 
-constexpr int kMaxDevices = 64;
-
-// Per device: whether it is compute capability 9.0 with the kernel's sm_90a code and enough shared memory.
-std::atomic<int> g_device_ok[kMaxDevices] = {};
-std::atomic<bool> g_device_known[kMaxDevices] = {};
+// Whether a device runs this kernel (compute capability 9.0, sm_90a code, enough shared memory): hopper_host.h.
+DeviceSupportCache g_device_support;
 
 bool device_runs_hopper_bwd(int device) {
-  if (device < 0 || device >= kMaxDevices) return false;
-  if (g_device_known[device].load()) return g_device_ok[device].load() == 1;
-  cudaDeviceProp prop{};
-  DISTATTN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  bool ok = prop.major == 9 && prop.minor == 0;
-  if (ok) {
-    // A build without sm_90a code (e.g. CMAKE_CUDA_ARCHITECTURES=80) holds the kernel with an empty body for
-    // another target: binaryVersion says so. The attribute query is made on the current device.
-    int current = 0;
-    DISTATTN_CUDA_CHECK(cudaGetDevice(&current));
-    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(device));
-    cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, hopper::flash_bwd_hopper_kernel<__nv_bfloat16>);
-    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(current));
-    DISTATTN_CUDA_CHECK(e);
-    ok = attr.binaryVersion == 90 && prop.sharedMemPerBlockOptin >= static_cast<size_t>(BwdConfig::kSmemBytes);
-  }
-  g_device_ok[device].store(ok ? 1 : 0);
-  g_device_known[device].store(true);
-  return ok;
+  return g_device_support.get(device, reinterpret_cast<const void*>(hopper::flash_bwd_hopper_kernel<__nv_bfloat16>),
+                              static_cast<size_t>(BwdConfig::kSmemBytes));
 }
 
-// A 16-bit tensor the TMA engine can address: 16-byte aligned base, head dim contiguous, row / head / batch strides
-// positive multiples of 16 bytes below 2^40 bytes (a size-1 dimension's stride is never used).
-bool tma_addressable(const TensorView& t) {
-  constexpr int64_t kElem = 2;
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0 || t.stride[3] != 1) return false;
-  for (int axis = 0; axis < 3; ++axis) {
-    if (t.shape[axis] == 1) continue;
-    const int64_t bytes = t.stride[axis] * kElem;
-    if (bytes <= 0 || bytes % 16 != 0 || bytes >= (int64_t{1} << 40)) return false;
-  }
-  return true;
-}
-
-// 1..kMaxChunks chunks whose boundaries (prefix sums of the lengths, the last excepted) are multiples of 128 rows:
-// every 64-row q tile and 128-row kv tile lies in one chunk.
+// Chunk boundaries on 128 rows: every 64-row q tile and 128-row kv tile lies in one chunk.
 bool tile_aligned_chunks(const PositionMap& m) {
-  if (m.num_chunks < 1 || m.num_chunks > FlashBwdHopperParams::kMaxChunks) return false;
-  int64_t row = 0;
-  for (int c = 0; c + 1 < m.num_chunks; ++c) {
-    row += m.chunks[c].length;
-    if (row % 128 != 0) return false;
-  }
-  return true;
-}
-
-// A validated position map into the kernel's chunk arrays (rows: prefix sums of the lengths).
-void fill_chunks(const PositionMap& m, int* num, int* rows, int64_t* start, int64_t* stride) {
-  *num = m.num_chunks;
-  int64_t row = 0;
-  for (int c = 0; c < m.num_chunks; ++c) {
-    rows[c] = static_cast<int>(row);
-    start[c] = m.chunks[c].start;
-    stride[c] = m.chunks[c].stride;
-    row += m.chunks[c].length;
-  }
-  for (int c = m.num_chunks; c <= FlashBwdHopperParams::kMaxChunks; ++c) rows[c] = static_cast<int>(row);
-}
-
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    DISTATTN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q));
-    if (q == cudaDriverEntryPointSuccess) fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  });
-  DISTATTN_CHECK(fn != nullptr, "the CUDA driver does not provide cuTensorMapEncodeTiled");
-  return fn;
-}
-
-// TMA descriptor of a [B, S, H, 128] 16-bit tensor: dims (innermost first) {128, S, H, B}, box {64, rows, 1, 1},
-// 128-byte swizzle (the layout the wgmma descriptors expect), zeros for rows past S.
-CUtensorMap make_tmap(const TensorView& t, int box_rows, const char* argument) {
-  CUtensorMap map;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(t.shape[3]), static_cast<cuuint64_t>(t.shape[1]),
-                              static_cast<cuuint64_t>(t.shape[2]), static_cast<cuuint64_t>(t.shape[0])};
-  auto stride_bytes = [&](int axis) -> cuuint64_t {
-    return t.shape[axis] == 1 ? 16 : static_cast<cuuint64_t>(t.stride[axis] * 2);
-  };
-  const cuuint64_t strides[3] = {stride_bytes(1), stride_bytes(2), stride_bytes(0)};
-  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType dtype =
-      t.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r =
-      encode_fn()(&map, dtype, 4, t.data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  DISTATTN_CHECK_ARG(r == CUDA_SUCCESS, argument,
-                     "cannot be described to the TMA engine (cuTensorMapEncodeTiled error ", static_cast<int>(r),
-                     ") for ", describe(t));
-  return map;
+  return hopper::tile_aligned_chunks(m, FlashBwdHopperParams::kMaxChunks, 128);
 }
 
 // TMA descriptor of the fp32 dQ accumulator (row stride 128 floats; head and batch strides of kp): dims {128, Sq, Hq,
@@ -139,9 +50,10 @@ CUtensorMap make_tmap_dq(const kernels::FlashBwdParams& kp) {
                                  bytes(kp.batch, kp.dq_accum_batch_stride)};
   const cuuint32_t box[4] = {32, static_cast<cuuint32_t>(BwdConfig::kBlockM), 1, 1};
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, kp.dq_accum, dims, strides, box,
-                                 elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      hopper::tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, kp.dq_accum, dims, strides, box,
+                                   elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   DISTATTN_CHECK_ARG(r == CUDA_SUCCESS, "dq",
                      "accumulator cannot be described to the TMA engine (cuTensorMapEncodeTiled error ",
                      static_cast<int>(r), ")");
@@ -191,10 +103,10 @@ bool flash_bwd_hopper_supported(const AttnBwdParams& p, int device) {
 void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp, cudaStream_t stream) {
   const AttnParams& f = p.fwd;
   FlashBwdHopperParams k;
-  k.tmap_q = make_tmap(f.q, BwdConfig::kBlockM, "q");
-  k.tmap_dout = make_tmap(p.dout, BwdConfig::kBlockM, "dout");
-  k.tmap_k = make_tmap(f.k, BwdConfig::kBlockN, "k");
-  k.tmap_v = make_tmap(f.v, BwdConfig::kBlockN, "v");
+  k.tmap_q = hopper::make_tmap_16bit(f.q, BwdConfig::kBlockM, "q");
+  k.tmap_dout = hopper::make_tmap_16bit(p.dout, BwdConfig::kBlockM, "dout");
+  k.tmap_k = hopper::make_tmap_16bit(f.k, BwdConfig::kBlockN, "k");
+  k.tmap_v = hopper::make_tmap_16bit(f.v, BwdConfig::kBlockN, "v");
   k.tmap_dq = make_tmap_dq(kp);  // the dQ reductions (DISTATTN_HOPPER_BWD_DQ_TMA, the default)
   k.lse_ptr = kp.lse;
   k.lse_batch_stride = kp.lse_batch_stride;
@@ -223,8 +135,8 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   k.heads_kv = kp.heads_kv;
   k.group = kp.group;
   k.num_kv_tiles = (kp.seqlen_kv + BwdConfig::kBlockN - 1) / BwdConfig::kBlockN;
-  fill_chunks(f.q_pos, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
-  fill_chunks(f.kv_pos, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
+  hopper::fill_chunks(f.q_pos, FlashBwdHopperParams::kMaxChunks, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
+  hopper::fill_chunks(f.kv_pos, FlashBwdHopperParams::kMaxChunks, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
   const DiagonalBand band = DiagonalBand::from_mask(f.mask);
   k.band_lo = band.lo;
   k.band_hi = band.hi;

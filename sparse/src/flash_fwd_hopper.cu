@@ -2,13 +2,11 @@
 // This file sits in sparse/src (not sparse/src/hopper) because the library's source glob is not recursive;
 // the kernel and its helpers live in hopper/.
 #include <cuda.h>
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_runtime.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <mutex>
 
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
@@ -16,67 +14,29 @@
 #include "hopper/flash_fwd_hopper_kernel.cuh"
 #include "hopper/flash_fwd_hopper_params.h"
 #include "hopper/flash_fwd_hopper_scheduler.h"
+#include "hopper/hopper_host.h"
 
 namespace distattn {
 
 namespace {
 
+using hopper::DeviceSupportCache;
 using hopper::FlashFwdHopperParams;
 using hopper::FwdConfig;
+using hopper::tma_addressable;
 
-constexpr int kMaxDevices = 64;
-
-// Per device: 1 when it is compute capability 9.0 and the kernel binary is sm_90 code, 0 otherwise, -1 unknown.
-std::atomic<int> g_device_ok[kMaxDevices] = {};
-std::atomic<bool> g_device_known[kMaxDevices] = {};
+// Whether a device runs this kernel (compute capability 9.0, sm_90a code, enough shared memory): hopper_host.h.
+DeviceSupportCache g_device_support;
 
 bool device_runs_hopper_kernel(int device) {
-  if (device < 0 || device >= kMaxDevices) return false;
-  if (g_device_known[device].load()) return g_device_ok[device].load() == 1;
-  cudaDeviceProp prop{};
-  DISTATTN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  bool ok = prop.major == 9 && prop.minor == 0;
-  if (ok) {
-    // The library may have been built without sm_90a code (e.g. CMAKE_CUDA_ARCHITECTURES=80): the kernel then
-    // exists with an empty body for another target, which binaryVersion reveals. The attribute query is made on
-    // the current device, so switch to `device` for it.
-    int current = 0;
-    DISTATTN_CUDA_CHECK(cudaGetDevice(&current));
-    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(device));
-    cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false>);
-    if (current != device) DISTATTN_CUDA_CHECK(cudaSetDevice(current));
-    DISTATTN_CUDA_CHECK(e);
-    ok = attr.binaryVersion == 90 && prop.sharedMemPerBlockOptin >= static_cast<size_t>(FwdConfig::kSmemBytes);
-  }
-  g_device_ok[device].store(ok ? 1 : 0);
-  g_device_known[device].store(true);
-  return ok;
+  return g_device_support.get(device,
+                              reinterpret_cast<const void*>(hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false>),
+                              static_cast<size_t>(FwdConfig::kSmemBytes));
 }
 
-// A tensor the TMA engine can address: 16-byte aligned base, head dim contiguous, and the row / head / batch
-// strides positive multiples of 16 bytes below 2^40 bytes (a size-1 dimension's stride is never used).
-bool tma_addressable(const TensorView& t) {
-  constexpr int64_t kElem = 2;
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0 || t.stride[3] != 1) return false;
-  for (int axis = 0; axis < 3; ++axis) {
-    if (t.shape[axis] == 1) continue;
-    const int64_t bytes = t.stride[axis] * kElem;
-    if (bytes <= 0 || bytes % 16 != 0 || bytes >= (int64_t{1} << 40)) return false;
-  }
-  return true;
-}
-
-// A position map the kernel addresses per tile: 1..kMaxChunks chunks, every chunk boundary (prefix sum of the
-// lengths, except the last which is the sequence end) a multiple of the tile rows, so each tile lies in one chunk.
+// A position map the kernel addresses per tile: each tile of `tile_rows` rows lies in one chunk.
 bool tile_aligned_chunks(const PositionMap& m, int tile_rows) {
-  if (m.num_chunks < 1 || m.num_chunks > FlashFwdHopperParams::kMaxChunks) return false;
-  int64_t row = 0;
-  for (int c = 0; c + 1 < m.num_chunks; ++c) {
-    row += m.chunks[c].length;
-    if (row % tile_rows != 0) return false;
-  }
-  return true;
+  return hopper::tile_aligned_chunks(m, FlashFwdHopperParams::kMaxChunks, tile_rows);
 }
 
 // The case where the mma.sync kernel applies its ALiBi cutoff (flash_fwd_options.h): q_pos == kv_pos, one chunk.
@@ -85,56 +45,6 @@ bool alibi_cutoff_case(const AttnParams& p) {
   const PositionChunk& a = p.q_pos.chunks[0];
   const PositionChunk& b = p.kv_pos.chunks[0];
   return a.start == b.start && a.stride == b.stride && a.length == b.length;
-}
-
-// Copies a validated position map into the kernel's chunk arrays (rows: prefix sums of the lengths).
-void fill_chunks(const PositionMap& m, int* num, int* rows, int64_t* start, int64_t* stride) {
-  *num = m.num_chunks;
-  int64_t row = 0;
-  for (int c = 0; c < m.num_chunks; ++c) {
-    rows[c] = static_cast<int>(row);
-    start[c] = m.chunks[c].start;
-    stride[c] = m.chunks[c].stride;
-    row += m.chunks[c].length;
-  }
-  for (int c = m.num_chunks; c <= FlashFwdHopperParams::kMaxChunks; ++c) rows[c] = static_cast<int>(row);
-}
-
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    DISTATTN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q));
-    if (q == cudaDriverEntryPointSuccess) fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  });
-  DISTATTN_CHECK(fn != nullptr, "the CUDA driver does not provide cuTensorMapEncodeTiled");
-  return fn;
-}
-
-// TMA descriptor of a [B, S, H, 128] 16-bit tensor: dims (innermost first) {128, S, H, B}, box {64, rows, 1, 1},
-// 128-byte swizzle (the layout the wgmma descriptors expect), zeros for rows past S.
-CUtensorMap make_tmap(const TensorView& t, int box_rows, const char* argument) {
-  CUtensorMap map;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(t.shape[3]), static_cast<cuuint64_t>(t.shape[1]),
-                              static_cast<cuuint64_t>(t.shape[2]), static_cast<cuuint64_t>(t.shape[0])};
-  // Strides of dims 1..3 in bytes; a size-1 dimension gets a harmless valid stride.
-  auto stride_bytes = [&](int axis) -> cuuint64_t {
-    return t.shape[axis] == 1 ? 16 : static_cast<cuuint64_t>(t.stride[axis] * 2);
-  };
-  const cuuint64_t strides[3] = {stride_bytes(1), stride_bytes(2), stride_bytes(0)};
-  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType dtype =
-      t.dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r =
-      encode_fn()(&map, dtype, 4, t.data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  DISTATTN_CHECK_ARG(r == CUDA_SUCCESS, argument,
-                     "cannot be described to the TMA engine (cuTensorMapEncodeTiled error ", static_cast<int>(r),
-                     ") for ", describe(t));
-  return map;
 }
 
 // Grid override for tests and experiments: -1 = none (the environment variable DISTATTN_HOPPER_GRID, then the
@@ -151,6 +61,7 @@ int env_int(const char* name, int fallback) {
 
 // Streaming multiprocessors of the current device (cached per device).
 int sm_count() {
+  constexpr int kMaxDevices = DeviceSupportCache::kMaxDevices;
   static std::atomic<int> cached[kMaxDevices] = {};
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
@@ -276,9 +187,9 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
 
 void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
   FlashFwdHopperParams k;
-  k.tmap_q = make_tmap(p.q, FwdConfig::kBlockM, "q");
-  k.tmap_k = make_tmap(p.k, FwdConfig::kBlockN, "k");
-  k.tmap_v = make_tmap(p.v, FwdConfig::kBlockN, "v");
+  k.tmap_q = hopper::make_tmap_16bit(p.q, FwdConfig::kBlockM, "q");
+  k.tmap_k = hopper::make_tmap_16bit(p.k, FwdConfig::kBlockN, "k");
+  k.tmap_v = hopper::make_tmap_16bit(p.v, FwdConfig::kBlockN, "v");
   k.o_ptr = p.o.data;
   k.lse_ptr = p.lse;
   k.o_batch_stride = p.o.stride[0];
@@ -301,8 +212,8 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
                         ? 1
                         : hopper::l2_section_pairs(k.seqlen_kv, k.head_group, static_cast<int64_t>(k.heads_q) * k.batch,
                                                    static_cast<int64_t>(l2_mb > 0 ? l2_mb : 8) << 20);
-  fill_chunks(p.q_pos, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
-  fill_chunks(p.kv_pos, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
+  hopper::fill_chunks(p.q_pos, FlashFwdHopperParams::kMaxChunks, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
+  hopper::fill_chunks(p.kv_pos, FlashFwdHopperParams::kMaxChunks, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
   const DiagonalBand band = DiagonalBand::from_mask(p.mask);
   k.band_lo = band.lo;
   k.band_hi = band.hi;
