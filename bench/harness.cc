@@ -41,17 +41,14 @@ std::string utc_now_iso() {
   return buf;
 }
 
-// DISTATTN_FORWARD_KERNEL as the engine reads it (sparse/src/flash_fwd_api.cu): "auto" when unset or empty.
-std::string forward_kernel_choice() {
-  const char* v = std::getenv("DISTATTN_FORWARD_KERNEL");
+// A kernel switch as the engine reads it (DISTATTN_FORWARD_KERNEL: sparse/src/flash_fwd_api.cu,
+// DISTATTN_BACKWARD_KERNEL: flash_bwd_api.cu): "auto" when unset or empty.
+std::string kernel_choice(const char* variable) {
+  const char* v = std::getenv(variable);
   return (v == nullptr || *v == '\0') ? std::string("auto") : std::string(v);
 }
-
-// DISTATTN_BACKWARD_KERNEL as the engine reads it (sparse/src/flash_bwd_api.cu): "auto" when unset or empty.
-std::string backward_kernel_choice() {
-  const char* v = std::getenv("DISTATTN_BACKWARD_KERNEL");
-  return (v == nullptr || *v == '\0') ? std::string("auto") : std::string(v);
-}
+std::string forward_kernel_choice() { return kernel_choice("DISTATTN_FORWARD_KERNEL"); }
+std::string backward_kernel_choice() { return kernel_choice("DISTATTN_BACKWARD_KERNEL"); }
 
 std::string git_commit() {
   const char* env = std::getenv("DISTATTN_GIT_COMMIT");
