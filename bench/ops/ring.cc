@@ -128,9 +128,10 @@ struct SizeStats {
   double peak_bytes = 0;   // per rank, max over ranks
   double buffer_bytes = 0;
   double pool_high_bytes = 0;
-  int steps = 0;      // computed ring steps, max over ranks
-  int hops = 0;       // K|V exchanges of one pass (schedule().kv_exchanges())
-  int grad_hops = 0;  // dK|dV exchanges of one backward (the last one sends them home)
+  int steps = 0;            // computed ring steps, max over ranks
+  int hops = 0;             // K|V exchanges of one pass (schedule().kv_exchanges())
+  int grad_hops = 0;        // dK|dV exchanges of one backward (the last one sends them home)
+  std::string kv_exchange;  // the ring's K|V exchange path in the timed calls: "ce" / "nccl" ("" host engine)
 };
 
 class RingOp : public BenchOp {
@@ -281,7 +282,7 @@ class RingOp : public BenchOp {
     row.set("compute_ms", stats_.compute_ms).set("exposed_comm_ms", exposed);
     row.set("exposed_comm_pct", time_ms > 0 ? 100.0 * exposed / time_ms : 0.0);
     row.set("exchange_ms", stats_.exchange_ms).set("kv_shard_bytes", stats_.shard_bytes);
-    row.set("busbw_gbps", stats_.busbw);
+    row.set("busbw_gbps", stats_.busbw).set("kv_exchange", stats_.kv_exchange);
     row.set("peak_mem_bytes", stats_.peak_bytes).set("peak_mem_mib", stats_.peak_bytes / (1024.0 * 1024.0));
     row.set("buffer_bytes", stats_.buffer_bytes).set("pool_high_bytes", stats_.pool_high_bytes);
     row.set("sparse_pattern", pattern_.empty() ? std::string("none") : pattern_).set("block_sparse", block_sparse_);
@@ -460,6 +461,7 @@ class RingOp : public BenchOp {
     hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
     hacc_o_ = HostTensor(), hacc_dq_ = HostTensor(), hacc_dk_ = HostTensor(), hacc_dv_ = HostTensor();
     hlse_.clear(), hacc_lse_.clear(), hxbuf_.clear();
+    if (ring_) stats_.kv_exchange = ring_->kv_exchange_path();  // json_row runs after teardown
     ring_.reset();
     global_.reset();
   }

@@ -113,6 +113,20 @@ void Communicator::require_healthy(const char* op, int64_t step) const {
                  step >= 0 ? std::to_string(step) : "");
 }
 
+// Default (MPI backend): no windows; exchanges keep their ordinary path.
+int Communicator::register_window(void* base, size_t bytes, const char* op) {
+  require_healthy(op, -1);
+  DISTATTN_CHECK_ARG(base != nullptr, "base", op, ": null window");
+  DISTATTN_CHECK_ARG(bytes > 0, "bytes", op, ": empty window");
+  return -1;
+}
+
+void Communicator::deregister_window(int id) {
+  DISTATTN_CHECK_ARG(id == -1, "id", "window ", id, " is not registered (this backend registers none)");
+}
+
+const char* Communicator::exchange_path(const void*, const void*, size_t) const { return backend(); }
+
 std::string Communicator::mark_broken(const std::string& why) {
   broken_ = true;
   broken_why_ = why;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <thread>
 
+#include "ce_window_impl.h"  // CeWindow complete here: the destructors own them
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/check_libs.h"  // after <mpi.h> and <nccl.h>: DISTATTN_MPI_CHECK, DISTATTN_NCCL_CHECK
 #include "distattn/core/error.h"
@@ -109,12 +110,28 @@ void NcclCommunicator::init_common() {
   DISTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, greatest));
   DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&sync_, cudaEventDisableTiming));
+  // Copy-engine windows: the watch stream only waits for arrival flags (its events tell the host watchdog when a
+  // copy-engine exchange is complete without waiting for the consumer's compute); the poison stream only writes
+  // the release values after a timeout. Both non-blocking, so neither waits for the legacy stream.
+  DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&watch_, cudaStreamNonBlocking));
+  DISTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&poison_, cudaStreamNonBlocking, greatest));
 }
 
 NcclCommunicator::~NcclCommunicator() {
   // No throwing here. A healthy communicator is finalized (flushes pending work) then destroyed; a
   // broken one was already aborted.
   if (device_ >= 0) (void)cudaSetDevice(device_);
+  // Windows still registered (deregister_window was not called) are released below without the collective
+  // barrier; first (before NCCL is finalized, which would wait behind a blocked stream) the streams drain.
+  if (!windows_.empty()) {
+    // Bounded drain (a posted exchange that was never waited could block on a peer forever): past the deadline, or
+    // when broken (a late peer write may have lowered a poisoned flag), the flags are poisoned and the released
+    // streams get a bounded moment to finish their last copies before the mappings go.
+    if (broken() || !ce::drain(stream_, watch_, timeout_s())) {
+      poison_windows();
+      (void)ce::drain(stream_, watch_, 5.0);
+    }
+  }
   if (nccl_ != nullptr && !broken()) {
     // Nonblocking communicator: ncclCommFinalize normally answers ncclInProgress; poll until it is done.
     const ncclResult_t fin = ncclCommFinalize(nccl_);
@@ -130,7 +147,14 @@ NcclCommunicator::~NcclCommunicator() {
       ncclCommAbort(nccl_);  // finalize failed or stalled: do not hang in the destructor
     }
   }
+  for (auto& w : windows_) {
+    if (w) release_window(*w);
+  }
+  windows_.clear();
   for (cudaEvent_t e : done_) cudaEventDestroy(e);
+  for (cudaEvent_t e : arrived_) cudaEventDestroy(e);
+  if (watch_) cudaStreamDestroy(watch_);
+  if (poison_) cudaStreamDestroy(poison_);
   if (ready_) cudaEventDestroy(ready_);
   if (sync_) cudaEventDestroy(sync_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -139,6 +163,7 @@ NcclCommunicator::~NcclCommunicator() {
 void NcclCommunicator::abort_and_throw(const std::string& why, const char* op, int64_t step) {
   const std::string text = detail::make_message(op, step >= 0 ? " step " : "", step >= 0 ? std::to_string(step) : "",
                                                 ": ", why, " (NCCL communicator aborted)");
+  if (!broken()) poison_windows();  // no stream stays blocked on a copy-engine flag
   if (nccl_ != nullptr && !broken()) ncclCommAbort(nccl_);
   DISTATTN_THROW("", mark_broken(text));
 }
@@ -198,11 +223,17 @@ void NcclCommunicator::order_before(CUstream_st* consumer) {
 
 ExchangeTicket NcclCommunicator::post_exchange(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
                                                CUstream_st* after) {
+  size_t send_off = 0, recv_off = 0;
+  const int w = find_window(send, recv, bytes, &send_off, &recv_off);
+  if (w >= 0) return post_ce(op, step, w, send_off, recv_off, bytes, 1, after);
   return post_p2p(op, step, send, recv, bytes, next(), prev(), false, after);  // a ring of one: NCCL self send/recv
 }
 
 ExchangeTicket NcclCommunicator::post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
                                             int shift, CUstream_st* after) {
+  size_t send_off = 0, recv_off = 0;
+  const int w = find_window(send, recv, bytes, &send_off, &recv_off);
+  if (w >= 0) return post_ce(op, step, w, send_off, recv_off, bytes, shift, after);
   return post_p2p(op, step, send, recv, bytes, peer(shift), peer(-shift), true, after);
 }
 
@@ -213,14 +244,8 @@ ExchangeTicket NcclCommunicator::post_p2p(const char* op, int64_t step, const vo
                      ": null buffer for ", bytes, " bytes");
   DISTATTN_CHECK_ARG(bytes == 0 || send != recv, "recv", op, " step ", step, ": the receive buffer is the send buffer");
   DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
-  size_t slot = 0;
-  while (slot < busy_.size() && busy_[slot]) ++slot;
-  if (slot == busy_.size()) {
-    cudaEvent_t e = nullptr;
-    DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    done_.push_back(e);
-    busy_.push_back(false);
-  }
+  const size_t slot = take_slot();
+  slot_ce_[slot] = SlotCe{};
   order_after(after);
   if (bytes > 0 && self_copy && send_to == rank_ && recv_from == rank_) {
     // Shift 0: nothing crosses a link; a copy on the communication stream keeps the same ordering rules.
@@ -251,6 +276,26 @@ ExchangeTicket NcclCommunicator::post_p2p(const char* op, int64_t step, const vo
   return ExchangeTicket{static_cast<int>(slot), step, op};
 }
 
+size_t NcclCommunicator::take_slot() {
+  size_t slot = 0;
+  while (slot < busy_.size() && busy_[slot]) ++slot;
+  if (slot == busy_.size()) {
+    // Both events first, then the arrays grow together (an exception leaves them consistent).
+    cudaEvent_t e = nullptr, a = nullptr;
+    DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    const cudaError_t rc = cudaEventCreateWithFlags(&a, cudaEventDisableTiming);
+    if (rc != cudaSuccess) {
+      cudaEventDestroy(e);
+      DISTATTN_CUDA_CHECK(rc);
+    }
+    done_.push_back(e);
+    arrived_.push_back(a);
+    slot_ce_.emplace_back();
+    busy_.push_back(false);
+  }
+  return slot;
+}
+
 void NcclCommunicator::wait_exchange(ExchangeTicket& ticket, CUstream_st* consumer) {
   DISTATTN_CHECK_ARG(
       ticket.slot >= 0 && ticket.slot < static_cast<int>(busy_.size()) && busy_[static_cast<size_t>(ticket.slot)],
@@ -260,6 +305,10 @@ void NcclCommunicator::wait_exchange(ExchangeTicket& ticket, CUstream_st* consum
   ticket.slot = -1;
   require_healthy(ticket.op, ticket.step);
   DISTATTN_CUDA_CHECK(cudaSetDevice(device_));
+  if (slot_ce_[slot].window >= 0) {
+    wait_ce(slot, ticket.op, ticket.step, consumer);
+    return;
+  }
   if (consumer != nullptr) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(consumer, done_[slot], 0));
   wait_event(done_[slot], ticket.op, ticket.step);
 }

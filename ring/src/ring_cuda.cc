@@ -34,6 +34,14 @@
 // makes C wait for everything enqueued on N, so the pool never gets a buffer back while NCCL may still use it.
 //
 // Block-sparse steps pass their sub-layout's device copy, uploaded once at construction (upload_step_layouts).
+//
+// The K|V double buffer is NOT stream-ordered scratch: it is allocated once per RingAttention (cudaMalloc, so that
+// it can be exported over CUDA IPC; grown if a call needs more) and registered as a window of the communicator
+// (Communicator::register_window): on one node with peer access, every K|V exchange (the buffer halves at offsets 0
+// and kv_bytes, the same on every rank) then runs on the copy engine (comm/src/ce_window.cc: pushed into the next
+// rank's window, flags instead of NCCL kernels, no SMs), with exactly the ordering contract above (`after` = C,
+// `consumer` = C). Across calls (which may use different streams) the next call's C waits for kv_idle_, recorded on
+// the previous call's C after its last use of the buffer. The dK|dV accumulators stay on NCCL (stream-ordered).
 #include <cuda_runtime_api.h>
 
 #include <cmath>
@@ -166,6 +174,24 @@ class SideStream {
   cudaEvent_t after_main_ = nullptr, cleared_[2] = {nullptr, nullptr}, join_ = nullptr;
 };
 
+// Records `event` on `stream` when the executor leaves (normally or by an exception): the next call's stream waits
+// for it before touching the persistent K|V buffer. Declared before PendingExchanges, so recorded after its
+// clean-up has made the stream wait for every outstanding exchange.
+class KvIdle {
+ public:
+  KvIdle(cudaEvent_t event, cudaStream_t stream) : event_(event), stream_(stream) {}
+  ~KvIdle() {
+    (void)cudaEventRecord(event_, stream_);
+    (void)cudaGetLastError();
+  }
+  KvIdle(const KvIdle&) = delete;
+  KvIdle& operator=(const KvIdle&) = delete;
+
+ private:
+  cudaEvent_t event_;
+  cudaStream_t stream_;
+};
+
 // Makes the communicator's GPU current (the scratch is allocated on the current device).
 void use_comm_device(const Communicator& comm) {
   if (const auto* nccl = dynamic_cast<const NcclCommunicator*>(&comm))
@@ -173,6 +199,51 @@ void use_comm_device(const Communicator& comm) {
 }
 
 }  // namespace
+
+unsigned char* RingAttention::kv_double_buffer(size_t kv_bytes) {
+  const size_t need = 2 * kv_bytes;
+  if (kv_buffer_ != nullptr && kv_buffer_bytes_ >= need) return kv_buffer_;
+  // Every rank gets here in the same call (the shapes are agreed), so the collective registration lines up.
+  release_kv_buffer();
+  if (kv_idle_ == nullptr) {
+    cudaEvent_t e = nullptr;
+    DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    kv_idle_ = e;
+  }
+  void* p = nullptr;
+  DISTATTN_CUDA_CHECK(cudaMalloc(&p, need));  // not the stream-ordered pool: its memory cannot be IPC-exported
+  kv_buffer_ = static_cast<unsigned char*>(p);
+  kv_buffer_bytes_ = need;
+  // Registered on every rank (collective), then dropped again when this config opts out, so that ranks with
+  // different opinions still make the same collective calls (and the registration's agreement decides).
+  kv_window_ = comm_.register_window(kv_buffer_, need, "RingAttention K|V window");
+  if (!config_.copy_engine_exchange && kv_window_ >= 0) {
+    const int id = kv_window_;
+    kv_window_ = -1;
+    comm_.deregister_window(id);
+  }
+  return kv_buffer_;
+}
+
+void RingAttention::release_kv_buffer() noexcept {
+  if (kv_buffer_ == nullptr) return;
+  try {
+    use_comm_device(comm_);
+    if (kv_window_ >= 0) comm_.deregister_window(kv_window_);
+  } catch (...) {
+    // a destructor path: the communicator reports its own failure; the memory is released below regardless
+  }
+  kv_window_ = -1;
+  (void)cudaFree(kv_buffer_);  // synchronises: every call's use of the buffer (and kv_idle_) is complete
+  kv_buffer_ = nullptr;
+  kv_buffer_bytes_ = 0;
+  (void)cudaGetLastError();
+}
+
+RingAttention::~RingAttention() {
+  release_kv_buffer();
+  if (kv_idle_ != nullptr) (void)cudaEventDestroy(kv_idle_);
+}
 
 void RingAttention::upload_step_layouts() {
   use_comm_device(comm_);
@@ -195,8 +266,13 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   use_comm_device(comm_);
 
   // K|V double buffer: kv[c] = [K | V], each packed [B, Sl, Hkv, D] in the input dtype (only KV heads travel).
-  DeviceScratch kv0(kv_bytes, stream), kv1(kv_bytes, stream);
-  unsigned char* kv[2] = {kv0.get(), kv1.get()};
+  // Persistent (the window, see the header comment); C waits for the previous call's last use of it.
+  unsigned char* kv_base = kv_double_buffer(kv_bytes);
+  unsigned char* kv[2] = {kv_base, kv_base + kv_bytes};
+  DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_idle_, 0));
+  kv_path_ = comm_.exchange_path(kv[0], kv[1], kv_bytes);
+  // Recorded on C when this call is done with the buffer (also on a throw: then after PendingExchanges' clean-up).
+  KvIdle idle(kv_idle_, stream);
   // fp32 accumulators: O packed [B, Sl, Hq, D], LSE packed [B, Hq, Sl].
   DeviceScratch acc_o(static_cast<size_t>(B * Sl * Hq * D) * sizeof(float), stream);
   DeviceScratch acc_lse(static_cast<size_t>(B * Hq * Sl) * sizeof(float), stream);
@@ -270,8 +346,11 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   const size_t home_bytes = 2 * static_cast<size_t>(nkv) * dtype_size(home_dtype);
   use_comm_device(comm_);
 
-  DeviceScratch kv0(kv_bytes, stream), kv1(kv_bytes, stream);
-  unsigned char* kv[2] = {kv0.get(), kv1.get()};
+  unsigned char* kv_base = kv_double_buffer(kv_bytes);  // persistent K|V window (see forward_cuda)
+  unsigned char* kv[2] = {kv_base, kv_base + kv_bytes};
+  DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_idle_, 0));
+  kv_path_ = comm_.exchange_path(kv[0], kv[1], kv_bytes);
+  KvIdle idle(kv_idle_, stream);
   detail::pack_view(k, kv[0], stream);
   detail::pack_view(v, kv[0] + nkv * es, stream);
   DeviceScratch delta(static_cast<size_t>(B * Hq * Sl) * sizeof(float), stream);

@@ -126,6 +126,22 @@ class Communicator {
   // The rank `shift` places after this one on the ring: (rank() + shift) mod size(), for any integer shift.
   int peer(int shift) const { return static_cast<int>(((rank_ + int64_t{shift}) % size_ + size_) % size_); }
 
+  // --- registered windows: exchanges on the copy engine (ce_window.h, nccl_communicator.h) ---
+  // Collective: every rank calls it, in the same order, with its own device buffer [base, base + bytes) of the
+  // SAME size (checked: a mismatch throws on every rank naming "bytes" and the ranks). Returns a window id >= 0 when
+  // the backend runs the exchanges whose send AND recv ranges lie inside this window (recv at the same offset on
+  // every rank) on the copy engine; -1 when it cannot (MPI backend: always; NCCL: ce_window.h lists the
+  // conditions): then nothing is registered and every exchange takes the ordinary path. `op` names the caller in
+  // errors. Throws "base" for a null base, "bytes" for 0 or different sizes, and (bounded by the deadline) a timeout
+  // naming op when a rank never arrives. The buffer must outlive the window (deregister_window before freeing it).
+  virtual int register_window(void* base, size_t bytes, const char* op = "register_window");
+  // Collective. Releases a window from register_window (-1: nothing): waits (bounded) for this rank's exchanges,
+  // unmaps the peers' windows, and after every rank did so (bounded barrier) frees the flags. Never throws for a
+  // broken communicator or a timeout (releases what is local); throws "id" for an id that is not registered.
+  virtual void deregister_window(int id);
+  // "ce" when an exchange from `send` to `recv` of `bytes` would run on the copy engine, else backend().
+  virtual const char* exchange_path(const void* send, const void* recv, size_t bytes) const;
+
   // --- collectives (blocking with the deadline; NCCL: ordered after `stream`, and `stream` after them) ---
   // recv holds size() * bytes_per_rank bytes, rank i's contribution at offset i * bytes_per_rank.
   virtual void all_gather(const char* op, const void* send, void* recv, size_t bytes_per_rank,

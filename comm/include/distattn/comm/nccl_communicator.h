@@ -11,13 +11,20 @@
 // pairs deadlock). Waits poll cudaEventQuery and ncclCommGetAsyncError; on an error or past the deadline
 // the communicator calls ncclCommAbort, is marked broken and throws an Error naming the rank, the
 // operation and the step.
+//
+// Copy-engine windows (register_window, ce_window.cc; protocol in the comment block there): on one node with peer
+// access, exchanges whose send and recv lie inside a registered window are pushed by cudaMemcpyAsync into the
+// peer's IPC-mapped window on the communication stream, ordered across ranks by 32-bit sequence flags written and
+// waited with the driver's stream memory operations; no SMs are used. Everything else stays on NCCL.
 #pragma once
 
 #include <cuda_runtime_api.h>
 #include <mpi.h>
 #include <nccl.h>
 
+#include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "distattn/comm/communicator.h"
@@ -54,7 +61,21 @@ class NcclCommunicator : public Communicator {
   // ncclCommSplit (plus MPI_Comm_split for the control plane); the child shares this GPU.
   std::unique_ptr<Communicator> split(int color, int key) override;
 
+  // Copy-engine windows (communicator.h for the contract; ce_window.h for when they are used).
+  int register_window(void* base, size_t bytes, const char* op = "register_window") override;
+  void deregister_window(int id) override;
+  const char* exchange_path(const void* send, const void* recv, size_t bytes) const override;
+  // Why the last register_window returned -1 ("" when it registered a window). Never throws.
+  const std::string& window_refusal() const { return window_refusal_; }
+
  private:
+  struct CeWindow;  // ce_window_impl.h
+  // Per exchange slot: the copy-engine exchange it holds (window < 0: an NCCL exchange).
+  struct SlotCe {
+    int window = -1;
+    uint32_t seq = 0;  // the window's sequence number of this exchange
+    int source = -1;   // the rank pushing into this rank's window (peer(-shift)); == rank_ for a local copy
+  };
   struct FromSplit {};
   NcclCommunicator(FromSplit, MPI_Comm comm, const NcclCommunicator& parent, int color, int key);
 
@@ -69,6 +90,17 @@ class NcclCommunicator : public Communicator {
   // both are this rank and `self_copy`), ordered after `after`, completion recorded in a slot's event.
   ExchangeTicket post_p2p(const char* op, int64_t step, const void* send, void* recv, size_t bytes, int send_to,
                           int recv_from, bool self_copy, CUstream_st* after);
+  size_t take_slot();  // a free exchange slot (grows the slot arrays)
+  // Copy-engine path (ce_window.cc): the window holding both [send, +bytes) and [recv, +bytes) at offsets
+  // send_off / recv_off, or -1.
+  int find_window(const void* send, const void* recv, size_t bytes, size_t* send_off, size_t* recv_off) const;
+  ExchangeTicket post_ce(const char* op, int64_t step, int window, size_t send_off, size_t recv_off, size_t bytes,
+                         int shift, CUstream_st* after);
+  void wait_ce(size_t slot, const char* op, int64_t step, CUstream_st* consumer);
+  // After a timeout: writes a value past every pending sequence number into this rank's flags (on the poison
+  // stream), so that no stream stays blocked in a wait on them. Never throws.
+  void poison_windows() noexcept;
+  void release_window(CeWindow& w) noexcept;  // unmaps the peers, frees the flags
 
   int device_ = -1;
   int local_rank_ = 0;
@@ -78,6 +110,12 @@ class NcclCommunicator : public Communicator {
   cudaEvent_t sync_ = nullptr;     // recorded on stream_ after a collective
   std::vector<cudaEvent_t> done_;  // one per exchange slot
   std::vector<bool> busy_;
+  std::vector<SlotCe> slot_ce_;       // one per exchange slot
+  std::vector<cudaEvent_t> arrived_;  // one per exchange slot: copy-engine exchange complete (the watch stream)
+  cudaStream_t watch_ = nullptr;      // waits for copy-engine arrivals, for the host watchdog
+  cudaStream_t poison_ = nullptr;     // releases stuck waits after a timeout
+  std::vector<std::unique_ptr<CeWindow>> windows_;  // by id; null once deregistered
+  std::string window_refusal_;
 };
 
 }  // namespace distattn

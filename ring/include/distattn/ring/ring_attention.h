@@ -42,6 +42,8 @@
 #include "distattn/ring/schedule.h"
 #include "distattn/ring/shard.h"
 
+struct CUevent_st;  // cudaEvent_t without the CUDA headers
+
 namespace distattn {
 
 class BlockLayout;  // sparse/block_layout.h
@@ -70,6 +72,11 @@ struct RingConfig {
   float softmax_scale = 0.f;            // 0: 1 / sqrt(D)
   GradTravel grad_travel = GradTravel::kFloat32;
   HostPrecision host_precision = HostPrecision::kFloat64;  // host engine only
+  // CUDA: the K|V double buffer is a registered window of the communicator (Communicator::register_window), so
+  // its exchanges run on the copy engine where every rank can (one node, peer access; DISTATTN_RING_EXCHANGE=nccl
+  // turns it off). false: never register (the NCCL path). Not part of the agreed configuration: registration
+  // itself agrees (any rank off -> every rank on NCCL).
+  bool copy_engine_exchange = true;
 
   int64_t resolved_kv_heads() const { return kv_heads > 0 ? kv_heads : q_heads; }
 };
@@ -91,6 +98,11 @@ class RingAttention {
   // field the ranks disagree on (e.g. "block_layout.hash") names the disagreeing ranks.
   // Block-sparse: builds every step's sub-layout (host; CUDA: uploaded once to the communicator's GPU).
   RingAttention(Communicator& comm, const RingConfig& config);
+  // Deregisters and frees the K|V window (collective like the construction: every rank destroys its object; a
+  // broken communicator releases locally). Never throws.
+  ~RingAttention();
+  RingAttention(const RingAttention&) = delete;
+  RingAttention& operator=(const RingAttention&) = delete;
 
   const RingConfig& config() const { return config_; }
   const RingSchedule& schedule() const { return schedule_; }
@@ -99,6 +111,9 @@ class RingAttention {
   // What the most recent forward / backward on this object did (zeros before the first call). Never throws.
   const RingCallStats& last_forward() const { return last_forward_; }
   const RingCallStats& last_backward() const { return last_backward_; }
+  // The path the K|V exchanges of the last CUDA call took: "ce" (copy engine, registered window) or "nccl"; ""
+  // before the first CUDA call (and for the host engine). Never throws.
+  const char* kv_exchange_path() const { return kv_path_; }
 
   // Local shards: q [B, S/P, Hq, D], k, v [B, S/P, Hkv, D] of config.dtype; o [B, S/P, Hq, D] of
   // config.dtype or fp32; lse [B, Hq, S/P] fp32 packed (may be null). Any strides, head dim contiguous.
@@ -137,6 +152,15 @@ class RingAttention {
   int64_t local_rows_ = 0;
   std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
   RingCallStats last_forward_, last_backward_;
+  // CUDA: the persistent K|V double buffer [2][kv_bytes] (cudaMalloc: IPC-exportable) and its window id (-1: not a
+  // window); allocated by the first call, grown when a call needs more (ring_cuda.cc).
+  unsigned char* kv_buffer_ = nullptr;
+  size_t kv_buffer_bytes_ = 0;
+  int kv_window_ = -1;
+  CUevent_st* kv_idle_ = nullptr;  // recorded on the caller's stream after a call's last use of the K|V buffer
+  const char* kv_path_ = "";
+  unsigned char* kv_double_buffer(size_t kv_bytes);  // collective (registration); returns kv_buffer_
+  void release_kv_buffer() noexcept;
 };
 
 }  // namespace ring
