@@ -177,7 +177,10 @@ TEST(CeExchange, RegistrationAgreesAcrossRanks) {
     ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
     const int id = comm.register_window(pool, 1 << 16, "ce test pool window");
     EXPECT_EQ(id, -1);
-    if (ce_wanted()) EXPECT_NE(comm.window_refusal().find("IPC"), std::string::npos) << comm.window_refusal();
+    if (id >= 0) comm.deregister_window(id);
+    // Refused at export (cudaIpcGetMemHandle) or, at the latest, when the peers try to map it.
+    const std::string& why = comm.window_refusal();
+    if (ce_wanted()) EXPECT_TRUE(why.find("IPC") != std::string::npos || why.find("map") != std::string::npos) << why;
     ASSERT_EQ(cudaFreeAsync(pool, nullptr), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
   }
