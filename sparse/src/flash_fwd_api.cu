@@ -99,14 +99,17 @@ int alibi_cutoff_mode(const AttnParams& p) {
   return p.mask.causal ? 1 : 2;
 }
 
-// Smallest key count for which the Hopper kernel applies the ALiBi cutoff (below, its pre-pass -- one read of Q and K,
-// a memset and a launch -- may cost more than the tiles it saves). Default 0: always (to be settled on a GPU: see
-// build-hopper-cutoff/run.sh, which times 1K-4K with and without). DISTATTN_HOPPER_CUTOFF_MIN_KV=N (read once; a
-// huge N turns the Hopper cutoff off: A/B runs); anything but a non-negative integer throws naming the variable.
+// Smallest key count for which the Hopper kernel applies the ALiBi cutoff by default. Below, its pre-pass (one read of
+// Q and K, a memset and a launch) costs about what it saves: the CPU model (hopper/tools/alibi_cutoff_emu.cc model,
+// distattn_bench's inputs, H 32, standard slopes) leaves 93% / 83% / 71% / 58% of the kv tiles at 1K / 2K / 4K / 8K,
+// and the pre-pass reads 17 / 34 / 67 / 134 MB (~4 / 8 / 17 / 34 us at ~4 TB/s) against H200 kernel times of ~0.03 /
+// 0.07 / 0.30 / 1.1 ms (causal): a loss at 1K, even at 2K, a gain from 4K. To be confirmed on a GPU
+// (build-hopper-cutoff/run.sh times 1K-4K with and without). DISTATTN_HOPPER_CUTOFF_MIN_KV=N overrides it (read once;
+// a huge N turns the Hopper cutoff off for A/B runs); anything but a non-negative integer throws naming the variable.
 int64_t hopper_cutoff_min_kv() {
   static const int64_t v = [] {
     const char* s = std::getenv("DISTATTN_HOPPER_CUTOFF_MIN_KV");
-    if (s == nullptr || *s == '\0') return int64_t{0};
+    if (s == nullptr || *s == '\0') return int64_t{4096};
     char* end = nullptr;
     const long long x = std::strtoll(s, &end, 10);
     DISTATTN_CHECK_ARG(end != nullptr && *end == '\0' && x >= 0, "DISTATTN_HOPPER_CUTOFF_MIN_KV",
@@ -205,7 +208,8 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
       FlashFwdHopperCutoff cutoff;
       StreamScratch norms(stream);
       const int mode = options.alibi_cutoff ? alibi_cutoff_mode(p) : 0;
-      if (mode != 0 && p.k.seqlen() >= hopper_cutoff_min_kv()) {
+      const int64_t min_kv = options.hopper_cutoff_min_kv >= 0 ? options.hopper_cutoff_min_kv : hopper_cutoff_min_kv();
+      if (mode != 0 && p.k.seqlen() >= min_kv) {
         const kernels::FlashFwdParams np = make_fwd_params(p);
         const size_t nk = static_cast<size_t>(np.batch) * np.heads_kv;
         const size_t nq = static_cast<size_t>(np.batch) * np.heads_q * np.num_m_blocks;

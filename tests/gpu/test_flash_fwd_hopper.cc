@@ -917,9 +917,10 @@ double norm_sq_max(const HostTensor& x, int64_t b, int64_t h, int64_t r0, int64_
   return mx;
 }
 
-const detail::FlashFwdOptions kCutOn{true, true, true};    // cutoff on (the default), Hopper allowed
-const detail::FlashFwdOptions kCutRef{true, false, true};  // the cutoff's walk, nothing skipped
-const detail::FlashFwdOptions kCutOff{false, true, true};  // no cutoff at all
+// Cutoff on at any key count (the default starts at 4096 keys), Hopper allowed; its walk with nothing skipped; off.
+const detail::FlashFwdOptions kCutOn{true, true, true, 0};
+const detail::FlashFwdOptions kCutRef{true, false, true, 0};
+const detail::FlashFwdOptions kCutOff{false, true, true, 0};
 
 // One call in the cutoff's domain (ALiBi, q_pos == kv_pos as one chunk, Sq == Skv, no block list), checked:
 //  1. with the cutoff, against fp64 (2x naive) and the mma.sync kernel (run_and_check);

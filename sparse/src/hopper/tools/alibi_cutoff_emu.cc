@@ -1,7 +1,7 @@
 // CPU emulation (not built by CMake, not a test) of the Hopper forward kernel's ALiBi underflow cutoff
 // (flash_fwd_hopper_plan.h, used here as is): two modes.
 //
-// emu bits [S] [stride] [causal 0/1] [window] [adversarial 0/1] [heads] [seed]
+// emu bits [S] [stride] [causal 0/1] [window] [adversarial 0/1] [heads] [seed] [shrink]
 //   One (batch, kv head) problem with q_pos == kv_pos (one chunk from position 7): the kernel's per-warp arithmetic
 //   (wgmma accumulator layout: lane l holds rows l/4 and l/4 + 8 of its warp's 16, columns 8c + 2(l%4) + e; the ALiBi
 //   row_off / kcol forms and D0; the row-range mask; the lazy online softmax with the quad max after row_off; exp2 with
@@ -11,7 +11,9 @@
 //   skipped element of a row < S had in the reference walk (must be < -126 for an exact 0; the bound aims at -160).
 //   adversarial: q rows all +a, k rows alternating +a / -a with |a|^2 = 170 (the own key of every other row scores
 //   -|q||k|, far keys +|q||k|: the Cauchy-Schwarz worst case the bound is built on), instead of the bench's uniform
-//   values (variance 1, bf16).
+//   values (variance 1, bf16). shrink (default 1) multiplies the distance bound, to see the check fail: `bits 700 1 1 0
+//   0 3 1 0.3` reports FAILED (skipped elements with exp2 arguments up to -69: nonzero, though too small to move a bit
+//   here), `bits 700 1 1 0 0 2 1 0.05` also 120 rows whose O / LSE differ.
 // emu model
 //   The fraction of kv tiles the cutoff leaves for distattn_bench's inputs (uniform, variance 1, D = 128, H = 32,
 //   standard slopes 2^(-(h+1)/4)), causal and not, S = 512 .. 64K, with the pre-pass's bytes (one read of Q and K).
@@ -253,6 +255,8 @@ int run_bits(int argc, char** argv) {
   const bool adversarial = argc > 6 ? std::atoi(argv[6]) != 0 : false;
   const int heads = argc > 7 ? std::atoi(argv[7]) : 8;
   const uint64_t seed = argc > 8 ? std::strtoull(argv[8], nullptr, 10) : 1;
+  // Distance bound times this (< 1: an unsafe cut, to see the check fail).
+  const double shrink = argc > 9 ? std::atof(argv[9]) : 1.0;
   Problem pb;
   pb.S = S;
   pb.stride = stride;
@@ -294,7 +298,8 @@ int run_bits(int argc, char** argv) {
     int64_t visited = 0, total = 0, bits_differ = 0;
     float worst = -INFINITY;
     for (int m = 0; m < M; ++m) {
-      const int rows = alibi_cutoff_rows(pb.scale_log2, pb.stride, q_tile_norm_sq(pb, m), kn, pb.slope);
+      int rows = alibi_cutoff_rows(pb.scale_log2, pb.stride, q_tile_norm_sq(pb, m), kn, pb.slope);
+      if (rows > 0) rows = std::max(1, static_cast<int>(rows * shrink));
       const TileResult cut = run_tile(pb, m, rows, nullptr, nullptr);
       const TileResult ref = run_tile(pb, m, -1, &cut.walk, &worst);
       visited += static_cast<int64_t>(cut.walk.size());
