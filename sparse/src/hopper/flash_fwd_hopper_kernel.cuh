@@ -46,6 +46,12 @@
 //     part coef e_row goes into the softmax's max and exp per row (row_off), not per element;
 //   straddling the diagonal (both signs): |d| per element from a small per-row integer (exact below 2^24): 3 ops.
 //
+// ALiBi cutoff (p.alibi_cutoff, flash_fwd_hopper_plan.h): where q_pos == kv_pos as one chunk, keys far from the
+// diagonal get a bias so negative that their exp2 is exactly 0 for every element; the producer then leaves their tiles
+// out of the unit's plan (write_cutoff_plan, from the pre-computed max q norm of the tile and max k norm of the kv
+// head: the mma.sync kernel's bound) and the walk starts at the diagonal tile. Skipped tiles would have changed no bit
+// of O or LSE; alibi_cutoff_skip = false walks the same order without skipping (the tests' reference).
+//
 // Position maps: up to 8 chunks per side whose boundaries are multiples of 128 rows (flash_fwd_hopper_supported),
 // so every q tile and kv tile lies in one chunk and its positions are affine (start + row * stride).
 // Tiles visited: with a dense band, inside each kv chunk the kv rows any q row of the tile can see form one
@@ -63,6 +69,7 @@
 
 #include "distattn/core/mask.h"
 #include "flash_fwd_hopper_params.h"
+#include "flash_fwd_hopper_plan.h"
 #include "flash_fwd_hopper_scheduler.h"
 #include "hopper_primitives.cuh"
 
@@ -87,10 +94,10 @@ struct FwdConfig {
   static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers (2 + 4 kStages of 8 bytes)
   static constexpr int kMaxChunks = FlashFwdHopperParams::kMaxChunks;
   // Dense plan of a work unit, two slots (unit k of the CTA uses slot k % 2; the producer thread writes it before
-  // the unit's bar_q arrival): int total, then per kv chunk c the kv tiles [seg_first[c], seg_first[c] +
-  // seg_count[c]) the q tile may see.
+  // the unit's bar_q arrival): tile count and segments of kv tiles (flash_fwd_hopper_plan.h): per kv chunk c the kv
+  // tiles the q tile may see, or with the ALiBi cutoff the two segments of write_cutoff_plan.
   static constexpr int kPlanSlotInts = 32;        // 128 bytes per slot
-  static constexpr int kOffPlan = kOffBar + 128;  // int plan[0] = total; [kPlanFirst + c], [kPlanCount + c]
+  static constexpr int kOffPlan = kOffBar + 128;  // int slots of the layout in flash_fwd_hopper_plan.h
   // Row-range mask table: int2 [kMaxChunks][kBlockM] = visible global kv rows [lo, hi] of each q row of the tile
   // inside kv chunk c (band and chunk end; empty when lo > hi); written once per work unit by the consumers (each
   // warp its own rows).
@@ -125,8 +132,10 @@ __host__ __device__ __forceinline__ Affine chunk_affine(const int (&rows)[FwdCon
   return a;
 }
 
-constexpr int kPlanFirst = 4;                                   // plan[kPlanFirst + c]: first tile of chunk c
-constexpr int kPlanCount = kPlanFirst + FwdConfig::kMaxChunks;  // plan[kPlanCount + c]: its tile count
+// Plan slot layout (kPlanTotal, kPlanSegments, kPlanFirst, kPlanCount) and its walk: flash_fwd_hopper_plan.h.
+static_assert(kPlanCount + FwdConfig::kMaxChunks <= FwdConfig::kPlanSlotInts, "the plan fits its slot");
+static_assert(kPlanTileRows == FwdConfig::kBlockN && kPlanTileRows == FwdConfig::kBlockM,
+              "plan tiles are kernel tiles");
 
 // Which kv tiles a CTA visits (same answer in every thread: producer and consumers walk in lockstep).
 struct TilePlan {
@@ -137,19 +146,7 @@ struct TilePlan {
   int64_t q_step = 1;  // q position step inside the tile (its chunk's stride)
 };
 
-// Visible rows [lo, hi] (local, clipped to the chunk [row_c, row_c + len - 1]; empty when lo > hi) of kv chunk
-// (start, stride, row_c, len) for q positions [q_lo, q_hi] under the band: pos_k in [q_lo - band_hi, q_hi -
-// band_lo]. Divisions only when the stride is not 1.
-__host__ __device__ __forceinline__ void chunk_rows(int64_t q_lo, int64_t q_hi, int64_t band_lo, int64_t band_hi,
-                                                    int64_t start, int64_t stride, int row_c, int len, int* lo,
-                                                    int* hi) {
-  const int64_t lo_pos = q_lo - band_hi - start;
-  const int64_t hi_pos = q_hi - band_lo - start;
-  const int64_t l = lo_pos <= 0 ? 0 : (stride == 1 ? lo_pos : (lo_pos + stride - 1) / stride);
-  const int64_t h = hi_pos < 0 ? -1 : (stride == 1 ? hi_pos : hi_pos / stride);
-  *lo = row_c + static_cast<int>(l < len ? l : static_cast<int64_t>(len));
-  *hi = row_c + static_cast<int>(h < len - 1 ? h : static_cast<int64_t>(len - 1));
-}
+// chunk_rows (the visible kv rows of one chunk for a q position range): flash_fwd_hopper_plan.h.
 
 // Every thread: q positions and block-list range. Thread 0 (write_segments) also writes the dense plan's per-chunk
 // tile segments to shared memory; count is then read back after the first __syncthreads (read_count).
@@ -186,21 +183,17 @@ __device__ __forceinline__ void write_segments(const FlashFwdHopperParams& p, co
     plan[kPlanCount + c] = count;
     total += count;
   }
-  plan[0] = total;
+  plan[kPlanSegments] = p.kv_chunks;
+  plan[kPlanTotal] = total;
 }
 
 // kv tile of step `it` (walked last to first) and, for block lists, its CSR index.
 __device__ __forceinline__ int plan_tile(const FlashFwdHopperParams& p, const TilePlan& t, int it, int* idx,
                                          const int* plan) {
-  int j = t.count - 1 - it;
+  const int j = t.count - 1 - it;
   *idx = t.first + j;
   if (p.has_blocks) return __ldg(p.block_col_index + t.first + j);
-  for (int c = 0; c < p.kv_chunks; ++c) {
-    const int count = plan[kPlanCount + c];
-    if (j < count) return plan[kPlanFirst + c] + j;
-    j -= count;
-  }
-  return 0;  // not reached: 0 <= it < count
+  return plan_segment_tile(plan, it);  // dense: the segments of the plan slot (write_segments, write_cutoff_plan)
 }
 #endif
 
@@ -387,10 +380,30 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         const int h_kv = u.h / p.head_group;
         TilePlan plan = make_plan(p, u.m_block);
         int* const tile_plan = plan_slots + (k & 1) * C::kPlanSlotInts;
+        // ALiBi cutoff (flash_fwd_hopper_plan.h): the unit's q tile norm, its kv head's key norm and its slope, loaded
+        // before the wait below so that their latency hides behind it.
+        float cut_q = 0.f, cut_k = 0.f, cut_slope = 0.f;
+        if (kAlibi && p.alibi_cutoff != 0) {
+          // q_norm_sq_max [B, Hq, M], kv_norm_sq_max [B, Hkv]
+          cut_q = __ldg(p.q_norm_sq_max + (static_cast<int64_t>(u.b) * p.heads_q + u.h) * p.num_m_blocks + u.m_block);
+          cut_k = __ldg(p.kv_norm_sq_max + static_cast<int64_t>(u.b) * (p.heads_q / p.head_group) + h_kv);
+          cut_slope = __ldg(p.alibi_slopes + u.h);
+        }
         if (k > 0) mbar_wait(bar_q_empty, (k - 1) & 1);
         if (!p.has_blocks) {
-          write_segments(p, plan, tile_plan);
-          plan.count = tile_plan[0];
+          if (kAlibi && p.alibi_cutoff != 0) {
+            // One kv chunk equal to the q chunk (the cutoff's premise): the q tile's visible kv rows [lo, hi], less
+            // the tiles whose exp2 underflows for every element, walked diagonal tile first.
+            const int rows =
+                p.alibi_cutoff_skip ? alibi_cutoff_rows(p.scale_log2, p.q_stride[0], cut_q, cut_k, cut_slope) : -1;
+            int lo, hi;
+            chunk_rows(plan.q_min, plan.q_max, p.band_lo, p.band_hi, p.kv_start[0], p.kv_stride[0], p.kv_row[0],
+                       p.kv_row[1] - p.kv_row[0], &lo, &hi);
+            write_cutoff_plan(u.m_block, lo, hi, rows, tile_plan);
+          } else {
+            write_segments(p, plan, tile_plan);
+          }
+          plan.count = tile_plan[kPlanTotal];
         }
         if (plan.count == 0) {
           mbar_arrive(bar_q);  // release: the consumers read the plan (count 0) after their wait
@@ -534,7 +547,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     // Q tile prologue: the producer arrives on bar_q once per unit (with Q's bytes when the unit visits a tile);
     // after the wait, Q is in sQ and the unit's dense plan is in its slot.
     mbar_wait(bar_q, k & 1);
-    if (!p.has_blocks) plan.count = tile_plan[0];
+    if (!p.has_blocks) plan.count = tile_plan[kPlanTotal];
 
     float sc[64];
     uint32_t pa[32];
