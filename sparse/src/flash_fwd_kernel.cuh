@@ -828,8 +828,8 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
     float* o_base = static_cast<float*>(p.o_ptr) + b * p.o_batch_stride + h * p.o_head_stride;
     float* lse_base = p.lse_ptr + b * p.lse_batch_stride + h * p.lse_head_stride;
     const bool final_out = p.o_final_ptr != nullptr;
-    T* of_base = final_out ? static_cast<T*>(p.o_final_ptr) + b * p.o_final_batch_stride + h * p.o_final_head_stride
-                           : nullptr;
+    T* of_base =
+        final_out ? static_cast<T*>(p.o_final_ptr) + b * p.o_final_batch_stride + h * p.o_final_head_stride : nullptr;
     float lse_old[kMTiles][2];
 #pragma unroll
     for (int mi = 0; mi < kMTiles; ++mi)

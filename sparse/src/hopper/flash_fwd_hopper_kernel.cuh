@@ -480,8 +480,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     // read-modify-write at the end of the unit does not wait for DRAM (512 bytes per fp32 row = four 128-byte lines).
     float lse_pf[2] = {-INFINITY, -INFINITY};
     if (p.accumulate && (lane % 4) == 0) {
-      const float* lse_rows = p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride +
-                              static_cast<int64_t>(h) * p.lse_head_stride;
+      const float* lse_rows =
+          p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride + static_cast<int64_t>(h) * p.lse_head_stride;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = m0 + row0 + 8 * r;
