@@ -84,6 +84,12 @@ kernels::FlashFwdParams make_fwd_params(const AttnParams& p) {
   k.alibi_slopes = p.alibi_slopes;
   k.accumulate = p.accumulate;
   k.o_fp32 = p.o.dtype == DType::kFloat32;
+  if (p.o_final.data != nullptr) {  // final accumulate (validated: accumulate mode, q's dtype, o's shape)
+    k.o_final_ptr = p.o_final.data;
+    k.o_final_batch_stride = p.o_final.stride[0];
+    k.o_final_row_stride = p.o_final.stride[1];
+    k.o_final_head_stride = p.o_final.stride[2];
+  }
   return k;
 }
 
@@ -175,6 +181,7 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
   check_cuda_tensor(p.k, "k");
   check_cuda_tensor(p.v, "v");
   check_cuda_tensor(p.o, "o");
+  if (p.o_final.data != nullptr) check_cuda_tensor(p.o_final, "o_final");
   check_device_pointer(p.lse, "lse", /*allow_null=*/!p.accumulate);
   check_device_pointer(p.alibi_slopes, "alibi_slopes", /*allow_null=*/true);
   if (p.mask.blocks != nullptr) {

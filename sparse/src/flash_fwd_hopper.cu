@@ -184,6 +184,11 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   if (reinterpret_cast<uintptr_t>(p.o.data) % o_pair != 0 || p.o.stride[3] != 1) return false;
   for (int axis = 0; axis < 3; ++axis)
     if (p.o.shape[axis] > 1 && p.o.stride[axis] % 2 != 0) return false;
+  if (p.o_final.data != nullptr) {  // o_final (q's dtype) likewise, 4-byte stores
+    if (reinterpret_cast<uintptr_t>(p.o_final.data) % 4 != 0 || p.o_final.stride[3] != 1) return false;
+    for (int axis = 0; axis < 3; ++axis)
+      if (p.o_final.shape[axis] > 1 && p.o_final.stride[axis] % 2 != 0) return false;
+  }
   return device_runs_hopper_kernel(device);
 }
 
@@ -239,6 +244,12 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   k.pair_units = persistent && pair_units(k);
   k.num_slots = hopper::slots_per_pair(k) * k.heads_q * k.batch;  // <= M * Hq * B < 2^31 (supported())
   k.o_fp32 = p.o.dtype == DType::kFloat32;
+  if (p.o_final.data != nullptr) {  // final accumulate (validated: accumulate mode, q's dtype, o's shape)
+    k.o_final_ptr = p.o_final.data;
+    k.o_final_batch_stride = p.o_final.stride[0];
+    k.o_final_row_stride = p.o_final.stride[1];
+    k.o_final_head_stride = p.o_final.stride[2];
+  }
   k.scale_log2 = static_cast<float>(static_cast<double>(p.scale()) * 1.4426950408889634);
   k.softmax_scale = p.scale();
   k.alibi_slopes = p.alibi_slopes;

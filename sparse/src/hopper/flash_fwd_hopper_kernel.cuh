@@ -487,6 +487,21 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     float row_max[2] = {-INFINITY, -INFINITY};  // running max of the raw q.k per row (unscaled)
     float row_sum[2] = {0.f, 0.f};              // this thread's partial sums of exp2(q.k * scale_log2 - max)
 
+    // Accumulate mode: the epilogue reads this unit's old O rows where their running LSE is finite (rows at -inf
+    // hold no accumulation yet and are never read). Lane 0 of each quad loads its two rows' LSE now and, after the
+    // Q wait (the load's latency hides behind the mask table and the wait), prefetches those O rows to L2 so the
+    // read-modify-write at the end of the unit does not wait for DRAM (512 bytes per fp32 row = four 128-byte lines).
+    float lse_pf[2] = {-INFINITY, -INFINITY};
+    if (p.accumulate && (lane % 4) == 0) {
+      const float* lse_rows =
+          p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride + static_cast<int64_t>(h) * p.lse_head_stride;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row0 + 8 * r;
+        if (row < p.seqlen_q) lse_pf[r] = __ldcg(lse_rows + row);
+      }
+    }
+
     // Row-range mask table: visible kv rows of this thread's two rows inside each kv chunk (band and chunk end,
     // hence Skv for the last chunk), written once per unit by lane 0 of each quad (the quad shares the rows; only
     // this warp reads them) and read back only on tiles that need the band mask. The first __syncwarp keeps the
@@ -528,26 +543,21 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     const float alibi_slope = kAlibi ? __ldg(p.alibi_slopes + h) : 0.f;
     const float alibi_coef = kAlibi ? -alibi_slope / p.softmax_scale : 0.f;
 
-    // Accumulate mode: the epilogue reads this unit's old O rows and LSE; start bringing them to L2 now, so the
-    // read-modify-write at the end of the unit does not wait for DRAM (lane 0 of a quad: its two rows, 512 bytes
-    // each in fp32 = four 128-byte lines).
-    if (p.accumulate && (lane % 4) == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = m0 + row0 + 8 * r;
-        if (row < p.seqlen_q) {
-          const float* o_row = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
-                               static_cast<int64_t>(h) * p.o_head_stride + static_cast<int64_t>(row) * p.o_row_stride;
-#pragma unroll
-          for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
-        }
-      }
-    }
-
     // Q tile prologue: the producer arrives on bar_q once per unit (with Q's bytes when the unit visits a tile);
     // after the wait, Q is in sQ and the unit's dense plan is in its slot.
     mbar_wait(bar_q, k & 1);
     if (!p.has_blocks) plan.count = tile_plan[kPlanTotal];
+    if (p.accumulate && (lane % 4) == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (lse_pf[r] == -INFINITY) continue;  // also rows >= Sq
+        const float* o_row = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
+                             static_cast<int64_t>(h) * p.o_head_stride +
+                             static_cast<int64_t>(m0 + row0 + 8 * r) * p.o_row_stride;
+#pragma unroll
+        for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
+      }
+    }
 
     float sc[64];
     uint32_t pa[32];
@@ -755,6 +765,9 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     } else {
       // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse - L) + O_b e^(LSE_b - L).
       // The four lanes of a quad share a row: all read the old lse before any lane writes the new one.
+      // Final mode (o_final_ptr set): the merged row goes to o_final in T (every row: 0 where both parts are
+      // empty), rounded as the separate cast pass would round it; o is only read.
+      const bool final_out = p.o_final_ptr != nullptr;
       float lse_old[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -765,24 +778,44 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = m0 + row0 + 8 * r;
+        if (row >= p.seqlen_q) continue;
         const float la = lse_old[r], lb = lse[r];
         const float mx = fmaxf(la, lb);
-        // Both -inf: nothing visible in either part; the accumulator stays as it is.
-        if (row >= p.seqlen_q || mx == -INFINITY) continue;
+        T* f_row = final_out ? static_cast<T*>(p.o_final_ptr) + static_cast<int64_t>(b) * p.o_final_batch_stride +
+                                   static_cast<int64_t>(h) * p.o_final_head_stride +
+                                   static_cast<int64_t>(row) * p.o_final_row_stride + col_base
+                             : nullptr;
+        if (mx == -INFINITY) {
+          // Both -inf: nothing visible in either part; the accumulator stays as it is (final: O = 0).
+          if (final_out) {
+#pragma unroll
+            for (int c = 0; c < 16; ++c) *reinterpret_cast<uint32_t*>(f_row + 8 * c) = 0u;
+          }
+          continue;
+        }
         const float L = mx + logf(expf(la - mx) + expf(lb - mx));
         const float w_old = expf(la - L);           // 0 when la = -inf
         const float w_new = expf(lb - L) * inv[r];  // 0 when lb = -inf
+        // w_old == 0 (la = -inf, or underflow): the old value is neither read nor used (a fresh accumulator
+        // holds garbage; 0 * inf or NaN would poison the sum).
+        const bool read_old = w_old > 0.f;
         float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
 #pragma unroll
         for (int c = 0; c < 16; ++c) {
           float2* ptr = reinterpret_cast<float2*>(o_row + 8 * c);
-          float2 old = *ptr;
-          // w_old == 0: the old value is not used (select, not multiply: 0 * inf would be NaN).
-          old.x = w_old > 0.f ? old.x * w_old : 0.f;
-          old.y = w_old > 0.f ? old.y * w_old : 0.f;
+          float2 old = make_float2(0.f, 0.f);
+          if (read_old) {
+            old = *ptr;
+            old.x *= w_old;
+            old.y *= w_old;
+          }
           old.x = fmaf(o[4 * c + 2 * r], w_new, old.x);
           old.y = fmaf(o[4 * c + 2 * r + 1], w_new, old.y);
-          *ptr = old;
+          if (final_out) {
+            *reinterpret_cast<uint32_t*>(f_row + 8 * c) = TypeOps<T>::pack(old.x, old.y);
+          } else {
+            *ptr = old;
+          }
         }
         if ((lane % 4) == 0) lse_base[row] = L;
       }

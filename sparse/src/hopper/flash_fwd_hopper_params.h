@@ -70,6 +70,13 @@ struct FlashFwdHopperParams {
   // --- output mode ------------------------------------------------------------------------------------------
   bool accumulate = false;  // merge (O_b, LSE_b) into the fp32 accumulator o and its running lse (lse_ptr set)
   bool o_fp32 = false;      // o is fp32 (always in accumulate mode; optional in plain mode)
+  // Final accumulate (AttnParams::o_final), accumulate mode only: set, the merged normalised O is written here in
+  // the kernel's T ([B, Sq, Hq, D], o_final_ptr + b*o_final_batch_stride + s*o_final_row_stride +
+  // h*o_final_head_stride + d; 4-byte stores at even columns) and o is only read. Null: o is updated in place.
+  void* o_final_ptr = nullptr;
+  int64_t o_final_batch_stride = 0;  // elements
+  int64_t o_final_row_stride = 0;    // elements
+  int64_t o_final_head_stride = 0;   // elements
 
   // --- scores -------------------------------------------------------------------------------------------
   float scale_log2 = 0.f;     // softmax_scale * log2(e): p = exp2(q.k * scale_log2 - running max)
