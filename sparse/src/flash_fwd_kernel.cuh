@@ -863,22 +863,21 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
         // 0 * inf or NaN would poison the sum).
         const bool read_old = w_old > 0.f;
         float* o_row = o_base + row * p.o_row_stride;
+        // Every load of the row before any store: a store into o_final (a pointer the compiler cannot prove
+        // distinct from o) between them would make each load wait for the store before it (one DRAM round trip
+        // per column tile).
+        float2 old[kDTiles];
+#pragma unroll
+        for (int dj = 0; dj < kDTiles; ++dj)
+          old[dj] = read_old ? __ldcg(reinterpret_cast<const float2*>(o_row + dj * 8 + 2 * tq)) : make_float2(0.f, 0.f);
 #pragma unroll
         for (int dj = 0; dj < kDTiles; ++dj) {
-          float2* ptr = reinterpret_cast<float2*>(o_row + dj * 8 + 2 * tq);
-          float2 old = make_float2(0.f, 0.f);
-          if (read_old) {
-            old = *ptr;
-            old.x *= w_old;
-            old.y *= w_old;
-          }
-          old.x = fmaf(acc_o[mi][dj][rr * 2], w_new, old.x);
-          old.y = fmaf(acc_o[mi][dj][rr * 2 + 1], w_new, old.y);
+          const float x = fmaf(acc_o[mi][dj][rr * 2], w_new, old[dj].x * w_old);
+          const float y = fmaf(acc_o[mi][dj][rr * 2 + 1], w_new, old[dj].y * w_old);
           if (final_out) {
-            *reinterpret_cast<uint32_t*>(of_base + row * p.o_final_row_stride + dj * 8 + 2 * tq) =
-                pack2<T>(old.x, old.y);
+            *reinterpret_cast<uint32_t*>(of_base + row * p.o_final_row_stride + dj * 8 + 2 * tq) = pack2<T>(x, y);
           } else {
-            *ptr = old;
+            *reinterpret_cast<float2*>(o_row + dj * 8 + 2 * tq) = make_float2(x, y);
           }
         }
         if (tq == 0) lse_base[row] = L;

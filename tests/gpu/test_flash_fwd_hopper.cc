@@ -1108,10 +1108,12 @@ TEST(FlashForwardHopper, AlibiCutoffPersistentGrids) {
 TEST(FlashForwardHopper, AlibiCutoffArgumentsChecked) {
   REQUIRE_HOPPER();
   DeviceArray<float> buf(int64_t{4 * 256 * 128});
+  DeviceArray<float> out(int64_t{4 * 256 * 128});  // o needs its own storage (validate_forward refuses aliasing)
   DeviceArray<float> norms(int64_t{64});
   DeviceArray<float> slopes(std::vector<float>{0.5f, 0.25f});
   AttnParams p;
-  p.q = p.k = p.v = p.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 2, 128);
+  p.q = p.k = p.v = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 2, 128);
+  p.o = TensorView::packed(out.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 2, 128);
   p.q_pos = p.kv_pos = PositionMap::contiguous(0, 256);
   p.alibi_slopes = slopes.ptr;
   validate_forward(p, Device::kCuda);

@@ -800,21 +800,21 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         // holds garbage; 0 * inf or NaN would poison the sum).
         const bool read_old = w_old > 0.f;
         float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+        // All 16 loads of the row are issued before any store: with a store into o_final (another pointer the
+        // compiler cannot prove distinct) between them, each load would wait for the previous store, i.e. 16 DRAM
+        // round trips in a row (measured: accumulate calls 1.5-1.7x slower on an H200).
+        float2 old[16];
+#pragma unroll
+        for (int c = 0; c < 16; ++c)
+          old[c] = read_old ? __ldcg(reinterpret_cast<const float2*>(o_row + 8 * c)) : make_float2(0.f, 0.f);
 #pragma unroll
         for (int c = 0; c < 16; ++c) {
-          float2* ptr = reinterpret_cast<float2*>(o_row + 8 * c);
-          float2 old = make_float2(0.f, 0.f);
-          if (read_old) {
-            old = *ptr;
-            old.x *= w_old;
-            old.y *= w_old;
-          }
-          old.x = fmaf(o[4 * c + 2 * r], w_new, old.x);
-          old.y = fmaf(o[4 * c + 2 * r + 1], w_new, old.y);
+          const float x = fmaf(o[4 * c + 2 * r], w_new, old[c].x * w_old);
+          const float y = fmaf(o[4 * c + 2 * r + 1], w_new, old[c].y * w_old);
           if (final_out) {
-            *reinterpret_cast<uint32_t*>(f_row + 8 * c) = TypeOps<T>::pack(old.x, old.y);
+            *reinterpret_cast<uint32_t*>(f_row + 8 * c) = TypeOps<T>::pack(x, y);
           } else {
-            *ptr = old;
+            *reinterpret_cast<float2*>(o_row + 8 * c) = make_float2(x, y);
           }
         }
         if ((lane % 4) == 0) lse_base[row] = L;
