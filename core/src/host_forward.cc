@@ -114,19 +114,44 @@ void forward_impl(const AttnParams& p, const Pol pol) {
       }
       // Accumulate: L = logaddexp(lse, LSE_b); o = o*exp(lse-L) + O_b*exp(LSE_b-L); lse = L.
       // A block with no visible key (LSE_b = -inf) leaves the accumulator as it is; an empty
-      // accumulator (lse = -inf) takes the block's values (weights 0 and 1 exactly).
-      if (n == 0) continue;
-      float* oacc = static_cast<float*>(p.o.data) + ooff;
+      // accumulator (lse = -inf) takes the block's values (weights 0 and 1 exactly) and o is not read
+      // there (it may hold anything). Final mode (o_final set): the merged row goes to o_final in q's
+      // dtype instead of back to o (every row, 0 where neither part saw a key); o is only read.
+      const float* oacc = static_cast<const float*>(p.o.data) + ooff;
+      const bool final_out = p.o_final.data != nullptr;
+      const int64_t foff = final_out ? p.o_final.offset(b, i, h, 0) : 0;
       const Acc old = static_cast<Acc>(*lse_ptr);
-      if (std::isinf(old) && old < 0) {
-        for (int64_t d = 0; d < D; ++d) oacc[d] = static_cast<float>(orow[d]);
+      const bool old_empty = std::isinf(old) && old < 0;
+      if (n == 0) {
+        if (final_out)
+          for (int64_t d = 0; d < D; ++d)
+            store_from_double(p.o_final.data, foff + d, p.o_final.dtype,
+                              old_empty ? 0.0 : static_cast<double>(oacc[d]));
+        continue;
+      }
+      if (old_empty) {
+        for (int64_t d = 0; d < D; ++d) {
+          if (final_out) {
+            store_from_double(p.o_final.data, foff + d, p.o_final.dtype, static_cast<float>(orow[d]));
+          } else {
+            static_cast<float*>(p.o.data)[ooff + d] = static_cast<float>(orow[d]);
+          }
+        }
         *lse_ptr = static_cast<float>(lse_row);
         continue;
       }
       const Acc mx = old > lse_row ? old : lse_row;
       const Acc L = mx + std::log(std::exp(old - mx) + std::exp(lse_row - mx));
       const Acc w_old = std::exp(old - L), w_new = std::exp(lse_row - L);
-      for (int64_t d = 0; d < D; ++d) oacc[d] = static_cast<float>(static_cast<Acc>(oacc[d]) * w_old + orow[d] * w_new);
+      for (int64_t d = 0; d < D; ++d) {
+        // Rounded to fp32 first in both modes, so o_final equals the two-pass result (accumulate, then cast).
+        const float merged = static_cast<float>(static_cast<Acc>(oacc[d]) * w_old + orow[d] * w_new);
+        if (final_out) {
+          store_from_double(p.o_final.data, foff + d, p.o_final.dtype, merged);
+        } else {
+          static_cast<float*>(p.o.data)[ooff + d] = merged;
+        }
+      }
       *lse_ptr = static_cast<float>(L);
     }
   });

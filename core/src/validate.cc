@@ -171,6 +171,20 @@ void check_forward(const AttnParams& p, Device engine, bool accumulate, bool lse
   DISTATTN_CHECK_ARG(!same_data(o, q) && !same_data(o, k) && !same_data(o, v), "o",
                      "aliases an input (o.data equals q, k or v's data); the output needs its own storage");
 
+  if (p.o_final.data != nullptr) {
+    DISTATTN_CHECK_ARG(accumulate, "o_final",
+                       "is set outside accumulate mode (it names the final step's output of an "
+                       "accumulation; plain calls write o)");
+    check_view(p.o_final, "o_final", engine, true);
+    DISTATTN_CHECK_ARG(p.o_final.shape == q.shape, "o_final", "has shape ", describe(p.o_final),
+                       ", expected the shape of q ", describe(q));
+    DISTATTN_CHECK_ARG(p.o_final.dtype == q.dtype, "o_final", "has dtype ", dtype_name(p.o_final.dtype),
+                       ", expected q's ", dtype_name(q.dtype));
+    DISTATTN_CHECK_ARG(
+        !same_data(p.o_final, q) && !same_data(p.o_final, k) && !same_data(p.o_final, v) && !same_data(p.o_final, o),
+        "o_final", "aliases q, k, v or o (o_final.data equals one of theirs); it needs its own storage");
+  }
+
   if (accumulate || lse_required) {
     DISTATTN_CHECK_ARG(p.lse != nullptr, "lse", "is null; ", accumulate ? "accumulate mode" : "the backward",
                        " needs the fp32 log-sum-exp [B, Hq, Sq]");

@@ -27,6 +27,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
+#include "distattn/core/operand_checks.h"
 #include "distattn/sparse/flash_attention.h"
 
 namespace distattn {
@@ -147,6 +148,15 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
 }
 
 bool foldable(const TensorView& t) { return t.shape[0] == 1 || t.stride[0] == t.shape[1] * t.stride[1]; }
+
+// What the CUDA engine requires of a tensor it writes (check_cuda_tensor): 16-byte aligned base and strides.
+bool engine_aligned(const TensorView& t) {
+  const int64_t elem = static_cast<int64_t>(dtype_size(t.dtype));
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return false;
+  for (int axis = 0; axis < 3; ++axis)
+    if ((t.stride[axis] * elem) % 16 != 0 && t.shape[axis] != 1) return false;
+  return true;
+}
 
 // The engine parameters of one call: q, k, v, o views, the compacted LSE at lse_c, positions, mask, ALiBi.
 AttnParams engine_params(const PatternCall& c, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -348,6 +358,8 @@ void DilatedAttention::validate_tensors(const TensorView& q, const TensorView& k
   if (device_ == Device::kCuda) {
     DISTATTN_CHECK_ARG(flash_supports_head_dim(q.head_dim()), "q", "has head dim ", q.head_dim(),
                        ", which the CUDA engine has no kernels for");
+    // o may be written by the engine directly (fused final): device memory, checked before anything launches.
+    check_device_pointer(o.data, "o");
     // lse is read and written by this file's own kernels (the running LSE), not only by the engine.
     cudaPointerAttributes attr{};
     const cudaError_t rc = cudaPointerGetAttributes(&attr, lse);
@@ -358,19 +370,53 @@ void DilatedAttention::validate_tensors(const TensorView& q, const TensorView& k
   validate_dilated_config(config_, q.seqlen(), q.heads());
 }
 
-// Pattern order: a rate-1 pattern first (it keeps every row, so it initialises the accumulator in plain mode),
-// then the others in the configured order. Returns the order and whether the first one runs in plain mode.
+// Pattern order and modes. Fused final (o in q's dtype, a rate-1 pattern present, fused_final): every other
+// pattern accumulates first into the fp32 accumulator, which starts with lse = -inf only (the engine does not
+// read o where lse is -inf, so the accumulator is never cleared), and the first rate-1 pattern runs LAST in final
+// accumulate mode, writing the merged result straight into o in q's dtype (AttnParams::o_final): no fp32 write of
+// that pattern, no cast pass. A rate-1 pattern keeps every row of every head, so its calls write all of o.
+// Otherwise (o fp32, or no rate-1 pattern): a rate-1 pattern first in plain mode (it initialises the accumulator),
+// the others accumulating, then one cast of the accumulator into o; with no rate-1 pattern the accumulator starts
+// at lse = -inf. A single rate-1 pattern runs in plain mode straight into o either way.
 namespace {
-std::vector<size_t> pattern_order(const DilatedConfig& config, bool* first_plain) {
-  std::vector<size_t> order;
-  size_t first = config.patterns.size();
-  for (size_t i = 0; i < config.patterns.size() && first == config.patterns.size(); ++i)
-    if (config.patterns[i].rate == 1) first = i;
-  *first_plain = first < config.patterns.size();
-  if (*first_plain) order.push_back(first);
-  for (size_t i = 0; i < config.patterns.size(); ++i)
-    if (i != first) order.push_back(i);
-  return order;
+enum class FwdMode { kPlain, kAccumulate, kFinal };
+struct FwdStep {
+  size_t pattern;
+  FwdMode mode;
+};
+struct FwdPlan {
+  std::vector<FwdStep> steps;
+  bool init_lse = false;  // fill lse with -inf first (no step writes every row in plain mode before the rest)
+  bool cast = false;      // cast the fp32 accumulator into o at the end
+  bool o_direct = false;  // the plain / final step writes the caller's o (not the accumulator)
+};
+// o_direct_ok: the engine may write o itself (CUDA: 16-byte aligned base and strides, as it requires of outputs).
+// fused_final: o_direct_ok and o in q's dtype, and fused final mode wanted.
+FwdPlan plan_forward(const DilatedConfig& config, bool o_direct_ok, bool fused_final) {
+  FwdPlan plan;
+  const size_t np = config.patterns.size();
+  size_t r1 = np;
+  for (size_t i = 0; i < np && r1 == np; ++i)
+    if (config.patterns[i].rate == 1) r1 = i;
+  if (r1 < np && np == 1 && o_direct_ok) {  // one rate-1 pattern: plain, into o itself
+    plan.steps.push_back({r1, FwdMode::kPlain});
+    plan.o_direct = true;
+    return plan;
+  }
+  if (r1 < np && fused_final) {
+    for (size_t i = 0; i < np; ++i)
+      if (i != r1) plan.steps.push_back({i, FwdMode::kAccumulate});
+    plan.steps.push_back({r1, FwdMode::kFinal});
+    plan.init_lse = true;
+    plan.o_direct = true;
+    return plan;
+  }
+  if (r1 < np) plan.steps.push_back({r1, FwdMode::kPlain});
+  for (size_t i = 0; i < np; ++i)
+    if (i != r1) plan.steps.push_back({i, FwdMode::kAccumulate});
+  plan.init_lse = r1 == np;
+  plan.cast = true;
+  return plan;
 }
 }  // namespace
 
@@ -381,30 +427,40 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   const int64_t n_o = B * S * Hq * D, n_lse = B * Hq * S;
   int64_t n_c = 0;
   for (const DilatedPattern& pt : config_.patterns) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
-  float* base = scratch(n_o + n_c);
-  last_stream_ = stream;
-  float* acc = base;         // packed fp32 [B, S, Hq, D]: the mixed output; the running LSE is `lse` itself
-  float* lse_c = acc + n_o;  // one pattern's compacted LSE [B, S/w, Hq, ceil(w/r)]
-  const TensorView acc_view = TensorView::packed(acc, DType::kFloat32, device_, B, S, Hq, D);
   const bool cuda = device_ == Device::kCuda;
-  const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v);  // the accumulator is packed
+  // Segments fold into the batch only where every tensor a call addresses allows it (the accumulator is packed;
+  // o is addressed directly by the plain / final step).
+  const bool fold_in = fold_segments_ && foldable(q) && foldable(k) && foldable(v);
+  // The engine writes o itself (fused final, or a lone rate-1 pattern in plain mode) only where it can: segments
+  // fold only over a foldable o, and the CUDA engine's output alignment; otherwise the accumulator and a cast.
+  // Fused final also needs o in q's dtype (o_final's contract).
+  const bool o_direct_ok = (!fold_in || foldable(o)) && (!cuda || engine_aligned(o));
+  const bool fused = fused_final_ && o_direct_ok && o.dtype == q.dtype;
+  const FwdPlan plan = plan_forward(config_, o_direct_ok, fused);
+  const bool fold = fold_in && (!plan.o_direct || foldable(o));
+  const bool needs_acc = plan.cast || plan.steps.size() > 1;
+  float* base = scratch((needs_acc ? n_o : 0) + n_c);
+  last_stream_ = stream;
+  float* acc = needs_acc ? base : nullptr;      // packed fp32 [B, S, Hq, D]: the mixed output; the running LSE is `lse`
+  float* lse_c = base + (needs_acc ? n_o : 0);  // one pattern's compacted LSE [B, S/w, Hq, ceil(w/r)]
+  const TensorView acc_view = needs_acc ? TensorView::packed(acc, DType::kFloat32, device_, B, S, Hq, D) : TensorView{};
   const bool alibi = !config_.alibi_slopes.empty();
-  bool first_plain = false;
-  const std::vector<size_t> order = pattern_order(config_, &first_plain);
-  if (!first_plain) {  // no rate-1 pattern: start at O = 0, LSE = -inf (rows no pattern keeps stay so)
+  if (plan.init_lse) {
+    // lse = -inf marks every row empty; the engine never reads the accumulator there, so it is not cleared (rows no
+    // pattern keeps stay -inf; the cast path writes them from an accumulator that must then be 0).
     if (cuda) {
-      DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc, 0, n_o * sizeof(float), stream));
+      if (plan.cast) DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc, 0, n_o * sizeof(float), stream));
       dilated_detail::cuda_fill(lse, n_lse, -std::numeric_limits<float>::infinity(), stream);
     } else {
-      std::fill(acc, acc + n_o, 0.f);
+      if (plan.cast) std::fill(acc, acc + n_o, 0.f);
       std::fill(lse, lse + n_lse, -std::numeric_limits<float>::infinity());
     }
   }
 
-  for (size_t n = 0; n < order.size(); ++n) {
-    const size_t i = order[n];
+  for (const FwdStep& step : plan.steps) {
+    const size_t i = step.pattern;
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
-    const bool accumulate = n > 0 || !first_plain;
+    const bool accumulate = step.mode != FwdMode::kPlain;
     // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1).
     if (accumulate) {
       if (cuda) {
@@ -417,9 +473,14 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     const std::vector<PatternCall> calls =
         plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi);
     const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
+    // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
+    // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
+    const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
     for (const PatternCall& c : calls) {
-      AttnParams p = engine_params(c, q, k, v, acc_view, lse_c, slopes, config_);
-      p.accumulate = accumulate;  // plain: the rate-1 pattern writes every row of acc and lse_c
+      AttnParams p =
+          engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_c, slopes, config_);
+      p.accumulate = accumulate;
+      if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
       if (cuda) {
         flash_attention_forward(p, lane_stream(c.lane_key, lanes, stream));
       } else {
@@ -434,10 +495,12 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
   }
 
-  if (cuda) {
-    dilated_detail::cuda_cast(acc, o, stream);
-  } else {
-    host_cast(acc, o);
+  if (plan.cast) {
+    if (cuda) {
+      dilated_detail::cuda_cast(acc, o, stream);
+    } else {
+      host_cast(acc, o);
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 #include "distattn/core/error.h"
 #include "distattn/core/operand_checks.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_fwd_norms.h"
 #include "flash_fwd_options.h"
 #include "flash_fwd_params.h"
 #include "hopper/flash_fwd_hopper.h"
@@ -83,6 +84,12 @@ kernels::FlashFwdParams make_fwd_params(const AttnParams& p) {
   k.alibi_slopes = p.alibi_slopes;
   k.accumulate = p.accumulate;
   k.o_fp32 = p.o.dtype == DType::kFloat32;
+  if (p.o_final.data != nullptr) {  // final accumulate (validated: accumulate mode, q's dtype, o's shape)
+    k.o_final_ptr = p.o_final.data;
+    k.o_final_batch_stride = p.o_final.stride[0];
+    k.o_final_row_stride = p.o_final.stride[1];
+    k.o_final_head_stride = p.o_final.stride[2];
+  }
   return k;
 }
 
@@ -96,6 +103,26 @@ int alibi_cutoff_mode(const AttnParams& p) {
   const PositionChunk& c = p.kv_pos.chunks[0];
   if (a.start != c.start || a.stride != c.stride || a.length != c.length) return 0;
   return p.mask.causal ? 1 : 2;
+}
+
+// Smallest key count for which the Hopper kernel applies the ALiBi cutoff by default. Below, its pre-pass (one read of
+// Q and K, a memset and a launch) costs about what it saves: the CPU model (hopper/tools/alibi_cutoff_emu.cc model,
+// distattn_bench's inputs, H 32, standard slopes) leaves 93% / 83% / 71% / 58% of the kv tiles at 1K / 2K / 4K / 8K,
+// and the pre-pass reads 17 / 34 / 67 / 134 MB (~4 / 8 / 17 / 34 us at ~4 TB/s) against H200 kernel times of ~0.03 /
+// 0.07 / 0.30 / 1.1 ms (causal): a loss at 1K, even at 2K, a gain from 4K. To be confirmed on a GPU
+// (build-hopper-cutoff/run.sh times 1K-4K with and without). DISTATTN_HOPPER_CUTOFF_MIN_KV=N overrides it (read once;
+// a huge N turns the Hopper cutoff off for A/B runs); anything but a non-negative integer throws naming the variable.
+int64_t hopper_cutoff_min_kv() {
+  static const int64_t v = [] {
+    const char* s = std::getenv("DISTATTN_HOPPER_CUTOFF_MIN_KV");
+    if (s == nullptr || *s == '\0') return int64_t{4096};
+    char* end = nullptr;
+    const long long x = std::strtoll(s, &end, 10);
+    DISTATTN_CHECK_ARG(end != nullptr && *end == '\0' && x >= 0, "DISTATTN_HOPPER_CUTOFF_MIN_KV",
+                       "expected a non-negative integer, got '", s, "'");
+    return static_cast<int64_t>(x);
+  }();
+  return v;
 }
 
 // The ALiBi cutoff's scratch (B * Hkv floats per call) comes from a stream-ordered pool of its own per device,
@@ -154,6 +181,7 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
   check_cuda_tensor(p.k, "k");
   check_cuda_tensor(p.v, "v");
   check_cuda_tensor(p.o, "o");
+  if (p.o_final.data != nullptr) check_cuda_tensor(p.o_final, "o_final");
   check_device_pointer(p.lse, "lse", /*allow_null=*/!p.accumulate);
   check_device_pointer(p.alibi_slopes, "alibi_slopes", /*allow_null=*/true);
   if (p.mask.blocks != nullptr) {
@@ -175,14 +203,32 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
   DISTATTN_CHECK_ARG(p.q.batch() <= 65535, "q", "has batch ", p.q.batch(), "; the CUDA engine takes at most 65535");
 
   // The Hopper kernel (TMA + wgmma, hopper/) takes every call it supports; the mma.sync kernel below serves the
-  // rest (ALiBi with block lists, ALiBi on one identical q/kv chunk beyond 8192 keys where its exact cutoff wins,
-  // position-map chunks not on 128-row tiles, head dim 64, other GPUs). DISTATTN_FORWARD_KERNEL=mma
-  // forces the mma.sync kernel everywhere (A/B timings, bisecting a result).
+  // rest (ALiBi with block lists, position-map chunks not on 128-row tiles, head dim 64, other GPUs).
+  // DISTATTN_FORWARD_KERNEL=mma forces the mma.sync kernel everywhere (A/B timings, bisecting a result).
   if (options.allow_hopper && !forward_kernel_forced_to_mma()) {
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
     if (flash_fwd_hopper_supported(p, device)) {
-      flash_fwd_hopper(p, stream);
+      // Its ALiBi cutoff (hopper/flash_fwd_hopper_plan.h) where the premises hold and the key count reaches
+      // hopper_cutoff_min_kv(): the pre-pass writes the max key norm per (b, kv head) and the max query norm per
+      // (b, h, 128-row q tile) into B * (Hkv + Hq * M) floats of pooled scratch, then the kernel plans its units.
+      FlashFwdHopperCutoff cutoff;
+      StreamScratch norms(stream);
+      const int mode = options.alibi_cutoff ? alibi_cutoff_mode(p) : 0;
+      const int64_t min_kv = options.hopper_cutoff_min_kv >= 0 ? options.hopper_cutoff_min_kv : hopper_cutoff_min_kv();
+      if (mode != 0 && p.k.seqlen() >= min_kv) {
+        const kernels::FlashFwdParams np = make_fwd_params(p);
+        const size_t nk = static_cast<size_t>(np.batch) * np.heads_kv;
+        const size_t nq = static_cast<size_t>(np.batch) * np.heads_q * np.num_m_blocks;
+        norms.allocate((nk + nq) * sizeof(float));
+        float* k_norms = static_cast<float*>(norms.ptr);
+        DTYPE_SWITCH(p.q.dtype, T, [&] { kernels::run_qk_norm_sq_max<T>(np, k_norms, k_norms + nk, stream); });
+        cutoff.mode = mode;
+        cutoff.skip = options.alibi_cutoff_skip;
+        cutoff.kv_norm_sq_max = k_norms;
+        cutoff.q_norm_sq_max = k_norms + nk;
+      }
+      flash_fwd_hopper(p, cutoff, stream);
       return;
     }
   }

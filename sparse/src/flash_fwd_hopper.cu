@@ -105,14 +105,15 @@ bool pair_units(const FlashFwdHopperParams& k) {
 // tiles better than the static snake), so long problems keep it.
 constexpr int kPersistentMaxMBlocks = 32;
 
-// Largest key count for which a call in the ALiBi-cutoff case (q_pos == kv_pos, one chunk) goes to this kernel.
-// The default, 8192, comes from the positional study on an H200 with the standard geometric slopes (H = 32,
-// bench/results/2026-11-22_h200_5b1bb19_final/positional): the mma.sync kernel with its cutoff costs +13.7% (non-
-// causal) / +19.7% (causal) over no ALiBi at 8K, and -19.5% / -7.0% at 16K. Flatter slopes skip less and move
-// the break-even up. DISTATTN_ALIBI_HOPPER_MAX_KV overrides it (0: never, as before; read once).
+// Largest key count for which a call in the ALiBi-cutoff case (q_pos == kv_pos, one chunk) goes to this kernel; -1:
+// no limit (the default). Until this kernel had the cutoff itself the limit was 8192 (the mma.sync kernel's cutoff won
+// beyond: bench/results/2026-11-22_h200_a59f32c_alibi_dispatch). Now both kernels skip the same tiles (same bound, same
+// 128-row q tiles) and this one does each visited tile ~1.6x faster, so it takes every length.
+// DISTATTN_ALIBI_HOPPER_MAX_KV=N (read once) restores a limit for A/B runs (0: the mma.sync kernel for every such
+// call).
 int alibi_hopper_max_kv() {
-  static const int v = env_int("DISTATTN_ALIBI_HOPPER_MAX_KV", 8192);
-  return v < 0 ? 0 : v;
+  static const int v = env_int("DISTATTN_ALIBI_HOPPER_MAX_KV", -1);
+  return v;
 }
 
 // CTAs of the launch: persistent (one per SM, each walking its units; flash_fwd_hopper_scheduler.h) for short
@@ -160,12 +161,13 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   if (p.o.dtype != p.q.dtype && p.o.dtype != DType::kFloat32) return false;
   if (p.accumulate && (p.o.dtype != DType::kFloat32 || p.lse == nullptr)) return false;
   if (p.q.head_dim() != 128) return false;
-  // ALiBi: not with block lists (the kernel's per-row reference D0 is taken over the band only). Where the mma.sync
-  // kernel's exact ALiBi cutoff applies (one identical chunk on both sides, no block list) that kernel skips the tiles
-  // whose exp2 underflows, which this one does not yet: its gain grows with the key count and outweighs this
-  // kernel's speed beyond alibi_hopper_max_kv() keys; up to there this kernel takes the call.
+  // ALiBi: not with block lists (the kernel's per-row reference D0 is taken over the band only). Where the exact ALiBi
+  // cutoff applies (one identical chunk on both sides, no block list), both kernels skip the same tiles; only an A/B
+  // limit (alibi_hopper_max_kv) sends those calls to the mma.sync kernel.
   if (p.alibi_slopes != nullptr && p.mask.blocks != nullptr) return false;
-  if (p.alibi_slopes != nullptr && alibi_cutoff_case(p) && p.k.seqlen() > alibi_hopper_max_kv()) return false;
+  if (p.alibi_slopes != nullptr && alibi_cutoff_case(p) && alibi_hopper_max_kv() >= 0 &&
+      p.k.seqlen() > alibi_hopper_max_kv())
+    return false;
   if (!tile_aligned_chunks(p.q_pos, FwdConfig::kBlockM) || !tile_aligned_chunks(p.kv_pos, FwdConfig::kBlockN))
     return false;
   if (p.q.seqlen() < 1 || p.k.seqlen() < 1) return false;
@@ -182,10 +184,24 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
   if (reinterpret_cast<uintptr_t>(p.o.data) % o_pair != 0 || p.o.stride[3] != 1) return false;
   for (int axis = 0; axis < 3; ++axis)
     if (p.o.shape[axis] > 1 && p.o.stride[axis] % 2 != 0) return false;
+  if (p.o_final.data != nullptr) {  // o_final (q's dtype) likewise, 4-byte stores
+    if (reinterpret_cast<uintptr_t>(p.o_final.data) % 4 != 0 || p.o_final.stride[3] != 1) return false;
+    for (int axis = 0; axis < 3; ++axis)
+      if (p.o_final.shape[axis] > 1 && p.o_final.stride[axis] % 2 != 0) return false;
+  }
   return device_runs_hopper_kernel(device);
 }
 
-void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
+void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) { flash_fwd_hopper(p, FlashFwdHopperCutoff{}, stream); }
+
+void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, cudaStream_t stream) {
+  if (cutoff.mode != 0) {
+    DISTATTN_CHECK_ARG(cutoff.mode == 1 || cutoff.mode == 2, "cutoff", "mode must be 0, 1 or 2, got ", cutoff.mode);
+    DISTATTN_CHECK_ARG(p.alibi_slopes != nullptr && p.mask.blocks == nullptr && alibi_cutoff_case(p), "cutoff",
+                       "the ALiBi cutoff needs ALiBi, no block list and q_pos == kv_pos as one chunk");
+    DISTATTN_CHECK_ARG(cutoff.kv_norm_sq_max != nullptr && cutoff.q_norm_sq_max != nullptr, "cutoff",
+                       "the ALiBi cutoff needs kv_norm_sq_max and q_norm_sq_max");
+  }
   FlashFwdHopperParams k;
   k.tmap_q = hopper::make_tmap_16bit(p.q, FwdConfig::kBlockM, "q");
   k.tmap_k = hopper::make_tmap_16bit(p.k, FwdConfig::kBlockN, "k");
@@ -228,9 +244,19 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) {
   k.pair_units = persistent && pair_units(k);
   k.num_slots = hopper::slots_per_pair(k) * k.heads_q * k.batch;  // <= M * Hq * B < 2^31 (supported())
   k.o_fp32 = p.o.dtype == DType::kFloat32;
+  if (p.o_final.data != nullptr) {  // final accumulate (validated: accumulate mode, q's dtype, o's shape)
+    k.o_final_ptr = p.o_final.data;
+    k.o_final_batch_stride = p.o_final.stride[0];
+    k.o_final_row_stride = p.o_final.stride[1];
+    k.o_final_head_stride = p.o_final.stride[2];
+  }
   k.scale_log2 = static_cast<float>(static_cast<double>(p.scale()) * 1.4426950408889634);
   k.softmax_scale = p.scale();
   k.alibi_slopes = p.alibi_slopes;
+  k.alibi_cutoff = cutoff.mode;
+  k.alibi_cutoff_skip = cutoff.skip;
+  k.kv_norm_sq_max = cutoff.kv_norm_sq_max;
+  k.q_norm_sq_max = cutoff.q_norm_sq_max;
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   if (p.alibi_slopes != nullptr) {
     if (bf16)

@@ -822,8 +822,14 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
   } else {
     // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse-L) + O_b e^(LSE_b-L).
     // The four lanes of a quad share a row: all read the old lse before any lane writes the new one.
+    // Rows with lse = -inf (nothing merged yet) do not read o: callers initialise only lse, o may be garbage.
+    // Final mode (o_final_ptr set): the merged row is written in T to o_final (every row; 0 where both parts
+    // are empty) and o is only read; the fp32 values are rounded exactly as the separate cast pass would.
     float* o_base = static_cast<float*>(p.o_ptr) + b * p.o_batch_stride + h * p.o_head_stride;
     float* lse_base = p.lse_ptr + b * p.lse_batch_stride + h * p.lse_head_stride;
+    const bool final_out = p.o_final_ptr != nullptr;
+    T* of_base =
+        final_out ? static_cast<T*>(p.o_final_ptr) + b * p.o_final_batch_stride + h * p.o_final_head_stride : nullptr;
     float lse_old[kMTiles][2];
 #pragma unroll
     for (int mi = 0; mi < kMTiles; ++mi)
@@ -838,25 +844,41 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         const int row = m0 + warp * 32 + mi * 16 + rr * 8 + g;
+        if (row >= p.seqlen_q) continue;
         const float la = lse_old[mi][rr], lb = lse_b[mi][rr];
         const float mx = fmaxf(la, lb);
-        // Both -inf: nothing visible in either part; the accumulator stays as it is.
-        if (row >= p.seqlen_q || mx == kNegInf) continue;
+        if (mx == kNegInf) {
+          // Both -inf: nothing visible in either part; the accumulator stays as it is (final: O = 0).
+          if (final_out) {
+            T* f_row = of_base + row * p.o_final_row_stride;
+#pragma unroll
+            for (int dj = 0; dj < kDTiles; ++dj) *reinterpret_cast<uint32_t*>(f_row + dj * 8 + 2 * tq) = 0u;
+          }
+          continue;
+        }
         const float L = mx + logf(expf(la - mx) + expf(lb - mx));
         const float w_old = expf(la - L);                  // 0 when la = -inf
         const float w_new = expf(lb - L) * inv_l[mi][rr];  // 0 when lb = -inf
+        // w_old == 0 (la = -inf, or underflow): the old value is neither read nor used (it may be anything,
+        // 0 * inf or NaN would poison the sum).
+        const bool read_old = w_old > 0.f;
         float* o_row = o_base + row * p.o_row_stride;
+        // Every load of the row before any store: a store into o_final (a pointer the compiler cannot prove
+        // distinct from o) between them would make each load wait for the store before it (one DRAM round trip
+        // per column tile).
+        float2 old[kDTiles];
+#pragma unroll
+        for (int dj = 0; dj < kDTiles; ++dj)
+          old[dj] = read_old ? __ldcg(reinterpret_cast<const float2*>(o_row + dj * 8 + 2 * tq)) : make_float2(0.f, 0.f);
 #pragma unroll
         for (int dj = 0; dj < kDTiles; ++dj) {
-          float2* ptr = reinterpret_cast<float2*>(o_row + dj * 8 + 2 * tq);
-          float2 old = *ptr;
-          // w_old == 0 must not read the old value (it may be anything when lse was -inf, e.g. NaN
-          // poison is not allowed by the contract, but 0 * inf would be); select instead of multiply.
-          old.x = w_old > 0.f ? old.x * w_old : 0.f;
-          old.y = w_old > 0.f ? old.y * w_old : 0.f;
-          old.x = fmaf(acc_o[mi][dj][rr * 2], w_new, old.x);
-          old.y = fmaf(acc_o[mi][dj][rr * 2 + 1], w_new, old.y);
-          *ptr = old;
+          const float x = fmaf(acc_o[mi][dj][rr * 2], w_new, old[dj].x * w_old);
+          const float y = fmaf(acc_o[mi][dj][rr * 2 + 1], w_new, old[dj].y * w_old);
+          if (final_out) {
+            *reinterpret_cast<uint32_t*>(of_base + row * p.o_final_row_stride + dj * 8 + 2 * tq) = pack2<T>(x, y);
+          } else {
+            *reinterpret_cast<float2*>(o_row + dj * 8 + 2 * tq) = make_float2(x, y);
+          }
         }
         if (tq == 0) lse_base[row] = L;
       }

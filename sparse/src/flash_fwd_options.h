@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 #include "distattn/core/attn_params.h"
 
 namespace distattn {
@@ -20,6 +22,9 @@ struct FlashFwdOptions {
   // false: never the Hopper kernel (hopper/flash_fwd_hopper.h), always the mma.sync kernel: tests that compare the
   // two, and the mma.sync kernel's own tests on a Hopper GPU.
   bool allow_hopper = true;
+  // The Hopper kernel applies its ALiBi cutoff (with alibi_cutoff, where the premises hold) from this many keys on; -1:
+  // the default (DISTATTN_HOPPER_CUTOFF_MIN_KV, else 4096: below, the pre-pass costs about what it saves). Tests set 0.
+  int64_t hopper_cutoff_min_kv = -1;
 };
 
 // flash_attention_forward (distattn/sparse/flash_attention.h) with explicit options; same shapes, same throws.

@@ -7,6 +7,7 @@
 //   q  [B, Sq,  Hq,  D]    element (b, s, h, d) at q_ptr + b*q_batch_stride + s*q_row_stride + h*q_head_stride + d
 //   k  [B, Skv, Hkv, D]    likewise with the k_* strides;  v with the v_* strides
 //   o  [B, Sq,  Hq,  D]    dtype of q (plain mode) or fp32 (accumulate mode), o_* strides
+//   o_final [B, Sq, Hq, D] dtype of q, optional, final accumulate mode only (o_final_* strides)
 //   lse [B, Hq, Sq] fp32   lse_ptr + b*lse_batch_stride + h*lse_head_stride + s
 #pragma once
 
@@ -85,6 +86,13 @@ struct FlashFwdParams {
   // --- output mode ----------------------------------------------------------------------------------
   bool accumulate = false;  // merge (O_b, LSE_b) into the fp32 accumulator o and its running lse
   bool o_fp32 = false;      // o is fp32 (always in accumulate mode; optional in plain mode)
+  // Final accumulate (AttnParams::o_final): accumulate mode only; set, the merged normalised O is written here
+  // in T ([B, Sq, Hq, D], element (b, s, h, d) at o_final_ptr + b*o_final_batch_stride + s*o_final_row_stride +
+  // h*o_final_head_stride + d) and o is only read. Null: o is updated in place.
+  void* o_final_ptr = nullptr;
+  int64_t o_final_batch_stride = 0;  // elements
+  int64_t o_final_row_stride = 0;    // elements
+  int64_t o_final_head_stride = 0;   // elements
 };
 
 // Launches the forward kernel for element type T (__nv_bfloat16 / __half) and head dim kHeadDim on

@@ -44,6 +44,7 @@ struct GpuCase {
   bool ragged = false;                // config.ragged_rates
   bool fold_classes = true;           // false: DilatedAttention::set_fold_classes(false) on the GPU
   bool concurrent = true;             // false: DilatedAttention::set_concurrent_calls(false) (one stream)
+  bool fused = true;                  // false: DilatedAttention::set_fused_final(false) (rate-1 first, cast pass)
 };
 
 double rms_of(const HostTensor& t) {
@@ -95,6 +96,7 @@ void run_case(const GpuCase& c) {
   DilatedAttention gpu(cfg, Device::kCuda);
   gpu.set_fold_classes(c.fold_classes);
   gpu.set_concurrent_calls(c.concurrent);
+  gpu.set_fused_final(c.fused);
   gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
   d_o.download(o_gpu);
@@ -208,6 +210,25 @@ TEST(DilatedGpu, ClassFoldingOffMatches) {
   d.causal = true;
   d.concurrent = false;
   d.Hq = d.Hkv = 5;
+  run_case(d);
+}
+
+// The fused final step (rate-1 pattern last in final accumulate mode, writing o directly) is the default above;
+// the previous order (rate-1 first in plain mode, then the cast pass) must pass the same checks.
+TEST(DilatedGpu, FusedFinalOffMatches) {
+  GpuCase c{"fused_off_causal_d128"};
+  c.causal = true;
+  c.D = 128;
+  c.B = 2;
+  c.fused = false;
+  run_case(c);
+  GpuCase d{"fused_off_gqa_fp16"};
+  d.dtype = DType::kFloat16;
+  d.Hq = 6;
+  d.Hkv = 2;
+  d.S = 384;
+  d.patterns = {{96, 2}, {192, 3}, {64, 1}};
+  d.fused = false;
   run_case(d);
 }
 

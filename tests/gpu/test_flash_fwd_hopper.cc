@@ -21,6 +21,7 @@
 
 #include "../../sparse/src/flash_fwd_options.h"
 #include "../../sparse/src/hopper/flash_fwd_hopper.h"
+#include "../../sparse/src/hopper/flash_fwd_hopper_plan.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/host_engine.h"
@@ -103,7 +104,11 @@ struct Case {
   Blocks* blocks = nullptr;
   bool lse = true;
   std::vector<float> slopes;     // ALiBi slopes [Hq], empty: no ALiBi
+  double qk_stddev = 1.0;        // stddev of the random q and k (v: 1)
   bool expect_supported = true;  // false: supported() must say no (the kernel still runs, called directly)
+  // Set: the Hopper runs go through detail::flash_attention_forward with these options (the ALiBi cutoff's pre-pass
+  // and plan) instead of calling flash_fwd_hopper() directly; supported() must say yes.
+  const detail::FlashFwdOptions* dispatch = nullptr;
 };
 
 struct Outputs {
@@ -145,7 +150,12 @@ Outputs run_gpu(const Case& c, const HostTensor& q, const HostTensor& k, const H
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
     EXPECT_EQ(flash_fwd_hopper_supported(p, device), c.expect_supported);
-    flash_fwd_hopper(p, nullptr);
+    if (c.dispatch != nullptr) {
+      EXPECT_TRUE(c.dispatch->allow_hopper);
+      detail::flash_attention_forward(p, *c.dispatch, nullptr);
+    } else {
+      flash_fwd_hopper(p, nullptr);
+    }
   } else {
     detail::FlashFwdOptions mma_only;  // the public entry point would dispatch to the Hopper kernel
     mma_only.allow_hopper = false;
@@ -180,8 +190,8 @@ void run_and_check(const Case& c, bool vs_old = true) {
   HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
   HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
   HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  testing::fill_normal(q, seed);
-  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(q, seed, c.qk_stddev);
+  testing::fill_normal(k, seed + 1, c.qk_stddev);
   testing::fill_normal(v, seed + 2);
   const int64_t lse_n = c.B * c.Hq * c.Sq;
   const BlockListView* hb = c.blocks ? &c.blocks->host_view : nullptr;
@@ -636,8 +646,7 @@ TEST(FlashForwardHopper, AlibiOneChunk) {
   c.kv_pos = PositionMap::strided(0, 3, 400);
   c.mask = Mask::make_causal();
   run_and_check(c);
-  // q_pos == kv_pos (one chunk): taken up to 8192 keys (beyond, supported() leaves it to the mma.sync kernel's
-  // ALiBi cutoff; SupportedSaysNoOutsideItsScope checks the limit).
+  // q_pos == kv_pos (one chunk), called directly: the kernel without its ALiBi cutoff (the cutoff: AlibiCutoff*).
   c.name = "hopper_alibi_self_causal";
   c.Sq = 1000, c.Skv = 1000;
   c.q_pos = PositionMap::contiguous(0, 1000);
@@ -754,8 +763,8 @@ void run_grids(const Case& c) {
   HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
   HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
   HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  testing::fill_normal(q, seed);
-  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(q, seed, c.qk_stddev);
+  testing::fill_normal(k, seed + 1, c.qk_stddev);
   testing::fill_normal(v, seed + 2);
   const Outputs ref = run_gpu(c, q, k, v, /*hopper=*/true);
   for (int ctas : {1, 3, 7, 0}) {
@@ -885,6 +894,256 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
   for (int ctas : {1, 5, 0}) expect_same_bits(automatic, run(ctas), "accumulate grid " + std::to_string(ctas));
 }
 
+// ---- ALiBi cutoff (hopper/flash_fwd_hopper_plan.h) -------------------------------------------------------------
+// The kernel leaves out the kv tiles whose exp2 underflows to exactly 0 for every element (same bound as the mma.sync
+// kernel's, test_flash_fwd.cc check_alibi_cutoff), through flash_attention_forward (pre-pass + plan).
+
+// The standard slope rule for a power-of-2 head count, 2^(-8 (h + 1) / H), times `scale` (steeper: more is cut).
+std::vector<float> rule_slopes(int64_t H, float scale) {
+  std::vector<float> s(static_cast<size_t>(H));
+  for (int64_t h = 0; h < H; ++h)
+    s[static_cast<size_t>(h)] = scale * static_cast<float>(std::exp2(-8.0 * static_cast<double>(h + 1) / H));
+  return s;
+}
+
+// Largest squared norm of rows [r0, r1) of x[b, :, h, :] (fp64 on the 16-bit values).
+double norm_sq_max(const HostTensor& x, int64_t b, int64_t h, int64_t r0, int64_t r1, int64_t D) {
+  double mx = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    double n = 0;
+    for (int64_t d = 0; d < D; ++d) n += x.get(b, r, h, d) * x.get(b, r, h, d);
+    mx = std::max(mx, n);
+  }
+  return mx;
+}
+
+// Cutoff on at any key count (the default starts at 4096 keys), Hopper allowed; its walk with nothing skipped; off.
+const detail::FlashFwdOptions kCutOn{true, true, true, 0};
+const detail::FlashFwdOptions kCutRef{true, false, true, 0};
+const detail::FlashFwdOptions kCutOff{false, true, true, 0};
+
+// One call in the cutoff's domain (ALiBi, q_pos == kv_pos as one chunk, Sq == Skv, no block list), checked:
+//  1. with the cutoff, against fp64 (2x naive) and the mma.sync kernel (run_and_check);
+//  2. bit for bit, on other inputs: the cutoff == its walk with nothing skipped; under a causal band also == no cutoff
+//     at all (the same walk order there; non-causal walks start at the diagonal only with the cutoff); every LSE
+//     finite (every row sees its own key);
+//  3. NaN in the V rows of the far kv tiles (tile 0, and non-causal also the last tile): a visited tile carries NaN
+//  into
+//     O (0 * NaN), a skipped one cannot. Per (batch, head, q tile), the host evaluates the kernel's own bound
+//     (alibi_cutoff_rows on fp64 norms) and the band's range (chunk_rows): a poisoned tile farther than the bound +
+//     (2% + 2 rows) must be skipped (O finite when all poisoned tiles are), one nearer than the bound - (2% + 2 rows)
+//     or with no bound must be visited (O NaN); in between (fp32 rounding of the norms) nothing is asserted. The
+//     reference run (nothing skipped) must be NaN wherever a poisoned tile is in the band's range.
+// expect_cut: 1 some (q tile, head) must skip a poisoned tile; 0 none may (the bound never clears); -1 either.
+void check_hopper_cutoff(Case c, int expect_cut) {
+  ASSERT_TRUE(!c.slopes.empty() && c.blocks == nullptr && c.Sq == c.Skv && c.D == 128);
+  c.dispatch = &kCutOn;
+  run_and_check(c);
+  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000 + 7;
+  SCOPED_TRACE("cutoff case " + c.name + " seed " + std::to_string(seed));
+  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
+  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
+  testing::fill_normal(q, seed, c.qk_stddev);
+  testing::fill_normal(k, seed + 1, c.qk_stddev);
+  testing::fill_normal(v, seed + 2);
+  Case off = c, ref = c;
+  ref.dispatch = &kCutRef;
+  off.dispatch = &kCutOff;
+  const Outputs on = run_gpu(c, q, k, v, true);
+  expect_same_bits(on, run_gpu(ref, q, k, v, true), "cutoff vs nothing skipped");
+  if (c.mask.causal) expect_same_bits(on, run_gpu(off, q, k, v, true), "cutoff vs no cutoff (causal)");
+  int64_t non_finite = 0;
+  for (float x : on.lse) non_finite += std::isfinite(x) ? 0 : 1;
+  EXPECT_EQ(non_finite, 0);
+
+  const int64_t S = c.Sq, M = (S + 127) / 128, L = M - 1;
+  if (M < 3) return;  // the far tiles would be diagonal ones
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hkv; ++h)
+      for (int64_t d = 0; d < c.D; ++d) {
+        for (int64_t j = 0; j < 128; ++j) v.set(b, j, h, d, std::nan(""));
+        if (!c.mask.causal)
+          for (int64_t j = L * 128; j < S; ++j) v.set(b, j, h, d, std::nan(""));
+      }
+  const Outputs on_nan = run_gpu(c, q, k, v, true);
+  const Outputs ref_nan = run_gpu(ref, q, k, v, true);
+
+  const PositionMap pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, S);
+  ASSERT_EQ(pos.num_chunks, 1);
+  const int64_t start = pos.chunks[0].start, stride = pos.chunks[0].stride;
+  const DiagonalBand band = DiagonalBand::from_mask(c.mask);
+  const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(c.D)));
+  int64_t n_skip = 0, n_visit = 0, n_ref = 0;
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hq; ++h) {
+      const int64_t hk = h / (c.Hq / c.Hkv);
+      const double kn = norm_sq_max(k, b, hk, 0, S, c.D);
+      for (int64_t m = 1; m < (c.mask.causal ? M : L); ++m) {
+        const int64_t m0 = m * 128, m_last = std::min(m0 + 128, S) - 1;
+        const int rows =
+            hopper::alibi_cutoff_rows(scale_log2, stride, static_cast<float>(norm_sq_max(q, b, h, m0, m_last + 1, c.D)),
+                                      static_cast<float>(kn), c.slopes[static_cast<size_t>(h)]);
+        int lo, hi;
+        hopper::chunk_rows(start + m0 * stride, start + m_last * stride, band.lo, band.hi, start, stride, 0,
+                           static_cast<int>(S), &lo, &hi);
+        // Poisoned tiles: 0 (gap m0 - 127 rows to the q tile) and, non-causal, L (gap L * 128 - m0 - 127).
+        bool any_in_band = false, sure_visit = false, all_sure_skip = true;
+        for (int64_t t : {int64_t{0}, c.mask.causal ? int64_t{-1} : L}) {
+          if (t < 0 || t < lo / 128 || t > hi / 128) continue;  // outside the band's range: never visited
+          any_in_band = true;
+          const int64_t gap = t == 0 ? m0 - 127 : L * 128 - (m0 + 127);
+          if (rows < 0 || gap < rows * 0.98 - 2) sure_visit = true;
+          if (!(rows >= 0 && gap >= rows * 1.02 + 2)) all_sure_skip = false;
+        }
+        if (!any_in_band) continue;
+        for (int64_t i = m0; i <= m_last; ++i) {
+          for (int64_t d : {int64_t{0}, c.D - 1}) {
+            ++n_ref;
+            EXPECT_TRUE(std::isnan(ref_nan.o.get(b, i, h, d))) << "reference skipped a tile: row " << i << " h " << h;
+            if (sure_visit) {
+              ++n_visit;
+              EXPECT_TRUE(std::isnan(on_nan.o.get(b, i, h, d)))
+                  << "a tile within the bound (" << rows << " rows) was skipped: row " << i << " h " << h;
+            } else if (all_sure_skip) {
+              ++n_skip;
+              EXPECT_TRUE(std::isfinite(on_nan.o.get(b, i, h, d)))
+                  << "a far tile was visited (bound " << rows << " rows): row " << i << " h " << h << " b " << b;
+            }
+          }
+        }
+      }
+    }
+  EXPECT_GT(n_ref, 0);
+  if (expect_cut > 0) EXPECT_GT(n_skip, 0) << "no far tile was provably skippable: the case tests nothing";
+  if (expect_cut == 0) {
+    EXPECT_EQ(n_skip, 0);
+    EXPECT_GT(n_visit, 0);
+  }
+}
+
+TEST(FlashForwardHopper, AlibiCutoffBitIdentical) {
+  REQUIRE_HOPPER();
+  for (bool causal : {true, false}) {
+    const std::string tag = causal ? "causal" : "noncausal";
+    Case c;
+    c.mask = causal ? Mask::make_causal() : Mask::none();
+    // Steep slopes (1024x the 4-head rule: 256, 64, 16, 4): everything beyond the diagonal tile is cut for the
+    // steepest heads; GQA 2, two batches, an odd length.
+    c.name = "hopper_cutoff_steep_" + tag;
+    c.B = 2, c.Sq = c.Skv = 1000, c.Hq = 4, c.Hkv = 2;
+    c.slopes = rule_slopes(4, 1024.f);
+    check_hopper_cutoff(c, 1);
+    // 8x the rule (2 .. 0.03): part of the tiles cut for the steeper heads.
+    c.name = "hopper_cutoff_medium_" + tag;
+    c.slopes = rule_slopes(4, 8.f);
+    check_hopper_cutoff(c, 1);
+    // The plain rule (0.25 .. 0.004), fp16, longer and odd: only the steep heads' far tiles go.
+    c.name = "hopper_cutoff_shallow_fp16_" + tag;
+    c.dtype = DType::kFloat16;
+    c.B = 1, c.Sq = c.Skv = 2900, c.Hq = 4, c.Hkv = 4;
+    c.slopes = rule_slopes(4, 1.f);
+    check_hopper_cutoff(c, 1);
+    // Large q and k (stddev 30; slopes 2 .. 0.03): |q.k| may reach the bias of every distance here: nothing cut.
+    c.name = "hopper_cutoff_large_norms_" + tag;
+    c.dtype = DType::kBFloat16;
+    c.Sq = c.Skv = 777, c.Hq = 2, c.Hkv = 2;
+    c.slopes = rule_slopes(2, 8.f);
+    c.qk_stddev = 30.0;
+    check_hopper_cutoff(c, 0);
+    // A strided map starting at 5 (the same for q and kv), a window, padded strides.
+    c.name = "hopper_cutoff_strided_window_padded_" + tag;
+    c.qk_stddev = 1.0;
+    c.Sq = c.Skv = 900, c.Hq = 2, c.Hkv = 1;
+    c.q_pos = c.kv_pos = PositionMap::strided(5, 3, 900);
+    c.mask = causal ? Mask::make_causal(1000) : Mask::make_window(700);
+    c.slopes = rule_slopes(2, 2.f);
+    c.head_pad = 8, c.row_pad = 16;
+    check_hopper_cutoff(c, -1);
+    // A single short tile (nothing beyond the diagonal to cut), positions from 3.
+    c.name = "hopper_cutoff_short_" + tag;
+    c.Sq = c.Skv = 100;
+    c.q_pos = c.kv_pos = PositionMap::contiguous(3, 100);
+    c.mask = causal ? Mask::make_causal() : Mask::none();
+    c.head_pad = c.row_pad = 0;
+    check_hopper_cutoff(c, -1);
+  }
+}
+
+// Longer problems: 36 q tiles (one CTA per unit: M > 32) and 20 (persistent), the plain 8-head rule, GQA 4.
+TEST(FlashForwardHopper, AlibiCutoffLongBothSchedules) {
+  REQUIRE_HOPPER();
+  for (bool causal : {true, false}) {
+    Case c;
+    c.mask = causal ? Mask::make_causal() : Mask::none();
+    c.Hq = 8, c.Hkv = 2;
+    c.slopes = rule_slopes(8, 1.f);
+    c.name = std::string("hopper_cutoff_4500_") + (causal ? "causal" : "noncausal");
+    c.Sq = c.Skv = 4500;
+    check_hopper_cutoff(c, 1);
+    c.name = std::string("hopper_cutoff_2560_window_") + (causal ? "causal" : "noncausal");
+    c.Sq = c.Skv = 2560;
+    c.mask = causal ? Mask::make_causal(2000) : Mask::make_window(1500);
+    check_hopper_cutoff(c, 1);
+  }
+}
+
+// The persistent schedule with the cutoff: units of uneven, cut plans; the CTA count must not change a bit.
+TEST(FlashForwardHopper, AlibiCutoffPersistentGrids) {
+  REQUIRE_HOPPER();
+  Case c;
+  c.dispatch = &kCutOn;
+  c.name = "hopper_grid_cutoff_causal";
+  c.B = 3, c.Sq = c.Skv = 700, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.slopes = rule_slopes(4, 64.f);
+  run_grids(c);
+  c.name = "hopper_grid_cutoff_noncausal_fp16";
+  c.dtype = DType::kFloat16;
+  c.mask = Mask::none();
+  run_grids(c);
+}
+
+// flash_fwd_hopper with a cutoff it cannot apply throws naming "cutoff", before anything is launched.
+TEST(FlashForwardHopper, AlibiCutoffArgumentsChecked) {
+  REQUIRE_HOPPER();
+  DeviceArray<float> buf(int64_t{4 * 256 * 128});
+  DeviceArray<float> out(int64_t{4 * 256 * 128});  // o needs its own storage (validate_forward refuses aliasing)
+  DeviceArray<float> norms(int64_t{64});
+  DeviceArray<float> slopes(std::vector<float>{0.5f, 0.25f});
+  AttnParams p;
+  p.q = p.k = p.v = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 2, 128);
+  p.o = TensorView::packed(out.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 2, 128);
+  p.q_pos = p.kv_pos = PositionMap::contiguous(0, 256);
+  p.alibi_slopes = slopes.ptr;
+  validate_forward(p, Device::kCuda);
+  FlashFwdHopperCutoff cut;
+  cut.mode = 1;
+  cut.kv_norm_sq_max = norms.ptr;
+  cut.q_norm_sq_max = norms.ptr + 2;
+  auto expect_throw = [&](const AttnParams& a, const FlashFwdHopperCutoff& x, const char* what) {
+    try {
+      flash_fwd_hopper(a, x, nullptr);
+      ADD_FAILURE() << "no throw: " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cutoff"), std::string::npos) << e.what();
+    }
+  };
+  FlashFwdHopperCutoff bad = cut;
+  bad.mode = 3;
+  expect_throw(p, bad, "mode 3");
+  bad = cut;
+  bad.q_norm_sq_max = nullptr;
+  expect_throw(p, bad, "no q norms");
+  AttnParams a = p;
+  a.alibi_slopes = nullptr;
+  expect_throw(a, cut, "no ALiBi");
+  a = p;
+  a.kv_pos = PositionMap::contiguous(1, 256);
+  expect_throw(a, cut, "kv_pos != q_pos");
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
   REQUIRE_HOPPER();
   int device = 0;
@@ -899,17 +1158,18 @@ TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
   EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
   a = p;
   float slope = 0.5f;
-  a.alibi_slopes = &slope;  // q_pos == kv_pos, one chunk: the ALiBi cutoff case, taken up to 8192 keys
+  a.alibi_slopes = &slope;  // q_pos == kv_pos, one chunk: the ALiBi cutoff case, taken at any length
   EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
   {
-    // Shapes only (nothing is launched or read): 8192 keys taken, 8193 left to the mma.sync kernel's cutoff.
+    // Shapes only (nothing is launched or read): taken beyond 8192 keys too (the former limit, from before this
+    // kernel had the cutoff), unless DISTATTN_ALIBI_HOPPER_MAX_KV sets one for an A/B run.
     AttnParams l = a;
     l.q = l.k = l.v = l.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 8192, 2, 128);
     l.q_pos = l.kv_pos = PositionMap::contiguous(0, 8192);
-    EXPECT_TRUE(flash_fwd_hopper_supported(l, device));
-    l.q = l.k = l.v = l.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 8193, 2, 128);
-    l.q_pos = l.kv_pos = PositionMap::contiguous(0, 8193);
-    if (std::getenv("DISTATTN_ALIBI_HOPPER_MAX_KV") == nullptr) EXPECT_FALSE(flash_fwd_hopper_supported(l, device));
+    if (std::getenv("DISTATTN_ALIBI_HOPPER_MAX_KV") == nullptr) EXPECT_TRUE(flash_fwd_hopper_supported(l, device));
+    l.q = l.k = l.v = l.o = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 65537, 2, 128);
+    l.q_pos = l.kv_pos = PositionMap::contiguous(0, 65537);
+    if (std::getenv("DISTATTN_ALIBI_HOPPER_MAX_KV") == nullptr) EXPECT_TRUE(flash_fwd_hopper_supported(l, device));
     l.alibi_slopes = nullptr;  // without ALiBi: taken at any length
     EXPECT_TRUE(flash_fwd_hopper_supported(l, device));
   }

@@ -15,9 +15,9 @@ namespace distattn {
 
 // True when the Hopper kernel handles `p` on CUDA device `device`: the device is compute capability 9.0 and
 // the library holds sm_90a code for the kernel; q is bf16 or fp16 with head dim 128; o in the dtype of q or
-// fp32 (plain mode), or accumulate mode (o fp32, lse set); ALiBi except with a block list, or where q_pos == kv_pos
-// (one identical chunk) with more than 8192 keys (DISTATTN_ALIBI_HOPPER_MAX_KV: the mma.sync kernel's exact ALiBi
-// cutoff is faster there); q_pos and kv_pos of up to 8 chunks
+// fp32 (plain mode), or accumulate mode (o fp32, lse set); ALiBi except with a block list (and, only when the
+// environment variable DISTATTN_ALIBI_HOPPER_MAX_KV=N is set, except where q_pos == kv_pos as one identical chunk with
+// more than N keys: A/B runs against the mma.sync kernel's ALiBi cutoff); q_pos and kv_pos of up to 8 chunks
 // each whose boundaries (prefix sums of the chunk lengths; the sequence end excepted) are multiples of 128 rows (one
 // chunk: any map; zigzag shards with chunk lengths a multiple of 128); any causal / window band and optional block
 // list; every row / head / batch stride a positive multiple of 16 bytes (strides of size-1 dimensions ignored), base
@@ -30,6 +30,21 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device);
 // Writes o [B, Sq, Hq, 128] and, when p.lse is not null, lse [B, Hq, Sq]. Throws distattn::Error when a TMA
 // descriptor cannot be built (argument "q", "k" or "v") or a CUDA call fails.
 void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream);
+
+// The ALiBi underflow cutoff of one call (hopper/flash_fwd_hopper_plan.h): the kernel leaves out the kv tiles whose
+// exp2 is exactly 0 for every element, with the same bound as the mma.sync kernel, bit-identical to the walk without
+// skipping. Valid only where its premises hold (flash_attention_forward checks them: ALiBi, no block list, q_pos ==
+// kv_pos as one chunk); the norms are written on the same stream before the kernel (kernels::run_qk_norm_sq_max).
+struct FlashFwdHopperCutoff {
+  int mode = 0;                           // 0: off; 1 (causal) or 2 (non-causal): on
+  bool skip = true;                       // false: the cutoff's walk order (diagonal tile first), nothing skipped
+  const float* kv_norm_sq_max = nullptr;  // [B, Hkv] fp32 device: max over kv rows of ||k_row||^2 (+inf if not finite)
+  const float* q_norm_sq_max = nullptr;   // [B, Hq, ceil(Sq / 128)] fp32 device: max over each 128-row q tile
+};
+
+// flash_fwd_hopper with the ALiBi cutoff (`cutoff.mode` 0: exactly the call above). Same requirements, outputs and
+// throws; additionally throws distattn::Error (argument "cutoff") when the mode is on without ALiBi or a norm pointer.
+void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, cudaStream_t stream);
 
 // The kernel walks work units (q tile of 128 rows, q head, batch; hopper/flash_fwd_hopper_scheduler.h): for short
 // problems (Sq <= 4096) persistently, one CTA per SM each walking a share; otherwise one CTA per unit. For tests and

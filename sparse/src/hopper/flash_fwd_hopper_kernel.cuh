@@ -46,6 +46,12 @@
 //     part coef e_row goes into the softmax's max and exp per row (row_off), not per element;
 //   straddling the diagonal (both signs): |d| per element from a small per-row integer (exact below 2^24): 3 ops.
 //
+// ALiBi cutoff (p.alibi_cutoff, flash_fwd_hopper_plan.h): where q_pos == kv_pos as one chunk, keys far from the
+// diagonal get a bias so negative that their exp2 is exactly 0 for every element; the producer then leaves their tiles
+// out of the unit's plan (write_cutoff_plan, from the pre-computed max q norm of the tile and max k norm of the kv
+// head: the mma.sync kernel's bound) and the walk starts at the diagonal tile. Skipped tiles would have changed no bit
+// of O or LSE; alibi_cutoff_skip = false walks the same order without skipping (the tests' reference).
+//
 // Position maps: up to 8 chunks per side whose boundaries are multiples of 128 rows (flash_fwd_hopper_supported),
 // so every q tile and kv tile lies in one chunk and its positions are affine (start + row * stride).
 // Tiles visited: with a dense band, inside each kv chunk the kv rows any q row of the tile can see form one
@@ -63,6 +69,7 @@
 
 #include "distattn/core/mask.h"
 #include "flash_fwd_hopper_params.h"
+#include "flash_fwd_hopper_plan.h"
 #include "flash_fwd_hopper_scheduler.h"
 #include "hopper_primitives.cuh"
 
@@ -87,10 +94,10 @@ struct FwdConfig {
   static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers (2 + 4 kStages of 8 bytes)
   static constexpr int kMaxChunks = FlashFwdHopperParams::kMaxChunks;
   // Dense plan of a work unit, two slots (unit k of the CTA uses slot k % 2; the producer thread writes it before
-  // the unit's bar_q arrival): int total, then per kv chunk c the kv tiles [seg_first[c], seg_first[c] +
-  // seg_count[c]) the q tile may see.
+  // the unit's bar_q arrival): tile count and segments of kv tiles (flash_fwd_hopper_plan.h): per kv chunk c the kv
+  // tiles the q tile may see, or with the ALiBi cutoff the two segments of write_cutoff_plan.
   static constexpr int kPlanSlotInts = 32;        // 128 bytes per slot
-  static constexpr int kOffPlan = kOffBar + 128;  // int plan[0] = total; [kPlanFirst + c], [kPlanCount + c]
+  static constexpr int kOffPlan = kOffBar + 128;  // int slots of the layout in flash_fwd_hopper_plan.h
   // Row-range mask table: int2 [kMaxChunks][kBlockM] = visible global kv rows [lo, hi] of each q row of the tile
   // inside kv chunk c (band and chunk end; empty when lo > hi); written once per work unit by the consumers (each
   // warp its own rows).
@@ -125,8 +132,10 @@ __host__ __device__ __forceinline__ Affine chunk_affine(const int (&rows)[FwdCon
   return a;
 }
 
-constexpr int kPlanFirst = 4;                                   // plan[kPlanFirst + c]: first tile of chunk c
-constexpr int kPlanCount = kPlanFirst + FwdConfig::kMaxChunks;  // plan[kPlanCount + c]: its tile count
+// Plan slot layout (kPlanTotal, kPlanSegments, kPlanFirst, kPlanCount) and its walk: flash_fwd_hopper_plan.h.
+static_assert(kPlanCount + FwdConfig::kMaxChunks <= FwdConfig::kPlanSlotInts, "the plan fits its slot");
+static_assert(kPlanTileRows == FwdConfig::kBlockN && kPlanTileRows == FwdConfig::kBlockM,
+              "plan tiles are kernel tiles");
 
 // Which kv tiles a CTA visits (same answer in every thread: producer and consumers walk in lockstep).
 struct TilePlan {
@@ -137,19 +146,7 @@ struct TilePlan {
   int64_t q_step = 1;  // q position step inside the tile (its chunk's stride)
 };
 
-// Visible rows [lo, hi] (local, clipped to the chunk [row_c, row_c + len - 1]; empty when lo > hi) of kv chunk
-// (start, stride, row_c, len) for q positions [q_lo, q_hi] under the band: pos_k in [q_lo - band_hi, q_hi -
-// band_lo]. Divisions only when the stride is not 1.
-__host__ __device__ __forceinline__ void chunk_rows(int64_t q_lo, int64_t q_hi, int64_t band_lo, int64_t band_hi,
-                                                    int64_t start, int64_t stride, int row_c, int len, int* lo,
-                                                    int* hi) {
-  const int64_t lo_pos = q_lo - band_hi - start;
-  const int64_t hi_pos = q_hi - band_lo - start;
-  const int64_t l = lo_pos <= 0 ? 0 : (stride == 1 ? lo_pos : (lo_pos + stride - 1) / stride);
-  const int64_t h = hi_pos < 0 ? -1 : (stride == 1 ? hi_pos : hi_pos / stride);
-  *lo = row_c + static_cast<int>(l < len ? l : static_cast<int64_t>(len));
-  *hi = row_c + static_cast<int>(h < len - 1 ? h : static_cast<int64_t>(len - 1));
-}
+// chunk_rows (the visible kv rows of one chunk for a q position range): flash_fwd_hopper_plan.h.
 
 // Every thread: q positions and block-list range. Thread 0 (write_segments) also writes the dense plan's per-chunk
 // tile segments to shared memory; count is then read back after the first __syncthreads (read_count).
@@ -186,21 +183,17 @@ __device__ __forceinline__ void write_segments(const FlashFwdHopperParams& p, co
     plan[kPlanCount + c] = count;
     total += count;
   }
-  plan[0] = total;
+  plan[kPlanSegments] = p.kv_chunks;
+  plan[kPlanTotal] = total;
 }
 
 // kv tile of step `it` (walked last to first) and, for block lists, its CSR index.
 __device__ __forceinline__ int plan_tile(const FlashFwdHopperParams& p, const TilePlan& t, int it, int* idx,
                                          const int* plan) {
-  int j = t.count - 1 - it;
+  const int j = t.count - 1 - it;
   *idx = t.first + j;
   if (p.has_blocks) return __ldg(p.block_col_index + t.first + j);
-  for (int c = 0; c < p.kv_chunks; ++c) {
-    const int count = plan[kPlanCount + c];
-    if (j < count) return plan[kPlanFirst + c] + j;
-    j -= count;
-  }
-  return 0;  // not reached: 0 <= it < count
+  return plan_segment_tile(plan, it);  // dense: the segments of the plan slot (write_segments, write_cutoff_plan)
 }
 #endif
 
@@ -387,10 +380,30 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         const int h_kv = u.h / p.head_group;
         TilePlan plan = make_plan(p, u.m_block);
         int* const tile_plan = plan_slots + (k & 1) * C::kPlanSlotInts;
+        // ALiBi cutoff (flash_fwd_hopper_plan.h): the unit's q tile norm, its kv head's key norm and its slope, loaded
+        // before the wait below so that their latency hides behind it.
+        float cut_q = 0.f, cut_k = 0.f, cut_slope = 0.f;
+        if (kAlibi && p.alibi_cutoff != 0) {
+          // q_norm_sq_max [B, Hq, M], kv_norm_sq_max [B, Hkv]
+          cut_q = __ldg(p.q_norm_sq_max + (static_cast<int64_t>(u.b) * p.heads_q + u.h) * p.num_m_blocks + u.m_block);
+          cut_k = __ldg(p.kv_norm_sq_max + static_cast<int64_t>(u.b) * (p.heads_q / p.head_group) + h_kv);
+          cut_slope = __ldg(p.alibi_slopes + u.h);
+        }
         if (k > 0) mbar_wait(bar_q_empty, (k - 1) & 1);
         if (!p.has_blocks) {
-          write_segments(p, plan, tile_plan);
-          plan.count = tile_plan[0];
+          if (kAlibi && p.alibi_cutoff != 0) {
+            // One kv chunk equal to the q chunk (the cutoff's premise): the q tile's visible kv rows [lo, hi], less
+            // the tiles whose exp2 underflows for every element, walked diagonal tile first.
+            const int rows =
+                p.alibi_cutoff_skip ? alibi_cutoff_rows(p.scale_log2, p.q_stride[0], cut_q, cut_k, cut_slope) : -1;
+            int lo, hi;
+            chunk_rows(plan.q_min, plan.q_max, p.band_lo, p.band_hi, p.kv_start[0], p.kv_stride[0], p.kv_row[0],
+                       p.kv_row[1] - p.kv_row[0], &lo, &hi);
+            write_cutoff_plan(u.m_block, lo, hi, rows, tile_plan);
+          } else {
+            write_segments(p, plan, tile_plan);
+          }
+          plan.count = tile_plan[kPlanTotal];
         }
         if (plan.count == 0) {
           mbar_arrive(bar_q);  // release: the consumers read the plan (count 0) after their wait
@@ -474,6 +487,21 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     float row_max[2] = {-INFINITY, -INFINITY};  // running max of the raw q.k per row (unscaled)
     float row_sum[2] = {0.f, 0.f};              // this thread's partial sums of exp2(q.k * scale_log2 - max)
 
+    // Accumulate mode: the epilogue reads this unit's old O rows where their running LSE is finite (rows at -inf
+    // hold no accumulation yet and are never read). Lane 0 of each quad loads its two rows' LSE now and, after the
+    // Q wait (the load's latency hides behind the mask table and the wait), prefetches those O rows to L2 so the
+    // read-modify-write at the end of the unit does not wait for DRAM (512 bytes per fp32 row = four 128-byte lines).
+    float lse_pf[2] = {-INFINITY, -INFINITY};
+    if (p.accumulate && (lane % 4) == 0) {
+      const float* lse_rows =
+          p.lse_ptr + static_cast<int64_t>(b) * p.lse_batch_stride + static_cast<int64_t>(h) * p.lse_head_stride;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = m0 + row0 + 8 * r;
+        if (row < p.seqlen_q) lse_pf[r] = __ldcg(lse_rows + row);
+      }
+    }
+
     // Row-range mask table: visible kv rows of this thread's two rows inside each kv chunk (band and chunk end,
     // hence Skv for the last chunk), written once per unit by lane 0 of each quad (the quad shares the rows; only
     // this warp reads them) and read back only on tiles that need the band mask. The first __syncwarp keeps the
@@ -515,26 +543,21 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     const float alibi_slope = kAlibi ? __ldg(p.alibi_slopes + h) : 0.f;
     const float alibi_coef = kAlibi ? -alibi_slope / p.softmax_scale : 0.f;
 
-    // Accumulate mode: the epilogue reads this unit's old O rows and LSE; start bringing them to L2 now, so the
-    // read-modify-write at the end of the unit does not wait for DRAM (lane 0 of a quad: its two rows, 512 bytes
-    // each in fp32 = four 128-byte lines).
-    if (p.accumulate && (lane % 4) == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = m0 + row0 + 8 * r;
-        if (row < p.seqlen_q) {
-          const float* o_row = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
-                               static_cast<int64_t>(h) * p.o_head_stride + static_cast<int64_t>(row) * p.o_row_stride;
-#pragma unroll
-          for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
-        }
-      }
-    }
-
     // Q tile prologue: the producer arrives on bar_q once per unit (with Q's bytes when the unit visits a tile);
     // after the wait, Q is in sQ and the unit's dense plan is in its slot.
     mbar_wait(bar_q, k & 1);
-    if (!p.has_blocks) plan.count = tile_plan[0];
+    if (!p.has_blocks) plan.count = tile_plan[kPlanTotal];
+    if (p.accumulate && (lane % 4) == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (lse_pf[r] == -INFINITY) continue;  // also rows >= Sq
+        const float* o_row = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
+                             static_cast<int64_t>(h) * p.o_head_stride +
+                             static_cast<int64_t>(m0 + row0 + 8 * r) * p.o_row_stride;
+#pragma unroll
+        for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
+      }
+    }
 
     float sc[64];
     uint32_t pa[32];
@@ -742,6 +765,9 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     } else {
       // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse - L) + O_b e^(LSE_b - L).
       // The four lanes of a quad share a row: all read the old lse before any lane writes the new one.
+      // Final mode (o_final_ptr set): the merged row goes to o_final in T (every row: 0 where both parts are
+      // empty), rounded as the separate cast pass would round it; o is only read.
+      const bool final_out = p.o_final_ptr != nullptr;
       float lse_old[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -752,24 +778,44 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = m0 + row0 + 8 * r;
+        if (row >= p.seqlen_q) continue;
         const float la = lse_old[r], lb = lse[r];
         const float mx = fmaxf(la, lb);
-        // Both -inf: nothing visible in either part; the accumulator stays as it is.
-        if (row >= p.seqlen_q || mx == -INFINITY) continue;
+        T* f_row = final_out ? static_cast<T*>(p.o_final_ptr) + static_cast<int64_t>(b) * p.o_final_batch_stride +
+                                   static_cast<int64_t>(h) * p.o_final_head_stride +
+                                   static_cast<int64_t>(row) * p.o_final_row_stride + col_base
+                             : nullptr;
+        if (mx == -INFINITY) {
+          // Both -inf: nothing visible in either part; the accumulator stays as it is (final: O = 0).
+          if (final_out) {
+#pragma unroll
+            for (int c = 0; c < 16; ++c) *reinterpret_cast<uint32_t*>(f_row + 8 * c) = 0u;
+          }
+          continue;
+        }
         const float L = mx + logf(expf(la - mx) + expf(lb - mx));
         const float w_old = expf(la - L);           // 0 when la = -inf
         const float w_new = expf(lb - L) * inv[r];  // 0 when lb = -inf
+        // w_old == 0 (la = -inf, or underflow): the old value is neither read nor used (a fresh accumulator
+        // holds garbage; 0 * inf or NaN would poison the sum).
+        const bool read_old = w_old > 0.f;
         float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+        // All 16 loads of the row are issued before any store: with a store into o_final (another pointer the
+        // compiler cannot prove distinct) between them, each load would wait for the previous store, i.e. 16 DRAM
+        // round trips in a row (measured: accumulate calls 1.5-1.7x slower on an H200).
+        float2 old[16];
+#pragma unroll
+        for (int c = 0; c < 16; ++c)
+          old[c] = read_old ? __ldcg(reinterpret_cast<const float2*>(o_row + 8 * c)) : make_float2(0.f, 0.f);
 #pragma unroll
         for (int c = 0; c < 16; ++c) {
-          float2* ptr = reinterpret_cast<float2*>(o_row + 8 * c);
-          float2 old = *ptr;
-          // w_old == 0: the old value is not used (select, not multiply: 0 * inf would be NaN).
-          old.x = w_old > 0.f ? old.x * w_old : 0.f;
-          old.y = w_old > 0.f ? old.y * w_old : 0.f;
-          old.x = fmaf(o[4 * c + 2 * r], w_new, old.x);
-          old.y = fmaf(o[4 * c + 2 * r + 1], w_new, old.y);
-          *ptr = old;
+          const float x = fmaf(o[4 * c + 2 * r], w_new, old[c].x * w_old);
+          const float y = fmaf(o[4 * c + 2 * r + 1], w_new, old[c].y * w_old);
+          if (final_out) {
+            *reinterpret_cast<uint32_t*>(f_row + 8 * c) = TypeOps<T>::pack(x, y);
+          } else {
+            *reinterpret_cast<float2*>(o_row + 8 * c) = make_float2(x, y);
+          }
         }
         if ((lane % 4) == 0) lse_base[row] = L;
       }

@@ -70,6 +70,13 @@ struct FlashFwdHopperParams {
   // --- output mode ------------------------------------------------------------------------------------------
   bool accumulate = false;  // merge (O_b, LSE_b) into the fp32 accumulator o and its running lse (lse_ptr set)
   bool o_fp32 = false;      // o is fp32 (always in accumulate mode; optional in plain mode)
+  // Final accumulate (AttnParams::o_final), accumulate mode only: set, the merged normalised O is written here in
+  // the kernel's T ([B, Sq, Hq, D], o_final_ptr + b*o_final_batch_stride + s*o_final_row_stride +
+  // h*o_final_head_stride + d; 4-byte stores at even columns) and o is only read. Null: o is updated in place.
+  void* o_final_ptr = nullptr;
+  int64_t o_final_batch_stride = 0;  // elements
+  int64_t o_final_row_stride = 0;    // elements
+  int64_t o_final_head_stride = 0;   // elements
 
   // --- scores -------------------------------------------------------------------------------------------
   float scale_log2 = 0.f;     // softmax_scale * log2(e): p = exp2(q.k * scale_log2 - running max)
@@ -77,6 +84,12 @@ struct FlashFwdHopperParams {
 
   // --- ALiBi (kernel instantiation kAlibi) ------------------------------------------------------------------
   const float* alibi_slopes = nullptr;  // [Hq] fp32: bias -slope_h * |pos_q - pos_k| added to softmax_scale * q.k
+  // ALiBi underflow cutoff (flash_fwd_hopper_plan.h; set by flash_attention_forward only where its premises hold):
+  // the dense plan of a unit leaves out the kv tiles whose exp2 is exactly 0 for every element, diagonal tile first.
+  int alibi_cutoff = 0;                   // 0: off; 1 (causal) or 2 (non-causal): on (the plan is the same for both)
+  bool alibi_cutoff_skip = true;          // false: the cutoff's walk order, nothing skipped (bit-identity reference)
+  const float* kv_norm_sq_max = nullptr;  // [B, Hkv]: max over kv rows of ||k_row||^2 (+inf if one is not finite)
+  const float* q_norm_sq_max = nullptr;   // [B, Hq, M]: max over the rows of q tile m of ||q_row||^2 (likewise)
 };
 
 }  // namespace hopper

@@ -9,9 +9,17 @@
 //   the integer difference first, never with the per-row constant dropped (that would break LSE merges).
 //
 // Accumulate mode (ring steps, dilated patterns): `o` is an fp32 accumulator and `lse` its running
-// log-sum-exp (start them at 0 and -inf). The call computes this block's (O_b, LSE_b) and merges:
+// log-sum-exp (start lse at -inf; o needs no clearing, see below). The call computes this block's
+// (O_b, LSE_b) and merges:
 //   L = logaddexp(lse, LSE_b);  o = o * exp(lse - L) + O_b * exp(LSE_b - L);  lse = L
 // so no 16-bit round trip happens between steps; cast the accumulator once at the end.
+// Rows whose running lse is -inf (nothing merged yet) never read o: callers start a fresh accumulation by
+// filling lse with -inf only; o may hold anything there (garbage, NaN), it is overwritten.
+//
+// Final accumulate (accumulate with o_final set: the LAST step of an accumulation): the call merges exactly as
+// above but writes the merged, normalised O to o_final in q's dtype (every row of it: rows where neither part
+// saw a key get 0, lse -inf) and the merged LSE to lse; the fp32 o is only read (rows with finite lse), never
+// written. This saves the fp32 write of the last step and the separate cast pass.
 //
 // Backward: dO, O, LSE in (O and LSE of the COMPLETE forward, e.g. after all ring steps); dQ, dK, dV out.
 //   accumulate = true: dq, dk, dv are fp32 and this call's gradients are ADDED to them (ring steps);
@@ -45,6 +53,9 @@ struct AttnParams {
   const float* alibi_slopes = nullptr;  // [Hq] fp32 on the engine's device, or null for no ALiBi
   float softmax_scale = 0.f;            // 0: 1 / sqrt(D)
   bool accumulate = false;              // merge into (o fp32, lse) instead of writing them
+  // Accumulate mode only, optional (data null: off): [B, Sq, Hq, D] in q's dtype, the shape of o, not sharing
+  // storage with q, k, v or o. Set: the merged result goes here, normalised, and o is not written (final step).
+  TensorView o_final;
 
   float scale() const;             // softmax_scale or its default
   int64_t lse_batch_step() const;  // resolved lse_batch_stride

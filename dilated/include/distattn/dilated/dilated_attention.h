@@ -36,8 +36,10 @@
 // The patterns ACCUMULATE into one fp32 output [B, S, Hq, D] through the engine's accumulate mode: the running
 // LSE is kept in the caller's lse [B, Hq, S] and, per pattern, its kept entries are gathered into the compacted
 // layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back.
-// A rate-1 pattern (every row kept) runs first in plain mode and initialises the accumulator; otherwise it
-// starts at 0 and -inf. The accumulator is cast once into o.
+// The accumulation starts at lse = -inf (the engine never reads the accumulator of a row whose lse is -inf, so it
+// is not cleared). With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern runs LAST in the
+// engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise a rate-1
+// pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -106,6 +108,11 @@ class DilatedAttention {
   // to 4 streams forked from and joined back into the caller's stream (event waits), so one call's tail overlaps
   // the next call. false: every call on the caller's stream. Same results either way.
   void set_concurrent_calls(bool on) { concurrent_calls_ = on; }
+  // Forward with o in q's dtype and a rate-1 pattern: that pattern runs LAST in the engine's final accumulate mode
+  // (AttnParams::o_final), writing the mixed result straight into o; no fp32 write of it, no cast pass ("How it
+  // runs"). false: the previous order (rate-1 first in plain mode, cast at the end; A/B timings, tests). Results
+  // differ only by the order of the fp32 merges.
+  void set_fused_final(bool on) { fused_final_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -146,6 +153,7 @@ class DilatedAttention {
   bool fold_segments_ = true;
   bool fold_classes_ = true;
   bool concurrent_calls_ = true;
+  bool fused_final_ = true;
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
