@@ -36,8 +36,9 @@ po::options_description bench_options_description() {
       ("rotary-dim", po::value<int64_t>()->default_value(0), "rope: dims rotated (even, <= head dim; 0: all)")     //
       ("style", po::value<std::string>()->default_value("neox"), "rope: neox (rotate-half) | gptj (interleaved)")  //
       ("rope", po::bool_switch(),
-       "dense: apply RoPE (fused kernel, in place on q and k, global positions) before the attention forward and "
-       "its backward on dq, dk after the attention backward; timed with it (--rotary-dim, --style)")  //
+       "dense, ring: apply RoPE (fused kernel, in place on q and k, global positions; ring: each rank on its own "
+       "shard with the shard's global positions) before the attention forward and its backward on dq, dk after the "
+       "attention backward; timed with it (--rotary-dim, --style)")  //
       ("layout", po::value<std::string>()->default_value("zigzag"),
        "ring: shard layout zigzag | contiguous | striped")  //
       ("check-max-seq", po::value<std::string>()->default_value("4K"),
@@ -96,8 +97,9 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
                      "' (expected neox or gptj)");
   o.rope_gptj = style == "gptj";
   o.rope = vm["rope"].as<bool>();
-  DISTATTN_CHECK_ARG(!o.rope || o.op == "dense", "--rope",
-                     "only the dense op applies RoPE around attention (the rope op times RoPE alone), got -o ", o.op);
+  DISTATTN_CHECK_ARG(!o.rope || o.op == "dense" || o.op == "ring", "--rope",
+                     "only the dense and ring ops apply RoPE around attention (the rope op times RoPE alone), got -o ",
+                     o.op);
 
   o.layout = vm["layout"].as<std::string>();
   DISTATTN_CHECK_ARG(o.layout == "zigzag" || o.layout == "contiguous" || o.layout == "striped", "--layout",

@@ -20,7 +20,7 @@ struct BenchOptions {
   Pass pass = Pass::kForward;     // --pass: fwd | bwd | fwdbwd (dense, ring)
   int64_t rotary_dim = 0;         // --rotary-dim: RoPE dims rotated (0: head dim)
   bool rope_gptj = false;         // --style gptj (default neox)
-  bool rope = false;              // --rope: dense only: the fused RoPE forward on q, k (in place) before attention;
+  bool rope = false;              // --rope: dense, ring: the fused RoPE forward on q, k (in place) before attention;
                                   // --pass fwdbwd/bwd: the RoPE backward on dq, dk after (--rotary-dim, --style)
   std::string layout = "zigzag";  // --layout: ring shard layout, zigzag | contiguous | striped
   int64_t check_max_seq = 4096;   // --check-max-seq: largest S checked against the fp64 host engine

@@ -17,11 +17,12 @@ Every row becomes a flat dict ("normalised row") with these fields:
   pass, causal, window, alibi, rope, B, H, Hkv, D, dtype, ranks, seq, layout, rotary_dim, style
             the shape; defaults where a tool leaves a field out: pass "fwd" (None for rope), causal/alibi False,
             window 0, B 1, Hkv = H, ranks 1, layout None. rope: attention wrapped in the RoPE kernels (distattn_bench
-            -o dense --rope; False otherwise, also for the rope op itself); rotary_dim/style: the rope op's, or a
-            dense row's with rope, else None
+            -o dense|ring --rope; False otherwise, also for the rope op itself); rotary_dim/style: the rope op's, or
+            a dense / ring row's with rope, else None
   rate, unit   tflops (TFLOPs per GPU) when given, else gbps (GB/s); None when the run refused / errored
   time_ms, compute_ms, exposed_comm_ms, exposed_comm_pct, wrong, error
-  rope_ms, rope_share_pct   dense --rope rows: the RoPE kernels of one iteration timed alone, and their % of time_ms
+  rope_ms, rope_share_pct   dense / ring --rope rows: the RoPE kernels of one iteration timed alone (ring: max over
+            ranks), and their % of time_ms
   job       the job name of a side-by-side report (None otherwise); label: our own job label (see label_of)
   source, device, date, commit   where the row came from (file, its device, date and git commit)
 
@@ -506,8 +507,8 @@ def positional(rows, used=None):
     """Positional-encoding overhead of ours, in % of the same attention without it: {series: [(seq, percent)]}.
 
     'RoPE: <label>', 'ALiBi: <label>', 'RoPE+ALiBi: <label>': overhead_pairs (time with / time without - 1), e.g.
-    distattn_bench -o dense --rope or --alibi against the same run without.
-    'RoPE kernel alone: <label>': the RoPE kernels' share of the step: rope_share_pct of a dense --rope row (its
+    distattn_bench -o dense (or ring) --rope or --alibi against the same run without.
+    'RoPE kernel alone: <label>': the RoPE kernels' share of the step: rope_share_pct of a dense / ring --rope row (its
     RoPE kernels timed alone / its time); for results without one, the time of our rope op row (the RoPE kernel on q
     and k, nothing else) / the time of our plain forward attention row (no ALiBi, no RoPE, no window, one GPU) of
     the same S, B, H, Hkv, D, dtype (a training step also rotates dq and dk back, not timed there).

@@ -45,6 +45,18 @@
 // first `check_heads` kv heads with its shard of the single-process fp64 host engine's result on the full
 // sequence (with the same global layout when sparse); tolerance as in dense (2 * naive_err + ulp * max|ref|;
 // host mode 1e-4 * max(1, max|ref|)).
+//
+// --rope (as dense's --rope, per rank): the timed iteration is
+//   RoPE forward on this rank's q, k shards in place (one fused launch; positions = the shard's GLOBAL
+//   position map, schedule().q_pos: a rank's K rows sit at the positions of its q rows)  -> ring forward
+//   [--pass bwd/fwdbwd: -> ring backward -> RoPE backward (inverse rotation) on dq, dk in place]
+// (--pass bwd: q, k are rotated once in setup, before the ring forward that provides O and LSE). K travels
+// already rotated, so the exchange is unchanged. comp(ms) then includes the same RoPE launches (they are compute),
+// so exp(ms) stays the communication's share. The RoPE kernels of one iteration are timed alone once per size
+// (CUDA events, median of 15 after 3 warm-ups, max over ranks) and reported as rope(ms), rope% / rope_ms,
+// rope_share_pct (GPU only; null on the host engine). Check: the references see the FULL q, k rotated on the host
+// with positions 0..S-1 (rope_apply_host in the input dtype: rounded once, as the kernel does), their dq, dk
+// rotated back on the host (fp64 / input dtype), then each rank's shard is compared as above.
 #include <mpi.h>
 
 #include <algorithm>
@@ -55,6 +67,7 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <vector>
 
 #include "bench_flops.h"
 #include "bench_op.h"
@@ -66,6 +79,7 @@
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/positional/alibi.h"
+#include "distattn/positional/rope.h"
 #include "distattn/ring/ring_attention.h"
 #include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
@@ -151,6 +165,14 @@ class RingOp : public BenchOp {
                          "the ring's CUDA engine takes bf16 or fp16, got ", dtype_name(dtype_));
     }
     if (c.alibi) slopes_host_ = alibi_slopes(H_);
+    if (opt_.rope) {
+      RopeConfig config;
+      config.head_dim = D_;
+      config.rotary_dim = opt_.rotary_dim;
+      config.style = opt_.rope_gptj ? RopeStyle::kGptJ : RopeStyle::kNeoX;
+      freqs_ = make_rope_frequencies(config);
+      rotary_dim_ = opt_.rotary_dim > 0 ? opt_.rotary_dim : D_;
+    }
     // Block-sparse ring: only with --sparse-pattern given (the option's default belongs to the sparse op).
     if (opt_.sparse_pattern_given) {
       pattern_ = opt_.sparse_pattern;
@@ -189,6 +211,11 @@ class RingOp : public BenchOp {
         DISTATTN_CUDA_CHECK(
             cudaMemcpy(slopes_dev_.get(), slopes_host_.data(), slopes_dev_.bytes(), cudaMemcpyHostToDevice));
       }
+      if (opt_.rope) {
+        inv_freq_dev_ = DeviceBuffer(freqs_.inv_freq.size() * sizeof(float));
+        DISTATTN_CUDA_CHECK(
+            cudaMemcpy(inv_freq_dev_.get(), freqs_.inv_freq.data(), inv_freq_dev_.bytes(), cudaMemcpyHostToDevice));
+      }
     } else {
       comm_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
     }
@@ -201,8 +228,15 @@ class RingOp : public BenchOp {
     std::ostringstream os;
     os << "op ring: ring attention " << pass_name(opt_.pass) << " over " << N_ << " rank(s) (" << comm_->backend()
        << "), layout " << opt_.layout << ", " << dtype_name(dtype_) << ", B " << B_ << ", H " << H_ << ", Hkv " << Hkv_
-       << ", D " << D_ << ", mask " << mask_cell() << ", alibi " << (c.alibi ? "yes" : "no")
-       << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32 over MPI");
+       << ", D " << D_ << ", mask " << mask_cell() << ", alibi " << (c.alibi ? "yes" : "no") << ", rope ";
+    if (opt_.rope) {
+      os << "yes (fused kernel on the local q, k shards before, shard's global positions; "
+         << (opt_.pass == Pass::kForward ? "" : "backward on dq, dk after; ") << "rotary dim " << rotary_dim_ << ", "
+         << (opt_.rope_gptj ? "gptj" : "neox") << ")";
+    } else {
+      os << "no";
+    }
+    os << (ctx_.on_gpu() ? ", engine CUDA" : ", engine host fp32 over MPI");
     lines.push_back(os.str());
     if (block_sparse_) {
       lines.push_back("block-sparse ring: pattern " + pattern_ +
@@ -211,10 +245,13 @@ class RingOp : public BenchOp {
     }
     lines.push_back(
         "seq = GLOBAL S; each rank holds S/N rows. TFLOPs per GPU: flash formula on the global S "
-        "(4*B*S^2*H*D, causal x0.5, windows exact; fwd x1, bwd x2.5, fwdbwd x3.5) / N");
+        "(4*B*S^2*H*D, causal x0.5, windows exact; fwd x1, bwd x2.5, fwdbwd x3.5) / N" +
+        std::string(opt_.rope ? " (RoPE adds time, not FLOPs)" : ""));
     lines.push_back(
         "comp = compute-only (the ring's engine calls for this rank's schedule on its own K|V, no "
-        "exchange), exp = time - comp (exposed communication + ring bookkeeping), both max over ranks");
+        "exchange" +
+        std::string(opt_.rope ? "; + the RoPE kernels" : "") +
+        "), exp = time - comp (exposed communication + ring bookkeeping), both max over ranks");
     lines.push_back(
         "xchg = the ring's K|V hops alone (hops = N-1, fewer when steps are empty everywhere); busbw = hops*shard/xchg "
         "(= nccl-tests all-gather busbw when hops = N-1); steps = engine steps (max over ranks); "
@@ -227,6 +264,15 @@ class RingOp : public BenchOp {
        << ", each rank's shard vs its shard of the single-process fp64 host engine on the full sequence; ";
     ck << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
                          : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+    if (opt_.rope) {
+      ck << "; reference on the full q, k rotated on the host (positions 0..S-1, host RoPE in " << dtype_name(dtype_)
+         << "), gradients rotated back on the host";
+    }
+    if (opt_.rope && ctx_.on_gpu()) {
+      lines.push_back(
+          "rope(ms): the RoPE kernel(s) of one iteration timed alone (median, max over ranks); rope%: rope(ms) / "
+          "time(ms)");
+    }
     lines.push_back(ck.str());
     return lines;
   }
@@ -256,7 +302,12 @@ class RingOp : public BenchOp {
     char buf[128];
     std::snprintf(buf, sizeof(buf), " %10s %9s %6s %9s %8s %8s %7s %5s %4s", "comp(ms)", "exp(ms)", "exp%", "xchg(ms)",
                   "busbw", "peakMiB", "%dense", "steps", "hops");
-    return buf;
+    std::string h = buf;
+    if (opt_.rope && ctx_.on_gpu()) {
+      std::snprintf(buf, sizeof(buf), " %8s %6s", "rope(ms)", "rope%");
+      h += buf;
+    }
+    return h;
   }
   std::string extra_cells(int64_t seq, double time_ms) const override {
     const double exposed = time_ms - stats_.compute_ms;
@@ -264,7 +315,13 @@ class RingOp : public BenchOp {
     std::snprintf(buf, sizeof(buf), " %10.4f %9.4f %6.1f %9.4f %8.2f %8.0f %7.2f %5d %4d", stats_.compute_ms, exposed,
                   time_ms > 0 ? 100.0 * exposed / time_ms : 0.0, stats_.exchange_ms, stats_.busbw,
                   stats_.peak_bytes / (1024.0 * 1024.0), 100.0 * density(seq), stats_.steps, stats_.hops);
-    return buf;
+    std::string c = buf;
+    if (opt_.rope && ctx_.on_gpu()) {
+      const double r = rope_ms(seq);
+      std::snprintf(buf, sizeof(buf), " %8.4f %6.2f", r, time_ms > 0 ? 100.0 * r / time_ms : 0.0);
+      c += buf;
+    }
+    return c;
   }
 
   void json_options(JsonObject& out) const override {
@@ -272,7 +329,11 @@ class RingOp : public BenchOp {
     out.set("backend", comm_->backend()).set("check_kv_heads", check_kv_heads_);
     out.set("sparse_pattern", pattern_.empty() ? std::string("none") : pattern_);
     if (block_sparse_) out.set("sparse_block", opt_.sparse_block).set("sparse_random", opt_.sparse_random);
+    out.set("rope", opt_.rope);
+    if (opt_.rope) out.set("rotary_dim", rotary_dim_).set("style", opt_.rope_gptj ? "gptj" : "neox");
   }
+  // Row keys as dense's for RoPE: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels
+  // of one iteration timed alone, max over ranks, GPU only; null on the host engine) and rope_share_pct.
   void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
     row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
     row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
@@ -288,6 +349,16 @@ class RingOp : public BenchOp {
     row.set("sparse_pattern", pattern_.empty() ? std::string("none") : pattern_).set("block_sparse", block_sparse_);
     row.set("visible_pairs", static_cast<double>(visible_pairs_of(seq))).set("density", density(seq));
     row.set("steps_computed_max", stats_.steps).set("kv_hops", stats_.hops).set("grad_hops", stats_.grad_hops);
+    row.set("rope", opt_.rope);
+    if (opt_.rope) {
+      row.set("rotary_dim", rotary_dim_).set("style", opt_.rope_gptj ? "gptj" : "neox");
+      const double r = rope_ms(seq);
+      if (ctx_.on_gpu() && r > 0 && time_ms > 0) {
+        row.set("rope_ms", r).set("rope_share_pct", 100.0 * r / time_ms);
+      } else {
+        row.set_null("rope_ms").set_null("rope_share_pct");
+      }
+    }
   }
 
   void setup(int64_t seq) override {
@@ -329,7 +400,12 @@ class RingOp : public BenchOp {
     } else {
       fill_local_host(seed);
     }
-    if (opt_.pass == Pass::kBackward) ring_forward();  // bwd alone is timed against this O and LSE
+    if (opt_.rope && ctx_.on_gpu()) time_rope_kernels();  // collective (max over ranks)
+    // bwd alone is timed against this O and LSE (computed on rotated q, k with --rope).
+    if (opt_.pass == Pass::kBackward) {
+      if (opt_.rope) rope_local(false);
+      ring_forward();
+    }
 
     stats_ = SizeStats();
     stats_.steps = static_cast<int>(max_over_ranks(ring_->schedule().computed_steps()));
@@ -351,10 +427,7 @@ class RingOp : public BenchOp {
     hacc_lse_.clear(), hxbuf_.clear();
   }
 
-  void run() override {
-    if (opt_.pass != Pass::kBackward) ring_forward();
-    if (opt_.pass != Pass::kForward) ring_backward();
-  }
+  void run() override { run_pass(opt_.pass != Pass::kBackward, opt_.pass != Pass::kForward); }
 
   bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
 
@@ -388,8 +461,7 @@ class RingOp : public BenchOp {
         poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
       }
       DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      ring_forward();
-      if (bwd) ring_backward();
+      run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
       DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
       o = download(o_.get(), dtype_, B_, Sl_, H_, D_);
       lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * Sl_);
@@ -403,8 +475,7 @@ class RingOp : public BenchOp {
       if (bwd) hdout_ = dout;
       fill_nan_host(ho_), fill_nan_host(hlse_);
       if (bwd) fill_nan_host(hdq_), fill_nan_host(hdk_), fill_nan_host(hdv_);
-      ring_forward();
-      if (bwd) ring_backward();
+      run_pass(true, bwd);
       o = ho_, lse = hlse_;
       if (bwd) dq = hdq_, dk = hdk_, dv = hdv_;
     }
@@ -413,8 +484,17 @@ class RingOp : public BenchOp {
     const int64_t G = H_ / Hkv_;
     const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
     const bool naive_on = ctx_.on_gpu();
-    const TensorView q16 = head_slice(fq.view, 0, Hc), k16 = head_slice(fk.view, 0, Kc),
-                     v16 = head_slice(fv.view, 0, Kc);
+    // With --rope the references see the FULL q, k rotated on the host (positions 0..S-1) in the input dtype
+    // (what the kernel stores): a rank's shard of them is what its RoPE launch produced.
+    HostTensor q_rot, k_rot;
+    if (opt_.rope) {
+      q_rot = convert(head_slice(fq.view, 0, Hc), dtype_);
+      k_rot = convert(head_slice(fk.view, 0, Kc), dtype_);
+      rope_apply_host(
+          rope_params(q_rot.view, k_rot.view, PositionMap::contiguous(0, S_), freqs_.inv_freq.data(), false));
+    }
+    const TensorView q16 = opt_.rope ? q_rot.view : head_slice(fq.view, 0, Hc);
+    const TensorView k16 = opt_.rope ? k_rot.view : head_slice(fk.view, 0, Kc), v16 = head_slice(fv.view, 0, Kc);
     const TensorView do16 = bwd ? head_slice(fdo.view, 0, Hc) : TensorView();
     HostReferences refs =
         compute_host_references(q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
@@ -424,6 +504,13 @@ class RingOp : public BenchOp {
     std::vector<float>&ref_lse = refs.lse, &naive_lse = refs.naive_lse;
     HostTensor &ref_dq = refs.dq, &ref_dk = refs.dk, &ref_dv = refs.dv;
     HostTensor &naive_dq = refs.naive_dq, &naive_dk = refs.naive_dk, &naive_dv = refs.naive_dv;
+    if (opt_.rope && bwd) {
+      // The references' dq, dk are gradients w.r.t. the ROTATED q, k: rotate them back like the RoPE backward
+      // (fp64 for the reference, the input dtype for the naive run), on the full sequence, before sharding.
+      const PositionMap all = PositionMap::contiguous(0, S_);
+      rope_apply_host(rope_params(ref_dq.view, ref_dk.view, all, freqs_.inv_freq.data(), true));
+      if (naive_on) rope_apply_host(rope_params(naive_dq.view, naive_dk.view, all, freqs_.inv_freq.data(), true));
+    }
     // Local shards of the references: [B, S/N, Hc|Kc, D] and LSE [B, Hc, S/N].
     auto lse_shard = [&](const std::vector<float>& full) {
       std::vector<float> local(static_cast<size_t>(B_ * Hc * Sl_));
@@ -467,6 +554,86 @@ class RingOp : public BenchOp {
   }
 
  private:
+  // One iteration: [RoPE fwd on the local q, k] -> ring fwd (if fwd) -> ring bwd -> [RoPE bwd on dq, dk] (if bwd).
+  // --pass bwd times (fwd = false, bwd = true): ring bwd [+ RoPE bwd]; q, k were rotated in setup.
+  void run_pass(bool fwd, bool bwd) {
+    if (fwd && opt_.rope) rope_local(false);
+    if (fwd) ring_forward();
+    if (bwd) ring_backward();
+    if (bwd && opt_.rope) rope_local(true);
+  }
+
+  // RoPE params on q [B, rows, Hq', D] and k [B, rows, Hkv', D] (any head counts: the check's slices) whose rows
+  // sit at the global positions `pos` (q and k alike), in place; inverse: the backward (conjugate rotation).
+  RopeParams rope_params(const TensorView& q, const TensorView& k, const PositionMap& pos, const float* inv_freq,
+                         bool inverse) const {
+    RopeParams p;
+    p.q = q;
+    p.k = k;
+    p.q_pos = pos;
+    p.k_pos = pos;
+    p.rotary_dim = rotary_dim_;
+    p.style = opt_.rope_gptj ? RopeStyle::kGptJ : RopeStyle::kNeoX;
+    p.inv_freq = inv_freq;
+    p.scale = freqs_.scale;
+    p.inverse = inverse;
+    return p;
+  }
+  // RoPE on this rank's shards in place: forward on q, k or (inverse) backward on dq, dk. Positions: the shard's
+  // global position map (the ring schedule's q_pos; the rank's K rows have the same positions). GPU: one fused
+  // launch on the compute stream; host engine: rope_apply_host.
+  void rope_local(bool inverse) {
+    const PositionMap& pos = ring_->q_positions();
+    if (ctx_.on_gpu()) {
+      const float* f = static_cast<const float*>(inv_freq_dev_.get());
+      void* q = inverse ? dq_.get() : q_.get();
+      void* k = inverse ? dk_.get() : k_.get();
+      rope_apply_cuda(rope_params(local_view(q, H_, dtype_), local_view(k, Hkv_, dtype_), pos, f, inverse),
+                      ctx_.stream);
+    } else {
+      const float* f = freqs_.inv_freq.data();
+      if (inverse) {
+        rope_apply_host(rope_params(hdq_.view, hdk_.view, pos, f, true));
+      } else {
+        rope_apply_host(rope_params(hq_.view, hk_.view, pos, f, false));
+      }
+    }
+  }
+  // The RoPE kernels of one iteration alone (forward; + backward on dq, dk when the pass has a backward; bwd
+  // alone: backward only), warm-up then the median of kRopeIters CUDA-event timings, max over ranks (collective);
+  // stored for this size.
+  void time_rope_kernels() {
+    constexpr int kRopeWarmup = 3, kRopeIters = 15;
+    const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward;
+    auto once = [&] {
+      if (fwd) rope_local(false);
+      if (bwd) rope_local(true);
+    };
+    for (int i = 0; i < kRopeWarmup; ++i) once();
+    std::vector<cudaEvent_t> ev(2 * kRopeIters, nullptr);
+    for (auto& e : ev) DISTATTN_CUDA_CHECK(cudaEventCreate(&e));
+    std::vector<float> ms(kRopeIters, 0.f);
+    try {
+      for (int i = 0; i < kRopeIters; ++i) {
+        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i], ctx_.stream));
+        once();
+        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], ctx_.stream));
+      }
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      for (int i = 0; i < kRopeIters; ++i) DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    } catch (...) {
+      for (auto e : ev) cudaEventDestroy(e);
+      throw;
+    }
+    for (auto e : ev) cudaEventDestroy(e);
+    std::sort(ms.begin(), ms.end());
+    rope_ms_[S_] = max_over_ranks(ms[ms.size() / 2]);
+  }
+  double rope_ms(int64_t seq) const {
+    const auto it = rope_ms_.find(seq);
+    return it == rope_ms_.end() ? 0.0 : it->second;
+  }
+
   // The mask column: the band, or the pattern's label (e.g. "c-bigbird3", "stride2048", "bdiag2048").
   std::string mask_cell() const {
     if (!block_sparse_) return mask_label(opt_.common.causal, opt_.common.window);
@@ -651,6 +818,7 @@ class RingOp : public BenchOp {
     p.q_pos = sched.q_pos;
     p.alibi_slopes = slopes_ptr();
     bool acc_written = false;  // as the ring: the first computed forward step writes the accumulator plainly
+    if (fwd && opt_.rope) rope_local(false);  // the iteration's RoPE launches are compute too
     for (const ring::RingStep& st : sched.steps) {
       if (st.skipped()) continue;
       p.kv_pos = st.kv_pos;
@@ -690,6 +858,7 @@ class RingOp : public BenchOp {
         }
       }
     }
+    if (bwd && opt_.rope) rope_local(true);
   }
 
   double time_compute_only() {
@@ -806,10 +975,13 @@ class RingOp : public BenchOp {
   int size_index_ = -1;
   int64_t check_kv_heads_ = 1;
   std::vector<float> slopes_host_;
+  RopeFrequencies freqs_;              // --rope: host frequencies (inv_freq [rotary_dim / 2], scale)
+  int64_t rotary_dim_ = 0;             // --rope: dims rotated
+  std::map<int64_t, double> rope_ms_;  // --rope, GPU: RoPE kernels of one iteration alone, ms, max over ranks, per size
   SizeStats stats_;
   double stats_buffers_ = 0;
   // GPU buffers (packed, local shards) and the compute-only / exchange-only scratch.
-  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_;
+  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_, inv_freq_dev_;
   DeviceBuffer acc_o_, acc_lse_, acc_dq_, acc_dkv_, zero_delta_, xbuf_;
   // Host-engine mode buffers.
   HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_, hacc_o_, hacc_dq_, hacc_dk_, hacc_dv_;

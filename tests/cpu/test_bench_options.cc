@@ -129,7 +129,7 @@ TEST(BenchOptions, DefaultsAndSweepFromTheCommandLine) {
   EXPECT_EQ(o.sizes, (std::vector<int64_t>{65536}));
 }
 
-TEST(BenchOptions, RopeAroundDenseAttention) {
+TEST(BenchOptions, RopeAroundDenseAndRingAttention) {
   EXPECT_FALSE(parse({}).rope);
   bench::BenchOptions o = parse({"-o", "dense", "--rope", "--pass", "fwdbwd", "--rotary-dim", "64", "--style", "gptj"});
   EXPECT_TRUE(o.rope);
@@ -137,10 +137,22 @@ TEST(BenchOptions, RopeAroundDenseAttention) {
   EXPECT_EQ(o.rotary_dim, 64);
   EXPECT_TRUE(o.rope_gptj);
   EXPECT_TRUE(parse({"--rope"}, /*have_gpu=*/false).rope);  // the host engine runs it too
-  // Only the dense op wraps attention in RoPE: elsewhere the flag would be silently ignored.
-  const std::string msg = expect_error_naming([] { parse({"-o", "ring", "--rope"}); }, "--rope");
-  EXPECT_NE(msg.find("ring"), std::string::npos) << msg;
+  // The ring op wraps its attention in RoPE too (each rank on its shard), with every RoPE option and layout.
+  o = parse(
+      {"-o", "ring", "--rope", "--pass", "bwd", "--rotary-dim", "32", "--style", "gptj", "--layout", "contiguous"});
+  EXPECT_EQ(o.op, "ring");
+  EXPECT_TRUE(o.rope);
+  EXPECT_EQ(o.pass, Pass::kBackward);
+  EXPECT_EQ(o.rotary_dim, 32);
+  EXPECT_TRUE(o.rope_gptj);
+  EXPECT_EQ(o.layout, "contiguous");
+  EXPECT_TRUE(parse({"-o", "ring", "--rope", "--causal"}, /*have_gpu=*/false).rope);  // host ring over MPI
+  // Only dense and ring wrap attention in RoPE: elsewhere the flag would be silently ignored.
+  const std::string msg = expect_error_naming([] { parse({"-o", "sparse", "--rope"}); }, "--rope");
+  EXPECT_NE(msg.find("sparse"), std::string::npos) << msg;
+  expect_error_naming([] { parse({"-o", "dilated", "--rope"}); }, "--rope");
   expect_error_naming([] { parse({"-o", "rope", "--rope"}); }, "--rope");
+  expect_error_naming([] { parse({"-o", "ring", "--rope", "--rotary-dim", "5"}); }, "rotary-dim");
   expect_error_naming([] { parse({"--rope", "--rotary-dim", "3"}); }, "rotary-dim");
 }
 
