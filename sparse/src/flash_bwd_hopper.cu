@@ -145,7 +145,7 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   const DiagonalBand band = DiagonalBand::from_mask(f.mask);
   k.band_lo = band.lo;
   k.band_hi = band.hi;
-  if (p.rope_grad != nullptr && flash_bwd_hopper_fuses_rope_dk(*p.rope_grad)) {
+  if (kp.rope_dk_epilogue && p.rope_grad != nullptr) {  // decided by flash_bwd_api.cu (fuses_rope_dk, options)
     const RopeGradParams& r = *p.rope_grad;
     k.rope_inv_freq = r.inv_freq;
     k.rope_rotary_dim = static_cast<int>(r.rotary_dim == 0 ? BwdConfig::kHeadDim : r.rotary_dim);

@@ -23,6 +23,11 @@ struct FlashBwdOptions {
   // two, and the mma.sync kernel's own tests on a Hopper GPU. The environment variable DISTATTN_BACKWARD_KERNEL=mma
   // does the same for a whole process.
   bool allow_hopper = true;
+  // With AttnBwdParams::rope_grad on the Hopper kernel: true, dK is rotated back in the kernel's epilogue (where the
+  // rotary dim allows); false, dk goes through rope_apply_cuda(inverse) after the kernel (dq stays fused in the
+  // conversion). Same bits either way. The environment variable DISTATTN_ROPE_BWD_DK=separate sets false for a
+  // whole process (A/B timings of the two parts).
+  bool rope_dk_in_epilogue = true;
 };
 
 // flash_attention_backward (distattn/sparse/flash_attention.h) with explicit options; same shapes, same throws.

@@ -90,6 +90,7 @@ struct FlashBwdParams {
   int rope_style = 0;                    // 0 NeoX (x[i], x[i + half]), 1 GPT-J (x[2i], x[2i + 1])
   float rope_scale = 1.f;                // cos multiplier; the sin multiplier is -rope_scale (inverse rotation)
   int rope_rows_per_block = 1;           // (b, i) rows per block of the rotating conversion (its cos/sin table)
+  bool rope_dk_epilogue = false;         // the Hopper kernel rotates dK back in its epilogue (AttnBwdParams::rope_grad)
 
   // --- block list (transposed CSR: the kv-block CTA walks its column) ---
   bool has_blocks = false;               // a block list restricts the visible (q block, kv block) pairs

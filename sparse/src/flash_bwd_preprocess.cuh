@@ -144,6 +144,7 @@ constexpr int kConvertRopeThreads = 256;
 //     NeoX  u < half / 8:  elements [8u, 8u + 8) (a side) and [half + 8u, +8) (b side), pairs j = 8u + e
 //     GPT-J u < rot / 8:   elements [8u, 8u + 8), pairs j = 4u + e of (x[2j], x[2j + 1])
 //     tail  the remaining (D - rot) / 8 units: cast only.
+//   Each thread's first item is loaded before phase 1, so the table's sincosf hides behind those loads.
 //   Each value is first rounded to TOut and back (rope_math::round_trip: what a separate RoPE pass would read from
 //   dq), rotated in fp32, and rounded to TOut once more: bit-identical to convert + rope_apply_cuda(inverse).
 // kStyle: 0 NeoX, 1 GPT-J. TOut: dq's element type (T, or float for an fp32 dq). Plain mode only (no accumulate).
@@ -159,53 +160,62 @@ __global__ void __launch_bounds__(kConvertRopeThreads)
   const int64_t g0 = static_cast<int64_t>(blockIdx.x) * R;
   const int nrows = static_cast<int>(rows - g0 < R ? rows - g0 : R);
 
+  const int rot_units = kStyle == 0 ? half / 8 : p.rope_rotary_dim / 8;  // units rotated per head
+  const int units = rot_units + (kHeadDim - p.rope_rotary_dim) / 8;      // + units copied per head
+  const int per_row = p.heads_q * units;                                 // < 2^31: Hq <= 2^31 / 16 (API)
+  const int total = nrows * per_row;
+
+  // Item it -> row r, unit u, first column col (a side / the 8 elements), accumulator and dq row pointers; its
+  // loads (x: [col, col + 8), xb: NeoX b side [half + col, +8)) are issued by fetch.
+  int r = 0, u = 0, col = 0;
+  const float* src = nullptr;
+  TOut* dst = nullptr;
+  float x[8], xb[8];
+  auto fetch = [&](int it) {
+    r = it / per_row;
+    const int rem = it - r * per_row;
+    const int h = rem / units;
+    u = rem - h * units;
+    const int64_t g = g0 + r;
+    const int64_t b = g / p.seqlen_q;
+    const int64_t i = g - b * p.seqlen_q;
+    // accumulator row (b, h, i): dq_accum + b * batch stride + h * head stride + i * D
+    src = p.dq_accum + b * p.dq_accum_batch_stride + static_cast<int64_t>(h) * p.dq_accum_head_stride + i * kHeadDim;
+    dst = static_cast<TOut*>(p.dq) + b * p.dq_batch_stride + i * p.dq_row_stride +
+          static_cast<int64_t>(h) * p.dq_head_stride;
+    col = u >= rot_units ? p.rope_rotary_dim + 8 * (u - rot_units) : 8 * u;
+    load8(src + col, x);
+    if (kStyle == 0 && u < rot_units) load8(src + half + col, xb);
+  };
+  // The first item's loads go out before the table is computed, so their latency hides the sincosf (as in the RoPE
+  // kernel).
+  if (static_cast<int>(threadIdx.x) < total) fetch(threadIdx.x);
+
   for (int e = threadIdx.x; e < nrows * half; e += kConvertRopeThreads) {
-    const int r = e / half;
-    const int j = e - r * half;
-    const int64_t i = (g0 + r) % p.seqlen_q;
+    const int rr = e / half;
+    const int j = e - rr * half;
+    const int64_t i = (g0 + rr) % p.seqlen_q;
     rope_math::cos_sin(rope_math::position_float(p.q_pos.position(i)), __ldg(p.rope_inv_freq + j), p.rope_scale,
                        -p.rope_scale, &s_cos[e], &s_sin[e]);
   }
   __syncthreads();
 
-  const int rot_units = kStyle == 0 ? half / 8 : p.rope_rotary_dim / 8;  // units rotated per head
-  const int units = rot_units + (kHeadDim - p.rope_rotary_dim) / 8;      // + units copied per head
-  const int per_row = p.heads_q * units;                                 // < 2^31: Hq <= 2^31 / 16 (API)
-  const int total = nrows * per_row;
   for (int it = threadIdx.x; it < total; it += kConvertRopeThreads) {
-    const int r = it / per_row;
-    const int rem = it - r * per_row;
-    const int h = rem / units;
-    const int u = rem - h * units;
-    const int64_t g = g0 + r;
-    const int64_t b = g / p.seqlen_q;
-    const int64_t i = g - b * p.seqlen_q;
-    // accumulator row (b, h, i): dq_accum + b * batch stride + h * head stride + i * D
-    const float* src =
-        p.dq_accum + b * p.dq_accum_batch_stride + static_cast<int64_t>(h) * p.dq_accum_head_stride + i * kHeadDim;
-    TOut* dst = static_cast<TOut*>(p.dq) + b * p.dq_batch_stride + i * p.dq_row_stride +
-                static_cast<int64_t>(h) * p.dq_head_stride;
+    if (it != static_cast<int>(threadIdx.x)) fetch(it);
     const float* cs = s_cos + r * half;
     const float* sn = s_sin + r * half;
-    float x[8], y[8];
+    float y[8];
     if (u >= rot_units) {  // dims [rot, D): cast only
-      const int col = p.rope_rotary_dim + 8 * (u - rot_units);
-      load8(src + col, x);
       store8<TOut>(dst + col, x);
-    } else if (kStyle == 0) {
-      const int col = 8 * u;  // a side [col, col + 8), b side [half + col, +8): pairs col + e
-      float xb[8], yb[8];
-      load8(src + col, x);
-      load8(src + half + col, xb);
+    } else if (kStyle == 0) {  // a side [col, col + 8), b side [half + col, +8): pairs col + e
+      float yb[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e)
         rope_math::rotate(rope_math::round_trip<TOut>(x[e]), rope_math::round_trip<TOut>(xb[e]), cs[col + e],
                           sn[col + e], &y[e], &yb[e]);
       store8<TOut>(dst + col, y);
       store8<TOut>(dst + half + col, yb);
-    } else {
-      const int col = 8 * u;  // elements [col, col + 8): pairs col / 2 + e of (x[2e], x[2e + 1])
-      load8(src + col, x);
+    } else {  // elements [col, col + 8): pairs col / 2 + e of (x[2e], x[2e + 1])
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         rope_math::rotate(rope_math::round_trip<TOut>(x[2 * e]), rope_math::round_trip<TOut>(x[2 * e + 1]),

@@ -56,6 +56,7 @@ struct RCase {
   RopeStyle style = RopeStyle::kNeoX;
   RopeScaling scaling = RopeScaling::kNone;  // kYarn: scale != 1
   bool grads_fp32 = false;                   // dq, dk, dv fp32
+  bool dk_epilogue = true;                   // FlashBwdOptions::rope_dk_in_epilogue of the fused run
 };
 
 double ulp_rel(DType t) {
@@ -233,6 +234,7 @@ void run_case(const RCase& c, uint64_t seed) {
       }
       detail::FlashBwdOptions opt;
       opt.allow_hopper = allow_hopper;
+      opt.rope_dk_in_epilogue = c.dk_epilogue;
       detail::flash_attention_backward(gb, opt, 0);
       if (!fused) {
         rope_apply_cuda(inverse_params(gb.dq, q_pos, c, d_inv.ptr, freqs.scale), 0);
@@ -362,6 +364,16 @@ TEST(RopeBwdFused, Bf16GptJRotary20MixedFusion) {
   c.rotary_dim = 20;
   c.mask = Mask::make_causal();
   c.q_pos = PositionMap::contiguous(100, 200);
+  RUN_CASE(c);
+}
+
+// FlashBwdOptions::rope_dk_in_epilogue = false (DISTATTN_ROPE_BWD_DK=separate): dq fused, dk through the RoPE kernel.
+TEST(RopeBwdFused, Bf16NeoXDkSeparateOption) {
+  DISTATTN_REQUIRE_GPU();
+  RCase c;
+  c.Sq = 190, c.Skv = 120, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.dk_epilogue = false;
   RUN_CASE(c);
 }
 

@@ -32,8 +32,9 @@ bool flash_bwd_hopper_fuses_rope_dk(const RopeGradParams& rope);
 // have passed validate_backward, the CUDA operand checks of flash_attention_backward and
 // flash_bwd_hopper_supported() on the current device; `kp` is the mma.sync parameter set flash_bwd_api.cu built for
 // the same call (scratch included, the dQ accumulator zeroed or dq itself). With p.rope_grad set and
-// flash_bwd_hopper_fuses_rope_dk() true, dk comes out rotated back (the dQ conversion rotates dq when kp says so).
-// Throws distattn::Error when a TMA descriptor cannot be built (argument "q", "k", "v" or "dout") or a CUDA call fails.
+// kp.rope_dk_epilogue (flash_bwd_hopper_fuses_rope_dk() and the options agreed), dk comes out rotated back (the dQ
+// conversion rotates dq when kp says so). Throws distattn::Error when a TMA descriptor cannot be built (argument "q",
+// "k", "v" or "dout") or a CUDA call fails.
 void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp, cudaStream_t stream);
 
 }  // namespace distattn
