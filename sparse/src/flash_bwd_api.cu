@@ -61,16 +61,17 @@ bool backward_kernel_forced_to_mma() {
   return forced;
 }
 
-// DISTATTN_ROPE_BWD_DK: unset or "epilogue": the Hopper kernel rotates dK back in its epilogue (rope_grad);
-// "separate": dk through rope_apply_cuda after the kernel. Read once per process; anything else throws naming it.
-bool rope_dk_forced_separate() {
-  static const bool forced = [] {
+// DISTATTN_ROPE_BWD_DK: unset: FlashBwdOptions::rope_dk_in_epilogue decides; "epilogue": the Hopper kernel rotates dK
+// back in its epilogue (rope_grad); "separate": dk through rope_apply_cuda after the kernel. Read once per process;
+// anything else throws naming it. Returns -1 (unset), 0 (separate) or 1 (epilogue).
+int rope_dk_env() {
+  static const int forced = [] {
     const char* v = std::getenv("DISTATTN_ROPE_BWD_DK");
-    if (v == nullptr || *v == '\0') return false;
+    if (v == nullptr || *v == '\0') return -1;
     const std::string s(v);
     DISTATTN_CHECK_ARG(s == "epilogue" || s == "separate", "DISTATTN_ROPE_BWD_DK",
                        "expected epilogue or separate, got '", s, "'");
-    return s == "separate";
+    return s == "epilogue" ? 1 : 0;
   }();
   return forced;
 }
@@ -209,8 +210,8 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
     const int64_t rot_units = rope->style == 0 ? half / 8 : rot / 8;
     const int64_t units = rot_units + (D - rot) / 8;  // 8-element units per head (fused conversion)
     rope_dq_fused = (rope->style == 0 ? half % 8 == 0 : rot % 8 == 0) && Hq * units <= (int64_t{1} << 24);
-    rope_dk_fused = use_hopper && options.rope_dk_in_epilogue && !rope_dk_forced_separate() &&
-                    flash_bwd_hopper_fuses_rope_dk(*rope);
+    const bool dk_in_epilogue = rope_dk_env() < 0 ? options.rope_dk_in_epilogue : rope_dk_env() == 1;
+    rope_dk_fused = use_hopper && dk_in_epilogue && flash_bwd_hopper_fuses_rope_dk(*rope);
     p.rope_dk_epilogue = rope_dk_fused;
     if (rope_dq_fused) {
       // Rows per block: ~512 units (2 per thread), at most 64 rows (cos/sin table <= 32 KiB).
