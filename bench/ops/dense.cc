@@ -14,19 +14,26 @@
 //
 // --rope (what a user's training step does around attention): the timed iteration is
 //   RoPE forward on q, k in place (one fused launch, positions 0..S-1)  -> attention forward
-//   [--pass bwd/fwdbwd: -> attention backward -> RoPE backward (inverse rotation) on dq, dk in place]
+//   [--pass bwd/fwdbwd: -> attention backward with the inverse RoPE of dq, dk fused into it
+//    (AttnBwdParams::rope_grad: the dQ conversion and the Hopper dK epilogue rotate them back; default), or, with
+//    DISTATTN_ROPE_BWD=separate, -> attention backward -> RoPE backward (inverse rotation) on dq, dk in place]
 // (--pass bwd: q, k are rotated once in setup, before the forward that provides O and LSE). q and k are rotated
 // again by every iteration; a rotation keeps their magnitude, so the timing sees the same kind of data.
+// DISTATTN_ROPE_BWD: unset or "fused" (default) | "separate"; anything else throws naming the variable.
 // The check then runs that path once on fresh inputs and compares with the host engine applied to host-rotated
 // q, k (rope_apply_host in the input dtype: rounded once, as the kernel does), the fp64 and naive gradients
-// rotated back with the host RoPE (fp64 / input dtype). The RoPE kernels alone (forward; + backward when the pass
-// has one) are timed once per size (CUDA events, median) and reported as rope_ms and their share of the step.
+// rotated back with the host RoPE (fp64 / input dtype). The RoPE kernels that run as launches of their own (the
+// forward; + the separate backward pass with DISTATTN_ROPE_BWD=separate) are timed alone once per size (CUDA events,
+// median) and reported as rope_ms and their share of the step; the fused inverse is inside the backward's time and
+// not in rope_ms (--pass bwd with the fused inverse: rope_ms 0, nothing runs separately).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "bench_flops.h"
@@ -45,6 +52,16 @@
 namespace distattn {
 namespace bench {
 namespace {
+
+// DISTATTN_ROPE_BWD: true (unset / "fused"): the inverse RoPE of dq, dk fused into the backward; false ("separate"):
+// the backward, then rope_apply_cuda(inverse) on dq, dk (the A/B baseline).
+bool rope_bwd_fused_from_env() {
+  const char* v = std::getenv("DISTATTN_ROPE_BWD");
+  if (v == nullptr || *v == '\0') return true;
+  const std::string s(v);
+  DISTATTN_CHECK_ARG(s == "fused" || s == "separate", "DISTATTN_ROPE_BWD", "expected fused or separate, got '", s, "'");
+  return s == "fused";
+}
 
 class DenseOp : public BenchOp {
  public:
@@ -71,6 +88,11 @@ class DenseOp : public BenchOp {
         inv_freq_dev_ = DeviceBuffer(freqs_.inv_freq.size() * sizeof(float));
         DISTATTN_CUDA_CHECK(
             cudaMemcpy(inv_freq_dev_.get(), freqs_.inv_freq.data(), inv_freq_dev_.bytes(), cudaMemcpyHostToDevice));
+        rope_bwd_fused_ = rope_bwd_fused_from_env();
+        rope_grad_.inv_freq = static_cast<const float*>(inv_freq_dev_.get());
+        rope_grad_.rotary_dim = rotary_dim_;
+        rope_grad_.style = static_cast<int>(config.style);
+        rope_grad_.scale = freqs_.scale;
       }
     }
     const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
@@ -85,8 +107,11 @@ class DenseOp : public BenchOp {
        << ", Hkv " << Hkv_ << ", D " << D_ << ", mask " << mask_label(c.causal, c.window) << ", alibi "
        << (c.alibi ? "yes" : "no") << ", rope ";
     if (opt_.rope) {
-      os << "yes (fused kernel on q, k before; " << (opt_.pass == Pass::kForward ? "" : "backward on dq, dk after; ")
-         << "rotary dim " << rotary_dim_ << ", " << (opt_.rope_gptj ? "gptj" : "neox") << ")";
+      const char* bwd_desc = opt_.pass == Pass::kForward ? ""
+                             : fused_rope_bwd()          ? "inverse on dq, dk fused into the attention backward; "
+                                                         : "inverse kernel on dq, dk after the backward; ";
+      os << "yes (fused kernel on q, k before; " << bwd_desc << "rotary dim " << rotary_dim_ << ", "
+         << (opt_.rope_gptj ? "gptj" : "neox") << ")";
     } else {
       os << "no";
     }
@@ -97,7 +122,10 @@ class DenseOp : public BenchOp {
         std::string(c.window > 0 ? "; window: 4*B*H*D*(visible pairs), pairs counted exactly (closed form)" : "") +
         "; fwd x1, bwd x2.5, fwdbwd x3.5" + std::string(opt_.rope ? " (RoPE adds time, not FLOPs)" : ""));
     if (opt_.rope && ctx_.on_gpu()) {
-      lines.push_back("rope(ms): the RoPE kernel(s) of one iteration timed alone (median); rope%: rope(ms) / time(ms)");
+      lines.push_back(
+          "rope(ms): the RoPE kernel(s) that run as launches of their own in one iteration, timed alone (median)" +
+          std::string(fused_rope_bwd() ? " (the fused inverse is inside the backward, not here)" : "") +
+          "; rope%: rope(ms) / time(ms)");
     }
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1 << " (q heads 0.."
@@ -152,9 +180,13 @@ class DenseOp : public BenchOp {
     out.set("check_kv_heads", check_kv_heads_);
     out.set("rope", opt_.rope);
     if (opt_.rope) out.set("rotary_dim", rotary_dim_).set("style", opt_.rope_gptj ? "gptj" : "neox");
+    if (opt_.rope && opt_.pass != Pass::kForward && ctx_.on_gpu()) {
+      out.set("rope_bwd", fused_rope_bwd() ? "fused" : "separate");
+    }
   }
-  // Row keys: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels of one iteration
-  // timed alone, GPU only; null on the host engine) and rope_share_pct = 100 * rope_ms / time_ms.
+  // Row keys: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels of one iteration that
+  // run as launches of their own, timed alone, GPU only; null on the host engine, and null where nothing runs
+  // separately) and rope_share_pct = 100 * rope_ms / time_ms. Options key rope_bwd: "fused" | "separate".
   void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
     row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
     row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
@@ -328,14 +360,15 @@ class DenseOp : public BenchOp {
   }
 
  private:
-  // One iteration: [RoPE fwd on q, k] -> attention fwd (if fwd) -> attention bwd -> [RoPE bwd on dq, dk] (if bwd).
+  // One iteration: [RoPE fwd on q, k] -> attention fwd (if fwd) -> attention bwd [with the fused inverse RoPE] ->
+  // [RoPE bwd on dq, dk, DISTATTN_ROPE_BWD=separate] (if bwd).
   // --pass bwd times (fwd = false, bwd = true): attention bwd [+ RoPE bwd]; q, k were rotated in setup.
   void run_pass(bool fwd, bool bwd) {
     if (ctx_.on_gpu()) {
       if (fwd && opt_.rope) rope_cuda(false);
       if (fwd) flash_attention_forward(device_params(), ctx_.stream);
-      if (bwd) flash_attention_backward(device_bwd_params(), ctx_.stream);
-      if (bwd && opt_.rope) rope_cuda(true);
+      if (bwd) flash_attention_backward(device_bwd_params(), ctx_.stream);  // fused inverse RoPE: rope_grad
+      if (bwd && opt_.rope && !fused_rope_bwd()) rope_cuda(true);
     } else {
       if (fwd && opt_.rope) rope_apply_host(rope_params(hq_.view, hk_.view, freqs_.inv_freq.data(), false));
       host_run(fwd, bwd);
@@ -371,11 +404,13 @@ class DenseOp : public BenchOp {
                       ctx_.stream);
     }
   }
-  // The RoPE kernels of one iteration alone (forward; + backward on dq, dk when the pass has a backward; bwd
-  // alone: backward only), warm-up then the median of kRopeIters CUDA-event timings; stored for this size.
+  // The RoPE kernels of one iteration that run as launches of their own, alone (forward; + the separate backward
+  // on dq, dk when the pass has a backward and the inverse is not fused; bwd alone: that backward only), warm-up
+  // then the median of kRopeIters CUDA-event timings; stored for this size (nothing separate: not stored, 0).
   void time_rope_kernels() {
     constexpr int kRopeWarmup = 3, kRopeIters = 15;
-    const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward;
+    const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward && !fused_rope_bwd();
+    if (!fwd && !bwd) return;
     auto once = [&] {
       if (fwd) rope_cuda(false);
       if (bwd) rope_cuda(true);
@@ -438,8 +473,12 @@ class DenseOp : public BenchOp {
     b.dq = TensorView::packed(dq_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
     b.dk = TensorView::packed(dk_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
     b.dv = TensorView::packed(dv_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
+    if (fused_rope_bwd()) b.rope_grad = &rope_grad_;
     return b;
   }
+  // The inverse RoPE of dq, dk runs inside the attention backward (GPU, --rope, DISTATTN_ROPE_BWD unset / fused).
+  bool fused_rope_bwd() const { return opt_.rope && ctx_.on_gpu() && rope_bwd_fused_; }
+
   Mask mask() const {
     Mask m;
     m.causal = opt_.common.causal;
@@ -483,7 +522,9 @@ class DenseOp : public BenchOp {
   std::vector<float> slopes_host_;
   RopeFrequencies freqs_;              // --rope: host frequencies (inv_freq [rotary_dim / 2], scale)
   int64_t rotary_dim_ = 0;             // --rope: dims rotated
-  std::map<int64_t, double> rope_ms_;  // --rope, GPU: RoPE kernels of one iteration alone, ms, per size
+  std::map<int64_t, double> rope_ms_;  // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
+  bool rope_bwd_fused_ = true;         // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
+  RopeGradParams rope_grad_;           // --rope, GPU: the fused inverse's parameters (inv_freq_dev_, rotary dim, ...)
   // GPU buffers (packed).
   DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_, inv_freq_dev_;
   // Host-engine mode buffers.

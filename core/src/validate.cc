@@ -261,6 +261,25 @@ void validate_backward(const AttnBwdParams& p, Device engine) {
   DISTATTN_CHECK_ARG(!same_data(p.dq, p.dk) && !same_data(p.dq, p.dv), "dq", "shares storage with dk or dv");
   DISTATTN_CHECK_ARG(!same_data(p.dk, p.dv), "dk", "shares storage with dv");
 
+  if (p.rope_grad != nullptr) {
+    // The fused inverse RoPE of dq, dk (RopeGradParams): checked here, before any engine launches anything.
+    const RopeGradParams& r = *p.rope_grad;
+    DISTATTN_CHECK_ARG(engine == Device::kCuda, "rope_grad",
+                       "the host engine has no fused inverse RoPE; apply rope_apply_host to dq, dk after the backward");
+    DISTATTN_CHECK_ARG(!p.accumulate, "rope_grad",
+                       "is not supported in accumulate mode (the rotation would apply to this call's part only)");
+    DISTATTN_CHECK_ARG(r.inv_freq != nullptr, "rope_grad.inv_freq", "inv_freq [rotary_dim / 2] is required (null)");
+    const int64_t D = q.head_dim();
+    DISTATTN_CHECK_ARG(r.rotary_dim >= 0, "rope_grad.rotary_dim", "must be >= 0 (0: head dim), got ", r.rotary_dim);
+    const int64_t rot = r.rotary_dim == 0 ? D : r.rotary_dim;
+    DISTATTN_CHECK_ARG(rot % 2 == 0, "rope_grad.rotary_dim", "rotary dim must be even, got ", rot,
+                       r.rotary_dim == 0 ? " (0 means the head dim)" : "");
+    DISTATTN_CHECK_ARG(rot <= D, "rope_grad.rotary_dim", "rotary dim ", rot, " exceeds the head dim ", D);
+    DISTATTN_CHECK_ARG(r.style == 0 || r.style == 1, "rope_grad.style", "expected 0 (NeoX) or 1 (GPT-J), got ",
+                       r.style);
+    DISTATTN_CHECK_ARG(std::isfinite(r.scale), "rope_grad.scale", "must be finite, got ", r.scale);
+  }
+
   if (p.delta != nullptr) {
     DISTATTN_CHECK_ARG(p.delta != p.fwd.lse, "delta", "aliases lse");
     DISTATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(p.delta) % alignof(float) == 0, "delta",

@@ -28,6 +28,7 @@
 
 #include "distattn/core/position_map.h"
 #include "distattn/positional/rope.h"
+#include "distattn/positional/rope_math.cuh"
 
 namespace distattn {
 namespace rope {
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
     const int64_t s = g - b * t.seqlen;
     s_in_off[threadIdx.x] = b * t.in_stride_b + s * t.in_stride_s;
     s_out_off[threadIdx.x] = b * t.out_stride_b + s * t.out_stride_s;
-    s_pos[threadIdx.x] = static_cast<float>(t.pos.position(s));  // exact below 2^24, fp32-rounded above
+    s_pos[threadIdx.x] = rope_math::position_float(t.pos.position(s));  // exact below 2^24, fp32-rounded above
   }
   __syncthreads();
 
@@ -190,11 +191,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
   for (int e = threadIdx.x; e < nrows * half; e += kThreads) {
     const int r = e / half;
     const int i = e - r * half;
-    const float theta = __fmul_rn(s_pos[r], __ldg(p.inv_freq + i));  // one fp32 multiply, as on the host
-    float sv, cv;
-    sincosf(theta, &sv, &cv);  // accurate (full range reduction); never the __sinf intrinsics
-    s_cos[e] = cv * p.scale;
-    s_sin[e] = sv * sin_scale;
+    // theta = float(pos) * inv_freq[i], accurate sincosf: rope_math.cuh (shared with the fused backward)
+    rope_math::cos_sin(s_pos[r], __ldg(p.inv_freq + i), p.scale, sin_scale, &s_cos[e], &s_sin[e]);
   }
   __syncthreads();
 
@@ -210,8 +208,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
           for (int e = 0; e < kVec; ++e) {
             const float c = s_cos[table[u] + e], sn = s_sin[table[u] + e];
             const float a = to_float(pa[u].v[e]), bb = to_float(pb[u].v[e]);
-            ya.v[e] = from_float<T>(fmaf(a, c, -bb * sn));  // a cos - b sin
-            yb.v[e] = from_float<T>(fmaf(a, sn, bb * c));   // a sin + b cos
+            float ra, rb;
+            rope_math::rotate(a, bb, c, sn, &ra, &rb);  // a cos - b sin, a sin + b cos
+            ya.v[e] = from_float<T>(ra);
+            yb.v[e] = from_float<T>(rb);
           }
           ya.store(dst[u]);
           yb.store(dst[u] + half);
@@ -221,8 +221,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
           for (int e = 0; e < kVec / 2; ++e) {
             const float c = s_cos[table[u] + e], sn = s_sin[table[u] + e];
             const float a = to_float(pa[u].v[2 * e]), bb = to_float(pa[u].v[2 * e + 1]);
-            y.v[2 * e] = from_float<T>(fmaf(a, c, -bb * sn));
-            y.v[2 * e + 1] = from_float<T>(fmaf(a, sn, bb * c));
+            float ra, rb;
+            rope_math::rotate(a, bb, c, sn, &ra, &rb);
+            y.v[2 * e] = from_float<T>(ra);
+            y.v[2 * e + 1] = from_float<T>(rb);
           }
           y.store(dst[u]);
         }

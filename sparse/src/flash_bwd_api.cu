@@ -9,9 +9,11 @@
 #include <limits>
 #include <string>
 
+#include "../../positional/src/rope_validate.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/operand_checks.h"
+#include "distattn/positional/rope.h"
 #include "distattn/sparse/flash_attention.h"
 #include "flash_bwd_alibi.h"
 #include "flash_bwd_options.h"
@@ -59,6 +61,21 @@ bool backward_kernel_forced_to_mma() {
   return forced;
 }
 
+// DISTATTN_ROPE_BWD_DK: unset: FlashBwdOptions::rope_dk_in_epilogue decides; "epilogue": the Hopper kernel rotates dK
+// back in its epilogue (rope_grad); "separate": dk through rope_apply_cuda after the kernel. Read once per process;
+// anything else throws naming it. Returns -1 (unset), 0 (separate) or 1 (epilogue).
+int rope_dk_env() {
+  static const int forced = [] {
+    const char* v = std::getenv("DISTATTN_ROPE_BWD_DK");
+    if (v == nullptr || *v == '\0') return -1;
+    const std::string s(v);
+    DISTATTN_CHECK_ARG(s == "epilogue" || s == "separate", "DISTATTN_ROPE_BWD_DK",
+                       "expected epilogue or separate, got '", s, "'");
+    return s == "epilogue" ? 1 : 0;
+  }();
+  return forced;
+}
+
 int32_t clamp_to_int32(int64_t x) {
   const int64_t lo = -static_cast<int64_t>(std::numeric_limits<int32_t>::max());
   const int64_t hi = std::numeric_limits<int32_t>::max();
@@ -96,6 +113,8 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
       check_device_pointer(bl->col_partial, "mask.blocks.col_partial");
     }
   }
+  const RopeGradParams* rope = params.rope_grad;  // validate_backward checked its fields
+  if (rope != nullptr) check_device_pointer(rope->inv_freq, "rope_grad.inv_freq");
   const int64_t D = f.q.head_dim();
   DISTATTN_CHECK_ARG(D == 64 || D == 128, "q", "head dim ", D, " has no CUDA backward kernel (supported: 64, 128)");
   const int64_t B = f.q.batch(), Sq = f.q.seqlen(), Hq = f.q.heads();
@@ -178,6 +197,60 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
     p.col_partial = bl->col_partial;
   }
 
+  // ---- fused inverse RoPE of the gradients (AttnBwdParams::rope_grad) ------------------------------------------
+  // dq: the dQ conversion rotates it (flash_bwd_convert_dq_rope_kernel) when its 8-element units never straddle a
+  // pair boundary: NeoX with half % 8 == 0, GPT-J with rot % 8 == 0. dk: the Hopper kernel's epilogue rotates it
+  // (flash_bwd_hopper_fuses_rope_dk). What is not fused (the mma.sync kernel's dk; dq for other rotary dims) is
+  // rotated by rope_apply_cuda(inverse) on the stream right after the backward: the same result, one more pass.
+  bool rope_dq_fused = false, rope_dk_fused = false;
+  RopeParams rope_dq_separate, rope_dk_separate;  // the separate passes' params, validated here (before launches)
+  if (rope != nullptr) {
+    const int64_t rot = rope->rotary_dim == 0 ? D : rope->rotary_dim;
+    const int64_t half = rot / 2;
+    const int64_t rot_units = rope->style == 0 ? half / 8 : rot / 8;
+    const int64_t units = rot_units + (D - rot) / 8;  // 8-element units per head (fused conversion)
+    rope_dq_fused = (rope->style == 0 ? half % 8 == 0 : rot % 8 == 0) && Hq * units <= (int64_t{1} << 24);
+    const bool dk_in_epilogue = rope_dk_env() < 0 ? options.rope_dk_in_epilogue : rope_dk_env() == 1;
+    rope_dk_fused = use_hopper && dk_in_epilogue && flash_bwd_hopper_fuses_rope_dk(*rope);
+    p.rope_dk_epilogue = rope_dk_fused;
+    if (rope_dq_fused) {
+      // Rows per block: ~512 units (2 per thread), at most 64 rows (cos/sin table <= 32 KiB).
+      const int64_t rows_per_block = std::max<int64_t>(1, std::min<int64_t>(64, (512 + Hq * units - 1) / (Hq * units)));
+      const int64_t blocks = (B * Sq + rows_per_block - 1) / rows_per_block;
+      rope_dq_fused = blocks <= std::numeric_limits<int32_t>::max();
+      p.rope_inv_freq = rope->inv_freq;
+      p.rope_rotary_dim = static_cast<int>(rot);
+      p.rope_half = static_cast<int>(half);
+      p.rope_style = rope->style;
+      p.rope_scale = rope->scale;
+      p.rope_rows_per_block = static_cast<int>(rows_per_block);
+      if (!rope_dq_fused) p.rope_inv_freq = nullptr;
+    }
+    auto separate = [&](const TensorView& t, const PositionMap& pos, const char* name) {
+      RopeParams r;
+      r.q = t;  // one tensor per pass: dq and dk may differ in dtype
+      r.q_pos = pos;
+      r.rotary_dim = rot;
+      r.style = static_cast<RopeStyle>(rope->style);
+      r.inv_freq = rope->inv_freq;
+      r.scale = rope->scale;
+      r.inverse = true;
+      try {
+        detail::validate_rope_params(r, Device::kCuda, /*allow_fp64=*/false);
+      } catch (const Error& e) {
+        DISTATTN_THROW(name, "cannot be rotated back by the RoPE kernel (", describe(t), "): ", e.what());
+      }
+      return r;
+    };
+    if (!rope_dq_fused) rope_dq_separate = separate(params.dq, f.q_pos, "dq");
+    if (!rope_dk_fused) rope_dk_separate = separate(params.dk, f.kv_pos, "dk");
+  }
+  auto run_rope_separate = [&] {
+    if (rope == nullptr) return;
+    if (!rope_dq_fused) rope_apply_cuda(rope_dq_separate, stream);
+    if (!rope_dk_fused) rope_apply_cuda(rope_dk_separate, stream);
+  };
+
   // ---- ALiBi cutoff (flash_bwd_kernel.cuh "ALiBi cutoff"): threshold T + 3 on exp2's argument, T = 127
   // for bf16 (ex2.approx.ftz flushes below 2^-126), 26 for fp16 (P < 2^-25 rounds to 0 when stored) ----------
   // Limits: the packed q-tile interval (16 bits each), the pre-pass grid (heads <= 65535), the kernel's shared
@@ -252,10 +325,11 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
 
   if (use_hopper) {  // same scratch (delta, dQ accumulator), same preprocess and conversion kernels
     flash_bwd_hopper(params, p, stream);
-    return;
+  } else {
+    DTYPE_SWITCH(f.q.dtype, T,
+                 [&] { HEADDIM_SWITCH(D, kHeadDim, [&] { kernels::run_flash_bwd<T, kHeadDim>(p, stream); }); });
   }
-  DTYPE_SWITCH(f.q.dtype, T,
-               [&] { HEADDIM_SWITCH(D, kHeadDim, [&] { kernels::run_flash_bwd<T, kHeadDim>(p, stream); }); });
+  run_rope_separate();  // the parts of the inverse RoPE not fused above (none on the Hopper path at rot % 16 == 0)
 }
 
 }  // namespace detail

@@ -100,6 +100,11 @@ bool flash_bwd_hopper_supported(const AttnBwdParams& p, int device) {
   return device_runs_hopper_bwd(device);
 }
 
+bool flash_bwd_hopper_fuses_rope_dk(const RopeGradParams& rope) {
+  const int64_t rot = rope.rotary_dim == 0 ? BwdConfig::kHeadDim : rope.rotary_dim;
+  return rope.style == 1 || (rot / 2) % 8 == 0;
+}
+
 void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp, cudaStream_t stream) {
   const AttnParams& f = p.fwd;
   FlashBwdHopperParams k;
@@ -140,6 +145,13 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   const DiagonalBand band = DiagonalBand::from_mask(f.mask);
   k.band_lo = band.lo;
   k.band_hi = band.hi;
+  if (kp.rope_dk_epilogue && p.rope_grad != nullptr) {  // decided by flash_bwd_api.cu (fuses_rope_dk, options)
+    const RopeGradParams& r = *p.rope_grad;
+    k.rope_inv_freq = r.inv_freq;
+    k.rope_rotary_dim = static_cast<int>(r.rotary_dim == 0 ? BwdConfig::kHeadDim : r.rotary_dim);
+    k.rope_style = r.style;
+    k.rope_scale = r.scale;
+  }
   k.scale = kp.scale;
   k.scale_log2 = static_cast<float>(static_cast<double>(kp.scale) * 1.4426950408889634);
   const bool bf16 = f.q.dtype == DType::kBFloat16;
@@ -147,11 +159,11 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   if (bf16) {
     if (kp.delta_out != nullptr) kernels::launch_flash_bwd_delta<__nv_bfloat16, 128>(kp, stream);
     launch_main<__nv_bfloat16>(k, stream);
-    if (kp.dq_accum != kp.dq) kernels::launch_flash_bwd_convert_dq<__nv_bfloat16, 128>(kp, stream);
+    kernels::launch_flash_bwd_dq_out<__nv_bfloat16, 128>(kp, stream);  // plain or rotating conversion
   } else {
     if (kp.delta_out != nullptr) kernels::launch_flash_bwd_delta<__half, 128>(kp, stream);
     launch_main<__half>(k, stream);
-    if (kp.dq_accum != kp.dq) kernels::launch_flash_bwd_convert_dq<__half, 128>(kp, stream);
+    kernels::launch_flash_bwd_dq_out<__half, 128>(kp, stream);  // plain or rotating conversion
   }
 }
 

@@ -23,6 +23,12 @@ struct FlashBwdOptions {
   // two, and the mma.sync kernel's own tests on a Hopper GPU. The environment variable DISTATTN_BACKWARD_KERNEL=mma
   // does the same for a whole process.
   bool allow_hopper = true;
+  // With AttnBwdParams::rope_grad on the Hopper kernel: true, dK is rotated back in the kernel's epilogue (where the
+  // rotary dim allows); false, dk goes through rope_apply_cuda(inverse) after the kernel (dq stays fused in the
+  // conversion). Same bits either way. Default false: on an H100 (bench/results/2026-11-22_h100_fbf477f_rope_bwd_fused)
+  // the epilogue's cos/sin work cost as much as the pass it saves (fwd+bwd causal 8K: +3.3% vs +2.5% over no RoPE),
+  // while the fused dq conversion is a clear gain. DISTATTN_ROPE_BWD_DK=epilogue|separate overrides it for a process.
+  bool rope_dk_in_epilogue = false;
 };
 
 // flash_attention_backward (distattn/sparse/flash_attention.h) with explicit options; same shapes, same throws.

@@ -81,6 +81,17 @@ struct FlashBwdParams {
   bool alibi_cut_skip = true;            // false: pairs are judged (and counted) but still visited (tests)
   unsigned long long* alibi_cut_count = nullptr;  // null or a device counter: += pairs judged cuttable (tests)
 
+  // --- fused inverse RoPE of dq (AttnBwdParams::rope_grad; positional/rope_math.cuh holds the arithmetic) ---
+  // Set only when the dQ conversion rotates dq back (flash_bwd_convert_dq_rope_kernel): NeoX with rope_half % 8 == 0
+  // or GPT-J with rope_rotary_dim % 8 == 0 (8-element units never straddle the rotary boundary). Null: plain copy.
+  const float* rope_inv_freq = nullptr;  // [rope_rotary_dim / 2] fp32 on the device
+  int rope_rotary_dim = 0;               // dims rotated (even, <= D)
+  int rope_half = 0;                     // rope_rotary_dim / 2: pairs per head
+  int rope_style = 0;                    // 0 NeoX (x[i], x[i + half]), 1 GPT-J (x[2i], x[2i + 1])
+  float rope_scale = 1.f;                // cos multiplier; the sin multiplier is -rope_scale (inverse rotation)
+  int rope_rows_per_block = 1;           // (b, i) rows per block of the rotating conversion (its cos/sin table)
+  bool rope_dk_epilogue = false;         // the Hopper kernel rotates dK back in its epilogue (AttnBwdParams::rope_grad)
+
   // --- block list (transposed CSR: the kv-block CTA walks its column) ---
   bool has_blocks = false;               // a block list restricts the visible (q block, kv block) pairs
   const int32_t* col_offset = nullptr;   // [num_kv_blocks + 1] q blocks of kv block j: [col_offset[j], col_offset[j+1])

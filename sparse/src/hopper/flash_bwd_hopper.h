@@ -23,12 +23,18 @@ namespace distattn {
 // distattn::Error).
 bool flash_bwd_hopper_supported(const AttnBwdParams& p, int device);
 
+// True when the Hopper kernel's epilogue rotates dK back itself for this inverse RoPE (`rope` validated, head dim
+// 128): GPT-J, or NeoX with (rotary_dim / 2) % 8 == 0. Otherwise the caller rotates dk with a separate pass.
+bool flash_bwd_hopper_fuses_rope_dk(const RopeGradParams& rope);
+
 // Runs the backward on `stream`: the delta preprocess (when kp.delta_out is set), the Hopper main kernel (dK, dV
 // written or added; dQ * scale added into kp.dq_accum), and the dQ conversion (when kp.dq_accum != kp.dq). `p` must
 // have passed validate_backward, the CUDA operand checks of flash_attention_backward and
 // flash_bwd_hopper_supported() on the current device; `kp` is the mma.sync parameter set flash_bwd_api.cu built for
-// the same call (scratch included, the dQ accumulator zeroed or dq itself). Throws distattn::Error when a TMA
-// descriptor cannot be built (argument "q", "k", "v" or "dout") or a CUDA call fails.
+// the same call (scratch included, the dQ accumulator zeroed or dq itself). With p.rope_grad set and
+// kp.rope_dk_epilogue (flash_bwd_hopper_fuses_rope_dk() and the options agreed), dk comes out rotated back (the dQ
+// conversion rotates dq when kp says so). Throws distattn::Error when a TMA descriptor cannot be built (argument "q",
+// "k", "v" or "dout") or a CUDA call fails.
 void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp, cudaStream_t stream);
 
 }  // namespace distattn

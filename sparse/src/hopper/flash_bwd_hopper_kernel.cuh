@@ -59,6 +59,7 @@
 #include <cstdint>
 
 #include "distattn/core/mask.h"
+#include "distattn/positional/rope_math.cuh"
 #include "flash_bwd_hopper_params.h"
 #include "hopper_bwd_primitives.cuh"
 
@@ -211,6 +212,99 @@ struct BwdTypeOps<__half> {
 #ifndef DISTATTN_HOPPER_BWD_DQ_TMA
 #define DISTATTN_HOPPER_BWD_DQ_TMA 1
 #endif
+
+#ifdef DISTATTN_HOPPER_DEVICE
+// ---- fused inverse RoPE of dK (epilogue) --------------------------------------------------------------------
+// acc (64 dK accumulators of one consumer thread): acc i is (row r = (i / 2) % 2 of the thread's two rows, column
+// 8 (i / 4) + col_base + (i % 2)). Before the call acc holds the values the store will write (scale applied and,
+// for a 16-bit dk, rounded to T and back: the values a separate RoPE pass would read); after it, those values
+// rotated by -theta (rounded once more by the store).
+// The thread's 16 pair slots m (the same for both rows: a pair's frequency depends on its column only):
+//   NeoX  m = 2 c + e: pair j = 8 c + col_base + e (a side chunk c, b side chunk c + half / 8), used iff c < half / 8
+//   GPT-J m = c:       pair j = (8 c + col_base) / 2 of columns 8 c + col_base, +1, used iff 8 c + col_base < rot
+// One CTA per SM: nothing overlaps this epilogue, so its latency is the cost. The 16 frequencies are loaded before
+// any sincosf (one L2 round trip, not one per pair), and the multipliers stay in registers (fully unrolled, constant
+// indices), one row at a time (dV is stored before, so its 64 accumulators are free).
+// NeoX: kShift = half / 8 (compile time, so every accumulator index is a constant and acc stays in registers).
+template <int kShift, int kRow>
+__device__ __forceinline__ void bwd_rope_rotate_neox_row(float (&acc)[64], const float (&cs)[16],
+                                                         const float (&sn)[16]) {
+#pragma unroll
+  for (int c = 0; c < kShift; ++c)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int ia = 4 * c + 2 * kRow + e, ib = 4 * (c + kShift) + 2 * kRow + e, m = 2 * c + e;
+      rope_math::rotate(acc[ia], acc[ib], cs[m], sn[m], &acc[ia], &acc[ib]);
+    }
+}
+
+template <int kRow>
+__device__ __forceinline__ void bwd_rope_dk_row(const FlashBwdHopperParams& p, float (&acc)[64], int64_t pos,
+                                                const float (&freq)[16], const bool (&used)[16], bool neox, int half) {
+  const float pf = rope_math::position_float(pos);
+  float cs[16], sn[16];
+#pragma unroll
+  for (int m = 0; m < 16; ++m) {
+    cs[m] = 0.f, sn[m] = 0.f;
+    if (used[m]) rope_math::cos_sin(pf, freq[m], p.rope_scale, -p.rope_scale, &cs[m], &sn[m]);
+  }
+  if (neox) {
+    switch (half / 8) {  // half % 8 == 0 and half <= 64 (flash_bwd_hopper.cu sets the fields only then)
+      case 1:
+        bwd_rope_rotate_neox_row<1, kRow>(acc, cs, sn);
+        break;
+      case 2:
+        bwd_rope_rotate_neox_row<2, kRow>(acc, cs, sn);
+        break;
+      case 3:
+        bwd_rope_rotate_neox_row<3, kRow>(acc, cs, sn);
+        break;
+      case 4:
+        bwd_rope_rotate_neox_row<4, kRow>(acc, cs, sn);
+        break;
+      case 5:
+        bwd_rope_rotate_neox_row<5, kRow>(acc, cs, sn);
+        break;
+      case 6:
+        bwd_rope_rotate_neox_row<6, kRow>(acc, cs, sn);
+        break;
+      case 7:
+        bwd_rope_rotate_neox_row<7, kRow>(acc, cs, sn);
+        break;
+      default:
+        bwd_rope_rotate_neox_row<8, kRow>(acc, cs, sn);
+        break;
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < 16; ++c) {
+      const int ia = 4 * c + 2 * kRow;
+      if (used[c]) rope_math::rotate(acc[ia], acc[ia + 1], cs[c], sn[c], &acc[ia], &acc[ia + 1]);
+    }
+  }
+}
+
+// The frequencies of the thread's 16 pair slots (0 where unused), loaded together.
+__device__ __forceinline__ void bwd_rope_dk_freq(const FlashBwdHopperParams& p, int col_base, float (&freq)[16],
+                                                 bool (&used)[16]) {
+  const bool neox = p.rope_style == 0;
+#pragma unroll
+  for (int m = 0; m < 16; ++m) {
+    const int col = neox ? 8 * (m / 2) + col_base + (m % 2) : 8 * m + col_base;
+    used[m] = neox ? col < p.rope_rotary_dim / 2 : col < p.rope_rotary_dim;
+    freq[m] = used[m] ? __ldg(p.rope_inv_freq + (neox ? col : col / 2)) : 0.f;
+  }
+}
+
+// Rotates both rows of acc back (freq, used from bwd_rope_dk_freq).
+__device__ __forceinline__ void bwd_rope_dk(const FlashBwdHopperParams& p, float (&acc)[64], int64_t pos0, int64_t pos1,
+                                            const float (&freq)[16], const bool (&used)[16]) {
+  const bool neox = p.rope_style == 0;
+  const int half = p.rope_rotary_dim / 2;
+  bwd_rope_dk_row<0>(p, acc, pos0, freq, used, neox, half);
+  bwd_rope_dk_row<1>(p, acc, pos1, freq, used, neox, half);
+}
+#endif  // DISTATTN_HOPPER_DEVICE
 
 template <typename T>
 __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
@@ -626,8 +720,29 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
       }
     }
   };
-  store(dk, p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, p.dk_fp32, p.scale);
+  // Inverse RoPE: the frequencies' loads are issued before the dV stores, so their latency hides behind them.
+  const bool rope_dk = p.rope_inv_freq != nullptr;
+  float rope_freq[16];
+  bool rope_used[16];
+  if (rope_dk) bwd_rope_dk_freq(p, col_base, rope_freq, rope_used);
+  // dV first: its accumulators are dead before the dK epilogue (the inverse RoPE's registers).
   store(dv, p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, p.dv_fp32, 1.f);
+  if (rope_dk) {
+    // Fused inverse RoPE: dK values as the store would write them (scale, and for a 16-bit dk the rounding to T),
+    // rotated back on the kv rows' global positions, then stored with multiplier 1 (rounded once more).
+    const bool dk16 = !p.dk_fp32;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const float v = dk[i] * p.scale;
+      dk[i] = dk16 ? rope_math::round_trip<T>(v) : v;
+    }
+    const int local0 = 64 * cw + row_in;  // the thread's rows n0 + local0, + 8: positions of the tile's chunk
+    bwd_rope_dk(p, dk, ka.base + static_cast<int64_t>(local0) * ka.step,
+                ka.base + static_cast<int64_t>(local0 + 8) * ka.step, rope_freq, rope_used);
+    store(dk, p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, p.dk_fp32, 1.f);
+  } else {
+    store(dk, p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, p.dk_fp32, p.scale);
+  }
 #endif  // DISTATTN_HOPPER_DEVICE
 }
 

@@ -76,6 +76,15 @@ struct FlashBwdHopperParams {
   int64_t band_lo = 0;  // visible iff band_lo <= pos_q - pos_k <= band_hi (DiagonalBand, +-2^40 sentinels)
   int64_t band_hi = 0;
 
+  // --- fused inverse RoPE of dK (AttnBwdParams::rope_grad), applied in the epilogue --------------------------
+  // Set only when every rotation pair of a dK row lies in one thread's accumulators: GPT-J (pairs 2i, 2i + 1 are
+  // columns col_base, col_base + 1 of one n8 chunk) or NeoX with rope_half % 8 == 0 (column c and c + half are
+  // chunks c / 8 and c / 8 + half / 8 of the same thread). Null: dK stored as computed.
+  const float* rope_inv_freq = nullptr;  // [rope_rotary_dim / 2] fp32 on the device
+  int rope_rotary_dim = 0;               // dims rotated (even, <= 128)
+  int rope_style = 0;                    // 0 NeoX, 1 GPT-J
+  float rope_scale = 1.f;                // cos multiplier; sin multiplier -rope_scale (inverse rotation)
+
   // --- scores -------------------------------------------------------------------------------------------
   float scale_log2 = 0.f;  // softmax_scale * log2(e): P = exp2(q.k * scale_log2 - LSE * log2(e))
   float scale = 0.f;       // softmax_scale: dQ = scale * dS K, dK = scale * dS^T Q

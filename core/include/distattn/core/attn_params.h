@@ -62,6 +62,20 @@ struct AttnParams {
   int64_t lse_head_step() const;   // resolved lse_head_stride
 };
 
+// Inverse RoPE of the gradients, fused into the CUDA backward (positional/rope.h defines the rotation).
+// When AttnBwdParams::rope_grad points at one of these, dq and dk come out of the backward rotated back by
+// -theta, exactly what rope_apply_cuda(..., inverse = true) would produce on the plain backward's dq and dk
+// (same fp32 angle float(pos) * inv_freq[i], same accurate sincosf, same fmaf expressions, same rounding:
+// the 16-bit gradient is rounded, rotated in fp32, rounded again; bit-identical). The positions are the
+// backward's own q_pos (for dq) and kv_pos (for dk): global positions. dv is not touched.
+// CUDA engine only, plain mode only (accumulate = false); the host engine rejects it (apply rope_apply_host).
+struct RopeGradParams {
+  const float* inv_freq = nullptr;  // [rotary_dim / 2] fp32 on the engine's device (make_rope_frequencies)
+  int64_t rotary_dim = 0;           // dims rotated: even, <= D; 0: D
+  int style = 0;                    // distattn::RopeStyle value: 0 NeoX (x[i], x[i + rot/2]), 1 GPT-J (x[2i], x[2i+1])
+  float scale = 1.0f;               // cos/sin multiplier (RopeFrequencies::scale; YaRN), finite
+};
+
 struct AttnBwdParams {
   AttnParams fwd;   // q, k, v, o (the complete forward's output), lse (its final LSE), positions, mask, ALiBi, scale
   TensorView dout;  // [B, Sq, Hq, D]   dtype of q
@@ -70,6 +84,7 @@ struct AttnBwdParams {
   TensorView dv;    // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
   bool accumulate = false;       // add into fp32 dq/dk/dv instead of overwriting
   const float* delta = nullptr;  // optional rowsum(dO * O) [B, Hq, Sq] fp32 with the lse strides; null: computed
+  const RopeGradParams* rope_grad = nullptr;  // optional: dq, dk rotated back by the inverse RoPE (see above)
 };
 
 // Checks everything an engine needs before it touches memory: tensor ranks and shapes against each
