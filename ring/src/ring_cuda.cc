@@ -12,11 +12,11 @@
 // compute on kv[cur] (N only reads kv[cur] meanwhile), then wait. The exchange of step s+1 runs while step s
 // computes. Only the useful steps U = schedule().useful_steps are visited; the exchange from U[i] to U[i+1]
 // is a jump of U[i+1] - U[i] ranks (post_jump: the ring hop when 1), see ring_attention.cc.
-// Step 0 (this rank's own K|V) computes on the caller's k, v; the pack of k, v into kv[0] for the first send runs on
-// a side stream X beside it, and the first exchange is ordered after X (forward and backward alike). The forward's
-// last computed step runs in final accumulate mode (AttnParams::o_final): the merged result goes straight into o in
-// the input dtype, and the running LSE is the caller's lse itself, so no cast or copy follows the last step (the
-// trace of a 2-GPU 32K call showed 0.35 ms of packing and 0.6 ms of cast + copy, 11% of the call, none overlapped).
+// The forward's last computed step runs in final accumulate mode (AttnParams::o_final): the merged result goes
+// straight into o in the input dtype, and the running LSE is the caller's lse itself, so no cast or copy follows the
+// last step (the trace of a 2-GPU 32K call, DISTATTN_RING_TRACE=1, showed 0.6 ms of cast + copy after the last step,
+// 7% of the call). The K|V pack for the first send runs on C before step 0 (DISTATTN_RING_PACK=side moves it to a
+// side stream beside step 0, which then reads the caller's k, v: see pack_on_side_stream for the measurements).
 // Backward, step s: post the K|V exchange of step s+1; compute step s into a zeroed fp32 scratch dK|dV
 // (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1). The
 // bookkeeping runs on a side stream X (memory-bound; it overlaps step s+1's compute instead of delaying it): X
@@ -50,8 +50,10 @@
 #include <cuda_runtime_api.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "distattn/comm/nccl_communicator.h"
@@ -138,8 +140,13 @@ class PendingExchanges {
 // one event per purpose may be re-recorded every step.
 class SideStream {
  public:
-  explicit SideStream(cudaStream_t main) : main_(main) {
-    DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+  // high_priority: the side stream gets the device's greatest priority, so its short memory-bound kernels take SMs as
+  // soon as the compute kernel's blocks retire instead of after the whole compute kernel (measured: at normal
+  // priority the K|V pack queued behind step 0's kernel and delayed the first exchange by a full step).
+  explicit SideStream(cudaStream_t main, bool high_priority = false) : main_(main) {
+    int least = 0, greatest = 0;
+    DISTATTN_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    DISTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, high_priority ? greatest : least));
     for (cudaEvent_t* e : {&after_main_, &cleared_[0], &cleared_[1], &join_}) {
       const cudaError_t rc = cudaEventCreateWithFlags(e, cudaEventDisableTiming);
       if (rc != cudaSuccess) {
@@ -197,6 +204,23 @@ class KvIdle {
   cudaEvent_t event_;
   cudaStream_t stream_;
 };
+
+// DISTATTN_RING_PACK=main (default) | side: where the K|V pack for the first send runs. main: on the compute stream
+// before step 0. side: on a greatest-priority side stream beside step 0, which then computes on the caller's k, v (in
+// the backward the side stream's gradient bookkeeping gets that priority too). Measured on 2 H200s (bench/results/
+// 2026-11-22_h200x2_*_ring_ce): forward alike (3-5% exposed at 32K either way); fwd+bwd 32K 8.7-9.7% (main) vs
+// 14.3-14.7% (side), 64K 8.3-10.4% vs 5.0-5.4%; at normal priority the side pack queued behind step 0's kernel.
+// Kept for A/B timings. Read once per process; anything else throws.
+bool pack_on_side_stream() {
+  static const bool side = [] {
+    const char* v = std::getenv("DISTATTN_RING_PACK");
+    if (v == nullptr || *v == '\0') return false;
+    const std::string s(v);
+    DISTATTN_CHECK_ARG(s == "side" || s == "main", "DISTATTN_RING_PACK", "expected side or main, got '", s, "'");
+    return s == "side";
+  }();
+  return side;
+}
 
 // Makes the communicator's GPU current (the scratch is allocated on the current device).
 void use_comm_device(const Communicator& comm) {
@@ -314,9 +338,14 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   // The K|V pack into the send buffer runs on a side stream X beside step 0's compute, which reads the caller's k, v
   // directly (step 0 is this rank's own K|V); the first exchange is ordered after X. Declared last: its destructor
   // (C waits for X) runs first, before the frees and the K|V idle mark.
-  SideStream side(stream);
-  if (U.size() > 1) {    // something is sent
-    side.follow_main();  // X after C's wait for the previous call's last use of the buffer
+  const bool pack_side = pack_on_side_stream();
+  SideStream side(stream, pack_side);
+  if (!pack_side && U.size() > 1) {
+    detail::pack_view(k, kv[0], stream);
+    detail::pack_view(v, kv[0] + nkv * es, stream);
+  }
+  if (pack_side && U.size() > 1) {  // something is sent
+    side.follow_main();             // X after C's wait for the previous call's last use of the buffer
     detail::pack_view(k, kv[0], side.get());
     detail::pack_view(v, kv[0] + nkv * es, side.get());
     trace.mark("packed (X)", side.get());
@@ -332,7 +361,7 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
       trace.mark("post " + std::to_string(i) + " (N)", comm_stream);
       // The first send reads kv[0] as packed on X; later ones what arrived (ordered on C by its wait).
       t = post_jump("ring forward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], kv_bytes, U[i + 1] - s,
-                    i == 0 ? side.get() : stream);
+                    i == 0 && pack_side ? side.get() : stream);
       trace.mark("posted " + std::to_string(i) + " (N)", comm_stream);
       ++last_forward_.kv_exchanges;
     }
@@ -340,9 +369,10 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
     if (!st.skipped()) {
       ++last_forward_.computed_steps;
       // Step 0 is this rank's own K|V: the caller's tensors (the packed copy may still be in flight on X).
-      AttnParams p = s == 0 ? step_params(q, k, v, st)
-                            : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
-                                          device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      AttnParams p = s == 0 && pack_side
+                         ? step_params(q, k, v, st)
+                         : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
+                                       device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.lse = run_lse;
       if (direct) {
         p.o = o;  // the only computed step: plain mode into the caller's o
@@ -394,9 +424,18 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
 
   unsigned char* kv_base = kv_double_buffer(kv_bytes);  // persistent K|V window (see forward_cuda)
   unsigned char* kv[2] = {kv_base, kv_base + kv_bytes};
+  RingTrace trace("bwd", comm_.rank());
+  const auto* nccl_comm = dynamic_cast<const NcclCommunicator*>(&comm_);
+  const cudaStream_t comm_stream = nccl_comm != nullptr ? nccl_comm->stream() : stream;
+  trace.mark("begin (C)", stream);
+  const bool pack_side = pack_on_side_stream();
   DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_idle_, 0));
   kv_path_ = comm_.exchange_path(kv[0], kv[1], kv_bytes);
   KvIdle idle(kv_idle_, stream);
+  if (!pack_side) {
+    detail::pack_view(k, kv[0], stream);
+    detail::pack_view(v, kv[0] + nkv * es, stream);
+  }
   DeviceScratch delta(static_cast<size_t>(B * Hq * Sl) * sizeof(float), stream);
   detail::row_dot(dout, o, delta.get<float>(), stream);  // once for all steps
   // dQ accumulator, fp32 head-major [B, Hq, Sl, D] seen as [B, Sl, Hq, D] with strides (Hq*Sl*D, D, Sl*D, 1):
@@ -412,7 +451,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   DeviceScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
   float* scratch[2] = {scratch0.get<float>(), scratch1.get<float>()};
   DeviceScratch dsend(gbytes, stream), drecv(gbytes, stream);  // travelling accumulators
-  SideStream side(stream);                                     // after the buffers: joins C before they are freed
+  SideStream side(stream, pack_side);                          // after the buffers: joins C before they are freed
   PendingExchanges pending(comm_, stream);                     // after the buffers: destroyed before them
   ExchangeTicket& tk = pending.tickets[0];
   ExchangeTicket& tg = pending.tickets[1];
@@ -423,9 +462,13 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     side.follow_main();  // after its allocation (and C's wait for the previous call's last use of the K|V buffer)
     DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[1], 0, scratch_bytes, X));
     side.mark_cleared(1);
-    detail::pack_view(k, kv[0], X);
-    detail::pack_view(v, kv[0] + nkv * es, X);
+    if (pack_side) {
+      detail::pack_view(k, kv[0], X);
+      detail::pack_view(v, kv[0] + nkv * es, X);
+    }
+    trace.mark("scratch1 cleared, packed (X)", X);
   }
+  trace.mark("set up (C)", stream);
 
   const int L = schedule_.last_useful_step;
   last_backward_ = RingCallStats();
@@ -444,7 +487,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     if (more) {
       // The first send reads kv[0] as packed on X; later ones what arrived (ordered on C by its wait).
       tk = post_jump("ring backward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], kv_bytes, U[i + 1] - s,
-                     i == 0 ? X : stream);
+                     i == 0 && pack_side ? X : stream);
+      trace.mark("K|V posted " + std::to_string(i) + " (N)", comm_stream);
       ++last_backward_.kv_exchanges;
     }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
@@ -453,9 +497,9 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       if (i >= 1) side.main_waits_cleared(static_cast<int>(i % 2));  // cleared on X (initially / after step i-2's add)
       AttnBwdParams bp;
       // Step 0 is this rank's own K|V: the caller's tensors (the packed copy may still be in flight on X).
-      bp.fwd = s == 0 ? step_params(q, k, v, st)
-                      : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
-                                    device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      bp.fwd = s == 0 && pack_side ? step_params(q, k, v, st)
+                                   : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
+                                                 device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       bp.fwd.o = o;
       bp.fwd.lse = const_cast<float*>(lse);
       bp.dout = dout;
@@ -464,7 +508,9 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       bp.dv = device_view(scr + nkv, DType::kFloat32, B, Sl, Hkv, D);
       bp.accumulate = true;
       bp.delta = delta.get<float>();
+      trace.mark("compute " + std::to_string(i) + " start (C)", stream);
       flash_attention_backward(bp, stream);
+      trace.mark("compute " + std::to_string(i) + " end (C)", stream);
     }
     side.follow_main();                     // X after this step's compute (and everything before it on C)
     if (i > 0) comm_.wait_exchange(tg, X);  // drecv holds the accumulator of step i-1; dsend is free
@@ -478,16 +524,21 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     // On with the K|V's jump; after the last useful step straight home to rank r - L (complete by then).
     tg = more ? post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, X)
               : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), home_bytes, -L, X);
+    trace.mark("add + dK|dV posted " + std::to_string(i) + " (N)", comm_stream);
     ++last_backward_.grad_exchanges;
     if (more) {
       comm_.wait_exchange(tk, stream);
+      trace.mark("K|V waited " + std::to_string(i) + " (C)", stream);
       cur = 1 - cur;
     }
   }
   comm_.wait_exchange(tg, stream);  // this rank's own dK | dV, complete
+  trace.mark("dK|dV home waited (C)", stream);
   detail::convert_packed_to_view(drecv.get(), home_dtype, dk, stream);
   detail::convert_packed_to_view(drecv.get() + nkv * dtype_size(home_dtype), home_dtype, dv, stream);
   detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
+  trace.mark("end (C)", stream);
+  trace.dump();
 }
 
 }  // namespace ring

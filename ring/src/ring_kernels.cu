@@ -5,7 +5,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 
 #include "distattn/core/check_cuda.h"
@@ -157,7 +159,17 @@ bool dispatch_pair(DType a, DType b, F&& f) {
   }
 }
 
+// DISTATTN_RING_VEC=0 turns the vectorised kernels off (A/B timings against the per-element ones).
+bool vec_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("DISTATTN_RING_VEC");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 bool aligned_vec4(const void* p, DType t, std::initializer_list<int64_t> strides) {
+  if (!vec_enabled()) return false;
   const uintptr_t bytes = 4 * dtype_size(t);
   if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
   for (int64_t st : strides)
