@@ -368,11 +368,11 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
       ++last_forward_.computed_steps;
-      // Step 0 is this rank's own K|V: the caller's tensors (the packed copy may still be in flight on X).
-      AttnParams p = s == 0 && pack_side
-                         ? step_params(q, k, v, st)
-                         : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
-                                       device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      // Step 0 is this rank's own K|V: the caller's tensors (the packed copy is only for sending; with
+      // DISTATTN_RING_PACK=side it may still be in flight on X, and with nothing to send it is never made).
+      AttnParams p = s == 0 ? step_params(q, k, v, st)
+                            : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
+                                          device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.lse = run_lse;
       if (direct) {
         p.o = o;  // the only computed step: plain mode into the caller's o
@@ -432,7 +432,9 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_idle_, 0));
   kv_path_ = comm_.exchange_path(kv[0], kv[1], kv_bytes);
   KvIdle idle(kv_idle_, stream);
-  if (!pack_side) {
+  // The pack is only for sending: step 0 (this rank's own K|V) always computes on the caller's k, v (also when nothing
+  // is sent and the buffer is never filled: a rank whose only useful step is its own).
+  if (!pack_side && schedule_.useful_steps.size() > 1) {
     detail::pack_view(k, kv[0], stream);
     detail::pack_view(v, kv[0] + nkv * es, stream);
   }
@@ -496,10 +498,11 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       ++last_backward_.computed_steps;
       if (i >= 1) side.main_waits_cleared(static_cast<int>(i % 2));  // cleared on X (initially / after step i-2's add)
       AttnBwdParams bp;
-      // Step 0 is this rank's own K|V: the caller's tensors (the packed copy may still be in flight on X).
-      bp.fwd = s == 0 && pack_side ? step_params(q, k, v, st)
-                                   : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
-                                                 device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      // Step 0 is this rank's own K|V: the caller's tensors (the packed copy is only for sending; with
+      // DISTATTN_RING_PACK=side it may still be in flight on X, and with nothing to send it is never made).
+      bp.fwd = s == 0 ? step_params(q, k, v, st)
+                      : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
+                                    device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       bp.fwd.o = o;
       bp.fwd.lse = const_cast<float*>(lse);
       bp.dout = dout;
