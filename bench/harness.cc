@@ -23,6 +23,7 @@
 #include "distattn/launch/device.h"
 #include "distattn/launch/sizes.h"
 #include "json.h"
+#include "stream_timer.h"
 
 #ifndef DISTATTN_GIT_COMMIT_CONFIGURED
 #define DISTATTN_GIT_COMMIT_CONFIGURED "unknown"
@@ -65,59 +66,11 @@ const OpEntry& find_op(const std::string& name) {
   DISTATTN_THROW("--op/-o", "unknown operation '", name, "' (known: ", known, ")");
 }
 
-// Median of the per-iteration times (the upper median for an even count).
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// RAII for the per-iteration CUDA events.
-struct EventPairs {
-  std::vector<cudaEvent_t> start, stop;
-  explicit EventPairs(int n) {
-    start.assign(static_cast<size_t>(n), nullptr);
-    stop.assign(static_cast<size_t>(n), nullptr);
-    for (int i = 0; i < n; ++i) {
-      DISTATTN_CUDA_CHECK(cudaEventCreate(&start[i]));
-      DISTATTN_CUDA_CHECK(cudaEventCreate(&stop[i]));
-    }
-  }
-  ~EventPairs() {
-    for (auto e : start)
-      if (e) cudaEventDestroy(e);
-    for (auto e : stop)
-      if (e) cudaEventDestroy(e);
-  }
-};
-
 // Times op.run(): warm-up, then each of `iters` iterations on its own. GPU: CUDA events around each
 // enqueue (GPU time per iteration, the host runs ahead); host engine: a steady clock. Returns the median, ms.
 double time_op(BenchOp& op, const RunContext& ctx, int warmup, int iters) {
-  std::vector<double> ms(static_cast<size_t>(iters));
-  if (ctx.on_gpu()) {
-    for (int i = 0; i < warmup; ++i) op.run();
-    EventPairs ev(iters);
-    for (int i = 0; i < iters; ++i) {
-      DISTATTN_CUDA_CHECK(cudaEventRecord(ev.start[i], ctx.stream));
-      op.run();
-      DISTATTN_CUDA_CHECK(cudaEventRecord(ev.stop[i], ctx.stream));
-    }
-    DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-    DISTATTN_CUDA_CHECK_LAUNCH();
-    for (int i = 0; i < iters; ++i) {
-      float t = 0;
-      DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&t, ev.start[i], ev.stop[i]));
-      ms[i] = t;
-    }
-  } else {
-    for (int i = 0; i < warmup; ++i) op.run();
-    for (int i = 0; i < iters; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      op.run();
-      ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    }
-  }
-  return median(ms);
+  const auto run = [&op] { op.run(); };
+  return ctx.on_gpu() ? median_stream_ms(ctx.stream, warmup, iters, run) : median_host_ms(warmup, iters, run);
 }
 
 void print0(int rank, const std::string& line) {

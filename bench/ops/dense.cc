@@ -48,6 +48,7 @@
 #include "host_reference.h"
 #include "host_tensors.h"
 #include "output_check.h"
+#include "stream_timer.h"
 
 namespace distattn {
 namespace bench {
@@ -411,29 +412,10 @@ class DenseOp : public BenchOp {
     constexpr int kRopeWarmup = 3, kRopeIters = 15;
     const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward && !fused_rope_bwd();
     if (!fwd && !bwd) return;
-    auto once = [&] {
+    rope_ms_[S_] = median_stream_ms(ctx_.stream, kRopeWarmup, kRopeIters, [&] {
       if (fwd) rope_cuda(false);
       if (bwd) rope_cuda(true);
-    };
-    for (int i = 0; i < kRopeWarmup; ++i) once();
-    std::vector<cudaEvent_t> ev(2 * kRopeIters, nullptr);
-    for (auto& e : ev) DISTATTN_CUDA_CHECK(cudaEventCreate(&e));
-    std::vector<float> ms(kRopeIters, 0.f);
-    try {
-      for (int i = 0; i < kRopeIters; ++i) {
-        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i], ctx_.stream));
-        once();
-        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], ctx_.stream));
-      }
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      for (int i = 0; i < kRopeIters; ++i) DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-    } catch (...) {
-      for (auto e : ev) cudaEventDestroy(e);
-      throw;
-    }
-    for (auto e : ev) cudaEventDestroy(e);
-    std::sort(ms.begin(), ms.end());
-    rope_ms_[S_] = ms[ms.size() / 2];
+    });
   }
   double rope_ms(int64_t seq) const {
     const auto it = rope_ms_.find(seq);

@@ -87,6 +87,7 @@
 #include "host_reference.h"
 #include "host_tensors.h"
 #include "output_check.h"
+#include "stream_timer.h"
 
 namespace distattn {
 namespace bench {
@@ -122,11 +123,6 @@ int64_t layout_visible_pairs(const BlockLayout& g, int64_t S) {
     }
   }
   return pairs;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 void upload(const HostTensor& t, void* dst) {
@@ -605,29 +601,10 @@ class RingOp : public BenchOp {
   void time_rope_kernels() {
     constexpr int kRopeWarmup = 3, kRopeIters = 15;
     const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward;
-    auto once = [&] {
+    rope_ms_[S_] = max_over_ranks(median_stream_ms(ctx_.stream, kRopeWarmup, kRopeIters, [&] {
       if (fwd) rope_local(false);
       if (bwd) rope_local(true);
-    };
-    for (int i = 0; i < kRopeWarmup; ++i) once();
-    std::vector<cudaEvent_t> ev(2 * kRopeIters, nullptr);
-    for (auto& e : ev) DISTATTN_CUDA_CHECK(cudaEventCreate(&e));
-    std::vector<float> ms(kRopeIters, 0.f);
-    try {
-      for (int i = 0; i < kRopeIters; ++i) {
-        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i], ctx_.stream));
-        once();
-        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], ctx_.stream));
-      }
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      for (int i = 0; i < kRopeIters; ++i) DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
-    } catch (...) {
-      for (auto e : ev) cudaEventDestroy(e);
-      throw;
-    }
-    for (auto e : ev) cudaEventDestroy(e);
-    std::sort(ms.begin(), ms.end());
-    rope_ms_[S_] = max_over_ranks(ms[ms.size() / 2]);
+    }));
   }
   double rope_ms(int64_t seq) const {
     const auto it = rope_ms_.find(seq);
@@ -926,38 +903,7 @@ class RingOp : public BenchOp {
   template <typename Fn>
   double time_loop(Fn&& fn) {
     const int warmup = std::max(1, opt_.common.warmup), iters = std::max(1, opt_.common.iters);
-    for (int i = 0; i < warmup; ++i) fn();
-    std::vector<double> ms(static_cast<size_t>(iters));
-    if (ctx_.on_gpu()) {
-      std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters), nullptr);
-      for (auto& e : ev) DISTATTN_CUDA_CHECK(cudaEventCreate(&e));
-      struct Guard {
-        std::vector<cudaEvent_t>& e;
-        ~Guard() {
-          for (auto x : e)
-            if (x) cudaEventDestroy(x);
-        }
-      } guard{ev};
-      for (int i = 0; i < iters; ++i) {
-        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i], ctx_.stream));
-        fn();
-        DISTATTN_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], ctx_.stream));
-      }
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      DISTATTN_CUDA_CHECK_LAUNCH();
-      for (int i = 0; i < iters; ++i) {
-        float t = 0;
-        DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]));
-        ms[i] = t;
-      }
-    } else {
-      for (int i = 0; i < iters; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        fn();
-        ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      }
-    }
-    return median(ms);
+    return ctx_.on_gpu() ? median_stream_ms(ctx_.stream, warmup, iters, fn) : median_host_ms(warmup, iters, fn);
   }
 
   RunContext ctx_;
