@@ -335,9 +335,10 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   const TensorView acc_view = need_acc ? device_view(acc_o.get(), DType::kFloat32, B, Sl, Hq, D) : TensorView{};
   PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
   ExchangeTicket& t = pending.tickets[0];
-  // The K|V pack into the send buffer runs on a side stream X beside step 0's compute, which reads the caller's k, v
-  // directly (step 0 is this rank's own K|V); the first exchange is ordered after X. Declared last: its destructor
-  // (C waits for X) runs first, before the frees and the K|V idle mark.
+  // The K|V pack into the send buffer (only when something is sent) runs on C before step 0, or with
+  // DISTATTN_RING_PACK=side on a greatest-priority side stream X beside it, the first exchange then ordered after X.
+  // Step 0 (this rank's own K|V) reads the caller's k, v either way. Declared last: X's destructor (C waits for X)
+  // runs first, before the frees and the K|V idle mark.
   const bool pack_side = pack_on_side_stream();
   SideStream side(stream, pack_side);
   if (!pack_side && U.size() > 1) {
