@@ -25,29 +25,11 @@ using testing::compare;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
+using testing::row_range;
+using testing::slice_positions;
 using testing::test_seed;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// The local rows [begin, end) of a position map, as a position map.
-PositionMap slice(const PositionMap& m, int64_t begin, int64_t end) {
-  PositionMap out;
-  int64_t first = 0;
-  for (int c = 0; c < m.num_chunks; ++c) {
-    const PositionChunk& ch = m.chunks[c];
-    const int64_t b = std::max(begin, first), e = std::min(end, first + ch.length);
-    if (b < e) out.add_chunk(ch.start + (b - first) * ch.stride, ch.stride, e - b);
-    first += ch.length;
-  }
-  return out;
-}
-
-TensorView rows(const TensorView& t, int64_t begin, int64_t end) {
-  TensorView s = t;
-  s.data = static_cast<unsigned char*>(t.data) + begin * t.stride[1] * dtype_size(t.dtype);
-  s.shape[1] = end - begin;
-  return s;
-}
 
 struct FinalCase {
   int64_t B = 2, Sq = 19, Skv = 45, Hq = 4, Hkv = 2, D = 8;
@@ -79,12 +61,12 @@ class FinalAccumulate {
   AttnParams part(size_t i, const TensorView& o, float* lse) const {
     AttnParams p;
     p.q = q_.view;
-    p.k = rows(k_.view, s_.cuts[i], s_.cuts[i + 1]);
-    p.v = rows(v_.view, s_.cuts[i], s_.cuts[i + 1]);
+    p.k = row_range(k_.view, s_.cuts[i], s_.cuts[i + 1]);
+    p.v = row_range(v_.view, s_.cuts[i], s_.cuts[i + 1]);
     p.o = o;
     p.lse = lse;
     p.q_pos = s_.q_pos;
-    p.kv_pos = slice(s_.kv_pos, s_.cuts[i], s_.cuts[i + 1]);
+    p.kv_pos = slice_positions(s_.kv_pos, s_.cuts[i], s_.cuts[i + 1]);
     p.mask.causal = s_.causal;
     p.mask.window = s_.window;
     p.alibi_slopes = s_.slopes.empty() ? nullptr : s_.slopes.data();

@@ -26,6 +26,8 @@ using testing::compare_flat;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
+using testing::row_range;
+using testing::slice_positions;
 using testing::test_seed;
 
 const double kInf = std::numeric_limits<double>::infinity();
@@ -342,26 +344,6 @@ TEST(HostForward, PlainModeWithoutLse) {
 // ---------------------------------------------------------------------------------------------------
 // (b) accumulate mode: the kv rows split into parts, merged into an fp32 accumulator.
 
-// The local rows [begin, end) of a position map, as a position map.
-PositionMap slice(const PositionMap& m, int64_t begin, int64_t end) {
-  PositionMap out;
-  int64_t first = 0;
-  for (int c = 0; c < m.num_chunks; ++c) {
-    const PositionChunk& ch = m.chunks[c];
-    const int64_t b = std::max(begin, first), e = std::min(end, first + ch.length);
-    if (b < e) out.add_chunk(ch.start + (b - first) * ch.stride, ch.stride, e - b);
-    first += ch.length;
-  }
-  return out;
-}
-
-TensorView rows(const TensorView& t, int64_t begin, int64_t end) {
-  TensorView s = t;
-  s.data = static_cast<unsigned char*>(t.data) + begin * t.stride[1] * dtype_size(t.dtype);
-  s.shape[1] = end - begin;
-  return s;
-}
-
 void check_accumulate(Problem& pr, const std::vector<int64_t>& cuts, uint64_t seed) {
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   pr.o_dtype = DType::kFloat32;
@@ -377,9 +359,9 @@ void check_accumulate(Problem& pr, const std::vector<int64_t>& cuts, uint64_t se
   std::vector<float> acc_lse(pr.lse.size(), -std::numeric_limits<float>::infinity());
   for (size_t part = 0; part + 1 < cuts.size(); ++part) {
     AttnParams p = pr.params();
-    p.k = rows(pr.k.view, cuts[part], cuts[part + 1]);
-    p.v = rows(pr.v.view, cuts[part], cuts[part + 1]);
-    p.kv_pos = slice(pr.kv_pos, cuts[part], cuts[part + 1]);
+    p.k = row_range(pr.k.view, cuts[part], cuts[part + 1]);
+    p.v = row_range(pr.v.view, cuts[part], cuts[part + 1]);
+    p.kv_pos = slice_positions(pr.kv_pos, cuts[part], cuts[part + 1]);
     p.o = acc.view;
     p.lse = acc_lse.data();
     p.accumulate = true;

@@ -38,6 +38,7 @@ using testing::ErrorStats;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
+using testing::slice_positions;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -59,18 +60,6 @@ TensorView kv_rows(const TensorView& t, int64_t begin, int64_t end) {
   s.data = static_cast<unsigned char*>(t.data) + begin * t.stride[1] * dtype_size(t.dtype);
   s.shape[1] = end - begin;
   return s;
-}
-
-PositionMap slice(const PositionMap& m, int64_t begin, int64_t end) {
-  PositionMap out;
-  int64_t first = 0;
-  for (int c = 0; c < m.num_chunks; ++c) {
-    const PositionChunk& ch = m.chunks[c];
-    const int64_t b = std::max(begin, first), e = std::min(end, first + ch.length);
-    if (b < e) out.add_chunk(ch.start + (b - first) * ch.stride, ch.stride, e - b);
-    first += ch.length;
-  }
-  return out;
 }
 
 bool hopper_here(const AttnParams& p) {
@@ -106,7 +95,7 @@ class Runner {
     p.o = o;
     p.lse = lse;
     p.q_pos = c_.q_pos;
-    p.kv_pos = slice(c_.kv_pos, c_.cuts[i], c_.cuts[i + 1]);
+    p.kv_pos = slice_positions(c_.kv_pos, c_.cuts[i], c_.cuts[i + 1]);
     p.mask = c_.mask;
     p.accumulate = true;
     return p;
