@@ -53,6 +53,7 @@
 #include <cstdlib>
 #include <exception>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -340,16 +341,19 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   // Step 0 (this rank's own K|V) reads the caller's k, v either way. Declared last: X's destructor (C waits for X)
   // runs first, before the frees and the K|V idle mark.
   const bool pack_side = pack_on_side_stream();
-  SideStream side(stream, pack_side);
-  if (!pack_side && U.size() > 1) {
+  // The side stream exists only for DISTATTN_RING_PACK=side (creating one per call costs a stream and four events).
+  std::optional<SideStream> side;
+  const bool sends = U.size() > 1;
+  if (sends && !pack_side) {
     detail::pack_view(k, kv[0], stream);
     detail::pack_view(v, kv[0] + nkv * es, stream);
   }
-  if (pack_side && U.size() > 1) {  // something is sent
-    side.follow_main();             // X after C's wait for the previous call's last use of the buffer
-    detail::pack_view(k, kv[0], side.get());
-    detail::pack_view(v, kv[0] + nkv * es, side.get());
-    trace.mark("packed (X)", side.get());
+  if (sends && pack_side) {
+    side.emplace(stream, true);
+    side->follow_main();  // X after C's wait for the previous call's last use of the buffer
+    detail::pack_view(k, kv[0], side->get());
+    detail::pack_view(v, kv[0] + nkv * es, side->get());
+    trace.mark("packed (X)", side->get());
   }
 
   last_forward_ = RingCallStats();
@@ -362,7 +366,7 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
       trace.mark("post " + std::to_string(i) + " (N)", comm_stream);
       // The first send reads kv[0] as packed on X; later ones what arrived (ordered on C by its wait).
       t = post_jump("ring forward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], kv_bytes, U[i + 1] - s,
-                    i == 0 && pack_side ? side.get() : stream);
+                    i == 0 && side ? side->get() : stream);
       trace.mark("posted " + std::to_string(i) + " (N)", comm_stream);
       ++last_forward_.kv_exchanges;
     }
