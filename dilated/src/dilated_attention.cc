@@ -149,15 +149,6 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
 
 bool foldable(const TensorView& t) { return t.shape[0] == 1 || t.stride[0] == t.shape[1] * t.stride[1]; }
 
-// What the CUDA engine requires of a tensor it writes (check_cuda_tensor): 16-byte aligned base and strides.
-bool engine_aligned(const TensorView& t) {
-  const int64_t elem = static_cast<int64_t>(dtype_size(t.dtype));
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return false;
-  for (int axis = 0; axis < 3; ++axis)
-    if ((t.stride[axis] * elem) % 16 != 0 && t.shape[axis] != 1) return false;
-  return true;
-}
-
 // The engine parameters of one call: q, k, v, o views, the compacted LSE at lse_c, positions, mask, ALiBi.
 AttnParams engine_params(const PatternCall& c, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& o, float* lse_c, const float* slopes, const DilatedConfig& config) {
@@ -434,7 +425,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   // The engine writes o itself (fused final, or a lone rate-1 pattern in plain mode) only where it can: segments
   // fold only over a foldable o, and the CUDA engine's output alignment; otherwise the accumulator and a cast.
   // Fused final also needs o in q's dtype (o_final's contract).
-  const bool o_direct_ok = (!fold_in || foldable(o)) && (!cuda || engine_aligned(o));
+  const bool o_direct_ok = (!fold_in || foldable(o)) && (!cuda || cuda_tensor_aligned(o));
   const bool fused = fused_final_ && o_direct_ok && o.dtype == q.dtype;
   const FwdPlan plan = plan_forward(config_, o_direct_ok, fused);
   const bool fold = fold_in && (!plan.o_direct || foldable(o));

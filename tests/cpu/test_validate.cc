@@ -11,6 +11,7 @@
 
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
+#include "distattn/core/operand_checks.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -384,6 +385,32 @@ TEST(ValidateBackward, AccumulateNeedsFp32Gradients) {
   EXPECT_NO_THROW(validate_backward(f.bp, Device::kHost));
   f.bp.dk.dtype = DType::kBFloat16;
   expect_error([&] { validate_backward(f.bp, Device::kHost); }, "dk", "bf16 dk in accumulate mode");
+}
+
+}  // namespace
+}  // namespace distattn
+
+namespace distattn {
+namespace {
+
+// cuda_tensor_aligned (operand_checks.h): the CUDA engine's layout rule as a predicate (no residency check).
+TEST(CudaTensorAligned, BaseAndStridesOf16Bytes) {
+  alignas(16) static unsigned char buf[1 << 16];
+  // bf16 [1, 4, 2, 8]: 16-byte rows of a head, packed.
+  TensorView t = TensorView::packed(buf, DType::kBFloat16, Device::kCuda, 1, 4, 2, 8);
+  EXPECT_TRUE(cuda_tensor_aligned(t));
+  TensorView off = t;
+  off.data = buf + 2;  // base 2 bytes off
+  EXPECT_FALSE(cuda_tensor_aligned(off));
+  TensorView row = t;
+  row.stride[1] = 2 * 8 + 1;  // 34-byte rows
+  EXPECT_FALSE(cuda_tensor_aligned(row));
+  TensorView one_row = row;
+  one_row.shape[1] = 1;  // a single row: its stride is never used
+  EXPECT_TRUE(cuda_tensor_aligned(one_row));
+  TensorView head = t;
+  head.stride[2] = 4;  // 8-byte head stride (heads overlap: the rule only looks at alignment)
+  EXPECT_FALSE(cuda_tensor_aligned(head));
 }
 
 }  // namespace

@@ -14,8 +14,11 @@ namespace distattn {
 // `ptr` must be null (when allow_null) or point at device/managed memory.
 void check_device_pointer(const void* ptr, const char* argument, bool allow_null = false);
 
-// Device residency, base address 16-byte aligned, and batch/row/head strides multiples of 16 bytes (the kernels load
-// 16-byte vectors).
+// The CUDA engine's layout rule: base address 16-byte aligned, and batch/row/head strides multiples of 16 bytes where
+// the axis has more than one element (the kernels load 16-byte vectors). No residency check, never throws.
+bool cuda_tensor_aligned(const TensorView& t);
+
+// Device residency and cuda_tensor_aligned, each failure an Error naming the argument and what is off.
 void check_cuda_tensor(const TensorView& t, const char* argument);
 
 // A rank's local shard: not null, shape [B, rows, H, D], dtype `dtype` (or fp32 when fp32_allowed), on `device`
