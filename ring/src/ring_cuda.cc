@@ -540,11 +540,14 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       cur = 1 - cur;
     }
   }
+  // dQ is complete with the last compute (it never travels): its conversion goes on C right after that compute,
+  // before C waits for the home hop, so it runs beside the last add (X) and the hop (N) instead of after them.
+  detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
+  trace.mark("dq converted (C)", stream);
   comm_.wait_exchange(tg, stream);  // this rank's own dK | dV, complete
   trace.mark("dK|dV home waited (C)", stream);
   detail::convert_packed_to_view(drecv.get(), home_dtype, dk, stream);
   detail::convert_packed_to_view(drecv.get() + nkv * dtype_size(home_dtype), home_dtype, dv, stream);
-  detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
   trace.mark("end (C)", stream);
   trace.dump();
 }
