@@ -126,7 +126,7 @@ class PendingExchanges {
   PendingExchanges(const PendingExchanges&) = delete;
   PendingExchanges& operator=(const PendingExchanges&) = delete;
 
-  ExchangeTicket tickets[2];  // [0] K|V, [1] dK|dV accumulators (backward)
+  ExchangeTicket tickets[3];  // [0] K|V, [1] dK|dV accumulators (backward; then the dK half home), [2] dV half home
 
  private:
   Communicator& comm_;
@@ -221,6 +221,34 @@ bool pack_on_side_stream() {
     return s == "side";
   }();
   return side;
+}
+
+// DISTATTN_RING_HOME=direct (default) | window: where the backward's dK|dV home hop lands when the caller's dk and dv
+// are packed [B, S/P, Hkv, D] of the home dtype. direct: straight into dk.data / dv.data (no conversion pass after
+// it); window: into the accumulator buffer, then converted into dk, dv as for any other layout (kept for A/B timings:
+// see the "Backward tail" paragraph of the header comment). Read once per process; anything else throws.
+bool home_direct_allowed() {
+  static const bool direct = [] {
+    const char* v = std::getenv("DISTATTN_RING_HOME");
+    if (v == nullptr || *v == '\0') return true;
+    const std::string s(v);
+    DISTATTN_CHECK_ARG(s == "direct" || s == "window", "DISTATTN_RING_HOME", "expected direct or window, got '", s,
+                       "'");
+    return s == "direct";
+  }();
+  return direct;
+}
+
+// True when t is a densely packed [B, S, H, D] view of `dtype` (strides of axes of extent 1 do not matter).
+bool is_packed_as(const TensorView& t, DType dtype, int64_t B, int64_t S, int64_t H, int64_t D) {
+  if (t.dtype != dtype || t.data == nullptr) return false;
+  const TensorView p = TensorView::packed(t.data, dtype, t.device, B, S, H, D);
+  if (t.shape != p.shape) return false;
+  for (int a = 0; a < 4; ++a) {
+    if (p.shape[static_cast<size_t>(a)] > 1 && t.stride[static_cast<size_t>(a)] != p.stride[static_cast<size_t>(a)])
+      return false;
+  }
+  return true;
 }
 
 // Makes the communicator's GPU current (the scratch is allocated on the current device).
@@ -424,7 +452,11 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   const DType home_dtype =
       (dk.dtype == dv.dtype && dk.dtype != DType::kFloat32 && dtype_size(dk.dtype) <= dtype_size(gtype)) ? dk.dtype
                                                                                                          : gtype;
-  const size_t home_bytes = 2 * static_cast<size_t>(nkv) * dtype_size(home_dtype);
+  const size_t home_half = static_cast<size_t>(nkv) * dtype_size(home_dtype);  // one of dK, dV on the home hop
+  // The home hop lands straight in the caller's dk and dv when they are packed and of the home dtype (two shifts,
+  // one per half; no conversion pass after it); otherwise in drecv, converted into dk, dv after it.
+  const bool home_direct = home_direct_allowed() && is_packed_as(dk, home_dtype, B, Sl, Hkv, D) &&
+                           is_packed_as(dv, home_dtype, B, Sl, Hkv, D);
   use_comm_device(comm_);
 
   unsigned char* kv_base = kv_double_buffer(kv_bytes);  // persistent K|V window (see forward_cuda)
@@ -461,7 +493,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   SideStream side(stream, pack_side);                          // after the buffers: joins C before they are freed
   PendingExchanges pending(comm_, stream);                     // after the buffers: destroyed before them
   ExchangeTicket& tk = pending.tickets[0];
-  ExchangeTicket& tg = pending.tickets[1];
+  ExchangeTicket& tg = pending.tickets[1];  // the travelling accumulator; after the last step: the dK half home
+  ExchangeTicket& th = pending.tickets[2];  // the dV half home
   const cudaStream_t X = side.get();
   const std::vector<int>& U = schedule_.useful_steps;
   DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[0], 0, scratch_bytes, stream));
@@ -522,18 +555,36 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     }
     side.follow_main();                     // X after this step's compute (and everything before it on C)
     if (i > 0) comm_.wait_exchange(tg, X);  // drecv holds the accumulator of step i-1; dsend is free
-    // The last add writes the home hop's dtype (see home_dtype); the others keep the travel dtype.
-    detail::travel_add(i > 0 ? drecv.get() : nullptr, gtype, st.skipped() ? nullptr : scr, dsend.get(),
-                       more ? gtype : home_dtype, 2 * nkv, X);
-    if (!st.skipped() && i + 2 < U.size()) {
-      DISTATTN_CUDA_CHECK(cudaMemsetAsync(scr, 0, scratch_bytes, X));
-      side.mark_cleared(static_cast<int>(i % 2));
+    const void* incoming = i > 0 ? drecv.get() : nullptr;
+    const float* mine = st.skipped() ? nullptr : scr;
+    if (more) {
+      detail::travel_add(incoming, gtype, mine, dsend.get(), gtype, 2 * nkv, X);
+      if (!st.skipped() && i + 2 < U.size()) {
+        DISTATTN_CUDA_CHECK(cudaMemsetAsync(scr, 0, scratch_bytes, X));
+        side.mark_cleared(static_cast<int>(i % 2));
+      }
+      // On with the K|V's jump.
+      tg = post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, X);
+    } else {
+      // After the last useful step the accumulator is complete and goes straight home to rank r - L, in two halves
+      // (dK, then dV): the dK half's hop (N) runs while X adds the dV half. The last add writes the home hop's dtype
+      // (see home_dtype), dsend = [dK | dV] packed in it; each half lands in the caller's dk / dv (home_direct) or in
+      // the same half of drecv.
+      const size_t gs = dtype_size(gtype);
+      for (int h = 0; h < 2; ++h) {
+        unsigned char* send = dsend.get() + h * home_half;
+        detail::travel_add(incoming != nullptr ? drecv.get() + h * nkv * gs : nullptr, gtype,
+                           mine != nullptr ? mine + h * nkv : nullptr, send, home_dtype, nkv, X);
+        void* recv = home_direct ? (h == 0 ? dk.data : dv.data) : drecv.get() + h * home_half;
+        (h == 0 ? tg : th) = comm_.post_shift(h == 0 ? "ring backward dK home" : "ring backward dV home", s, send, recv,
+                                              home_half, -L, X);
+        trace.mark(std::string(h == 0 ? "add + dK" : "add + dV") + " home posted (N, " +
+                       (home_direct ? "into dk/dv" : "into drecv") + ")",
+                   comm_stream);
+      }
     }
-    // On with the K|V's jump; after the last useful step straight home to rank r - L (complete by then).
-    tg = more ? post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, X)
-              : comm_.post_shift("ring backward dK|dV home", s, dsend.get(), drecv.get(), home_bytes, -L, X);
-    trace.mark("add + dK|dV posted " + std::to_string(i) + " (N)", comm_stream);
-    ++last_backward_.grad_exchanges;
+    if (more) trace.mark("add + dK|dV posted " + std::to_string(i) + " (N)", comm_stream);
+    ++last_backward_.grad_exchanges;  // the home hop counts once (one exchange, posted in two halves)
     if (more) {
       comm_.wait_exchange(tk, stream);
       trace.mark("K|V waited " + std::to_string(i) + " (C)", stream);
@@ -544,10 +595,13 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // before C waits for the home hop, so it runs beside the last add (X) and the hop (N) instead of after them.
   detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
   trace.mark("dq converted (C)", stream);
-  comm_.wait_exchange(tg, stream);  // this rank's own dK | dV, complete
-  trace.mark("dK|dV home waited (C)", stream);
-  detail::convert_packed_to_view(drecv.get(), home_dtype, dk, stream);
-  detail::convert_packed_to_view(drecv.get() + nkv * dtype_size(home_dtype), home_dtype, dv, stream);
+  // This rank's own dK, then dV, complete (in dk / dv already when home_direct, else converted out of drecv).
+  comm_.wait_exchange(tg, stream);
+  if (!home_direct) detail::convert_packed_to_view(drecv.get(), home_dtype, dk, stream);
+  trace.mark("dK home waited (C)", stream);
+  comm_.wait_exchange(th, stream);
+  if (!home_direct) detail::convert_packed_to_view(drecv.get() + home_half, home_dtype, dv, stream);
+  trace.mark("dV home waited (C)", stream);
   trace.mark("end (C)", stream);
   trace.dump();
 }
