@@ -24,15 +24,42 @@
 // drecv and the scratch, writes dsend), clears the scratch, and N posts the accumulator on after X. The scratch is
 // double-buffered (step s+1 computes into the other one; step s+2 waits for X's clear).
 // It jumps with the K|V; after the last useful step L it goes straight home instead (post_shift by -L; +1 = the
-// ring hop when L = P-1).
-// Per-step hazards, all ordered by the two events above:
+// ring hop when L = P-1), in two halves (see "Backward tail" below).
+// Per-step hazards, all ordered by the two events above (NCCL) or by the window's flags (copy engine, below):
 //   kv[1-cur]  received on N while C computes on kv[cur]; C last read kv[1-cur] in step s-1 (before the post)
-//   dsend      written by C's add at step s only after C waited for step s-1's send of it
-//   drecv      read by C's add at step s, overwritten by N's exchange of step s posted after that add
+//   dsend      written by X's add at step s only after X waited for step s-1's send of it
+//   drecv      read by X's add at step s, overwritten by the exchange of step s posted (after = X) after that add
+//
+// The dK|dV accumulators [dsend | drecv] (gbytes each) are persistent like the K|V double buffer (cudaMalloc,
+// grad_double_buffer, allocated by the first backward, grown when needed) and registered as a window of their own,
+// so on one node their hops run on the copy engine too (no NCCL kernels taking SMs from the next step's compute).
+// The copy engine pushes: the SOURCE's N writes into this rank's drecv; the flags replace NCCL's stream order
+// (comm/src/ce_window.cc, "Protocol"). Each hazard again, for exchange n of the window on rank r:
+//   drecv (write after read): r's post n runs on N after `after` = X, i.e. after the add that last read drecv (step
+//     s's add, or for a home half the add of that half); only then does N write FREE n into the source's flags, and
+//     the source's push n waits for it. The home halves read / write disjoint halves: the dK push writes
+//     drecv[0, home_half) while X's dV add reads drecv[nkv * gs, 2 nkv * gs) (home_half <= nkv * gs).
+//   drecv (read after write): X's add at step s+1 (and C's conversion after the home hop) follow wait_exchange with
+//     that stream as consumer, which waits for READY n from the source (written after its copy, with a barrier).
+//   dsend (write after read): r's own N reads dsend in its push n, then records done[slot]; X waits for done[slot]
+//     in wait_exchange before the next add writes dsend. The dK home push reads dsend[0, home_half) while X writes
+//     the dV half at [home_half, 2 home_half).
+//   dsend (read after write): the push follows the add on N (after = X).
+//   across calls: the next call's C waits for kv_idle_, recorded on this call's C after C waited for both home
+//     halves (done: the pushes out of dsend are complete; READY: the pushes into drecv landed) and after the dk / dv
+//     conversions read drecv; X follows that C before its first add and N's first FREE follows X.
+// The home hop lands straight in the caller's dk, dv only on NCCL (backward_cuda says why not on the copy engine).
+//
+// Backward tail (after the last compute; was ~2 ms at 32K on 2 H200s, all serial on C): the dQ conversion is
+// enqueued on C right after the last compute (it does not depend on the home hop), so it runs beside the last add (X)
+// and the home hop (N); the last add and the home hop go in two halves (dK then dV: the dK hop overlaps the dV add);
+// on NCCL with packed dk, dv of the home dtype the hop lands in them (no conversion); otherwise the dK conversion
+// runs while the dV half is still travelling.
 // dQ accumulates on C in a head-major fp32 buffer [B, Hq, S/P, D] (row stride D): the engine reduces into it
 // directly in accumulate mode, without a scratch of its own; delta = rowsum(dO * O) is computed once.
 //
-// Scratch lifetime: every buffer N touches is allocated and freed on C. On the normal path each exchange is
+// Scratch lifetime: every stream-ordered buffer N touches is allocated and freed on C (the persistent K|V and dK|dV
+// windows are never freed during a call). On the normal path each exchange is
 // waited with consumer C before the frees are enqueued. If anything throws between a post and its wait,
 // PendingExchanges (declared after the buffers, so destroyed before them) waits for the outstanding
 // exchanges (bounded by the deadline; a timeout aborts the NCCL communicator, which ends its kernels) and
@@ -46,7 +73,7 @@
 // and kv_bytes, the same on every rank) then runs on the copy engine (comm/src/ce_window.cc: pushed into the next
 // rank's window, flags instead of NCCL kernels, no SMs), with exactly the ordering contract above (`after` = C,
 // `consumer` = C). Across calls (which may use different streams) the next call's C waits for kv_idle_, recorded on
-// the previous call's C after its last use of the buffer. The dK|dV accumulators stay on NCCL (stream-ordered).
+// the previous call's C after its last use of the buffer (and of the dK|dV window, see above).
 #include <cuda_runtime_api.h>
 
 #include <cmath>
@@ -223,10 +250,11 @@ bool pack_on_side_stream() {
   return side;
 }
 
-// DISTATTN_RING_HOME=direct (default) | window: where the backward's dK|dV home hop lands when the caller's dk and dv
-// are packed [B, S/P, Hkv, D] of the home dtype. direct: straight into dk.data / dv.data (no conversion pass after
-// it); window: into the accumulator buffer, then converted into dk, dv as for any other layout (kept for A/B timings:
-// see the "Backward tail" paragraph of the header comment). Read once per process; anything else throws.
+// DISTATTN_RING_HOME=direct (default) | window: where the backward's dK|dV home hop lands when the accumulators travel
+// on NCCL and the caller's dk and dv are packed [B, S/P, Hkv, D] of the home dtype. direct: straight into dk.data /
+// dv.data (no conversion pass after it); window: into drecv, then converted into dk, dv as for any other layout (kept
+// for A/B timings). On the copy engine the hop always lands in drecv (see backward_cuda). Per rank (the landing
+// address is local; the exchanges posted are the same either way). Read once per process; anything else throws.
 bool home_direct_allowed() {
   static const bool direct = [] {
     const char* v = std::getenv("DISTATTN_RING_HOME");
@@ -257,49 +285,72 @@ void use_comm_device(const Communicator& comm) {
     DISTATTN_CUDA_CHECK(cudaSetDevice(nccl->cuda_device()));
 }
 
+// Deregisters (collective) and frees a window_buffer. Never throws.
+void release_window_buffer(Communicator& comm, unsigned char*& buf, size_t& have, int& window) noexcept {
+  if (buf == nullptr) return;
+  try {
+    use_comm_device(comm);
+    if (window >= 0) comm.deregister_window(window);
+  } catch (...) {
+    // a destructor path: the communicator reports its own failure; the memory is released below regardless
+  }
+  window = -1;
+  (void)cudaFree(buf);  // synchronises: every call's use of the buffer (and kv_idle_) is complete
+  buf = nullptr;
+  have = 0;
+  (void)cudaGetLastError();
+}
+
+// A persistent buffer of `need` bytes registered as a window of `comm` (the K|V double buffer, the dK|dV
+// accumulators): kept when `have` bytes suffice, else released (deregistered) and allocated again (cudaMalloc: not
+// the stream-ordered pool, whose memory cannot be IPC-exported) and registered. Every rank gets here in the same
+// call (the shapes are agreed), so the collective registration lines up; registered on every rank, then dropped again
+// when `use_ce` is false, so that ranks with different opinions still make the same collective calls (and the
+// registration's agreement decides).
+unsigned char* window_buffer(Communicator& comm, bool use_ce, size_t need, unsigned char*& buf, size_t& have,
+                             int& window, const char* op) {
+  if (buf != nullptr && have >= need) return buf;
+  release_window_buffer(comm, buf, have, window);
+  void* p = nullptr;
+  DISTATTN_CUDA_CHECK(cudaMalloc(&p, need));
+  buf = static_cast<unsigned char*>(p);
+  have = need;
+  window = comm.register_window(buf, need, op);
+  if (!use_ce && window >= 0) {
+    const int id = window;
+    window = -1;
+    comm.deregister_window(id);
+  }
+  return buf;
+}
+
 }  // namespace
 
 unsigned char* RingAttention::kv_double_buffer(size_t kv_bytes) {
-  const size_t need = 2 * kv_bytes;
-  if (kv_buffer_ != nullptr && kv_buffer_bytes_ >= need) return kv_buffer_;
-  // Every rank gets here in the same call (the shapes are agreed), so the collective registration lines up.
-  release_kv_buffer();
   if (kv_idle_ == nullptr) {
     cudaEvent_t e = nullptr;
     DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     kv_idle_ = e;
   }
-  void* p = nullptr;
-  DISTATTN_CUDA_CHECK(cudaMalloc(&p, need));  // not the stream-ordered pool: its memory cannot be IPC-exported
-  kv_buffer_ = static_cast<unsigned char*>(p);
-  kv_buffer_bytes_ = need;
-  // Registered on every rank (collective), then dropped again when this config opts out, so that ranks with
-  // different opinions still make the same collective calls (and the registration's agreement decides).
-  kv_window_ = comm_.register_window(kv_buffer_, need, "RingAttention K|V window");
-  if (!config_.copy_engine_exchange && kv_window_ >= 0) {
-    const int id = kv_window_;
-    kv_window_ = -1;
-    comm_.deregister_window(id);
-  }
-  return kv_buffer_;
+  return window_buffer(comm_, config_.copy_engine_exchange, 2 * kv_bytes, kv_buffer_, kv_buffer_bytes_, kv_window_,
+                       "RingAttention K|V window");
 }
 
 void RingAttention::release_kv_buffer() noexcept {
-  if (kv_buffer_ == nullptr) return;
-  try {
-    use_comm_device(comm_);
-    if (kv_window_ >= 0) comm_.deregister_window(kv_window_);
-  } catch (...) {
-    // a destructor path: the communicator reports its own failure; the memory is released below regardless
-  }
-  kv_window_ = -1;
-  (void)cudaFree(kv_buffer_);  // synchronises: every call's use of the buffer (and kv_idle_) is complete
-  kv_buffer_ = nullptr;
-  kv_buffer_bytes_ = 0;
-  (void)cudaGetLastError();
+  release_window_buffer(comm_, kv_buffer_, kv_buffer_bytes_, kv_window_);
+}
+
+unsigned char* RingAttention::grad_double_buffer(size_t grad_bytes) {
+  return window_buffer(comm_, config_.copy_engine_exchange, 2 * grad_bytes, grad_buffer_, grad_buffer_bytes_,
+                       grad_window_, "RingAttention dK|dV window");
+}
+
+void RingAttention::release_grad_buffer() noexcept {
+  release_window_buffer(comm_, grad_buffer_, grad_buffer_bytes_, grad_window_);
 }
 
 RingAttention::~RingAttention() {
+  release_grad_buffer();  // the reverse of their registration order (the first backward registers K|V first)
   release_kv_buffer();
   if (kv_idle_ != nullptr) (void)cudaEventDestroy(kv_idle_);
 }
@@ -453,18 +504,32 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       (dk.dtype == dv.dtype && dk.dtype != DType::kFloat32 && dtype_size(dk.dtype) <= dtype_size(gtype)) ? dk.dtype
                                                                                                          : gtype;
   const size_t home_half = static_cast<size_t>(nkv) * dtype_size(home_dtype);  // one of dK, dV on the home hop
-  // The home hop lands straight in the caller's dk and dv when they are packed and of the home dtype (two shifts,
-  // one per half; no conversion pass after it); otherwise in drecv, converted into dk, dv after it.
-  const bool home_direct = home_direct_allowed() && is_packed_as(dk, home_dtype, B, Sl, Hkv, D) &&
-                           is_packed_as(dv, home_dtype, B, Sl, Hkv, D);
+  const bool home_direct_ok = home_direct_allowed();  // reads the environment: throws before anything is enqueued
   use_comm_device(comm_);
 
   unsigned char* kv_base = kv_double_buffer(kv_bytes);  // persistent K|V window (see forward_cuda)
   unsigned char* kv[2] = {kv_base, kv_base + kv_bytes};
+  // The travelling dK|dV accumulators [dsend | drecv], gbytes each: persistent, a window of their own (see the
+  // header comment); C waits for the previous call's last use of them (kv_idle_) below.
+  unsigned char* grad_base = grad_double_buffer(gbytes);
+  unsigned char* const dsend = grad_base;
+  unsigned char* const drecv = grad_base + gbytes;
+  // Where the home hop lands. On NCCL (no dK|dV window): straight in the caller's dk and dv when they are packed and
+  // of the home dtype (two shifts, one per half; no conversion pass after it), else in drecv and converted. On the
+  // copy engine always in drecv (the same half), then converted: a push needs the receive range mapped in the
+  // sender's address space (CUDA IPC of a registered window), which the caller's dk, dv are not (they may be
+  // stream-ordered pool memory, which cannot be exported, and opening a handle per call costs a collective and
+  // milliseconds); and the transport of an exchange must be the same on every rank, while whether dk, dv are packed
+  // is a per-rank fact (their strides are not agreed): a per-rank choice between the window and NCCL would pair a
+  // copy-engine push with an NCCL receive and hang. Which transport the accumulators take is the same everywhere
+  // (the registration decides for all ranks), so this choice is too; on NCCL the landing address is local anyway.
+  const bool grad_on_ce = std::string(comm_.exchange_path(dsend, drecv, gbytes)) == "ce";
+  const bool home_direct = home_direct_ok && !grad_on_ce && is_packed_as(dk, home_dtype, B, Sl, Hkv, D) &&
+                           is_packed_as(dv, home_dtype, B, Sl, Hkv, D);
   RingTrace trace("bwd", comm_.rank());
   const auto* nccl_comm = dynamic_cast<const NcclCommunicator*>(&comm_);
   const cudaStream_t comm_stream = nccl_comm != nullptr ? nccl_comm->stream() : stream;
-  trace.mark("begin (C)", stream);
+  trace.mark(std::string("begin (C; dK|dV on ") + (grad_on_ce ? "ce" : "nccl") + ")", stream);
   const bool pack_side = pack_on_side_stream();
   DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_idle_, 0));
   kv_path_ = comm_.exchange_path(kv[0], kv[1], kv_bytes);
@@ -489,9 +554,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   const size_t scratch_bytes = 2 * static_cast<size_t>(nkv) * sizeof(float);
   DeviceScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
   float* scratch[2] = {scratch0.get<float>(), scratch1.get<float>()};
-  DeviceScratch dsend(gbytes, stream), drecv(gbytes, stream);  // travelling accumulators
-  SideStream side(stream, pack_side);                          // after the buffers: joins C before they are freed
-  PendingExchanges pending(comm_, stream);                     // after the buffers: destroyed before them
+  SideStream side(stream, pack_side);       // after the buffers: joins C before they are freed
+  PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
   ExchangeTicket& tk = pending.tickets[0];
   ExchangeTicket& tg = pending.tickets[1];  // the travelling accumulator; after the last step: the dK half home
   ExchangeTicket& th = pending.tickets[2];  // the dV half home
@@ -555,16 +619,16 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     }
     side.follow_main();                     // X after this step's compute (and everything before it on C)
     if (i > 0) comm_.wait_exchange(tg, X);  // drecv holds the accumulator of step i-1; dsend is free
-    const void* incoming = i > 0 ? drecv.get() : nullptr;
+    const void* incoming = i > 0 ? drecv : nullptr;
     const float* mine = st.skipped() ? nullptr : scr;
     if (more) {
-      detail::travel_add(incoming, gtype, mine, dsend.get(), gtype, 2 * nkv, X);
+      detail::travel_add(incoming, gtype, mine, dsend, gtype, 2 * nkv, X);
       if (!st.skipped() && i + 2 < U.size()) {
         DISTATTN_CUDA_CHECK(cudaMemsetAsync(scr, 0, scratch_bytes, X));
         side.mark_cleared(static_cast<int>(i % 2));
       }
       // On with the K|V's jump.
-      tg = post_jump("ring backward dK|dV exchange", s, dsend.get(), drecv.get(), gbytes, U[i + 1] - s, X);
+      tg = post_jump("ring backward dK|dV exchange", s, dsend, drecv, gbytes, U[i + 1] - s, X);
     } else {
       // After the last useful step the accumulator is complete and goes straight home to rank r - L, in two halves
       // (dK, then dV): the dK half's hop (N) runs while X adds the dV half. The last add writes the home hop's dtype
@@ -572,10 +636,10 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       // the same half of drecv.
       const size_t gs = dtype_size(gtype);
       for (int h = 0; h < 2; ++h) {
-        unsigned char* send = dsend.get() + h * home_half;
-        detail::travel_add(incoming != nullptr ? drecv.get() + h * nkv * gs : nullptr, gtype,
+        unsigned char* send = dsend + h * home_half;
+        detail::travel_add(incoming != nullptr ? drecv + h * nkv * gs : nullptr, gtype,
                            mine != nullptr ? mine + h * nkv : nullptr, send, home_dtype, nkv, X);
-        void* recv = home_direct ? (h == 0 ? dk.data : dv.data) : drecv.get() + h * home_half;
+        void* recv = home_direct ? (h == 0 ? dk.data : dv.data) : drecv + h * home_half;
         (h == 0 ? tg : th) = comm_.post_shift(h == 0 ? "ring backward dK home" : "ring backward dV home", s, send, recv,
                                               home_half, -L, X);
         trace.mark(std::string(h == 0 ? "add + dK" : "add + dV") + " home posted (N, " +
@@ -597,10 +661,10 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   trace.mark("dq converted (C)", stream);
   // This rank's own dK, then dV, complete (in dk / dv already when home_direct, else converted out of drecv).
   comm_.wait_exchange(tg, stream);
-  if (!home_direct) detail::convert_packed_to_view(drecv.get(), home_dtype, dk, stream);
+  if (!home_direct) detail::convert_packed_to_view(drecv, home_dtype, dk, stream);
   trace.mark("dK home waited (C)", stream);
   comm_.wait_exchange(th, stream);
-  if (!home_direct) detail::convert_packed_to_view(drecv.get() + home_half, home_dtype, dv, stream);
+  if (!home_direct) detail::convert_packed_to_view(drecv + home_half, home_dtype, dv, stream);
   trace.mark("dV home waited (C)", stream);
   trace.mark("end (C)", stream);
   trace.dump();

@@ -21,6 +21,9 @@
 // passes it on (with the K|V's jumps), and after the last useful step each accumulator, complete, is sent
 // straight home by one shift exchange (for the full ring that is the P-th ring hop). Travel precision is
 // fp32 (default) or bf16. dQ accumulates locally in fp32; delta = rowsum(dO * O) is computed once.
+// CUDA: the two travelling accumulators (send, receive) are a buffer the object keeps from its first backward until
+// it is destroyed (2 * 2 * B * S/P * Hkv * D elements of the travel dtype), registered as a copy-engine window like
+// the K|V double buffer.
 // GQA: only the Hkv key/value heads travel.
 //
 // Engines: a Communicator on Device::kHost (MpiCommunicator) runs the host engine (tested under mpirun);
@@ -98,8 +101,8 @@ class RingAttention {
   // field the ranks disagree on (e.g. "block_layout.hash") names the disagreeing ranks.
   // Block-sparse: builds every step's sub-layout (host; CUDA: uploaded once to the communicator's GPU).
   RingAttention(Communicator& comm, const RingConfig& config);
-  // Deregisters and frees the K|V window (collective like the construction: every rank destroys its object; a
-  // broken communicator releases locally). Never throws.
+  // Deregisters and frees the K|V and dK|dV windows (collective like the construction: every rank destroys its
+  // object; a broken communicator releases locally). Never throws.
   ~RingAttention();
   RingAttention(const RingAttention&) = delete;
   RingAttention& operator=(const RingAttention&) = delete;
@@ -157,10 +160,18 @@ class RingAttention {
   unsigned char* kv_buffer_ = nullptr;
   size_t kv_buffer_bytes_ = 0;
   int kv_window_ = -1;
-  CUevent_st* kv_idle_ = nullptr;  // recorded on the caller's stream after a call's last use of the K|V buffer
+  // Recorded on the caller's stream after a call's last use of the persistent buffers (K|V and dK|dV).
+  CUevent_st* kv_idle_ = nullptr;
   const char* kv_path_ = "";
   unsigned char* kv_double_buffer(size_t kv_bytes);  // collective (registration); returns kv_buffer_
   void release_kv_buffer() noexcept;
+  // CUDA backward: the persistent dK|dV travelling accumulators [dsend | drecv] (2 x the travel bytes; cudaMalloc)
+  // and their window id (-1: not a window); allocated by the first backward call, grown when a call needs more.
+  unsigned char* grad_buffer_ = nullptr;
+  size_t grad_buffer_bytes_ = 0;
+  int grad_window_ = -1;
+  unsigned char* grad_double_buffer(size_t grad_bytes);  // collective (registration); returns grad_buffer_
+  void release_grad_buffer() noexcept;
 };
 
 }  // namespace ring
