@@ -10,6 +10,20 @@ PositionMap& PositionMap::add_chunk(int64_t start, int64_t stride, int64_t lengt
   return *this;
 }
 
+PositionMap PositionMap::slice(int64_t begin, int64_t end) const {
+  DISTATTN_CHECK_ARG(begin >= 0 && begin < end && end <= length(), "begin/end", "rows [", begin, ", ", end,
+                     ") are not a non-empty range of the ", length(), " rows of the position map");
+  PositionMap out;
+  int64_t first = 0;  // local row of the chunk's first position
+  for (int c = 0; c < num_chunks; ++c) {
+    const PositionChunk& ch = chunks[c];
+    const int64_t b = begin > first ? begin : first, e = end < first + ch.length ? end : first + ch.length;
+    if (b < e) out.add_chunk(ch.start + (b - first) * ch.stride, ch.stride, e - b);
+    first += ch.length;
+  }
+  return out;
+}
+
 void PositionMap::validate(const char* argument, int64_t expected_rows) const {
   DISTATTN_CHECK_ARG(num_chunks >= 1 && num_chunks <= kMaxChunks, argument, "needs 1 to ", kMaxChunks, " chunks, has ",
                      num_chunks);

@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -134,6 +135,13 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       }
     }
     local_rows_ = config_.seq_len / P;
+    // DISTATTN_RING_BWD_OWN=split (default) | whole: the CUDA backward's own step in two parts or in one (A/B).
+    if (const char* own = std::getenv("DISTATTN_RING_BWD_OWN"); own != nullptr && *own != '\0') {
+      const std::string o(own);
+      DISTATTN_CHECK_ARG(o == "split" || o == "whole", "DISTATTN_RING_BWD_OWN", "expected split or whole, got '", o,
+                         "'");
+      bwd_own_split_ = o == "split";
+    }
   });
 
   // 2. Agreement on everything that must be equal across ranks.
@@ -152,7 +160,8 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       .add_hash("alibi_slopes", alibi_host_.data(), alibi_host_.size() * sizeof(float))
       .add_float("softmax_scale", config_.softmax_scale)
       .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
-      .add("host_precision", static_cast<int64_t>(config_.host_precision));
+      .add("host_precision", static_cast<int64_t>(config_.host_precision))
+      .add("DISTATTN_RING_BWD_OWN", bwd_own_split_ ? 1 : 0);
   // The block layout: presence, size and a hash of its row CSR (listed blocks and their partial flags).
   const BlockLayout* bl = config_.block_layout;
   uint64_t layout_hash = 0;

@@ -55,6 +55,18 @@
 // and the home hop (N); the last add and the home hop go in two halves (dK then dV: the dK hop overlaps the dV add);
 // on NCCL with packed dk, dv of the home dtype the hop lands in them (no conversion); otherwise the dK conversion
 // runs while the dV half is still travelling.
+// Own step in two parts (default; DISTATTN_RING_BWD_OWN=whole turns it off, for A/B): with the tail above the 32K
+// fwd+bwd on 2 H200s still exposed ~1.3 ms after the last compute (the last add, the home hop, conversions), because
+// nothing was left to compute while the accumulator travelled home. So the own step (step 0, the caller's k, v) is
+// cut by kv rows at r = own_split_row(S/P): part A, kv rows [r, S/P), runs as step 0 (it covers the first K|V hop)
+// and its dK|dV travel as before (rows [0, r) of that accumulator are zero); part B, kv rows [0, r), runs after the
+// last remote step, into the other scratch buffer (cleared on X after step n-2's add), while the last add and the
+// home hop run on X / N. B's dK|dV never travel: at home, dk rows [0, r) = home hop + B, rows [r, S/P) = home hop.
+// The home hop then carries the travel dtype (fp32 by default: B's part is added to it before the one rounding),
+// lands in drecv, and rows [r, S/P) are converted on X as soon as each half arrives (beside B); after B only the
+// sums of rows [0, r) and the dQ conversion remain on C. A and B cost what step 0 did (the engine skips masked
+// tiles either way; the cut is at a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks). Dense ring
+// only (a block-sparse step carries a sub-layout indexed by whole-shard blocks) and only with remote steps.
 // dQ accumulates on C in a head-major fp32 buffer [B, Hq, S/P, D] (row stride D): the engine reduces into it
 // directly in accumulate mode, without a scratch of its own; delta = rowsum(dO * O) is computed once.
 //
@@ -200,6 +212,11 @@ class SideStream {
   // Marks (on the side stream) that scratch buffer b is clear again; the main stream waits for that mark.
   void mark_cleared(int b) { DISTATTN_CUDA_CHECK(cudaEventRecord(cleared_[b], side_)); }
   void main_waits_cleared(int b) { DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(main_, cleared_[b], 0)); }
+  // The main stream waits for everything enqueued on the side stream so far.
+  void main_follows() {
+    DISTATTN_CUDA_CHECK(cudaEventRecord(join_, side_));
+    DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(main_, join_, 0));
+  }
 
  private:
   void release() {
@@ -277,6 +294,13 @@ bool is_packed_as(const TensorView& t, DType dtype, int64_t B, int64_t S, int64_
       return false;
   }
   return true;
+}
+
+// Where the backward cuts its own step (see "Own step in two parts"): half of the local rows, rounded down to a
+// multiple of 128 (the engines' kv tile) when that leaves both parts non-empty.
+int64_t own_split_row(int64_t local_rows) {
+  const int64_t half = local_rows / 2;
+  return half >= 128 ? half / 128 * 128 : half;
 }
 
 // Makes the communicator's GPU current (the scratch is allocated on the current device).
@@ -500,9 +524,16 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // The home hop carries the complete gradient: in dk/dv's own 16-bit dtype when both have it, rounded once by
   // the last add exactly as the final conversion would round it (identical results, half the bytes of fp32 on the
   // one hop that nothing overlaps); otherwise in the travel dtype.
+  // With the own step split (part B is added at home, see the header comment) the hop carries the travel dtype.
+  const std::vector<int>& U = schedule_.useful_steps;
+  const bool split = bwd_own_split_ && schedule_.steps[0].blocks == nullptr && U.size() >= 2 && U[0] == 0 && Sl >= 2;
+  const int64_t own_row = split ? own_split_row(Sl) : 0;  // part A: kv rows [own_row, Sl); part B: [0, own_row)
+  // The dense ring's own step always has visible pairs (the diagonal), so `split` is the same on every rank.
+  DISTATTN_CHECK(!split || !schedule_.steps[0].skipped(), "ring backward: the own step of a dense ring is empty");
   const DType home_dtype =
-      (dk.dtype == dv.dtype && dk.dtype != DType::kFloat32 && dtype_size(dk.dtype) <= dtype_size(gtype)) ? dk.dtype
-                                                                                                         : gtype;
+      (!split && dk.dtype == dv.dtype && dk.dtype != DType::kFloat32 && dtype_size(dk.dtype) <= dtype_size(gtype))
+          ? dk.dtype
+          : gtype;
   const size_t home_half = static_cast<size_t>(nkv) * dtype_size(home_dtype);  // one of dK, dV on the home hop
   const bool home_direct_ok = home_direct_allowed();  // reads the environment: throws before anything is enqueued
   use_comm_device(comm_);
@@ -524,7 +555,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // copy-engine push with an NCCL receive and hang. Which transport the accumulators take is the same everywhere
   // (the registration decides for all ranks), so this choice is too; on NCCL the landing address is local anyway.
   const bool grad_on_ce = std::string(comm_.exchange_path(dsend, drecv, gbytes)) == "ce";
-  const bool home_direct = home_direct_ok && !grad_on_ce && is_packed_as(dk, home_dtype, B, Sl, Hkv, D) &&
+  const bool home_direct = home_direct_ok && !split && !grad_on_ce && is_packed_as(dk, home_dtype, B, Sl, Hkv, D) &&
                            is_packed_as(dv, home_dtype, B, Sl, Hkv, D);
   RingTrace trace("bwd", comm_.rank());
   const auto* nccl_comm = dynamic_cast<const NcclCommunicator*>(&comm_);
@@ -560,7 +591,6 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   ExchangeTicket& tg = pending.tickets[1];  // the travelling accumulator; after the last step: the dK half home
   ExchangeTicket& th = pending.tickets[2];  // the dV half home
   const cudaStream_t X = side.get();
-  const std::vector<int>& U = schedule_.useful_steps;
   DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[0], 0, scratch_bytes, stream));
   if (U.size() > 1) {    // scratch[1] is cleared and the K|V packed for the first send on X, beside step 0's compute
     side.follow_main();  // after its allocation (and C's wait for the previous call's last use of the K|V buffer)
@@ -578,6 +608,10 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   last_backward_ = RingCallStats();
   last_backward_.steps_run = static_cast<int>(U.size());
   last_backward_.grad_home_shift = ((-L) % P + P) % P;
+  last_backward_.own_split_row = own_row;
+  // Scratch buffers are cleared after use when a later compute takes them again: steps i + 2, and part B (which
+  // takes the buffer of step n - 2, n = U.size()) counts as one more use.
+  const size_t scratch_uses = U.size() + (split ? 1 : 0);
   int cur = 0;
   // Per step i (buffer b = i % 2), in host order:
   //   C: [wait X's clear of scratch[b] (initial for b = 1, else after step i-2)] compute step i into scratch[b] (+ dQ)
@@ -602,18 +636,27 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       AttnBwdParams bp;
       // Step 0 is this rank's own K|V: the caller's tensors (the packed copy is only for sending; with
       // DISTATTN_RING_PACK=side it may still be in flight on X, and with nothing to send it is never made).
-      bp.fwd = s == 0 ? step_params(q, k, v, st)
-                      : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
-                                    device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      TensorView sdk = device_view(scr, DType::kFloat32, B, Sl, Hkv, D);
+      TensorView sdv = device_view(scr + nkv, DType::kFloat32, B, Sl, Hkv, D);
+      if (s == 0 && split) {  // part A of the own step: kv rows [own_row, Sl)
+        bp.fwd = step_params(q, k.rows(own_row, Sl), v.rows(own_row, Sl), st);
+        bp.fwd.kv_pos = st.kv_pos.slice(own_row, Sl);
+        sdk = sdk.rows(own_row, Sl);
+        sdv = sdv.rows(own_row, Sl);
+      } else {
+        bp.fwd = s == 0 ? step_params(q, k, v, st)
+                        : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
+                                      device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+      }
       bp.fwd.o = o;
       bp.fwd.lse = const_cast<float*>(lse);
       bp.dout = dout;
       bp.dq = acc_dq_view;
-      bp.dk = device_view(scr, DType::kFloat32, B, Sl, Hkv, D);
-      bp.dv = device_view(scr + nkv, DType::kFloat32, B, Sl, Hkv, D);
+      bp.dk = sdk;
+      bp.dv = sdv;
       bp.accumulate = true;
       bp.delta = delta.get<float>();
-      trace.mark("compute " + std::to_string(i) + " start (C)", stream);
+      trace.mark("compute " + std::to_string(i) + (s == 0 && split ? " (own part A)" : "") + " start (C)", stream);
       flash_attention_backward(bp, stream);
       trace.mark("compute " + std::to_string(i) + " end (C)", stream);
     }
@@ -623,7 +666,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     const float* mine = st.skipped() ? nullptr : scr;
     if (more) {
       detail::travel_add(incoming, gtype, mine, dsend, gtype, 2 * nkv, X);
-      if (!st.skipped() && i + 2 < U.size()) {
+      if (!st.skipped() && i + 2 < scratch_uses) {
         DISTATTN_CUDA_CHECK(cudaMemsetAsync(scr, 0, scratch_bytes, X));
         side.mark_cleared(static_cast<int>(i % 2));
       }
@@ -654,6 +697,50 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       trace.mark("K|V waited " + std::to_string(i) + " (C)", stream);
       cur = 1 - cur;
     }
+  }
+  if (split) {
+    // Part B of the own step, kv rows [0, own_row), into the scratch buffer step n-2 used (cleared on X since), while
+    // X adds and N sends the accumulator home. Enqueued before the host blocks on the home hop below.
+    const int b = static_cast<int>(U.size() % 2);
+    side.main_waits_cleared(b);
+    const RingStep& st = schedule_.steps[0];
+    AttnBwdParams bp;
+    bp.fwd = step_params(q, k.rows(0, own_row), v.rows(0, own_row), st);
+    bp.fwd.kv_pos = st.kv_pos.slice(0, own_row);
+    bp.fwd.o = o;
+    bp.fwd.lse = const_cast<float*>(lse);
+    bp.dout = dout;
+    bp.dq = acc_dq_view;
+    bp.dk = device_view(scratch[b], DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
+    bp.dv = device_view(scratch[b] + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
+    bp.accumulate = true;
+    bp.delta = delta.get<float>();
+    trace.mark("own part B start (C)", stream);
+    flash_attention_backward(bp, stream);
+    trace.mark("own part B end (C)", stream);
+    detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
+    trace.mark("dq converted (C)", stream);
+    // Rows [own_row, Sl) of dK, dV are complete when their half arrives: converted on X, beside part B.
+    // drecv = [dK | dV], each packed [B, Sl, Hkv, D] of the travel dtype; scratch[b] the same layout in fp32.
+    const size_t gs = dtype_size(gtype);
+    const int64_t rs = Hkv * D, bs = Sl * rs;  // row and batch strides of the packed buffers (elements)
+    const unsigned char* recv_half[2] = {drecv, drecv + static_cast<size_t>(nkv) * gs};
+    const float* part_b[2] = {scratch[b], scratch[b] + nkv};
+    const TensorView* out[2] = {&dk, &dv};
+    for (int h = 0; h < 2; ++h) {
+      comm_.wait_exchange(h == 0 ? tg : th, X);
+      detail::sum_strided_to_view(recv_half[h] + static_cast<size_t>(own_row * rs) * gs, gtype, nullptr, bs, rs, D,
+                                  out[h]->rows(own_row, Sl), X);
+      trace.mark(std::string(h == 0 ? "dK" : "dV") + " home waited, rows [r, S/P) converted (X)", X);
+    }
+    // Rows [0, own_row): home hop + part B, rounded once.
+    side.main_follows();
+    for (int h = 0; h < 2; ++h)
+      detail::sum_strided_to_view(recv_half[h], gtype, part_b[h], bs, rs, D, out[h]->rows(0, own_row), stream);
+    trace.mark("rows [0, r) summed (C)", stream);
+    trace.mark("end (C)", stream);
+    trace.dump();
+    return;
   }
   // dQ is complete with the last compute (it never travels): its conversion goes on C right after that compute,
   // before C waits for the home hop, so it runs beside the last add (X) and the hop (N) instead of after them.

@@ -62,13 +62,16 @@ __global__ void fill_kernel(float* p, int64_t n, float value) {
 
 // Logical element i = ((b*S + s)*H + h)*D + d; source at b*src_b + s*src_s + h*src_h + d, destination at
 // b*sb + s*ss + h*sh + d (both in elements of their dtype).
-__global__ void convert_kernel(const void* src, int src_dtype, int64_t src_b, int64_t src_s, int64_t src_h, void* dst,
-                               int dst_dtype, int64_t S, int64_t H, int64_t D, int64_t n, int64_t sb, int64_t ss,
-                               int64_t sh) {
+// addend (optional, fp32) is read at the source's offsets.
+__global__ void convert_kernel(const void* src, int src_dtype, const float* addend, int64_t src_b, int64_t src_s,
+                               int64_t src_h, void* dst, int dst_dtype, int64_t S, int64_t H, int64_t D, int64_t n,
+                               int64_t sb, int64_t ss, int64_t sh) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t d = i % D, h = (i / D) % H, s = (i / (D * H)) % S, b = i / (D * H * S);
-    store_f(dst, b * sb + s * ss + h * sh + d, dst_dtype,
-            load_f(src, b * src_b + s * src_s + h * src_h + d, src_dtype));
+    const int64_t from = b * src_b + s * src_s + h * src_h + d;
+    float v = load_f(src, from, src_dtype);
+    if (addend != nullptr) v += addend[from];
+    store_f(dst, b * sb + s * ss + h * sh + d, dst_dtype, v);
   }
 }
 
@@ -118,13 +121,18 @@ struct Vec4Io<__half> {
 };
 
 template <typename Src, typename Dst>
-__global__ void convert_vec4_kernel(const Src* src, int64_t src_b, int64_t src_s, int64_t src_h, Dst* dst, int64_t sb,
-                                    int64_t ss, int64_t sh, uint32_t S, uint32_t H, uint32_t vecs_per_row,
-                                    uint32_t n_vec) {
+__global__ void convert_vec4_kernel(const Src* src, const float* addend, int64_t src_b, int64_t src_s, int64_t src_h,
+                                    Dst* dst, int64_t sb, int64_t ss, int64_t sh, uint32_t S, uint32_t H,
+                                    uint32_t vecs_per_row, uint32_t n_vec) {
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
     const uint32_t row = i / vecs_per_row, d = (i - row * vecs_per_row) * 4;
     const uint32_t h = row % H, bs = row / H, s = bs % S, b = bs / S;
-    const float4 v = Vec4Io<Src>::load(src + b * src_b + s * src_s + h * src_h + d);
+    const int64_t from = b * src_b + s * src_s + h * src_h + d;
+    float4 v = Vec4Io<Src>::load(src + from);
+    if (addend != nullptr) {
+      const float4 a = Vec4Io<float>::load(addend + from);
+      v.x += a.x, v.y += a.y, v.z += a.z, v.w += a.w;
+    }
     Vec4Io<Dst>::store(dst + b * sb + s * ss + h * sh + d, v);
   }
 }
@@ -227,18 +235,25 @@ void fill_f32(float* p, int64_t n, float value, cudaStream_t stream) {
 
 void convert_strided_to_view(const void* src, DType src_dtype, int64_t src_b, int64_t src_s, int64_t src_h,
                              const TensorView& dst, cudaStream_t stream) {
+  sum_strided_to_view(src, src_dtype, nullptr, src_b, src_s, src_h, dst, stream);
+}
+
+void sum_strided_to_view(const void* src, DType src_dtype, const float* addend, int64_t src_b, int64_t src_s,
+                         int64_t src_h, const TensorView& dst, cudaStream_t stream) {
   const int64_t n = dst.numel();
   if (n <= 0) return;
   const int64_t S = dst.seqlen(), H = dst.heads(), D = dst.head_dim();
   if (D % 4 == 0 && n / 4 < (int64_t{1} << 31) && aligned_vec4(src, src_dtype, {src_b, src_s, src_h}) &&
+      (addend == nullptr || aligned_vec4(addend, DType::kFloat32, {})) &&
       aligned_vec4(dst.data, dst.dtype, {dst.stride[0], dst.stride[1], dst.stride[2]})) {
     const bool launched = dispatch_pair(src_dtype, dst.dtype, [&](auto* src_tag, auto* dst_tag) {
       using Src = std::remove_pointer_t<decltype(src_tag)>;
       using Dst = std::remove_pointer_t<decltype(dst_tag)>;
       const uint32_t n_vec = static_cast<uint32_t>(n / 4);
       convert_vec4_kernel<Src, Dst><<<blocks_for(n_vec), kThreads, 0, stream>>>(
-          static_cast<const Src*>(src), src_b, src_s, src_h, static_cast<Dst*>(dst.data), dst.stride[0], dst.stride[1],
-          dst.stride[2], static_cast<uint32_t>(S), static_cast<uint32_t>(H), static_cast<uint32_t>(D / 4), n_vec);
+          static_cast<const Src*>(src), addend, src_b, src_s, src_h, static_cast<Dst*>(dst.data), dst.stride[0],
+          dst.stride[1], dst.stride[2], static_cast<uint32_t>(S), static_cast<uint32_t>(H),
+          static_cast<uint32_t>(D / 4), n_vec);
     });
     if (launched) {
       DISTATTN_CUDA_CHECK_LAUNCH();
@@ -246,7 +261,7 @@ void convert_strided_to_view(const void* src, DType src_dtype, int64_t src_b, in
     }
   }
   convert_kernel<<<blocks_for(n), kThreads, 0, stream>>>(
-      src, static_cast<int>(src_dtype), src_b, src_s, src_h, dst.data, static_cast<int>(dst.dtype), dst.seqlen(),
+      src, static_cast<int>(src_dtype), addend, src_b, src_s, src_h, dst.data, static_cast<int>(dst.dtype), dst.seqlen(),
       dst.heads(), dst.head_dim(), n, dst.stride[0], dst.stride[1], dst.stride[2]);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }

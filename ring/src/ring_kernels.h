@@ -25,6 +25,11 @@ void convert_packed_to_view(const void* src, DType src_dtype, const TensorView& 
 void convert_strided_to_view(const void* src, DType src_dtype, int64_t src_b, int64_t src_s, int64_t src_h,
                              const TensorView& dst, cudaStream_t stream);
 
+// dst = src + addend: src as above, addend (nullable) fp32 at the SAME element offsets as src (e.g. two packed
+// [B, S, H, D] buffers, or the same row range of both); the sum is formed in fp32 and rounded once.
+void sum_strided_to_view(const void* src, DType src_dtype, const float* addend, int64_t src_b, int64_t src_s,
+                         int64_t src_h, const TensorView& dst, cudaStream_t stream);
+
 // out[i] = (incoming ? incoming[i] : 0) + (mine ? mine[i] : 0) for i < n; incoming of `in_dtype`, out of
 // `out_dtype` (fp32, bf16 or fp16), mine fp32. The sum is formed in fp32 and rounded once.
 void travel_add(const void* incoming, DType in_dtype, const float* mine, void* out, DType out_dtype, int64_t n,

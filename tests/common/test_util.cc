@@ -182,24 +182,5 @@ template struct DeviceArray<double>;
 template struct DeviceArray<int32_t>;
 template struct DeviceArray<uint8_t>;
 
-PositionMap slice_positions(const PositionMap& m, int64_t begin, int64_t end) {
-  PositionMap out;
-  int64_t first = 0;
-  for (int c = 0; c < m.num_chunks; ++c) {
-    const PositionChunk& ch = m.chunks[c];
-    const int64_t b = std::max(begin, first), e = std::min(end, first + ch.length);
-    if (b < e) out.add_chunk(ch.start + (b - first) * ch.stride, ch.stride, e - b);
-    first += ch.length;
-  }
-  return out;
-}
-
-TensorView row_range(const TensorView& t, int64_t begin, int64_t end) {
-  TensorView s = t;
-  s.data = static_cast<unsigned char*>(t.data) + begin * t.stride[1] * dtype_size(t.dtype);
-  s.shape[1] = end - begin;
-  return s;
-}
-
 }  // namespace testing
 }  // namespace distattn

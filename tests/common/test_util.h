@@ -104,11 +104,6 @@ struct DeviceTensor {
   void upload(const HostTensor& host);
 };
 
-// The local rows [begin, end) of a position map, as a position map (for splitting a call into parts).
-PositionMap slice_positions(const PositionMap& m, int64_t begin, int64_t end);
-
-// Rows [begin, end) of a [B, S, H, D] view (same strides, axis 1 narrowed).
-TensorView row_range(const TensorView& t, int64_t begin, int64_t end);
 
 // Raw device array (fp32 LSE, slopes, ...).
 template <typename T>

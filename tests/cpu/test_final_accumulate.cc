@@ -25,8 +25,6 @@ using testing::compare;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
-using testing::row_range;
-using testing::slice_positions;
 using testing::test_seed;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -61,12 +59,12 @@ class FinalAccumulate {
   AttnParams part(size_t i, const TensorView& o, float* lse) const {
     AttnParams p;
     p.q = q_.view;
-    p.k = row_range(k_.view, s_.cuts[i], s_.cuts[i + 1]);
-    p.v = row_range(v_.view, s_.cuts[i], s_.cuts[i + 1]);
+    p.k = k_.view.rows(s_.cuts[i], s_.cuts[i + 1]);
+    p.v = v_.view.rows(s_.cuts[i], s_.cuts[i + 1]);
     p.o = o;
     p.lse = lse;
     p.q_pos = s_.q_pos;
-    p.kv_pos = slice_positions(s_.kv_pos, s_.cuts[i], s_.cuts[i + 1]);
+    p.kv_pos = s_.kv_pos.slice(s_.cuts[i], s_.cuts[i + 1]);
     p.mask.causal = s_.causal;
     p.mask.window = s_.window;
     p.alibi_slopes = s_.slopes.empty() ? nullptr : s_.slopes.data();

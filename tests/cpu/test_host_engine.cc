@@ -26,8 +26,6 @@ using testing::compare_flat;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
-using testing::row_range;
-using testing::slice_positions;
 using testing::test_seed;
 
 const double kInf = std::numeric_limits<double>::infinity();
@@ -359,9 +357,9 @@ void check_accumulate(Problem& pr, const std::vector<int64_t>& cuts, uint64_t se
   std::vector<float> acc_lse(pr.lse.size(), -std::numeric_limits<float>::infinity());
   for (size_t part = 0; part + 1 < cuts.size(); ++part) {
     AttnParams p = pr.params();
-    p.k = row_range(pr.k.view, cuts[part], cuts[part + 1]);
-    p.v = row_range(pr.v.view, cuts[part], cuts[part + 1]);
-    p.kv_pos = slice_positions(pr.kv_pos, cuts[part], cuts[part + 1]);
+    p.k = pr.k.view.rows(cuts[part], cuts[part + 1]);
+    p.v = pr.v.view.rows(cuts[part], cuts[part + 1]);
+    p.kv_pos = pr.kv_pos.slice(cuts[part], cuts[part + 1]);
     p.o = acc.view;
     p.lse = acc_lse.data();
     p.accumulate = true;

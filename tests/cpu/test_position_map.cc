@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "distattn/core/error.h"
@@ -108,6 +109,49 @@ TEST(PositionMap, RandomMapsAgreeWithExpansion) {
       m.range(b, e, &lo, &hi);
       EXPECT_EQ(lo, *std::min_element(pos.begin() + b, pos.begin() + e));
       EXPECT_EQ(hi, *std::max_element(pos.begin() + b, pos.begin() + e));
+    }
+  }
+}
+
+// slice(b, e): every row of the slice has the position of row b + i of the original (expanded by hand above).
+TEST(PositionMap, SliceAgreesWithExpansion) {
+  const uint64_t seed = testing::test_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 gen(seed);
+  for (int trial = 0; trial < 50; ++trial) {
+    PositionMap m;
+    std::vector<int64_t> pos;
+    const int chunks = 1 + static_cast<int>(gen() % PositionMap::kMaxChunks);
+    for (int c = 0; c < chunks; ++c) {
+      const int64_t start = static_cast<int64_t>(gen() % 1000), stride = 1 + static_cast<int64_t>(gen() % 5),
+                    len = 1 + static_cast<int64_t>(gen() % 7);
+      m.add_chunk(start, stride, len);
+      for (int64_t j = 0; j < len; ++j) pos.push_back(start + j * stride);
+    }
+    const int64_t n = static_cast<int64_t>(pos.size());
+    int64_t b = static_cast<int64_t>(gen() % n), e = static_cast<int64_t>(gen() % n);
+    if (b > e) std::swap(b, e);
+    ++e;
+    const PositionMap s = m.slice(b, e);
+    ASSERT_EQ(s.length(), e - b);
+    EXPECT_NO_THROW(s.validate("kv_pos", e - b));
+    for (int64_t i = 0; i < e - b; ++i) ASSERT_EQ(s.position(i), pos[static_cast<size_t>(b + i)]) << "row " << i;
+  }
+  // The zigzag shard of ZigzagShard cut at its chunk boundary and inside a chunk.
+  PositionMap z = PositionMap::contiguous(10, 10);
+  z.add_chunk(60, 1, 10);
+  EXPECT_EQ(z.slice(10, 20).num_chunks, 1);
+  EXPECT_EQ(z.slice(10, 20).position(0), 60);
+  EXPECT_EQ(z.slice(5, 15).num_chunks, 2);
+  EXPECT_EQ(z.slice(5, 15).position(0), 15);
+  EXPECT_EQ(z.slice(5, 15).position(4), 19);
+  EXPECT_EQ(z.slice(5, 15).position(5), 60);
+  for (auto be : {std::pair<int64_t, int64_t>{-1, 3}, {4, 4}, {5, 3}, {0, 21}}) {
+    try {
+      (void)z.slice(be.first, be.second);
+      ADD_FAILURE() << "no error for [" << be.first << ", " << be.second << ")";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.argument(), "begin/end");
     }
   }
 }

@@ -38,7 +38,6 @@ using testing::ErrorStats;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
-using testing::slice_positions;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -95,7 +94,7 @@ class Runner {
     p.o = o;
     p.lse = lse;
     p.q_pos = c_.q_pos;
-    p.kv_pos = slice_positions(c_.kv_pos, c_.cuts[i], c_.cuts[i + 1]);
+    p.kv_pos = c_.kv_pos.slice(c_.cuts[i], c_.cuts[i + 1]);
     p.mask = c_.mask;
     p.accumulate = true;
     return p;

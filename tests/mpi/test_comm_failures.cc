@@ -177,6 +177,21 @@ TEST(RingFailures, DisagreeingConfigsFailOnEveryRank) {
     cfg.alibi_slopes = slopes.data();
     expect_error_containing([&] { RingAttention ra(comm, cfg); }, {"alibi_slopes", last}, "alibi slopes");
   }
+  {  // the backward's own-step split (an environment switch that changes the size of the home hop)
+    const char* old = std::getenv("DISTATTN_RING_BWD_OWN");
+    const std::string saved = old ? old : "";
+    if (r == P - 1) setenv("DISTATTN_RING_BWD_OWN", "whole", 1);
+    expect_error_containing([&] { RingAttention ra(comm, small_config(P)); }, {"DISTATTN_RING_BWD_OWN", last},
+                            "DISTATTN_RING_BWD_OWN");
+    setenv("DISTATTN_RING_BWD_OWN", r == P - 1 ? "halves" : "split", 1);  // a bad value on one rank
+    expect_error_containing([&] { RingAttention ra(comm, small_config(P)); }, {"DISTATTN_RING_BWD_OWN", "halves"},
+                            "bad DISTATTN_RING_BWD_OWN");
+    if (old) {
+      setenv("DISTATTN_RING_BWD_OWN", saved.c_str(), 1);
+    } else {
+      unsetenv("DISTATTN_RING_BWD_OWN");
+    }
+  }
 }
 
 TEST(RingFailures, LayoutThatCannotSplitFailsOnEveryRank) {

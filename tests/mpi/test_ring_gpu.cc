@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -353,6 +354,14 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
               d_g[1].view(), d_g[2].view(), stream);
   DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (int i = 0; i < 3; ++i) d_g[i].download(g[i]);
+  // The own step runs in two parts (the default) whenever there are remote steps (ring_cuda.cc).
+  const char* own_env = std::getenv("DISTATTN_RING_BWD_OWN");
+  if (P > 1 && (own_env == nullptr || std::string(own_env) != "whole")) {
+    EXPECT_GT(ra.last_backward().own_split_row, 0);
+    EXPECT_LT(ra.last_backward().own_split_row, Sl);
+  } else {
+    EXPECT_EQ(ra.last_backward().own_split_row, 0);
+  }
 
   // ---- one GPU, the whole sequence (inputs rotated on the host: the reference's) ---------------------------
   DeviceTensor f_q(Q), f_k(K), f_v(V), f_do(dO), f_ob(Ob);
@@ -515,6 +524,33 @@ TEST(RingGpu, MqaBf16GradTravelPaddedStridesNullStream) {
   c.head_pad = 8, c.row_pad = 16;  // 16 and 32 bytes
   c.null_stream = true;
   run_case(comm, c);
+}
+
+// The backward's own step whole (DISTATTN_RING_BWD_OWN=whole, the home hop in dk's dtype) and in two parts (the
+// default): both against fp64 and one GPU; contiguous causal leaves ranks with skipped remote steps.
+TEST(RingGpu, OwnStepWholeAndSplit) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  const char* old = std::getenv("DISTATTN_RING_BWD_OWN");
+  const std::string saved = old ? old : "";
+  for (const char* mode : {"whole", "split"}) {
+    setenv("DISTATTN_RING_BWD_OWN", mode, 1);  // read at construction, the same on every rank
+    for (ShardLayout layout : {ShardLayout::kContiguous, ShardLayout::kZigzag}) {
+      Case c;
+      c.layout = layout;
+      // Zigzag 1024 / 512 rows per rank at 2 / 4 ranks (cut at a tile multiple); contiguous 1026 / 513.
+      c.S = layout == ShardLayout::kZigzag ? 2048 : 2052;
+      c.Hq = 2, c.Hkv = 1, c.D = 128;
+      c.mask = Mask::make_causal();
+      SCOPED_TRACE(std::string("DISTATTN_RING_BWD_OWN=") + mode);
+      run_case(comm, c);
+    }
+  }
+  if (old) {
+    setenv("DISTATTN_RING_BWD_OWN", saved.c_str(), 1);
+  } else {
+    unsetenv("DISTATTN_RING_BWD_OWN");
+  }
 }
 
 TEST(RingGpu, Fp32OutputsLongerSequence) {

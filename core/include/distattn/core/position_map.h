@@ -44,6 +44,10 @@ struct PositionMap {
   }
   // Appends a chunk; throws distattn::Error past kMaxChunks (defined in position_map.cc).
   PositionMap& add_chunk(int64_t start, int64_t stride, int64_t length);
+  // The positions of local rows [begin, end) as a map of its own (row begin becomes row 0): what a call on
+  // that row range of the tensor needs. Throws distattn::Error naming "begin/end" unless
+  // 0 <= begin < end <= length() (defined in position_map.cc).
+  PositionMap slice(int64_t begin, int64_t end) const;
 
   // Throws distattn::Error naming `argument` unless: 1 <= num_chunks <= kMaxChunks, every chunk has
   // length >= 1, stride >= 1, start >= 0, last position <= kMaxPosition; and length() == expected_rows

@@ -45,6 +45,15 @@ struct TensorView {
     t.stride = {S * H * D, H * D, D, 1};
     return t;
   }
+
+  // Rows [begin, end) along axis 1 (same strides, same buffer): e.g. one part of a call split by kv rows.
+  // The caller keeps 0 <= begin <= end <= shape[1] (not checked here; the engines validate what they get).
+  TensorView rows(int64_t begin, int64_t end) const {
+    TensorView t = *this;
+    t.data = static_cast<unsigned char*>(data) + begin * stride[1] * static_cast<int64_t>(dtype_size(dtype));
+    t.shape[1] = end - begin;
+    return t;
+  }
 };
 
 // "[1, 4096, 32, 128] bf16 strides [..]" for error messages.

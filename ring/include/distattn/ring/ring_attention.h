@@ -91,6 +91,9 @@ struct RingCallStats {
   int kv_exchanges = 0;     // K|V exchanges posted
   int grad_exchanges = 0;   // backward: dK|dV accumulator exchanges posted (the last one sends them home)
   int grad_home_shift = 0;  // backward: the last one's shift, -last_useful_step mod P (1: a plain ring hop)
+  // CUDA backward: r > 0 when this rank's own step ran in two parts, kv rows [r, S/P) first and [0, r) after the
+  // last remote step (beside the dK|dV home hop); 0 when it ran whole (see ring_cuda.cc, "Own step in two parts").
+  int64_t own_split_row = 0;
 };
 
 class RingAttention {
@@ -155,6 +158,9 @@ class RingAttention {
   int64_t local_rows_ = 0;
   std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
   RingCallStats last_forward_, last_backward_;
+  // CUDA backward: run the own step in two parts (DISTATTN_RING_BWD_OWN, read and agreed at construction: it changes
+  // the size of the home hop, so every rank must make the same choice).
+  bool bwd_own_split_ = true;
   // CUDA: the persistent K|V double buffer [2][kv_bytes] (cudaMalloc: IPC-exportable) and its window id (-1: not a
   // window); allocated by the first call, grown when a call needs more (ring_cuda.cc).
   unsigned char* kv_buffer_ = nullptr;
