@@ -267,6 +267,24 @@ bool pack_on_side_stream() {
   return side;
 }
 
+// DISTATTN_RING_BWD_SIDE=high (default) | normal: the priority of the backward's side stream X. At normal priority
+// X's memory-bound add of step i's dK|dV waited for the NEXT step's whole kernel (the block scheduler hands freed SMs
+// to the running kernel's remaining blocks first): the 32K trace on 2 H200s (session 5) showed the step-0 add and
+// hop ending 1.3 ms after step 1's compute, and the host's wait for that hop holding back the next enqueue. At the
+// greatest priority X's short kernels take SMs as the compute kernel's blocks retire. Per rank (no exchange depends
+// on it); read once per process; anything else throws.
+bool bwd_side_high_priority() {
+  static const bool high = [] {
+    const char* v = std::getenv("DISTATTN_RING_BWD_SIDE");
+    if (v == nullptr || *v == '\0') return true;
+    const std::string s(v);
+    DISTATTN_CHECK_ARG(s == "high" || s == "normal", "DISTATTN_RING_BWD_SIDE", "expected high or normal, got '", s,
+                       "'");
+    return s == "high";
+  }();
+  return high;
+}
+
 // DISTATTN_RING_HOME=direct (default) | window: where the backward's dK|dV home hop lands when the accumulators travel
 // on NCCL and the caller's dk and dv are packed [B, S/P, Hkv, D] of the home dtype. direct: straight into dk.data /
 // dv.data (no conversion pass after it); window: into drecv, then converted into dk, dv as for any other layout (kept
@@ -536,6 +554,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
           : gtype;
   const size_t home_half = static_cast<size_t>(nkv) * dtype_size(home_dtype);  // one of dK, dV on the home hop
   const bool home_direct_ok = home_direct_allowed();  // reads the environment: throws before anything is enqueued
+  const bool side_high = bwd_side_high_priority();    // the same
   use_comm_device(comm_);
 
   unsigned char* kv_base = kv_double_buffer(kv_bytes);  // persistent K|V window (see forward_cuda)
@@ -585,8 +604,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   const size_t scratch_bytes = 2 * static_cast<size_t>(nkv) * sizeof(float);
   DeviceScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
   float* scratch[2] = {scratch0.get<float>(), scratch1.get<float>()};
-  SideStream side(stream, pack_side);       // after the buffers: joins C before they are freed
-  PendingExchanges pending(comm_, stream);  // after the buffers: destroyed before them
+  SideStream side(stream, pack_side || side_high);  // after the buffers: joins C before they are freed
+  PendingExchanges pending(comm_, stream);          // after the buffers: destroyed before them
   ExchangeTicket& tk = pending.tickets[0];
   ExchangeTicket& tg = pending.tickets[1];  // the travelling accumulator; after the last step: the dK half home
   ExchangeTicket& th = pending.tickets[2];  // the dV half home
@@ -612,6 +631,28 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // Scratch buffers are cleared after use when a later compute takes them again: steps i + 2, and part B (which
   // takes the buffer of step n - 2, n = U.size()) counts as one more use.
   const size_t scratch_uses = U.size() + (split ? 1 : 0);
+  // Part B of the own step (split), kv rows [0, own_row), into the scratch buffer step n-2 used (cleared on X since):
+  // enqueued on C right after the last remote step's compute, before the host blocks on any hop, so that C goes on
+  // computing while X adds and N sends the accumulator home.
+  auto enqueue_part_b = [&] {
+    const int b = static_cast<int>(U.size() % 2);
+    side.main_waits_cleared(b);
+    const RingStep& st = schedule_.steps[0];
+    AttnBwdParams bp;
+    bp.fwd = step_params(q, k.rows(0, own_row), v.rows(0, own_row), st);
+    bp.fwd.kv_pos = st.kv_pos.slice(0, own_row);
+    bp.fwd.o = o;
+    bp.fwd.lse = const_cast<float*>(lse);
+    bp.dout = dout;
+    bp.dq = acc_dq_view;
+    bp.dk = device_view(scratch[b], DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
+    bp.dv = device_view(scratch[b] + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
+    bp.accumulate = true;
+    bp.delta = delta.get<float>();
+    trace.mark("own part B start (C)", stream);
+    flash_attention_backward(bp, stream);
+    trace.mark("own part B end (C)", stream);
+  };
   int cur = 0;
   // Per step i (buffer b = i % 2), in host order:
   //   C: [wait X's clear of scratch[b] (initial for b = 1, else after step i-2)] compute step i into scratch[b] (+ dQ)
@@ -661,6 +702,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       trace.mark("compute " + std::to_string(i) + " end (C)", stream);
     }
     side.follow_main();                     // X after this step's compute (and everything before it on C)
+    if (!more && split) enqueue_part_b();   // C: part B, not waited for by X (follow_main was recorded before it)
     if (i > 0) comm_.wait_exchange(tg, X);  // drecv holds the accumulator of step i-1; dsend is free
     const void* incoming = i > 0 ? drecv : nullptr;
     const float* mine = st.skipped() ? nullptr : scr;
@@ -699,25 +741,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     }
   }
   if (split) {
-    // Part B of the own step, kv rows [0, own_row), into the scratch buffer step n-2 used (cleared on X since), while
-    // X adds and N sends the accumulator home. Enqueued before the host blocks on the home hop below.
-    const int b = static_cast<int>(U.size() % 2);
-    side.main_waits_cleared(b);
-    const RingStep& st = schedule_.steps[0];
-    AttnBwdParams bp;
-    bp.fwd = step_params(q, k.rows(0, own_row), v.rows(0, own_row), st);
-    bp.fwd.kv_pos = st.kv_pos.slice(0, own_row);
-    bp.fwd.o = o;
-    bp.fwd.lse = const_cast<float*>(lse);
-    bp.dout = dout;
-    bp.dq = acc_dq_view;
-    bp.dk = device_view(scratch[b], DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
-    bp.dv = device_view(scratch[b] + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
-    bp.accumulate = true;
-    bp.delta = delta.get<float>();
-    trace.mark("own part B start (C)", stream);
-    flash_attention_backward(bp, stream);
-    trace.mark("own part B end (C)", stream);
+    const int b = static_cast<int>(U.size() % 2);  // part B's scratch buffer (enqueued in the loop above)
     detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
     trace.mark("dq converted (C)", stream);
     // Rows [own_row, Sl) of dK, dV are complete when their half arrives: converted on X, beside part B.

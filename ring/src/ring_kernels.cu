@@ -261,8 +261,8 @@ void sum_strided_to_view(const void* src, DType src_dtype, const float* addend, 
     }
   }
   convert_kernel<<<blocks_for(n), kThreads, 0, stream>>>(
-      src, static_cast<int>(src_dtype), addend, src_b, src_s, src_h, dst.data, static_cast<int>(dst.dtype), dst.seqlen(),
-      dst.heads(), dst.head_dim(), n, dst.stride[0], dst.stride[1], dst.stride[2]);
+      src, static_cast<int>(src_dtype), addend, src_b, src_s, src_h, dst.data, static_cast<int>(dst.dtype),
+      dst.seqlen(), dst.heads(), dst.head_dim(), n, dst.stride[0], dst.stride[1], dst.stride[2]);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 

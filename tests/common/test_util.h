@@ -104,7 +104,6 @@ struct DeviceTensor {
   void upload(const HostTensor& host);
 };
 
-
 // Raw device array (fp32 LSE, slopes, ...).
 template <typename T>
 struct DeviceArray {
