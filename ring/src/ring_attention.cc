@@ -135,7 +135,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       }
     }
     local_rows_ = config_.seq_len / P;
-    // DISTATTN_RING_BWD_OWN=split (default) | whole: the CUDA backward's own step in two parts or in one (A/B).
+    // DISTATTN_RING_BWD_OWN=whole (default) | split: the CUDA backward's own step in one part or two (ring_cuda.cc).
     if (const char* own = std::getenv("DISTATTN_RING_BWD_OWN"); own != nullptr && *own != '\0') {
       const std::string o(own);
       DISTATTN_CHECK_ARG(o == "split" || o == "whole", "DISTATTN_RING_BWD_OWN", "expected split or whole, got '", o,

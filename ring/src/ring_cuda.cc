@@ -55,17 +55,22 @@
 // and the home hop (N); the last add and the home hop go in two halves (dK then dV: the dK hop overlaps the dV add);
 // on NCCL with packed dk, dv of the home dtype the hop lands in them (no conversion); otherwise the dK conversion
 // runs while the dV half is still travelling.
-// Own step in two parts (default; DISTATTN_RING_BWD_OWN=whole turns it off, for A/B): with the tail above the 32K
-// fwd+bwd on 2 H200s still exposed ~1.3 ms after the last compute (the last add, the home hop, conversions), because
-// nothing was left to compute while the accumulator travelled home. So the own step (step 0, the caller's k, v) is
+// Own step in two parts (DISTATTN_RING_BWD_OWN=split; the default is whole): with the tail above the 32K fwd+bwd on 2
+// H200s still exposed ~1.3 ms after the last compute (the last add, the home hop, conversions), because nothing was
+// left to compute while the accumulator travelled home. Measured (session 5, 2 H200s, copy engine, side stream at the
+// greatest priority): the tail after part B is 0.27 ms, but the two launches cost ~0.4 ms more than one, and fwd+bwd
+// exposed is no better than whole (32K 5.7 / 5.8% vs 5.3 / 5.5%; 64K 3.9 / 3.9% vs 2.8 / 3.9%; 128K 1.8% vs 1.0 /
+// 1.7%). Kept as an option for hops slower than the copy engine's (e.g. across nodes), where it hides the home hop.
+// How it runs: the own step (step 0, the caller's k, v) is
 // cut by kv rows at r = own_split_row(S/P): part A, kv rows [r, S/P), runs as step 0 (it covers the first K|V hop)
 // and its dK|dV travel as before (rows [0, r) of that accumulator are zero); part B, kv rows [0, r), runs after the
 // last remote step, into the other scratch buffer (cleared on X after step n-2's add), while the last add and the
 // home hop run on X / N. B's dK|dV never travel: at home, dk rows [0, r) = home hop + B, rows [r, S/P) = home hop.
 // The home hop then carries the travel dtype (fp32 by default: B's part is added to it before the one rounding),
 // lands in drecv, and rows [r, S/P) are converted on X as soon as each half arrives (beside B); after B only the
-// sums of rows [0, r) and the dQ conversion remain on C. A and B cost what step 0 did (the engine skips masked
-// tiles either way; the cut is at a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks). Dense ring
+// sums of rows [0, r) and the dQ conversion remain on C. A and B do step 0's work (the engine skips masked tiles
+// either way; the cut is at a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks), as two launches,
+// each with its own ramp-down (the ~0.4 ms above). Dense ring
 // only (a block-sparse step carries a sub-layout indexed by whole-shard blocks) and only with remote steps.
 // dQ accumulates on C in a head-major fp32 buffer [B, Hq, S/P, D] (row stride D): the engine reduces into it
 // directly in accumulate mode, without a scratch of its own; delta = rowsum(dO * O) is computed once.

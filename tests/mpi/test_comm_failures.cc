@@ -180,10 +180,10 @@ TEST(RingFailures, DisagreeingConfigsFailOnEveryRank) {
   {  // the backward's own-step split (an environment switch that changes the size of the home hop)
     const char* old = std::getenv("DISTATTN_RING_BWD_OWN");
     const std::string saved = old ? old : "";
-    if (r == P - 1) setenv("DISTATTN_RING_BWD_OWN", "whole", 1);
+    if (r == P - 1) setenv("DISTATTN_RING_BWD_OWN", "split", 1);
     expect_error_containing([&] { RingAttention ra(comm, small_config(P)); }, {"DISTATTN_RING_BWD_OWN", last},
                             "DISTATTN_RING_BWD_OWN");
-    setenv("DISTATTN_RING_BWD_OWN", r == P - 1 ? "halves" : "split", 1);  // a bad value on one rank
+    setenv("DISTATTN_RING_BWD_OWN", r == P - 1 ? "halves" : "whole", 1);  // a bad value on one rank
     expect_error_containing([&] { RingAttention ra(comm, small_config(P)); }, {"DISTATTN_RING_BWD_OWN", "halves"},
                             "bad DISTATTN_RING_BWD_OWN");
     if (old) {
