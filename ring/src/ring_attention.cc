@@ -135,12 +135,12 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       }
     }
     local_rows_ = config_.seq_len / P;
-    // DISTATTN_RING_BWD_OWN=whole (default) | split | overlap: the CUDA backward's own step (ring_cuda.cc).
+    // DISTATTN_RING_BWD_OWN=whole (default) | split: the CUDA backward's own step in one part or two (ring_cuda.cc).
     if (const char* own = std::getenv("DISTATTN_RING_BWD_OWN"); own != nullptr && *own != '\0') {
       const std::string o(own);
-      DISTATTN_CHECK_ARG(o == "whole" || o == "split" || o == "overlap", "DISTATTN_RING_BWD_OWN",
-                         "expected whole, split or overlap, got '", o, "'");
-      bwd_own_mode_ = o == "whole" ? 0 : o == "split" ? 1 : 2;
+      DISTATTN_CHECK_ARG(o == "split" || o == "whole", "DISTATTN_RING_BWD_OWN", "expected split or whole, got '", o,
+                         "'");
+      bwd_own_split_ = o == "split";
     }
   });
 
@@ -161,7 +161,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       .add_float("softmax_scale", config_.softmax_scale)
       .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
       .add("host_precision", static_cast<int64_t>(config_.host_precision))
-      .add("DISTATTN_RING_BWD_OWN", bwd_own_mode_);
+      .add("DISTATTN_RING_BWD_OWN", bwd_own_split_ ? 1 : 0);
   // The block layout: presence, size and a hash of its row CSR (listed blocks and their partial flags).
   const BlockLayout* bl = config_.block_layout;
   uint64_t layout_hash = 0;

@@ -72,10 +72,6 @@
 // either way; the cut is at a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks), as two launches,
 // each with its own ramp-down (the ~0.4 ms above). Dense ring
 // only (a block-sparse step carries a sub-layout indexed by whole-shard blocks) and only with remote steps.
-// DISTATTN_RING_BWD_OWN=overlap: the same, with part B on a second stream C2 (least priority) forked just before the
-// last remote step is enqueued and enqueued right after it: the step's blocks are dispatched first, B's fill the SMs
-// as the step's ramp-down frees them, so the two launches cost about what one does; C waits for C2 before the dQ
-// conversion. (Both add dQ into acc_dq with atomics, as any two blocks of one launch do.)
 // dQ accumulates on C in a head-major fp32 buffer [B, Hq, S/P, D] (row stride D): the engine reduces into it
 // directly in accumulate mode, without a scratch of its own; delta = rowsum(dO * O) is computed once.
 //
@@ -220,8 +216,7 @@ class SideStream {
   }
   // Marks (on the side stream) that scratch buffer b is clear again; the main stream waits for that mark.
   void mark_cleared(int b) { DISTATTN_CUDA_CHECK(cudaEventRecord(cleared_[b], side_)); }
-  void main_waits_cleared(int b) { stream_waits_cleared(main_, b); }
-  void stream_waits_cleared(cudaStream_t s, int b) { DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(s, cleared_[b], 0)); }
+  void main_waits_cleared(int b) { DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(main_, cleared_[b], 0)); }
   // The main stream waits for everything enqueued on the side stream so far.
   void main_follows() {
     DISTATTN_CUDA_CHECK(cudaEventRecord(join_, side_));
@@ -554,9 +549,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // one hop that nothing overlaps); otherwise in the travel dtype.
   // With the own step split (part B is added at home, see the header comment) the hop carries the travel dtype.
   const std::vector<int>& U = schedule_.useful_steps;
-  const bool split =
-      bwd_own_mode_ != 0 && schedule_.steps[0].blocks == nullptr && U.size() >= 2 && U[0] == 0 && Sl >= 2;
-  const bool overlap = split && bwd_own_mode_ == 2;       // part B on its own stream (see the header comment)
+  const bool split = bwd_own_split_ && schedule_.steps[0].blocks == nullptr && U.size() >= 2 && U[0] == 0 && Sl >= 2;
   const int64_t own_row = split ? own_split_row(Sl) : 0;  // part A: kv rows [own_row, Sl); part B: [0, own_row)
   // The dense ring's own step always has visible pairs (the diagonal), so `split` is the same on every rank.
   DISTATTN_CHECK(!split || !schedule_.steps[0].skipped(), "ring backward: the own step of a dense ring is empty");
@@ -617,10 +610,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   DeviceScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
   float* scratch[2] = {scratch0.get<float>(), scratch1.get<float>()};
   SideStream side(stream, pack_side || side_high);  // after the buffers: joins C before they are freed
-  // overlap: part B's stream, at the least priority (its blocks take the SMs the last remote step leaves idle).
-  std::optional<SideStream> b_side;
-  if (overlap) b_side.emplace(stream, false);  // after the buffers, like X
-  PendingExchanges pending(comm_, stream);     // after the buffers: destroyed before them
+  PendingExchanges pending(comm_, stream);          // after the buffers: destroyed before them
   ExchangeTicket& tk = pending.tickets[0];
   ExchangeTicket& tg = pending.tickets[1];  // the travelling accumulator; after the last step: the dK half home
   ExchangeTicket& th = pending.tickets[2];  // the dV half home
@@ -649,9 +639,9 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // Part B of the own step (split), kv rows [0, own_row), into the scratch buffer step n-2 used (cleared on X since):
   // enqueued on C right after the last remote step's compute, before the host blocks on any hop, so that C goes on
   // computing while X adds and N sends the accumulator home.
-  auto enqueue_part_b = [&](cudaStream_t bs) {
+  auto enqueue_part_b = [&] {
     const int b = static_cast<int>(U.size() % 2);
-    side.stream_waits_cleared(bs, b);
+    side.main_waits_cleared(b);
     const RingStep& st = schedule_.steps[0];
     AttnBwdParams bp;
     bp.fwd = step_params(q, k.rows(0, own_row), v.rows(0, own_row), st);
@@ -664,10 +654,9 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     bp.dv = device_view(scratch[b] + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
     bp.accumulate = true;
     bp.delta = delta.get<float>();
-    const char* on = bs == stream ? " (C)" : " (C2)";
-    trace.mark(std::string("own part B start") + on, bs);
-    flash_attention_backward(bp, bs);
-    trace.mark(std::string("own part B end") + on, bs);
+    trace.mark("own part B start (C)", stream);
+    flash_attention_backward(bp, stream);
+    trace.mark("own part B end (C)", stream);
   };
   int cur = 0;
   // Per step i (buffer b = i % 2), in host order:
@@ -687,9 +676,6 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       ++last_backward_.kv_exchanges;
     }
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
-    // overlap: part B may start with the last remote step (the fork is recorded before that step is enqueued; B is
-    // enqueued after it, so the step's blocks are dispatched first and B's fill the SMs of its ramp-down).
-    if (!more && overlap) b_side->follow_main();
     if (!st.skipped()) {
       ++last_backward_.computed_steps;
       if (i >= 1) side.main_waits_cleared(static_cast<int>(i % 2));  // cleared on X (initially / after step i-2's add)
@@ -720,8 +706,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       flash_attention_backward(bp, stream);
       trace.mark("compute " + std::to_string(i) + " end (C)", stream);
     }
-    side.follow_main();  // X after this step's compute (and everything before it on C)
-    if (!more && split) enqueue_part_b(overlap ? b_side->get() : stream);  // X does not wait for it (recorded above)
+    side.follow_main();                     // X after this step's compute (and everything before it on C)
+    if (!more && split) enqueue_part_b();   // C: part B, not waited for by X (follow_main was recorded before it)
     if (i > 0) comm_.wait_exchange(tg, X);  // drecv holds the accumulator of step i-1; dsend is free
     const void* incoming = i > 0 ? drecv : nullptr;
     const float* mine = st.skipped() ? nullptr : scr;
@@ -761,7 +747,6 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   }
   if (split) {
     const int b = static_cast<int>(U.size() % 2);  // part B's scratch buffer (enqueued in the loop above)
-    if (overlap) b_side->main_follows();           // C after part B (dQ is complete, scratch[b] written)
     detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
     trace.mark("dq converted (C)", stream);
     // Rows [own_row, Sl) of dK, dV are complete when their half arrives: converted on X, beside part B.

@@ -183,7 +183,7 @@ TEST(RingFailures, DisagreeingConfigsFailOnEveryRank) {
     if (r == P - 1) setenv("DISTATTN_RING_BWD_OWN", "split", 1);
     expect_error_containing([&] { RingAttention ra(comm, small_config(P)); }, {"DISTATTN_RING_BWD_OWN", last},
                             "DISTATTN_RING_BWD_OWN");
-    setenv("DISTATTN_RING_BWD_OWN", r == P - 1 ? "halves" : "overlap", 1);  // a bad value on one rank
+    setenv("DISTATTN_RING_BWD_OWN", r == P - 1 ? "halves" : "whole", 1);  // a bad value on one rank
     expect_error_containing([&] { RingAttention ra(comm, small_config(P)); }, {"DISTATTN_RING_BWD_OWN", "halves"},
                             "bad DISTATTN_RING_BWD_OWN");
     if (old) {

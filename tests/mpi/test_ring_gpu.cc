@@ -354,9 +354,9 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
               d_g[1].view(), d_g[2].view(), stream);
   DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (int i = 0; i < 3; ++i) d_g[i].download(g[i]);
-  // With DISTATTN_RING_BWD_OWN=split or overlap the own step runs in two parts whenever there are remote steps.
+  // With DISTATTN_RING_BWD_OWN=split the own step runs in two parts whenever there are remote steps (ring_cuda.cc).
   const char* own_env = std::getenv("DISTATTN_RING_BWD_OWN");
-  if (P > 1 && own_env != nullptr && (std::string(own_env) == "split" || std::string(own_env) == "overlap")) {
+  if (P > 1 && own_env != nullptr && std::string(own_env) == "split") {
     EXPECT_GT(ra.last_backward().own_split_row, 0);
     EXPECT_LT(ra.last_backward().own_split_row, Sl);
   } else {
@@ -526,15 +526,14 @@ TEST(RingGpu, MqaBf16GradTravelPaddedStridesNullStream) {
   run_case(comm, c);
 }
 
-// The backward's own step whole (the default, DISTATTN_RING_BWD_OWN=whole: the home hop in dk's dtype), in two
-// parts (split) and with part B on its own stream (overlap): both against fp64 and one GPU; contiguous causal leaves
-// ranks with skipped remote steps.
+// The backward's own step whole (the default, DISTATTN_RING_BWD_OWN=whole: the home hop in dk's dtype) and in two
+// parts (split): both against fp64 and one GPU; contiguous causal leaves ranks with skipped remote steps.
 TEST(RingGpu, OwnStepWholeAndSplit) {
   REQUIRE_GPU_PER_RANK();
   NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
   const char* old = std::getenv("DISTATTN_RING_BWD_OWN");
   const std::string saved = old ? old : "";
-  for (const char* mode : {"whole", "split", "overlap"}) {
+  for (const char* mode : {"whole", "split"}) {
     setenv("DISTATTN_RING_BWD_OWN", mode, 1);  // read at construction, the same on every rank
     for (ShardLayout layout : {ShardLayout::kContiguous, ShardLayout::kZigzag}) {
       Case c;

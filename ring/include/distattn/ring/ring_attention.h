@@ -158,10 +158,9 @@ class RingAttention {
   int64_t local_rows_ = 0;
   std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
   RingCallStats last_forward_, last_backward_;
-  // CUDA backward: how the own step runs, DISTATTN_RING_BWD_OWN: 0 whole (default), 1 split (part B after the last
-  // remote step, on the compute stream), 2 overlap (part B on a second stream from the last remote step's start). Read
-  // and agreed at construction: the split modes change the size of the home hop, so every rank must choose alike.
-  int bwd_own_mode_ = 0;
+  // CUDA backward: run the own step in two parts (DISTATTN_RING_BWD_OWN=split; default whole; read and agreed at construction: it changes
+  // the size of the home hop, so every rank must make the same choice).
+  bool bwd_own_split_ = false;
   // CUDA: the persistent K|V double buffer [2][kv_bytes] (cudaMalloc: IPC-exportable) and its window id (-1: not a
   // window); allocated by the first call, grown when a call needs more (ring_cuda.cc).
   unsigned char* kv_buffer_ = nullptr;
