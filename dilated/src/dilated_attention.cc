@@ -63,8 +63,8 @@ struct ViewSpec {
 };
 
 // One engine call of a pattern: q-side view (q, o, dout, dq), kv-side view (k, v, dk, dv), its rows' entries in
-// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), positions, ALiBi slope offset (into the pattern's
-// permuted slopes; -1: none).
+// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), or for a direct-LSE pattern (rate 1, lse_direct) in the
+// caller's lse [B, Hq, S] itself, positions, ALiBi slope offset (into the pattern's permuted slopes; -1: none).
 struct PatternCall {
   ViewSpec qv, kv;
   int64_t lse_offset = 0, lse_batch_stride = 0, lse_head_stride = 0;
@@ -81,11 +81,17 @@ struct PatternCall {
 //   u = b*(S/w) + g at row u*w (uniform because batch stride == S * row stride), rows u*w + s + r*i; cut into
 //   calls of at most `chunk` segments. Compacted LSE of (u, h, i): (u*Hq + h)*m_max + i: batch step Hq*m_max.
 //   Unfolded (the layout does not allow folding): one call per segment g with the B batches as the batch.
+//   Direct LSE (lse_direct, rate 1 only: a segment's rows are consecutive, so the calls can address the caller's
+//   [B, Hq, S] LSE with row stride 1 and no compaction is needed): entry (b, h, g*w + i) at (b*Hq + h)*S + g*w + i.
+//   Folded calls then stay inside one batch b (segments g0 .. g0+n-1: batch step w, head step S); unfolded calls
+//   (segment g, the B batches): offset h0*S + g*w, batch step Hq*S.
 //   Classes folded (per batch b, segment g, run of classes s0 .. s0+n-1 with equal rows and heads): class s at
 //   row g*w + s, head s: batch step (0, 1, 1) rows/heads; heads s + r*j: head step r; LSE batch step m_max
 //   (class s = head s), head step r*m_max.
 std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t w, int64_t r,
-                                      bool fold_segments, int64_t chunk, bool fold_classes, bool alibi) {
+                                      bool fold_segments, int64_t chunk, bool fold_classes, bool alibi,
+                                      bool lse_direct) {
+  DISTATTN_CHECK(!lse_direct || r == 1, "direct LSE addressing needs rate 1");
   std::vector<PatternCall> calls;
   const int64_t nseg = S / w, mm = max_rows(w, r), nclass = std::min(r, Hq);
   const int64_t seg_batch = fold_segments ? std::min(chunk, B * nseg) : B;
@@ -118,12 +124,14 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
   for (int64_t s = 0; s < nclass; ++s) {
     const int64_t rows = rows_of_class(w, r, s);
     for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
-      for (int64_t first = 0; first < total; first += per_call) {
+      for (int64_t first = 0, n = 0; first < total; first += n) {
+        n = std::min(per_call, total - first);
+        if (lse_direct && fold_segments) n = std::min(n, nseg - first % nseg);  // inside one batch
         PatternCall c;
         c.qv.orow = first * w + s, c.qv.oh = hg.qh0;
         c.qv.rows = rows, c.qv.rstep = r, c.qv.heads = hg.count, c.qv.hstep = hg.qstep;
         if (fold_segments) {
-          c.qv.batch = std::min(per_call, total - first), c.qv.crow = w;
+          c.qv.batch = n, c.qv.crow = w;
         } else {
           c.qv.batch = B, c.qv.cb = 1;
         }
@@ -133,9 +141,16 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
         } else {
           c.kv.oh = hg.kh0, c.kv.heads = hg.count, c.kv.hstep = hg.kstep;
         }
-        c.lse_offset = (first * Hq + hg.qh0) * mm;
-        c.lse_batch_stride = fold_segments ? Hq * mm : nseg * Hq * mm;
-        c.lse_head_stride = hg.qstep * mm;
+        if (lse_direct) {
+          const int64_t b = fold_segments ? first / nseg : 0, g0 = fold_segments ? first % nseg : first;
+          c.lse_offset = (b * Hq + hg.qh0) * S + g0 * w;
+          c.lse_batch_stride = fold_segments ? w : Hq * S;
+          c.lse_head_stride = hg.qstep * S;
+        } else {
+          c.lse_offset = (first * Hq + hg.qh0) * mm;
+          c.lse_batch_stride = fold_segments ? Hq * mm : nseg * Hq * mm;
+          c.lse_head_stride = hg.qstep * mm;
+        }
         c.pos = PositionMap::strided(fold_segments ? s : first * w + s, r, rows);
         c.slope_offset = alibi ? hg.slope_offset : -1;
         c.lane_key = s;
@@ -149,7 +164,8 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
 
 bool foldable(const TensorView& t) { return t.shape[0] == 1 || t.stride[0] == t.shape[1] * t.stride[1]; }
 
-// The engine parameters of one call: q, k, v, o views, the compacted LSE at lse_c, positions, mask, ALiBi.
+// The engine parameters of one call: q, k, v, o views, the LSE (compacted at lse_c, or the caller's [B, Hq, S] for a
+// direct-LSE pattern: c.lse_offset is relative to the array passed), positions, mask, ALiBi.
 AttnParams engine_params(const PatternCall& c, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& o, float* lse_c, const float* slopes, const DilatedConfig& config) {
   AttnParams p;
@@ -448,28 +464,43 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
   }
 
+  bool lse_fresh = plan.init_lse;  // lse holds -inf everywhere (no step has written it yet)
   for (const FwdStep& step : plan.steps) {
     const size_t i = step.pattern;
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
     const bool accumulate = step.mode != FwdMode::kPlain;
-    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1).
-    if (accumulate) {
+    // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
+    const bool direct = r == 1 && direct_lse_;
+    float* const lse_calls = direct ? lse : lse_c;
+    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1); while lse is
+    // still all -inf, a fill of the compacted array instead of the gather (same values, no read).
+    if (accumulate && !direct) {
+      const int64_t nc = compact_floats(B, S, Hq, w, r);
       if (cuda) {
-        dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+        if (lse_fresh) {
+          dilated_detail::cuda_fill(lse_c, nc, -std::numeric_limits<float>::infinity(), stream);
+        } else {
+          dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+        }
       } else {
-        host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
+        if (lse_fresh) {
+          std::fill(lse_c, lse_c + nc, -std::numeric_limits<float>::infinity());
+        } else {
+          host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
+        }
       }
     }
+    lse_fresh = false;
     const float* slopes = pattern_slopes(i);
     const std::vector<PatternCall> calls =
-        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi);
+        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct);
     const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
     // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
     // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
     const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
     for (const PatternCall& c : calls) {
       AttnParams p =
-          engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_c, slopes, config_);
+          engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_calls, slopes, config_);
       p.accumulate = accumulate;
       if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
       if (cuda) {
@@ -479,6 +510,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       }
     }
     if (cuda) join_lanes(lanes, stream);
+    if (direct) continue;
     if (cuda) {
       dilated_detail::cuda_lse_scatter(lse_c, lse, B, S, Hq, w, r, stream);
     } else {
@@ -539,19 +571,22 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
 
   for (size_t i = 0; i < config_.patterns.size(); ++i) {
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
-    if (cuda) {
+    const bool direct = r == 1 && direct_lse_;  // the calls read lse itself (plan_pattern "Direct LSE")
+    float* const lse_calls = direct ? const_cast<float*>(lse) : lse_c;  // only read by the backward
+    if (direct) {
+    } else if (cuda) {
       dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
     } else {
       host_lse_move(const_cast<float*>(lse), lse_c, B, S, Hq, w, r, true);
     }
     const float* slopes = pattern_slopes(i);
     const std::vector<PatternCall> calls =
-        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi);
+        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct);
     const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
     for (const PatternCall& c : calls) {
       AttnBwdParams bp;
       // o: the FINAL output (delta = dO . O); lse_c: the FINAL LSE of these rows, compacted.
-      bp.fwd = engine_params(c, q, k, v, o, lse_c, slopes, config_);
+      bp.fwd = engine_params(c, q, k, v, o, lse_calls, slopes, config_);
       bp.dout = c.qv.apply(dout);
       bp.dq = c.qv.apply(dq_view);
       bp.dk = c.kv.apply(dk_view);

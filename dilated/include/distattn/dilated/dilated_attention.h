@@ -113,6 +113,10 @@ class DilatedAttention {
   // runs"). false: the previous order (rate-1 first in plain mode, cast at the end; A/B timings, tests). Results
   // differ only by the order of the fp32 merges.
   void set_fused_final(bool on) { fused_final_ = on; }
+  // Rate-1 patterns address the caller's lse [B, Hq, S] directly (a rate-1 segment's rows are consecutive, so the
+  // engine's row-contiguous LSE fits): no gather into / scatter out of the compacted LSE for them. false: the
+  // compacted path for every pattern (A/B timings, tests). Same results either way.
+  void set_direct_lse(bool on) { direct_lse_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -154,6 +158,7 @@ class DilatedAttention {
   bool fold_classes_ = true;
   bool concurrent_calls_ = true;
   bool fused_final_ = true;
+  bool direct_lse_ = true;
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
