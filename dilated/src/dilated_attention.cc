@@ -468,29 +468,23 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   for (const FwdStep& step : plan.steps) {
     const size_t i = step.pattern;
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
-    const bool accumulate = step.mode != FwdMode::kPlain;
+    // An accumulating step onto an all -inf lse (the first one after init_lse) runs in plain mode into the
+    // accumulator instead: merging into -inf gives L = LSE_b and o = O_b (the engine reads nothing there), which is
+    // what plain mode writes, without the accumulate epilogue's reads and without filling the compacted LSE first.
+    const bool into_fresh = lse_fresh && step.mode == FwdMode::kAccumulate;
+    const bool accumulate = step.mode != FwdMode::kPlain && !into_fresh;
+    lse_fresh = false;
     // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
     const bool direct = r == 1 && direct_lse_;
     float* const lse_calls = direct ? lse : lse_c;
-    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1); while lse is
-    // still all -inf, a fill of the compacted array instead of the gather (same values, no read).
+    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1).
     if (accumulate && !direct) {
-      const int64_t nc = compact_floats(B, S, Hq, w, r);
       if (cuda) {
-        if (lse_fresh) {
-          dilated_detail::cuda_fill(lse_c, nc, -std::numeric_limits<float>::infinity(), stream);
-        } else {
-          dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
-        }
+        dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
       } else {
-        if (lse_fresh) {
-          std::fill(lse_c, lse_c + nc, -std::numeric_limits<float>::infinity());
-        } else {
-          host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
-        }
+        host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
       }
     }
-    lse_fresh = false;
     const float* slopes = pattern_slopes(i);
     const std::vector<PatternCall> calls =
         plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct);

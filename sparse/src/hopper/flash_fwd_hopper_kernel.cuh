@@ -17,13 +17,8 @@
 //                Intra-warpgroup overlap: S(it) and P V(it - 1) are issued back to back, and the softmax of
 //                tile it runs while the tensor cores still do P V(it - 1); O is rescaled after that wait.
 // Synchronisation (mbarriers in shared memory; k = the CTA's unit count so far, g = its kv tiles so far):
-//   bar_q[q]           unit k's Q landed in Q buffer q = k % kQStages (TMA transaction count; a plain arrival for a
-//                      unit with no kv tile), phase k / kQStages.
-//   q_empty[q]         both consumers' last S of unit k done (8 warp arrivals): Q buffer q may be refilled (by unit
-//                      k + kQStages). With two Q buffers the producer loads unit k + 1's Q while unit k still runs,
-//                      so a short unit's consumers need not wait for Q at its start.
-//                      Plan slots: 2 kQStages (unit k uses k % (2 kQStages)): the consumers read a unit's plan after
-//                      their q_empty arrival; the slot is rewritten only after q_empty of a later unit.
+//   bar_q              unit k's Q landed (TMA transaction count; a plain arrival for a unit with no kv tile), phase k.
+//   q_empty            both consumers' last S of unit k done (8 warp arrivals): Q and plan slot k % 2 may be refilled.
 //   full_k[s], full_v[s]    K / V tile of stage s landed.
 //   empty_k[s], empty_v[s]  both consumers finished reading K / V of stage s (8 warp arrivals each): the
 //                      producer may refill it. K is released right after S, V after P V.
@@ -32,13 +27,14 @@
 //
 // Shared memory (bytes from a 1024-aligned base; every tile in the 128-byte-swizzle layout of
 // hopper_primitives.cuh, head dim split in two 64-wide halves):
-//   Q[q]  [2 halves][128 rows][128 B]           32 KB each, q < kQStages
+//   Q     [2 halves][128 rows][128 B]           32 KB
 //   K[s]  [2 halves][kBlockN rows][128 B]       32 KB each, s = 0, 1
 //   V[s]  same                                  32 KB each
-//   mbarriers                                   (2 kQStages + 4 kStages) x 8 B
-//   dense tile plan (per kv chunk), 2 kQStages slots of 128 B
+//   mbarriers                                   10 x 8 B
+//   dense tile plan (per kv chunk), 2 slots     2 x 128 B
 //   row-range mask table [8 chunks][128 rows]   8 KB
 //   ALiBi row reference D0 [128 rows]           1 KB
+//   accumulate launches only (kSmemBytesAcc): old-O staging [16][256 threads] float2      32 KB
 //
 // ALiBi (kAlibi): scores t = q.k + coef |pos_q - pos_k| with coef = -slope_h / softmax_scale (q.k units). Exactness
 // with positions up to 2^31: every row r gets an integer reference D0(r) = min |pos_q - pos_k| over its visible keys
@@ -88,37 +84,36 @@ struct FwdConfig {
 #ifndef DISTATTN_HOPPER_STAGES
 #define DISTATTN_HOPPER_STAGES 2
 #endif
-  static constexpr int kStages = DISTATTN_HOPPER_STAGES;  // K and V ring depth (3 fits with one Q buffer only)
-#ifndef DISTATTN_HOPPER_Q_STAGES
-#define DISTATTN_HOPPER_Q_STAGES 2
-#endif
-  static constexpr int kQStages = DISTATTN_HOPPER_Q_STAGES;  // Q buffers (units in flight on the producer side)
-  static constexpr int kPlanSlots = 2 * kQStages;
+  static constexpr int kStages = DISTATTN_HOPPER_STAGES;  // K and V ring depth (3 fits: 7 x 32 KB + 1 KB)
   static constexpr int kThreads = 384;
   static constexpr int kHalfQBytes = kBlockM * 128;   // one 64-wide half of Q: rows x 128 bytes
   static constexpr int kHalfKVBytes = kBlockN * 128;  // one 64-wide half of a K or V tile
   static constexpr int kQBytes = 2 * kHalfQBytes;
   static constexpr int kKVBytes = 2 * kHalfKVBytes;
-  static constexpr int kOffK = kQStages * kQBytes;            // Q[q] at q * kQBytes, K[s] at kOffK + s * kKVBytes
+  static constexpr int kOffK = kQBytes;                       // K[s] at kOffK + s * kKVBytes
   static constexpr int kOffV = kOffK + kStages * kKVBytes;    // V[s] at kOffV + s * kKVBytes
-  static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers (2 kQStages + 4 kStages of 8 bytes)
+  static constexpr int kOffBar = kOffV + kStages * kKVBytes;  // mbarriers (2 + 4 kStages of 8 bytes)
   static constexpr int kMaxChunks = FlashFwdHopperParams::kMaxChunks;
-  // Dense plan of a work unit, kPlanSlots slots (unit k of the CTA uses slot k % kPlanSlots; the producer writes it
-  // before the unit's bar_q arrival): tile count and segments of kv tiles (flash_fwd_hopper_plan.h): per kv chunk c the
-  // kv tiles the q tile may see, or with the ALiBi cutoff the two segments of write_cutoff_plan.
+  // Dense plan of a work unit, two slots (unit k of the CTA uses slot k % 2; the producer thread writes it before
+  // the unit's bar_q arrival): tile count and segments of kv tiles (flash_fwd_hopper_plan.h): per kv chunk c the kv
+  // tiles the q tile may see, or with the ALiBi cutoff the two segments of write_cutoff_plan.
   static constexpr int kPlanSlotInts = 32;        // 128 bytes per slot
   static constexpr int kOffPlan = kOffBar + 128;  // int slots of the layout in flash_fwd_hopper_plan.h
   // Row-range mask table: int2 [kMaxChunks][kBlockM] = visible global kv rows [lo, hi] of each q row of the tile
   // inside kv chunk c (band and chunk end; empty when lo > hi); written once per work unit by the consumers (each
   // warp its own rows).
-  static constexpr int kOffBounds = kOffPlan + kPlanSlots * 4 * kPlanSlotInts;
+  static constexpr int kOffBounds = kOffPlan + 2 * 4 * kPlanSlotInts;
   // ALiBi: int64 [kBlockM] = D0(row), the smallest |pos_q - pos_k| over the row's visible keys (see the kernel).
   static constexpr int kOffDref = kOffBounds + 8 * kMaxChunks * kBlockM;
   static constexpr int kSmemBytes = kOffDref + 8 * kBlockM + 1024;  // + slack to align the base to 1024
+  // Accumulate mode: staging of the old fp32 O of each consumer thread's second row (columns 8 c + col_base, +1 for
+  // c < 16), float2 [16][256 consumer threads] (c-major: a warp's copies and reads are 256 contiguous bytes). Only
+  // accumulate launches ask for it (kSmemBytesAcc), so plain launches keep the smaller footprint.
+  static constexpr int kOffStage = kOffDref + 8 * kBlockM;
+  static constexpr int kStageBytes = 16 * 256 * 8;
+  static constexpr int kSmemBytesAcc = kOffStage + kStageBytes + 1024;
+  static_assert(kSmemBytesAcc <= 227 * 1024, "shared memory of one CTA per SM (accumulate launches)");
   static_assert(kBlockN == kLayoutBlock, "block lists address kv blocks as kernel tiles");
-  static_assert(kQStages == 1 || kQStages == 2, "one or two Q buffers");
-  static_assert(8 * (2 * kQStages + 4 * kStages) <= 128, "the mbarriers fit their 128 bytes");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA per SM");
 };
 
 // Affine piece of a position map holding local row `row`: pos(row + t) = base + t * step for the rest of the
@@ -328,6 +323,12 @@ __device__ __forceinline__ bool softmax_tile(float (&sc)[64], float (&row_max)[2
 #endif
 // Brings the 128-byte line holding `ptr` into L2 (no register result, nothing waits for it).
 __device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr)); }
+// 8-byte asynchronous copy global -> shared (no register result), and the wait for this thread's copies.
+__device__ __forceinline__ void cp_async_8(uint32_t smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
@@ -342,14 +343,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const uint32_t sQ = smem_base;
   const uint32_t sK = smem_base + C::kOffK;
   const uint32_t sV = smem_base + C::kOffV;
-  const uint32_t bar_q = smem_base + C::kOffBar;              // [kQStages]
-  const uint32_t bar_full_k = bar_q + 8 * C::kQStages;        // [kStages]
+  const uint32_t bar_q = smem_base + C::kOffBar;
+  const uint32_t bar_full_k = bar_q + 8;                      // [kStages]
   const uint32_t bar_full_v = bar_full_k + 8 * C::kStages;    // [kStages]
   const uint32_t bar_empty_k = bar_full_v + 8 * C::kStages;   // [kStages]
   const uint32_t bar_empty_v = bar_empty_k + 8 * C::kStages;  // [kStages]
-  const uint32_t bar_q_empty = bar_empty_v + 8 * C::kStages;  // [kQStages] both consumers' last S of a unit done
+  const uint32_t bar_q_empty = bar_empty_v + 8 * C::kStages;  // both consumers finished their last S of a unit
   uint8_t* const smem_ptr = smem_raw + (smem_base - smem_u32(smem_raw));
-  int* const plan_slots = reinterpret_cast<int*>(smem_ptr + C::kOffPlan);        // [kPlanSlots][kPlanSlotInts]
+  int* const plan_slots = reinterpret_cast<int*>(smem_ptr + C::kOffPlan);        // [2][kPlanSlotInts]
   int2* const bounds = reinterpret_cast<int2*>(smem_ptr + C::kOffBounds);        // [kMaxChunks][kBlockM]
   long long* const dref = reinterpret_cast<long long*>(smem_ptr + C::kOffDref);  // [kBlockM] ALiBi D0
 
@@ -357,32 +358,28 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const int cta = static_cast<int>(blockIdx.x);
   const int grid = static_cast<int>(gridDim.x);
   if (threadIdx.x == 0) {
-    for (int q = 0; q < C::kQStages; ++q) {
-      mbar_init(bar_q + 8 * q, 1);
-      mbar_init(bar_q_empty + 8 * q, 8);  // one arrival per consumer warp
-    }
+    mbar_init(bar_q, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar_full_k + 8 * s, 1);
       mbar_init(bar_full_v + 8 * s, 1);
       mbar_init(bar_empty_k + 8 * s, 8);  // one arrival per consumer warp
       mbar_init(bar_empty_v + 8 * s, 8);
     }
+    mbar_init(bar_q_empty, 8);
     mbar_init_fence();
   }
   __syncthreads();
 
   // Producer and consumers walk the same units (flash_fwd_hopper_scheduler.h) and count, across units, the units
-  // done (k: unit k uses Q buffer k % kQStages, waits its bar_q with parity (k / kQStages) & 1 and uses plan slot
-  // k % kPlanSlots) and the kv tiles done (g: tile it of a
+  // done (k: unit k waits bar_q with parity k & 1 and uses plan slot k % 2) and the kv tiles done (g: tile it of a
   // unit uses the ring position g + it: stage (g + it) % kStages, use (g + it) / kStages), so the barrier phases
   // continue from one unit to the next and the producer runs ahead into the next unit while the consumers finish
   // the current one (its last P V and epilogue overlap the next unit's Q, K and V loads).
   if (warpgroup == 0) {
     // ---------------------------------------------------------------- producer
-    // Per unit k: wait until the consumers' last S of unit k - kQStages is done (its Q buffer free; the plan slot
-    // about to be rewritten was last read by unit k - kPlanSlots, which the consumers finished before that last S),
-    // write the dense plan to slot k % kPlanSlots, load Q into buffer k % kQStages (or just arrive on its bar_q
-    // when the unit visits no tile), then K(0), K(it), V(it - 1) for it = 1.., V(last): the
+    // Per unit: wait until the consumers' last S of the previous unit is done (Q buffer free, and the plan slot
+    // about to be rewritten was last read two units ago), write the dense plan to slot k % 2, load Q (or just
+    // arrive on bar_q when the unit visits no tile), then K(0), K(it), V(it - 1) for it = 1.., V(last): the
     // consumers need K(it) and V(it - 1) in the same iteration (S of tile it overlaps P V of tile it - 1). Ring
     // position j = g + it waits, from its second use on, until both consumers released that stage's K (resp. V).
     regs_decrease<24>();
@@ -396,8 +393,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       for (int k = 0; walk.next(p, cta, grid, &u); ++k) {
         const int h_kv = u.h / p.head_group;
         TilePlan plan = make_plan(p, u.m_block);
-        int* const tile_plan = plan_slots + (k % C::kPlanSlots) * C::kPlanSlotInts;
-        const int qb = k % C::kQStages;  // Q buffer of the unit
+        int* const tile_plan = plan_slots + (k & 1) * C::kPlanSlotInts;
         // ALiBi cutoff (flash_fwd_hopper_plan.h): the unit's q tile norm, its kv head's key norm and its slope, loaded
         // before the wait below so that their latency hides behind it.
         float cut_q = 0.f, cut_k = 0.f, cut_slope = 0.f;
@@ -407,7 +403,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
           cut_k = __ldg(p.kv_norm_sq_max + static_cast<int64_t>(u.b) * (p.heads_q / p.head_group) + h_kv);
           cut_slope = __ldg(p.alibi_slopes + u.h);
         }
-        if (k >= C::kQStages) mbar_wait(bar_q_empty + 8 * qb, (k / C::kQStages - 1) & 1);
+        if (k > 0) mbar_wait(bar_q_empty, (k - 1) & 1);
         if (!p.has_blocks) {
           if (kAlibi && p.alibi_cutoff != 0) {
             // One kv chunk equal to the q chunk (the cutoff's premise): the q tile's visible kv rows [lo, hi], less
@@ -424,15 +420,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
           plan.count = tile_plan[kPlanTotal];
         }
         if (plan.count == 0) {
-          mbar_arrive(bar_q + 8 * qb);  // release: the consumers read the plan (count 0) after their wait
+          mbar_arrive(bar_q);  // release: the consumers read the plan (count 0) after their wait
           continue;
         }
         // Q tile prologue: Q of the unit lands in sQ; the consumers wait on bar_q before their first S.
         const int m0 = u.m_block * C::kBlockM;
-        const uint32_t sQb = sQ + qb * C::kQBytes;
-        mbar_arrive_expect_tx(bar_q + 8 * qb, C::kQBytes);
-        tma_load_4d(sQb, &p.tmap_q, bar_q + 8 * qb, 0, m0, u.h, u.b);
-        tma_load_4d(sQb + C::kHalfQBytes, &p.tmap_q, bar_q + 8 * qb, 64, m0, u.h, u.b);
+        mbar_arrive_expect_tx(bar_q, C::kQBytes);
+        tma_load_4d(sQ, &p.tmap_q, bar_q, 0, m0, u.h, u.b);
+        tma_load_4d(sQ + C::kHalfQBytes, &p.tmap_q, bar_q, 64, m0, u.h, u.b);
         auto load = [&](int it, uint32_t smem, const CUtensorMap* map, uint32_t full, uint32_t empty) {
           const int j = g + it;
           const int s = j % C::kStages;
@@ -470,6 +465,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   const int row0 = cw * 64 + warp * 16 + lane / 4;  // this thread's rows in the tile: row0, row0 + 8
   const int col_base = 2 * (lane % 4);              // column of acc[4 c] within n8 chunk c is 8 c + col_base
   const float scale_log2 = p.scale_log2;
+  // Descriptors. Q (A, K-major): this warpgroup's 64 rows start 64 * 128 bytes into each half.
+  const uint64_t desc_q = make_desc_sw128(sQ + cw * 64 * 128, 16, 1024);
   // Pingpong turns: consumer cw waits on barrier 1 + cw, then arrives on the other's. The turns run on across units
   // (both consumers take plan.count + 1 turns per unit), so at a unit boundary consumer 0 issues the next unit's
   // first S while consumer 1 still does its last P V and epilogue: the two stay half a step apart instead of both
@@ -496,11 +493,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     const int b = u.b;
     const int m0 = u.m_block * C::kBlockM;
     TilePlan plan = make_plan(p, u.m_block);
-    const int* const tile_plan = plan_slots + (k % C::kPlanSlots) * C::kPlanSlotInts;
-    const int qb = k % C::kQStages;  // Q buffer of the unit
-    const uint32_t bar_qb = bar_q + 8 * qb, bar_q_emptyb = bar_q_empty + 8 * qb;
-    // Descriptors. Q (A, K-major): this warpgroup's 64 rows start 64 * 128 bytes into each half of buffer qb.
-    const uint64_t desc_q = make_desc_sw128(sQ + qb * C::kQBytes + cw * 64 * 128, 16, 1024);
+    const int* const tile_plan = plan_slots + (k & 1) * C::kPlanSlotInts;
 
     float o[64];
 #pragma unroll
@@ -566,19 +559,42 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
 
     // Q tile prologue: the producer arrives on bar_q once per unit (with Q's bytes when the unit visits a tile);
     // after the wait, Q is in sQ and the unit's dense plan is in its slot.
-    mbar_wait(bar_qb, (k / C::kQStages) & 1);
+    mbar_wait(bar_q, k & 1);
     if (!p.has_blocks) plan.count = tile_plan[kPlanTotal];
-    if (p.accumulate && (lane % 4) == 0) {
+    // Accumulate mode: the old LSE of this thread's two rows (lse_pf of the quad's lane 0; this unit is the only writer
+    // of its rows in the launch, so it is the value the epilogue merges with) and the old fp32 O where it is finite
+    // (-inf rows hold no accumulation and are never read). Row 0 (row0): prefetched to L2 now, loaded into registers
+    // right after the unit's last P V is issued (load_old_row0; no registers to spare before). Row 1 (row0 + 8):
+    // copied now into this thread's slots of the staging area (cp.async, no registers held), read back in the
+    // epilogue. The epilogue's read-modify-write then waits for no memory round trip.
+    float lse_old[2] = {-INFINITY, -INFINITY};
+    const float* const o_old = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
+                               static_cast<int64_t>(h) * p.o_head_stride + col_base;
+    const uint32_t stage = smem_base + C::kOffStage + (cw * 128 + tid) * 8;  // + c * 2048: column chunk c
+    if (p.accumulate) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (lse_pf[r] == -INFINITY) continue;  // also rows >= Sq
-        const float* o_row = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
-                             static_cast<int64_t>(h) * p.o_head_stride +
-                             static_cast<int64_t>(m0 + row0 + 8 * r) * p.o_row_stride;
+      for (int r = 0; r < 2; ++r) lse_old[r] = __shfl_sync(0xffffffffu, lse_pf[r], lane & ~3);  // -inf: rows >= Sq
+      if (lse_old[0] != -INFINITY && (lane % 4) == 0) {
+        const float* o_row = o_old - col_base + static_cast<int64_t>(m0 + row0) * p.o_row_stride;
 #pragma unroll
         for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
       }
+      if (lse_old[1] != -INFINITY) {
+        const float* o_row = o_old + static_cast<int64_t>(m0 + row0 + 8) * p.o_row_stride;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) cp_async_8(stage + c * 2048, o_row + 8 * c);
+      }
+      cp_async_commit();
     }
+    float2 old0[16];  // row 0's old O (load_old_row0)
+    auto load_old_row0 = [&]() {
+      if (!p.accumulate) return;
+      const float* o_row = o_old + static_cast<int64_t>(m0 + row0) * p.o_row_stride;
+      const bool finite = lse_old[0] != -INFINITY;
+#pragma unroll
+      for (int c = 0; c < 16; ++c)
+        old0[c] = finite ? __ldcg(reinterpret_cast<const float2*>(o_row + 8 * c)) : make_float2(0.f, 0.f);
+    };
 
     float sc[64];
     uint32_t pa[32];
@@ -672,32 +688,6 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
     };
 
-    // Accumulate mode: the old LSE of this thread's two rows (lse_pf, shared by the quad) and the old fp32 O where it
-    // is finite, loaded into registers while the unit's last P V still runs on the tensor cores (load_old is called
-    // right after that wgmma is issued; sc is dead by then, so the 64 registers are there): the epilogue's
-    // read-modify-write then waits for no memory round trip. The unit is the only writer of its rows' LSE and O in this
-    // launch, so the values read here are the ones the epilogue merges with. old[r][c] = columns 8 c + col_base, +1 of
-    // row row0 + 8 r.
-    float lse_old[2] = {-INFINITY, -INFINITY};
-    float2 old[2][16];
-#ifndef DISTATTN_HOPPER_EARLY_ROWS
-#define DISTATTN_HOPPER_EARLY_ROWS 1
-#endif
-    auto load_old = [&](int r_begin, int r_end) {
-      if (!p.accumulate) return;
-#pragma unroll
-      for (int r = r_begin; r < r_end; ++r) {
-        lse_old[r] = __shfl_sync(0xffffffffu, lse_pf[r], lane & ~3);  // -inf for rows >= Sq
-        const float* o_row = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(b) * p.o_batch_stride +
-                             static_cast<int64_t>(h) * p.o_head_stride +
-                             static_cast<int64_t>(m0 + row0 + 8 * r) * p.o_row_stride + col_base;
-        const bool finite = lse_old[r] != -INFINITY;  // -inf rows hold no accumulation: never read
-#pragma unroll
-        for (int c = 0; c < 16; ++c)
-          old[r][c] = finite ? __ldcg(reinterpret_cast<const float2*>(o_row + 8 * c)) : make_float2(0.f, 0.f);
-      }
-    };
-
     if (plan.count > 0) {
       // Tile 0: S, softmax, P (O is still 0: no rescale).
       const int s0 = g % C::kStages;
@@ -710,7 +700,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       __syncwarp();
       if (lane == 0) {
         mbar_arrive(bar_empty_k + 8 * s0);
-        if (plan.count == 1) mbar_arrive(bar_q_emptyb);  // the unit's last S is done: Q may be refilled
+        if (plan.count == 1) mbar_arrive(bar_q_empty);  // the unit's last S is done: Q may be refilled
       }
       mask(0);
       float corr[2];
@@ -734,7 +724,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         __syncwarp();
         if (lane == 0) {
           mbar_arrive(bar_empty_k + 8 * s);
-          if (it + 1 == plan.count) mbar_arrive(bar_q_emptyb);  // the unit's last S is done
+          if (it + 1 == plan.count) mbar_arrive(bar_q_empty);  // the unit's last S is done
         }
         mask(it);
         const bool rescale = softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
@@ -754,7 +744,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       turn_begin();
       issue_pv(last % C::kStages);
       turn_end();
-      load_old(0, DISTATTN_HOPPER_EARLY_ROWS);  // overlaps the last P V
+      load_old_row0();  // overlaps the last P V
       wgmma_wait<0>();
       fence_regs(o);
       fence_regs(pa);
@@ -765,8 +755,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     } else {
       // Nothing to visit: Q was not loaded, but the producer's next unit waits for this unit's release.
       __syncwarp();
-      if (lane == 0) mbar_arrive(bar_q_emptyb);
-      load_old(0, DISTATTN_HOPPER_EARLY_ROWS);
+      if (lane == 0) mbar_arrive(bar_q_empty);
+      load_old_row0();
     }
 
     // ---- epilogue: normalise, write O and LSE (overlaps the producer's loads for the next unit).
@@ -816,9 +806,10 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       // The four lanes of a quad share a row: all read the old lse before any lane writes the new one.
       // Final mode (o_final_ptr set): the merged row goes to o_final in T (every row: 0 where both parts are
       // empty), rounded as the separate cast pass would round it; o is only read.
-      // lse_old and old: load_old (before the last P V's wait).
-      load_old(DISTATTN_HOPPER_EARLY_ROWS, 2);
+      // lse_old, old0 (row 0) and the staged row 1: see the unit's Q prologue.
       const bool final_out = p.o_final_ptr != nullptr;
+      cp_async_wait_all();  // this thread's own copies of row 1
+      const float2* const staged = reinterpret_cast<const float2*>(smem_ptr + C::kOffStage) + cw * 128 + tid;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = m0 + row0 + 8 * r;
@@ -844,12 +835,12 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         // holds garbage; 0 * inf or NaN would poison the sum).
         const bool read_old = w_old > 0.f;
         float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
-        // Every load of the old O was issued before any store (load_old): with a store into o_final (another
-        // pointer the compiler cannot prove distinct) between them, each load would wait for the previous store,
-        // i.e. 16 DRAM round trips in a row (measured: accumulate calls 1.5-1.7x slower on an H200).
+        // Every global load of the old O was issued before any store here (an interleaved load after a store into
+        // o_final, a pointer the compiler cannot prove distinct, would wait for it: 16 DRAM round trips in a row,
+        // measured 1.5-1.7x slower accumulate calls on an H200).
 #pragma unroll
         for (int c = 0; c < 16; ++c) {
-          const float2 ov = read_old ? old[r][c] : make_float2(0.f, 0.f);
+          const float2 ov = !read_old ? make_float2(0.f, 0.f) : (r == 0 ? old0[c] : staged[c * 256]);
           const float x = fmaf(o[4 * c + 2 * r], w_new, ov.x * w_old);
           const float y = fmaf(o[4 * c + 2 * r + 1], w_new, ov.y * w_old);
           if (final_out) {
