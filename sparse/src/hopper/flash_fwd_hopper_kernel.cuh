@@ -111,7 +111,11 @@ struct FwdConfig {
   // accumulate launches ask for it (kSmemBytesAcc), so plain launches keep the smaller footprint.
   static constexpr int kOffStage = kOffDref + 8 * kBlockM;
   static constexpr int kStageBytes = 16 * 256 * 8;
-  static constexpr int kSmemBytesAcc = kOffStage + kStageBytes + 1024;
+#ifndef DISTATTN_HOPPER_STAGE_ROW1
+#define DISTATTN_HOPPER_STAGE_ROW1 1
+#endif
+  static constexpr bool kStageRow1 = DISTATTN_HOPPER_STAGE_ROW1 != 0;  // 0: row 1 read in the epilogue (A/B builds)
+  static constexpr int kSmemBytesAcc = kStageRow1 ? kOffStage + kStageBytes + 1024 : kSmemBytes;
   static_assert(kSmemBytesAcc <= 227 * 1024, "shared memory of one CTA per SM (accumulate launches)");
   static_assert(kBlockN == kLayoutBlock, "block lists address kv blocks as kernel tiles");
 };
@@ -355,6 +359,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   long long* const dref = reinterpret_cast<long long*>(smem_ptr + C::kOffDref);  // [kBlockM] ALiBi D0
 
   const int warpgroup = threadIdx.x / 128;
+  constexpr bool kStageRow1 = C::kStageRow1;
   const int cta = static_cast<int>(blockIdx.x);
   const int grid = static_cast<int>(gridDim.x);
   if (threadIdx.x == 0) {
@@ -574,12 +579,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     if (p.accumulate) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) lse_old[r] = __shfl_sync(0xffffffffu, lse_pf[r], lane & ~3);  // -inf: rows >= Sq
-      if (lse_old[0] != -INFINITY && (lane % 4) == 0) {
-        const float* o_row = o_old - col_base + static_cast<int64_t>(m0 + row0) * p.o_row_stride;
+#pragma unroll
+      for (int r = 0; r < (kStageRow1 ? 1 : 2); ++r) {
+        if (lse_old[r] == -INFINITY || (lane % 4) != 0) continue;
+        const float* o_row = o_old - col_base + static_cast<int64_t>(m0 + row0 + 8 * r) * p.o_row_stride;
 #pragma unroll
         for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
       }
-      if (lse_old[1] != -INFINITY) {
+      if (kStageRow1 && lse_old[1] != -INFINITY) {
         const float* o_row = o_old + static_cast<int64_t>(m0 + row0 + 8) * p.o_row_stride;
 #pragma unroll
         for (int c = 0; c < 16; ++c) cp_async_8(stage + c * 2048, o_row + 8 * c);
@@ -810,6 +817,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       const bool final_out = p.o_final_ptr != nullptr;
       cp_async_wait_all();  // this thread's own copies of row 1
       const float2* const staged = reinterpret_cast<const float2*>(smem_ptr + C::kOffStage) + cw * 128 + tid;
+      float2 old1[16];  // without the staging (A/B builds): row 1 from global, every load before any store
+      if (!kStageRow1) {
+        const float* o_row = o_old + static_cast<int64_t>(m0 + row0 + 8) * p.o_row_stride;
+#pragma unroll
+        for (int c = 0; c < 16; ++c)
+          old1[c] =
+              lse_old[1] != -INFINITY ? __ldcg(reinterpret_cast<const float2*>(o_row + 8 * c)) : make_float2(0.f, 0.f);
+      }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = m0 + row0 + 8 * r;
@@ -840,7 +855,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         // measured 1.5-1.7x slower accumulate calls on an H200).
 #pragma unroll
         for (int c = 0; c < 16; ++c) {
-          const float2 ov = !read_old ? make_float2(0.f, 0.f) : (r == 0 ? old0[c] : staged[c * 256]);
+          const float2 ov =
+              !read_old ? make_float2(0.f, 0.f) : (r == 0 ? old0[c] : (kStageRow1 ? staged[c * 256] : old1[c]));
           const float x = fmaf(o[4 * c + 2 * r], w_new, ov.x * w_old);
           const float y = fmaf(o[4 * c + 2 * r + 1], w_new, ov.y * w_old);
           if (final_out) {
