@@ -95,7 +95,19 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
   std::vector<PatternCall> calls;
   const int64_t nseg = S / w, mm = max_rows(w, r), nclass = std::min(r, Hq);
   const int64_t seg_batch = fold_segments ? std::min(chunk, B * nseg) : B;
-  const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && nclass > seg_batch && nclass <= 65535;
+  // Classes fold in runs of consecutive classes with equal row and head counts (ragged rates split them, e.g. r = 6
+  // on 16K rows: runs of 2): a classes call's batch is one run, so the longest run is compared with the segment
+  // batch (with runs of 2 against 4 folded segments, 12 calls of 10-12 pairs would replace 6 calls of 20-24).
+  int64_t max_run = 0;
+  for (int64_t s0 = 0; s0 < nclass;) {
+    int64_t n = 1;
+    while (s0 + n < nclass && rows_of_class(w, r, s0 + n) == rows_of_class(w, r, s0) &&
+           (Hq - 1 - s0 - n) / r == (Hq - 1 - s0) / r)
+      ++n;
+    max_run = std::max(max_run, n);
+    s0 += n;
+  }
+  const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && max_run > seg_batch && nclass <= 65535;
   if (classes) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < nseg; ++g)

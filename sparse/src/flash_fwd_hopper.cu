@@ -31,7 +31,7 @@ DeviceSupportCache g_device_support;
 bool device_runs_hopper_kernel(int device) {
   return g_device_support.get(device,
                               reinterpret_cast<const void*>(hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false>),
-                              static_cast<size_t>(FwdConfig::kSmemBytesAcc));  // the larger of the two launches
+                              static_cast<size_t>(FwdConfig::kSmemBytes));
 }
 
 // A position map the kernel addresses per tile: each tile of `tile_rows` rows lies in one chunk.
@@ -144,14 +144,12 @@ void launch(const FlashFwdHopperParams& params, bool persistent, cudaStream_t st
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (bit == 0 || (done_devices.load() & bit) == 0) {
     DISTATTN_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FwdConfig::kSmemBytesAcc));
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FwdConfig::kSmemBytes));
     done_devices.fetch_or(bit);
   }
   // One dimension: CTA c walks the units of the snake schedule (flash_fwd_hopper_scheduler.h).
   const dim3 grid(static_cast<unsigned>(grid_size(params, persistent)));
-  // Accumulate launches add the staging of the old O (FwdConfig::kOffStage); plain launches keep the smaller footprint.
-  const int smem = params.accumulate ? FwdConfig::kSmemBytesAcc : FwdConfig::kSmemBytes;
-  kernel<<<grid, FwdConfig::kThreads, smem, stream>>>(params);
+  kernel<<<grid, FwdConfig::kThreads, FwdConfig::kSmemBytes, stream>>>(params);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 

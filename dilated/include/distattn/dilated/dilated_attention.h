@@ -32,7 +32,7 @@
 //     row s, head s: batch stride = row stride + head stride; outputs never alias), positions strided(0, r, .)
 //     for every class. Only without ALiBi (its slopes differ per class), with Hq == Hkv, and for the classes of
 //     equal row and head counts (consecutive runs).
-//   The one with more CTAs per call is used (classes when min(r, Hq) > the segment batch).
+//   The one with more CTAs per call is used (classes when the longest run of foldable classes > the segment batch).
 // The patterns ACCUMULATE into one fp32 output [B, S, Hq, D] through the engine's accumulate mode: the running
 // LSE is kept in the caller's lse [B, Hq, S] and, per pattern, its kept entries are gathered into the compacted
 // layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back.
