@@ -213,6 +213,20 @@ void host_lse_move(float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, in
       }
 }
 
+// Host form of cuda_lse_advance (dilated_kernels.h): pattern 1's scatter and pattern 2's gather, the gather taking
+// pattern 1's rows from lse_c1.
+void host_lse_advance(const float* lse_c1, float* lse, float* lse_c2, int64_t B, int64_t S, int64_t H, int64_t w1,
+                      int64_t r1, int64_t w2, int64_t r2) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t p = 0; p < S; ++p) {
+        const bool k1 = kept(p, h, w1, r1);
+        const float v = k1 ? lse_c1[compact_index(b, p, h, S, H, w1, r1)] : lse[(b * H + h) * S + p];
+        if (kept(p, h, w2, r2)) lse_c2[compact_index(b, p, h, S, H, w2, r2)] = v;
+        if (k1) lse[(b * H + h) * S + p] = v;
+      }
+}
+
 int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
 
 // Floats of the compacted LSE of pattern (w, r): B * S/w * Hq * ceil(w/r).
@@ -444,8 +458,9 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   validate_tensors(q, k, v, o, lse);
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
   const int64_t n_o = B * S * Hq * D, n_lse = B * Hq * S;
-  int64_t n_c = 0;
-  for (const DilatedPattern& pt : config_.patterns) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
+  int64_t n_c = 0;  // compacted LSE floats of the largest pattern that uses one (direct-LSE patterns do not)
+  for (const DilatedPattern& pt : config_.patterns)
+    if (pt.rate != 1 || !direct_lse_) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
   const bool cuda = device_ == Device::kCuda;
   // Segments fold into the batch only where every tensor a call addresses allows it (the accumulator is packed;
   // o is addressed directly by the plain / final step).
@@ -458,10 +473,13 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   const FwdPlan plan = plan_forward(config_, o_direct_ok, fused);
   const bool fold = fold_in && (!plan.o_direct || foldable(o));
   const bool needs_acc = plan.cast || plan.steps.size() > 1;
-  float* base = scratch((needs_acc ? n_o : 0) + n_c);
+  float* base = scratch((needs_acc ? n_o : 0) + 2 * n_c);
   last_stream_ = stream;
-  float* acc = needs_acc ? base : nullptr;      // packed fp32 [B, S, Hq, D]: the mixed output; the running LSE is `lse`
-  float* lse_c = base + (needs_acc ? n_o : 0);  // one pattern's compacted LSE [B, S/w, Hq, ceil(w/r)]
+  float* acc = needs_acc ? base : nullptr;  // packed fp32 [B, S, Hq, D]: the mixed output; the running LSE is `lse`
+  // Compacted LSEs [B, S/w, Hq, ceil(w/r)], two alternating: a pattern's scatter is fused with the next pattern's
+  // gather (cuda_lse_advance), which writes the other array.
+  float* const lse_cs[2] = {base + (needs_acc ? n_o : 0), base + (needs_acc ? n_o : 0) + n_c};
+  int buf = 0;  // lse_cs[buf]: the next compacted pattern's array
   const TensorView acc_view = needs_acc ? TensorView::packed(acc, DType::kFloat32, device_, B, S, Hq, D) : TensorView{};
   const bool alibi = !config_.alibi_slopes.empty();
   if (plan.init_lse) {
@@ -477,6 +495,21 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   }
 
   bool lse_fresh = plan.init_lse;  // lse holds -inf everywhere (no step has written it yet)
+  // The last compacted pattern's LSE not yet scattered into lse (it waits to be fused with the next gather).
+  struct Pending {
+    bool on = false;
+    float* lse_c = nullptr;
+    int64_t w = 0, r = 0;
+  } pending;
+  auto flush = [&]() {  // scatter the pending pattern alone
+    if (!pending.on) return;
+    if (cuda) {
+      dilated_detail::cuda_lse_scatter(pending.lse_c, lse, B, S, Hq, pending.w, pending.r, stream);
+    } else {
+      host_lse_move(lse, pending.lse_c, B, S, Hq, pending.w, pending.r, false);
+    }
+    pending.on = false;
+  };
   for (const FwdStep& step : plan.steps) {
     const size_t i = step.pattern;
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
@@ -488,14 +521,28 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     lse_fresh = false;
     // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
     const bool direct = r == 1 && direct_lse_;
+    float* const lse_c = lse_cs[buf];
     float* const lse_calls = direct ? lse : lse_c;
-    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1).
+    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1): gathered from
+    // lse, fused with the previous pattern's scatter when one is pending.
     if (accumulate && !direct) {
-      if (cuda) {
-        dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+      if (pending.on && fuse_lse_moves_) {
+        if (cuda) {
+          dilated_detail::cuda_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r, stream);
+        } else {
+          host_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r);
+        }
+        pending.on = false;
       } else {
-        host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
+        flush();
+        if (cuda) {
+          dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+        } else {
+          host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
+        }
       }
+    } else {
+      flush();  // this step reads or writes lse rows itself (direct) or writes lse_c from scratch (plain)
     }
     const float* slopes = pattern_slopes(i);
     const std::vector<PatternCall> calls =
@@ -517,12 +564,10 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
     if (cuda) join_lanes(lanes, stream);
     if (direct) continue;
-    if (cuda) {
-      dilated_detail::cuda_lse_scatter(lse_c, lse, B, S, Hq, w, r, stream);
-    } else {
-      host_lse_move(lse, lse_c, B, S, Hq, w, r, false);
-    }
+    pending = {true, lse_c, w, r};
+    buf ^= 1;
   }
+  flush();
 
   if (plan.cast) {
     if (cuda) {

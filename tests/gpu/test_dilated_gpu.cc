@@ -234,10 +234,11 @@ TEST(DilatedGpu, FusedFinalOffMatches) {
 }
 
 // Rate-1 patterns address the caller's lse directly (DilatedAttention::set_direct_lse, default on; the folded calls
-// split at batch boundaries for it) instead of going through the compacted LSE: the same engine work per row, so
-// forward (o, lse) and backward (dq, dk, dv) must be bit-identical to the compacted path. B = 2 with folded segments
-// (the split), per-segment calls over the batch (fold off, padded fp16), the rate-1 pattern last (fused final) and
-// first (fused final off, plain mode).
+// split at batch boundaries for it) instead of going through the compacted LSE, and a pattern's LSE scatter is fused
+// with the next pattern's gather (set_fuse_lse_moves, default on): the same engine work per row and the same LSE
+// values moved, so forward (o, lse) and backward (dq, dk, dv) must be bit-identical to the compacted, unfused path. B =
+// 2 with folded segments (the split), per-segment calls over the batch (fold off, padded fp16), the rate-1 pattern last
+// (fused final) and first (fused final off, plain mode).
 void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
   DISTATTN_REQUIRE_GPU();
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
@@ -270,6 +271,7 @@ void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
     DilatedAttention gpu(cfg, Device::kCuda);
     gpu.set_fused_final(c.fused);
     gpu.set_direct_lse(direct != 0);
+    gpu.set_fuse_lse_moves(direct != 0);
     gpu.set_fold_segments(fold_segments);
     gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());

@@ -117,6 +117,9 @@ class DilatedAttention {
   // engine's row-contiguous LSE fits): no gather into / scatter out of the compacted LSE for them. false: the
   // compacted path for every pattern (A/B timings, tests). Same results either way.
   void set_direct_lse(bool on) { direct_lse_ = on; }
+  // Forward: a pattern's LSE scatter and the next pattern's gather run as one kernel (the gather takes the previous
+  // pattern's rows from its compacted LSE). false: separate scatter and gather (A/B timings, tests). Same results.
+  void set_fuse_lse_moves(bool on) { fuse_lse_moves_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -159,6 +162,7 @@ class DilatedAttention {
   bool concurrent_calls_ = true;
   bool fused_final_ = true;
   bool direct_lse_ = true;
+  bool fuse_lse_moves_ = true;
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
