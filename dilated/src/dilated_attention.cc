@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -283,7 +284,18 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
   }
 }
 
-DilatedAttention::DilatedAttention(DilatedConfig config, Device device) : config_(std::move(config)), device_(device) {
+namespace {
+bool share_sms_default() {
+  static const bool on = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_SHARE_SMS");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+}  // namespace
+
+DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
+    : config_(std::move(config)), device_(device), share_sms_(share_sms_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
     // Per pattern, the slopes in (h mod r, h div r) order: class s's heads s, s + r, ... are adjacent, so a
@@ -551,10 +563,31 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
     // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
     const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
-    for (const PatternCall& c : calls) {
+    // Calls that all run at once (one lane each) share the SMs in proportion to their work (batch * heads * rows^2):
+    // otherwise the first persistent launch holds every SM and the others start only as its CTAs finish.
+    std::vector<int> caps(calls.size(), 0);
+    bool one_lane_each = cuda && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
+    for (size_t ci = 0; one_lane_each && ci < calls.size(); ++ci)
+      one_lane_each = calls[ci].lane_key == static_cast<int64_t>(ci);
+    if (one_lane_each) {
+      int device = 0, sms = 0;
+      DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+      DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      double total = 0;
+      for (const PatternCall& c : calls)
+        total += static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
+      for (size_t ci = 0; ci < calls.size(); ++ci) {
+        const PatternCall& c = calls[ci];
+        const double share = static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
+        caps[ci] = std::max(1, static_cast<int>(sms * share / total));
+      }
+    }
+    for (size_t ci = 0; ci < calls.size(); ++ci) {
+      const PatternCall& c = calls[ci];
       AttnParams p =
           engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_calls, slopes, config_);
       p.accumulate = accumulate;
+      p.max_ctas = caps[ci];
       if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
       if (cuda) {
         flash_attention_forward(p, lane_stream(c.lane_key, lanes, stream));

@@ -120,6 +120,10 @@ class DilatedAttention {
   // Forward: a pattern's LSE scatter and the next pattern's gather run as one kernel (the gather takes the previous
   // pattern's rows from its compacted LSE). false: separate scatter and gather (A/B timings, tests). Same results.
   void set_fuse_lse_moves(bool on) { fuse_lse_moves_ = on; }
+  // CUDA forward: when a pattern's calls all run at once on distinct streams (set_concurrent_calls), each gets a share
+  // of the SMs proportional to its work (AttnParams::max_ctas), so they run side by side from their start instead of
+  // one after the other. false (or DISTATTN_DILATED_SHARE_SMS=0 in the environment): one CTA per SM each. Same results.
+  void set_share_sms(bool on) { share_sms_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -163,6 +167,7 @@ class DilatedAttention {
   bool fused_final_ = true;
   bool direct_lse_ = true;
   bool fuse_lse_moves_ = true;
+  bool share_sms_;                          // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
