@@ -35,11 +35,13 @@
 //   The one with more CTAs per call is used (classes when the longest run of foldable classes > the segment batch).
 // The patterns ACCUMULATE into one fp32 output [B, S, Hq, D] through the engine's accumulate mode: the running
 // LSE is kept in the caller's lse [B, Hq, S] and, per pattern, its kept entries are gathered into the compacted
-// layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back.
-// The accumulation starts at lse = -inf (the engine never reads the accumulator of a row whose lse is -inf, so it
-// is not cleared). With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern runs LAST in the
-// engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise a rate-1
-// pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
+// layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back (a
+// pattern's scatter and the next one's gather run as one kernel). Rate-1 patterns address lse itself (their rows
+// are consecutive): no compaction. The accumulation starts at lse = -inf (the engine never reads the accumulator of
+// a row whose lse is -inf, so it is not cleared); the first accumulating pattern then runs in plain mode into the
+// accumulator, which is the same result. With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern
+// runs LAST in the engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise
+// a rate-1 pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
 #pragma once
 
 #include <cuda_runtime_api.h>
