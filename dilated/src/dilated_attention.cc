@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -63,8 +64,8 @@ struct ViewSpec {
 };
 
 // One engine call of a pattern: q-side view (q, o, dout, dq), kv-side view (k, v, dk, dv), its rows' entries in
-// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), positions, ALiBi slope offset (into the pattern's
-// permuted slopes; -1: none).
+// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), or for a direct-LSE pattern (rate 1, lse_direct) in the
+// caller's lse [B, Hq, S] itself, positions, ALiBi slope offset (into the pattern's permuted slopes; -1: none).
 struct PatternCall {
   ViewSpec qv, kv;
   int64_t lse_offset = 0, lse_batch_stride = 0, lse_head_stride = 0;
@@ -81,15 +82,33 @@ struct PatternCall {
 //   u = b*(S/w) + g at row u*w (uniform because batch stride == S * row stride), rows u*w + s + r*i; cut into
 //   calls of at most `chunk` segments. Compacted LSE of (u, h, i): (u*Hq + h)*m_max + i: batch step Hq*m_max.
 //   Unfolded (the layout does not allow folding): one call per segment g with the B batches as the batch.
+//   Direct LSE (lse_direct, rate 1 only: a segment's rows are consecutive, so the calls can address the caller's
+//   [B, Hq, S] LSE with row stride 1 and no compaction is needed): entry (b, h, g*w + i) at (b*Hq + h)*S + g*w + i.
+//   Folded calls then stay inside one batch b (segments g0 .. g0+n-1: batch step w, head step S); unfolded calls
+//   (segment g, the B batches): offset h0*S + g*w, batch step Hq*S.
 //   Classes folded (per batch b, segment g, run of classes s0 .. s0+n-1 with equal rows and heads): class s at
 //   row g*w + s, head s: batch step (0, 1, 1) rows/heads; heads s + r*j: head step r; LSE batch step m_max
 //   (class s = head s), head step r*m_max.
 std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t w, int64_t r,
-                                      bool fold_segments, int64_t chunk, bool fold_classes, bool alibi) {
+                                      bool fold_segments, int64_t chunk, bool fold_classes, bool alibi,
+                                      bool lse_direct) {
+  DISTATTN_CHECK(!lse_direct || r == 1, "direct LSE addressing needs rate 1");
   std::vector<PatternCall> calls;
   const int64_t nseg = S / w, mm = max_rows(w, r), nclass = std::min(r, Hq);
   const int64_t seg_batch = fold_segments ? std::min(chunk, B * nseg) : B;
-  const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && nclass > seg_batch && nclass <= 65535;
+  // Classes fold in runs of consecutive classes with equal row and head counts (ragged rates split them, e.g. r = 6
+  // on 16K rows: runs of 2): a classes call's batch is one run, so the longest run is compared with the segment
+  // batch (with runs of 2 against 4 folded segments, 12 calls of 10-12 pairs would replace 6 calls of 20-24).
+  int64_t max_run = 0;
+  for (int64_t s0 = 0; s0 < nclass;) {
+    int64_t n = 1;
+    while (s0 + n < nclass && rows_of_class(w, r, s0 + n) == rows_of_class(w, r, s0) &&
+           (Hq - 1 - s0 - n) / r == (Hq - 1 - s0) / r)
+      ++n;
+    max_run = std::max(max_run, n);
+    s0 += n;
+  }
+  const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && max_run > seg_batch && nclass <= 65535;
   if (classes) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < nseg; ++g)
@@ -118,12 +137,14 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
   for (int64_t s = 0; s < nclass; ++s) {
     const int64_t rows = rows_of_class(w, r, s);
     for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
-      for (int64_t first = 0; first < total; first += per_call) {
+      for (int64_t first = 0, n = 0; first < total; first += n) {
+        n = std::min(per_call, total - first);
+        if (lse_direct && fold_segments) n = std::min(n, nseg - first % nseg);  // inside one batch
         PatternCall c;
         c.qv.orow = first * w + s, c.qv.oh = hg.qh0;
         c.qv.rows = rows, c.qv.rstep = r, c.qv.heads = hg.count, c.qv.hstep = hg.qstep;
         if (fold_segments) {
-          c.qv.batch = std::min(per_call, total - first), c.qv.crow = w;
+          c.qv.batch = n, c.qv.crow = w;
         } else {
           c.qv.batch = B, c.qv.cb = 1;
         }
@@ -133,9 +154,16 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
         } else {
           c.kv.oh = hg.kh0, c.kv.heads = hg.count, c.kv.hstep = hg.kstep;
         }
-        c.lse_offset = (first * Hq + hg.qh0) * mm;
-        c.lse_batch_stride = fold_segments ? Hq * mm : nseg * Hq * mm;
-        c.lse_head_stride = hg.qstep * mm;
+        if (lse_direct) {
+          const int64_t b = fold_segments ? first / nseg : 0, g0 = fold_segments ? first % nseg : first;
+          c.lse_offset = (b * Hq + hg.qh0) * S + g0 * w;
+          c.lse_batch_stride = fold_segments ? w : Hq * S;
+          c.lse_head_stride = hg.qstep * S;
+        } else {
+          c.lse_offset = (first * Hq + hg.qh0) * mm;
+          c.lse_batch_stride = fold_segments ? Hq * mm : nseg * Hq * mm;
+          c.lse_head_stride = hg.qstep * mm;
+        }
         c.pos = PositionMap::strided(fold_segments ? s : first * w + s, r, rows);
         c.slope_offset = alibi ? hg.slope_offset : -1;
         c.lane_key = s;
@@ -149,7 +177,8 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
 
 bool foldable(const TensorView& t) { return t.shape[0] == 1 || t.stride[0] == t.shape[1] * t.stride[1]; }
 
-// The engine parameters of one call: q, k, v, o views, the compacted LSE at lse_c, positions, mask, ALiBi.
+// The engine parameters of one call: q, k, v, o views, the LSE (compacted at lse_c, or the caller's [B, Hq, S] for a
+// direct-LSE pattern: c.lse_offset is relative to the array passed), positions, mask, ALiBi.
 AttnParams engine_params(const PatternCall& c, const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& o, float* lse_c, const float* slopes, const DilatedConfig& config) {
   AttnParams p;
@@ -182,6 +211,20 @@ void host_lse_move(float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, in
         } else {
           l = c;
         }
+      }
+}
+
+// Host form of cuda_lse_advance (dilated_kernels.h): pattern 1's scatter and pattern 2's gather, the gather taking
+// pattern 1's rows from lse_c1.
+void host_lse_advance(const float* lse_c1, float* lse, float* lse_c2, int64_t B, int64_t S, int64_t H, int64_t w1,
+                      int64_t r1, int64_t w2, int64_t r2) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t p = 0; p < S; ++p) {
+        const bool k1 = kept(p, h, w1, r1);
+        const float v = k1 ? lse_c1[compact_index(b, p, h, S, H, w1, r1)] : lse[(b * H + h) * S + p];
+        if (kept(p, h, w2, r2)) lse_c2[compact_index(b, p, h, S, H, w2, r2)] = v;
+        if (k1) lse[(b * H + h) * S + p] = v;
       }
 }
 
@@ -241,7 +284,18 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
   }
 }
 
-DilatedAttention::DilatedAttention(DilatedConfig config, Device device) : config_(std::move(config)), device_(device) {
+namespace {
+bool share_sms_default() {
+  static const bool on = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_SHARE_SMS");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+}  // namespace
+
+DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
+    : config_(std::move(config)), device_(device), share_sms_(share_sms_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
     // Per pattern, the slopes in (h mod r, h div r) order: class s's heads s, s + r, ... are adjacent, so a
@@ -416,8 +470,9 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   validate_tensors(q, k, v, o, lse);
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
   const int64_t n_o = B * S * Hq * D, n_lse = B * Hq * S;
-  int64_t n_c = 0;
-  for (const DilatedPattern& pt : config_.patterns) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
+  int64_t n_c = 0;  // compacted LSE floats of the largest pattern that uses one (direct-LSE patterns do not)
+  for (const DilatedPattern& pt : config_.patterns)
+    if (pt.rate != 1 || !direct_lse_) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
   const bool cuda = device_ == Device::kCuda;
   // Segments fold into the batch only where every tensor a call addresses allows it (the accumulator is packed;
   // o is addressed directly by the plain / final step).
@@ -430,10 +485,13 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   const FwdPlan plan = plan_forward(config_, o_direct_ok, fused);
   const bool fold = fold_in && (!plan.o_direct || foldable(o));
   const bool needs_acc = plan.cast || plan.steps.size() > 1;
-  float* base = scratch((needs_acc ? n_o : 0) + n_c);
+  float* base = scratch((needs_acc ? n_o : 0) + 2 * n_c);
   last_stream_ = stream;
-  float* acc = needs_acc ? base : nullptr;      // packed fp32 [B, S, Hq, D]: the mixed output; the running LSE is `lse`
-  float* lse_c = base + (needs_acc ? n_o : 0);  // one pattern's compacted LSE [B, S/w, Hq, ceil(w/r)]
+  float* acc = needs_acc ? base : nullptr;  // packed fp32 [B, S, Hq, D]: the mixed output; the running LSE is `lse`
+  // Compacted LSEs [B, S/w, Hq, ceil(w/r)], two alternating: a pattern's scatter is fused with the next pattern's
+  // gather (cuda_lse_advance), which writes the other array.
+  float* const lse_cs[2] = {base + (needs_acc ? n_o : 0), base + (needs_acc ? n_o : 0) + n_c};
+  int buf = 0;  // lse_cs[buf]: the next compacted pattern's array
   const TensorView acc_view = needs_acc ? TensorView::packed(acc, DType::kFloat32, device_, B, S, Hq, D) : TensorView{};
   const bool alibi = !config_.alibi_slopes.empty();
   if (plan.init_lse) {
@@ -448,29 +506,88 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
   }
 
+  bool lse_fresh = plan.init_lse;  // lse holds -inf everywhere (no step has written it yet)
+  // The last compacted pattern's LSE not yet scattered into lse (it waits to be fused with the next gather).
+  struct Pending {
+    bool on = false;
+    float* lse_c = nullptr;
+    int64_t w = 0, r = 0;
+  } pending;
+  auto flush = [&]() {  // scatter the pending pattern alone
+    if (!pending.on) return;
+    if (cuda) {
+      dilated_detail::cuda_lse_scatter(pending.lse_c, lse, B, S, Hq, pending.w, pending.r, stream);
+    } else {
+      host_lse_move(lse, pending.lse_c, B, S, Hq, pending.w, pending.r, false);
+    }
+    pending.on = false;
+  };
   for (const FwdStep& step : plan.steps) {
     const size_t i = step.pattern;
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
-    const bool accumulate = step.mode != FwdMode::kPlain;
-    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1).
-    if (accumulate) {
-      if (cuda) {
-        dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+    // An accumulating step onto an all -inf lse (the first one after init_lse) runs in plain mode into the
+    // accumulator instead: merging into -inf gives L = LSE_b and o = O_b (the engine reads nothing there), which is
+    // what plain mode writes, without the accumulate epilogue's reads and without filling the compacted LSE first.
+    const bool into_fresh = lse_fresh && step.mode == FwdMode::kAccumulate;
+    const bool accumulate = step.mode != FwdMode::kPlain && !into_fresh;
+    lse_fresh = false;
+    // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
+    const bool direct = r == 1 && direct_lse_;
+    float* const lse_c = lse_cs[buf];
+    float* const lse_calls = direct ? lse : lse_c;
+    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1): gathered from
+    // lse, fused with the previous pattern's scatter when one is pending.
+    if (accumulate && !direct) {
+      if (pending.on && fuse_lse_moves_) {
+        if (cuda) {
+          dilated_detail::cuda_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r, stream);
+        } else {
+          host_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r);
+        }
+        pending.on = false;
       } else {
-        host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
+        flush();
+        if (cuda) {
+          dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+        } else {
+          host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
+        }
       }
+    } else {
+      flush();  // this step reads or writes lse rows itself (direct) or writes lse_c from scratch (plain)
     }
     const float* slopes = pattern_slopes(i);
     const std::vector<PatternCall> calls =
-        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi);
+        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct);
     const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
     // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
     // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
     const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
-    for (const PatternCall& c : calls) {
+    // Calls that all run at once (one lane each) share the SMs in proportion to their work (batch * heads * rows^2):
+    // otherwise the first persistent launch holds every SM and the others start only as its CTAs finish.
+    std::vector<int> caps(calls.size(), 0);
+    bool one_lane_each = cuda && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
+    for (size_t ci = 0; one_lane_each && ci < calls.size(); ++ci)
+      one_lane_each = calls[ci].lane_key == static_cast<int64_t>(ci);
+    if (one_lane_each) {
+      int device = 0, sms = 0;
+      DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+      DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      double total = 0;
+      for (const PatternCall& c : calls)
+        total += static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
+      for (size_t ci = 0; ci < calls.size(); ++ci) {
+        const PatternCall& c = calls[ci];
+        const double share = static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
+        caps[ci] = std::max(1, static_cast<int>(sms * share / total));
+      }
+    }
+    for (size_t ci = 0; ci < calls.size(); ++ci) {
+      const PatternCall& c = calls[ci];
       AttnParams p =
-          engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_c, slopes, config_);
+          engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_calls, slopes, config_);
       p.accumulate = accumulate;
+      p.max_ctas = caps[ci];
       if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
       if (cuda) {
         flash_attention_forward(p, lane_stream(c.lane_key, lanes, stream));
@@ -479,12 +596,11 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       }
     }
     if (cuda) join_lanes(lanes, stream);
-    if (cuda) {
-      dilated_detail::cuda_lse_scatter(lse_c, lse, B, S, Hq, w, r, stream);
-    } else {
-      host_lse_move(lse, lse_c, B, S, Hq, w, r, false);
-    }
+    if (direct) continue;
+    pending = {true, lse_c, w, r};
+    buf ^= 1;
   }
+  flush();
 
   if (plan.cast) {
     if (cuda) {
@@ -539,19 +655,22 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
 
   for (size_t i = 0; i < config_.patterns.size(); ++i) {
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
-    if (cuda) {
+    const bool direct = r == 1 && direct_lse_;  // the calls read lse itself (plan_pattern "Direct LSE")
+    float* const lse_calls = direct ? const_cast<float*>(lse) : lse_c;  // only read by the backward
+    if (direct) {
+    } else if (cuda) {
       dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
     } else {
       host_lse_move(const_cast<float*>(lse), lse_c, B, S, Hq, w, r, true);
     }
     const float* slopes = pattern_slopes(i);
     const std::vector<PatternCall> calls =
-        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi);
+        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct);
     const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
     for (const PatternCall& c : calls) {
       AttnBwdParams bp;
       // o: the FINAL output (delta = dO . O); lse_c: the FINAL LSE of these rows, compacted.
-      bp.fwd = engine_params(c, q, k, v, o, lse_c, slopes, config_);
+      bp.fwd = engine_params(c, q, k, v, o, lse_calls, slopes, config_);
       bp.dout = c.qv.apply(dout);
       bp.dq = c.qv.apply(dq_view);
       bp.dk = c.kv.apply(dk_view);

@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "dilated_index.h"
@@ -69,7 +70,38 @@ __global__ void lse_move_kernel(float* lse, float* lse_c, int64_t B, int64_t S, 
   }
 }
 
+// Thread t: scatter of pattern 1's entry t (t < n1) and gather of pattern 2's entry t (t < n2); see
+// cuda_lse_advance in dilated_kernels.h.
+__global__ void lse_advance_kernel(const float* lse_c1, float* lse, float* lse_c2, int64_t B, int64_t S, int64_t H,
+                                   int64_t w1, int64_t r1, int64_t w2, int64_t r2) {
+  const int64_t nseg1 = S / w1, m1 = max_rows(w1, r1), n1 = B * nseg1 * H * m1;
+  const int64_t nseg2 = S / w2, m2 = max_rows(w2, r2), n2 = B * nseg2 * H * m2;
+  const int64_t n = n1 > n2 ? n1 : n2;
+  GRID_STRIDE(t, n) {
+    if (t < n1) {
+      const int64_t i = t % m1, bgh = t / m1, h = bgh % H, bg = bgh / H, g = bg % nseg1, b = bg / nseg1;
+      const int64_t off = h % r1 + r1 * i;
+      if (off < w1) lse[(b * H + h) * S + g * w1 + off] = lse_c1[t];
+    }
+    if (t < n2) {
+      const int64_t i = t % m2, bgh = t / m2, h = bgh % H, bg = bgh / H, g = bg % nseg2, b = bg / nseg2;
+      const int64_t off = h % r2 + r2 * i;
+      if (off < w2) {
+        const int64_t p = g * w2 + off;
+        lse_c2[t] = kept(p, h, w1, r1) ? lse_c1[compact_index(b, p, h, S, H, w1, r1)] : lse[(b * H + h) * S + p];
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void cuda_lse_advance(const float* lse_c1, float* lse, float* lse_c2, int64_t B, int64_t S, int64_t H, int64_t w1,
+                      int64_t r1, int64_t w2, int64_t r2, cudaStream_t stream) {
+  const int64_t n = std::max(B * (S / w1) * H * max_rows(w1, r1), B * (S / w2) * H * max_rows(w2, r2));
+  lse_advance_kernel<<<blocks_for(n), kThreads, 0, stream>>>(lse_c1, lse, lse_c2, B, S, H, w1, r1, w2, r2);
+  DISTATTN_CUDA_CHECK_LAUNCH();
+}
 
 void cuda_fill(float* p, int64_t n, float value, cudaStream_t stream) {
   if (n <= 0) return;

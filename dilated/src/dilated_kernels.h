@@ -28,5 +28,15 @@ void cuda_lse_gather(const float* lse, float* lse_c, int64_t B, int64_t S, int64
 void cuda_lse_scatter(const float* lse_c, float* lse, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r,
                       cudaStream_t stream);
 
+// Between two patterns: the scatter of pattern (w1, r1)'s compacted LSE and the gather of pattern (w2, r2)'s in one
+// launch (lse_c1 and lse_c2 distinct arrays):
+//   lse[(b*H + h)*S + p] = lse_c1[compact_index(b, p, h; w1, r1)]          for every (b, p, h) kept by pattern 1
+//   lse_c2[compact_index(b, p, h; w2, r2)] = kept by pattern 1 ? lse_c1[...] : lse[(b*H + h)*S + p]
+//                                                                           for every (b, p, h) kept by pattern 2
+// The gather takes pattern 1's rows from lse_c1, so it never reads an element the scatter writes (no ordering
+// inside the launch is needed). One thread per compacted entry of either pattern.
+void cuda_lse_advance(const float* lse_c1, float* lse, float* lse_c2, int64_t B, int64_t S, int64_t H, int64_t w1,
+                      int64_t r1, int64_t w2, int64_t r2, cudaStream_t stream);
+
 }  // namespace dilated_detail
 }  // namespace distattn

@@ -119,7 +119,8 @@ int alibi_hopper_max_kv() {
 // CTAs of the launch: persistent (one per SM, each walking its units; flash_fwd_hopper_scheduler.h) for short
 // problems, one CTA per slot otherwise (with pair_units off and sections of one pair, the former kernel's CTA order:
 // q tiles heaviest first inside each (b, h)), unless an override says otherwise.
-int grid_size(const FlashFwdHopperParams& k, bool persistent) {
+// max_ctas (AttnParams::max_ctas, > 0): a cap on the persistent grid (the overrides still win).
+int grid_size(const FlashFwdHopperParams& k, bool persistent, int max_ctas) {
   static const int env_grid = env_int("DISTATTN_HOPPER_GRID", -1);
   int choice = g_grid_override.load();
   if (choice < 0) choice = env_grid;
@@ -130,13 +131,14 @@ int grid_size(const FlashFwdHopperParams& k, bool persistent) {
     ctas = choice;
   } else {
     ctas = persistent ? sm_count() : k.num_slots;
+    if (persistent && max_ctas > 0 && ctas > max_ctas) ctas = max_ctas;
   }
   if (ctas > k.num_slots) ctas = k.num_slots;
   return ctas < 1 ? 1 : ctas;
 }
 
 template <typename T, bool kAlibi>
-void launch(const FlashFwdHopperParams& params, bool persistent, cudaStream_t stream) {
+void launch(const FlashFwdHopperParams& params, bool persistent, int max_ctas, cudaStream_t stream) {
   auto kernel = &hopper::flash_fwd_hopper_kernel<T, kAlibi>;
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
@@ -148,7 +150,7 @@ void launch(const FlashFwdHopperParams& params, bool persistent, cudaStream_t st
     done_devices.fetch_or(bit);
   }
   // One dimension: CTA c walks the units of the snake schedule (flash_fwd_hopper_scheduler.h).
-  const dim3 grid(static_cast<unsigned>(grid_size(params, persistent)));
+  const dim3 grid(static_cast<unsigned>(grid_size(params, persistent, max_ctas)));
   kernel<<<grid, FwdConfig::kThreads, FwdConfig::kSmemBytes, stream>>>(params);
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
@@ -260,14 +262,14 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   if (p.alibi_slopes != nullptr) {
     if (bf16)
-      launch<__nv_bfloat16, true>(k, persistent, stream);
+      launch<__nv_bfloat16, true>(k, persistent, p.max_ctas, stream);
     else
-      launch<__half, true>(k, persistent, stream);
+      launch<__half, true>(k, persistent, p.max_ctas, stream);
   } else {
     if (bf16)
-      launch<__nv_bfloat16, false>(k, persistent, stream);
+      launch<__nv_bfloat16, false>(k, persistent, p.max_ctas, stream);
     else
-      launch<__half, false>(k, persistent, stream);
+      launch<__half, false>(k, persistent, p.max_ctas, stream);
   }
 }
 

@@ -328,6 +328,13 @@ TEST(Validate, SoftmaxScale) {
                           "softmax_scale", "infinite scale");
 }
 
+TEST(Validate, MaxCtas) {
+  expect_forward_rejected([](Fixture& f) { f.p.max_ctas = -1; }, "max_ctas", "negative CTA cap");
+  Fixture f;
+  f.p.max_ctas = 3;  // a cap is scheduling only: accepted by either engine
+  EXPECT_NO_THROW(validate_forward(f.p, Device::kHost));
+}
+
 TEST(Validate, OutputAliasingInput) {
   expect_forward_rejected([](Fixture& f) { f.p.o.data = f.p.q.data, f.p.o.stride = f.p.q.stride; }, "o", "o == q");
   expect_forward_rejected([](Fixture& f) { f.p.o.data = f.p.v.data; }, "o", "o == v");

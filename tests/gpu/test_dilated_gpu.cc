@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -230,6 +231,102 @@ TEST(DilatedGpu, FusedFinalOffMatches) {
   d.patterns = {{96, 2}, {192, 3}, {64, 1}};
   d.fused = false;
   run_case(d);
+}
+
+// Rate-1 patterns address the caller's lse directly (DilatedAttention::set_direct_lse, default on; the folded calls
+// split at batch boundaries for it) instead of going through the compacted LSE, and a pattern's LSE scatter is fused
+// with the next pattern's gather (set_fuse_lse_moves, default on): the same engine work per row and the same LSE
+// values moved, so forward (o, lse) and backward (dq, dk, dv) must be bit-identical to the compacted, unfused path. B =
+// 2 with folded segments (the split), per-segment calls over the batch (fold off, padded fp16), the rate-1 pattern last
+// (fused final) and first (fused final off, plain mode).
+void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
+  DISTATTN_REQUIRE_GPU();
+  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
+  DilatedConfig cfg;
+  cfg.patterns = c.patterns;
+  cfg.causal = c.causal;
+  cfg.ragged_rates = c.ragged;
+  HostTensor q(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  HostTensor k(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor v(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+  HostTensor dout(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  fill_normal(q, seed);
+  fill_normal(k, seed + 1);
+  fill_normal(v, seed + 2);
+  fill_normal(dout, seed + 3);
+  const int64_t n_lse = c.B * c.Hq * c.S;
+  DeviceTensor dq_in(q), dk_in(k), dv_in(v), ddout(dout);
+  struct Result {
+    HostTensor o, g[3];
+    std::vector<float> lse;
+  };
+  Result res[2];
+  for (int direct = 0; direct < 2; ++direct) {
+    Result& r = res[direct];
+    r.o = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+    fill_nan(r.o);
+    DeviceTensor d_o(r.o);
+    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
+    DilatedAttention gpu(cfg, Device::kCuda);
+    gpu.set_fused_final(c.fused);
+    gpu.set_direct_lse(direct != 0);
+    gpu.set_fuse_lse_moves(direct != 0);
+    gpu.set_fold_segments(fold_segments);
+    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    d_o.download(r.o);
+    r.lse = d_lse.download();
+    // Both backward runs are fed the compacted run's forward output (same o, lse inputs).
+    const Result& fwd = res[0];
+    DeviceTensor d_oin(direct != 0 ? fwd.o : r.o);
+    DeviceArray<float> d_lse_in(direct != 0 ? fwd.lse : r.lse);
+    r.g[0] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+    r.g[1] = HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+    r.g[2] = HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+    for (HostTensor& t : r.g) fill_nan(t);
+    DeviceTensor g0(r.g[0]), g1(r.g[1]), g2(r.g[2]);
+    gpu.backward(dq_in.view(), dk_in.view(), dv_in.view(), d_oin.view(), d_lse_in.ptr, ddout.view(), g0.view(),
+                 g1.view(), g2.view(), nullptr);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    g0.download(r.g[0]);
+    g1.download(r.g[1]);
+    g2.download(r.g[2]);
+  }
+  // Not vacuous: the outputs were written (finite somewhere; NaN poison otherwise) and differ from the inputs' poison.
+  const ErrorStats self = compare(res[1].o.view, res[1].o.view);
+  EXPECT_EQ(self.non_finite, 0);
+  EXPECT_TRUE(res[0].o.storage == res[1].o.storage) << "o differs between compacted and direct LSE";
+  ASSERT_EQ(res[0].lse.size(), res[1].lse.size());
+  EXPECT_EQ(std::memcmp(res[0].lse.data(), res[1].lse.data(), res[0].lse.size() * sizeof(float)), 0)
+      << "lse differs between compacted and direct LSE";
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(compare(res[1].g[i].view, res[1].g[i].view).non_finite, 0) << names[i];
+    EXPECT_TRUE(res[0].g[i].storage == res[1].g[i].storage) << names[i] << " differs between compacted and direct LSE";
+  }
+}
+
+TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
+  GpuCase c{"direct_lse_b2_d128"};
+  c.causal = true;
+  c.D = 128;
+  c.B = 2;
+  c.S = 512;
+  c.patterns = {{256, 2}, {128, 1}, {512, 4}};
+  check_direct_lse_bits(c);
+  GpuCase d = c;  // rate-1 pattern first in plain mode, then the cast pass
+  d.name = "direct_lse_fused_off";
+  d.fused = false;
+  check_direct_lse_bits(d);
+  GpuCase e{"direct_lse_unfolded_fp16"};  // one call per segment with the B batches as its batch
+  e.dtype = DType::kFloat16;
+  e.B = 2;
+  e.Hq = e.Hkv = 3;
+  e.causal = true;
+  e.head_pad = 8;
+  e.row_pad = 16;
+  check_direct_lse_bits(e, /*fold_segments=*/false);
 }
 
 // Rates that do not divide their segments (config.ragged_rates, LongNet's r = 6, 12 on power-of-two segments):

@@ -109,6 +109,7 @@ struct Case {
   // Set: the Hopper runs go through detail::flash_attention_forward with these options (the ALiBi cutoff's pre-pass
   // and plan) instead of calling flash_fwd_hopper() directly; supported() must say yes.
   const detail::FlashFwdOptions* dispatch = nullptr;
+  int max_ctas = 0;  // AttnParams::max_ctas
 };
 
 struct Outputs {
@@ -145,6 +146,7 @@ Outputs run_gpu(const Case& c, const HostTensor& q, const HostTensor& k, const H
   if (!c.slopes.empty()) d_slopes = std::make_unique<DeviceArray<float>>(c.slopes);
   AttnParams p = make_params(c, dq.view(), dk.view(), dv.view(), d_o.view(), c.lse ? d_lse.ptr : nullptr,
                              c.blocks ? &c.blocks->device_view : nullptr, d_slopes ? d_slopes->ptr : nullptr);
+  p.max_ctas = c.max_ctas;
   validate_forward(p, Device::kCuda);
   if (hopper) {
     int device = 0;
@@ -743,7 +745,8 @@ TEST(FlashForwardHopper, ExistingKernelBlockListWindow) {
 // results, since each work unit (q tile, head, batch) is computed the same way whichever CTA takes it. Each case:
 // checked against fp64 (2x naive) with the automatic grid, then run with 1 CTA (every unit through one CTA: the
 // barrier phases, plan slots and Q hand-over across units), 3 and 7 CTAs (units of uneven weight per CTA, snake
-// order), and one CTA per unit, each output poisoned first and compared bit for bit with the automatic grid's.
+// order), and one CTA per unit, each output poisoned first and compared bit for bit with the automatic grid's; then
+// with AttnParams::max_ctas = 1 and 5 (the per-call cap of persistent launches) likewise.
 struct GridOverride {
   explicit GridOverride(int ctas) { flash_fwd_hopper_set_grid_override(ctas); }
   ~GridOverride() { flash_fwd_hopper_set_grid_override(-1); }
@@ -770,6 +773,11 @@ void run_grids(const Case& c) {
   for (int ctas : {1, 3, 7, 0}) {
     GridOverride grid(ctas);
     expect_same_bits(ref, run_gpu(c, q, k, v, /*hopper=*/true), "grid " + std::to_string(ctas));
+  }
+  for (int cap : {1, 5}) {
+    Case capped = c;
+    capped.max_ctas = cap;
+    expect_same_bits(ref, run_gpu(capped, q, k, v, /*hopper=*/true), "max_ctas " + std::to_string(cap));
   }
 }
 

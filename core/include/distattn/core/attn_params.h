@@ -56,6 +56,10 @@ struct AttnParams {
   // Accumulate mode only, optional (data null: off): [B, Sq, Hq, D] in q's dtype, the shape of o, not sharing
   // storage with q, k, v or o. Set: the merged result goes here, normalised, and o is not written (final step).
   TensorView o_final;
+  // CUDA engine, scheduling only (results do not depend on it): a persistent launch of the Hopper forward uses at
+  // most this many CTAs (0: one per SM), so calls enqueued on different streams at once can share the GPU from
+  // their start instead of the later ones waiting for the first one's CTAs to finish. >= 0.
+  int max_ctas = 0;
 
   float scale() const;             // softmax_scale or its default
   int64_t lse_batch_step() const;  // resolved lse_batch_stride

@@ -32,14 +32,16 @@
 //     row s, head s: batch stride = row stride + head stride; outputs never alias), positions strided(0, r, .)
 //     for every class. Only without ALiBi (its slopes differ per class), with Hq == Hkv, and for the classes of
 //     equal row and head counts (consecutive runs).
-//   The one with more CTAs per call is used (classes when min(r, Hq) > the segment batch).
+//   The one with more CTAs per call is used (classes when the longest run of foldable classes > the segment batch).
 // The patterns ACCUMULATE into one fp32 output [B, S, Hq, D] through the engine's accumulate mode: the running
 // LSE is kept in the caller's lse [B, Hq, S] and, per pattern, its kept entries are gathered into the compacted
-// layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back.
-// The accumulation starts at lse = -inf (the engine never reads the accumulator of a row whose lse is -inf, so it
-// is not cleared). With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern runs LAST in the
-// engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise a rate-1
-// pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
+// layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back (a
+// pattern's scatter and the next one's gather run as one kernel). Rate-1 patterns address lse itself (their rows
+// are consecutive): no compaction. The accumulation starts at lse = -inf (the engine never reads the accumulator of
+// a row whose lse is -inf, so it is not cleared); the first accumulating pattern then runs in plain mode into the
+// accumulator, which is the same result. With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern
+// runs LAST in the engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise
+// a rate-1 pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -113,6 +115,17 @@ class DilatedAttention {
   // runs"). false: the previous order (rate-1 first in plain mode, cast at the end; A/B timings, tests). Results
   // differ only by the order of the fp32 merges.
   void set_fused_final(bool on) { fused_final_ = on; }
+  // Rate-1 patterns address the caller's lse [B, Hq, S] directly (a rate-1 segment's rows are consecutive, so the
+  // engine's row-contiguous LSE fits): no gather into / scatter out of the compacted LSE for them. false: the
+  // compacted path for every pattern (A/B timings, tests). Same results either way.
+  void set_direct_lse(bool on) { direct_lse_ = on; }
+  // Forward: a pattern's LSE scatter and the next pattern's gather run as one kernel (the gather takes the previous
+  // pattern's rows from its compacted LSE). false: separate scatter and gather (A/B timings, tests). Same results.
+  void set_fuse_lse_moves(bool on) { fuse_lse_moves_ = on; }
+  // CUDA forward: when a pattern's calls all run at once on distinct streams (set_concurrent_calls), each gets a share
+  // of the SMs proportional to its work (AttnParams::max_ctas), so they run side by side from their start instead of
+  // one after the other. false (or DISTATTN_DILATED_SHARE_SMS=0 in the environment): one CTA per SM each. Same results.
+  void set_share_sms(bool on) { share_sms_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -154,6 +167,9 @@ class DilatedAttention {
   bool fold_classes_ = true;
   bool concurrent_calls_ = true;
   bool fused_final_ = true;
+  bool direct_lse_ = true;
+  bool fuse_lse_moves_ = true;
+  bool share_sms_;                          // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
