@@ -83,20 +83,27 @@ TEST(PositionMap, AffineInsideOneChunkOnly) {
     }
 }
 
+// A random map of 1..kMaxChunks chunks and its positions expanded by hand (start + j * stride per chunk).
+PositionMap random_map(std::mt19937_64& gen, std::vector<int64_t>* pos) {
+  PositionMap m;
+  pos->clear();
+  const int chunks = 1 + static_cast<int>(gen() % PositionMap::kMaxChunks);
+  for (int c = 0; c < chunks; ++c) {
+    const int64_t start = static_cast<int64_t>(gen() % 1000), stride = 1 + static_cast<int64_t>(gen() % 5),
+                  len = 1 + static_cast<int64_t>(gen() % 7);
+    m.add_chunk(start, stride, len);
+    for (int64_t j = 0; j < len; ++j) pos->push_back(start + j * stride);
+  }
+  return m;
+}
+
 TEST(PositionMap, RandomMapsAgreeWithExpansion) {
   const uint64_t seed = testing::test_seed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::mt19937_64 gen(seed);
   for (int trial = 0; trial < 50; ++trial) {
-    PositionMap m;
     std::vector<int64_t> pos;
-    const int chunks = 1 + static_cast<int>(gen() % PositionMap::kMaxChunks);
-    for (int c = 0; c < chunks; ++c) {
-      const int64_t start = static_cast<int64_t>(gen() % 1000), stride = 1 + static_cast<int64_t>(gen() % 5),
-                    len = 1 + static_cast<int64_t>(gen() % 7);
-      m.add_chunk(start, stride, len);
-      for (int64_t j = 0; j < len; ++j) pos.push_back(start + j * stride);
-    }
+    const PositionMap m = random_map(gen, &pos);
     const int64_t n = static_cast<int64_t>(pos.size());
     ASSERT_EQ(m.length(), n);
     EXPECT_NO_THROW(m.validate("q_pos", n));
@@ -119,15 +126,8 @@ TEST(PositionMap, SliceAgreesWithExpansion) {
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::mt19937_64 gen(seed);
   for (int trial = 0; trial < 50; ++trial) {
-    PositionMap m;
     std::vector<int64_t> pos;
-    const int chunks = 1 + static_cast<int>(gen() % PositionMap::kMaxChunks);
-    for (int c = 0; c < chunks; ++c) {
-      const int64_t start = static_cast<int64_t>(gen() % 1000), stride = 1 + static_cast<int64_t>(gen() % 5),
-                    len = 1 + static_cast<int64_t>(gen() % 7);
-      m.add_chunk(start, stride, len);
-      for (int64_t j = 0; j < len; ++j) pos.push_back(start + j * stride);
-    }
+    const PositionMap m = random_map(gen, &pos);
     const int64_t n = static_cast<int64_t>(pos.size());
     int64_t b = static_cast<int64_t>(gen() % n), e = static_cast<int64_t>(gen() % n);
     if (b > e) std::swap(b, e);

@@ -59,28 +59,42 @@ double rms_of(const HostTensor& t) {
   return std::sqrt(s / std::max<int64_t>(n, 1));
 }
 
+// The random inputs of a case (seed printed by the caller's SCOPED_TRACE): q, k, v, dout with the case's padding.
+struct CaseInputs {
+  uint64_t seed;
+  DilatedConfig cfg;  // patterns, causal, ragged rates (ALiBi slopes added by the callers that want them)
+  HostTensor q, k, v, dout;
+};
+
+CaseInputs make_inputs(const GpuCase& c) {
+  CaseInputs in{testing::test_seed() + std::hash<std::string>()(c.name) % 100000,
+                DilatedConfig{},
+                HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad),
+                HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad),
+                HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad),
+                HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad)};
+  in.cfg.patterns = c.patterns;
+  in.cfg.causal = c.causal;
+  in.cfg.ragged_rates = c.ragged;
+  fill_normal(in.q, in.seed);
+  fill_normal(in.k, in.seed + 1);
+  fill_normal(in.v, in.seed + 2);
+  fill_normal(in.dout, in.seed + 3);
+  return in;
+}
+
 void run_case(const GpuCase& c) {
   DISTATTN_REQUIRE_GPU();
-  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
-  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
-  DilatedConfig cfg;
-  cfg.patterns = c.patterns;
-  cfg.causal = c.causal;
-  cfg.ragged_rates = c.ragged;
+  CaseInputs in = make_inputs(c);
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
+  DilatedConfig& cfg = in.cfg;
   if (c.alibi) {
     for (int64_t h = 0; h < c.Hq; ++h) cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
   }
   DilatedConfig naive_cfg = cfg;
   naive_cfg.host_precision = HostPrecision::kRoundIntermediates;
 
-  HostTensor q(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-  HostTensor k(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor v(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor dout(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-  fill_normal(q, seed);
-  fill_normal(k, seed + 1);
-  fill_normal(v, seed + 2);
-  fill_normal(dout, seed + 3);
+  const HostTensor &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
   const int64_t n_lse = c.B * c.Hq * c.S;
 
   // --- forward ---
@@ -241,20 +255,10 @@ TEST(DilatedGpu, FusedFinalOffMatches) {
 // (fused final) and first (fused final off, plain mode).
 void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
   DISTATTN_REQUIRE_GPU();
-  const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
-  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
-  DilatedConfig cfg;
-  cfg.patterns = c.patterns;
-  cfg.causal = c.causal;
-  cfg.ragged_rates = c.ragged;
-  HostTensor q(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-  HostTensor k(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor v(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor dout(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-  fill_normal(q, seed);
-  fill_normal(k, seed + 1);
-  fill_normal(v, seed + 2);
-  fill_normal(dout, seed + 3);
+  CaseInputs in = make_inputs(c);
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
+  const DilatedConfig& cfg = in.cfg;
+  const HostTensor &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
   const int64_t n_lse = c.B * c.Hq * c.S;
   DeviceTensor dq_in(q), dk_in(k), dv_in(v), ddout(dout);
   struct Result {

@@ -158,8 +158,8 @@ class RingAttention {
   int64_t local_rows_ = 0;
   std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
   RingCallStats last_forward_, last_backward_;
-  // CUDA backward: run the own step in two parts (DISTATTN_RING_BWD_OWN=split; default whole; read and agreed at construction: it changes
-  // the size of the home hop, so every rank must make the same choice).
+  // CUDA backward: run the own step in two parts (DISTATTN_RING_BWD_OWN=split; default whole; read and agreed at
+  // construction: it changes the size of the home hop, so every rank must make the same choice).
   bool bwd_own_split_ = false;
   // CUDA: the persistent K|V double buffer [2][kv_bytes] (cudaMalloc: IPC-exportable) and its window id (-1: not a
   // window); allocated by the first call, grown when a call needs more (ring_cuda.cc).
