@@ -636,26 +636,31 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // Scratch buffers are cleared after use when a later compute takes them again: steps i + 2, and part B (which
   // takes the buffer of step n - 2, n = U.size()) counts as one more use.
   const size_t scratch_uses = U.size() + (split ? 1 : 0);
+  // One engine call of the backward: kv rows [r0, r1) of (sk, sv), the step's positions sliced alike; its dK|dV into
+  // the same rows of the fp32 scratch `into` ([dK | dV], each [B, Sl, Hkv, D]), its dQ added into acc_dq.
+  auto step_backward = [&](const TensorView& sk, const TensorView& sv, const RingStep& st, float* into, int64_t r0,
+                           int64_t r1) {
+    AttnBwdParams bp;
+    bp.fwd = step_params(q, sk.rows(r0, r1), sv.rows(r0, r1), st);
+    if (r0 != 0 || r1 != Sl) bp.fwd.kv_pos = st.kv_pos.slice(r0, r1);
+    bp.fwd.o = o;
+    bp.fwd.lse = const_cast<float*>(lse);
+    bp.dout = dout;
+    bp.dq = acc_dq_view;
+    bp.dk = device_view(into, DType::kFloat32, B, Sl, Hkv, D).rows(r0, r1);
+    bp.dv = device_view(into + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(r0, r1);
+    bp.accumulate = true;
+    bp.delta = delta.get<float>();
+    flash_attention_backward(bp, stream);
+  };
   // Part B of the own step (split), kv rows [0, own_row), into the scratch buffer step n-2 used (cleared on X since):
   // enqueued on C right after the last remote step's compute, before the host blocks on any hop, so that C goes on
   // computing while X adds and N sends the accumulator home.
   auto enqueue_part_b = [&] {
     const int b = static_cast<int>(U.size() % 2);
     side.main_waits_cleared(b);
-    const RingStep& st = schedule_.steps[0];
-    AttnBwdParams bp;
-    bp.fwd = step_params(q, k.rows(0, own_row), v.rows(0, own_row), st);
-    bp.fwd.kv_pos = st.kv_pos.slice(0, own_row);
-    bp.fwd.o = o;
-    bp.fwd.lse = const_cast<float*>(lse);
-    bp.dout = dout;
-    bp.dq = acc_dq_view;
-    bp.dk = device_view(scratch[b], DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
-    bp.dv = device_view(scratch[b] + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(0, own_row);
-    bp.accumulate = true;
-    bp.delta = delta.get<float>();
     trace.mark("own part B start (C)", stream);
-    flash_attention_backward(bp, stream);
+    step_backward(k, v, schedule_.steps[0], scratch[b], 0, own_row);
     trace.mark("own part B end (C)", stream);
   };
   int cur = 0;
@@ -679,31 +684,17 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     if (!st.skipped()) {
       ++last_backward_.computed_steps;
       if (i >= 1) side.main_waits_cleared(static_cast<int>(i % 2));  // cleared on X (initially / after step i-2's add)
-      AttnBwdParams bp;
       // Step 0 is this rank's own K|V: the caller's tensors (the packed copy is only for sending; with
-      // DISTATTN_RING_PACK=side it may still be in flight on X, and with nothing to send it is never made).
-      TensorView sdk = device_view(scr, DType::kFloat32, B, Sl, Hkv, D);
-      TensorView sdv = device_view(scr + nkv, DType::kFloat32, B, Sl, Hkv, D);
-      if (s == 0 && split) {  // part A of the own step: kv rows [own_row, Sl)
-        bp.fwd = step_params(q, k.rows(own_row, Sl), v.rows(own_row, Sl), st);
-        bp.fwd.kv_pos = st.kv_pos.slice(own_row, Sl);
-        sdk = sdk.rows(own_row, Sl);
-        sdv = sdv.rows(own_row, Sl);
+      // DISTATTN_RING_PACK=side it may still be in flight on X, and with nothing to send it is never made). Split:
+      // part A of the own step, kv rows [own_row, Sl).
+      const bool part_a = s == 0 && split;
+      trace.mark("compute " + std::to_string(i) + (part_a ? " (own part A)" : "") + " start (C)", stream);
+      if (s == 0) {
+        step_backward(k, v, st, scr, part_a ? own_row : 0, Sl);
       } else {
-        bp.fwd = s == 0 ? step_params(q, k, v, st)
-                        : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
-                                      device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
+        step_backward(device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
+                      device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st, scr, 0, Sl);
       }
-      bp.fwd.o = o;
-      bp.fwd.lse = const_cast<float*>(lse);
-      bp.dout = dout;
-      bp.dq = acc_dq_view;
-      bp.dk = sdk;
-      bp.dv = sdv;
-      bp.accumulate = true;
-      bp.delta = delta.get<float>();
-      trace.mark("compute " + std::to_string(i) + (s == 0 && split ? " (own part A)" : "") + " start (C)", stream);
-      flash_attention_backward(bp, stream);
       trace.mark("compute " + std::to_string(i) + " end (C)", stream);
     }
     side.follow_main();                     // X after this step's compute (and everything before it on C)
@@ -745,10 +736,12 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       cur = 1 - cur;
     }
   }
+  // dQ is complete with the last compute (it never travels): its conversion goes on C right after that compute (after
+  // part B when split), before C waits for the home hop, so it runs beside the last add (X) and the hop (N).
+  detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
+  trace.mark("dq converted (C)", stream);
   if (split) {
     const int b = static_cast<int>(U.size() % 2);  // part B's scratch buffer (enqueued in the loop above)
-    detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
-    trace.mark("dq converted (C)", stream);
     // Rows [own_row, Sl) of dK, dV are complete when their half arrives: converted on X, beside part B.
     // drecv = [dK | dV], each packed [B, Sl, Hkv, D] of the travel dtype; scratch[b] the same layout in fp32.
     const size_t gs = dtype_size(gtype);
@@ -771,10 +764,6 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     trace.dump();
     return;
   }
-  // dQ is complete with the last compute (it never travels): its conversion goes on C right after that compute,
-  // before C waits for the home hop, so it runs beside the last add (X) and the hop (N) instead of after them.
-  detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
-  trace.mark("dq converted (C)", stream);
   // This rank's own dK, then dV, complete (in dk / dv already when home_direct, else converted out of drecv).
   comm_.wait_exchange(tg, stream);
   if (!home_direct) detail::convert_packed_to_view(drecv, home_dtype, dk, stream);

@@ -97,6 +97,13 @@ PositionMap random_map(std::mt19937_64& gen, std::vector<int64_t>* pos) {
   return m;
 }
 
+// A random non-empty row range [b, e) of n rows.
+std::pair<int64_t, int64_t> random_range(std::mt19937_64& gen, int64_t n) {
+  int64_t b = static_cast<int64_t>(gen() % n), e = static_cast<int64_t>(gen() % n);
+  if (b > e) std::swap(b, e);
+  return {b, e + 1};
+}
+
 TEST(PositionMap, RandomMapsAgreeWithExpansion) {
   const uint64_t seed = testing::test_seed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
@@ -109,9 +116,7 @@ TEST(PositionMap, RandomMapsAgreeWithExpansion) {
     EXPECT_NO_THROW(m.validate("q_pos", n));
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(m.position(i), pos[i]);
     for (int r = 0; r < 20; ++r) {
-      int64_t b = static_cast<int64_t>(gen() % n), e = static_cast<int64_t>(gen() % n);
-      if (b > e) std::swap(b, e);
-      ++e;
+      const auto [b, e] = random_range(gen, n);
       int64_t lo = 0, hi = 0;
       m.range(b, e, &lo, &hi);
       EXPECT_EQ(lo, *std::min_element(pos.begin() + b, pos.begin() + e));
@@ -129,9 +134,7 @@ TEST(PositionMap, SliceAgreesWithExpansion) {
     std::vector<int64_t> pos;
     const PositionMap m = random_map(gen, &pos);
     const int64_t n = static_cast<int64_t>(pos.size());
-    int64_t b = static_cast<int64_t>(gen() % n), e = static_cast<int64_t>(gen() % n);
-    if (b > e) std::swap(b, e);
-    ++e;
+    const auto [b, e] = random_range(gen, n);
     const PositionMap s = m.slice(b, e);
     ASSERT_EQ(s.length(), e - b);
     EXPECT_NO_THROW(s.validate("kv_pos", e - b));

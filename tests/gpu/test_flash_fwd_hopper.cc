@@ -185,16 +185,26 @@ bool hopper_available() {
     if (!hopper_available()) GTEST_SKIP() << "no sm_90 device / sm_90a build"; \
   } while (0)
 
+// A case's random q, k, v (q and k with the case's spread), padded as the case says.
+struct Inputs {
+  HostTensor q, k, v;
+};
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Inputs in{HostTensor(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad),
+            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad),
+            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad)};
+  testing::fill_normal(in.q, seed, c.qk_stddev);
+  testing::fill_normal(in.k, seed + 1, c.qk_stddev);
+  testing::fill_normal(in.v, seed + 2);
+  return in;
+}
+
 // The 2x-naive check of one case; also compares with the existing kernel (same inputs) when `vs_old`.
 void run_and_check(const Case& c, bool vs_old = true) {
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
-  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  testing::fill_normal(q, seed, c.qk_stddev);
-  testing::fill_normal(k, seed + 1, c.qk_stddev);
-  testing::fill_normal(v, seed + 2);
+  Inputs in = make_inputs(c, seed);
+  HostTensor &q = in.q, &k = in.k, &v = in.v;
   const int64_t lse_n = c.B * c.Hq * c.Sq;
   const BlockListView* hb = c.blocks ? &c.blocks->host_view : nullptr;
   const float* hs = c.slopes.empty() ? nullptr : c.slopes.data();
@@ -763,12 +773,8 @@ void run_grids(const Case& c) {
   run_and_check(c, /*vs_old=*/false);  // automatic grid against fp64
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
   SCOPED_TRACE("grids, case " + c.name + " seed " + std::to_string(seed));
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
-  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  testing::fill_normal(q, seed, c.qk_stddev);
-  testing::fill_normal(k, seed + 1, c.qk_stddev);
-  testing::fill_normal(v, seed + 2);
+  Inputs in = make_inputs(c, seed);
+  HostTensor &q = in.q, &k = in.k, &v = in.v;
   const Outputs ref = run_gpu(c, q, k, v, /*hopper=*/true);
   for (int ctas : {1, 3, 7, 0}) {
     GridOverride grid(ctas);
@@ -949,12 +955,8 @@ void check_hopper_cutoff(Case c, int expect_cut) {
   run_and_check(c);
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000 + 7;
   SCOPED_TRACE("cutoff case " + c.name + " seed " + std::to_string(seed));
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad);
-  HostTensor k(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  HostTensor v(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad);
-  testing::fill_normal(q, seed, c.qk_stddev);
-  testing::fill_normal(k, seed + 1, c.qk_stddev);
-  testing::fill_normal(v, seed + 2);
+  Inputs in = make_inputs(c, seed);
+  HostTensor &q = in.q, &k = in.k, &v = in.v;
   Case off = c, ref = c;
   ref.dispatch = &kCutRef;
   off.dispatch = &kCutOff;
