@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
@@ -83,6 +84,34 @@ void unpack_convert(const void* src, DType from, const TensorView& to) {
 
 TensorView packed_view(void* data, DType dtype, int64_t B, int64_t S, int64_t H, int64_t D) {
   return TensorView::packed(data, dtype, Device::kHost, B, S, H, D);
+}
+
+// Global sequence length from which the CUDA forward uses the ALiBi cutoff across steps by default. Below, its norm
+// pass (one read of the local q and k) costs about what it saves; the same threshold as the one-GPU Hopper cutoff
+// (sparse/src/flash_fwd_api.cu, hopper_cutoff_min_kv: the tiles left at 2K / 4K / 8K are 83% / 71% / 58%).
+constexpr int64_t kAlibiMergeCutoffMinSeq = 4096;
+
+// Whether the CUDA forward applies the ALiBi cutoff across steps (AttnParams::alibi_merge; ring_cuda.cc, "ALiBi
+// cutoff across steps"): ALiBi on, a dense ring (every q row's own key is in the own step; a block layout may leave
+// the diagonal out), a Hopper GPU (the only kernel that uses the norms) and DISTATTN_RING_ALIBI_CUTOFF: auto (the
+// default: from kAlibiMergeCutoffMinSeq tokens on), on (any length: tests) or off (A/B). Anything else throws naming
+// the variable. Agreed across ranks by the caller (it changes the size of the K|V exchange).
+bool alibi_merge_cutoff_wanted(const Communicator& comm, const RingConfig& c) {
+  std::string mode = "auto";
+  if (const char* e = std::getenv("DISTATTN_RING_ALIBI_CUTOFF"); e != nullptr && *e != '\0') mode = e;
+  DISTATTN_CHECK_ARG(mode == "auto" || mode == "on" || mode == "off", "DISTATTN_RING_ALIBI_CUTOFF",
+                     "expected auto, on or off, got '", mode, "'");
+  if (mode == "off" || comm.device() != Device::kCuda || c.alibi_slopes == nullptr || c.block_layout != nullptr)
+    return false;
+  if (mode == "auto" && c.seq_len < kAlibiMergeCutoffMinSeq) return false;
+  int device = 0, major = 0;
+  if (const auto* nccl = dynamic_cast<const NcclCommunicator*>(&comm)) {
+    device = nccl->cuda_device();
+  } else {
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  }
+  DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major == 9;
 }
 
 }  // namespace
@@ -142,6 +171,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
                          "'");
       bwd_own_split_ = o == "split";
     }
+    fwd_alibi_merge_ = alibi_merge_cutoff_wanted(comm, config_);
   });
 
   // 2. Agreement on everything that must be equal across ranks.
@@ -161,7 +191,8 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       .add_float("softmax_scale", config_.softmax_scale)
       .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
       .add("host_precision", static_cast<int64_t>(config_.host_precision))
-      .add("DISTATTN_RING_BWD_OWN", bwd_own_split_ ? 1 : 0);
+      .add("DISTATTN_RING_BWD_OWN", bwd_own_split_ ? 1 : 0)
+      .add("DISTATTN_RING_ALIBI_CUTOFF", fwd_alibi_merge_ ? 1 : 0);
   // The block layout: presence, size and a hash of its row CSR (listed blocks and their partial flags).
   const BlockLayout* bl = config_.block_layout;
   uint64_t layout_hash = 0;

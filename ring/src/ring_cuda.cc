@@ -17,6 +17,13 @@
 // last step (the trace of a 2-GPU 32K call, DISTATTN_RING_TRACE=1, showed 0.6 ms of cast + copy after the last step,
 // 7% of the call). The K|V pack for the first send runs on C before step 0 (DISTATTN_RING_PACK=side moves it to a
 // side stream beside step 0, which then reads the caller's k, v: see pack_on_side_stream for the measurements).
+// ALiBi cutoff across steps (forward, CUDA, dense ring with ALiBi; fwd_alibi_merge_, DISTATTN_RING_ALIBI_CUTOFF): the
+// one-GPU Hopper forward skips the kv tiles whose exp2 underflows because each q row's own key (bias 0) bounds its row
+// max from below; a ring step holds other ranks' keys, but the own step holds every q row's own key, so the merged row
+// max has the same bound and each step may skip the tiles whose every score lies 2^-176 below it (AttnParams::
+// alibi_merge: within fp32 rounding of the merged result). The norms the bound needs are computed once per call (q's
+// per 128-row tile, the own k's per kv head: one read of the local q and k) and k's travel with K|V (B Hkv floats
+// appended to each exchange). Measured: notes/ring_alibi_cutoff.md.
 // Backward, step s: post the K|V exchange of step s+1; compute step s into a zeroed fp32 scratch dK|dV
 // (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1). The
 // bookkeeping runs on a side stream X (memory-bound; it overlaps step s+1's compute instead of delaying it): X
@@ -87,7 +94,7 @@
 // The K|V double buffer is NOT stream-ordered scratch: it is allocated once per RingAttention (cudaMalloc, so that
 // it can be exported over CUDA IPC; grown if a call needs more) and registered as a window of the communicator
 // (Communicator::register_window): on one node with peer access, every K|V exchange (the buffer halves at offsets 0
-// and kv_bytes, the same on every rank) then runs on the copy engine (comm/src/ce_window.cc: pushed into the next
+// and the slot size, the same on every rank) then runs on the copy engine (comm/src/ce_window.cc: pushed into the next
 // rank's window, flags instead of NCCL kernels, no SMs), with exactly the ordering contract above (`after` = C,
 // `consumer` = C). Across calls (which may use different streams) the next call's C waits for kv_idle_, recorded on
 // the previous call's C after its last use of the buffer (and of the dK|dV window, see above).
@@ -422,16 +429,25 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   const size_t kv_bytes = 2 * static_cast<size_t>(nkv) * es;
   use_comm_device(comm_);
 
+  // ALiBi cutoff across steps (fwd_alibi_merge_, agreed at construction): the own step holds every q row's own key,
+  // so each step's engine call may skip the kv tiles whose scores lie 2^-176 below it (AttnParams::alibi_merge). The
+  // norms of the held k travel with it: a slot is [K | V | k norms (B Hkv floats) | q norms (B Hq M floats)], and an
+  // exchange carries the first three (the q norms, written once into kv[0], are never overwritten).
+  const bool alibi_merge = fwd_alibi_merge_;
+  const size_t k_norm_bytes = alibi_merge ? static_cast<size_t>(B * Hkv) * sizeof(float) : 0;
+  const size_t norm_bytes = alibi_merge ? static_cast<size_t>(alibi_merge_norms_floats(q, k)) * sizeof(float) : 0;
+  const size_t send_bytes = kv_bytes + k_norm_bytes;
+  const size_t slot_bytes = (kv_bytes + norm_bytes + 255) / 256 * 256;
   // K|V double buffer: kv[c] = [K | V], each packed [B, Sl, Hkv, D] in the input dtype (only KV heads travel).
   // Persistent (the window, see the header comment); C waits for the previous call's last use of it.
-  unsigned char* kv_base = kv_double_buffer(kv_bytes);
-  unsigned char* kv[2] = {kv_base, kv_base + kv_bytes};
+  unsigned char* kv_base = kv_double_buffer(slot_bytes);
+  unsigned char* kv[2] = {kv_base, kv_base + slot_bytes};
   RingTrace trace("fwd", comm_.rank());
   const auto* nccl_comm = dynamic_cast<const NcclCommunicator*>(&comm_);
   const cudaStream_t comm_stream = nccl_comm != nullptr ? nccl_comm->stream() : stream;
   trace.mark("begin (C)", stream);
   DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, kv_idle_, 0));
-  kv_path_ = comm_.exchange_path(kv[0], kv[1], kv_bytes);
+  kv_path_ = comm_.exchange_path(kv[0], kv[1], send_bytes);
   // Recorded on C when this call is done with the buffer (also on a throw: then after PendingExchanges' clean-up).
   KvIdle idle(kv_idle_, stream);
   const std::vector<int>& U = schedule_.useful_steps;
@@ -467,6 +483,13 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   // Step 0 (this rank's own K|V) reads the caller's k, v either way. Declared last: X's destructor (C waits for X)
   // runs first, before the frees and the K|V idle mark.
   const bool pack_side = pack_on_side_stream();
+  // The norms of q and of the own k (on C, before the side stream follows C: the first send carries them).
+  const float* q_norms = nullptr;
+  if (alibi_merge) {
+    float* own_norms = reinterpret_cast<float*>(kv[0] + kv_bytes);
+    flash_attention_alibi_norms(q, k, own_norms, stream);
+    q_norms = own_norms + B * Hkv;
+  }
   // The side stream exists only for DISTATTN_RING_PACK=side (creating one per call costs a stream and four events).
   std::optional<SideStream> side;
   const bool sends = U.size() > 1;
@@ -484,6 +507,7 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
 
   last_forward_ = RingCallStats();
   last_forward_.steps_run = static_cast<int>(U.size());
+  last_forward_.alibi_merge_cutoff = alibi_merge;
   int cur = 0;
   for (size_t i = 0; i < U.size(); ++i) {
     const int s = U[i];
@@ -491,7 +515,7 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
     if (more) {
       trace.mark("post " + std::to_string(i) + " (N)", comm_stream);
       // The first send reads kv[0] as packed on X; later ones what arrived (ordered on C by its wait).
-      t = post_jump("ring forward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], kv_bytes, U[i + 1] - s,
+      t = post_jump("ring forward K|V exchange", U[i + 1], kv[cur], kv[1 - cur], send_bytes, U[i + 1] - s,
                     i == 0 && side ? side->get() : stream);
       trace.mark("posted " + std::to_string(i) + " (N)", comm_stream);
       ++last_forward_.kv_exchanges;
@@ -505,6 +529,10 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
                             : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
                                           device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.lse = run_lse;
+      if (alibi_merge) {  // k norms of the held shard: computed above for step 0 (cur = 0), received with it later
+        p.alibi_merge.kv_norm_sq_max = reinterpret_cast<const float*>(kv[cur] + kv_bytes);
+        p.alibi_merge.q_norm_sq_max = q_norms;
+      }
       if (direct) {
         p.o = o;  // the only computed step: plain mode into the caller's o
       } else {

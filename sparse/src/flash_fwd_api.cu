@@ -172,6 +172,39 @@ void flash_attention_forward(const AttnParams& p, cudaStream_t stream) {
   detail::flash_attention_forward(p, detail::FlashFwdOptions{}, stream);
 }
 
+int64_t alibi_merge_norms_floats(const TensorView& q, const TensorView& k) {
+  return q.batch() * k.heads() + q.batch() * q.heads() * ((q.seqlen() + kLayoutBlock - 1) / kLayoutBlock);
+}
+
+void flash_attention_alibi_norms(const TensorView& q, const TensorView& k, float* norms, cudaStream_t stream) {
+  check_cuda_tensor(q, "q");
+  check_cuda_tensor(k, "k");
+  DISTATTN_CHECK_ARG(q.dtype == DType::kBFloat16 || q.dtype == DType::kFloat16, "q", "has dtype ", dtype_name(q.dtype),
+                     " (expected bf16 or fp16)");
+  DISTATTN_CHECK_ARG(k.dtype == q.dtype, "k", "has dtype ", dtype_name(k.dtype), ", q has ", dtype_name(q.dtype));
+  DISTATTN_CHECK_ARG(flash_supports_head_dim(q.head_dim()), "q", "head dim ", q.head_dim(), " (expected 64 or 128)");
+  DISTATTN_CHECK_ARG(k.head_dim() == q.head_dim() && k.batch() == q.batch(), "k", "has batch ", k.batch(),
+                     " and head dim ", k.head_dim(), ", q has ", q.batch(), " and ", q.head_dim());
+  DISTATTN_CHECK_ARG(k.heads() >= 1 && q.heads() % k.heads() == 0, "k", "has ", k.heads(),
+                     " heads, which must divide q's ", q.heads());
+  // The kernels index rows with int32 and put heads / batches on grid.y / grid.z.
+  constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max() - kLayoutBlock;
+  DISTATTN_CHECK_ARG(q.seqlen() <= kMaxRows && k.seqlen() <= kMaxRows, "q", "or k has more than ", kMaxRows, " rows");
+  DISTATTN_CHECK_ARG(q.heads() <= 65535 && q.batch() <= 65535, "q", "has ", q.heads(), " heads and batch ", q.batch(),
+                     " (at most 65535 each)");
+  DISTATTN_CHECK_ARG(q.stride[3] == 1 && k.stride[3] == 1, "q", "or k has a head dim that is not contiguous");
+  check_device_pointer(norms, "norms");
+  DISTATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(norms) % alignof(float) == 0, "norms", "is not aligned to 4 bytes");
+  AttnParams p;  // only q, k and their sizes matter to the pre-pass
+  p.q = q;
+  p.k = k;
+  p.v = k;
+  p.o = q;
+  const kernels::FlashFwdParams np = make_fwd_params(p);
+  float* q_norms = norms + static_cast<int64_t>(np.batch) * np.heads_kv;
+  DTYPE_SWITCH(q.dtype, T, [&] { kernels::run_qk_norm_sq_max<T>(np, norms, q_norms, stream); });
+}
+
 namespace detail {
 
 void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options, cudaStream_t stream) {
@@ -212,11 +245,18 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
       // Its ALiBi cutoff (hopper/flash_fwd_hopper_plan.h) where the premises hold and the key count reaches
       // hopper_cutoff_min_kv(): the pre-pass writes the max key norm per (b, kv head) and the max query norm per
       // (b, h, 128-row q tile) into B * (Hkv + Hq * M) floats of pooled scratch, then the kernel plans its units.
+      // With the caller's norms (AttnParams::alibi_merge) there is no pre-pass: the single-call cutoff where its
+      // premises hold (bit-identical), else mode 3, the cutoff across merged calls (within rounding after the merge).
       FlashFwdHopperCutoff cutoff;
       StreamScratch norms(stream);
       const int mode = options.alibi_cutoff ? alibi_cutoff_mode(p) : 0;
       const int64_t min_kv = options.hopper_cutoff_min_kv >= 0 ? options.hopper_cutoff_min_kv : hopper_cutoff_min_kv();
-      if (mode != 0 && p.k.seqlen() >= min_kv) {
+      if (options.alibi_cutoff && p.alibi_merge.set()) {
+        cutoff.mode = mode != 0 ? mode : 3;
+        cutoff.skip = options.alibi_cutoff_skip;
+        cutoff.kv_norm_sq_max = p.alibi_merge.kv_norm_sq_max;
+        cutoff.q_norm_sq_max = p.alibi_merge.q_norm_sq_max;
+      } else if (mode != 0 && p.k.seqlen() >= min_kv) {
         const kernels::FlashFwdParams np = make_fwd_params(p);
         const size_t nk = static_cast<size_t>(np.batch) * np.heads_kv;
         const size_t nq = static_cast<size_t>(np.batch) * np.heads_q * np.num_m_blocks;

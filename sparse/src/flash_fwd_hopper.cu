@@ -198,9 +198,11 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) { flash_fwd_hopp
 
 void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, cudaStream_t stream) {
   if (cutoff.mode != 0) {
-    DISTATTN_CHECK_ARG(cutoff.mode == 1 || cutoff.mode == 2, "cutoff", "mode must be 0, 1 or 2, got ", cutoff.mode);
-    DISTATTN_CHECK_ARG(p.alibi_slopes != nullptr && p.mask.blocks == nullptr && alibi_cutoff_case(p), "cutoff",
-                       "the ALiBi cutoff needs ALiBi, no block list and q_pos == kv_pos as one chunk");
+    DISTATTN_CHECK_ARG(cutoff.mode >= 1 && cutoff.mode <= 3, "cutoff", "mode must be 0, 1, 2 or 3, got ", cutoff.mode);
+    DISTATTN_CHECK_ARG(p.alibi_slopes != nullptr && p.mask.blocks == nullptr, "cutoff",
+                       "the ALiBi cutoff needs ALiBi and no block list");
+    DISTATTN_CHECK_ARG(cutoff.mode == 3 || alibi_cutoff_case(p), "cutoff",
+                       "the single-call ALiBi cutoff (modes 1, 2) needs q_pos == kv_pos as one chunk");
     DISTATTN_CHECK_ARG(cutoff.kv_norm_sq_max != nullptr && cutoff.q_norm_sq_max != nullptr, "cutoff",
                        "the ALiBi cutoff needs kv_norm_sq_max and q_norm_sq_max");
   }

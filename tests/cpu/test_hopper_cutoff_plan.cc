@@ -164,6 +164,59 @@ TEST(HopperCutoffPlan, PlansAgainstBruteForce) {
   EXPECT_GT(visited_total, 100);
 }
 
+// The cutoff across merged calls (mode 3): the band narrowed by merge_cutoff_band, applied by chunk_rows to a q tile's
+// position range and a kv chunk (any start and stride on either side, as in a ring step), against brute force over
+// every (q row, kv row) pair: every pair inside the mask's band and closer than `dist` positions keeps its kv row (no
+// needed key is cut: leaving out the others is what the bound makes safe), with consecutive q positions the range is
+// tight (its first and last rows are needed), and dist < 1 leaves the band as it was.
+TEST(HopperCutoffPlan, MergeCutoffBandAgainstBruteForce) {
+  const uint64_t seed = testing::test_seed() + 903;
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  auto uni = [&](int64_t lo, int64_t hi) {
+    return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
+  };
+  const Mask masks[] = {Mask::make_causal(), Mask::none(), Mask::make_causal(300), Mask::make_window(200)};
+  int64_t kept_pairs = 0, cut_rows = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const DiagonalBand band = DiagonalBand::from_mask(masks[trial % 4]);
+    // q tile: 1..128 rows of stride qs from qa; kv chunk: len rows of stride ks from ka (positions may interleave).
+    const int64_t qs = uni(1, 4), ks = uni(1, 4), q_rows = uni(1, 128), len = uni(1, 700);
+    const int64_t qa = uni(0, 3000), ka = uni(0, 3000);
+    const int dist = trial % 10 == 0 ? -1 : static_cast<int>(uni(1, 900));
+    int64_t blo, bhi;
+    hopper::merge_cutoff_band(band.lo, band.hi, dist, &blo, &bhi);
+    if (dist < 1) {
+      EXPECT_EQ(blo, band.lo);
+      EXPECT_EQ(bhi, band.hi);
+    }
+    const int row_c = static_cast<int>(uni(0, 50));  // the chunk's first local row
+    int lo, hi;
+    chunk_rows(qa, qa + (q_rows - 1) * qs, blo, bhi, ka, ks, row_c, static_cast<int>(len), &lo, &hi);
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t pk = ka + j * ks;
+      const bool in_range = row_c + j >= lo && row_c + j <= hi;
+      bool needed = false;
+      for (int64_t i = 0; i < q_rows; ++i) {
+        const int64_t d = qa + i * qs - pk;
+        const bool visible = d >= band.lo && d <= band.hi;
+        const bool near = dist < 1 || (d < 0 ? -d : d) < dist;
+        if (visible && near) needed = true;
+      }
+      if (needed) {
+        ++kept_pairs;
+        EXPECT_TRUE(in_range) << "kv row " << j << " (pos " << pk << ") is needed but left out; dist " << dist;
+      } else if (!in_range) {
+        ++cut_rows;
+      }
+      if (qs == 1 && in_range && (row_c + j == lo || row_c + j == hi))
+        EXPECT_TRUE(needed) << "range end " << j << " is not needed: the range is loose; dist " << dist;
+    }
+  }
+  EXPECT_GT(kept_pairs, 1000);
+  EXPECT_GT(cut_rows, 1000);
+}
+
 // The plan of a dense multi-chunk layout (write_segments' format) is walked last segment first, each top down.
 TEST(HopperCutoffPlan, SegmentWalkOrder) {
   int plan[32] = {};

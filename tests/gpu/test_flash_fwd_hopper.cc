@@ -1140,8 +1140,8 @@ TEST(FlashForwardHopper, AlibiCutoffArgumentsChecked) {
     }
   };
   FlashFwdHopperCutoff bad = cut;
-  bad.mode = 3;
-  expect_throw(p, bad, "mode 3");
+  bad.mode = 4;
+  expect_throw(p, bad, "mode 4");
   bad = cut;
   bad.q_norm_sq_max = nullptr;
   expect_throw(p, bad, "no q norms");
@@ -1151,6 +1151,199 @@ TEST(FlashForwardHopper, AlibiCutoffArgumentsChecked) {
   a = p;
   a.kv_pos = PositionMap::contiguous(1, 256);
   expect_throw(a, cut, "kv_pos != q_pos");
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// ---- ALiBi cutoff across merged calls (AttnParams::alibi_merge, mode 3) -------------------------------------------
+// Two zigzag ring steps of rank 0 of 2 (chunks of C rows, positions past 2^20), accumulated, with the norms of
+// flash_attention_alibi_norms: the own step (q_pos == kv_pos as two chunks) holds every row's own key, the remote step
+// only other keys. Checked:
+//  1. O and LSE against fp64 over all keys (2x naive): skipping changes the merged result only within rounding;
+//  2. the norms against fp64 norms of the 16-bit values (relative 1e-5; layout [B Hkv | B Hq M]);
+//  3. NaN in V of the remote step's first chunk (positions [C, 2C): at least C + 1 positions before every q row that
+//     sees it, the second q chunk [3C, 4C)) for the kv heads whose bound (alibi_cutoff_rows on the fp64 norms, stride
+//     1) is below that gap with margin: with the norms, O stays finite everywhere (the far tiles were skipped); without
+//     them (the reference), the poisoned heads' rows of the second q chunk are NaN (the tiles are in the band).
+// Causal (the first q chunk sees nothing of the remote step) with steep slopes for heads 0 and 1.
+TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
+  REQUIRE_HOPPER();
+  const int64_t B = 2, C = 512, Sq = 2 * C, Hq = 4, Hkv = 4, D = 128;
+  const int64_t off = (int64_t{1} << 20) + 4096;
+  const std::vector<float> slopes = {1.f, 0.5f, 1.f / 16, 1.f / 256};
+  const DeviceArray<float> d_slopes(slopes);
+  const PositionMap q_pos = two_chunks(off, C, off + 3 * C, C);
+  const PositionMap kv_step[2] = {q_pos, two_chunks(off + C, C, off + 2 * C, C)};
+  PositionMap kv_all = kv_step[0];
+  kv_all.add_chunk(off + C, 1, C).add_chunk(off + 2 * C, 1, C);
+  const uint64_t seed = testing::test_seed() + 4242;
+  SCOPED_TRACE("alibi merge cutoff seed " + std::to_string(seed));
+  const DType dt = DType::kBFloat16;
+  HostTensor q(dt, B, Sq, Hq, D), k(dt, B, 2 * Sq, Hkv, D), v(dt, B, 2 * Sq, Hkv, D);
+  testing::fill_normal(q, seed);
+  testing::fill_normal(k, seed + 1);
+  testing::fill_normal(v, seed + 2);
+  const int64_t lse_n = B * Hq * Sq;
+
+  // The two steps, accumulated; `merge`: with the norms of each step's k (and q).
+  auto run_steps = [&](const HostTensor& v_in, bool merge, std::vector<float>* norms_out) {
+    DeviceTensor dq(q), dk(k), dv(v_in);
+    HostTensor acc(DType::kFloat32, B, Sq, Hq, D);
+    testing::fill_nan(acc);  // the first step runs in plain mode and must write every element
+    DeviceTensor d_acc(acc);
+    DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(lse_n), std::nanf("")));
+    int device = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    for (int step = 0; step < 2; ++step) {
+      const int64_t r0 = step * Sq;
+      AttnParams p;
+      p.q = dq.view();
+      p.k = dk.view().rows(r0, r0 + Sq);
+      p.v = dv.view().rows(r0, r0 + Sq);
+      p.o = d_acc.view();
+      p.lse = d_lse.ptr;
+      p.q_pos = q_pos;
+      p.kv_pos = kv_step[step];
+      p.mask = Mask::make_causal();
+      p.alibi_slopes = d_slopes.ptr;
+      p.accumulate = step > 0;
+      const int64_t nn = alibi_merge_norms_floats(p.q, p.k);
+      EXPECT_EQ(nn, B * Hkv + B * Hq * (Sq / 128));
+      DeviceArray<float> d_norms(nn);
+      if (merge) {
+        flash_attention_alibi_norms(p.q, p.k, d_norms.ptr, nullptr);
+        p.alibi_merge.kv_norm_sq_max = d_norms.ptr;
+        p.alibi_merge.q_norm_sq_max = d_norms.ptr + B * Hkv;
+      }
+      validate_forward(p, Device::kCuda);
+      EXPECT_TRUE(flash_fwd_hopper_supported(p, device));
+      flash_attention_forward(p, nullptr);
+      DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+      if (merge && norms_out != nullptr && step == 1) *norms_out = d_norms.download();
+    }
+    d_acc.download(acc);
+    return Outputs{std::move(acc), d_lse.download()};
+  };
+
+  // 1. Against fp64 over all keys.
+  AttnParams ref;
+  HostTensor o64(DType::kFloat32, B, Sq, Hq, D), o_naive(dt, B, Sq, Hq, D);
+  std::vector<float> lse64(static_cast<size_t>(lse_n)), lse_naive(lse64.size());
+  ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+  ref.q_pos = q_pos, ref.kv_pos = kv_all, ref.mask = Mask::make_causal(), ref.alibi_slopes = slopes.data();
+  host_attention_forward(ref, HostPrecision::kFloat64);
+  ref.o = o_naive.view, ref.lse = lse_naive.data();
+  host_attention_forward(ref, HostPrecision::kRoundIntermediates);
+  std::vector<float> norms;
+  const Outputs cut = run_steps(v, true, &norms);
+  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+  const ErrorStats e_gpu = testing::compare(cut.o.view, o64.view);
+  std::vector<double> lse_ref(lse64.begin(), lse64.end());
+  const ErrorStats l_naive = testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n);
+  const ErrorStats l_gpu = testing::compare_flat(cut.lse.data(), lse_ref.data(), lse_n);
+  SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
+               l_naive.str());
+  EXPECT_EQ(e_gpu.non_finite, 0);
+  EXPECT_EQ(l_gpu.non_finite, 0);
+  EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+
+  // 2. The norms of the remote step (k rows [Sq, 2 Sq)) and of q.
+  ASSERT_EQ(static_cast<int64_t>(norms.size()), B * Hkv + B * Hq * (Sq / 128));
+  std::vector<double> k_norm(static_cast<size_t>(B * Hkv)), q_norm(static_cast<size_t>(B * Hq));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < Hkv; ++h) {
+      const double want = norm_sq_max(k, b, h, Sq, 2 * Sq, D);
+      k_norm[static_cast<size_t>(b * Hkv + h)] = want;
+      EXPECT_NEAR(norms[static_cast<size_t>(b * Hkv + h)], want, 1e-5 * want) << "k norm b " << b << " h " << h;
+    }
+    for (int64_t h = 0; h < Hq; ++h) {
+      double mx = 0;
+      for (int64_t m = 0; m < Sq / 128; ++m) {
+        const double want = norm_sq_max(q, b, h, m * 128, m * 128 + 128, D);
+        mx = std::max(mx, want);
+        EXPECT_NEAR(norms[static_cast<size_t>(B * Hkv + (b * Hq + h) * (Sq / 128) + m)], want, 1e-5 * want)
+            << "q norm b " << b << " h " << h << " tile " << m;
+      }
+      q_norm[static_cast<size_t>(b * Hq + h)] = mx;
+    }
+  }
+
+  // 3. NaN in the far chunk's V for the heads whose bound clears the gap C + 1 with margin.
+  const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(D)));
+  HostTensor v_nan = v;
+  std::vector<bool> poisoned(static_cast<size_t>(B * Hq), false);
+  int n_poisoned = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h) {
+      const int dist = hopper::alibi_cutoff_rows(
+          scale_log2, 1, static_cast<float>(q_norm[static_cast<size_t>(b * Hq + h)]),
+          static_cast<float>(k_norm[static_cast<size_t>(b * Hkv + h)]), slopes[static_cast<size_t>(h)]);
+      if (dist < 0 || static_cast<double>(C + 1) < dist * 1.02 + 2) continue;
+      poisoned[static_cast<size_t>(b * Hq + h)] = true;
+      ++n_poisoned;
+      for (int64_t j = Sq; j < Sq + C; ++j)
+        for (int64_t d = 0; d < D; ++d) v_nan.set(b, j, h, d, std::nan(""));
+    }
+  ASSERT_GT(n_poisoned, 0) << "no head's bound clears the gap: the case tests nothing";
+  const Outputs cut_nan = run_steps(v_nan, true, nullptr);
+  const Outputs full_nan = run_steps(v_nan, false, nullptr);
+  int64_t n_checked = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Sq; ++i)
+        for (int64_t d : {int64_t{0}, D - 1}) {
+          EXPECT_TRUE(std::isfinite(cut_nan.o.get(b, i, h, d))) << "b " << b << " h " << h << " row " << i;
+          if (poisoned[static_cast<size_t>(b * Hq + h)] && i >= C) {
+            ++n_checked;
+            EXPECT_TRUE(std::isnan(full_nan.o.get(b, i, h, d))) << "reference skipped: b " << b << " h " << h;
+          }
+        }
+  EXPECT_GT(n_checked, 0);
+}
+
+// flash_attention_alibi_norms refuses bad arguments by name, before launching anything.
+TEST(FlashForwardHopper, AlibiMergeNormsArgumentsChecked) {
+  DISTATTN_REQUIRE_GPU();
+  DeviceArray<float> buf(int64_t{4 * 256 * 128});
+  DeviceArray<float> norms(int64_t{64});
+  const TensorView q = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 4, 128);
+  const TensorView k = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 2, 128);
+  auto expect_throw = [&](const TensorView& a, const TensorView& b, float* out, const char* arg) {
+    try {
+      flash_attention_alibi_norms(a, b, out, nullptr);
+      ADD_FAILURE() << "no throw, expected one naming " << arg;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(arg), std::string::npos) << e.what();
+    }
+  };
+  expect_throw(q, k, nullptr, "norms");
+  TensorView bad = k;
+  bad.dtype = DType::kFloat16;
+  expect_throw(q, bad, norms.ptr, "k");
+  bad = TensorView::packed(buf.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 3, 128);
+  expect_throw(q, bad, norms.ptr, "k");
+  bad = TensorView::packed(buf.ptr, DType::kFloat32, Device::kCuda, 1, 256, 4, 128);
+  expect_throw(bad, k, norms.ptr, "q");
+  // validate_forward: alibi_merge needs both arrays and ALiBi.
+  AttnParams p;
+  p.q = q;
+  p.k = p.v = k;
+  DeviceArray<float> out(int64_t{4 * 256 * 128});
+  p.o = TensorView::packed(out.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 4, 128);
+  p.q_pos = p.kv_pos = PositionMap::contiguous(0, 256);
+  p.alibi_merge.kv_norm_sq_max = norms.ptr;
+  for (int variant = 0; variant < 2; ++variant) {
+    if (variant == 1) {
+      p.alibi_merge.q_norm_sq_max = norms.ptr + 2;  // both arrays, but no ALiBi
+    }
+    try {
+      validate_forward(p, Device::kCuda);
+      ADD_FAILURE() << "no throw, variant " << variant;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("alibi_merge"), std::string::npos) << e.what();
+    }
+  }
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 

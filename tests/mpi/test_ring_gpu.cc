@@ -71,6 +71,7 @@ struct Case {
   bool fp32_outputs = false;          // o, dq, dk, dv in fp32 instead of bf16
   int64_t head_pad = 0, row_pad = 0;  // padded strides of the local shards (elements; rows stay 16-byte aligned)
   bool null_stream = false;           // run the ring on the legacy default stream
+  int expect_alibi_merge = -1;        // 0 / 1: the forward's ALiBi cutoff across steps must be off / on; -1: either
   std::string name() const {
     std::string n = std::string(ring::layout_name(layout)) + (mask.causal ? "/causal" : "/full");
     if (mask.window > 0) n += "/win" + std::to_string(mask.window);
@@ -337,6 +338,7 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
   DeviceArray<float> d_lse(std::vector<float>(lse64.size(), kNaN));
   ra.forward(d_q.view(), d_k.view(), d_v.view(), d_o.view(), d_lse.ptr, stream);
   DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (c.expect_alibi_merge >= 0) EXPECT_EQ(ra.last_forward().alibi_merge_cutoff, c.expect_alibi_merge == 1);
   d_o.download(run.o);
   run.lse = d_lse.download();
 
@@ -563,6 +565,41 @@ TEST(RingGpu, Fp32OutputsLongerSequence) {
   c.mask = Mask::make_causal();
   c.fp32_outputs = true;
   run_case(comm, c);
+}
+
+// The forward's ALiBi cutoff across steps (DISTATTN_RING_ALIBI_CUTOFF, read at construction; ring_cuda.cc): on at any
+// length, and off, on layouts whose chunks fall on 128-row tiles (the Hopper kernel; S = 4096: zigzag chunks of
+// 1024 / 512 rows at 2 / 4 ranks): against fp64 and one GPU like every case (skipping must stay within rounding), and
+// the forward must report what it did. The kernel-level proof that tiles are skipped (NaN in far V rows stays out of
+// O) is FlashForwardHopper.AlibiMergeCutoffAcrossRingSteps.
+TEST(RingGpu, AlibiCutoffAcrossSteps) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  const char* old = std::getenv("DISTATTN_RING_ALIBI_CUTOFF");
+  const std::string saved = old ? old : "";
+  int major = 0;
+  DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, comm.cuda_device()));
+  for (const char* mode : {"on", "off"}) {
+    setenv("DISTATTN_RING_ALIBI_CUTOFF", mode, 1);  // the same on every rank
+    SCOPED_TRACE(std::string("DISTATTN_RING_ALIBI_CUTOFF=") + mode);
+    Case c;
+    c.S = 4096;
+    c.Hq = 4, c.Hkv = 2, c.D = 128;
+    c.alibi = true;
+    c.expect_alibi_merge = std::string(mode) == "on" && major == 9 ? 1 : 0;
+    c.layout = ShardLayout::kZigzag;
+    c.mask = Mask::make_causal();
+    run_case(comm, c);
+    if (std::string(mode) == "off") continue;
+    c.layout = ShardLayout::kStriped;  // one strided chunk per rank: the own step is the exact single-call cutoff
+    c.mask = Mask::none();
+    run_case(comm, c);
+  }
+  if (old) {
+    setenv("DISTATTN_RING_ALIBI_CUTOFF", saved.c_str(), 1);
+  } else {
+    unsetenv("DISTATTN_RING_ALIBI_CUTOFF");
+  }
 }
 
 // The ring's forward (fp32 O) against one GPU's flash_attention_forward (fp32 O) on the full sequence: equal

@@ -35,8 +35,11 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream);
 // exp2 is exactly 0 for every element, with the same bound as the mma.sync kernel, bit-identical to the walk without
 // skipping. Valid only where its premises hold (flash_attention_forward checks them: ALiBi, no block list, q_pos ==
 // kv_pos as one chunk); the norms are written on the same stream before the kernel (kernels::run_qk_norm_sq_max).
+// Mode 3 is the cutoff across merged calls (AttnParams::alibi_merge, whose caller vouches that every q row's own key is
+// in one of the merged calls): the plan leaves out the kv tiles whose every key is at least the bound's distance (in
+// positions) from every q row of the unit, over any position maps; within fp32 rounding once merged.
 struct FlashFwdHopperCutoff {
-  int mode = 0;                           // 0: off; 1 (causal) or 2 (non-causal): on
+  int mode = 0;                           // 0: off; 1 (causal) or 2 (non-causal): on; 3: across merged calls
   bool skip = true;                       // false: the cutoff's walk order (diagonal tile first), nothing skipped
   const float* kv_norm_sq_max = nullptr;  // [B, Hkv] fp32 device: max over kv rows of ||k_row||^2 (+inf if not finite)
   const float* q_norm_sq_max = nullptr;   // [B, Hq, ceil(Sq / 128)] fp32 device: max over each 128-row q tile

@@ -166,13 +166,16 @@ __host__ __device__ __forceinline__ TilePlan make_plan(const FlashFwdHopperParam
 }
 
 #ifdef DISTATTN_HOPPER_DEVICE
-__device__ __forceinline__ void write_segments(const FlashFwdHopperParams& p, const TilePlan& t, int* plan) {
+// band_lo, band_hi: the mask's band (p.band_lo, p.band_hi), or with the cutoff across merged calls the narrower band
+// of merge_cutoff_band.
+__device__ __forceinline__ void write_segments(const FlashFwdHopperParams& p, const TilePlan& t, int64_t band_lo,
+                                               int64_t band_hi, int* plan) {
   int total = 0;
 #pragma unroll
   for (int c = 0; c < FwdConfig::kMaxChunks; ++c) {
     if (c >= p.kv_chunks) break;
     int lo, hi;
-    chunk_rows(t.q_min, t.q_max, p.band_lo, p.band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
+    chunk_rows(t.q_min, t.q_max, band_lo, band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
                p.kv_row[c + 1] - p.kv_row[c], &lo, &hi);
     int first = 0, count = 0;
     if (lo <= hi) {
@@ -391,7 +394,13 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         }
         if (k > 0) mbar_wait(bar_q_empty, (k - 1) & 1);
         if (!p.has_blocks) {
-          if (kAlibi && p.alibi_cutoff != 0) {
+          if (kAlibi && p.alibi_cutoff == 3) {
+            // Across merged calls: the mask's band narrowed to the bound's distance in positions (stride 1).
+            const int dist = p.alibi_cutoff_skip ? alibi_cutoff_rows(p.scale_log2, 1, cut_q, cut_k, cut_slope) : -1;
+            int64_t band_lo, band_hi;
+            merge_cutoff_band(p.band_lo, p.band_hi, dist, &band_lo, &band_hi);
+            write_segments(p, plan, band_lo, band_hi, tile_plan);
+          } else if (kAlibi && p.alibi_cutoff != 0) {
             // One kv chunk equal to the q chunk (the cutoff's premise): the q tile's visible kv rows [lo, hi], less
             // the tiles whose exp2 underflows for every element, walked diagonal tile first.
             const int rows =
@@ -401,7 +410,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
                        p.kv_row[1] - p.kv_row[0], &lo, &hi);
             write_cutoff_plan(u.m_block, lo, hi, rows, tile_plan);
           } else {
-            write_segments(p, plan, tile_plan);
+            write_segments(p, plan, p.band_lo, p.band_hi, tile_plan);
           }
           plan.count = tile_plan[kPlanTotal];
         }

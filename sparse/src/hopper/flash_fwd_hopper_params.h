@@ -86,6 +86,7 @@ struct FlashFwdHopperParams {
   const float* alibi_slopes = nullptr;  // [Hq] fp32: bias -slope_h * |pos_q - pos_k| added to softmax_scale * q.k
   // ALiBi underflow cutoff (flash_fwd_hopper_plan.h; set by flash_attention_forward only where its premises hold):
   // the dense plan of a unit leaves out the kv tiles whose exp2 is exactly 0 for every element, diagonal tile first.
+  // 3: across merged calls (AttnParams::alibi_merge): the band narrowed to the bound's distance in positions.
   int alibi_cutoff = 0;                   // 0: off; 1 (causal) or 2 (non-causal): on (the plan is the same for both)
   bool alibi_cutoff_skip = true;          // false: the cutoff's walk order, nothing skipped (bit-identity reference)
   const float* kv_norm_sq_max = nullptr;  // [B, Hkv]: max over kv rows of ||k_row||^2 (+inf if one is not finite)

@@ -130,5 +130,27 @@ DISTATTN_HOPPER_PLAN_HD void write_cutoff_plan(int m_block, int lo, int hi, int 
   plan[kPlanTotal] = t_hi - t_lo + 1;
 }
 
+// ---- ALiBi cutoff across merged calls (mode 3, AttnParams::alibi_merge) ------------------------------------------
+// Premise (the caller's word): every q row's own position is a key of one of the calls whose results are merged by
+// LSE (the ring's own step). Its score t_own = softmax_scale q.k_own (bias 0) is then >= -dot, dot = softmax_scale
+// Qmax Kmax, and the merged row max is >= t_own. A key at position distance dist has t <= dot - slope dist, so its
+// weight relative to the merged maximum is <= exp(2 dot - slope dist): with `rows` = alibi_cutoff_rows(scale_log2, 1,
+// ...) positions (stride 1: distances in positions, not rows) this is <= 2^-176 with the same margins, far below the
+// fp32 resolution of the merged row sum (>= 1 in units of its maximum) and of O. Such keys may be left out of any
+// call: within rounding of the merged result, not bit for bit (a call's own lazy maximum and its P rounding see
+// fewer tiles). The skip is a narrower band: keys with |pos_q - pos_k| >= dist for every q row of the unit are cut,
+// i.e. the unit keeps pos_q - pos_k in [-(dist - 1), dist - 1] intersected with the mask's band; chunk_rows on the
+// unit's q position range then keeps every tile that holds a key some q row of the unit is closer to than dist.
+// dist < 0 (nothing may be cut): the band unchanged. An empty intersection gives an empty plan (every key is far:
+// the unit writes an empty result, O = 0 and LSE = -inf, or leaves the accumulator as it is).
+DISTATTN_HOPPER_PLAN_HD void merge_cutoff_band(int64_t band_lo, int64_t band_hi, int dist, int64_t* lo, int64_t* hi) {
+  *lo = band_lo;
+  *hi = band_hi;
+  if (dist < 1) return;
+  const int64_t reach = static_cast<int64_t>(dist) - 1;
+  if (*lo < -reach) *lo = -reach;
+  if (*hi > reach) *hi = reach;
+}
+
 }  // namespace hopper
 }  // namespace distattn

@@ -94,6 +94,9 @@ struct RingCallStats {
   // CUDA backward: r > 0 when this rank's own step ran in two parts, kv rows [r, S/P) first and [0, r) after the
   // last remote step (beside the dK|dV home hop); 0 when it ran whole (see ring_cuda.cc, "Own step in two parts").
   int64_t own_split_row = 0;
+  // CUDA forward: the engine calls skipped the kv tiles below the ALiBi bound across steps (AttnParams::alibi_merge;
+  // ring_cuda.cc "ALiBi cutoff across steps"; DISTATTN_RING_ALIBI_CUTOFF).
+  bool alibi_merge_cutoff = false;
 };
 
 class RingAttention {
@@ -161,6 +164,10 @@ class RingAttention {
   // CUDA backward: run the own step in two parts (DISTATTN_RING_BWD_OWN=split; default whole; read and agreed at
   // construction: it changes the size of the home hop, so every rank must make the same choice).
   bool bwd_own_split_ = false;
+  // CUDA forward: the ALiBi cutoff across steps (AttnParams::alibi_merge; ring_cuda.cc "ALiBi cutoff"): the norms of
+  // k travel with K|V, so the exchange grows by B * Hkv floats and every rank must make the same choice (agreed at
+  // construction; DISTATTN_RING_ALIBI_CUTOFF=auto (default) | on | off).
+  bool fwd_alibi_merge_ = false;
   // CUDA: the persistent K|V double buffer [2][kv_bytes] (cudaMalloc: IPC-exportable) and its window id (-1: not a
   // window); allocated by the first call, grown when a call needs more (ring_cuda.cc).
   unsigned char* kv_buffer_ = nullptr;

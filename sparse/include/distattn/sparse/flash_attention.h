@@ -7,10 +7,11 @@
 // writes nothing. Work is enqueued on `stream`; the calls do not synchronise.
 //
 // Two forward kernels: on a Hopper GPU (compute capability 9.0, library built with sm_90a) the TMA + wgmma kernel
-// takes every call it supports (bf16/fp16, head dim 128, no ALiBi, position maps whose chunk boundaries fall on
-// 128-row tiles; masks, block lists, accumulate mode and fp32 output included); the mma.sync kernel takes the rest.
-// Both meet the same contract and tests. The environment variable DISTATTN_FORWARD_KERNEL=mma (read once per
-// process; "auto" or unset: the default) forces the mma.sync kernel. The backward is the mma.sync kernel.
+// takes every call it supports (bf16/fp16, head dim 128, position maps whose chunk boundaries fall on 128-row tiles;
+// masks, block lists, ALiBi without block lists, accumulate mode and fp32 output included); the mma.sync kernel takes
+// the rest. Both meet the same contract and tests. The environment variable DISTATTN_FORWARD_KERNEL=mma (read once per
+// process; "auto" or unset: the default) forces the mma.sync kernel. The backward likewise has a Hopper kernel and an
+// mma.sync kernel.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -23,6 +24,18 @@ namespace distattn {
 bool flash_supports_head_dim(int64_t head_dim);
 
 void flash_attention_forward(const AttnParams& params, cudaStream_t stream);
+
+// Floats that flash_attention_alibi_norms writes for q [B, Sq, Hq, D] and k [B, Skv, Hkv, D]:
+// B * Hkv + B * Hq * ceil(Sq / 128).
+int64_t alibi_merge_norms_floats(const TensorView& q, const TensorView& k);
+
+// The norms of AttnParams::alibi_merge (the ALiBi cutoff across merged calls), one memset and one launch on `stream`:
+// norms[b * Hkv + h] = max over kv rows j of ||k[b, j, h, :]||^2, then q_norm_sq_max = norms + B * Hkv with
+// [(b * Hq + h) * M + m] = max over the q rows of tile m (rows [128 m, min(128 m + 128, Sq))) of ||q[b, row, h, :]||^2
+// (M = ceil(Sq / 128)); fp32, +inf where a row's norm is not finite (the cutoff then cuts nothing). `norms`: device
+// memory of alibi_merge_norms_floats(q, k) floats, 4-byte aligned. q, k: bf16 or fp16 CUDA views with head dim 64 or
+// 128 and 16-byte aligned rows, the same batch and head dim. Throws distattn::Error naming the argument.
+void flash_attention_alibi_norms(const TensorView& q, const TensorView& k, float* norms, cudaStream_t stream);
 
 // Scratch: an fp32 dQ accumulator (unless dq is already fp32 with accumulate) and delta = rowsum(dO*O)
 // (unless given) are taken from the stream-ordered allocator (cudaMallocAsync) and freed on the stream.
