@@ -86,10 +86,12 @@ TensorView packed_view(void* data, DType dtype, int64_t B, int64_t S, int64_t H,
   return TensorView::packed(data, dtype, Device::kHost, B, S, H, D);
 }
 
-// Global sequence length from which the CUDA forward uses the ALiBi cutoff across steps by default. Below, its norm
-// pass (one read of the local q and k) costs about what it saves; the same threshold as the one-GPU Hopper cutoff
-// (sparse/src/flash_fwd_api.cu, hopper_cutoff_min_kv: the tiles left at 2K / 4K / 8K are 83% / 71% / 58%).
-constexpr int64_t kAlibiMergeCutoffMinSeq = 4096;
+// Global sequence length from which the CUDA forward uses the ALiBi cutoff across steps by default. Measured on 2
+// H200s (bench/results/2026-11-22_h200x2_d201603_ring_alibi_cutoff): ALiBi forward against no bias -16% at 8K with
+// the cutoff (+13% without), but +30% at 4K (+6% without): there the ring is latency-bound (30-40% of the call is
+// exposed exchange) and the norm pass before the first send (one read of the local q and k, a memset and a launch)
+// delays it; at 4K the cutoff leaves ~71% of the tiles, too few saved to pay for that.
+constexpr int64_t kAlibiMergeCutoffMinSeq = 8192;
 
 // Whether the CUDA forward applies the ALiBi cutoff across steps (AttnParams::alibi_merge; ring_cuda.cc, "ALiBi
 // cutoff across steps"): ALiBi on, a dense ring (every q row's own key is in the own step; a block layout may leave
