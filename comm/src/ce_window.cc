@@ -355,19 +355,8 @@ ExchangeTicket NcclCommunicator::post_ce(const char* op, int64_t step, int windo
       uint32_t* target_ready_from_me = w.peer_flags[static_cast<size_t>(target)] + size_ + rank_;
       DISTATTN_CU_CHECK(ops.write32(cu(stream_), dptr(source_free_from_me), n, 0));
       DISTATTN_CU_CHECK(ops.wait32(cu(stream_), dptr(free_from_target), n, CU_STREAM_WAIT_VALUE_GEQ));
-      unsigned char* dst = w.peer_base[static_cast<size_t>(target)] + recv_off;
-      const unsigned char* src = w.base + send_off;
-      // DISTATTN_CE_STREAMS=2: the upper half on split_ (forked after the release wait, joined before the flag).
-      constexpr size_t kSplitMinBytes = size_t{8} << 20;
-      const size_t first = ce_streams_ == 2 && bytes >= kSplitMinBytes ? (bytes / 2 + 255) / 256 * 256 : bytes;
-      if (first < bytes) {
-        DISTATTN_CUDA_CHECK(cudaEventRecord(fork_, stream_));
-        DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(split_, fork_, 0));
-        DISTATTN_CUDA_CHECK(cudaMemcpyAsync(dst + first, src + first, bytes - first, cudaMemcpyDefault, split_));
-        DISTATTN_CUDA_CHECK(cudaEventRecord(join_, split_));
-      }
-      DISTATTN_CUDA_CHECK(cudaMemcpyAsync(dst, src, first, cudaMemcpyDefault, stream_));
-      if (first < bytes) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
+      DISTATTN_CUDA_CHECK(cudaMemcpyAsync(w.peer_base[static_cast<size_t>(target)] + recv_off, w.base + send_off, bytes,
+                                          cudaMemcpyDefault, stream_));
       // Default flags: a memory barrier before the write, so the copy's data is visible before the flag.
       DISTATTN_CU_CHECK(ops.write32(cu(stream_), dptr(target_ready_from_me), n, 0));
     }

@@ -7,8 +7,6 @@
 #include <nccl.h>
 
 #include <chrono>
-#include <cstdlib>
-#include <string>
 #include <thread>
 
 #include "ce_window_impl.h"  // CeWindow complete here: the destructors own them
@@ -117,18 +115,6 @@ void NcclCommunicator::init_common() {
   // the release values after a timeout. Both non-blocking, so neither waits for the legacy stream.
   DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&watch_, cudaStreamNonBlocking));
   DISTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&poison_, cudaStreamNonBlocking, greatest));
-  // DISTATTN_CE_STREAMS=1 (default) | 2: a copy-engine push as one copy, or as two halves on two streams (which the
-  // driver may give two copy engines). Local to this rank: the receiver sees one arrival flag either way.
-  if (const char* e = std::getenv("DISTATTN_CE_STREAMS"); e != nullptr && *e != '\0') {
-    const std::string v(e);
-    DISTATTN_CHECK_ARG(v == "1" || v == "2", "DISTATTN_CE_STREAMS", "expected 1 or 2, got '", v, "'");
-    ce_streams_ = v == "2" ? 2 : 1;
-  }
-  if (ce_streams_ == 2) {
-    DISTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&split_, cudaStreamNonBlocking, greatest));
-    DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
-    DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
-  }
 }
 
 NcclCommunicator::~NcclCommunicator() {
@@ -169,9 +155,6 @@ NcclCommunicator::~NcclCommunicator() {
   for (cudaEvent_t e : arrived_) cudaEventDestroy(e);
   if (watch_) cudaStreamDestroy(watch_);
   if (poison_) cudaStreamDestroy(poison_);
-  if (split_) cudaStreamDestroy(split_);
-  if (fork_) cudaEventDestroy(fork_);
-  if (join_) cudaEventDestroy(join_);
   if (ready_) cudaEventDestroy(ready_);
   if (sync_) cudaEventDestroy(sync_);
   if (stream_) cudaStreamDestroy(stream_);

@@ -80,12 +80,13 @@ bool ce_wanted() {
   return e == nullptr || std::string(e) != "nccl";
 }
 
-// Every step's received bytes on the window (twice: the sequence numbers go on) equal NCCL's and the host simulation's.
-void check_matches_nccl(size_t bytes) {
+TEST(CeExchange, MatchesNcclBitForBit) {
+  REQUIRE_GPU_PER_RANK();
   const int P = mpi_size(), r = mpi_rank();
   const uint64_t seed = test_seed();
-  if (r == 0) std::printf("seed %llu, %zu bytes\n", static_cast<unsigned long long>(seed), bytes);
+  if (r == 0) std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
   NcclCommunicator comm(MPI_COMM_WORLD, -1, 60.0);
+  const size_t bytes = 4 * 262147 + 3;  // odd: no alignment the copy could rely on
   const int steps = 4 * P + 9;
   // Fresh data of EVERY rank per step (host copies, for the host simulation) and this rank's pinned copies.
   std::vector<std::vector<std::vector<unsigned char>>> data(static_cast<size_t>(P));
@@ -147,26 +148,6 @@ void check_matches_nccl(size_t bytes) {
   comm.deregister_window(id);
   EXPECT_STREQ(comm.exchange_path(win, win + bytes + gap, bytes), "nccl");
   cudaStreamDestroy(C);
-}
-
-TEST(CeExchange, MatchesNcclBitForBit) {
-  REQUIRE_GPU_PER_RANK();
-  check_matches_nccl(4 * 262147 + 3);  // odd: no alignment the copy could rely on
-}
-
-// DISTATTN_CE_STREAMS=2 (read by the communicator's constructor): pushes of 8 MiB and more go in two halves on two
-// streams; an odd size, so the halves' boundary is not where the copy could rely on it.
-TEST(CeExchange, TwoStreamPushesMatchNccl) {
-  REQUIRE_GPU_PER_RANK();
-  const char* old = std::getenv("DISTATTN_CE_STREAMS");
-  const std::string saved = old ? old : "";
-  setenv("DISTATTN_CE_STREAMS", "2", 1);
-  check_matches_nccl((size_t{8} << 20) + 4099);
-  if (old) {
-    setenv("DISTATTN_CE_STREAMS", saved.c_str(), 1);
-  } else {
-    unsetenv("DISTATTN_CE_STREAMS");
-  }
 }
 
 TEST(CeExchange, RegistrationAgreesAcrossRanks) {

@@ -114,13 +114,6 @@ class NcclCommunicator : public Communicator {
   std::vector<cudaEvent_t> arrived_;  // one per exchange slot: copy-engine exchange complete (the watch stream)
   cudaStream_t watch_ = nullptr;      // waits for copy-engine arrivals, for the host watchdog
   cudaStream_t poison_ = nullptr;     // releases stuck waits after a timeout
-  // Copy-engine pushes in two pieces on two streams (DISTATTN_CE_STREAMS=2; ce_window.cc, post_ce): the second piece
-  // runs on split_, forked from stream_ after the receiver's release (fork_) and joined back before the arrival flag
-  // (join_). split_ never waits on a flag, so it needs no poisoning.
-  int ce_streams_ = 1;
-  cudaStream_t split_ = nullptr;
-  cudaEvent_t fork_ = nullptr;
-  cudaEvent_t join_ = nullptr;
   std::vector<std::unique_ptr<CeWindow>> windows_;  // by id; null once deregistered
   std::string window_refusal_;
 };
