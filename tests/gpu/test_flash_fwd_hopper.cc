@@ -254,6 +254,22 @@ void run_and_check(const Case& c, bool vs_old = true) {
   }
 }
 
+// The 2x-naive rule on a result (O, LSE) against fp64, as run_and_check applies it: every value finite, O's rel_l2
+// (unless `o_rel_l2` is false) and max_abs and LSE's max_abs within 2x the naive evaluation's error plus kSlack.
+void expect_within_2x_naive(const TensorView& o, const std::vector<float>& lse, const TensorView& o64,
+                            const std::vector<double>& lse_ref, const ErrorStats& e_naive, const ErrorStats& l_naive,
+                            bool o_rel_l2 = true) {
+  const ErrorStats e_gpu = testing::compare(o, o64);
+  const ErrorStats l_gpu = testing::compare_flat(lse.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
+  SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
+               l_naive.str());
+  EXPECT_EQ(e_gpu.non_finite, 0);
+  EXPECT_EQ(l_gpu.non_finite, 0);
+  if (o_rel_l2) EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
+  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
+  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+}
+
 TEST(FlashForwardHopper, DenseOddSizesGqaPaddedStrides) {
   REQUIRE_HOPPER();
   Case c;
@@ -409,15 +425,7 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_acc.download(acc);
     const std::vector<float> lse = d_lse.download();
-    const ErrorStats e_gpu = testing::compare(acc.view, o64.view);
-    const ErrorStats l_gpu = testing::compare_flat(lse.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
-    SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
-                 l_naive.str());
-    EXPECT_EQ(e_gpu.non_finite, 0);
-    EXPECT_EQ(l_gpu.non_finite, 0);
-    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-    EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+    expect_within_2x_naive(acc.view, lse, o64.view, lse_ref, e_naive, l_naive);
 
     // Plain mode, fp32 o (poisoned), lse written.
     HostTensor o32(DType::kFloat32, B, Sq, Hq, D);
@@ -433,13 +441,8 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_o32.download(o32);
     const std::vector<float> lse2 = d_lse2.download();
-    const ErrorStats e32 = testing::compare(o32.view, o64.view);
-    const ErrorStats l32 = testing::compare_flat(lse2.data(), lse_ref.data(), static_cast<int64_t>(lse2.size()));
-    SCOPED_TRACE("fp32 plain O " + e32.str() + " LSE " + l32.str());
-    EXPECT_EQ(e32.non_finite, 0);
-    EXPECT_EQ(l32.non_finite, 0);
-    EXPECT_LE(e32.max_abs, 2 * e_naive.max_abs + kSlack);
-    EXPECT_LE(l32.max_abs, 2 * l_naive.max_abs + kSlack);
+    SCOPED_TRACE("fp32 plain mode");
+    expect_within_2x_naive(o32.view, lse2, o64.view, lse_ref, e_naive, l_naive, /*o_rel_l2=*/false);
   }
 }
 
@@ -601,15 +604,7 @@ TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_acc.download(acc);
     const std::vector<float> lse = d_lse.download();
-    const ErrorStats e_gpu = testing::compare(acc.view, o64.view);
-    const ErrorStats l_gpu = testing::compare_flat(lse.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
-    SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
-                 l_naive.str());
-    EXPECT_EQ(e_gpu.non_finite, 0);
-    EXPECT_EQ(l_gpu.non_finite, 0);
-    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-    EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+    expect_within_2x_naive(acc.view, lse, o64.view, lse_ref, e_naive, l_naive);
   }
 }
 
@@ -895,16 +890,7 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
     return Outputs{std::move(acc), d_lse.download()};
   };
   const Outputs automatic = run(-1);
-  const ErrorStats e_gpu = testing::compare(automatic.o.view, o64.view);
-  const ErrorStats l_gpu =
-      testing::compare_flat(automatic.lse.data(), lse_ref.data(), static_cast<int64_t>(automatic.lse.size()));
-  SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
-               l_naive.str());
-  EXPECT_EQ(e_gpu.non_finite, 0);
-  EXPECT_EQ(l_gpu.non_finite, 0);
-  EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  expect_within_2x_naive(automatic.o.view, automatic.lse, o64.view, lse_ref, e_naive, l_naive);
   for (int ctas : {1, 5, 0}) expect_same_bits(automatic, run(ctas), "accumulate grid " + std::to_string(ctas));
 }
 
@@ -1235,18 +1221,9 @@ TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
   host_attention_forward(ref, HostPrecision::kRoundIntermediates);
   std::vector<float> norms;
   const Outputs cut = run_steps(v, true, &norms);
-  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
-  const ErrorStats e_gpu = testing::compare(cut.o.view, o64.view);
   std::vector<double> lse_ref(lse64.begin(), lse64.end());
-  const ErrorStats l_naive = testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n);
-  const ErrorStats l_gpu = testing::compare_flat(cut.lse.data(), lse_ref.data(), lse_n);
-  SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
-               l_naive.str());
-  EXPECT_EQ(e_gpu.non_finite, 0);
-  EXPECT_EQ(l_gpu.non_finite, 0);
-  EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+  expect_within_2x_naive(cut.o.view, cut.lse, o64.view, lse_ref, testing::compare(o_naive.view, o64.view),
+                         testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n));
 
   // 2. The norms of the remote step (k rows [Sq, 2 Sq)) and of q.
   ASSERT_EQ(static_cast<int64_t>(norms.size()), B * Hkv + B * Hq * (Sq / 128));
