@@ -211,11 +211,12 @@ void check_forward(const AttnParams& p, Device engine, bool accumulate, bool lse
   DISTATTN_CHECK_ARG(std::isfinite(p.softmax_scale) && p.softmax_scale >= 0.f, "softmax_scale", "is ", p.softmax_scale,
                      " (expected finite and >= 0; 0: 1/sqrt(D))");
   if (p.alibi_merge.set()) {
-    DISTATTN_CHECK_ARG(p.alibi_merge.q_norm_sq_max != nullptr && p.alibi_merge.kv_norm_sq_max != nullptr, "alibi_merge",
-                       "needs both q_norm_sq_max and kv_norm_sq_max (or neither)");
+    const AlibiMergeNorms& n = p.alibi_merge;
+    DISTATTN_CHECK_ARG(n.q_norm_sq_max != nullptr && n.kv_norm_sq_max != nullptr && n.own_kv_norm_sq_max != nullptr,
+                       "alibi_merge", "needs q_norm_sq_max, kv_norm_sq_max and own_kv_norm_sq_max (or none)");
     DISTATTN_CHECK_ARG(p.alibi_slopes != nullptr, "alibi_merge", "is set without alibi_slopes");
     DISTATTN_CHECK_ARG(p.mask.blocks == nullptr, "alibi_merge", "is set with a block list (dense bands only)");
-    for (const float* ptr : {p.alibi_merge.q_norm_sq_max, p.alibi_merge.kv_norm_sq_max})
+    for (const float* ptr : {n.q_norm_sq_max, n.kv_norm_sq_max, n.own_kv_norm_sq_max})
       DISTATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(ptr) % alignof(float) == 0, "alibi_merge",
                          "has a norm array not aligned to 4 bytes");
   }

@@ -431,13 +431,13 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
 
   // ALiBi cutoff across steps (fwd_alibi_merge_, agreed at construction): the own step holds every q row's own key,
   // so each step's engine call may skip the kv tiles whose scores lie 2^-176 below it (AttnParams::alibi_merge). The
-  // norms of the held k travel with it: a slot is [K | V | k norms (B Hkv floats) | q norms (B Hq M floats)], and an
-  // exchange carries the first three (the q norms, written once into kv[0], are never overwritten).
+  // norms of the held k travel with it: a slot is [K | V | held k norms (B Hkv floats) | own k norms (B Hkv) | q norms
+  // (B Hq M)], and an exchange carries the first three; the last two, written once into kv[0], are never overwritten.
   const bool alibi_merge = fwd_alibi_merge_;
   const size_t k_norm_bytes = alibi_merge ? static_cast<size_t>(B * Hkv) * sizeof(float) : 0;
   const size_t norm_bytes = alibi_merge ? static_cast<size_t>(alibi_merge_norms_floats(q, k)) * sizeof(float) : 0;
   const size_t send_bytes = kv_bytes + k_norm_bytes;
-  const size_t slot_bytes = (kv_bytes + norm_bytes + 255) / 256 * 256;
+  const size_t slot_bytes = (kv_bytes + k_norm_bytes + norm_bytes + 255) / 256 * 256;
   // K|V double buffer: kv[c] = [K | V], each packed [B, Sl, Hkv, D] in the input dtype (only KV heads travel).
   // Persistent (the window, see the header comment); C waits for the previous call's last use of it.
   unsigned char* kv_base = kv_double_buffer(slot_bytes);
@@ -483,12 +483,16 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   // Step 0 (this rank's own K|V) reads the caller's k, v either way. Declared last: X's destructor (C waits for X)
   // runs first, before the frees and the K|V idle mark.
   const bool pack_side = pack_on_side_stream();
-  // The norms of q and of the own k (on C, before the side stream follows C: the first send carries them).
+  // The norms of the own k and of q (on C, before the side stream follows C), and a copy of the own k's into the
+  // held-k place that the first send carries.
+  const float* own_k_norms = nullptr;
   const float* q_norms = nullptr;
   if (alibi_merge) {
-    float* own_norms = reinterpret_cast<float*>(kv[0] + kv_bytes);
-    flash_attention_alibi_norms(q, k, own_norms, stream);
-    q_norms = own_norms + B * Hkv;
+    float* own = reinterpret_cast<float*>(kv[0] + send_bytes);
+    flash_attention_alibi_norms(q, k, own, stream);
+    DISTATTN_CUDA_CHECK(cudaMemcpyAsync(kv[0] + kv_bytes, own, k_norm_bytes, cudaMemcpyDeviceToDevice, stream));
+    own_k_norms = own;
+    q_norms = own + B * Hkv;
   }
   // The side stream exists only for DISTATTN_RING_PACK=side (creating one per call costs a stream and four events).
   std::optional<SideStream> side;
@@ -529,8 +533,9 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
                             : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
                                           device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.lse = run_lse;
-      if (alibi_merge) {  // k norms of the held shard: computed above for step 0 (cur = 0), received with it later
+      if (alibi_merge) {  // k norms of the held shard: copied above for step 0 (cur = 0), received with it later
         p.alibi_merge.kv_norm_sq_max = reinterpret_cast<const float*>(kv[cur] + kv_bytes);
+        p.alibi_merge.own_kv_norm_sq_max = own_k_norms;
         p.alibi_merge.q_norm_sq_max = q_norms;
       }
       if (direct) {

@@ -256,6 +256,7 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
         cutoff.skip = options.alibi_cutoff_skip;
         cutoff.kv_norm_sq_max = p.alibi_merge.kv_norm_sq_max;
         cutoff.q_norm_sq_max = p.alibi_merge.q_norm_sq_max;
+        cutoff.own_kv_norm_sq_max = p.alibi_merge.own_kv_norm_sq_max;
       } else if (mode != 0 && p.k.seqlen() >= min_kv) {
         const kernels::FlashFwdParams np = make_fwd_params(p);
         const size_t nk = static_cast<size_t>(np.batch) * np.heads_kv;

@@ -205,6 +205,8 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
                        "the single-call ALiBi cutoff (modes 1, 2) needs q_pos == kv_pos as one chunk");
     DISTATTN_CHECK_ARG(cutoff.kv_norm_sq_max != nullptr && cutoff.q_norm_sq_max != nullptr, "cutoff",
                        "the ALiBi cutoff needs kv_norm_sq_max and q_norm_sq_max");
+    DISTATTN_CHECK_ARG(cutoff.mode != 3 || cutoff.own_kv_norm_sq_max != nullptr, "cutoff",
+                       "the cutoff across merged calls (mode 3) needs own_kv_norm_sq_max");
   }
   FlashFwdHopperParams k;
   k.tmap_q = hopper::make_tmap_16bit(p.q, FwdConfig::kBlockM, "q");
@@ -260,6 +262,7 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   k.alibi_cutoff = cutoff.mode;
   k.alibi_cutoff_skip = cutoff.skip;
   k.kv_norm_sq_max = cutoff.kv_norm_sq_max;
+  k.own_kv_norm_sq_max = cutoff.own_kv_norm_sq_max;
   k.q_norm_sq_max = cutoff.q_norm_sq_max;
   const bool bf16 = p.q.dtype == DType::kBFloat16;
   if (p.alibi_slopes != nullptr) {

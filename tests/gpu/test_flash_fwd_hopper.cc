@@ -1143,19 +1143,23 @@ TEST(FlashForwardHopper, AlibiCutoffArgumentsChecked) {
 // ---- ALiBi cutoff across merged calls (AttnParams::alibi_merge, mode 3) -------------------------------------------
 // Two zigzag ring steps of rank 0 of 2 (chunks of C rows, positions past 2^20), accumulated, with the norms of
 // flash_attention_alibi_norms: the own step (q_pos == kv_pos as two chunks) holds every row's own key, the remote step
-// only other keys. Checked:
+// only other keys. The own keys are 4x larger than the remote ones, so a bound taken from the remote keys alone would
+// cut too close (the own key's score can be far lower). Checked:
 //  1. O and LSE against fp64 over all keys (2x naive): skipping changes the merged result only within rounding;
 //  2. the norms against fp64 norms of the 16-bit values (relative 1e-5; layout [B Hkv | B Hq M]);
-//  3. NaN in V of the remote step's first chunk (positions [C, 2C): at least C + 1 positions before every q row that
-//     sees it, the second q chunk [3C, 4C)) for the kv heads whose bound (alibi_cutoff_rows on the fp64 norms, stride
-//     1) is below that gap with margin: with the norms, O stays finite everywhere (the far tiles were skipped); without
-//     them (the reference), the poisoned heads' rows of the second q chunk are NaN (the tiles are in the band).
-// Causal (the first q chunk sees nothing of the remote step) with steep slopes for heads 0 and 1.
+//  3. NaN in V of the remote step's first chunk (positions [C, 2C): C + 1 + 128 u positions before q tile u of the
+//     second q chunk [3C, 4C), the only one that sees it under the causal mask). Per (batch, head, q tile) the host
+//     evaluates the kernel's bound (alibi_cutoff_rows on fp64 norms, stride 1, the larger of the own and the remote key
+//     norms): where it clears the gap with margin (2% + 2) the tiles must be skipped (O finite), where it misses it
+//     with margin they must be visited (O NaN); in between nothing is asserted. Without the norms every tile of the
+//     second chunk is NaN (the poisoned keys are in the band).
 TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
   REQUIRE_HOPPER();
   const int64_t B = 2, C = 512, Sq = 2 * C, Hq = 4, Hkv = 4, D = 128;
   const int64_t off = (int64_t{1} << 20) + 4096;
-  const std::vector<float> slopes = {1.f, 0.5f, 1.f / 16, 1.f / 256};
+  // Heads 0 and 1: skipped at gap C + 1; head 2: needs ~600 positions with the own keys' norms (~370 with the remote
+  // ones alone); head 3: never cut here.
+  const std::vector<float> slopes = {1.f, 0.5f, 0.4f, 1.f / 256};
   const DeviceArray<float> d_slopes(slopes);
   const PositionMap q_pos = two_chunks(off, C, off + 3 * C, C);
   const PositionMap kv_step[2] = {q_pos, two_chunks(off + C, C, off + 2 * C, C)};
@@ -1168,10 +1172,14 @@ TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
   testing::fill_normal(q, seed);
   testing::fill_normal(k, seed + 1);
   testing::fill_normal(v, seed + 2);
+  for (int64_t b = 0; b < B; ++b)  // the own keys (rows [0, Sq)) 4x larger: exact in bf16
+    for (int64_t j = 0; j < Sq; ++j)
+      for (int64_t h = 0; h < Hkv; ++h)
+        for (int64_t d = 0; d < D; ++d) k.set(b, j, h, d, 4.0 * k.get(b, j, h, d));
   const int64_t lse_n = B * Hq * Sq;
 
-  // The two steps, accumulated; `merge`: with the norms of each step's k (and q).
-  auto run_steps = [&](const HostTensor& v_in, bool merge, std::vector<float>* norms_out) {
+  // The two steps, accumulated; `merge`: with the norms (the own step's k norms serve as the own keys' for both).
+  auto run_steps = [&](const HostTensor& v_in, bool merge, std::vector<float>* remote_norms) {
     DeviceTensor dq(q), dk(k), dv(v_in);
     HostTensor acc(DType::kFloat32, B, Sq, Hq, D);
     testing::fill_nan(acc);  // the first step runs in plain mode and must write every element
@@ -1179,6 +1187,9 @@ TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
     DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(lse_n), std::nanf("")));
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    const int64_t nn = alibi_merge_norms_floats(dq.view(), dk.view().rows(0, Sq));
+    EXPECT_EQ(nn, B * Hkv + B * Hq * (Sq / 128));
+    DeviceArray<float> own_norms(nn), step_norms(nn);
     for (int step = 0; step < 2; ++step) {
       const int64_t r0 = step * Sq;
       AttnParams p;
@@ -1192,20 +1203,19 @@ TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
       p.mask = Mask::make_causal();
       p.alibi_slopes = d_slopes.ptr;
       p.accumulate = step > 0;
-      const int64_t nn = alibi_merge_norms_floats(p.q, p.k);
-      EXPECT_EQ(nn, B * Hkv + B * Hq * (Sq / 128));
-      DeviceArray<float> d_norms(nn);
       if (merge) {
-        flash_attention_alibi_norms(p.q, p.k, d_norms.ptr, nullptr);
-        p.alibi_merge.kv_norm_sq_max = d_norms.ptr;
-        p.alibi_merge.q_norm_sq_max = d_norms.ptr + B * Hkv;
+        const DeviceArray<float>& n = step == 0 ? own_norms : step_norms;
+        flash_attention_alibi_norms(p.q, p.k, n.ptr, nullptr);
+        p.alibi_merge.kv_norm_sq_max = n.ptr;
+        p.alibi_merge.own_kv_norm_sq_max = own_norms.ptr;
+        p.alibi_merge.q_norm_sq_max = n.ptr + B * Hkv;
       }
       validate_forward(p, Device::kCuda);
       EXPECT_TRUE(flash_fwd_hopper_supported(p, device));
       flash_attention_forward(p, nullptr);
-      DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-      if (merge && norms_out != nullptr && step == 1) *norms_out = d_norms.download();
     }
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    if (merge && remote_norms != nullptr) *remote_norms = step_norms.download();
     d_acc.download(acc);
     return Outputs{std::move(acc), d_lse.download()};
   };
@@ -1225,14 +1235,14 @@ TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
   expect_within_2x_naive(cut.o.view, cut.lse, o64.view, lse_ref, testing::compare(o_naive.view, o64.view),
                          testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n));
 
-  // 2. The norms of the remote step (k rows [Sq, 2 Sq)) and of q.
+  // 2. The norms of the remote step (k rows [Sq, 2 Sq)) and of q; the own keys' on the host.
   ASSERT_EQ(static_cast<int64_t>(norms.size()), B * Hkv + B * Hq * (Sq / 128));
   std::vector<double> k_norm(static_cast<size_t>(B * Hkv)), q_norm(static_cast<size_t>(B * Hq));
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < Hkv; ++h) {
       const double want = norm_sq_max(k, b, h, Sq, 2 * Sq, D);
-      k_norm[static_cast<size_t>(b * Hkv + h)] = want;
       EXPECT_NEAR(norms[static_cast<size_t>(b * Hkv + h)], want, 1e-5 * want) << "k norm b " << b << " h " << h;
+      k_norm[static_cast<size_t>(b * Hkv + h)] = std::max(want, norm_sq_max(k, b, h, 0, Sq, D));
     }
     for (int64_t h = 0; h < Hq; ++h) {
       double mx = 0;
@@ -1246,37 +1256,49 @@ TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
     }
   }
 
-  // 3. NaN in the far chunk's V for the heads whose bound clears the gap C + 1 with margin.
+  // 3. NaN in the far chunk's V (every head); per q tile u of the second chunk (gap C + 1 + 128 u positions to the
+  //    nearest poisoned key) the kernel's bound decides: must skip (O finite), must visit (O NaN), or no assertion.
   const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(D)));
   HostTensor v_nan = v;
-  std::vector<bool> poisoned(static_cast<size_t>(B * Hq), false);
-  int n_poisoned = 0;
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < Hq; ++h) {
-      const int dist = hopper::alibi_cutoff_rows(
-          scale_log2, 1, static_cast<float>(q_norm[static_cast<size_t>(b * Hq + h)]),
-          static_cast<float>(k_norm[static_cast<size_t>(b * Hkv + h)]), slopes[static_cast<size_t>(h)]);
-      if (dist < 0 || static_cast<double>(C + 1) < dist * 1.02 + 2) continue;
-      poisoned[static_cast<size_t>(b * Hq + h)] = true;
-      ++n_poisoned;
-      for (int64_t j = Sq; j < Sq + C; ++j)
+    for (int64_t j = Sq; j < Sq + C; ++j)
+      for (int64_t h = 0; h < Hkv; ++h)
         for (int64_t d = 0; d < D; ++d) v_nan.set(b, j, h, d, std::nan(""));
-    }
-  ASSERT_GT(n_poisoned, 0) << "no head's bound clears the gap: the case tests nothing";
   const Outputs cut_nan = run_steps(v_nan, true, nullptr);
   const Outputs full_nan = run_steps(v_nan, false, nullptr);
-  int64_t n_checked = 0;
+  int64_t n_skip = 0, n_visit = 0;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < Hq; ++h)
-      for (int64_t i = 0; i < Sq; ++i)
-        for (int64_t d : {int64_t{0}, D - 1}) {
-          EXPECT_TRUE(std::isfinite(cut_nan.o.get(b, i, h, d))) << "b " << b << " h " << h << " row " << i;
-          if (poisoned[static_cast<size_t>(b * Hq + h)] && i >= C) {
-            ++n_checked;
-            EXPECT_TRUE(std::isnan(full_nan.o.get(b, i, h, d))) << "reference skipped: b " << b << " h " << h;
-          }
+      for (int64_t m = 0; m < Sq / 128; ++m) {
+        const int64_t m0 = m * 128;
+        int verdict = 0;  // 1: must skip, -1: must visit, 0: in the rounding margin (the first chunk: never visits)
+        if (m0 >= C) {
+          const double gap = static_cast<double>(m0 + 1);  // q position 3C + (m0 - C) - key 2C - 1
+          const float qn = static_cast<float>(norm_sq_max(q, b, h, m0, m0 + 128, D));
+          const int dist =
+              hopper::alibi_cutoff_rows(scale_log2, 1, qn, static_cast<float>(k_norm[static_cast<size_t>(b * Hkv + h)]),
+                                        slopes[static_cast<size_t>(h)]);
+          if (dist >= 0 && gap >= dist * 1.02 + 2) verdict = 1;
+          if (dist < 0 || gap < dist * 0.98 - 2) verdict = -1;
+        } else {
+          verdict = 1;  // causal: the first chunk sees nothing of the remote step
         }
-  EXPECT_GT(n_checked, 0);
+        n_skip += verdict == 1 && m0 >= C;
+        n_visit += verdict == -1;
+        for (int64_t i = m0; i < m0 + 128; ++i)
+          for (int64_t d : {int64_t{0}, D - 1}) {
+            if (m0 >= C)
+              EXPECT_TRUE(std::isnan(full_nan.o.get(b, i, h, d))) << "reference skipped: b " << b << " h " << h;
+            if (verdict == -1)
+              EXPECT_TRUE(std::isnan(cut_nan.o.get(b, i, h, d)))
+                  << "a tile within the bound was skipped: b " << b << " h " << h << " row " << i;
+            if (verdict == 1)
+              EXPECT_TRUE(std::isfinite(cut_nan.o.get(b, i, h, d)))
+                  << "a far tile was visited: b " << b << " h " << h << " row " << i;
+          }
+      }
+  EXPECT_GT(n_skip, 0) << "no q tile's bound clears its gap: the case tests no skipping";
+  EXPECT_GT(n_visit, 0) << "every q tile's bound clears its gap: the case tests no visiting";
 }
 
 // flash_attention_alibi_norms refuses bad arguments by name, before launching anything.
@@ -1302,18 +1324,18 @@ TEST(FlashForwardHopper, AlibiMergeNormsArgumentsChecked) {
   expect_throw(q, bad, norms.ptr, "k");
   bad = TensorView::packed(buf.ptr, DType::kFloat32, Device::kCuda, 1, 256, 4, 128);
   expect_throw(bad, k, norms.ptr, "q");
-  // validate_forward: alibi_merge needs both arrays and ALiBi.
+  // validate_forward: alibi_merge needs all three arrays and ALiBi; with them it passes.
   AttnParams p;
   p.q = q;
   p.k = p.v = k;
   DeviceArray<float> out(int64_t{4 * 256 * 128});
+  DeviceArray<float> slopes(std::vector<float>{0.5f, 0.25f, 0.125f, 0.0625f});
   p.o = TensorView::packed(out.ptr, DType::kBFloat16, Device::kCuda, 1, 256, 4, 128);
   p.q_pos = p.kv_pos = PositionMap::contiguous(0, 256);
   p.alibi_merge.kv_norm_sq_max = norms.ptr;
-  for (int variant = 0; variant < 2; ++variant) {
-    if (variant == 1) {
-      p.alibi_merge.q_norm_sq_max = norms.ptr + 2;  // both arrays, but no ALiBi
-    }
+  for (int variant = 0; variant < 3; ++variant) {
+    if (variant == 1) p.alibi_merge.q_norm_sq_max = norms.ptr + 2;        // two of three
+    if (variant == 2) p.alibi_merge.own_kv_norm_sq_max = norms.ptr + 40;  // all three, but no ALiBi
     try {
       validate_forward(p, Device::kCuda);
       ADD_FAILURE() << "no throw, variant " << variant;
@@ -1321,6 +1343,8 @@ TEST(FlashForwardHopper, AlibiMergeNormsArgumentsChecked) {
       EXPECT_NE(std::string(e.what()).find("alibi_merge"), std::string::npos) << e.what();
     }
   }
+  p.alibi_slopes = slopes.ptr;
+  EXPECT_NO_THROW(validate_forward(p, Device::kCuda));
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 

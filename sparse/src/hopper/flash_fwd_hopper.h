@@ -43,6 +43,7 @@ struct FlashFwdHopperCutoff {
   bool skip = true;                       // false: the cutoff's walk order (diagonal tile first), nothing skipped
   const float* kv_norm_sq_max = nullptr;  // [B, Hkv] fp32 device: max over kv rows of ||k_row||^2 (+inf if not finite)
   const float* q_norm_sq_max = nullptr;   // [B, Hq, ceil(Sq / 128)] fp32 device: max over each 128-row q tile
+  const float* own_kv_norm_sq_max = nullptr;  // mode 3 only: [B, Hkv] fp32 device, the own keys' max ||k_row||^2
 };
 
 // flash_fwd_hopper with the ALiBi cutoff (`cutoff.mode` 0: exactly the call above). Same requirements, outputs and

@@ -389,7 +389,10 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         if (kAlibi && p.alibi_cutoff != 0) {
           // q_norm_sq_max [B, Hq, M], kv_norm_sq_max [B, Hkv]
           cut_q = __ldg(p.q_norm_sq_max + (static_cast<int64_t>(u.b) * p.heads_q + u.h) * p.num_m_blocks + u.m_block);
-          cut_k = __ldg(p.kv_norm_sq_max + static_cast<int64_t>(u.b) * (p.heads_q / p.head_group) + h_kv);
+          const int64_t kv_at = static_cast<int64_t>(u.b) * (p.heads_q / p.head_group) + h_kv;
+          cut_k = __ldg(p.kv_norm_sq_max + kv_at);
+          // Mode 3 compares with the own key, which lies in another call: the larger key norm bounds both dots.
+          if (p.alibi_cutoff == 3) cut_k = fmaxf(cut_k, __ldg(p.own_kv_norm_sq_max + kv_at));
           cut_slope = __ldg(p.alibi_slopes + u.h);
         }
         if (k > 0) mbar_wait(bar_q_empty, (k - 1) & 1);

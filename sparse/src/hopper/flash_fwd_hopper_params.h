@@ -91,6 +91,7 @@ struct FlashFwdHopperParams {
   bool alibi_cutoff_skip = true;          // false: the cutoff's walk order, nothing skipped (bit-identity reference)
   const float* kv_norm_sq_max = nullptr;  // [B, Hkv]: max over kv rows of ||k_row||^2 (+inf if one is not finite)
   const float* q_norm_sq_max = nullptr;   // [B, Hq, M]: max over the rows of q tile m of ||q_row||^2 (likewise)
+  const float* own_kv_norm_sq_max = nullptr;  // mode 3: [B, Hkv], the own keys' max ||k_row||^2 (AlibiMergeNorms)
 };
 
 }  // namespace hopper

@@ -133,7 +133,8 @@ DISTATTN_HOPPER_PLAN_HD void write_cutoff_plan(int m_block, int lo, int hi, int 
 // ---- ALiBi cutoff across merged calls (mode 3, AttnParams::alibi_merge) ------------------------------------------
 // Premise (the caller's word): every q row's own position is a key of one of the calls whose results are merged by
 // LSE (the ring's own step). Its score t_own = softmax_scale q.k_own (bias 0) is then >= -dot, dot = softmax_scale
-// Qmax Kmax, and the merged row max is >= t_own. A key at position distance dist has t <= dot - slope dist, so its
+// Qmax Kmax with Kmax the larger of the call's and the own keys' norms (AlibiMergeNorms: the own key lies in another
+// call), and the merged row max is >= t_own. A key at position distance dist has t <= dot - slope dist, so its
 // weight relative to the merged maximum is <= exp(2 dot - slope dist): with `rows` = alibi_cutoff_rows(scale_log2, 1,
 // ...) positions (stride 1: distances in positions, not rows) this is <= 2^-176 with the same margins, far below the
 // fp32 resolution of the merged row sum (>= 1 in units of its maximum) and of O. Such keys may be left out of any

@@ -36,11 +36,14 @@
 
 namespace distattn {
 
-// Norms for AttnParams::alibi_merge, written by flash_attention_alibi_norms (sparse/flash_attention.h).
+// Norms for AttnParams::alibi_merge, written by flash_attention_alibi_norms (sparse/flash_attention.h). The bound
+// compares a far key's score with the own key's, so it needs the norms of both: this call's keys and the own keys
+// (those at the q rows' own positions, in whichever merged call holds them).
 struct AlibiMergeNorms {
-  const float* q_norm_sq_max = nullptr;   // [B, Hq, ceil(Sq / 128)] fp32, device: max ||q row||^2 per 128-row q tile
-  const float* kv_norm_sq_max = nullptr;  // [B, Hkv] fp32, device: max ||k row||^2 over the call's kv rows
-  bool set() const { return q_norm_sq_max != nullptr || kv_norm_sq_max != nullptr; }
+  const float* q_norm_sq_max = nullptr;       // [B, Hq, ceil(Sq / 128)] fp32, device: max ||q row||^2 per 128-row tile
+  const float* kv_norm_sq_max = nullptr;      // [B, Hkv] fp32, device: max ||k row||^2 over this call's kv rows
+  const float* own_kv_norm_sq_max = nullptr;  // [B, Hkv] fp32, device: max ||k row||^2 over the own keys' rows
+  bool set() const { return q_norm_sq_max != nullptr || kv_norm_sq_max != nullptr || own_kv_norm_sq_max != nullptr; }
 };
 
 struct AttnParams {
@@ -70,10 +73,11 @@ struct AttnParams {
   // CUDA engine, optional (both null: off): the ALiBi cutoff across merged calls. A caller that merges this call's (o,
   // lse) with other calls' by their LSE (accumulate mode, or its own merge) and guarantees that every q row's own
   // position (a key with pos_k == pos_q: bias 0, visible under every dense band) is among the keys of one of the
-  // merged calls -- the ring's own step -- passes the norms of q and of this call's k (flash_attention_alibi_norms,
-  // flash_attention.h). The Hopper forward then skips the kv tiles whose every score lies more than 176 log2 units
-  // (a factor 2^-176) below that own key's score, by the kernels' ALiBi bound (slope * |pos_q - pos_k| against
-  // 2 |q| |k| scale): the merged result equals the unskipped one within fp32 rounding (not bit for bit). Requires
+  // merged calls -- the ring's own step -- passes the norms of q, of this call's k and of the own keys
+  // (flash_attention_alibi_norms, flash_attention.h). The Hopper forward then skips the kv tiles whose every score
+  // lies more than 176 log2 units (a factor 2^-176) below that own key's score, by the kernels' ALiBi bound (slope *
+  // |pos_q - pos_k| against |q| (|k| + |k_own|) scale, with the larger of the two key norms for both): the merged
+  // result equals the unskipped one within fp32 rounding (not bit for bit). Requires
   // ALiBi and no block list; other engines and kernels compute every pair. Where this call alone already holds its
   // own keys (q_pos == kv_pos as one chunk) the exact single-call cutoff applies instead, with these norms.
   AlibiMergeNorms alibi_merge;

@@ -29,7 +29,8 @@ void flash_attention_forward(const AttnParams& params, cudaStream_t stream);
 // B * Hkv + B * Hq * ceil(Sq / 128).
 int64_t alibi_merge_norms_floats(const TensorView& q, const TensorView& k);
 
-// The norms of AttnParams::alibi_merge (the ALiBi cutoff across merged calls), one memset and one launch on `stream`:
+// The norms of AttnParams::alibi_merge (the ALiBi cutoff across merged calls; its own_kv_norm_sq_max is the first part
+// of the norms of the call that holds the own keys), one memset and one launch on `stream`:
 // norms[b * Hkv + h] = max over kv rows j of ||k[b, j, h, :]||^2, then q_norm_sq_max = norms + B * Hkv with
 // [(b * Hq + h) * M + m] = max over the q rows of tile m (rows [128 m, min(128 m + 128, Sq))) of ||q[b, row, h, :]||^2
 // (M = ceil(Sq / 128)); fp32, +inf where a row's norm is not finite (the cutoff then cuts nothing). `norms`: device
