@@ -126,6 +126,13 @@ class DilatedAttention {
   // of the SMs proportional to its work (AttnParams::max_ctas), so they run side by side from their start instead of
   // one after the other. false (or DISTATTN_DILATED_SHARE_SMS=0 in the environment): one CTA per SM each. Same results.
   void set_share_sms(bool on) { share_sms_ = on; }
+  // CUDA forward: the even and the odd q heads run as two independent chains of pattern calls on two streams (each
+  // chain: its heads' calls of every pattern in order, with their LSE moves), so one chain's launches fill the SMs the
+  // other's ramps and tails leave idle. Used where every rate is 1 or even, Hq is even, Hq == Hkv, there is no ALiBi
+  // and there are at least two patterns; otherwise one chain over all heads. false (or DISTATTN_DILATED_HEAD_CHAINS=0
+  // in the environment): one chain. The host engine runs the two chains one after the other. Same results either way
+  // (the same merges in the same order per row).
+  void set_head_chains(bool on) { head_chains_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -170,6 +177,7 @@ class DilatedAttention {
   bool direct_lse_ = true;
   bool fuse_lse_moves_ = true;
   bool share_sms_;                          // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
+  bool head_chains_;                        // default: DISTATTN_DILATED_HEAD_CHAINS (unset or not "0": on)
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
