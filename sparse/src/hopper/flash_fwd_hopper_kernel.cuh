@@ -319,7 +319,9 @@ __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 
 __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
 
-template <typename T, bool kAlibi>
+// kCross: the consumers' cross-unit pipelined loop (see "consumers, cross-unit pipelined"; no ALiBi); the launcher
+// picks it for persistent launches (several units per CTA).
+template <typename T, bool kAlibi, bool kCross = false>
 __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     flash_fwd_hopper_kernel(const __grid_constant__ FlashFwdHopperParams p) {
 #ifdef DISTATTN_HOPPER_DEVICE
@@ -471,6 +473,344 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   };
 
   if (pingpong && cw == 1) named_arrive(1);
+
+  if constexpr (kCross) {
+    // ---------------------------------------------------------- consumers, cross-unit pipelined (kCross)
+    // Same per-unit work as the loop below, but a unit's first S is issued together with the previous unit's last
+    // P V (one pingpong turn for both), and the new unit's first softmax runs while the tensor cores do that P V; the
+    // previous unit's epilogue follows. Without it each unit issues its first S alone and its last P V alone, and the
+    // tensor cores idle across the epilogue and the first softmax (per unit ~2 tile times; short problems, as in
+    // dilated attention, have 8-9 kv tiles per unit). Every unit's arithmetic and its order are unchanged, so O and
+    // LSE are bit-identical to the loop below (the persistent-grid tests compare both). No ALiBi (its per-row
+    // reference lives in shared memory per unit); the epilogue's early load of row 0's old O (the loop below loads it
+    // behind the last P V, where S is dead) is made with row 1 here, since S holds the next unit's first tile then.
+    // Registers across the boundary: O (64), S (64) and P (32), as in the main loop.
+    static_assert(!kAlibi, "the cross-unit consumer has no ALiBi");
+    struct Unit {
+      int h = 0, b = 0, m0 = 0;
+      TilePlan plan;
+      const int* tile_plan = nullptr;
+      float lse_old[2] = {-INFINITY, -INFINITY};
+      float row_max[2] = {-INFINITY, -INFINITY};
+      float row_sum[2] = {0.f, 0.f};
+    };
+    const float no_row_off[2] = {0.f, 0.f};
+    // Unit k's prologue (as in the loop below): old LSE loads, the row-range table, the Q wait, the plan count, the
+    // old O's L2 prefetch. The caller has finished every mask of the previous unit (the table is overwritten).
+    auto prologue = [&](const WorkUnit& wu, int k, Unit& s) {
+      s.h = wu.h;
+      s.b = wu.b;
+      s.m0 = wu.m_block * C::kBlockM;
+      s.plan = make_plan(p, wu.m_block);
+      s.tile_plan = plan_slots + (k & 1) * C::kPlanSlotInts;
+      s.row_max[0] = s.row_max[1] = -INFINITY;
+      s.row_sum[0] = s.row_sum[1] = 0.f;
+      float lse_pf[2] = {-INFINITY, -INFINITY};
+      if (p.accumulate && (lane % 4) == 0) {
+        const float* lse_rows =
+            p.lse_ptr + static_cast<int64_t>(s.b) * p.lse_batch_stride + static_cast<int64_t>(s.h) * p.lse_head_stride;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = s.m0 + row0 + 8 * r;
+          if (row < p.seqlen_q) lse_pf[r] = __ldcg(lse_rows + row);
+        }
+      }
+      __syncwarp();
+      if ((lane % 4) == 0) {
+#pragma unroll
+        for (int c = 0; c < C::kMaxChunks; ++c) {
+          if (c >= p.kv_chunks) break;
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = row0 + 8 * r;
+            const int64_t pos_q = s.plan.q_min + static_cast<int64_t>(row) * s.plan.q_step;
+            int lo, hi;
+            chunk_rows(pos_q, pos_q, p.band_lo, p.band_hi, p.kv_start[c], p.kv_stride[c], p.kv_row[c],
+                       p.kv_row[c + 1] - p.kv_row[c], &lo, &hi);
+            bounds[c * C::kBlockM + row] = make_int2(lo, hi);
+          }
+        }
+      }
+      __syncwarp();
+      mbar_wait(bar_q, k & 1);
+      if (!p.has_blocks) s.plan.count = s.tile_plan[kPlanTotal];
+      s.lse_old[0] = s.lse_old[1] = -INFINITY;
+      if (p.accumulate) {
+        const float* o_base = static_cast<const float*>(p.o_ptr) + static_cast<int64_t>(s.b) * p.o_batch_stride +
+                              static_cast<int64_t>(s.h) * p.o_head_stride;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) s.lse_old[r] = __shfl_sync(0xffffffffu, lse_pf[r], lane & ~3);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (s.lse_old[r] == -INFINITY || (lane % 4) != 0) continue;
+          const float* o_row = o_base + static_cast<int64_t>(s.m0 + row0 + 8 * r) * p.o_row_stride;
+#pragma unroll
+          for (int line = 0; line < 4; ++line) prefetch_l2(o_row + 32 * line);
+        }
+      }
+    };
+
+    float o[64];
+    float sc[64];
+    uint32_t pa[32];
+    auto issue_s = [&](int s) {
+      const uint64_t desc_k = make_desc_sw128(sK + s * C::kKVBytes, 16, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        const uint32_t off_q = ((kk / 4) * C::kHalfQBytes + (kk % 4) * 32) >> 4;
+        const uint32_t off_k = ((kk / 4) * C::kHalfKVBytes + (kk % 4) * 32) >> 4;
+        TypeOps<T>::mma_ss(sc, desc_q + off_q, desc_k + off_k, kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](int s) {
+      const uint64_t desc_v = make_desc_sw128(sV + s * C::kKVBytes, C::kHalfKVBytes, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        const uint32_t a[4] = {pa[4 * kk], pa[4 * kk + 1], pa[4 * kk + 2], pa[4 * kk + 3]};
+        TypeOps<T>::mma_rs(o, a, desc_v + ((kk * 2048) >> 4), 1);
+      }
+      wgmma_commit();
+    };
+    // Mask of tile `it` of unit s where needed (as `mask` below, without ALiBi).
+    auto mask = [&](const Unit& s, int it) {
+      int idx;
+      const int n0 = plan_tile(p, s.plan, it, &idx, s.tile_plan) * C::kBlockN;
+      const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
+      const Affine ka = chunk_affine(p.kv_row, p.kv_start, p.kv_stride, p.kv_chunks, n0);
+      const int64_t k_min = ka.base;
+      const int64_t k_max = ka.base + static_cast<int64_t>(k_last - n0) * ka.step;
+      const DiagonalBand band{p.band_lo, p.band_hi};
+      const bool full = classify_tile(band, s.plan.q_min, s.plan.q_max, k_min, k_max) == TileVisibility::kFull;
+      const bool band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
+      if (band_mask) {
+        const int2 b0 = bounds[ka.chunk * C::kBlockM + row0];
+        const int2 b1 = bounds[ka.chunk * C::kBlockM + row0 + 8];
+        const int kv_lo[2] = {b0.x, b1.x}, kv_hi[2] = {b0.y, b1.y};
+        mask_tile<true>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
+      } else if (n0 + C::kBlockN > p.seqlen_kv) {
+        const int unused[2] = {0, 0};
+        mask_tile<false>(sc, unused, unused, p.seqlen_kv, n0 + col_base);
+      }
+    };
+    auto pack_p = [&]() {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) pa[j] = TypeOps<T>::pack(sc[2 * j], sc[2 * j + 1]);
+    };
+    // Epilogue of unit s (as below, without ALiBi): normalise, write O and LSE, or merge into the accumulator.
+    auto epilogue = [&](const Unit& s) {
+      float inv[2], lse[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float l = s.row_sum[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        inv[r] = l > 0.f ? 1.f / l : 0.f;
+        lse[r] = l > 0.f ? 0.6931471805599453f * (s.row_max[r] * scale_log2 + __log2f(l)) : -INFINITY;
+      }
+      const int64_t o_off = static_cast<int64_t>(s.b) * p.o_batch_stride + static_cast<int64_t>(s.h) * p.o_head_stride;
+      float* lse_base = p.lse_ptr != nullptr ? p.lse_ptr + static_cast<int64_t>(s.b) * p.lse_batch_stride +
+                                                   static_cast<int64_t>(s.h) * p.lse_head_stride
+                                             : nullptr;
+      if (!p.accumulate) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = s.m0 + row0 + 8 * r;
+          if (row >= p.seqlen_q) continue;
+          if (!p.o_fp32) {
+            T* o_row = static_cast<T*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+            for (int c = 0; c < 16; ++c) {
+              const uint32_t v = TypeOps<T>::pack(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
+              *reinterpret_cast<uint32_t*>(o_row + 8 * c) = v;
+            }
+          } else {
+            float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+            for (int c = 0; c < 16; ++c)
+              *reinterpret_cast<float2*>(o_row + 8 * c) =
+                  make_float2(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
+          }
+          if (lse_base != nullptr && (lane % 4) == 0) lse_base[row] = lse[r];
+        }
+      } else {
+        // Merge (see the loop below). Both rows' old O are loaded first, before any store.
+        const bool final_out = p.o_final_ptr != nullptr;
+        const float* const o_old = static_cast<const float*>(p.o_ptr) + o_off + col_base;
+        float2 old[2][16];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float* o_row = o_old + static_cast<int64_t>(s.m0 + row0 + 8 * r) * p.o_row_stride;
+#pragma unroll
+          for (int c = 0; c < 16; ++c)
+            old[r][c] = s.lse_old[r] != -INFINITY ? __ldcg(reinterpret_cast<const float2*>(o_row + 8 * c))
+                                                  : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = s.m0 + row0 + 8 * r;
+          if (row >= p.seqlen_q) continue;
+          const float la = s.lse_old[r], lb = lse[r];
+          const float mx = fmaxf(la, lb);
+          T* f_row = final_out ? static_cast<T*>(p.o_final_ptr) + static_cast<int64_t>(s.b) * p.o_final_batch_stride +
+                                     static_cast<int64_t>(s.h) * p.o_final_head_stride +
+                                     static_cast<int64_t>(row) * p.o_final_row_stride + col_base
+                               : nullptr;
+          if (mx == -INFINITY) {
+            if (final_out) {
+#pragma unroll
+              for (int c = 0; c < 16; ++c) *reinterpret_cast<uint32_t*>(f_row + 8 * c) = 0u;
+            }
+            continue;
+          }
+          const float L = mx + logf(expf(la - mx) + expf(lb - mx));
+          const float w_old = expf(la - L);
+          const float w_new = expf(lb - L) * inv[r];
+          const bool read_old = w_old > 0.f;
+          float* o_row = static_cast<float*>(p.o_ptr) + o_off + static_cast<int64_t>(row) * p.o_row_stride + col_base;
+#pragma unroll
+          for (int c = 0; c < 16; ++c) {
+            const float2 ov = !read_old ? make_float2(0.f, 0.f) : old[r][c];
+            const float x = fmaf(o[4 * c + 2 * r], w_new, ov.x * w_old);
+            const float y = fmaf(o[4 * c + 2 * r + 1], w_new, ov.y * w_old);
+            if (final_out) {
+              *reinterpret_cast<uint32_t*>(f_row + 8 * c) = TypeOps<T>::pack(x, y);
+            } else {
+              *reinterpret_cast<float2*>(o_row + 8 * c) = make_float2(x, y);
+            }
+          }
+          if ((lane % 4) == 0) lse_base[row] = L;
+        }
+      }
+    };
+
+    int g = 0;  // kv tiles of the previous units (ring position of the current unit's tile 0)
+    UnitWalk walk;
+    WorkUnit wu;
+    Unit cur;
+    bool have = walk.next(p, cta, grid, &wu);
+    if (have) prologue(wu, 0, cur);
+    bool pre = false;  // the current unit's tile 0 was done at the previous boundary (S, softmax, P packed)
+    for (int k = 0; have; ++k) {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) o[i] = 0.f;
+      const int count = cur.plan.count;
+      if (count == 0) {
+        // Nothing to visit: Q was not loaded, but the producer's next unit waits for this unit's release.
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_q_empty);
+      } else {
+        if (!pre) {  // tile 0 alone (the CTA's first unit, or after a unit with no tile)
+          const int s0 = g % C::kStages;
+          mbar_wait(bar_full_k + 8 * s0, (g / C::kStages) & 1);
+          turn_begin();
+          issue_s(s0);
+          turn_end();
+          wgmma_wait<0>();
+          fence_regs(sc);
+          __syncwarp();
+          if (lane == 0) {
+            mbar_arrive(bar_empty_k + 8 * s0);
+            if (count == 1) mbar_arrive(bar_q_empty);
+          }
+          mask(cur, 0);
+          float corr[2];
+          softmax_tile<false>(sc, cur.row_max, cur.row_sum, corr, scale_log2, no_row_off);
+          pack_p();
+        }
+        for (int it = 1; it < count; ++it) {
+          const int j = g + it;
+          const int s = j % C::kStages;
+          const int ps = (j - 1) % C::kStages;
+          mbar_wait(bar_full_k + 8 * s, (j / C::kStages) & 1);
+          turn_begin();
+          if (!kSFirst) mbar_wait(bar_full_v + 8 * ps, ((j - 1) / C::kStages) & 1);
+          issue_s(s);
+          if (kSFirst) mbar_wait(bar_full_v + 8 * ps, ((j - 1) / C::kStages) & 1);
+          issue_pv(ps);
+          turn_end();
+          wgmma_wait<1>();
+          fence_regs(sc);
+          __syncwarp();
+          if (lane == 0) {
+            mbar_arrive(bar_empty_k + 8 * s);
+            if (it + 1 == count) mbar_arrive(bar_q_empty);
+          }
+          mask(cur, it);
+          float corr[2];
+          const bool rescale = softmax_tile<false>(sc, cur.row_max, cur.row_sum, corr, scale_log2, no_row_off);
+          wgmma_wait<0>();
+          fence_regs(o);
+          fence_regs(pa);
+          __syncwarp();
+          if (lane == 0) mbar_arrive(bar_empty_v + 8 * ps);
+          if (rescale) {
+#pragma unroll
+            for (int i = 0; i < 64; ++i) o[i] *= corr[(i / 2) % 2];
+          }
+          pack_p();
+        }
+        const int last = g + count - 1;
+        mbar_wait(bar_full_v + 8 * (last % C::kStages), (last / C::kStages) & 1);
+      }
+      // The next unit's prologue (its Q wait needs both consumers' last S of this unit: done or in the other
+      // consumer's next turn, which this one has handed over).
+      WorkUnit wn;
+      Unit nxt;
+      const bool next = walk.next(p, cta, grid, &wn);
+      if (next) prologue(wn, k + 1, nxt);
+      pre = false;
+      if (count > 0) {
+        const int last = g + count - 1;
+        if (next && nxt.plan.count > 0) {
+          // The boundary turn: the next unit's S(0) and this unit's last P V; the next unit's tile 0 softmax runs
+          // while P V does.
+          const int j = g + count;  // ring position of the next unit's tile 0
+          const int s = j % C::kStages;
+          mbar_wait(bar_full_k + 8 * s, (j / C::kStages) & 1);
+          turn_begin();
+          issue_s(s);
+          issue_pv(last % C::kStages);
+          turn_end();
+          wgmma_wait<1>();  // S of the next unit's tile 0 done
+          fence_regs(sc);
+          __syncwarp();
+          if (lane == 0) {
+            mbar_arrive(bar_empty_k + 8 * s);
+            if (nxt.plan.count == 1) mbar_arrive(bar_q_empty);
+          }
+          mask(nxt, 0);
+          float corr[2];
+          softmax_tile<false>(sc, nxt.row_max, nxt.row_sum, corr, scale_log2, no_row_off);
+          wgmma_wait<0>();  // this unit's last P V done: O final, P free
+          fence_regs(o);
+          fence_regs(pa);
+          __syncwarp();
+          if (lane == 0) mbar_arrive(bar_empty_v + 8 * (last % C::kStages));
+          pack_p();
+          pre = true;
+        } else {
+          turn_begin();
+          issue_pv(last % C::kStages);
+          turn_end();
+          wgmma_wait<0>();
+          fence_regs(o);
+          fence_regs(pa);
+          __syncwarp();
+          if (lane == 0) mbar_arrive(bar_empty_v + 8 * (last % C::kStages));
+        }
+        g += count;
+      }
+      epilogue(cur);
+      if (!next) break;
+      cur = nxt;
+    }
+    if (pingpong && cw == 0) named_sync(1);
+    return;
+  }
+
   int g = 0;  // kv tiles of the previous units (ring position of this unit's tile 0)
   UnitWalk walk;
   WorkUnit u;
