@@ -309,12 +309,18 @@ bool share_sms_default() {
   return on;
 }
 
-bool head_chains_default() {
-  static const bool on = [] {
+// Head chains' row limit (DilatedAttention::set_head_chains): DISTATTN_DILATED_HEAD_CHAINS unset: the default below;
+// "0": off; "1": no limit; N > 1: chains where B * S <= N.
+int64_t head_chains_default() {
+  static const int64_t limit = [] {
     const char* v = std::getenv("DISTATTN_DILATED_HEAD_CHAINS");
-    return v == nullptr || std::strcmp(v, "0") != 0;
+    if (v == nullptr || *v == '\0') return DilatedAttention::kHeadChainsMaxRows;
+    char* end = nullptr;
+    const long long x = std::strtoll(v, &end, 10);
+    if (end == nullptr || *end != '\0' || x < 0) return DilatedAttention::kHeadChainsMaxRows;
+    return x == 0 ? int64_t{0} : (x == 1 ? int64_t{-1} : static_cast<int64_t>(x));
   }();
-  return on;
+  return limit;
 }
 
 // Whether the forward may run as two head chains (set_head_chains; plan_pattern's head_parity): at least two patterns,
@@ -332,7 +338,7 @@ DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
     : config_(std::move(config)),
       device_(device),
       share_sms_(share_sms_default()),
-      head_chains_(head_chains_default()) {
+      head_chains_max_rows_(head_chains_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
     // Per pattern, the slopes in (h mod r, h div r) order: class s's heads s, s + r, ... are adjacent, so a
@@ -647,7 +653,8 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
     flush();
   };
-  const bool chains = head_chains_ && head_chains_ok(config_, Hq, Hkv);
+  const bool chains = head_chains_max_rows_ != 0 && (head_chains_max_rows_ < 0 || B * S <= head_chains_max_rows_) &&
+                      head_chains_ok(config_, Hq, Hkv);
   if (!chains) {
     run_chain(-1, stream);
   } else if (!cuda) {

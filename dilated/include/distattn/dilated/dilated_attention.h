@@ -128,11 +128,13 @@ class DilatedAttention {
   void set_share_sms(bool on) { share_sms_ = on; }
   // CUDA forward: the even and the odd q heads run as two independent chains of pattern calls on two streams (each
   // chain: its heads' calls of every pattern in order, with their LSE moves), so one chain's launches fill the SMs the
-  // other's ramps and tails leave idle. Used where every rate is 1 or even, Hq is even, Hq == Hkv, there is no ALiBi
-  // and there are at least two patterns; otherwise one chain over all heads. false (or DISTATTN_DILATED_HEAD_CHAINS=0
-  // in the environment): one chain. The host engine runs the two chains one after the other. Same results either way
-  // (the same merges in the same order per row).
-  void set_head_chains(bool on) { head_chains_ = on; }
+  // other's ramps and tails leave idle. Used where every rate is 1 or even, Hq is even, Hq == Hkv, there is no ALiBi,
+  // there are at least two patterns, and B * S <= max_rows (-1: no limit; default kHeadChainsMaxRows); otherwise one
+  // chain over all heads. on = false, or DISTATTN_DILATED_HEAD_CHAINS=0 in the environment: one chain ("1": no limit,
+  // N > 1: max_rows N, for the default of later objects). The host engine runs the two chains one after the other.
+  // Same results either way (the same engine work and merges in the same order per row).
+  static constexpr int64_t kHeadChainsMaxRows = -1;
+  void set_head_chains(bool on, int64_t max_rows = kHeadChainsMaxRows) { head_chains_max_rows_ = on ? max_rows : 0; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -176,8 +178,8 @@ class DilatedAttention {
   bool fused_final_ = true;
   bool direct_lse_ = true;
   bool fuse_lse_moves_ = true;
-  bool share_sms_;                          // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
-  bool head_chains_;                        // default: DISTATTN_DILATED_HEAD_CHAINS (unset or not "0": on)
+  bool share_sms_;                // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
+  int64_t head_chains_max_rows_;  // 0: one chain; -1: head chains; N: head chains where B * S <= N (set_head_chains)
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
