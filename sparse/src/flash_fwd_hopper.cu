@@ -137,19 +137,9 @@ int grid_size(const FlashFwdHopperParams& k, bool persistent, int max_ctas) {
   return ctas < 1 ? 1 : ctas;
 }
 
-// Cross-unit pipelined consumers (the kernel's kCross; flash_fwd_hopper_set_cross_unit): -1 = automatic (the
-// environment variable DISTATTN_HOPPER_CROSS, read once: 0 off, else on), 0 = off, 1 = on.
-std::atomic<int> g_cross_override{-1};
-
-bool cross_unit_on() {
-  static const int env_cross = env_int("DISTATTN_HOPPER_CROSS", 1);
-  const int choice = g_cross_override.load();
-  return (choice < 0 ? env_cross : choice) != 0;
-}
-
-template <typename T, bool kAlibi, bool kCross = false>
+template <typename T, bool kAlibi>
 void launch(const FlashFwdHopperParams& params, bool persistent, int max_ctas, cudaStream_t stream) {
-  auto kernel = &hopper::flash_fwd_hopper_kernel<T, kAlibi, kCross>;
+  auto kernel = &hopper::flash_fwd_hopper_kernel<T, kAlibi>;
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
@@ -275,13 +265,6 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
       launch<__nv_bfloat16, true>(k, persistent, p.max_ctas, stream);
     else
       launch<__half, true>(k, persistent, p.max_ctas, stream);
-  } else if (persistent && cross_unit_on()) {
-    // Several units per CTA: the cross-unit pipelined consumers (a unit's first S with the previous unit's last P V).
-    // Measured on an H200: see notes/dilated_causal.md. One-CTA-per-unit launches (long problems) keep the plain loop.
-    if (bf16)
-      launch<__nv_bfloat16, false, true>(k, persistent, p.max_ctas, stream);
-    else
-      launch<__half, false, true>(k, persistent, p.max_ctas, stream);
   } else {
     if (bf16)
       launch<__nv_bfloat16, false>(k, persistent, p.max_ctas, stream);
@@ -291,7 +274,5 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
 }
 
 void flash_fwd_hopper_set_grid_override(int ctas) { g_grid_override.store(ctas < 0 ? -1 : ctas); }
-
-void flash_fwd_hopper_set_cross_unit(int mode) { g_cross_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
 }  // namespace distattn

@@ -17,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include "../../sparse/src/hopper/flash_fwd_hopper.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/dilated/dilated_attention.h"
@@ -339,47 +338,39 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
 // Head chains (DilatedAttention::set_head_chains, default on where every rate is 1 or even, Hq even, Hq == Hkv, no
 // ALiBi): the even and the odd heads run as two chains of calls on two streams. Each row gets the same engine work (the
 // same q tile rows, kv tiles and walk order) and the same merges in the same order, so o and lse must be bit-identical
-// to one chain over all heads. Likewise the Hopper forward's cross-unit pipelined consumers (used by its persistent
-// launches, i.e. every dilated call here; flash_fwd_hopper_set_cross_unit) against its plain per-unit loop, in plain,
-// accumulate and final (o_final) mode. LongNet-like causal (rate 1 last, fused final), a ragged rate 6 (classes of
-// unequal length, 6 classes on 8 heads), B = 2; then the rate-1 pattern first (fused final off: plain mode and the
-// cast pass), the compacted LSE for rate 1 with separate moves, and everything on one stream.
+// to one chain over all heads. LongNet-like causal (rate 1 last, fused final), a ragged rate 6 (classes of unequal
+// length, 6 classes on 8 heads), B = 2; then the rate-1 pattern first (fused final off: plain mode and the cast pass),
+// the compacted LSE for rate 1 with separate moves, and everything on one stream (the chains one after the other).
 void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true) {
   DISTATTN_REQUIRE_GPU();
   CaseInputs in = make_inputs(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
   const int64_t n_lse = c.B * c.Hq * c.S;
   DeviceTensor dq_in(in.q), dk_in(in.k), dv_in(in.v);
-  // Runs: 0 one chain, 1 two head chains, 2 two head chains with the Hopper forward's cross-unit consumers off.
-  HostTensor o[3];
-  std::vector<float> lse[3];
-  for (int run = 0; run < 3; ++run) {
-    o[run] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-    fill_nan(o[run]);
-    DeviceTensor d_o(o[run]);
+  HostTensor o[2];
+  std::vector<float> lse[2];
+  for (int chains = 0; chains < 2; ++chains) {
+    o[chains] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+    fill_nan(o[chains]);
+    DeviceTensor d_o(o[chains]);
     DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
     DilatedAttention gpu(in.cfg, Device::kCuda);
     gpu.set_fused_final(c.fused);
     gpu.set_direct_lse(direct_lse);
     gpu.set_fuse_lse_moves(direct_lse);
     gpu.set_concurrent_calls(concurrent);
-    gpu.set_head_chains(run != 0);
-    flash_fwd_hopper_set_cross_unit(run == 2 ? 0 : -1);
+    gpu.set_head_chains(chains != 0);
     gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    flash_fwd_hopper_set_cross_unit(-1);
-    d_o.download(o[run]);
-    lse[run] = d_lse.download();
+    d_o.download(o[chains]);
+    lse[chains] = d_lse.download();
   }
   // Not vacuous: every output element was written (the NaN poison is gone) and the LSE is finite (every row has keys).
   EXPECT_EQ(compare(o[1].view, o[1].view).non_finite, 0);
   EXPECT_EQ(compare_flat(lse[1].data(), std::vector<double>(lse[1].begin(), lse[1].end()).data(), n_lse).non_finite, 0);
-  const char* what[3] = {"one chain", "two head chains", "two head chains, cross-unit consumers off"};
-  for (int run : {0, 2}) {
-    EXPECT_TRUE(o[run].storage == o[1].storage) << "o differs: " << what[run] << " vs " << what[1];
-    EXPECT_EQ(std::memcmp(lse[run].data(), lse[1].data(), n_lse * sizeof(float)), 0)
-        << "lse differs: " << what[run] << " vs " << what[1];
-  }
+  EXPECT_TRUE(o[0].storage == o[1].storage) << "o differs between one chain and two head chains";
+  EXPECT_EQ(std::memcmp(lse[0].data(), lse[1].data(), n_lse * sizeof(float)), 0)
+      << "lse differs between one chain and two head chains";
 }
 
 TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {

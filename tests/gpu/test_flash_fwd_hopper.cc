@@ -761,12 +761,6 @@ struct GridOverride {
   explicit GridOverride(int ctas) { flash_fwd_hopper_set_grid_override(ctas); }
   ~GridOverride() { flash_fwd_hopper_set_grid_override(-1); }
 };
-// Cross-unit pipelined consumers (flash_fwd_hopper_set_cross_unit) on (1) or off (0) for the scope: persistent launches
-// without ALiBi use them by default, and the plain per-unit loop must give the same bits.
-struct CrossUnit {
-  explicit CrossUnit(int mode) { flash_fwd_hopper_set_cross_unit(mode); }
-  ~CrossUnit() { flash_fwd_hopper_set_cross_unit(-1); }
-};
 
 void expect_same_bits(const Outputs& a, const Outputs& b, const std::string& what) {
   ASSERT_EQ(a.o.bytes(), b.o.bytes());
@@ -791,15 +785,6 @@ void run_grids(const Case& c) {
     capped.max_ctas = cap;
     expect_same_bits(ref, run_gpu(capped, q, k, v, /*hopper=*/true), "max_ctas " + std::to_string(cap));
   }
-  // The plain per-unit loop (cross-unit consumers off) and the cross-unit one forced on, automatic grid and 1, 3 CTAs
-  // (1 CTA: every unit boundary of the launch, empty units included, goes through the cross-unit hand-over).
-  for (int cross : {0, 1})
-    for (int ctas : {-1, 1, 3}) {
-      CrossUnit mode(cross);
-      GridOverride grid(ctas);
-      expect_same_bits(ref, run_gpu(c, q, k, v, /*hopper=*/true),
-                       "cross-unit " + std::to_string(cross) + " grid " + std::to_string(ctas));
-    }
 }
 
 TEST(FlashForwardHopper, PersistentGridsDilatedLikeBatches) {
@@ -921,11 +906,6 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
   EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
   EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
   for (int ctas : {1, 5, 0}) expect_same_bits(automatic, run(ctas), "accumulate grid " + std::to_string(ctas));
-  // Plain per-unit loop against the (default) cross-unit consumers: the same bits, automatic grid and 1 CTA.
-  for (int ctas : {-1, 1}) {
-    CrossUnit off(0);
-    expect_same_bits(automatic, run(ctas), "accumulate, cross-unit off, grid " + std::to_string(ctas));
-  }
 }
 
 // ---- ALiBi cutoff (hopper/flash_fwd_hopper_plan.h) -------------------------------------------------------------

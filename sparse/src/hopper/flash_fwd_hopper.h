@@ -53,10 +53,4 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
 // overrides likewise). Results do not depend on it. Throws nothing.
 void flash_fwd_hopper_set_grid_override(int ctas);
 
-// Persistent launches without ALiBi use the kernel's cross-unit pipelined consumers (a unit's first S = Q K^T issued
-// together with the previous unit's last P V); results are bit-identical either way. For tests and A/B runs, later
-// launches (all threads, all devices): mode 0 = the plain per-unit loop, 1 = cross-unit, < 0 = automatic again (the
-// environment variable DISTATTN_HOPPER_CROSS, read once: 0 off, otherwise on; unset: on). Throws nothing.
-void flash_fwd_hopper_set_cross_unit(int mode);
-
 }  // namespace distattn
