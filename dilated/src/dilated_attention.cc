@@ -323,17 +323,6 @@ int64_t head_chains_default() {
   return limit;
 }
 
-// Head chains: a cap on each chain launch's persistent grid (AttnParams::max_ctas) for A/B runs,
-// DISTATTN_DILATED_CHAIN_CTAS=N (read once; unset or 0: none, each launch one CTA per SM).
-int chain_ctas() {
-  static const int n = [] {
-    const char* v = std::getenv("DISTATTN_DILATED_CHAIN_CTAS");
-    const long x = v != nullptr ? std::strtol(v, nullptr, 10) : 0;
-    return x > 0 && x < (1L << 20) ? static_cast<int>(x) : 0;
-  }();
-  return n;
-}
-
 // Whether the forward may run as two head chains (set_head_chains; plan_pattern's head_parity): at least two patterns,
 // every rate 1 or even (an even rate's classes keep heads of one parity; rate 1 is cut by head parity), Hq even,
 // Hq == Hkv (kv heads step with the q heads), no ALiBi (the calls' slopes would need a stride).
@@ -649,7 +638,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
         AttnParams p =
             engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_calls, slopes, config_);
         p.accumulate = accumulate;
-        p.max_ctas = hp >= 0 ? chain_ctas() : caps[ci];
+        p.max_ctas = caps[ci];
         if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
         if (cuda) {
           flash_attention_forward(p, lane_stream(c.lane_key, lanes, cs));

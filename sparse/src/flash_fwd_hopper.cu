@@ -245,10 +245,6 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   // Schedule (after the positions, band and block list: pair_units reads them).
   k.pair_units = persistent && pair_units(k);
   k.num_slots = hopper::slots_per_pair(k) * k.heads_q * k.batch;  // <= M * Hq * B < 2^31 (supported())
-  // Persistent launches (several units per CTA): the next unit's Q is prefetched into L2 while the current one runs
-  // (the kernel's producer). DISTATTN_HOPPER_Q_PREFETCH=0 turns it off for A/B runs (read once).
-  static const int q_prefetch = env_int("DISTATTN_HOPPER_Q_PREFETCH", 1);
-  k.prefetch_next_q = persistent && q_prefetch != 0;
   k.o_fp32 = p.o.dtype == DType::kFloat32;
   if (p.o_final.data != nullptr) {  // final accumulate (validated: accumulate mode, q's dtype, o's shape)
     k.o_final_ptr = p.o_final.data;

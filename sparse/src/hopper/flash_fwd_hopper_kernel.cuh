@@ -414,17 +414,6 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         mbar_arrive_expect_tx(bar_q, C::kQBytes);
         tma_load_4d(sQ, &p.tmap_q, bar_q, 0, m0, u.h, u.b);
         tma_load_4d(sQ + C::kHalfQBytes, &p.tmap_q, bar_q, 64, m0, u.h, u.b);
-        // The CTA's next unit's Q into L2 now (p.prefetch_next_q): its load above, issued only once both consumers'
-        // last S of this unit is done, then comes from L2 instead of DRAM (each Q tile is read by one unit only, so
-        // it is never in L2 otherwise). A unit takes microseconds, so the prefetch has landed by then.
-        if (p.prefetch_next_q) {
-          UnitWalk ahead = walk;
-          WorkUnit un;
-          if (ahead.next(p, cta, grid, &un)) {
-            tma_prefetch_l2_4d(&p.tmap_q, 0, un.m_block * C::kBlockM, un.h, un.b);
-            tma_prefetch_l2_4d(&p.tmap_q, 64, un.m_block * C::kBlockM, un.h, un.b);
-          }
-        }
         auto load = [&](int it, uint32_t smem, const CUtensorMap* map, uint32_t full, uint32_t empty) {
           const int j = g + it;
           const int s = j % C::kStages;

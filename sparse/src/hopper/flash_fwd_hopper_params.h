@@ -41,10 +41,9 @@ struct FlashFwdHopperParams {
   int num_m_blocks = 0;  // M = ceil(Sq / 128): q tiles per (b, h)
 
   // --- persistent schedule (flash_fwd_hopper_scheduler.h) -----------------------------------------------------
-  int num_slots = 0;             // slots of work units (q tile, head, batch): Hq * B * (pair_units ? ceil(M / 2) : M)
-  bool pair_units = false;       // a slot holds q tiles M - 1 - j and j (causal balancing) instead of tile M - 1 - j
-  int section_pairs = 1;         // (b, h) pairs per L2 section of the slot order (their kv heads' K / V fit in L2)
-  bool prefetch_next_q = false;  // the producer prefetches the CTA's next unit's Q tile into L2 (persistent launches)
+  int num_slots = 0;        // slots of work units (q tile, head, batch): Hq * B * (pair_units ? ceil(M / 2) : M)
+  bool pair_units = false;  // a slot holds q tiles M - 1 - j and j (causal balancing) instead of tile M - 1 - j
+  int section_pairs = 1;    // (b, h) pairs per L2 section of the slot order (their kv heads' K / V fit in L2)
 
   // --- positions: up to kMaxChunks chunks per side (PositionMap). Chunk c covers local rows
   // [row[c], row[c + 1]) with pos(row) = start[c] + (row - row[c]) * stride[c]. Every boundary row[c], 0 < c <
