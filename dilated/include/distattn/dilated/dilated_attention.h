@@ -42,6 +42,9 @@
 // accumulator, which is the same result. With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern
 // runs LAST in the engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise
 // a rate-1 pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
+// Forward head chains (set_head_chains; LongNet-like configurations): all of the above runs twice, once for the even
+// and once for the odd q heads, each chain on its own stream (a head's rows only ever merge with the same head's rows,
+// so the chains are independent), which lets one chain's launches fill the SMs the other's ramps and tails leave idle.
 #pragma once
 
 #include <cuda_runtime_api.h>
