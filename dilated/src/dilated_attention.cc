@@ -89,45 +89,56 @@ struct PatternCall {
 //   Classes folded (per batch b, segment g, run of classes s0 .. s0+n-1 with equal rows and heads): class s at
 //   row g*w + s, head s: batch step (0, 1, 1) rows/heads; heads s + r*j: head step r; LSE batch step m_max
 //   (class s = head s), head step r*m_max.
+// Head chains (head_parity 0 or 1; -1: every head): only the q heads h with h % 2 == head_parity. The caller allows
+// it only where every call keeps to heads of one parity (head_chains_ok): an even rate's class s holds heads of parity
+// s % 2 only (so the classes of that parity are taken, folded classes step by 2), rate 1's one class is cut to heads
+// head_parity, head_parity + 2, ... (Hq == Hkv, so kv heads step alike); Hq even, Hq == Hkv, no ALiBi.
 std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t w, int64_t r,
-                                      bool fold_segments, int64_t chunk, bool fold_classes, bool alibi,
-                                      bool lse_direct) {
+                                      bool fold_segments, int64_t chunk, bool fold_classes, bool alibi, bool lse_direct,
+                                      int head_parity = -1) {
   DISTATTN_CHECK(!lse_direct || r == 1, "direct LSE addressing needs rate 1");
+  DISTATTN_CHECK(head_parity < 0 || ((r == 1 || r % 2 == 0) && Hq % 2 == 0 && Hq == Hkv && !alibi),
+                 "head chains need rate 1 or an even rate, Hq even, Hq == Hkv and no ALiBi");
   std::vector<PatternCall> calls;
   const int64_t nseg = S / w, mm = max_rows(w, r), nclass = std::min(r, Hq);
   const int64_t seg_batch = fold_segments ? std::min(chunk, B * nseg) : B;
-  // Classes fold in runs of consecutive classes with equal row and head counts (ragged rates split them, e.g. r = 6
-  // on 16K rows: runs of 2): a classes call's batch is one run, so the longest run is compared with the segment
+  // Classes taken: all (cs = 1), or with a head parity and an even rate those of that parity (cs = 2).
+  const bool split = head_parity >= 0;
+  const int64_t cfirst = split && r > 1 ? head_parity : 0, cs = split && r > 1 ? 2 : 1;
+  // Classes fold in runs of consecutive (taken) classes with equal row and head counts (ragged rates split them, e.g.
+  // r = 6 on 16K rows: runs of 2): a classes call's batch is one run, so the longest run is compared with the segment
   // batch (with runs of 2 against 4 folded segments, 12 calls of 10-12 pairs would replace 6 calls of 20-24).
+  auto same = [&](int64_t a, int64_t b) {
+    return rows_of_class(w, r, a) == rows_of_class(w, r, b) && (Hq - 1 - a) / r == (Hq - 1 - b) / r;
+  };
   int64_t max_run = 0;
-  for (int64_t s0 = 0; s0 < nclass;) {
+  for (int64_t s0 = cfirst; s0 < nclass;) {
     int64_t n = 1;
-    while (s0 + n < nclass && rows_of_class(w, r, s0 + n) == rows_of_class(w, r, s0) &&
-           (Hq - 1 - s0 - n) / r == (Hq - 1 - s0) / r)
-      ++n;
+    while (s0 + cs * n < nclass && same(s0 + cs * n, s0)) ++n;
     max_run = std::max(max_run, n);
-    s0 += n;
+    s0 += cs * n;
   }
   const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && max_run > seg_batch && nclass <= 65535;
   if (classes) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < nseg; ++g)
-        for (int64_t s0 = 0; s0 < nclass;) {
+        for (int64_t s0 = cfirst; s0 < nclass;) {
           const int64_t rows = rows_of_class(w, r, s0), heads = (Hq - 1 - s0) / r + 1;
           int64_t n = 1;
-          while (s0 + n < nclass && rows_of_class(w, r, s0 + n) == rows && (Hq - 1 - s0 - n) / r + 1 == heads) ++n;
+          while (s0 + cs * n < nclass && same(s0 + cs * n, s0)) ++n;
+          // Batch entry t = class s0 + cs*t: row and head offsets both grow by cs per entry.
           PatternCall c;
           c.qv.ob = b, c.qv.orow = g * w + s0, c.qv.oh = s0;
-          c.qv.cb = 0, c.qv.crow = 1, c.qv.ch = 1;
+          c.qv.cb = 0, c.qv.crow = cs, c.qv.ch = cs;
           c.qv.batch = n, c.qv.rows = rows, c.qv.rstep = r, c.qv.heads = heads, c.qv.hstep = r;
           c.kv = c.qv;  // Hq == Hkv
           c.lse_offset = ((b * nseg + g) * Hq + s0) * mm;
-          c.lse_batch_stride = mm;
+          c.lse_batch_stride = cs * mm;
           c.lse_head_stride = r * mm;
           c.pos = PositionMap::strided(0, r, rows);
           c.lane_key = static_cast<int64_t>(calls.size());
           calls.push_back(c);
-          s0 += n;
+          s0 += cs * n;
         }
     return calls;
   }
@@ -136,7 +147,10 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
   const int64_t per_call = fold_segments ? chunk : 1;
   for (int64_t s = 0; s < nclass; ++s) {
     const int64_t rows = rows_of_class(w, r, s);
-    for (const HeadGroup& hg : head_groups(Hq, Hkv, r, s, class_offset)) {
+    std::vector<HeadGroup> groups = head_groups(Hq, Hkv, r, s, class_offset);
+    if (split && r > 1 && s % 2 != head_parity) groups.clear();  // the other chain's class
+    if (split && r == 1) groups = {{head_parity, 2, head_parity, 2, Hq / 2, false, 0}};
+    for (const HeadGroup& hg : groups) {
       for (int64_t first = 0, n = 0; first < total; first += n) {
         n = std::min(per_call, total - first);
         if (lse_direct && fold_segments) n = std::min(n, nseg - first % nseg);  // inside one batch
@@ -199,10 +213,12 @@ AttnParams engine_params(const PatternCall& c, const TensorView& q, const Tensor
 
 // --- host versions of the helpers (cuda versions in dilated_kernels.cu) ---
 // Pattern (w, r)'s kept entries between lse [B, H, S] and the compacted lse_c (dilated_index.h).
-void host_lse_move(float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r, bool to_compact) {
+// head_parity >= 0: only heads h with h % 2 == head_parity (here and in host_lse_advance).
+void host_lse_move(float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, int64_t w, int64_t r, bool to_compact,
+                   int head_parity = -1) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t p = 0; p < S; ++p) {
+      for (int64_t p = 0; p < S && (head_parity < 0 || h % 2 == head_parity); ++p) {
         if (!kept(p, h, w, r)) continue;
         float& c = lse_c[compact_index(b, p, h, S, H, w, r)];
         float& l = lse[(b * H + h) * S + p];
@@ -217,10 +233,10 @@ void host_lse_move(float* lse, float* lse_c, int64_t B, int64_t S, int64_t H, in
 // Host form of cuda_lse_advance (dilated_kernels.h): pattern 1's scatter and pattern 2's gather, the gather taking
 // pattern 1's rows from lse_c1.
 void host_lse_advance(const float* lse_c1, float* lse, float* lse_c2, int64_t B, int64_t S, int64_t H, int64_t w1,
-                      int64_t r1, int64_t w2, int64_t r2) {
+                      int64_t r1, int64_t w2, int64_t r2, int head_parity = -1) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t p = 0; p < S; ++p) {
+      for (int64_t p = 0; p < S && (head_parity < 0 || h % 2 == head_parity); ++p) {
         const bool k1 = kept(p, h, w1, r1);
         const float v = k1 ? lse_c1[compact_index(b, p, h, S, H, w1, r1)] : lse[(b * H + h) * S + p];
         if (kept(p, h, w2, r2)) lse_c2[compact_index(b, p, h, S, H, w2, r2)] = v;
@@ -292,10 +308,37 @@ bool share_sms_default() {
   }();
   return on;
 }
+
+// Head chains' row limit (DilatedAttention::set_head_chains): DISTATTN_DILATED_HEAD_CHAINS unset: the default below;
+// "0": off; "1": no limit; N > 1: chains where B * S <= N.
+int64_t head_chains_default() {
+  static const int64_t limit = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_HEAD_CHAINS");
+    if (v == nullptr || *v == '\0') return DilatedAttention::kHeadChainsMaxRows;
+    char* end = nullptr;
+    const long long x = std::strtoll(v, &end, 10);
+    if (end == nullptr || *end != '\0' || x < 0) return DilatedAttention::kHeadChainsMaxRows;
+    return x == 0 ? int64_t{0} : (x == 1 ? int64_t{-1} : static_cast<int64_t>(x));
+  }();
+  return limit;
+}
+
+// Whether the forward may run as two head chains (set_head_chains; plan_pattern's head_parity): at least two patterns,
+// every rate 1 or even (an even rate's classes keep heads of one parity; rate 1 is cut by head parity), Hq even,
+// Hq == Hkv (kv heads step with the q heads), no ALiBi (the calls' slopes would need a stride).
+bool head_chains_ok(const DilatedConfig& config, int64_t Hq, int64_t Hkv) {
+  if (config.patterns.size() < 2 || Hq % 2 != 0 || Hq != Hkv || !config.alibi_slopes.empty()) return false;
+  for (const DilatedPattern& pt : config.patterns)
+    if (pt.rate != 1 && pt.rate % 2 != 0) return false;
+  return true;
+}
 }  // namespace
 
 DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
-    : config_(std::move(config)), device_(device), share_sms_(share_sms_default()) {
+    : config_(std::move(config)),
+      device_(device),
+      share_sms_(share_sms_default()),
+      head_chains_max_rows_(head_chains_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
     // Per pattern, the slopes in (h mod r, h div r) order: class s's heads s, s + r, ... are adjacent, so a
@@ -491,7 +534,6 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   // Compacted LSEs [B, S/w, Hq, ceil(w/r)], two alternating: a pattern's scatter is fused with the next pattern's
   // gather (cuda_lse_advance), which writes the other array.
   float* const lse_cs[2] = {base + (needs_acc ? n_o : 0), base + (needs_acc ? n_o : 0) + n_c};
-  int buf = 0;  // lse_cs[buf]: the next compacted pattern's array
   const TensorView acc_view = needs_acc ? TensorView::packed(acc, DType::kFloat32, device_, B, S, Hq, D) : TensorView{};
   const bool alibi = !config_.alibi_slopes.empty();
   if (plan.init_lse) {
@@ -506,101 +548,126 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
   }
 
-  bool lse_fresh = plan.init_lse;  // lse holds -inf everywhere (no step has written it yet)
-  // The last compacted pattern's LSE not yet scattered into lse (it waits to be fused with the next gather).
-  struct Pending {
-    bool on = false;
-    float* lse_c = nullptr;
-    int64_t w = 0, r = 0;
-  } pending;
-  auto flush = [&]() {  // scatter the pending pattern alone
-    if (!pending.on) return;
-    if (cuda) {
-      dilated_detail::cuda_lse_scatter(pending.lse_c, lse, B, S, Hq, pending.w, pending.r, stream);
-    } else {
-      host_lse_move(lse, pending.lse_c, B, S, Hq, pending.w, pending.r, false);
-    }
-    pending.on = false;
-  };
-  for (const FwdStep& step : plan.steps) {
-    const size_t i = step.pattern;
-    const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
-    // An accumulating step onto an all -inf lse (the first one after init_lse) runs in plain mode into the
-    // accumulator instead: merging into -inf gives L = LSE_b and o = O_b (the engine reads nothing there), which is
-    // what plain mode writes, without the accumulate epilogue's reads and without filling the compacted LSE first.
-    const bool into_fresh = lse_fresh && step.mode == FwdMode::kAccumulate;
-    const bool accumulate = step.mode != FwdMode::kPlain && !into_fresh;
-    lse_fresh = false;
-    // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
-    const bool direct = r == 1 && direct_lse_;
-    float* const lse_c = lse_cs[buf];
-    float* const lse_calls = direct ? lse : lse_c;
-    // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1): gathered from
-    // lse, fused with the previous pattern's scatter when one is pending.
-    if (accumulate && !direct) {
-      if (pending.on && fuse_lse_moves_) {
-        if (cuda) {
-          dilated_detail::cuda_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r, stream);
-        } else {
-          host_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r);
-        }
-        pending.on = false;
+  // One chain of pattern steps over the heads of parity hp (-1: every head) on stream cs. With head chains
+  // (set_head_chains) the even and the odd q heads run as two such chains on two streams: a pattern's calls, LSE moves
+  // and merges touch only their own heads' rows of o, lse, the accumulator and the compacted LSEs (whose entries are
+  // per head), so the chains need no ordering between them, and the launches of one fill the SMs that the other's
+  // launch ramps and tails leave idle (the patterns of a chain still run one after another). Each chain keeps its own
+  // pending scatter and alternates the two compacted arrays in the same order (disjoint head entries).
+  auto run_chain = [&](int hp, cudaStream_t cs) {
+    int buf = 0;                     // lse_cs[buf]: the next compacted pattern's array
+    bool lse_fresh = plan.init_lse;  // lse holds -inf everywhere (no step has written it yet)
+    // The last compacted pattern's LSE not yet scattered into lse (it waits to be fused with the next gather).
+    struct Pending {
+      bool on = false;
+      float* lse_c = nullptr;
+      int64_t w = 0, r = 0;
+    } pending;
+    auto flush = [&]() {  // scatter the pending pattern alone
+      if (!pending.on) return;
+      if (cuda) {
+        dilated_detail::cuda_lse_scatter(pending.lse_c, lse, B, S, Hq, pending.w, pending.r, cs, hp);
       } else {
-        flush();
-        if (cuda) {
-          dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+        host_lse_move(lse, pending.lse_c, B, S, Hq, pending.w, pending.r, false, hp);
+      }
+      pending.on = false;
+    };
+    for (const FwdStep& step : plan.steps) {
+      const size_t i = step.pattern;
+      const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
+      // An accumulating step onto an all -inf lse (the first one after init_lse) runs in plain mode into the
+      // accumulator instead: merging into -inf gives L = LSE_b and o = O_b (the engine reads nothing there), which is
+      // what plain mode writes, without the accumulate epilogue's reads and without filling the compacted LSE first.
+      const bool into_fresh = lse_fresh && step.mode == FwdMode::kAccumulate;
+      const bool accumulate = step.mode != FwdMode::kPlain && !into_fresh;
+      lse_fresh = false;
+      // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
+      const bool direct = r == 1 && direct_lse_;
+      float* const lse_c = lse_cs[buf];
+      float* const lse_calls = direct ? lse : lse_c;
+      // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1): gathered from
+      // lse, fused with the previous pattern's scatter when one is pending.
+      if (accumulate && !direct) {
+        if (pending.on && fuse_lse_moves_) {
+          if (cuda) {
+            dilated_detail::cuda_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r, cs, hp);
+          } else {
+            host_lse_advance(pending.lse_c, lse, lse_c, B, S, Hq, pending.w, pending.r, w, r, hp);
+          }
+          pending.on = false;
         } else {
-          host_lse_move(lse, lse_c, B, S, Hq, w, r, true);
+          flush();
+          if (cuda) {
+            dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, cs, hp);
+          } else {
+            host_lse_move(lse, lse_c, B, S, Hq, w, r, true, hp);
+          }
+        }
+      } else {
+        flush();  // this step reads or writes lse rows itself (direct) or writes lse_c from scratch (plain)
+      }
+      const float* slopes = pattern_slopes(i);
+      const std::vector<PatternCall> calls =
+          plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct, hp);
+      const int lanes = cuda && hp < 0 ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, cs) : 1;
+      // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
+      // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
+      const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
+      // Calls that all run at once (one lane each) share the SMs in proportion to their work (batch * heads * rows^2):
+      // otherwise the first persistent launch holds every SM and the others start only as its CTAs finish.
+      std::vector<int> caps(calls.size(), 0);
+      bool one_lane_each = cuda && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
+      for (size_t ci = 0; one_lane_each && ci < calls.size(); ++ci)
+        one_lane_each = calls[ci].lane_key == static_cast<int64_t>(ci);
+      if (one_lane_each) {
+        int device = 0, sms = 0;
+        DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+        DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        double total = 0;
+        for (const PatternCall& c : calls)
+          total += static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
+        for (size_t ci = 0; ci < calls.size(); ++ci) {
+          const PatternCall& c = calls[ci];
+          const double share =
+              static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
+          caps[ci] = std::max(1, static_cast<int>(sms * share / total));
         }
       }
-    } else {
-      flush();  // this step reads or writes lse rows itself (direct) or writes lse_c from scratch (plain)
-    }
-    const float* slopes = pattern_slopes(i);
-    const std::vector<PatternCall> calls =
-        plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct);
-    const int lanes = cuda ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, stream) : 1;
-    // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
-    // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
-    const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
-    // Calls that all run at once (one lane each) share the SMs in proportion to their work (batch * heads * rows^2):
-    // otherwise the first persistent launch holds every SM and the others start only as its CTAs finish.
-    std::vector<int> caps(calls.size(), 0);
-    bool one_lane_each = cuda && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
-    for (size_t ci = 0; one_lane_each && ci < calls.size(); ++ci)
-      one_lane_each = calls[ci].lane_key == static_cast<int64_t>(ci);
-    if (one_lane_each) {
-      int device = 0, sms = 0;
-      DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-      DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-      double total = 0;
-      for (const PatternCall& c : calls)
-        total += static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
       for (size_t ci = 0; ci < calls.size(); ++ci) {
         const PatternCall& c = calls[ci];
-        const double share = static_cast<double>(c.qv.batch) * c.qv.heads * static_cast<double>(c.qv.rows) * c.qv.rows;
-        caps[ci] = std::max(1, static_cast<int>(sms * share / total));
+        AttnParams p =
+            engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_calls, slopes, config_);
+        p.accumulate = accumulate;
+        p.max_ctas = caps[ci];
+        if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
+        if (cuda) {
+          flash_attention_forward(p, lane_stream(c.lane_key, lanes, cs));
+        } else {
+          host_attention_forward(p, config_.host_precision);
+        }
       }
+      if (cuda) join_lanes(lanes, cs);
+      if (direct) continue;
+      pending = {true, lse_c, w, r};
+      buf ^= 1;
     }
-    for (size_t ci = 0; ci < calls.size(); ++ci) {
-      const PatternCall& c = calls[ci];
-      AttnParams p =
-          engine_params(c, q, k, v, to_o && step.mode == FwdMode::kPlain ? o : acc_view, lse_calls, slopes, config_);
-      p.accumulate = accumulate;
-      p.max_ctas = caps[ci];
-      if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
-      if (cuda) {
-        flash_attention_forward(p, lane_stream(c.lane_key, lanes, stream));
-      } else {
-        host_attention_forward(p, config_.host_precision);
-      }
-    }
-    if (cuda) join_lanes(lanes, stream);
-    if (direct) continue;
-    pending = {true, lse_c, w, r};
-    buf ^= 1;
+    flush();
+  };
+  const bool chains = head_chains_max_rows_ != 0 && (head_chains_max_rows_ < 0 || B * S <= head_chains_max_rows_) &&
+                      head_chains_ok(config_, Hq, Hkv);
+  if (!chains) {
+    run_chain(-1, stream);
+  } else if (!cuda) {
+    run_chain(0, stream);
+    run_chain(1, stream);
+  } else {
+    // The odd chain on a side lane forked after the fill (everything on `stream` with set_concurrent_calls(false));
+    // joined back before the cast / return.
+    const int lanes = fork_lanes(2, stream);
+    run_chain(0, stream);
+    run_chain(1, lanes > 1 ? lane_streams_[0] : stream);
+    join_lanes(lanes, stream);
   }
-  flush();
 
   if (plan.cast) {
     if (cuda) {

@@ -46,6 +46,7 @@ struct GpuCase {
   bool fold_classes = true;           // false: DilatedAttention::set_fold_classes(false) on the GPU
   bool concurrent = true;             // false: DilatedAttention::set_concurrent_calls(false) (one stream)
   bool fused = true;                  // false: DilatedAttention::set_fused_final(false) (rate-1 first, cast pass)
+  bool head_chains = true;            // false: DilatedAttention::set_head_chains(false) (one chain of all heads)
 };
 
 double rms_of(const HostTensor& t) {
@@ -112,6 +113,7 @@ void run_case(const GpuCase& c) {
   gpu.set_fold_classes(c.fold_classes);
   gpu.set_concurrent_calls(c.concurrent);
   gpu.set_fused_final(c.fused);
+  gpu.set_head_chains(c.head_chains);
   gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
   d_o.download(o_gpu);
@@ -331,6 +333,84 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
   e.head_pad = 8;
   e.row_pad = 16;
   check_direct_lse_bits(e, /*fold_segments=*/false);
+}
+
+// Head chains (DilatedAttention::set_head_chains, default on where every rate is 1 or even, Hq even, Hq == Hkv, no
+// ALiBi): the even and the odd heads run as two chains of calls on two streams. Each row gets the same engine work (the
+// same q tile rows, kv tiles and walk order) and the same merges in the same order, so o and lse must be bit-identical
+// to one chain over all heads. LongNet-like causal (rate 1 last, fused final), a ragged rate 6 (classes of unequal
+// length, 6 classes on 8 heads), B = 2; then the rate-1 pattern first (fused final off: plain mode and the cast pass),
+// the compacted LSE for rate 1 with separate moves, and everything on one stream (the chains one after the other).
+void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true) {
+  DISTATTN_REQUIRE_GPU();
+  CaseInputs in = make_inputs(c);
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
+  const int64_t n_lse = c.B * c.Hq * c.S;
+  DeviceTensor dq_in(in.q), dk_in(in.k), dv_in(in.v);
+  HostTensor o[2];
+  std::vector<float> lse[2];
+  for (int chains = 0; chains < 2; ++chains) {
+    o[chains] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+    fill_nan(o[chains]);
+    DeviceTensor d_o(o[chains]);
+    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
+    DilatedAttention gpu(in.cfg, Device::kCuda);
+    gpu.set_fused_final(c.fused);
+    gpu.set_direct_lse(direct_lse);
+    gpu.set_fuse_lse_moves(direct_lse);
+    gpu.set_concurrent_calls(concurrent);
+    gpu.set_head_chains(chains != 0);
+    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    d_o.download(o[chains]);
+    lse[chains] = d_lse.download();
+  }
+  // Not vacuous: every output element was written (the NaN poison is gone) and the LSE is finite (every row has keys).
+  EXPECT_EQ(compare(o[1].view, o[1].view).non_finite, 0);
+  EXPECT_EQ(compare_flat(lse[1].data(), std::vector<double>(lse[1].begin(), lse[1].end()).data(), n_lse).non_finite, 0);
+  EXPECT_TRUE(o[0].storage == o[1].storage) << "o differs between one chain and two head chains";
+  EXPECT_EQ(std::memcmp(lse[0].data(), lse[1].data(), n_lse * sizeof(float)), 0)
+      << "lse differs between one chain and two head chains";
+}
+
+TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
+  GpuCase c{"head_chains_longnet_b2"};
+  c.causal = true;
+  c.D = 128;
+  c.B = 2;
+  c.S = 1024;
+  c.Hq = c.Hkv = 8;
+  c.ragged = true;
+  c.patterns = {{256, 2}, {512, 4}, {1024, 6}, {128, 1}};
+  check_head_chain_bits(c);
+  GpuCase d = c;
+  d.name = "head_chains_fused_off";
+  d.fused = false;
+  check_head_chain_bits(d);
+  GpuCase e = c;
+  e.name = "head_chains_compacted_noncausal";
+  e.causal = false;
+  check_head_chain_bits(e, /*direct_lse=*/false);
+  GpuCase f = c;
+  f.name = "head_chains_one_stream";
+  check_head_chain_bits(f, /*direct_lse=*/true, /*concurrent=*/false);
+}
+
+// Head chains against the fp64 host path with the CUDA engine's tolerance rule (run_case), LongNet's rates 1, 2, 4, 6
+// and 12 (both ragged) on 16 heads, causal; and the same with one chain.
+TEST(DilatedGpu, HeadChainsLongNetCausal) {
+  GpuCase c{"head_chains_longnet_r12"};
+  c.causal = true;
+  c.D = 128;
+  c.S = 1024;
+  c.Hq = c.Hkv = 16;
+  c.ragged = true;
+  c.patterns = {{128, 1}, {256, 2}, {512, 4}, {1024, 6}, {1024, 12}};
+  run_case(c);
+  GpuCase d = c;
+  d.name = "one_chain_longnet_r12";
+  d.head_chains = false;
+  run_case(d);
 }
 
 // Rates that do not divide their segments (config.ragged_rates, LongNet's r = 6, 12 on power-of-two segments):

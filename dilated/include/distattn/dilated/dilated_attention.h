@@ -42,6 +42,9 @@
 // accumulator, which is the same result. With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern
 // runs LAST in the engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise
 // a rate-1 pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
+// Forward head chains (set_head_chains; LongNet-like configurations): all of the above runs twice, once for the even
+// and once for the odd q heads, each chain on its own stream (a head's rows only ever merge with the same head's rows,
+// so the chains are independent), which lets one chain's launches fill the SMs the other's ramps and tails leave idle.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -126,6 +129,15 @@ class DilatedAttention {
   // of the SMs proportional to its work (AttnParams::max_ctas), so they run side by side from their start instead of
   // one after the other. false (or DISTATTN_DILATED_SHARE_SMS=0 in the environment): one CTA per SM each. Same results.
   void set_share_sms(bool on) { share_sms_ = on; }
+  // CUDA forward: the even and the odd q heads run as two independent chains of pattern calls on two streams (each
+  // chain: its heads' calls of every pattern in order, with their LSE moves), so one chain's launches fill the SMs the
+  // other's ramps and tails leave idle. Used where every rate is 1 or even, Hq is even, Hq == Hkv, there is no ALiBi,
+  // there are at least two patterns, and B * S <= max_rows (-1: no limit; default kHeadChainsMaxRows); otherwise one
+  // chain over all heads. on = false, or DISTATTN_DILATED_HEAD_CHAINS=0 in the environment: one chain ("1": no limit,
+  // N > 1: max_rows N, for the default of later objects). The host engine runs the two chains one after the other.
+  // Same results either way (the same engine work and merges in the same order per row).
+  static constexpr int64_t kHeadChainsMaxRows = -1;
+  void set_head_chains(bool on, int64_t max_rows = kHeadChainsMaxRows) { head_chains_max_rows_ = on ? max_rows : 0; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -169,7 +181,8 @@ class DilatedAttention {
   bool fused_final_ = true;
   bool direct_lse_ = true;
   bool fuse_lse_moves_ = true;
-  bool share_sms_;                          // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
+  bool share_sms_;                // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
+  int64_t head_chains_max_rows_;  // 0: one chain; -1: head chains; N: head chains where B * S <= N (set_head_chains)
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
   cudaEvent_t fork_event_ = nullptr;
