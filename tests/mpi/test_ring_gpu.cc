@@ -467,7 +467,14 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
 // Contiguous / striped: S = 1540 (385 rows per rank on 4 ranks: odd, not a multiple of any tile; 770 on 2).
 // Zigzag: S = 1544 (chunks of 193 rows on 4 ranks, 386 on 2). The same S for every rank count, so the table
 // lines of np 2 and np 4 compare like with like.
-int64_t seq_for(ShardLayout layout) { return layout == ShardLayout::kZigzag ? 1544 : 1540; }
+// A global length near `base` that `layout` can split over this run's ranks (zigzag: 2P chunks, the others: P
+// shards): the nearest multiple. 1544 / 1540 stay as they are at 2 and 4 ranks (odd shards of 193 / 385 rows there);
+// at 8 ranks they become 1552 / 1544 (zigzag chunks of 97 rows, shards of 193).
+int64_t seq_near(int64_t base, ShardLayout layout) {
+  const int64_t m = (layout == ShardLayout::kZigzag ? 2 : 1) * mpi_size();
+  return (base + m / 2) / m * m;
+}
+int64_t seq_for(ShardLayout layout) { return seq_near(layout == ShardLayout::kZigzag ? 1544 : 1540, layout); }
 
 class RingGpuLayouts : public ::testing::TestWithParam<ShardLayout> {};
 
@@ -513,7 +520,7 @@ TEST(RingGpu, MqaBf16GradTravelPaddedStridesNullStream) {
   NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
   Case c;
   c.layout = ShardLayout::kZigzag;
-  c.S = 1544;
+  c.S = seq_near(1544, c.layout);
   c.Hq = 4, c.Hkv = 1, c.D = 64;
   c.mask = Mask::make_causal();
   c.alibi = true;
@@ -521,7 +528,7 @@ TEST(RingGpu, MqaBf16GradTravelPaddedStridesNullStream) {
   run_case(comm, c);
   c.travel = GradTravel::kFloat32;
   c.layout = ShardLayout::kStriped;
-  c.S = 1540;
+  c.S = seq_near(1540, c.layout);
   c.Hkv = 2;
   c.head_pad = 8, c.row_pad = 16;  // 16 and 32 bytes
   c.null_stream = true;
@@ -540,8 +547,8 @@ TEST(RingGpu, OwnStepWholeAndSplit) {
     for (ShardLayout layout : {ShardLayout::kContiguous, ShardLayout::kZigzag}) {
       Case c;
       c.layout = layout;
-      // Zigzag 1024 / 512 rows per rank at 2 / 4 ranks (cut at a tile multiple); contiguous 1026 / 513.
-      c.S = layout == ShardLayout::kZigzag ? 2048 : 2052;
+      // Zigzag 1024 / 512 / 256 rows per rank at 2 / 4 / 8 ranks (cut at a tile multiple); contiguous 1026 / 513 / 257.
+      c.S = seq_near(layout == ShardLayout::kZigzag ? 2048 : 2052, layout);
       c.Hq = 2, c.Hkv = 1, c.D = 128;
       c.mask = Mask::make_causal();
       SCOPED_TRACE(std::string("DISTATTN_RING_BWD_OWN=") + mode);
