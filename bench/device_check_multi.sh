@@ -23,26 +23,9 @@ export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 export DISTATTN_COMM_TIMEOUT_S=${DISTATTN_COMM_TIMEOUT_S:-120} DISTATTN_GIT_COMMIT=${DISTATTN_GIT_COMMIT:-unknown}
 MPI=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NP" -x NCCL_NVLS_ENABLE -x DISTATTN_COMM_TIMEOUT_S
      -x DISTATTN_GIT_COMMIT)
-start=$(date +%s)
-status=0
-
-# step NAME TIMEOUT CMD...: runs CMD with a timeout if the budget allows, logs to logs/NAME.log, prints the tail.
-step() {
-  local name=$1 limit=$2
-  shift 2
-  local used=$(($(date +%s) - start))
-  if ((used + 10 > BUDGET_S)); then
-    echo "=== $name: SKIPPED (budget: ${used}s used of ${BUDGET_S}s)"
-    return 0
-  fi
-  ((limit > BUDGET_S - used)) && limit=$((BUDGET_S - used))
-  echo "=== $name (limit ${limit}s)"
-  timeout "$limit" "$@" > "$out/logs/$name.log" 2>&1
-  local rc=$?
-  grep -vE "^\[(ring|dilated|mha|ring-gpu|ring-sparse)[^]]*\] " "$out/logs/$name.log" | grep -vE "^\s*$" | tail -n 12
-  echo "=== $name rc=$rc ($(($(date +%s) - start))s)"
-  [ $rc -eq 0 ] || status=1
-}
+# shellcheck source=bench/device_steps.sh
+source "$here/bench/device_steps.sh"
+steps_begin "$out/logs" "$BUDGET_S"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 (nvidia-smi -L 2>/dev/null || echo "no GPU (host engine)") | tee "$out/device.txt"
@@ -87,5 +70,5 @@ fi
 
 tar czf "$out/results.tgz" -C "$out" logs $(cd "$out" && ls ./*.json 2>/dev/null) $( [ -d "$out/cp" ] && echo cp)
 rm -rf "$out/logs" "$out/cp" "$out"/*.json
-echo "total $(($(date +%s) - start))s, status $status"
-exit $status
+echo "total $(steps_elapsed)s, status $steps_status"
+exit $steps_status
