@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_io.h"
 #include "bench_flops.h"
 #include "bench_op.h"
 #include "device_fill.h"
@@ -208,27 +209,15 @@ class DenseOp : public BenchOp {
     ++size_index_;
     const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_);
     const bool need_bwd = opt_.pass != Pass::kForward;
+    io_.allocate(ctx_.on_gpu(), dtype_, B_, S_, H_, Hkv_, D_, need_bwd);
+    io_.fill_inputs(seed, ctx_.stream);
+    io_.poison_outputs(false, ctx_.stream);
     if (ctx_.on_gpu()) {
-      const size_t e = dtype_size(dtype_);
-      q_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * H_ * D_) * e);
-      k_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * Hkv_ * D_) * e);
-      v_ = DeviceBuffer(k_.bytes());
-      o_ = DeviceBuffer(q_.bytes());
-      lse_ = DeviceBuffer(static_cast<size_t>(B_ * H_ * S_) * sizeof(float));
-      if (need_bwd) {
-        dout_ = DeviceBuffer(q_.bytes());
-        dq_ = DeviceBuffer(q_.bytes());
-        dk_ = DeviceBuffer(k_.bytes());
-        dv_ = DeviceBuffer(k_.bytes());
-      }
       if (!slopes_host_.empty() && slopes_dev_.get() == nullptr) {
         slopes_dev_ = DeviceBuffer(slopes_host_.size() * sizeof(float));
         DISTATTN_CUDA_CHECK(
             cudaMemcpy(slopes_dev_.get(), slopes_host_.data(), slopes_dev_.bytes(), cudaMemcpyHostToDevice));
       }
-      fill_inputs_device(seed);
-      poison_device(o_.get(), o_.bytes(), ctx_.stream);
-      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
       if (opt_.rope) time_rope_kernels();
       // bwd alone is timed against the forward's O and LSE, computed once here (on rotated q, k with --rope).
       if (opt_.pass == Pass::kBackward) {
@@ -236,23 +225,9 @@ class DenseOp : public BenchOp {
         flash_attention_forward(device_params(), ctx_.stream);
       }
       DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    } else {
-      hq_ = HostTensor(dtype_, B_, S_, H_, D_);
-      hk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-      hv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-      ho_ = HostTensor(dtype_, B_, S_, H_, D_);
-      hlse_.assign(static_cast<size_t>(B_ * H_ * S_), 0.f);
-      if (need_bwd) {
-        hdout_ = HostTensor(dtype_, B_, S_, H_, D_);
-        hdq_ = HostTensor(dtype_, B_, S_, H_, D_);
-        hdk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-        hdv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-      }
-      fill_inputs_host(seed);
-      if (opt_.pass == Pass::kBackward) {
-        if (opt_.rope) rope_apply_host(rope_params(hq_.view, hk_.view, freqs_.inv_freq.data(), false));
-        host_run(true, false);
-      }
+    } else if (opt_.pass == Pass::kBackward) {
+      if (opt_.rope) rope_apply_host(rope_params(io_.q, io_.k, freqs_.inv_freq.data(), false));
+      host_run(true, false);
     }
   }
 
@@ -265,45 +240,16 @@ class DenseOp : public BenchOp {
     const bool bwd = opt_.pass != Pass::kForward;
     // 1. Fresh inputs, poisoned outputs, one run of forward (+ backward), results copied back.
     // q, k: the inputs as the user gave them (before RoPE; the run rotates the buffers in place).
-    HostTensor q, k, v, o, dout, dq, dk, dv;
-    std::vector<float> lse;
-    if (ctx_.on_gpu()) {
-      fill_inputs_device(seed);
-      poison_device(o_.get(), o_.bytes(), ctx_.stream);
-      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
-      if (bwd) {
-        poison_device(dq_.get(), dq_.bytes(), ctx_.stream);
-        poison_device(dk_.get(), dk_.bytes(), ctx_.stream);
-        poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
-      }
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      q = download(q_.get(), dtype_, B_, S_, H_, D_);
-      k = download(k_.get(), dtype_, B_, S_, Hkv_, D_);
-      run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      v = download(v_.get(), dtype_, B_, S_, Hkv_, D_);
-      o = download(o_.get(), dtype_, B_, S_, H_, D_);
-      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * S_);
-      if (bwd) {
-        dout = download(dout_.get(), dtype_, B_, S_, H_, D_);
-        dq = download(dq_.get(), dtype_, B_, S_, H_, D_);
-        dk = download(dk_.get(), dtype_, B_, S_, Hkv_, D_);
-        dv = download(dv_.get(), dtype_, B_, S_, Hkv_, D_);
-      }
-    } else {
-      fill_inputs_host(seed);
-      fill_nan_host(ho_);
-      fill_nan_host(hlse_);
-      if (bwd) {
-        fill_nan_host(hdq_);
-        fill_nan_host(hdk_);
-        fill_nan_host(hdv_);
-      }
-      q = hq_, k = hk_;  // copies before the run rotates hq_, hk_
-      run_pass(true, bwd);
-      v = hv_, o = ho_, lse = hlse_;
-      if (bwd) dout = hdout_, dq = hdq_, dk = hdk_, dv = hdv_;
-    }
+    io_.fill_inputs(seed, ctx_.stream);
+    io_.poison_outputs(bwd, ctx_.stream);
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    const HostTensor q = io_.to_host(io_.q), k = io_.to_host(io_.k);  // before the run rotates them (--rope)
+    run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    const HostTensor v = io_.to_host(io_.v), o = io_.to_host(io_.o);
+    std::vector<float> lse = io_.lse_to_host();
+    HostTensor dout, dq, dk, dv;
+    if (bwd) dout = io_.to_host(io_.dout), dq = io_.to_host(io_.dq), dk = io_.to_host(io_.dk), dv = io_.to_host(io_.dv);
 
     // 2. Host references on the checked heads (q heads [0, Hc), kv heads [0, Kc)); the host engine
     //    spreads (batch, head) units over the CPU's threads itself.
@@ -352,13 +298,7 @@ class DenseOp : public BenchOp {
     return check.finish();
   }
 
-  void teardown() override {
-    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
-    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
-    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
-    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
-    hlse_.clear();
-  }
+  void teardown() override { io_.reset(); }
 
  private:
   // One iteration: [RoPE fwd on q, k] -> attention fwd (if fwd) -> attention bwd [with the fused inverse RoPE] ->
@@ -371,9 +311,9 @@ class DenseOp : public BenchOp {
       if (bwd) flash_attention_backward(device_bwd_params(), ctx_.stream);  // fused inverse RoPE: rope_grad
       if (bwd && opt_.rope && !fused_rope_bwd()) rope_cuda(true);
     } else {
-      if (fwd && opt_.rope) rope_apply_host(rope_params(hq_.view, hk_.view, freqs_.inv_freq.data(), false));
+      if (fwd && opt_.rope) rope_apply_host(rope_params(io_.q, io_.k, freqs_.inv_freq.data(), false));
       host_run(fwd, bwd);
-      if (bwd && opt_.rope) rope_apply_host(rope_params(hdq_.view, hdk_.view, freqs_.inv_freq.data(), true));
+      if (bwd && opt_.rope) rope_apply_host(rope_params(io_.dq, io_.dk, freqs_.inv_freq.data(), true));
     }
   }
 
@@ -396,13 +336,9 @@ class DenseOp : public BenchOp {
   void rope_cuda(bool inverse) {
     const float* f = static_cast<const float*>(inv_freq_dev_.get());
     if (!inverse) {
-      rope_apply_cuda(rope_params(TensorView::packed(q_.get(), dtype_, Device::kCuda, B_, S_, H_, D_),
-                                  TensorView::packed(k_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_), f, false),
-                      ctx_.stream);
+      rope_apply_cuda(rope_params(io_.q, io_.k, f, false), ctx_.stream);
     } else {
-      rope_apply_cuda(rope_params(TensorView::packed(dq_.get(), dtype_, Device::kCuda, B_, S_, H_, D_),
-                                  TensorView::packed(dk_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_), f, true),
-                      ctx_.stream);
+      rope_apply_cuda(rope_params(io_.dq, io_.dk, f, true), ctx_.stream);
     }
   }
   // The RoPE kernels of one iteration that run as launches of their own, alone (forward; + the separate backward
@@ -422,26 +358,10 @@ class DenseOp : public BenchOp {
     return it == rope_ms_.end() ? 0.0 : it->second;
   }
 
-  void fill_inputs_device(uint64_t seed) {
-    fill_random_device(q_.get(), B_ * S_ * H_ * D_, dtype_, seed + 0, 1.0f, ctx_.stream);
-    fill_random_device(k_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 1, 1.0f, ctx_.stream);
-    fill_random_device(v_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 2, 1.0f, ctx_.stream);
-    if (dout_.get() != nullptr) fill_random_device(dout_.get(), B_ * S_ * H_ * D_, dtype_, seed + 3, 1.0f, ctx_.stream);
-  }
-  void fill_inputs_host(uint64_t seed) {
-    fill_random_host(hq_, seed + 0);
-    fill_random_host(hk_, seed + 1);
-    fill_random_host(hv_, seed + 2);
-    if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
-  }
-
   AttnParams device_params() const {
     AttnParams p;
-    p.q = TensorView::packed(q_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
-    p.k = TensorView::packed(k_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
-    p.v = TensorView::packed(v_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
-    p.o = TensorView::packed(o_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
-    p.lse = static_cast<float*>(lse_.get());
+    p.q = io_.q, p.k = io_.k, p.v = io_.v, p.o = io_.o;
+    p.lse = io_.lse;
     p.q_pos = PositionMap::contiguous(0, S_);
     p.kv_pos = PositionMap::contiguous(0, S_);
     p.mask = mask();
@@ -451,10 +371,7 @@ class DenseOp : public BenchOp {
   AttnBwdParams device_bwd_params() const {
     AttnBwdParams b;
     b.fwd = device_params();
-    b.dout = TensorView::packed(dout_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
-    b.dq = TensorView::packed(dq_.get(), dtype_, Device::kCuda, B_, S_, H_, D_);
-    b.dk = TensorView::packed(dk_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
-    b.dv = TensorView::packed(dv_.get(), dtype_, Device::kCuda, B_, S_, Hkv_, D_);
+    b.dout = io_.dout, b.dq = io_.dq, b.dk = io_.dk, b.dv = io_.dv;
     if (fused_rope_bwd()) b.rope_grad = &rope_grad_;
     return b;
   }
@@ -485,12 +402,12 @@ class DenseOp : public BenchOp {
 
   // Host-engine mode: the whole problem in fp32 (the engine threads over (batch, head) itself).
   void host_run(bool fwd, bool bwd) {
-    const AttnParams p = host_params(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data(), H_);
+    const AttnParams p = host_params(io_.q, io_.k, io_.v, io_.o, io_.lse, H_);
     if (fwd) host_attention_forward(p, HostPrecision::kFloat32);
     if (bwd) {
       AttnBwdParams b;
       b.fwd = p;
-      b.dout = hdout_.view, b.dq = hdq_.view, b.dk = hdk_.view, b.dv = hdv_.view;
+      b.dout = io_.dout, b.dq = io_.dq, b.dk = io_.dk, b.dv = io_.dv;
       host_attention_backward(b, HostPrecision::kFloat32);
     }
   }
@@ -507,11 +424,8 @@ class DenseOp : public BenchOp {
   std::map<int64_t, double> rope_ms_;  // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
   bool rope_bwd_fused_ = true;         // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
   RopeGradParams rope_grad_;           // --rope, GPU: the fused inverse's parameters (inv_freq_dev_, rotary dim, ...)
-  // GPU buffers (packed).
-  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_, inv_freq_dev_;
-  // Host-engine mode buffers.
-  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_;
-  std::vector<float> hlse_;
+  AttentionIo io_;                     // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host
+  DeviceBuffer slopes_dev_, inv_freq_dev_;  // GPU: ALiBi slopes, RoPE frequencies
 };
 
 }  // namespace

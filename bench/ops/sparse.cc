@@ -24,6 +24,7 @@
 #include <memory>
 #include <sstream>
 
+#include "attention_io.h"
 #include "bench_flops.h"
 #include "bench_op.h"
 #include "device_fill.h"
@@ -156,39 +157,11 @@ class SparseOp : public BenchOp {
     attn_ = std::make_unique<BlockSparseAttention>(
         make_attention(ctx_.on_gpu() ? Device::kCuda : Device::kHost, HostPrecision::kFloat32));
     pairs_[seq] = {attn_->visible_pairs(S_, S_), attn_->computed_pairs(S_, S_)};
-    if (ctx_.on_gpu()) {
-      const size_t e = dtype_size(dtype_);
-      q_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * H_ * D_) * e);
-      k_ = DeviceBuffer(static_cast<size_t>(B_ * S_ * Hkv_ * D_) * e);
-      v_ = DeviceBuffer(k_.bytes());
-      o_ = DeviceBuffer(q_.bytes());
-      lse_ = DeviceBuffer(static_cast<size_t>(B_ * H_ * S_) * sizeof(float));
-      if (need_bwd) {
-        dout_ = DeviceBuffer(q_.bytes());
-        dq_ = DeviceBuffer(q_.bytes());
-        dk_ = DeviceBuffer(k_.bytes());
-        dv_ = DeviceBuffer(k_.bytes());
-      }
-      fill_inputs_device(seed);
-      poison_device(o_.get(), o_.bytes(), ctx_.stream);
-      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
-      if (opt_.pass == Pass::kBackward) run_fwd();  // bwd alone is timed against this forward's O and LSE
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    } else {
-      hq_ = HostTensor(dtype_, B_, S_, H_, D_);
-      hk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-      hv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-      ho_ = HostTensor(dtype_, B_, S_, H_, D_);
-      hlse_.assign(static_cast<size_t>(B_ * H_ * S_), 0.f);
-      if (need_bwd) {
-        hdout_ = HostTensor(dtype_, B_, S_, H_, D_);
-        hdq_ = HostTensor(dtype_, B_, S_, H_, D_);
-        hdk_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-        hdv_ = HostTensor(dtype_, B_, S_, Hkv_, D_);
-      }
-      fill_inputs_host(seed);
-      if (opt_.pass == Pass::kBackward) run_fwd();
-    }
+    io_.allocate(ctx_.on_gpu(), dtype_, B_, S_, H_, Hkv_, D_, need_bwd);
+    io_.fill_inputs(seed, ctx_.stream);
+    io_.poison_outputs(false, ctx_.stream);
+    if (opt_.pass == Pass::kBackward) run_fwd();  // bwd alone is timed against this forward's O and LSE
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
   }
 
   void run() override {
@@ -201,45 +174,16 @@ class SparseOp : public BenchOp {
   CheckResult check() override {
     const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
     const bool bwd = opt_.pass != Pass::kForward;
-    HostTensor q, k, v, o, dout, dq, dk, dv;
-    std::vector<float> lse;
-    if (ctx_.on_gpu()) {
-      fill_inputs_device(seed);
-      poison_device(o_.get(), o_.bytes(), ctx_.stream);
-      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
-      if (bwd) {
-        poison_device(dq_.get(), dq_.bytes(), ctx_.stream);
-        poison_device(dk_.get(), dk_.bytes(), ctx_.stream);
-        poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
-      }
-      run_fwd();
-      if (bwd) run_bwd();
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      q = download(q_.get(), dtype_, B_, S_, H_, D_);
-      k = download(k_.get(), dtype_, B_, S_, Hkv_, D_);
-      v = download(v_.get(), dtype_, B_, S_, Hkv_, D_);
-      o = download(o_.get(), dtype_, B_, S_, H_, D_);
-      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * S_);
-      if (bwd) {
-        dout = download(dout_.get(), dtype_, B_, S_, H_, D_);
-        dq = download(dq_.get(), dtype_, B_, S_, H_, D_);
-        dk = download(dk_.get(), dtype_, B_, S_, Hkv_, D_);
-        dv = download(dv_.get(), dtype_, B_, S_, Hkv_, D_);
-      }
-    } else {
-      fill_inputs_host(seed);
-      fill_nan_host(ho_);
-      fill_nan_host(hlse_);
-      if (bwd) {
-        fill_nan_host(hdq_);
-        fill_nan_host(hdk_);
-        fill_nan_host(hdv_);
-      }
-      run_fwd();
-      if (bwd) run_bwd();
-      q = hq_, k = hk_, v = hv_, o = ho_, lse = hlse_;
-      if (bwd) dout = hdout_, dq = hdq_, dk = hdk_, dv = hdv_;
-    }
+    // 1. Fresh inputs, poisoned outputs, one run of forward (+ backward), results copied to the host.
+    io_.fill_inputs(seed, ctx_.stream);
+    io_.poison_outputs(bwd, ctx_.stream);
+    run_fwd();
+    if (bwd) run_bwd();
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    const HostTensor q = io_.to_host(io_.q), k = io_.to_host(io_.k), v = io_.to_host(io_.v), o = io_.to_host(io_.o);
+    std::vector<float> lse = io_.lse_to_host();
+    HostTensor dout, dq, dk, dv;
+    if (bwd) dout = io_.to_host(io_.dout), dq = io_.to_host(io_.dq), dk = io_.to_host(io_.dk), dv = io_.to_host(io_.dv);
 
     // References on the checked heads with the SAME layout (its host arrays) through the host engine.
     const int64_t G = H_ / Hkv_;
@@ -279,11 +223,7 @@ class SparseOp : public BenchOp {
   }
 
   void teardown() override {
-    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
-    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
-    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
-    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
-    hlse_.clear();
+    io_.reset();
     attn_.reset();
   }
 
@@ -309,38 +249,10 @@ class SparseOp : public BenchOp {
                                         c.causal, cfg, device, s);
   }
 
-  void run_fwd() {
-    if (ctx_.on_gpu()) {
-      attn_->forward(dev(q_, H_), dev(k_, Hkv_), dev(v_, Hkv_), dev(o_, H_), static_cast<float*>(lse_.get()),
-                     ctx_.stream);
-    } else {
-      attn_->forward(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data());
-    }
-  }
+  // The same calls on the GPU and the host engine (the host ignores the stream).
+  void run_fwd() { attn_->forward(io_.q, io_.k, io_.v, io_.o, io_.lse, ctx_.stream); }
   void run_bwd() {
-    if (ctx_.on_gpu()) {
-      attn_->backward(dev(q_, H_), dev(k_, Hkv_), dev(v_, Hkv_), dev(o_, H_), static_cast<const float*>(lse_.get()),
-                      dev(dout_, H_), dev(dq_, H_), dev(dk_, Hkv_), dev(dv_, Hkv_), ctx_.stream);
-    } else {
-      attn_->backward(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data(), hdout_.view, hdq_.view, hdk_.view,
-                      hdv_.view);
-    }
-  }
-  TensorView dev(const DeviceBuffer& b, int64_t heads) const {
-    return TensorView::packed(b.get(), dtype_, Device::kCuda, B_, S_, heads, D_);
-  }
-
-  void fill_inputs_device(uint64_t seed) {
-    fill_random_device(q_.get(), B_ * S_ * H_ * D_, dtype_, seed + 0, 1.0f, ctx_.stream);
-    fill_random_device(k_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 1, 1.0f, ctx_.stream);
-    fill_random_device(v_.get(), B_ * S_ * Hkv_ * D_, dtype_, seed + 2, 1.0f, ctx_.stream);
-    if (dout_.get() != nullptr) fill_random_device(dout_.get(), B_ * S_ * H_ * D_, dtype_, seed + 3, 1.0f, ctx_.stream);
-  }
-  void fill_inputs_host(uint64_t seed) {
-    fill_random_host(hq_, seed + 0);
-    fill_random_host(hk_, seed + 1);
-    fill_random_host(hv_, seed + 2);
-    if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
+    attn_->backward(io_.q, io_.k, io_.v, io_.o, io_.lse, io_.dout, io_.dq, io_.dk, io_.dv, ctx_.stream);
   }
 
   RunContext ctx_;
@@ -352,9 +264,7 @@ class SparseOp : public BenchOp {
   std::vector<float> slopes_host_;
   std::unique_ptr<BlockSparseAttention> attn_;
   std::map<int64_t, std::pair<int64_t, int64_t>> pairs_;  // seq -> (visible pairs, computed pairs) per (b, h)
-  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_;
-  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_;
-  std::vector<float> hlse_;
+  AttentionIo io_;                                        // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host
 };
 
 }  // namespace
