@@ -20,33 +20,22 @@ namespace hopper {
 
 #ifdef DISTATTN_HOPPER_DEVICE
 
-template <int kTransA, int kTransB>
-__device__ __forceinline__ void wgmma_ss_m64n64k16_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, "
-      "%13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, "
-      "1, %35, %36;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
-        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));
-}
-
-template <int kTransA, int kTransB>
-__device__ __forceinline__ void wgmma_ss_m64n64k16_f16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, "
-      "%14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, "
-      "%35, %36;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
-        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));
-}
+// wgmma_ss_m64n64k16_<T><kTransA, kTransB> for one input type (PTX type PT: bf16 or f16); the accumulator operand
+// macros are hopper_primitives.cuh's.
+#define DISTATTN_DEFINE_WGMMA_SS_M64N64K16(T, PT)                                                         \
+  template <int kTransA, int kTransB>                                                                     \
+  __device__ __forceinline__ void wgmma_ss_m64n64k16_##T(float(&d)[32], uint64_t desc_a, uint64_t desc_b, \
+                                                         int scale_d) {                                   \
+    asm volatile(                                                                                         \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                      \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." PT "." PT " {" DISTATTN_WGMMA_REGS32                \
+        "}, %32, %33, p, 1, 1, %35, %36;\n}\n"                                                            \
+        : DISTATTN_WGMMA_OUTS32(d)                                                                        \
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));                            \
+  }
+DISTATTN_DEFINE_WGMMA_SS_M64N64K16(bf16, "bf16")
+DISTATTN_DEFINE_WGMMA_SS_M64N64K16(f16, "f16")
+#undef DISTATTN_DEFINE_WGMMA_SS_M64N64K16
 
 // Barrier `id` (1..15; 0 is __syncthreads) over `kCount` threads (a multiple of 32), all of which call it.
 template <int kCount>
