@@ -199,6 +199,31 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   return in;
 }
 
+// The host references of a call: fp64 (o64, lse64) and the naive evaluation in the input dtype, and the naive one's
+// error against fp64 (the yardstick of the 2x rule). `p` holds q, k, v, the positions, the mask and ALiBi (host
+// memory); its o and lse are replaced.
+struct Reference {
+  HostTensor o64;
+  std::vector<float> lse64;
+  std::vector<double> lse_ref;  // lse64 in double, as compare_flat takes it
+  ErrorStats e_naive, l_naive;
+};
+Reference host_reference(AttnParams p, DType dt) {
+  const int64_t B = p.q.batch(), Sq = p.q.seqlen(), Hq = p.q.heads(), D = p.q.head_dim();
+  Reference r;
+  r.o64 = HostTensor(DType::kFloat32, B, Sq, Hq, D);
+  r.lse64.assign(static_cast<size_t>(B * Hq * Sq), 0.f);
+  p.o = r.o64.view, p.lse = r.lse64.data();
+  host_attention_forward(p, HostPrecision::kFloat64);
+  HostTensor o_naive(dt, B, Sq, Hq, D);
+  std::vector<float> lse_naive(r.lse64.size());
+  p.o = o_naive.view, p.lse = lse_naive.data();
+  host_attention_forward(p, HostPrecision::kRoundIntermediates);
+  r.lse_ref.assign(r.lse64.begin(), r.lse64.end());
+  r.e_naive = testing::compare(o_naive.view, r.o64.view);
+  r.l_naive = testing::compare_flat(lse_naive.data(), r.lse_ref.data(), static_cast<int64_t>(r.lse64.size()));
+  return r;
+}
 // The 2x-naive check of one case; also compares with the existing kernel (same inputs) when `vs_old`.
 void run_and_check(const Case& c, bool vs_old = true) {
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
@@ -209,26 +234,19 @@ void run_and_check(const Case& c, bool vs_old = true) {
   const BlockListView* hb = c.blocks ? &c.blocks->host_view : nullptr;
   const float* hs = c.slopes.empty() ? nullptr : c.slopes.data();
 
-  HostTensor o64(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
-  std::vector<float> lse64(static_cast<size_t>(lse_n));
-  host_attention_forward(make_params(c, q.view, k.view, v.view, o64.view, lse64.data(), hb, hs),
-                         HostPrecision::kFloat64);
-  HostTensor o_naive(c.dtype, c.B, c.Sq, c.Hq, c.D);
-  std::vector<float> lse_naive(static_cast<size_t>(lse_n));
-  host_attention_forward(make_params(c, q.view, k.view, v.view, o_naive.view, lse_naive.data(), hb, hs),
-                         HostPrecision::kRoundIntermediates);
+  const Reference r = host_reference(make_params(c, q.view, k.view, v.view, TensorView(), nullptr, hb, hs), c.dtype);
+  const std::vector<float>& lse64 = r.lse64;
+  const ErrorStats& e_naive = r.e_naive;
 
   const Outputs out = run_gpu(c, q, k, v, /*hopper=*/true);
-  const ErrorStats e_gpu = testing::compare(out.o.view, o64.view);
-  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
-  std::vector<double> lse_ref(lse64.begin(), lse64.end());
+  const ErrorStats e_gpu = testing::compare(out.o.view, r.o64.view);
   SCOPED_TRACE("O hopper " + e_gpu.str() + " | naive " + e_naive.str());
   EXPECT_EQ(e_gpu.non_finite, 0);
   EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
   EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
   if (c.lse) {
-    const ErrorStats l_gpu = testing::compare_flat(out.lse.data(), lse_ref.data(), lse_n);
-    const ErrorStats l_naive = testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n);
+    const ErrorStats l_gpu = testing::compare_flat(out.lse.data(), r.lse_ref.data(), lse_n);
+    const ErrorStats& l_naive = r.l_naive;
     SCOPED_TRACE("LSE hopper " + l_gpu.str() + " | naive " + l_naive.str());
     EXPECT_EQ(l_gpu.non_finite, 0);
     EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kSlack);
@@ -268,6 +286,11 @@ void expect_within_2x_naive(const TensorView& o, const std::vector<float>& lse, 
   if (o_rel_l2) EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
   EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
   EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+}
+
+void expect_within_2x_naive(const TensorView& o, const std::vector<float>& lse, const Reference& r,
+                            bool o_rel_l2 = true) {
+  expect_within_2x_naive(o, lse, r.o64.view, r.lse_ref, r.e_naive, r.l_naive, o_rel_l2);
 }
 
 TEST(FlashForwardHopper, DenseOddSizesGqaPaddedStrides) {
@@ -383,26 +406,16 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
     testing::fill_normal(v, seed + 2);
     const PositionMap q_pos = PositionMap::contiguous(100, Sq);
     AttnParams ref;
-    HostTensor o64(DType::kFloat32, B, Sq, Hq, D);
-    std::vector<float> lse64(static_cast<size_t>(B * Hq * Sq));
-    ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+    ref.q = q.view, ref.k = k.view, ref.v = v.view;
     ref.q_pos = q_pos, ref.kv_pos = PositionMap::contiguous(0, Skv), ref.mask = Mask::make_causal();
-    host_attention_forward(ref, HostPrecision::kFloat64);
-    HostTensor o_naive(dt, B, Sq, Hq, D);
-    std::vector<float> lse_naive(lse64.size());
-    ref.o = o_naive.view, ref.lse = lse_naive.data();
-    host_attention_forward(ref, HostPrecision::kRoundIntermediates);
-    const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
-    std::vector<double> lse_ref(lse64.begin(), lse64.end());
-    const ErrorStats l_naive =
-        testing::compare_flat(lse_naive.data(), lse_ref.data(), static_cast<int64_t>(lse64.size()));
+    const Reference r = host_reference(ref, dt);
 
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
     DeviceTensor dq(q), dk(k), dv(v);
     HostTensor acc(DType::kFloat32, B, Sq, Hq, D);  // zeros: the accumulator's start
     DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(lse64.size(), -std::numeric_limits<float>::infinity()));
+    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
     for (int part = 0; part < 2; ++part) {
       const int64_t r0 = part == 0 ? 0 : half, rows = part == 0 ? half : Skv - half;
       AttnParams p;
@@ -425,13 +438,13 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_acc.download(acc);
     const std::vector<float> lse = d_lse.download();
-    expect_within_2x_naive(acc.view, lse, o64.view, lse_ref, e_naive, l_naive);
+    expect_within_2x_naive(acc.view, lse, r);
 
     // Plain mode, fp32 o (poisoned), lse written.
     HostTensor o32(DType::kFloat32, B, Sq, Hq, D);
     testing::fill_nan(o32);
     DeviceTensor d_o32(o32);
-    DeviceArray<float> d_lse2(std::vector<float>(lse64.size(), std::nanf("")));
+    DeviceArray<float> d_lse2(std::vector<float>(r.lse64.size(), std::nanf("")));
     AttnParams p;
     p.q = dq.view(), p.k = dk.view(), p.v = dv.view(), p.o = d_o32.view(), p.lse = d_lse2.ptr;
     p.q_pos = q_pos, p.kv_pos = PositionMap::contiguous(0, Skv), p.mask = Mask::make_causal();
@@ -442,7 +455,7 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
     d_o32.download(o32);
     const std::vector<float> lse2 = d_lse2.download();
     SCOPED_TRACE("fp32 plain mode");
-    expect_within_2x_naive(o32.view, lse2, o64.view, lse_ref, e_naive, l_naive, /*o_rel_l2=*/false);
+    expect_within_2x_naive(o32.view, lse2, r, /*o_rel_l2=*/false);
   }
 }
 
@@ -560,27 +573,17 @@ TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
     PositionMap kv_all = kv_step[0];
     kv_all.add_chunk(off + C, 1, C).add_chunk(off + 2 * C, 1, C);
     AttnParams ref;
-    HostTensor o64(DType::kFloat32, B, Sq, Hq, D);
-    std::vector<float> lse64(static_cast<size_t>(B * Hq * Sq));
-    ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+    ref.q = q.view, ref.k = k.view, ref.v = v.view;
     ref.q_pos = q_pos, ref.kv_pos = kv_all, ref.mask = Mask::make_causal();
     ref.alibi_slopes = alibi ? slopes.data() : nullptr;
-    host_attention_forward(ref, HostPrecision::kFloat64);
-    HostTensor o_naive(dt, B, Sq, Hq, D);
-    std::vector<float> lse_naive(lse64.size());
-    ref.o = o_naive.view, ref.lse = lse_naive.data();
-    host_attention_forward(ref, HostPrecision::kRoundIntermediates);
-    const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
-    std::vector<double> lse_ref(lse64.begin(), lse64.end());
-    const ErrorStats l_naive =
-        testing::compare_flat(lse_naive.data(), lse_ref.data(), static_cast<int64_t>(lse64.size()));
+    const Reference r = host_reference(ref, dt);
 
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
     DeviceTensor dq(q), dk(k), dv(v);
     HostTensor acc(DType::kFloat32, B, Sq, Hq, D);  // zeros: the accumulator's start
     DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(lse64.size(), -std::numeric_limits<float>::infinity()));
+    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
     for (int step = 0; step < 2; ++step) {
       const int64_t r0 = step * 2 * C;
       AttnParams p;
@@ -604,7 +607,7 @@ TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_acc.download(acc);
     const std::vector<float> lse = d_lse.download();
-    expect_within_2x_naive(acc.view, lse, o64.view, lse_ref, e_naive, l_naive);
+    expect_within_2x_naive(acc.view, lse, r);
   }
 }
 
@@ -722,17 +725,12 @@ TEST(FlashForwardHopper, ExistingKernelBlockListWindow) {
   testing::fill_normal(q, seed);
   testing::fill_normal(k, seed + 1);
   testing::fill_normal(v, seed + 2);
-  HostTensor o64(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
-  std::vector<float> lse64(static_cast<size_t>(c.B * c.Hq * c.Sq));
-  host_attention_forward(make_params(c, q.view, k.view, v.view, o64.view, lse64.data(), &bl.host_view),
-                         HostPrecision::kFloat64);
-  HostTensor o_naive(c.dtype, c.B, c.Sq, c.Hq, c.D);
-  std::vector<float> lse_naive(lse64.size());
-  host_attention_forward(make_params(c, q.view, k.view, v.view, o_naive.view, lse_naive.data(), &bl.host_view),
-                         HostPrecision::kRoundIntermediates);
+  const Reference r =
+      host_reference(make_params(c, q.view, k.view, v.view, TensorView(), nullptr, &bl.host_view), c.dtype);
+  const HostTensor& o64 = r.o64;
   const Outputs old = run_gpu(c, q, k, v, /*hopper=*/false);
   const ErrorStats e_old = testing::compare(old.o.view, o64.view);
-  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
+  const ErrorStats& e_naive = r.e_naive;
   // Per q block: the largest error, to say which block-list rows disagree.
   for (int64_t qb = 0; qb < 5; ++qb) {
     double worst = 0;
@@ -841,20 +839,10 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
   testing::fill_normal(k, seed + 1);
   testing::fill_normal(v, seed + 2);
   AttnParams ref;
-  HostTensor o64(DType::kFloat32, B, Sq, Hq, D);
-  std::vector<float> lse64(static_cast<size_t>(B * Hq * Sq));
-  ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+  ref.q = q.view, ref.k = k.view, ref.v = v.view;
   ref.q_pos = PositionMap::contiguous(0, Sq), ref.kv_pos = PositionMap::contiguous(0, Skv);
   ref.mask = Mask::make_causal();
-  host_attention_forward(ref, HostPrecision::kFloat64);
-  HostTensor o_naive(dt, B, Sq, Hq, D);
-  std::vector<float> lse_naive(lse64.size());
-  ref.o = o_naive.view, ref.lse = lse_naive.data();
-  host_attention_forward(ref, HostPrecision::kRoundIntermediates);
-  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
-  std::vector<double> lse_ref(lse64.begin(), lse64.end());
-  const ErrorStats l_naive =
-      testing::compare_flat(lse_naive.data(), lse_ref.data(), static_cast<int64_t>(lse64.size()));
+  const Reference r = host_reference(ref, dt);
 
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
@@ -864,7 +852,7 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
     HostTensor acc(DType::kFloat32, B, Sq, Hq, D);
     testing::fill_normal(acc, seed + 7);  // overwritten: the first call's lse is -inf everywhere
     DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(lse64.size(), -std::numeric_limits<float>::infinity()));
+    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
     const int64_t cuts[4] = {0, 128, 384, Skv};  // tile-aligned thirds of unequal length
     for (int part = 0; part < 3; ++part) {
       const int64_t r0 = cuts[part], rows = cuts[part + 1] - cuts[part];
@@ -890,7 +878,7 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
     return Outputs{std::move(acc), d_lse.download()};
   };
   const Outputs automatic = run(-1);
-  expect_within_2x_naive(automatic.o.view, automatic.lse, o64.view, lse_ref, e_naive, l_naive);
+  expect_within_2x_naive(automatic.o.view, automatic.lse, r);
   for (int ctas : {1, 5, 0}) expect_same_bits(automatic, run(ctas), "accumulate grid " + std::to_string(ctas));
 }
 
@@ -1222,18 +1210,11 @@ TEST(FlashForwardHopper, AlibiMergeCutoffAcrossRingSteps) {
 
   // 1. Against fp64 over all keys.
   AttnParams ref;
-  HostTensor o64(DType::kFloat32, B, Sq, Hq, D), o_naive(dt, B, Sq, Hq, D);
-  std::vector<float> lse64(static_cast<size_t>(lse_n)), lse_naive(lse64.size());
-  ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
+  ref.q = q.view, ref.k = k.view, ref.v = v.view;
   ref.q_pos = q_pos, ref.kv_pos = kv_all, ref.mask = Mask::make_causal(), ref.alibi_slopes = slopes.data();
-  host_attention_forward(ref, HostPrecision::kFloat64);
-  ref.o = o_naive.view, ref.lse = lse_naive.data();
-  host_attention_forward(ref, HostPrecision::kRoundIntermediates);
   std::vector<float> norms;
   const Outputs cut = run_steps(v, true, &norms);
-  std::vector<double> lse_ref(lse64.begin(), lse64.end());
-  expect_within_2x_naive(cut.o.view, cut.lse, o64.view, lse_ref, testing::compare(o_naive.view, o64.view),
-                         testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n));
+  expect_within_2x_naive(cut.o.view, cut.lse, host_reference(ref, dt));
 
   // 2. The norms of the remote step (k rows [Sq, 2 Sq)) and of q; the own keys' on the host.
   ASSERT_EQ(static_cast<int64_t>(norms.size()), B * Hkv + B * Hq * (Sq / 128));
