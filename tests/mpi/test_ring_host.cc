@@ -22,6 +22,7 @@
 #include "distattn/ring/schedule.h"
 #include "distattn/ring/shard.h"
 #include "mpi_gtest_main.h"
+#include "ring_test_util.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -56,25 +57,6 @@ struct Case {
 };
 
 int64_t global_len(const Case& c, int P) { return (c.layout == ShardLayout::kZigzag ? 2 * P : P) * c.rows_per_chunk; }
-
-HostTensor shard_of(const HostTensor& full, ShardLayout layout, int P, int r) {
-  const TensorView& f = full.view;
-  HostTensor local(f.dtype, f.batch(), f.seqlen() / P, f.heads(), f.head_dim());
-  ring::shard_host(f, local.view, layout, P, r);
-  return local;
-}
-
-// Max |ref| (for a relative bound).
-double max_abs_value(const TensorView& t) {
-  double m = 0;
-  for (int64_t b = 0; b < t.batch(); ++b)
-    for (int64_t s = 0; s < t.seqlen(); ++s)
-      for (int64_t h = 0; h < t.heads(); ++h)
-        for (int64_t d = 0; d < t.head_dim(); ++d)
-          m = std::max(m, std::fabs(load_as_double(t.data, t.offset(b, s, h, d), t.dtype)));
-  return m;
-}
-
 // The worst errors of one case on this rank, reduced over ranks for the report.
 struct CaseErrors {
   double o = 0, lse = 0, dq = 0, dk = 0, dv = 0;

@@ -37,6 +37,7 @@
 #include "mpi_gpu.h"
 #include "mpi_gtest_main.h"
 #include "ring_sparse_cases.h"
+#include "ring_test_util.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -51,70 +52,6 @@ constexpr double kCommTimeout = 120.0;
 constexpr double kFwdSlack = 1e-4;  // tests/gpu/test_flash_fwd.cc
 constexpr int64_t kSeq = 2048;      // contiguous and zigzag chunks are whole blocks for P = 1, 2, 4, 8
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-HostTensor shard_of(const HostTensor& full, ShardLayout layout, int P, int r) {
-  const TensorView& f = full.view;
-  HostTensor local(f.dtype, f.batch(), f.seqlen() / P, f.heads(), f.head_dim());
-  ring::shard_host(f, local.view, layout, P, r);
-  return local;
-}
-
-HostTensor gather_full(const HostTensor& local, ShardLayout layout, int64_t S) {
-  const int P = mpi_size();
-  const HostTensor packed = convert(local, local.view.dtype);
-  const size_t bytes = packed.bytes();
-  std::vector<unsigned char> all(bytes * static_cast<size_t>(P));
-  EXPECT_EQ(MPI_Allgather(packed.storage.data(), static_cast<int>(bytes), MPI_BYTE, all.data(), static_cast<int>(bytes),
-                          MPI_BYTE, MPI_COMM_WORLD),
-            MPI_SUCCESS);
-  const TensorView& l = local.view;
-  HostTensor full(l.dtype, l.batch(), S, l.heads(), l.head_dim());
-  for (int r = 0; r < P; ++r) {
-    const TensorView piece = TensorView::packed(all.data() + bytes * static_cast<size_t>(r), l.dtype, Device::kHost,
-                                                l.batch(), l.seqlen(), l.heads(), l.head_dim());
-    ring::unshard_host(piece, full.view, layout, P, r);
-  }
-  return full;
-}
-
-std::vector<float> gather_lse(const std::vector<float>& local, int64_t H, ShardLayout layout, int64_t S) {
-  const int P = mpi_size();
-  std::vector<float> all(local.size() * static_cast<size_t>(P)), full(static_cast<size_t>(H * S));
-  EXPECT_EQ(MPI_Allgather(local.data(), static_cast<int>(local.size()), MPI_FLOAT, all.data(),
-                          static_cast<int>(local.size()), MPI_FLOAT, MPI_COMM_WORLD),
-            MPI_SUCCESS);
-  for (int r = 0; r < P; ++r) ring::unshard_lse_host(all.data() + local.size() * r, full.data(), 1, H, layout, S, P, r);
-  return full;
-}
-
-HostTensor sum_over_ranks(const HostTensor& part) {
-  const TensorView& t = part.view;
-  HostTensor out(DType::kFloat64, t.batch(), t.seqlen(), t.heads(), t.head_dim());
-  std::vector<double> mine(static_cast<size_t>(t.numel())), sum(mine.size());
-  int64_t i = 0;
-  for (int64_t b = 0; b < t.batch(); ++b)
-    for (int64_t s = 0; s < t.seqlen(); ++s)
-      for (int64_t h = 0; h < t.heads(); ++h)
-        for (int64_t d = 0; d < t.head_dim(); ++d) mine[static_cast<size_t>(i++)] = part.get(b, s, h, d);
-  EXPECT_EQ(MPI_Allreduce(mine.data(), sum.data(), static_cast<int>(mine.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
-            MPI_SUCCESS);
-  std::memcpy(out.storage.data(), sum.data(), sum.size() * sizeof(double));
-  return out;
-}
-
-double rms_of(const TensorView& t) {
-  double sum = 0;
-  int64_t n = 0;
-  for (int64_t b = 0; b < t.batch(); ++b)
-    for (int64_t s = 0; s < t.seqlen(); ++s)
-      for (int64_t h = 0; h < t.heads(); ++h)
-        for (int64_t d = 0; d < t.head_dim(); ++d, ++n) {
-          const double x = load_as_double(t.data, t.offset(b, s, h, d), t.dtype);
-          sum += x * x;
-        }
-  return n ? std::sqrt(sum / n) : 0;
-}
-
 struct Triple {
   ErrorStats ring, single, naive;
 };
@@ -168,7 +105,7 @@ RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
   host_attention_forward(hp, HostPrecision::kRoundIntermediates);
   const HostTensor ob_local = convert(o64, bf);
   const HostTensor Ob = gather_full(ob_local, c.layout, S);
-  const std::vector<float> LSE = gather_lse(lse64, Hq, c.layout, S);
+  const std::vector<float> LSE = gather_lse(lse64, 1, Hq, c.layout, S);
   AttnBwdParams hb;
   hb.fwd = hp;
   hb.fwd.o = ob_local.view;

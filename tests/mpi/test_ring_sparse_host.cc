@@ -34,6 +34,7 @@
 #include "distattn/sparse/block_layout.h"
 #include "mpi_gtest_main.h"
 #include "ring_sparse_cases.h"
+#include "ring_test_util.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -48,24 +49,6 @@ constexpr double kCommTimeout = 30.0;  // a hang becomes an Error well before CT
 
 // S = 2P blocks of 128 rows: contiguous ranks hold 2 blocks, zigzag ranks 2 chunks of 1 block.
 int64_t seq_for(int P) { return 2 * P * kBlk; }
-
-HostTensor shard_of(const HostTensor& full, ShardLayout layout, int P, int r) {
-  const TensorView& f = full.view;
-  HostTensor local(f.dtype, f.batch(), f.seqlen() / P, f.heads(), f.head_dim());
-  ring::shard_host(f, local.view, layout, P, r);
-  return local;
-}
-
-double max_abs_value(const TensorView& t) {
-  double m = 0;
-  for (int64_t b = 0; b < t.batch(); ++b)
-    for (int64_t s = 0; s < t.seqlen(); ++s)
-      for (int64_t h = 0; h < t.heads(); ++h)
-        for (int64_t d = 0; d < t.head_dim(); ++d)
-          m = std::max(m, std::fabs(load_as_double(t.data, t.offset(b, s, h, d), t.dtype)));
-  return m;
-}
-
 std::vector<double> to_dense(const HostTensor& t) {  // packed [B, S, H, D] doubles
   const TensorView& v = t.view;
   std::vector<double> out(static_cast<size_t>(v.numel()));
