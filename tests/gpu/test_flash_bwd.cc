@@ -25,6 +25,7 @@
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "hand_block_list.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -36,6 +37,7 @@ using testing::DeviceTensor;
 using testing::ErrorStats;
 using testing::fill_nan;
 using testing::fill_normal;
+using testing::HandBlockList;
 using testing::HostTensor;
 using testing::test_seed;
 
@@ -69,57 +71,6 @@ double rms_of(const HostTensor& t) {
         for (int64_t i3 = 0; i3 < s[3]; ++i3, ++n) sum += t.get(i0, i1, i2, i3) * t.get(i0, i1, i2, i3);
   return n ? std::sqrt(sum / n) : 0;
 }
-
-// A block list built from a dense matrix of block states (0 absent, 1 partial, 2 full), with host
-// arrays (for the host engine) and device copies (for the CUDA engine).
-struct TestBlocks {
-  std::vector<int32_t> row_offset, col_index, col_offset, row_index;
-  std::vector<uint8_t> row_partial, col_partial;
-  BlockListView host;
-  BlockListView dev;
-  std::unique_ptr<DeviceArray<int32_t>> d_row_offset, d_col_index, d_col_offset, d_row_index;
-  std::unique_ptr<DeviceArray<uint8_t>> d_row_partial, d_col_partial;
-
-  explicit TestBlocks(const std::vector<std::vector<int>>& st) {
-    const int nq = static_cast<int>(st.size()), nkv = static_cast<int>(st[0].size());
-    row_offset.push_back(0);
-    for (int i = 0; i < nq; ++i) {
-      for (int j = 0; j < nkv; ++j)
-        if (st[i][j]) col_index.push_back(j), row_partial.push_back(st[i][j] == 1);
-      row_offset.push_back(static_cast<int32_t>(col_index.size()));
-    }
-    col_offset.push_back(0);
-    for (int j = 0; j < nkv; ++j) {
-      for (int i = 0; i < nq; ++i)
-        if (st[i][j]) row_index.push_back(i), col_partial.push_back(st[i][j] == 1);
-      col_offset.push_back(static_cast<int32_t>(row_index.size()));
-    }
-    host.device = Device::kHost;
-    host.num_q_blocks = nq;
-    host.num_kv_blocks = nkv;
-    host.nnz = static_cast<int64_t>(col_index.size());
-    host.row_offset = row_offset.data();
-    host.col_index = col_index.data();
-    host.row_partial = row_partial.data();
-    host.col_offset = col_offset.data();
-    host.row_index = row_index.data();
-    host.col_partial = col_partial.data();
-    d_row_offset.reset(new DeviceArray<int32_t>(row_offset));
-    d_col_index.reset(new DeviceArray<int32_t>(col_index));
-    d_col_offset.reset(new DeviceArray<int32_t>(col_offset));
-    d_row_index.reset(new DeviceArray<int32_t>(row_index));
-    d_row_partial.reset(new DeviceArray<uint8_t>(row_partial));
-    d_col_partial.reset(new DeviceArray<uint8_t>(col_partial));
-    dev = host;
-    dev.device = Device::kCuda;
-    dev.row_offset = d_row_offset->ptr;
-    dev.col_index = d_col_index->ptr;
-    dev.row_partial = d_row_partial->ptr;
-    dev.col_offset = d_col_offset->ptr;
-    dev.row_index = d_row_index->ptr;
-    dev.col_partial = d_col_partial->ptr;
-  }
-};
 
 struct BwdCase {
   DType dtype = DType::kBFloat16;
@@ -162,8 +113,8 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   if (c.alibi) {
     for (int64_t h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(2.f, -c.slope_step * static_cast<float>(h + 1)));
   }
-  std::unique_ptr<TestBlocks> blocks;
-  if (!c.blocks.empty()) blocks.reset(new TestBlocks(c.blocks));
+  std::unique_ptr<HandBlockList> blocks;  // block states: 0 absent, 1 partial, 2 full
+  if (!c.blocks.empty()) blocks = std::make_unique<HandBlockList>(HandBlockList::from_states(c.blocks));
 
   // Host forward in fp64 (written to an fp32 O, the widest the host engine takes for 16-bit inputs;
   // rounded to the dtype afterwards) and LSE.
@@ -175,7 +126,7 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   hf.lse = lse.data();
   hf.q_pos = q_pos, hf.kv_pos = kv_pos;
   hf.mask = c.mask;
-  if (blocks) hf.mask.blocks = &blocks->host;
+  if (blocks) hf.mask.blocks = &blocks->host_view;
   hf.alibi_slopes = c.alibi ? slopes.data() : nullptr;
   hf.softmax_scale = static_cast<float>(c.scale);
   host_attention_forward(hf, HostPrecision::kFloat64);
@@ -245,7 +196,7 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   gb.fwd.q = dq_.view(), gb.fwd.k = dk_.view(), gb.fwd.v = dv_.view(), gb.fwd.o = dov.view();
   gb.fwd.lse = d_lse.ptr;
   gb.fwd.alibi_slopes = c.alibi ? d_slopes->ptr : nullptr;
-  if (blocks) gb.fwd.mask.blocks = &blocks->dev;
+  if (blocks) gb.fwd.mask.blocks = &blocks->device_view;
   gb.dout = ddo.view();
   gb.dq = dgrad[0].view(), gb.dk = dgrad[1].view(), gb.dv = dgrad[2].view();
   gb.accumulate = c.accumulate;

@@ -20,6 +20,7 @@
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "hand_block_list.h"
 #include "test_util.h"
 // Internal switches of the forward (the ALiBi cutoff on / off); not part of the public headers.
 #include "../../sparse/src/flash_fwd_options.h"
@@ -30,76 +31,11 @@ namespace {
 using testing::DeviceArray;
 using testing::DeviceTensor;
 using testing::ErrorStats;
+using testing::HandBlockList;
 using testing::HostTensor;
 
 constexpr double kSlack = 1e-4;
 const float kNegInf = -std::numeric_limits<float>::infinity();
-
-// A block list built by hand: per q block, the listed kv blocks (ascending) and whether each is partial.
-struct HandBlocks {
-  struct Entry {
-    int32_t kv_block;
-    bool partial;
-  };
-  std::vector<std::vector<Entry>> rows;  // [num_q_blocks]
-  int64_t num_kv_blocks = 0;
-
-  // CSR in both directions on the host; `host_view` points into these vectors.
-  std::vector<int32_t> row_offset, col_index, col_offset, row_index;
-  std::vector<uint8_t> row_partial, col_partial;
-  BlockListView host_view;
-  // Device copies (an empty array still allocates one element) and their view.
-  std::unique_ptr<DeviceArray<int32_t>> d_row_offset, d_col_index, d_col_offset, d_row_index;
-  std::unique_ptr<DeviceArray<uint8_t>> d_row_partial, d_col_partial;
-  BlockListView device_view;
-
-  void build() {
-    row_offset.assign(1, 0);
-    for (const auto& r : rows) {
-      for (const Entry& e : r) {
-        col_index.push_back(e.kv_block);
-        row_partial.push_back(e.partial ? 1 : 0);
-      }
-      row_offset.push_back(static_cast<int32_t>(col_index.size()));
-    }
-    const int64_t nnz = static_cast<int64_t>(col_index.size());
-    col_offset.assign(static_cast<size_t>(num_kv_blocks + 1), 0);
-    for (int64_t j = 0; j < num_kv_blocks; ++j) {
-      for (size_t i = 0; i < rows.size(); ++i)
-        for (const Entry& e : rows[i])
-          if (e.kv_block == j) {
-            row_index.push_back(static_cast<int32_t>(i));
-            col_partial.push_back(e.partial ? 1 : 0);
-          }
-      col_offset[static_cast<size_t>(j + 1)] = static_cast<int32_t>(row_index.size());
-    }
-    host_view.device = Device::kHost;
-    host_view.num_q_blocks = static_cast<int64_t>(rows.size());
-    host_view.num_kv_blocks = num_kv_blocks;
-    host_view.nnz = nnz;
-    host_view.row_offset = row_offset.data();
-    host_view.col_index = col_index.data();
-    host_view.row_partial = row_partial.data();
-    host_view.col_offset = col_offset.data();
-    host_view.row_index = row_index.data();
-    host_view.col_partial = col_partial.data();
-
-    d_row_offset = std::make_unique<DeviceArray<int32_t>>(row_offset);
-    d_col_index = std::make_unique<DeviceArray<int32_t>>(col_index);
-    d_col_offset = std::make_unique<DeviceArray<int32_t>>(col_offset);
-    d_row_index = std::make_unique<DeviceArray<int32_t>>(row_index);
-    d_row_partial = std::make_unique<DeviceArray<uint8_t>>(row_partial);
-    d_col_partial = std::make_unique<DeviceArray<uint8_t>>(col_partial);
-    device_view = host_view;
-    device_view.device = Device::kCuda;
-    device_view.row_offset = d_row_offset->ptr;
-    device_view.col_index = d_col_index->ptr;
-    device_view.row_partial = d_row_partial->ptr;
-    device_view.col_offset = d_col_offset->ptr;
-    device_view.row_index = d_row_index->ptr;
-    device_view.col_partial = d_col_partial->ptr;
-  }
-};
 
 struct Case {
   std::string name;
@@ -110,7 +46,7 @@ struct Case {
   float slope_scale = 1.f;    // multiplies every ALiBi slope
   PositionMap q_pos, kv_pos;  // default: contiguous from 0
   int64_t head_pad = 0, row_pad = 0;
-  HandBlocks* blocks = nullptr;
+  HandBlockList* blocks = nullptr;
   float softmax_scale = 0.f;
   double qk_stddev = 1.0;  // standard deviation of q and k (v: 1)
 };
@@ -549,16 +485,14 @@ TEST(FlashForward, BlockListFullAndPartial) {
     // 600 rows = 5 blocks of 128 (the last one 88 rows). q block i lists: kv block 0 (full), the
     // diagonal block i (partial: causal inside), kv block i-2 (partial, so the window applies) and,
     // for q block 3, kv block 4 (partial: entirely masked by causal, must contribute nothing).
-    HandBlocks hb;
-    hb.num_kv_blocks = 5;
-    hb.rows.resize(5);
+    std::vector<std::vector<std::pair<int32_t, bool>>> rows(5);  // (kv block, partial)
     for (int32_t i = 0; i < 5; ++i) {
-      if (i > 0) hb.rows[i].push_back({0, false});
-      if (i >= 3) hb.rows[i].push_back({i - 2, true});
-      hb.rows[i].push_back({i, true});
-      if (i == 3) hb.rows[i].push_back({4, true});
+      if (i > 0) rows[i].push_back({0, false});
+      if (i >= 3) rows[i].push_back({i - 2, true});
+      rows[i].push_back({i, true});
+      if (i == 3) rows[i].push_back({4, true});
     }
-    hb.build();
+    HandBlockList hb(rows, 5);
     Case c;
     c.name = "blocks_" + std::to_string(D);
     c.Sq = 600, c.Skv = 600, c.Hq = 2, c.Hkv = 1, c.D = D;
@@ -578,13 +512,11 @@ TEST(FlashForward, FullBlockCrossingSkvIgnoresTheBand) {
     // Skv = 500: kv block 3 holds rows 384..499 (it crosses Skv). q block 4 (rows 512..599) lists kv block 0
     // partial (the window applies: distances >= 385, nothing visible) and kv block 3 FULL (distances 13..215,
     // mostly outside the window, all visible by the FULL promise). q blocks 0..3: their diagonal block, partial.
-    HandBlocks hb;
-    hb.num_kv_blocks = 4;
-    hb.rows.resize(5);
-    for (int32_t i = 0; i < 4; ++i) hb.rows[i].push_back({i, true});
-    hb.rows[4].push_back({0, true});
-    hb.rows[4].push_back({3, false});
-    hb.build();
+    std::vector<std::vector<std::pair<int32_t, bool>>> rows(5);  // (kv block, partial)
+    for (int32_t i = 0; i < 4; ++i) rows[i].push_back({i, true});
+    rows[4].push_back({0, true});
+    rows[4].push_back({3, false});
+    HandBlockList hb(rows, 4);
     Case c;
     c.name = "full_block_crossing_skv_" + std::to_string(D);
     c.Sq = 600, c.Skv = 500, c.Hq = 2, c.Hkv = 2, c.D = D;

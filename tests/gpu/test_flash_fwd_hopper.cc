@@ -26,6 +26,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "hand_block_list.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -38,61 +39,11 @@ using testing::HostTensor;
 
 constexpr double kSlack = 1e-4;
 
-// A hand-written block list (CSR by q block and its transpose), on the host and on the device.
-struct Blocks {
-  std::vector<std::vector<std::pair<int32_t, bool>>> rows;  // per q block: (kv block ascending, partial)
-  int64_t num_kv_blocks = 0;
-  std::vector<int32_t> row_offset, col_index, col_offset, row_index;
-  std::vector<uint8_t> row_partial, col_partial;
-  BlockListView host_view, device_view;
-  std::unique_ptr<DeviceArray<int32_t>> d_ro, d_ci, d_co, d_ri;
-  std::unique_ptr<DeviceArray<uint8_t>> d_rp, d_cp;
-
-  void build() {
-    row_offset.assign(1, 0);
-    for (const auto& r : rows) {
-      for (const auto& e : r) {
-        col_index.push_back(e.first);
-        row_partial.push_back(e.second ? 1 : 0);
-      }
-      row_offset.push_back(static_cast<int32_t>(col_index.size()));
-    }
-    col_offset.assign(1, 0);
-    for (int32_t j = 0; j < num_kv_blocks; ++j) {
-      for (size_t i = 0; i < rows.size(); ++i)
-        for (const auto& e : rows[i])
-          if (e.first == j) {
-            row_index.push_back(static_cast<int32_t>(i));
-            col_partial.push_back(e.second ? 1 : 0);
-          }
-      col_offset.push_back(static_cast<int32_t>(row_index.size()));
-    }
-    host_view.device = Device::kHost;
-    host_view.num_q_blocks = static_cast<int64_t>(rows.size());
-    host_view.num_kv_blocks = num_kv_blocks;
-    host_view.nnz = static_cast<int64_t>(col_index.size());
-    host_view.row_offset = row_offset.data();
-    host_view.col_index = col_index.data();
-    host_view.row_partial = row_partial.data();
-    host_view.col_offset = col_offset.data();
-    host_view.row_index = row_index.data();
-    host_view.col_partial = col_partial.data();
-    d_ro = std::make_unique<DeviceArray<int32_t>>(row_offset);
-    d_ci = std::make_unique<DeviceArray<int32_t>>(col_index);
-    d_co = std::make_unique<DeviceArray<int32_t>>(col_offset);
-    d_ri = std::make_unique<DeviceArray<int32_t>>(row_index);
-    d_rp = std::make_unique<DeviceArray<uint8_t>>(row_partial);
-    d_cp = std::make_unique<DeviceArray<uint8_t>>(col_partial);
-    device_view = host_view;
-    device_view.device = Device::kCuda;
-    device_view.row_offset = d_ro->ptr;
-    device_view.col_index = d_ci->ptr;
-    device_view.row_partial = d_rp->ptr;
-    device_view.col_offset = d_co->ptr;
-    device_view.row_index = d_ri->ptr;
-    device_view.col_partial = d_cp->ptr;
-  }
-};
+// 5 q blocks x 4 kv blocks, (kv block, partial) per q block: full and partial blocks, q block 2 with none.
+testing::HandBlockList sample_blocks() {
+  return testing::HandBlockList(
+      {{{0, true}}, {{0, false}, {1, true}}, {}, {{1, false}, {2, false}, {3, true}}, {{0, true}, {3, false}}}, 4);
+}
 
 struct Case {
   std::string name;
@@ -101,7 +52,7 @@ struct Case {
   Mask mask;
   PositionMap q_pos, kv_pos;          // default: contiguous from 0
   int64_t head_pad = 0, row_pad = 0;  // multiples of 8 elements keep the 16-byte strides TMA needs
-  Blocks* blocks = nullptr;
+  testing::HandBlockList* blocks = nullptr;
   bool lse = true;
   std::vector<float> slopes;     // ALiBi slopes [Hq], empty: no ALiBi
   double qk_stddev = 1.0;        // stddev of the random q and k (v: 1)
@@ -371,10 +322,7 @@ TEST(FlashForwardHopper, BlockLists) {
   REQUIRE_HOPPER();
   // 5 q blocks x 4 kv blocks (Sq = 600, Skv = 500): block-diagonal-ish with full, partial and missing blocks,
   // one q block with no block at all (its rows: O = 0, LSE = -inf), under a causal band for the partial ones.
-  Blocks bl;
-  bl.num_kv_blocks = 4;
-  bl.rows = {{{0, true}}, {{0, false}, {1, true}}, {}, {{1, false}, {2, false}, {3, true}}, {{0, true}, {3, false}}};
-  bl.build();
+  testing::HandBlockList bl = sample_blocks();
   Case c;
   c.name = "hopper_blocks_causal";
   c.Sq = 600, c.Skv = 500, c.Hq = 4, c.Hkv = 2;
@@ -710,10 +658,7 @@ TEST(FlashForwardHopper, AlibiMultiChunk) {
 // (a FULL block crossing Skv used to get the band: 0.78 from fp64 on q block 4), against fp64 with the 2x rule.
 TEST(FlashForwardHopper, ExistingKernelBlockListWindow) {
   DISTATTN_REQUIRE_GPU();
-  Blocks bl;
-  bl.num_kv_blocks = 4;
-  bl.rows = {{{0, true}}, {{0, false}, {1, true}}, {}, {{1, false}, {2, false}, {3, true}}, {{0, true}, {3, false}}};
-  bl.build();
+  testing::HandBlockList bl = sample_blocks();
   Case c;
   c.name = "hopper_blocks_window_fp16";
   c.dtype = DType::kFloat16;
@@ -804,10 +749,7 @@ TEST(FlashForwardHopper, PersistentGridsDilatedLikeBatches) {
 
 TEST(FlashForwardHopper, PersistentGridsBlockListsAlibiZigzag) {
   REQUIRE_HOPPER();
-  Blocks bl;  // q block 2 has no block: a unit of count 0 in block-list mode
-  bl.num_kv_blocks = 4;
-  bl.rows = {{{0, true}}, {{0, false}, {1, true}}, {}, {{1, false}, {2, false}, {3, true}}, {{0, true}, {3, false}}};
-  bl.build();
+  testing::HandBlockList bl = sample_blocks();  // q block 2 has no block: a unit of count 0
   Case c;
   c.name = "hopper_grid_blocks_causal";
   c.B = 3, c.Sq = 600, c.Skv = 500, c.Hq = 4, c.Hkv = 2;
@@ -1386,10 +1328,7 @@ TEST(FlashForwardHopper, SupportedSaysNoOutsideItsScope) {
   EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
   a.kv_pos = a.q_pos;
   EXPECT_TRUE(flash_fwd_hopper_supported(a, device));
-  Blocks bl;  // ALiBi with a block list: refused
-  bl.num_kv_blocks = 4;
-  bl.rows = {{{0, true}}, {{1, false}}, {}, {{3, true}}};
-  bl.build();
+  testing::HandBlockList bl({{{0, true}}, {{1, false}}, {}, {{3, true}}}, 4);  // ALiBi with a block list: refused
   a.mask.blocks = &bl.device_view;
   EXPECT_FALSE(flash_fwd_hopper_supported(a, device));
   a = p;
