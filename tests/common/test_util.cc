@@ -182,5 +182,46 @@ template struct DeviceArray<double>;
 template struct DeviceArray<int32_t>;
 template struct DeviceArray<uint8_t>;
 
+void copy_values(HostTensor& dst, const HostTensor& src) {
+  const auto& s = src.view.shape;
+  for (int64_t b = 0; b < s[0]; ++b)
+    for (int64_t i = 0; i < s[1]; ++i)
+      for (int64_t h = 0; h < s[2]; ++h)
+        for (int64_t d = 0; d < s[3]; ++d) dst.set(b, i, h, d, src.get(b, i, h, d));
+}
+
+HostTensor sum_f64(const HostTensor& a, const HostTensor& b) {
+  const auto& s = a.view.shape;
+  HostTensor out(DType::kFloat64, s[0], s[1], s[2], s[3]);
+  for (int64_t i0 = 0; i0 < s[0]; ++i0)
+    for (int64_t i1 = 0; i1 < s[1]; ++i1)
+      for (int64_t i2 = 0; i2 < s[2]; ++i2)
+        for (int64_t i3 = 0; i3 < s[3]; ++i3) out.set(i0, i1, i2, i3, a.get(i0, i1, i2, i3) + b.get(i0, i1, i2, i3));
+  return out;
+}
+
+double rms_of(const TensorView& t) {
+  double sum = 0;
+  int64_t n = 0;
+  for (int64_t b = 0; b < t.batch(); ++b)
+    for (int64_t s = 0; s < t.seqlen(); ++s)
+      for (int64_t h = 0; h < t.heads(); ++h)
+        for (int64_t d = 0; d < t.head_dim(); ++d, ++n) {
+          const double x = load_as_double(t.data, t.offset(b, s, h, d), t.dtype);
+          sum += x * x;
+        }
+  return n ? std::sqrt(sum / n) : 0;
+}
+
+double max_abs_value(const TensorView& t) {
+  double m = 0;
+  for (int64_t b = 0; b < t.batch(); ++b)
+    for (int64_t s = 0; s < t.seqlen(); ++s)
+      for (int64_t h = 0; h < t.heads(); ++h)
+        for (int64_t d = 0; d < t.head_dim(); ++d)
+          m = std::max(m, std::fabs(load_as_double(t.data, t.offset(b, s, h, d), t.dtype)));
+  return m;
+}
+
 }  // namespace testing
 }  // namespace distattn

@@ -55,6 +55,15 @@ void fill_normal(HostTensor& t, uint64_t seed, double stddev = 1.0);
 void fill_nan(HostTensor& t);
 // Converts to another dtype / packed layout (values rounded to the new dtype).
 HostTensor convert(const HostTensor& t, DType dtype);
+// Copies the logical contents of src into dst of the same shape (any layouts, values rounded to dst's dtype).
+void copy_values(HostTensor& dst, const HostTensor& src);
+// a + b element by element in fp64 (a packed fp64 result; same shapes).
+HostTensor sum_f64(const HostTensor& a, const HostTensor& b);
+// Root mean square (0 for no elements) and largest magnitude of a host view's elements (any layout and dtype).
+double rms_of(const TensorView& t);
+double max_abs_value(const TensorView& t);
+inline double rms_of(const HostTensor& t) { return rms_of(t.view); }
+inline double max_abs_value(const HostTensor& t) { return max_abs_value(t.view); }
 
 struct ErrorStats {
   double max_abs = 0;      // max |got - ref|

@@ -46,17 +46,6 @@ std::vector<float> slopes_for(int64_t H) {
   return s;
 }
 
-double rms_of(const HostTensor& t) {
-  double s = 0;
-  int64_t n = 0;
-  const TensorView& v = t.view;
-  for (int64_t b = 0; b < v.shape[0]; ++b)
-    for (int64_t i = 0; i < v.shape[1]; ++i)
-      for (int64_t h = 0; h < v.shape[2]; ++h)
-        for (int64_t d = 0; d < v.shape[3]; ++d, ++n) s += t.get(b, i, h, d) * t.get(b, i, h, d);
-  return n ? std::sqrt(s / n) : 0.0;
-}
-
 void run_case(const Case& c) {
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));

@@ -49,17 +49,6 @@ struct GpuCase {
   bool head_chains = true;            // false: DilatedAttention::set_head_chains(false) (one chain of all heads)
 };
 
-double rms_of(const HostTensor& t) {
-  const TensorView& v = t.view;
-  double s = 0;
-  int64_t n = 0;
-  for (int64_t b = 0; b < v.shape[0]; ++b)
-    for (int64_t i = 0; i < v.shape[1]; ++i)
-      for (int64_t h = 0; h < v.shape[2]; ++h)
-        for (int64_t d = 0; d < v.shape[3]; ++d, ++n) s += t.get(b, i, h, d) * t.get(b, i, h, d);
-  return std::sqrt(s / std::max<int64_t>(n, 1));
-}
-
 // The random inputs of a case (seed printed by the caller's SCOPED_TRACE): q, k, v, dout with the case's padding.
 struct CaseInputs {
   uint64_t seed;

@@ -41,37 +41,6 @@ using testing::HandBlockList;
 using testing::HostTensor;
 using testing::test_seed;
 
-// Copies the logical contents of src into dst (any layouts, values rounded to dst's dtype).
-void copy_values(HostTensor& dst, const HostTensor& src) {
-  const auto& s = src.view.shape;
-  for (int64_t b = 0; b < s[0]; ++b)
-    for (int64_t i = 0; i < s[1]; ++i)
-      for (int64_t h = 0; h < s[2]; ++h)
-        for (int64_t d = 0; d < s[3]; ++d) dst.set(b, i, h, d, src.get(b, i, h, d));
-}
-
-// dst = a + b elementwise in fp64 (a packed fp64 result).
-HostTensor sum_f64(const HostTensor& a, const HostTensor& b) {
-  const auto& s = a.view.shape;
-  HostTensor out(DType::kFloat64, s[0], s[1], s[2], s[3]);
-  for (int64_t i0 = 0; i0 < s[0]; ++i0)
-    for (int64_t i1 = 0; i1 < s[1]; ++i1)
-      for (int64_t i2 = 0; i2 < s[2]; ++i2)
-        for (int64_t i3 = 0; i3 < s[3]; ++i3) out.set(i0, i1, i2, i3, a.get(i0, i1, i2, i3) + b.get(i0, i1, i2, i3));
-  return out;
-}
-
-double rms_of(const HostTensor& t) {
-  const auto& s = t.view.shape;
-  double sum = 0;
-  int64_t n = 0;
-  for (int64_t i0 = 0; i0 < s[0]; ++i0)
-    for (int64_t i1 = 0; i1 < s[1]; ++i1)
-      for (int64_t i2 = 0; i2 < s[2]; ++i2)
-        for (int64_t i3 = 0; i3 < s[3]; ++i3, ++n) sum += t.get(i0, i1, i2, i3) * t.get(i0, i1, i2, i3);
-  return n ? std::sqrt(sum / n) : 0;
-}
-
 struct BwdCase {
   DType dtype = DType::kBFloat16;
   int64_t D = 128, B = 1, Sq = 37, Skv = 37, Hq = 2, Hkv = 2;

@@ -70,35 +70,6 @@ double ulp_rel(DType t) {
   }
 }
 
-void copy_values(HostTensor& dst, const HostTensor& src) {
-  const auto& s = src.view.shape;
-  for (int64_t b = 0; b < s[0]; ++b)
-    for (int64_t i = 0; i < s[1]; ++i)
-      for (int64_t h = 0; h < s[2]; ++h)
-        for (int64_t d = 0; d < s[3]; ++d) dst.set(b, i, h, d, src.get(b, i, h, d));
-}
-
-double rms_of(const HostTensor& t) {
-  const auto& s = t.view.shape;
-  double sum = 0;
-  int64_t n = 0;
-  for (int64_t i0 = 0; i0 < s[0]; ++i0)
-    for (int64_t i1 = 0; i1 < s[1]; ++i1)
-      for (int64_t i2 = 0; i2 < s[2]; ++i2)
-        for (int64_t i3 = 0; i3 < s[3]; ++i3, ++n) sum += t.get(i0, i1, i2, i3) * t.get(i0, i1, i2, i3);
-  return n ? std::sqrt(sum / n) : 0;
-}
-
-double max_abs_of(const HostTensor& t) {
-  const auto& s = t.view.shape;
-  double m = 0;
-  for (int64_t i0 = 0; i0 < s[0]; ++i0)
-    for (int64_t i1 = 0; i1 < s[1]; ++i1)
-      for (int64_t i2 = 0; i2 < s[2]; ++i2)
-        for (int64_t i3 = 0; i3 < s[3]; ++i3) m = std::max(m, std::fabs(t.get(i0, i1, i2, i3)));
-  return m;
-}
-
 // Elements whose bytes differ (packed tensors of one dtype: the storage is the elements).
 int64_t differing_elements(const HostTensor& a, const HostTensor& b) {
   const size_t e = dtype_size(a.view.dtype);
@@ -259,7 +230,7 @@ void run_case(const RCase& c, uint64_t seed) {
       if (i > 0 || deterministic_dq) {
         EXPECT_EQ(diff, 0) << "not bit-identical";
       } else {
-        EXPECT_LE(e.max_abs, 4 * ulp_rel(gdt) * max_abs_of(got[0][i]));
+        EXPECT_LE(e.max_abs, 4 * ulp_rel(gdt) * max_abs_value(got[0][i]));
       }
     }
     // 2. Fused vs the fp64 host reference rotated back.

@@ -1,6 +1,6 @@
 // Host-side helpers of the ring tests under mpirun (test_ring_*.cc, test_ring_sparse_*.cc): this rank's shard of a
-// full tensor, the full tensor or LSE gathered from every rank's shard, a sum over ranks, and two norms for error
-// bounds. Every MPI return code is checked (a failure is a test failure on that rank).
+// full tensor, the full tensor or LSE gathered from every rank's shard, and a sum over ranks (norms: test_util.h).
+// Every MPI return code is checked (a failure is a test failure on that rank).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -73,29 +73,6 @@ inline HostTensor sum_over_ranks(const HostTensor& part) {
             MPI_SUCCESS);
   std::memcpy(out.storage.data(), sum.data(), sum.size() * sizeof(double));
   return out;
-}
-
-// Root mean square and largest magnitude of a view's elements.
-inline double rms_of(const TensorView& t) {
-  double sum = 0;
-  int64_t n = 0;
-  for (int64_t b = 0; b < t.batch(); ++b)
-    for (int64_t s = 0; s < t.seqlen(); ++s)
-      for (int64_t h = 0; h < t.heads(); ++h)
-        for (int64_t d = 0; d < t.head_dim(); ++d, ++n) {
-          const double x = load_as_double(t.data, t.offset(b, s, h, d), t.dtype);
-          sum += x * x;
-        }
-  return n ? std::sqrt(sum / n) : 0;
-}
-inline double max_abs_value(const TensorView& t) {
-  double m = 0;
-  for (int64_t b = 0; b < t.batch(); ++b)
-    for (int64_t s = 0; s < t.seqlen(); ++s)
-      for (int64_t h = 0; h < t.heads(); ++h)
-        for (int64_t d = 0; d < t.head_dim(); ++d)
-          m = std::max(m, std::fabs(load_as_double(t.data, t.offset(b, s, h, d), t.dtype)));
-  return m;
 }
 
 }  // namespace testing

@@ -71,17 +71,6 @@ std::vector<double> lse_rows(const std::vector<float>& full, int64_t B, int64_t 
   return out;
 }
 
-double rms_of(const HostTensor& t) {
-  const TensorView& v = t.view;
-  double s = 0;
-  int64_t n = 0;
-  for (int64_t b = 0; b < v.shape[0]; ++b)
-    for (int64_t i = 0; i < v.shape[1]; ++i)
-      for (int64_t h = 0; h < v.shape[2]; ++h)
-        for (int64_t d = 0; d < v.shape[3]; ++d, ++n) s += t.get(b, i, h, d) * t.get(b, i, h, d);
-  return std::sqrt(s / std::max<int64_t>(n, 1));
-}
-
 void run_case(NcclCommunicator& comm, const GpuCase& c) {
   const int P = mpi_size(), p = mpi_rank();
   const int64_t L = c.L, S = P * L, row0 = p * L;

@@ -180,16 +180,6 @@ std::vector<double> lse_rows(const std::vector<double>& full, int64_t B, int64_t
   return out;
 }
 
-double max_abs_value(const TensorView& t) {
-  double m = 0;
-  for (int64_t b = 0; b < t.batch(); ++b)
-    for (int64_t s = 0; s < t.seqlen(); ++s)
-      for (int64_t h = 0; h < t.heads(); ++h)
-        for (int64_t d = 0; d < t.head_dim(); ++d)
-          m = std::max(m, std::fabs(load_as_double(t.data, t.offset(b, s, h, d), t.dtype)));
-  return m;
-}
-
 // What this rank is for the widest distributed pattern: the roles torchscale gets wrong are named in failures.
 std::string rank_role(const DistCase& c) {
   const int P = mpi_size(), p = mpi_rank();

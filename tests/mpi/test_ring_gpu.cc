@@ -239,15 +239,9 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
     // From here on the ring gets exactly the reference's inputs (the host rotation): the GPU rotation differs
     // from it by up to an ulp of bf16 in places (bounded just above), and an ulp in q or k moves a score by
     // ~1e-2, which would blur the "error must not grow with the number of ranks" comparison below.
-    const auto copy_values = [](const HostTensor& from, HostTensor& to) {
-      for (int64_t b = 0; b < to.view.shape[0]; ++b)
-        for (int64_t s = 0; s < to.view.shape[1]; ++s)
-          for (int64_t h = 0; h < to.view.shape[2]; ++h)
-            for (int64_t d = 0; d < to.view.shape[3]; ++d) to.set(b, s, h, d, from.get(b, s, h, d));
-    };
     HostTensor q_in = q, k_in = k;
-    copy_values(q_ref, q_in);
-    copy_values(shard_of(K, c.layout, P, r), k_in);
+    copy_values(q_in, q_ref);
+    copy_values(k_in, shard_of(K, c.layout, P, r));
     d_q.upload(q_in);
     d_k.upload(k_in);
   }
