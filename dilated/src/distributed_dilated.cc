@@ -74,20 +74,6 @@ struct DistributedDilatedAttention::PatternInfo {
 
 namespace {
 
-// This rank's expected shards: `rows` = S/P rows of the configuration's shapes, on the communicator's device.
-ShardSpec shard_spec(const DistributedDilatedConfig& c, int64_t rows, Device device) {
-  ShardSpec spec;
-  spec.batch = c.batch;
-  spec.rows = rows;
-  spec.q_heads = c.q_heads;
-  spec.kv_heads = c.kv_heads;
-  spec.head_dim = c.head_dim;
-  spec.dtype = c.dtype;
-  spec.device = device;
-  spec.rows_note = "S/P rows";
-  return spec;
-}
-
 std::string pattern_arg(size_t i, const char* field) { return "config.patterns[" + std::to_string(i) + "]." + field; }
 
 // K (c = 0) or V (c = 1) rows [0, rows) of one class in a packed buffer (`buf` = the class's part of row 0, rows
@@ -441,7 +427,7 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
   const Device dev = comm_.device();
   comm_.agree_on("DistributedDilatedAttention::forward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; dilated attention needs the fp32 LSE [B, Hq, S/P]");
-    check_forward_shards(shard_spec(config_, local_rows_, dev), q, k, v, o, lse);
+    check_forward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows"), q, k, v, o, lse);
     AttnParams full;  // the engine's rules on the whole shards (strides, aliasing)
     full.q = q;
     full.k = k;
@@ -537,7 +523,7 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
   const Device dev = comm_.device();
   comm_.agree_on("DistributedDilatedAttention::backward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
-    check_backward_shards(shard_spec(config_, local_rows_, dev), dout, q, k, v, o, lse, dq, dk, dv);
+    check_backward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows"), dout, q, k, v, o, lse, dq, dk, dv);
     AttnBwdParams full;
     full.fwd.q = q;
     full.fwd.k = k;

@@ -43,20 +43,6 @@ namespace ring {
 
 namespace {
 
-// This rank's expected shards: `rows` = S/P rows of the configuration's shapes, on the communicator's device.
-ShardSpec shard_spec(const RingConfig& c, int64_t rows, Device device) {
-  ShardSpec spec;
-  spec.batch = c.batch;
-  spec.rows = rows;
-  spec.q_heads = c.q_heads;
-  spec.kv_heads = c.kv_heads;
-  spec.head_dim = c.head_dim;
-  spec.dtype = c.dtype;
-  spec.device = device;
-  spec.rows_note = "S/P rows of the ring configuration";
-  return spec;
-}
-
 // Copies a strided [B, S, H, D] view into a packed buffer of the same dtype (raw element bytes).
 void pack(const TensorView& t, unsigned char* dst) {
   const size_t es = dtype_size(t.dtype);
@@ -257,7 +243,8 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
   const Device dev = comm_.device();
   // Every rank's shards checked, the verdict shared: a bad shard on one rank is an Error on all.
   comm_.agree_on("RingAttention::forward", [&] {
-    check_forward_shards(shard_spec(config_, local_rows_, dev), q, k, v, o, lse);
+    check_forward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows of the ring configuration"), q, k, v, o,
+                         lse);
     AttnParams p = step_params(q, k, v, schedule_.steps[0]);  // strides, aliasing, positions
     p.mask.blocks = nullptr;                                  // the sub-layouts were checked when they were built
     p.o = o;
@@ -325,7 +312,8 @@ void RingAttention::backward(const TensorView& dout, const TensorView& q, const 
   const Device dev = comm_.device();
   comm_.agree_on("RingAttention::backward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
-    check_backward_shards(shard_spec(config_, local_rows_, dev), dout, q, k, v, o, lse, dq, dk, dv);
+    check_backward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows of the ring configuration"), dout, q, k, v,
+                          o, lse, dq, dk, dv);
     AttnBwdParams bp;
     bp.fwd = step_params(q, k, v, schedule_.steps[0]);
     bp.fwd.mask.blocks = nullptr;  // the sub-layouts were checked when they were built

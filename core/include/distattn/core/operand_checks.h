@@ -37,6 +37,22 @@ struct ShardSpec {
   DType dtype = DType::kBFloat16;
   Device device = Device::kHost;
   const char* rows_note = "S/P rows";  // how the messages name `rows`
+
+  // The shards of a sharded configuration (RingConfig, DistributedDilatedConfig: any type with batch, q_heads,
+  // kv_heads, head_dim and dtype) holding `rows` rows on `device`.
+  template <typename Config>
+  static ShardSpec of(const Config& c, int64_t rows, Device device, const char* rows_note) {
+    ShardSpec spec;
+    spec.batch = c.batch;
+    spec.rows = rows;
+    spec.q_heads = c.q_heads;
+    spec.kv_heads = c.kv_heads;
+    spec.head_dim = c.head_dim;
+    spec.dtype = c.dtype;
+    spec.device = device;
+    spec.rows_note = rows_note;
+    return spec;
+  }
 };
 
 // check_shard on q, k, v, o and, on CUDA, check_cuda_tensor on each and check_device_pointer on lse (may be null:
