@@ -64,11 +64,12 @@ struct ViewSpec {
 };
 
 // One engine call of a pattern: q-side view (q, o, dout, dq), kv-side view (k, v, dk, dv), its rows' entries in
-// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), or for a direct-LSE pattern (rate 1, lse_direct) in the
-// caller's lse [B, Hq, S] itself, positions, ALiBi slope offset (into the pattern's permuted slopes; -1: none).
+// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), or for a direct-LSE pattern (lse_direct) in the caller's
+// lse [B, Hq, S] itself (row stride r), positions, ALiBi slope offset (into the pattern's permuted slopes; -1: none).
 struct PatternCall {
   ViewSpec qv, kv;
   int64_t lse_offset = 0, lse_batch_stride = 0, lse_head_stride = 0;
+  int64_t lse_row_stride = 0;  // AttnParams::lse_row_stride: r for a direct-LSE pattern of rate r > 1, else 0 (1)
   PositionMap pos;
   int64_t slope_offset = -1;
   // Calls of different lane keys write disjoint elements (o, lse, dq, dk, dv) and may run concurrently: the
@@ -82,29 +83,37 @@ struct PatternCall {
 //   u = b*(S/w) + g at row u*w (uniform because batch stride == S * row stride), rows u*w + s + r*i; cut into
 //   calls of at most `chunk` segments. Compacted LSE of (u, h, i): (u*Hq + h)*m_max + i: batch step Hq*m_max.
 //   Unfolded (the layout does not allow folding): one call per segment g with the B batches as the batch.
-//   Direct LSE (lse_direct, rate 1 only: a segment's rows are consecutive, so the calls can address the caller's
-//   [B, Hq, S] LSE with row stride 1 and no compaction is needed): entry (b, h, g*w + i) at (b*Hq + h)*S + g*w + i.
-//   Folded calls then stay inside one batch b (segments g0 .. g0+n-1: batch step w, head step S); unfolded calls
-//   (segment g, the B batches): offset h0*S + g*w, batch step Hq*S.
+//   Direct LSE (lse_direct: the calls address the caller's [B, Hq, S] LSE itself, no compaction): class s's row i of
+//   segment g is row p = g*w + s + r*i, entry (b, h, p) at (b*Hq + h)*S + p: row stride r (AttnParams::lse_row_stride;
+//   1 for rate 1, whose rows are consecutive). Folded calls stay inside one batch b (segments g0 .. g0+n-1: offset
+//   (b*Hq + h0)*S + g0*w + s, batch step w, head step hstep*S); unfolded calls (segment g, the B batches): offset
+//   h0*S + g*w + s, batch step Hq*S. Classes folded: class s0 + cs*t at head s0 + cs*t and row g*w + s0 + cs*t, so
+//   the batch step is cs*(S + 1), the head step r*S (the rows of one entry span at most w <= S elements, so no two
+//   entries coincide).
 //   Classes folded (per batch b, segment g, run of classes s0 .. s0+n-1 with equal rows and heads): class s at
 //   row g*w + s, head s: batch step (0, 1, 1) rows/heads; heads s + r*j: head step r; LSE batch step m_max
 //   (class s = head s), head step r*m_max.
-// Head chains (head_parity 0 or 1; -1: every head): only the q heads h with h % 2 == head_parity. The caller allows
-// it only where every call keeps to heads of one parity (head_chains_ok): an even rate's class s holds heads of parity
-// s % 2 only (so the classes of that parity are taken, folded classes step by 2), rate 1's one class is cut to heads
-// head_parity, head_parity + 2, ... (Hq == Hkv, so kv heads step alike); Hq even, Hq == Hkv, no ALiBi.
+// Head chains (chain 0 .. nchains-1; -1: every head): only the q heads h with h % nchains == chain (Hq == Hkv, so kv
+// heads step alike; Hq a multiple of nchains, no ALiBi). Class s of rate r holds heads s + r*j; those of the chain are
+// j = j0, j0 + P, ... with P = nchains / gcd(r, nchains) and j0 the first j < P with (s + r*j) % nchains == chain
+// (none: the class has no head in this chain), i.e. heads s + r*j0 + r*P*j', a regular head step. With r % nchains == 0
+// (P = 1) every head of class s lies in chain s % nchains: the classes s = chain, chain + nchains, ... are taken whole
+// and may fold (cs = nchains); otherwise classes do not fold (their head subsets start at different j0). Two chains
+// with rates 1 and even (head_chains_ok) give: an even rate's classes of parity `chain`, rate 1's heads chain, chain +
+// 2, ....
+int64_t gcd64(int64_t a, int64_t b);
 std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t w, int64_t r,
                                       bool fold_segments, int64_t chunk, bool fold_classes, bool alibi, bool lse_direct,
-                                      int head_parity = -1) {
-  DISTATTN_CHECK(!lse_direct || r == 1, "direct LSE addressing needs rate 1");
-  DISTATTN_CHECK(head_parity < 0 || ((r == 1 || r % 2 == 0) && Hq % 2 == 0 && Hq == Hkv && !alibi),
-                 "head chains need rate 1 or an even rate, Hq even, Hq == Hkv and no ALiBi");
+                                      int chain = -1, int nchains = 2) {
+  DISTATTN_CHECK(chain < 0 || (nchains >= 2 && chain < nchains && Hq % nchains == 0 && Hq == Hkv && !alibi),
+                 "head chains need Hq a multiple of the chain count, Hq == Hkv and no ALiBi");
   std::vector<PatternCall> calls;
   const int64_t nseg = S / w, mm = max_rows(w, r), nclass = std::min(r, Hq);
   const int64_t seg_batch = fold_segments ? std::min(chunk, B * nseg) : B;
-  // Classes taken: all (cs = 1), or with a head parity and an even rate those of that parity (cs = 2).
-  const bool split = head_parity >= 0;
-  const int64_t cfirst = split && r > 1 ? head_parity : 0, cs = split && r > 1 ? 2 : 1;
+  // Classes taken whole: all (cs = 1), or in a chain with r % nchains == 0 those of the chain (cs = nchains).
+  const bool split = chain >= 0;
+  const bool whole_classes = !split || r % nchains == 0;
+  const int64_t cfirst = split && whole_classes ? chain : 0, cs = split && whole_classes ? nchains : 1;
   // Classes fold in runs of consecutive (taken) classes with equal row and head counts (ragged rates split them, e.g.
   // r = 6 on 16K rows: runs of 2): a classes call's batch is one run, so the longest run is compared with the segment
   // batch (with runs of 2 against 4 folded segments, 12 calls of 10-12 pairs would replace 6 calls of 20-24).
@@ -118,7 +127,8 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
     max_run = std::max(max_run, n);
     s0 += cs * n;
   }
-  const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && max_run > seg_batch && nclass <= 65535;
+  const bool classes =
+      fold_classes && whole_classes && r > 1 && !alibi && Hq == Hkv && max_run > seg_batch && nclass <= 65535;
   if (classes) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < nseg; ++g)
@@ -132,9 +142,16 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
           c.qv.cb = 0, c.qv.crow = cs, c.qv.ch = cs;
           c.qv.batch = n, c.qv.rows = rows, c.qv.rstep = r, c.qv.heads = heads, c.qv.hstep = r;
           c.kv = c.qv;  // Hq == Hkv
-          c.lse_offset = ((b * nseg + g) * Hq + s0) * mm;
-          c.lse_batch_stride = cs * mm;
-          c.lse_head_stride = r * mm;
+          if (lse_direct) {
+            c.lse_offset = (b * Hq + s0) * S + g * w + s0;
+            c.lse_batch_stride = cs * (S + 1);
+            c.lse_head_stride = r * S;
+            c.lse_row_stride = r;
+          } else {
+            c.lse_offset = ((b * nseg + g) * Hq + s0) * mm;
+            c.lse_batch_stride = cs * mm;
+            c.lse_head_stride = r * mm;
+          }
           c.pos = PositionMap::strided(0, r, rows);
           c.lane_key = static_cast<int64_t>(calls.size());
           calls.push_back(c);
@@ -148,8 +165,16 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
   for (int64_t s = 0; s < nclass; ++s) {
     const int64_t rows = rows_of_class(w, r, s);
     std::vector<HeadGroup> groups = head_groups(Hq, Hkv, r, s, class_offset);
-    if (split && r > 1 && s % 2 != head_parity) groups.clear();  // the other chain's class
-    if (split && r == 1) groups = {{head_parity, 2, head_parity, 2, Hq / 2, false, 0}};
+    if (split) {  // this chain's heads of class s: s + r*j0 + r*P*j' (Hq == Hkv: kv heads alike)
+      const int64_t P = nchains / gcd64(r, nchains), count = (Hq - 1 - s) / r + 1;
+      int64_t j0 = 0;
+      while (j0 < P && (s + r * j0) % nchains != chain) ++j0;
+      groups.clear();
+      if (j0 < P && j0 < count) {
+        const int64_t h0 = s + r * j0, step = r * P;
+        groups.push_back({h0, step, h0, step, (count - 1 - j0) / P + 1, false, 0});
+      }
+    }
     for (const HeadGroup& hg : groups) {
       for (int64_t first = 0, n = 0; first < total; first += n) {
         n = std::min(per_call, total - first);
@@ -170,9 +195,10 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
         }
         if (lse_direct) {
           const int64_t b = fold_segments ? first / nseg : 0, g0 = fold_segments ? first % nseg : first;
-          c.lse_offset = (b * Hq + hg.qh0) * S + g0 * w;
+          c.lse_offset = (b * Hq + hg.qh0) * S + g0 * w + s;
           c.lse_batch_stride = fold_segments ? w : Hq * S;
           c.lse_head_stride = hg.qstep * S;
+          c.lse_row_stride = r;
         } else {
           c.lse_offset = (first * Hq + hg.qh0) * mm;
           c.lse_batch_stride = fold_segments ? Hq * mm : nseg * Hq * mm;
@@ -203,6 +229,7 @@ AttnParams engine_params(const PatternCall& c, const TensorView& q, const Tensor
   p.lse = lse_c + c.lse_offset;
   p.lse_batch_stride = c.lse_batch_stride;
   p.lse_head_stride = c.lse_head_stride;
+  p.lse_row_stride = c.lse_row_stride;
   p.q_pos = c.pos;
   p.kv_pos = c.pos;
   p.mask.causal = config.causal;
@@ -309,6 +336,14 @@ bool share_sms_default() {
   return on;
 }
 
+bool strided_lse_default() {
+  static const bool on = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_STRIDED_LSE");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
 // Head chains' row limit (DilatedAttention::set_head_chains): DISTATTN_DILATED_HEAD_CHAINS unset: the default below;
 // "0": off; "1": no limit; N > 1: chains where B * S <= N.
 int64_t head_chains_default() {
@@ -323,7 +358,16 @@ int64_t head_chains_default() {
   return limit;
 }
 
-// Whether the forward may run as two head chains (set_head_chains; plan_pattern's head_parity): at least two patterns,
+// Head chain count (DilatedAttention::set_head_chain_count): DISTATTN_DILATED_HEAD_CHAIN_COUNT "4": 4, else 2.
+int head_chain_count_default() {
+  static const int n = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_HEAD_CHAIN_COUNT");
+    return v != nullptr && std::strcmp(v, "4") == 0 ? 4 : 2;
+  }();
+  return n;
+}
+
+// Whether the forward may run as two head chains (set_head_chains; plan_pattern's chain): at least two patterns,
 // every rate 1 or even (an even rate's classes keep heads of one parity; rate 1 is cut by head parity), Hq even,
 // Hq == Hkv (kv heads step with the q heads), no ALiBi (the calls' slopes would need a stride).
 bool head_chains_ok(const DilatedConfig& config, int64_t Hq, int64_t Hkv) {
@@ -338,6 +382,8 @@ DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
     : config_(std::move(config)),
       device_(device),
       share_sms_(share_sms_default()),
+      strided_lse_(strided_lse_default()),
+      head_chain_count_(head_chain_count_default()),
       head_chains_max_rows_(head_chains_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
@@ -365,6 +411,11 @@ DilatedAttention::~DilatedAttention() {
     for (cudaEvent_t ev : lane_events_) cudaEventDestroy(ev);
     if (fork_event_ != nullptr) cudaEventDestroy(fork_event_);
   }
+}
+
+void DilatedAttention::set_head_chain_count(int count) {
+  DISTATTN_CHECK_ARG(count == 2 || count == 4, "count", "is ", count, " (expected 2 or 4 head chains)");
+  head_chain_count_ = count;
 }
 
 int DilatedAttention::fork_lanes(int64_t keys, cudaStream_t stream) {
@@ -513,9 +564,12 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   validate_tensors(q, k, v, o, lse);
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
   const int64_t n_o = B * S * Hq * D, n_lse = B * Hq * S;
+  // A pattern's calls address the caller's lse directly (plan_pattern "Direct LSE"): rate 1 with set_direct_lse, rate
+  // r > 1 with set_strided_lse (row stride r); otherwise through the compacted LSE with gathers and scatters.
+  auto direct_for = [&](int64_t r) { return r == 1 ? direct_lse_ : strided_lse_; };
   int64_t n_c = 0;  // compacted LSE floats of the largest pattern that uses one (direct-LSE patterns do not)
   for (const DilatedPattern& pt : config_.patterns)
-    if (pt.rate != 1 || !direct_lse_) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
+    if (!direct_for(pt.rate)) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
   const bool cuda = device_ == Device::kCuda;
   // Segments fold into the batch only where every tensor a call addresses allows it (the accumulator is packed;
   // o is addressed directly by the plain / final step).
@@ -548,8 +602,16 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
   }
 
-  // One chain of pattern steps over the heads of parity hp (-1: every head) on stream cs. With head chains
-  // (set_head_chains) the even and the odd q heads run as two such chains on two streams: a pattern's calls, LSE moves
+  // Head chains (set_head_chains): 2, or 4 (set_head_chain_count) where Hq % 4 == 0 and no pattern moves LSE entries
+  // (every pattern addresses lse directly: the moves select a chain's heads by parity only).
+  const bool chains = head_chains_max_rows_ != 0 && (head_chains_max_rows_ < 0 || B * S <= head_chains_max_rows_) &&
+                      head_chains_ok(config_, Hq, Hkv);
+  bool four = chains && head_chain_count_ == 4 && Hq % 4 == 0;
+  for (const DilatedPattern& pt : config_.patterns) four = four && direct_for(pt.rate);
+  const int nchains = !chains ? 1 : (four ? 4 : 2);
+
+  // One chain of pattern steps over the heads h % nchains == hp (-1: every head) on stream cs. With head chains
+  // (set_head_chains) e.g. the even and the odd q heads run as two such chains on two streams: a pattern's calls, moves
   // and merges touch only their own heads' rows of o, lse, the accumulator and the compacted LSEs (whose entries are
   // per head), so the chains need no ordering between them, and the launches of one fill the SMs that the other's
   // launch ramps and tails leave idle (the patterns of a chain still run one after another). Each chain keeps its own
@@ -581,8 +643,8 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       const bool into_fresh = lse_fresh && step.mode == FwdMode::kAccumulate;
       const bool accumulate = step.mode != FwdMode::kPlain && !into_fresh;
       lse_fresh = false;
-      // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
-      const bool direct = r == 1 && direct_lse_;
+      // A direct pattern's calls address lse itself (plan_pattern "Direct LSE"; row stride r): no gather, no scatter.
+      const bool direct = direct_for(r);
       float* const lse_c = lse_cs[buf];
       float* const lse_calls = direct ? lse : lse_c;
       // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1): gathered from
@@ -608,7 +670,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       }
       const float* slopes = pattern_slopes(i);
       const std::vector<PatternCall> calls =
-          plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct, hp);
+          plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct, hp, nchains);
       const int lanes = cuda && hp < 0 ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, cs) : 1;
       // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
       // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
@@ -653,19 +715,15 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
     flush();
   };
-  const bool chains = head_chains_max_rows_ != 0 && (head_chains_max_rows_ < 0 || B * S <= head_chains_max_rows_) &&
-                      head_chains_ok(config_, Hq, Hkv);
-  if (!chains) {
+  if (nchains <= 1) {
     run_chain(-1, stream);
   } else if (!cuda) {
-    run_chain(0, stream);
-    run_chain(1, stream);
+    for (int c = 0; c < nchains; ++c) run_chain(c, stream);
   } else {
-    // The odd chain on a side lane forked after the fill (everything on `stream` with set_concurrent_calls(false));
-    // joined back before the cast / return.
-    const int lanes = fork_lanes(2, stream);
-    run_chain(0, stream);
-    run_chain(1, lanes > 1 ? lane_streams_[0] : stream);
+    // Chains 1 .. nchains-1 on side lanes forked after the fill (everything on `stream` with
+    // set_concurrent_calls(false)); joined back before the cast / return.
+    const int lanes = fork_lanes(nchains, stream);
+    for (int c = 0; c < nchains; ++c) run_chain(c, lane_stream(c, lanes, stream));
     join_lanes(lanes, stream);
   }
 
