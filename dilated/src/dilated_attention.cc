@@ -93,27 +93,21 @@ struct PatternCall {
 //   Classes folded (per batch b, segment g, run of classes s0 .. s0+n-1 with equal rows and heads): class s at
 //   row g*w + s, head s: batch step (0, 1, 1) rows/heads; heads s + r*j: head step r; LSE batch step m_max
 //   (class s = head s), head step r*m_max.
-// Head chains (chain 0 .. nchains-1; -1: every head): only the q heads h with h % nchains == chain (Hq == Hkv, so kv
-// heads step alike; Hq a multiple of nchains, no ALiBi). Class s of rate r holds heads s + r*j; those of the chain are
-// j = j0, j0 + P, ... with P = nchains / gcd(r, nchains) and j0 the first j < P with (s + r*j) % nchains == chain
-// (none: the class has no head in this chain), i.e. heads s + r*j0 + r*P*j', a regular head step. With r % nchains == 0
-// (P = 1) every head of class s lies in chain s % nchains: the classes s = chain, chain + nchains, ... are taken whole
-// and may fold (cs = nchains); otherwise classes do not fold (their head subsets start at different j0). Two chains
-// with rates 1 and even (head_chains_ok) give: an even rate's classes of parity `chain`, rate 1's heads chain, chain +
-// 2, ....
-int64_t gcd64(int64_t a, int64_t b);
+// Head chains (head_parity 0 or 1; -1: every head): only the q heads h with h % 2 == head_parity. The caller allows
+// it only where every call keeps to heads of one parity (head_chains_ok): an even rate's class s holds heads of parity
+// s % 2 only (so the classes of that parity are taken, folded classes step by 2), rate 1's one class is cut to heads
+// head_parity, head_parity + 2, ... (Hq == Hkv, so kv heads step alike); Hq even, Hq == Hkv, no ALiBi.
 std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t w, int64_t r,
                                       bool fold_segments, int64_t chunk, bool fold_classes, bool alibi, bool lse_direct,
-                                      int chain = -1, int nchains = 2) {
-  DISTATTN_CHECK(chain < 0 || (nchains >= 2 && chain < nchains && Hq % nchains == 0 && Hq == Hkv && !alibi),
-                 "head chains need Hq a multiple of the chain count, Hq == Hkv and no ALiBi");
+                                      int head_parity = -1) {
+  DISTATTN_CHECK(head_parity < 0 || ((r == 1 || r % 2 == 0) && Hq % 2 == 0 && Hq == Hkv && !alibi),
+                 "head chains need rate 1 or an even rate, Hq even, Hq == Hkv and no ALiBi");
   std::vector<PatternCall> calls;
   const int64_t nseg = S / w, mm = max_rows(w, r), nclass = std::min(r, Hq);
   const int64_t seg_batch = fold_segments ? std::min(chunk, B * nseg) : B;
-  // Classes taken whole: all (cs = 1), or in a chain with r % nchains == 0 those of the chain (cs = nchains).
-  const bool split = chain >= 0;
-  const bool whole_classes = !split || r % nchains == 0;
-  const int64_t cfirst = split && whole_classes ? chain : 0, cs = split && whole_classes ? nchains : 1;
+  // Classes taken: all (cs = 1), or with a head parity and an even rate those of that parity (cs = 2).
+  const bool split = head_parity >= 0;
+  const int64_t cfirst = split && r > 1 ? head_parity : 0, cs = split && r > 1 ? 2 : 1;
   // Classes fold in runs of consecutive (taken) classes with equal row and head counts (ragged rates split them, e.g.
   // r = 6 on 16K rows: runs of 2): a classes call's batch is one run, so the longest run is compared with the segment
   // batch (with runs of 2 against 4 folded segments, 12 calls of 10-12 pairs would replace 6 calls of 20-24).
@@ -127,8 +121,7 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
     max_run = std::max(max_run, n);
     s0 += cs * n;
   }
-  const bool classes =
-      fold_classes && whole_classes && r > 1 && !alibi && Hq == Hkv && max_run > seg_batch && nclass <= 65535;
+  const bool classes = fold_classes && r > 1 && !alibi && Hq == Hkv && max_run > seg_batch && nclass <= 65535;
   if (classes) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < nseg; ++g)
@@ -165,16 +158,8 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
   for (int64_t s = 0; s < nclass; ++s) {
     const int64_t rows = rows_of_class(w, r, s);
     std::vector<HeadGroup> groups = head_groups(Hq, Hkv, r, s, class_offset);
-    if (split) {  // this chain's heads of class s: s + r*j0 + r*P*j' (Hq == Hkv: kv heads alike)
-      const int64_t P = nchains / gcd64(r, nchains), count = (Hq - 1 - s) / r + 1;
-      int64_t j0 = 0;
-      while (j0 < P && (s + r * j0) % nchains != chain) ++j0;
-      groups.clear();
-      if (j0 < P && j0 < count) {
-        const int64_t h0 = s + r * j0, step = r * P;
-        groups.push_back({h0, step, h0, step, (count - 1 - j0) / P + 1, false, 0});
-      }
-    }
+    if (split && r > 1 && s % 2 != head_parity) groups.clear();  // the other chain's class
+    if (split && r == 1) groups = {{head_parity, 2, head_parity, 2, Hq / 2, false, 0}};
     for (const HeadGroup& hg : groups) {
       for (int64_t first = 0, n = 0; first < total; first += n) {
         n = std::min(per_call, total - first);
@@ -358,16 +343,7 @@ int64_t head_chains_default() {
   return limit;
 }
 
-// Head chain count (DilatedAttention::set_head_chain_count): DISTATTN_DILATED_HEAD_CHAIN_COUNT "4": 4, else 2.
-int head_chain_count_default() {
-  static const int n = [] {
-    const char* v = std::getenv("DISTATTN_DILATED_HEAD_CHAIN_COUNT");
-    return v != nullptr && std::strcmp(v, "4") == 0 ? 4 : 2;
-  }();
-  return n;
-}
-
-// Whether the forward may run as two head chains (set_head_chains; plan_pattern's chain): at least two patterns,
+// Whether the forward may run as two head chains (set_head_chains; plan_pattern's head_parity): at least two patterns,
 // every rate 1 or even (an even rate's classes keep heads of one parity; rate 1 is cut by head parity), Hq even,
 // Hq == Hkv (kv heads step with the q heads), no ALiBi (the calls' slopes would need a stride).
 bool head_chains_ok(const DilatedConfig& config, int64_t Hq, int64_t Hkv) {
@@ -383,7 +359,6 @@ DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
       device_(device),
       share_sms_(share_sms_default()),
       strided_lse_(strided_lse_default()),
-      head_chain_count_(head_chain_count_default()),
       head_chains_max_rows_(head_chains_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
@@ -411,11 +386,6 @@ DilatedAttention::~DilatedAttention() {
     for (cudaEvent_t ev : lane_events_) cudaEventDestroy(ev);
     if (fork_event_ != nullptr) cudaEventDestroy(fork_event_);
   }
-}
-
-void DilatedAttention::set_head_chain_count(int count) {
-  DISTATTN_CHECK_ARG(count == 2 || count == 4, "count", "is ", count, " (expected 2 or 4 head chains)");
-  head_chain_count_ = count;
 }
 
 int DilatedAttention::fork_lanes(int64_t keys, cudaStream_t stream) {
@@ -602,16 +572,8 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
   }
 
-  // Head chains (set_head_chains): 2, or 4 (set_head_chain_count) where Hq % 4 == 0 and no pattern moves LSE entries
-  // (every pattern addresses lse directly: the moves select a chain's heads by parity only).
-  const bool chains = head_chains_max_rows_ != 0 && (head_chains_max_rows_ < 0 || B * S <= head_chains_max_rows_) &&
-                      head_chains_ok(config_, Hq, Hkv);
-  bool four = chains && head_chain_count_ == 4 && Hq % 4 == 0;
-  for (const DilatedPattern& pt : config_.patterns) four = four && direct_for(pt.rate);
-  const int nchains = !chains ? 1 : (four ? 4 : 2);
-
-  // One chain of pattern steps over the heads h % nchains == hp (-1: every head) on stream cs. With head chains
-  // (set_head_chains) e.g. the even and the odd q heads run as two such chains on two streams: a pattern's calls, moves
+  // One chain of pattern steps over the heads of parity hp (-1: every head) on stream cs. With head chains
+  // (set_head_chains) the even and the odd q heads run as two such chains on two streams: a pattern's calls, LSE moves
   // and merges touch only their own heads' rows of o, lse, the accumulator and the compacted LSEs (whose entries are
   // per head), so the chains need no ordering between them, and the launches of one fill the SMs that the other's
   // launch ramps and tails leave idle (the patterns of a chain still run one after another). Each chain keeps its own
@@ -670,7 +632,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       }
       const float* slopes = pattern_slopes(i);
       const std::vector<PatternCall> calls =
-          plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct, hp, nchains);
+          plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct, hp);
       const int lanes = cuda && hp < 0 ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, cs) : 1;
       // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
       // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
@@ -715,15 +677,19 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     }
     flush();
   };
-  if (nchains <= 1) {
+  const bool chains = head_chains_max_rows_ != 0 && (head_chains_max_rows_ < 0 || B * S <= head_chains_max_rows_) &&
+                      head_chains_ok(config_, Hq, Hkv);
+  if (!chains) {
     run_chain(-1, stream);
   } else if (!cuda) {
-    for (int c = 0; c < nchains; ++c) run_chain(c, stream);
+    run_chain(0, stream);
+    run_chain(1, stream);
   } else {
-    // Chains 1 .. nchains-1 on side lanes forked after the fill (everything on `stream` with
-    // set_concurrent_calls(false)); joined back before the cast / return.
-    const int lanes = fork_lanes(nchains, stream);
-    for (int c = 0; c < nchains; ++c) run_chain(c, lane_stream(c, lanes, stream));
+    // The odd chain on a side lane forked after the fill (everything on `stream` with set_concurrent_calls(false));
+    // joined back before the cast / return.
+    const int lanes = fork_lanes(2, stream);
+    run_chain(0, stream);
+    run_chain(1, lanes > 1 ? lane_streams_[0] : stream);
     join_lanes(lanes, stream);
   }
 

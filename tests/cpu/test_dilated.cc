@@ -174,9 +174,8 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
   // 1, rate r > 1 with row stride r, set_strided_lse; mode 1 splits the folded direct calls at batch boundaries for
   // it), 6 default folding with rates > 1 through the compacted LSE and separate LSE scatters and gathers (mode 5 fuses
   // a pattern's scatter with the next gather), 7 default folding with one chain of all heads (the others split the
-  // heads into an even and an odd chain where the config allows: set_head_chains), 8 default folding with four head
-  // chains where the config allows (set_head_chain_count).
-  for (int mode = 0; mode < 9; ++mode) {
+  // heads into an even and an odd chain where the config allows: set_head_chains).
+  for (int mode = 0; mode < 8; ++mode) {
     const bool fold = mode != 2;
     SCOPED_TRACE(mode == 0   ? "default folding"
                  : mode == 1 ? "segments folded, 3 per call"
@@ -185,8 +184,7 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
                  : mode == 4 ? "default folding, fused final off"
                  : mode == 5 ? "default folding, compacted LSE for every rate"
                  : mode == 6 ? "default folding, compacted LSE for rates > 1, separate scatter and gather"
-                 : mode == 7 ? "default folding, one head chain"
-                             : "default folding, four head chains");
+                             : "default folding, one head chain");
     HostTensor o(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, pad, pad);
     std::vector<float> lse(sh.B * sh.Hq * sh.S, std::numeric_limits<float>::quiet_NaN());
     fill_nan(o);
@@ -198,7 +196,6 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
     attn.set_fuse_lse_moves(mode != 6);
     attn.set_strided_lse(mode != 5 && mode != 6);
     attn.set_head_chains(mode != 7);
-    attn.set_head_chain_count(mode == 8 ? 4 : 2);
     attn.forward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data());
     const auto eo = compare(o.view, ref.o.view);
     const auto el = compare_flat(lse.data(), ref.lse.data(), static_cast<int64_t>(lse.size()));

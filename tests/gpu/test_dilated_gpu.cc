@@ -47,7 +47,6 @@ struct GpuCase {
   bool concurrent = true;             // false: DilatedAttention::set_concurrent_calls(false) (one stream)
   bool fused = true;                  // false: DilatedAttention::set_fused_final(false) (rate-1 first, cast pass)
   bool head_chains = true;            // false: DilatedAttention::set_head_chains(false) (one chain of all heads)
-  int head_chain_count = 2;           // DilatedAttention::set_head_chain_count
 };
 
 double rms_of(const HostTensor& t) {
@@ -115,7 +114,6 @@ void run_case(const GpuCase& c) {
   gpu.set_concurrent_calls(c.concurrent);
   gpu.set_fused_final(c.fused);
   gpu.set_head_chains(c.head_chains);
-  gpu.set_head_chain_count(c.head_chain_count);
   gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
   d_o.download(o_gpu);
@@ -344,8 +342,7 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
 // to one chain over all heads. LongNet-like causal (rate 1 last, fused final), a ragged rate 6 (classes of unequal
 // length, 6 classes on 8 heads), B = 2; then the rate-1 pattern first (fused final off: plain mode and the cast pass),
 // the compacted LSE for rate 1 with separate moves, and everything on one stream (the chains one after the other).
-void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true, bool strided_lse = false,
-                           int chain_count = 2) {
+void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true, bool strided_lse = false) {
   DISTATTN_REQUIRE_GPU();
   CaseInputs in = make_inputs(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
@@ -365,7 +362,6 @@ void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concur
     gpu.set_fuse_lse_moves(direct_lse);
     gpu.set_concurrent_calls(concurrent);
     gpu.set_head_chains(chains != 0);
-    gpu.set_head_chain_count(chain_count);
     gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_o.download(o[chains]);
@@ -403,15 +399,6 @@ TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
   GpuCase g = c;  // every pattern on the caller's lse (row stride r), no LSE moves in either chain
   g.name = "head_chains_strided_lse";
   check_head_chain_bits(g, /*direct_lse=*/true, /*concurrent=*/true, /*strided_lse=*/true);
-  // Four chains (heads h % 4; set_head_chain_count, only with every pattern on lse directly): rate 2's classes are cut
-  // to every other head, rate 6's to heads s + 6*j0 + 12*j', rate 4's classes taken whole.
-  GpuCase h = c;
-  h.name = "head_chains_four";
-  check_head_chain_bits(h, /*direct_lse=*/true, /*concurrent=*/true, /*strided_lse=*/true, /*chain_count=*/4);
-  GpuCase i = c;
-  i.name = "head_chains_four_fused_off_one_stream";
-  i.fused = false;
-  check_head_chain_bits(i, /*direct_lse=*/true, /*concurrent=*/false, /*strided_lse=*/true, /*chain_count=*/4);
 }
 
 // Patterns of rate r > 1 address the caller's lse with row stride r in the forward (DilatedAttention::set_strided_lse,
@@ -514,10 +501,6 @@ TEST(DilatedGpu, HeadChainsLongNetCausal) {
   d.name = "one_chain_longnet_r12";
   d.head_chains = false;
   run_case(d);
-  GpuCase e = c;
-  e.name = "four_chains_longnet_r12";
-  e.head_chain_count = 4;
-  run_case(e);
 }
 
 // Rates that do not divide their segments (config.ragged_rates, LongNet's r = 6, 12 on power-of-two segments):

@@ -146,10 +146,6 @@ class DilatedAttention {
   // Same results either way (the same engine work and merges in the same order per row).
   static constexpr int64_t kHeadChainsMaxRows = -1;
   void set_head_chains(bool on, int64_t max_rows = kHeadChainsMaxRows) { head_chains_max_rows_ = on ? max_rows : 0; }
-  // Head chains: 2 (even / odd heads; the default, or DISTATTN_DILATED_HEAD_CHAIN_COUNT=4 in the environment: 4) or 4
-  // (heads h % 4; used only where Hq % 4 == 0 and every pattern addresses lse directly, set_direct_lse and
-  // set_strided_lse, else 2). Same results. Throws distattn::Error (argument "count") for other counts.
-  void set_head_chain_count(int count);
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -195,7 +191,6 @@ class DilatedAttention {
   bool fuse_lse_moves_ = true;
   bool share_sms_;                // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
   bool strided_lse_;              // default: DISTATTN_DILATED_STRIDED_LSE (unset or not "0": on)
-  int head_chain_count_;          // 2 or 4; default: DISTATTN_DILATED_HEAD_CHAIN_COUNT ("4": 4, else 2)
   int64_t head_chains_max_rows_;  // 0: one chain; -1: head chains; N: head chains where B * S <= N (set_head_chains)
   std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
   std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
