@@ -321,6 +321,14 @@ bool share_sms_default() {
   return on;
 }
 
+bool chain_lanes_default() {
+  static const bool on = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_CHAIN_LANES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
 bool strided_lse_default() {
   static const bool on = [] {
     const char* v = std::getenv("DISTATTN_DILATED_STRIDED_LSE");
@@ -359,6 +367,7 @@ DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
       device_(device),
       share_sms_(share_sms_default()),
       strided_lse_(strided_lse_default()),
+      chain_lanes_(chain_lanes_default()),
       head_chains_max_rows_(head_chains_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
@@ -382,40 +391,44 @@ DilatedAttention::~DilatedAttention() {
     if (scratch_ != nullptr || slopes_device_ != nullptr) cudaStreamSynchronize(last_stream_);
     if (scratch_ != nullptr) cudaFree(scratch_);
     if (slopes_device_ != nullptr) cudaFree(slopes_device_);
-    for (cudaStream_t st : lane_streams_) cudaStreamDestroy(st);
-    for (cudaEvent_t ev : lane_events_) cudaEventDestroy(ev);
-    if (fork_event_ != nullptr) cudaEventDestroy(fork_event_);
+    for (LaneSet& set : lane_sets_) {
+      for (cudaStream_t st : set.streams) cudaStreamDestroy(st);
+      for (cudaEvent_t ev : set.events) cudaEventDestroy(ev);
+      if (set.fork != nullptr) cudaEventDestroy(set.fork);
+    }
   }
 }
 
-int DilatedAttention::fork_lanes(int64_t keys, cudaStream_t stream) {
+int DilatedAttention::fork_lanes(int64_t keys, cudaStream_t stream, int set_index) {
+  LaneSet& set = lane_sets_[set_index];
   const int lanes = concurrent_calls_ ? static_cast<int>(std::min<int64_t>(kMaxLanes, keys)) : 1;
   if (lanes <= 1) return 1;
-  while (static_cast<int>(lane_streams_.size()) < lanes - 1) {  // created on first use, kept
+  while (static_cast<int>(set.streams.size()) < lanes - 1) {  // created on first use, kept
     cudaStream_t st = nullptr;
     DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    lane_streams_.push_back(st);
+    set.streams.push_back(st);
     cudaEvent_t ev = nullptr;
     DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    lane_events_.push_back(ev);
+    set.events.push_back(ev);
   }
-  if (fork_event_ == nullptr) DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+  if (set.fork == nullptr) DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&set.fork, cudaEventDisableTiming));
   // Side lanes start after everything enqueued on `stream` so far (the LSE gather, earlier patterns).
-  DISTATTN_CUDA_CHECK(cudaEventRecord(fork_event_, stream));
-  for (int l = 0; l < lanes - 1; ++l) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(lane_streams_[l], fork_event_, 0));
+  DISTATTN_CUDA_CHECK(cudaEventRecord(set.fork, stream));
+  for (int l = 0; l < lanes - 1; ++l) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(set.streams[l], set.fork, 0));
   return lanes;
 }
 
-cudaStream_t DilatedAttention::lane_stream(int64_t key, int lanes, cudaStream_t stream) const {
+cudaStream_t DilatedAttention::lane_stream(int64_t key, int lanes, cudaStream_t stream, int set_index) const {
   const int l = lanes <= 1 ? 0 : static_cast<int>(key % lanes);
-  return l == 0 ? stream : lane_streams_[l - 1];
+  return l == 0 ? stream : lane_sets_[set_index].streams[l - 1];
 }
 
-void DilatedAttention::join_lanes(int lanes, cudaStream_t stream) {
+void DilatedAttention::join_lanes(int lanes, cudaStream_t stream, int set_index) {
   // `stream` continues (LSE scatter, next pattern, cast) only after every side lane's calls.
+  LaneSet& set = lane_sets_[set_index];
   for (int l = 0; l < lanes - 1; ++l) {
-    DISTATTN_CUDA_CHECK(cudaEventRecord(lane_events_[l], lane_streams_[l]));
-    DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, lane_events_[l], 0));
+    DISTATTN_CUDA_CHECK(cudaEventRecord(set.events[l], set.streams[l]));
+    DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, set.events[l], 0));
   }
 }
 
@@ -633,14 +646,35 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       const float* slopes = pattern_slopes(i);
       const std::vector<PatternCall> calls =
           plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct, hp);
-      const int lanes = cuda && hp < 0 ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, cs) : 1;
+      // Lanes: the pattern's calls of different lane keys spread over side streams (lane set 0) with one chain; inside
+      // a head chain (set_chain_lanes) over the chain's own side streams (lane set 1 + hp), keyed by the order of their
+      // distinct lane keys (calls of one key stay on one stream, in order), so that e.g. the three class calls of a
+      // ragged rate 6 at 16K (55-66 CTAs each) run side by side instead of one after another.
+      const bool in_chain_lanes = cuda && hp >= 0 && chain_lanes_;
+      const int set_index = hp < 0 ? 0 : 1 + hp;
+      std::vector<int64_t> keys(calls.size());
+      {
+        std::vector<int64_t> seen;
+        for (size_t ci = 0; ci < calls.size(); ++ci) {
+          const int64_t key = calls[ci].lane_key;
+          const auto it = std::find(seen.begin(), seen.end(), key);
+          keys[ci] = in_chain_lanes ? static_cast<int64_t>(it - seen.begin()) : key;
+          if (it == seen.end()) seen.push_back(key);
+        }
+      }
+      const int64_t nkeys = calls.empty() ? 0
+                                          : (in_chain_lanes ? *std::max_element(keys.begin(), keys.end()) + 1
+                                                            : calls.back().lane_key + 1);
+      const int lanes = cuda && (hp < 0 || in_chain_lanes) ? fork_lanes(nkeys, cs, set_index) : 1;
       // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
       // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
       const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
       // Calls that all run at once (one lane each) share the SMs in proportion to their work (batch * heads * rows^2):
       // otherwise the first persistent launch holds every SM and the others start only as its CTAs finish.
       std::vector<int> caps(calls.size(), 0);
-      bool one_lane_each = cuda && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
+      // (Not inside head chains: the other chain fills the SMs; caps there cost 3% at 16K, notes/dilated_causal.md.)
+      bool one_lane_each =
+          cuda && hp < 0 && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
       for (size_t ci = 0; one_lane_each && ci < calls.size(); ++ci)
         one_lane_each = calls[ci].lane_key == static_cast<int64_t>(ci);
       if (one_lane_each) {
@@ -665,12 +699,12 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
         p.max_ctas = caps[ci];
         if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
         if (cuda) {
-          flash_attention_forward(p, lane_stream(c.lane_key, lanes, cs));
+          flash_attention_forward(p, lane_stream(keys[ci], lanes, cs, set_index));
         } else {
           host_attention_forward(p, config_.host_precision);
         }
       }
-      if (cuda) join_lanes(lanes, cs);
+      if (cuda) join_lanes(lanes, cs, set_index);
       if (direct) continue;
       pending = {true, lse_c, w, r};
       buf ^= 1;
@@ -689,7 +723,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     // joined back before the cast / return.
     const int lanes = fork_lanes(2, stream);
     run_chain(0, stream);
-    run_chain(1, lanes > 1 ? lane_streams_[0] : stream);
+    run_chain(1, lanes > 1 ? lane_sets_[0].streams[0] : stream);
     join_lanes(lanes, stream);
   }
 

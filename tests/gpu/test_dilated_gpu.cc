@@ -341,8 +341,11 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
 // same q tile rows, kv tiles and walk order) and the same merges in the same order, so o and lse must be bit-identical
 // to one chain over all heads. LongNet-like causal (rate 1 last, fused final), a ragged rate 6 (classes of unequal
 // length, 6 classes on 8 heads), B = 2; then the rate-1 pattern first (fused final off: plain mode and the cast pass),
-// the compacted LSE for rate 1 with separate moves, and everything on one stream (the chains one after the other).
-void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true, bool strided_lse = false) {
+// the compacted LSE for rate 1 with separate moves, and everything on one stream (the chains one after the other);
+// every pattern on lse directly (set_strided_lse) with and without the class calls of a chain on the chain's own side
+// streams (set_chain_lanes; the cases before run them with the compacted LSE of rates > 1 and the moves).
+void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true, bool strided_lse = false,
+                           bool chain_lanes = true) {
   DISTATTN_REQUIRE_GPU();
   CaseInputs in = make_inputs(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
@@ -362,6 +365,7 @@ void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concur
     gpu.set_fuse_lse_moves(direct_lse);
     gpu.set_concurrent_calls(concurrent);
     gpu.set_head_chains(chains != 0);
+    gpu.set_chain_lanes(chain_lanes);
     gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_o.download(o[chains]);
@@ -399,6 +403,9 @@ TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
   GpuCase g = c;  // every pattern on the caller's lse (row stride r), no LSE moves in either chain
   g.name = "head_chains_strided_lse";
   check_head_chain_bits(g, /*direct_lse=*/true, /*concurrent=*/true, /*strided_lse=*/true);
+  GpuCase h = c;  // each chain's class calls one after another on the chain's stream (set_chain_lanes(false))
+  h.name = "head_chains_strided_lse_no_chain_lanes";
+  check_head_chain_bits(h, /*direct_lse=*/true, /*concurrent=*/true, /*strided_lse=*/true, /*chain_lanes=*/false);
 }
 
 // Patterns of rate r > 1 address the caller's lse with row stride r in the forward (DilatedAttention::set_strided_lse,

@@ -146,6 +146,11 @@ class DilatedAttention {
   // Same results either way (the same engine work and merges in the same order per row).
   static constexpr int64_t kHeadChainsMaxRows = -1;
   void set_head_chains(bool on, int64_t max_rows = kHeadChainsMaxRows) { head_chains_max_rows_ = on ? max_rows : 0; }
+  // CUDA forward with head chains: inside each chain, a pattern's calls of different classes (lane keys) run on the
+  // chain's own side streams at once (up to 4; no SM shares), instead of one after another on the chain's stream.
+  // false (or DISTATTN_DILATED_CHAIN_LANES=0 in the environment): one stream per chain. Same results; needs
+  // set_concurrent_calls (on by default).
+  void set_chain_lanes(bool on) { chain_lanes_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -169,9 +174,11 @@ class DilatedAttention {
   // for and returns the lanes used (1: everything on `stream`); lane_stream picks a call's stream by its lane
   // key; join_lanes makes `stream` wait for every side lane.
   static constexpr int kMaxLanes = 4;
-  int fork_lanes(int64_t keys, cudaStream_t stream);
-  cudaStream_t lane_stream(int64_t key, int lanes, cudaStream_t stream) const;
-  void join_lanes(int lanes, cudaStream_t stream);
+  // set_index: the lane set (0: the pattern calls of one chain, and the head chains themselves; 1 + hp: the pattern
+  // calls inside head chain hp, set_chain_lanes), each with its own side streams and events.
+  int fork_lanes(int64_t keys, cudaStream_t stream, int set_index = 0);
+  cudaStream_t lane_stream(int64_t key, int lanes, cudaStream_t stream, int set_index = 0) const;
+  void join_lanes(int lanes, cudaStream_t stream, int set_index = 0);
   int64_t fold_chunk(int64_t total) const;  // segments per folded call
 
   DilatedConfig config_;
@@ -191,10 +198,14 @@ class DilatedAttention {
   bool fuse_lse_moves_ = true;
   bool share_sms_;                // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
   bool strided_lse_;              // default: DISTATTN_DILATED_STRIDED_LSE (unset or not "0": on)
+  bool chain_lanes_;              // default: DISTATTN_DILATED_CHAIN_LANES (unset or not "0": on)
   int64_t head_chains_max_rows_;  // 0: one chain; -1: head chains; N: head chains where B * S <= N (set_head_chains)
-  std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
-  std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
-  cudaEvent_t fork_event_ = nullptr;
+  struct LaneSet {
+    std::vector<cudaStream_t> streams;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the forking stream)
+    std::vector<cudaEvent_t> events;    // one per side lane (join)
+    cudaEvent_t fork = nullptr;
+  };
+  LaneSet lane_sets_[3];  // 0: one chain's calls and the head chains; 1, 2: inside head chain 0, 1
   int64_t max_fold_batch_ = 0;
 };
 
