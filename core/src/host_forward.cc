@@ -54,7 +54,7 @@ void forward_impl(const AttnParams& p, const Pol pol) {
   const int64_t group = Hq / p.k.heads();  // q heads per kv head
   const Acc scale = static_cast<Acc>(p.scale());
   const Acc kNegInf = -std::numeric_limits<Acc>::infinity();
-  const int64_t lse_b = p.lse_batch_step(), lse_h = p.lse_head_step();
+  const int64_t lse_b = p.lse_batch_step(), lse_h = p.lse_head_step(), lse_r = p.lse_row_step();
 
   const Visibility vis(p);
   const std::vector<int64_t>& pos_q = vis.q_positions();
@@ -106,7 +106,7 @@ void forward_impl(const AttnParams& p, const Pol pol) {
       }
 
       const int64_t ooff = p.o.offset(b, i, h, 0);
-      float* lse_ptr = p.lse ? p.lse + b * lse_b + h * lse_h + i : nullptr;
+      float* lse_ptr = p.lse ? p.lse + b * lse_b + h * lse_h + i * lse_r : nullptr;
       if (!p.accumulate) {
         for (int64_t d = 0; d < D; ++d) store_from_double(p.o.data, ooff + d, p.o.dtype, orow[d]);
         if (lse_ptr) *lse_ptr = static_cast<float>(lse_row);

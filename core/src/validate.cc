@@ -24,6 +24,8 @@ int64_t AttnParams::lse_batch_step() const { return lse_batch_stride != 0 ? lse_
 
 int64_t AttnParams::lse_head_step() const { return lse_head_stride != 0 ? lse_head_stride : q.seqlen(); }
 
+int64_t AttnParams::lse_row_step() const { return lse_row_stride != 0 ? lse_row_stride : 1; }
+
 namespace {
 
 const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "host"; }
@@ -74,21 +76,26 @@ void check_view(const TensorView& t, const char* name, Device engine, bool outpu
 
 // The lse-shaped fp32 array [B, Hq, Sq] with the resolved strides of p (also used for delta).
 void check_lse_layout(const AttnParams& p, const char* name) {
-  DISTATTN_CHECK_ARG(p.lse_batch_stride >= 0 && p.lse_head_stride >= 0, name, "has negative strides (batch ",
-                     p.lse_batch_stride, ", head ", p.lse_head_stride, "); expected >= 0 (0: packed default)");
+  DISTATTN_CHECK_ARG(p.lse_batch_stride >= 0 && p.lse_head_stride >= 0 && p.lse_row_stride >= 0, name,
+                     "has negative strides (batch ", p.lse_batch_stride, ", head ", p.lse_head_stride, ", row ",
+                     p.lse_row_stride, "); expected >= 0 (0: packed default)");
+  // Elements one head's (batch's) rows span: (Sq - 1) * row step + 1 (Sq with the packed row step 1).
+  const __int128 span = static_cast<__int128>(p.q.seqlen() - 1) * p.lse_row_step() + 1;
   const __int128 last = static_cast<__int128>(p.q.batch() - 1) * p.lse_batch_step() +
-                        static_cast<__int128>(p.q.heads() - 1) * p.lse_head_step() + (p.q.seqlen() - 1);
+                        static_cast<__int128>(p.q.heads() - 1) * p.lse_head_step() + span - 1;
   DISTATTN_CHECK_ARG((last + 1) * 4 <= std::numeric_limits<int64_t>::max(), name,
                      "addresses past the int64 byte range (batch step ", p.lse_batch_step(), ", head step ",
-                     p.lse_head_step(), ")");
+                     p.lse_head_step(), ", row step ", p.lse_row_step(), ")");
   // Rows of different heads or batches must not share storage: lse is written.
   if (p.q.heads() > 1) {
-    DISTATTN_CHECK_ARG(p.lse_head_step() >= p.q.seqlen(), name, "head step ", p.lse_head_step(),
-                       " is smaller than Sq = ", p.q.seqlen(), ": heads would overlap");
+    DISTATTN_CHECK_ARG(p.lse_head_step() >= span, name, "head step ", p.lse_head_step(), " is smaller than ",
+                       p.lse_row_step() == 1 ? "Sq = " : "(Sq - 1) * row step + 1 = ", static_cast<int64_t>(span),
+                       ": heads would overlap");
   }
   if (p.q.batch() > 1) {
-    DISTATTN_CHECK_ARG(p.lse_batch_step() >= p.q.seqlen(), name, "batch step ", p.lse_batch_step(),
-                       " is smaller than Sq = ", p.q.seqlen(), ": batches would overlap");
+    DISTATTN_CHECK_ARG(p.lse_batch_step() >= span, name, "batch step ", p.lse_batch_step(), " is smaller than ",
+                       p.lse_row_step() == 1 ? "Sq = " : "(Sq - 1) * row step + 1 = ", static_cast<int64_t>(span),
+                       ": batches would overlap");
   }
 }
 
@@ -231,6 +238,9 @@ void validate_forward(const AttnParams& p, Device engine) {
 void validate_backward(const AttnBwdParams& p, Device engine) {
   // The forward part: o and lse are inputs here (the complete forward's), so the plain-mode rules apply.
   check_forward(p.fwd, engine, /*accumulate=*/false, /*lse_required=*/true);
+  // The backward engines read lse (and delta, which takes lse's strides) with row stride 1.
+  DISTATTN_CHECK_ARG(p.fwd.lse_row_step() == 1, "fwd.lse_row_stride", "is ", p.fwd.lse_row_stride,
+                     " (the backward reads lse and delta with row stride 1; only the forward honours a row stride)");
   const TensorView& q = p.fwd.q;
   const TensorView& k = p.fwd.k;
 

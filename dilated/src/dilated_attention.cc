@@ -64,11 +64,12 @@ struct ViewSpec {
 };
 
 // One engine call of a pattern: q-side view (q, o, dout, dq), kv-side view (k, v, dk, dv), its rows' entries in
-// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), or for a direct-LSE pattern (rate 1, lse_direct) in the
-// caller's lse [B, Hq, S] itself, positions, ALiBi slope offset (into the pattern's permuted slopes; -1: none).
+// the compacted LSE [B, S/w, Hq, m_max] (row-contiguous), or for a direct-LSE pattern (lse_direct) in the caller's
+// lse [B, Hq, S] itself (row stride r), positions, ALiBi slope offset (into the pattern's permuted slopes; -1: none).
 struct PatternCall {
   ViewSpec qv, kv;
   int64_t lse_offset = 0, lse_batch_stride = 0, lse_head_stride = 0;
+  int64_t lse_row_stride = 0;  // AttnParams::lse_row_stride: r for a direct-LSE pattern of rate r > 1, else 0 (1)
   PositionMap pos;
   int64_t slope_offset = -1;
   // Calls of different lane keys write disjoint elements (o, lse, dq, dk, dv) and may run concurrently: the
@@ -82,10 +83,13 @@ struct PatternCall {
 //   u = b*(S/w) + g at row u*w (uniform because batch stride == S * row stride), rows u*w + s + r*i; cut into
 //   calls of at most `chunk` segments. Compacted LSE of (u, h, i): (u*Hq + h)*m_max + i: batch step Hq*m_max.
 //   Unfolded (the layout does not allow folding): one call per segment g with the B batches as the batch.
-//   Direct LSE (lse_direct, rate 1 only: a segment's rows are consecutive, so the calls can address the caller's
-//   [B, Hq, S] LSE with row stride 1 and no compaction is needed): entry (b, h, g*w + i) at (b*Hq + h)*S + g*w + i.
-//   Folded calls then stay inside one batch b (segments g0 .. g0+n-1: batch step w, head step S); unfolded calls
-//   (segment g, the B batches): offset h0*S + g*w, batch step Hq*S.
+//   Direct LSE (lse_direct: the calls address the caller's [B, Hq, S] LSE itself, no compaction): class s's row i of
+//   segment g is row p = g*w + s + r*i, entry (b, h, p) at (b*Hq + h)*S + p: row stride r (AttnParams::lse_row_stride;
+//   1 for rate 1, whose rows are consecutive). Folded calls stay inside one batch b (segments g0 .. g0+n-1: offset
+//   (b*Hq + h0)*S + g0*w + s, batch step w, head step hstep*S); unfolded calls (segment g, the B batches): offset
+//   h0*S + g*w + s, batch step Hq*S. Classes folded: class s0 + cs*t at head s0 + cs*t and row g*w + s0 + cs*t, so
+//   the batch step is cs*(S + 1), the head step r*S (the rows of one entry span at most w <= S elements, so no two
+//   entries coincide).
 //   Classes folded (per batch b, segment g, run of classes s0 .. s0+n-1 with equal rows and heads): class s at
 //   row g*w + s, head s: batch step (0, 1, 1) rows/heads; heads s + r*j: head step r; LSE batch step m_max
 //   (class s = head s), head step r*m_max.
@@ -96,7 +100,6 @@ struct PatternCall {
 std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t w, int64_t r,
                                       bool fold_segments, int64_t chunk, bool fold_classes, bool alibi, bool lse_direct,
                                       int head_parity = -1) {
-  DISTATTN_CHECK(!lse_direct || r == 1, "direct LSE addressing needs rate 1");
   DISTATTN_CHECK(head_parity < 0 || ((r == 1 || r % 2 == 0) && Hq % 2 == 0 && Hq == Hkv && !alibi),
                  "head chains need rate 1 or an even rate, Hq even, Hq == Hkv and no ALiBi");
   std::vector<PatternCall> calls;
@@ -132,9 +135,16 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
           c.qv.cb = 0, c.qv.crow = cs, c.qv.ch = cs;
           c.qv.batch = n, c.qv.rows = rows, c.qv.rstep = r, c.qv.heads = heads, c.qv.hstep = r;
           c.kv = c.qv;  // Hq == Hkv
-          c.lse_offset = ((b * nseg + g) * Hq + s0) * mm;
-          c.lse_batch_stride = cs * mm;
-          c.lse_head_stride = r * mm;
+          if (lse_direct) {
+            c.lse_offset = (b * Hq + s0) * S + g * w + s0;
+            c.lse_batch_stride = cs * (S + 1);
+            c.lse_head_stride = r * S;
+            c.lse_row_stride = r;
+          } else {
+            c.lse_offset = ((b * nseg + g) * Hq + s0) * mm;
+            c.lse_batch_stride = cs * mm;
+            c.lse_head_stride = r * mm;
+          }
           c.pos = PositionMap::strided(0, r, rows);
           c.lane_key = static_cast<int64_t>(calls.size());
           calls.push_back(c);
@@ -170,9 +180,10 @@ std::vector<PatternCall> plan_pattern(int64_t B, int64_t S, int64_t Hq, int64_t 
         }
         if (lse_direct) {
           const int64_t b = fold_segments ? first / nseg : 0, g0 = fold_segments ? first % nseg : first;
-          c.lse_offset = (b * Hq + hg.qh0) * S + g0 * w;
+          c.lse_offset = (b * Hq + hg.qh0) * S + g0 * w + s;
           c.lse_batch_stride = fold_segments ? w : Hq * S;
           c.lse_head_stride = hg.qstep * S;
+          c.lse_row_stride = r;
         } else {
           c.lse_offset = (first * Hq + hg.qh0) * mm;
           c.lse_batch_stride = fold_segments ? Hq * mm : nseg * Hq * mm;
@@ -203,6 +214,7 @@ AttnParams engine_params(const PatternCall& c, const TensorView& q, const Tensor
   p.lse = lse_c + c.lse_offset;
   p.lse_batch_stride = c.lse_batch_stride;
   p.lse_head_stride = c.lse_head_stride;
+  p.lse_row_stride = c.lse_row_stride;
   p.q_pos = c.pos;
   p.kv_pos = c.pos;
   p.mask.causal = config.causal;
@@ -309,6 +321,22 @@ bool share_sms_default() {
   return on;
 }
 
+bool chain_lanes_default() {
+  static const bool on = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_CHAIN_LANES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+bool strided_lse_default() {
+  static const bool on = [] {
+    const char* v = std::getenv("DISTATTN_DILATED_STRIDED_LSE");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
 // Head chains' row limit (DilatedAttention::set_head_chains): DISTATTN_DILATED_HEAD_CHAINS unset: the default below;
 // "0": off; "1": no limit; N > 1: chains where B * S <= N.
 int64_t head_chains_default() {
@@ -338,6 +366,8 @@ DilatedAttention::DilatedAttention(DilatedConfig config, Device device)
     : config_(std::move(config)),
       device_(device),
       share_sms_(share_sms_default()),
+      strided_lse_(strided_lse_default()),
+      chain_lanes_(chain_lanes_default()),
       head_chains_max_rows_(head_chains_default()) {
   const int64_t H = static_cast<int64_t>(config_.alibi_slopes.size());
   if (H > 0) {
@@ -361,40 +391,44 @@ DilatedAttention::~DilatedAttention() {
     if (scratch_ != nullptr || slopes_device_ != nullptr) cudaStreamSynchronize(last_stream_);
     if (scratch_ != nullptr) cudaFree(scratch_);
     if (slopes_device_ != nullptr) cudaFree(slopes_device_);
-    for (cudaStream_t st : lane_streams_) cudaStreamDestroy(st);
-    for (cudaEvent_t ev : lane_events_) cudaEventDestroy(ev);
-    if (fork_event_ != nullptr) cudaEventDestroy(fork_event_);
+    for (LaneSet& set : lane_sets_) {
+      for (cudaStream_t st : set.streams) cudaStreamDestroy(st);
+      for (cudaEvent_t ev : set.events) cudaEventDestroy(ev);
+      if (set.fork != nullptr) cudaEventDestroy(set.fork);
+    }
   }
 }
 
-int DilatedAttention::fork_lanes(int64_t keys, cudaStream_t stream) {
+int DilatedAttention::fork_lanes(int64_t keys, cudaStream_t stream, int set_index) {
+  LaneSet& set = lane_sets_[set_index];
   const int lanes = concurrent_calls_ ? static_cast<int>(std::min<int64_t>(kMaxLanes, keys)) : 1;
   if (lanes <= 1) return 1;
-  while (static_cast<int>(lane_streams_.size()) < lanes - 1) {  // created on first use, kept
+  while (static_cast<int>(set.streams.size()) < lanes - 1) {  // created on first use, kept
     cudaStream_t st = nullptr;
     DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    lane_streams_.push_back(st);
+    set.streams.push_back(st);
     cudaEvent_t ev = nullptr;
     DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    lane_events_.push_back(ev);
+    set.events.push_back(ev);
   }
-  if (fork_event_ == nullptr) DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+  if (set.fork == nullptr) DISTATTN_CUDA_CHECK(cudaEventCreateWithFlags(&set.fork, cudaEventDisableTiming));
   // Side lanes start after everything enqueued on `stream` so far (the LSE gather, earlier patterns).
-  DISTATTN_CUDA_CHECK(cudaEventRecord(fork_event_, stream));
-  for (int l = 0; l < lanes - 1; ++l) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(lane_streams_[l], fork_event_, 0));
+  DISTATTN_CUDA_CHECK(cudaEventRecord(set.fork, stream));
+  for (int l = 0; l < lanes - 1; ++l) DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(set.streams[l], set.fork, 0));
   return lanes;
 }
 
-cudaStream_t DilatedAttention::lane_stream(int64_t key, int lanes, cudaStream_t stream) const {
+cudaStream_t DilatedAttention::lane_stream(int64_t key, int lanes, cudaStream_t stream, int set_index) const {
   const int l = lanes <= 1 ? 0 : static_cast<int>(key % lanes);
-  return l == 0 ? stream : lane_streams_[l - 1];
+  return l == 0 ? stream : lane_sets_[set_index].streams[l - 1];
 }
 
-void DilatedAttention::join_lanes(int lanes, cudaStream_t stream) {
+void DilatedAttention::join_lanes(int lanes, cudaStream_t stream, int set_index) {
   // `stream` continues (LSE scatter, next pattern, cast) only after every side lane's calls.
+  LaneSet& set = lane_sets_[set_index];
   for (int l = 0; l < lanes - 1; ++l) {
-    DISTATTN_CUDA_CHECK(cudaEventRecord(lane_events_[l], lane_streams_[l]));
-    DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, lane_events_[l], 0));
+    DISTATTN_CUDA_CHECK(cudaEventRecord(set.events[l], set.streams[l]));
+    DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, set.events[l], 0));
   }
 }
 
@@ -513,9 +547,12 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
   validate_tensors(q, k, v, o, lse);
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
   const int64_t n_o = B * S * Hq * D, n_lse = B * Hq * S;
+  // A pattern's calls address the caller's lse directly (plan_pattern "Direct LSE"): rate 1 with set_direct_lse, rate
+  // r > 1 with set_strided_lse (row stride r); otherwise through the compacted LSE with gathers and scatters.
+  auto direct_for = [&](int64_t r) { return r == 1 ? direct_lse_ : strided_lse_; };
   int64_t n_c = 0;  // compacted LSE floats of the largest pattern that uses one (direct-LSE patterns do not)
   for (const DilatedPattern& pt : config_.patterns)
-    if (pt.rate != 1 || !direct_lse_) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
+    if (!direct_for(pt.rate)) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
   const bool cuda = device_ == Device::kCuda;
   // Segments fold into the batch only where every tensor a call addresses allows it (the accumulator is packed;
   // o is addressed directly by the plain / final step).
@@ -581,8 +618,8 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       const bool into_fresh = lse_fresh && step.mode == FwdMode::kAccumulate;
       const bool accumulate = step.mode != FwdMode::kPlain && !into_fresh;
       lse_fresh = false;
-      // A rate-1 pattern's calls address lse itself (plan_pattern "Direct LSE"): no gather, no scatter.
-      const bool direct = r == 1 && direct_lse_;
+      // A direct pattern's calls address lse itself (plan_pattern "Direct LSE"; row stride r): no gather, no scatter.
+      const bool direct = direct_for(r);
       float* const lse_c = lse_cs[buf];
       float* const lse_calls = direct ? lse : lse_c;
       // The running LSE of the rows this pattern keeps, in the layout its calls address (row stride 1): gathered from
@@ -609,14 +646,35 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
       const float* slopes = pattern_slopes(i);
       const std::vector<PatternCall> calls =
           plan_pattern(B, S, Hq, Hkv, w, r, fold, fold_chunk(B * (S / w)), fold_classes_, alibi, direct, hp);
-      const int lanes = cuda && hp < 0 ? fork_lanes(calls.empty() ? 0 : calls.back().lane_key + 1, cs) : 1;
+      // Lanes: the pattern's calls of different lane keys spread over side streams (lane set 0) with one chain; inside
+      // a head chain (set_chain_lanes) over the chain's own side streams (lane set 1 + hp), keyed by the order of their
+      // distinct lane keys (calls of one key stay on one stream, in order), so that e.g. the three class calls of a
+      // ragged rate 6 at 16K (55-66 CTAs each) run side by side instead of one after another.
+      const bool in_chain_lanes = cuda && hp >= 0 && chain_lanes_;
+      const int set_index = hp < 0 ? 0 : 1 + hp;
+      std::vector<int64_t> keys(calls.size());
+      {
+        std::vector<int64_t> seen;
+        for (size_t ci = 0; ci < calls.size(); ++ci) {
+          const int64_t key = calls[ci].lane_key;
+          const auto it = std::find(seen.begin(), seen.end(), key);
+          keys[ci] = in_chain_lanes ? static_cast<int64_t>(it - seen.begin()) : key;
+          if (it == seen.end()) seen.push_back(key);
+        }
+      }
+      const int64_t nkeys = calls.empty() ? 0
+                                          : (in_chain_lanes ? *std::max_element(keys.begin(), keys.end()) + 1
+                                                            : calls.back().lane_key + 1);
+      const int lanes = cuda && (hp < 0 || in_chain_lanes) ? fork_lanes(nkeys, cs, set_index) : 1;
       // Plain: the rate-1 pattern writes every row of its output (o itself when direct, else acc) and of lse_c.
       // Final: merges the accumulator's rows into o (in q's dtype); the accumulator is only read.
       const bool to_o = plan.o_direct && step.mode != FwdMode::kAccumulate;
       // Calls that all run at once (one lane each) share the SMs in proportion to their work (batch * heads * rows^2):
       // otherwise the first persistent launch holds every SM and the others start only as its CTAs finish.
       std::vector<int> caps(calls.size(), 0);
-      bool one_lane_each = cuda && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
+      // (Not inside head chains: the other chain fills the SMs; caps there cost 3% at 16K, notes/dilated_causal.md.)
+      bool one_lane_each =
+          cuda && hp < 0 && share_sms_ && calls.size() > 1 && static_cast<int64_t>(calls.size()) <= lanes;
       for (size_t ci = 0; one_lane_each && ci < calls.size(); ++ci)
         one_lane_each = calls[ci].lane_key == static_cast<int64_t>(ci);
       if (one_lane_each) {
@@ -641,12 +699,12 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
         p.max_ctas = caps[ci];
         if (step.mode == FwdMode::kFinal) p.o_final = c.qv.apply(o);
         if (cuda) {
-          flash_attention_forward(p, lane_stream(c.lane_key, lanes, cs));
+          flash_attention_forward(p, lane_stream(keys[ci], lanes, cs, set_index));
         } else {
           host_attention_forward(p, config_.host_precision);
         }
       }
-      if (cuda) join_lanes(lanes, cs);
+      if (cuda) join_lanes(lanes, cs, set_index);
       if (direct) continue;
       pending = {true, lse_c, w, r};
       buf ^= 1;
@@ -665,7 +723,7 @@ void DilatedAttention::forward(const TensorView& q, const TensorView& k, const T
     // joined back before the cast / return.
     const int lanes = fork_lanes(2, stream);
     run_chain(0, stream);
-    run_chain(1, lanes > 1 ? lane_streams_[0] : stream);
+    run_chain(1, lanes > 1 ? lane_sets_[0].streams[0] : stream);
     join_lanes(lanes, stream);
   }
 

@@ -219,6 +219,7 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   k.o_head_stride = p.o.stride[2];
   k.lse_batch_stride = p.lse_batch_step();
   k.lse_head_stride = p.lse_head_step();
+  k.lse_row_stride = p.lse_row_step();
   k.batch = static_cast<int>(p.q.batch());
   k.seqlen_q = static_cast<int>(p.q.seqlen());
   k.seqlen_kv = static_cast<int>(p.k.seqlen());

@@ -817,7 +817,7 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
                 make_float2(acc_o[mi][dj][rr * 2] * il, acc_o[mi][dj][rr * 2 + 1] * il);
           }
         }
-        if (lse_base != nullptr && tq == 0) lse_base[row] = lse_b[mi][rr];
+        if (lse_base != nullptr && tq == 0) lse_base[row * p.lse_row_stride] = lse_b[mi][rr];
       }
   } else {
     // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse-L) + O_b e^(LSE_b-L).
@@ -836,7 +836,7 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         const int row = m0 + warp * 32 + mi * 16 + rr * 8 + g;
-        lse_old[mi][rr] = row < p.seqlen_q ? lse_base[row] : kNegInf;
+        lse_old[mi][rr] = row < p.seqlen_q ? lse_base[row * p.lse_row_stride] : kNegInf;
       }
     __syncwarp();
 #pragma unroll
@@ -880,7 +880,7 @@ __global__ void __launch_bounds__(128, (FlashFwdTraits<kHeadDim, kBlockN>::kMinB
             *reinterpret_cast<float2*>(o_row + dj * 8 + 2 * tq) = make_float2(x, y);
           }
         }
-        if (tq == 0) lse_base[row] = L;
+        if (tq == 0) lse_base[row * p.lse_row_stride] = L;
       }
   }
 }

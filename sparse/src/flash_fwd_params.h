@@ -8,7 +8,7 @@
 //   k  [B, Skv, Hkv, D]    likewise with the k_* strides;  v with the v_* strides
 //   o  [B, Sq,  Hq,  D]    dtype of q (plain mode) or fp32 (accumulate mode), o_* strides
 //   o_final [B, Sq, Hq, D] dtype of q, optional, final accumulate mode only (o_final_* strides)
-//   lse [B, Hq, Sq] fp32   lse_ptr + b*lse_batch_stride + h*lse_head_stride + s
+//   lse [B, Hq, Sq] fp32   lse_ptr + b*lse_batch_stride + h*lse_head_stride + s*lse_row_stride
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -42,6 +42,7 @@ struct FlashFwdParams {
   int64_t o_head_stride = 0;
   int64_t lse_batch_stride = 0;  // elements between batches of lse (resolved, never 0 unless B == 1)
   int64_t lse_head_stride = 0;   // elements between heads of lse (resolved)
+  int64_t lse_row_stride = 1;    // elements between rows of lse (resolved, >= 1; AttnParams::lse_row_stride)
 
   // --- sizes -----------------------------------------------------------------------------------------
   int batch = 0;         // B

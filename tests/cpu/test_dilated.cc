@@ -170,10 +170,11 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
   // Modes: 0 the default (segments or classes folded, whichever gives more CTAs), 1 segments folded in calls of
   // <= 3 segments, 2 per segment (classes may still fold), 3 segments folded and classes never folded, 4 default
   // folding without the fused final step (rate-1 pattern first in plain mode, then the cast pass), 5 default folding
-  // with every pattern through the compacted LSE (rate-1 patterns otherwise address lse directly; modes 0-4 do, and
-  // mode 1 splits the folded rate-1 calls at batch boundaries for it), 6 default folding with separate LSE scatters and
-  // gathers (the others fuse a pattern's scatter with the next gather), 7 default folding with one chain of all heads
-  // (the others split the heads into an even and an odd chain where the config allows: set_head_chains).
+  // with every pattern through the compacted LSE (the other modes but 6 address lse directly: rate 1 with row stride
+  // 1, rate r > 1 with row stride r, set_strided_lse; mode 1 splits the folded direct calls at batch boundaries for
+  // it), 6 default folding with rates > 1 through the compacted LSE and separate LSE scatters and gathers (mode 5 fuses
+  // a pattern's scatter with the next gather), 7 default folding with one chain of all heads (the others split the
+  // heads into an even and an odd chain where the config allows: set_head_chains).
   for (int mode = 0; mode < 8; ++mode) {
     const bool fold = mode != 2;
     SCOPED_TRACE(mode == 0   ? "default folding"
@@ -181,8 +182,8 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
                  : mode == 2 ? "per segment"
                  : mode == 3 ? "segments folded, classes never"
                  : mode == 4 ? "default folding, fused final off"
-                 : mode == 5 ? "default folding, compacted LSE for rate 1 too"
-                 : mode == 6 ? "default folding, separate LSE scatter and gather"
+                 : mode == 5 ? "default folding, compacted LSE for every rate"
+                 : mode == 6 ? "default folding, compacted LSE for rates > 1, separate scatter and gather"
                              : "default folding, one head chain");
     HostTensor o(DType::kFloat64, sh.B, sh.S, sh.Hq, sh.D, pad, pad);
     std::vector<float> lse(sh.B * sh.Hq * sh.S, std::numeric_limits<float>::quiet_NaN());
@@ -193,6 +194,7 @@ void check(const DilatedConfig& c, const Shape& sh, uint64_t salt, int64_t pad =
     attn.set_fused_final(mode != 4);
     attn.set_direct_lse(mode != 5);
     attn.set_fuse_lse_moves(mode != 6);
+    attn.set_strided_lse(mode != 5 && mode != 6);
     attn.set_head_chains(mode != 7);
     attn.forward(cs.q.view, cs.k.view, cs.v.view, o.view, lse.data());
     const auto eo = compare(o.view, ref.o.view);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -156,6 +157,7 @@ TEST(Validate, FixtureIsValid) {
   EXPECT_FLOAT_EQ(f.p.scale(), 1.0f / std::sqrt(8.0f));
   EXPECT_EQ(f.p.lse_batch_step(), Fixture::Hq * Fixture::Sq);
   EXPECT_EQ(f.p.lse_head_step(), Fixture::Sq);
+  EXPECT_EQ(f.p.lse_row_step(), 1);
   f.p.softmax_scale = 0.3f;
   f.p.lse_batch_stride = 100;
   f.p.lse_head_stride = 20;
@@ -282,6 +284,38 @@ TEST(Validate, Lse) {
   expect_forward_rejected([](Fixture& f) { f.p.lse_head_stride = -1; }, "lse", "negative lse stride");
   expect_forward_rejected([](Fixture& f) { f.p.lse_head_stride = 3; }, "lse", "lse heads overlapping");
   expect_forward_rejected([](Fixture& f) { f.p.lse_batch_stride = int64_t{1} << 62; }, "lse", "lse stride overflow");
+  expect_forward_rejected([](Fixture& f) { f.p.lse_row_stride = -2; }, "lse", "negative lse row stride");
+  // Row stride 2: a head's 9 rows span 17 entries, so the packed head step 9 would interleave heads.
+  expect_forward_rejected([](Fixture& f) { f.p.lse_row_stride = 2; }, "lse", "lse heads overlapping with row stride");
+  expect_forward_rejected(
+      [](Fixture& f) {
+        f.p.lse_row_stride = 2;
+        f.p.lse_head_stride = 17;
+        f.p.lse_batch_stride = 16;
+      },
+      "lse", "lse batches overlapping with row stride");
+  expect_forward_rejected(
+      [](Fixture& f) {
+        f.p.lse_row_stride = int64_t{1} << 60;
+        f.p.lse_head_stride = int64_t{1} << 62;
+      },
+      "lse", "lse row stride overflow");
+  {
+    Fixture g;
+    g.p.lse_row_stride = 2;
+    g.p.lse_head_stride = 17;
+    g.p.lse_batch_stride = 4 * 17;
+    EXPECT_EQ(g.p.lse_row_step(), 2);
+    EXPECT_NO_THROW(validate_forward(g.p, Device::kHost));
+  }
+  // The backward reads lse (and delta) with row stride 1 only.
+  expect_backward_rejected(
+      [](Fixture& f) {
+        f.bp.fwd.lse_row_stride = 2;
+        f.bp.fwd.lse_head_stride = 17;
+        f.bp.fwd.lse_batch_stride = 4 * 17;
+      },
+      "fwd.lse_row_stride", "lse row stride in the backward");
   // Plain mode: lse may be null.
   Fixture f;
   f.p.lse = nullptr;
@@ -418,6 +452,42 @@ TEST(CudaTensorAligned, BaseAndStridesOf16Bytes) {
   TensorView head = t;
   head.stride[2] = 4;  // 8-byte head stride (heads overlap: the rule only looks at alignment)
   EXPECT_FALSE(cuda_tensor_aligned(head));
+}
+
+// The host engine honours AttnParams::lse_row_stride (plain and accumulate mode): with row stride 3 and matching head
+// and batch steps, entry (b, h, i) lands at b*Hq*3*Sq + h*3*Sq + 3*i with the same bits as the packed call's
+// (b, h, i), and the entries in between stay as they were (NaN poison). Accumulate: a second call merges into both.
+TEST(HostEngine, LseRowStride) {
+  Fixture f(DType::kFloat32, DType::kFloat32);
+  SCOPED_TRACE(::testing::Message() << "seed " << test_seed());
+  constexpr int64_t R = 3, B = Fixture::B, Hq = Fixture::Hq, Sq = Fixture::Sq;
+  HostTensor o_packed = f.o, o_strided = f.o;
+  std::vector<float> lse_packed(B * Hq * Sq, std::nanf("")), lse_strided(B * Hq * Sq * R, std::nanf(""));
+  for (int accumulate = 0; accumulate < 2; ++accumulate) {
+    AttnParams a = f.p, c = f.p;
+    a.accumulate = c.accumulate = accumulate != 0;
+    a.o = o_packed.view;
+    a.lse = lse_packed.data();
+    c.o = o_strided.view;
+    c.lse = lse_strided.data();
+    c.lse_row_stride = R;
+    c.lse_head_stride = R * Sq;
+    c.lse_batch_stride = Hq * R * Sq;
+    host_attention_forward(a, HostPrecision::kFloat64);
+    host_attention_forward(c, HostPrecision::kFloat64);
+    EXPECT_TRUE(o_packed.storage == o_strided.storage) << "accumulate " << accumulate;
+    int64_t finite = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < Hq; ++h)
+        for (int64_t i = 0; i < Sq; ++i) {
+          const float x = lse_packed[(b * Hq + h) * Sq + i];
+          const int64_t e = (b * Hq + h) * R * Sq + R * i;
+          EXPECT_EQ(std::memcmp(&x, &lse_strided[e], sizeof(float)), 0) << "b " << b << " h " << h << " i " << i;
+          finite += std::isfinite(x) ? 1 : 0;
+          for (int64_t j = 1; j < R; ++j) EXPECT_TRUE(std::isnan(lse_strided[e + j])) << "gap entry written";
+        }
+    EXPECT_GT(finite, 0);
+  }
 }
 
 }  // namespace

@@ -266,6 +266,7 @@ void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
     DilatedAttention gpu(cfg, Device::kCuda);
     gpu.set_fused_final(c.fused);
     gpu.set_direct_lse(direct != 0);
+    gpu.set_strided_lse(false);  // rates > 1 through the compacted LSE and its moves (check_strided_lse_bits: strided)
     gpu.set_fuse_lse_moves(direct != 0);
     gpu.set_fold_segments(fold_segments);
     gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
@@ -329,8 +330,11 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
 // same q tile rows, kv tiles and walk order) and the same merges in the same order, so o and lse must be bit-identical
 // to one chain over all heads. LongNet-like causal (rate 1 last, fused final), a ragged rate 6 (classes of unequal
 // length, 6 classes on 8 heads), B = 2; then the rate-1 pattern first (fused final off: plain mode and the cast pass),
-// the compacted LSE for rate 1 with separate moves, and everything on one stream (the chains one after the other).
-void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true) {
+// the compacted LSE for rate 1 with separate moves, and everything on one stream (the chains one after the other);
+// every pattern on lse directly (set_strided_lse) with and without the class calls of a chain on the chain's own side
+// streams (set_chain_lanes; the cases before run them with the compacted LSE of rates > 1 and the moves).
+void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true, bool strided_lse = false,
+                           bool chain_lanes = true) {
   DISTATTN_REQUIRE_GPU();
   CaseInputs in = make_inputs(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
@@ -346,9 +350,11 @@ void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concur
     DilatedAttention gpu(in.cfg, Device::kCuda);
     gpu.set_fused_final(c.fused);
     gpu.set_direct_lse(direct_lse);
+    gpu.set_strided_lse(strided_lse);
     gpu.set_fuse_lse_moves(direct_lse);
     gpu.set_concurrent_calls(concurrent);
     gpu.set_head_chains(chains != 0);
+    gpu.set_chain_lanes(chain_lanes);
     gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_o.download(o[chains]);
@@ -383,6 +389,97 @@ TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
   GpuCase f = c;
   f.name = "head_chains_one_stream";
   check_head_chain_bits(f, /*direct_lse=*/true, /*concurrent=*/false);
+  GpuCase g = c;  // every pattern on the caller's lse (row stride r), no LSE moves in either chain
+  g.name = "head_chains_strided_lse";
+  check_head_chain_bits(g, /*direct_lse=*/true, /*concurrent=*/true, /*strided_lse=*/true);
+  GpuCase h = c;  // each chain's class calls one after another on the chain's stream (set_chain_lanes(false))
+  h.name = "head_chains_strided_lse_no_chain_lanes";
+  check_head_chain_bits(h, /*direct_lse=*/true, /*concurrent=*/true, /*strided_lse=*/true, /*chain_lanes=*/false);
+}
+
+// Patterns of rate r > 1 address the caller's lse with row stride r in the forward (DilatedAttention::set_strided_lse,
+// default on; AttnParams::lse_row_stride) instead of the compacted LSE with its gathers and scatters. The calls, their
+// q tiles and merges are the same and the moves only copy floats, so o and lse must be bit-identical to the compacted
+// path (set_strided_lse(false), fused moves). Both runs start from NaN-poisoned o and lse. Cases: LongNet-like causal
+// with ragged rates, head chains and fused final (classes folded for r = 6 on one segment); the same with one chain;
+// fused final off (rate 1 first in plain mode, cast pass); B = 2 with per-segment calls over the batch (fold off,
+// padded fp16); GQA with per-head calls (r = 2 not a multiple of the group) and ALiBi; non-causal with classes folding
+// off. Every case is also checked against the fp64 host path (run_case) elsewhere with the default (strided) on.
+void check_strided_lse_bits(const GpuCase& c, bool fold_segments = true) {
+  DISTATTN_REQUIRE_GPU();
+  CaseInputs in = make_inputs(c);
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
+  if (c.alibi)
+    for (int64_t h = 0; h < c.Hq; ++h) in.cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
+  const int64_t n_lse = c.B * c.Hq * c.S;
+  DeviceTensor dq_in(in.q), dk_in(in.k), dv_in(in.v);
+  HostTensor o[2];
+  std::vector<float> lse[2];
+  for (int strided = 0; strided < 2; ++strided) {
+    o[strided] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+    fill_nan(o[strided]);
+    DeviceTensor d_o(o[strided]);
+    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
+    DilatedAttention gpu(in.cfg, Device::kCuda);
+    gpu.set_fused_final(c.fused);
+    gpu.set_head_chains(c.head_chains);
+    gpu.set_fold_classes(c.fold_classes);
+    gpu.set_fold_segments(fold_segments);
+    gpu.set_strided_lse(strided != 0);
+    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    d_o.download(o[strided]);
+    lse[strided] = d_lse.download();
+  }
+  // Not vacuous: the poison is gone from o (every element written) and from the LSE (every row has keys here).
+  EXPECT_EQ(compare(o[1].view, o[1].view).non_finite, 0);
+  EXPECT_EQ(compare_flat(lse[1].data(), std::vector<double>(lse[1].begin(), lse[1].end()).data(), n_lse).non_finite, 0);
+  EXPECT_TRUE(o[0].storage == o[1].storage) << "o differs between the compacted and the strided LSE";
+  EXPECT_EQ(std::memcmp(lse[0].data(), lse[1].data(), n_lse * sizeof(float)), 0)
+      << "lse differs between the compacted and the strided LSE";
+}
+
+TEST(DilatedGpu, StridedLseSameBitsAsCompacted) {
+  GpuCase c{"strided_lse_longnet_chains"};
+  c.causal = true;
+  c.D = 128;
+  c.S = 1024;
+  c.Hq = c.Hkv = 8;
+  c.ragged = true;
+  c.patterns = {{256, 2}, {512, 4}, {1024, 6}, {128, 1}};
+  check_strided_lse_bits(c);
+  GpuCase d = c;
+  d.name = "strided_lse_one_chain";
+  d.head_chains = false;
+  check_strided_lse_bits(d);
+  GpuCase e = c;
+  e.name = "strided_lse_fused_off_b2";
+  e.B = 2;
+  e.fused = false;
+  check_strided_lse_bits(e);
+  GpuCase f{"strided_lse_unfolded_fp16"};  // one call per segment with the B batches as its batch
+  f.dtype = DType::kFloat16;
+  f.B = 2;
+  f.Hq = f.Hkv = 3;
+  f.causal = true;
+  f.head_pad = 8;
+  f.row_pad = 16;
+  check_strided_lse_bits(f, /*fold_segments=*/false);
+  GpuCase g{"strided_lse_gqa_alibi"};  // 3 q heads per kv head: r = 2 runs one call per head, r = 3 one per class
+  g.Hq = 6;
+  g.Hkv = 2;
+  g.S = 384;
+  g.causal = true;
+  g.alibi = true;
+  g.patterns = {{96, 3}, {192, 2}, {64, 1}};
+  check_strided_lse_bits(g);
+  GpuCase h{"strided_lse_noncausal_classes_off"};
+  h.S = 512;
+  h.Hq = h.Hkv = 6;
+  h.ragged = true;
+  h.fold_classes = false;
+  h.patterns = {{512, 6}, {256, 4}, {128, 1}};
+  check_strided_lse_bits(h);
 }
 
 // Head chains against the fp64 host path with the CUDA engine's tolerance rule (run_case), LongNet's rates 1, 2, 4, 6

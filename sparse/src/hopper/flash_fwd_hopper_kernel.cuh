@@ -510,7 +510,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = m0 + row0 + 8 * r;
-        if (row < p.seqlen_q) lse_pf[r] = __ldcg(lse_rows + row);
+        if (row < p.seqlen_q) lse_pf[r] = __ldcg(lse_rows + static_cast<int64_t>(row) * p.lse_row_stride);
       }
     }
 
@@ -793,7 +793,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
             *reinterpret_cast<float2*>(o_row + 8 * c) =
                 make_float2(o[4 * c + 2 * r] * inv[r], o[4 * c + 2 * r + 1] * inv[r]);
         }
-        if (lse_base != nullptr && (lane % 4) == 0) lse_base[row] = lse[r];
+        if (lse_base != nullptr && (lane % 4) == 0) lse_base[static_cast<int64_t>(row) * p.lse_row_stride] = lse[r];
       }
     } else {
       // Merge into the fp32 accumulator: L = logaddexp(lse, LSE_b); o = o e^(lse - L) + O_b e^(LSE_b - L).
@@ -849,7 +849,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
             *reinterpret_cast<float2*>(o_row + 8 * c) = make_float2(x, y);
           }
         }
-        if ((lane % 4) == 0) lse_base[row] = L;
+        if ((lane % 4) == 0) lse_base[static_cast<int64_t>(row) * p.lse_row_stride] = L;
       }
     }
   }

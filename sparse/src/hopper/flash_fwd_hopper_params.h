@@ -7,7 +7,8 @@
 //   q  [B, Sq,  Hq,  D]   TMA map dims (innermost first) {D, Sq, Hq, B}, box {64, 128, 1, 1}
 //   k  [B, Skv, Hkv, D]   {D, Skv, Hkv, B}, box {64, kBlockN, 1, 1}; v likewise
 //   o  [B, Sq,  Hq,  D]   dtype of q or fp32; written by ordinary stores: o_ptr + b*o_batch_stride + s*o_row_stride +
-//   h*o_head_stride + d lse [B, Hq, Sq] fp32  lse_ptr + b*lse_batch_stride + h*lse_head_stride + s  (null: not written)
+//                         h*o_head_stride + d
+//   lse [B, Hq, Sq] fp32  lse_ptr + b*lse_batch_stride + h*lse_head_stride + s*lse_row_stride  (null: not written)
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (a 128-byte, 64-byte aligned opaque struct; header only, no libcuda link)
@@ -31,6 +32,7 @@ struct FlashFwdHopperParams {
   int64_t o_head_stride = 0;     // elements
   int64_t lse_batch_stride = 0;  // elements (resolved)
   int64_t lse_head_stride = 0;   // elements (resolved)
+  int64_t lse_row_stride = 1;    // elements between rows (resolved, >= 1; AttnParams::lse_row_stride)
 
   // --- sizes --------------------------------------------------------------------------------------------
   int batch = 0;         // B

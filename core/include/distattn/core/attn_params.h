@@ -2,7 +2,7 @@
 //
 // Shapes (each tensor with its own int64 element strides, head dim contiguous):
 //   q  [B, Sq,  Hq,  D]     k, v  [B, Skv, Hkv, D]      Hq % Hkv == 0 (GQA / MQA: q head h reads kv head h / (Hq/Hkv))
-//   o  [B, Sq,  Hq,  D]     lse   [B, Hq, Sq] fp32, natural log, row stride 1
+//   o  [B, Sq,  Hq,  D]     lse   [B, Hq, Sq] fp32, natural log, row stride 1 (forward: lse_row_stride)
 //
 // Forward:    O = softmax(scale * Q K^T + bias, masked) V,   LSE = log sum_k exp(scale * q.k + bias)
 //   bias = -slope_h * (pos_q - pos_k) (causal) or -slope_h * |pos_q - pos_k| (otherwise), computed from
@@ -55,6 +55,13 @@ struct AttnParams {
   float* lse = nullptr;  // [B, Hq, Sq] fp32; may be null in plain mode (not written); required in accumulate mode
   int64_t lse_batch_stride = 0;  // elements between batches (0: Hq * Sq)
   int64_t lse_head_stride = 0;   // elements between heads (0: Sq)
+  // Elements between consecutive q rows of lse (0: 1, the packed [B, Hq, Sq] layout); >= 0. Forward only (every
+  // engine's forward honours it: entry (b, h, i) at lse + b*batch step + h*head step + i*row step, read and written in
+  // accumulate mode); the backward requires row step 1 (validate_backward throws otherwise). Lets a caller whose q
+  // rows are every r-th row of a longer sequence (dilated attention's rate-r classes) address its own [B, Hq, S] lse
+  // with row stride r instead of compacting it. With a row step > 1 the head (batch) step must be at least
+  // (Sq - 1) * row step + 1 when Hq > 1 (B > 1), so that no two entries coincide.
+  int64_t lse_row_stride = 0;
 
   PositionMap q_pos;   // global position of each q row (length Sq)
   PositionMap kv_pos;  // global position of each kv row (length Skv)
@@ -85,6 +92,7 @@ struct AttnParams {
   float scale() const;             // softmax_scale or its default
   int64_t lse_batch_step() const;  // resolved lse_batch_stride
   int64_t lse_head_step() const;   // resolved lse_head_stride
+  int64_t lse_row_step() const;    // resolved lse_row_stride (0 -> 1)
 };
 
 // Inverse RoPE of the gradients, fused into the CUDA backward (positional/rope.h defines the rotation).

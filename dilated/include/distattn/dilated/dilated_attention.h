@@ -37,14 +37,16 @@
 // LSE is kept in the caller's lse [B, Hq, S] and, per pattern, its kept entries are gathered into the compacted
 // layout [B, S/w, Hq, ceil(w/r)] that the pattern's calls can address with row stride 1, then scattered back (a
 // pattern's scatter and the next one's gather run as one kernel). Rate-1 patterns address lse itself (their rows
-// are consecutive): no compaction. The accumulation starts at lse = -inf (the engine never reads the accumulator of
-// a row whose lse is -inf, so it is not cleared); the first accumulating pattern then runs in plain mode into the
-// accumulator, which is the same result. With o in q's dtype and a rate-1 pattern (it keeps every row), that pattern
-// runs LAST in the engine's final accumulate mode and writes the mixed result straight into o (no cast pass); otherwise
-// a rate-1 pattern runs first in plain mode (initialising the accumulator) and the accumulator is cast once into o.
-// Forward head chains (set_head_chains; LongNet-like configurations): all of the above runs twice, once for the even
-// and once for the odd q heads, each chain on its own stream (a head's rows only ever merge with the same head's rows,
-// so the chains are independent), which lets one chain's launches fill the SMs the other's ramps and tails leave idle.
+// are consecutive): no compaction; in the forward, so do the patterns of rate r > 1, with LSE row stride r
+// (set_strided_lse; AttnParams::lse_row_stride), so that the forward needs no LSE moves at all by default. The
+// accumulation starts at lse = -inf (the engine never reads the accumulator of a row whose lse is -inf, so it is not
+// cleared); the first accumulating pattern then runs in plain mode into the accumulator, which is the same result. With
+// o in q's dtype and a rate-1 pattern (it keeps every row), that pattern runs LAST in the engine's final accumulate
+// mode and writes the mixed result straight into o (no cast pass); otherwise a rate-1 pattern runs first in plain mode
+// (initialising the accumulator) and the accumulator is cast once into o. Forward head chains (set_head_chains;
+// LongNet-like configurations): all of the above runs twice, once for the even and once for the odd q heads, each chain
+// on its own stream (a head's rows only ever merge with the same head's rows, so the chains are independent), which
+// lets one chain's launches fill the SMs the other's ramps and tails leave idle.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -122,6 +124,12 @@ class DilatedAttention {
   // engine's row-contiguous LSE fits): no gather into / scatter out of the compacted LSE for them. false: the
   // compacted path for every pattern (A/B timings, tests). Same results either way.
   void set_direct_lse(bool on) { direct_lse_ = on; }
+  // Forward: patterns of rate r > 1 address the caller's lse [B, Hq, S] directly as well, with LSE row stride r
+  // (AttnParams::lse_row_stride; a class's rows are every r-th row of a segment): no compacted LSE, no gather / scatter
+  // kernels between the patterns. false (or DISTATTN_DILATED_STRIDED_LSE=0 in the environment): the compacted path for
+  // them (A/B timings, tests). The backward always reads their LSE compacted (its engines take row stride 1). Same
+  // results either way.
+  void set_strided_lse(bool on) { strided_lse_ = on; }
   // Forward: a pattern's LSE scatter and the next pattern's gather run as one kernel (the gather takes the previous
   // pattern's rows from its compacted LSE). false: separate scatter and gather (A/B timings, tests). Same results.
   void set_fuse_lse_moves(bool on) { fuse_lse_moves_ = on; }
@@ -138,6 +146,11 @@ class DilatedAttention {
   // Same results either way (the same engine work and merges in the same order per row).
   static constexpr int64_t kHeadChainsMaxRows = -1;
   void set_head_chains(bool on, int64_t max_rows = kHeadChainsMaxRows) { head_chains_max_rows_ = on ? max_rows : 0; }
+  // CUDA forward with head chains: inside each chain, a pattern's calls of different classes (lane keys) run on the
+  // chain's own side streams at once (up to 4; no SM shares), instead of one after another on the chain's stream.
+  // false (or DISTATTN_DILATED_CHAIN_LANES=0 in the environment): one stream per chain. Same results; needs
+  // set_concurrent_calls (on by default).
+  void set_chain_lanes(bool on) { chain_lanes_ = on; }
   Device device() const { return device_; }
   // Bytes of scratch currently held on the device (fp32 accumulators, partials; grows to the largest call).
   int64_t scratch_bytes() const { return scratch_floats_ * static_cast<int64_t>(sizeof(float)); }
@@ -161,9 +174,11 @@ class DilatedAttention {
   // for and returns the lanes used (1: everything on `stream`); lane_stream picks a call's stream by its lane
   // key; join_lanes makes `stream` wait for every side lane.
   static constexpr int kMaxLanes = 4;
-  int fork_lanes(int64_t keys, cudaStream_t stream);
-  cudaStream_t lane_stream(int64_t key, int lanes, cudaStream_t stream) const;
-  void join_lanes(int lanes, cudaStream_t stream);
+  // set_index: the lane set (0: the pattern calls of one chain, and the head chains themselves; 1 + hp: the pattern
+  // calls inside head chain hp, set_chain_lanes), each with its own side streams and events.
+  int fork_lanes(int64_t keys, cudaStream_t stream, int set_index = 0);
+  cudaStream_t lane_stream(int64_t key, int lanes, cudaStream_t stream, int set_index = 0) const;
+  void join_lanes(int lanes, cudaStream_t stream, int set_index = 0);
   int64_t fold_chunk(int64_t total) const;  // segments per folded call
 
   DilatedConfig config_;
@@ -182,10 +197,15 @@ class DilatedAttention {
   bool direct_lse_ = true;
   bool fuse_lse_moves_ = true;
   bool share_sms_;                // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
+  bool strided_lse_;              // default: DISTATTN_DILATED_STRIDED_LSE (unset or not "0": on)
+  bool chain_lanes_;              // default: DISTATTN_DILATED_CHAIN_LANES (unset or not "0": on)
   int64_t head_chains_max_rows_;  // 0: one chain; -1: head chains; N: head chains where B * S <= N (set_head_chains)
-  std::vector<cudaStream_t> lane_streams_;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the caller's stream)
-  std::vector<cudaEvent_t> lane_events_;    // one per side lane (join)
-  cudaEvent_t fork_event_ = nullptr;
+  struct LaneSet {
+    std::vector<cudaStream_t> streams;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the forking stream)
+    std::vector<cudaEvent_t> events;    // one per side lane (join)
+    cudaEvent_t fork = nullptr;
+  };
+  LaneSet lane_sets_[3];  // 0: one chain's calls and the head chains; 1, 2: inside head chain 0, 1
   int64_t max_fold_batch_ = 0;
 };
 
