@@ -162,41 +162,6 @@ __device__ __forceinline__ int bwd_plan_tile(const int* plan, int q_chunks, int 
   return 0;  // not reached
 }
 
-template <typename T>
-struct BwdTypeOps;
-template <>
-struct BwdTypeOps<__nv_bfloat16> {
-#ifdef DISTATTN_HOPPER_DEVICE
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  template <int kTransA, int kTransB>
-  static __device__ __forceinline__ void mma64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_ss_m64n64k16_bf16<kTransA, kTransB>(d, a, b, scale_d);
-  }
-  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
-    wgmma_rs_m64n128k16_bf16(d, a, b, scale_d);
-  }
-#endif
-};
-template <>
-struct BwdTypeOps<__half> {
-#ifdef DISTATTN_HOPPER_DEVICE
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  template <int kTransA, int kTransB>
-  static __device__ __forceinline__ void mma64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_ss_m64n64k16_f16<kTransA, kTransB>(d, a, b, scale_d);
-  }
-  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
-    wgmma_rs_m64n128k16_f16(d, a, b, scale_d);
-  }
-#endif
-};
-
 // kDeferDq (default): dQ of item it is issued in iteration it + 1, after this consumer's dS(it + 1) is written, so
 // the two consumers only wait for each other's dS of the previous item (mbarriers ds_full / ds_empty per dS buffer)
 // and may drift up to one item apart. 0: a named barrier of both consumers per item before dQ (lockstep).
@@ -311,7 +276,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
     flash_bwd_hopper_kernel(const __grid_constant__ FlashBwdHopperParams p) {
 #ifdef DISTATTN_HOPPER_DEVICE
   using C = BwdConfig;
-  using Ops = BwdTypeOps<T>;
+  using Ops = WgmmaOps<T>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   const uint32_t smem_base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   uint8_t* const smem = smem_raw + (smem_base - smem_u32(smem_raw));

@@ -200,38 +200,9 @@ __device__ __forceinline__ int plan_tile(const FlashFwdHopperParams& p, const Ti
 }
 #endif
 
+// Per-dtype packing and wgmma: hopper_primitives.cuh.
 template <typename T>
-struct TypeOps;
-template <>
-struct TypeOps<__nv_bfloat16> {
-#ifdef DISTATTN_HOPPER_DEVICE
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_ss_m64n128k16_bf16(d, a, b, scale_d);
-  }
-  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
-    wgmma_rs_m64n128k16_bf16(d, a, b, scale_d);
-  }
-#endif
-};
-template <>
-struct TypeOps<__half> {
-#ifdef DISTATTN_HOPPER_DEVICE
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
-    wgmma_ss_m64n128k16_f16(d, a, b, scale_d);
-  }
-  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
-    wgmma_rs_m64n128k16_f16(d, a, b, scale_d);
-  }
-#endif
-};
+using TypeOps = WgmmaOps<T>;
 
 // Per-thread softmax state and helpers of a consumer warpgroup (see the kernel below).
 // Row-range mask: a thread's row r sees kv rows [kv_lo[r], kv_hi[r]] (band AND row < Skv; empty when

@@ -1,11 +1,8 @@
 // Hopper (sm_90a) primitives of the wgmma backward kernel (flash_bwd_hopper_kernel.cuh), in addition to
-// hopper_primitives.cuh (descriptors, m64n128k16 wgmma, mbarriers, TMA, setmaxnreg), which this header includes.
+// hopper_primitives.cuh (descriptors, the wgmma wrappers and WgmmaOps, mbarriers, TMA, setmaxnreg), which this
+// header includes.
 // Device code only for sm_90a (DISTATTN_HOPPER_DEVICE); other targets see the declarations vanish.
 //
-//   wgmma m64n64k16, A and B from shared memory, fp32 accumulators, transpose bits as template arguments
-//   (0: K-major operand, 1: MN-major). d[32]: thread t of the warpgroup (warp w = t / 32, lane l) holds, for
-//   i in [0, 32), row 16 w + l / 4 + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (l % 4) + (i % 2) (the m64n128 layout
-//   of hopper_primitives.cuh cut to 64 columns).
 //   Named barriers of an explicit thread count, the async-proxy fence for shared memory written by ordinary
 //   stores and read by wgmma, the vector fp32 reduction to global memory (sm_90), and the TMA reduce-add of a
 //   shared-memory box into a global tensor (bulk groups).
@@ -19,23 +16,6 @@ namespace distattn {
 namespace hopper {
 
 #ifdef DISTATTN_HOPPER_DEVICE
-
-// wgmma_ss_m64n64k16_<T><kTransA, kTransB> for one input type (PTX type PT: bf16 or f16); the accumulator operand
-// macros are hopper_primitives.cuh's.
-#define DISTATTN_DEFINE_WGMMA_SS_M64N64K16(T, PT)                                                         \
-  template <int kTransA, int kTransB>                                                                     \
-  __device__ __forceinline__ void wgmma_ss_m64n64k16_##T(float(&d)[32], uint64_t desc_a, uint64_t desc_b, \
-                                                         int scale_d) {                                   \
-    asm volatile(                                                                                         \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                      \
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32." PT "." PT " {" DISTATTN_WGMMA_REGS32                \
-        "}, %32, %33, p, 1, 1, %35, %36;\n}\n"                                                            \
-        : DISTATTN_WGMMA_OUTS32(d)                                                                        \
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));                            \
-  }
-DISTATTN_DEFINE_WGMMA_SS_M64N64K16(bf16, "bf16")
-DISTATTN_DEFINE_WGMMA_SS_M64N64K16(f16, "f16")
-#undef DISTATTN_DEFINE_WGMMA_SS_M64N64K16
 
 // Barrier `id` (1..15; 0 is __syncthreads) over `kCount` threads (a multiple of 32), all of which call it.
 template <int kCount>

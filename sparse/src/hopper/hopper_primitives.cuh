@@ -22,6 +22,9 @@
 //     SBO = 1024 (next 8 kv rows). The k-th 16-row step of j starts 16 * 128 = 2048 bytes further.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -83,10 +86,10 @@ __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
 #define DISTATTN_WGMMA_REGS32                                                                                      \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, " \
   "%24, %25, %26, %27, %28, %29, %30, %31"
-#define DISTATTN_WGMMA_REGS64                                                                                       \
-  DISTATTN_WGMMA_REGS32                                                                                             \
-      ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, " \
-      "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define DISTATTN_WGMMA_REGS64                                                                                   \
+  DISTATTN_WGMMA_REGS32                                                                                         \
+  ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, " \
+  "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 #define DISTATTN_WGMMA_OUTS32(d)                                                                              \
   "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
       "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),  \
@@ -122,6 +125,26 @@ __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
 DISTATTN_DEFINE_WGMMA_M64N128K16(bf16, "bf16")
 DISTATTN_DEFINE_WGMMA_M64N128K16(f16, "f16")
 #undef DISTATTN_DEFINE_WGMMA_M64N128K16
+
+// --- wgmma.mma_async m64n64k16 (the backward), A and B from shared memory, fp32 accumulators ----------------------
+// Transpose bits as template arguments (0: K-major operand, 1: MN-major). d[32]: thread t of the warpgroup (warp
+// w = t / 32, lane l) holds, for i in [0, 32), row 16 w + l / 4 + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (l % 4) +
+// (i % 2) (the m64n128 layout above cut to 64 columns).
+// wgmma_ss_m64n64k16_<T><kTransA, kTransB> for one input type (PTX type PT: bf16 or f16).
+#define DISTATTN_DEFINE_WGMMA_SS_M64N64K16(T, PT)                                                         \
+  template <int kTransA, int kTransB>                                                                     \
+  __device__ __forceinline__ void wgmma_ss_m64n64k16_##T(float(&d)[32], uint64_t desc_a, uint64_t desc_b, \
+                                                         int scale_d) {                                   \
+    asm volatile(                                                                                         \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                      \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." PT "." PT " {" DISTATTN_WGMMA_REGS32                \
+        "}, %32, %33, p, 1, 1, %35, %36;\n}\n"                                                            \
+        : DISTATTN_WGMMA_OUTS32(d)                                                                        \
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));                            \
+  }
+DISTATTN_DEFINE_WGMMA_SS_M64N64K16(bf16, "bf16")
+DISTATTN_DEFINE_WGMMA_SS_M64N64K16(f16, "f16")
+#undef DISTATTN_DEFINE_WGMMA_SS_M64N64K16
 
 // --- mbarriers ---------------------------------------------------------------------------------------
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
@@ -183,6 +206,52 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 #endif  // DISTATTN_HOPPER_DEVICE
+
+// --- per input type -----------------------------------------------------------------------------------------
+// The wgmma wrappers and the fp32 -> 16-bit pair packing of one input type T (__nv_bfloat16 or __half), for kernels
+// templated on T: pack(lo, hi) is the bf16x2 / f16x2 word (lo in the low half, round to nearest), mma_ss / mma_rs the
+// m64n128k16 forms, mma64 the m64n64k16 one. Declared for every target (kernels name it in templates); the members
+// exist on sm_90a only.
+template <typename T>
+struct WgmmaOps;
+template <>
+struct WgmmaOps<__nv_bfloat16> {
+#ifdef DISTATTN_HOPPER_DEVICE
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n128k16_bf16(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+    wgmma_rs_m64n128k16_bf16(d, a, b, scale_d);
+  }
+  template <int kTransA, int kTransB>
+  static __device__ __forceinline__ void mma64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n64k16_bf16<kTransA, kTransB>(d, a, b, scale_d);
+  }
+#endif
+};
+template <>
+struct WgmmaOps<__half> {
+#ifdef DISTATTN_HOPPER_DEVICE
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n128k16_f16(d, a, b, scale_d);
+  }
+  static __device__ __forceinline__ void mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+    wgmma_rs_m64n128k16_f16(d, a, b, scale_d);
+  }
+  template <int kTransA, int kTransB>
+  static __device__ __forceinline__ void mma64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
+    wgmma_ss_m64n64k16_f16<kTransA, kTransB>(d, a, b, scale_d);
+  }
+#endif
+};
 
 }  // namespace hopper
 }  // namespace distattn
