@@ -237,11 +237,6 @@ ExchangeTicket NcclCommunicator::post_shift(const char* op, int64_t step, const 
   return post_p2p(op, step, send, recv, bytes, peer(shift), peer(-shift), true, after);
 }
 
-ExchangeTicket NcclCommunicator::post_shift_unwindowed(const char* op, int64_t step, const void* send, void* recv,
-                                                       size_t bytes, int shift, CUstream_st* after) {
-  return post_p2p(op, step, send, recv, bytes, peer(shift), peer(-shift), true, after);
-}
-
 ExchangeTicket NcclCommunicator::post_p2p(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
                                           int send_to, int recv_from, bool self_copy, CUstream_st* after) {
   require_healthy(op, step);

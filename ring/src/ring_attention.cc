@@ -160,12 +160,6 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       bwd_own_split_ = o == "split";
     }
     fwd_alibi_merge_ = alibi_merge_cutoff_wanted(comm, config_);
-    // DISTATTN_RING_HOME_HOP=ce (default) | nccl: the transport of the CUDA backward's dK|dV home hop (ring_cuda.cc).
-    if (const char* hop = std::getenv("DISTATTN_RING_HOME_HOP"); hop != nullptr && *hop != '\0') {
-      const std::string h(hop);
-      DISTATTN_CHECK_ARG(h == "ce" || h == "nccl", "DISTATTN_RING_HOME_HOP", "expected ce or nccl, got '", h, "'");
-      bwd_home_nccl_ = h == "nccl";
-    }
   });
 
   // 2. Agreement on everything that must be equal across ranks.
@@ -186,8 +180,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
       .add("host_precision", static_cast<int64_t>(config_.host_precision))
       .add("DISTATTN_RING_BWD_OWN", bwd_own_split_ ? 1 : 0)
-      .add("DISTATTN_RING_ALIBI_CUTOFF", fwd_alibi_merge_ ? 1 : 0)
-      .add("DISTATTN_RING_HOME_HOP", bwd_home_nccl_ ? 1 : 0);
+      .add("DISTATTN_RING_ALIBI_CUTOFF", fwd_alibi_merge_ ? 1 : 0);
   // The block layout: presence, size and a hash of its row CSR (listed blocks and their partial flags).
   const BlockLayout* bl = config_.block_layout;
   uint64_t layout_hash = 0;

@@ -612,12 +612,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // copy-engine push with an NCCL receive and hang. Which transport the accumulators take is the same everywhere
   // (the registration decides for all ranks), so this choice is too; on NCCL the landing address is local anyway.
   const bool grad_on_ce = std::string(comm_.exchange_path(dsend, drecv, gbytes)) == "ce";
-  // DISTATTN_RING_HOME_HOP=nccl (bwd_home_nccl_, agreed): the home hop alone over NCCL although the accumulators
-  // travel on the copy engine (nothing is left to overlap then, so NCCL's SM copies cost no compute); it may then land
-  // in dk, dv directly as on NCCL.
-  const bool home_on_nccl = grad_on_ce && bwd_home_nccl_;
-  const bool home_direct = home_direct_ok && !split && (!grad_on_ce || home_on_nccl) &&
-                           is_packed_as(dk, home_dtype, B, Sl, Hkv, D) && is_packed_as(dv, home_dtype, B, Sl, Hkv, D);
+  const bool home_direct = home_direct_ok && !split && !grad_on_ce && is_packed_as(dk, home_dtype, B, Sl, Hkv, D) &&
+                           is_packed_as(dv, home_dtype, B, Sl, Hkv, D);
   RingTrace trace("bwd", comm_.rank());
   const auto* nccl_comm = dynamic_cast<const NcclCommunicator*>(&comm_);
   const cudaStream_t comm_stream = nccl_comm != nullptr ? nccl_comm->stream() : stream;
@@ -758,9 +754,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
         detail::travel_add(incoming != nullptr ? drecv + h * nkv * gs : nullptr, gtype,
                            mine != nullptr ? mine + h * nkv : nullptr, send, home_dtype, nkv, X);
         void* recv = home_direct ? (h == 0 ? dk.data : dv.data) : drecv + h * home_half;
-        const char* what = h == 0 ? "ring backward dK home" : "ring backward dV home";
-        (h == 0 ? tg : th) = home_on_nccl ? comm_.post_shift_unwindowed(what, s, send, recv, home_half, -L, X)
-                                          : comm_.post_shift(what, s, send, recv, home_half, -L, X);
+        (h == 0 ? tg : th) = comm_.post_shift(h == 0 ? "ring backward dK home" : "ring backward dV home", s, send, recv,
+                                              home_half, -L, X);
         trace.mark(std::string(h == 0 ? "add + dK" : "add + dV") + " home posted (N, " +
                        (home_direct ? "into dk/dv" : "into drecv") + ")",
                    comm_stream);

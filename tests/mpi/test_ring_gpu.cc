@@ -492,33 +492,6 @@ TEST(RingGpu, OwnStepWholeAndSplit) {
   }
 }
 
-// The backward's home hop over NCCL while the accumulators travel on the copy engine (DISTATTN_RING_HOME_HOP=nccl,
-// read at construction and agreed): packed bf16 dk, dv take the hop directly, padded ones through the accumulator
-// window; contiguous causal leaves ranks with skipped remote steps (the home shift is then not a ring hop).
-TEST(RingGpu, HomeHopOverNccl) {
-  REQUIRE_GPU_PER_RANK();
-  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
-  const char* old = std::getenv("DISTATTN_RING_HOME_HOP");
-  const std::string saved = old ? old : "";
-  setenv("DISTATTN_RING_HOME_HOP", "nccl", 1);
-  for (ShardLayout layout : {ShardLayout::kZigzag, ShardLayout::kContiguous}) {
-    Case c;
-    c.layout = layout;
-    c.S = seq_for(layout);
-    c.Hq = 4, c.Hkv = 2, c.D = 128;
-    c.mask = Mask::make_causal();
-    SCOPED_TRACE(c.name());
-    run_case(comm, c);
-    c.head_pad = 8;  // dk, dv not packed: the hop lands in the window and is converted
-    run_case(comm, c);
-  }
-  if (old) {
-    setenv("DISTATTN_RING_HOME_HOP", saved.c_str(), 1);
-  } else {
-    unsetenv("DISTATTN_RING_HOME_HOP");
-  }
-}
-
 TEST(RingGpu, Fp32OutputsLongerSequence) {
   REQUIRE_GPU_PER_RANK();
   NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);

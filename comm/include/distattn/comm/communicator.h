@@ -123,14 +123,6 @@ class Communicator {
   // buffer, "recv" when recv == send.
   virtual ExchangeTicket post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes, int shift,
                                     CUstream_st* after = nullptr) = 0;
-  // post_shift through the communicator's own transport even where `send` and `recv` lie in a registered window
-  // (NCCL kernels instead of a copy-engine push; the same ordering, deadline and abort). For a hop that nothing else
-  // overlaps, where SM copies move more bytes per second than one copy engine. Every rank must take the same
-  // transport for an exchange (a push never meets an NCCL receive): callers agree on the choice. Default: post_shift.
-  virtual ExchangeTicket post_shift_unwindowed(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
-                                               int shift, CUstream_st* after = nullptr) {
-    return post_shift(op, step, send, recv, bytes, shift, after);
-  }
   // The rank `shift` places after this one on the ring: (rank() + shift) mod size(), for any integer shift.
   int peer(int shift) const { return static_cast<int>(((rank_ + int64_t{shift}) % size_ + size_) % size_); }
 

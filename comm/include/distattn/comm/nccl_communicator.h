@@ -49,8 +49,6 @@ class NcclCommunicator : public Communicator {
   void wait_exchange(ExchangeTicket& ticket, CUstream_st* consumer = nullptr) override;
   // ncclSend to peer(shift) + ncclRecv from peer(-shift) in one group; shift = 0 (mod size): a device copy on the
   // communication stream.
-  ExchangeTicket post_shift_unwindowed(const char* op, int64_t step, const void* send, void* recv, size_t bytes,
-                                       int shift, CUstream_st* after = nullptr) override;
   ExchangeTicket post_shift(const char* op, int64_t step, const void* send, void* recv, size_t bytes, int shift,
                             CUstream_st* after = nullptr) override;
 

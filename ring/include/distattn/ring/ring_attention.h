@@ -168,9 +168,6 @@ class RingAttention {
   // k travel with K|V, so the exchange grows by B * Hkv floats and every rank must make the same choice (agreed at
   // construction; DISTATTN_RING_ALIBI_CUTOFF=auto (default) | on | off).
   bool fwd_alibi_merge_ = false;
-  // CUDA backward: the dK|dV home hop over NCCL even when the accumulators travel on the copy engine
-  // (DISTATTN_RING_HOME_HOP=nccl; default ce; agreed at construction: the transport must match on every rank).
-  bool bwd_home_nccl_ = false;
   // CUDA: the persistent K|V double buffer [2][kv_bytes] (cudaMalloc: IPC-exportable) and its window id (-1: not a
   // window); allocated by the first call, grown when a call needs more (ring_cuda.cc).
   unsigned char* kv_buffer_ = nullptr;
