@@ -325,6 +325,38 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
   check_direct_lse_bits(e, /*fold_segments=*/false);
 }
 
+// The dilated forward twice on the case's inputs (ALiBi slopes from the head count when c.alibi), from NaN-poisoned o
+// and lse, configured by configure(attention, variant) for variants 0 and 1: o and lse must be bit-identical. Not
+// vacuous: every element of o is written (the poison is gone) and every LSE is finite (every row has keys here).
+void expect_forward_same_bits(const GpuCase& c, const std::function<void(DilatedAttention&, int)>& configure,
+                              const std::string& what) {
+  DISTATTN_REQUIRE_GPU();
+  CaseInputs in = make_inputs(c);
+  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
+  if (c.alibi)
+    for (int64_t h = 0; h < c.Hq; ++h) in.cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
+  const int64_t n_lse = c.B * c.Hq * c.S;
+  DeviceTensor dq_in(in.q), dk_in(in.k), dv_in(in.v);
+  HostTensor o[2];
+  std::vector<float> lse[2];
+  for (int variant = 0; variant < 2; ++variant) {
+    o[variant] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+    fill_nan(o[variant]);
+    DeviceTensor d_o(o[variant]);
+    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
+    DilatedAttention gpu(in.cfg, Device::kCuda);
+    configure(gpu, variant);
+    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    d_o.download(o[variant]);
+    lse[variant] = d_lse.download();
+  }
+  EXPECT_EQ(compare(o[1].view, o[1].view).non_finite, 0);
+  EXPECT_EQ(compare_flat(lse[1].data(), std::vector<double>(lse[1].begin(), lse[1].end()).data(), n_lse).non_finite, 0);
+  EXPECT_TRUE(o[0].storage == o[1].storage) << "o differs between " << what;
+  EXPECT_EQ(std::memcmp(lse[0].data(), lse[1].data(), n_lse * sizeof(float)), 0) << "lse differs between " << what;
+}
+
 // Head chains (DilatedAttention::set_head_chains, default on where every rate is 1 or even, Hq even, Hq == Hkv, no
 // ALiBi): the even and the odd heads run as two chains of calls on two streams. Each row gets the same engine work (the
 // same q tile rows, kv tiles and walk order) and the same merges in the same order, so o and lse must be bit-identical
@@ -335,37 +367,18 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
 // streams (set_chain_lanes; the cases before run them with the compacted LSE of rates > 1 and the moves).
 void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concurrent = true, bool strided_lse = false,
                            bool chain_lanes = true) {
-  DISTATTN_REQUIRE_GPU();
-  CaseInputs in = make_inputs(c);
-  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
-  const int64_t n_lse = c.B * c.Hq * c.S;
-  DeviceTensor dq_in(in.q), dk_in(in.k), dv_in(in.v);
-  HostTensor o[2];
-  std::vector<float> lse[2];
-  for (int chains = 0; chains < 2; ++chains) {
-    o[chains] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-    fill_nan(o[chains]);
-    DeviceTensor d_o(o[chains]);
-    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
-    DilatedAttention gpu(in.cfg, Device::kCuda);
-    gpu.set_fused_final(c.fused);
-    gpu.set_direct_lse(direct_lse);
-    gpu.set_strided_lse(strided_lse);
-    gpu.set_fuse_lse_moves(direct_lse);
-    gpu.set_concurrent_calls(concurrent);
-    gpu.set_head_chains(chains != 0);
-    gpu.set_chain_lanes(chain_lanes);
-    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_o.download(o[chains]);
-    lse[chains] = d_lse.download();
-  }
-  // Not vacuous: every output element was written (the NaN poison is gone) and the LSE is finite (every row has keys).
-  EXPECT_EQ(compare(o[1].view, o[1].view).non_finite, 0);
-  EXPECT_EQ(compare_flat(lse[1].data(), std::vector<double>(lse[1].begin(), lse[1].end()).data(), n_lse).non_finite, 0);
-  EXPECT_TRUE(o[0].storage == o[1].storage) << "o differs between one chain and two head chains";
-  EXPECT_EQ(std::memcmp(lse[0].data(), lse[1].data(), n_lse * sizeof(float)), 0)
-      << "lse differs between one chain and two head chains";
+  expect_forward_same_bits(
+      c,
+      [&](DilatedAttention& gpu, int chains) {
+        gpu.set_fused_final(c.fused);
+        gpu.set_direct_lse(direct_lse);
+        gpu.set_strided_lse(strided_lse);
+        gpu.set_fuse_lse_moves(direct_lse);
+        gpu.set_concurrent_calls(concurrent);
+        gpu.set_head_chains(chains != 0);
+        gpu.set_chain_lanes(chain_lanes);
+      },
+      "one chain and two head chains");
 }
 
 TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
@@ -406,37 +419,16 @@ TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
 // padded fp16); GQA with per-head calls (r = 2 not a multiple of the group) and ALiBi; non-causal with classes folding
 // off. Every case is also checked against the fp64 host path (run_case) elsewhere with the default (strided) on.
 void check_strided_lse_bits(const GpuCase& c, bool fold_segments = true) {
-  DISTATTN_REQUIRE_GPU();
-  CaseInputs in = make_inputs(c);
-  SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
-  if (c.alibi)
-    for (int64_t h = 0; h < c.Hq; ++h) in.cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
-  const int64_t n_lse = c.B * c.Hq * c.S;
-  DeviceTensor dq_in(in.q), dk_in(in.k), dv_in(in.v);
-  HostTensor o[2];
-  std::vector<float> lse[2];
-  for (int strided = 0; strided < 2; ++strided) {
-    o[strided] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-    fill_nan(o[strided]);
-    DeviceTensor d_o(o[strided]);
-    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
-    DilatedAttention gpu(in.cfg, Device::kCuda);
-    gpu.set_fused_final(c.fused);
-    gpu.set_head_chains(c.head_chains);
-    gpu.set_fold_classes(c.fold_classes);
-    gpu.set_fold_segments(fold_segments);
-    gpu.set_strided_lse(strided != 0);
-    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_o.download(o[strided]);
-    lse[strided] = d_lse.download();
-  }
-  // Not vacuous: the poison is gone from o (every element written) and from the LSE (every row has keys here).
-  EXPECT_EQ(compare(o[1].view, o[1].view).non_finite, 0);
-  EXPECT_EQ(compare_flat(lse[1].data(), std::vector<double>(lse[1].begin(), lse[1].end()).data(), n_lse).non_finite, 0);
-  EXPECT_TRUE(o[0].storage == o[1].storage) << "o differs between the compacted and the strided LSE";
-  EXPECT_EQ(std::memcmp(lse[0].data(), lse[1].data(), n_lse * sizeof(float)), 0)
-      << "lse differs between the compacted and the strided LSE";
+  expect_forward_same_bits(
+      c,
+      [&](DilatedAttention& gpu, int strided) {
+        gpu.set_fused_final(c.fused);
+        gpu.set_head_chains(c.head_chains);
+        gpu.set_fold_classes(c.fold_classes);
+        gpu.set_fold_segments(fold_segments);
+        gpu.set_strided_lse(strided != 0);
+      },
+      "the compacted and the strided LSE");
 }
 
 TEST(DilatedGpu, StridedLseSameBitsAsCompacted) {
