@@ -1,6 +1,9 @@
 // AttentionIo (attention_io.h).
 #include "attention_io.h"
 
+#include <cstring>
+
+#include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 
 namespace distattn {
@@ -80,6 +83,24 @@ void AttentionIo::poison_outputs(bool grads, cudaStream_t stream) {
 HostTensor AttentionIo::to_host(const TensorView& t) const {
   if (on_gpu_) return download(t.data, t.dtype, t.batch(), t.seqlen(), t.heads(), t.head_dim());
   return convert(t, t.dtype);  // a packed copy
+}
+
+void AttentionIo::upload(const HostTensor& src, const TensorView& t) {
+  const size_t n = static_cast<size_t>(t.numel()) * dtype_size(t.dtype);
+  DISTATTN_CHECK_ARG(src.view.dtype == t.dtype && src.bytes() == n && src.view.shape == t.shape, "src",
+                     "is not a packed tensor of the destination's shape and dtype");
+  if (on_gpu_) {
+    DISTATTN_CUDA_CHECK(cudaMemcpy(t.data, src.storage.data(), n, cudaMemcpyHostToDevice));
+  } else {
+    std::memcpy(t.data, src.storage.data(), n);  // the host views are packed tensors of this class
+  }
+}
+
+size_t AttentionIo::bytes() const {
+  size_t n = 0;
+  for (const TensorView* t : {&q, &k, &v, &o, &dout, &dq, &dk, &dv})
+    if (t->data != nullptr) n += static_cast<size_t>(t->numel()) * dtype_size(t->dtype);
+  return n + static_cast<size_t>(B_ * H_ * S_) * sizeof(float);
 }
 
 std::vector<float> AttentionIo::lse_to_host() const {

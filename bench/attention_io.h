@@ -33,6 +33,11 @@ class AttentionIo {
   // A host copy of one of the views below (device: downloaded, after the caller synchronised the stream).
   HostTensor to_host(const TensorView& t) const;
   std::vector<float> lse_to_host() const;
+  // Copies a packed host tensor of t's shape and dtype into one of the views below (device: a synchronous upload).
+  // Throws distattn::Error naming "src" when the sizes differ.
+  void upload(const HostTensor& src, const TensorView& t);
+  // Bytes held by every tensor (the peak-memory figures of the ops).
+  size_t bytes() const;
 
   bool on_gpu() const { return on_gpu_; }
   bool has_grads() const { return has_grads_; }

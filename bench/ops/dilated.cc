@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_io.h"
 #include "bench_flops.h"
 #include "bench_op.h"
 #include "device_fill.h"
@@ -179,20 +180,11 @@ class DilatedOp : public BenchOp {
       single_ = std::make_unique<DilatedAttention>(dc, ctx_.on_gpu() ? Device::kCuda : Device::kHost);
     }
     const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 7919ull * ctx_.rank;
-    allocate();
-    if (ctx_.on_gpu()) {
-      const int64_t nq = B_ * L_ * H_ * D_, nkv = B_ * L_ * Hkv_ * D_;
-      fill_random_device(q_.get(), nq, dtype_, seed + 0, 1.0f, ctx_.stream);
-      fill_random_device(k_.get(), nkv, dtype_, seed + 1, 1.0f, ctx_.stream);
-      fill_random_device(v_.get(), nkv, dtype_, seed + 2, 1.0f, ctx_.stream);
-      if (dout_.get() != nullptr) fill_random_device(dout_.get(), nq, dtype_, seed + 3, 1.0f, ctx_.stream);
-      poison_device(o_.get(), o_.bytes(), ctx_.stream);
-      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    } else {
-      fill_random_host(hq_, seed + 0), fill_random_host(hk_, seed + 1), fill_random_host(hv_, seed + 2);
-      if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
-    }
+    // This rank's L rows of q, k, v, o (+ dout, dq, dk, dv) and lse [B, H, L].
+    io_.allocate(ctx_.on_gpu(), dtype_, B_, L_, H_, Hkv_, D_, opt_.pass != Pass::kForward);
+    io_.fill_inputs(seed, ctx_.stream);
+    io_.poison_outputs(false, ctx_.stream);
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     if (opt_.pass == Pass::kBackward) op_forward();  // bwd alone is timed against this O and LSE
     measure_peak_memory();
   }
@@ -214,33 +206,16 @@ class DilatedOp : public BenchOp {
     fill_random_host(fq, seed + 0), fill_random_host(fk, seed + 1), fill_random_host(fv, seed + 2);
     fill_random_host(fdo, seed + 3);
     // 2. Poisoned outputs, one run of the op (forward, then backward on its own O and LSE).
-    HostTensor o, dq, dk, dv;
-    std::vector<float> lse;
-    if (ctx_.on_gpu()) {
-      upload(rows(fq, row0), q_.get()), upload(rows(fk, row0), k_.get()), upload(rows(fv, row0), v_.get());
-      if (bwd) upload(rows(fdo, row0), dout_.get());
-      for (DeviceBuffer* b : {&o_, &lse_, &dq_, &dk_, &dv_})
-        if (b->get() != nullptr) poison_device(b->get(), b->bytes(), ctx_.stream);
-      op_forward();
-      if (bwd) op_backward();
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      o = download(o_.get(), dtype_, B_, L_, H_, D_);
-      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * L_);
-      if (bwd) {
-        dq = download(dq_.get(), dtype_, B_, L_, H_, D_);
-        dk = download(dk_.get(), dtype_, B_, L_, Hkv_, D_);
-        dv = download(dv_.get(), dtype_, B_, L_, Hkv_, D_);
-      }
-    } else {
-      hq_ = rows(fq, row0), hk_ = rows(fk, row0), hv_ = rows(fv, row0);
-      if (bwd) hdout_ = rows(fdo, row0);
-      fill_nan_host(ho_), fill_nan_host(hlse_);
-      if (bwd) fill_nan_host(hdq_), fill_nan_host(hdk_), fill_nan_host(hdv_);
-      op_forward();
-      if (bwd) op_backward();
-      o = ho_, lse = hlse_;
-      if (bwd) dq = hdq_, dk = hdk_, dv = hdv_;
-    }
+    io_.upload(rows(fq, row0), io_.q), io_.upload(rows(fk, row0), io_.k), io_.upload(rows(fv, row0), io_.v);
+    if (bwd) io_.upload(rows(fdo, row0), io_.dout);
+    io_.poison_outputs(bwd, ctx_.stream);
+    op_forward();
+    if (bwd) op_backward();
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    const HostTensor o = io_.to_host(io_.o);
+    std::vector<float> lse = io_.lse_to_host();
+    HostTensor dq, dk, dv;
+    if (bwd) dq = io_.to_host(io_.dq), dk = io_.to_host(io_.dk), dv = io_.to_host(io_.dv);
     // 3. References on the full sequence: fp64 arithmetic (fp32 outputs: the engine's accumulators are fp32 in
     //    every mode) and (GPU) the naive same-precision run.
     const bool naive_on = ctx_.on_gpu();
@@ -277,11 +252,7 @@ class DilatedOp : public BenchOp {
   }
 
   void teardown() override {
-    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
-    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
-    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
-    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
-    hlse_.clear();
+    io_.reset();
     dist_.reset();
     single_.reset();
   }
@@ -342,62 +313,18 @@ class DilatedOp : public BenchOp {
         for (int64_t l = 0; l < L_; ++l) out.push_back(full[static_cast<size_t>((b * H_ + h) * S_ + row0 + l)]);
     return out;
   }
-  static void upload(const HostTensor& t, void* dst) {
-    DISTATTN_CUDA_CHECK(cudaMemcpy(dst, t.storage.data(), t.bytes(), cudaMemcpyHostToDevice));
-  }
-
-  void allocate() {
-    const bool need_bwd = opt_.pass != Pass::kForward;
-    const int64_t nq = B_ * L_ * H_ * D_, nkv = B_ * L_ * Hkv_ * D_, nl = B_ * H_ * L_;
-    if (ctx_.on_gpu()) {
-      const size_t e = dtype_size(dtype_);
-      q_ = DeviceBuffer(nq * e), k_ = DeviceBuffer(nkv * e), v_ = DeviceBuffer(nkv * e);
-      o_ = DeviceBuffer(nq * e), lse_ = DeviceBuffer(nl * sizeof(float));
-      if (need_bwd) {
-        dout_ = DeviceBuffer(nq * e), dq_ = DeviceBuffer(nq * e);
-        dk_ = DeviceBuffer(nkv * e), dv_ = DeviceBuffer(nkv * e);
-      }
-      buffer_bytes_ = static_cast<double>(q_.bytes() + k_.bytes() + v_.bytes() + o_.bytes() + lse_.bytes() +
-                                          dout_.bytes() + dq_.bytes() + dk_.bytes() + dv_.bytes());
-    } else {
-      hq_ = HostTensor(dtype_, B_, L_, H_, D_), hk_ = HostTensor(dtype_, B_, L_, Hkv_, D_);
-      hv_ = HostTensor(dtype_, B_, L_, Hkv_, D_), ho_ = HostTensor(dtype_, B_, L_, H_, D_);
-      hlse_.assign(static_cast<size_t>(nl), 0.f);
-      if (need_bwd) {
-        hdout_ = HostTensor(dtype_, B_, L_, H_, D_), hdq_ = HostTensor(dtype_, B_, L_, H_, D_);
-        hdk_ = HostTensor(dtype_, B_, L_, Hkv_, D_), hdv_ = HostTensor(dtype_, B_, L_, Hkv_, D_);
-      }
-      buffer_bytes_ =
-          static_cast<double>(hq_.bytes() + hk_.bytes() + hv_.bytes() + ho_.bytes() + hlse_.size() * sizeof(float) +
-                              hdout_.bytes() + hdq_.bytes() + hdk_.bytes() + hdv_.bytes());
-    }
-  }
-
-  TensorView local_view(const DeviceBuffer& b, int64_t heads) const {
-    return TensorView::packed(b.get(), dtype_, Device::kCuda, B_, L_, heads, D_);
-  }
   void op_forward() {
-    const bool gpu = ctx_.on_gpu();
-    const TensorView q = gpu ? local_view(q_, H_) : hq_.view, k = gpu ? local_view(k_, Hkv_) : hk_.view,
-                     v = gpu ? local_view(v_, Hkv_) : hv_.view, o = gpu ? local_view(o_, H_) : ho_.view;
-    float* lse = gpu ? static_cast<float*>(lse_.get()) : hlse_.data();
     if (dist_) {
-      dist_->forward(q, k, v, o, lse, ctx_.stream);
+      dist_->forward(io_.q, io_.k, io_.v, io_.o, io_.lse, ctx_.stream);
     } else {
-      single_->forward(q, k, v, o, lse, ctx_.stream);
+      single_->forward(io_.q, io_.k, io_.v, io_.o, io_.lse, ctx_.stream);
     }
   }
   void op_backward() {
-    const bool gpu = ctx_.on_gpu();
-    const TensorView q = gpu ? local_view(q_, H_) : hq_.view, k = gpu ? local_view(k_, Hkv_) : hk_.view,
-                     v = gpu ? local_view(v_, Hkv_) : hv_.view, o = gpu ? local_view(o_, H_) : ho_.view,
-                     dout = gpu ? local_view(dout_, H_) : hdout_.view, dq = gpu ? local_view(dq_, H_) : hdq_.view,
-                     dk = gpu ? local_view(dk_, Hkv_) : hdk_.view, dv = gpu ? local_view(dv_, Hkv_) : hdv_.view;
-    const float* lse = gpu ? static_cast<const float*>(lse_.get()) : hlse_.data();
     if (dist_) {
-      dist_->backward(q, k, v, o, lse, dout, dq, dk, dv, ctx_.stream);
+      dist_->backward(io_.q, io_.k, io_.v, io_.o, io_.lse, io_.dout, io_.dq, io_.dk, io_.dv, ctx_.stream);
     } else {
-      single_->backward(q, k, v, o, lse, dout, dq, dk, dv, ctx_.stream);
+      single_->backward(io_.q, io_.k, io_.v, io_.o, io_.lse, io_.dout, io_.dq, io_.dk, io_.dv, ctx_.stream);
     }
   }
 
@@ -419,7 +346,7 @@ class DilatedOp : public BenchOp {
       run();
     }
     const double scratch = static_cast<double>(dist_ ? dist_->scratch_bytes() : single_->scratch_bytes());
-    peak_bytes_ = max_over_ranks(buffer_bytes_ + scratch + pool_high);
+    peak_bytes_ = max_over_ranks(static_cast<double>(io_.bytes()) + scratch + pool_high);
   }
 
   RunContext ctx_;
@@ -433,10 +360,8 @@ class DilatedOp : public BenchOp {
   DType dtype_ = DType::kBFloat16;
   int size_index_ = -1;
   std::vector<float> slopes_;
-  double buffer_bytes_ = 0, peak_bytes_ = 0;
-  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_;
-  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_;
-  std::vector<float> hlse_;
+  double peak_bytes_ = 0;
+  AttentionIo io_;  // this rank's L rows: q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host
 };
 
 }  // namespace
