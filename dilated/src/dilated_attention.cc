@@ -313,27 +313,24 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
 }
 
 namespace {
+// A switch that is on unless the environment variable `name` is "0" (the callers read it once per process).
+bool env_switch_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 bool share_sms_default() {
-  static const bool on = [] {
-    const char* v = std::getenv("DISTATTN_DILATED_SHARE_SMS");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = env_switch_on("DISTATTN_DILATED_SHARE_SMS");
   return on;
 }
 
 bool chain_lanes_default() {
-  static const bool on = [] {
-    const char* v = std::getenv("DISTATTN_DILATED_CHAIN_LANES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = env_switch_on("DISTATTN_DILATED_CHAIN_LANES");
   return on;
 }
 
 bool strided_lse_default() {
-  static const bool on = [] {
-    const char* v = std::getenv("DISTATTN_DILATED_STRIDED_LSE");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = env_switch_on("DISTATTN_DILATED_STRIDED_LSE");
   return on;
 }
 
