@@ -81,15 +81,17 @@ constexpr int64_t kAlibiMergeCutoffMinSeq = 8192;
 
 // Whether the CUDA forward applies the ALiBi cutoff across steps (AttnParams::alibi_merge; ring_cuda.cc, "ALiBi
 // cutoff across steps"): ALiBi on, a dense ring (every q row's own key is in the own step; a block layout may leave
-// the diagonal out), a Hopper GPU (the only kernel that uses the norms) and DISTATTN_RING_ALIBI_CUTOFF: auto (the
-// default: from kAlibiMergeCutoffMinSeq tokens on), on (any length: tests) or off (A/B). Anything else throws naming
-// the variable. Agreed across ranks by the caller (it changes the size of the K|V exchange).
+// the diagonal out), a Hopper GPU and head dim 128 (the only kernel that uses the norms) and
+// DISTATTN_RING_ALIBI_CUTOFF: auto (the default: from kAlibiMergeCutoffMinSeq tokens on), on (any length: tests) or off
+// (A/B). Anything else throws naming the variable. Agreed across ranks by the caller (it changes the size of the K|V
+// exchange).
 bool alibi_merge_cutoff_wanted(const Communicator& comm, const RingConfig& c) {
   std::string mode = "auto";
   if (const char* e = std::getenv("DISTATTN_RING_ALIBI_CUTOFF"); e != nullptr && *e != '\0') mode = e;
   DISTATTN_CHECK_ARG(mode == "auto" || mode == "on" || mode == "off", "DISTATTN_RING_ALIBI_CUTOFF",
                      "expected auto, on or off, got '", mode, "'");
-  if (mode == "off" || comm.device() != Device::kCuda || c.alibi_slopes == nullptr || c.block_layout != nullptr)
+  if (mode == "off" || comm.device() != Device::kCuda || c.alibi_slopes == nullptr || c.block_layout != nullptr ||
+      c.head_dim != 128)
     return false;
   if (mode == "auto" && c.seq_len < kAlibiMergeCutoffMinSeq) return false;
   int device = 0, major = 0;
