@@ -507,8 +507,8 @@ TEST(RingGpu, Fp32OutputsLongerSequence) {
 // The forward's ALiBi cutoff across steps (DISTATTN_RING_ALIBI_CUTOFF, read at construction; ring_cuda.cc): on at any
 // length, and off, on layouts whose chunks fall on 128-row tiles (the Hopper kernel; S = 4096: zigzag chunks of
 // 1024 / 512 rows at 2 / 4 ranks): against fp64 and one GPU like every case (skipping must stay within rounding), and
-// the forward must report what it did. The kernel-level proof that tiles are skipped (NaN in far V rows stays out of
-// O) is FlashForwardHopper.AlibiMergeCutoffAcrossRingSteps.
+// the forward must report what it did (off at head dim 64 even with on). The kernel-level proof that tiles are skipped
+// (NaN in far V rows stays out of O) is FlashForwardHopper.AlibiMergeCutoffAcrossRingSteps.
 TEST(RingGpu, AlibiCutoffAcrossSteps) {
   REQUIRE_GPU_PER_RANK();
   NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
@@ -523,13 +523,20 @@ TEST(RingGpu, AlibiCutoffAcrossSteps) {
     c.S = 4096;
     c.Hq = 4, c.Hkv = 2, c.D = 128;
     c.alibi = true;
-    c.expect_alibi_merge = std::string(mode) == "on" && major == 9 ? 1 : 0;  // D = 128: the Hopper forward's
+    // D = 128: the head dim of the Hopper forward, the only kernel that uses the norms (alibi_merge_cutoff_wanted)
+    c.expect_alibi_merge = std::string(mode) == "on" && major == 9 ? 1 : 0;
     c.layout = ShardLayout::kZigzag;
     c.mask = Mask::make_causal();
     run_case(comm, c);
     if (std::string(mode) == "off") continue;
     c.layout = ShardLayout::kStriped;  // one strided chunk per rank: the own step is the exact single-call cutoff
     c.mask = Mask::none();
+    run_case(comm, c);
+    // D = 64 even when asked for: the mma.sync forward ignores the norms, so the norm pass would be wasted work.
+    c.layout = ShardLayout::kZigzag;
+    c.mask = Mask::make_causal();
+    c.D = 64;
+    c.expect_alibi_merge = 0;
     run_case(comm, c);
   }
   if (old) {
