@@ -69,6 +69,7 @@
 #include <sstream>
 #include <vector>
 
+#include "attention_io.h"
 #include "bench_flops.h"
 #include "bench_op.h"
 #include "device_fill.h"
@@ -123,10 +124,6 @@ int64_t layout_visible_pairs(const BlockLayout& g, int64_t S) {
     }
   }
   return pairs;
-}
-
-void upload(const HostTensor& t, void* dst) {
-  DISTATTN_CUDA_CHECK(cudaMemcpy(dst, t.storage.data(), t.bytes(), cudaMemcpyHostToDevice));
 }
 
 // Per-size measurements made in setup() (max over ranks), printed by extra_cells / json_row.
@@ -389,12 +386,14 @@ class RingOp : public BenchOp {
     }
     // Timing inputs: each rank fills its own shard (values need not match a global tensor for timing).
     const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 7919ull * ctx_.rank;
-    allocate();
+    // This rank's shards: q, o (+ dout, dq) [B, S/N, H, D], k, v (+ dk, dv) [B, S/N, Hkv, D], lse [B, H, S/N].
+    io_.allocate(ctx_.on_gpu(), dtype_, B_, Sl_, H_, Hkv_, D_, opt_.pass != Pass::kForward);
+    io_.fill_inputs(seed, ctx_.stream);
     if (ctx_.on_gpu()) {
-      fill_device(seed);
+      // O and LSE poisoned on the GPU only, as before the port: on the host engine the compute-only backward of
+      // --pass fwdbwd reads o and lse that no ring run has written yet (zeros; its timing is all it gives).
+      io_.poison_outputs(false, ctx_.stream);
       DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    } else {
-      fill_local_host(seed);
     }
     if (opt_.rope && ctx_.on_gpu()) time_rope_kernels();  // collective (max over ranks)
     // bwd alone is timed against this O and LSE (computed on rotated q, k with --rope).
@@ -446,35 +445,15 @@ class RingOp : public BenchOp {
     // 2. Poisoned outputs, one ring run (forward, then backward), local results on the host.
     HostTensor o, dq, dk, dv;
     std::vector<float> lse;
-    if (ctx_.on_gpu()) {
-      upload(q, q_.get()), upload(k, k_.get()), upload(v, v_.get());
-      if (bwd) upload(dout, dout_.get());
-      poison_device(o_.get(), o_.bytes(), ctx_.stream);
-      poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
-      if (bwd) {
-        poison_device(dq_.get(), dq_.bytes(), ctx_.stream);
-        poison_device(dk_.get(), dk_.bytes(), ctx_.stream);
-        poison_device(dv_.get(), dv_.bytes(), ctx_.stream);
-      }
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      o = download(o_.get(), dtype_, B_, Sl_, H_, D_);
-      lse = download_floats(static_cast<const float*>(lse_.get()), B_ * H_ * Sl_);
-      if (bwd) {
-        dq = download(dq_.get(), dtype_, B_, Sl_, H_, D_);
-        dk = download(dk_.get(), dtype_, B_, Sl_, Hkv_, D_);
-        dv = download(dv_.get(), dtype_, B_, Sl_, Hkv_, D_);
-      }
-    } else {
-      hq_ = q, hk_ = k, hv_ = v;
-      if (bwd) hdout_ = dout;
-      fill_nan_host(ho_), fill_nan_host(hlse_);
-      if (bwd) fill_nan_host(hdq_), fill_nan_host(hdk_), fill_nan_host(hdv_);
-      run_pass(true, bwd);
-      o = ho_, lse = hlse_;
-      if (bwd) dq = hdq_, dk = hdk_, dv = hdv_;
-    }
+    io_.upload(q, io_.q), io_.upload(k, io_.k), io_.upload(v, io_.v);
+    if (bwd) io_.upload(dout, io_.dout);
+    io_.poison_outputs(bwd, ctx_.stream);
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
+    if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    o = io_.to_host(io_.o);
+    lse = io_.lse_to_host();
+    if (bwd) dq = io_.to_host(io_.dq), dk = io_.to_host(io_.dk), dv = io_.to_host(io_.dv);
 
     // 3. The single-process references on the full sequence for the checked heads, then this rank's shard.
     const int64_t G = H_ / Hkv_;
@@ -536,14 +515,11 @@ class RingOp : public BenchOp {
   }
 
   void teardown() override {
-    q_.reset(), k_.reset(), v_.reset(), o_.reset(), lse_.reset();
-    dout_.reset(), dq_.reset(), dk_.reset(), dv_.reset();
+    io_.reset();
     acc_o_.reset(), acc_lse_.reset(), acc_dq_.reset(), acc_dkv_.reset(), zero_delta_.reset();
     xbuf_.reset();
-    hq_ = HostTensor(), hk_ = HostTensor(), hv_ = HostTensor(), ho_ = HostTensor();
-    hdout_ = HostTensor(), hdq_ = HostTensor(), hdk_ = HostTensor(), hdv_ = HostTensor();
     hacc_o_ = HostTensor(), hacc_dq_ = HostTensor(), hacc_dk_ = HostTensor(), hacc_dv_ = HostTensor();
-    hlse_.clear(), hacc_lse_.clear(), hxbuf_.clear();
+    hacc_lse_.clear(), hxbuf_.clear();
     if (ring_) stats_.kv_exchange = ring_->kv_exchange_path();  // json_row runs after teardown
     ring_.reset();
     global_.reset();
@@ -580,19 +556,13 @@ class RingOp : public BenchOp {
   // launch on the compute stream; host engine: rope_apply_host.
   void rope_local(bool inverse) {
     const PositionMap& pos = ring_->q_positions();
+    const TensorView& q = inverse ? io_.dq : io_.q;
+    const TensorView& k = inverse ? io_.dk : io_.k;
     if (ctx_.on_gpu()) {
       const float* f = static_cast<const float*>(inv_freq_dev_.get());
-      void* q = inverse ? dq_.get() : q_.get();
-      void* k = inverse ? dk_.get() : k_.get();
-      rope_apply_cuda(rope_params(local_view(q, H_, dtype_), local_view(k, Hkv_, dtype_), pos, f, inverse),
-                      ctx_.stream);
+      rope_apply_cuda(rope_params(q, k, pos, f, inverse), ctx_.stream);
     } else {
-      const float* f = freqs_.inv_freq.data();
-      if (inverse) {
-        rope_apply_host(rope_params(hdq_.view, hdk_.view, pos, f, true));
-      } else {
-        rope_apply_host(rope_params(hq_.view, hk_.view, pos, f, false));
-      }
+      rope_apply_host(rope_params(q, k, pos, freqs_.inv_freq.data(), inverse));
     }
   }
   // The RoPE kernels of one iteration alone (forward; + backward on dq, dk when the pass has a backward; bwd
@@ -679,69 +649,14 @@ class RingOp : public BenchOp {
     return local;
   }
 
-  void allocate() {
-    const bool need_bwd = opt_.pass != Pass::kForward;
-    const int64_t nq = B_ * Sl_ * H_ * D_, nkv = B_ * Sl_ * Hkv_ * D_, nl = B_ * H_ * Sl_;
-    if (ctx_.on_gpu()) {
-      const size_t e = dtype_size(dtype_);
-      q_ = DeviceBuffer(nq * e), k_ = DeviceBuffer(nkv * e), v_ = DeviceBuffer(nkv * e);
-      o_ = DeviceBuffer(nq * e), lse_ = DeviceBuffer(nl * sizeof(float));
-      if (need_bwd) {
-        dout_ = DeviceBuffer(nq * e), dq_ = DeviceBuffer(nq * e);
-        dk_ = DeviceBuffer(nkv * e), dv_ = DeviceBuffer(nkv * e);
-      }
-      stats_buffers_ = static_cast<double>(q_.bytes() + k_.bytes() + v_.bytes() + o_.bytes() + lse_.bytes() +
-                                           dout_.bytes() + dq_.bytes() + dk_.bytes() + dv_.bytes());
-    } else {
-      hq_ = HostTensor(dtype_, B_, Sl_, H_, D_), hk_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_);
-      hv_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_), ho_ = HostTensor(dtype_, B_, Sl_, H_, D_);
-      hlse_.assign(static_cast<size_t>(nl), 0.f);
-      if (need_bwd) {
-        hdout_ = HostTensor(dtype_, B_, Sl_, H_, D_), hdq_ = HostTensor(dtype_, B_, Sl_, H_, D_);
-        hdk_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_), hdv_ = HostTensor(dtype_, B_, Sl_, Hkv_, D_);
-      }
-      stats_buffers_ =
-          static_cast<double>(hq_.bytes() + hk_.bytes() + hv_.bytes() + ho_.bytes() + hlse_.size() * sizeof(float) +
-                              hdout_.bytes() + hdq_.bytes() + hdk_.bytes() + hdv_.bytes());
-    }
-  }
-  void fill_device(uint64_t seed) {
-    const int64_t nq = B_ * Sl_ * H_ * D_, nkv = B_ * Sl_ * Hkv_ * D_;
-    fill_random_device(q_.get(), nq, dtype_, seed + 0, 1.0f, ctx_.stream);
-    fill_random_device(k_.get(), nkv, dtype_, seed + 1, 1.0f, ctx_.stream);
-    fill_random_device(v_.get(), nkv, dtype_, seed + 2, 1.0f, ctx_.stream);
-    if (dout_.get() != nullptr) fill_random_device(dout_.get(), nq, dtype_, seed + 3, 1.0f, ctx_.stream);
-    poison_device(o_.get(), o_.bytes(), ctx_.stream);
-    poison_device(lse_.get(), lse_.bytes(), ctx_.stream);
-  }
-  void fill_local_host(uint64_t seed) {
-    fill_random_host(hq_, seed + 0), fill_random_host(hk_, seed + 1), fill_random_host(hv_, seed + 2);
-    if (!hdout_.storage.empty()) fill_random_host(hdout_, seed + 3);
-  }
-
+  // A packed view [B, S/N, heads, D] of dtype t at p: the compute-only timing's own fp32 scratch (GPU).
   TensorView local_view(void* p, int64_t heads, DType t) const {
     return TensorView::packed(p, t, ctx_.on_gpu() ? Device::kCuda : Device::kHost, B_, Sl_, heads, D_);
   }
-  void ring_forward() {
-    if (ctx_.on_gpu()) {
-      ring_->forward(local_view(q_.get(), H_, dtype_), local_view(k_.get(), Hkv_, dtype_),
-                     local_view(v_.get(), Hkv_, dtype_), local_view(o_.get(), H_, dtype_),
-                     static_cast<float*>(lse_.get()), ctx_.stream);
-    } else {
-      ring_->forward(hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data());
-    }
-  }
+  // The ring on the op's tensors (io_: this rank's shards; the stream is null on the host engine).
+  void ring_forward() { ring_->forward(io_.q, io_.k, io_.v, io_.o, io_.lse, ctx_.stream); }
   void ring_backward() {
-    if (ctx_.on_gpu()) {
-      ring_->backward(local_view(dout_.get(), H_, dtype_), local_view(q_.get(), H_, dtype_),
-                      local_view(k_.get(), Hkv_, dtype_), local_view(v_.get(), Hkv_, dtype_),
-                      local_view(o_.get(), H_, dtype_), static_cast<const float*>(lse_.get()),
-                      local_view(dq_.get(), H_, dtype_), local_view(dk_.get(), Hkv_, dtype_),
-                      local_view(dv_.get(), Hkv_, dtype_), ctx_.stream);
-    } else {
-      ring_->backward(hdout_.view, hq_.view, hk_.view, hv_.view, ho_.view, hlse_.data(), hdq_.view, hdk_.view,
-                      hdv_.view);
-    }
+    ring_->backward(io_.dout, io_.q, io_.k, io_.v, io_.o, io_.lse, io_.dq, io_.dk, io_.dv, ctx_.stream);
   }
 
   // Single-process params on the full sequence for the reference (q heads [0, Hc), LSE [B, Hc, S]).
@@ -774,9 +689,10 @@ class RingOp : public BenchOp {
       DISTATTN_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high));
       pool_high = static_cast<double>(high);
     }
-    stats_.buffer_bytes = max_over_ranks(stats_buffers_);
+    const double buffers = static_cast<double>(io_.bytes());
+    stats_.buffer_bytes = max_over_ranks(buffers);
     stats_.pool_high_bytes = max_over_ranks(pool_high);
-    stats_.peak_bytes = max_over_ranks(stats_buffers_ + pool_high);
+    stats_.peak_bytes = max_over_ranks(buffers + pool_high);
   }
 
   // --- compute-only: the ring's engine calls for this rank's schedule, on its own K|V ----------------
@@ -785,13 +701,9 @@ class RingOp : public BenchOp {
     const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward;
     const bool gpu = ctx_.on_gpu();
     const int64_t nkv = B_ * Sl_ * Hkv_ * D_;
+    // The timed ring's own tensors (io_: this rank's q [B, S/N, H, D], k, v [B, S/N, Hkv, D]); own K|V every step.
     AttnParams p;
-    if (gpu) {
-      p.q = local_view(q_.get(), H_, dtype_), p.k = local_view(k_.get(), Hkv_, dtype_);
-      p.v = local_view(v_.get(), Hkv_, dtype_);
-    } else {
-      p.q = hq_.view, p.k = hk_.view, p.v = hv_.view;
-    }
+    p.q = io_.q, p.k = io_.k, p.v = io_.v;
     p.q_pos = sched.q_pos;
     p.alibi_slopes = slopes_ptr();
     bool acc_written = false;  // as the ring: the first computed forward step writes the accumulator plainly
@@ -816,10 +728,12 @@ class RingOp : public BenchOp {
         AttnBwdParams b;
         b.fwd = p;
         b.accumulate = true;
+        // The ring's O and LSE: GPU, written by a ring forward before this timing (measure_peak_memory's run(), or
+        // setup's forward for --pass bwd); host engine --pass fwdbwd, still zeros (its time is all it gives).
+        b.fwd.o = io_.o;
+        b.fwd.lse = io_.lse;
+        b.dout = io_.dout;
         if (gpu) {
-          b.fwd.o = local_view(o_.get(), H_, dtype_);
-          b.fwd.lse = static_cast<float*>(lse_.get());
-          b.dout = local_view(dout_.get(), H_, dtype_);
           b.dq = local_view(acc_dq_.get(), H_, DType::kFloat32);
           b.dk = local_view(acc_dkv_.get(), Hkv_, DType::kFloat32);
           b.dv = local_view(static_cast<float*>(acc_dkv_.get()) + nkv, Hkv_, DType::kFloat32);
@@ -828,9 +742,7 @@ class RingOp : public BenchOp {
           DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dkv_.get(), 0, acc_dkv_.bytes(), ctx_.stream));
           flash_attention_backward(b, ctx_.stream);
         } else {
-          b.fwd.o = ho_.view;
-          b.fwd.lse = hlse_.data();
-          b.dout = hdout_.view, b.dq = hacc_dq_.view, b.dk = hacc_dk_.view, b.dv = hacc_dv_.view;
+          b.dq = hacc_dq_.view, b.dk = hacc_dk_.view, b.dv = hacc_dv_.view;
           host_attention_backward(b, HostPrecision::kFloat32);
         }
       }
@@ -925,13 +837,14 @@ class RingOp : public BenchOp {
   int64_t rotary_dim_ = 0;             // --rope: dims rotated
   std::map<int64_t, double> rope_ms_;  // --rope, GPU: RoPE kernels of one iteration alone, ms, max over ranks, per size
   SizeStats stats_;
-  double stats_buffers_ = 0;
-  // GPU buffers (packed, local shards) and the compute-only / exchange-only scratch.
-  DeviceBuffer q_, k_, v_, o_, lse_, dout_, dq_, dk_, dv_, slopes_dev_, inv_freq_dev_;
+  // This rank's shards, packed: q, o (+ dout, dq) [B, S/N, H, D], k, v (+ dk, dv) [B, S/N, Hkv, D], lse [B, H, S/N]
+  // fp32, on the GPU or (host engine) the host.
+  AttentionIo io_;
+  DeviceBuffer slopes_dev_, inv_freq_dev_;
+  // The compute-only / exchange-only scratch (GPU; the host engine's below), freed before the timed runs.
   DeviceBuffer acc_o_, acc_lse_, acc_dq_, acc_dkv_, zero_delta_, xbuf_;
-  // Host-engine mode buffers.
-  HostTensor hq_, hk_, hv_, ho_, hdout_, hdq_, hdk_, hdv_, hacc_o_, hacc_dq_, hacc_dk_, hacc_dv_;
-  std::vector<float> hlse_, hacc_lse_;
+  HostTensor hacc_o_, hacc_dq_, hacc_dk_, hacc_dv_;
+  std::vector<float> hacc_lse_;
   std::vector<unsigned char> hxbuf_;
 };
 
