@@ -1,8 +1,9 @@
-// The tensors of one single-device attention op of distattn_bench (dense, sparse): q, k, v, o, lse and, with a
-// backward, dout, dq, dk, dv, all packed [B, S, H, D] (lse [B, H, S] fp32). On the GPU they live in device buffers,
-// in host-engine mode in host tensors; the views below are the same either way, so an op's run and check code has one
-// path for both. One implementation of what those ops did each on their own: allocation, random inputs (seeds seed +
-// 0..3 for q, k, v, dout), NaN-poisoned outputs before a checked run, host copies for the references.
+// The tensors of one attention op of distattn_bench (dense, sparse; dilated and ring: this rank's rows, S = its row
+// count): q, k, v, o, lse and, with a backward, dout, dq, dk, dv, all packed [B, S, H, D] (lse [B, H, S] fp32). On the
+// GPU they live in device buffers, in host-engine mode in host tensors; the views below are the same either way, so an
+// op's run and check code has one path for both. One implementation of what those ops did each on their own:
+// allocation, random inputs (seeds seed + 0..3 for q, k, v, dout), NaN-poisoned outputs before a checked run, host
+// copies for the references.
 #pragma once
 
 #include <cuda_runtime_api.h>
