@@ -68,9 +68,10 @@ const OpEntry& find_op(const std::string& name) {
 
 // Times op.run(): warm-up, then each of `iters` iterations on its own. GPU: CUDA events around each
 // enqueue (GPU time per iteration, the host runs ahead); host engine: a steady clock. Returns the median, ms.
-double time_op(BenchOp& op, const RunContext& ctx, int warmup, int iters) {
+double time_op(BenchOp& op, const RunContext& ctx, int warmup, int iters, bool sync_each) {
   const auto run = [&op] { op.run(); };
-  return ctx.on_gpu() ? median_stream_ms(ctx.stream, warmup, iters, run) : median_host_ms(warmup, iters, run);
+  return ctx.on_gpu() ? median_stream_ms(ctx.stream, warmup, iters, run, sync_each)
+                      : median_host_ms(warmup, iters, run);
 }
 
 void print0(int rank, const std::string& line) {
@@ -151,7 +152,8 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
     else
       os << " +" << opt.common.step_increment;
     os << ", iters " << opt.common.iters << " (median; max over ranks), warm-up " << opt.common.warmup << ", check "
-       << opt.common.check << ", seed " << opt.seed;
+       << opt.common.check << ", seed " << opt.seed
+       << (opt.common.sync_each_iter ? ", stream synchronised after every iteration" : "");
     print0(rank, os.str());
   }
   const bool check_on = opt.common.check == 1;
@@ -174,7 +176,8 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
   double rate_sum = 0;
   for (int64_t seq : opt.sizes) {
     op->setup(seq);
-    double t_local = time_op(*op, ctx, opt.common.warmup, opt.common.iters), t_max = 0, t_min = 0;
+    double t_local = time_op(*op, ctx, opt.common.warmup, opt.common.iters, opt.common.sync_each_iter), t_max = 0,
+           t_min = 0;
     DISTATTN_MPI_CHECK(MPI_Allreduce(&t_local, &t_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     DISTATTN_MPI_CHECK(MPI_Allreduce(&t_local, &t_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
 
@@ -248,7 +251,7 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
     options.set("batch", c.batch).set("heads", c.heads).set("kv_heads", c.resolved_kv_heads());
     options.set("head_dim", c.head_dim).set("dtype", ctx.on_gpu() ? dtype_name(c.dtype) : "fp32");
     options.set("causal", c.causal).set("window", c.window).set("alibi", c.alibi);
-    options.set("iters", c.iters).set("warmup", c.warmup).set("check", c.check);
+    options.set("iters", c.iters).set("warmup", c.warmup).set("check", c.check).set("sync_each_iter", c.sync_each_iter);
     options.set("check_max_seq", opt.check_max_seq).set("seed", static_cast<int64_t>(opt.seed));
     op->json_options(options);
     JsonObject report;

@@ -37,14 +37,18 @@ double median_of(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-double median_stream_ms(cudaStream_t stream, int warmup, int iters, const std::function<void()>& fn) {
+double median_stream_ms(cudaStream_t stream, int warmup, int iters, const std::function<void()>& fn, bool sync_each) {
   DISTATTN_CHECK_ARG(iters >= 1, "iters", "must be >= 1, got ", iters);
-  for (int i = 0; i < warmup; ++i) fn();
+  for (int i = 0; i < warmup; ++i) {
+    fn();
+    if (sync_each) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
   EventPairs ev(iters);
   for (size_t i = 0; i < ev.start.size(); ++i) {
     DISTATTN_CUDA_CHECK(cudaEventRecord(ev.start[i], stream));
     fn();
     DISTATTN_CUDA_CHECK(cudaEventRecord(ev.stop[i], stream));
+    if (sync_each) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   DISTATTN_CUDA_CHECK_LAUNCH();

@@ -15,7 +15,8 @@
 // 4 * D * pairs summed over patterns (a pair kept by two patterns is computed twice and counted twice), x2.5 bwd, x3.5
 // fwdbwd, divided by N (per GPU). Column "frac": those pairs / the dense pairs (S^2 or S(S+1)/2, per head).
 // Column "peakMiB": the op's buffers + the class's device scratch after one run + the high-water mark of the
-// default cudaMallocAsync pool during that run (engine scratch); NCCL's buffers and the context not counted.
+// library's scratch pool (core/scratch_pool.h) during that run (engine scratch); NCCL's buffers and the context not
+// counted.
 // Max over ranks.
 //
 // Check (-c 1, S <= --check-max-seq): every rank rebuilds the FULL q, k, v, dout from the seed, runs the op on
@@ -52,6 +53,7 @@
 #include "harness.h"
 #include "host_tensors.h"
 #include "output_check.h"
+#include "scratch_high.h"
 
 namespace distattn {
 namespace bench {
@@ -107,7 +109,7 @@ class DilatedOp : public BenchOp {
             "seq = GLOBAL S; each rank holds S/N rows. USEFUL TFLOPs per GPU: 4*D*sum over patterns and heads h of "
             "B*(S/w)*m^2 pairs (m = ceil((w - h mod r)/r); causal m(m+1)/2), x2.5 bwd, x3.5 fwdbwd, / N; frac = those "
             "pairs / dense pairs",
-            "peak = op buffers + class scratch + cudaMallocAsync pool high-water over one run, max over ranks",
+            "peak = op buffers + class scratch + scratch pool high-water over one run, max over ranks",
             std::string("check: S <= ") + std::to_string(opt_.check_max_seq) +
                 ", each rank's rows vs the single-process host DilatedAttention (fp64) on the full sequence; " +
                 (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
@@ -328,20 +330,11 @@ class DilatedOp : public BenchOp {
     }
   }
 
-  // Op buffers + the class's scratch after one run + the default pool's high-water mark during it.
+  // Op buffers + the class's scratch after one run + the library scratch pool's high-water mark during it.
   void measure_peak_memory() {
     double pool_high = 0;
     if (ctx_.on_gpu()) {
-      cudaMemPool_t pool = nullptr;
-      DISTATTN_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ctx_.device));
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      uint64_t zero = 0;
-      DISTATTN_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
-      run();  // also the warm-up that grows the scratch
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      uint64_t high = 0;
-      DISTATTN_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high));
-      pool_high = static_cast<double>(high);
+      pool_high = scratch_high_bytes_during(ctx_.stream, [&] { run(); });  // also the warm-up that grows the scratch
     } else {
       run();
     }

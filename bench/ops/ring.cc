@@ -19,7 +19,7 @@
 //   busbw     of that exchange: hops * shard bytes / xchg, which for hops = N-1 is the nccl-tests all-gather
 //             busbw of the K|V shards (size = N * shard, algbw = size / xchg, busbw = algbw * (N-1)/N). K|V only
 //             (bwd's dK|dV travel is not counted).
-//   peakMiB   GPU: the op's own buffers + the high-water mark of the device's default cudaMallocAsync pool
+//   peakMiB   GPU: the op's own buffers + the high-water mark of the library's scratch pool (core/scratch_pool.h)
 //             (the ring's scratch) during one run() (cudaMemPoolAttrUsedMemHigh, reset first); NCCL's
 //             internal buffers and the CUDA context are not counted. Max over ranks.
 //             Host engine: the op's own buffers only.
@@ -88,6 +88,7 @@
 #include "host_reference.h"
 #include "host_tensors.h"
 #include "output_check.h"
+#include "scratch_high.h"
 #include "stream_timer.h"
 
 namespace distattn {
@@ -249,7 +250,7 @@ class RingOp : public BenchOp {
         "xchg = the ring's K|V hops alone (hops = N-1, fewer when steps are empty everywhere); busbw = hops*shard/xchg "
         "(= nccl-tests all-gather busbw when hops = N-1); steps = engine steps (max over ranks); "
         "%dense = visible pairs / S^2. peak = " +
-        std::string(ctx_.on_gpu() ? "op buffers + cudaMallocAsync pool high-water (ring scratch)"
+        std::string(ctx_.on_gpu() ? "op buffers + scratch pool high-water (ring scratch)"
                                   : "op buffers only (host engine)") +
         ", max over ranks");
     std::ostringstream ck;
@@ -674,21 +675,11 @@ class RingOp : public BenchOp {
     return p;
   }
 
-  // --- peak memory (GPU: op buffers + the default pool's high-water mark over one run) -----------------
+  // --- peak memory (GPU: op buffers + the library scratch pool's high-water mark over one run) --------
   void measure_peak_memory() {
     double pool_high = 0;
-    if (ctx_.on_gpu()) {
-      cudaMemPool_t pool = nullptr;
-      DISTATTN_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ctx_.device));
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      uint64_t zero = 0;
-      DISTATTN_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
-      run();  // also a warm-up of the ring (and of NCCL's connections)
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-      uint64_t high = 0;
-      DISTATTN_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high));
-      pool_high = static_cast<double>(high);
-    }
+    // run() is also a warm-up of the ring (and of NCCL's connections).
+    if (ctx_.on_gpu()) pool_high = scratch_high_bytes_during(ctx_.stream, [&] { run(); });
     const double buffers = static_cast<double>(io_.bytes());
     stats_.buffer_bytes = max_over_ranks(buffers);
     stats_.pool_high_bytes = max_over_ranks(pool_high);
@@ -815,7 +806,8 @@ class RingOp : public BenchOp {
   template <typename Fn>
   double time_loop(Fn&& fn) {
     const int warmup = std::max(1, opt_.common.warmup), iters = std::max(1, opt_.common.iters);
-    return ctx_.on_gpu() ? median_stream_ms(ctx_.stream, warmup, iters, fn) : median_host_ms(warmup, iters, fn);
+    return ctx_.on_gpu() ? median_stream_ms(ctx_.stream, warmup, iters, fn, opt_.common.sync_each_iter)
+                         : median_host_ms(warmup, iters, fn);
   }
 
   RunContext ctx_;

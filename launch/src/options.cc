@@ -35,17 +35,20 @@ void add_common_options(po::options_description& desc) {
   desc.add_options()                          //
       ("help,h", "print this help and exit")  //
       ("minseq,b", po::value<std::string>()->default_value("2K"),
-       "smallest sequence length of the sweep (K/M suffixes; nccl-tests' -b, here tokens, not bytes)")               //
-      ("maxseq,e", po::value<std::string>()->default_value("32K"), "largest sequence length of the sweep")           //
-      ("stepfactor,f", po::value<int64_t>()->default_value(2), "multiply the length by this factor between sizes")   //
-      ("stepseq,i", po::value<std::string>(), "add this to the length between sizes (instead of -f)")                //
-      ("minbytes", po::value<std::string>(), "alias of --minseq (nccl-tests spelling)")                              //
-      ("maxbytes", po::value<std::string>(), "alias of --maxseq (nccl-tests spelling)")                              //
-      ("stepbytes", po::value<std::string>(), "alias of --stepseq (nccl-tests spelling)")                            //
-      ("iters,n", po::value<int>()->default_value(20), "timed iterations per size (the median is reported)")         //
-      ("warmup_iters,w", po::value<int>()->default_value(5), "untimed warm-up iterations per size")                  //
-      ("check,c", po::value<int>()->default_value(1), "1: check results against the fp64 host engine; 0: don't")     //
-      ("json,J", po::value<std::string>(), "write a JSON report to this path")                                       //
+       "smallest sequence length of the sweep (K/M suffixes; nccl-tests' -b, here tokens, not bytes)")              //
+      ("maxseq,e", po::value<std::string>()->default_value("32K"), "largest sequence length of the sweep")          //
+      ("stepfactor,f", po::value<int64_t>()->default_value(2), "multiply the length by this factor between sizes")  //
+      ("stepseq,i", po::value<std::string>(), "add this to the length between sizes (instead of -f)")               //
+      ("minbytes", po::value<std::string>(), "alias of --minseq (nccl-tests spelling)")                             //
+      ("maxbytes", po::value<std::string>(), "alias of --maxseq (nccl-tests spelling)")                             //
+      ("stepbytes", po::value<std::string>(), "alias of --stepseq (nccl-tests spelling)")                           //
+      ("iters,n", po::value<int>()->default_value(20), "timed iterations per size (the median is reported)")        //
+      ("warmup_iters,w", po::value<int>()->default_value(5), "untimed warm-up iterations per size")                 //
+      ("check,c", po::value<int>()->default_value(1), "1: check results against the fp64 host engine; 0: don't")    //
+      ("json,J", po::value<std::string>(), "write a JSON report to this path")                                      //
+      ("sync-each-iter", po::bool_switch(),
+       "synchronise the stream after every timed iteration, as a training loop that reads its loss each step does "
+       "(timings then include whatever a call redoes after a synchronisation)")                                      //
       ("batch,B", po::value<int64_t>()->default_value(1), "batch size")                                              //
       ("heads,H", po::value<int64_t>()->default_value(32), "query heads")                                            //
       ("gqa", po::value<int64_t>(), "key/value heads (grouped-query attention); default: as many as query heads")    //
@@ -105,6 +108,7 @@ CommonOptions read_common_options(const po::variables_map& vm) {
   DISTATTN_CHECK_ARG(o.iters >= 1, "--iters/-n", "need at least one timed iteration, got ", o.iters);
   o.warmup = vm["warmup_iters"].as<int>();
   DISTATTN_CHECK_ARG(o.warmup >= 0, "--warmup_iters/-w", "must be >= 0, got ", o.warmup);
+  o.sync_each_iter = vm.count("sync-each-iter") && vm["sync-each-iter"].as<bool>();
   o.check = vm["check"].as<int>();
   DISTATTN_CHECK_ARG(o.check == 0 || o.check == 1, "--check/-c", "expected 0 or 1, got ", o.check);
   if (vm.count("json")) {

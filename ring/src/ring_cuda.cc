@@ -111,6 +111,7 @@
 #include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
+#include "distattn/core/scratch_pool.h"
 #include "distattn/ring/ring_attention.h"
 #include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
@@ -121,27 +122,6 @@ namespace distattn {
 namespace ring {
 
 namespace {
-
-// Stream-ordered device scratch, freed on the stream when it goes out of scope (also on a throw).
-class DeviceScratch {
- public:
-  DeviceScratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes > 0) DISTATTN_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
-  }
-  ~DeviceScratch() {
-    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
-  }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
-  template <typename T = unsigned char>
-  T* get() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
 
 TensorView device_view(void* data, DType dtype, int64_t B, int64_t S, int64_t H, int64_t D) {
   return TensorView::packed(data, dtype, Device::kCuda, B, S, H, D);
@@ -469,8 +449,8 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   const bool final_into_o = n_computed >= 2 && o.dtype == config_.dtype;
   const bool need_acc = !direct;
   // fp32 accumulators: O packed [B, Sl, Hq, D], LSE packed [B, Hq, Sl] (only when the caller gives no lse).
-  DeviceScratch acc_o(need_acc ? static_cast<size_t>(B * Sl * Hq * D) * sizeof(float) : 0, stream);
-  DeviceScratch acc_lse(lse == nullptr ? static_cast<size_t>(B * Hq * Sl) * sizeof(float) : 0, stream);
+  PooledScratch acc_o(need_acc ? static_cast<size_t>(B * Sl * Hq * D) * sizeof(float) : 0, stream);
+  PooledScratch acc_lse(lse == nullptr ? static_cast<size_t>(B * Hq * Sl) * sizeof(float) : 0, stream);
   float* run_lse = lse != nullptr ? lse : acc_lse.get<float>();
   // No clear of the accumulators: the first computed step writes them in plain mode (fp32 O, LSE; rows with no
   // visible key get O = 0 and LSE = -inf, exactly the empty accumulator), the later ones merge into them. Saves
@@ -628,19 +608,19 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     detail::pack_view(k, kv[0], stream);
     detail::pack_view(v, kv[0] + nkv * es, stream);
   }
-  DeviceScratch delta(static_cast<size_t>(B * Hq * Sl) * sizeof(float), stream);
+  PooledScratch delta(static_cast<size_t>(B * Hq * Sl) * sizeof(float), stream);
   detail::row_dot(dout, o, delta.get<float>(), stream);  // once for all steps
   // dQ accumulator, fp32 head-major [B, Hq, Sl, D] seen as [B, Sl, Hq, D] with strides (Hq*Sl*D, D, Sl*D, 1):
   // rows D apart, so the engine's accumulate mode reduces into it directly (no scratch, no conversion).
   const size_t dq_bytes = static_cast<size_t>(B * Sl * Hq * D) * sizeof(float);
-  DeviceScratch acc_dq(dq_bytes, stream);
+  PooledScratch acc_dq(dq_bytes, stream);
   DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dq.get(), 0, dq_bytes, stream));
   TensorView acc_dq_view = device_view(acc_dq.get(), DType::kFloat32, B, Sl, Hq, D);
   acc_dq_view.stride = {Hq * Sl * D, D, Sl * D, 1};
   // This step's dK | dV, fp32, double-buffered: step i computes into scratch[i % 2] on C while the side stream X
   // adds step i-1's into the travelling accumulator and clears it again for step i+1.
   const size_t scratch_bytes = 2 * static_cast<size_t>(nkv) * sizeof(float);
-  DeviceScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
+  PooledScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
   float* scratch[2] = {scratch0.get<float>(), scratch1.get<float>()};
   SideStream side(stream, pack_side || side_high);  // after the buffers: joins C before they are freed
   PendingExchanges pending(comm_, stream);          // after the buffers: destroyed before them

@@ -13,6 +13,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/operand_checks.h"
+#include "distattn/core/scratch_pool.h"
 #include "distattn/positional/rope.h"
 #include "distattn/sparse/flash_attention.h"
 #include "flash_bwd_alibi.h"
@@ -33,19 +34,6 @@ namespace {
 constexpr int kBwdBlockM = 64;       // q rows per tile (FlashBwdTraits::kBlockM)
 constexpr int kBwdBlockN = 128;      // kv rows per CTA (FlashBwdTraits::kBlockN)
 constexpr int kBwdMaxCutGroup = 64;  // FlashBwdTraits::kMaxCutGroup
-
-// Stream-ordered scratch that is released on the stream even when a launch throws.
-struct StreamScratch {
-  cudaStream_t stream;
-  void* ptr = nullptr;
-  explicit StreamScratch(cudaStream_t s) : stream(s) {}
-  void allocate(size_t bytes) { DISTATTN_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, stream)); }
-  ~StreamScratch() {
-    if (ptr != nullptr) (void)cudaFreeAsync(ptr, stream);
-  }
-  StreamScratch(const StreamScratch&) = delete;
-  StreamScratch& operator=(const StreamScratch&) = delete;
-};
 
 // DISTATTN_BACKWARD_KERNEL: unset, "auto" or "hopper": the Hopper kernel where it applies; "mma": the mma.sync kernel
 // only. Read once per process; anything else throws naming the variable.
@@ -287,10 +275,10 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
   const size_t qstat_bytes = alibi_cut ? align256(static_cast<size_t>(B * Hq * p.num_q_tiles) * sizeof(float2)) : 0;
   const size_t knorm_bytes = alibi_cut ? align256(static_cast<size_t>(B * Hkv * p.num_kv_tiles) * sizeof(float)) : 0;
   const size_t keep_bytes = alibi_cut ? align256(static_cast<size_t>(B * Hq * p.num_kv_tiles) * sizeof(uint32_t)) : 0;
-  StreamScratch scratch(stream);
+  PooledScratch scratch;  // core/scratch_pool.h: stays mapped between calls
   const size_t total = delta_bytes + dq_bytes + qstat_bytes + knorm_bytes + keep_bytes;
-  if (total > 0) scratch.allocate(total);
-  unsigned char* cursor = static_cast<unsigned char*>(scratch.ptr);
+  scratch.allocate(total, stream);
+  unsigned char* cursor = scratch.get();
   if (!own_delta) {
     p.delta = params.delta;
     p.delta_batch_stride = p.lse_batch_stride;

@@ -5,13 +5,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/core/operand_checks.h"
+#include "distattn/core/scratch_pool.h"
 #include "distattn/sparse/flash_attention.h"
 #include "flash_fwd_norms.h"
 #include "flash_fwd_options.h"
@@ -126,47 +126,6 @@ int64_t hopper_cutoff_min_kv() {
   return v;
 }
 
-// The ALiBi cutoff's scratch (B * Hkv floats per call) comes from a stream-ordered pool of its own per device,
-// created on first use and kept for the process, whose memory is never released between calls: the default
-// pool hands its memory back at every synchronisation, and mapping it again cost ~0.1 ms per call (4K causal:
-// +20% on the H100).
-cudaMemPool_t cutoff_scratch_pool() {
-  static std::mutex mutex;
-  static std::vector<cudaMemPool_t> pools;  // by device ordinal
-  int device = 0;
-  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mutex);
-  if (static_cast<size_t>(device) >= pools.size()) pools.resize(static_cast<size_t>(device) + 1, nullptr);
-  cudaMemPool_t& pool = pools[static_cast<size_t>(device)];
-  if (pool == nullptr) {
-    cudaMemPoolProps props = {};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.location.type = cudaMemLocationTypeDevice;
-    props.location.id = device;
-    cudaMemPool_t created = nullptr;
-    DISTATTN_CUDA_CHECK(cudaMemPoolCreate(&created, &props));
-    uint64_t keep_all = std::numeric_limits<uint64_t>::max();
-    DISTATTN_CUDA_CHECK(cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &keep_all));
-    pool = created;
-  }
-  return pool;
-}
-
-// Stream-ordered scratch from the pool above, released on the stream also when a launch throws.
-struct StreamScratch {
-  cudaStream_t stream;
-  void* ptr = nullptr;
-  explicit StreamScratch(cudaStream_t s) : stream(s) {}
-  void allocate(size_t bytes) {
-    DISTATTN_CUDA_CHECK(cudaMallocFromPoolAsync(&ptr, bytes, cutoff_scratch_pool(), stream));
-  }
-  ~StreamScratch() {
-    if (ptr != nullptr) (void)cudaFreeAsync(ptr, stream);
-  }
-  StreamScratch(const StreamScratch&) = delete;
-  StreamScratch& operator=(const StreamScratch&) = delete;
-};
-
 }  // namespace
 
 void flash_attention_forward(const AttnParams& p, cudaStream_t stream) {
@@ -249,7 +208,7 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
       // With the caller's norms (AttnParams::alibi_merge) there is no pre-pass: the single-call cutoff where its
       // premises hold (bit-identical), else mode 3, the cutoff across merged calls (within rounding after the merge).
       FlashFwdHopperCutoff cutoff;
-      StreamScratch norms(stream);
+      PooledScratch norms;  // core/scratch_pool.h: stays mapped between calls
       const int mode = options.alibi_cutoff ? alibi_cutoff_mode(p) : 0;
       const int64_t min_kv = options.hopper_cutoff_min_kv >= 0 ? options.hopper_cutoff_min_kv : hopper_cutoff_min_kv();
       if (options.alibi_cutoff && p.alibi_merge.set()) {
@@ -262,8 +221,8 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
         const kernels::FlashFwdParams np = make_fwd_params(p);
         const size_t nk = static_cast<size_t>(np.batch) * np.heads_kv;
         const size_t nq = static_cast<size_t>(np.batch) * np.heads_q * np.num_m_blocks;
-        norms.allocate((nk + nq) * sizeof(float));
-        float* k_norms = static_cast<float*>(norms.ptr);
+        norms.allocate((nk + nq) * sizeof(float), stream);
+        float* k_norms = norms.get<float>();
         DTYPE_SWITCH(p.q.dtype, T, [&] { kernels::run_qk_norm_sq_max<T>(np, k_norms, k_norms + nk, stream); });
         cutoff.mode = mode;
         cutoff.skip = options.alibi_cutoff_skip;
@@ -276,16 +235,16 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
   }
 
   kernels::FlashFwdParams params = make_fwd_params(p);
-  StreamScratch kv_norms(stream);
+  PooledScratch kv_norms;
   const int cutoff = options.alibi_cutoff ? alibi_cutoff_mode(p) : 0;
   if (cutoff != 0) {
-    kv_norms.allocate(static_cast<size_t>(params.batch) * params.heads_kv * sizeof(float));
+    kv_norms.allocate(static_cast<size_t>(params.batch) * params.heads_kv * sizeof(float), stream);
     params.alibi_cutoff = cutoff;
     params.alibi_cutoff_skip = options.alibi_cutoff_skip;
-    params.kv_norm_sq_max = static_cast<const float*>(kv_norms.ptr);
+    params.kv_norm_sq_max = kv_norms.get<const float>();
   }
   DTYPE_SWITCH(p.q.dtype, T, [&] {
-    if (params.alibi_cutoff != 0) kernels::run_kv_norm_sq_max<T>(params, static_cast<float*>(kv_norms.ptr), stream);
+    if (params.alibi_cutoff != 0) kernels::run_kv_norm_sq_max<T>(params, kv_norms.get<float>(), stream);
     HEADDIM_SWITCH(p.q.head_dim(), kHeadDim, [&] { kernels::run_flash_fwd<T, kHeadDim>(params, stream); });
   });
 }

@@ -4,7 +4,7 @@
 //   -b/--minseq  -e/--maxseq     sequence-length sweep (K/M suffixes; --minbytes/--maxbytes accepted too:
 //                                 in distattn the sweep is over sequence length, not bytes)
 //   -f/--stepfactor  -i/--stepseq multiply by f, or add i (not both)
-//   -n/--iters  -w/--warmup_iters -c/--check 0|1  -J/--json PATH
+//   -n/--iters  -w/--warmup_iters -c/--check 0|1  -J/--json PATH  --sync-each-iter
 //   -B/--batch  -H/--heads  --gqa Hkv  -d/--headdim  --dtype bf16|fp16
 //   --causal  --window W  --alibi  --strict-devices  -h/--help
 //
@@ -32,10 +32,11 @@ struct CommonOptions {
   bool sweep_given = false;    // true when -b or -e was on the command line (tools pick their own default otherwise)
 
   // --- measurement ---
-  int iters = 20;         // -n: timed iterations per size (median reported)
-  int warmup = 5;         // -w: untimed iterations first
-  int check = 1;          // -c: 1 = check results against the host engine
-  std::string json_path;  // -J: write a JSON report here ("" = none)
+  int iters = 20;               // -n: timed iterations per size (median reported)
+  int warmup = 5;               // -w: untimed iterations first
+  int check = 1;                // -c: 1 = check results against the host engine
+  std::string json_path;        // -J: write a JSON report here ("" = none)
+  bool sync_each_iter = false;  // --sync-each-iter: synchronise after every timed iteration (a training loop's view)
 
   // --- the problem ---
   int64_t batch = 1;               // -B

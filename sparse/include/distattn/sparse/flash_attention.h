@@ -39,7 +39,8 @@ int64_t alibi_merge_norms_floats(const TensorView& q, const TensorView& k);
 void flash_attention_alibi_norms(const TensorView& q, const TensorView& k, float* norms, cudaStream_t stream);
 
 // Scratch: an fp32 dQ accumulator (unless dq is already fp32 with accumulate) and delta = rowsum(dO*O)
-// (unless given) are taken from the stream-ordered allocator (cudaMallocAsync) and freed on the stream.
+// (unless given) are taken from the library's scratch pool (core/scratch_pool.h: stream-ordered, kept mapped between
+// calls) and freed on the stream.
 void flash_attention_backward(const AttnBwdParams& params, cudaStream_t stream);
 
 }  // namespace distattn
