@@ -20,38 +20,12 @@
 #include "../flash_fwd_hopper.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/sparse/flash_attention.h"
+#include "timing_common.cuh"
 
 using namespace distattn;
 
-__global__ void fill_random(__nv_bfloat16* x, size_t n, uint64_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint64_t z = (i + seed) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    x[i] = __float2bfloat16(((z >> 40) * (1.0f / 16777216.0f) - 0.5f) * 3.4f);
-  }
-}
-
-template <typename F>
-double median_ms(F&& f, int reps, cudaStream_t s) {
-  cudaEvent_t e0, e1;
-  DISTATTN_CUDA_CHECK(cudaEventCreate(&e0));
-  DISTATTN_CUDA_CHECK(cudaEventCreate(&e1));
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    DISTATTN_CUDA_CHECK(cudaEventRecord(e0, s));
-    f();
-    DISTATTN_CUDA_CHECK(cudaEventRecord(e1, s));
-    DISTATTN_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    DISTATTN_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    t.push_back(ms);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using probe::fill_random;
+using probe::median_ms;
 
 // Visible (causal) pairs between two maps, counted row by row.
 double causal_pairs(const PositionMap& q, const PositionMap& kv) {
