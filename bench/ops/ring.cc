@@ -9,8 +9,8 @@
 // Columns beyond the harness's (time = max over ranks of each rank's median ring time):
 //   TFLOPs    per GPU: flash formula on the GLOBAL S (4*B*S^2*H*D, causal x0.5, windows exact) / N
 //   comp(ms)  compute-only time: the ring's engine calls for this rank's step schedule (same shapes,
-//             positions, masks, skipped steps, per-step scratch clears in bwd) on the rank's OWN K|V,
-//             with no exchange, no packing and no gradient travel; median over iters, max over ranks
+//             positions, masks, skipped steps; bwd steps write their dK|dV scratch as the ring does) on the
+//             rank's OWN K|V, with no exchange, no packing and no gradient travel; median over iters, max over ranks
 //   exp(ms)   exposed communication = time - comp: what the exchanges (and the ring's small
 //             pack/cast/travel-add kernels) add on top of the slowest rank's compute. May read slightly
 //             negative from timing noise. exp% = exp / time.
@@ -718,7 +718,8 @@ class RingOp : public BenchOp {
       if (bwd) {
         AttnBwdParams b;
         b.fwd = p;
-        b.accumulate = true;
+        b.accumulate = true;       // dQ accumulates across the steps
+        b.overwrite_dk_dv = true;  // each step's dK|dV written into the scratch, as the ring does (no clearing pass)
         // The ring's O and LSE: GPU, written by a ring forward before this timing (measure_peak_memory's run(), or
         // setup's forward for --pass bwd); host engine --pass fwdbwd, still zeros (its time is all it gives).
         b.fwd.o = io_.o;
@@ -729,8 +730,6 @@ class RingOp : public BenchOp {
           b.dk = local_view(acc_dkv_.get(), Hkv_, DType::kFloat32);
           b.dv = local_view(static_cast<float*>(acc_dkv_.get()) + nkv, Hkv_, DType::kFloat32);
           b.delta = static_cast<const float*>(zero_delta_.get());  // the ring computes delta once, not per step
-          // The ring clears its per-step fp32 dK|dV scratch before each step: so does this.
-          DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dkv_.get(), 0, acc_dkv_.bytes(), ctx_.stream));
           flash_attention_backward(b, ctx_.stream);
         } else {
           b.dq = hacc_dq_.view, b.dk = hacc_dk_.view, b.dv = hacc_dv_.view;

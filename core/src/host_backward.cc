@@ -90,15 +90,16 @@ struct Backward {
     for (int64_t d = 0; d < D; ++d) dq[d] = pol.round(dq[d]);
     emit_row(bp.dq, bp.dq.offset(b, i, h, 0), dq, D, bp.accumulate);
   }
-  // dK, dV rows [j0, j0 + rows) of kv head hk from dense buffers.
+  // dK, dV rows [j0, j0 + rows) of kv head hk from dense buffers; added in accumulate mode unless overwrite_dk_dv.
   void emit_dkdv(int64_t b, int64_t hk, int64_t j0, int64_t rows, std::vector<Acc>& dk, std::vector<Acc>& dv) const {
+    const bool add_dkdv = bp.accumulate && !bp.overwrite_dk_dv;
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t d = 0; d < D; ++d) {
         dk[r * D + d] = pol.round(dk[r * D + d]);
         dv[r * D + d] = pol.round(dv[r * D + d]);
       }
-      emit_row(bp.dk, bp.dk.offset(b, j0 + r, hk, 0), &dk[r * D], D, bp.accumulate);
-      emit_row(bp.dv, bp.dv.offset(b, j0 + r, hk, 0), &dv[r * D], D, bp.accumulate);
+      emit_row(bp.dk, bp.dk.offset(b, j0 + r, hk, 0), &dk[r * D], D, add_dkdv);
+      emit_row(bp.dv, bp.dv.offset(b, j0 + r, hk, 0), &dv[r * D], D, add_dkdv);
     }
   }
 

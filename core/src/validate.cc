@@ -236,6 +236,8 @@ void validate_forward(const AttnParams& p, Device engine) {
 }
 
 void validate_backward(const AttnBwdParams& p, Device engine) {
+  DISTATTN_CHECK_ARG(!p.overwrite_dk_dv || p.accumulate, "overwrite_dk_dv",
+                     "is set outside accumulate mode (plain mode overwrites dq, dk and dv anyway)");
   // The forward part: o and lse are inputs here (the complete forward's), so the plain-mode rules apply.
   check_forward(p.fwd, engine, /*accumulate=*/false, /*lse_required=*/true);
   // The backward engines read lse (and delta, which takes lse's strides) with row stride 1.

@@ -24,12 +24,13 @@
 // alibi_merge: within fp32 rounding of the merged result). The norms the bound needs are computed once per call (q's
 // per 128-row tile, the own k's per kv head: one read of the local q and k) and k's travel with K|V (B Hkv floats
 // appended to each exchange). Measured: notes/ring_alibi_cutoff.md.
-// Backward, step s: post the K|V exchange of step s+1; compute step s into a zeroed fp32 scratch dK|dV
-// (independent of the travelling accumulator, so it overlaps the accumulator's exchange of step s-1). The
-// bookkeeping runs on a side stream X (memory-bound; it overlaps step s+1's compute instead of delaying it): X
-// waits for step s's compute and for the accumulator (drecv complete, dsend no longer being sent), adds (reads
-// drecv and the scratch, writes dsend), clears the scratch, and N posts the accumulator on after X. The scratch is
-// double-buffered (step s+1 computes into the other one; step s+2 waits for X's clear).
+// Backward, step s: post the K|V exchange of step s+1; compute step s into an fp32 scratch dK|dV, which the engine
+// writes rather than adds to (AttnBwdParams::overwrite_dk_dv: no clearing pass; dQ still accumulates), independent of
+// the travelling accumulator, so it overlaps the accumulator's exchange of step s-1. The bookkeeping runs on a side
+// stream X (memory-bound; it overlaps step s+1's compute instead of delaying it): X waits for step s's compute and for
+// the accumulator (drecv complete, dsend no longer being sent), adds (reads drecv and the scratch, writes dsend), and
+// N posts the accumulator on after X. The scratch is double-buffered (step s+1 computes into the other one; step s+2
+// waits for X's add to have read it).
 // It jumps with the K|V; after the last useful step L it goes straight home instead (post_shift by -L; +1 = the
 // ring hop when L = P-1), in two halves (see "Backward tail" below).
 // Per-step hazards, all ordered by the two events above (NCCL) or by the window's flags (copy engine, below):
@@ -70,17 +71,17 @@
 // 1.7%). Kept as an option for hops slower than the copy engine's (e.g. across nodes), where it hides the home hop.
 // How it runs: the own step (step 0, the caller's k, v) is
 // cut by kv rows at r = own_split_row(S/P): part A, kv rows [r, S/P), runs as step 0 (it covers the first K|V hop)
-// and its dK|dV travel as before (rows [0, r) of that accumulator are zero); part B, kv rows [0, r), runs after the
-// last remote step, into the other scratch buffer (cleared on X after step n-2's add), while the last add and the
-// home hop run on X / N. B's dK|dV never travel: at home, dk rows [0, r) = home hop + B, rows [r, S/P) = home hop.
-// The home hop then carries the travel dtype (fp32 by default: B's part is added to it before the one rounding),
-// lands in drecv, and rows [r, S/P) are converted on X as soon as each half arrives (beside B); after B only the
-// sums of rows [0, r) and the dQ conversion remain on C. A and B do step 0's work (the engine skips masked tiles
-// either way; the cut is at a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks), as two launches,
-// each with its own ramp-down (the ~0.4 ms above). Dense ring
-// only (a block-sparse step carries a sub-layout indexed by whole-shard blocks) and only with remote steps.
-// dQ accumulates on C in a head-major fp32 buffer [B, Hq, S/P, D] (row stride D): the engine reduces into it
-// directly in accumulate mode, without a scratch of its own; delta = rowsum(dO * O) is computed once.
+// and its dK|dV travel as before (rows [0, r) of that accumulator are zero: the one scratch clear left); part B, kv
+// rows [0, r), runs after the last remote step, into the other scratch buffer (free once X's add of step n-2 read it),
+// while the last add and the home hop run on X / N. B's dK|dV never travel: at home, dk rows [0, r) = home hop + B,
+// rows [r, S/P) = home hop. The home hop then carries the travel dtype (fp32 by default: B's part is added to it before
+// the one rounding), lands in drecv, and rows [r, S/P) are converted on X as soon as each half arrives (beside B);
+// after B only the sums of rows [0, r) and the dQ conversion remain on C. A and B do step 0's work (the engine skips
+// masked tiles either way; the cut is at a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks), as two
+// launches, each with its own ramp-down (the ~0.4 ms above). Dense ring only (a block-sparse step carries a sub-layout
+// indexed by whole-shard blocks) and only with remote steps. dQ accumulates on C in a head-major fp32 buffer [B, Hq,
+// S/P, D] (row stride D): the engine reduces into it directly in accumulate mode, without a scratch of its own; delta =
+// rowsum(dO * O) is computed once.
 //
 // Scratch lifetime: every stream-ordered buffer N touches is allocated and freed on C (the persistent K|V and dK|dV
 // windows are never freed during a call). On the normal path each exchange is
@@ -165,7 +166,7 @@ class PendingExchanges {
   int uncaught_ = std::uncaught_exceptions();
 };
 
-// A second stream for the backward's memory-bound gradient bookkeeping (travel add, scratch clear), so that it runs
+// A second stream for the backward's memory-bound gradient bookkeeping (the travel add), so that it runs
 // beside the next step's compute instead of after it. The destructor (also when an exception unwinds the
 // executor) makes the main stream wait for everything enqueued on the side stream, so the stream-ordered frees of
 // the buffers it touches come after their last use. cudaStreamWaitEvent captures an event's state when called, so
@@ -179,7 +180,7 @@ class SideStream {
     int least = 0, greatest = 0;
     DISTATTN_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     DISTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, high_priority ? greatest : least));
-    for (cudaEvent_t* e : {&after_main_, &cleared_[0], &cleared_[1], &join_}) {
+    for (cudaEvent_t* e : {&after_main_, &free_[0], &free_[1], &join_}) {
       const cudaError_t rc = cudaEventCreateWithFlags(e, cudaEventDisableTiming);
       if (rc != cudaSuccess) {
         release();
@@ -201,9 +202,10 @@ class SideStream {
     DISTATTN_CUDA_CHECK(cudaEventRecord(after_main_, main_));
     DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(side_, after_main_, 0));
   }
-  // Marks (on the side stream) that scratch buffer b is clear again; the main stream waits for that mark.
-  void mark_cleared(int b) { DISTATTN_CUDA_CHECK(cudaEventRecord(cleared_[b], side_)); }
-  void main_waits_cleared(int b) { DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(main_, cleared_[b], 0)); }
+  // Marks (on the side stream) that scratch buffer b is free again (its last reader, an add, is enqueued before the
+  // mark); the main stream waits for that mark before a compute overwrites the buffer.
+  void mark_free(int b) { DISTATTN_CUDA_CHECK(cudaEventRecord(free_[b], side_)); }
+  void main_waits_free(int b) { DISTATTN_CUDA_CHECK(cudaStreamWaitEvent(main_, free_[b], 0)); }
   // The main stream waits for everything enqueued on the side stream so far.
   void main_follows() {
     DISTATTN_CUDA_CHECK(cudaEventRecord(join_, side_));
@@ -212,7 +214,7 @@ class SideStream {
 
  private:
   void release() {
-    for (cudaEvent_t* e : {&after_main_, &cleared_[0], &cleared_[1], &join_}) {
+    for (cudaEvent_t* e : {&after_main_, &free_[0], &free_[1], &join_}) {
       if (*e != nullptr) (void)cudaEventDestroy(*e);
       *e = nullptr;
     }
@@ -221,7 +223,7 @@ class SideStream {
   }
   cudaStream_t main_;
   cudaStream_t side_ = nullptr;
-  cudaEvent_t after_main_ = nullptr, cleared_[2] = {nullptr, nullptr}, join_ = nullptr;
+  cudaEvent_t after_main_ = nullptr, free_[2] = {nullptr, nullptr}, join_ = nullptr;
 };
 
 // Records `event` on `stream` when the executor leaves (normally or by an exception): the next call's stream waits
@@ -617,8 +619,8 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   DISTATTN_CUDA_CHECK(cudaMemsetAsync(acc_dq.get(), 0, dq_bytes, stream));
   TensorView acc_dq_view = device_view(acc_dq.get(), DType::kFloat32, B, Sl, Hq, D);
   acc_dq_view.stride = {Hq * Sl * D, D, Sl * D, 1};
-  // This step's dK | dV, fp32, double-buffered: step i computes into scratch[i % 2] on C while the side stream X
-  // adds step i-1's into the travelling accumulator and clears it again for step i+1.
+  // This step's dK | dV, fp32, double-buffered: step i writes scratch[i % 2] on C (overwrite_dk_dv) while the side
+  // stream X adds step i-1's into the travelling accumulator.
   const size_t scratch_bytes = 2 * static_cast<size_t>(nkv) * sizeof(float);
   PooledScratch scratch0(scratch_bytes, stream), scratch1(scratch_bytes, stream);
   float* scratch[2] = {scratch0.get<float>(), scratch1.get<float>()};
@@ -628,16 +630,17 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   ExchangeTicket& tg = pending.tickets[1];  // the travelling accumulator; after the last step: the dK half home
   ExchangeTicket& th = pending.tickets[2];  // the dV half home
   const cudaStream_t X = side.get();
-  DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[0], 0, scratch_bytes, stream));
-  if (U.size() > 1) {    // scratch[1] is cleared and the K|V packed for the first send on X, beside step 0's compute
+  // Split own step: part A writes kv rows [own_row, Sl) only, and the whole scratch travels, so rows [0, own_row) must
+  // be zero (the one clear left; every other step writes all of its scratch).
+  if (split) DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[0], 0, scratch_bytes, stream));
+  if (U.size() > 1) {    // scratch[1] is free; the K|V is packed for the first send on X (pack_side), beside step 0
     side.follow_main();  // after its allocation (and C's wait for the previous call's last use of the K|V buffer)
-    DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[1], 0, scratch_bytes, X));
-    side.mark_cleared(1);
+    side.mark_free(1);
     if (pack_side) {
       detail::pack_view(k, kv[0], X);
       detail::pack_view(v, kv[0] + nkv * es, X);
     }
-    trace.mark("scratch1 cleared, packed (X)", X);
+    trace.mark("scratch1 free, packed (X)", X);
   }
   trace.mark("set up (C)", stream);
 
@@ -646,11 +649,11 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   last_backward_.steps_run = static_cast<int>(U.size());
   last_backward_.grad_home_shift = ((-L) % P + P) % P;
   last_backward_.own_split_row = own_row;
-  // Scratch buffers are cleared after use when a later compute takes them again: steps i + 2, and part B (which
-  // takes the buffer of step n - 2, n = U.size()) counts as one more use.
+  // Scratch buffers are marked free after their add when a later compute takes them again: steps i + 2, and part B
+  // (which takes the buffer of step n - 2, n = U.size()) counts as one more use.
   const size_t scratch_uses = U.size() + (split ? 1 : 0);
-  // One engine call of the backward: kv rows [r0, r1) of (sk, sv), the step's positions sliced alike; its dK|dV into
-  // the same rows of the fp32 scratch `into` ([dK | dV], each [B, Sl, Hkv, D]), its dQ added into acc_dq.
+  // One engine call of the backward: kv rows [r0, r1) of (sk, sv), the step's positions sliced alike; its dK|dV written
+  // into the same rows of the fp32 scratch `into` ([dK | dV], each [B, Sl, Hkv, D]), its dQ added into acc_dq.
   auto step_backward = [&](const TensorView& sk, const TensorView& sv, const RingStep& st, float* into, int64_t r0,
                            int64_t r1) {
     AttnBwdParams bp;
@@ -662,26 +665,28 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     bp.dq = acc_dq_view;
     bp.dk = device_view(into, DType::kFloat32, B, Sl, Hkv, D).rows(r0, r1);
     bp.dv = device_view(into + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(r0, r1);
-    bp.accumulate = true;
+    bp.accumulate = true;       // dQ adds into acc_dq
+    bp.overwrite_dk_dv = true;  // dK|dV write the scratch: no clearing pass
     bp.delta = delta.get<float>();
     flash_attention_backward(bp, stream);
   };
-  // Part B of the own step (split), kv rows [0, own_row), into the scratch buffer step n-2 used (cleared on X since):
+  // Part B of the own step (split), kv rows [0, own_row), into the scratch buffer step n-2 used (free after its add):
   // enqueued on C right after the last remote step's compute, before the host blocks on any hop, so that C goes on
   // computing while X adds and N sends the accumulator home.
   auto enqueue_part_b = [&] {
     const int b = static_cast<int>(U.size() % 2);
-    side.main_waits_cleared(b);
+    side.main_waits_free(b);
     trace.mark("own part B start (C)", stream);
     step_backward(k, v, schedule_.steps[0], scratch[b], 0, own_row);
     trace.mark("own part B end (C)", stream);
   };
   int cur = 0;
   // Per step i (buffer b = i % 2), in host order:
-  //   C: [wait X's clear of scratch[b] (initial for b = 1, else after step i-2)] compute step i into scratch[b] (+ dQ)
-  //   X: wait C (compute i done); wait the accumulator of step i-1 (drecv); dsend = drecv + scratch[b];
-  //      clear scratch[b]; N: send dsend on (after X), receive the next accumulator into drecv
-  // The clear of scratch[b] on X is what step i+2's compute waits for; the add overlaps step i+1's compute.
+  //   C: [wait until scratch[b] is free (initially for b = 1, else after step i-2's add)] write step i's dK|dV into
+  //      scratch[b] (+ dQ into acc_dq)
+  //   X: wait C (compute i done); wait the accumulator of step i-1 (drecv); dsend = drecv + scratch[b]; mark scratch[b]
+  //      free; N: send dsend on (after X), receive the next accumulator into drecv
+  // The free mark after X's add is what step i+2's compute waits for; the add overlaps step i+1's compute.
   for (size_t i = 0; i < U.size(); ++i) {
     const int s = U[i];
     const bool more = i + 1 < U.size();
@@ -696,7 +701,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     const RingStep& st = schedule_.steps[static_cast<size_t>(s)];
     if (!st.skipped()) {
       ++last_backward_.computed_steps;
-      if (i >= 1) side.main_waits_cleared(static_cast<int>(i % 2));  // cleared on X (initially / after step i-2's add)
+      if (i >= 1) side.main_waits_free(static_cast<int>(i % 2));  // free (initially / after step i-2's add)
       // Step 0 is this rank's own K|V: the caller's tensors (the packed copy is only for sending; with
       // DISTATTN_RING_PACK=side it may still be in flight on X, and with nothing to send it is never made). Split:
       // part A of the own step, kv rows [own_row, Sl).
@@ -717,10 +722,7 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     const float* mine = st.skipped() ? nullptr : scr;
     if (more) {
       detail::travel_add(incoming, gtype, mine, dsend, gtype, 2 * nkv, X);
-      if (!st.skipped() && i + 2 < scratch_uses) {
-        DISTATTN_CUDA_CHECK(cudaMemsetAsync(scr, 0, scratch_bytes, X));
-        side.mark_cleared(static_cast<int>(i % 2));
-      }
+      if (!st.skipped() && i + 2 < scratch_uses) side.mark_free(static_cast<int>(i % 2));  // read by the add above
       // On with the K|V's jump.
       tg = post_jump("ring backward dK|dV exchange", s, dsend, drecv, gbytes, U[i + 1] - s, X);
     } else {

@@ -159,6 +159,7 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
   p.dk_fp32 = params.dk.dtype == DType::kFloat32;
   p.dv_fp32 = params.dv.dtype == DType::kFloat32;
   p.accumulate = params.accumulate;
+  p.accumulate_dkdv = params.accumulate && !params.overwrite_dk_dv;
 
   p.batch = static_cast<int>(B);
   p.seqlen_q = static_cast<int>(Sq);

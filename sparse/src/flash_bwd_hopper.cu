@@ -132,7 +132,7 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   k.dv_head_stride = kp.dv_head_stride;
   k.dk_fp32 = kp.dk_fp32;
   k.dv_fp32 = kp.dv_fp32;
-  k.accumulate = kp.accumulate;
+  k.accumulate = kp.accumulate_dkdv;  // the Hopper kernel's flag is dK / dV's (its dQ goes through the conversion)
   k.batch = kp.batch;
   k.seqlen_q = kp.seqlen_q;
   k.seqlen_kv = kp.seqlen_kv;

@@ -10,7 +10,8 @@
 //   D  dK += dS^T Q                                 128 x D in registers, same layout
 //   E  dQ_tile = scale * dS K                        64 x D, warps 2 (m) x 4 (d) -> fp32 reductions into
 //      the dQ accumulator (row stride D): red.global.add.v2.f32 on sm_90, scalar atomicAdd on sm_80
-// and at the end dK (times scale) and dV are written (or added, accumulate mode) once per element.
+// and at the end dK (times scale) and dV are written (or added: accumulate mode without overwrite_dk_dv) once per
+// element.
 // Tiles are classified with PositionMap::range + classify_tile: empty ones are skipped without loads,
 // full ones take no per-element mask, partial ones (and the kv tile crossing Skv) evaluate the band.
 // With ALiBi, pairs whose P provably underflows to exactly 0 are skipped too ("ALiBi cutoff" below).
@@ -682,7 +683,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
         if (p.dk_fp32) {
           float2* dst = reinterpret_cast<float2*>(static_cast<float*>(p.dk) + dk_off + d);
           float2 val = make_float2(k0, k1);
-          if (p.accumulate) {
+          if (p.accumulate_dkdv) {
             const float2 old = *dst;
             val.x += old.x;
             val.y += old.y;
@@ -694,7 +695,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_kernel(const __grid_constant
         if (p.dv_fp32) {
           float2* dst = reinterpret_cast<float2*>(static_cast<float*>(p.dv) + dv_off + d);
           float2 val = make_float2(v0, v1);
-          if (p.accumulate) {
+          if (p.accumulate_dkdv) {
             const float2 old = *dst;
             val.x += old.x;
             val.y += old.y;

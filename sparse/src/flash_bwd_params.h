@@ -52,7 +52,8 @@ struct FlashBwdParams {
   bool dq_fp32 = false;                                                // dq is fp32 (else the input dtype)
   bool dk_fp32 = false;                                                // dk is fp32 (else the input dtype)
   bool dv_fp32 = false;                                                // dv is fp32 (else the input dtype)
-  bool accumulate = false;  // add into fp32 dk/dv (and dq) instead of overwriting
+  bool accumulate = false;       // add into fp32 dq instead of overwriting it (accumulate mode)
+  bool accumulate_dkdv = false;  // add into fp32 dk/dv instead of overwriting (accumulate mode without overwrite_dk_dv)
 
   // --- sizes ---
   int batch = 0;         // B

@@ -115,7 +115,11 @@ struct AttnBwdParams {
   TensorView dq;    // [B, Sq, Hq, D]   dtype of q or fp32 (fp32 required when accumulate)
   TensorView dk;    // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
   TensorView dv;    // [B, Skv, Hkv, D] dtype of q or fp32 (fp32 required when accumulate)
-  bool accumulate = false;       // add into fp32 dq/dk/dv instead of overwriting
+  bool accumulate = false;  // add into fp32 dq/dk/dv instead of overwriting
+  // Accumulate mode only: dk and dv are WRITTEN (every row, zeros where no query sees a key) instead of added to,
+  // while dq still accumulates. For calls whose dK, dV go into a fresh buffer each time -- a ring step computes its
+  // dK|dV into a scratch that the ring then adds into the travelling accumulator -- so that buffer needs no clearing.
+  bool overwrite_dk_dv = false;
   const float* delta = nullptr;  // optional rowsum(dO * O) [B, Hq, Sq] fp32 with the lse strides; null: computed
   const RopeGradParams* rope_grad = nullptr;  // optional: dq, dk rotated back by the inverse RoPE (see above)
 };
