@@ -41,6 +41,7 @@
 #include "bench_op.h"
 #include "device_fill.h"
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/positional/alibi.h"
@@ -57,13 +58,7 @@ namespace {
 
 // DISTATTN_ROPE_BWD: true (unset / "fused"): the inverse RoPE of dq, dk fused into the backward; false ("separate"):
 // the backward, then rope_apply_cuda(inverse) on dq, dk (the A/B baseline).
-bool rope_bwd_fused_from_env() {
-  const char* v = std::getenv("DISTATTN_ROPE_BWD");
-  if (v == nullptr || *v == '\0') return true;
-  const std::string s(v);
-  DISTATTN_CHECK_ARG(s == "fused" || s == "separate", "DISTATTN_ROPE_BWD", "expected fused or separate, got '", s, "'");
-  return s == "fused";
-}
+bool rope_bwd_fused_from_env() { return env_choice("DISTATTN_ROPE_BWD", {"fused", "separate"}, 0) == 0; }
 
 class DenseOp : public BenchOp {
  public:

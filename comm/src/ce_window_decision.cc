@@ -1,17 +1,16 @@
 // The copy-engine window decision (ce_window.h): plain C++, no CUDA, so host tests run it.
 #include <cstdlib>
-#include <cstring>
 
 #include "distattn/comm/ce_window.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 
 namespace distattn {
 namespace ce {
 
 ExchangeMode parse_exchange_mode(const char* text) {
-  if (text == nullptr || *text == '\0' || std::strcmp(text, "ce") == 0) return ExchangeMode::kCopyEngine;
-  if (std::strcmp(text, "nccl") == 0) return ExchangeMode::kNccl;
-  DISTATTN_THROW("DISTATTN_RING_EXCHANGE", "is '", text, "', expected 'ce' (copy engine, the default) or 'nccl'");
+  return parse_choice("DISTATTN_RING_EXCHANGE", text, {"ce", "nccl"}, 0) == 1 ? ExchangeMode::kNccl
+                                                                              : ExchangeMode::kCopyEngine;
 }
 
 ExchangeMode exchange_mode_from_env() { return parse_exchange_mode(std::getenv("DISTATTN_RING_EXCHANGE")); }

@@ -3,19 +3,21 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <thread>
 #include <vector>
 
+#include "distattn/core/env.h"
 #include "host_common.h"
 
 namespace distattn {
 namespace host_detail {
 
+// DISTATTN_HOST_THREADS=N (an integer >= 1): N threads (at most one per unit); unset: the node's cores shared by its
+// ranks (below); anything else throws naming the variable. Read at every call (tests change it between calls).
 int host_threads() {
-  if (const char* env = std::getenv("DISTATTN_HOST_THREADS")) {
-    const int n = std::atoi(env);
-    if (n >= 1) return n;
-  }
+  const int64_t n = env_int("DISTATTN_HOST_THREADS", 1, std::numeric_limits<int>::max(), 0);
+  if (n >= 1) return static_cast<int>(n);
   int hw = static_cast<int>(std::thread::hardware_concurrency());
   if (hw < 1) hw = 1;
   // Ranks on this node share its cores (CPU ranks under mpirun run the host engine side by side).

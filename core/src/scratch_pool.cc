@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 
 namespace distattn {
@@ -26,14 +27,7 @@ int resolve_device(int device) {
 // knob for the cost of re-mapping scratch after synchronisations). Unset or "library": the library's own pool. Read
 // once; anything else throws naming the variable.
 bool use_default_pool() {
-  static const bool v = [] {
-    const char* e = std::getenv("DISTATTN_SCRATCH_POOL");
-    if (e == nullptr || *e == '\0') return false;
-    const std::string s(e);
-    DISTATTN_CHECK_ARG(s == "library" || s == "default", "DISTATTN_SCRATCH_POOL", "expected library or default, got '",
-                       s, "'");
-    return s == "default";
-  }();
+  static const bool v = env_choice("DISTATTN_SCRATCH_POOL", {"library", "default"}, 0) == 1;
   return v;
 }
 

@@ -26,6 +26,7 @@
 #include "dilated_views.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/core/operand_checks.h"
@@ -313,11 +314,9 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
 }
 
 namespace {
-// A switch that is on unless the environment variable `name` is "0" (the callers read it once per process).
-bool env_switch_on(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
+// A switch that is on unless the environment variable `name` is "0": "1" or unset is on, anything else throws naming
+// the variable (distattn/core/env.h). The callers read it once per process.
+bool env_switch_on(const char* name) { return env_choice(name, {"0", "1"}, 1) == 1; }
 
 bool share_sms_default() {
   static const bool on = env_switch_on("DISTATTN_DILATED_SHARE_SMS");
@@ -334,16 +333,15 @@ bool strided_lse_default() {
   return on;
 }
 
-// Head chains' row limit (DilatedAttention::set_head_chains): DISTATTN_DILATED_HEAD_CHAINS unset: the default below;
-// "0": off; "1": no limit; N > 1: chains where B * S <= N.
+// Head chains' row limit (DilatedAttention::set_head_chains): DISTATTN_DILATED_HEAD_CHAINS unset: the default
+// (kHeadChainsMaxRows); "0": off; "1": no limit; N > 1: chains where B * S <= N. Anything but a non-negative integer
+// throws naming the variable.
 int64_t head_chains_default() {
   static const int64_t limit = [] {
-    const char* v = std::getenv("DISTATTN_DILATED_HEAD_CHAINS");
-    if (v == nullptr || *v == '\0') return DilatedAttention::kHeadChainsMaxRows;
-    char* end = nullptr;
-    const long long x = std::strtoll(v, &end, 10);
-    if (end == nullptr || *end != '\0' || x < 0) return DilatedAttention::kHeadChainsMaxRows;
-    return x == 0 ? int64_t{0} : (x == 1 ? int64_t{-1} : static_cast<int64_t>(x));
+    constexpr int64_t kUnset = -2;
+    const int64_t x = env_int("DISTATTN_DILATED_HEAD_CHAINS", 0, std::numeric_limits<int64_t>::max(), kUnset);
+    if (x == kUnset) return DilatedAttention::kHeadChainsMaxRows;
+    return x == 1 ? int64_t{-1} : x;  // head_chains_max_rows_: 0 off, -1 no limit, N the limit
   }();
   return limit;
 }

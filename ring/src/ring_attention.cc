@@ -32,6 +32,7 @@
 
 #include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/core/operand_checks.h"
@@ -86,14 +87,12 @@ constexpr int64_t kAlibiMergeCutoffMinSeq = 8192;
 // (A/B). Anything else throws naming the variable. Agreed across ranks by the caller (it changes the size of the K|V
 // exchange).
 bool alibi_merge_cutoff_wanted(const Communicator& comm, const RingConfig& c) {
-  std::string mode = "auto";
-  if (const char* e = std::getenv("DISTATTN_RING_ALIBI_CUTOFF"); e != nullptr && *e != '\0') mode = e;
-  DISTATTN_CHECK_ARG(mode == "auto" || mode == "on" || mode == "off", "DISTATTN_RING_ALIBI_CUTOFF",
-                     "expected auto, on or off, got '", mode, "'");
-  if (mode == "off" || comm.device() != Device::kCuda || c.alibi_slopes == nullptr || c.block_layout != nullptr ||
+  enum Mode { kAuto, kOn, kOff };
+  const int mode = env_choice("DISTATTN_RING_ALIBI_CUTOFF", {"auto", "on", "off"}, kAuto);
+  if (mode == kOff || comm.device() != Device::kCuda || c.alibi_slopes == nullptr || c.block_layout != nullptr ||
       c.head_dim != 128)
     return false;
-  if (mode == "auto" && c.seq_len < kAlibiMergeCutoffMinSeq) return false;
+  if (mode == kAuto && c.seq_len < kAlibiMergeCutoffMinSeq) return false;
   int device = 0, major = 0;
   if (const auto* nccl = dynamic_cast<const NcclCommunicator*>(&comm)) {
     device = nccl->cuda_device();
@@ -155,12 +154,8 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
     }
     local_rows_ = config_.seq_len / P;
     // DISTATTN_RING_BWD_OWN=whole (default) | split: the CUDA backward's own step in one part or two (ring_cuda.cc).
-    if (const char* own = std::getenv("DISTATTN_RING_BWD_OWN"); own != nullptr && *own != '\0') {
-      const std::string o(own);
-      DISTATTN_CHECK_ARG(o == "split" || o == "whole", "DISTATTN_RING_BWD_OWN", "expected split or whole, got '", o,
-                         "'");
-      bwd_own_split_ = o == "split";
-    }
+    // Read at every construction (tests change it between objects); anything else throws naming it.
+    bwd_own_split_ = env_choice("DISTATTN_RING_BWD_OWN", {"whole", "split"}, 0) == 1;
     fwd_alibi_merge_ = alibi_merge_cutoff_wanted(comm, config_);
   });
 

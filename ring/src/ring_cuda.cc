@@ -111,6 +111,7 @@
 
 #include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/core/scratch_pool.h"
 #include "distattn/ring/ring_attention.h"
@@ -251,13 +252,7 @@ class KvIdle {
 // 14.3-14.7% (side), 64K 8.3-10.4% vs 5.0-5.4%; at normal priority the side pack queued behind step 0's kernel.
 // Kept for A/B timings. Read once per process; anything else throws.
 bool pack_on_side_stream() {
-  static const bool side = [] {
-    const char* v = std::getenv("DISTATTN_RING_PACK");
-    if (v == nullptr || *v == '\0') return false;
-    const std::string s(v);
-    DISTATTN_CHECK_ARG(s == "side" || s == "main", "DISTATTN_RING_PACK", "expected side or main, got '", s, "'");
-    return s == "side";
-  }();
+  static const bool side = env_choice("DISTATTN_RING_PACK", {"main", "side"}, 0) == 1;
   return side;
 }
 
@@ -268,14 +263,7 @@ bool pack_on_side_stream() {
 // greatest priority X's short kernels take SMs as the compute kernel's blocks retire. Per rank (no exchange depends
 // on it); read once per process; anything else throws.
 bool bwd_side_high_priority() {
-  static const bool high = [] {
-    const char* v = std::getenv("DISTATTN_RING_BWD_SIDE");
-    if (v == nullptr || *v == '\0') return true;
-    const std::string s(v);
-    DISTATTN_CHECK_ARG(s == "high" || s == "normal", "DISTATTN_RING_BWD_SIDE", "expected high or normal, got '", s,
-                       "'");
-    return s == "high";
-  }();
+  static const bool high = env_choice("DISTATTN_RING_BWD_SIDE", {"high", "normal"}, 0) == 0;
   return high;
 }
 
@@ -285,14 +273,7 @@ bool bwd_side_high_priority() {
 // for A/B timings). On the copy engine the hop always lands in drecv (see backward_cuda). Per rank (the landing
 // address is local; the exchanges posted are the same either way). Read once per process; anything else throws.
 bool home_direct_allowed() {
-  static const bool direct = [] {
-    const char* v = std::getenv("DISTATTN_RING_HOME");
-    if (v == nullptr || *v == '\0') return true;
-    const std::string s(v);
-    DISTATTN_CHECK_ARG(s == "direct" || s == "window", "DISTATTN_RING_HOME", "expected direct or window, got '", s,
-                       "'");
-    return s == "direct";
-  }();
+  static const bool direct = env_choice("DISTATTN_RING_HOME", {"direct", "window"}, 0) == 0;
   return direct;
 }
 

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "ring_kernels.h"
 
@@ -167,12 +168,10 @@ bool dispatch_pair(DType a, DType b, F&& f) {
   }
 }
 
-// DISTATTN_RING_VEC=0 turns the vectorised kernels off (A/B timings against the per-element ones).
+// DISTATTN_RING_VEC=0 turns the vectorised kernels off (A/B timings against the per-element ones); "1" or unset: on.
+// Read once per process; anything else throws naming it.
 bool vec_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("DISTATTN_RING_VEC");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static const bool on = env_choice("DISTATTN_RING_VEC", {"0", "1"}, 1) == 1;
   return on;
 }
 

@@ -1,6 +1,6 @@
-// Diagnostic timeline of one ring call (DISTATTN_RING_TRACE=1): CUDA events recorded at labelled points on the
-// compute and communication streams, printed to stderr (one line per point, ms after the first point) when the
-// call ends. Off by default and then free (no events are created). Tracing synchronises the host with the last
+// Diagnostic timeline of one ring call (DISTATTN_RING_TRACE=1; "0" or unset: off): CUDA events recorded at labelled
+// points on the compute and communication streams, printed to stderr (one line per point, ms after the first point)
+// when the call ends. Off by default and then free (no events are created). Tracing synchronises the host with the last
 // point of every call, so traced timings are for reading the overlap of exchange and compute, not for benchmarks.
 #pragma once
 
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 
 namespace distattn {
 namespace ring {
@@ -20,8 +21,8 @@ namespace ring {
 class RingTrace {
  public:
   RingTrace(const char* call, int rank) : call_(call), rank_(rank) {
-    const char* env = std::getenv("DISTATTN_RING_TRACE");
-    on_ = env != nullptr && env[0] != '\0' && env[0] != '0';
+    // "1": on; "0" or unset: off; anything else throws naming the variable. Read at every call (cheap next to one).
+    on_ = env_choice("DISTATTN_RING_TRACE", {"0", "1"}, 0) == 1;
   }
   ~RingTrace() {
     for (auto& p : points_) (void)cudaEventDestroy(p.second);

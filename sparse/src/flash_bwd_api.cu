@@ -11,6 +11,7 @@
 
 #include "../../positional/src/rope_validate.h"
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/core/operand_checks.h"
 #include "distattn/core/scratch_pool.h"
@@ -38,14 +39,7 @@ constexpr int kBwdMaxCutGroup = 64;  // FlashBwdTraits::kMaxCutGroup
 // DISTATTN_BACKWARD_KERNEL: unset, "auto" or "hopper": the Hopper kernel where it applies; "mma": the mma.sync kernel
 // only. Read once per process; anything else throws naming the variable.
 bool backward_kernel_forced_to_mma() {
-  static const bool forced = [] {
-    const char* v = std::getenv("DISTATTN_BACKWARD_KERNEL");
-    if (v == nullptr || *v == '\0') return false;
-    const std::string s(v);
-    DISTATTN_CHECK_ARG(s == "auto" || s == "hopper" || s == "mma", "DISTATTN_BACKWARD_KERNEL",
-                       "expected auto, hopper or mma, got '", s, "'");
-    return s == "mma";
-  }();
+  static const bool forced = env_choice("DISTATTN_BACKWARD_KERNEL", {"auto", "hopper", "mma"}, 0) == 2;
   return forced;
 }
 
@@ -53,14 +47,7 @@ bool backward_kernel_forced_to_mma() {
 // back in its epilogue (rope_grad); "separate": dk through rope_apply_cuda after the kernel. Read once per process;
 // anything else throws naming it. Returns -1 (unset), 0 (separate) or 1 (epilogue).
 int rope_dk_env() {
-  static const int forced = [] {
-    const char* v = std::getenv("DISTATTN_ROPE_BWD_DK");
-    if (v == nullptr || *v == '\0') return -1;
-    const std::string s(v);
-    DISTATTN_CHECK_ARG(s == "epilogue" || s == "separate", "DISTATTN_ROPE_BWD_DK",
-                       "expected epilogue or separate, got '", s, "'");
-    return s == "epilogue" ? 1 : 0;
-  }();
+  static const int forced = env_choice("DISTATTN_ROPE_BWD_DK", {"separate", "epilogue"}, -1);
   return forced;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/core/operand_checks.h"
 #include "distattn/core/scratch_pool.h"
@@ -28,14 +29,7 @@ namespace {
 // DISTATTN_FORWARD_KERNEL: unset, "auto" or "hopper": the Hopper kernel where it applies; "mma": the mma.sync kernel
 // only. Read once per process; anything else throws naming the variable.
 bool forward_kernel_forced_to_mma() {
-  static const bool forced = [] {
-    const char* v = std::getenv("DISTATTN_FORWARD_KERNEL");
-    if (v == nullptr || *v == '\0') return false;
-    const std::string s(v);
-    DISTATTN_CHECK_ARG(s == "auto" || s == "hopper" || s == "mma", "DISTATTN_FORWARD_KERNEL",
-                       "expected auto, hopper or mma, got '", s, "'");
-    return s == "mma";
-  }();
+  static const bool forced = env_choice("DISTATTN_FORWARD_KERNEL", {"auto", "hopper", "mma"}, 0) == 2;
   return forced;
 }
 
@@ -114,15 +108,8 @@ int alibi_cutoff_mode(const AttnParams& p) {
 // (build-hopper-cutoff/run.sh times 1K-4K with and without). DISTATTN_HOPPER_CUTOFF_MIN_KV=N overrides it (read once;
 // a huge N turns the Hopper cutoff off for A/B runs); anything but a non-negative integer throws naming the variable.
 int64_t hopper_cutoff_min_kv() {
-  static const int64_t v = [] {
-    const char* s = std::getenv("DISTATTN_HOPPER_CUTOFF_MIN_KV");
-    if (s == nullptr || *s == '\0') return int64_t{4096};
-    char* end = nullptr;
-    const long long x = std::strtoll(s, &end, 10);
-    DISTATTN_CHECK_ARG(end != nullptr && *end == '\0' && x >= 0, "DISTATTN_HOPPER_CUTOFF_MIN_KV",
-                       "expected a non-negative integer, got '", s, "'");
-    return static_cast<int64_t>(x);
-  }();
+  static const int64_t v =
+      env_int("DISTATTN_HOPPER_CUTOFF_MIN_KV", 0, std::numeric_limits<int64_t>::max(), int64_t{4096});
   return v;
 }
 

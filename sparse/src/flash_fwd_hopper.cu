@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "distattn/core/check_cuda.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "hopper/flash_fwd_hopper.h"
 #include "hopper/flash_fwd_hopper_kernel.cuh"
@@ -51,12 +52,10 @@ bool alibi_cutoff_case(const AttnParams& p) {
 // automatic choice), 0 = one CTA per slot of work units, n > 0 = n CTAs (at most the slot count).
 std::atomic<int> g_grid_override{-1};
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  const long x = std::strtol(v, &end, 10);
-  return (end != nullptr && *end == '\0' && x >= -1 && x <= (1L << 30)) ? static_cast<int>(x) : fallback;
+// The integer experiment knobs below (distattn/core/env.h): an integer in [lo, 2^30]; unset: `fallback`; anything
+// else throws naming the variable.
+int env_count(const char* name, int lo, int fallback) {
+  return static_cast<int>(env_int(name, lo, int64_t{1} << 30, fallback));
 }
 
 // Streaming multiprocessors of the current device (cached per device).
@@ -88,9 +87,9 @@ int dense_tile_count(const FlashFwdHopperParams& k, int m) {
 // Pair q tiles M - 1 - j and j in one slot (flash_fwd_hopper_scheduler.h) when the tile counts grow about linearly
 // with m (causal): w(0) + w(M - 1) close to 2 w(middle) compared with the spread w(M - 1) - w(0). Not for block lists
 // (their counts live on the device) nor flat or saturating counts (dense, windows: heaviest first alone is better).
-// DISTATTN_HOPPER_PAIR=0 / 1 forces it for experiments.
+// DISTATTN_HOPPER_PAIR=0 / 1 forces it for experiments (anything else throws naming it).
 bool pair_units(const FlashFwdHopperParams& k) {
-  static const int env_pair = env_int("DISTATTN_HOPPER_PAIR", -1);
+  static const int env_pair = env_choice("DISTATTN_HOPPER_PAIR", {"0", "1"}, -1);
   if (env_pair >= 0) return env_pair == 1;
   if (k.has_blocks || k.num_m_blocks < 3) return false;
   const int64_t w0 = dense_tile_count(k, 0), wl = dense_tile_count(k, k.num_m_blocks - 1);
@@ -110,9 +109,9 @@ constexpr int kPersistentMaxMBlocks = 32;
 // beyond: bench/results/2026-11-22_h200_a59f32c_alibi_dispatch). Now both kernels skip the same tiles (same bound, same
 // 128-row q tiles) and this one does each visited tile ~1.6x faster, so it takes every length.
 // DISTATTN_ALIBI_HOPPER_MAX_KV=N (read once) restores a limit for A/B runs (0: the mma.sync kernel for every such
-// call).
+// call; -1: no limit; anything else than an integer in [-1, 2^30] throws naming the variable).
 int alibi_hopper_max_kv() {
-  static const int v = env_int("DISTATTN_ALIBI_HOPPER_MAX_KV", -1);
+  static const int v = env_count("DISTATTN_ALIBI_HOPPER_MAX_KV", -1, -1);
   return v;
 }
 
@@ -121,7 +120,7 @@ int alibi_hopper_max_kv() {
 // q tiles heaviest first inside each (b, h)), unless an override says otherwise.
 // max_ctas (AttnParams::max_ctas, > 0): a cap on the persistent grid (the overrides still win).
 int grid_size(const FlashFwdHopperParams& k, bool persistent, int max_ctas) {
-  static const int env_grid = env_int("DISTATTN_HOPPER_GRID", -1);
+  static const int env_grid = env_count("DISTATTN_HOPPER_GRID", -1, -1);
   int choice = g_grid_override.load();
   if (choice < 0) choice = env_grid;
   int ctas = 0;
@@ -229,12 +228,13 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   const bool persistent = k.num_m_blocks <= kPersistentMaxMBlocks;
   // L2 sections (persistent launches): the K and V of the kv heads of one section fit in ~8 MB. Measured at 2K causal
   // B 8 (H100): 8 MB 471 TF, 1 or 4 MB the same, 32 MB 457, every pair in one section 315 (K / V re-read from DRAM).
-  // DISTATTN_HOPPER_L2_MB overrides for experiments. One pair per section otherwise.
-  static const int l2_mb = env_int("DISTATTN_HOPPER_L2_MB", 8);
+  // DISTATTN_HOPPER_L2_MB (an integer >= 1; anything else throws naming it) overrides for experiments. One pair per
+  // section otherwise.
+  static const int l2_mb = env_count("DISTATTN_HOPPER_L2_MB", 1, 8);
   k.section_pairs = !persistent
                         ? 1
                         : hopper::l2_section_pairs(k.seqlen_kv, k.head_group, static_cast<int64_t>(k.heads_q) * k.batch,
-                                                   static_cast<int64_t>(l2_mb > 0 ? l2_mb : 8) << 20);
+                                                   static_cast<int64_t>(l2_mb) << 20);
   hopper::fill_chunks(p.q_pos, FlashFwdHopperParams::kMaxChunks, &k.q_chunks, k.q_row, k.q_start, k.q_stride);
   hopper::fill_chunks(p.kv_pos, FlashFwdHopperParams::kMaxChunks, &k.kv_chunks, k.kv_row, k.kv_start, k.kv_stride);
   const DiagonalBand band = DiagonalBand::from_mask(p.mask);

@@ -22,7 +22,7 @@ namespace distattn {
 // chunk: any map; zigzag shards with chunk lengths a multiple of 128); any causal / window band and optional block
 // list; every row / head / batch stride a positive multiple of 16 bytes (strides of size-1 dimensions ignored), base
 // pointers 16-byte aligned; Sq, Skv >= 1. Otherwise false (nothing throws for an unsupported case; CUDA errors while
-// querying the device throw distattn::Error).
+// querying the device, and a DISTATTN_ALIBI_HOPPER_MAX_KV that is not an integer in [-1, 2^30], throw distattn::Error).
 bool flash_fwd_hopper_supported(const AttnParams& p, int device);
 
 // Runs the Hopper kernel on `stream`. `p` must have passed validate_forward(p, Device::kCuda), the CUDA

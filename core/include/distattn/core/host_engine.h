@@ -18,7 +18,8 @@ enum class HostPrecision : int {
 
 // All tensors, lse, delta and alibi_slopes must be host memory (Device::kHost).
 // Work is spread over (batch, head) units on DISTATTN_HOST_THREADS threads (default: the hardware threads
-// divided by the ranks on this node); results do not depend on the thread count.
+// divided by the ranks on this node; a value that is not an integer >= 1 throws distattn::Error naming the variable);
+// results do not depend on the thread count.
 void host_attention_forward(const AttnParams& p, HostPrecision precision = HostPrecision::kFloat64);
 void host_attention_backward(const AttnBwdParams& p, HostPrecision precision = HostPrecision::kFloat64);
 

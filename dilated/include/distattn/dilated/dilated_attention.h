@@ -93,6 +93,9 @@ void validate_dilated_config(const DilatedConfig& config, int64_t seqlen, int64_
 // (one call at a time). On CUDA the destructor synchronises the stream of the last call before freeing.
 class DilatedAttention {
  public:
+  // Reads the defaults of the switches below from the environment (once per process: DISTATTN_DILATED_SHARE_SMS,
+  // _STRIDED_LSE, _CHAIN_LANES "0" / "1", _HEAD_CHAINS a non-negative integer); throws distattn::Error naming the
+  // variable when one holds anything else.
   DilatedAttention(DilatedConfig config, Device device);
   ~DilatedAttention();
   DilatedAttention(const DilatedAttention&) = delete;
@@ -196,9 +199,9 @@ class DilatedAttention {
   bool fused_final_ = true;
   bool direct_lse_ = true;
   bool fuse_lse_moves_ = true;
-  bool share_sms_;                // default: DISTATTN_DILATED_SHARE_SMS (unset or not "0": on)
-  bool strided_lse_;              // default: DISTATTN_DILATED_STRIDED_LSE (unset or not "0": on)
-  bool chain_lanes_;              // default: DISTATTN_DILATED_CHAIN_LANES (unset or not "0": on)
+  bool share_sms_;                // default: DISTATTN_DILATED_SHARE_SMS (unset or "1": on, "0": off)
+  bool strided_lse_;              // default: DISTATTN_DILATED_STRIDED_LSE (unset or "1": on, "0": off)
+  bool chain_lanes_;              // default: DISTATTN_DILATED_CHAIN_LANES (unset or "1": on, "0": off)
   int64_t head_chains_max_rows_;  // 0: one chain; -1: head chains; N: head chains where B * S <= N (set_head_chains)
   struct LaneSet {
     std::vector<cudaStream_t> streams;  // side lanes 1 .. kMaxLanes-1 (lane 0 is the forking stream)
