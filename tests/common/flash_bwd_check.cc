@@ -11,11 +11,6 @@
 namespace distattn {
 namespace testing {
 
-void fill_normal_each(std::initializer_list<HostTensor*> tensors, uint64_t first_seed) {
-  uint64_t seed = first_seed;
-  for (HostTensor* t : tensors) fill_normal(*t, seed++);
-}
-
 bool on_hopper_device() {
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));

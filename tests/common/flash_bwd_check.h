@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -15,9 +14,6 @@
 
 namespace distattn {
 namespace testing {
-
-// Fills each tensor with Normal(0, 1) values, the i-th (from 0) with seed first_seed + i.
-void fill_normal_each(std::initializer_list<HostTensor*> tensors, uint64_t first_seed);
 
 // True on a device of compute capability 9.0 (H100 / H200): where the sm_90a kernels must be taken.
 bool on_hopper_device();
