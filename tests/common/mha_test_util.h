@@ -11,18 +11,9 @@
 
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/dtype.h"
-#include "distattn/layers/multi_head_attention.h"
 
 namespace distattn {
 namespace testing {
-
-// The layer's types, named as the tests use them.
-using layers::AttentionCore;
-using layers::MhaConfig;
-using layers::MhaGrads;
-using layers::MhaWeights;
-using layers::MultiHeadAttention;
-using layers::SequenceView;
 
 // `bytes` bytes of device memory (cudaMalloc) with host copies in and out of the same size.
 struct DeviceBytes {

@@ -34,6 +34,13 @@ namespace distattn {
 namespace testing {
 namespace {
 
+using layers::AttentionCore;
+using layers::MhaConfig;
+using layers::MhaGrads;
+using layers::MhaWeights;
+using layers::MultiHeadAttention;
+using layers::SequenceView;
+
 // bf16 values drawn N(0, stddev) (bits) and their exact doubles.
 struct Bf16 {
   std::vector<uint16_t> bits;

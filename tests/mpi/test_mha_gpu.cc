@@ -40,6 +40,12 @@ namespace distattn {
 namespace testing {
 namespace {
 
+using layers::AttentionCore;
+using layers::MhaConfig;
+using layers::MhaGrads;
+using layers::MhaWeights;
+using layers::MultiHeadAttention;
+using layers::SequenceView;
 using ring::ShardLayout;
 
 constexpr double kCommTimeout = 120.0;
