@@ -77,6 +77,51 @@ AttnBwdParams device_bwd_params(const AttnParams& hf, const DeviceTensor& q, con
   return gb;
 }
 
+void make_bwd_host_case(BwdHostCase& h, const BwdShape& s, const AttnParams& setup, bool given_delta, uint64_t seed) {
+  const int64_t hp = s.head_pad, rp = s.row_pad;
+  h.q = HostTensor(s.dtype, s.B, s.Sq, s.Hq, s.D, hp, rp);
+  h.k = HostTensor(s.dtype, s.B, s.Skv, s.Hkv, s.D, hp, rp);
+  h.v = HostTensor(s.dtype, s.B, s.Skv, s.Hkv, s.D, hp, rp);
+  h.dout = HostTensor(s.dtype, s.B, s.Sq, s.Hq, s.D, hp, rp);
+  h.o = HostTensor(s.o_dtype, s.B, s.Sq, s.Hq, s.D, hp, rp);
+  fill_normal_each({&h.q, &h.k, &h.v, &h.dout}, seed + 1);
+  h.hf = setup;
+  h.hf.q = h.q.view, h.hf.k = h.k.view, h.hf.v = h.v.view;
+  host_forward_rounded(h.hf, h.o, h.lse);
+  h.delta.clear();
+  if (given_delta) h.delta = rowsum_delta(h.dout, h.o);  // rowsum(dO * O) of the rounded O, in double then fp32
+  // Pre-fill of the accumulate mode (random, so "added" and "overwritten" differ).
+  make_grad_tensors(h.pre, DType::kFloat32, h.q.view, h.k.view, hp, rp);
+  for (int i = 0; i < 3; ++i) fill_normal(h.pre[i], seed + 10 + i);
+  AttnBwdParams hb;
+  hb.fwd = h.hf;
+  hb.dout = h.dout.view;
+  hb.delta = given_delta ? h.delta.data() : nullptr;
+  host_backward_refs(hb, h.ref, h.nai);
+}
+
+BwdDeviceInputs::BwdDeviceInputs(const BwdHostCase& h) : q(h.q), k(h.k), v(h.v), dout(h.dout), o(h.o), lse(h.lse) {
+  if (!h.delta.empty()) delta.reset(new DeviceArray<float>(h.delta));
+}
+
+AttnBwdParams BwdDeviceInputs::params(const BwdHostCase& h, const DeviceTensor (&grads)[3], bool accumulate) const {
+  AttnBwdParams gb = device_bwd_params(h.hf, q, k, v, o, lse.ptr, dout, grads);
+  gb.accumulate = accumulate;
+  gb.delta = delta ? delta->ptr : nullptr;
+  return gb;
+}
+
+void make_grad_outputs(HostTensor (&out)[3], const BwdHostCase& h, const BwdShape& s, DType dtype, bool accumulate) {
+  make_grad_tensors(out, dtype, h.q.view, h.k.view, s.head_pad, s.row_pad);
+  for (int i = 0; i < 3; ++i) {
+    if (accumulate) {
+      copy_values(out[i], h.pre[i]);
+    } else {
+      fill_nan(out[i]);
+    }
+  }
+}
+
 bool hopper_bwd_takes(const AttnBwdParams& gb, bool must_take, const char* skip_line) {
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));

@@ -6,11 +6,20 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "distattn/core/attn_params.h"
 #include "test_util.h"
+
+// Declares `seed` = test_seed() + the line of the case that expands it, traced and printed ("seed N"): the seed of a
+// case is the line it stands on, so a failure names the seed and the line to rerun.
+#define DISTATTN_LINE_SEED()                                                                \
+  const uint64_t seed = ::distattn::testing::test_seed() + static_cast<uint64_t>(__LINE__); \
+  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")");    \
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed))
 
 namespace distattn {
 namespace testing {
@@ -39,6 +48,44 @@ void make_grad_tensors(HostTensor (&g)[3], DType dtype, const TensorView& q, con
 AttnBwdParams device_bwd_params(const AttnParams& hf, const DeviceTensor& q, const DeviceTensor& k,
                                 const DeviceTensor& v, const DeviceTensor& o, float* lse, const DeviceTensor& dout,
                                 const DeviceTensor (&grads)[3]);
+
+// Shapes of a backward case: q, dO, O [B, Sq, Hq, D], k, v [B, Skv, Hkv, D], every tensor with the given padding.
+struct BwdShape {
+  DType dtype = DType::kBFloat16;    // q, k, v, dO
+  DType o_dtype = DType::kBFloat16;  // O (the fp64 forward's output rounded to it)
+  int64_t B = 1, Sq = 0, Skv = 0, Hq = 0, Hkv = 0, D = 0;
+  int64_t head_pad = 0, row_pad = 0;
+};
+
+// The host side of a backward case: q, k, v, dO drawn Normal(0, 1) (seeds seed + 1 .. seed + 4), O and LSE of the fp64
+// host forward (O rounded to o_dtype), delta = rowsum(dO * O) when given_delta, the accumulate mode's pre-fill (fp32
+// with the case's padding, seeds seed + 10 + i) and the fp64 / naive host backward references. hf points into q, k,
+// v, o and lse: a BwdHostCase is built in place (make_bwd_host_case) and never copied.
+struct BwdHostCase {
+  HostTensor q, k, v, dout, o;
+  AttnParams hf;  // host params of the forward: views of q, k, v, o, lse and the setup's positions, mask, ALiBi, scale
+  std::vector<float> lse, delta;
+  HostTensor pre[3], ref[3], nai[3];
+  BwdHostCase() = default;
+  BwdHostCase(const BwdHostCase&) = delete;
+  BwdHostCase& operator=(const BwdHostCase&) = delete;
+};
+// `setup`: positions, mask (host block list), ALiBi slopes (host) and scale of the case; its tensors are ignored.
+void make_bwd_host_case(BwdHostCase& h, const BwdShape& s, const AttnParams& setup, bool given_delta, uint64_t seed);
+
+// Device copies of a case's q, k, v, dO, O, LSE and (when the case has one) delta.
+struct BwdDeviceInputs {
+  DeviceTensor q, k, v, dout, o;
+  DeviceArray<float> lse;
+  std::unique_ptr<DeviceArray<float>> delta;
+  explicit BwdDeviceInputs(const BwdHostCase& h);
+  // The device params over these inputs and `grads` (h.hf's positions, mask, ALiBi, scale; delta when uploaded);
+  // the caller adds device ALiBi slopes and block lists.
+  AttnBwdParams params(const BwdHostCase& h, const DeviceTensor (&grads)[3], bool accumulate) const;
+};
+
+// Fresh dq, dk, dv in `dtype` with the case's shapes and padding: the pre-fill (accumulate) or NaN everywhere.
+void make_grad_outputs(HostTensor (&out)[3], const BwdHostCase& h, const BwdShape& s, DType dtype, bool accumulate);
 
 // Whether the Hopper backward takes `gb` on this device. must_take: expect it does (an H100 / H200 with the sm_90a
 // build and a case inside its scope). When it does not, prints `skip_line` (the caller then skips the Hopper half).

@@ -32,21 +32,20 @@
 namespace distattn {
 namespace {
 
+using testing::BwdDeviceInputs;
+using testing::BwdHostCase;
+using testing::BwdShape;
 using testing::compare;
-using testing::device_bwd_params;
 using testing::DeviceArray;
 using testing::DeviceTensor;
 using testing::ErrorStats;
 using testing::expect_grad_within_2x_naive;
 using testing::fill_nan;
 using testing::fill_normal;
-using testing::fill_normal_each;
 using testing::HandBlockList;
-using testing::host_backward_refs;
-using testing::host_forward_rounded;
 using testing::HostTensor;
-using testing::make_grad_tensors;
-using testing::rowsum_delta;
+using testing::make_bwd_host_case;
+using testing::make_grad_outputs;
 using testing::test_seed;
 
 struct BwdCase {
@@ -75,14 +74,8 @@ struct BwdResult {
 
 BwdResult run_case(const BwdCase& c, uint64_t seed) {
   const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
-  const int64_t hp = c.head_pad, rp = c.row_pad;
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp), k(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp),
-      v(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp), dout(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp),
-      o(c.o_fp32 ? DType::kFloat32 : c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp);
-  fill_normal_each({&q, &k, &v, &dout}, seed + 1);
-
-  PositionMap q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  const BwdShape shape{c.dtype,  c.o_fp32 ? DType::kFloat32 : c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, c.D, c.head_pad,
+                       c.row_pad};
   std::vector<float> slopes;
   if (c.alibi) {
     for (int64_t h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(2.f, -c.slope_step * static_cast<float>(h + 1)));
@@ -91,61 +84,37 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   if (!c.blocks.empty()) blocks = std::make_unique<HandBlockList>(HandBlockList::from_states(c.blocks));
 
   // Host forward in fp64 (written to an fp32 O, the widest the host engine takes for 16-bit inputs;
-  // rounded to the dtype afterwards) and LSE.
-  AttnParams hf;
-  hf.q = q.view, hf.k = k.view, hf.v = v.view;
-  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
-  hf.mask = c.mask;
-  if (blocks) hf.mask.blocks = &blocks->host_view;
-  hf.alibi_slopes = c.alibi ? slopes.data() : nullptr;
-  hf.softmax_scale = static_cast<float>(c.scale);
-  std::vector<float> lse;
-  host_forward_rounded(hf, o, lse);
+  // rounded to O's dtype afterwards) and LSE; the fp64 and the naive (rounded intermediates) host backward.
+  AttnParams setup;
+  setup.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
+  setup.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  setup.mask = c.mask;
+  if (blocks) setup.mask.blocks = &blocks->host_view;
+  setup.alibi_slopes = c.alibi ? slopes.data() : nullptr;
+  setup.softmax_scale = static_cast<float>(c.scale);
+  BwdHostCase h;
+  make_bwd_host_case(h, shape, setup, c.given_delta, seed);
+  const HostTensor(&pre)[3] = h.pre;
+  const HostTensor(&ref)[3] = h.ref;
+  const HostTensor(&nai)[3] = h.nai;
 
   BwdResult res;
   for (int64_t b = 0; b < c.B; ++b)
-    for (int64_t h = 0; h < c.Hq; ++h)
+    for (int64_t hh = 0; hh < c.Hq; ++hh)
       for (int64_t i = 0; i < c.Sq; ++i)
-        if (std::isinf(lse[(b * c.Hq + h) * c.Sq + i])) res.rows_without_keys.push_back({b, h, i});
-
-  std::vector<float> delta;
-  if (c.given_delta) delta = rowsum_delta(dout, o);  // rowsum(dO * O) of the rounded O, in double then fp32
-
-  // Pre-fill of the accumulate mode (random, so "added" and "overwritten" differ).
-  HostTensor pre[3];
-  make_grad_tensors(pre, DType::kFloat32, q.view, k.view, hp, rp);
-  for (int i = 0; i < 3; ++i) fill_normal(pre[i], seed + 10 + i);
-
-  // References: fp64 and the naive (rounded intermediates) host backward, both overwriting fresh tensors.
-  HostTensor ref[3], nai[3];
-  AttnBwdParams hb;
-  hb.fwd = hf;
-  hb.dout = dout.view;
-  hb.delta = c.given_delta ? delta.data() : nullptr;
-  host_backward_refs(hb, ref, nai);
+        if (std::isinf(h.lse[(b * c.Hq + hh) * c.Sq + i])) res.rows_without_keys.push_back({b, hh, i});
 
   // GPU.
-  DeviceTensor dq_(q), dk_(k), dv_(v), ddo(dout), dov(o);
+  const BwdDeviceInputs d(h);
   HostTensor out[3];
-  make_grad_tensors(out, gdt, q.view, k.view, hp, rp);
-  for (int i = 0; i < 3; ++i) {
-    if (c.accumulate) {
-      copy_values(out[i], pre[i]);
-    } else {
-      fill_nan(out[i]);
-    }
-  }
+  make_grad_outputs(out, h, shape, gdt, c.accumulate);
   DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
-  DeviceArray<float> d_lse(lse);
-  std::unique_ptr<DeviceArray<float>> d_delta, d_slopes;
-  if (c.given_delta) d_delta.reset(new DeviceArray<float>(delta));
+  std::unique_ptr<DeviceArray<float>> d_slopes;
   if (c.alibi) d_slopes.reset(new DeviceArray<float>(slopes));
 
-  AttnBwdParams gb = device_bwd_params(hf, dq_, dk_, dv_, dov, d_lse.ptr, ddo, dgrad);
+  AttnBwdParams gb = d.params(h, dgrad, c.accumulate);
   gb.fwd.alibi_slopes = c.alibi ? d_slopes->ptr : nullptr;
   if (blocks) gb.fwd.mask.blocks = &blocks->device_view;
-  gb.accumulate = c.accumulate;
-  gb.delta = c.given_delta ? d_delta->ptr : nullptr;
   detail::FlashBwdOptions opt;
   opt.alibi_cut_count = c.cut_count;
   detail::flash_attention_backward(gb, opt, 0);

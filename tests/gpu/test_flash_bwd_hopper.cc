@@ -31,21 +31,17 @@
 namespace distattn {
 namespace {
 
+using testing::BwdDeviceInputs;
+using testing::BwdHostCase;
+using testing::BwdShape;
 using testing::compare;
-using testing::device_bwd_params;
 using testing::DeviceArray;
 using testing::DeviceTensor;
-using testing::fill_nan;
-using testing::fill_normal;
-using testing::fill_normal_each;
 using testing::hopper_bwd_takes;
-using testing::host_backward_refs;
-using testing::host_forward_rounded;
 using testing::HostTensor;
-using testing::make_grad_tensors;
+using testing::make_bwd_host_case;
+using testing::make_grad_outputs;
 using testing::on_hopper_device;
-using testing::rowsum_delta;
-using testing::test_seed;
 
 struct HCase {
   DType dtype = DType::kBFloat16;
@@ -64,60 +60,29 @@ constexpr int64_t kD = 128;
 // Runs the case through the Hopper kernel (when supported here) and through the mma.sync kernel; checks both.
 void run_case(const HCase& c, uint64_t seed) {
   const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
-  const int64_t hp = c.head_pad, rp = c.row_pad;
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp), k(c.dtype, c.B, c.Skv, c.Hkv, kD, hp, rp),
-      v(c.dtype, c.B, c.Skv, c.Hkv, kD, hp, rp), dout(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp),
-      o(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp);
-  fill_normal_each({&q, &k, &v, &dout}, seed + 1);
-
-  AttnParams hf;
-  hf.q = q.view, hf.k = k.view, hf.v = v.view;
-  hf.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  hf.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
-  hf.mask = c.mask;
-  hf.softmax_scale = static_cast<float>(c.scale);
-  std::vector<float> lse;
-  host_forward_rounded(hf, o, lse);
-  std::vector<float> delta;
-  if (c.given_delta) delta = rowsum_delta(dout, o);
-
-  HostTensor pre[3];
-  make_grad_tensors(pre, DType::kFloat32, q.view, k.view, hp, rp);
-  for (int i = 0; i < 3; ++i) fill_normal(pre[i], seed + 10 + i);
-
-  HostTensor ref[3], nai[3];
-  AttnBwdParams hb;
-  hb.fwd = hf;
-  hb.dout = dout.view;
-  hb.delta = c.given_delta ? delta.data() : nullptr;
-  host_backward_refs(hb, ref, nai);
+  const BwdShape shape{c.dtype, c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, kD, c.head_pad, c.row_pad};
+  AttnParams setup;
+  setup.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
+  setup.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  setup.mask = c.mask;
+  setup.softmax_scale = static_cast<float>(c.scale);
+  BwdHostCase h;
+  make_bwd_host_case(h, shape, setup, c.given_delta, seed);
   HostTensor expect[3], nexpect[3];
   for (int i = 0; i < 3; ++i) {
-    expect[i] = c.accumulate ? sum_f64(pre[i], ref[i]) : ref[i];
-    nexpect[i] = c.accumulate ? sum_f64(pre[i], nai[i]) : nai[i];
+    expect[i] = c.accumulate ? sum_f64(h.pre[i], h.ref[i]) : h.ref[i];
+    nexpect[i] = c.accumulate ? sum_f64(h.pre[i], h.nai[i]) : h.nai[i];
   }
 
-  DeviceTensor dq_(q), dk_(k), dv_(v), ddo(dout), dov(o);
-  DeviceArray<float> d_lse(lse);
-  std::unique_ptr<DeviceArray<float>> d_delta;
-  if (c.given_delta) d_delta.reset(new DeviceArray<float>(delta));
-
+  const BwdDeviceInputs d(h);
   const bool hopper_here = on_hopper_device();
   for (int pass = 0; pass < 2; ++pass) {
     const bool allow_hopper = pass == 0;
     const char* kernel = allow_hopper ? "hopper" : "mma.sync";
     HostTensor out[3];
-    make_grad_tensors(out, gdt, q.view, k.view, hp, rp);
-    for (int i = 0; i < 3; ++i) {
-      if (c.accumulate)
-        copy_values(out[i], pre[i]);
-      else
-        fill_nan(out[i]);
-    }
+    make_grad_outputs(out, h, shape, gdt, c.accumulate);
     DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
-    AttnBwdParams gb = device_bwd_params(hf, dq_, dk_, dv_, dov, d_lse.ptr, ddo, dgrad);
-    gb.accumulate = c.accumulate;
-    gb.delta = c.given_delta ? d_delta->ptr : nullptr;
+    const AttnBwdParams gb = d.params(h, dgrad, c.accumulate);
     // On an H100 / H200 with the sm_90a build every case of this file must take the Hopper kernel.
     if (allow_hopper && !hopper_bwd_takes(gb, hopper_here, "  [hopper] not supported on this device: skipped\n"))
       continue;
@@ -131,15 +96,13 @@ void run_case(const HCase& c, uint64_t seed) {
       const std::string label = std::string(kernel) + " " + names[i];
       const std::string print_label = std::string("[") + kernel + "] " + names[i];
       expect_grad_within_2x_naive(label + " gpu", print_label.c_str(), "gpu ", compare(out[i].view, expect[i].view),
-                                  compare(nexpect[i].view, expect[i].view), rms_of(ref[i]));
+                                  compare(nexpect[i].view, expect[i].view), rms_of(h.ref[i]));
     }
   }
 }
 
-#define RUN_CASE(c)                                                                      \
-  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
-  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));                     \
+#define RUN_CASE(c)     \
+  DISTATTN_LINE_SEED(); \
   run_case(c, seed)
 
 // Zigzag shard of a ring over `ranks` ranks: rank r holds chunks r and 2 ranks - 1 - r of length `chunk`.

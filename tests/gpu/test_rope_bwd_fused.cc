@@ -39,19 +39,19 @@
 namespace distattn {
 namespace {
 
+using testing::BwdDeviceInputs;
+using testing::BwdHostCase;
+using testing::BwdShape;
 using testing::compare;
-using testing::device_bwd_params;
 using testing::DeviceArray;
 using testing::DeviceTensor;
 using testing::ErrorStats;
 using testing::fill_nan;
 using testing::fill_normal;
-using testing::fill_normal_each;
 using testing::hopper_bwd_takes;
-using testing::host_backward_refs;
-using testing::host_forward_rounded;
 using testing::HostTensor;
-using testing::make_grad_tensors;
+using testing::make_bwd_host_case;
+using testing::make_grad_outputs;
 using testing::on_hopper_device;
 using testing::test_seed;
 
@@ -117,28 +117,21 @@ RopeParams inverse_params(const TensorView& t, const PositionMap& pos, const RCa
 void run_case(const RCase& c, uint64_t seed) {
   const DType gdt = c.grads_fp32 ? DType::kFloat32 : c.dtype;
   const int64_t D = c.D;
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, D), k(c.dtype, c.B, c.Skv, c.Hkv, D), v(c.dtype, c.B, c.Skv, c.Hkv, D),
-      dout(c.dtype, c.B, c.Sq, c.Hq, D), o(c.dtype, c.B, c.Sq, c.Hq, D);
-  fill_normal_each({&q, &k, &v, &dout}, seed + 1);
-  const PositionMap q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  const PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  const BwdShape shape{c.dtype, c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, D};
   const RopeFrequencies freqs = frequencies(c);
 
-  // Forward on the host in fp64 (O rounded to the dtype): the O and LSE the backward is given.
-  AttnParams hf;
-  hf.q = q.view, hf.k = k.view, hf.v = v.view;
-  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
-  hf.mask = c.mask;
-  std::vector<float> lse;
-  host_forward_rounded(hf, o, lse);
-
-  // Host references: fp64 backward, dq and dk rotated back in fp32 (the reference); kRoundIntermediates backward
-  // rounded to the gradient dtype and rotated back in it (the naive baseline).
-  HostTensor ref[3], nai[3];
-  AttnBwdParams hb;
-  hb.fwd = hf;
-  hb.dout = dout.view;
-  host_backward_refs(hb, ref, nai);
+  // Forward on the host in fp64 (O rounded to the dtype): the O and LSE the backward is given. Host references:
+  // fp64 backward, dq and dk rotated back in fp32 (the reference); kRoundIntermediates backward rounded to the
+  // gradient dtype and rotated back in it (the naive baseline).
+  AttnParams setup;
+  setup.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
+  setup.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  setup.mask = c.mask;
+  BwdHostCase h;
+  make_bwd_host_case(h, shape, setup, /*given_delta=*/false, seed);
+  const PositionMap &q_pos = h.hf.q_pos, &kv_pos = h.hf.kv_pos;
+  HostTensor(&ref)[3] = h.ref;
+  HostTensor(&nai)[3] = h.nai;
   for (int i = 0; i < 3; ++i) nai[i] = testing::convert(nai[i], gdt);
   for (int i = 0; i < 2; ++i) {
     const PositionMap& pos = i == 0 ? q_pos : kv_pos;
@@ -146,8 +139,7 @@ void run_case(const RCase& c, uint64_t seed) {
     rope_apply_host(inverse_params(nai[i].view, pos, c, freqs.inv_freq.data(), freqs.scale));
   }
 
-  DeviceTensor dq_in(q), dk_in(k), dv_in(v), ddo(dout), dov(o);
-  DeviceArray<float> d_lse(lse);
+  const BwdDeviceInputs d(h);
   DeviceArray<float> d_inv(freqs.inv_freq);
   RopeGradParams rg;
   rg.inv_freq = d_inv.ptr;
@@ -165,10 +157,9 @@ void run_case(const RCase& c, uint64_t seed) {
     bool ran = true;
     for (int fused = 0; fused < 2 && ran; ++fused) {
       HostTensor out[3];
-      make_grad_tensors(out, gdt, q.view, k.view);
-      for (auto& t : out) fill_nan(t);
+      make_grad_outputs(out, h, shape, gdt, /*accumulate=*/false);
       DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
-      AttnBwdParams gb = device_bwd_params(hf, dq_in, dk_in, dv_in, dov, d_lse.ptr, ddo, dgrad);
+      AttnBwdParams gb = d.params(h, dgrad, /*accumulate=*/false);
       gb.rope_grad = fused ? &rg : nullptr;
       // On an H100 / H200 (sm_90a build) every D = 128 case here must take the Hopper kernel.
       if (allow_hopper && !hopper_bwd_takes(gb, hopper_here && D == 128,
@@ -216,10 +207,8 @@ void run_case(const RCase& c, uint64_t seed) {
   }
 }
 
-#define RUN_CASE(c)                                                                      \
-  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
-  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));                     \
+#define RUN_CASE(c)     \
+  DISTATTN_LINE_SEED(); \
   run_case(c, seed)
 
 // One kv tile (Skv <= 128): dq deterministic, so all three gradients are compared bit for bit.
