@@ -126,7 +126,9 @@ bool hopper_bwd_takes(const AttnBwdParams& gb, bool must_take, const char* skip_
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
   const bool supported = flash_bwd_hopper_supported(gb, device);
-  if (must_take) EXPECT_TRUE(supported) << "the Hopper backward refused a case it should take";
+  if (must_take) {
+    EXPECT_TRUE(supported) << "the Hopper backward refused a case it should take";
+  }
   if (!supported) std::printf("%s", skip_line);
   return supported;
 }

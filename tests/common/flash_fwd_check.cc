@@ -44,9 +44,13 @@ void expect_fwd_within_2x_naive(const TensorView& o, const std::vector<float>& l
                l_naive.str());
   EXPECT_EQ(e_gpu.non_finite, 0);
   EXPECT_EQ(l_gpu.non_finite, 0);
-  if (o_rel_l2) EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kFwdSlack);
+  if (o_rel_l2) {
+    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kFwdSlack);
+  }
   EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kFwdSlack);
-  if (lse_rel_l2) EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kFwdSlack);
+  if (lse_rel_l2) {
+    EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kFwdSlack);
+  }
   EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kFwdSlack);
 }
 
