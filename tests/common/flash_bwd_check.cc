@@ -77,6 +77,14 @@ AttnBwdParams device_bwd_params(const AttnParams& hf, const DeviceTensor& q, con
   return gb;
 }
 
+AttnParams case_setup(const PositionMap& q_pos, const PositionMap& kv_pos, int64_t Sq, int64_t Skv, const Mask& mask) {
+  AttnParams p;
+  p.q_pos = q_pos.num_chunks ? q_pos : PositionMap::contiguous(0, Sq);
+  p.kv_pos = kv_pos.num_chunks ? kv_pos : PositionMap::contiguous(0, Skv);
+  p.mask = mask;
+  return p;
+}
+
 void make_bwd_host_case(BwdHostCase& h, const BwdShape& s, const AttnParams& setup, bool given_delta, uint64_t seed) {
   const int64_t hp = s.head_pad, rp = s.row_pad;
   h.q = HostTensor(s.dtype, s.B, s.Sq, s.Hq, s.D, hp, rp);

@@ -49,6 +49,10 @@ AttnBwdParams device_bwd_params(const AttnParams& hf, const DeviceTensor& q, con
                                 const DeviceTensor& v, const DeviceTensor& o, float* lse, const DeviceTensor& dout,
                                 const DeviceTensor (&grads)[3]);
 
+// The setup of a case (AttnParams without tensors): q_pos and kv_pos as given, or contiguous from 0 over Sq / Skv rows
+// when they have no chunk, and the mask.
+AttnParams case_setup(const PositionMap& q_pos, const PositionMap& kv_pos, int64_t Sq, int64_t Skv, const Mask& mask);
+
 // Shapes of a backward case: q, dO, O [B, Sq, Hq, D], k, v [B, Skv, Hkv, D], every tensor with the given padding.
 struct BwdShape {
   DType dtype = DType::kBFloat16;    // q, k, v, dO

@@ -35,6 +35,7 @@ namespace {
 using testing::BwdDeviceInputs;
 using testing::BwdHostCase;
 using testing::BwdShape;
+using testing::case_setup;
 using testing::compare;
 using testing::DeviceArray;
 using testing::DeviceTensor;
@@ -85,10 +86,7 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
 
   // Host forward in fp64 (written to an fp32 O, the widest the host engine takes for 16-bit inputs;
   // rounded to O's dtype afterwards) and LSE; the fp64 and the naive (rounded intermediates) host backward.
-  AttnParams setup;
-  setup.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  setup.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
-  setup.mask = c.mask;
+  AttnParams setup = case_setup(c.q_pos, c.kv_pos, c.Sq, c.Skv, c.mask);
   if (blocks) setup.mask.blocks = &blocks->host_view;
   setup.alibi_slopes = c.alibi ? slopes.data() : nullptr;
   setup.softmax_scale = static_cast<float>(c.scale);

@@ -34,6 +34,7 @@ namespace {
 using testing::BwdDeviceInputs;
 using testing::BwdHostCase;
 using testing::BwdShape;
+using testing::case_setup;
 using testing::compare;
 using testing::DeviceArray;
 using testing::DeviceTensor;
@@ -61,10 +62,7 @@ constexpr int64_t kD = 128;
 void run_case(const HCase& c, uint64_t seed) {
   const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
   const BwdShape shape{c.dtype, c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, kD, c.head_pad, c.row_pad};
-  AttnParams setup;
-  setup.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  setup.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
-  setup.mask = c.mask;
+  AttnParams setup = case_setup(c.q_pos, c.kv_pos, c.Sq, c.Skv, c.mask);
   setup.softmax_scale = static_cast<float>(c.scale);
   BwdHostCase h;
   make_bwd_host_case(h, shape, setup, c.given_delta, seed);

@@ -42,6 +42,7 @@ namespace {
 using testing::BwdDeviceInputs;
 using testing::BwdHostCase;
 using testing::BwdShape;
+using testing::case_setup;
 using testing::compare;
 using testing::DeviceArray;
 using testing::DeviceTensor;
@@ -123,10 +124,7 @@ void run_case(const RCase& c, uint64_t seed) {
   // Forward on the host in fp64 (O rounded to the dtype): the O and LSE the backward is given. Host references:
   // fp64 backward, dq and dk rotated back in fp32 (the reference); kRoundIntermediates backward rounded to the
   // gradient dtype and rotated back in it (the naive baseline).
-  AttnParams setup;
-  setup.q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  setup.kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
-  setup.mask = c.mask;
+  AttnParams setup = case_setup(c.q_pos, c.kv_pos, c.Sq, c.Skv, c.mask);
   BwdHostCase h;
   make_bwd_host_case(h, shape, setup, /*given_delta=*/false, seed);
   const PositionMap &q_pos = h.hf.q_pos, &kv_pos = h.hf.kv_pos;
