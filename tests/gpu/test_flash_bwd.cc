@@ -30,24 +30,8 @@
 #include "test_util.h"
 
 namespace distattn {
+namespace testing {
 namespace {
-
-using testing::BwdDeviceInputs;
-using testing::BwdHostCase;
-using testing::BwdShape;
-using testing::case_setup;
-using testing::compare;
-using testing::DeviceArray;
-using testing::DeviceTensor;
-using testing::ErrorStats;
-using testing::expect_grad_within_2x_naive;
-using testing::fill_nan;
-using testing::fill_normal;
-using testing::HandBlockList;
-using testing::HostTensor;
-using testing::make_bwd_host_case;
-using testing::make_grad_outputs;
-using testing::test_seed;
 
 struct BwdCase {
   DType dtype = DType::kBFloat16;
@@ -632,4 +616,5 @@ TEST(FlashBwdBadInput, HostLse) {
 }
 
 }  // namespace
+}  // namespace testing
 }  // namespace distattn

@@ -29,20 +29,8 @@
 #include "test_util.h"
 
 namespace distattn {
+namespace testing {
 namespace {
-
-using testing::BwdDeviceInputs;
-using testing::BwdHostCase;
-using testing::BwdShape;
-using testing::case_setup;
-using testing::compare;
-using testing::DeviceArray;
-using testing::DeviceTensor;
-using testing::hopper_bwd_takes;
-using testing::HostTensor;
-using testing::make_bwd_host_case;
-using testing::make_grad_outputs;
-using testing::on_hopper_device;
 
 struct HCase {
   DType dtype = DType::kBFloat16;
@@ -290,4 +278,5 @@ TEST(FlashBwdHopper, SupportedRefusesAlibiBlocksHdim64AndUnalignedChunks) {
 }
 
 }  // namespace
+}  // namespace testing
 }  // namespace distattn

@@ -37,24 +37,8 @@
 #include "test_util.h"
 
 namespace distattn {
+namespace testing {
 namespace {
-
-using testing::BwdDeviceInputs;
-using testing::BwdHostCase;
-using testing::BwdShape;
-using testing::case_setup;
-using testing::compare;
-using testing::DeviceArray;
-using testing::DeviceTensor;
-using testing::ErrorStats;
-using testing::fill_nan;
-using testing::fill_normal;
-using testing::hopper_bwd_takes;
-using testing::HostTensor;
-using testing::make_bwd_host_case;
-using testing::make_grad_outputs;
-using testing::on_hopper_device;
-using testing::test_seed;
 
 struct RCase {
   DType dtype = DType::kBFloat16;
@@ -440,4 +424,5 @@ TEST(RopeBwdFused, BadInputThrowsAndWritesNothing) {
 }
 
 }  // namespace
+}  // namespace testing
 }  // namespace distattn
