@@ -1,7 +1,12 @@
 #include "flash_fwd_check.h"
 
-#include <cstring>
+#include <cuda_runtime_api.h>
 
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "distattn/core/check_cuda.h"
 #include "distattn/core/host_engine.h"
 
 namespace distattn {
@@ -72,6 +77,22 @@ void for_kv_parts(const AttnParams& base, const std::vector<int64_t>& cuts, cons
     p.accumulate = true;
     call(p);
   }
+}
+
+FwdOutputs accumulate_kv_parts(const HostTensor& q, const HostTensor& k, const HostTensor& v, HostTensor acc_start,
+                               const AttnParams& setup, const std::vector<int64_t>& cuts,
+                               const std::vector<PositionMap>& kv_pos,
+                               const std::function<void(const AttnParams&)>& call) {
+  const TensorView& qv = q.view;
+  DeviceTensor dq(q), dk(k), dv(v), d_acc(acc_start);
+  DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(qv.batch() * qv.heads() * qv.seqlen()),
+                                              -std::numeric_limits<float>::infinity()));
+  AttnParams base = setup;
+  base.q = dq.view(), base.k = dk.view(), base.v = dv.view(), base.o = d_acc.view(), base.lse = d_lse.ptr;
+  for_kv_parts(base, cuts, kv_pos, call);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_acc.download(acc_start);
+  return FwdOutputs{std::move(acc_start), d_lse.download()};
 }
 
 }  // namespace testing

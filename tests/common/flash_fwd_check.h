@@ -60,5 +60,14 @@ void expect_same_bits(const FwdOutputs& a, const FwdOutputs& b, const std::strin
 void for_kv_parts(const AttnParams& base, const std::vector<int64_t>& cuts, const std::vector<PositionMap>& kv_pos,
                   const std::function<void(const AttnParams&)>& call);
 
+// Accumulate-mode calls over kv parts (for_kv_parts) into an fp32 accumulator O [B, Sq, Hq, D] that starts as
+// `acc_start` (uploaded; e.g. zeros) with a running LSE [B, Hq, Sq] that starts at -inf: device copies of q, k, v;
+// `setup` gives q_pos, mask, ALiBi (device memory) and the rest of the params; after the calls the device is
+// synchronized and O and LSE are downloaded.
+FwdOutputs accumulate_kv_parts(const HostTensor& q, const HostTensor& k, const HostTensor& v, HostTensor acc_start,
+                               const AttnParams& setup, const std::vector<int64_t>& cuts,
+                               const std::vector<PositionMap>& kv_pos,
+                               const std::function<void(const AttnParams&)>& call);
+
 }  // namespace testing
 }  // namespace distattn

@@ -511,19 +511,13 @@ TEST(FlashForward, AccumulateTwoHalves) {
     ref.alibi_slopes = slopes.data();
     const testing::FwdReference r = testing::host_forward_reference(ref, DType::kBFloat16);
 
-    DeviceTensor dq(q), dk(k), dv(v);
     DeviceArray<float> d_slopes(slopes);
-    HostTensor acc(DType::kFloat32, B, Sq, H, D);  // zeros: the accumulator's start
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), kNegInf));
-    AttnParams p;
-    p.q = dq.view(), p.k = dk.view(), p.v = dv.view(), p.o = d_acc.view(), p.lse = d_lse.ptr;
-    p.q_pos = q_pos, p.mask = Mask::make_causal(), p.alibi_slopes = d_slopes.ptr;
-    testing::for_kv_parts(p, {0, half, Skv}, {},
-                          [](const AttnParams& part) { flash_attention_forward(part, nullptr); });
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    testing::expect_fwd_within_2x_naive(acc.view, d_lse.download(), r, /*o_rel_l2=*/true, /*lse_rel_l2=*/false, "gpu");
+    AttnParams setup;
+    setup.q_pos = q_pos, setup.mask = Mask::make_causal(), setup.alibi_slopes = d_slopes.ptr;
+    const HostTensor zeros(DType::kFloat32, B, Sq, H, D);  // the accumulator's start
+    const Outputs acc = testing::accumulate_kv_parts(q, k, v, zeros, setup, {0, half, Skv}, {},
+                                                     [](const AttnParams& p) { flash_attention_forward(p, nullptr); });
+    testing::expect_fwd_within_2x_naive(acc.o.view, acc.lse, r, /*o_rel_l2=*/true, /*lse_rel_l2=*/false, "gpu");
   }
 }
 

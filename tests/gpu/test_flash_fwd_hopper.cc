@@ -332,18 +332,13 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
 
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    AttnParams setup;
+    setup.q_pos = q_pos, setup.mask = Mask::make_causal();
+    const HostTensor zeros(DType::kFloat32, B, Sq, Hq, D);  // the accumulator's start
+    const Outputs acc = testing::accumulate_kv_parts(q, k, v, zeros, setup, {0, half, Skv}, {},
+                                                     [&](const AttnParams& p) { hopper_call(p, device); });
+    expect_within_2x_naive(acc.o.view, acc.lse, r);
     DeviceTensor dq(q), dk(k), dv(v);
-    HostTensor acc(DType::kFloat32, B, Sq, Hq, D);  // zeros: the accumulator's start
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
-    AttnParams base;
-    base.q = dq.view(), base.k = dk.view(), base.v = dv.view(), base.o = d_acc.view(), base.lse = d_lse.ptr;
-    base.q_pos = q_pos, base.mask = Mask::make_causal();
-    testing::for_kv_parts(base, {0, half, Skv}, {}, [&](const AttnParams& p) { hopper_call(p, device); });
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    const std::vector<float> lse = d_lse.download();
-    expect_within_2x_naive(acc.view, lse, r);
 
     // Plain mode, fp32 o (poisoned), lse written.
     HostTensor o32(DType::kFloat32, B, Sq, Hq, D);
@@ -483,19 +478,12 @@ TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
 
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-    DeviceTensor dq(q), dk(k), dv(v);
-    HostTensor acc(DType::kFloat32, B, Sq, Hq, D);  // zeros: the accumulator's start
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
-    AttnParams base;
-    base.q = dq.view(), base.k = dk.view(), base.v = dv.view(), base.o = d_acc.view(), base.lse = d_lse.ptr;
-    base.q_pos = q_pos, base.mask = Mask::make_causal(), base.alibi_slopes = alibi ? d_slopes.ptr : nullptr;
-    testing::for_kv_parts(base, {0, 2 * C, 4 * C}, {kv_step[0], kv_step[1]},
-                          [&](const AttnParams& p) { hopper_call(p, device); });
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    const std::vector<float> lse = d_lse.download();
-    expect_within_2x_naive(acc.view, lse, r);
+    AttnParams setup;
+    setup.q_pos = q_pos, setup.mask = Mask::make_causal(), setup.alibi_slopes = alibi ? d_slopes.ptr : nullptr;
+    const HostTensor zeros(DType::kFloat32, B, Sq, Hq, D);  // the accumulator's start
+    const Outputs acc = testing::accumulate_kv_parts(q, k, v, zeros, setup, {0, 2 * C, 4 * C}, {kv_step[0], kv_step[1]},
+                                                     [&](const AttnParams& p) { hopper_call(p, device); });
+    expect_within_2x_naive(acc.o.view, acc.lse, r);
   }
 }
 
@@ -714,21 +702,15 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
 
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-  DeviceTensor dq(q), dk(k), dv(v);
   auto run = [&](int ctas) {
     GridOverride grid(ctas);
     HostTensor acc(DType::kFloat32, B, Sq, Hq, D);
     testing::fill_normal(acc, seed + 7);  // overwritten: the first call's lse is -inf everywhere
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
-    AttnParams base;
-    base.q = dq.view(), base.k = dk.view(), base.v = dv.view(), base.o = d_acc.view(), base.lse = d_lse.ptr;
-    base.q_pos = PositionMap::contiguous(0, Sq), base.mask = Mask::make_causal();
+    AttnParams setup;
+    setup.q_pos = PositionMap::contiguous(0, Sq), setup.mask = Mask::make_causal();
     // Tile-aligned thirds of unequal length.
-    testing::for_kv_parts(base, {0, 128, 384, Skv}, {}, [&](const AttnParams& p) { hopper_call(p, device); });
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    return Outputs{std::move(acc), d_lse.download()};
+    return testing::accumulate_kv_parts(q, k, v, acc, setup, {0, 128, 384, Skv}, {},
+                                        [&](const AttnParams& p) { hopper_call(p, device); });
   };
   const Outputs automatic = run(-1);
   expect_within_2x_naive(automatic.o.view, automatic.lse, r);
