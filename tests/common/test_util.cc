@@ -45,6 +45,11 @@ void fill_normal(HostTensor& t, uint64_t seed, double stddev) {
   for (int64_t i = 0; i < n; ++i) store_from_double(t.view.data, i, t.view.dtype, dist(gen));
 }
 
+void fill_normal_each(std::initializer_list<HostTensor*> tensors, uint64_t first_seed, double stddev) {
+  uint64_t seed = first_seed;
+  for (HostTensor* t : tensors) fill_normal(*t, seed++, stddev);
+}
+
 void fill_nan(HostTensor& t) {
   const int64_t n = static_cast<int64_t>(t.storage.size() / dtype_size(t.view.dtype));
   for (int64_t i = 0; i < n; ++i) store_from_double(t.view.data, i, t.view.dtype, std::nan(""));

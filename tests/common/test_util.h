@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,8 @@ struct HostTensor {
 
 // Normal(0, stddev) values rounded to the tensor's dtype (every element, padding included).
 void fill_normal(HostTensor& t, uint64_t seed, double stddev = 1.0);
+// fill_normal on each tensor in turn, the i-th (from 0) with seed first_seed + i.
+void fill_normal_each(std::initializer_list<HostTensor*> tensors, uint64_t first_seed, double stddev = 1.0);
 // Every byte of storage set so that each element reads NaN (poison before a run).
 void fill_nan(HostTensor& t);
 // Converts to another dtype / packed layout (values rounded to the new dtype).

@@ -20,6 +20,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/dilated/dilated_attention.h"
+#include "flash_bwd_check.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -73,14 +74,51 @@ CaseInputs make_inputs(const GpuCase& c) {
   return in;
 }
 
+// ALiBi slopes 2^(-8 (h + 1) / Hq) into the inputs' config.
+void add_alibi_slopes(CaseInputs& in, const GpuCase& c) {
+  for (int64_t h = 0; h < c.Hq; ++h) in.cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
+}
+
+// gpu.forward on the device inputs into o (the case's dtype and padding) and lse [B, Hq, S], both poisoned with NaN
+// first and downloaded after the device is synchronized.
+void forward_poisoned(DilatedAttention& gpu, const GpuCase& c, const DeviceTensor& q, const DeviceTensor& k,
+                      const DeviceTensor& v, HostTensor& o, std::vector<float>& lse) {
+  o = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  fill_nan(o);
+  DeviceTensor d_o(o);
+  DeviceArray<float> d_lse(std::vector<float>(c.B * c.Hq * c.S, std::nanf("")));
+  gpu.forward(q.view(), k.view(), v.view(), d_o.view(), d_lse.ptr, nullptr);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  d_o.download(o);
+  lse = d_lse.download();
+}
+
+// gpu.backward fed o_in and lse_in into dq, dk, dv (the case's dtype and padding), poisoned with NaN first and
+// downloaded after the device is synchronized.
+void backward_poisoned(DilatedAttention& gpu, const GpuCase& c, const DeviceTensor& q, const DeviceTensor& k,
+                       const DeviceTensor& v, const HostTensor& o_in, const std::vector<float>& lse_in,
+                       const DeviceTensor& dout, HostTensor (&g)[3]) {
+  DeviceTensor d_oin(o_in);
+  DeviceArray<float> d_lse_in(lse_in);
+  g[0] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
+  g[1] = HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+  g[2] = HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
+  for (HostTensor& t : g) fill_nan(t);
+  DeviceTensor g0(g[0]), g1(g[1]), g2(g[2]);
+  gpu.backward(q.view(), k.view(), v.view(), d_oin.view(), d_lse_in.ptr, dout.view(), g0.view(), g1.view(), g2.view(),
+               nullptr);
+  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+  g0.download(g[0]);
+  g1.download(g[1]);
+  g2.download(g[2]);
+}
+
 void run_case(const GpuCase& c) {
   DISTATTN_REQUIRE_GPU();
   CaseInputs in = make_inputs(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
-  DilatedConfig& cfg = in.cfg;
-  if (c.alibi) {
-    for (int64_t h = 0; h < c.Hq; ++h) cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
-  }
+  if (c.alibi) add_alibi_slopes(in, c);
+  const DilatedConfig& cfg = in.cfg;
   DilatedConfig naive_cfg = cfg;
   naive_cfg.host_precision = HostPrecision::kRoundIntermediates;
 
@@ -94,19 +132,14 @@ void run_case(const GpuCase& c) {
   dilated_attention_forward(naive_cfg, q.view, k.view, v.view, o_naive.view, lse_naive.data(), Device::kHost);
 
   DeviceTensor dq_in(q), dk_in(k), dv_in(v), ddout(dout);
-  HostTensor o_gpu(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-  fill_nan(o_gpu);
-  DeviceTensor d_o(o_gpu);
-  DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
   DilatedAttention gpu(cfg, Device::kCuda);
   gpu.set_fold_classes(c.fold_classes);
   gpu.set_concurrent_calls(c.concurrent);
   gpu.set_fused_final(c.fused);
   gpu.set_head_chains(c.head_chains);
-  gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
-  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-  d_o.download(o_gpu);
-  const std::vector<float> lse_gpu = d_lse.download();
+  HostTensor o_gpu;
+  std::vector<float> lse_gpu;
+  forward_poisoned(gpu, c, dq_in, dk_in, dv_in, o_gpu, lse_gpu);
   {
     const ErrorStats e = compare(o_gpu.view, o64.view), en = compare(o_naive.view, o64.view);
     const std::vector<double> ref(lse64.begin(), lse64.end());
@@ -138,30 +171,15 @@ void run_case(const GpuCase& c) {
                              ref[2].view, Device::kHost);
   dilated_attention_backward(naive_cfg, q.view, k.view, v.view, o_in.view, lse64.data(), dout.view, nai[0].view,
                              nai[1].view, nai[2].view, Device::kHost);
-  HostTensor out[3] = {HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad),
-                       HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad),
-                       HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad)};
-  for (HostTensor& t : out) fill_nan(t);
-  DeviceTensor d_oin(o_in), g0(out[0]), g1(out[1]), g2(out[2]);
-  DeviceArray<float> d_lse64(lse64);
-  gpu.backward(dq_in.view(), dk_in.view(), dv_in.view(), d_oin.view(), d_lse64.ptr, ddout.view(), g0.view(), g1.view(),
-               g2.view(), nullptr);
-  DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-  g0.download(out[0]);
-  g1.download(out[1]);
-  g2.download(out[2]);
+  HostTensor out[3];
+  backward_poisoned(gpu, c, dq_in, dk_in, dv_in, o_in, lse64, ddout, out);
   const char* names[3] = {"dq", "dk", "dv"};
   for (int i = 0; i < 3; ++i) {
-    const ErrorStats e = compare(out[i].view, ref[i].view), en = compare(nai[i].view, ref[i].view);
     const double r = rms_of(ref[i]);
-    SCOPED_TRACE(std::string(names[i]) + " gpu " + e.str() + " | naive " + en.str() + " | ref rms " +
-                 std::to_string(r));
-    std::printf("  %s %s: gpu max %.3g rmse %.3g | naive max %.3g rmse %.3g | ref rms %.3g\n", c.name.c_str(), names[i],
-                e.max_abs, e.rmse, en.max_abs, en.rmse, r);
-    EXPECT_GT(r, 0.0);
-    EXPECT_EQ(e.non_finite, 0);
-    EXPECT_LE(e.max_abs, 2 * en.max_abs + 1e-2 * r + 1e-6);
-    EXPECT_LE(e.rmse, 2 * en.rmse + 2e-3 * r + 1e-7);
+    EXPECT_GT(r, 0.0) << names[i];
+    const std::string print_label = c.name + " " + names[i];
+    testing::expect_grad_within_2x_naive(std::string(names[i]) + " gpu", print_label.c_str(), "gpu ",
+                                         compare(out[i].view, ref[i].view), compare(nai[i].view, ref[i].view), r);
   }
 }
 
@@ -250,7 +268,6 @@ void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
   const DilatedConfig& cfg = in.cfg;
   const HostTensor &q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
-  const int64_t n_lse = c.B * c.Hq * c.S;
   DeviceTensor dq_in(q), dk_in(k), dv_in(v), ddout(dout);
   struct Result {
     HostTensor o, g[3];
@@ -259,35 +276,17 @@ void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
   Result res[2];
   for (int direct = 0; direct < 2; ++direct) {
     Result& r = res[direct];
-    r.o = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-    fill_nan(r.o);
-    DeviceTensor d_o(r.o);
-    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
     DilatedAttention gpu(cfg, Device::kCuda);
     gpu.set_fused_final(c.fused);
     gpu.set_direct_lse(direct != 0);
     gpu.set_strided_lse(false);  // rates > 1 through the compacted LSE and its moves (check_strided_lse_bits: strided)
     gpu.set_fuse_lse_moves(direct != 0);
     gpu.set_fold_segments(fold_segments);
-    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_o.download(r.o);
-    r.lse = d_lse.download();
+    forward_poisoned(gpu, c, dq_in, dk_in, dv_in, r.o, r.lse);
     // Both backward runs are fed the compacted run's forward output (same o, lse inputs).
     const Result& fwd = res[0];
-    DeviceTensor d_oin(direct != 0 ? fwd.o : r.o);
-    DeviceArray<float> d_lse_in(direct != 0 ? fwd.lse : r.lse);
-    r.g[0] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-    r.g[1] = HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
-    r.g[2] = HostTensor(c.dtype, c.B, c.S, c.Hkv, c.D, c.head_pad, c.row_pad);
-    for (HostTensor& t : r.g) fill_nan(t);
-    DeviceTensor g0(r.g[0]), g1(r.g[1]), g2(r.g[2]);
-    gpu.backward(dq_in.view(), dk_in.view(), dv_in.view(), d_oin.view(), d_lse_in.ptr, ddout.view(), g0.view(),
-                 g1.view(), g2.view(), nullptr);
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    g0.download(r.g[0]);
-    g1.download(r.g[1]);
-    g2.download(r.g[2]);
+    backward_poisoned(gpu, c, dq_in, dk_in, dv_in, direct != 0 ? fwd.o : r.o, direct != 0 ? fwd.lse : r.lse, ddout,
+                      r.g);
   }
   // Not vacuous: the outputs were written (finite somewhere; NaN poison otherwise) and differ from the inputs' poison.
   const ErrorStats self = compare(res[1].o.view, res[1].o.view);
@@ -333,23 +332,15 @@ void expect_forward_same_bits(const GpuCase& c, const std::function<void(Dilated
   DISTATTN_REQUIRE_GPU();
   CaseInputs in = make_inputs(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(in.seed));
-  if (c.alibi)
-    for (int64_t h = 0; h < c.Hq; ++h) in.cfg.alibi_slopes.push_back(std::pow(2.0f, -8.0f * (h + 1) / float(c.Hq)));
+  if (c.alibi) add_alibi_slopes(in, c);
   const int64_t n_lse = c.B * c.Hq * c.S;
   DeviceTensor dq_in(in.q), dk_in(in.k), dv_in(in.v);
   HostTensor o[2];
   std::vector<float> lse[2];
   for (int variant = 0; variant < 2; ++variant) {
-    o[variant] = HostTensor(c.dtype, c.B, c.S, c.Hq, c.D, c.head_pad, c.row_pad);
-    fill_nan(o[variant]);
-    DeviceTensor d_o(o[variant]);
-    DeviceArray<float> d_lse(std::vector<float>(n_lse, std::nanf("")));
     DilatedAttention gpu(in.cfg, Device::kCuda);
     configure(gpu, variant);
-    gpu.forward(dq_in.view(), dk_in.view(), dv_in.view(), d_o.view(), d_lse.ptr, nullptr);
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_o.download(o[variant]);
-    lse[variant] = d_lse.download();
+    forward_poisoned(gpu, c, dq_in, dk_in, dv_in, o[variant], lse[variant]);
   }
   EXPECT_EQ(compare(o[1].view, o[1].view).non_finite, 0);
   EXPECT_EQ(compare_flat(lse[1].data(), std::vector<double>(lse[1].begin(), lse[1].end()).data(), n_lse).non_finite, 0);
@@ -381,15 +372,21 @@ void check_head_chain_bits(const GpuCase& c, bool direct_lse = true, bool concur
       "one chain and two head chains");
 }
 
-TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
-  GpuCase c{"head_chains_longnet_b2"};
+// LongNet-like causal: D = 128, S = 1024, 8 heads, ragged rates 2, 4, 6 with the rate-1 pattern last (fused final).
+GpuCase longnet_ragged_case(const std::string& name) {
+  GpuCase c{name};
   c.causal = true;
   c.D = 128;
-  c.B = 2;
   c.S = 1024;
   c.Hq = c.Hkv = 8;
   c.ragged = true;
   c.patterns = {{256, 2}, {512, 4}, {1024, 6}, {128, 1}};
+  return c;
+}
+
+TEST(DilatedGpu, HeadChainsSameBitsAsOneChain) {
+  GpuCase c = longnet_ragged_case("head_chains_longnet_b2");
+  c.B = 2;
   check_head_chain_bits(c);
   GpuCase d = c;
   d.name = "head_chains_fused_off";
@@ -432,13 +429,7 @@ void check_strided_lse_bits(const GpuCase& c, bool fold_segments = true) {
 }
 
 TEST(DilatedGpu, StridedLseSameBitsAsCompacted) {
-  GpuCase c{"strided_lse_longnet_chains"};
-  c.causal = true;
-  c.D = 128;
-  c.S = 1024;
-  c.Hq = c.Hkv = 8;
-  c.ragged = true;
-  c.patterns = {{256, 2}, {512, 4}, {1024, 6}, {128, 1}};
+  GpuCase c = longnet_ragged_case("strided_lse_longnet_chains");
   check_strided_lse_bits(c);
   GpuCase d = c;
   d.name = "strided_lse_one_chain";

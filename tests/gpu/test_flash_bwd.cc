@@ -25,21 +25,13 @@
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_bwd_check.h"
 #include "hand_block_list.h"
 #include "test_util.h"
 
 namespace distattn {
+namespace testing {
 namespace {
-
-using testing::compare;
-using testing::DeviceArray;
-using testing::DeviceTensor;
-using testing::ErrorStats;
-using testing::fill_nan;
-using testing::fill_normal;
-using testing::HandBlockList;
-using testing::HostTensor;
-using testing::test_seed;
 
 struct BwdCase {
   DType dtype = DType::kBFloat16;
@@ -67,17 +59,8 @@ struct BwdResult {
 
 BwdResult run_case(const BwdCase& c, uint64_t seed) {
   const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
-  const int64_t hp = c.head_pad, rp = c.row_pad;
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp), k(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp),
-      v(c.dtype, c.B, c.Skv, c.Hkv, c.D, hp, rp), dout(c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp),
-      o(c.o_fp32 ? DType::kFloat32 : c.dtype, c.B, c.Sq, c.Hq, c.D, hp, rp);
-  fill_normal(q, seed + 1);
-  fill_normal(k, seed + 2);
-  fill_normal(v, seed + 3);
-  fill_normal(dout, seed + 4);
-
-  PositionMap q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  const BwdShape shape{c.dtype,  c.o_fp32 ? DType::kFloat32 : c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, c.D, c.head_pad,
+                       c.row_pad};
   std::vector<float> slopes;
   if (c.alibi) {
     for (int64_t h = 0; h < c.Hq; ++h) slopes.push_back(std::pow(2.f, -c.slope_step * static_cast<float>(h + 1)));
@@ -86,90 +69,34 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   if (!c.blocks.empty()) blocks = std::make_unique<HandBlockList>(HandBlockList::from_states(c.blocks));
 
   // Host forward in fp64 (written to an fp32 O, the widest the host engine takes for 16-bit inputs;
-  // rounded to the dtype afterwards) and LSE.
-  AttnParams hf;
-  hf.q = q.view, hf.k = k.view, hf.v = v.view;
-  HostTensor o32(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
-  hf.o = o32.view;
-  std::vector<float> lse(static_cast<size_t>(c.B * c.Hq * c.Sq), 0.f);
-  hf.lse = lse.data();
-  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
-  hf.mask = c.mask;
-  if (blocks) hf.mask.blocks = &blocks->host_view;
-  hf.alibi_slopes = c.alibi ? slopes.data() : nullptr;
-  hf.softmax_scale = static_cast<float>(c.scale);
-  host_attention_forward(hf, HostPrecision::kFloat64);
-  copy_values(o, o32);
-  hf.o = o.view;
+  // rounded to O's dtype afterwards) and LSE; the fp64 and the naive (rounded intermediates) host backward.
+  AttnParams setup = case_setup(c.q_pos, c.kv_pos, c.Sq, c.Skv, c.mask);
+  if (blocks) setup.mask.blocks = &blocks->host_view;
+  setup.alibi_slopes = c.alibi ? slopes.data() : nullptr;
+  setup.softmax_scale = static_cast<float>(c.scale);
+  BwdHostCase h;
+  make_bwd_host_case(h, shape, setup, c.given_delta, seed);
+  const HostTensor(&pre)[3] = h.pre;
+  const HostTensor(&ref)[3] = h.ref;
+  const HostTensor(&nai)[3] = h.nai;
 
   BwdResult res;
   for (int64_t b = 0; b < c.B; ++b)
-    for (int64_t h = 0; h < c.Hq; ++h)
+    for (int64_t hh = 0; hh < c.Hq; ++hh)
       for (int64_t i = 0; i < c.Sq; ++i)
-        if (std::isinf(lse[(b * c.Hq + h) * c.Sq + i])) res.rows_without_keys.push_back({b, h, i});
-
-  std::vector<float> delta;
-  if (c.given_delta) {  // rowsum(dO * O) of the rounded O, in double then fp32
-    delta.resize(lse.size());
-    for (int64_t b = 0; b < c.B; ++b)
-      for (int64_t h = 0; h < c.Hq; ++h)
-        for (int64_t i = 0; i < c.Sq; ++i) {
-          double s = 0;
-          for (int64_t d = 0; d < c.D; ++d) s += dout.get(b, i, h, d) * o.get(b, i, h, d);
-          delta[(b * c.Hq + h) * c.Sq + i] = static_cast<float>(s);
-        }
-  }
-
-  // Pre-fill of the accumulate mode (random, so "added" and "overwritten" differ).
-  HostTensor pre[3] = {HostTensor(DType::kFloat32, c.B, c.Sq, c.Hq, c.D, hp, rp),
-                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, c.D, hp, rp),
-                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, c.D, hp, rp)};
-  for (int i = 0; i < 3; ++i) fill_normal(pre[i], seed + 10 + i);
-
-  // References: fp64 and the naive (rounded intermediates) host backward, both overwriting fresh tensors.
-  HostTensor ref[3], nai[3];
-  for (int i = 0; i < 3; ++i) {
-    const bool is_q = i == 0;
-    ref[i] =
-        HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, c.D);  // fp64 math, fp32 storage
-    nai[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, c.D);
-  }
-  AttnBwdParams hb;
-  hb.fwd = hf;
-  hb.dout = dout.view;
-  hb.delta = c.given_delta ? delta.data() : nullptr;
-  hb.dq = ref[0].view, hb.dk = ref[1].view, hb.dv = ref[2].view;
-  host_attention_backward(hb, HostPrecision::kFloat64);
-  hb.dq = nai[0].view, hb.dk = nai[1].view, hb.dv = nai[2].view;
-  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
+        if (std::isinf(h.lse[(b * c.Hq + hh) * c.Sq + i])) res.rows_without_keys.push_back({b, hh, i});
 
   // GPU.
-  DeviceTensor dq_(q), dk_(k), dv_(v), ddo(dout), dov(o);
-  HostTensor out[3] = {HostTensor(gdt, c.B, c.Sq, c.Hq, c.D, hp, rp), HostTensor(gdt, c.B, c.Skv, c.Hkv, c.D, hp, rp),
-                       HostTensor(gdt, c.B, c.Skv, c.Hkv, c.D, hp, rp)};
-  for (int i = 0; i < 3; ++i) {
-    if (c.accumulate) {
-      copy_values(out[i], pre[i]);
-    } else {
-      fill_nan(out[i]);
-    }
-  }
+  const BwdDeviceInputs d(h);
+  HostTensor out[3];
+  make_grad_outputs(out, h, shape, gdt, c.accumulate);
   DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
-  DeviceArray<float> d_lse(lse);
-  std::unique_ptr<DeviceArray<float>> d_delta, d_slopes;
-  if (c.given_delta) d_delta.reset(new DeviceArray<float>(delta));
+  std::unique_ptr<DeviceArray<float>> d_slopes;
   if (c.alibi) d_slopes.reset(new DeviceArray<float>(slopes));
 
-  AttnBwdParams gb;
-  gb.fwd = hf;
-  gb.fwd.q = dq_.view(), gb.fwd.k = dk_.view(), gb.fwd.v = dv_.view(), gb.fwd.o = dov.view();
-  gb.fwd.lse = d_lse.ptr;
+  AttnBwdParams gb = d.params(h, dgrad, c.accumulate);
   gb.fwd.alibi_slopes = c.alibi ? d_slopes->ptr : nullptr;
   if (blocks) gb.fwd.mask.blocks = &blocks->device_view;
-  gb.dout = ddo.view();
-  gb.dq = dgrad[0].view(), gb.dk = dgrad[1].view(), gb.dv = dgrad[2].view();
-  gb.accumulate = c.accumulate;
-  gb.delta = c.given_delta ? d_delta->ptr : nullptr;
   detail::FlashBwdOptions opt;
   opt.alibi_cut_count = c.cut_count;
   detail::flash_attention_backward(gb, opt, 0);
@@ -190,16 +117,9 @@ BwdResult run_case(const BwdCase& c, uint64_t seed) {
   }
   // Bound check here (every case uses it): 2x the naive error + slack relative to the gradient's size.
   const char* names[3] = {"dq", "dk", "dv"};
-  for (int i = 0; i < 3; ++i) {
-    const double r = rms_of(ref[i]);
-    SCOPED_TRACE(std::string(names[i]) + " gpu: " + res.err[i].str() + " | naive: " + res.naive[i].str() +
-                 " | ref rms " + std::to_string(r));
-    EXPECT_EQ(res.err[i].non_finite, 0);
-    EXPECT_LE(res.err[i].max_abs, 2 * res.naive[i].max_abs + 1e-2 * r + 1e-6);
-    EXPECT_LE(res.err[i].rmse, 2 * res.naive[i].rmse + 2e-3 * r + 1e-7);
-    std::printf("  %s: gpu max %.3g rmse %.3g | naive max %.3g rmse %.3g | ref rms %.3g\n", names[i],
-                res.err[i].max_abs, res.err[i].rmse, res.naive[i].max_abs, res.naive[i].rmse, r);
-  }
+  for (int i = 0; i < 3; ++i)
+    expect_grad_within_2x_naive(std::string(names[i]) + " gpu", names[i], "gpu ", res.err[i], res.naive[i],
+                                rms_of(ref[i]));
   return res;
 }
 
@@ -696,4 +616,5 @@ TEST(FlashBwdBadInput, HostLse) {
 }
 
 }  // namespace
+}  // namespace testing
 }  // namespace distattn

@@ -25,19 +25,12 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_bwd_check.h"
 #include "test_util.h"
 
 namespace distattn {
+namespace testing {
 namespace {
-
-using testing::compare;
-using testing::DeviceArray;
-using testing::DeviceTensor;
-using testing::ErrorStats;
-using testing::fill_nan;
-using testing::fill_normal;
-using testing::HostTensor;
-using testing::test_seed;
 
 struct HCase {
   DType dtype = DType::kBFloat16;
@@ -53,115 +46,32 @@ struct HCase {
 
 constexpr int64_t kD = 128;
 
-bool on_hopper_device() {
-  int device = 0;
-  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  DISTATTN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  return prop.major == 9 && prop.minor == 0;
-}
-
 // Runs the case through the Hopper kernel (when supported here) and through the mma.sync kernel; checks both.
 void run_case(const HCase& c, uint64_t seed) {
   const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
-  const int64_t hp = c.head_pad, rp = c.row_pad;
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp), k(c.dtype, c.B, c.Skv, c.Hkv, kD, hp, rp),
-      v(c.dtype, c.B, c.Skv, c.Hkv, kD, hp, rp), dout(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp),
-      o(c.dtype, c.B, c.Sq, c.Hq, kD, hp, rp);
-  fill_normal(q, seed + 1);
-  fill_normal(k, seed + 2);
-  fill_normal(v, seed + 3);
-  fill_normal(dout, seed + 4);
-  const PositionMap q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  const PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
-
-  AttnParams hf;
-  hf.q = q.view, hf.k = k.view, hf.v = v.view;
-  HostTensor o32(DType::kFloat32, c.B, c.Sq, c.Hq, kD);
-  hf.o = o32.view;
-  std::vector<float> lse(static_cast<size_t>(c.B * c.Hq * c.Sq), 0.f);
-  hf.lse = lse.data();
-  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
-  hf.mask = c.mask;
-  hf.softmax_scale = static_cast<float>(c.scale);
-  host_attention_forward(hf, HostPrecision::kFloat64);
-  copy_values(o, o32);
-  hf.o = o.view;
-
-  std::vector<float> delta;
-  if (c.given_delta) {
-    delta.resize(lse.size());
-    for (int64_t b = 0; b < c.B; ++b)
-      for (int64_t h = 0; h < c.Hq; ++h)
-        for (int64_t i = 0; i < c.Sq; ++i) {
-          double s = 0;
-          for (int64_t d = 0; d < kD; ++d) s += dout.get(b, i, h, d) * o.get(b, i, h, d);
-          delta[(b * c.Hq + h) * c.Sq + i] = static_cast<float>(s);
-        }
-  }
-
-  HostTensor pre[3] = {HostTensor(DType::kFloat32, c.B, c.Sq, c.Hq, kD, hp, rp),
-                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, kD, hp, rp),
-                       HostTensor(DType::kFloat32, c.B, c.Skv, c.Hkv, kD, hp, rp)};
-  for (int i = 0; i < 3; ++i) fill_normal(pre[i], seed + 10 + i);
-
-  HostTensor ref[3], nai[3];
-  for (int i = 0; i < 3; ++i) {
-    const bool is_q = i == 0;
-    ref[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, kD);
-    nai[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, kD);
-  }
-  AttnBwdParams hb;
-  hb.fwd = hf;
-  hb.dout = dout.view;
-  hb.delta = c.given_delta ? delta.data() : nullptr;
-  hb.dq = ref[0].view, hb.dk = ref[1].view, hb.dv = ref[2].view;
-  host_attention_backward(hb, HostPrecision::kFloat64);
-  hb.dq = nai[0].view, hb.dk = nai[1].view, hb.dv = nai[2].view;
-  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
+  const BwdShape shape{c.dtype, c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, kD, c.head_pad, c.row_pad};
+  AttnParams setup = case_setup(c.q_pos, c.kv_pos, c.Sq, c.Skv, c.mask);
+  setup.softmax_scale = static_cast<float>(c.scale);
+  BwdHostCase h;
+  make_bwd_host_case(h, shape, setup, c.given_delta, seed);
   HostTensor expect[3], nexpect[3];
   for (int i = 0; i < 3; ++i) {
-    expect[i] = c.accumulate ? sum_f64(pre[i], ref[i]) : ref[i];
-    nexpect[i] = c.accumulate ? sum_f64(pre[i], nai[i]) : nai[i];
+    expect[i] = c.accumulate ? sum_f64(h.pre[i], h.ref[i]) : h.ref[i];
+    nexpect[i] = c.accumulate ? sum_f64(h.pre[i], h.nai[i]) : h.nai[i];
   }
 
-  DeviceTensor dq_(q), dk_(k), dv_(v), ddo(dout), dov(o);
-  DeviceArray<float> d_lse(lse);
-  std::unique_ptr<DeviceArray<float>> d_delta;
-  if (c.given_delta) d_delta.reset(new DeviceArray<float>(delta));
-
+  const BwdDeviceInputs d(h);
   const bool hopper_here = on_hopper_device();
   for (int pass = 0; pass < 2; ++pass) {
     const bool allow_hopper = pass == 0;
     const char* kernel = allow_hopper ? "hopper" : "mma.sync";
-    HostTensor out[3] = {HostTensor(gdt, c.B, c.Sq, c.Hq, kD, hp, rp), HostTensor(gdt, c.B, c.Skv, c.Hkv, kD, hp, rp),
-                         HostTensor(gdt, c.B, c.Skv, c.Hkv, kD, hp, rp)};
-    for (int i = 0; i < 3; ++i) {
-      if (c.accumulate)
-        copy_values(out[i], pre[i]);
-      else
-        fill_nan(out[i]);
-    }
+    HostTensor out[3];
+    make_grad_outputs(out, h, shape, gdt, c.accumulate);
     DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
-    AttnBwdParams gb;
-    gb.fwd = hf;
-    gb.fwd.q = dq_.view(), gb.fwd.k = dk_.view(), gb.fwd.v = dv_.view(), gb.fwd.o = dov.view();
-    gb.fwd.lse = d_lse.ptr;
-    gb.dout = ddo.view();
-    gb.dq = dgrad[0].view(), gb.dk = dgrad[1].view(), gb.dv = dgrad[2].view();
-    gb.accumulate = c.accumulate;
-    gb.delta = c.given_delta ? d_delta->ptr : nullptr;
-    if (allow_hopper) {
-      int device = 0;
-      DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-      const bool supported = flash_bwd_hopper_supported(gb, device);
-      // On an H100 / H200 with the sm_90a build every case of this file must take the Hopper kernel.
-      if (hopper_here) EXPECT_TRUE(supported) << "the Hopper backward refused a case it should take";
-      if (!supported) {
-        std::printf("  [hopper] not supported on this device: skipped\n");
-        continue;
-      }
-    }
+    const AttnBwdParams gb = d.params(h, dgrad, c.accumulate);
+    // On an H100 / H200 with the sm_90a build every case of this file must take the Hopper kernel.
+    if (allow_hopper && !hopper_bwd_takes(gb, hopper_here, "  [hopper] not supported on this device: skipped\n"))
+      continue;
     detail::FlashBwdOptions opt;
     opt.allow_hopper = allow_hopper;
     detail::flash_attention_backward(gb, opt, 0);
@@ -169,24 +79,16 @@ void run_case(const HCase& c, uint64_t seed) {
     const char* names[3] = {"dq", "dk", "dv"};
     for (int i = 0; i < 3; ++i) {
       dgrad[i].download(out[i]);
-      const ErrorStats err = compare(out[i].view, expect[i].view);
-      const ErrorStats naive = compare(nexpect[i].view, expect[i].view);
-      const double r = rms_of(ref[i]);
-      SCOPED_TRACE(std::string(kernel) + " " + names[i] + " gpu: " + err.str() + " | naive: " + naive.str() +
-                   " | ref rms " + std::to_string(r));
-      EXPECT_EQ(err.non_finite, 0);
-      EXPECT_LE(err.max_abs, 2 * naive.max_abs + 1e-2 * r + 1e-6);
-      EXPECT_LE(err.rmse, 2 * naive.rmse + 2e-3 * r + 1e-7);
-      std::printf("  [%s] %s: gpu max %.3g rmse %.3g | naive max %.3g rmse %.3g | ref rms %.3g\n", kernel, names[i],
-                  err.max_abs, err.rmse, naive.max_abs, naive.rmse, r);
+      const std::string label = std::string(kernel) + " " + names[i];
+      const std::string print_label = std::string("[") + kernel + "] " + names[i];
+      expect_grad_within_2x_naive(label + " gpu", print_label.c_str(), "gpu ", compare(out[i].view, expect[i].view),
+                                  compare(nexpect[i].view, expect[i].view), rms_of(h.ref[i]));
     }
   }
 }
 
-#define RUN_CASE(c)                                                                      \
-  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
-  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));                     \
+#define RUN_CASE(c)     \
+  DISTATTN_LINE_SEED(); \
   run_case(c, seed)
 
 // Zigzag shard of a ring over `ranks` ranks: rank r holds chunks r and 2 ranks - 1 - r of length `chunk`.
@@ -376,4 +278,5 @@ TEST(FlashBwdHopper, SupportedRefusesAlibiBlocksHdim64AndUnalignedChunks) {
 }
 
 }  // namespace
+}  // namespace testing
 }  // namespace distattn

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -20,6 +21,7 @@
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_fwd_check.h"
 #include "hand_block_list.h"
 #include "test_util.h"
 // Internal switches of the forward (the ALiBi cutoff on / off); not part of the public headers.
@@ -34,7 +36,7 @@ using testing::ErrorStats;
 using testing::HandBlockList;
 using testing::HostTensor;
 
-constexpr double kSlack = 1e-4;
+constexpr double kSlack = testing::kFwdSlack;
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct Case {
@@ -76,26 +78,15 @@ AttnParams host_params(const Case& c, const HostTensor& q, const HostTensor& k, 
   return p;
 }
 
-struct Outputs {
-  HostTensor o;
-  std::vector<float> lse;
-};
-
-struct Inputs {
-  HostTensor q, k, v;
-};
+using Outputs = testing::FwdOutputs;
+using Inputs = testing::FwdInputs;
 
 uint64_t case_seed(const Case& c) { return testing::test_seed() + std::hash<std::string>()(c.name) % 100000; }
 
 // Random q, k (stddev c.qk_stddev) and v (stddev 1) with the case's shapes and padding.
 Inputs make_inputs(const Case& c, uint64_t seed) {
-  Inputs in{HostTensor(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad),
-            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad),
-            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad)};
-  testing::fill_normal(in.q, seed, c.qk_stddev);
-  testing::fill_normal(in.k, seed + 1, c.qk_stddev);
-  testing::fill_normal(in.v, seed + 2);
-  return in;
+  return testing::make_fwd_inputs(c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, c.D, c.head_pad, c.row_pad, seed,
+                                  c.qk_stddev);
 }
 
 // The case on the GPU with explicit forward options; o and lse poisoned with NaN before the run.
@@ -126,28 +117,17 @@ Outputs run_and_check(const Case& c) {
   const uint64_t seed = case_seed(c);
   SCOPED_TRACE("case " + c.name + " seed " + std::to_string(seed));
   const Inputs in = make_inputs(c, seed);
-  const HostTensor& q = in.q;
-  const HostTensor& k = in.k;
-  const HostTensor& v = in.v;
   const std::vector<float> slopes = make_slopes(c.Hq, c.slope_scale);
-  const int64_t lse_n = c.B * c.Hq * c.Sq;
 
   // fp64 reference (computed in double, stored as fp32: the host engine writes q's dtype or fp32) and the
   // same-precision naive baseline.
-  HostTensor o64(DType::kFloat32, c.B, c.Sq, c.Hq, c.D);
-  std::vector<float> lse64(static_cast<size_t>(lse_n));
-  host_attention_forward(host_params(c, q, k, v, o64.view, lse64.data(), slopes), HostPrecision::kFloat64);
-  HostTensor o_naive(c.dtype, c.B, c.Sq, c.Hq, c.D);
-  std::vector<float> lse_naive(static_cast<size_t>(lse_n));
-  host_attention_forward(host_params(c, q, k, v, o_naive.view, lse_naive.data(), slopes),
-                         HostPrecision::kRoundIntermediates);
+  const testing::FwdReference r =
+      testing::host_forward_reference(host_params(c, in.q, in.k, in.v, TensorView(), nullptr, slopes), c.dtype);
+  const std::vector<float>& lse64 = r.lse64;
 
   // The GPU twice, outputs poisoned each time (o with the same padded strides as the inputs): with the default
   // options (the Hopper kernel where it applies, the ALiBi cutoff where it applies) and with the mma.sync kernel
   // forced, so both kernels meet every case on a Hopper GPU. Both must pass the 2x rule on their own.
-  std::vector<double> lse_ref(lse64.begin(), lse64.end());
-  const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
-  const ErrorStats l_naive = testing::compare_flat(lse_naive.data(), lse_ref.data(), lse_n);
   detail::FlashFwdOptions mma_only;
   mma_only.allow_hopper = false;
   Outputs out = run_gpu(c, in, detail::FlashFwdOptions{});
@@ -155,16 +135,7 @@ Outputs run_and_check(const Case& c) {
   const Outputs* const runs[] = {&out, &out_mma};
   for (const Outputs* g : runs) {
     SCOPED_TRACE(g == &out ? "default kernel choice" : "mma.sync kernel forced");
-    const ErrorStats e_gpu = testing::compare(g->o.view, o64.view);
-    const ErrorStats l_gpu = testing::compare_flat(g->lse.data(), lse_ref.data(), lse_n);
-    SCOPED_TRACE("O gpu " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE gpu " + l_gpu.str() + " | naive " +
-                 l_naive.str());
-    EXPECT_EQ(e_gpu.non_finite, 0);
-    EXPECT_EQ(l_gpu.non_finite, 0);
-    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-    EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-    EXPECT_LE(l_gpu.rel_l2, 2 * l_naive.rel_l2 + kSlack);
-    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+    testing::expect_fwd_within_2x_naive(g->o.view, g->lse, r, /*o_rel_l2=*/true, /*lse_rel_l2=*/true, "gpu");
   }
   // The reference must not be trivially empty: some LSE must be finite.
   int64_t finite = 0;
@@ -193,33 +164,33 @@ TEST(FlashForward, OddSizesFp16D64) {
   run_and_check(c);
 }
 
-TEST(FlashForward, SingleQueryRowCausal) {
-  DISTATTN_REQUIRE_GPU();
+// Runs `shape` (which sets the rest of the case) causal for bf16 and fp16 and head dims 64 and 128, named
+// "<prefix><dtype>_<D>".
+void run_causal_dtypes_and_dims(const std::string& prefix, const std::function<void(Case&)>& shape) {
   for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
     for (int64_t D : {64, 128}) {
       Case c;
-      c.name = std::string("sq1_") + dtype_name(dt) + "_" + std::to_string(D);
+      c.name = prefix + dtype_name(dt) + "_" + std::to_string(D);
       c.dtype = dt;
-      c.Sq = 1, c.Skv = 1000, c.Hq = 2, c.Hkv = 1, c.D = D;
-      c.q_pos = PositionMap::contiguous(999, 1);  // the last row of a 1000-token causal sequence
+      c.D = D;
+      shape(c);
       c.mask = Mask::make_causal();
       run_and_check(c);
     }
   }
 }
 
+TEST(FlashForward, SingleQueryRowCausal) {
+  DISTATTN_REQUIRE_GPU();
+  run_causal_dtypes_and_dims("sq1_", [](Case& c) {
+    c.Sq = 1, c.Skv = 1000, c.Hq = 2, c.Hkv = 1;
+    c.q_pos = PositionMap::contiguous(999, 1);  // the last row of a 1000-token causal sequence
+  });
+}
+
 TEST(FlashForward, CausalGqa) {
   DISTATTN_REQUIRE_GPU();
-  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
-    for (int64_t D : {64, 128}) {
-      Case c;
-      c.name = std::string("causal_gqa_") + dtype_name(dt) + "_" + std::to_string(D);
-      c.dtype = dt;
-      c.Sq = 1000, c.Skv = 1000, c.Hq = 8, c.Hkv = 2, c.D = D;
-      c.mask = Mask::make_causal();
-      run_and_check(c);
-    }
-  }
+  run_causal_dtypes_and_dims("causal_gqa_", [](Case& c) { c.Sq = 1000, c.Skv = 1000, c.Hq = 8, c.Hkv = 2; });
 }
 
 TEST(FlashForward, MqaWindowNonCausalWithOffset) {
@@ -359,12 +330,7 @@ void check_alibi_cutoff(const Case& c, int cut) {
   // The mma.sync kernel's cutoff (allow_hopper off: up to 8192 keys the dispatcher sends these calls to the Hopper
   // kernel, which has no cutoff).
   const detail::FlashFwdOptions kOn{true, true, false}, kReference{true, false, false}, kOff{false, true, false};
-  auto expect_same_bits = [](const Outputs& x, const Outputs& y, const char* what) {
-    ASSERT_EQ(x.o.bytes(), y.o.bytes());
-    EXPECT_EQ(std::memcmp(x.o.storage.data(), y.o.storage.data(), x.o.bytes()), 0) << "O differs: " << what;
-    ASSERT_EQ(x.lse.size(), y.lse.size());
-    EXPECT_EQ(std::memcmp(x.lse.data(), y.lse.data(), x.lse.size() * sizeof(float)), 0) << "LSE differs: " << what;
-  };
+  using testing::expect_same_bits;
   const Outputs on = run_gpu(c, in, kOn);
   expect_same_bits(on, run_gpu(c, in, kReference), "cutoff vs nothing skipped");
   if (c.mask.causal) expect_same_bits(on, run_gpu(c, in, kOff), "cutoff vs cutoff off");
@@ -533,66 +499,25 @@ TEST(FlashForward, AccumulateTwoHalves) {
     const int64_t B = 1, Sq = 300, Skv = 410, H = 4, half = 160;
     const uint64_t seed = testing::test_seed() + 77 + D;
     SCOPED_TRACE("seed " + std::to_string(seed) + " D " + std::to_string(D));
-    HostTensor q(DType::kBFloat16, B, Sq, H, D), k(DType::kBFloat16, B, Skv, H, D), v(DType::kBFloat16, B, Skv, H, D);
-    testing::fill_normal(q, seed);
-    testing::fill_normal(k, seed + 1);
-    testing::fill_normal(v, seed + 2);
+    const Inputs in = testing::make_fwd_inputs(DType::kBFloat16, B, Sq, Skv, H, H, D, 0, 0, seed);
+    const HostTensor &q = in.q, &k = in.k, &v = in.v;
     const std::vector<float> slopes = make_slopes(H);
     const PositionMap q_pos = PositionMap::contiguous(200, Sq);
-    const PositionMap kv_pos = PositionMap::contiguous(0, Skv);
 
     // Reference: one fp64 call over all kv rows.
     AttnParams ref;
-    HostTensor o64(DType::kFloat32, B, Sq, H, D);
-    std::vector<float> lse64(static_cast<size_t>(B * H * Sq));
-    ref.q = q.view, ref.k = k.view, ref.v = v.view, ref.o = o64.view, ref.lse = lse64.data();
-    ref.q_pos = q_pos, ref.kv_pos = kv_pos, ref.mask = Mask::make_causal(), ref.alibi_slopes = slopes.data();
-    host_attention_forward(ref, HostPrecision::kFloat64);
-    HostTensor o_naive(DType::kBFloat16, B, Sq, H, D);
-    std::vector<float> lse_naive(lse64.size());
-    ref.o = o_naive.view, ref.lse = lse_naive.data();
-    host_attention_forward(ref, HostPrecision::kRoundIntermediates);
+    ref.q = q.view, ref.k = k.view, ref.v = v.view;
+    ref.q_pos = q_pos, ref.kv_pos = PositionMap::contiguous(0, Skv), ref.mask = Mask::make_causal();
+    ref.alibi_slopes = slopes.data();
+    const testing::FwdReference r = testing::host_forward_reference(ref, DType::kBFloat16);
 
-    DeviceTensor dq(q), dk(k), dv(v);
     DeviceArray<float> d_slopes(slopes);
-    HostTensor acc(DType::kFloat32, B, Sq, H, D);  // zeros: the accumulator's start
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(lse64.size(), kNegInf));
-    for (int part = 0; part < 2; ++part) {
-      const int64_t r0 = part == 0 ? 0 : half, rows = part == 0 ? half : Skv - half;
-      AttnParams p;
-      p.q = dq.view();
-      p.k = dk.view();
-      p.v = dv.view();
-      p.k.data = static_cast<uint16_t*>(p.k.data) + r0 * p.k.stride[1];
-      p.v.data = static_cast<uint16_t*>(p.v.data) + r0 * p.v.stride[1];
-      p.k.shape[1] = p.v.shape[1] = rows;
-      p.o = d_acc.view();
-      p.lse = d_lse.ptr;
-      p.q_pos = q_pos;
-      p.kv_pos = PositionMap::contiguous(r0, rows);
-      p.mask = Mask::make_causal();
-      p.alibi_slopes = d_slopes.ptr;
-      p.accumulate = true;
-      flash_attention_forward(p, nullptr);
-    }
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    const std::vector<float> lse = d_lse.download();
-
-    const ErrorStats e_gpu = testing::compare(acc.view, o64.view);
-    const ErrorStats e_naive = testing::compare(o_naive.view, o64.view);
-    std::vector<double> lse_ref(lse64.begin(), lse64.end());
-    const ErrorStats l_gpu = testing::compare_flat(lse.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
-    const ErrorStats l_naive =
-        testing::compare_flat(lse_naive.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
-    SCOPED_TRACE("O gpu " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE gpu " + l_gpu.str() + " | naive " +
-                 l_naive.str());
-    EXPECT_EQ(e_gpu.non_finite, 0);
-    EXPECT_EQ(l_gpu.non_finite, 0);
-    EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-    EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-    EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
+    AttnParams setup;
+    setup.q_pos = q_pos, setup.mask = Mask::make_causal(), setup.alibi_slopes = d_slopes.ptr;
+    const HostTensor zeros(DType::kFloat32, B, Sq, H, D);  // the accumulator's start
+    const Outputs acc = testing::accumulate_kv_parts(q, k, v, zeros, setup, {0, half, Skv}, {},
+                                                     [](const AttnParams& p) { flash_attention_forward(p, nullptr); });
+    testing::expect_fwd_within_2x_naive(acc.o.view, acc.lse, r, /*o_rel_l2=*/true, /*lse_rel_l2=*/false, "gpu");
   }
 }
 

@@ -26,6 +26,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_fwd_check.h"
 #include "hand_block_list.h"
 #include "test_util.h"
 
@@ -37,7 +38,7 @@ using testing::DeviceTensor;
 using testing::ErrorStats;
 using testing::HostTensor;
 
-constexpr double kSlack = 1e-4;
+constexpr double kSlack = testing::kFwdSlack;
 
 // 5 q blocks x 4 kv blocks, (kv block, partial) per q block: full and partial blocks, q block 2 with none.
 testing::HandBlockList sample_blocks() {
@@ -63,10 +64,10 @@ struct Case {
   int max_ctas = 0;  // AttnParams::max_ctas
 };
 
-struct Outputs {
-  HostTensor o;
-  std::vector<float> lse;
-};
+using Outputs = testing::FwdOutputs;
+using Inputs = testing::FwdInputs;
+using Reference = testing::FwdReference;
+using testing::expect_same_bits;
 
 AttnParams make_params(const Case& c, TensorView q, TensorView k, TensorView v, TensorView o, float* lse,
                        const BlockListView* blocks, const float* slopes = nullptr) {
@@ -137,44 +138,14 @@ bool hopper_available() {
   } while (0)
 
 // A case's random q, k, v (q and k with the case's spread), padded as the case says.
-struct Inputs {
-  HostTensor q, k, v;
-};
 Inputs make_inputs(const Case& c, uint64_t seed) {
-  Inputs in{HostTensor(c.dtype, c.B, c.Sq, c.Hq, c.D, c.head_pad, c.row_pad),
-            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad),
-            HostTensor(c.dtype, c.B, c.Skv, c.Hkv, c.D, c.head_pad, c.row_pad)};
-  testing::fill_normal(in.q, seed, c.qk_stddev);
-  testing::fill_normal(in.k, seed + 1, c.qk_stddev);
-  testing::fill_normal(in.v, seed + 2);
-  return in;
+  return testing::make_fwd_inputs(c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, c.D, c.head_pad, c.row_pad, seed,
+                                  c.qk_stddev);
 }
 
-// The host references of a call: fp64 (o64, lse64) and the naive evaluation in the input dtype, and the naive one's
-// error against fp64 (the yardstick of the 2x rule). `p` holds q, k, v, the positions, the mask and ALiBi (host
-// memory); its o and lse are replaced.
-struct Reference {
-  HostTensor o64;
-  std::vector<float> lse64;
-  std::vector<double> lse_ref;  // lse64 in double, as compare_flat takes it
-  ErrorStats e_naive, l_naive;
-};
-Reference host_reference(AttnParams p, DType dt) {
-  const int64_t B = p.q.batch(), Sq = p.q.seqlen(), Hq = p.q.heads(), D = p.q.head_dim();
-  Reference r;
-  r.o64 = HostTensor(DType::kFloat32, B, Sq, Hq, D);
-  r.lse64.assign(static_cast<size_t>(B * Hq * Sq), 0.f);
-  p.o = r.o64.view, p.lse = r.lse64.data();
-  host_attention_forward(p, HostPrecision::kFloat64);
-  HostTensor o_naive(dt, B, Sq, Hq, D);
-  std::vector<float> lse_naive(r.lse64.size());
-  p.o = o_naive.view, p.lse = lse_naive.data();
-  host_attention_forward(p, HostPrecision::kRoundIntermediates);
-  r.lse_ref.assign(r.lse64.begin(), r.lse64.end());
-  r.e_naive = testing::compare(o_naive.view, r.o64.view);
-  r.l_naive = testing::compare_flat(lse_naive.data(), r.lse_ref.data(), static_cast<int64_t>(r.lse64.size()));
-  return r;
-}
+// The host references of a call (tests/common/flash_fwd_check.h): `p` holds q, k, v, the positions, the mask and ALiBi
+// (host memory); its o and lse are replaced.
+Reference host_reference(const AttnParams& p, DType dt) { return testing::host_forward_reference(p, dt); }
 // The 2x-naive check of one case; also compares with the existing kernel (same inputs) when `vs_old`.
 void run_and_check(const Case& c, bool vs_old = true) {
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
@@ -225,23 +196,9 @@ void run_and_check(const Case& c, bool vs_old = true) {
 
 // The 2x-naive rule on a result (O, LSE) against fp64, as run_and_check applies it: every value finite, O's rel_l2
 // (unless `o_rel_l2` is false) and max_abs and LSE's max_abs within 2x the naive evaluation's error plus kSlack.
-void expect_within_2x_naive(const TensorView& o, const std::vector<float>& lse, const TensorView& o64,
-                            const std::vector<double>& lse_ref, const ErrorStats& e_naive, const ErrorStats& l_naive,
-                            bool o_rel_l2 = true) {
-  const ErrorStats e_gpu = testing::compare(o, o64);
-  const ErrorStats l_gpu = testing::compare_flat(lse.data(), lse_ref.data(), static_cast<int64_t>(lse.size()));
-  SCOPED_TRACE("O " + e_gpu.str() + " | naive " + e_naive.str() + " || LSE " + l_gpu.str() + " | naive " +
-               l_naive.str());
-  EXPECT_EQ(e_gpu.non_finite, 0);
-  EXPECT_EQ(l_gpu.non_finite, 0);
-  if (o_rel_l2) EXPECT_LE(e_gpu.rel_l2, 2 * e_naive.rel_l2 + kSlack);
-  EXPECT_LE(e_gpu.max_abs, 2 * e_naive.max_abs + kSlack);
-  EXPECT_LE(l_gpu.max_abs, 2 * l_naive.max_abs + kSlack);
-}
-
 void expect_within_2x_naive(const TensorView& o, const std::vector<float>& lse, const Reference& r,
                             bool o_rel_l2 = true) {
-  expect_within_2x_naive(o, lse, r.o64.view, r.lse_ref, r.e_naive, r.l_naive, o_rel_l2);
+  testing::expect_fwd_within_2x_naive(o, lse, r, o_rel_l2, /*lse_rel_l2=*/false, "");
 }
 
 TEST(FlashForwardHopper, DenseOddSizesGqaPaddedStrides) {
@@ -318,6 +275,17 @@ TEST(FlashForwardHopper, StridedPositionsAndEmptyRows) {
   run_and_check(c);
 }
 
+// The block-list case with a non-causal window, fp16 (sample_blocks(), Sq = 600, Skv = 500, GQA 4:2).
+Case blocks_window_fp16_case(testing::HandBlockList* bl) {
+  Case c;
+  c.name = "hopper_blocks_window_fp16";
+  c.dtype = DType::kFloat16;
+  c.Sq = 600, c.Skv = 500, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_window(100);
+  c.blocks = bl;
+  return c;
+}
+
 TEST(FlashForwardHopper, BlockLists) {
   REQUIRE_HOPPER();
   // 5 q blocks x 4 kv blocks (Sq = 600, Skv = 500): block-diagonal-ish with full, partial and missing blocks,
@@ -332,10 +300,14 @@ TEST(FlashForwardHopper, BlockLists) {
   // Not compared with the existing kernel: on this case (FULL blocks off the window band) the mma.sync kernel's
   // O is 0.78 away from this kernel's, which is within 3e-4 of fp64 (H100 run of 16:08 UTC, seed printed):
   // reported to the lead; the check against fp64 above is the one that counts.
-  c.name = "hopper_blocks_window_fp16";
-  c.dtype = DType::kFloat16;
-  c.mask = Mask::make_window(100);
-  run_and_check(c, /*vs_old=*/false);
+  run_and_check(blocks_window_fp16_case(&bl), /*vs_old=*/false);
+}
+
+// One call straight to the Hopper kernel, which must take it (validated first, as the dispatcher would).
+void hopper_call(const AttnParams& p, int device) {
+  validate_forward(p, Device::kCuda);
+  ASSERT_TRUE(flash_fwd_hopper_supported(p, device));
+  flash_fwd_hopper(p, nullptr);
 }
 
 // Accumulate mode: two calls over the two halves of the kv rows (fp32 accumulator o, running lse) equal one
@@ -360,33 +332,13 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
 
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+    AttnParams setup;
+    setup.q_pos = q_pos, setup.mask = Mask::make_causal();
+    const HostTensor zeros(DType::kFloat32, B, Sq, Hq, D);  // the accumulator's start
+    const Outputs acc = testing::accumulate_kv_parts(q, k, v, zeros, setup, {0, half, Skv}, {},
+                                                     [&](const AttnParams& p) { hopper_call(p, device); });
+    expect_within_2x_naive(acc.o.view, acc.lse, r);
     DeviceTensor dq(q), dk(k), dv(v);
-    HostTensor acc(DType::kFloat32, B, Sq, Hq, D);  // zeros: the accumulator's start
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
-    for (int part = 0; part < 2; ++part) {
-      const int64_t r0 = part == 0 ? 0 : half, rows = part == 0 ? half : Skv - half;
-      AttnParams p;
-      p.q = dq.view();
-      p.k = dk.view();
-      p.v = dv.view();
-      p.k.data = static_cast<uint16_t*>(p.k.data) + r0 * p.k.stride[1];
-      p.v.data = static_cast<uint16_t*>(p.v.data) + r0 * p.v.stride[1];
-      p.k.shape[1] = p.v.shape[1] = rows;
-      p.o = d_acc.view();
-      p.lse = d_lse.ptr;
-      p.q_pos = q_pos;
-      p.kv_pos = PositionMap::contiguous(r0, rows);
-      p.mask = Mask::make_causal();
-      p.accumulate = true;
-      validate_forward(p, Device::kCuda);
-      ASSERT_TRUE(flash_fwd_hopper_supported(p, device));
-      flash_fwd_hopper(p, nullptr);
-    }
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    const std::vector<float> lse = d_lse.download();
-    expect_within_2x_naive(acc.view, lse, r);
 
     // Plain mode, fp32 o (poisoned), lse written.
     HostTensor o32(DType::kFloat32, B, Sq, Hq, D);
@@ -396,9 +348,7 @@ TEST(FlashForwardHopper, AccumulateTwoHalvesAndFp32Output) {
     AttnParams p;
     p.q = dq.view(), p.k = dk.view(), p.v = dv.view(), p.o = d_o32.view(), p.lse = d_lse2.ptr;
     p.q_pos = q_pos, p.kv_pos = PositionMap::contiguous(0, Skv), p.mask = Mask::make_causal();
-    validate_forward(p, Device::kCuda);
-    ASSERT_TRUE(flash_fwd_hopper_supported(p, device));
-    flash_fwd_hopper(p, nullptr);
+    hopper_call(p, device);
     DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
     d_o32.download(o32);
     const std::vector<float> lse2 = d_lse2.download();
@@ -528,34 +478,12 @@ TEST(FlashForwardHopper, AccumulateZigzagRingSteps) {
 
     int device = 0;
     DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-    DeviceTensor dq(q), dk(k), dv(v);
-    HostTensor acc(DType::kFloat32, B, Sq, Hq, D);  // zeros: the accumulator's start
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
-    for (int step = 0; step < 2; ++step) {
-      const int64_t r0 = step * 2 * C;
-      AttnParams p;
-      p.q = dq.view();
-      p.k = dk.view();
-      p.v = dv.view();
-      p.k.data = static_cast<uint16_t*>(p.k.data) + r0 * p.k.stride[1];
-      p.v.data = static_cast<uint16_t*>(p.v.data) + r0 * p.v.stride[1];
-      p.k.shape[1] = p.v.shape[1] = 2 * C;
-      p.o = d_acc.view();
-      p.lse = d_lse.ptr;
-      p.q_pos = q_pos;
-      p.kv_pos = kv_step[step];
-      p.mask = Mask::make_causal();
-      p.alibi_slopes = alibi ? d_slopes.ptr : nullptr;
-      p.accumulate = true;
-      validate_forward(p, Device::kCuda);
-      ASSERT_TRUE(flash_fwd_hopper_supported(p, device));
-      flash_fwd_hopper(p, nullptr);
-    }
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    const std::vector<float> lse = d_lse.download();
-    expect_within_2x_naive(acc.view, lse, r);
+    AttnParams setup;
+    setup.q_pos = q_pos, setup.mask = Mask::make_causal(), setup.alibi_slopes = alibi ? d_slopes.ptr : nullptr;
+    const HostTensor zeros(DType::kFloat32, B, Sq, Hq, D);  // the accumulator's start
+    const Outputs acc = testing::accumulate_kv_parts(q, k, v, zeros, setup, {0, 2 * C, 4 * C}, {kv_step[0], kv_step[1]},
+                                                     [&](const AttnParams& p) { hopper_call(p, device); });
+    expect_within_2x_naive(acc.o.view, acc.lse, r);
   }
 }
 
@@ -659,17 +587,10 @@ TEST(FlashForwardHopper, AlibiMultiChunk) {
 TEST(FlashForwardHopper, ExistingKernelBlockListWindow) {
   DISTATTN_REQUIRE_GPU();
   testing::HandBlockList bl = sample_blocks();
-  Case c;
-  c.name = "hopper_blocks_window_fp16";
-  c.dtype = DType::kFloat16;
-  c.Sq = 600, c.Skv = 500, c.Hq = 4, c.Hkv = 2;
-  c.mask = Mask::make_window(100);
-  c.blocks = &bl;
+  const Case c = blocks_window_fp16_case(&bl);
   const uint64_t seed = testing::test_seed() + std::hash<std::string>()(c.name) % 100000;
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, c.D), k(c.dtype, c.B, c.Skv, c.Hkv, c.D), v(c.dtype, c.B, c.Skv, c.Hkv, c.D);
-  testing::fill_normal(q, seed);
-  testing::fill_normal(k, seed + 1);
-  testing::fill_normal(v, seed + 2);
+  const Inputs in = make_inputs(c, seed);
+  const HostTensor &q = in.q, &k = in.k, &v = in.v;
   const Reference r =
       host_reference(make_params(c, q.view, k.view, v.view, TensorView(), nullptr, &bl.host_view), c.dtype);
   const HostTensor& o64 = r.o64;
@@ -699,13 +620,6 @@ struct GridOverride {
   explicit GridOverride(int ctas) { flash_fwd_hopper_set_grid_override(ctas); }
   ~GridOverride() { flash_fwd_hopper_set_grid_override(-1); }
 };
-
-void expect_same_bits(const Outputs& a, const Outputs& b, const std::string& what) {
-  ASSERT_EQ(a.o.bytes(), b.o.bytes());
-  EXPECT_EQ(std::memcmp(a.o.storage.data(), b.o.storage.data(), a.o.bytes()), 0) << what << ": O differs";
-  ASSERT_EQ(a.lse.size(), b.lse.size());
-  EXPECT_EQ(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)), 0) << what << ": LSE differs";
-}
 
 void run_grids(const Case& c) {
   run_and_check(c, /*vs_old=*/false);  // automatic grid against fp64
@@ -788,36 +702,15 @@ TEST(FlashForwardHopper, PersistentGridsAccumulate) {
 
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-  DeviceTensor dq(q), dk(k), dv(v);
   auto run = [&](int ctas) {
     GridOverride grid(ctas);
     HostTensor acc(DType::kFloat32, B, Sq, Hq, D);
     testing::fill_normal(acc, seed + 7);  // overwritten: the first call's lse is -inf everywhere
-    DeviceTensor d_acc(acc);
-    DeviceArray<float> d_lse(std::vector<float>(r.lse64.size(), -std::numeric_limits<float>::infinity()));
-    const int64_t cuts[4] = {0, 128, 384, Skv};  // tile-aligned thirds of unequal length
-    for (int part = 0; part < 3; ++part) {
-      const int64_t r0 = cuts[part], rows = cuts[part + 1] - cuts[part];
-      AttnParams p;
-      p.q = dq.view();
-      p.k = dk.view();
-      p.v = dv.view();
-      p.k.data = static_cast<uint16_t*>(p.k.data) + r0 * p.k.stride[1];
-      p.v.data = static_cast<uint16_t*>(p.v.data) + r0 * p.v.stride[1];
-      p.k.shape[1] = p.v.shape[1] = rows;
-      p.o = d_acc.view();
-      p.lse = d_lse.ptr;
-      p.q_pos = PositionMap::contiguous(0, Sq);
-      p.kv_pos = PositionMap::contiguous(r0, rows);
-      p.mask = Mask::make_causal();
-      p.accumulate = true;
-      validate_forward(p, Device::kCuda);
-      EXPECT_TRUE(flash_fwd_hopper_supported(p, device));
-      flash_fwd_hopper(p, nullptr);
-    }
-    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
-    d_acc.download(acc);
-    return Outputs{std::move(acc), d_lse.download()};
+    AttnParams setup;
+    setup.q_pos = PositionMap::contiguous(0, Sq), setup.mask = Mask::make_causal();
+    // Tile-aligned thirds of unequal length.
+    return testing::accumulate_kv_parts(q, k, v, acc, setup, {0, 128, 384, Skv}, {},
+                                        [&](const AttnParams& p) { hopper_call(p, device); });
   };
   const Outputs automatic = run(-1);
   expect_within_2x_naive(automatic.o.view, automatic.lse, r);

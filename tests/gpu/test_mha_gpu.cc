@@ -27,6 +27,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/layers/multi_head_attention.h"
+#include "mha_test_util.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -39,19 +40,6 @@ using layers::MhaGrads;
 using layers::MhaWeights;
 using layers::MultiHeadAttention;
 using layers::SequenceView;
-
-// Device bytes with a host mirror.
-struct Dev {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Dev(size_t n) : bytes(n) { DISTATTN_CUDA_CHECK(cudaMalloc(&p, n)); }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  void upload(const void* h) { DISTATTN_CUDA_CHECK(cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice)); }
-  void download(void* h) const { DISTATTN_CUDA_CHECK(cudaMemcpy(h, p, bytes, cudaMemcpyDeviceToHost)); }
-  void poison() { DISTATTN_CUDA_CHECK(cudaMemset(p, 0xFF, bytes)); }  // NaN in bf16 and fp32
-};
 
 // bf16 values drawn N(0, stddev) (bits) and their exact doubles.
 struct Bf16 {
@@ -91,17 +79,8 @@ Stats stats(const std::vector<double>& got, const std::vector<double>& ref) {
   return s;
 }
 
-std::vector<double> from_bf16(const std::vector<uint16_t>& v) {
-  std::vector<double> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_bits_to_float(v[i]);
-  return out;
-}
-std::vector<double> from_f32(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
-
 // Host outputs of one layer run (any dtype, converted to double, activations packed [B, S, E]).
-struct Outputs {
-  std::vector<double> y, dx, gwqkv, gwo, gbqkv, gbo;
-};
+using Outputs = MhaOutputs;
 
 struct Case {
   std::string name;
@@ -201,14 +180,14 @@ void run_case(const Case& c) {
     return p;
   };
   const size_t act_bytes = static_cast<size_t>(B * bs) * 2;
-  Dev xd(act_bytes), dyd(act_bytes), yd(act_bytes), dxd(act_bytes);  // x, dy in; y, dx out
-  Dev dwq(wqkv.bits.size() * 2), dwo(wo.bits.size() * 2), dbq(bqkv.bits.size() * 2), dbo(bo.bits.size() * 2);
-  Dev gq(wqkv.bits.size() * 4), go(wo.bits.size() * 4), gbq(bqkv.bits.size() * 4), gbo(bo.bits.size() * 4);
+  DeviceBytes xd(act_bytes), dyd(act_bytes), yd(act_bytes), dxd(act_bytes);  // x, dy in; y, dx out
+  DeviceBytes dwq(wqkv.bits.size() * 2), dwo(wo.bits.size() * 2), dbq(bqkv.bits.size() * 2), dbo(bo.bits.size() * 2);
+  DeviceBytes gq(wqkv.bits.size() * 4), go(wo.bits.size() * 4), gbq(bqkv.bits.size() * 4), gbo(bo.bits.size() * 4);
   xd.upload(strided_bits(x.bits).data());
   dyd.upload(strided_bits(dy.bits).data());
   dwq.upload(wqkv.bits.data()), dwo.upload(wo.bits.data()), dbq.upload(bqkv.bits.data()), dbo.upload(bo.bits.data());
   yd.poison(), dxd.poison(), gq.poison(), go.poison(), gbq.poison(), gbo.poison();
-  auto seq = [&](Dev& d) {
+  auto seq = [&](DeviceBytes& d) {
     SequenceView v = SequenceView::packed(d.p, DType::kBFloat16, Device::kCuda, B, S, E);
     v.row_stride = rs;
     v.batch_stride = bs;
@@ -230,8 +209,8 @@ void run_case(const Case& c) {
     std::vector<uint16_t> hy(static_cast<size_t>(B * bs)), hdx(hy.size());
     yd.download(hy.data());
     dxd.download(hdx.data());
-    gpu.y = from_bf16(packed_bits(hy));
-    gpu.dx = from_bf16(packed_bits(hdx));
+    gpu.y = bf16_to_double(packed_bits(hy));
+    gpu.dx = bf16_to_double(packed_bits(hdx));
     // y and dx were poisoned (0xFFFF, NaN): the layer writes E elements per row, so the padding stays NaN.
     for (int64_t b = 0; b < B; ++b)
       for (int64_t r = 0; r < S; ++r)
@@ -239,10 +218,10 @@ void run_case(const Case& c) {
           ASSERT_EQ(hy[b * bs + r * rs + e], 0xFFFF) << "y padding written";
           ASSERT_EQ(hdx[b * bs + r * rs + e], 0xFFFF) << "dx padding written";
         }
-    auto grad = [](const Dev& d) {
+    auto grad = [](const DeviceBytes& d) {
       std::vector<float> h(d.bytes / 4);
       d.download(h.data());
-      return from_f32(h);
+      return f32_to_double(h);
     };
     gpu.gwqkv = grad(gq), gpu.gwo = grad(go);
     if (c.bias) gpu.gbqkv = grad(gbq), gpu.gbo = grad(gbo);
@@ -336,10 +315,10 @@ TEST(MhaGpu, BadInput) {
   bad.dtype = DType::kFloat32;
   EXPECT_ERROR_ARG(MultiHeadAttention(bad, Device::kCuda), "config.dtype");
   MultiHeadAttention layer(cfg, Device::kCuda);
-  Dev x(2 * 8 * 64 * 2), y(2 * 8 * 64 * 2), wq(cfg.qkv_dim() * 64 * 2), wo(64 * cfg.attn_dim() * 2);
+  DeviceBytes x(2 * 8 * 64 * 2), y(2 * 8 * 64 * 2), wq(cfg.qkv_dim() * 64 * 2), wo(64 * cfg.attn_dim() * 2);
   y.poison();
   std::vector<uint16_t> host_w(static_cast<size_t>(cfg.qkv_dim() * 64), 0x3f80);
-  auto seq = [&](Dev& d) { return SequenceView::packed(d.p, DType::kBFloat16, Device::kCuda, 2, 8, 64); };
+  auto seq = [&](DeviceBytes& d) { return SequenceView::packed(d.p, DType::kBFloat16, Device::kCuda, 2, 8, 64); };
   MhaWeights w{host_w.data(), nullptr, wo.p, nullptr};  // a host pointer where device memory is needed
   EXPECT_ERROR_ARG(layer.forward(w, seq(x), seq(y)), "weights.qkv_weight");
   w.qkv_weight = wq.p;

@@ -33,19 +33,12 @@
 #include "distattn/core/host_engine.h"
 #include "distattn/positional/rope.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_bwd_check.h"
 #include "test_util.h"
 
 namespace distattn {
+namespace testing {
 namespace {
-
-using testing::compare;
-using testing::DeviceArray;
-using testing::DeviceTensor;
-using testing::ErrorStats;
-using testing::fill_nan;
-using testing::fill_normal;
-using testing::HostTensor;
-using testing::test_seed;
 
 struct RCase {
   DType dtype = DType::kBFloat16;
@@ -79,14 +72,6 @@ int64_t differing_elements(const HostTensor& a, const HostTensor& b) {
   return n;
 }
 
-bool on_hopper_device() {
-  int device = 0;
-  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  DISTATTN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  return prop.major == 9 && prop.minor == 0;
-}
-
 RopeFrequencies frequencies(const RCase& c) {
   RopeConfig cfg;
   cfg.head_dim = c.D;
@@ -117,44 +102,18 @@ RopeParams inverse_params(const TensorView& t, const PositionMap& pos, const RCa
 void run_case(const RCase& c, uint64_t seed) {
   const DType gdt = c.grads_fp32 ? DType::kFloat32 : c.dtype;
   const int64_t D = c.D;
-  HostTensor q(c.dtype, c.B, c.Sq, c.Hq, D), k(c.dtype, c.B, c.Skv, c.Hkv, D), v(c.dtype, c.B, c.Skv, c.Hkv, D),
-      dout(c.dtype, c.B, c.Sq, c.Hq, D), o(c.dtype, c.B, c.Sq, c.Hq, D);
-  fill_normal(q, seed + 1);
-  fill_normal(k, seed + 2);
-  fill_normal(v, seed + 3);
-  fill_normal(dout, seed + 4);
-  const PositionMap q_pos = c.q_pos.num_chunks ? c.q_pos : PositionMap::contiguous(0, c.Sq);
-  const PositionMap kv_pos = c.kv_pos.num_chunks ? c.kv_pos : PositionMap::contiguous(0, c.Skv);
+  const BwdShape shape{c.dtype, c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, D};
   const RopeFrequencies freqs = frequencies(c);
 
-  // Forward on the host in fp64 (O rounded to the dtype): the O and LSE the backward is given.
-  AttnParams hf;
-  hf.q = q.view, hf.k = k.view, hf.v = v.view;
-  HostTensor o32(DType::kFloat32, c.B, c.Sq, c.Hq, D);
-  hf.o = o32.view;
-  std::vector<float> lse(static_cast<size_t>(c.B * c.Hq * c.Sq), 0.f);
-  hf.lse = lse.data();
-  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
-  hf.mask = c.mask;
-  host_attention_forward(hf, HostPrecision::kFloat64);
-  copy_values(o, o32);
-  hf.o = o.view;
-
-  // Host references: fp64 backward, dq and dk rotated back in fp32 (the reference); kRoundIntermediates backward
-  // rounded to the gradient dtype and rotated back in it (the naive baseline).
-  HostTensor ref[3], nai[3];
-  for (int i = 0; i < 3; ++i) {
-    const bool is_q = i == 0;
-    ref[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, D);
-    nai[i] = HostTensor(DType::kFloat32, c.B, is_q ? c.Sq : c.Skv, is_q ? c.Hq : c.Hkv, D);
-  }
-  AttnBwdParams hb;
-  hb.fwd = hf;
-  hb.dout = dout.view;
-  hb.dq = ref[0].view, hb.dk = ref[1].view, hb.dv = ref[2].view;
-  host_attention_backward(hb, HostPrecision::kFloat64);
-  hb.dq = nai[0].view, hb.dk = nai[1].view, hb.dv = nai[2].view;
-  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
+  // Forward on the host in fp64 (O rounded to the dtype): the O and LSE the backward is given. Host references:
+  // fp64 backward, dq and dk rotated back in fp32 (the reference); kRoundIntermediates backward rounded to the
+  // gradient dtype and rotated back in it (the naive baseline).
+  AttnParams setup = case_setup(c.q_pos, c.kv_pos, c.Sq, c.Skv, c.mask);
+  BwdHostCase h;
+  make_bwd_host_case(h, shape, setup, /*given_delta=*/false, seed);
+  const PositionMap &q_pos = h.hf.q_pos, &kv_pos = h.hf.kv_pos;
+  HostTensor(&ref)[3] = h.ref;
+  HostTensor(&nai)[3] = h.nai;
   for (int i = 0; i < 3; ++i) nai[i] = testing::convert(nai[i], gdt);
   for (int i = 0; i < 2; ++i) {
     const PositionMap& pos = i == 0 ? q_pos : kv_pos;
@@ -162,8 +121,7 @@ void run_case(const RCase& c, uint64_t seed) {
     rope_apply_host(inverse_params(nai[i].view, pos, c, freqs.inv_freq.data(), freqs.scale));
   }
 
-  DeviceTensor dq_in(q), dk_in(k), dv_in(v), ddo(dout), dov(o);
-  DeviceArray<float> d_lse(lse);
+  const BwdDeviceInputs d(h);
   DeviceArray<float> d_inv(freqs.inv_freq);
   RopeGradParams rg;
   rg.inv_freq = d_inv.ptr;
@@ -180,28 +138,16 @@ void run_case(const RCase& c, uint64_t seed) {
     HostTensor got[2][3];  // [separate, fused][dq, dk, dv]
     bool ran = true;
     for (int fused = 0; fused < 2 && ran; ++fused) {
-      HostTensor out[3] = {HostTensor(gdt, c.B, c.Sq, c.Hq, D), HostTensor(gdt, c.B, c.Skv, c.Hkv, D),
-                           HostTensor(gdt, c.B, c.Skv, c.Hkv, D)};
-      for (auto& t : out) fill_nan(t);
+      HostTensor out[3];
+      make_grad_outputs(out, h, shape, gdt, /*accumulate=*/false);
       DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
-      AttnBwdParams gb;
-      gb.fwd = hf;
-      gb.fwd.q = dq_in.view(), gb.fwd.k = dk_in.view(), gb.fwd.v = dv_in.view(), gb.fwd.o = dov.view();
-      gb.fwd.lse = d_lse.ptr;
-      gb.dout = ddo.view();
-      gb.dq = dgrad[0].view(), gb.dk = dgrad[1].view(), gb.dv = dgrad[2].view();
+      AttnBwdParams gb = d.params(h, dgrad, /*accumulate=*/false);
       gb.rope_grad = fused ? &rg : nullptr;
-      if (allow_hopper) {
-        int device = 0;
-        DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
-        const bool supported = flash_bwd_hopper_supported(gb, device);
-        // On an H100 / H200 (sm_90a build) every D = 128 case here must take the Hopper kernel.
-        if (hopper_here && D == 128) EXPECT_TRUE(supported) << "the Hopper backward refused a case it should take";
-        if (!supported) {
-          std::printf("  [hopper] not supported for this case / device: skipped\n");
-          ran = false;
-          break;
-        }
+      // On an H100 / H200 (sm_90a build) every D = 128 case here must take the Hopper kernel.
+      if (allow_hopper && !hopper_bwd_takes(gb, hopper_here && D == 128,
+                                            "  [hopper] not supported for this case / device: skipped\n")) {
+        ran = false;
+        break;
       }
       detail::FlashBwdOptions opt;
       opt.allow_hopper = allow_hopper;
@@ -235,24 +181,16 @@ void run_case(const RCase& c, uint64_t seed) {
     }
     // 2. Fused vs the fp64 host reference rotated back.
     for (int i = 0; i < 3; ++i) {
-      const ErrorStats err = compare(got[1][i].view, ref[i].view);
-      const ErrorStats naive = compare(nai[i].view, ref[i].view);
-      const double r = rms_of(ref[i]);
-      SCOPED_TRACE(std::string(kernel) + " " + names[i] + " fused vs fp64: " + err.str() + " | naive: " + naive.str() +
-                   " | ref rms " + std::to_string(r));
-      EXPECT_EQ(err.non_finite, 0);
-      EXPECT_LE(err.max_abs, 2 * naive.max_abs + 1e-2 * r + 1e-6);
-      EXPECT_LE(err.rmse, 2 * naive.rmse + 2e-3 * r + 1e-7);
-      std::printf("  [%s] %s fused vs fp64: max %.3g rmse %.3g | naive max %.3g rmse %.3g | ref rms %.3g\n", kernel,
-                  names[i], err.max_abs, err.rmse, naive.max_abs, naive.rmse, r);
+      const std::string label = std::string(kernel) + " " + names[i] + " fused vs fp64";
+      const std::string print_label = std::string("[") + kernel + "] " + names[i] + " fused vs fp64";
+      expect_grad_within_2x_naive(label, print_label.c_str(), "", compare(got[1][i].view, ref[i].view),
+                                  compare(nai[i].view, ref[i].view), rms_of(ref[i]));
     }
   }
 }
 
-#define RUN_CASE(c)                                                                      \
-  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
-  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));                     \
+#define RUN_CASE(c)     \
+  DISTATTN_LINE_SEED(); \
   run_case(c, seed)
 
 // One kv tile (Skv <= 128): dq deterministic, so all three gradients are compared bit for bit.
@@ -486,4 +424,5 @@ TEST(RopeBwdFused, BadInputThrowsAndWritesNothing) {
 }
 
 }  // namespace
+}  // namespace testing
 }  // namespace distattn

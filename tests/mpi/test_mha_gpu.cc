@@ -31,6 +31,7 @@
 #include "distattn/core/error.h"
 #include "distattn/layers/multi_head_attention.h"
 #include "distattn/ring/shard.h"
+#include "mha_test_util.h"
 #include "mpi_gpu.h"
 #include "mpi_gtest_main.h"
 #include "test_util.h"
@@ -49,18 +50,6 @@ using ring::ShardLayout;
 
 constexpr double kCommTimeout = 120.0;
 
-struct Dev {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Dev(size_t n) : bytes(n) { DISTATTN_CUDA_CHECK(cudaMalloc(&p, n)); }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  void upload(const void* h) { DISTATTN_CUDA_CHECK(cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice)); }
-  void download(void* h) const { DISTATTN_CUDA_CHECK(cudaMemcpy(h, p, bytes, cudaMemcpyDeviceToHost)); }
-  void poison() { DISTATTN_CUDA_CHECK(cudaMemset(p, 0xFF, bytes)); }
-};
-
 std::vector<uint16_t> draw(size_t n, std::mt19937_64& rng, double stddev) {
   std::normal_distribution<double> d(0.0, stddev);
   std::vector<uint16_t> b(n);
@@ -78,32 +67,24 @@ double rel_l2(const std::vector<double>& got, const std::vector<double>& ref) {
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
-std::vector<double> bf16_to_double(const std::vector<uint16_t>& v) {
-  std::vector<double> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = bf16_bits_to_float(v[i]);
-  return o;
-}
-
 struct Inputs {
   int64_t B, S, E;
   std::vector<uint16_t> x, dy, wqkv, wo, bqkv, bo;  // full problem, bf16 bits
 };
 
-struct Outputs {
-  std::vector<double> y, dx, gwqkv, gwo, gbqkv, gbo;  // y, dx [B, S_rows, E]
-};
+using Outputs = MhaOutputs;  // y, dx [B, S_rows, E]
 
 // The layer on this rank's GPU with activations of `rows` rows taken from `in` through `take` (full, shard, batch).
 Outputs run_gpu(const MhaConfig& cfg, Communicator* comm, const Inputs& in, int64_t B, int64_t rows,
                 const std::vector<uint16_t>& x, const std::vector<uint16_t>& dy) {
   const int64_t E = in.E;
-  Dev dx(x.size() * 2), ddy(dy.size() * 2), dyo(x.size() * 2), ddxo(x.size() * 2);
-  Dev wq(in.wqkv.size() * 2), wo(in.wo.size() * 2), bq(in.bqkv.size() * 2), bo(in.bo.size() * 2);
-  Dev gq(in.wqkv.size() * 4), go(in.wo.size() * 4), gbq(in.bqkv.size() * 4), gbo(in.bo.size() * 4);
+  DeviceBytes dx(x.size() * 2), ddy(dy.size() * 2), dyo(x.size() * 2), ddxo(x.size() * 2);
+  DeviceBytes wq(in.wqkv.size() * 2), wo(in.wo.size() * 2), bq(in.bqkv.size() * 2), bo(in.bo.size() * 2);
+  DeviceBytes gq(in.wqkv.size() * 4), go(in.wo.size() * 4), gbq(in.bqkv.size() * 4), gbo(in.bo.size() * 4);
   dx.upload(x.data()), ddy.upload(dy.data());
   wq.upload(in.wqkv.data()), wo.upload(in.wo.data()), bq.upload(in.bqkv.data()), bo.upload(in.bo.data());
   dyo.poison(), ddxo.poison(), gq.poison(), go.poison(), gbq.poison(), gbo.poison();
-  auto seq = [&](Dev& d) { return SequenceView::packed(d.p, DType::kBFloat16, Device::kCuda, B, rows, E); };
+  auto seq = [&](DeviceBytes& d) { return SequenceView::packed(d.p, DType::kBFloat16, Device::kCuda, B, rows, E); };
   cudaStream_t stream;
   DISTATTN_CUDA_CHECK(cudaStreamCreate(&stream));
   {
@@ -121,7 +102,7 @@ Outputs run_gpu(const MhaConfig& cfg, Communicator* comm, const Inputs& in, int6
   o.y = bf16_to_double(h);
   ddxo.download(h.data());
   o.dx = bf16_to_double(h);
-  auto grad = [](const Dev& d) {
+  auto grad = [](const DeviceBytes& d) {
     std::vector<float> f(d.bytes / 4);
     d.download(f.data());
     return std::vector<double>(f.begin(), f.end());

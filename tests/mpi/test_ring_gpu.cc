@@ -46,6 +46,7 @@
 #include "distattn/sparse/flash_attention.h"
 #include "mpi_gpu.h"
 #include "mpi_gtest_main.h"
+#include "ring_gpu_check.h"
 #include "ring_test_util.h"
 #include "test_util.h"
 
@@ -59,8 +60,6 @@ using ring::RingConfig;
 using ring::ShardLayout;
 
 constexpr double kCommTimeout = 120.0;  // a hang becomes an Error on every rank before CTest's TIMEOUT
-constexpr double kFwdSlack = 1e-4;      // tests/gpu/test_flash_fwd.cc
-const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 struct Case {
   ShardLayout layout = ShardLayout::kZigzag;
@@ -93,38 +92,14 @@ std::vector<float> make_slopes(int64_t H) {
   return s;
 }
 
-// The worse of two error measurements, field by field (the one-GPU baseline over both backward kernels).
-ErrorStats worse(const ErrorStats& a, const ErrorStats& b) {
-  ErrorStats w = a;
-  w.max_abs = std::max(a.max_abs, b.max_abs);
-  w.rel_l2 = std::max(a.rel_l2, b.rel_l2);
-  w.rmse = std::max(a.rmse, b.rmse);
-  w.non_finite = std::max(a.non_finite, b.non_finite);
-  return w;
-}
-
-// Errors of one quantity on this rank's rows: the ring's, the one-GPU run's and the naive host engine's.
-struct Triple {
-  ErrorStats ring, single, naive;
-};
-
 // Worst (over ranks) max|err| of ring / one GPU / naive for O, LSE, dQ, dK, dV: the table line.
 void report(const Case& c, uint64_t seed, const Triple (&t)[5]) {
-  double mine[15], worst[15];
-  for (int i = 0; i < 5; ++i) {
-    mine[3 * i] = t[i].ring.max_abs;
-    mine[3 * i + 1] = t[i].single.max_abs;
-    mine[3 * i + 2] = t[i].naive.max_abs;
-  }
-  MPI_Allreduce(mine, worst, 15, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  double worst[15];
+  worst_over_ranks(t, worst);
   if (mpi_rank() == 0) {
     std::printf("[ring-gpu P=%d] %-44s S=%lld seed %llu | max|err| ring/1gpu/naive:", mpi_size(), c.name().c_str(),
                 static_cast<long long>(c.S), static_cast<unsigned long long>(seed));
-    const char* names[5] = {"O", "LSE", "dQ", "dK", "dV"};
-    for (int i = 0; i < 5; ++i)
-      std::printf("  %s %.2e/%.2e/%.2e", names[i], worst[3 * i], worst[3 * i + 1], worst[3 * i + 2]);
-    std::printf("\n");
-    std::fflush(stdout);
+    print_error_columns(worst);
   }
 }
 
@@ -147,10 +122,7 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
 
   // ---- inputs: the same full bf16 tensors on every rank -------------------------------------------------
   HostTensor Q(bf, B, S, Hq, D), K(bf, B, S, Hkv, D), V(bf, B, S, Hkv, D), dO(bf, B, S, Hq, D);
-  fill_normal(Q, seed + 1);
-  fill_normal(K, seed + 2);
-  fill_normal(V, seed + 3);
-  fill_normal(dO, seed + 4);
+  fill_normal_each({&Q, &K, &V, &dO}, seed + 1);
   // This rank's unrotated shards (rotated on the GPU below) with the case's strides.
   HostTensor q = shard_of(Q, c.layout, P, r, c.head_pad, c.row_pad),
              k = shard_of(K, c.layout, P, r, c.head_pad, c.row_pad),
@@ -182,37 +154,10 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
   hp.kv_pos = PositionMap::contiguous(0, S);
   hp.mask = c.mask;
   hp.alibi_slopes = c.alibi ? slopes.data() : nullptr;
-  HostTensor o64(DType::kFloat32, B, Sl, Hq, D), o_naive(bf, B, Sl, Hq, D);  // fp64 math, fp32 storage
-  std::vector<float> lse64(static_cast<size_t>(B * Hq * Sl)), lse_naive(lse64.size());
-  hp.o = o64.view;
-  hp.lse = lse64.data();
-  host_attention_forward(hp, HostPrecision::kFloat64);
-  hp.o = o_naive.view;
-  hp.lse = lse_naive.data();
-  host_attention_forward(hp, HostPrecision::kRoundIntermediates);
   // The complete forward's O rounded to bf16 (what a framework would keep) and its LSE feed every backward.
-  const HostTensor ob_local = convert(o64, bf);
-  const HostTensor Ob = gather_full(ob_local, c.layout, S);
-  const std::vector<float> LSE = gather_lse(lse64, B, Hq, c.layout, S);
   const HostTensor dout_ref = shard_of(dO, c.layout, P, r);
-
-  AttnBwdParams hb;
-  hb.fwd = hp;
-  hb.fwd.o = ob_local.view;
-  hb.fwd.lse = lse64.data();
-  hb.dout = dout_ref.view;
-  HostTensor dq64(DType::kFloat32, B, Sl, Hq, D), dk_part(DType::kFloat32, B, S, Hkv, D),
-      dv_part(DType::kFloat32, B, S, Hkv, D);
-  hb.dq = dq64.view, hb.dk = dk_part.view, hb.dv = dv_part.view;
-  host_attention_backward(hb, HostPrecision::kFloat64);
-  HostTensor dq_naive(DType::kFloat32, B, Sl, Hq, D), dk_npart(DType::kFloat32, B, S, Hkv, D),
-      dv_npart(DType::kFloat32, B, S, Hkv, D);
-  hb.dq = dq_naive.view, hb.dk = dk_npart.view, hb.dv = dv_npart.view;
-  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
-  const HostTensor dk_ref = shard_of(sum_over_ranks(dk_part), c.layout, P, r),
-                   dv_ref = shard_of(sum_over_ranks(dv_part), c.layout, P, r),
-                   dk_nai = shard_of(sum_over_ranks(dk_npart), c.layout, P, r),
-                   dv_nai = shard_of(sum_over_ranks(dv_npart), c.layout, P, r);
+  const RingHostRefs ref = ring_host_refs(hp, dout_ref.view, c.layout, S);
+  const std::vector<float>& lse64 = ref.lse64;
 
   // ---- the ring ------------------------------------------------------------------------------------------
   cudaStream_t stream = nullptr;
@@ -262,29 +207,12 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
 
   RingRun run;
   run.o = HostTensor(out_dt, B, Sl, Hq, D, c.head_pad, c.row_pad);
-  fill_nan(run.o);
-  DeviceTensor d_o(run.o);
-  DeviceArray<float> d_lse(std::vector<float>(lse64.size(), kNaN));
-  ra.forward(d_q.view(), d_k.view(), d_v.view(), d_o.view(), d_lse.ptr, stream);
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  ring_forward(ra, d_q, d_k, d_v, run.o, run.lse, lse64.size(), stream);
   if (c.expect_alibi_merge >= 0) EXPECT_EQ(ra.last_forward().alibi_merge_cutoff, c.expect_alibi_merge == 1);
-  d_o.download(run.o);
-  run.lse = d_lse.download();
 
   // Backward fed the reference's O (bf16) and LSE.
-  HostTensor ob_strided(bf, B, Sl, Hq, D, c.head_pad, c.row_pad);
-  ring::shard_host(Ob.view, ob_strided.view, c.layout, P, r);
-  DeviceTensor d_ob(ob_strided);
-  DeviceArray<float> d_lse_ref(lse64);
-  HostTensor g[3] = {HostTensor(out_dt, B, Sl, Hq, D, c.head_pad, c.row_pad),
-                     HostTensor(out_dt, B, Sl, Hkv, D, c.head_pad, c.row_pad),
-                     HostTensor(out_dt, B, Sl, Hkv, D, c.head_pad, c.row_pad)};
-  for (HostTensor& t : g) fill_nan(t);
-  DeviceTensor d_g[3] = {DeviceTensor(g[0]), DeviceTensor(g[1]), DeviceTensor(g[2])};
-  ra.backward(d_dout.view(), d_q.view(), d_k.view(), d_v.view(), d_ob.view(), d_lse_ref.ptr, d_g[0].view(),
-              d_g[1].view(), d_g[2].view(), stream);
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  for (int i = 0; i < 3; ++i) d_g[i].download(g[i]);
+  HostTensor g[3];
+  ring_backward(ra, d_dout, d_q, d_k, d_v, ref, c.layout, out_dt, c.head_pad, c.row_pad, g, stream);
   // With DISTATTN_RING_BWD_OWN=split the own step runs in two parts whenever there are remote steps (ring_cuda.cc).
   const char* own_env = std::getenv("DISTATTN_RING_BWD_OWN");
   if (P > 1 && own_env != nullptr && std::string(own_env) == "split") {
@@ -295,100 +223,22 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
   }
 
   // ---- one GPU, the whole sequence (inputs rotated on the host: the reference's) ---------------------------
-  DeviceTensor f_q(Q), f_k(K), f_v(V), f_do(dO), f_ob(Ob);
-  HostTensor o1(out_dt, B, S, Hq, D);
-  fill_nan(o1);
-  DeviceTensor f_o(o1);
-  DeviceArray<float> f_lse(std::vector<float>(static_cast<size_t>(B * Hq * S), kNaN));
   AttnParams gp;
-  gp.q = f_q.view();
-  gp.k = f_k.view();
-  gp.v = f_v.view();
-  gp.o = f_o.view();
-  gp.lse = f_lse.ptr;
   gp.q_pos = gp.kv_pos = PositionMap::contiguous(0, S);
   gp.mask = c.mask;
   gp.alibi_slopes = c.alibi ? d_slopes.ptr : nullptr;
-  flash_attention_forward(gp, stream);
-  DeviceArray<float> f_lse_ref(LSE);
-  HostTensor g1[3] = {HostTensor(out_dt, B, S, Hq, D), HostTensor(out_dt, B, S, Hkv, D),
-                      HostTensor(out_dt, B, S, Hkv, D)};
-  for (HostTensor& t : g1) fill_nan(t);
-  DeviceTensor f_g[3] = {DeviceTensor(g1[0]), DeviceTensor(g1[1]), DeviceTensor(g1[2])};
-  AttnBwdParams gb;
-  gb.fwd = gp;
-  gb.fwd.o = f_ob.view();
-  gb.fwd.lse = f_lse_ref.ptr;
-  gb.dout = f_do.view();
-  gb.dq = f_g[0].view(), gb.dk = f_g[1].view(), gb.dv = f_g[2].view();
-  flash_attention_backward(gb, stream);
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  f_o.download(o1);
-  for (int i = 0; i < 3; ++i) f_g[i].download(g1[i]);
-  // The same backward on the mma.sync kernel (the default call above takes the Hopper kernel where it applies).
-  HostTensor g1m[3] = {HostTensor(out_dt, B, S, Hq, D), HostTensor(out_dt, B, S, Hkv, D),
-                       HostTensor(out_dt, B, S, Hkv, D)};
-  for (HostTensor& t : g1m) fill_nan(t);
-  DeviceTensor f_gm[3] = {DeviceTensor(g1m[0]), DeviceTensor(g1m[1]), DeviceTensor(g1m[2])};
-  gb.dq = f_gm[0].view(), gb.dk = f_gm[1].view(), gb.dv = f_gm[2].view();
-  detail::FlashBwdOptions mma_only;
-  mma_only.allow_hopper = false;
-  detail::flash_attention_backward(gb, mma_only, stream);
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  for (int i = 0; i < 3; ++i) f_gm[i].download(g1m[i]);
-  const std::vector<float> lse1_full = f_lse.download();
-  run.o_single = shard_of(o1, c.layout, P, r);
-  run.lse_single.resize(lse64.size());
-  ring::shard_lse_host(lse1_full.data(), run.lse_single.data(), B, Hq, c.layout, S, P, r);
+  // The backward runs on both kernels: the baseline error of each gradient is the larger of the two.
+  const OneGpuRun one = one_gpu_run(gp, Q, K, V, dO, ref, out_dt, /*mma_too=*/true, stream);
+  one_gpu_rows(one, c.layout, run.o_single, run.lse_single);
   if (stream != nullptr) cudaStreamDestroy(stream);
 
   // ---- errors on this rank's rows ---------------------------------------------------------------------------
   Triple t[5];
-  t[0] = {compare(run.o.view, o64.view), compare(run.o_single.view, o64.view), compare(o_naive.view, o64.view)};
-  const std::vector<double> lse_ref_d(lse64.begin(), lse64.end());
-  const int64_t nl = static_cast<int64_t>(lse64.size());
-  t[1] = {compare_flat(run.lse.data(), lse_ref_d.data(), nl), compare_flat(run.lse_single.data(), lse_ref_d.data(), nl),
-          compare_flat(lse_naive.data(), lse_ref_d.data(), nl)};
-  const HostTensor* refs[3] = {&dq64, &dk_ref, &dv_ref};
-  const HostTensor* nais[3] = {&dq_naive, &dk_nai, &dv_nai};
-  for (int i = 0; i < 3; ++i) {
-    const HostTensor single = shard_of(g1[i], c.layout, P, r);
-    const HostTensor single_mma = shard_of(g1m[i], c.layout, P, r);
-    t[2 + i] = {compare(g[i].view, refs[i]->view),
-                worse(compare(single.view, refs[i]->view), compare(single_mma.view, refs[i]->view)),
-                compare(nais[i]->view, refs[i]->view)};
-  }
-
+  ring_error_triples(t, ref, run.o, run.lse, g, run.o_single, run.lse_single, one, c.layout);
   run.o_single_err = t[0].single;
-  const char* names[5] = {"O", "LSE", "dQ", "dK", "dV"};
-  for (int i = 0; i < 5; ++i) {
-    const Triple& e = t[i];
-    SCOPED_TRACE(std::string(names[i]) + " ring: " + e.ring.str() + " | 1 GPU: " + e.single.str() +
-                 " | naive: " + e.naive.str());
-    EXPECT_EQ(e.ring.non_finite, 0);
-    EXPECT_EQ(e.single.non_finite, 0);
-    EXPECT_GT(e.ring.count, 0);
-    if (i < 2) {
-      // Forward rule (O and LSE): rel_l2 and max_abs.
-      EXPECT_LE(e.ring.rel_l2, 2 * e.naive.rel_l2 + kFwdSlack);
-      EXPECT_LE(e.ring.max_abs, 2 * e.naive.max_abs + kFwdSlack);
-      EXPECT_LE(e.ring.rel_l2, 2 * e.single.rel_l2 + kFwdSlack) << "grows with the number of ranks";
-      EXPECT_LE(e.ring.max_abs, 2 * e.single.max_abs + kFwdSlack) << "grows with the number of ranks";
-    } else {
-      // Backward rule: max and RMS, slack relative to the gradient's size.
-      const double rr = rms_of(refs[i - 2]->view);
-      EXPECT_LE(e.ring.max_abs, 2 * e.naive.max_abs + 1e-2 * rr + 1e-6);
-      EXPECT_LE(e.ring.rmse, 2 * e.naive.rmse + 2e-3 * rr + 1e-7);
-      // bf16 gradient travel rounds dK|dV at each of the P hops: that error grows with P by design (fp32
-      // travel is the default), so only dQ is held to the one-GPU error there.
-      if (i == 2 || c.travel == GradTravel::kFloat32) {
-        EXPECT_LE(e.ring.max_abs, 2 * e.single.max_abs + 1e-2 * rr + 1e-6) << "grows with the number of ranks";
-        EXPECT_LE(e.ring.rmse, 2 * e.single.rmse + 2e-3 * rr + 1e-7) << "grows with the number of ranks";
-      }
-    }
-  }
-  // The reference is not trivially empty: some LSE is finite on every rank.
-  EXPECT_TRUE(std::any_of(lse64.begin(), lse64.end(), [](float x) { return std::isfinite(x); }));
+  // bf16 gradient travel rounds dK|dV at each of the P hops: that error grows with P by design (fp32 travel is the
+  // default), so only dQ is held to the one-GPU error there.
+  expect_ring_bounds(t, ref, /*dkdv_vs_single=*/c.travel == GradTravel::kFloat32);
   report(c, seed, t);
   return run;
 }

@@ -36,6 +36,7 @@
 #include "distattn/sparse/flash_attention.h"
 #include "mpi_gpu.h"
 #include "mpi_gtest_main.h"
+#include "ring_gpu_check.h"
 #include "ring_sparse_cases.h"
 #include "ring_test_util.h"
 #include "test_util.h"
@@ -49,12 +50,8 @@ using ring::RingConfig;
 using ring::ShardLayout;
 
 constexpr double kCommTimeout = 120.0;
-constexpr double kFwdSlack = 1e-4;  // tests/gpu/test_flash_fwd.cc
-constexpr int64_t kSeq = 2048;      // contiguous and zigzag chunks are whole blocks for P = 1, 2, 4, 8
+constexpr int64_t kSeq = 2048;  // contiguous and zigzag chunks are whole blocks for P = 1, 2, 4, 8
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
-struct Triple {
-  ErrorStats ring, single, naive;
-};
 
 // What the ring did (identical on every rank except computed_steps).
 struct RunInfo {
@@ -71,10 +68,7 @@ RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
   const DType bf = DType::kBFloat16;
 
   HostTensor Q(bf, 1, S, Hq, D), K(bf, 1, S, Hkv, D), V(bf, 1, S, Hkv, D), dO(bf, 1, S, Hq, D);
-  fill_normal(Q, seed + 1);
-  fill_normal(K, seed + 2);
-  fill_normal(V, seed + 3);
-  fill_normal(dO, seed + 4);
+  fill_normal_each({&Q, &K, &V, &dO}, seed + 1);
   const HostTensor q = shard_of(Q, c.layout, P, r), k = shard_of(K, c.layout, P, r), v = shard_of(V, c.layout, P, r),
                    dout = shard_of(dO, c.layout, P, r);
   std::vector<float> slopes;
@@ -95,34 +89,8 @@ RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
   hp.mask = g ? rows.host_mask() : c.band();
   hp.alibi_slopes = c.alibi ? slopes.data() : nullptr;
   hp.softmax_scale = c.scale;
-  HostTensor o64(DType::kFloat32, 1, Sl, Hq, D), o_naive(bf, 1, Sl, Hq, D);
-  std::vector<float> lse64(static_cast<size_t>(Hq * Sl)), lse_naive(lse64.size());
-  hp.o = o64.view;
-  hp.lse = lse64.data();
-  host_attention_forward(hp, HostPrecision::kFloat64);
-  hp.o = o_naive.view;
-  hp.lse = lse_naive.data();
-  host_attention_forward(hp, HostPrecision::kRoundIntermediates);
-  const HostTensor ob_local = convert(o64, bf);
-  const HostTensor Ob = gather_full(ob_local, c.layout, S);
-  const std::vector<float> LSE = gather_lse(lse64, 1, Hq, c.layout, S);
-  AttnBwdParams hb;
-  hb.fwd = hp;
-  hb.fwd.o = ob_local.view;
-  hb.fwd.lse = lse64.data();
-  hb.dout = dout.view;
-  HostTensor dq64(DType::kFloat32, 1, Sl, Hq, D), dk_part(DType::kFloat32, 1, S, Hkv, D),
-      dv_part(DType::kFloat32, 1, S, Hkv, D);
-  hb.dq = dq64.view, hb.dk = dk_part.view, hb.dv = dv_part.view;
-  host_attention_backward(hb, HostPrecision::kFloat64);
-  HostTensor dq_naive(DType::kFloat32, 1, Sl, Hq, D), dk_npart(DType::kFloat32, 1, S, Hkv, D),
-      dv_npart(DType::kFloat32, 1, S, Hkv, D);
-  hb.dq = dq_naive.view, hb.dk = dk_npart.view, hb.dv = dv_npart.view;
-  host_attention_backward(hb, HostPrecision::kRoundIntermediates);
-  const HostTensor dk_ref = shard_of(sum_over_ranks(dk_part), c.layout, P, r),
-                   dv_ref = shard_of(sum_over_ranks(dv_part), c.layout, P, r),
-                   dk_nai = shard_of(sum_over_ranks(dk_npart), c.layout, P, r),
-                   dv_nai = shard_of(sum_over_ranks(dv_npart), c.layout, P, r);
+  const RingHostRefs ref = ring_host_refs(hp, dout.view, c.layout, S);
+  const std::vector<float>& lse64 = ref.lse64;
   const ExpectedWork ew = expected_work(element_mask(c, g.get(), S), c.layout, S, P);
 
   // ---- the ring --------------------------------------------------------------------------------------------
@@ -148,115 +116,41 @@ RunInfo run_case(NcclCommunicator& comm, const SparseCase& c) {
   EXPECT_EQ(ra.schedule().computed_steps(), ew.computed[static_cast<size_t>(r)]);
 
   HostTensor o(bf, 1, Sl, Hq, D);
-  fill_nan(o);
-  DeviceTensor d_o(o);
-  DeviceArray<float> d_lse(std::vector<float>(lse64.size(), kNaN));
-  ra.forward(d_q.view(), d_k.view(), d_v.view(), d_o.view(), d_lse.ptr, stream);
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  d_o.download(o);
-  const std::vector<float> lse = d_lse.download();
+  std::vector<float> lse;
+  ring_forward(ra, d_q, d_k, d_v, o, lse, lse64.size(), stream);
   EXPECT_EQ(ra.last_forward().kv_exchanges, ew.exchanges());
   EXPECT_EQ(ra.last_forward().computed_steps, ew.computed[static_cast<size_t>(r)]);
 
-  const HostTensor ob_shard = shard_of(Ob, c.layout, P, r);
-  DeviceTensor d_ob(ob_shard);
-  DeviceArray<float> d_lse_ref(lse64);
-  HostTensor gr[3] = {HostTensor(bf, 1, Sl, Hq, D), HostTensor(bf, 1, Sl, Hkv, D), HostTensor(bf, 1, Sl, Hkv, D)};
-  for (HostTensor& t : gr) fill_nan(t);
-  DeviceTensor d_g[3] = {DeviceTensor(gr[0]), DeviceTensor(gr[1]), DeviceTensor(gr[2])};
-  ra.backward(d_dout.view(), d_q.view(), d_k.view(), d_v.view(), d_ob.view(), d_lse_ref.ptr, d_g[0].view(),
-              d_g[1].view(), d_g[2].view(), stream);
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  for (int i = 0; i < 3; ++i) d_g[i].download(gr[i]);
+  HostTensor gr[3];
+  ring_backward(ra, d_dout, d_q, d_k, d_v, ref, c.layout, bf, 0, 0, gr, stream);
   EXPECT_EQ(ra.last_backward().kv_exchanges, ew.exchanges());
   EXPECT_EQ(ra.last_backward().grad_exchanges, ew.exchanges() + 1);
   EXPECT_EQ(ra.last_backward().grad_home_shift, ((-ew.last) % P + P) % P);
 
   // ---- one GPU, the whole sequence, the global layout ------------------------------------------------------
-  DeviceTensor f_q(Q), f_k(K), f_v(V), f_do(dO), f_ob(Ob);
-  HostTensor o1(bf, 1, S, Hq, D);
-  fill_nan(o1);
-  DeviceTensor f_o(o1);
-  DeviceArray<float> f_lse(std::vector<float>(static_cast<size_t>(Hq * S), kNaN));
   AttnParams gp;
-  gp.q = f_q.view(), gp.k = f_k.view(), gp.v = f_v.view(), gp.o = f_o.view();
-  gp.lse = f_lse.ptr;
   gp.q_pos = gp.kv_pos = PositionMap::contiguous(0, S);
   gp.mask = g ? g->device_mask(stream) : c.band();
   gp.alibi_slopes = c.alibi ? d_slopes.ptr : nullptr;
   gp.softmax_scale = c.scale;
-  flash_attention_forward(gp, stream);
-  DeviceArray<float> f_lse_ref(LSE);
-  HostTensor g1[3] = {HostTensor(bf, 1, S, Hq, D), HostTensor(bf, 1, S, Hkv, D), HostTensor(bf, 1, S, Hkv, D)};
-  for (HostTensor& t : g1) fill_nan(t);
-  DeviceTensor f_g[3] = {DeviceTensor(g1[0]), DeviceTensor(g1[1]), DeviceTensor(g1[2])};
-  AttnBwdParams gb;
-  gb.fwd = gp;
-  gb.fwd.o = f_ob.view();
-  gb.fwd.lse = f_lse_ref.ptr;
-  gb.dout = f_do.view();
-  gb.dq = f_g[0].view(), gb.dk = f_g[1].view(), gb.dv = f_g[2].view();
-  flash_attention_backward(gb, stream);
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  f_o.download(o1);
-  for (int i = 0; i < 3; ++i) f_g[i].download(g1[i]);
-  const std::vector<float> lse1_full = f_lse.download();
-  std::vector<float> lse1(lse64.size());
-  ring::shard_lse_host(lse1_full.data(), lse1.data(), 1, Hq, c.layout, S, P, r);
+  const OneGpuRun one = one_gpu_run(gp, Q, K, V, dO, ref, bf, /*mma_too=*/false, stream);
+  HostTensor o1_rows;
+  std::vector<float> lse1;
+  one_gpu_rows(one, c.layout, o1_rows, lse1);
   cudaStreamDestroy(stream);
 
   // ---- errors on this rank's rows ----------------------------------------------------------------------------
   Triple t[5];
-  t[0] = {compare(o.view, o64.view), compare(shard_of(o1, c.layout, P, r).view, o64.view),
-          compare(o_naive.view, o64.view)};
-  const std::vector<double> lse_ref_d(lse64.begin(), lse64.end());
-  const int64_t nl = static_cast<int64_t>(lse64.size());
-  t[1] = {compare_flat(lse.data(), lse_ref_d.data(), nl), compare_flat(lse1.data(), lse_ref_d.data(), nl),
-          compare_flat(lse_naive.data(), lse_ref_d.data(), nl)};
-  const HostTensor* refs[3] = {&dq64, &dk_ref, &dv_ref};
-  const HostTensor* nais[3] = {&dq_naive, &dk_nai, &dv_nai};
-  for (int i = 0; i < 3; ++i) {
-    t[2 + i] = {compare(gr[i].view, refs[i]->view), compare(shard_of(g1[i], c.layout, P, r).view, refs[i]->view),
-                compare(nais[i]->view, refs[i]->view)};
-  }
-  const char* names[5] = {"O", "LSE", "dQ", "dK", "dV"};
-  for (int i = 0; i < 5; ++i) {
-    const Triple& e = t[i];
-    SCOPED_TRACE(std::string(names[i]) + " ring: " + e.ring.str() + " | 1 GPU: " + e.single.str() +
-                 " | naive: " + e.naive.str());
-    EXPECT_EQ(e.ring.non_finite, 0);
-    EXPECT_EQ(e.single.non_finite, 0);
-    EXPECT_GT(e.ring.count, 0);
-    if (i < 2) {
-      EXPECT_LE(e.ring.rel_l2, 2 * e.naive.rel_l2 + kFwdSlack);
-      EXPECT_LE(e.ring.max_abs, 2 * e.naive.max_abs + kFwdSlack);
-      EXPECT_LE(e.ring.rel_l2, 2 * e.single.rel_l2 + kFwdSlack) << "grows with the number of ranks";
-      EXPECT_LE(e.ring.max_abs, 2 * e.single.max_abs + kFwdSlack) << "grows with the number of ranks";
-    } else {
-      const double rr = rms_of(refs[i - 2]->view);
-      EXPECT_LE(e.ring.max_abs, 2 * e.naive.max_abs + 1e-2 * rr + 1e-6);
-      EXPECT_LE(e.ring.rmse, 2 * e.naive.rmse + 2e-3 * rr + 1e-7);
-      EXPECT_LE(e.ring.max_abs, 2 * e.single.max_abs + 1e-2 * rr + 1e-6) << "grows with the number of ranks";
-      EXPECT_LE(e.ring.rmse, 2 * e.single.rmse + 2e-3 * rr + 1e-7) << "grows with the number of ranks";
-    }
-  }
-  EXPECT_TRUE(std::any_of(lse64.begin(), lse64.end(), [](float x) { return std::isfinite(x); }));
+  ring_error_triples(t, ref, o, lse, gr, o1_rows, lse1, one, c.layout);
+  expect_ring_bounds(t, ref, /*dkdv_vs_single=*/true);
 
-  double mine[15], worst[15];
-  for (int i = 0; i < 5; ++i) {
-    mine[3 * i] = t[i].ring.max_abs;
-    mine[3 * i + 1] = t[i].single.max_abs;
-    mine[3 * i + 2] = t[i].naive.max_abs;
-  }
-  MPI_Allreduce(mine, worst, 15, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  double worst[15];
+  worst_over_ranks(t, worst);
   RunInfo info{ra.schedule().last_useful_step, ra.last_forward().kv_exchanges, ra.last_backward().grad_exchanges};
   if (r == 0) {
     std::printf("[ring-sparse-gpu P=%d] %-40s seed %llu density %.3f last step %d | max|err| ring/1gpu/naive:", P,
                 c.name().c_str(), static_cast<unsigned long long>(seed), g ? g->density() : 1.0, info.last_useful_step);
-    for (int i = 0; i < 5; ++i)
-      std::printf("  %s %.2e/%.2e/%.2e", names[i], worst[3 * i], worst[3 * i + 1], worst[3 * i + 2]);
-    std::printf("\n");
-    std::fflush(stdout);
+    print_error_columns(worst);
   }
   return info;
 }
