@@ -2,10 +2,8 @@
 #include "distattn/core/scratch_pool.h"
 
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <mutex>
-#include <string>
 #include <vector>
 
 #include "distattn/core/check_cuda.h"
@@ -15,9 +13,13 @@
 namespace distattn {
 namespace {
 
+// Every scratch allocation passes here: the device count is asked once per process (it cannot change in one).
 int resolve_device(int device) {
-  int count = 0;
-  DISTATTN_CUDA_CHECK(cudaGetDeviceCount(&count));
+  static const int count = [] {
+    int n = 0;
+    DISTATTN_CUDA_CHECK(cudaGetDeviceCount(&n));
+    return n;
+  }();
   if (device < 0) DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
   DISTATTN_CHECK_ARG(device < count, "device", "is ", device, ", the process sees ", count, " CUDA device(s)");
   return device;
