@@ -26,8 +26,8 @@
 #include "../../sparse/src/hopper/flash_bwd_hopper.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
-#include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_bwd_check.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -38,7 +38,6 @@ using testing::DeviceTensor;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
-using testing::test_seed;
 
 struct OCase {
   DType dtype = DType::kBFloat16;
@@ -81,20 +80,11 @@ void run_case(const OCase& c, uint64_t seed) {
   fill_normal(k, seed + 2);
   fill_normal(v, seed + 3);
   fill_normal(dout, seed + 4);
-  const PositionMap q_pos = PositionMap::contiguous(c.q_start, c.Sq);
-  const PositionMap kv_pos = PositionMap::contiguous(0, c.Skv);
-
   // The forward's O and LSE from the host (fp64, O rounded to the dtype): what the backward is given.
-  AttnParams hf;
+  AttnParams hf = testing::case_setup(PositionMap::contiguous(c.q_start, c.Sq), PositionMap(), c.Sq, c.Skv, c.mask);
   hf.q = q.view, hf.k = k.view, hf.v = v.view;
-  HostTensor o32(DType::kFloat32, c.B, c.Sq, c.Hq, D);
-  hf.o = o32.view;
-  std::vector<float> lse(static_cast<size_t>(c.B * c.Hq * c.Sq));
-  hf.lse = lse.data();
-  hf.q_pos = q_pos, hf.kv_pos = kv_pos;
-  hf.mask = c.mask;
-  host_attention_forward(hf, HostPrecision::kFloat64);
-  copy_values(o, o32);
+  std::vector<float> lse;
+  testing::host_forward_rounded(hf, o, lse);
 
   HostTensor r_dq(DType::kFloat32, c.B, c.Sq, c.Hq, D), r_dk(DType::kFloat32, c.B, c.Skv, c.Hkv, D),
       r_dv(DType::kFloat32, c.B, c.Skv, c.Hkv, D);
@@ -171,10 +161,8 @@ void run_case(const OCase& c, uint64_t seed) {
   }
 }
 
-#define RUN_CASE(c)                                                                      \
-  const uint64_t seed = test_seed() + static_cast<uint64_t>(__LINE__);                   \
-  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (line " << __LINE__ << ")"); \
-  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));                     \
+#define RUN_CASE(c)     \
+  DISTATTN_LINE_SEED(); \
   run_case(c, seed)
 
 TEST(BwdOverwriteDkDv, Bf16CausalGqaOddLength) {
