@@ -302,6 +302,19 @@ void check_direct_lse_bits(const GpuCase& c, bool fold_segments = true) {
   }
 }
 
+// fp16, B 2, 3 heads, causal, padded rows and heads: run with fold_segments = false it makes one call per segment with
+// the B batches as its batch (the unfolded path of the LSE addressing checks).
+GpuCase unfolded_fp16_case(const std::string& name) {
+  GpuCase c{name};
+  c.dtype = DType::kFloat16;
+  c.B = 2;
+  c.Hq = c.Hkv = 3;
+  c.causal = true;
+  c.head_pad = 8;
+  c.row_pad = 16;
+  return c;
+}
+
 TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
   GpuCase c{"direct_lse_b2_d128"};
   c.causal = true;
@@ -314,14 +327,7 @@ TEST(DilatedGpu, DirectLseSameBitsAsCompacted) {
   d.name = "direct_lse_fused_off";
   d.fused = false;
   check_direct_lse_bits(d);
-  GpuCase e{"direct_lse_unfolded_fp16"};  // one call per segment with the B batches as its batch
-  e.dtype = DType::kFloat16;
-  e.B = 2;
-  e.Hq = e.Hkv = 3;
-  e.causal = true;
-  e.head_pad = 8;
-  e.row_pad = 16;
-  check_direct_lse_bits(e, /*fold_segments=*/false);
+  check_direct_lse_bits(unfolded_fp16_case("direct_lse_unfolded_fp16"), /*fold_segments=*/false);
 }
 
 // The dilated forward twice on the case's inputs (ALiBi slopes from the head count when c.alibi), from NaN-poisoned o
@@ -440,14 +446,7 @@ TEST(DilatedGpu, StridedLseSameBitsAsCompacted) {
   e.B = 2;
   e.fused = false;
   check_strided_lse_bits(e);
-  GpuCase f{"strided_lse_unfolded_fp16"};  // one call per segment with the B batches as its batch
-  f.dtype = DType::kFloat16;
-  f.B = 2;
-  f.Hq = f.Hkv = 3;
-  f.causal = true;
-  f.head_pad = 8;
-  f.row_pad = 16;
-  check_strided_lse_bits(f, /*fold_segments=*/false);
+  check_strided_lse_bits(unfolded_fp16_case("strided_lse_unfolded_fp16"), /*fold_segments=*/false);
   GpuCase g{"strided_lse_gqa_alibi"};  // 3 q heads per kv head: r = 2 runs one call per head, r = 3 one per class
   g.Hq = 6;
   g.Hkv = 2;
