@@ -153,9 +153,10 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       }
     }
     local_rows_ = config_.seq_len / P;
-    // DISTATTN_RING_BWD_OWN=whole (default) | split: the CUDA backward's own step in one part or two (ring_cuda.cc).
-    // Read at every construction (tests change it between objects); anything else throws naming it.
-    bwd_own_split_ = env_choice("DISTATTN_RING_BWD_OWN", {"whole", "split"}, 0) == 1;
+    // DISTATTN_RING_BWD_OWN=whole (default) | split | heads: the CUDA backward's own step in one part, or in two cut
+    // by kv rows or by kv heads (ring_cuda.cc). Read at every construction (tests change it between objects); anything
+    // else throws naming it. The choice indices are kOwnWhole, kOwnSplitRows, kOwnSplitHeads.
+    bwd_own_split_ = env_choice("DISTATTN_RING_BWD_OWN", {"whole", "split", "heads"}, 0);
     fwd_alibi_merge_ = alibi_merge_cutoff_wanted(comm, config_);
   });
 
@@ -176,7 +177,7 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       .add_float("softmax_scale", config_.softmax_scale)
       .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
       .add("host_precision", static_cast<int64_t>(config_.host_precision))
-      .add("DISTATTN_RING_BWD_OWN", bwd_own_split_ ? 1 : 0)
+      .add("DISTATTN_RING_BWD_OWN", bwd_own_split_)
       .add("DISTATTN_RING_ALIBI_CUTOFF", fwd_alibi_merge_ ? 1 : 0);
   // The block layout: presence, size and a hash of its row CSR (listed blocks and their partial flags).
   const BlockLayout* bl = config_.block_layout;

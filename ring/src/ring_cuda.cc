@@ -44,44 +44,59 @@
 // The copy engine pushes: the SOURCE's N writes into this rank's drecv; the flags replace NCCL's stream order
 // (comm/src/ce_window.cc, "Protocol"). Each hazard again, for exchange n of the window on rank r:
 //   drecv (write after read): r's post n runs on N after `after` = X, i.e. after the add that last read drecv (step
-//     s's add, or for a home half the add of that half); only then does N write FREE n into the source's flags, and
-//     the source's push n waits for it. The home halves read / write disjoint halves: the dK push writes
-//     drecv[0, home_half) while X's dV add reads drecv[nkv * gs, 2 nkv * gs) (home_half <= nkv * gs).
+//     s's add, or for a home piece the add of that piece); only then does N write FREE n into the source's flags, and
+//     the source's push n waits for it. A home piece covering elements [e0, e1) of [dK | dV] lands in bytes
+//     [e0 hs, e1 hs) of drecv while the later pieces' adds read drecv from byte e1 gs on (hs, gs: the home and travel
+//     element sizes, hs <= gs), so no landing overlaps a pending read.
 //   drecv (read after write): X's add at step s+1 (and C's conversion after the home hop) follow wait_exchange with
 //     that stream as consumer, which waits for READY n from the source (written after its copy, with a barrier).
 //   dsend (write after read): r's own N reads dsend in its push n, then records done[slot]; X waits for done[slot]
-//     in wait_exchange before the next add writes dsend. The dK home push reads dsend[0, home_half) while X writes
-//     the dV half at [home_half, 2 home_half).
+//     in wait_exchange before the next add writes dsend. A home piece's push reads its own range of dsend while X
+//     writes the later pieces' (disjoint) ranges.
 //   dsend (read after write): the push follows the add on N (after = X).
-//   across calls: the next call's C waits for kv_idle_, recorded on this call's C after C waited for both home
-//     halves (done: the pushes out of dsend are complete; READY: the pushes into drecv landed) and after the dk / dv
+//   across calls: the next call's C waits for kv_idle_, recorded on this call's C after C waited for every home
+//     piece (done: the pushes out of dsend are complete; READY: the pushes into drecv landed) and after the dk / dv
 //     conversions read drecv; X follows that C before its first add and N's first FREE follows X.
 // The home hop lands straight in the caller's dk, dv only on NCCL (backward_cuda says why not on the copy engine).
 //
-// Backward tail (after the last compute; was ~2 ms at 32K on 2 H200s, all serial on C): the dQ conversion is
-// enqueued on C right after the last compute (it does not depend on the home hop), so it runs beside the last add (X)
-// and the home hop (N); the last add and the home hop go in two halves (dK then dV: the dK hop overlaps the dV add);
-// on NCCL with packed dk, dv of the home dtype the hop lands in them (no conversion); otherwise the dK conversion
-// runs while the dV half is still travelling.
-// Own step in two parts (DISTATTN_RING_BWD_OWN=split; the default is whole): with the tail above the 32K fwd+bwd on 2
-// H200s still exposed ~1.3 ms after the last compute (the last add, the home hop, conversions), because nothing was
-// left to compute while the accumulator travelled home. Measured (session 5, 2 H200s, copy engine, side stream at the
-// greatest priority): the tail after part B is 0.27 ms, but the two launches cost ~0.4 ms more than one, and fwd+bwd
-// exposed is no better than whole (32K 5.7 / 5.8% vs 5.3 / 5.5%; 64K 3.9 / 3.9% vs 2.8 / 3.9%; 128K 1.8% vs 1.0 /
-// 1.7%). Kept as an option for hops slower than the copy engine's (e.g. across nodes), where it hides the home hop.
-// How it runs: the own step (step 0, the caller's k, v) is
-// cut by kv rows at r = own_split_row(S/P): part A, kv rows [r, S/P), runs as step 0 (it covers the first K|V hop)
-// and its dK|dV travel as before (rows [0, r) of that accumulator are zero: the one scratch clear left); part B, kv
-// rows [0, r), runs after the last remote step, into the other scratch buffer (free once X's add of step n-2 read it),
-// while the last add and the home hop run on X / N. B's dK|dV never travel: at home, dk rows [0, r) = home hop + B,
-// rows [r, S/P) = home hop. The home hop then carries the travel dtype (fp32 by default: B's part is added to it before
-// the one rounding), lands in drecv, and rows [r, S/P) are converted on X as soon as each half arrives (beside B);
-// after B only the sums of rows [0, r) and the dQ conversion remain on C. A and B do step 0's work (the engine skips
-// masked tiles either way; the cut is at a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks), as two
-// launches, each with its own ramp-down (the ~0.4 ms above). Dense ring only (a block-sparse step carries a sub-layout
-// indexed by whole-shard blocks) and only with remote steps. dQ accumulates on C in a head-major fp32 buffer [B, Hq,
-// S/P, D] (row stride D): the engine reduces into it directly in accumulate mode, without a scratch of its own; delta =
-// rowsum(dO * O) is computed once.
+// Backward tail (after the last compute; was ~2 ms at 32K on 2 H200s, all serial on C): the last add and the home hop
+// go in pieces (kHomeSplit row ranges of each of dK, dV: four), so each piece's hop overlaps the next piece's add
+// (X) and the previous piece's conversion (C); the dQ conversion goes on C after the first piece's add (it does not
+// depend on the home hop; beside that add it would slow the add that gates the first hop), so it runs beside the
+// hops; on NCCL with packed dk, dv of the home dtype the pieces land in them (no conversion). Session 8 trace at 16K
+// on 2 H200s (the per-step shapes of 4 GPUs at 32K), two halves: 0.61 ms from the last compute to the end = the dK
+// half's add beside the dQ conversion (~0.3 ms), the two hops (~0.2 ms each), the dV conversion; four pieces: 0.56 ms
+// (the first piece's add, four ~0.105 ms hops). The whole call's time did not change beyond the noise of 4 rounds
+// (bench/results/2026-11-23_h200x2_f032b17_ring16k_tail). What is left is the hop itself (134 MB at ~320 GB/s).
+// Own step in two parts (DISTATTN_RING_BWD_OWN=split: cut by kv rows; heads: cut by kv heads; the default is whole):
+// with the tail above the 32K fwd+bwd on 2 H200s still exposed ~1.3 ms after the last compute (the last add, the home
+// hop, conversions), because nothing was left to compute while the accumulator travelled home. How it runs: the own
+// step (step 0, the caller's k, v) is cut into part A and part B (OwnPart: a range of kv rows or of kv heads; with
+// heads, each part takes the q heads of its kv heads, and lse / delta are addressed from its first q head). Part A
+// runs as step 0 (it covers the first K|V hop) and its dK|dV travel as before (part B's range of that accumulator is
+// zeroed on X after the first add: every other step writes all of its scratch); part B runs after the last remote
+// step, into the other scratch buffer (free once X's add of step n-2 read it), while the last add and the home hop
+// run on X / N. B's dK|dV never travel: at home, B's range = home hop + B, A's range = home hop. The home hop then
+// carries the travel dtype (fp32 by default: B's part is added to it before the one rounding), lands in drecv, and
+// A's range is converted on X as soon as each half arrives (beside B); after B only the sums of B's range and the dQ
+// conversion remain on C. A and B do step 0's work as two launches.
+// - By kv rows: cut at r = own_split_row(S/P) (a multiple of 128 rows, the zigzag chunk boundary at S/P = 2 chunks):
+//   part A kv rows [r, S/P), part B [0, r). Under zigzag causal the parts differ in shape (A: the late chunk's
+//   diagonal block, 1/4 of the work; B: 3/4), and each launch has its own ramp-down. Measured (session 5, 2 H200s,
+//   32K): the tail after part B is 0.27 ms, but the two launches cost ~0.4 ms more than one, and fwd+bwd exposed is no
+//   better than whole (32K 5.7 / 5.8% vs 5.3 / 5.5%; 64K 3.9 / 3.9% vs 2.8 / 3.9%); session 8 at 16K: A 0.92 ms +
+//   B 2.53 ms vs 3.15 ms whole, the same total time.
+// - By kv heads (needs Hkv >= 2, else the step stays whole): part A kv heads [0, Hkv/2), part B [Hkv/2, Hkv), each
+//   the whole step's shape on half the heads, so each launch keeps the whole step's balance. Measured (session 8, 2
+//   H200s, 3 interleaved rounds): 16K 9.53 vs 9.49 ms whole, 32K 35.32 vs 35.14, 64K 136.77 vs 136.88: no gain.
+//   Part B ran 0.26 ms longer than half a step: only the copy-engine hop is free work; the adds and conversions take
+//   SMs wherever they run, and the fp32 home hop makes them larger (the last add writes fp32, both ranges are read
+//   back as fp32), so what the tail loses part B gains, plus one launch ramp.
+// Both cuts stay options for home hops slower than the copy engine's (across nodes), where the hop dominates; the head
+// cut keeps each launch balanced.
+// Dense ring only (a block-sparse step carries a sub-layout indexed by whole-shard blocks) and only with remote steps.
+// dQ accumulates on C in a head-major fp32 buffer [B, Hq, S/P, D] (row stride D): the engine reduces into it directly
+// in accumulate mode, without a scratch of its own; delta = rowsum(dO * O) is computed once.
 //
 // Scratch lifetime: every stream-ordered buffer N touches is allocated and freed on C (the persistent K|V and dK|dV
 // windows are never freed during a call). On the normal path each exchange is
@@ -101,6 +116,7 @@
 // the previous call's C after its last use of the buffer (and of the dK|dV window, see above).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -127,6 +143,32 @@ namespace {
 
 TensorView device_view(void* data, DType dtype, int64_t B, int64_t S, int64_t H, int64_t D) {
   return TensorView::packed(data, dtype, Device::kCuda, B, S, H, D);
+}
+
+// The backward's home hop goes in pieces (see "Backward tail" above): dK and dV each cut into kHomeSplit row ranges
+// of the flattened [B * S/P] rows, so that piece p's hop runs while X adds piece p + 1 and C converts piece p - 1.
+// Two per half: the tail after the last compute is then the first quarter's add, the four hops back to back (one copy
+// engine) and the last quarter's conversion, instead of a half's add, two hops and a half's conversion. With the own
+// step split (part B covers the hop) one piece per half. A compile-time constant: every rank posts the same exchanges.
+constexpr int kHomeSplit = 2;
+constexpr int kMaxHomePieces = 2 * kHomeSplit;
+
+// Converts rows [g0, g1) of the flattened [B * S] row space of a packed [B, S, H, D] buffer `src` (dtype `src_dtype`;
+// `src` points at row g0) into the same rows of `dst`, a [B, S, H, D] view: one conversion per batch the range meets.
+void convert_flat_rows(const unsigned char* src, DType src_dtype, int64_t g0, int64_t g1, const TensorView& dst,
+                       cudaStream_t stream) {
+  const int64_t S = dst.seqlen(), row_elems = dst.heads() * dst.head_dim();
+  const size_t es = dtype_size(src_dtype), des = dtype_size(dst.dtype);
+  for (int64_t g = g0; g < g1;) {
+    const int64_t b = g / S, s0 = g - b * S;
+    const int64_t s1 = std::min(S, s0 + (g1 - g));
+    TensorView batch = dst;
+    batch.data = static_cast<unsigned char*>(dst.data) + static_cast<size_t>(b * dst.stride[0]) * des;
+    batch.shape[0] = 1;
+    detail::convert_packed_to_view(src + static_cast<size_t>((g - g0) * row_elems) * es, src_dtype, batch.rows(s0, s1),
+                                   stream);
+    g += s1 - s0;
+  }
 }
 
 // The exchanges of one executor call that are posted but not yet waited for (tickets with slot >= 0; the
@@ -159,7 +201,8 @@ class PendingExchanges {
   PendingExchanges(const PendingExchanges&) = delete;
   PendingExchanges& operator=(const PendingExchanges&) = delete;
 
-  ExchangeTicket tickets[3];  // [0] K|V, [1] dK|dV accumulators (backward; then the dK half home), [2] dV half home
+  // [0] K|V, [1] the travelling dK|dV accumulator (backward), [2, 2 + kMaxHomePieces) the home hop's pieces.
+  ExchangeTicket tickets[2 + kMaxHomePieces];
 
  private:
   Communicator& comm_;
@@ -294,6 +337,36 @@ bool is_packed_as(const TensorView& t, DType dtype, int64_t B, int64_t S, int64_
 int64_t own_split_row(int64_t local_rows) {
   const int64_t half = local_rows / 2;
   return half >= 128 ? half / 128 * 128 : half;
+}
+
+// A part of the own step: kv rows [r0, r1) of kv heads [h0, h1) (and their q heads), all q rows.
+struct OwnPart {
+  int64_t r0 = 0, r1 = 0;  // kv rows
+  int64_t h0 = 0, h1 = 0;  // kv heads
+};
+
+// Heads [h0, h1) of a [B, S, H, D] view.
+TensorView head_range(const TensorView& t, int64_t h0, int64_t h1) {
+  TensorView r = t;
+  r.data = static_cast<unsigned char*>(t.data) + static_cast<size_t>(h0 * t.stride[2]) * dtype_size(t.dtype);
+  r.shape[2] = h1 - h0;
+  return r;
+}
+
+// Zeroes the elements of `part` in a packed [B, S, H, D] buffer of element size `es` (rows [r0, r1) of every head, or
+// heads [h0, h1) of every row): one 2D memset, rows or heads being the contiguous run.
+void zero_part(unsigned char* buf, size_t es, int64_t B, int64_t S, int64_t H, int64_t D, const OwnPart& part,
+               cudaStream_t stream) {
+  const size_t row = static_cast<size_t>(H * D) * es;
+  if (part.h0 == 0 && part.h1 == H) {  // a row range of each batch
+    DISTATTN_CUDA_CHECK(cudaMemset2DAsync(buf + static_cast<size_t>(part.r0) * row, static_cast<size_t>(S) * row, 0,
+                                          static_cast<size_t>(part.r1 - part.r0) * row, static_cast<size_t>(B),
+                                          stream));
+  } else {  // a head range of every row (part spans all rows)
+    DISTATTN_CUDA_CHECK(cudaMemset2DAsync(buf + static_cast<size_t>(part.h0 * D) * es, row, 0,
+                                          static_cast<size_t>((part.h1 - part.h0) * D) * es, static_cast<size_t>(B * S),
+                                          stream));
+  }
 }
 
 // Makes the communicator's GPU current (the scratch is allocated on the current device).
@@ -545,15 +618,27 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   // one hop that nothing overlaps); otherwise in the travel dtype.
   // With the own step split (part B is added at home, see the header comment) the hop carries the travel dtype.
   const std::vector<int>& U = schedule_.useful_steps;
-  const bool split = bwd_own_split_ && schedule_.steps[0].blocks == nullptr && U.size() >= 2 && U[0] == 0 && Sl >= 2;
-  const int64_t own_row = split ? own_split_row(Sl) : 0;  // part A: kv rows [own_row, Sl); part B: [0, own_row)
+  // The own step in two parts (header comment): by kv rows (DISTATTN_RING_BWD_OWN=split) or by kv heads (heads;
+  // needs two kv heads, else the step stays whole). Part A runs first (step 0), part B after the last remote step.
+  const bool dense_own = schedule_.steps[0].blocks == nullptr && U.size() >= 2 && U[0] == 0;
+  const bool split =
+      dense_own && ((bwd_own_split_ == kOwnSplitRows && Sl >= 2) || (bwd_own_split_ == kOwnSplitHeads && Hkv >= 2));
+  const OwnPart whole_step{0, Sl, 0, Hkv};
+  OwnPart part_a = whole_step, part_b = whole_step;
+  int64_t own_row = 0, own_head = 0;
+  if (split && bwd_own_split_ == kOwnSplitRows) {
+    own_row = own_split_row(Sl);  // part A: kv rows [own_row, Sl); part B: [0, own_row)
+    part_a.r0 = part_b.r1 = own_row;
+  } else if (split) {
+    own_head = Hkv / 2;  // part A: kv heads [0, own_head); part B: [own_head, Hkv)
+    part_a.h1 = part_b.h0 = own_head;
+  }
   // The dense ring's own step always has visible pairs (the diagonal), so `split` is the same on every rank.
   DISTATTN_CHECK(!split || !schedule_.steps[0].skipped(), "ring backward: the own step of a dense ring is empty");
   const DType home_dtype =
       (!split && dk.dtype == dv.dtype && dk.dtype != DType::kFloat32 && dtype_size(dk.dtype) <= dtype_size(gtype))
           ? dk.dtype
           : gtype;
-  const size_t home_half = static_cast<size_t>(nkv) * dtype_size(home_dtype);  // one of dK, dV on the home hop
   const bool home_direct_ok = home_direct_allowed();  // reads the environment: throws before anything is enqueued
   const bool side_high = bwd_side_high_priority();    // the same
   use_comm_device(comm_);
@@ -608,12 +693,21 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   SideStream side(stream, pack_side || side_high);  // after the buffers: joins C before they are freed
   PendingExchanges pending(comm_, stream);          // after the buffers: destroyed before them
   ExchangeTicket& tk = pending.tickets[0];
-  ExchangeTicket& tg = pending.tickets[1];  // the travelling accumulator; after the last step: the dK half home
-  ExchangeTicket& th = pending.tickets[2];  // the dV half home
+  ExchangeTicket& tg = pending.tickets[1];           // the travelling accumulator
+  ExchangeTicket* const home = &pending.tickets[2];  // the home hop's pieces
+  // Pieces of the home hop (kHomeSplit above): dK and dV each in home_split row ranges of the flattened [B * Sl] rows;
+  // piece p = (half h = p / home_split, range q = p % home_split) covers flat rows [R q / home_split, R (q + 1) /
+  // home_split), R = B * Sl, i.e. elements [h nkv + g0 Hkv D, h nkv + g1 Hkv D) of [dK | dV].
+  const int home_split = split ? 1 : kHomeSplit;
+  const int home_pieces = 2 * home_split;
+  auto piece_rows = [&](int p, int64_t* g0, int64_t* g1) {
+    const int q = p % home_split;
+    *g0 = B * Sl * q / home_split;
+    *g1 = B * Sl * (q + 1) / home_split;
+  };
+  auto piece_first = [&](int p, int64_t g0) { return (p / home_split) * nkv + g0 * Hkv * D; };  // element offset
+  bool dq_converted = false;
   const cudaStream_t X = side.get();
-  // Split own step: part A writes kv rows [own_row, Sl) only, and the whole scratch travels, so rows [0, own_row) must
-  // be zero (the one clear left; every other step writes all of its scratch).
-  if (split) DISTATTN_CUDA_CHECK(cudaMemsetAsync(scratch[0], 0, scratch_bytes, stream));
   if (U.size() > 1) {    // scratch[1] is free; the K|V is packed for the first send on X (pack_side), beside step 0
     side.follow_main();  // after its allocation (and C's wait for the previous call's last use of the K|V buffer)
     side.mark_free(1);
@@ -630,35 +724,44 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   last_backward_.steps_run = static_cast<int>(U.size());
   last_backward_.grad_home_shift = ((-L) % P + P) % P;
   last_backward_.own_split_row = own_row;
+  last_backward_.own_split_kv_head = own_head;
   // Scratch buffers are marked free after their add when a later compute takes them again: steps i + 2, and part B
   // (which takes the buffer of step n - 2, n = U.size()) counts as one more use.
   const size_t scratch_uses = U.size() + (split ? 1 : 0);
-  // One engine call of the backward: kv rows [r0, r1) of (sk, sv), the step's positions sliced alike; its dK|dV written
-  // into the same rows of the fp32 scratch `into` ([dK | dV], each [B, Sl, Hkv, D]), its dQ added into acc_dq.
-  auto step_backward = [&](const TensorView& sk, const TensorView& sv, const RingStep& st, float* into, int64_t r0,
-                           int64_t r1) {
+  // One engine call of the backward on part `w` of the step (whole_step, or a part of the own step): kv rows [r0, r1)
+  // of kv heads [h0, h1) of (sk, sv), the step's positions sliced alike, and the q heads of those kv heads (GQA group
+  // g = Hq / Hkv: q heads [g h0, g h1); lse and delta [B, Hq, Sl] are addressed from head g h0 with their full
+  // strides); its dK|dV written into the same rows and heads of the fp32 scratch `into` ([dK | dV], each
+  // [B, Sl, Hkv, D]), its dQ added into acc_dq.
+  auto step_backward = [&](const TensorView& sk, const TensorView& sv, const RingStep& st, float* into,
+                           const OwnPart& w) {
+    const int64_t g = Hq / Hkv, qh0 = w.h0 * g, qh1 = w.h1 * g;
+    auto kv_part = [&](const TensorView& t) { return head_range(t.rows(w.r0, w.r1), w.h0, w.h1); };
     AttnBwdParams bp;
-    bp.fwd = step_params(q, sk.rows(r0, r1), sv.rows(r0, r1), st);
-    if (r0 != 0 || r1 != Sl) bp.fwd.kv_pos = st.kv_pos.slice(r0, r1);
-    bp.fwd.o = o;
-    bp.fwd.lse = const_cast<float*>(lse);
-    bp.dout = dout;
-    bp.dq = acc_dq_view;
-    bp.dk = device_view(into, DType::kFloat32, B, Sl, Hkv, D).rows(r0, r1);
-    bp.dv = device_view(into + nkv, DType::kFloat32, B, Sl, Hkv, D).rows(r0, r1);
-    bp.accumulate = true;       // dQ adds into acc_dq
-    bp.overwrite_dk_dv = true;  // dK|dV write the scratch: no clearing pass
-    bp.delta = delta.get<float>();
+    bp.fwd = step_params(head_range(q, qh0, qh1), kv_part(sk), kv_part(sv), st);
+    if (w.r0 != 0 || w.r1 != Sl) bp.fwd.kv_pos = st.kv_pos.slice(w.r0, w.r1);
+    if (bp.fwd.alibi_slopes != nullptr) bp.fwd.alibi_slopes += qh0;
+    bp.fwd.o = head_range(o, qh0, qh1);
+    bp.fwd.lse = const_cast<float*>(lse) + qh0 * Sl;
+    bp.fwd.lse_batch_stride = Hq * Sl;
+    bp.fwd.lse_head_stride = Sl;
+    bp.dout = head_range(dout, qh0, qh1);
+    bp.dq = head_range(acc_dq_view, qh0, qh1);
+    bp.dk = kv_part(device_view(into, DType::kFloat32, B, Sl, Hkv, D));
+    bp.dv = kv_part(device_view(into + nkv, DType::kFloat32, B, Sl, Hkv, D));
+    bp.accumulate = true;                      // dQ adds into acc_dq
+    bp.overwrite_dk_dv = true;                 // dK|dV write the scratch: no clearing pass
+    bp.delta = delta.get<float>() + qh0 * Sl;  // the lse strides
     flash_attention_backward(bp, stream);
   };
-  // Part B of the own step (split), kv rows [0, own_row), into the scratch buffer step n-2 used (free after its add):
+  // Part B of the own step (split), into the scratch buffer step n-2 used (free after its add):
   // enqueued on C right after the last remote step's compute, before the host blocks on any hop, so that C goes on
   // computing while X adds and N sends the accumulator home.
   auto enqueue_part_b = [&] {
     const int b = static_cast<int>(U.size() % 2);
     side.main_waits_free(b);
     trace.mark("own part B start (C)", stream);
-    step_backward(k, v, schedule_.steps[0], scratch[b], 0, own_row);
+    step_backward(k, v, schedule_.steps[0], scratch[b], part_b);
     trace.mark("own part B end (C)", stream);
   };
   int cur = 0;
@@ -685,14 +788,14 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       if (i >= 1) side.main_waits_free(static_cast<int>(i % 2));  // free (initially / after step i-2's add)
       // Step 0 is this rank's own K|V: the caller's tensors (the packed copy is only for sending; with
       // DISTATTN_RING_PACK=side it may still be in flight on X, and with nothing to send it is never made). Split:
-      // part A of the own step, kv rows [own_row, Sl).
-      const bool part_a = s == 0 && split;
-      trace.mark("compute " + std::to_string(i) + (part_a ? " (own part A)" : "") + " start (C)", stream);
+      // part A of the own step.
+      const bool own_a = s == 0 && split;
+      trace.mark("compute " + std::to_string(i) + (own_a ? " (own part A)" : "") + " start (C)", stream);
       if (s == 0) {
-        step_backward(k, v, st, scr, part_a ? own_row : 0, Sl);
+        step_backward(k, v, st, scr, own_a ? part_a : whole_step);
       } else {
         step_backward(device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
-                      device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st, scr, 0, Sl);
+                      device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st, scr, whole_step);
       }
       trace.mark("compute " + std::to_string(i) + " end (C)", stream);
     }
@@ -703,25 +806,50 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     const float* mine = st.skipped() ? nullptr : scr;
     if (more) {
       detail::travel_add(incoming, gtype, mine, dsend, gtype, 2 * nkv, X);
+      if (i == 0 && split) {
+        // Part A wrote only its own rows / heads of the scratch, and the whole accumulator travels: part B's range
+        // starts at zero (B is added at home). On X, beside step 1's compute, instead of clearing the scratch on C.
+        for (int h = 0; h < 2; ++h)
+          zero_part(dsend + static_cast<size_t>(h * nkv) * dtype_size(gtype), dtype_size(gtype), B, Sl, Hkv, D, part_b,
+                    X);
+      }
       if (!st.skipped() && i + 2 < scratch_uses) side.mark_free(static_cast<int>(i % 2));  // read by the add above
       // On with the K|V's jump.
       tg = post_jump("ring backward dK|dV exchange", s, dsend, drecv, gbytes, U[i + 1] - s, X);
     } else {
-      // After the last useful step the accumulator is complete and goes straight home to rank r - L, in two halves
-      // (dK, then dV): the dK half's hop (N) runs while X adds the dV half. The last add writes the home hop's dtype
-      // (see home_dtype), dsend = [dK | dV] packed in it; each half lands in the caller's dk / dv (home_direct) or in
-      // the same half of drecv.
-      const size_t gs = dtype_size(gtype);
-      for (int h = 0; h < 2; ++h) {
-        unsigned char* send = dsend + h * home_half;
-        detail::travel_add(incoming != nullptr ? drecv + h * nkv * gs : nullptr, gtype,
-                           mine != nullptr ? mine + h * nkv : nullptr, send, home_dtype, nkv, X);
-        void* recv = home_direct ? (h == 0 ? dk.data : dv.data) : drecv + h * home_half;
-        (h == 0 ? tg : th) = comm_.post_shift(h == 0 ? "ring backward dK home" : "ring backward dV home", s, send, recv,
-                                              home_half, -L, X);
-        trace.mark(std::string(h == 0 ? "add + dK" : "add + dV") + " home posted (N, " +
+      // After the last useful step the accumulator is complete and goes straight home to rank r - L, in pieces (dK's,
+      // then dV's; see kHomeSplit): piece p's hop (N) runs while X adds piece p + 1. The last add writes the home hop's
+      // dtype (see home_dtype), dsend = [dK | dV] packed in it; each piece lands in the caller's dk / dv (home_direct)
+      // or in the same range of drecv. Landing never overlaps what a later add still reads: piece p lands in bytes
+      // [e0 hs, e1 hs) of drecv and the adds after it read from byte e1 gs on (hs <= gs).
+      static const char* const kPieceOp[2][kMaxHomePieces] = {
+          {"ring backward dK home", "ring backward dV home"},
+          {"ring backward dK home (first rows)", "ring backward dK home (last rows)",
+           "ring backward dV home (first rows)", "ring backward dV home (last rows)"}};
+      const size_t gs = dtype_size(gtype), hs = dtype_size(home_dtype);
+      for (int p = 0; p < home_pieces; ++p) {
+        int64_t g0 = 0, g1 = 0;
+        piece_rows(p, &g0, &g1);
+        const int h = p / home_split;
+        const int64_t e0 = piece_first(p, g0), n = (g1 - g0) * Hkv * D;
+        unsigned char* send = dsend + static_cast<size_t>(e0) * hs;
+        detail::travel_add(incoming != nullptr ? drecv + static_cast<size_t>(e0) * gs : nullptr, gtype,
+                           mine != nullptr ? mine + e0 : nullptr, send, home_dtype, n, X);
+        void* recv = home_direct ? static_cast<unsigned char*>(h == 0 ? dk.data : dv.data) +
+                                       static_cast<size_t>(g0 * Hkv * D) * hs
+                                 : drecv + static_cast<size_t>(e0) * hs;
+        home[p] = comm_.post_shift(kPieceOp[home_split - 1][p], s, send, recv, static_cast<size_t>(n) * hs, -L, X);
+        trace.mark(std::string("add + ") + kPieceOp[home_split - 1][p] + " posted (N, " +
                        (home_direct ? "into dk/dv" : "into drecv") + ")",
                    comm_stream);
+        if (p == 0 && !split) {
+          // dQ is complete with the last compute (it never travels). Its conversion goes on C after the first piece's
+          // add (not beside it: both are memory-bound, and the add gates the first hop), so it runs beside the hops.
+          side.main_follows();
+          detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
+          trace.mark("dq converted (C)", stream);
+          dq_converted = true;
+        }
       }
     }
     if (more) trace.mark("add + dK|dV posted " + std::to_string(i) + " (N)", comm_stream);
@@ -732,41 +860,51 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
       cur = 1 - cur;
     }
   }
-  // dQ is complete with the last compute (it never travels): its conversion goes on C right after that compute (after
-  // part B when split), before C waits for the home hop, so it runs beside the last add (X) and the hop (N).
-  detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
-  trace.mark("dq converted (C)", stream);
+  // Split: dQ is complete after part B; its conversion goes on C right after it, before C waits for the home hop, so it
+  // runs beside the last add (X) and the hop (N). (Otherwise it was enqueued after the first home piece's add.)
+  if (!dq_converted) {
+    detail::convert_strided_to_view(acc_dq.get(), DType::kFloat32, Hq * Sl * D, D, Sl * D, dq, stream);
+    trace.mark("dq converted (C)", stream);
+  }
   if (split) {
     const int b = static_cast<int>(U.size() % 2);  // part B's scratch buffer (enqueued in the loop above)
-    // Rows [own_row, Sl) of dK, dV are complete when their half arrives: converted on X, beside part B.
-    // drecv = [dK | dV], each packed [B, Sl, Hkv, D] of the travel dtype; scratch[b] the same layout in fp32.
+    // Part A's range of dK, dV (rows [own_row, Sl) or heads [0, own_head)) is complete when its half arrives: converted
+    // on X, beside part B. drecv = [dK | dV], each packed [B, Sl, Hkv, D] of the travel dtype; scratch[b] the same
+    // layout in fp32.
     const size_t gs = dtype_size(gtype);
     const int64_t rs = Hkv * D, bs = Sl * rs;  // row and batch strides of the packed buffers (elements)
     const unsigned char* recv_half[2] = {drecv, drecv + static_cast<size_t>(nkv) * gs};
-    const float* part_b[2] = {scratch[b], scratch[b] + nkv};
+    const float* b_scratch[2] = {scratch[b], scratch[b] + nkv};
     const TensorView* out[2] = {&dk, &dv};
+    auto first = [&](const OwnPart& w) { return w.r0 * rs + w.h0 * D; };  // element offset of a part's range
+    auto range_of = [&](const TensorView& t, const OwnPart& w) { return head_range(t.rows(w.r0, w.r1), w.h0, w.h1); };
     for (int h = 0; h < 2; ++h) {
-      comm_.wait_exchange(h == 0 ? tg : th, X);
-      detail::sum_strided_to_view(recv_half[h] + static_cast<size_t>(own_row * rs) * gs, gtype, nullptr, bs, rs, D,
-                                  out[h]->rows(own_row, Sl), X);
-      trace.mark(std::string(h == 0 ? "dK" : "dV") + " home waited, rows [r, S/P) converted (X)", X);
+      comm_.wait_exchange(home[h], X);  // one piece per half when split
+      detail::sum_strided_to_view(recv_half[h] + static_cast<size_t>(first(part_a)) * gs, gtype, nullptr, bs, rs, D,
+                                  range_of(*out[h], part_a), X);
+      trace.mark(std::string(h == 0 ? "dK" : "dV") + " home waited, part A's range converted (X)", X);
     }
-    // Rows [0, own_row): home hop + part B, rounded once.
+    // Part B's range: home hop + part B, rounded once.
     side.main_follows();
     for (int h = 0; h < 2; ++h)
-      detail::sum_strided_to_view(recv_half[h], gtype, part_b[h], bs, rs, D, out[h]->rows(0, own_row), stream);
-    trace.mark("rows [0, r) summed (C)", stream);
+      detail::sum_strided_to_view(recv_half[h] + static_cast<size_t>(first(part_b)) * gs, gtype,
+                                  b_scratch[h] + first(part_b), bs, rs, D, range_of(*out[h], part_b), stream);
+    trace.mark("part B's range summed (C)", stream);
     trace.mark("end (C)", stream);
     trace.dump();
     return;
   }
-  // This rank's own dK, then dV, complete (in dk / dv already when home_direct, else converted out of drecv).
-  comm_.wait_exchange(tg, stream);
-  if (!home_direct) detail::convert_packed_to_view(drecv, home_dtype, dk, stream);
-  trace.mark("dK home waited (C)", stream);
-  comm_.wait_exchange(th, stream);
-  if (!home_direct) detail::convert_packed_to_view(drecv + home_half, home_dtype, dv, stream);
-  trace.mark("dV home waited (C)", stream);
+  // This rank's own dK, then dV, complete piece by piece (in dk / dv already when home_direct, else converted out of
+  // drecv while the later pieces travel).
+  for (int p = 0; p < home_pieces; ++p) {
+    int64_t g0 = 0, g1 = 0;
+    piece_rows(p, &g0, &g1);
+    comm_.wait_exchange(home[p], stream);
+    if (!home_direct)
+      convert_flat_rows(drecv + static_cast<size_t>(piece_first(p, g0)) * dtype_size(home_dtype), home_dtype, g0, g1,
+                        p / home_split == 0 ? dk : dv, stream);
+    trace.mark("home piece " + std::to_string(p) + " waited (C)", stream);
+  }
   trace.mark("end (C)", stream);
   trace.dump();
 }

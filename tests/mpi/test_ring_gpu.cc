@@ -213,14 +213,17 @@ RingRun run_case(NcclCommunicator& comm, const Case& c) {
   // Backward fed the reference's O (bf16) and LSE.
   HostTensor g[3];
   ring_backward(ra, d_dout, d_q, d_k, d_v, ref, c.layout, out_dt, c.head_pad, c.row_pad, g, stream);
-  // With DISTATTN_RING_BWD_OWN=split the own step runs in two parts whenever there are remote steps (ring_cuda.cc).
+  // With DISTATTN_RING_BWD_OWN=split the own step runs in two parts cut by kv rows whenever there are remote steps,
+  // with heads cut by kv heads when there are two or more (ring_cuda.cc).
   const char* own_env = std::getenv("DISTATTN_RING_BWD_OWN");
-  if (P > 1 && own_env != nullptr && std::string(own_env) == "split") {
+  const std::string own_mode = own_env != nullptr ? own_env : "whole";
+  if (P > 1 && own_mode == "split") {
     EXPECT_GT(ra.last_backward().own_split_row, 0);
     EXPECT_LT(ra.last_backward().own_split_row, Sl);
   } else {
     EXPECT_EQ(ra.last_backward().own_split_row, 0);
   }
+  EXPECT_EQ(ra.last_backward().own_split_kv_head, P > 1 && own_mode == "heads" && Hkv >= 2 ? Hkv / 2 : 0);
 
   // ---- one GPU, the whole sequence (inputs rotated on the host: the reference's) ---------------------------
   AttnParams gp;
@@ -315,14 +318,34 @@ TEST(RingGpu, MqaBf16GradTravelPaddedStridesNullStream) {
   run_case(comm, c);
 }
 
-// The backward's own step whole (the default, DISTATTN_RING_BWD_OWN=whole: the home hop in dk's dtype) and in two
-// parts (split): both against fp64 and one GPU; contiguous causal leaves ranks with skipped remote steps.
+// The backward's home hop goes in pieces of the flattened [B * S/P] rows (ring_cuda.cc, kHomeSplit): with an odd batch
+// a piece ends inside a batch, so the conversion out of the receive window splits it per batch. Packed dk, dv and
+// padded ones (the strided conversion), both travel dtypes.
+TEST(RingGpu, OddBatchHomeHopPiecesCutInsideABatch) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  Case c;
+  c.layout = ShardLayout::kZigzag;
+  c.S = seq_near(1544, c.layout);
+  c.B = 3;
+  c.Hq = 4, c.Hkv = 2, c.D = 128;
+  c.mask = Mask::make_causal();
+  run_case(comm, c);
+  c.travel = GradTravel::kBFloat16;
+  c.head_pad = 8, c.row_pad = 16;
+  run_case(comm, c);
+}
+
+// The backward's own step whole (the default, DISTATTN_RING_BWD_OWN=whole: the home hop in dk's dtype), in two parts
+// cut by kv rows (split) and by kv heads (heads: GQA 2:1 with an odd kv head count, so the parts differ in size and
+// each takes its kv heads' q heads; with one kv head it stays whole): all against fp64 and one GPU; contiguous causal
+// leaves ranks with skipped remote steps.
 TEST(RingGpu, OwnStepWholeAndSplit) {
   REQUIRE_GPU_PER_RANK();
   NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
   const char* old = std::getenv("DISTATTN_RING_BWD_OWN");
   const std::string saved = old ? old : "";
-  for (const char* mode : {"whole", "split"}) {
+  for (const char* mode : {"whole", "split", "heads"}) {
     setenv("DISTATTN_RING_BWD_OWN", mode, 1);  // read at construction, the same on every rank
     for (ShardLayout layout : {ShardLayout::kContiguous, ShardLayout::kZigzag}) {
       Case c;
@@ -333,6 +356,11 @@ TEST(RingGpu, OwnStepWholeAndSplit) {
       c.mask = Mask::make_causal();
       SCOPED_TRACE(std::string("DISTATTN_RING_BWD_OWN=") + mode);
       run_case(comm, c);
+      if (std::string(mode) == "heads") {
+        c.Hq = 6, c.Hkv = 3;  // part A: kv head 0 (q heads 0, 1); part B: kv heads 1, 2 (q heads 2..5)
+        c.alibi = true;       // per-q-head slopes: part B must read its own
+        run_case(comm, c);
+      }
     }
   }
   if (old) {

@@ -94,6 +94,9 @@ struct RingCallStats {
   // CUDA backward: r > 0 when this rank's own step ran in two parts, kv rows [r, S/P) first and [0, r) after the
   // last remote step (beside the dK|dV home hop); 0 when it ran whole (see ring_cuda.cc, "Own step in two parts").
   int64_t own_split_row = 0;
+  // CUDA backward: h > 0 when the own step ran in two parts by kv heads (DISTATTN_RING_BWD_OWN=heads), kv heads [0, h)
+  // first and [h, Hkv) after the last remote step; 0 otherwise.
+  int64_t own_split_kv_head = 0;
   // CUDA forward: the engine calls skipped the kv tiles below the ALiBi bound across steps (AttnParams::alibi_merge;
   // ring_cuda.cc "ALiBi cutoff across steps"; DISTATTN_RING_ALIBI_CUTOFF).
   bool alibi_merge_cutoff = false;
@@ -161,9 +164,11 @@ class RingAttention {
   int64_t local_rows_ = 0;
   std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
   RingCallStats last_forward_, last_backward_;
-  // CUDA backward: run the own step in two parts (DISTATTN_RING_BWD_OWN=split; default whole; read and agreed at
-  // construction: it changes the size of the home hop, so every rank must make the same choice).
-  bool bwd_own_split_ = false;
+  // CUDA backward: the own step whole or in two parts, cut by kv rows or by kv heads (DISTATTN_RING_BWD_OWN=whole |
+  // split | heads; kOwnSplit* below; read and agreed at construction: it changes the size of the home hop, so every
+  // rank must make the same choice).
+  static constexpr int kOwnWhole = 0, kOwnSplitRows = 1, kOwnSplitHeads = 2;
+  int bwd_own_split_ = kOwnWhole;
   // CUDA forward: the ALiBi cutoff across steps (AttnParams::alibi_merge; ring_cuda.cc "ALiBi cutoff"): the norms of
   // k travel with K|V, so the exchange grows by B * Hkv floats and every rank must make the same choice (agreed at
   // construction; DISTATTN_RING_ALIBI_CUTOFF=auto (default) | on | off).
