@@ -23,6 +23,7 @@
 
 #include "dilated_index.h"
 #include "dilated_kernels.h"
+#include "dilated_scratch.h"
 #include "dilated_views.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
@@ -440,20 +441,8 @@ const float* DilatedAttention::pattern_slopes(size_t pattern) const {
 }
 
 float* DilatedAttention::scratch(int64_t floats) {
-  if (floats <= scratch_floats_) return scratch_;
-  if (device_ == Device::kHost) {
-    scratch_host_.resize(static_cast<size_t>(floats));
-    scratch_ = scratch_host_.data();
-  } else {
-    if (scratch_ != nullptr) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
-      DISTATTN_CUDA_CHECK(cudaFree(scratch_));
-      scratch_ = nullptr;
-    }
-    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&scratch_), static_cast<size_t>(floats) * sizeof(float)));
-  }
-  scratch_floats_ = floats;
-  return scratch_;
+  return dilated_detail::grow_scratch(device_ == Device::kHost, last_stream_, floats, scratch_, scratch_floats_,
+                                      scratch_host_);
 }
 
 void DilatedAttention::validate_tensors(const TensorView& q, const TensorView& k, const TensorView& v,

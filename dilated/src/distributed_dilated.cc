@@ -30,6 +30,7 @@
 
 #include "dilated_index.h"
 #include "dilated_kernels.h"
+#include "dilated_scratch.h"
 #include "dilated_views.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
@@ -283,38 +284,14 @@ DistributedDilatedAttention::~DistributedDilatedAttention() {
 }
 
 float* DistributedDilatedAttention::fscratch(int64_t floats) {
-  if (floats <= fscratch_floats_) return fscratch_;
-  if (comm_.device() == Device::kHost) {
-    fscratch_host_.resize(static_cast<size_t>(floats));
-    fscratch_ = fscratch_host_.data();
-  } else {
-    if (fscratch_ != nullptr) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
-      DISTATTN_CUDA_CHECK(cudaFree(fscratch_));
-      fscratch_ = nullptr;
-    }
-    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&fscratch_), static_cast<size_t>(floats) * sizeof(float)));
-  }
-  fscratch_floats_ = floats;
-  return fscratch_;
+  return dilated_detail::grow_scratch(comm_.device() == Device::kHost, last_stream_, floats, fscratch_,
+                                      fscratch_floats_, fscratch_host_);
 }
 
 unsigned char* DistributedDilatedAttention::bscratch(Slot slot, size_t bytes) {
   bytes = std::max<size_t>(bytes, 16);
-  if (bytes <= bscratch_bytes_[slot]) return bscratch_[slot];
-  if (comm_.device() == Device::kHost) {
-    bscratch_host_[slot].resize(bytes);
-    bscratch_[slot] = bscratch_host_[slot].data();
-  } else {
-    if (bscratch_[slot] != nullptr) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
-      DISTATTN_CUDA_CHECK(cudaFree(bscratch_[slot]));
-      bscratch_[slot] = nullptr;
-    }
-    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&bscratch_[slot]), bytes));
-  }
-  bscratch_bytes_[slot] = bytes;
-  return bscratch_[slot];
+  return dilated_detail::grow_scratch(comm_.device() == Device::kHost, last_stream_, bytes, bscratch_[slot],
+                                      bscratch_bytes_[slot], bscratch_host_[slot]);
 }
 
 int64_t DistributedDilatedAttention::scratch_bytes() const {
