@@ -228,5 +228,16 @@ double max_abs_value(const TensorView& t) {
   return m;
 }
 
+double ulp_rel(DType t) {
+  switch (t) {
+    case DType::kBFloat16:
+      return std::ldexp(1.0, -7);
+    case DType::kFloat16:
+      return std::ldexp(1.0, -10);
+    default:
+      return std::ldexp(1.0, -23);
+  }
+}
+
 }  // namespace testing
 }  // namespace distattn

@@ -52,17 +52,6 @@ struct RCase {
   bool dk_epilogue = true;                   // FlashBwdOptions::rope_dk_in_epilogue of the fused run
 };
 
-double ulp_rel(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    default:
-      return std::ldexp(1.0, -23);
-  }
-}
-
 // Elements whose bytes differ (packed tensors of one dtype: the storage is the elements).
 int64_t differing_elements(const HostTensor& a, const HostTensor& b) {
   const size_t e = dtype_size(a.view.dtype);
