@@ -724,22 +724,9 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
                                 const float* lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
                                 const TensorView& dv, cudaStream_t stream) {
   validate_tensors(q, k, v, o, lse);
-  {
-    AttnBwdParams full;
-    full.fwd.q = q;
-    full.fwd.k = k;
-    full.fwd.v = v;
-    full.fwd.o = o;
-    full.fwd.lse = const_cast<float*>(lse);
-    full.fwd.q_pos = PositionMap::contiguous(0, q.seqlen());
-    full.fwd.kv_pos = full.fwd.q_pos;
-    full.fwd.mask.causal = config_.causal;
-    full.dout = dout;
-    full.dq = dq;
-    full.dk = dk;
-    full.dv = dv;
-    validate_backward(full, device_);
-  }
+  validate_backward(dilated_detail::whole_call(q, k, v, o, lse, dout, dq, dk, dv,
+                                               PositionMap::contiguous(0, q.seqlen()), config_.causal),
+                    device_);
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
   const int64_t n_q = B * S * Hq * D, n_kv = B * S * Hkv * D;
   int64_t n_c = 0;

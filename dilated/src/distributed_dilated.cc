@@ -50,6 +50,7 @@ using dilated_detail::head_groups;
 using dilated_detail::HeadGroup;
 using dilated_detail::KeptClass;
 using dilated_detail::sub_view;
+using dilated_detail::whole_call;
 
 struct DistributedDilatedAttention::ClassInfo {
   size_t pattern = 0;
@@ -405,16 +406,9 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
   comm_.agree_on("DistributedDilatedAttention::forward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; dilated attention needs the fp32 LSE [B, Hq, S/P]");
     check_forward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows"), q, k, v, o, lse);
-    AttnParams full;  // the engine's rules on the whole shards (strides, aliasing)
-    full.q = q;
-    full.k = k;
-    full.v = v;
-    full.o = o;
-    full.lse = lse;
-    full.q_pos = PositionMap::contiguous(comm_.rank() * L, L);
-    full.kv_pos = full.q_pos;
-    full.mask.causal = config_.dilated.causal;
-    validate_forward(full, dev);
+    // The engine's rules on the whole shards (strides, aliasing).
+    validate_forward(whole_call(q, k, v, o, lse, PositionMap::contiguous(comm_.rank() * L, L), config_.dilated.causal),
+                     dev);
   });
   last_stream_ = stream;
   const bool any_dist = std::any_of(plans_.begin(), plans_.end(), [](const DilatedPatternPlan& p) { return !p.local; });
@@ -501,20 +495,9 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
   comm_.agree_on("DistributedDilatedAttention::backward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
     check_backward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows"), dout, q, k, v, o, lse, dq, dk, dv);
-    AttnBwdParams full;
-    full.fwd.q = q;
-    full.fwd.k = k;
-    full.fwd.v = v;
-    full.fwd.o = o;
-    full.fwd.lse = const_cast<float*>(lse);
-    full.fwd.q_pos = PositionMap::contiguous(comm_.rank() * L, L);
-    full.fwd.kv_pos = full.fwd.q_pos;
-    full.fwd.mask.causal = config_.dilated.causal;
-    full.dout = dout;
-    full.dq = dq;
-    full.dk = dk;
-    full.dv = dv;
-    validate_backward(full, dev);
+    validate_backward(whole_call(q, k, v, o, lse, dout, dq, dk, dv, PositionMap::contiguous(comm_.rank() * L, L),
+                                 config_.dilated.causal),
+                      dev);
   });
   last_stream_ = stream;
   const bool any_dist = std::any_of(plans_.begin(), plans_.end(), [](const DilatedPatternPlan& p) { return !p.local; });
