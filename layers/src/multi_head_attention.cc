@@ -143,6 +143,19 @@ class Buffer {
   std::vector<unsigned char> host_;
 };
 
+// The dilated core's config (single-device, or the distributed one's `dilated` part) from the layer's: patterns,
+// ragged rates, causal, scale, ALiBi slopes (host values), host precision.
+DilatedConfig dilated_config_of(const MhaConfig& c) {
+  DilatedConfig dc;
+  dc.patterns = c.dilated_patterns;
+  dc.ragged_rates = c.dilated_ragged_rates;
+  dc.causal = c.mask.causal;
+  dc.softmax_scale = c.softmax_scale;
+  dc.alibi_slopes = c.alibi_slopes;
+  dc.host_precision = c.host_precision;
+  return dc;
+}
+
 // Throws naming `arg` unless `ptr` is device (or managed) memory of the current device.
 void require_device_pointer(const void* ptr, const char* arg) {
   cudaPointerAttributes attr{};
@@ -261,14 +274,7 @@ MultiHeadAttention::MultiHeadAttention(MhaConfig config, Device device, Communic
     m.proj = detail::make_host_projector(grad_dtype());
   }
   if (config_.core == AttentionCore::kDilated && !m.collective_core(config_)) {
-    DilatedConfig dc;
-    dc.patterns = config_.dilated_patterns;
-    dc.ragged_rates = config_.dilated_ragged_rates;
-    dc.causal = config_.mask.causal;
-    dc.softmax_scale = config_.softmax_scale;
-    dc.alibi_slopes = config_.alibi_slopes;
-    dc.host_precision = config_.host_precision;
-    m.dilated.reset(new DilatedAttention(dc, device_));
+    m.dilated.reset(new DilatedAttention(dilated_config_of(config_), device_));
   }
 }
 
@@ -393,12 +399,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
         // Sequence sharded contiguously: rank p holds global rows [p*S, (p+1)*S) of S * P.
         if (!m.dist_dilated || m.dilated_batch != B || m.dilated_rows != S) {
           DistributedDilatedConfig dc;
-          dc.dilated.patterns = c.dilated_patterns;
-          dc.dilated.ragged_rates = c.dilated_ragged_rates;
-          dc.dilated.causal = c.mask.causal;
-          dc.dilated.softmax_scale = c.softmax_scale;
-          dc.dilated.alibi_slopes = c.alibi_slopes;
-          dc.dilated.host_precision = c.host_precision;
+          dc.dilated = dilated_config_of(c);
           dc.seq_len = S * m.comm->size();
           dc.batch = B;
           dc.q_heads = Hq;
