@@ -23,6 +23,7 @@
 
 #include "dilated_index.h"
 #include "dilated_kernels.h"
+#include "dilated_scratch.h"
 #include "dilated_views.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
@@ -440,20 +441,8 @@ const float* DilatedAttention::pattern_slopes(size_t pattern) const {
 }
 
 float* DilatedAttention::scratch(int64_t floats) {
-  if (floats <= scratch_floats_) return scratch_;
-  if (device_ == Device::kHost) {
-    scratch_host_.resize(static_cast<size_t>(floats));
-    scratch_ = scratch_host_.data();
-  } else {
-    if (scratch_ != nullptr) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
-      DISTATTN_CUDA_CHECK(cudaFree(scratch_));
-      scratch_ = nullptr;
-    }
-    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&scratch_), static_cast<size_t>(floats) * sizeof(float)));
-  }
-  scratch_floats_ = floats;
-  return scratch_;
+  return dilated_detail::grow_scratch(device_ == Device::kHost, last_stream_, floats, scratch_, scratch_floats_,
+                                      scratch_host_);
 }
 
 void DilatedAttention::validate_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -735,22 +724,9 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
                                 const float* lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
                                 const TensorView& dv, cudaStream_t stream) {
   validate_tensors(q, k, v, o, lse);
-  {
-    AttnBwdParams full;
-    full.fwd.q = q;
-    full.fwd.k = k;
-    full.fwd.v = v;
-    full.fwd.o = o;
-    full.fwd.lse = const_cast<float*>(lse);
-    full.fwd.q_pos = PositionMap::contiguous(0, q.seqlen());
-    full.fwd.kv_pos = full.fwd.q_pos;
-    full.fwd.mask.causal = config_.causal;
-    full.dout = dout;
-    full.dq = dq;
-    full.dk = dk;
-    full.dv = dv;
-    validate_backward(full, device_);
-  }
+  validate_backward(dilated_detail::whole_call(q, k, v, o, lse, dout, dq, dk, dv,
+                                               PositionMap::contiguous(0, q.seqlen()), config_.causal),
+                    device_);
   const int64_t B = q.batch(), S = q.seqlen(), Hq = q.heads(), Hkv = k.heads(), D = q.head_dim();
   const int64_t n_q = B * S * Hq * D, n_kv = B * S * Hkv * D;
   int64_t n_c = 0;

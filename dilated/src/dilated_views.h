@@ -1,10 +1,11 @@
-// Strided views and head groups shared by the single-device (dilated_attention.cc) and distributed
-// (distributed_dilated.cc) dilated attention. Internal (not installed).
+// Strided views, head groups and the whole-call params for validation, shared by the single-device
+// (dilated_attention.cc) and distributed (distributed_dilated.cc) dilated attention. Internal (not installed).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "distattn/core/attn_params.h"
 #include "distattn/core/dtype.h"
 #include "distattn/core/tensor.h"
 
@@ -58,6 +59,36 @@ inline void host_cast(const float* src, const TensorView& dst) {
       for (int64_t h = 0; h < H; ++h)
         for (int64_t d = 0; d < D; ++d)
           store_from_double(dst.data, dst.offset(b, s, h, d), dst.dtype, src[((b * S + s) * H + h) * D + d]);
+}
+
+// The caller's whole call as one engine call: q, k, v, o, lse with every q and kv row at `pos`, causal or not. Not run:
+// the engine's validate_forward checks the caller's tensors on it (shapes, dtypes, strides, devices, aliasing) before
+// any per-pattern call.
+inline AttnParams whole_call(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                             float* lse, const PositionMap& pos, bool causal) {
+  AttnParams p;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.o = o;
+  p.lse = lse;
+  p.q_pos = pos;
+  p.kv_pos = pos;
+  p.mask.causal = causal;
+  return p;
+}
+
+// The same for a backward (dout, dq, dk, dv added), for validate_backward.
+inline AttnBwdParams whole_call(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                const float* lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                                const TensorView& dv, const PositionMap& pos, bool causal) {
+  AttnBwdParams b;
+  b.fwd = whole_call(q, k, v, o, const_cast<float*>(lse), pos, causal);  // the backward only reads lse
+  b.dout = dout;
+  b.dq = dq;
+  b.dk = dk;
+  b.dv = dv;
+  return b;
 }
 
 }  // namespace dilated_detail

@@ -30,6 +30,7 @@
 
 #include "dilated_index.h"
 #include "dilated_kernels.h"
+#include "dilated_scratch.h"
 #include "dilated_views.h"
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
@@ -49,6 +50,7 @@ using dilated_detail::head_groups;
 using dilated_detail::HeadGroup;
 using dilated_detail::KeptClass;
 using dilated_detail::sub_view;
+using dilated_detail::whole_call;
 
 struct DistributedDilatedAttention::ClassInfo {
   size_t pattern = 0;
@@ -283,38 +285,14 @@ DistributedDilatedAttention::~DistributedDilatedAttention() {
 }
 
 float* DistributedDilatedAttention::fscratch(int64_t floats) {
-  if (floats <= fscratch_floats_) return fscratch_;
-  if (comm_.device() == Device::kHost) {
-    fscratch_host_.resize(static_cast<size_t>(floats));
-    fscratch_ = fscratch_host_.data();
-  } else {
-    if (fscratch_ != nullptr) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
-      DISTATTN_CUDA_CHECK(cudaFree(fscratch_));
-      fscratch_ = nullptr;
-    }
-    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&fscratch_), static_cast<size_t>(floats) * sizeof(float)));
-  }
-  fscratch_floats_ = floats;
-  return fscratch_;
+  return dilated_detail::grow_scratch(comm_.device() == Device::kHost, last_stream_, floats, fscratch_,
+                                      fscratch_floats_, fscratch_host_);
 }
 
 unsigned char* DistributedDilatedAttention::bscratch(Slot slot, size_t bytes) {
   bytes = std::max<size_t>(bytes, 16);
-  if (bytes <= bscratch_bytes_[slot]) return bscratch_[slot];
-  if (comm_.device() == Device::kHost) {
-    bscratch_host_[slot].resize(bytes);
-    bscratch_[slot] = bscratch_host_[slot].data();
-  } else {
-    if (bscratch_[slot] != nullptr) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
-      DISTATTN_CUDA_CHECK(cudaFree(bscratch_[slot]));
-      bscratch_[slot] = nullptr;
-    }
-    DISTATTN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&bscratch_[slot]), bytes));
-  }
-  bscratch_bytes_[slot] = bytes;
-  return bscratch_[slot];
+  return dilated_detail::grow_scratch(comm_.device() == Device::kHost, last_stream_, bytes, bscratch_[slot],
+                                      bscratch_bytes_[slot], bscratch_host_[slot]);
 }
 
 int64_t DistributedDilatedAttention::scratch_bytes() const {
@@ -428,16 +406,9 @@ void DistributedDilatedAttention::forward(const TensorView& q, const TensorView&
   comm_.agree_on("DistributedDilatedAttention::forward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; dilated attention needs the fp32 LSE [B, Hq, S/P]");
     check_forward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows"), q, k, v, o, lse);
-    AttnParams full;  // the engine's rules on the whole shards (strides, aliasing)
-    full.q = q;
-    full.k = k;
-    full.v = v;
-    full.o = o;
-    full.lse = lse;
-    full.q_pos = PositionMap::contiguous(comm_.rank() * L, L);
-    full.kv_pos = full.q_pos;
-    full.mask.causal = config_.dilated.causal;
-    validate_forward(full, dev);
+    // The engine's rules on the whole shards (strides, aliasing).
+    validate_forward(whole_call(q, k, v, o, lse, PositionMap::contiguous(comm_.rank() * L, L), config_.dilated.causal),
+                     dev);
   });
   last_stream_ = stream;
   const bool any_dist = std::any_of(plans_.begin(), plans_.end(), [](const DilatedPatternPlan& p) { return !p.local; });
@@ -524,20 +495,9 @@ void DistributedDilatedAttention::backward(const TensorView& q, const TensorView
   comm_.agree_on("DistributedDilatedAttention::backward", [&] {
     DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's LSE [B, Hq, S/P]");
     check_backward_shards(ShardSpec::of(config_, local_rows_, dev, "S/P rows"), dout, q, k, v, o, lse, dq, dk, dv);
-    AttnBwdParams full;
-    full.fwd.q = q;
-    full.fwd.k = k;
-    full.fwd.v = v;
-    full.fwd.o = o;
-    full.fwd.lse = const_cast<float*>(lse);
-    full.fwd.q_pos = PositionMap::contiguous(comm_.rank() * L, L);
-    full.fwd.kv_pos = full.fwd.q_pos;
-    full.fwd.mask.causal = config_.dilated.causal;
-    full.dout = dout;
-    full.dq = dq;
-    full.dk = dk;
-    full.dv = dv;
-    validate_backward(full, dev);
+    validate_backward(whole_call(q, k, v, o, lse, dout, dq, dk, dv, PositionMap::contiguous(comm_.rank() * L, L),
+                                 config_.dilated.causal),
+                      dev);
   });
   last_stream_ = stream;
   const bool any_dist = std::any_of(plans_.begin(), plans_.end(), [](const DilatedPatternPlan& p) { return !p.local; });

@@ -143,6 +143,19 @@ class Buffer {
   std::vector<unsigned char> host_;
 };
 
+// The dilated core's config (single-device, or the distributed one's `dilated` part) from the layer's: patterns,
+// ragged rates, causal, scale, ALiBi slopes (host values), host precision.
+DilatedConfig dilated_config_of(const MhaConfig& c) {
+  DilatedConfig dc;
+  dc.patterns = c.dilated_patterns;
+  dc.ragged_rates = c.dilated_ragged_rates;
+  dc.causal = c.mask.causal;
+  dc.softmax_scale = c.softmax_scale;
+  dc.alibi_slopes = c.alibi_slopes;
+  dc.host_precision = c.host_precision;
+  return dc;
+}
+
 // Throws naming `arg` unless `ptr` is device (or managed) memory of the current device.
 void require_device_pointer(const void* ptr, const char* arg) {
   cudaPointerAttributes attr{};
@@ -211,6 +224,18 @@ struct MultiHeadAttention::Impl {
   cudaStream_t last_stream = nullptr;
   bool used_cuda = false;
 
+  // A CUDA call's stream bookkeeping before its scratch is ensured. `grows`: some Buffer of the call is about to
+  // grow, which frees its old block while work queued on the last call's stream may still read it, so that stream
+  // is waited for first. Then `stream` is the last stream (the destructor waits for it) and the projector's.
+  void use_stream(bool grows, cudaStream_t stream) {
+    if (grows && used_cuda) {
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(last_stream));
+    }
+    used_cuda = true;
+    last_stream = stream;
+    proj->set_stream(stream);
+  }
+
   bool collective() const { return comm != nullptr && comm->size() > 1; }
   // The core itself talks to the other ranks (so a forward / backward is collective).
   bool collective_core(const MhaConfig& c) const {
@@ -249,14 +274,7 @@ MultiHeadAttention::MultiHeadAttention(MhaConfig config, Device device, Communic
     m.proj = detail::make_host_projector(grad_dtype());
   }
   if (config_.core == AttentionCore::kDilated && !m.collective_core(config_)) {
-    DilatedConfig dc;
-    dc.patterns = config_.dilated_patterns;
-    dc.ragged_rates = config_.dilated_ragged_rates;
-    dc.causal = config_.mask.causal;
-    dc.softmax_scale = config_.softmax_scale;
-    dc.alibi_slopes = config_.alibi_slopes;
-    dc.host_precision = config_.host_precision;
-    m.dilated.reset(new DilatedAttention(dc, device_));
+    m.dilated.reset(new DilatedAttention(dilated_config_of(config_), device_));
   }
 }
 
@@ -293,6 +311,28 @@ QkvViews qkv_views(void* base, const MhaConfig& c, Device device, int64_t B, int
     return t;
   };
   return QkvViews{view(0, Hq), view(Hq * D, Hkv), view((Hq + Hkv) * D, Hkv)};
+}
+
+// RoPE in place on the q and k of `t` at positions `pos` (both), with the layer's rotary dims, style and
+// frequencies: the forward's rotation, or (inverse) its conjugate, which is the backward of dq and dk. CUDA: the
+// frequencies' device copy `device_inv_freq` and `stream`; host: freqs.inv_freq. Throws what rope_apply_* throws.
+void apply_rope(const QkvViews& t, const PositionMap& pos, const MhaConfig& c, const RopeFrequencies& freqs,
+                const void* device_inv_freq, Device device, cudaStream_t stream, bool inverse) {
+  RopeParams rp;
+  rp.q = t.q;
+  rp.k = t.k;
+  rp.q_pos = rp.k_pos = pos;
+  rp.rotary_dim = c.rope_config.rotary_dim;
+  rp.style = c.rope_config.style;
+  rp.scale = freqs.scale;
+  rp.inverse = inverse;
+  if (device == Device::kCuda) {
+    rp.inv_freq = static_cast<const float*>(device_inv_freq);
+    rope_apply_cuda(rp, stream);
+  } else {
+    rp.inv_freq = freqs.inv_freq.data();
+    rope_apply_host(rp);
+  }
 }
 
 }  // namespace
@@ -359,12 +399,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
         // Sequence sharded contiguously: rank p holds global rows [p*S, (p+1)*S) of S * P.
         if (!m.dist_dilated || m.dilated_batch != B || m.dilated_rows != S) {
           DistributedDilatedConfig dc;
-          dc.dilated.patterns = c.dilated_patterns;
-          dc.dilated.ragged_rates = c.dilated_ragged_rates;
-          dc.dilated.causal = c.mask.causal;
-          dc.dilated.softmax_scale = c.softmax_scale;
-          dc.dilated.alibi_slopes = c.alibi_slopes;
-          dc.dilated.host_precision = c.host_precision;
+          dc.dilated = dilated_config_of(c);
           dc.seq_len = S * m.comm->size();
           dc.batch = B;
           dc.q_heads = Hq;
@@ -409,12 +444,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
   const size_t qkv_bytes = static_cast<size_t>(B * S * N) * e, o_bytes = static_cast<size_t>(B * S * HD) * e;
   const size_t lse_bytes = static_cast<size_t>(B * Hq * S) * sizeof(float);
   if (device_ == Device::kCuda) {
-    if ((qkv_bytes > m.qkv.bytes() || o_bytes > m.o.bytes() || lse_bytes > m.lse.bytes()) && m.used_cuda) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(m.last_stream));
-    }
-    m.used_cuda = true;
-    m.last_stream = stream;
-    m.proj->set_stream(stream);
+    m.use_stream(qkv_bytes > m.qkv.bytes() || o_bytes > m.o.bytes() || lse_bytes > m.lse.bytes(), stream);
   }
   void* qkv = m.qkv.ensure(qkv_bytes, device_);
   void* o = m.o.ensure(o_bytes, device_);
@@ -427,22 +457,7 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
   const QkvViews v = qkv_views(qkv, c, device_, B, S);
 
   // 5. RoPE on q and k in place, global positions.
-  if (c.rope) {
-    RopeParams rp;
-    rp.q = v.q;
-    rp.k = v.k;
-    rp.q_pos = rp.k_pos = positions_;
-    rp.rotary_dim = c.rope_config.rotary_dim;
-    rp.style = c.rope_config.style;
-    rp.scale = m.freqs.scale;
-    if (device_ == Device::kCuda) {
-      rp.inv_freq = static_cast<const float*>(m.inv_freq.get());
-      rope_apply_cuda(rp, stream);
-    } else {
-      rp.inv_freq = m.freqs.inv_freq.data();
-      rope_apply_host(rp);
-    }
-  }
+  if (c.rope) apply_rope(v, positions_, c, m.freqs, m.inv_freq.get(), device_, stream, /*inverse=*/false);
 
   // 6. The core: o [B, S, Hq, D] packed, lse [B, Hq, S].
   const TensorView ov = TensorView::packed(o, c.dtype, device_, B, S, Hq, c.head_dim);
@@ -517,14 +532,7 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
   const int64_t Hq = c.q_heads;
   const size_t e = dtype_size(c.dtype);
   const size_t dout_bytes = static_cast<size_t>(B * S * HD) * e, dqkv_bytes = static_cast<size_t>(B * S * N) * e;
-  if (device_ == Device::kCuda) {
-    if ((dout_bytes > m.dout.bytes() || dqkv_bytes > m.dqkv.bytes()) && m.used_cuda) {
-      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(m.last_stream));
-    }
-    m.used_cuda = true;
-    m.last_stream = stream;
-    m.proj->set_stream(stream);
-  }
+  if (device_ == Device::kCuda) m.use_stream(dout_bytes > m.dout.bytes() || dqkv_bytes > m.dqkv.bytes(), stream);
   void* dout = m.dout.ensure(dout_bytes, device_);
   void* dqkv = m.dqkv.ensure(dqkv_bytes, device_);
   const detail::Mat o_mat = detail::packed_mat(m.o.get(), c.dtype, B, S, HD);
@@ -575,23 +583,7 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
   }
 
   // 3. RoPE backward: the conjugate rotation of dq and dk, same positions.
-  if (c.rope) {
-    RopeParams rp;
-    rp.q = d.q;
-    rp.k = d.k;
-    rp.q_pos = rp.k_pos = positions_;
-    rp.rotary_dim = c.rope_config.rotary_dim;
-    rp.style = c.rope_config.style;
-    rp.scale = m.freqs.scale;
-    rp.inverse = true;
-    if (device_ == Device::kCuda) {
-      rp.inv_freq = static_cast<const float*>(m.inv_freq.get());
-      rope_apply_cuda(rp, stream);
-    } else {
-      rp.inv_freq = m.freqs.inv_freq.data();
-      rope_apply_host(rp);
-    }
-  }
+  if (c.rope) apply_rope(d, positions_, c, m.freqs, m.inv_freq.get(), device_, stream, /*inverse=*/true);
 
   // 4. QKV projection: dWqkv = dqkv^T x, dbqkv = sum dqkv, dx = dqkv Wqkv.
   m.proj->linear_weight_grad(dqkv_mat, detail::mat_of(x), g.qkv_weight, c.bias ? g.qkv_bias : nullptr);

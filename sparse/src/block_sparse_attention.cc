@@ -116,65 +116,72 @@ PositionMap resolved(const PositionMap& m, int64_t rows) {
 CausalRestriction restriction(bool causal, const BlockSparseConfig& c, int64_t sq, int64_t skv) {
   return causal ? CausalRestriction::on(resolved(c.q_pos, sq), resolved(c.kv_pos, skv)) : CausalRestriction::none();
 }
+// Every named factory: the config is validated first (the layout builder reads its positions), then the layout
+// `build(config)` returns, then the instance over it (whose constructor validates the rest).
+template <typename Build>
+BlockSparseAttention make_with_layout(BlockSparseConfig config, Device device, cudaStream_t stream, Build build) {
+  validate_block_sparse_config(config, device);
+  BlockLayout l = build(config);
+  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+}
 }  // namespace
 
 BlockSparseAttention BlockSparseAttention::local_window(int64_t sq, int64_t skv, int64_t window, bool causal,
                                                         BlockSparseConfig config, Device device, cudaStream_t stream) {
-  validate_block_sparse_config(config, device);  // first: the builder reads config positions
-  BlockLayout l =
-      BlockLayout::sliding_window(sq, skv, resolved(config.q_pos, sq), resolved(config.kv_pos, skv), window, causal);
-  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+  return make_with_layout(std::move(config), device, stream, [&](const BlockSparseConfig& c) {
+    return BlockLayout::sliding_window(sq, skv, resolved(c.q_pos, sq), resolved(c.kv_pos, skv), window, causal);
+  });
 }
 
 BlockSparseAttention BlockSparseAttention::block_diagonal(int64_t sq, int64_t skv, int64_t segment, bool causal,
                                                           BlockSparseConfig config, Device device,
                                                           cudaStream_t stream) {
-  validate_block_sparse_config(config, device);  // first: the builder reads config positions
-  BlockLayout l = block_diagonal_layout(sq, skv, segment, restriction(causal, config, sq, skv));
-  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+  return make_with_layout(std::move(config), device, stream, [&](const BlockSparseConfig& c) {
+    return block_diagonal_layout(sq, skv, segment, restriction(causal, c, sq, skv));
+  });
 }
 
 BlockSparseAttention BlockSparseAttention::strided(int64_t sq, int64_t skv, int64_t stride_blocks, int64_t local_blocks,
                                                    bool causal, BlockSparseConfig config, Device device,
                                                    cudaStream_t stream) {
-  validate_block_sparse_config(config, device);  // first: the builder reads config positions
-  BlockLayout l = BlockLayout::strided(sq, skv, stride_blocks, local_blocks, restriction(causal, config, sq, skv));
-  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+  return make_with_layout(std::move(config), device, stream, [&](const BlockSparseConfig& c) {
+    return BlockLayout::strided(sq, skv, stride_blocks, local_blocks, restriction(causal, c, sq, skv));
+  });
 }
 
 BlockSparseAttention BlockSparseAttention::global_tokens(int64_t sq, int64_t skv, int64_t num_global_blocks,
                                                          bool causal, BlockSparseConfig config, Device device,
                                                          cudaStream_t stream) {
-  validate_block_sparse_config(config, device);  // first: the builder reads config positions
-  BlockLayout l = BlockLayout::global_tokens(sq, skv, num_global_blocks, restriction(causal, config, sq, skv));
-  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+  return make_with_layout(std::move(config), device, stream, [&](const BlockSparseConfig& c) {
+    return BlockLayout::global_tokens(sq, skv, num_global_blocks, restriction(causal, c, sq, skv));
+  });
 }
 
 BlockSparseAttention BlockSparseAttention::random(int64_t sq, int64_t skv, int64_t blocks_per_row, uint64_t seed,
                                                   bool causal, BlockSparseConfig config, Device device,
                                                   cudaStream_t stream) {
-  validate_block_sparse_config(config, device);  // first: the builder reads config positions
-  BlockLayout l = BlockLayout::random(sq, skv, blocks_per_row, seed, restriction(causal, config, sq, skv));
-  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+  return make_with_layout(std::move(config), device, stream, [&](const BlockSparseConfig& c) {
+    return BlockLayout::random(sq, skv, blocks_per_row, seed, restriction(causal, c, sq, skv));
+  });
 }
 
 BlockSparseAttention BlockSparseAttention::bigbird(int64_t sq, int64_t skv, int64_t window_blocks,
                                                    int64_t num_global_blocks, int64_t random_blocks, uint64_t seed,
                                                    bool causal, BlockSparseConfig config, Device device,
                                                    cudaStream_t stream) {
-  validate_block_sparse_config(config, device);  // first: the builder reads config positions
-  BlockLayout l = BlockLayout::bigbird(sq, skv, window_blocks, num_global_blocks, random_blocks, seed,
-                                       restriction(causal, config, sq, skv));
-  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+  return make_with_layout(std::move(config), device, stream, [&](const BlockSparseConfig& c) {
+    return BlockLayout::bigbird(sq, skv, window_blocks, num_global_blocks, random_blocks, seed,
+                                restriction(causal, c, sq, skv));
+  });
 }
 
 BlockSparseAttention BlockSparseAttention::from_block_mask(int64_t num_q_blocks, int64_t num_kv_blocks,
                                                            const std::vector<uint8_t>& mask, const Mask& band,
                                                            BlockSparseConfig config, Device device,
                                                            cudaStream_t stream) {
-  validate_block_sparse_config(config, device);  // first: the builder reads config positions
-  BlockLayout l = BlockLayout::from_block_mask(num_q_blocks, num_kv_blocks, mask, band);
-  return BlockSparseAttention(std::move(l), std::move(config), device, stream);
+  return make_with_layout(std::move(config), device, stream, [&](const BlockSparseConfig&) {
+    return BlockLayout::from_block_mask(num_q_blocks, num_kv_blocks, mask, band);
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -214,6 +221,25 @@ void check_against_config(const TensorView& q, const TensorView& k, const BlockS
   DISTATTN_CHECK_ARG(k.heads() == c.resolved_kv_heads(), "k", "has ", k.heads(), " heads, the configuration ",
                      c.resolved_kv_heads(), " kv heads");
 }
+
+// The engine params of a call of `a` (the forward's, or the backward's fwd part): the call's q, k, v, o and lse, the
+// configured positions (contiguous from 0 where unset), the layout's block list `view` as the mask (the mask points
+// at it: the caller keeps it alive through the engine call), the configured ALiBi slopes (on CUDA their device copy
+// `slopes_device`) and scale.
+AttnParams call_params(const BlockSparseAttention& a, const float* slopes_device, const BlockListView& view,
+                       const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, float* lse) {
+  const BlockSparseConfig& c = a.config();
+  AttnParams p;
+  p.q = q, p.k = k, p.v = v, p.o = o;
+  p.lse = lse;
+  p.q_pos = resolved(c.q_pos, q.seqlen());
+  p.kv_pos = resolved(c.kv_pos, k.seqlen());
+  p.mask = a.layout().make_mask(view);
+  p.alibi_slopes =
+      c.alibi_slopes.empty() ? nullptr : (a.device() == Device::kCuda ? slopes_device : c.alibi_slopes.data());
+  p.softmax_scale = c.softmax_scale;
+  return p;
+}
 }  // namespace
 
 void BlockSparseAttention::forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
@@ -222,16 +248,7 @@ void BlockSparseAttention::forward(const TensorView& q, const TensorView& k, con
   check_call_geometry(q.seqlen(), k.seqlen());
   // The view must outlive the engine call (the engine copies what it needs into kernel parameters).
   const BlockListView view = device_ == Device::kCuda ? layout_.device_view() : layout_.host_view();
-  AttnParams p;
-  p.q = q, p.k = k, p.v = v, p.o = o;
-  p.lse = lse;
-  p.q_pos = q_positions(q.seqlen());
-  p.kv_pos = kv_positions(k.seqlen());
-  p.mask = layout_.make_mask(view);
-  p.alibi_slopes = config_.alibi_slopes.empty()
-                       ? nullptr
-                       : (device_ == Device::kCuda ? slopes_device_ : config_.alibi_slopes.data());
-  p.softmax_scale = config_.softmax_scale;
+  const AttnParams p = call_params(*this, slopes_device_, view, q, k, v, o, lse);
   validate_forward(p, device_);
   check_rows_have_keys(q.seqlen(), k.seqlen());
   if (device_ == Device::kCuda) {
@@ -249,16 +266,8 @@ void BlockSparseAttention::backward(const TensorView& q, const TensorView& k, co
   DISTATTN_CHECK_ARG(lse != nullptr, "lse", "is null; the backward needs the forward's fp32 LSE [B, Hq, Sq]");
   const BlockListView view = device_ == Device::kCuda ? layout_.device_view() : layout_.host_view();
   AttnBwdParams b;
-  AttnParams& p = b.fwd;
-  p.q = q, p.k = k, p.v = v, p.o = o;
-  p.lse = const_cast<float*>(lse);  // read only in the backward
-  p.q_pos = q_positions(q.seqlen());
-  p.kv_pos = kv_positions(k.seqlen());
-  p.mask = layout_.make_mask(view);
-  p.alibi_slopes = config_.alibi_slopes.empty()
-                       ? nullptr
-                       : (device_ == Device::kCuda ? slopes_device_ : config_.alibi_slopes.data());
-  p.softmax_scale = config_.softmax_scale;
+  b.fwd =
+      call_params(*this, slopes_device_, view, q, k, v, o, const_cast<float*>(lse));  // lse read only in the backward
   b.dout = dout, b.dq = dq, b.dk = dk, b.dv = dv;
   validate_backward(b, device_);
   check_rows_have_keys(q.seqlen(), k.seqlen());

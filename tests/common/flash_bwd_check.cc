@@ -77,6 +77,19 @@ AttnBwdParams device_bwd_params(const AttnParams& hf, const DeviceTensor& q, con
   return gb;
 }
 
+AttnBwdParams contiguous_bwd_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                    float* lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                                    const TensorView& dv) {
+  AttnBwdParams b;
+  b.fwd.q = q, b.fwd.k = k, b.fwd.v = v, b.fwd.o = o;
+  b.fwd.lse = lse;
+  b.fwd.q_pos = PositionMap::contiguous(0, q.seqlen());
+  b.fwd.kv_pos = PositionMap::contiguous(0, k.seqlen());
+  b.dout = dout;
+  b.dq = dq, b.dk = dk, b.dv = dv;
+  return b;
+}
+
 AttnParams case_setup(const PositionMap& q_pos, const PositionMap& kv_pos, int64_t Sq, int64_t Skv, const Mask& mask) {
   AttnParams p;
   p.q_pos = q_pos.num_chunks ? q_pos : PositionMap::contiguous(0, Sq);

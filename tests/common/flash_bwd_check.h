@@ -49,6 +49,13 @@ AttnBwdParams device_bwd_params(const AttnParams& hf, const DeviceTensor& q, con
                                 const DeviceTensor& v, const DeviceTensor& o, float* lse, const DeviceTensor& dout,
                                 const DeviceTensor (&grads)[3]);
 
+// The plain backward call over q, k, v, o, lse, dout and the gradients dq, dk, dv as given (host or device views, used
+// as they are): q_pos contiguous from 0 over q's rows, kv_pos over k's rows, no mask, no ALiBi, default scale. The
+// bad-input tests start from it and break one field.
+AttnBwdParams contiguous_bwd_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                    float* lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                                    const TensorView& dv);
+
 // The setup of a case (AttnParams without tensors): q_pos and kv_pos as given, or contiguous from 0 over Sq / Skv rows
 // when they have no chunk, and the mask.
 AttnParams case_setup(const PositionMap& q_pos, const PositionMap& kv_pos, int64_t Sq, int64_t Skv, const Mask& mask);

@@ -71,53 +71,60 @@ std::string ErrorStats::str() const {
   return os.str();
 }
 
-ErrorStats compare(const TensorView& got, const TensorView& ref) {
-  ErrorStats st;
-  if (got.shape != ref.shape) {
-    st.non_finite = -1;
-    return st;
-  }
-  double err2 = 0, ref2 = 0;
-  for (int64_t b = 0; b < got.shape[0]; ++b)
-    for (int64_t s = 0; s < got.shape[1]; ++s)
-      for (int64_t h = 0; h < got.shape[2]; ++h)
-        for (int64_t d = 0; d < got.shape[3]; ++d) {
-          const double g = load_as_double(got.data, got.offset(b, s, h, d), got.dtype);
-          const double r = load_as_double(ref.data, ref.offset(b, s, h, d), ref.dtype);
-          ++st.count;
-          if (!std::isfinite(g)) {
-            ++st.non_finite;
-            continue;
-          }
-          const double e = std::fabs(g - r);
-          st.max_abs = std::max(st.max_abs, e);
-          err2 += e * e;
-          ref2 += r * r;
-        }
-  st.rmse = st.count ? std::sqrt(err2 / st.count) : 0;
-  st.rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
-  return st;
-}
-
-ErrorStats compare_flat(const float* got, const double* ref, int64_t n) {
+namespace {
+// The running sums behind ErrorStats, fed one (got, ref) pair at a time by compare and compare_flat.
+struct ErrorSums {
   ErrorStats st;
   double err2 = 0, ref2 = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  // A pair that counts as exact without entering the sums (compare_flat's matching infinities).
+  void exact() { ++st.count; }
+  // One compared pair: a non-finite got is counted as such and adds nothing to the sums.
+  void add(double g, double r) {
     ++st.count;
-    const double g = got[i], r = ref[i];
-    if (std::isinf(r) && std::isinf(g) && (r < 0) == (g < 0)) continue;
     if (!std::isfinite(g)) {
       ++st.non_finite;
-      continue;
+      return;
     }
     const double e = std::fabs(g - r);
     st.max_abs = std::max(st.max_abs, e);
     err2 += e * e;
     ref2 += r * r;
   }
-  st.rmse = st.count ? std::sqrt(err2 / st.count) : 0;
-  st.rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
-  return st;
+  ErrorStats result() {
+    st.rmse = st.count ? std::sqrt(err2 / st.count) : 0;
+    st.rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+    return st;
+  }
+};
+}  // namespace
+
+ErrorStats compare(const TensorView& got, const TensorView& ref) {
+  if (got.shape != ref.shape) {
+    ErrorStats st;
+    st.non_finite = -1;
+    return st;
+  }
+  ErrorSums sums;
+  for (int64_t b = 0; b < got.shape[0]; ++b)
+    for (int64_t s = 0; s < got.shape[1]; ++s)
+      for (int64_t h = 0; h < got.shape[2]; ++h)
+        for (int64_t d = 0; d < got.shape[3]; ++d)
+          sums.add(load_as_double(got.data, got.offset(b, s, h, d), got.dtype),
+                   load_as_double(ref.data, ref.offset(b, s, h, d), ref.dtype));
+  return sums.result();
+}
+
+ErrorStats compare_flat(const float* got, const double* ref, int64_t n) {
+  ErrorSums sums;
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = got[i], r = ref[i];
+    if (std::isinf(r) && std::isinf(g) && (r < 0) == (g < 0)) {
+      sums.exact();
+      continue;
+    }
+    sums.add(g, r);
+  }
+  return sums.result();
 }
 
 bool has_gpu() {
@@ -226,6 +233,17 @@ double max_abs_value(const TensorView& t) {
         for (int64_t d = 0; d < t.head_dim(); ++d)
           m = std::max(m, std::fabs(load_as_double(t.data, t.offset(b, s, h, d), t.dtype)));
   return m;
+}
+
+double ulp_rel(DType t) {
+  switch (t) {
+    case DType::kBFloat16:
+      return std::ldexp(1.0, -7);
+    case DType::kFloat16:
+      return std::ldexp(1.0, -10);
+    default:
+      return std::ldexp(1.0, -23);
+  }
 }
 
 }  // namespace testing

@@ -67,6 +67,8 @@ double rms_of(const TensorView& t);
 double max_abs_value(const TensorView& t);
 inline double rms_of(const HostTensor& t) { return rms_of(t.view); }
 inline double max_abs_value(const HostTensor& t) { return max_abs_value(t.view); }
+// Relative rounding unit of a dtype (one ulp at 1.0): 2^-7 bf16, 2^-10 fp16, 2^-23 fp32 and any other.
+double ulp_rel(DType t);
 
 struct ErrorStats {
   double max_abs = 0;      // max |got - ref|

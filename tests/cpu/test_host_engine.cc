@@ -653,17 +653,16 @@ PrecisionErrors precision_errors(DType dtype, uint64_t seed) {
   return e;
 }
 
-TEST(HostPrecisionModes, Bf16ErrorsOrdered) {
-  const PrecisionErrors e = precision_errors(DType::kBFloat16, test_seed() + 400);
-  // fp32 accumulation: rounding of float sums only.
+// The order every reduced dtype must show: fp32 accumulation (rounding of float sums only) errs in (0, 1e-5), the
+// dtype's rounded intermediates in (round_lo, round_hi), and each fp32 error is at least 10x below the rounded one.
+void expect_errors_ordered(const PrecisionErrors& e, double round_lo, double round_hi) {
   for (double x : {e.o_f32, e.dq_f32, e.dk_f32, e.dv_f32}) {
     EXPECT_GT(x, 0.0);
     EXPECT_LT(x, 1e-5);
   }
-  // bf16 intermediates (8-bit mantissa): errors of order 2^-9 .. a few percent.
   for (double x : {e.o_round, e.dq_round, e.dk_round, e.dv_round}) {
-    EXPECT_GT(x, 1e-4);
-    EXPECT_LT(x, 5e-2);
+    EXPECT_GT(x, round_lo);
+    EXPECT_LT(x, round_hi);
   }
   EXPECT_LT(e.o_f32 * 10, e.o_round);
   EXPECT_LT(e.dq_f32 * 10, e.dq_round);
@@ -671,21 +670,14 @@ TEST(HostPrecisionModes, Bf16ErrorsOrdered) {
   EXPECT_LT(e.dv_f32 * 10, e.dv_round);
 }
 
+TEST(HostPrecisionModes, Bf16ErrorsOrdered) {
+  // bf16 intermediates (8-bit mantissa): errors of order 2^-9 .. a few percent.
+  expect_errors_ordered(precision_errors(DType::kBFloat16, test_seed() + 400), 1e-4, 5e-2);
+}
+
 TEST(HostPrecisionModes, Fp16ErrorsOrdered) {
-  const PrecisionErrors e = precision_errors(DType::kFloat16, test_seed() + 410);
-  for (double x : {e.o_f32, e.dq_f32, e.dk_f32, e.dv_f32}) {
-    EXPECT_GT(x, 0.0);
-    EXPECT_LT(x, 1e-5);
-  }
   // fp16 (11-bit mantissa): about 8x smaller than bf16.
-  for (double x : {e.o_round, e.dq_round, e.dk_round, e.dv_round}) {
-    EXPECT_GT(x, 1e-5);
-    EXPECT_LT(x, 1e-2);
-  }
-  EXPECT_LT(e.o_f32 * 10, e.o_round);
-  EXPECT_LT(e.dq_f32 * 10, e.dq_round);
-  EXPECT_LT(e.dk_f32 * 10, e.dk_round);
-  EXPECT_LT(e.dv_f32 * 10, e.dv_round);
+  expect_errors_ordered(precision_errors(DType::kFloat16, test_seed() + 410), 1e-5, 1e-2);
 }
 
 }  // namespace

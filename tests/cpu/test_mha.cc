@@ -23,18 +23,12 @@
 #include "distattn/core/error.h"
 #include "distattn/layers/multi_head_attention.h"
 #include "distattn/sparse/block_layout.h"
+#include "mha_names.h"
 #include "test_util.h"
 
 namespace distattn {
 namespace testing {
 namespace {
-
-using layers::AttentionCore;
-using layers::MhaConfig;
-using layers::MhaGrads;
-using layers::MhaWeights;
-using layers::MultiHeadAttention;
-using layers::SequenceView;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 

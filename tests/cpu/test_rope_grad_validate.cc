@@ -13,11 +13,13 @@
 #include "distattn/core/attn_params.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
+#include "flash_bwd_check.h"
 #include "test_util.h"
 
 namespace distattn {
 namespace {
 
+using testing::contiguous_bwd_params;
 using testing::fill_nan;
 using testing::fill_normal;
 using testing::HostTensor;
@@ -41,12 +43,7 @@ struct RopeFixture {
     lse.assign(H * S, 0.5f);
     inv_freq.assign(D / 2, 0.01f);
     rope.inv_freq = inv_freq.data();
-    bp.fwd.q = q.view, bp.fwd.k = k.view, bp.fwd.v = v.view, bp.fwd.o = o.view;
-    bp.fwd.lse = lse.data();
-    bp.fwd.q_pos = PositionMap::contiguous(0, S);
-    bp.fwd.kv_pos = PositionMap::contiguous(0, S);
-    bp.dout = dout.view;
-    bp.dq = dq.view, bp.dk = dk.view, bp.dv = dv.view;
+    bp = contiguous_bwd_params(q.view, k.view, v.view, o.view, lse.data(), dout.view, dq.view, dk.view, dv.view);
     for (TensorView* t : {&bp.fwd.q, &bp.fwd.k, &bp.fwd.v, &bp.fwd.o, &bp.dout, &bp.dq, &bp.dk, &bp.dv})
       t->device = label;
     bp.rope_grad = &rope;

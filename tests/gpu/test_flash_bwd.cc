@@ -551,12 +551,8 @@ struct BadInputFixture {
     dgk.reset(new DeviceTensor(grad_k));
     dgv.reset(new DeviceTensor(grad_v));
     d_lse.reset(new DeviceArray<float>(lse));
-    gb.fwd.q = dq_->view(), gb.fwd.k = dk_->view(), gb.fwd.v = dv_->view(), gb.fwd.o = dov_->view();
-    gb.fwd.lse = d_lse->ptr;
-    gb.fwd.q_pos = PositionMap::contiguous(0, S);
-    gb.fwd.kv_pos = PositionMap::contiguous(0, S);
-    gb.dout = do_->view();
-    gb.dq = dgq->view(), gb.dk = dgk->view(), gb.dv = dgv->view();
+    gb = contiguous_bwd_params(dq_->view(), dk_->view(), dv_->view(), dov_->view(), d_lse->ptr, do_->view(),
+                               dgq->view(), dgk->view(), dgv->view());
   }
   // Runs the call, expects an Error naming `arg`, then checks the gradients still hold their NaN poison.
   void expect_rejected(const std::string& arg) {

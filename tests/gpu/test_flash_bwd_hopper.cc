@@ -251,13 +251,8 @@ TEST(FlashBwdHopper, SupportedRefusesAlibiBlocksHdim64AndUnalignedChunks) {
   HostTensor q(DType::kBFloat16, 1, 256, 2, kD), k(DType::kBFloat16, 1, 256, 2, kD);
   DeviceTensor dq(q), dk(k), dv(k), ddo(q), dov(q), gq(q), gk(k), gv(k);
   DeviceArray<float> lse(static_cast<int64_t>(2 * 256));
-  AttnBwdParams p;
-  p.fwd.q = dq.view(), p.fwd.k = dk.view(), p.fwd.v = dv.view(), p.fwd.o = dov.view();
-  p.fwd.lse = lse.ptr;
-  p.fwd.q_pos = PositionMap::contiguous(0, 256);
-  p.fwd.kv_pos = PositionMap::contiguous(0, 256);
-  p.dout = ddo.view();
-  p.dq = gq.view(), p.dk = gk.view(), p.dv = gv.view();
+  const AttnBwdParams p = contiguous_bwd_params(dq.view(), dk.view(), dv.view(), dov.view(), lse.ptr, ddo.view(),
+                                                gq.view(), gk.view(), gv.view());
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
   const bool base = flash_bwd_hopper_supported(p, device);

@@ -27,19 +27,13 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/layers/multi_head_attention.h"
+#include "mha_names.h"
 #include "mha_test_util.h"
 #include "test_util.h"
 
 namespace distattn {
 namespace testing {
 namespace {
-
-using layers::AttentionCore;
-using layers::MhaConfig;
-using layers::MhaGrads;
-using layers::MhaWeights;
-using layers::MultiHeadAttention;
-using layers::SequenceView;
 
 // bf16 values drawn N(0, stddev) (bits) and their exact doubles.
 struct Bf16 {
@@ -120,37 +114,7 @@ Outputs run_host(const Case& c, DType dtype, HostPrecision precision, const Bf16
                  const Bf16& wo, const Bf16& bqkv, const Bf16& bo) {
   MhaConfig cfg = config_of(c, dtype);
   cfg.host_precision = precision;
-  MultiHeadAttention layer(cfg, Device::kHost);
-  const size_t es = dtype_size(dtype);
-  auto buf = [&](const Bf16& b) {
-    std::vector<unsigned char> out(b.values.size() * es);
-    for (size_t i = 0; i < b.values.size(); ++i)
-      store_from_double(out.data(), static_cast<int64_t>(i), dtype, b.values[i]);
-    return out;
-  };
-  std::vector<unsigned char> hx = buf(x), hdy = buf(dy), hwq = buf(wqkv), hwo = buf(wo), hbq = buf(bqkv), hbo = buf(bo);
-  std::vector<unsigned char> hy(hx.size()), hdx(hx.size());
-  const DType gt = layer.grad_dtype();
-  const size_t gs = dtype_size(gt);
-  std::vector<unsigned char> gq(wqkv.values.size() * gs), go(wo.values.size() * gs), gbq(bqkv.values.size() * gs),
-      gbo(bo.values.size() * gs);
-  MhaWeights w{hwq.data(), c.bias ? hbq.data() : nullptr, hwo.data(), c.bias ? hbo.data() : nullptr};
-  MhaGrads g{gq.data(), c.bias ? gbq.data() : nullptr, go.data(), c.bias ? gbo.data() : nullptr};
-  auto seq = [&](std::vector<unsigned char>& v) {
-    return SequenceView::packed(v.data(), dtype, Device::kHost, c.B, c.S, c.E);
-  };
-  layer.forward(w, seq(hx), seq(hy));
-  layer.backward(w, seq(hx), seq(hdy), seq(hdx), g);
-  auto dbl = [](const std::vector<unsigned char>& v, DType t) {
-    std::vector<double> out(v.size() / dtype_size(t));
-    for (size_t i = 0; i < out.size(); ++i) out[i] = load_as_double(v.data(), static_cast<int64_t>(i), t);
-    return out;
-  };
-  Outputs o;
-  o.y = dbl(hy, dtype), o.dx = dbl(hdx, dtype);
-  o.gwqkv = dbl(gq, gt), o.gwo = dbl(go, gt);
-  if (c.bias) o.gbqkv = dbl(gbq, gt), o.gbo = dbl(gbo, gt);
-  return o;
+  return run_host_layer(cfg, c.B, c.S, c.E, x.values, dy.values, wqkv.values, wo.values, bqkv.values, bo.values);
 }
 
 void run_case(const Case& c) {

@@ -52,17 +52,6 @@ struct RCase {
   bool dk_epilogue = true;                   // FlashBwdOptions::rope_dk_in_epilogue of the fused run
 };
 
-double ulp_rel(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    default:
-      return std::ldexp(1.0, -23);
-  }
-}
-
 // Elements whose bytes differ (packed tensors of one dtype: the storage is the elements).
 int64_t differing_elements(const HostTensor& a, const HostTensor& b) {
   const size_t e = dtype_size(a.view.dtype);
@@ -355,13 +344,8 @@ TEST(RopeBwdFused, BadInputThrowsAndWritesNothing) {
   auto fresh = [&] {
     rg = RopeGradParams();
     rg.inv_freq = d_inv.ptr;
-    AttnBwdParams b;
-    b.fwd.q = dq_in.view(), b.fwd.k = dk_in.view(), b.fwd.v = dv_in.view(), b.fwd.o = dov.view();
-    b.fwd.lse = d_lse.ptr;
-    b.fwd.q_pos = PositionMap::contiguous(0, S);
-    b.fwd.kv_pos = PositionMap::contiguous(0, S);
-    b.dout = ddo.view();
-    b.dq = gq.view(), b.dk = gk.view(), b.dv = gv.view();
+    AttnBwdParams b = contiguous_bwd_params(dq_in.view(), dk_in.view(), dv_in.view(), dov.view(), d_lse.ptr, ddo.view(),
+                                            gq.view(), gk.view(), gv.view());
     b.rope_grad = &rg;
     return b;
   };
@@ -409,13 +393,8 @@ TEST(RopeBwdFused, BadInputThrowsAndWritesNothing) {
   // The host engine has no fused inverse: it says so instead of ignoring the field.
   {
     HostTensor hdq(DType::kFloat32, 1, S, H, D), hdk(DType::kFloat32, 1, S, H, D), hdv(DType::kFloat32, 1, S, H, D);
-    AttnBwdParams hb;
-    hb.fwd.q = q.view, hb.fwd.k = k.view, hb.fwd.v = v.view, hb.fwd.o = o.view;
-    hb.fwd.lse = lse.data();
-    hb.fwd.q_pos = PositionMap::contiguous(0, S);
-    hb.fwd.kv_pos = PositionMap::contiguous(0, S);
-    hb.dout = dout.view;
-    hb.dq = hdq.view, hb.dk = hdk.view, hb.dv = hdv.view;
+    AttnBwdParams hb =
+        contiguous_bwd_params(q.view, k.view, v.view, o.view, lse.data(), dout.view, hdq.view, hdk.view, hdv.view);
     RopeGradParams host_rg;
     host_rg.inv_freq = freqs.inv_freq.data();
     hb.rope_grad = &host_rg;

@@ -19,23 +19,12 @@ namespace {
 using testing::DeviceArray;
 using testing::DeviceTensor;
 using testing::HostTensor;
+using testing::ulp_rel;
 
 HostTensor clone(const HostTensor& t) {  // HostTensor's implicit copy keeps the old data pointer
   HostTensor c = t;
   c.view.data = c.storage.data();
   return c;
-}
-
-// Relative rounding unit of each dtype (one ulp at 1.0).
-double ulp_rel(DType t) {
-  switch (t) {
-    case DType::kBFloat16:
-      return std::ldexp(1.0, -7);
-    case DType::kFloat16:
-      return std::ldexp(1.0, -10);
-    default:
-      return std::ldexp(1.0, -23);
-  }
 }
 
 // GPU (fp32 arithmetic, sincosf) vs host (double arithmetic on the same fp32 angle): at most one ulp of

@@ -62,6 +62,23 @@ RingConfig small_config(int P) {
   return cfg;
 }
 
+// A rank's fp64 shard of Sl rows for a ring of small_config: q [1, Sl, 4, 8], k and v [1, Sl, 2, 8] drawn with seeds
+// test_seed() + 0, 1, 2; o like q and lse [4 * Sl] allocated, not filled.
+struct SmallShard {
+  HostTensor q, k, v, o;
+  std::vector<float> lse;
+  explicit SmallShard(int64_t Sl)
+      : q(DType::kFloat64, 1, Sl, 4, 8),
+        k(DType::kFloat64, 1, Sl, 2, 8),
+        v(DType::kFloat64, 1, Sl, 2, 8),
+        o(DType::kFloat64, 1, Sl, 4, 8),
+        lse(static_cast<size_t>(4 * Sl)) {
+    fill_normal(q, test_seed());
+    fill_normal(k, test_seed() + 1);
+    fill_normal(v, test_seed() + 2);
+  }
+};
+
 TEST(MpiComm, ExchangeAllGatherReduceScatterSplit) {
   const int P = mpi_size(), r = mpi_rank();
   MpiCommunicator comm(MPI_COMM_WORLD, kCommTimeout);
@@ -217,13 +234,10 @@ TEST(RingFailures, BadShardOnOneRankFailsOnEveryRank) {
   const RingConfig cfg = small_config(P);
   RingAttention ra(comm, cfg);
   const int64_t Sl = ra.local_rows();
-  HostTensor q(DType::kFloat64, 1, Sl, 4, 8), k(DType::kFloat64, 1, Sl, 2, 8), v(DType::kFloat64, 1, Sl, 2, 8),
-      o(DType::kFloat64, 1, Sl, 4, 8);
-  fill_normal(q, test_seed());
-  fill_normal(k, test_seed() + 1);
-  fill_normal(v, test_seed() + 2);
+  SmallShard sh(Sl);
+  HostTensor &q = sh.q, &k = sh.k, &v = sh.v, &o = sh.o;
+  std::vector<float>& lse = sh.lse;
   fill_nan(o);
-  std::vector<float> lse(static_cast<size_t>(4 * Sl));
   const int bad = P - 1;
   TensorView qv = q.view;
   if (r == bad) qv.shape[1] = Sl - 1;  // a shorter shard on one rank
@@ -281,13 +295,9 @@ TEST(RingFailures, RankThatSkipsAStepMakesTheOthersTimeOut) {
     MpiCommunicator comm(MPI_COMM_WORLD, kShortTimeout);
     const RingConfig cfg = small_config(P);
     RingAttention ra(comm, cfg);
-    const int64_t Sl = ra.local_rows();
-    HostTensor q(DType::kFloat64, 1, Sl, 4, 8), k(DType::kFloat64, 1, Sl, 2, 8), v(DType::kFloat64, 1, Sl, 2, 8),
-        o(DType::kFloat64, 1, Sl, 4, 8);
-    fill_normal(q, test_seed());
-    fill_normal(k, test_seed() + 1);
-    fill_normal(v, test_seed() + 2);
-    std::vector<float> lse(static_cast<size_t>(4 * Sl));
+    SmallShard sh(ra.local_rows());
+    HostTensor &q = sh.q, &k = sh.k, &v = sh.v, &o = sh.o;
+    std::vector<float>& lse = sh.lse;
     if (r != skipper) {
       expect_error_containing([&] { ra.forward(q.view, k.view, v.view, o.view, lse.data()); },
                               {"RingAttention::forward", "timed out"}, "forward without the skipper");

@@ -31,6 +31,7 @@
 #include "distattn/core/error.h"
 #include "distattn/layers/multi_head_attention.h"
 #include "distattn/ring/shard.h"
+#include "mha_names.h"
 #include "mha_test_util.h"
 #include "mpi_gpu.h"
 #include "mpi_gtest_main.h"
@@ -40,12 +41,6 @@ namespace distattn {
 namespace testing {
 namespace {
 
-using layers::AttentionCore;
-using layers::MhaConfig;
-using layers::MhaGrads;
-using layers::MhaWeights;
-using layers::MultiHeadAttention;
-using layers::SequenceView;
 using ring::ShardLayout;
 
 constexpr double kCommTimeout = 120.0;
@@ -118,34 +113,8 @@ Outputs run_host(MhaConfig cfg, DType dtype, HostPrecision precision, const Inpu
   cfg.dtype = dtype;
   if (cfg.core == AttentionCore::kRing) cfg.core = AttentionCore::kDense;
   cfg.host_precision = precision;
-  MultiHeadAttention layer(cfg, Device::kHost);
-  const size_t es = dtype_size(dtype);
-  auto conv = [&](const std::vector<uint16_t>& b) {
-    std::vector<unsigned char> o(b.size() * es);
-    for (size_t i = 0; i < b.size(); ++i) store_from_double(o.data(), int64_t(i), dtype, bf16_bits_to_float(b[i]));
-    return o;
-  };
-  auto x = conv(in.x), dy = conv(in.dy), wq = conv(in.wqkv), wo = conv(in.wo), bq = conv(in.bqkv), bo = conv(in.bo);
-  std::vector<unsigned char> y(x.size()), dx(x.size());
-  const DType gt = layer.grad_dtype();
-  std::vector<unsigned char> gq(in.wqkv.size() * dtype_size(gt)), go(in.wo.size() * dtype_size(gt)),
-      gbq(in.bqkv.size() * dtype_size(gt)), gbo(in.bo.size() * dtype_size(gt));
-  MhaWeights w{wq.data(), cfg.bias ? bq.data() : nullptr, wo.data(), cfg.bias ? bo.data() : nullptr};
-  MhaGrads g{gq.data(), cfg.bias ? gbq.data() : nullptr, go.data(), cfg.bias ? gbo.data() : nullptr};
-  auto seq = [&](std::vector<unsigned char>& v) {
-    return SequenceView::packed(v.data(), dtype, Device::kHost, in.B, in.S, in.E);
-  };
-  layer.forward(w, seq(x), seq(y));
-  layer.backward(w, seq(x), seq(dy), seq(dx), g);
-  auto dbl = [](const std::vector<unsigned char>& v, DType t) {
-    std::vector<double> o(v.size() / dtype_size(t));
-    for (size_t i = 0; i < o.size(); ++i) o[i] = load_as_double(v.data(), int64_t(i), t);
-    return o;
-  };
-  Outputs o;
-  o.y = dbl(y, dtype), o.dx = dbl(dx, dtype), o.gwqkv = dbl(gq, gt), o.gwo = dbl(go, gt);
-  if (cfg.bias) o.gbqkv = dbl(gbq, gt), o.gbo = dbl(gbo, gt);
-  return o;
+  return run_host_layer(cfg, in.B, in.S, in.E, bf16_to_double(in.x), bf16_to_double(in.dy), bf16_to_double(in.wqkv),
+                        bf16_to_double(in.wo), bf16_to_double(in.bqkv), bf16_to_double(in.bo));
 }
 
 Inputs draw_inputs(const MhaConfig& cfg, int64_t B, int64_t S, uint64_t seed) {

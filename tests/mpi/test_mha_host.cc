@@ -27,6 +27,7 @@
 #include "distattn/core/error.h"
 #include "distattn/layers/multi_head_attention.h"
 #include "distattn/ring/shard.h"
+#include "mha_names.h"
 #include "mpi_gtest_main.h"
 #include "test_util.h"
 
@@ -34,12 +35,6 @@ namespace distattn {
 namespace testing {
 namespace {
 
-using layers::AttentionCore;
-using layers::MhaConfig;
-using layers::MhaGrads;
-using layers::MhaWeights;
-using layers::MultiHeadAttention;
-using layers::SequenceView;
 using ring::ShardLayout;
 
 constexpr double kCommTimeout = 30.0;
