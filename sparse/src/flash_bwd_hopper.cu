@@ -90,7 +90,11 @@ bool flash_bwd_hopper_supported(const AttnBwdParams& p, int device) {
   if (p.dv.dtype != dt && p.dv.dtype != DType::kFloat32) return false;
   if (f.q.head_dim() != 128 || f.k.head_dim() != 128) return false;
   if (f.k.heads() < 1 || f.q.heads() % f.k.heads() != 0) return false;
-  if (f.alibi_slopes != nullptr || f.mask.blocks != nullptr) return false;
+  if (f.alibi_slopes != nullptr) return false;
+  // Block lists: layout blocks of 128 rows are the kernel's kv tiles (and two of its q tiles); the column lists are
+  // on the device with the rest (validated by flash_bwd_api.cu before dispatch).
+  static_assert(kLayoutBlock == BwdConfig::kBlockN && kLayoutBlock == 2 * BwdConfig::kBlockM,
+                "a layout block must be one kv tile and two q tiles");
   if (!tile_aligned_chunks(f.q_pos) || !tile_aligned_chunks(f.kv_pos)) return false;
   if (f.q.seqlen() < 1 || f.k.seqlen() < 1) return false;
   constexpr int64_t kMaxRows = int64_t{0x7fffffff} - 256;
@@ -145,6 +149,13 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   const DiagonalBand band = DiagonalBand::from_mask(f.mask);
   k.band_lo = band.lo;
   k.band_hi = band.hi;
+  if (kp.has_blocks) {
+    k.has_blocks = true;
+    k.col_offset = kp.col_offset;
+    k.row_index = kp.row_index;
+    k.col_partial = kp.col_partial;
+    k.num_q_tiles = static_cast<int>((kp.seqlen_q + BwdConfig::kBlockM - 1) / BwdConfig::kBlockM);
+  }
   if (kp.rope_dk_epilogue && p.rope_grad != nullptr) {  // decided by flash_bwd_api.cu (fuses_rope_dk, options)
     const RopeGradParams& r = *p.rope_grad;
     k.rope_inv_freq = r.inv_freq;

@@ -26,6 +26,7 @@
 #include "distattn/core/host_engine.h"
 #include "distattn/sparse/flash_attention.h"
 #include "flash_bwd_check.h"
+#include "hand_block_list.h"
 #include "test_util.h"
 
 namespace distattn {
@@ -38,10 +39,11 @@ struct HCase {
   Mask mask;
   PositionMap q_pos, kv_pos;  // num_chunks == 0: contiguous from 0
   int64_t head_pad = 0, row_pad = 0;
-  bool accumulate = false;   // dq/dk/dv fp32, pre-filled at random, gradients added
-  bool grads_fp32 = false;   // plain mode with fp32 gradients
-  bool given_delta = false;  // the caller passes rowsum(dO * O)
-  double scale = 0;          // 0: 1/sqrt(D)
+  bool accumulate = false;               // dq/dk/dv fp32, pre-filled at random, gradients added
+  bool grads_fp32 = false;               // plain mode with fp32 gradients
+  bool given_delta = false;              // the caller passes rowsum(dO * O)
+  double scale = 0;                      // 0: 1/sqrt(D)
+  std::vector<std::vector<int>> blocks;  // non-empty: hand-built block list (0 absent, 1 partial, 2 full)
 };
 
 constexpr int64_t kD = 128;
@@ -50,8 +52,11 @@ constexpr int64_t kD = 128;
 void run_case(const HCase& c, uint64_t seed) {
   const DType gdt = (c.accumulate || c.grads_fp32) ? DType::kFloat32 : c.dtype;
   const BwdShape shape{c.dtype, c.dtype, c.B, c.Sq, c.Skv, c.Hq, c.Hkv, kD, c.head_pad, c.row_pad};
+  std::unique_ptr<HandBlockList> blocks;  // block states: 0 absent, 1 partial, 2 full
+  if (!c.blocks.empty()) blocks = std::make_unique<HandBlockList>(HandBlockList::from_states(c.blocks));
   AttnParams setup = case_setup(c.q_pos, c.kv_pos, c.Sq, c.Skv, c.mask);
   setup.softmax_scale = static_cast<float>(c.scale);
+  if (blocks) setup.mask.blocks = &blocks->host_view;
   BwdHostCase h;
   make_bwd_host_case(h, shape, setup, c.given_delta, seed);
   HostTensor expect[3], nexpect[3];
@@ -68,7 +73,8 @@ void run_case(const HCase& c, uint64_t seed) {
     HostTensor out[3];
     make_grad_outputs(out, h, shape, gdt, c.accumulate);
     DeviceTensor dgrad[3] = {DeviceTensor(out[0]), DeviceTensor(out[1]), DeviceTensor(out[2])};
-    const AttnBwdParams gb = d.params(h, dgrad, c.accumulate);
+    AttnBwdParams gb = d.params(h, dgrad, c.accumulate);
+    if (blocks) gb.fwd.mask.blocks = &blocks->device_view;
     // On an H100 / H200 with the sm_90a build every case of this file must take the Hopper kernel.
     if (allow_hopper && !hopper_bwd_takes(gb, hopper_here, "  [hopper] not supported on this device: skipped\n"))
       continue;
@@ -245,8 +251,35 @@ TEST(FlashBwdHopper, Bf16PaddedStridesLargeScale) {
   RUN_CASE(c);
 }
 
-// What the dispatcher must leave on the mma.sync kernel.
-TEST(FlashBwdHopper, SupportedRefusesAlibiBlocksHdim64AndUnalignedChunks) {
+// Block lists (the kernel walks the listed q blocks of each kv tile's column, two 64-row q tiles per block): full
+// blocks visible everywhere, partial ones under the band, absent ones skipped, and a last q block whose second tile
+// lies past Sq (Sq = 300: block 2 holds rows 256..299, its second 64-row tile none).
+TEST(FlashBwdHopper, Bf16BlockListFullPartialAbsentCausal) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.Sq = 300, c.Skv = 384, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(84, 300);    // bottom-aligned: q row 0 sees the first 85 keys
+  c.blocks = {{1, 1, 0}, {2, 2, 0}, {2, 0, 1}};  // kv block 2 is listed for q block 2 only, partial
+  RUN_CASE(c);
+}
+
+// Non-causal window: full blocks ignore the band (the layout vouches for them), partial ones apply it; kv block 2
+// (rows 256..259) is listed for no q block, so its dK, dV stay the pre-fill; fp16, fp32 gradients, accumulate mode.
+TEST(FlashBwdHopper, Fp16BlockListWindowAccumulate) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.dtype = DType::kFloat16;
+  c.Sq = 384, c.Skv = 260, c.Hq = 2, c.Hkv = 1;
+  c.mask = Mask::make_window(100);
+  c.blocks = {{1, 2, 0}, {0, 1, 0}, {2, 0, 0}};
+  c.accumulate = true;
+  RUN_CASE(c);
+}
+
+// What the dispatcher must leave on the mma.sync kernel (ALiBi, head dim 64, chunk boundaries off the 128-row
+// tiles), and that a block list no longer sends a call there.
+TEST(FlashBwdHopper, SupportedRefusesAlibiHdim64AndUnalignedChunksTakesBlockLists) {
   DISTATTN_REQUIRE_GPU();
   HostTensor q(DType::kBFloat16, 1, 256, 2, kD), k(DType::kBFloat16, 1, 256, 2, kD);
   DeviceTensor dq(q), dk(k), dv(k), ddo(q), dov(q), gq(q), gk(k), gv(k);
@@ -261,6 +294,11 @@ TEST(FlashBwdHopper, SupportedRefusesAlibiBlocksHdim64AndUnalignedChunks) {
   DeviceArray<float> slopes(std::vector<float>{0.5f, 0.25f});
   a.fwd.alibi_slopes = slopes.ptr;
   EXPECT_FALSE(flash_bwd_hopper_supported(a, device));
+  HandBlockList bl = HandBlockList::from_states({{1, 0}, {2, 1}});
+  AttnBwdParams with_blocks = p;
+  with_blocks.fwd.mask = Mask::make_causal();
+  with_blocks.fwd.mask.blocks = &bl.device_view;
+  EXPECT_EQ(flash_bwd_hopper_supported(with_blocks, device), base);
   AttnBwdParams u = p;
   u.fwd.q_pos = PositionMap();
   u.fwd.q_pos.add_chunk(0, 1, 100).add_chunk(500, 1, 156);  // boundary at row 100: not on a 128-row tile

@@ -16,7 +16,8 @@ namespace distattn {
 
 // True when the Hopper backward kernel handles `p` on CUDA device `device`: the device is compute capability 9.0
 // and the library holds sm_90a code for the kernel; q (k, v, dout) bf16 or fp16 with head dim 128, Hq a multiple of
-// Hkv; dk, dv in q's dtype or fp32; no ALiBi and no block list (those stay on the mma.sync kernel); q_pos and kv_pos
+// Hkv; dk, dv in q's dtype or fp32; no ALiBi (that stays on the mma.sync kernel, with its exact cutoff); block lists
+// (Mask::blocks, device arrays with the column lists) walked per kv tile; q_pos and kv_pos
 // of up to 8 chunks each whose boundaries (the sequence end excepted) are multiples of 128 rows; any causal / window
 // band; q, k, v, dout with positive row / head / batch strides below 2^40 bytes; Sq, Skv >= 1, Hkv and B <= 65535.
 // Otherwise false (nothing throws for an unsupported case; CUDA errors while querying the device throw

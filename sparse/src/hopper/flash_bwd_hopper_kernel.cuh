@@ -95,7 +95,9 @@ struct BwdConfig {
 };
 
 // Plan in shared memory (thread 0 writes it before the first __syncthreads): plan[0] = q tiles per head; per q
-// chunk c the tiles [plan[kBwdPlanFirst + c], + plan[kBwdPlanCount + c]).
+// chunk c the tiles [plan[kBwdPlanFirst + c], + plan[kBwdPlanCount + c]). With a block list: plan[1] = the kv tile's
+// first entry e0 in the column lists (col_offset), and tile j is 2 row_index[e0 + j / 2] + j % 2.
+constexpr int kBwdPlanE0 = 1;
 constexpr int kBwdPlanFirst = 4;
 constexpr int kBwdPlanCount = kBwdPlanFirst + BwdConfig::kMaxChunks;
 
@@ -127,8 +129,19 @@ __device__ __forceinline__ BwdAffine bwd_affine(const int (&rows)[BwdConfig::kMa
   return a;
 }
 
-// Thread 0: the q-tile segments of every q chunk visible from kv positions [k_min, k_max].
-__device__ __forceinline__ void bwd_write_plan(const FlashBwdHopperParams& p, int64_t k_min, int64_t k_max, int* plan) {
+// Thread 0: the q-tile segments of every q chunk visible from kv positions [k_min, k_max]; with a block list, the
+// listed q blocks of kv tile n_tile (two q tiles each, less a last tile past Sq: row_index ascends in a column, so
+// only the column's last entry can hold the last q block).
+__device__ __forceinline__ void bwd_write_plan(const FlashBwdHopperParams& p, int n_tile, int64_t k_min, int64_t k_max,
+                                               int* plan) {
+  if (p.has_blocks) {
+    const int e0 = __ldg(p.col_offset + n_tile), e1 = __ldg(p.col_offset + n_tile + 1);
+    int tiles = 2 * (e1 - e0);
+    if (tiles > 0 && 2 * __ldg(p.row_index + e1 - 1) + 1 >= p.num_q_tiles) --tiles;
+    plan[0] = tiles;
+    plan[kBwdPlanE0] = e0;
+    return;
+  }
   int total = 0;
 #pragma unroll
   for (int c = 0; c < BwdConfig::kMaxChunks; ++c) {
@@ -151,7 +164,7 @@ __device__ __forceinline__ void bwd_write_plan(const FlashBwdHopperParams& p, in
   plan[0] = total;
 }
 
-// q tile of the j-th visible tile of a head (0 <= j < plan[0]).
+// q tile of the j-th visible tile of a head (0 <= j < plan[0]), without a block list.
 __device__ __forceinline__ int bwd_plan_tile(const int* plan, int q_chunks, int j) {
   for (int c = 0; c < BwdConfig::kMaxChunks; ++c) {
     if (c >= q_chunks) break;
@@ -160,6 +173,12 @@ __device__ __forceinline__ int bwd_plan_tile(const int* plan, int q_chunks, int 
     j -= count;
   }
   return 0;  // not reached
+}
+
+// q tile of the j-th tile of a head, with or without a block list (see the plan above).
+__device__ __forceinline__ int bwd_item_tile(const FlashBwdHopperParams& p, const int* plan, int j) {
+  if (p.has_blocks) return 2 * __ldg(p.row_index + plan[kBwdPlanE0] + (j >> 1)) + (j & 1);
+  return bwd_plan_tile(plan, p.q_chunks, j);
 }
 
 // kDeferDq (default): dQ of item it is issued in iteration it + 1, after this consumer's dS(it + 1) is written, so
@@ -311,7 +330,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
   const int64_t k_max = ka.base + static_cast<int64_t>(kv_last - n0) * ka.step;
 
   if (threadIdx.x == 0) {
-    bwd_write_plan(p, k_min, k_max, plan);
+    bwd_write_plan(p, n_tile, k_min, k_max, plan);
     mbar_init(bar_kv, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar_full + 8 * s, 1 + 32);  // thread 0's expect_tx + warp 1's 32 stats arrivals
@@ -350,7 +369,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
         const int use = it / C::kStages;
         if (use > 0) mbar_wait(bar_empty + 8 * s, (use - 1) & 1);
         const int hq = h_kv * p.group + it / per_head;
-        const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+        const int m0 = bwd_item_tile(p, plan, it % per_head) * C::kBlockM;
         const uint32_t full = bar_full + 8 * s;
         const uint32_t q_dst = sQ + s * C::kQBytes;
         const uint32_t do_dst = sDO + s * C::kQBytes;
@@ -367,7 +386,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
         tma_prefetch_desc(&p.tmap_dq);
         for (int it = 0; it < n_items; ++it) {
           const int hq = h_kv * p.group + it / per_head;
-          const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+          const int m0 = bwd_item_tile(p, plan, it % per_head) * C::kBlockM;
           mbar_wait(bar_dq_full, it & 1);
 #pragma unroll
           for (int j = 0; j < 4; ++j) tma_reduce_add_4d(&p.tmap_dq, sDQ + j * (C::kBlockM * 128), 32 * j, m0, hq, b);
@@ -385,7 +404,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
         const int use = it / C::kStages;
         if (use > 0) mbar_wait(bar_empty + 8 * s, (use - 1) & 1);
         const int hq = h_kv * p.group + it / per_head;
-        const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+        const int m0 = bwd_item_tile(p, plan, it % per_head) * C::kBlockM;
         const float* lse = p.lse_ptr + b * p.lse_batch_stride + hq * p.lse_head_stride;
         const float* delta = p.delta_ptr + b * p.delta_batch_stride + hq * p.delta_head_stride;
         float* st = stats + s * 128;
@@ -491,12 +510,15 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
     for (int it = 0; it < n_items; ++it) {
       const int s = it % C::kStages;
       const int hq = h_kv * p.group + it / per_head;
-      const int m0 = bwd_plan_tile(plan, p.q_chunks, it % per_head) * C::kBlockM;
+      const int m0 = bwd_item_tile(p, plan, it % per_head) * C::kBlockM;
       // The q tile lies in one chunk: pos_q(m0 + i) = qa.base + i * qa.step.
       const BwdAffine qa = bwd_affine(p.q_row, p.q_start, p.q_stride, p.q_chunks, m0);
       const int q_last = min(m0 + C::kBlockM, p.seqlen_q) - 1;
       const int64_t q_max = qa.base + static_cast<int64_t>(q_last - m0) * qa.step;
-      const bool need_mask = kv_tail || classify_tile(band, qa.base, q_max, k_min, k_max) != TileVisibility::kFull;
+      // A listed block marked whole needs no band (the layout vouches for it, as in the mma.sync kernel).
+      const bool block_whole = p.has_blocks && __ldg(p.col_partial + plan[kBwdPlanE0] + ((it % per_head) >> 1)) == 0;
+      const bool need_mask =
+          kv_tail || (!block_whole && classify_tile(band, qa.base, q_max, k_min, k_max) != TileVisibility::kFull);
 
       const uint32_t q_s = sQ + s * C::kQBytes;
       const uint32_t do_s = sDO + s * C::kQBytes;

@@ -76,6 +76,16 @@ struct FlashBwdHopperParams {
   int64_t band_lo = 0;  // visible iff band_lo <= pos_q - pos_k <= band_hi (DiagonalBand, +-2^40 sentinels)
   int64_t band_hi = 0;
 
+  // --- block list (Mask::blocks; layout blocks of 128 rows = this kernel's kv tile, two 64-row q tiles) ----------
+  // kv tile n walks only the q blocks listed in its column: q tiles 2 row_index[e] + {0, 1} for e in [col_offset[n],
+  // col_offset[n + 1]); a block with col_partial[e] = 0 is visible everywhere, otherwise the band applies per
+  // element. Device arrays (the engine's BlockListView); absent when has_blocks is false.
+  bool has_blocks = false;
+  const int32_t* col_offset = nullptr;   // [num_kv_tiles + 1]
+  const int32_t* row_index = nullptr;    // [nnz] q block of each entry, ascending within a column
+  const uint8_t* col_partial = nullptr;  // [nnz]
+  int num_q_tiles = 0;                   // ceil(Sq / 64): a listed block's second tile may lie past Sq
+
   // --- fused inverse RoPE of dK (AttnBwdParams::rope_grad), applied in the epilogue --------------------------
   // Set only when every rotation pair of a dK row lies in one thread's accumulators: GPT-J (pairs 2i, 2i + 1 are
   // columns col_base, col_base + 1 of one n8 chunk) or NeoX with rope_half % 8 == 0 (column c and c + half are
