@@ -253,11 +253,14 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
   // Each piece starts 256-byte aligned.
   auto align256 = [](size_t x) { return (x + 255) / 256 * 256; };
   const bool own_delta = params.delta == nullptr;
-  // The main kernel's dQ accumulator has row stride D (compile-time in the kernel). In accumulate mode
-  // (dq fp32, validated) whose rows are D apart (a [B, H, S, D]-ordered view, or Hq == 1 packed) the
-  // reductions go straight into dq: no scratch, no conversion. Otherwise a zeroed [B, Hq, Sq, D] scratch
-  // is converted (accumulate: added) into dq afterwards.
-  const bool dq_direct = params.accumulate && (p.dq_row_stride == D || Sq == 1);
+  // The mma.sync kernel's dQ accumulator has row stride D (compile-time in the kernel); the Hopper kernel's TMA
+  // reductions take any row stride that is a multiple of 16 bytes, which every fp32 dq has (check_cuda_tensor). In
+  // accumulate mode (dq fp32, validated) the reductions go straight into dq -- no scratch, no clearing, no conversion
+  // -- on the Hopper kernel always, on the mma.sync kernel when dq's rows are D apart (a [B, H, S, D]-ordered view, or
+  // Hq == 1 packed). Otherwise a zeroed [B, Hq, Sq, D] scratch is converted (accumulate: added) into dq afterwards.
+  // (Dilated attention's per-pattern calls and the ring's steps are accumulate-mode calls: each skipped scratch is a
+  // clear and a read-modify-write pass over dq.)
+  const bool dq_direct = params.accumulate && (p.dq_row_stride == D || Sq == 1 || use_hopper);
   const size_t delta_bytes = own_delta ? align256(static_cast<size_t>(B * Hq * Sq) * sizeof(float)) : 0;
   const size_t dq_bytes = dq_direct ? 0 : align256(static_cast<size_t>(B * Sq * Hq * D) * sizeof(float));
   const size_t qstat_bytes = alibi_cut ? align256(static_cast<size_t>(B * Hq * p.num_q_tiles) * sizeof(float2)) : 0;
@@ -278,10 +281,12 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
     p.delta_batch_stride = Hq * Sq;
     p.delta_head_stride = Sq;
   }
+  p.dq_accum_row_stride = D;
   if (dq_direct) {
     p.dq_accum = static_cast<float*>(params.dq.data);
     p.dq_accum_batch_stride = p.dq_batch_stride;
     p.dq_accum_head_stride = p.dq_head_stride;
+    p.dq_accum_row_stride = Sq == 1 ? D : p.dq_row_stride;
   } else {
     DISTATTN_CUDA_CHECK(cudaMemsetAsync(cursor, 0, dq_bytes, stream));
     p.dq_accum = reinterpret_cast<float*>(cursor);

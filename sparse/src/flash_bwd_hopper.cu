@@ -37,8 +37,9 @@ bool tile_aligned_chunks(const PositionMap& m) {
   return hopper::tile_aligned_chunks(m, FlashBwdHopperParams::kMaxChunks, 128);
 }
 
-// TMA descriptor of the fp32 dQ accumulator (row stride 128 floats; head and batch strides of kp): dims {128, Sq, Hq,
-// B}, box {32, 64, 1, 1} (128 bytes wide), 128-byte swizzle: the staging layout the kernel's TMA reductions read.
+// TMA descriptor of the fp32 dQ accumulator (row, head and batch strides of kp: row stride 128 floats for the scratch,
+// dq's own when the reductions go straight into dq): dims {128, Sq, Hq, B}, box {32, 64, 1, 1} (128 bytes wide),
+// 128-byte swizzle: the staging layout the kernel's TMA reductions read.
 CUtensorMap make_tmap_dq(const kernels::FlashBwdParams& kp) {
   CUtensorMap map;
   const cuuint64_t dims[4] = {128, static_cast<cuuint64_t>(kp.seqlen_q), static_cast<cuuint64_t>(kp.heads_q),
@@ -46,7 +47,7 @@ CUtensorMap make_tmap_dq(const kernels::FlashBwdParams& kp) {
   auto bytes = [](int64_t size, int64_t stride_elems) -> cuuint64_t {
     return size == 1 ? 16 : static_cast<cuuint64_t>(stride_elems * 4);
   };
-  const cuuint64_t strides[3] = {bytes(kp.seqlen_q, 128), bytes(kp.heads_q, kp.dq_accum_head_stride),
+  const cuuint64_t strides[3] = {bytes(kp.seqlen_q, kp.dq_accum_row_stride), bytes(kp.heads_q, kp.dq_accum_head_stride),
                                  bytes(kp.batch, kp.dq_accum_batch_stride)};
   const cuuint32_t box[4] = {32, static_cast<cuuint32_t>(BwdConfig::kBlockM), 1, 1};
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
@@ -126,6 +127,7 @@ void flash_bwd_hopper(const AttnBwdParams& p, const kernels::FlashBwdParams& kp,
   k.dq_accum = kp.dq_accum;
   k.dq_accum_batch_stride = kp.dq_accum_batch_stride;
   k.dq_accum_head_stride = kp.dq_accum_head_stride;
+  k.dq_accum_row_stride = kp.dq_accum_row_stride;
   k.dk_ptr = kp.dk;
   k.dk_batch_stride = kp.dk_batch_stride;
   k.dk_row_stride = kp.dk_row_stride;

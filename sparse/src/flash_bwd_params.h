@@ -43,6 +43,10 @@ struct FlashBwdParams {
   // --- outputs ---
   float* dq_accum = nullptr;  // fp32 dQ accumulator the main kernel adds into with atomics (scale included)
   int64_t dq_accum_batch_stride = 0, dq_accum_head_stride = 0;  // its strides (row stride: D)
+  // Row stride of dq_accum for the Hopper kernel only (its TMA reductions take any 16-byte multiple): D, or dq's own
+  // row stride when the reductions go straight into dq (accumulate mode). The mma.sync kernel and the conversions
+  // assume D.
+  int64_t dq_accum_row_stride = 0;
   void* dq = nullptr;  // final dQ (written by the conversion kernel unless dq_accum == dq)
   int64_t dq_batch_stride = 0, dq_row_stride = 0, dq_head_stride = 0;  // dq strides
   void* dk = nullptr;  // [B, Skv, Hkv, D] written (or added to) once per element by the main kernel

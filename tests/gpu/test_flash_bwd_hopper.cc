@@ -251,6 +251,19 @@ TEST(FlashBwdHopper, Bf16PaddedStridesLargeScale) {
   RUN_CASE(c);
 }
 
+// Accumulate mode with padded strides: the Hopper kernel reduces dQ straight into the fp32 dq (row stride Hq * 128 +
+// the padding, not 128: no scratch, no conversion); the mma.sync kernel goes through its scratch.
+TEST(FlashBwdHopper, Bf16AccumulatePaddedStridesDirectDq) {
+  DISTATTN_REQUIRE_GPU();
+  HCase c;
+  c.B = 2, c.Sq = 200, c.Skv = 330, c.Hq = 4, c.Hkv = 2;
+  c.mask = Mask::make_causal();
+  c.q_pos = PositionMap::contiguous(130, 200);
+  c.head_pad = 8, c.row_pad = 16;
+  c.accumulate = true;
+  RUN_CASE(c);
+}
+
 // Block lists (the kernel walks the listed q blocks of each kv tile's column, two 64-row q tiles per block): full
 // blocks visible everywhere, partial ones under the band, absent ones skipped, and a last q block whose second tile
 // lies past Sq (Sq = 300: block 2 holds rows 256..299, its second 64-row tile none).

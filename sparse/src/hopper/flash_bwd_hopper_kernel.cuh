@@ -499,7 +499,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
       for (int r = 0; r < 2; ++r) {
         const int row = m0 + row_in + 8 * r;
         if (row >= p.seqlen_q) continue;
-        float* dst = dq_head + static_cast<int64_t>(row) * C::kHeadDim + 64 * cw + col_base;
+        float* dst = dq_head + static_cast<int64_t>(row) * p.dq_accum_row_stride + 64 * cw + col_base;
 #pragma unroll
         for (int c = 0; c < 8; ++c)
           red_add_f32x2(dst + 8 * c, dq[4 * c + 2 * r] * p.scale, dq[4 * c + 2 * r + 1] * p.scale);

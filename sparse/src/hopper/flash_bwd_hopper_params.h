@@ -7,7 +7,8 @@
 //   q, dout  [B, Sq,  Hq,  128]  TMA dims (innermost first) {128, Sq, Hq, B}, box {64, 64 rows, 1, 1}
 //   k, v     [B, Skv, Hkv, 128]  TMA dims {128, Skv, Hkv, B}, box {64, 128 rows, 1, 1}
 //   lse, delta [B, Hq, Sq] fp32  lse_ptr + b * lse_batch_stride + h * lse_head_stride + row (delta likewise)
-//   dq_accum fp32, row stride 128: dq_accum + b * dq_accum_batch_stride + h * dq_accum_head_stride + row * 128 + d
+//   dq_accum fp32: dq_accum + b * dq_accum_batch_stride + h * dq_accum_head_stride + row * dq_accum_row_stride + d
+//            (row stride 128 for the engine's scratch; dq itself in accumulate mode)
 //   dk, dv   [B, Skv, Hkv, 128]  dtype of q or fp32: dk + b * dk_batch_stride + row * dk_row_stride +
 //            h * dk_head_stride + d
 #pragma once
@@ -36,9 +37,10 @@ struct FlashBwdHopperParams {
   int64_t delta_head_stride = 0;     // elements
 
   // --- outputs ------------------------------------------------------------------------------------------
-  float* dq_accum = nullptr;          // fp32 dQ accumulator (row stride 128), added to with red.global.add
+  float* dq_accum = nullptr;          // fp32 dQ accumulator, added to by TMA reductions (or red.global.add)
   int64_t dq_accum_batch_stride = 0;  // elements
   int64_t dq_accum_head_stride = 0;   // elements
+  int64_t dq_accum_row_stride = 128;  // elements (128 for the scratch; dq's own row stride when reduced into directly)
   void* dk_ptr = nullptr;             // [B, Skv, Hkv, 128] dtype of q, or fp32 (dk_fp32)
   int64_t dk_batch_stride = 0;        // elements
   int64_t dk_row_stride = 0;          // elements
