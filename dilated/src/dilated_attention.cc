@@ -731,20 +731,27 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
   const int64_t n_q = B * S * Hq * D, n_kv = B * S * Hkv * D;
   int64_t n_c = 0;
   for (const DilatedPattern& pt : config_.patterns) n_c = std::max(n_c, compact_floats(B, S, Hq, pt.segment, pt.rate));
-  float* base = scratch(n_q + 2 * n_kv + n_c);
+  const bool cuda = device_ == Device::kCuda;
+  // CUDA: delta = rowsum(dO * O) of the final O, [B, Hq, S] like lse, computed once and handed to every call (in the
+  // calls' lse layout: the caller's array for a direct pattern, else compacted alongside the LSE); each call would
+  // otherwise read the dO and O of its rows again (every pattern covers every row).
+  const int64_t n_delta = cuda ? B * Hq * S : 0, n_delta_c = cuda ? n_c : 0;
+  float* base = scratch(n_q + 2 * n_kv + n_c + n_delta_c + n_delta);
   last_stream_ = stream;
-  float* dq_acc = base;           // packed fp32 [B, S, Hq, D]
-  float* dk_acc = base + n_q;     // packed fp32 [B, S, Hkv, D]
-  float* dv_acc = dk_acc + n_kv;  // packed fp32 [B, S, Hkv, D]
-  float* lse_c = dv_acc + n_kv;   // the final LSE compacted for one pattern: [B, S/w, Hq, ceil(w/r)]
+  float* dq_acc = base;                // packed fp32 [B, S, Hq, D]
+  float* dk_acc = base + n_q;          // packed fp32 [B, S, Hkv, D]
+  float* dv_acc = dk_acc + n_kv;       // packed fp32 [B, S, Hkv, D]
+  float* lse_c = dv_acc + n_kv;        // the final LSE compacted for one pattern: [B, S/w, Hq, ceil(w/r)]
+  float* delta_c = lse_c + n_c;        // CUDA: delta compacted like lse_c
+  float* delta = delta_c + n_delta_c;  // CUDA: delta [B, Hq, S]
   const TensorView dq_view = TensorView::packed(dq_acc, DType::kFloat32, device_, B, S, Hq, D);
   const TensorView dk_view = TensorView::packed(dk_acc, DType::kFloat32, device_, B, S, Hkv, D);
   const TensorView dv_view = TensorView::packed(dv_acc, DType::kFloat32, device_, B, S, Hkv, D);
-  const bool cuda = device_ == Device::kCuda;
   const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v) && foldable(o) && foldable(dout);
   const bool alibi = !config_.alibi_slopes.empty();
   if (cuda) {
     DISTATTN_CUDA_CHECK(cudaMemsetAsync(base, 0, (n_q + 2 * n_kv) * sizeof(float), stream));
+    flash_attention_backward_delta(o, dout, delta, stream);
   } else {
     std::fill(base, base + n_q + 2 * n_kv, 0.f);
   }
@@ -753,9 +760,11 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
     const bool direct = r == 1 && direct_lse_;  // the calls read lse itself (plan_pattern "Direct LSE")
     float* const lse_calls = direct ? const_cast<float*>(lse) : lse_c;  // only read by the backward
+    const float* const delta_calls = direct ? delta : delta_c;          // CUDA only
     if (direct) {
     } else if (cuda) {
       dilated_detail::cuda_lse_gather(lse, lse_c, B, S, Hq, w, r, stream);
+      dilated_detail::cuda_lse_gather(delta, delta_c, B, S, Hq, w, r, stream);
     } else {
       host_lse_move(const_cast<float*>(lse), lse_c, B, S, Hq, w, r, true);
     }
@@ -773,6 +782,7 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
       bp.dv = c.kv.apply(dv_view);
       bp.accumulate = true;
       if (cuda) {
+        bp.delta = delta_calls + c.lse_offset;  // the call's rows, addressed with its lse strides
         flash_attention_backward(bp, lane_stream(c.lane_key, lanes, stream));
       } else {
         host_attention_backward(bp, config_.host_precision);

@@ -611,6 +611,63 @@ TEST(FlashBwdBadInput, HostLse) {
   f.expect_rejected("lse");
 }
 
+// flash_attention_backward_delta: delta[b, h, i] = sum_d dO[b, i, h, d] O[b, i, h, d] against the host's sum in double
+// (fp32 accumulation of 128 / 64 products: within 1e-5 relative to sum |dO O|), padded strides, an fp32 O, both head
+// dims; the output poisoned first; bad arguments rejected naming them.
+TEST(FlashBwd, BackwardDeltaMatchesHostRowDot) {
+  DISTATTN_REQUIRE_GPU();
+  struct DeltaCase {
+    DType o_dtype, dout_dtype;
+    int64_t D, head_pad, row_pad;
+  };
+  const DeltaCase cases[] = {{DType::kBFloat16, DType::kBFloat16, 128, 8, 16},
+                             {DType::kFloat32, DType::kFloat16, 64, 0, 0}};
+  uint64_t seed = test_seed();
+  for (const DeltaCase& dc : cases) {
+    const int64_t B = 2, S = 77, H = 3;
+    HostTensor o(dc.o_dtype, B, S, H, dc.D, dc.head_pad, dc.row_pad),
+        dout(dc.dout_dtype, B, S, H, dc.D, dc.head_pad, dc.row_pad);
+    fill_normal_each({&o, &dout}, seed);
+    seed += 2;
+    DeviceTensor d_o(o), d_dout(dout);
+    DeviceArray<float> delta(std::vector<float>(static_cast<size_t>(B * H * S), std::nanf("")));
+    flash_attention_backward_delta(d_o.view(), d_dout.view(), delta.ptr, 0);
+    DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> got = delta.download();
+    int64_t bad = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < S; ++i) {
+          double ref = 0, mag = 0;
+          for (int64_t d = 0; d < dc.D; ++d) {
+            const double x = o.get(b, i, h, d) * dout.get(b, i, h, d);
+            ref += x;
+            mag += std::fabs(x);
+          }
+          const double g = got[static_cast<size_t>((b * H + h) * S + i)];
+          if (!(std::fabs(g - ref) <= 1e-5 * mag + 1e-30)) ++bad;
+        }
+    EXPECT_EQ(bad, 0) << "o " << dtype_name(dc.o_dtype) << ", D " << dc.D;
+  }
+  HostTensor o(DType::kBFloat16, 1, 8, 2, 128), dout(DType::kBFloat16, 1, 8, 2, 128),
+      short_o(DType::kBFloat16, 1, 7, 2, 128);
+  DeviceTensor d_o(o), d_dout(dout), d_short(short_o);
+  DeviceArray<float> delta(16);
+  auto expect_naming = [](const char* arg, const std::function<void()>& call) {
+    bool thrown = false;
+    try {
+      call();
+    } catch (const Error& e) {
+      thrown = true;
+      EXPECT_EQ(e.argument(), arg) << e.what();
+    }
+    EXPECT_TRUE(thrown) << "expected an error naming " << arg;
+  };
+  expect_naming("delta", [&] { flash_attention_backward_delta(d_o.view(), d_dout.view(), nullptr, 0); });
+  expect_naming("o", [&] { flash_attention_backward_delta(d_short.view(), d_dout.view(), delta.ptr, 0); });
+  expect_naming("dout", [&] { flash_attention_backward_delta(d_o.view(), o.view, delta.ptr, 0); });  // host memory
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace distattn

@@ -38,6 +38,14 @@ int64_t alibi_merge_norms_floats(const TensorView& q, const TensorView& k);
 // 128 and 16-byte aligned rows, the same batch and head dim. Throws distattn::Error naming the argument.
 void flash_attention_alibi_norms(const TensorView& q, const TensorView& k, float* norms, cudaStream_t stream);
 
+// delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d] (fp32, packed [B, H, S] like an LSE), the backward's row term,
+// with the engine's own kernel: for a caller that runs several backward calls over the same rows (dilated attention's
+// patterns) and passes each call its part as AttnBwdParams::delta (with the call's lse strides) instead of letting
+// every call compute it again. o: bf16 / fp16 (dout's dtype) or fp32; dout: bf16 or fp16; both [B, S, H, D], D 64 or
+// 128, CUDA views with 16-byte aligned rows; delta: B * H * S floats of device memory. One launch on `stream`. Throws
+// distattn::Error naming the argument.
+void flash_attention_backward_delta(const TensorView& o, const TensorView& dout, float* delta, cudaStream_t stream);
+
 // Scratch: an fp32 dQ accumulator (unless dq is already fp32 with accumulate) and delta = rowsum(dO*O)
 // (unless given) are taken from the library's scratch pool (core/scratch_pool.h: stream-ordered, kept mapped between
 // calls) and freed on the stream.
