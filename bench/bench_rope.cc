@@ -34,6 +34,12 @@ RopeParams BenchRope::params(const TensorView& q, const TensorView& k, const Pos
   return p;
 }
 
+void BenchRope::rotate_back_reference_grads(HostReferences& refs, bool naive) const {
+  const PositionMap all = PositionMap::contiguous(0, refs.dq.view.seqlen());
+  rope_apply_host(params(refs.dq.view, refs.dk.view, all, false, true));
+  if (naive) rope_apply_host(params(refs.naive_dq.view, refs.naive_dk.view, all, false, true));
+}
+
 void json_rope_keys(JsonObject& out, bool rope, const BenchRope& r) {
   out.set("rope", rope);
   if (rope) out.set("rotary_dim", r.rotary_dim()).set("style", r.style_name());

@@ -14,6 +14,7 @@
 #include "device_fill.h"
 #include "distattn/core/position_map.h"
 #include "distattn/positional/rope.h"
+#include "host_reference.h"
 #include "json.h"
 
 namespace distattn {
@@ -30,6 +31,11 @@ class BenchRope {
   // sit at the global positions `pos` (q and k alike); inverse: the backward (conjugate rotation), for gradients.
   // device: the device copy of inv_freq (rope_apply_cuda), else the host's (rope_apply_host).
   RopeParams params(const TensorView& q, const TensorView& k, const PositionMap& pos, bool device, bool inverse) const;
+
+  // The check's references under --rope: their dq, dk are gradients w.r.t. the ROTATED q, k; rotates them back in
+  // place on the host (positions 0..S-1) like the RoPE backward: the fp64 ones and, with `naive`, the naive run's
+  // (input dtype).
+  void rotate_back_reference_grads(HostReferences& refs, bool naive) const;
 
   int64_t rotary_dim() const { return rotary_dim_; }  // dims rotated (--rotary-dim, 0 resolved to D)
   RopeStyle style() const { return style_; }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "bench_rope.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
 #include "distattn/sparse/flash_attention.h"
@@ -73,6 +74,27 @@ void OpBase::json_shape(JsonObject& row) const {
   row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
   row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
   row.set("dtype", dtype_name(dtype_));
+}
+
+std::string table_cell(int width, const std::string& text) {
+  char buf[128];
+  std::snprintf(buf, sizeof(buf), " %*s", width, text.c_str());
+  return buf;
+}
+
+ReferenceInputs reference_inputs(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& dout,
+                                 int64_t Hc, int64_t Kc, const BenchRope* rope, DType dtype) {
+  ReferenceInputs in;
+  if (rope != nullptr) {
+    in.q_rot = convert(head_slice(q, 0, Hc), dtype);
+    in.k_rot = convert(head_slice(k, 0, Kc), dtype);
+    rope_apply_host(rope->params(in.q_rot.view, in.k_rot.view, PositionMap::contiguous(0, q.seqlen()), false, false));
+  }
+  in.q = rope != nullptr ? in.q_rot.view : head_slice(q, 0, Hc);
+  in.k = rope != nullptr ? in.k_rot.view : head_slice(k, 0, Kc);
+  in.v = head_slice(v, 0, Kc);
+  if (dout.data != nullptr) in.dout = head_slice(dout, 0, Hc);
+  return in;
 }
 
 AttnParams full_sequence_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,

@@ -62,12 +62,27 @@ class OpBase : public BenchOp {
   int size_index_ = -1;                      // index of the current size in the sweep (begin_size)
 };
 
+// One cell of the table: a space, then `text` right-aligned in `width` characters (as printf's " %<width>s").
+std::string table_cell(int width, const std::string& text);
+
 // Host-engine params of one attention over the whole sequence 0..S-1 (q and kv positions contiguous) on the given
 // views: q [B, S, Hq', D], k, v [B, S, Hkv', D], o like q, lse an fp32 array [B, lse_heads, S] (packed); ALiBi slopes
 // on the host (empty: none). The references of dense, sparse and ring, and dense's host-engine run.
 AttnParams full_sequence_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                 float* lse, int64_t lse_heads, int64_t S, const Mask& mask,
                                 const std::vector<float>& slopes);
+
+// The inputs the host references of a check see: q heads [0, Hc), kv heads [0, Kc) of the full-sequence inputs
+// q [B, S, H, D], k, v [B, S, Hkv, D], dout [B, S, H, D] (empty view without a backward). With a RoPE (dense, ring
+// --rope) q and k are rotated on the host at positions 0..S-1 in `dtype`, rounded once as the kernel stores them; the
+// views q, k then point into q_rot, k_rot (kept here: a move keeps their buffers).
+struct ReferenceInputs {
+  HostTensor q_rot, k_rot;  // --rope: the rotated heads [B, S, Hc|Kc, D]
+  TensorView q, k, v, dout;
+};
+class BenchRope;
+ReferenceInputs reference_inputs(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& dout,
+                                 int64_t Hc, int64_t Kc, const BenchRope* rope, DType dtype);
 
 // The outputs of one checked run, on the host: o [B, rows, H, D], lse [B, H, rows] and, with a backward, dq
 // [B, rows, H, D], dk, dv [B, rows, Hkv, D] (empty without). The caller synchronised the stream.

@@ -128,15 +128,9 @@ class DenseOp : public OpBase {
     return attention_flops(B_, seq, H_, D_, opt_.common.causal, opt_.common.window, opt_.pass);
   }
 
-  std::string shape_header() const override {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), " %10s", "mask");
-    return seq_shape_header(false) + buf;
-  }
+  std::string shape_header() const override { return seq_shape_header(false) + table_cell(10, "mask"); }
   std::string shape_cells(int64_t seq) const override {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), " %10s", mask_label(opt_.common.causal, opt_.common.window).c_str());
-    return seq_shape_cells(seq, -1) + buf;
+    return seq_shape_cells(seq, -1) + table_cell(10, mask_label(opt_.common.causal, opt_.common.window));
   }
 
   std::string extra_header() const override { return opt_.rope && ctx_.on_gpu() ? RopeTimes::header() : ""; }
@@ -196,37 +190,23 @@ class DenseOp : public OpBase {
     const HostTensor q = io_.to_host(io_.q), k = io_.to_host(io_.k);  // before the run rotates them (--rope)
     run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
     if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    const HostTensor v = io_.to_host(io_.v);
+    const HostTensor v = io_.to_host(io_.v), dout = bwd ? io_.to_host(io_.dout) : HostTensor();
     const HostOutputs got = outputs_to_host(io_, bwd);
-    HostTensor dout;
-    if (bwd) dout = io_.to_host(io_.dout);
 
     // 2. Host references on the checked heads (q heads [0, Hc), kv heads [0, Kc)); the host engine
-    //    spreads (batch, head) units over the CPU's threads itself.
-    const int64_t G = H_ / Hkv_;
-    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    //    spreads (batch, head) units over the CPU's threads itself. With --rope the references see q, k rotated on
+    //    the host in the input dtype (what the kernel stores), and their dq, dk (gradients w.r.t. the ROTATED q, k)
+    //    are rotated back like the RoPE backward (fp64 for the reference, the input dtype for the naive run).
+    const int64_t Hc = check_kv_heads_ * (H_ / Hkv_), Kc = check_kv_heads_;
     const bool naive_on = ctx_.on_gpu();
-    // With --rope the references see q, k rotated on the host in the input dtype (what the kernel stores).
-    HostTensor q_rot, k_rot;
-    if (opt_.rope) {
-      q_rot = convert(head_slice(q.view, 0, Hc), dtype_);
-      k_rot = convert(head_slice(k.view, 0, Kc), dtype_);
-      rope_apply_host(rope_params(q_rot.view, k_rot.view, false, false));
-    }
-    const TensorView q16 = opt_.rope ? q_rot.view : head_slice(q.view, 0, Hc);
-    const TensorView k16 = opt_.rope ? k_rot.view : head_slice(k.view, 0, Kc), v16 = head_slice(v.view, 0, Kc);
-    const TensorView do16 = bwd ? head_slice(dout.view, 0, Hc) : TensorView();
+    const ReferenceInputs in =
+        reference_inputs(q.view, k.view, v.view, dout.view, Hc, Kc, opt_.rope ? &rope_ : nullptr, dtype_);
     HostReferences refs = compute_host_references(
-        q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
+        in.q, in.k, in.v, bwd ? &in.dout : nullptr, naive_on,
         [&](const TensorView& rq, const TensorView& rk, const TensorView& rv, const TensorView& ro, float* rlse) {
           return full_sequence_params(rq, rk, rv, ro, rlse, Hc, S_, mask(), slopes_host_);
         });
-    if (opt_.rope && bwd) {
-      // The references' dq, dk are gradients w.r.t. the ROTATED q, k: rotate them back like the RoPE backward
-      // (fp64 for the reference, the input dtype for the naive run).
-      rope_apply_host(rope_params(refs.dq.view, refs.dk.view, false, true));
-      if (naive_on) rope_apply_host(rope_params(refs.naive_dq.view, refs.naive_dk.view, false, true));
-    }
+    if (opt_.rope && bwd) rope_.rotate_back_reference_grads(refs, naive_on);
 
     // 3. Compare each output on the checked heads.
     return compare_attention_outputs(got, refs, naive_on, bwd, Hc, Kc, dtype_);

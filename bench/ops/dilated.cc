@@ -110,14 +110,11 @@ class DilatedOp : public OpBase {
   }
 
   std::string shape_header() const override {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), " %7s %4s", "mask", "pats");
-    return seq_shape_header(true) + buf;
+    return seq_shape_header(true) + table_cell(7, "mask") + table_cell(4, "pats");
   }
   std::string shape_cells(int64_t seq) const override {
-    char buf[48];
-    std::snprintf(buf, sizeof(buf), " %7s %4zu", opt_.common.causal ? "causal" : "none", patterns_for(seq).size());
-    return seq_shape_cells(seq, N_) + buf;
+    return seq_shape_cells(seq, N_) + table_cell(7, opt_.common.causal ? "causal" : "none") +
+           table_cell(4, std::to_string(patterns_for(seq).size()));
   }
   std::string extra_header() const override {
     char buf[64];

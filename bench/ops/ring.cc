@@ -259,14 +259,10 @@ class RingOp : public OpBase {
   }
 
   std::string shape_header() const override {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), " %10s %10s", "mask", "layout");
-    return seq_shape_header(true) + buf;
+    return seq_shape_header(true) + table_cell(10, "mask") + table_cell(10, "layout");
   }
   std::string shape_cells(int64_t seq) const override {
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), " %10s %10s", mask_cell().c_str(), opt_.layout.c_str());
-    return seq_shape_cells(seq, N_) + buf;
+    return seq_shape_cells(seq, N_) + table_cell(10, mask_cell()) + table_cell(10, opt_.layout);
   }
   std::string extra_header() const override {
     char buf[128];
@@ -407,35 +403,22 @@ class RingOp : public OpBase {
     if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     const HostOutputs got = outputs_to_host(io_, bwd);
 
-    // 3. The single-process references on the full sequence for the checked heads, then this rank's shard.
-    const int64_t G = H_ / Hkv_;
-    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    // 3. The single-process references on the full sequence for the checked heads (positions 0..S-1, the options'
+    //    band or, block-sparse, the same global layout), then this rank's shard. With --rope they see the FULL q, k
+    //    rotated on the host (positions 0..S-1) in the input dtype (what the kernel stores: a rank's shard of them is
+    //    what its RoPE launch produced), and their dq, dk are rotated back like the RoPE backward (fp64 for the
+    //    reference, the input dtype for the naive run), on the full sequence, before sharding.
+    const int64_t Hc = check_kv_heads_ * (H_ / Hkv_), Kc = check_kv_heads_;
     const bool naive_on = ctx_.on_gpu();
-    // With --rope the references see the FULL q, k rotated on the host (positions 0..S-1) in the input dtype
-    // (what the kernel stores): a rank's shard of them is what its RoPE launch produced.
-    HostTensor q_rot, k_rot;
-    if (opt_.rope) {
-      q_rot = convert(head_slice(fq.view, 0, Hc), dtype_);
-      k_rot = convert(head_slice(fk.view, 0, Kc), dtype_);
-      rope_apply_host(rope_.params(q_rot.view, k_rot.view, PositionMap::contiguous(0, S_), false, false));
-    }
-    const TensorView q16 = opt_.rope ? q_rot.view : head_slice(fq.view, 0, Hc);
-    const TensorView k16 = opt_.rope ? k_rot.view : head_slice(fk.view, 0, Kc), v16 = head_slice(fv.view, 0, Kc);
-    const TensorView do16 = bwd ? head_slice(fdo.view, 0, Hc) : TensorView();
-    // The single-process references: positions 0..S-1, the options' band or (block-sparse) the same global layout.
+    const ReferenceInputs in =
+        reference_inputs(fq.view, fk.view, fv.view, fdo.view, Hc, Kc, opt_.rope ? &rope_ : nullptr, dtype_);
     const Mask full_mask = global_ ? global_->host_mask() : mask();
     HostReferences refs = compute_host_references(
-        q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
+        in.q, in.k, in.v, bwd ? &in.dout : nullptr, naive_on,
         [&](const TensorView& rq, const TensorView& rk, const TensorView& rv, const TensorView& ro, float* rlse) {
           return full_sequence_params(rq, rk, rv, ro, rlse, rq.shape[2], S_, full_mask, slopes_host_);
         });
-    if (opt_.rope && bwd) {
-      // The references' dq, dk are gradients w.r.t. the ROTATED q, k: rotate them back like the RoPE backward
-      // (fp64 for the reference, the input dtype for the naive run), on the full sequence, before sharding.
-      const PositionMap all = PositionMap::contiguous(0, S_);
-      rope_apply_host(rope_.params(refs.dq.view, refs.dk.view, all, false, true));
-      if (naive_on) rope_apply_host(rope_.params(refs.naive_dq.view, refs.naive_dk.view, all, false, true));
-    }
+    if (opt_.rope && bwd) rope_.rotate_back_reference_grads(refs, naive_on);
     // Local shards of the references: [B, S/N, Hc|Kc, D] and LSE [B, Hc, S/N].
     auto lse_shard = [&](const std::vector<float>& full) {
       std::vector<float> local(static_cast<size_t>(B_ * Hc * Sl_));

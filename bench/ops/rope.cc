@@ -68,14 +68,11 @@ class RopeOp : public OpBase {
   }
 
   std::string shape_header() const override {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), " %4s %5s", "rot", "style");
-    return seq_shape_header(false) + buf;
+    return seq_shape_header(false) + table_cell(4, "rot") + table_cell(5, "style");
   }
   std::string shape_cells(int64_t seq) const override {
-    char buf[48];
-    std::snprintf(buf, sizeof(buf), " %4lld %5s", static_cast<long long>(rope_.rotary_dim()), rope_.style_name());
-    return seq_shape_cells(seq, -1) + buf;
+    return seq_shape_cells(seq, -1) + table_cell(4, std::to_string(rope_.rotary_dim())) +
+           table_cell(5, rope_.style_name());
   }
   std::string extra_header() const override { return ctx_.on_gpu() ? " %copy" : ""; }
   std::string extra_cells(int64_t seq, double time_ms) const override {

@@ -101,15 +101,9 @@ class SparseOp : public OpBase {
            static_cast<double>(it->second.first) * pass_factor(opt_.pass);
   }
 
-  std::string shape_header() const override {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), " %14s", "pattern");
-    return seq_shape_header(false) + buf;
-  }
+  std::string shape_header() const override { return seq_shape_header(false) + table_cell(14, "pattern"); }
   std::string shape_cells(int64_t seq) const override {
-    char buf[64];
-    std::snprintf(buf, sizeof(buf), " %14s", pattern_label().c_str());
-    return seq_shape_cells(seq, -1) + buf;
+    return seq_shape_cells(seq, -1) + table_cell(14, pattern_label());
   }
   std::string extra_header() const override { return "  %dense  %comp"; }
   std::string extra_cells(int64_t seq, double) const override {
@@ -167,19 +161,16 @@ class SparseOp : public OpBase {
     if (bwd) run_bwd();
     if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     const HostTensor q = io_.to_host(io_.q), k = io_.to_host(io_.k), v = io_.to_host(io_.v);
+    const HostTensor dout = bwd ? io_.to_host(io_.dout) : HostTensor();
     const HostOutputs got = outputs_to_host(io_, bwd);
-    HostTensor dout;
-    if (bwd) dout = io_.to_host(io_.dout);
 
     // References on the checked heads with the SAME layout (its host arrays) through the host engine.
-    const int64_t G = H_ / Hkv_;
-    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    const int64_t Hc = check_kv_heads_ * (H_ / Hkv_), Kc = check_kv_heads_;
     const bool naive_on = ctx_.on_gpu();
     const BlockListView view = attn_->layout().host_view();
-    const TensorView q16 = head_slice(q.view, 0, Hc), k16 = head_slice(k.view, 0, Kc), v16 = head_slice(v.view, 0, Kc);
-    const TensorView do16 = bwd ? head_slice(dout.view, 0, Hc) : TensorView();
+    const ReferenceInputs in = reference_inputs(q.view, k.view, v.view, dout.view, Hc, Kc, nullptr, dtype_);
     HostReferences refs = compute_host_references(
-        q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
+        in.q, in.k, in.v, bwd ? &in.dout : nullptr, naive_on,
         [&](const TensorView& rq, const TensorView& rk, const TensorView& rv, const TensorView& ro, float* rlse) {
           return full_sequence_params(rq, rk, rv, ro, rlse, Hc, S_, attn_->layout().make_mask(view), slopes_host_);
         });
