@@ -22,11 +22,10 @@ Example:
       --window 2048 --causal -J flex.json
 """
 import argparse
-import json
 import sys
 
 from peer_common import (add_pass_arg, add_shape_args, cuda_median_ms, error_text, kv_heads, parse_size, report_head,
-                         sweep, time_pass, torch_dtype)
+                         sweep, time_pass, torch_dtype, write_report)
 
 LAYOUT_BLOCK = 128
 PATTERNS = ("block-diagonal", "sliding-window", "strided", "bigbird", "random")
@@ -205,9 +204,7 @@ def main(argv=None):
                     "sparse_block": args.sparse_block, "sparse_random": args.sparse_random},
         "rows": rows,
     })
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.json)
     return 0
 
 

@@ -115,6 +115,15 @@ def time_pass(pass_, fwd, inputs, dout, time_fn):
     return time_fn(lambda: torch.autograd.grad(fwd(), inputs, dout))
 
 
+def write_report(report, path):
+    """The JSON report (indent 1) to `path` (-J); nothing without a path."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+
+
 def report_head(suite, device):
     """The first keys of a peer's JSON report, in order: peer_suite, device, date (UTC), torch_version, cuda."""
     import datetime

@@ -22,13 +22,12 @@ Launch (one process per GPU): torchrun --nproc-per-node N bench/peers/torch_cp.p
 Arguments mirror distattn_bench: -b -e -f -i -n -w -B -H --gqa -d --dtype --causal --pass -J.
 """
 import argparse
-import json
 import os
 import sys
 import traceback
 
 from peer_common import (add_pass_arg, add_shape_args, cuda_median_ms, flops, kv_heads, report_head, sweep, time_pass,
-                         torch_dtype)
+                         torch_dtype, write_report)
 
 
 def env_init():
@@ -250,8 +249,7 @@ def main():
             "rows": rows,
         })
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=1)
+            write_report(report, args.json)
             print(f"# JSON written to {args.json}", flush=True)
     dist.barrier()
     dist.destroy_process_group()

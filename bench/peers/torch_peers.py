@@ -19,11 +19,10 @@ Arguments mirror distattn_bench (-b -e -f -i -n -w -B -H --gqa -d --dtype --caus
   python3 bench/peers/torch_peers.py -o dense -b 2K -e 32K -f 2 -H 32 -d 128 --causal -J peers.json
 """
 import argparse
-import json
 import sys
 
 from peer_common import (add_pass_arg, add_shape_args, cuda_median_ms, error_text, flops, kv_heads, parse_size,
-                         report_head, sweep, time_pass, torch_dtype)
+                         report_head, sweep, time_pass, torch_dtype, write_report)
 
 
 def alibi_slopes(n):
@@ -196,9 +195,7 @@ def main():
                     "warmup": args.warmup_iters, "rotary_dim": args.rotary_dim, "style": args.style},
         "rows": rows,
     })
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, args.json)
     return 0
 
 
