@@ -110,11 +110,7 @@ class DenseOp : public OpBase {
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1 << " (q heads 0.."
        << check_kv_heads_ * (H_ / Hkv_) - 1 << "), all batches, vs the fp64 host engine; ";
-    if (ctx_.on_gpu()) {
-      ck << "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host kRoundIntermediates)";
-    } else {
-      ck << "element ok if |err| <= 1e-4*max(1,max|ref|)";
-    }
+    ck << check_rule_text(ctx_.on_gpu(), "host kRoundIntermediates");
     if (opt_.rope) {
       ck << "; reference on host-rotated q, k (host RoPE in " << dtype_name(dtype_)
          << "), gradients rotated back on the host";

@@ -100,8 +100,7 @@ class DilatedOp : public OpBase {
             "peak = op buffers + class scratch + scratch pool high-water over one run, max over ranks",
             std::string("check: S <= ") + std::to_string(opt_.check_max_seq) +
                 ", each rank's rows vs the single-process host DilatedAttention (fp64) on the full sequence; " +
-                (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
-                               : "element ok if |err| <= 1e-4*max(1,max|ref|)")};
+                check_rule_text(ctx_.on_gpu())};
   }
 
   bool work_is_bytes() const override { return false; }

@@ -139,9 +139,7 @@ class MhaOp : public OpBase {
         "(fwd x1, bwd x2.5, fwdbwd x3.5); proj% = projection share");
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << " and host cost <= 2e9 MACs; y" << (bwd() ? ", dx, dWqkv, dWo" : "")
-       << " vs the fp64 host layer on the full problem; "
-       << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host layer in bf16)"
-                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+       << " vs the fp64 host layer on the full problem; " << check_rule_text(ctx_.on_gpu(), "host layer in bf16");
     lines.push_back(ck.str());
     return lines;
   }

@@ -235,8 +235,7 @@ class RingOp : public OpBase {
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1
        << ", each rank's shard vs its shard of the single-process fp64 host engine on the full sequence; ";
-    ck << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
-                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+    ck << check_rule_text(ctx_.on_gpu());
     if (opt_.rope) {
       ck << "; reference on the full q, k rotated on the host (positions 0..S-1, host RoPE in " << dtype_name(dtype_)
          << "), gradients rotated back on the host";

@@ -55,9 +55,7 @@ class RopeOp : public OpBase {
     }
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", every element of q and k after one in-place run, vs the fp64 host "
-       << (ctx_.on_gpu()
-               ? "RoPE; element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host RoPE in the input dtype)"
-               : "RoPE; element ok if |err| <= 1e-4*max(1,max|ref|)");
+       << "RoPE; " << check_rule_text(ctx_.on_gpu(), "host RoPE in the input dtype");
     lines.push_back(ck.str());
     return lines;
   }

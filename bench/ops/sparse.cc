@@ -87,8 +87,7 @@ class SparseOp : public OpBase {
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1
        << ", vs the fp64 host engine with the same block list; ";
-    ck << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host kRoundIntermediates)"
-                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+    ck << check_rule_text(ctx_.on_gpu(), "host kRoundIntermediates");
     lines.push_back(ck.str());
     return lines;
   }
