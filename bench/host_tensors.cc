@@ -107,19 +107,29 @@ TensorView lse_view(float* lse, int64_t B, int64_t S, int64_t H) {
   return t;
 }
 
-double max_abs_diff(const TensorView& got, const TensorView& ref) {
+namespace {
+
+// Calls fn(g, r) for every element (b, s, h, d) of got and ref (same shape; throws otherwise), both loaded as double
+// and walked in logical order: their strides may differ.
+template <typename Fn>
+void for_each_pair(const TensorView& got, const TensorView& ref, Fn fn) {
   check_same_shape(got, ref);
-  // Both walked in logical order: their strides may differ.
-  double m = 0;
   for (int64_t b = 0; b < got.shape[0]; ++b)
     for (int64_t s = 0; s < got.shape[1]; ++s)
       for (int64_t h = 0; h < got.shape[2]; ++h)
-        for (int64_t d = 0; d < got.shape[3]; ++d) {
-          const double g = load_as_double(got.data, got.offset(b, s, h, d), got.dtype);
-          const double r = load_as_double(ref.data, ref.offset(b, s, h, d), ref.dtype);
-          const double e = diff(g, r);
-          if (!(e <= m)) m = e;
-        }
+        for (int64_t d = 0; d < got.shape[3]; ++d)
+          fn(load_as_double(got.data, got.offset(b, s, h, d), got.dtype),
+             load_as_double(ref.data, ref.offset(b, s, h, d), ref.dtype));
+}
+
+}  // namespace
+
+double max_abs_diff(const TensorView& got, const TensorView& ref) {
+  double m = 0;
+  for_each_pair(got, ref, [&](double g, double r) {
+    const double e = diff(g, r);
+    if (!(e <= m)) m = e;
+  });
   return m;
 }
 
@@ -133,16 +143,8 @@ double max_abs(const TensorView& t) {
 }
 
 int64_t count_outside(const TensorView& got, const TensorView& ref, double tolerance) {
-  check_same_shape(got, ref);
   int64_t n = 0;
-  for (int64_t b = 0; b < got.shape[0]; ++b)
-    for (int64_t s = 0; s < got.shape[1]; ++s)
-      for (int64_t h = 0; h < got.shape[2]; ++h)
-        for (int64_t d = 0; d < got.shape[3]; ++d) {
-          const double g = load_as_double(got.data, got.offset(b, s, h, d), got.dtype);
-          const double r = load_as_double(ref.data, ref.offset(b, s, h, d), ref.dtype);
-          n += !(diff(g, r) <= tolerance);
-        }
+  for_each_pair(got, ref, [&](double g, double r) { n += !(diff(g, r) <= tolerance); });
   return n;
 }
 

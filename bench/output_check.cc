@@ -22,6 +22,11 @@ double dtype_ulp(DType dtype) {
   }
 }
 
+std::string check_rule_text(bool with_naive, const std::string& naive) {
+  if (!with_naive) return "element ok if |err| <= 1e-4*max(1,max|ref|)";
+  return "element ok if |err| <= 2*naive_err + ulp*max|ref|" + (naive.empty() ? "" : " (naive: " + naive + ")");
+}
+
 void OutputCheck::compare(const char* name, const TensorView& got, const TensorView& ref, const TensorView* naive,
                           double ulp) {
   const double err = max_abs_diff(got, ref);

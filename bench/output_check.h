@@ -7,6 +7,7 @@
 #pragma once
 
 #include <sstream>
+#include <string>
 
 #include "bench_op.h"
 #include "distattn/core/dtype.h"
@@ -17,6 +18,11 @@ namespace bench {
 
 // The unit roundoff of a dtype's mantissa (bf16 2^-7, fp16 2^-10, fp32 2^-23, fp64 2^-52): the `ulp` of compare().
 double dtype_ulp(DType dtype);
+
+// The rule OutputCheck applies, as the ops' describe() lines state it: with a naive run (GPU) "element ok if
+// |err| <= 2*naive_err + ulp*max|ref|", followed by " (naive: <naive>)" when `naive` is not empty; without one (host
+// engine) "element ok if |err| <= 1e-4*max(1,max|ref|)".
+std::string check_rule_text(bool with_naive, const std::string& naive = "");
 
 class OutputCheck {
  public:

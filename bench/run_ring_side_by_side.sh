@@ -17,16 +17,9 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH=${DISTATTN_BENCH:-}
-if [[ -z $BENCH ]]; then
-  for c in "$ROOT/build/bench/distattn_bench" "$ROOT/build-ringbench/dev/distattn_bench"; do
-    if [[ -x $c ]]; then BENCH=$c; break; fi
-  done
-fi
-if [[ -z $BENCH || ! -x $BENCH ]]; then
-  echo "run_ring_side_by_side: distattn_bench not found; build it or set DISTATTN_BENCH" >&2
-  exit 2
-fi
+# shellcheck source=bench/study_common.sh
+source "$ROOT/bench/study_common.sh"
+find_bench run_ring_side_by_side build-ringbench
 PY=${PYTHON:-python3}
 MPIRUN=${MPIRUN:-mpirun}
 if [[ -z ${NP:-} ]]; then

@@ -15,16 +15,9 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH=${DISTATTN_BENCH:-}
-if [[ -z $BENCH ]]; then
-  for c in "$ROOT/build/bench/distattn_bench" "$ROOT/build-bs/dev/distattn_bench"; do
-    if [[ -x $c ]]; then BENCH=$c; break; fi
-  done
-fi
-if [[ -z $BENCH || ! -x $BENCH ]]; then
-  echo "run_sparse_side_by_side: distattn_bench not found; build it or set DISTATTN_BENCH" >&2
-  exit 2
-fi
+# shellcheck source=bench/study_common.sh
+source "$ROOT/bench/study_common.sh"
+find_bench run_sparse_side_by_side build-bs
 PY=${PYTHON:-python3}
 OUT=${1:-$ROOT/bench/results/sparse_side_by_side_$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"

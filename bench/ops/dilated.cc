@@ -52,6 +52,7 @@
 #include "distattn/sparse/flash_attention.h"
 #include "harness.h"
 #include "host_tensors.h"
+#include "op_common.h"
 #include "output_check.h"
 #include "scratch_high.h"
 
@@ -59,30 +60,17 @@ namespace distattn {
 namespace bench {
 namespace {
 
-std::vector<DilatedPattern> requested_patterns(const BenchOptions& opt) {
-  std::vector<DilatedPattern> out;
-  for (size_t i = 0; i < opt.dilated_segments.size(); ++i)
-    out.push_back({opt.dilated_segments[i], opt.dilated_rates[i]});
-  return out;
-}
-
-class DilatedOp : public BenchOp {
+class DilatedOp : public OpBase {
  public:
-  explicit DilatedOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+  explicit DilatedOp(const RunContext& ctx) : OpBase(ctx) {
     const auto& c = opt_.common;
-    B_ = c.batch;
-    H_ = c.heads;
-    Hkv_ = c.resolved_kv_heads();
-    D_ = c.head_dim;
-    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
     DISTATTN_CHECK_ARG(c.window == 0, "--window", "the dilated op has no window (its patterns are the sparsity)");
+    require_cuda_head_dim();
     if (ctx.on_gpu()) {
-      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
-                         D_);
       DISTATTN_CHECK_ARG(dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16, "--dtype",
                          "the CUDA engine takes bf16 or fp16, got ", dtype_name(dtype_));
     }
-    requested_ = requested_patterns(opt_);
+    requested_ = requested_dilated_patterns(opt_);
     if (c.alibi) slopes_ = alibi_slopes(H_);
     DISTATTN_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &N_));
     // Collective over MPI_COMM_WORLD: every rank constructs the op at the same point of run_bench.
@@ -112,8 +100,7 @@ class DilatedOp : public BenchOp {
             "peak = op buffers + class scratch + scratch pool high-water over one run, max over ranks",
             std::string("check: S <= ") + std::to_string(opt_.check_max_seq) +
                 ", each rank's rows vs the single-process host DilatedAttention (fp64) on the full sequence; " +
-                (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
-                               : "element ok if |err| <= 1e-4*max(1,max|ref|)")};
+                check_rule_text(ctx_.on_gpu())};
   }
 
   bool work_is_bytes() const override { return false; }
@@ -122,17 +109,11 @@ class DilatedOp : public BenchOp {
   }
 
   std::string shape_header() const override {
-    char buf[128];
-    std::snprintf(buf, sizeof(buf), "%8s %3s %4s %4s %4s %4s %7s %4s", "seq", "N", "B", "H", "Hkv", "D", "mask",
-                  "pats");
-    return buf;
+    return seq_shape_header(true) + table_cell(7, "mask") + table_cell(4, "pats");
   }
   std::string shape_cells(int64_t seq) const override {
-    char buf[160];
-    std::snprintf(buf, sizeof(buf), "%8lld %3d %4lld %4lld %4lld %4lld %7s %4zu", static_cast<long long>(seq), N_,
-                  static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
-                  static_cast<long long>(D_), opt_.common.causal ? "causal" : "none", patterns_for(seq).size());
-    return buf;
+    return seq_shape_cells(seq, N_) + table_cell(7, opt_.common.causal ? "causal" : "none") +
+           table_cell(4, std::to_string(patterns_for(seq).size()));
   }
   std::string extra_header() const override {
     char buf[64];
@@ -163,8 +144,7 @@ class DilatedOp : public BenchOp {
   }
 
   void setup(int64_t seq) override {
-    S_ = seq;
-    ++size_index_;
+    begin_size(seq);
     DISTATTN_CHECK_ARG(S_ % N_ == 0, "seq", "S = ", S_, " is not divisible by the ", N_, " ranks");
     L_ = S_ / N_;
     DilatedConfig dc = config_for(S_);
@@ -181,7 +161,7 @@ class DilatedOp : public BenchOp {
     } else {
       single_ = std::make_unique<DilatedAttention>(dc, ctx_.on_gpu() ? Device::kCuda : Device::kHost);
     }
-    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 7919ull * ctx_.rank;
+    const uint64_t seed = size_seed() + 7919ull * ctx_.rank;
     // This rank's L rows of q, k, v, o (+ dout, dq, dk, dv) and lse [B, H, L].
     io_.allocate(ctx_.on_gpu(), dtype_, B_, L_, H_, Hkv_, D_, opt_.pass != Pass::kForward);
     io_.fill_inputs(seed, ctx_.stream);
@@ -196,10 +176,8 @@ class DilatedOp : public BenchOp {
     if (opt_.pass != Pass::kForward) op_backward();
   }
 
-  bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
-
   CheckResult check() override {
-    const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
+    const uint64_t seed = check_seed();
     const bool bwd = opt_.pass != Pass::kForward;
     const int64_t row0 = static_cast<int64_t>(ctx_.rank) * L_;
     // 1. The FULL inputs from the seed (identical on every rank), this rank's rows of them.
@@ -214,10 +192,7 @@ class DilatedOp : public BenchOp {
     op_forward();
     if (bwd) op_backward();
     if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    const HostTensor o = io_.to_host(io_.o);
-    std::vector<float> lse = io_.lse_to_host();
-    HostTensor dq, dk, dv;
-    if (bwd) dq = io_.to_host(io_.dq), dk = io_.to_host(io_.dk), dv = io_.to_host(io_.dv);
+    const HostOutputs got = outputs_to_host(io_, bwd);
     // 3. References on the full sequence: fp64 arithmetic (fp32 outputs: the engine's accumulators are fp32 in
     //    every mode) and (GPU) the naive same-precision run.
     const bool naive_on = ctx_.on_gpu();
@@ -228,13 +203,10 @@ class DilatedOp : public BenchOp {
     std::vector<float> rlse(static_cast<size_t>(B_ * H_ * S_)), nlse(rlse.size());
     dilated_attention_forward(ref_cfg, fq.view, fk.view, fv.view, ro.view, rlse.data(), Device::kHost);
     if (naive_on) dilated_attention_forward(naive_cfg, fq.view, fk.view, fv.view, no.view, nlse.data(), Device::kHost);
-    OutputCheck check;
-    const double ulp = dtype_ulp(dtype_);
-    const HostTensor l_ro = rows(ro, row0), l_no = rows(no, row0);
-    check.compare("o", o.view, l_ro.view, naive_on ? &l_no.view : nullptr, ulp);
-    std::vector<float> l_rlse = lse_rows(rlse, row0), l_nlse = lse_rows(nlse, row0);
-    const TensorView lse_ref = lse_view(l_rlse.data(), B_, L_, H_), lse_naive = lse_view(l_nlse.data(), B_, L_, H_);
-    check.compare("lse", lse_view(lse.data(), B_, L_, H_), lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
+    // This rank's rows of the references (every head): [B, L, H|Hkv, D], LSE [B, H, L].
+    HostReferences local;
+    local.o = rows(ro, row0), local.naive_o = rows(no, row0);
+    local.lse = lse_rows(rlse, row0), local.naive_lse = lse_rows(nlse, row0);
     if (bwd) {
       HostTensor rq(DType::kFloat32, B_, S_, H_, D_), rk(DType::kFloat32, B_, S_, Hkv_, D_),
           rv(DType::kFloat32, B_, S_, Hkv_, D_), nq(dtype_, B_, S_, H_, D_), nk(dtype_, B_, S_, Hkv_, D_),
@@ -244,13 +216,10 @@ class DilatedOp : public BenchOp {
       if (naive_on)
         dilated_attention_backward(naive_cfg, fq.view, fk.view, fv.view, no.view, nlse.data(), fdo.view, nq.view,
                                    nk.view, nv.view, Device::kHost);
-      const HostTensor l_rq = rows(rq, row0), l_rk = rows(rk, row0), l_rv = rows(rv, row0), l_nq = rows(nq, row0),
-                       l_nk = rows(nk, row0), l_nv = rows(nv, row0);
-      check.compare("dq", dq.view, l_rq.view, naive_on ? &l_nq.view : nullptr, ulp);
-      check.compare("dk", dk.view, l_rk.view, naive_on ? &l_nk.view : nullptr, ulp);
-      check.compare("dv", dv.view, l_rv.view, naive_on ? &l_nv.view : nullptr, ulp);
+      local.dq = rows(rq, row0), local.dk = rows(rk, row0), local.dv = rows(rv, row0);
+      local.naive_dq = rows(nq, row0), local.naive_dk = rows(nk, row0), local.naive_dv = rows(nv, row0);
     }
-    return check.finish();
+    return compare_attention_outputs(got, local, naive_on, bwd, H_, Hkv_, dtype_);
   }
 
   void teardown() override {
@@ -342,16 +311,12 @@ class DilatedOp : public BenchOp {
     peak_bytes_ = max_over_ranks(static_cast<double>(io_.bytes()) + scratch + pool_high);
   }
 
-  RunContext ctx_;
-  const BenchOptions& opt_;
   std::vector<DilatedPattern> requested_;
   std::unique_ptr<Communicator> comm_;  // N > 1 only
   std::unique_ptr<DistributedDilatedAttention> dist_;
   std::unique_ptr<DilatedAttention> single_;
   int N_ = 1;
-  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0, L_ = 0;
-  DType dtype_ = DType::kBFloat16;
-  int size_index_ = -1;
+  int64_t L_ = 0;  // this rank's rows, S / N
   std::vector<float> slopes_;
   double peak_bytes_ = 0;
   AttentionIo io_;  // this rank's L rows: q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host

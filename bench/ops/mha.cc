@@ -55,6 +55,7 @@
 #include "distattn/sparse/block_sparse_attention.h"
 #include "distattn/sparse/flash_attention.h"
 #include "host_tensors.h"
+#include "op_common.h"
 #include "output_check.h"
 
 namespace distattn {
@@ -71,33 +72,18 @@ using layers::MhaWeights;
 using layers::MultiHeadAttention;
 using layers::SequenceView;
 
-// The layer's dilated patterns from --dilated-segments / --dilated-rates (rates that do not divide their segments
-// need --dilated-ragged 1, MhaConfig::dilated_ragged_rates; the layer's validation names them otherwise).
-std::vector<DilatedPattern> requested_patterns(const BenchOptions& opt) {
-  std::vector<DilatedPattern> out;
-  for (size_t i = 0; i < opt.dilated_segments.size(); ++i)
-    out.push_back({opt.dilated_segments[i], opt.dilated_rates[i]});
-  return out;
-}
-
-class MhaOp : public BenchOp {
+class MhaOp : public OpBase {
  public:
-  explicit MhaOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+  explicit MhaOp(const RunContext& ctx) : OpBase(ctx) {
     const auto& c = opt_.common;
-    B_ = c.batch;
-    H_ = c.heads;
-    Hkv_ = c.resolved_kv_heads();
-    D_ = c.head_dim;
     E_ = H_ * D_;
-    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
     core_ = layers::parse_core(opt_.core, "--core");
-    if (ctx.on_gpu()) {
-      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
-                         D_);
-    }
+    require_cuda_head_dim();
     DISTATTN_CHECK_ARG(core_ != AttentionCore::kDilated || c.window == 0, "--window",
                        "the dilated core has no window (its patterns are the sparsity)");
-    if (core_ == AttentionCore::kDilated) requested_ = requested_patterns(opt_);
+    // The layer's dilated patterns (rates that do not divide their segments need --dilated-ragged 1,
+    // MhaConfig::dilated_ragged_rates; the layer's validation names them otherwise).
+    if (core_ == AttentionCore::kDilated) requested_ = requested_dilated_patterns(opt_);
     DISTATTN_CHECK_ARG(core_ != AttentionCore::kBlockSparse || opt_.sparse_pattern == "block-diagonal" ||
                            opt_.sparse_pattern == "strided" || opt_.sparse_pattern == "sliding-window",
                        "--sparse-pattern",
@@ -153,9 +139,7 @@ class MhaOp : public BenchOp {
         "(fwd x1, bwd x2.5, fwdbwd x3.5); proj% = projection share");
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << " and host cost <= 2e9 MACs; y" << (bwd() ? ", dx, dWqkv, dWo" : "")
-       << " vs the fp64 host layer on the full problem; "
-       << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host layer in bf16)"
-                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+       << " vs the fp64 host layer on the full problem; " << check_rule_text(ctx_.on_gpu(), "host layer in bf16");
     lines.push_back(ck.str());
     return lines;
   }
@@ -195,11 +179,10 @@ class MhaOp : public BenchOp {
   }
 
   void setup(int64_t seq) override {
-    ++size_index_;
-    S_ = seq;
+    begin_size(seq);
     Sl_ = local_rows(seq);
     build_layer(S_);
-    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 977 * static_cast<uint64_t>(ctx_.rank);
+    const uint64_t seed = size_seed() + 977 * static_cast<uint64_t>(ctx_.rank);
     allocate();
     if (ctx_.on_gpu()) {
       fill_random_device(x_.get(), B_ * Sl_ * E_, dtype_, seed, 1.0f, ctx_.stream);
@@ -233,7 +216,7 @@ class MhaOp : public BenchOp {
   CheckResult check() override {
     // Full problem on the host (identical on every rank), this rank's rows uploaded.
     const int64_t Sf = sequence_parallel() ? S_ : Sl_;
-    const uint64_t seed = (opt_.seed ^ 0x3a5eedull) + 16 * static_cast<uint64_t>(size_index_);
+    const uint64_t seed = check_seed(0x3a5eedull);
     HostTensor fx(dtype_, B_, Sf, 1, E_), fdy(dtype_, B_, Sf, 1, E_), fwq(dtype_, 1, qkv_dim(), 1, E_),
         fwo(dtype_, 1, E_, 1, H_ * D_);
     fill_random_host(fx, seed);
@@ -522,15 +505,11 @@ class MhaOp : public BenchOp {
     return r;
   }
 
-  RunContext ctx_;
-  const BenchOptions& opt_;
-  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, E_ = 1, S_ = 0, Sl_ = 0;
+  int64_t E_ = 1, Sl_ = 0;  // embedding H * D; this rank's rows (S, or S / N when sequence parallel)
   int N_ = 1;
-  DType dtype_ = DType::kBFloat16;
   AttentionCore core_ = AttentionCore::kDense;
   std::vector<DilatedPattern> requested_;
   std::vector<float> slopes_;
-  int size_index_ = -1;
   mutable std::map<int64_t, int64_t> pairs_;
   std::unique_ptr<Communicator> comm_;
   std::unique_ptr<MultiHeadAttention> layer_;

@@ -72,6 +72,7 @@
 #include "attention_io.h"
 #include "bench_flops.h"
 #include "bench_op.h"
+#include "bench_rope.h"
 #include "device_fill.h"
 #include "distattn/comm/mpi_communicator.h"
 #include "distattn/comm/nccl_communicator.h"
@@ -87,6 +88,7 @@
 #include "harness.h"
 #include "host_reference.h"
 #include "host_tensors.h"
+#include "op_common.h"
 #include "output_check.h"
 #include "scratch_high.h"
 #include "stream_timer.h"
@@ -142,31 +144,18 @@ struct SizeStats {
   std::string kv_exchange;  // the ring's K|V exchange path in the timed calls: "ce" / "nccl" ("" host engine)
 };
 
-class RingOp : public BenchOp {
+class RingOp : public OpBase {
  public:
-  explicit RingOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+  explicit RingOp(const RunContext& ctx) : OpBase(ctx) {
     const auto& c = opt_.common;
-    B_ = c.batch;
-    H_ = c.heads;
-    Hkv_ = c.resolved_kv_heads();
-    D_ = c.head_dim;
-    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
     layout_ = parse_layout(opt_.layout);
+    require_cuda_head_dim();
     if (ctx.on_gpu()) {
-      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
-                         D_);
       DISTATTN_CHECK_ARG(dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16, "--dtype",
                          "the ring's CUDA engine takes bf16 or fp16, got ", dtype_name(dtype_));
     }
     if (c.alibi) slopes_host_ = alibi_slopes(H_);
-    if (opt_.rope) {
-      RopeConfig config;
-      config.head_dim = D_;
-      config.rotary_dim = opt_.rotary_dim;
-      config.style = opt_.rope_gptj ? RopeStyle::kGptJ : RopeStyle::kNeoX;
-      freqs_ = make_rope_frequencies(config);
-      rotary_dim_ = opt_.rotary_dim > 0 ? opt_.rotary_dim : D_;
-    }
+    if (opt_.rope) rope_ = BenchRope(opt_, D_, ctx.on_gpu());
     // Block-sparse ring: only with --sparse-pattern given (the option's default belongs to the sparse op).
     if (opt_.sparse_pattern_given) {
       pattern_ = opt_.sparse_pattern;
@@ -195,21 +184,11 @@ class RingOp : public BenchOp {
                            unit);
       }
     }
-    const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
-    check_kv_heads_ = opt_.check_heads > 0 ? opt_.check_heads : std::max<int64_t>(1, auto_heads);
+    check_kv_heads_ = option_check_kv_heads();
     // Collective over MPI_COMM_WORLD: every rank constructs the op at the same point of run_bench.
     if (ctx.on_gpu()) {
       comm_ = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, ctx.device);
-      if (!slopes_host_.empty()) {
-        slopes_dev_ = DeviceBuffer(slopes_host_.size() * sizeof(float));
-        DISTATTN_CUDA_CHECK(
-            cudaMemcpy(slopes_dev_.get(), slopes_host_.data(), slopes_dev_.bytes(), cudaMemcpyHostToDevice));
-      }
-      if (opt_.rope) {
-        inv_freq_dev_ = DeviceBuffer(freqs_.inv_freq.size() * sizeof(float));
-        DISTATTN_CUDA_CHECK(
-            cudaMemcpy(inv_freq_dev_.get(), freqs_.inv_freq.data(), inv_freq_dev_.bytes(), cudaMemcpyHostToDevice));
-      }
+      if (!slopes_host_.empty()) slopes_dev_ = device_copy(slopes_host_);
     } else {
       comm_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
     }
@@ -225,8 +204,8 @@ class RingOp : public BenchOp {
        << ", D " << D_ << ", mask " << mask_cell() << ", alibi " << (c.alibi ? "yes" : "no") << ", rope ";
     if (opt_.rope) {
       os << "yes (fused kernel on the local q, k shards before, shard's global positions; "
-         << (opt_.pass == Pass::kForward ? "" : "backward on dq, dk after; ") << "rotary dim " << rotary_dim_ << ", "
-         << (opt_.rope_gptj ? "gptj" : "neox") << ")";
+         << (opt_.pass == Pass::kForward ? "" : "backward on dq, dk after; ") << "rotary dim " << rope_.rotary_dim()
+         << ", " << rope_.style_name() << ")";
     } else {
       os << "no";
     }
@@ -256,8 +235,7 @@ class RingOp : public BenchOp {
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1
        << ", each rank's shard vs its shard of the single-process fp64 host engine on the full sequence; ";
-    ck << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref|"
-                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+    ck << check_rule_text(ctx_.on_gpu());
     if (opt_.rope) {
       ck << "; reference on the full q, k rotated on the host (positions 0..S-1, host RoPE in " << dtype_name(dtype_)
          << "), gradients rotated back on the host";
@@ -280,27 +258,17 @@ class RingOp : public BenchOp {
   }
 
   std::string shape_header() const override {
-    char buf[128];
-    std::snprintf(buf, sizeof(buf), "%8s %3s %4s %4s %4s %4s %10s %10s", "seq", "N", "B", "H", "Hkv", "D", "mask",
-                  "layout");
-    return buf;
+    return seq_shape_header(true) + table_cell(10, "mask") + table_cell(10, "layout");
   }
   std::string shape_cells(int64_t seq) const override {
-    char buf[160];
-    std::snprintf(buf, sizeof(buf), "%8lld %3d %4lld %4lld %4lld %4lld %10s %10s", static_cast<long long>(seq), N_,
-                  static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
-                  static_cast<long long>(D_), mask_cell().c_str(), opt_.layout.c_str());
-    return buf;
+    return seq_shape_cells(seq, N_) + table_cell(10, mask_cell()) + table_cell(10, opt_.layout);
   }
   std::string extra_header() const override {
     char buf[128];
     std::snprintf(buf, sizeof(buf), " %10s %9s %6s %9s %8s %8s %7s %5s %4s", "comp(ms)", "exp(ms)", "exp%", "xchg(ms)",
                   "busbw", "peakMiB", "%dense", "steps", "hops");
     std::string h = buf;
-    if (opt_.rope && ctx_.on_gpu()) {
-      std::snprintf(buf, sizeof(buf), " %8s %6s", "rope(ms)", "rope%");
-      h += buf;
-    }
+    if (opt_.rope && ctx_.on_gpu()) h += RopeTimes::header();
     return h;
   }
   std::string extra_cells(int64_t seq, double time_ms) const override {
@@ -310,11 +278,7 @@ class RingOp : public BenchOp {
                   time_ms > 0 ? 100.0 * exposed / time_ms : 0.0, stats_.exchange_ms, stats_.busbw,
                   stats_.peak_bytes / (1024.0 * 1024.0), 100.0 * density(seq), stats_.steps, stats_.hops);
     std::string c = buf;
-    if (opt_.rope && ctx_.on_gpu()) {
-      const double r = rope_ms(seq);
-      std::snprintf(buf, sizeof(buf), " %8.4f %6.2f", r, time_ms > 0 ? 100.0 * r / time_ms : 0.0);
-      c += buf;
-    }
+    if (opt_.rope && ctx_.on_gpu()) c += rope_times_.cells(seq, time_ms);
     return c;
   }
 
@@ -323,15 +287,13 @@ class RingOp : public BenchOp {
     out.set("backend", comm_->backend()).set("check_kv_heads", check_kv_heads_);
     out.set("sparse_pattern", pattern_.empty() ? std::string("none") : pattern_);
     if (block_sparse_) out.set("sparse_block", opt_.sparse_block).set("sparse_random", opt_.sparse_random);
-    out.set("rope", opt_.rope);
-    if (opt_.rope) out.set("rotary_dim", rotary_dim_).set("style", opt_.rope_gptj ? "gptj" : "neox");
+    json_rope_keys(out, opt_.rope, rope_);
   }
   // Row keys as dense's for RoPE: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels
   // of one iteration timed alone, max over ranks, GPU only; null on the host engine) and rope_share_pct.
   void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
-    row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
-    row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
-    row.set("dtype", dtype_name(dtype_)).set("ranks", N_).set("layout", opt_.layout);
+    json_shape(row);
+    row.set("ranks", N_).set("layout", opt_.layout);
     row.set("local_seq", seq / N_).set("flops", work(seq)).set("flops_global", work(seq) * N_);
     const double exposed = time_ms - stats_.compute_ms;
     row.set("compute_ms", stats_.compute_ms).set("exposed_comm_ms", exposed);
@@ -343,21 +305,11 @@ class RingOp : public BenchOp {
     row.set("sparse_pattern", pattern_.empty() ? std::string("none") : pattern_).set("block_sparse", block_sparse_);
     row.set("visible_pairs", static_cast<double>(visible_pairs_of(seq))).set("density", density(seq));
     row.set("steps_computed_max", stats_.steps).set("kv_hops", stats_.hops).set("grad_hops", stats_.grad_hops);
-    row.set("rope", opt_.rope);
-    if (opt_.rope) {
-      row.set("rotary_dim", rotary_dim_).set("style", opt_.rope_gptj ? "gptj" : "neox");
-      const double r = rope_ms(seq);
-      if (ctx_.on_gpu() && r > 0 && time_ms > 0) {
-        row.set("rope_ms", r).set("rope_share_pct", 100.0 * r / time_ms);
-      } else {
-        row.set_null("rope_ms").set_null("rope_share_pct");
-      }
-    }
+    rope_times_.json_row(row, seq, time_ms, opt_.rope, rope_, ctx_.on_gpu());
   }
 
   void setup(int64_t seq) override {
-    S_ = seq;
-    ++size_index_;
+    begin_size(seq);
     ring::validate_layout(layout_, S_, N_);  // same verdict on every rank (same options)
     Sl_ = ring::local_rows(layout_, S_, N_);
     ring::RingConfig cfg;
@@ -386,7 +338,7 @@ class RingOp : public BenchOp {
       std::fflush(stderr);
     }
     // Timing inputs: each rank fills its own shard (values need not match a global tensor for timing).
-    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_) + 7919ull * ctx_.rank;
+    const uint64_t seed = size_seed() + 7919ull * ctx_.rank;
     // This rank's shards: q, o (+ dout, dq) [B, S/N, H, D], k, v (+ dk, dv) [B, S/N, Hkv, D], lse [B, H, S/N].
     io_.allocate(ctx_.on_gpu(), dtype_, B_, Sl_, H_, Hkv_, D_, opt_.pass != Pass::kForward);
     io_.fill_inputs(seed, ctx_.stream);
@@ -425,10 +377,8 @@ class RingOp : public BenchOp {
 
   void run() override { run_pass(opt_.pass != Pass::kBackward, opt_.pass != Pass::kForward); }
 
-  bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
-
   CheckResult check() override {
-    const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
+    const uint64_t seed = check_seed();
     const bool bwd = opt_.pass != Pass::kForward;
     const int r = ctx_.rank;
     // 1. The FULL inputs from the seed (identical on every rank), this rank's shard of them.
@@ -444,75 +394,48 @@ class RingOp : public BenchOp {
     if (bwd) dout = shard(fdo);
 
     // 2. Poisoned outputs, one ring run (forward, then backward), local results on the host.
-    HostTensor o, dq, dk, dv;
-    std::vector<float> lse;
     io_.upload(q, io_.q), io_.upload(k, io_.k), io_.upload(v, io_.v);
     if (bwd) io_.upload(dout, io_.dout);
     io_.poison_outputs(bwd, ctx_.stream);
     if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     run_pass(true, bwd);  // the timed path (with --rope: RoPE forward first, RoPE backward last)
     if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    o = io_.to_host(io_.o);
-    lse = io_.lse_to_host();
-    if (bwd) dq = io_.to_host(io_.dq), dk = io_.to_host(io_.dk), dv = io_.to_host(io_.dv);
+    const HostOutputs got = outputs_to_host(io_, bwd);
 
-    // 3. The single-process references on the full sequence for the checked heads, then this rank's shard.
-    const int64_t G = H_ / Hkv_;
-    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    // 3. The single-process references on the full sequence for the checked heads (positions 0..S-1, the options'
+    //    band or, block-sparse, the same global layout), then this rank's shard. With --rope they see the FULL q, k
+    //    rotated on the host (positions 0..S-1) in the input dtype (what the kernel stores: a rank's shard of them is
+    //    what its RoPE launch produced), and their dq, dk are rotated back like the RoPE backward (fp64 for the
+    //    reference, the input dtype for the naive run), on the full sequence, before sharding.
+    const int64_t Hc = check_kv_heads_ * (H_ / Hkv_), Kc = check_kv_heads_;
     const bool naive_on = ctx_.on_gpu();
-    // With --rope the references see the FULL q, k rotated on the host (positions 0..S-1) in the input dtype
-    // (what the kernel stores): a rank's shard of them is what its RoPE launch produced.
-    HostTensor q_rot, k_rot;
-    if (opt_.rope) {
-      q_rot = convert(head_slice(fq.view, 0, Hc), dtype_);
-      k_rot = convert(head_slice(fk.view, 0, Kc), dtype_);
-      rope_apply_host(
-          rope_params(q_rot.view, k_rot.view, PositionMap::contiguous(0, S_), freqs_.inv_freq.data(), false));
-    }
-    const TensorView q16 = opt_.rope ? q_rot.view : head_slice(fq.view, 0, Hc);
-    const TensorView k16 = opt_.rope ? k_rot.view : head_slice(fk.view, 0, Kc), v16 = head_slice(fv.view, 0, Kc);
-    const TensorView do16 = bwd ? head_slice(fdo.view, 0, Hc) : TensorView();
-    HostReferences refs =
-        compute_host_references(q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
-                                [&](const TensorView& rq, const TensorView& rk, const TensorView& rv,
-                                    const TensorView& ro, float* rlse) { return full_params(rq, rk, rv, ro, rlse); });
-    HostTensor &ref_o = refs.o, &naive_o = refs.naive_o;
-    std::vector<float>&ref_lse = refs.lse, &naive_lse = refs.naive_lse;
-    HostTensor &ref_dq = refs.dq, &ref_dk = refs.dk, &ref_dv = refs.dv;
-    HostTensor &naive_dq = refs.naive_dq, &naive_dk = refs.naive_dk, &naive_dv = refs.naive_dv;
-    if (opt_.rope && bwd) {
-      // The references' dq, dk are gradients w.r.t. the ROTATED q, k: rotate them back like the RoPE backward
-      // (fp64 for the reference, the input dtype for the naive run), on the full sequence, before sharding.
-      const PositionMap all = PositionMap::contiguous(0, S_);
-      rope_apply_host(rope_params(ref_dq.view, ref_dk.view, all, freqs_.inv_freq.data(), true));
-      if (naive_on) rope_apply_host(rope_params(naive_dq.view, naive_dk.view, all, freqs_.inv_freq.data(), true));
-    }
+    const ReferenceInputs in =
+        reference_inputs(fq.view, fk.view, fv.view, fdo.view, Hc, Kc, opt_.rope ? &rope_ : nullptr, dtype_);
+    const Mask full_mask = global_ ? global_->host_mask() : mask();
+    HostReferences refs = compute_host_references(
+        in.q, in.k, in.v, bwd ? &in.dout : nullptr, naive_on,
+        [&](const TensorView& rq, const TensorView& rk, const TensorView& rv, const TensorView& ro, float* rlse) {
+          return full_sequence_params(rq, rk, rv, ro, rlse, rq.shape[2], S_, full_mask, slopes_host_);
+        });
+    if (opt_.rope && bwd) rope_.rotate_back_reference_grads(refs, naive_on);
     // Local shards of the references: [B, S/N, Hc|Kc, D] and LSE [B, Hc, S/N].
     auto lse_shard = [&](const std::vector<float>& full) {
       std::vector<float> local(static_cast<size_t>(B_ * Hc * Sl_));
       ring::shard_lse_host(full.data(), local.data(), B_, Hc, layout_, S_, N_, r);
       return local;
     };
-    HostTensor l_ref_o = shard(ref_o), l_naive_o = naive_on ? shard(naive_o) : HostTensor();
-    std::vector<float> l_ref_lse = lse_shard(ref_lse), l_naive_lse = lse_shard(naive_lse);
+    HostReferences local;
+    local.o = shard(refs.o);
+    if (naive_on) local.naive_o = shard(refs.naive_o);
+    local.lse = lse_shard(refs.lse), local.naive_lse = lse_shard(refs.naive_lse);
+    if (bwd) {
+      local.dq = shard(refs.dq), local.dk = shard(refs.dk), local.dv = shard(refs.dv);
+      if (naive_on) local.naive_dq = shard(refs.naive_dq), local.naive_dk = shard(refs.naive_dk);
+      if (naive_on) local.naive_dv = shard(refs.naive_dv);
+    }
 
     // 4. Compare each output of this rank's shard on the checked heads.
-    OutputCheck check;
-    const double ulp = dtype_ulp(dtype_);
-    check.compare("o", head_slice(o.view, 0, Hc), l_ref_o.view, naive_on ? &l_naive_o.view : nullptr, ulp);
-    const TensorView lse_got = head_slice(lse_view(lse.data(), B_, Sl_, H_), 0, Hc);
-    const TensorView lse_ref = lse_view(l_ref_lse.data(), B_, Sl_, Hc);
-    const TensorView lse_naive = lse_view(l_naive_lse.data(), B_, Sl_, Hc);
-    check.compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
-    if (bwd) {
-      HostTensor l_ref_dq = shard(ref_dq), l_ref_dk = shard(ref_dk), l_ref_dv = shard(ref_dv);
-      HostTensor l_n_dq, l_n_dk, l_n_dv;
-      if (naive_on) l_n_dq = shard(naive_dq), l_n_dk = shard(naive_dk), l_n_dv = shard(naive_dv);
-      check.compare("dq", head_slice(dq.view, 0, Hc), l_ref_dq.view, naive_on ? &l_n_dq.view : nullptr, ulp);
-      check.compare("dk", head_slice(dk.view, 0, Kc), l_ref_dk.view, naive_on ? &l_n_dk.view : nullptr, ulp);
-      check.compare("dv", head_slice(dv.view, 0, Kc), l_ref_dv.view, naive_on ? &l_n_dv.view : nullptr, ulp);
-    }
-    return check.finish();
+    return compare_attention_outputs(got, local, naive_on, bwd, Hc, Kc, dtype_);
   }
 
   void teardown() override {
@@ -536,22 +459,6 @@ class RingOp : public BenchOp {
     if (bwd && opt_.rope) rope_local(true);
   }
 
-  // RoPE params on q [B, rows, Hq', D] and k [B, rows, Hkv', D] (any head counts: the check's slices) whose rows
-  // sit at the global positions `pos` (q and k alike), in place; inverse: the backward (conjugate rotation).
-  RopeParams rope_params(const TensorView& q, const TensorView& k, const PositionMap& pos, const float* inv_freq,
-                         bool inverse) const {
-    RopeParams p;
-    p.q = q;
-    p.k = k;
-    p.q_pos = pos;
-    p.k_pos = pos;
-    p.rotary_dim = rotary_dim_;
-    p.style = opt_.rope_gptj ? RopeStyle::kGptJ : RopeStyle::kNeoX;
-    p.inv_freq = inv_freq;
-    p.scale = freqs_.scale;
-    p.inverse = inverse;
-    return p;
-  }
   // RoPE on this rank's shards in place: forward on q, k or (inverse) backward on dq, dk. Positions: the shard's
   // global position map (the ring schedule's q_pos; the rank's K rows have the same positions). GPU: one fused
   // launch on the compute stream; host engine: rope_apply_host.
@@ -560,26 +467,20 @@ class RingOp : public BenchOp {
     const TensorView& q = inverse ? io_.dq : io_.q;
     const TensorView& k = inverse ? io_.dk : io_.k;
     if (ctx_.on_gpu()) {
-      const float* f = static_cast<const float*>(inv_freq_dev_.get());
-      rope_apply_cuda(rope_params(q, k, pos, f, inverse), ctx_.stream);
+      rope_apply_cuda(rope_.params(q, k, pos, true, inverse), ctx_.stream);
     } else {
-      rope_apply_host(rope_params(q, k, pos, freqs_.inv_freq.data(), inverse));
+      rope_apply_host(rope_.params(q, k, pos, false, inverse));
     }
   }
   // The RoPE kernels of one iteration alone (forward; + backward on dq, dk when the pass has a backward; bwd
-  // alone: backward only), warm-up then the median of kRopeIters CUDA-event timings, max over ranks (collective);
-  // stored for this size.
+  // alone: backward only), warm-up then the median of 15 CUDA-event timings (RopeTimes::time_alone), max over ranks
+  // (collective); stored for this size.
   void time_rope_kernels() {
-    constexpr int kRopeWarmup = 3, kRopeIters = 15;
     const bool fwd = opt_.pass != Pass::kBackward, bwd = opt_.pass != Pass::kForward;
-    rope_ms_[S_] = max_over_ranks(median_stream_ms(ctx_.stream, kRopeWarmup, kRopeIters, [&] {
-      if (fwd) rope_local(false);
-      if (bwd) rope_local(true);
-    }));
-  }
-  double rope_ms(int64_t seq) const {
-    const auto it = rope_ms_.find(seq);
-    return it == rope_ms_.end() ? 0.0 : it->second;
+    rope_times_.set(S_, max_over_ranks(RopeTimes::time_alone(ctx_.stream, [&] {
+                      if (fwd) rope_local(false);
+                      if (bwd) rope_local(true);
+                    })));
   }
 
   // The mask column: the band, or the pattern's label (e.g. "c-bigbird3", "stride2048", "bdiag2048").
@@ -631,12 +532,6 @@ class RingOp : public BenchOp {
     if (st.blocks == nullptr) return mask();
     return ctx_.on_gpu() ? st.blocks->make_mask(st.device_blocks) : st.blocks->host_mask();
   }
-  Mask mask() const {
-    Mask m;
-    m.causal = opt_.common.causal;
-    m.window = opt_.common.window;
-    return m;
-  }
   const float* slopes_ptr() const {
     if (slopes_host_.empty()) return nullptr;
     return ctx_.on_gpu() ? static_cast<const float*>(slopes_dev_.get()) : slopes_host_.data();
@@ -658,21 +553,6 @@ class RingOp : public BenchOp {
   void ring_forward() { ring_->forward(io_.q, io_.k, io_.v, io_.o, io_.lse, ctx_.stream); }
   void ring_backward() {
     ring_->backward(io_.dout, io_.q, io_.k, io_.v, io_.o, io_.lse, io_.dq, io_.dk, io_.dv, ctx_.stream);
-  }
-
-  // Single-process params on the full sequence for the reference (q heads [0, Hc), LSE [B, Hc, S]).
-  AttnParams full_params(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                         float* lse) const {
-    AttnParams p;
-    p.q = q, p.k = k, p.v = v, p.o = o;
-    p.lse = lse;
-    p.lse_batch_stride = q.shape[2] * S_;
-    p.lse_head_stride = S_;
-    p.q_pos = PositionMap::contiguous(0, S_);
-    p.kv_pos = PositionMap::contiguous(0, S_);
-    p.mask = global_ ? global_->host_mask() : mask();  // block-sparse: the same global layout
-    p.alibi_slopes = slopes_host_.empty() ? nullptr : slopes_host_.data();
-    return p;
   }
 
   // --- peak memory (GPU: op buffers + the library scratch pool's high-water mark over one run) --------
@@ -809,8 +689,6 @@ class RingOp : public BenchOp {
                          : median_host_ms(warmup, iters, fn);
   }
 
-  RunContext ctx_;
-  const BenchOptions& opt_;
   std::unique_ptr<Communicator> comm_;
   std::unique_ptr<ring::RingAttention> ring_;
   std::string pattern_;                  // --sparse-pattern when given ("" otherwise)
@@ -819,19 +697,16 @@ class RingOp : public BenchOp {
   mutable std::map<int64_t, int64_t> pairs_;  // seq -> visible pairs (block-sparse)
   ring::ShardLayout layout_ = ring::ShardLayout::kZigzag;
   int N_ = 1;
-  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0, Sl_ = 0;
-  DType dtype_ = DType::kBFloat16;
-  int size_index_ = -1;
+  int64_t Sl_ = 0;  // this rank's rows, S / N
   int64_t check_kv_heads_ = 1;
   std::vector<float> slopes_host_;
-  RopeFrequencies freqs_;              // --rope: host frequencies (inv_freq [rotary_dim / 2], scale)
-  int64_t rotary_dim_ = 0;             // --rope: dims rotated
-  std::map<int64_t, double> rope_ms_;  // --rope, GPU: RoPE kernels of one iteration alone, ms, max over ranks, per size
+  BenchRope rope_;        // --rope: frequencies (host; GPU also on the device), rotary dim, style
+  RopeTimes rope_times_;  // --rope, GPU: RoPE kernels of one iteration alone, ms, max over ranks, per size
   SizeStats stats_;
   // This rank's shards, packed: q, o (+ dout, dq) [B, S/N, H, D], k, v (+ dk, dv) [B, S/N, Hkv, D], lse [B, H, S/N]
   // fp32, on the GPU or (host engine) the host.
   AttentionIo io_;
-  DeviceBuffer slopes_dev_, inv_freq_dev_;
+  DeviceBuffer slopes_dev_;
   // The compute-only / exchange-only scratch (GPU; the host engine's below), freed before the timed runs.
   DeviceBuffer acc_o_, acc_lse_, acc_dq_, acc_dkv_, zero_delta_, xbuf_;
   HostTensor hacc_o_, hacc_dq_, hacc_dk_, hacc_dv_;

@@ -36,25 +36,18 @@
 #include "distattn/sparse/flash_attention.h"
 #include "host_reference.h"
 #include "host_tensors.h"
+#include "op_common.h"
 #include "output_check.h"
 
 namespace distattn {
 namespace bench {
 namespace {
 
-class SparseOp : public BenchOp {
+class SparseOp : public OpBase {
  public:
-  explicit SparseOp(const RunContext& ctx) : ctx_(ctx), opt_(*ctx.options) {
+  explicit SparseOp(const RunContext& ctx) : OpBase(ctx) {
     const auto& c = opt_.common;
-    B_ = c.batch;
-    H_ = c.heads;
-    Hkv_ = c.resolved_kv_heads();
-    D_ = c.head_dim;
-    dtype_ = ctx.on_gpu() ? c.dtype : DType::kFloat32;
-    if (ctx.on_gpu()) {
-      DISTATTN_CHECK_ARG(flash_supports_head_dim(D_), "--headdim/-d", "the CUDA engine has no kernel for head dim ",
-                         D_);
-    }
+    require_cuda_head_dim();
     const std::string& pat = opt_.sparse_pattern;
     if (pat == "sliding-window") {
       DISTATTN_CHECK_ARG(c.window > 0, "--window", "--sparse-pattern sliding-window needs --window W > 0");
@@ -63,8 +56,7 @@ class SparseOp : public BenchOp {
                          ")");
     }
     if (c.alibi) slopes_host_ = alibi_slopes(H_);
-    const int64_t auto_heads = std::min<int64_t>({Hkv_, static_cast<int64_t>(hardware_threads()), 8});
-    check_kv_heads_ = opt_.check_heads > 0 ? opt_.check_heads : std::max<int64_t>(1, auto_heads);
+    check_kv_heads_ = option_check_kv_heads();
   }
 
   std::string pattern_label() const {
@@ -95,8 +87,7 @@ class SparseOp : public BenchOp {
     std::ostringstream ck;
     ck << "check: S <= " << opt_.check_max_seq << ", kv heads 0.." << check_kv_heads_ - 1
        << ", vs the fp64 host engine with the same block list; ";
-    ck << (ctx_.on_gpu() ? "element ok if |err| <= 2*naive_err + ulp*max|ref| (naive: host kRoundIntermediates)"
-                         : "element ok if |err| <= 1e-4*max(1,max|ref|)");
+    ck << check_rule_text(ctx_.on_gpu(), "host kRoundIntermediates");
     lines.push_back(ck.str());
     return lines;
   }
@@ -109,17 +100,9 @@ class SparseOp : public BenchOp {
            static_cast<double>(it->second.first) * pass_factor(opt_.pass);
   }
 
-  std::string shape_header() const override {
-    char buf[128];
-    std::snprintf(buf, sizeof(buf), "%8s %4s %4s %4s %4s %14s", "seq", "B", "H", "Hkv", "D", "pattern");
-    return buf;
-  }
+  std::string shape_header() const override { return seq_shape_header(false) + table_cell(14, "pattern"); }
   std::string shape_cells(int64_t seq) const override {
-    char buf[128];
-    std::snprintf(buf, sizeof(buf), "%8lld %4lld %4lld %4lld %4lld %14s", static_cast<long long>(seq),
-                  static_cast<long long>(B_), static_cast<long long>(H_), static_cast<long long>(Hkv_),
-                  static_cast<long long>(D_), pattern_label().c_str());
-    return buf;
+    return seq_shape_cells(seq, -1) + table_cell(14, pattern_label());
   }
   std::string extra_header() const override { return "  %dense  %comp"; }
   std::string extra_cells(int64_t seq, double) const override {
@@ -140,9 +123,8 @@ class SparseOp : public BenchOp {
   void json_row(JsonObject& row, int64_t seq, double) const override {
     const auto it = pairs_.find(seq);
     const double all = static_cast<double>(seq) * static_cast<double>(seq);
-    row.set("B", B_).set("H", H_).set("Hkv", Hkv_).set("D", D_).set("causal", opt_.common.causal);
-    row.set("window", opt_.common.window).set("alibi", opt_.common.alibi).set("pass", pass_name(opt_.pass));
-    row.set("dtype", dtype_name(dtype_)).set("flops", work(seq));
+    json_shape(row);
+    row.set("flops", work(seq));
     row.set("pattern", opt_.sparse_pattern).set("pattern_label", pattern_label());
     row.set("sparse_block", opt_.sparse_block).set("sparse_random", opt_.sparse_random);
     row.set("visible_pairs", it->second.first).set("computed_pairs", it->second.second);
@@ -150,9 +132,8 @@ class SparseOp : public BenchOp {
   }
 
   void setup(int64_t seq) override {
-    S_ = seq;
-    ++size_index_;
-    const uint64_t seed = opt_.seed + 16 * static_cast<uint64_t>(size_index_);
+    begin_size(seq);
+    const uint64_t seed = size_seed();
     const bool need_bwd = opt_.pass != Pass::kForward;
     attn_ = std::make_unique<BlockSparseAttention>(
         make_attention(ctx_.on_gpu() ? Device::kCuda : Device::kHost, HostPrecision::kFloat32));
@@ -169,10 +150,8 @@ class SparseOp : public BenchOp {
     if (opt_.pass != Pass::kForward) run_bwd();
   }
 
-  bool check_affordable(int64_t seq) const override { return seq <= opt_.check_max_seq; }
-
   CheckResult check() override {
-    const uint64_t seed = (opt_.seed ^ 0x5eedc0ffeeull) + 16 * static_cast<uint64_t>(size_index_);
+    const uint64_t seed = check_seed();
     const bool bwd = opt_.pass != Pass::kForward;
     // 1. Fresh inputs, poisoned outputs, one run of forward (+ backward), results copied to the host.
     io_.fill_inputs(seed, ctx_.stream);
@@ -180,46 +159,21 @@ class SparseOp : public BenchOp {
     run_fwd();
     if (bwd) run_bwd();
     if (ctx_.on_gpu()) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    const HostTensor q = io_.to_host(io_.q), k = io_.to_host(io_.k), v = io_.to_host(io_.v), o = io_.to_host(io_.o);
-    std::vector<float> lse = io_.lse_to_host();
-    HostTensor dout, dq, dk, dv;
-    if (bwd) dout = io_.to_host(io_.dout), dq = io_.to_host(io_.dq), dk = io_.to_host(io_.dk), dv = io_.to_host(io_.dv);
+    const HostTensor q = io_.to_host(io_.q), k = io_.to_host(io_.k), v = io_.to_host(io_.v);
+    const HostTensor dout = bwd ? io_.to_host(io_.dout) : HostTensor();
+    const HostOutputs got = outputs_to_host(io_, bwd);
 
     // References on the checked heads with the SAME layout (its host arrays) through the host engine.
-    const int64_t G = H_ / Hkv_;
-    const int64_t Hc = check_kv_heads_ * G, Kc = check_kv_heads_;
+    const int64_t Hc = check_kv_heads_ * (H_ / Hkv_), Kc = check_kv_heads_;
     const bool naive_on = ctx_.on_gpu();
     const BlockListView view = attn_->layout().host_view();
-    const TensorView q16 = head_slice(q.view, 0, Hc), k16 = head_slice(k.view, 0, Kc), v16 = head_slice(v.view, 0, Kc);
-    const TensorView do16 = bwd ? head_slice(dout.view, 0, Hc) : TensorView();
+    const ReferenceInputs in = reference_inputs(q.view, k.view, v.view, dout.view, Hc, Kc, nullptr, dtype_);
     HostReferences refs = compute_host_references(
-        q16, k16, v16, bwd ? &do16 : nullptr, naive_on,
+        in.q, in.k, in.v, bwd ? &in.dout : nullptr, naive_on,
         [&](const TensorView& rq, const TensorView& rk, const TensorView& rv, const TensorView& ro, float* rlse) {
-          AttnParams p;
-          p.q = rq, p.k = rk, p.v = rv, p.o = ro;
-          p.lse = rlse;
-          p.lse_batch_stride = Hc * S_;
-          p.lse_head_stride = S_;
-          p.q_pos = PositionMap::contiguous(0, S_);
-          p.kv_pos = PositionMap::contiguous(0, S_);
-          p.mask = attn_->layout().make_mask(view);
-          p.alibi_slopes = slopes_host_.empty() ? nullptr : slopes_host_.data();
-          return p;
+          return full_sequence_params(rq, rk, rv, ro, rlse, Hc, S_, attn_->layout().make_mask(view), slopes_host_);
         });
-
-    OutputCheck check;
-    const double ulp = dtype_ulp(dtype_);
-    check.compare("o", head_slice(o.view, 0, Hc), refs.o.view, naive_on ? &refs.naive_o.view : nullptr, ulp);
-    const TensorView lse_got = head_slice(lse_view(lse.data(), B_, S_, H_), 0, Hc);
-    const TensorView lse_ref = lse_view(refs.lse.data(), B_, S_, Hc);
-    const TensorView lse_naive = lse_view(refs.naive_lse.data(), B_, S_, Hc);
-    check.compare("lse", lse_got, lse_ref, naive_on ? &lse_naive : nullptr, 1e-6);
-    if (bwd) {
-      check.compare("dq", head_slice(dq.view, 0, Hc), refs.dq.view, naive_on ? &refs.naive_dq.view : nullptr, ulp);
-      check.compare("dk", head_slice(dk.view, 0, Kc), refs.dk.view, naive_on ? &refs.naive_dk.view : nullptr, ulp);
-      check.compare("dv", head_slice(dv.view, 0, Kc), refs.dv.view, naive_on ? &refs.naive_dv.view : nullptr, ulp);
-    }
-    return check.finish();
+    return compare_attention_outputs(got, refs, naive_on, bwd, Hc, Kc, dtype_);
   }
 
   void teardown() override {
@@ -255,11 +209,6 @@ class SparseOp : public BenchOp {
     attn_->backward(io_.q, io_.k, io_.v, io_.o, io_.lse, io_.dout, io_.dq, io_.dk, io_.dv, ctx_.stream);
   }
 
-  RunContext ctx_;
-  const BenchOptions& opt_;
-  int64_t B_ = 1, H_ = 1, Hkv_ = 1, D_ = 1, S_ = 0;
-  DType dtype_ = DType::kBFloat16;
-  int size_index_ = -1;
   int64_t check_kv_heads_ = 1;
   std::vector<float> slopes_host_;
   std::unique_ptr<BlockSparseAttention> attn_;

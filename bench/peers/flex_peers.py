@@ -22,11 +22,10 @@ Example:
       --window 2048 --causal -J flex.json
 """
 import argparse
-import datetime
-import json
 import sys
 
-from peer_common import cuda_median_ms, parse_size, sweep
+from peer_common import (add_pass_arg, add_shape_args, cuda_median_ms, error_text, kv_heads, parse_size, report_head,
+                         sweep, time_pass, torch_dtype, write_report)
 
 LAYOUT_BLOCK = 128
 PATTERNS = ("block-diagonal", "sliding-window", "strided", "bigbird", "random")
@@ -115,20 +114,9 @@ def make_mask_mod(pattern, block, window, causal):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-b", "--minseq", default="16K")
-    p.add_argument("-e", "--maxseq", default="64K")
-    p.add_argument("-f", "--stepfactor", type=int, default=2)
-    p.add_argument("-i", "--stepseq", default=None)
-    p.add_argument("-n", "--iters", type=int, default=20)
-    p.add_argument("-w", "--warmup_iters", type=int, default=5)
-    p.add_argument("-B", "--batch", type=int, default=1)
-    p.add_argument("-H", "--heads", type=int, default=32)
-    p.add_argument("--gqa", type=int, default=0, help="key/value heads (0: as many as -H)")
-    p.add_argument("-d", "--headdim", type=int, default=128)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    p.add_argument("--causal", action="store_true")
+    add_shape_args(p, "16K", "64K")
     p.add_argument("--window", default="0")
-    p.add_argument("--pass", dest="pass_", default="fwd", choices=["fwd", "bwd", "fwdbwd"])
+    add_pass_arg(p)
     p.add_argument("--sparse-pattern", default="block-diagonal", choices=PATTERNS)
     p.add_argument("--sparse-block", default="2048")
     p.add_argument("--sparse-random", type=int, default=3)
@@ -151,11 +139,9 @@ def main(argv=None):
     if not torch.cuda.is_available():
         raise SystemExit("flex_peers: no CUDA device (the peer runs on the GPU only)")
     dev = torch.device("cuda")
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    dtype = torch_dtype(args.dtype)
     B, H, D = args.batch, args.heads, args.headdim
-    Hkv = args.gqa or H
-    if H % Hkv:
-        raise SystemExit(f"flex_peers: argument '--gqa': {Hkv} does not divide -H {H}")
+    Hkv = kv_heads(args, "flex_peers")
     sizes = sweep(args)
     flex = torch.compile(flex_attention, dynamic=False)
     label = pattern_label(args.sparse_pattern, args.sparse_block, args.window, args.causal, args.sparse_random)
@@ -192,21 +178,13 @@ def main(argv=None):
             def fwd():
                 return flex(q, k, v, **kw)
 
-            if args.pass_ == "fwd":
-                with torch.no_grad():
-                    t = time_fn(fwd)
-            elif args.pass_ == "bwd":
-                out = fwd()
-                t = time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
-                del out
-            else:
-                t = time_fn(lambda: torch.autograd.grad(fwd(), (q, k, v), dout))
+            t = time_pass(args.pass_, fwd, (q, k, v), dout, time_fn)
             row["time_ms"] = t
             row["tflops"] = useful_flops(B, H, D, pairs, args.pass_) / (t * 1e-3) / 1e12
             row["block_mask_sparsity_pct"] = float(bm.sparsity())
             del q, k, v, dout, bm
         except Exception as e:  # a refusal is a result, not a crash
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            row["error"] = error_text(e)
             row["tflops"] = None
             torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -217,20 +195,16 @@ def main(argv=None):
             print(f"  {'flex-compiled':>16} S={S:>7} {label}: {row['time_ms']:9.4f} ms {row['tflops']:9.2f} "
                   f"useful TFLOPs ({100 * row['dense_fraction']:.3f}% of dense pairs)", flush=True)
 
-    report = {
-        "peer_suite": "flex", "device": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "torch_version": torch.__version__, "cuda": torch.version.cuda,
+    report = report_head("flex", torch.cuda.get_device_name())
+    report.update({
         "command_line": " ".join(sys.argv), "op": "sparse",
         "options": {"batch": B, "heads": H, "kv_heads": Hkv, "head_dim": D, "dtype": args.dtype,
                     "causal": args.causal, "window": args.window, "pass": args.pass_, "iters": args.iters,
                     "warmup": args.warmup_iters, "sparse_pattern": args.sparse_pattern,
                     "sparse_block": args.sparse_block, "sparse_random": args.sparse_random},
         "rows": rows,
-    }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    })
+    write_report(report, args.json)
     return 0
 
 

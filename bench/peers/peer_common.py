@@ -1,6 +1,7 @@
 """What every peer script shares with distattn_bench: sizes with K/M/G suffixes, the -b/-e/-f/-i sweep and the
-flash-attention FLOP formula, and the CUDA-event timing loop. Importing it needs no torch (cuda_median_ms imports it
-when called), so it is unit-tested on machines without a GPU stack."""
+flash-attention FLOP formula, the options that mirror distattn_bench's, the CUDA-event timing loop and the timing of
+one pass (fwd / bwd / fwdbwd), the error text of a refused shape and the head of the JSON report. Importing it needs
+no torch (the functions that use it import it when called), so it is unit-tested on machines without a GPU stack."""
 
 import os
 import re
@@ -55,3 +56,80 @@ def cuda_median_ms(fn, iters, warmup):
     torch.cuda.synchronize()
     t = sorted(s.elapsed_time(e) for s, e in zip(starts, stops))
     return t[len(t) // 2]
+
+
+def add_shape_args(p, minseq, maxseq):
+    """The options every peer mirrors from distattn_bench, in its order: -b -e -f -i (sweep; defaults `minseq`,
+    `maxseq`), -n -w (timing), -B -H --gqa -d --dtype (shape), --causal."""
+    p.add_argument("-b", "--minseq", default=minseq)
+    p.add_argument("-e", "--maxseq", default=maxseq)
+    p.add_argument("-f", "--stepfactor", type=int, default=2)
+    p.add_argument("-i", "--stepseq", default=None)
+    p.add_argument("-n", "--iters", type=int, default=20)
+    p.add_argument("-w", "--warmup_iters", type=int, default=5)
+    p.add_argument("-B", "--batch", type=int, default=1)
+    p.add_argument("-H", "--heads", type=int, default=32)
+    p.add_argument("--gqa", type=int, default=0, help="key/value heads (0: as many as -H)")
+    p.add_argument("-d", "--headdim", type=int, default=128)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--causal", action="store_true")
+
+
+def add_pass_arg(p):
+    """--pass fwd | bwd | fwdbwd (args.pass_), as distattn_bench's."""
+    p.add_argument("--pass", dest="pass_", default="fwd", choices=["fwd", "bwd", "fwdbwd"])
+
+
+def kv_heads(args, tool):
+    """The key/value heads of --gqa (0: -H); exits naming `tool` and --gqa when they do not divide -H."""
+    H, Hkv = args.heads, args.gqa or args.heads
+    if H % Hkv:
+        raise SystemExit(f"{tool}: argument '--gqa': {Hkv} does not divide -H {H}")
+    return Hkv
+
+
+def torch_dtype(name):
+    """'bf16' -> torch.bfloat16, otherwise torch.float16 (--dtype's choices)."""
+    import torch
+
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+def error_text(e):
+    """A refused shape's "error" field: the exception's type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def time_pass(pass_, fwd, inputs, dout, time_fn):
+    """time_fn's time (ms) of one pass through fwd() (which returns the output): "fwd" under no_grad; "bwd" the
+    gradients w.r.t. `inputs` of one saved forward's output (retain_graph, the forward not timed); "fwdbwd" a
+    forward and its gradients each iteration. `dout` is the output's gradient."""
+    import torch
+
+    if pass_ == "fwd":
+        with torch.no_grad():
+            return time_fn(fwd)
+    if pass_ == "bwd":
+        out = fwd()
+        return time_fn(lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True))
+    return time_fn(lambda: torch.autograd.grad(fwd(), inputs, dout))
+
+
+def write_report(report, path):
+    """The JSON report (indent 1) to `path` (-J); nothing without a path."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+def report_head(suite, device):
+    """The first keys of a peer's JSON report, in order: peer_suite, device, date (UTC), torch_version, cuda."""
+    import datetime
+
+    import torch
+
+    return {"peer_suite": suite, "device": device,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "torch_version": torch.__version__, "cuda": torch.version.cuda}

@@ -22,13 +22,12 @@ Launch (one process per GPU): torchrun --nproc-per-node N bench/peers/torch_cp.p
 Arguments mirror distattn_bench: -b -e -f -i -n -w -B -H --gqa -d --dtype --causal --pass -J.
 """
 import argparse
-import datetime
-import json
 import os
 import sys
 import traceback
 
-from peer_common import cuda_median_ms, flops, parse_size, sweep
+from peer_common import (add_pass_arg, add_shape_args, cuda_median_ms, flops, kv_heads, report_head, sweep, time_pass,
+                         torch_dtype, write_report)
 
 
 def env_init():
@@ -56,19 +55,8 @@ def short(e):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-b", "--minseq", default="32K")
-    p.add_argument("-e", "--maxseq", default="128K")
-    p.add_argument("-f", "--stepfactor", type=int, default=2)
-    p.add_argument("-i", "--stepseq", default=None)
-    p.add_argument("-n", "--iters", type=int, default=20)
-    p.add_argument("-w", "--warmup_iters", type=int, default=5)
-    p.add_argument("-B", "--batch", type=int, default=1)
-    p.add_argument("-H", "--heads", type=int, default=32)
-    p.add_argument("--gqa", type=int, default=0, help="key/value heads (0: as many as -H)")
-    p.add_argument("-d", "--headdim", type=int, default=128)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    p.add_argument("--causal", action="store_true")
-    p.add_argument("--pass", dest="pass_", default="fwd", choices=["fwd", "bwd", "fwdbwd"])
+    add_shape_args(p, "32K", "128K")
+    add_pass_arg(p)
     p.add_argument("--rotate", default="", choices=["", "allgather", "alltoall"],
                    help="PyTorch's K|V rotation (set_rotate_method); empty: PyTorch's default")
     p.add_argument("--no-load-balance", action="store_true",
@@ -132,11 +120,9 @@ def main():
             else:
                 log("torch_cp: --no-load-balance: PyTorch's _cp_options not found; load balancing stays on")
 
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    dtype = torch_dtype(args.dtype)
     B, H, D = args.batch, args.heads, args.headdim
-    Hkv = args.gqa or H
-    if H % Hkv:
-        raise SystemExit(f"torch_cp: argument '--gqa': {Hkv} does not divide -H {H}")
+    Hkv = kv_heads(args, "torch_cp")
     peer = "torch-context-parallel" + ("-nolb" if args.no_load_balance else "")
     sizes = sweep(args)
     backend = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}[args.backend]
@@ -205,19 +191,10 @@ def main():
                 with context_parallel(mesh, buffers=[q, k, v, dout], buffer_seq_dims=[2, 2, 2, 2],
                                       no_restore_buffers={q, k, v, dout}):
                     try:
-                        if args.pass_ == "fwd":
-                            with torch.no_grad():
-                                t_local = time_fn(lambda: F.scaled_dot_product_attention(q, k, v, **kw))
-                        else:
+                        if args.pass_ != "fwd":
                             q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
-                            if args.pass_ == "bwd":
-                                out = F.scaled_dot_product_attention(q, k, v, **kw)
-                                t_local = time_fn(
-                                    lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
-                                del out
-                            else:
-                                t_local = time_fn(lambda: torch.autograd.grad(
-                                    F.scaled_dot_product_attention(q, k, v, **kw), (q, k, v), dout))
+                        t_local = time_pass(args.pass_, lambda: F.scaled_dot_product_attention(q, k, v, **kw),
+                                            (q, k, v), dout, time_fn)
                     except BaseException:
                         disable_dispatcher()
                         raise
@@ -260,10 +237,9 @@ def main():
         torch.cuda.empty_cache()
 
     if rank == 0:
-        report = {
-            "peer_suite": "torch-context-parallel", "device": torch.cuda.get_device_name(dev),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "torch_version": torch.__version__, "cuda": torch.version.cuda, "nccl": ".".join(
+        report = report_head("torch-context-parallel", torch.cuda.get_device_name(dev))
+        report.update({
+            "nccl": ".".join(
                 str(x) for x in torch.cuda.nccl.version()) if hasattr(torch.cuda, "nccl") else None,
             "command_line": " ".join(sys.argv), "op": "ring", "ranks": world,
             "options": {"batch": B, "heads": H, "kv_heads": Hkv, "head_dim": D, "dtype": args.dtype,
@@ -271,10 +247,9 @@ def main():
                         "warmup": args.warmup_iters, "rotate": args.rotate or "default",
                         "load_balance": not args.no_load_balance, "sdpa_backend": args.backend},
             "rows": rows,
-        }
+        })
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=1)
+            write_report(report, args.json)
             print(f"# JSON written to {args.json}", flush=True)
     dist.barrier()
     dist.destroy_process_group()

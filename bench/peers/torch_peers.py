@@ -19,11 +19,10 @@ Arguments mirror distattn_bench (-b -e -f -i -n -w -B -H --gqa -d --dtype --caus
   python3 bench/peers/torch_peers.py -o dense -b 2K -e 32K -f 2 -H 32 -d 128 --causal -J peers.json
 """
 import argparse
-import datetime
-import json
 import sys
 
-from peer_common import cuda_median_ms, flops, parse_size, sweep
+from peer_common import (add_pass_arg, add_shape_args, cuda_median_ms, error_text, flops, kv_heads, parse_size,
+                         report_head, sweep, time_pass, torch_dtype, write_report)
 
 
 def alibi_slopes(n):
@@ -40,21 +39,10 @@ def alibi_slopes(n):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--op", default="dense", choices=["dense", "rope"])
-    p.add_argument("-b", "--minseq", default="2K")
-    p.add_argument("-e", "--maxseq", default="32K")
-    p.add_argument("-f", "--stepfactor", type=int, default=2)
-    p.add_argument("-i", "--stepseq", default=None)
-    p.add_argument("-n", "--iters", type=int, default=20)
-    p.add_argument("-w", "--warmup_iters", type=int, default=5)
-    p.add_argument("-B", "--batch", type=int, default=1)
-    p.add_argument("-H", "--heads", type=int, default=32)
-    p.add_argument("--gqa", type=int, default=0, help="key/value heads (0: as many as -H)")
-    p.add_argument("-d", "--headdim", type=int, default=128)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    p.add_argument("--causal", action="store_true")
+    add_shape_args(p, "2K", "32K")
     p.add_argument("--alibi", action="store_true", help="dense: additive ALiBi bias tensor (efficient/math/cudnn)")
     p.add_argument("--alibi-max-seq", default="8K", help="largest S for the bias-tensor peers (memory: H*S^2*elem)")
-    p.add_argument("--pass", dest="pass_", default="fwd", choices=["fwd", "bwd", "fwdbwd"])
+    add_pass_arg(p)
     p.add_argument("--rotary-dim", type=int, default=0)
     p.add_argument("--style", default="neox", choices=["neox", "gptj"])
     p.add_argument("--peers", default="", help="comma list to run a subset (dense: flash,cudnn,efficient,math; "
@@ -67,11 +55,9 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("torch_peers: no CUDA device (the peers run on the GPU only)")
     dev = torch.device("cuda")
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    dtype = torch_dtype(args.dtype)
     B, H, D = args.batch, args.heads, args.headdim
-    Hkv = args.gqa or H
-    if H % Hkv:
-        raise SystemExit(f"torch_peers: argument '--gqa': {Hkv} does not divide -H {H}")
+    Hkv = kv_heads(args, "torch_peers")
     sizes = sweep(args)
     wanted = set(x for x in args.peers.split(",") if x)
 
@@ -140,19 +126,11 @@ def main():
 
                 try:
                     with sdpa_kernel([backends[name]]):
-                        if args.pass_ == "fwd":
-                            with torch.no_grad():
-                                t = time_fn(fwd)
-                        elif args.pass_ == "bwd":
-                            out = fwd()
-                            t = time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
-                            del out
-                        else:
-                            t = time_fn(lambda: torch.autograd.grad(fwd(), (q, k, v), dout))
+                        t = time_pass(args.pass_, fwd, (q, k, v), dout, time_fn)
                     row["time_ms"] = t
                     row["tflops"] = flops(B, S, H, D, args.causal, args.pass_) / (t * 1e-3) / 1e12
                 except Exception as e:  # a backend refusing a shape is a result, not a crash
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    row["error"] = error_text(e)
                     row["tflops"] = None
                     torch.cuda.synchronize()
                 emit(row)
@@ -203,25 +181,21 @@ def main():
                     row["time_ms"] = t
                     row["gbps"] = nbytes / (t * 1e-3) / 1e9
                 except Exception as e:
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    row["error"] = error_text(e)
                     row["gbps"] = None
                 emit(row)
             del q, k
             torch.cuda.empty_cache()
 
-    report = {
-        "peer_suite": "torch", "device": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "torch_version": torch.__version__, "cuda": torch.version.cuda,
+    report = report_head("torch", torch.cuda.get_device_name())
+    report.update({
         "cudnn": torch.backends.cudnn.version(), "command_line": " ".join(sys.argv), "op": args.op,
         "options": {"batch": B, "heads": H, "kv_heads": Hkv, "head_dim": D, "dtype": args.dtype,
                     "causal": args.causal, "alibi": args.alibi, "pass": args.pass_, "iters": args.iters,
                     "warmup": args.warmup_iters, "rotary_dim": args.rotary_dim, "style": args.style},
         "rows": rows,
-    }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    })
+    write_report(report, args.json)
     return 0
 
 
