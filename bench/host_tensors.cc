@@ -26,10 +26,7 @@ HostTensor::HostTensor(DType dtype, int64_t B, int64_t S, int64_t H, int64_t D) 
 TensorView head_slice(const TensorView& t, int64_t h0, int64_t count) {
   DISTATTN_CHECK_ARG(h0 >= 0 && count >= 1 && h0 + count <= t.heads(), "head_slice", "heads [", h0, ", ", h0 + count,
                      ") outside [0, ", t.heads(), ")");
-  TensorView s = t;
-  s.data = static_cast<unsigned char*>(t.data) + h0 * t.stride[2] * static_cast<int64_t>(dtype_size(t.dtype));
-  s.shape[2] = count;
-  return s;
+  return t.head_range(h0, h0 + count);
 }
 
 namespace {

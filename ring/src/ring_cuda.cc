@@ -345,12 +345,9 @@ struct OwnPart {
   int64_t h0 = 0, h1 = 0;  // kv heads
 };
 
-// Heads [h0, h1) of a [B, S, H, D] view.
-TensorView head_range(const TensorView& t, int64_t h0, int64_t h1) {
-  TensorView r = t;
-  r.data = static_cast<unsigned char*>(t.data) + static_cast<size_t>(h0 * t.stride[2]) * dtype_size(t.dtype);
-  r.shape[2] = h1 - h0;
-  return r;
+// The rows and heads of `part` in a [B, S, H, D] view (k, v, a dK / dV buffer or the caller's dk / dv).
+TensorView part_view(const TensorView& t, const OwnPart& part) {
+  return t.rows(part.r0, part.r1).head_range(part.h0, part.h1);
 }
 
 // Zeroes the elements of `part` in a packed [B, S, H, D] buffer of element size `es` (rows [r0, r1) of every head, or
@@ -736,19 +733,18 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
   auto step_backward = [&](const TensorView& sk, const TensorView& sv, const RingStep& st, float* into,
                            const OwnPart& w) {
     const int64_t g = Hq / Hkv, qh0 = w.h0 * g, qh1 = w.h1 * g;
-    auto kv_part = [&](const TensorView& t) { return head_range(t.rows(w.r0, w.r1), w.h0, w.h1); };
     AttnBwdParams bp;
-    bp.fwd = step_params(head_range(q, qh0, qh1), kv_part(sk), kv_part(sv), st);
+    bp.fwd = step_params(q.head_range(qh0, qh1), part_view(sk, w), part_view(sv, w), st);
     if (w.r0 != 0 || w.r1 != Sl) bp.fwd.kv_pos = st.kv_pos.slice(w.r0, w.r1);
     if (bp.fwd.alibi_slopes != nullptr) bp.fwd.alibi_slopes += qh0;
-    bp.fwd.o = head_range(o, qh0, qh1);
+    bp.fwd.o = o.head_range(qh0, qh1);
     bp.fwd.lse = const_cast<float*>(lse) + qh0 * Sl;
     bp.fwd.lse_batch_stride = Hq * Sl;
     bp.fwd.lse_head_stride = Sl;
-    bp.dout = head_range(dout, qh0, qh1);
-    bp.dq = head_range(acc_dq_view, qh0, qh1);
-    bp.dk = kv_part(device_view(into, DType::kFloat32, B, Sl, Hkv, D));
-    bp.dv = kv_part(device_view(into + nkv, DType::kFloat32, B, Sl, Hkv, D));
+    bp.dout = dout.head_range(qh0, qh1);
+    bp.dq = acc_dq_view.head_range(qh0, qh1);
+    bp.dk = part_view(device_view(into, DType::kFloat32, B, Sl, Hkv, D), w);
+    bp.dv = part_view(device_view(into + nkv, DType::kFloat32, B, Sl, Hkv, D), w);
     bp.accumulate = true;                      // dQ adds into acc_dq
     bp.overwrite_dk_dv = true;                 // dK|dV write the scratch: no clearing pass
     bp.delta = delta.get<float>() + qh0 * Sl;  // the lse strides
@@ -877,18 +873,17 @@ void RingAttention::backward_cuda(const TensorView& dout, const TensorView& q, c
     const float* b_scratch[2] = {scratch[b], scratch[b] + nkv};
     const TensorView* out[2] = {&dk, &dv};
     auto first = [&](const OwnPart& w) { return w.r0 * rs + w.h0 * D; };  // element offset of a part's range
-    auto range_of = [&](const TensorView& t, const OwnPart& w) { return head_range(t.rows(w.r0, w.r1), w.h0, w.h1); };
     for (int h = 0; h < 2; ++h) {
       comm_.wait_exchange(home[h], X);  // one piece per half when split
       detail::sum_strided_to_view(recv_half[h] + static_cast<size_t>(first(part_a)) * gs, gtype, nullptr, bs, rs, D,
-                                  range_of(*out[h], part_a), X);
+                                  part_view(*out[h], part_a), X);
       trace.mark(std::string(h == 0 ? "dK" : "dV") + " home waited, part A's range converted (X)", X);
     }
     // Part B's range: home hop + part B, rounded once.
     side.main_follows();
     for (int h = 0; h < 2; ++h)
       detail::sum_strided_to_view(recv_half[h] + static_cast<size_t>(first(part_b)) * gs, gtype,
-                                  b_scratch[h] + first(part_b), bs, rs, D, range_of(*out[h], part_b), stream);
+                                  b_scratch[h] + first(part_b), bs, rs, D, part_view(*out[h], part_b), stream);
     trace.mark("part B's range summed (C)", stream);
     trace.mark("end (C)", stream);
     trace.dump();

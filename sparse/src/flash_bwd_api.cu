@@ -258,8 +258,8 @@ void flash_attention_backward(const AttnBwdParams& params, const FlashBwdOptions
   // accumulate mode (dq fp32, validated) the reductions go straight into dq -- no scratch, no clearing, no conversion
   // -- on the Hopper kernel always, on the mma.sync kernel when dq's rows are D apart (a [B, H, S, D]-ordered view, or
   // Hq == 1 packed). Otherwise a zeroed [B, Hq, Sq, D] scratch is converted (accumulate: added) into dq afterwards.
-  // (Dilated attention's per-pattern calls and the ring's steps are accumulate-mode calls: each skipped scratch is a
-  // clear and a read-modify-write pass over dq.)
+  // (Dilated attention's per-pattern calls are accumulate-mode calls with a packed fp32 dq: each skipped scratch is a
+  // clear and a read-modify-write pass over dq. The ring's head-major dQ accumulator had rows D apart already.)
   const bool dq_direct = params.accumulate && (p.dq_row_stride == D || Sq == 1 || use_hopper);
   const size_t delta_bytes = own_delta ? align256(static_cast<size_t>(B * Hq * Sq) * sizeof(float)) : 0;
   const size_t dq_bytes = dq_direct ? 0 : align256(static_cast<size_t>(B * Sq * Hq * D) * sizeof(float));

@@ -13,8 +13,8 @@
 #include "distattn/core/error.h"
 #include "distattn/core/operand_checks.h"
 #include "distattn/sparse/flash_attention.h"
+#include "flash_bwd_launch.cuh"
 #include "flash_bwd_params.h"
-#include "flash_bwd_preprocess.cuh"
 #include "static_switch.h"
 
 namespace distattn {
@@ -55,17 +55,13 @@ void flash_attention_backward_delta(const TensorView& o, const TensorView& dout,
   p.delta_out = delta;
   p.delta_batch_stride = dout.heads() * dout.seqlen();
   p.delta_head_stride = dout.seqlen();
-  const int64_t threads_per_row = dout.head_dim() / 8;  // one 16-byte vector of dO per thread
-  const int64_t threads = dout.batch() * dout.seqlen() * dout.heads() * threads_per_row;
-  const int block = 256;
-  const int64_t grid = (threads + block - 1) / block;
-  DISTATTN_CHECK_ARG(grid <= std::numeric_limits<int32_t>::max(), "dout", "is too large for one launch");
+  // The engine's launcher: one thread per 16-byte vector of dO, 256 per block; its grid must fit an int32.
+  const int64_t vectors = dout.batch() * dout.seqlen() * dout.heads() * (dout.head_dim() / 8);
+  DISTATTN_CHECK_ARG((vectors + 255) / 256 <= std::numeric_limits<int32_t>::max(), "dout",
+                     "is too large for one launch");
   DTYPE_SWITCH(dout.dtype, T, [&] {
-    HEADDIM_SWITCH(dout.head_dim(), kHeadDim, [&] {
-      kernels::flash_bwd_delta_kernel<T, kHeadDim><<<static_cast<unsigned>(grid), block, 0, stream>>>(p);
-    });
+    HEADDIM_SWITCH(dout.head_dim(), kHeadDim, [&] { kernels::launch_flash_bwd_delta<T, kHeadDim>(p, stream); });
   });
-  DISTATTN_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace distattn

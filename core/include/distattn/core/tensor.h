@@ -54,6 +54,15 @@ struct TensorView {
     t.shape[1] = end - begin;
     return t;
   }
+
+  // Heads [begin, end) along axis 2 (same strides, same buffer): e.g. one part of a call split by heads.
+  // The caller keeps 0 <= begin <= end <= shape[2] (not checked here, as for rows()).
+  TensorView head_range(int64_t begin, int64_t end) const {
+    TensorView t = *this;
+    t.data = static_cast<unsigned char*>(data) + begin * stride[2] * static_cast<int64_t>(dtype_size(dtype));
+    t.shape[2] = end - begin;
+    return t;
+  }
 };
 
 // "[1, 4096, 32, 128] bf16 strides [..]" for error messages.
