@@ -13,6 +13,7 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/env.h"
 #include "distattn/core/error.h"
+#include "distattn/sparse/flash_attention.h"
 #include "ring_kernels.h"
 
 namespace distattn {
@@ -291,9 +292,38 @@ void travel_add(const void* incoming, DType in_dtype, const float* mine, void* o
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+// True when the engine's vectorised delta kernel (flash_attention_backward_delta) takes the pair: 16-bit dout, o of
+// dout's dtype or fp32, head dim 64 or 128, 16-byte aligned rows (base and the batch, row and head strides).
+bool engine_delta_ok(const TensorView& dout, const TensorView& o) {
+  if (!vec_enabled()) return false;
+  if (dout.dtype != DType::kBFloat16 && dout.dtype != DType::kFloat16) return false;
+  if (o.dtype != dout.dtype && o.dtype != DType::kFloat32) return false;
+  if (dout.head_dim() != 64 && dout.head_dim() != 128) return false;
+  if (dout.stride[3] != 1 || o.stride[3] != 1) return false;
+  auto rows_aligned = [](const TensorView& t) {
+    const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
+    if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return false;
+    for (int axis = 0; axis < 3; ++axis)
+      if (t.shape[axis] > 1 && (t.stride[axis] * es) % 16 != 0) return false;
+    return true;
+  };
+  return rows_aligned(dout) && rows_aligned(o);
+}
+
+}  // namespace
+
 void row_dot(const TensorView& dout, const TensorView& o, float* delta, cudaStream_t stream) {
   const int64_t rows = dout.batch() * dout.heads() * dout.seqlen();
   if (rows <= 0) return;
+  // The engine's kernel reads 16 bytes per thread; the warp-per-row kernel below (one element per lane and load,
+  // the dtype switched per element) is the fallback for fp32 dout, other head dims and unaligned views, and for
+  // DISTATTN_RING_VEC=0.
+  if (engine_delta_ok(dout, o)) {
+    flash_attention_backward_delta(o, dout, delta, stream);
+    return;
+  }
   const int64_t warps_per_block = kThreads / 32;
   const int64_t blocks64 = (rows + warps_per_block - 1) / warps_per_block;
   const int blocks = static_cast<int>(blocks64 < 65535 * 8 ? blocks64 : 65535 * 8);

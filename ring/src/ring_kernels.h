@@ -35,7 +35,9 @@ void sum_strided_to_view(const void* src, DType src_dtype, const float* addend, 
 void travel_add(const void* incoming, DType in_dtype, const float* mine, void* out, DType out_dtype, int64_t n,
                 cudaStream_t stream);
 
-// delta[b, h, i] = sum_d dout[b, i, h, d] * o[b, i, h, d] in fp32, delta packed [B, H, S].
+// delta[b, h, i] = sum_d dout[b, i, h, d] * o[b, i, h, d] in fp32, delta packed [B, H, S]. 16-bit dout with head dim
+// 64 or 128 and 16-byte aligned rows goes to the engine's kernel (flash_attention_backward_delta), anything else to a
+// warp-per-row kernel.
 void row_dot(const TensorView& dout, const TensorView& o, float* delta, cudaStream_t stream);
 
 // Packs a strided [B, S, H, D] device view into a packed buffer of the same dtype (cudaMemcpy2DAsync:
