@@ -20,6 +20,7 @@
 #include <limits>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "dilated_index.h"
 #include "dilated_kernels.h"
@@ -749,14 +750,28 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
   const TensorView dv_view = TensorView::packed(dv_acc, DType::kFloat32, device_, B, S, Hkv, D);
   const bool fold = fold_segments_ && foldable(q) && foldable(k) && foldable(v) && foldable(o) && foldable(dout);
   const bool alibi = !config_.alibi_slopes.empty();
+  // The pattern run first writes dK, dV instead of adding to them (AttnBwdParams::overwrite_dk_dv), so their
+  // accumulators need no clearing and that pattern no read-modify-write: a rate-1 pattern's calls cover every kv row of
+  // every kv head exactly once (segments divide S) when each kv head serves one q head (Hq == Hkv; with GQA several
+  // calls of a pattern share a kv head and must add). dQ always accumulates. Patterns add independent terms, so running
+  // that one first changes only the fp32 summation order.
+  const size_t n_pat = config_.patterns.size();
+  std::vector<size_t> order;
+  for (size_t i = 0; i < n_pat; ++i)
+    if (Hq == Hkv && config_.patterns[i].rate == 1 && order.empty()) order.push_back(i);
+  const bool overwrite_first = !order.empty();
+  for (size_t i = 0; i < n_pat; ++i)
+    if (!overwrite_first || i != order[0]) order.push_back(i);
+  const int64_t n_clear = overwrite_first ? n_q : n_q + 2 * n_kv;  // dq_acc, then dk_acc, dv_acc (base layout)
   if (cuda) {
-    DISTATTN_CUDA_CHECK(cudaMemsetAsync(base, 0, (n_q + 2 * n_kv) * sizeof(float), stream));
+    DISTATTN_CUDA_CHECK(cudaMemsetAsync(base, 0, static_cast<size_t>(n_clear) * sizeof(float), stream));
     flash_attention_backward_delta(o, dout, delta, stream);
   } else {
-    std::fill(base, base + n_q + 2 * n_kv, 0.f);
+    std::fill(base, base + n_clear, 0.f);
   }
 
-  for (size_t i = 0; i < config_.patterns.size(); ++i) {
+  for (size_t step = 0; step < n_pat; ++step) {
+    const size_t i = order[step];
     const int64_t w = config_.patterns[i].segment, r = config_.patterns[i].rate;
     const bool direct = r == 1 && direct_lse_;  // the calls read lse itself (plan_pattern "Direct LSE")
     float* const lse_calls = direct ? const_cast<float*>(lse) : lse_c;  // only read by the backward
@@ -781,6 +796,7 @@ void DilatedAttention::backward(const TensorView& q, const TensorView& k, const 
       bp.dk = c.kv.apply(dk_view);
       bp.dv = c.kv.apply(dv_view);
       bp.accumulate = true;
+      bp.overwrite_dk_dv = overwrite_first && step == 0;
       if (cuda) {
         bp.delta = delta_calls + c.lse_offset;  // the call's rows, addressed with its lse strides
         flash_attention_backward(bp, lane_stream(c.lane_key, lanes, stream));
