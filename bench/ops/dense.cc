@@ -13,7 +13,9 @@
 // Host-engine mode has no naive baseline (its run IS fp32): there tolerance = 1e-4 * max(1, max|X_ref|).
 //
 // --rope (what a user's training step does around attention): the timed iteration is
-//   RoPE forward on q, k in place (one fused launch, positions 0..S-1)  -> attention forward
+//   RoPE forward on q, k in place (positions 0..S-1) + attention forward: one flash_attention_forward_rope call (on
+//   the Hopper kernel, NeoX over the whole head dim, no ALiBi: the rotation inside the forward's launch; otherwise,
+//   or with DISTATTN_ROPE_FWD=separate, one RoPE launch, then the forward)
 //   [--pass bwd/fwdbwd: -> attention backward with the inverse RoPE of dq, dk fused into it
 //    (AttnBwdParams::rope_grad: the dQ conversion and the Hopper dK epilogue rotate them back; default), or, with
 //    DISTATTN_ROPE_BWD=separate, -> attention backward -> RoPE backward (inverse rotation) on dq, dk in place]
@@ -22,10 +24,11 @@
 // DISTATTN_ROPE_BWD: unset or "fused" (default) | "separate"; anything else throws naming the variable.
 // The check then runs that path once on fresh inputs and compares with the host engine applied to host-rotated
 // q, k (rope_apply_host in the input dtype: rounded once, as the kernel does), the fp64 and naive gradients
-// rotated back with the host RoPE (fp64 / input dtype). The RoPE kernels that run as launches of their own (the
-// forward; + the separate backward pass with DISTATTN_ROPE_BWD=separate) are timed alone once per size (CUDA events,
-// median) and reported as rope_ms and their share of the step; the fused inverse is inside the backward's time and
-// not in rope_ms (--pass bwd with the fused inverse: rope_ms 0, nothing runs separately).
+// rotated back with the host RoPE (fp64 / input dtype). The rotations as launches of their own (the forward's RoPE
+// kernel; + the separate backward pass with DISTATTN_ROPE_BWD=separate) are timed alone once per size (CUDA events,
+// median) and reported as rope_ms and their share of the step: what the rotation costs when nothing hides it (inside
+// the forward's launch it runs beside the attention); the fused inverse is inside the backward's time and not in
+// rope_ms (--pass bwd with the fused inverse: rope_ms 0, nothing runs separately).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -70,10 +73,10 @@ class DenseOp : public OpBase {
       rope_ = BenchRope(opt_, D_, ctx.on_gpu());
       if (ctx.on_gpu()) {
         rope_bwd_fused_ = rope_bwd_fused_from_env();
-        rope_grad_.inv_freq = rope_.device_inv_freq();
-        rope_grad_.rotary_dim = rope_.rotary_dim();
-        rope_grad_.style = static_cast<int>(rope_.style());
-        rope_grad_.scale = rope_.scale();
+        rope_angles_.inv_freq = rope_.device_inv_freq();
+        rope_angles_.rotary_dim = rope_.rotary_dim();
+        rope_angles_.style = static_cast<int>(rope_.style());
+        rope_angles_.scale = rope_.scale();
       }
     }
     check_kv_heads_ = option_check_kv_heads();
@@ -90,8 +93,8 @@ class DenseOp : public OpBase {
       const char* bwd_desc = opt_.pass == Pass::kForward ? ""
                              : fused_rope_bwd()          ? "inverse on dq, dk fused into the attention backward; "
                                                          : "inverse kernel on dq, dk after the backward; ";
-      os << "yes (fused kernel on q, k before; " << bwd_desc << "rotary dim " << rope_.rotary_dim() << ", "
-         << rope_.style_name() << ")";
+      os << "yes (q, k rotated by the forward call: " << rope_fwd_label() << "; " << bwd_desc << "rotary dim "
+         << rope_.rotary_dim() << ", " << rope_.style_name() << ")";
     } else {
       os << "no";
     }
@@ -138,13 +141,18 @@ class DenseOp : public OpBase {
     out.set("pass", pass_name(opt_.pass));
     out.set("check_kv_heads", check_kv_heads_);
     json_rope_keys(out, opt_.rope, rope_);
+    if (opt_.rope && opt_.pass != Pass::kBackward && ctx_.on_gpu()) {
+      const char* v = std::getenv("DISTATTN_ROPE_FWD");
+      out.set("rope_fwd", v != nullptr && std::string(v) == "separate" ? "separate" : "auto");
+    }
     if (opt_.rope && opt_.pass != Pass::kForward && ctx_.on_gpu()) {
       out.set("rope_bwd", fused_rope_bwd() ? "fused" : "separate");
     }
   }
   // Row keys: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels of one iteration that
   // run as launches of their own, timed alone, GPU only; null on the host engine, and null where nothing runs
-  // separately) and rope_share_pct = 100 * rope_ms / time_ms. Options key rope_bwd: "fused" | "separate".
+  // separately) and rope_share_pct = 100 * rope_ms / time_ms. Options keys rope_bwd: "fused" | "separate", rope_fwd:
+  // "auto" | "separate" (DISTATTN_ROPE_FWD).
   void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
     json_shape(row);
     row.set("flops", work(seq));
@@ -216,8 +224,11 @@ class DenseOp : public OpBase {
   // --pass bwd times (fwd = false, bwd = true): attention bwd [+ RoPE bwd]; q, k were rotated in setup.
   void run_pass(bool fwd, bool bwd) {
     if (ctx_.on_gpu()) {
-      if (fwd && opt_.rope) rope_cuda(false);
-      if (fwd) flash_attention_forward(device_params(), ctx_.stream);
+      if (fwd && opt_.rope) {
+        flash_attention_forward_rope(device_params(), rope_angles_, ctx_.stream);  // q, k rotated in place
+      } else if (fwd) {
+        flash_attention_forward(device_params(), ctx_.stream);
+      }
       if (bwd) flash_attention_backward(device_bwd_params(), ctx_.stream);  // fused inverse RoPE: rope_grad
       if (bwd && opt_.rope && !fused_rope_bwd()) rope_cuda(true);
     } else {
@@ -267,8 +278,14 @@ class DenseOp : public OpBase {
     AttnBwdParams b;
     b.fwd = device_params();
     b.dout = io_.dout, b.dq = io_.dq, b.dk = io_.dk, b.dv = io_.dv;
-    if (fused_rope_bwd()) b.rope_grad = &rope_grad_;
+    if (fused_rope_bwd()) b.rope_grad = &rope_angles_;
     return b;
+  }
+  // The forward's RoPE as flash_attention_forward_rope runs it (DISTATTN_ROPE_FWD; the library reads it too).
+  static std::string rope_fwd_label() {
+    const char* v = std::getenv("DISTATTN_ROPE_FWD");
+    return v != nullptr && std::string(v) == "separate" ? "separate (a RoPE launch, then the forward)"
+                                                        : "auto (inside the forward's launch where it applies)";
   }
   // The inverse RoPE of dq, dk runs inside the attention backward (GPU, --rope, DISTATTN_ROPE_BWD unset / fused).
   bool fused_rope_bwd() const { return opt_.rope && ctx_.on_gpu() && rope_bwd_fused_; }
@@ -290,7 +307,7 @@ class DenseOp : public OpBase {
   BenchRope rope_;              // --rope: frequencies (host; GPU also on the device), rotary dim, style
   RopeTimes rope_times_;        // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
   bool rope_bwd_fused_ = true;  // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
-  RopeGradParams rope_grad_;  // --rope, GPU: the fused inverse's parameters (rope_'s device inv_freq, rotary dim, ...)
+  RopeAngles rope_angles_;  // --rope, GPU: rope_'s device inv_freq, rotary dim, style, scale (forward call, fused inverse)
   AttentionIo io_;            // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host
   DeviceBuffer slopes_dev_;   // GPU: ALiBi slopes
 };

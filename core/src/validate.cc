@@ -235,6 +235,18 @@ void validate_forward(const AttnParams& p, Device engine) {
   check_forward(p, engine, p.accumulate, /*lse_required=*/false);
 }
 
+void validate_rope_angles(const RopeAngles& r, int64_t head_dim, const std::string& argument) {
+  DISTATTN_CHECK_ARG(r.inv_freq != nullptr, argument + ".inv_freq", "inv_freq [rotary_dim / 2] is required (null)");
+  DISTATTN_CHECK_ARG(r.rotary_dim >= 0, argument + ".rotary_dim", "must be >= 0 (0: head dim), got ", r.rotary_dim);
+  const int64_t rot = r.rotary_dim == 0 ? head_dim : r.rotary_dim;
+  DISTATTN_CHECK_ARG(rot % 2 == 0, argument + ".rotary_dim", "rotary dim must be even, got ", rot,
+                     r.rotary_dim == 0 ? " (0 means the head dim)" : "");
+  DISTATTN_CHECK_ARG(rot <= head_dim, argument + ".rotary_dim", "rotary dim ", rot, " exceeds the head dim ", head_dim);
+  DISTATTN_CHECK_ARG(r.style == 0 || r.style == 1, argument + ".style", "expected 0 (NeoX) or 1 (GPT-J), got ",
+                     r.style);
+  DISTATTN_CHECK_ARG(std::isfinite(r.scale), argument + ".scale", "must be finite, got ", r.scale);
+}
+
 void validate_backward(const AttnBwdParams& p, Device engine) {
   DISTATTN_CHECK_ARG(!p.overwrite_dk_dv || p.accumulate, "overwrite_dk_dv",
                      "is set outside accumulate mode (plain mode overwrites dq, dk and dv anyway)");
@@ -285,22 +297,12 @@ void validate_backward(const AttnBwdParams& p, Device engine) {
   DISTATTN_CHECK_ARG(!same_data(p.dk, p.dv), "dk", "shares storage with dv");
 
   if (p.rope_grad != nullptr) {
-    // The fused inverse RoPE of dq, dk (RopeGradParams): checked here, before any engine launches anything.
-    const RopeGradParams& r = *p.rope_grad;
+    // The fused inverse RoPE of dq, dk: checked here, before any engine launches anything.
     DISTATTN_CHECK_ARG(engine == Device::kCuda, "rope_grad",
                        "the host engine has no fused inverse RoPE; apply rope_apply_host to dq, dk after the backward");
     DISTATTN_CHECK_ARG(!p.accumulate, "rope_grad",
                        "is not supported in accumulate mode (the rotation would apply to this call's part only)");
-    DISTATTN_CHECK_ARG(r.inv_freq != nullptr, "rope_grad.inv_freq", "inv_freq [rotary_dim / 2] is required (null)");
-    const int64_t D = q.head_dim();
-    DISTATTN_CHECK_ARG(r.rotary_dim >= 0, "rope_grad.rotary_dim", "must be >= 0 (0: head dim), got ", r.rotary_dim);
-    const int64_t rot = r.rotary_dim == 0 ? D : r.rotary_dim;
-    DISTATTN_CHECK_ARG(rot % 2 == 0, "rope_grad.rotary_dim", "rotary dim must be even, got ", rot,
-                       r.rotary_dim == 0 ? " (0 means the head dim)" : "");
-    DISTATTN_CHECK_ARG(rot <= D, "rope_grad.rotary_dim", "rotary dim ", rot, " exceeds the head dim ", D);
-    DISTATTN_CHECK_ARG(r.style == 0 || r.style == 1, "rope_grad.style", "expected 0 (NeoX) or 1 (GPT-J), got ",
-                       r.style);
-    DISTATTN_CHECK_ARG(std::isfinite(r.scale), "rope_grad.scale", "must be finite, got ", r.scale);
+    validate_rope_angles(*p.rope_grad, q.head_dim(), "rope_grad");
   }
 
   if (p.delta != nullptr) {

@@ -154,8 +154,7 @@ void flash_attention_alibi_norms(const TensorView& q, const TensorView& k, float
 
 namespace detail {
 
-void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options, cudaStream_t stream) {
-  // Everything is checked before anything is launched or written.
+void check_forward_cuda(const AttnParams& p) {
   validate_forward(p, Device::kCuda);
   check_cuda_tensor(p.q, "q");
   check_cuda_tensor(p.k, "k");
@@ -181,6 +180,25 @@ void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options
                      kMaxRows);
   DISTATTN_CHECK_ARG(p.q.heads() <= 65535, "q", "has ", p.q.heads(), " heads; the CUDA engine takes at most 65535");
   DISTATTN_CHECK_ARG(p.q.batch() <= 65535, "q", "has batch ", p.q.batch(), "; the CUDA engine takes at most 65535");
+}
+
+bool forward_runs_hopper_rope(const AttnParams& p) {
+  if (forward_kernel_forced_to_mma()) return false;
+  int device = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  return flash_fwd_hopper_rope_supported(p, device);
+}
+
+void flash_attention_forward(const AttnParams& p, const FlashFwdOptions& options, cudaStream_t stream) {
+  // Everything is checked before anything is launched or written.
+  check_forward_cuda(p);
+  if (options.hopper_rope != nullptr) {
+    // The caller (flash_attention_forward_rope) asked forward_runs_hopper_rope first.
+    DISTATTN_CHECK(options.allow_hopper && forward_runs_hopper_rope(p),
+                   "flash_attention_forward: the fused RoPE needs the Hopper kernel, which does not take this call");
+    flash_fwd_hopper(p, FlashFwdHopperCutoff{}, options.hopper_rope, stream);
+    return;
+  }
 
   // The Hopper kernel (TMA + wgmma, hopper/) takes every call it supports; the mma.sync kernel below serves the
   // rest (ALiBi with block lists, position-map chunks not on 128-row tiles, head dim 64, other GPUs).

@@ -4,6 +4,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -11,6 +12,8 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/env.h"
 #include "distattn/core/error.h"
+#include "distattn/positional/rope.h"
+#include "flash_fwd_rope_prepare.h"
 #include "hopper/flash_fwd_hopper.h"
 #include "hopper/flash_fwd_hopper_kernel.cuh"
 #include "hopper/flash_fwd_hopper_params.h"
@@ -31,8 +34,17 @@ DeviceSupportCache g_device_support;
 
 bool device_runs_hopper_kernel(int device) {
   return g_device_support.get(device,
-                              reinterpret_cast<const void*>(hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false>),
+                              reinterpret_cast<const void*>(hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false, false>),
                               static_cast<size_t>(FwdConfig::kSmemBytes));
+}
+
+// The same for the fused-RoPE launch (more shared memory: the helpers' staging tile).
+DeviceSupportCache g_device_support_rope;
+
+bool device_runs_rope_kernel(int device) {
+  return g_device_support_rope.get(
+      device, reinterpret_cast<const void*>(hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false, true>),
+      static_cast<size_t>(FwdConfig::kSmemBytesRope));
 }
 
 // A position map the kernel addresses per tile: each tile of `tile_rows` rows lies in one chunk.
@@ -136,22 +148,75 @@ int grid_size(const FlashFwdHopperParams& k, bool persistent, int max_ctas) {
   return ctas < 1 ? 1 : ctas;
 }
 
-template <typename T, bool kAlibi>
+template <typename T, bool kAlibi, bool kRope = false>
 void launch(const FlashFwdHopperParams& params, bool persistent, int max_ctas, cudaStream_t stream) {
-  auto kernel = &hopper::flash_fwd_hopper_kernel<T, kAlibi>;
+  auto kernel = &hopper::flash_fwd_hopper_kernel<T, kAlibi, kRope>;
+  constexpr int kSmem = kRope ? FwdConfig::kSmemBytesRope : FwdConfig::kSmemBytes;
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (bit == 0 || (done_devices.load() & bit) == 0) {
     DISTATTN_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, FwdConfig::kSmemBytes));
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     done_devices.fetch_or(bit);
   }
   // One dimension: CTA c walks the units of the snake schedule (flash_fwd_hopper_scheduler.h).
   const dim3 grid(static_cast<unsigned>(grid_size(params, persistent, max_ctas)));
-  kernel<<<grid, FwdConfig::kThreads, FwdConfig::kSmemBytes, stream>>>(params);
+  kernel<<<grid, FwdConfig::kThreads, kSmem, stream>>>(params);
   DISTATTN_CUDA_CHECK_LAUNCH();
+}
+
+// The fused-RoPE launch (FlashFwdHopperParams, fused RoPE): jobs, the kv groups the grid's first units need (rotated
+// here by a plain RoPE launch, so that no unit of the first wave waits for the helpers), the table and counters, then
+// the kernel. `k` is filled up to the fused-RoPE fields.
+void launch_rope(const AttnParams& p, const FlashFwdHopperRope& rope, bool persistent, FlashFwdHopperParams* k,
+                 cudaStream_t stream) {
+  constexpr int kRows = FwdConfig::kRopeRows;
+  const int64_t S = p.q.seqlen(), B = p.k.batch(), Hkv = p.k.heads();
+  const int64_t group_jobs = (S + kRows - 1) / kRows;
+  const int64_t groups = B * Hkv;
+  DISTATTN_CHECK_ARG(groups * group_jobs < int64_t{0x7fffffff} - (int64_t{1} << 24), "q",
+                     "has too many rows and heads for the fused RoPE (", groups * group_jobs, " jobs)");
+  k->tmap_rq = hopper::make_tmap_16bit(p.q, kRows, "q");
+  k->tmap_rk = hopper::make_tmap_16bit(p.k, kRows, "k");
+  k->rope_jobs = static_cast<int>(groups * group_jobs);
+  k->rope_group_jobs = static_cast<int>(group_jobs);
+  k->rope_counters = rope.counters;
+  k->rope_cs = rope.table;
+  // Groups of the first unit of every CTA of the first wave (the schedule is the kernel's: UnitWalk on the host), in
+  // whole batches past the first.
+  const int grid = grid_size(*k, persistent, p.max_ctas);
+  const int first_wave = std::min(grid, sm_count());  // one CTA per SM at a time (shared memory)
+  int64_t pre = 0;
+  for (int cta = 0; cta < first_wave; ++cta) {
+    hopper::UnitWalk walk;
+    hopper::WorkUnit u;
+    if (!walk.next(*k, cta, grid, &u)) continue;
+    pre = std::max<int64_t>(pre, int64_t{u.b} * Hkv + u.h / k->head_group + 1);
+  }
+  if (pre > Hkv) pre = std::min(groups, (pre + Hkv - 1) / Hkv * Hkv);
+  k->rope_pre_groups = static_cast<int>(pre);
+  detail::rope_prepare(rope.table, S, p.q_pos, rope.inv_freq, rope.scale, rope.counters, groups, pre, group_jobs,
+                       stream);
+  if (pre > 0) {
+    // Groups [0, pre): kv heads [0, min(pre, Hkv)) of batches [0, ceil(pre / Hkv)) and their q heads.
+    const int64_t nb = (pre + Hkv - 1) / Hkv, nh = std::min(pre, Hkv);
+    RopeParams rp;
+    rp.q = p.q.head_range(0, nh * k->head_group);
+    rp.k = p.k.head_range(0, nh);
+    rp.q.shape[0] = nb;
+    rp.k.shape[0] = nb;
+    rp.q_pos = p.q_pos;
+    rp.k_pos = p.kv_pos;
+    rp.inv_freq = rope.inv_freq;
+    rp.scale = rope.scale;
+    rope_apply_cuda(rp, stream);
+  }
+  if (p.q.dtype == DType::kBFloat16)
+    launch<__nv_bfloat16, false, true>(*k, persistent, p.max_ctas, stream);
+  else
+    launch<__half, false, true>(*k, persistent, p.max_ctas, stream);
 }
 
 }  // namespace
@@ -195,7 +260,31 @@ bool flash_fwd_hopper_supported(const AttnParams& p, int device) {
 
 void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) { flash_fwd_hopper(p, FlashFwdHopperCutoff{}, stream); }
 
+bool flash_fwd_hopper_rope_supported(const AttnParams& p, int device) {
+  if (p.alibi_slopes != nullptr || p.q.seqlen() != p.k.seqlen()) return false;
+  if (p.q_pos.num_chunks != p.kv_pos.num_chunks) return false;
+  for (int c = 0; c < p.q_pos.num_chunks; ++c) {
+    const PositionChunk& a = p.q_pos.chunks[c];
+    const PositionChunk& b = p.kv_pos.chunks[c];
+    if (a.start != b.start || a.stride != b.stride || a.length != b.length) return false;
+  }
+  return flash_fwd_hopper_supported(p, device) && device_runs_rope_kernel(device);
+}
+
+int64_t flash_fwd_hopper_rope_counters(const AttnParams& p) { return 1 + p.k.batch() * p.k.heads(); }
+
 void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, cudaStream_t stream) {
+  flash_fwd_hopper(p, cutoff, nullptr, stream);
+}
+
+void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, const FlashFwdHopperRope* rope,
+                      cudaStream_t stream) {
+  if (rope != nullptr) {
+    DISTATTN_CHECK_ARG(p.alibi_slopes == nullptr && cutoff.mode == 0, "rope",
+                       "the fused RoPE launch takes no ALiBi (and so no cutoff)");
+    DISTATTN_CHECK_ARG(rope->inv_freq != nullptr && rope->table != nullptr && rope->counters != nullptr, "rope",
+                       "needs its frequencies, table and counters");
+  }
   if (cutoff.mode != 0) {
     DISTATTN_CHECK_ARG(cutoff.mode >= 1 && cutoff.mode <= 3, "cutoff", "mode must be 0, 1, 2 or 3, got ", cutoff.mode);
     DISTATTN_CHECK_ARG(p.alibi_slopes != nullptr && p.mask.blocks == nullptr, "cutoff",
@@ -266,6 +355,10 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   k.own_kv_norm_sq_max = cutoff.own_kv_norm_sq_max;
   k.q_norm_sq_max = cutoff.q_norm_sq_max;
   const bool bf16 = p.q.dtype == DType::kBFloat16;
+  if (rope != nullptr) {
+    launch_rope(p, *rope, persistent, &k, stream);
+    return;
+  }
   if (p.alibi_slopes != nullptr) {
     if (bf16)
       launch<__nv_bfloat16, true>(k, persistent, p.max_ctas, stream);

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "distattn/core/attn_params.h"
+#include "hopper/flash_fwd_hopper.h"
 
 namespace distattn {
 namespace detail {
@@ -25,7 +26,24 @@ struct FlashFwdOptions {
   // The Hopper kernel applies its ALiBi cutoff (with alibi_cutoff, where the premises hold) from this many keys on; -1:
   // the default (DISTATTN_HOPPER_CUTOFF_MIN_KV, else 4096: below, the pre-pass costs about what it saves). Tests set 0.
   int64_t hopper_cutoff_min_kv = -1;
+  // Fused RoPE (flash_attention_forward_rope): the Hopper kernel rotates q, k in place with these tables (the caller
+  // checked forward_runs_hopper_rope; no ALiBi). Null: a plain forward.
+  const FlashFwdHopperRope* hopper_rope = nullptr;
 };
+
+// Every check flash_attention_forward makes before it launches anything (validate_forward on the CUDA engine, device
+// pointers, head dim, the CUDA engine's size limits). Throws distattn::Error naming the argument.
+void check_forward_cuda(const AttnParams& params);
+
+// flash_attention_forward_rope (distattn/sparse/flash_attention.h) with the fused path allowed or not (false: rotate
+// with rope_apply_cuda, then attend: the tests' reference). Same checks and throws.
+void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, bool allow_fused,
+                                  cudaStream_t stream);
+
+// Whether flash_attention_forward with FlashFwdOptions::hopper_rope can run `params` on the current device: the
+// Hopper kernel takes it (DISTATTN_FORWARD_KERNEL is not "mma") and flash_fwd_hopper_rope_supported. Throws
+// distattn::Error on a CUDA failure.
+bool forward_runs_hopper_rope(const AttnParams& params);
 
 // flash_attention_forward (distattn/sparse/flash_attention.h) with explicit options; same shapes, same throws.
 // The ALiBi cutoff takes B * Hkv floats of scratch from cudaMallocAsync on `stream` (freed on it).

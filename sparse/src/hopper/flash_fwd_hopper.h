@@ -9,6 +9,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 #include "distattn/core/attn_params.h"
 
 namespace distattn {
@@ -49,6 +51,29 @@ struct FlashFwdHopperCutoff {
 // flash_fwd_hopper with the ALiBi cutoff (`cutoff.mode` 0: exactly the call above). Same requirements, outputs and
 // throws; additionally throws distattn::Error (argument "cutoff") when the mode is on without ALiBi or a norm pointer.
 void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, cudaStream_t stream);
+
+// Fused RoPE (flash_attention_forward_rope): the launch rotates q and k IN PLACE by +theta (NeoX pairs (d, d + 64)
+// over the whole head dim) while it attends, bit-identical to rope_apply_cuda followed by the plain launch (the
+// kernel's "fused RoPE" helpers, hopper/flash_fwd_hopper_kernel.cuh). Self-attention only: Sq == Skv and q_pos ==
+// kv_pos. flash_fwd_hopper enqueues, before the kernel, the table / counter set-up (flash_fwd_rope_prepare.h) and a
+// plain RoPE launch for the kv groups the grid's first units need at once.
+struct FlashFwdHopperRope {
+  const float* inv_freq = nullptr;  // [64] fp32 (device): the frequencies
+  float scale = 1.0f;               // cos/sin multiplier
+  float2* table = nullptr;          // [S][64] device scratch (written before the launch)
+  uint32_t* counters = nullptr;     // [flash_fwd_hopper_rope_counters(p)] device scratch (set before the launch)
+};
+
+// flash_fwd_hopper_supported(p, device) and the fused RoPE's conditions: no ALiBi, Sq == Skv and q_pos == kv_pos, the
+// device's shared memory holds the larger launch. Throws only what flash_fwd_hopper_supported throws.
+bool flash_fwd_hopper_rope_supported(const AttnParams& p, int device);
+// Counters the fused RoPE needs: 1 + B * Hkv.
+int64_t flash_fwd_hopper_rope_counters(const AttnParams& p);
+
+// flash_fwd_hopper with the cutoff and, when `rope` is not null, the fused RoPE (then `p` must also pass
+// flash_fwd_hopper_rope_supported and cutoff.mode must be 0; argument "rope" otherwise).
+void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, const FlashFwdHopperRope* rope,
+                      cudaStream_t stream);
 
 // The kernel walks work units (q tile of 128 rows, q head, batch; hopper/flash_fwd_hopper_scheduler.h): for short
 // problems (Sq <= 4096) persistently, one CTA per SM each walking a share; otherwise one CTA per unit. For tests and

@@ -70,7 +70,9 @@
 #include "distattn/core/mask.h"
 #include "flash_fwd_hopper_params.h"
 #include "flash_fwd_hopper_plan.h"
+#include "distattn/positional/rope_math.cuh"
 #include "flash_fwd_hopper_scheduler.h"
+#include "hopper_bwd_primitives.cuh"
 #include "hopper_primitives.cuh"
 
 namespace distattn {
@@ -105,6 +107,21 @@ struct FwdConfig {
   // ALiBi: int64 [kBlockM] = D0(row), the smallest |pos_q - pos_k| over the row's visible keys (see the kernel).
   static constexpr int kOffDref = kOffBounds + 8 * kMaxChunks * kBlockM;
   static constexpr int kSmemBytes = kOffDref + 8 * kBlockM + 1024;  // + slack to align the base to 1024
+  // Fused RoPE (kRope launches only; plain launches keep kSmemBytes): the helpers' staging, 1024-aligned: two data
+  // buffers (a 32-row x 128 tile of one head of q or k each, TMA swizzle layout, two 64-wide halves of 4 KB) and the
+  // (cos, sin) table of the job's 32 rows (32 x 64 float2); then three mbarriers (buffer 0, buffer 1, table), the
+  // claimed job and the stop flag.
+  static constexpr int kRopeRows = 32;
+  static constexpr int kRopeHalfBytes = kRopeRows * 128;
+  static constexpr int kRopeBufBytes = 2 * kRopeHalfBytes;
+  static constexpr int kRopeTableBytes = kRopeRows * 64 * 8;
+  static constexpr int kOffRopeStage = (kOffDref + 8 * kBlockM + 1023) / 1024 * 1024;
+  static constexpr int kOffRopeTable = kOffRopeStage + 2 * kRopeBufBytes;
+  static constexpr int kOffRopeBar = kOffRopeTable + kRopeTableBytes;  // 3 mbarriers, job (4 B), stop (4 B)
+  static constexpr int kSmemBytesRope = kOffRopeBar + 64 + 1024;
+  // Registers: the producer warpgroup keeps 24 with or without the fused RoPE (the helpers' loop is written for it),
+  // the consumers 240.
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(kBlockN == kLayoutBlock, "block lists address kv blocks as kernel tiles");
 };
 
@@ -293,7 +310,140 @@ __device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 
 __device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 #endif
 
-template <typename T, bool kAlibi>
+#ifdef DISTATTN_HOPPER_DEVICE
+// 1-D bulk copy of `bytes` (a multiple of 16) from global memory to shared memory, completing on mbarrier `bar`.
+__device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+// Fused RoPE (FlashFwdHopperParams, kRope): the producer warpgroup's warps 1-3 (96 threads; warp 0's lane 0 issues
+// the attention's loads) rotate q and k in place, one job (32 rows of a kv group: its K head, then its q heads) at a
+// time. Per job: the table rows by a 1-D bulk copy; per head ("step" s: 0 = K head hkv, s >= 1 = q head
+// hkv * head_group + s - 1) a TMA load into buffer s % 2 (two steps in flight), rotation of the NeoX pairs (d, d + 64)
+// in shared memory, a TMA store back; after the last step's store has landed, a release increment of the group's
+// count. Claiming stops once the CTA's producer has issued its last load (`stop`), so a CTA whose attention is done
+// does not linger on the SM; a producer that waits for a group leaves its own helpers claiming, and every claimed job
+// is finished by a running CTA, so every group completes whatever the grid (no deadlock).
+// The arithmetic is rope_kernel's (positional/src/rope_kernel.cuh) element for element: the table holds the same
+// cos_sin products (rope_prepare), rope_math::rotate, one rounding to T: q and k come out bit-identical.
+//   Buffer layout: half hf (d in [64 hf, 64 hf + 64)), row r < 32, 16-byte chunk ch (elements 8 ch .. 8 ch + 7 of the
+//   half) at hf * 4 KB + r * 128 + ((ch ^ (r % 8)) << 4); pair i = 8 ch + e joins element e of half 0 and half 1 at
+//   the same (r, ch), i.e. the same offset in both halves. Table: row r's pair i at r * 512 + 8 i (float2).
+// 32-bit shared-memory accesses at a shared-window address (volatile: the job slot and stop flag are written by other
+// threads between the named barriers / polled).
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.volatile.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
+  asm volatile("st.volatile.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+// Register budget: the producer warpgroup runs at 24 registers (the consumers keep 240), so the loop holds little
+// state: the job's coordinates, and per item one 32-bit word of each half (two elements) and its 16 table bytes; the
+// claimed job and the stop flag live in shared memory.
+template <typename T>
+__device__ __forceinline__ void rope_helpers(const FlashFwdHopperParams& p, uint32_t stage, uint32_t table,
+                                             uint32_t bars) {
+  using C = FwdConfig;
+  constexpr int kHelpers = 96;
+  const uint32_t job_slot = bars + 24, stop = bars + 28;  // bars: buffer 0, buffer 1, table mbarriers
+  const int ht = static_cast<int>(threadIdx.x) - 32;     // 0 .. 95
+  uint32_t phases = 0;                                    // bit b: buffer b's phase; bit 2: the table's
+  for (;;) {
+    if (ht == 0) {
+      // Claims run past the last job by at most one per CTA (unsigned: jobs + grid < 2^32).
+      const uint32_t c = lds32(stop) != 0 ? static_cast<uint32_t>(p.rope_jobs) : atomicAdd(p.rope_counters, 1u);
+      sts32(job_slot, c < static_cast<uint32_t>(p.rope_jobs) ? c : static_cast<uint32_t>(p.rope_jobs));
+    }
+    bwd_named_sync<kHelpers>(3);  // also: every helper is done with the previous job's table and buffers
+    const int j = static_cast<int>(lds32(job_slot));
+    if (j >= p.rope_jobs) break;
+    const int group = j / p.rope_group_jobs;
+    const int row0 = (j - group * p.rope_group_jobs) * C::kRopeRows;
+    // Step s -> buffer s % 2: s = 0 the kv head (group % Hkv) of k, s >= 1 q head (group % Hkv) * head_group + s - 1;
+    // batch group / Hkv.
+    auto load_step = [&](int s) {
+      const int heads_kv = p.heads_q / p.head_group;
+      const int b = group / heads_kv, hkv = group - b * heads_kv;
+      const uint32_t buf = stage + (s & 1) * C::kRopeBufBytes, bar = bars + 8 * (s & 1);
+      const CUtensorMap* map = s == 0 ? &p.tmap_rk : &p.tmap_rq;
+      const int head = s == 0 ? hkv : hkv * p.head_group + s - 1;
+      mbar_arrive_expect_tx(bar, C::kRopeBufBytes);
+      tma_load_4d(buf, map, bar, 0, row0, head, b);
+      tma_load_4d(buf + C::kRopeHalfBytes, map, bar, 64, row0, head, b);
+    };
+    auto store_step = [&](int s) {
+      const int heads_kv = p.heads_q / p.head_group;
+      const int b = group / heads_kv, hkv = group - b * heads_kv;
+      const uint32_t buf = stage + (s & 1) * C::kRopeBufBytes;
+      const CUtensorMap* map = s == 0 ? &p.tmap_rk : &p.tmap_rq;
+      const int head = s == 0 ? hkv : hkv * p.head_group + s - 1;
+      tma_store_4d(map, buf, 0, row0, head, b);
+      tma_store_4d(map, buf + C::kRopeHalfBytes, 64, row0, head, b);
+    };
+    if (ht == 0) {
+      const uint32_t bytes = static_cast<uint32_t>(min(C::kRopeRows, p.seqlen_q - row0)) * 512u;
+      mbar_arrive_expect_tx(bars + 16, bytes);
+      bulk_load_1d(table, p.rope_cs + static_cast<int64_t>(row0) * 64, bytes, bars + 16);
+      load_step(0);
+      if (p.head_group >= 1) load_step(1);  // steps: 1 + head_group >= 2
+    }
+    mbar_wait(bars + 16, (phases >> 2) & 1u);
+    phases ^= 4u;
+    const int words = min(C::kRopeRows, p.seqlen_q - row0) * 32;  // rows past S stay as loaded (not stored)
+    for (int s = 0; s <= p.head_group; ++s) {
+      const uint32_t bi = static_cast<uint32_t>(s & 1);
+      const uint32_t buf = stage + bi * C::kRopeBufBytes;
+      mbar_wait(bars + 8 * bi, (phases >> bi) & 1u);
+      phases ^= 1u << bi;
+      // Word item = (row r, chunk ch, word q): elements 2q, 2q + 1 of the chunk = pairs 8 ch + 2q (table .x cos, .y
+      // sin) and 8 ch + 2q + 1 (.z, .w); a warp covers one row's 128 bytes (no bank conflict).
+      for (int item = ht; item < words; item += kHelpers) {
+        const int r = item >> 5, ch = (item >> 2) & 7, q = item & 3;
+        const uint32_t off = static_cast<uint32_t>(r * 128 + ((ch ^ (r & 7)) << 4) + 4 * q);
+        const uint4 tw = lds128(table + static_cast<uint32_t>(r * 512 + ch * 64 + 16 * q));
+        const float2 a = TypeOps<T>::unpack(lds32(buf + off));
+        const float2 bb = TypeOps<T>::unpack(lds32(buf + C::kRopeHalfBytes + off));
+        float ya0, yb0, ya1, yb1;
+        rope_math::rotate(a.x, bb.x, __uint_as_float(tw.x), __uint_as_float(tw.y), &ya0, &yb0);
+        rope_math::rotate(a.y, bb.y, __uint_as_float(tw.z), __uint_as_float(tw.w), &ya1, &yb1);
+        sts32(buf + off, TypeOps<T>::pack(ya0, ya1));
+        sts32(buf + C::kRopeHalfBytes + off, TypeOps<T>::pack(yb0, yb1));
+      }
+      fence_proxy_async_all();  // this thread's shared stores before the TMA store reads them
+      bwd_named_sync<kHelpers>(3);
+      if (ht == 0) {
+        store_step(s);
+        bulk_commit_group();
+        if (s + 2 <= p.head_group) {
+          bulk_wait_read<0>();  // the store has read the buffer: step s + 2 may land in it
+          load_step(s + 2);
+        }
+      }
+    }
+    if (ht == 0) {
+      bulk_wait_group_all();  // every store of the job has written global memory
+      fence_proxy_async_all();
+      __threadfence();
+      release_add_gpu(p.rope_counters + 1 + group, 1u);
+    }
+  }
+}
+
+// Producer side of the fused RoPE: waits until every job of kv group `group` is finished, then orders the TMA loads
+// that follow after the helpers' TMA stores.
+__device__ __forceinline__ void rope_wait_group(const FlashFwdHopperParams& p, int group) {
+  const uint32_t* count = p.rope_counters + 1 + group;
+  while (ld_acquire_gpu(count) < static_cast<uint32_t>(p.rope_group_jobs)) __nanosleep(200);
+  fence_proxy_async_all();
+}
+#endif
+
+template <typename T, bool kAlibi, bool kRope>
 __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     flash_fwd_hopper_kernel(const __grid_constant__ FlashFwdHopperParams p) {
 #ifdef DISTATTN_HOPPER_DEVICE
@@ -326,6 +476,10 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       mbar_init(bar_empty_v + 8 * s, 8);
     }
     mbar_init(bar_q_empty, 8);
+    if constexpr (kRope) {
+      for (int i = 0; i < 3; ++i) mbar_init(smem_base + C::kOffRopeBar + 8 * i, 1);
+      *reinterpret_cast<volatile int*>(smem_ptr + C::kOffRopeBar + 28) = 0;  // stop flag (rope_helpers)
+    }
     mbar_init_fence();
   }
   __syncthreads();
@@ -342,12 +496,17 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     // arrive on bar_q when the unit visits no tile), then K(0), K(it), V(it - 1) for it = 1.., V(last): the
     // consumers need K(it) and V(it - 1) in the same iteration (S of tile it overlaps P V of tile it - 1). Ring
     // position j = g + it waits, from its second use on, until both consumers released that stage's K (resp. V).
-    regs_decrease<24>();
+    regs_decrease<C::kProducerRegs>();
+    if (kRope && threadIdx.x >= 32) {
+      rope_helpers<T>(p, smem_base + C::kOffRopeStage, smem_base + C::kOffRopeTable, smem_base + C::kOffRopeBar);
+      return;
+    }
     if (threadIdx.x == 0) {
       tma_prefetch_desc(&p.tmap_q);
       tma_prefetch_desc(&p.tmap_k);
       tma_prefetch_desc(&p.tmap_v);
       int g = 0;
+      int rope_ready_group = -1;  // fused RoPE: the last kv group seen finished
       UnitWalk walk;
       WorkUnit u;
       for (int k = 0; walk.next(p, cta, grid, &u); ++k) {
@@ -392,6 +551,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
           mbar_arrive(bar_q);  // release: the consumers read the plan (count 0) after their wait
           continue;
         }
+        // Fused RoPE: the unit's Q tile and its kv head's K tiles must be rotated (its kv group finished) first.
+        if constexpr (kRope) {
+          const int group = u.b * (p.heads_q / p.head_group) + h_kv;
+          if (group >= p.rope_pre_groups && group != rope_ready_group) {
+            rope_wait_group(p, group);
+            rope_ready_group = group;
+          }
+        }
         // Q tile prologue: Q of the unit lands in sQ; the consumers wait on bar_q before their first S.
         const int m0 = u.m_block * C::kBlockM;
         mbar_arrive_expect_tx(bar_q, C::kQBytes);
@@ -417,6 +584,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         load(plan.count - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
         g += plan.count;
       }
+      // Every load issued: the helpers claim no more jobs (fused RoPE), so the CTA leaves with its consumers.
+      if constexpr (kRope) *reinterpret_cast<volatile int*>(smem_ptr + C::kOffRopeBar + 28) = 1;
     }
     return;
   }
@@ -426,7 +595,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
   // (two wgmma batches in flight), wait for S(it) only, run the mask and softmax of tile it while the tensor
   // cores do P V, then wait for P V, rescale O by the new maxima and pack P(it). The last P V runs after the
   // loop. K(it) is released as soon as S(it) is done, V(it - 1) after P V, Q after the unit's last S.
-  regs_increase<240>();
+  regs_increase<C::kConsumerRegs>();
   const int cw = warpgroup - 1;  // consumer warpgroup: q rows [64 cw, 64 cw + 64) of the tile
   const int tid = threadIdx.x % 128;
   const int warp = tid / 32;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (a 128-byte, 64-byte aligned opaque struct; header only, no libcuda link)
+#include <vector_types.h>  // float2
 
 #include <cstdint>
 
@@ -94,6 +95,23 @@ struct FlashFwdHopperParams {
   const float* kv_norm_sq_max = nullptr;  // [B, Hkv]: max over kv rows of ||k_row||^2 (+inf if one is not finite)
   const float* q_norm_sq_max = nullptr;   // [B, Hq, M]: max over the rows of q tile m of ||q_row||^2 (likewise)
   const float* own_kv_norm_sq_max = nullptr;  // mode 3: [B, Hkv], the own keys' max ||k_row||^2 (AlibiMergeNorms)
+
+  // --- fused RoPE (flash_attention_forward_rope; kernel instantiation kRope) -------------------------------------
+  // q and k are rotated IN PLACE inside the launch by the producer warpgroup's three idle warps, beside the attention
+  // (self-attention only: Sq == Skv, q_pos == kv_pos). Job j = (kv group g = j / rope_group_jobs, row block
+  // rb = j % rope_group_jobs): rows [32 rb, 32 rb + 32) of k's kv head hkv and of its head_group q heads (g = b * Hkv +
+  // hkv, the schedule's order: consecutive (b, h) pairs share a group). Jobs are claimed from rope_counters[0];
+  // rope_counters[1 + g] counts the group's finished jobs, and a unit's producer waits for rope_group_jobs there
+  // before loading anything. The groups [0, rope_pre_groups), which the first units of the grid need at once, were
+  // rotated by a RoPE launch before this one: their counters start complete and claims start at their end
+  // (flash_fwd_hopper.cu sets the counters up with rope_prepare).
+  CUtensorMap tmap_rq;                    // q, box 64 x 32 rows (the helpers' loads and stores)
+  CUtensorMap tmap_rk;                    // k, box 64 x 32 rows
+  int rope_jobs = 0;                      // B * Hkv * rope_group_jobs (claims at or past it end a helper)
+  int rope_group_jobs = 0;                // ceil(S / 32)
+  int rope_pre_groups = 0;                // groups rotated before the launch (no wait for them)
+  uint32_t* rope_counters = nullptr;      // [1 + B * Hkv]: claim counter, then finished jobs per group
+  const float2* rope_cs = nullptr;        // [S][64] (scale cos, scale sin) of row s's position, pair i
 };
 
 }  // namespace hopper

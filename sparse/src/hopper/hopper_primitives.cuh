@@ -188,6 +188,44 @@ __device__ __forceinline__ void tma_prefetch_desc(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(tmap)) : "memory");
 }
 
+// 4-D tiled store of the box at shared `src` (the tensor map's swizzle layout) to global memory; rows past the
+// tensor's end are not written. Completion: bulk_commit_group / bulk_wait_group (same bulk groups as the reductions of
+// hopper_bwd_primitives.cuh).
+__device__ __forceinline__ void tma_store_4d(const void* tmap, uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(tmap)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until every bulk group of this thread has completed (its global writes performed).
+__device__ __forceinline__ void bulk_wait_group_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+// Orders this thread's memory accesses through the generic proxy against those through the async proxy (TMA), in
+// every state space: shared memory written by ordinary stores and then stored by TMA, global memory written by a TMA
+// store and then published by an ordinary release, or published data read afterwards by a TMA load.
+__device__ __forceinline__ void fence_proxy_async_all() { asm volatile("fence.proxy.async;\n" ::: "memory"); }
+// Acquire load of a global counter at GPU scope (pairs with release_add_gpu in another CTA).
+__device__ __forceinline__ uint32_t ld_acquire_gpu(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// Release increment of a global counter at GPU scope: every write of this thread before it (ordered by the caller's
+// fences) is visible to a thread that acquires the new value.
+__device__ __forceinline__ void release_add_gpu(uint32_t* p, uint32_t v) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+// 16-byte shared-memory load / store at a shared-window address.
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ void sts128(uint32_t addr, const uint4& v) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
 // --- register reallocation between warpgroups (needs a register cap at entry: __launch_bounds__(n, 1)) --
 template <int kRegs>
 __device__ __forceinline__ void regs_increase() {
@@ -209,7 +247,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 
 // --- per input type -----------------------------------------------------------------------------------------
 // The wgmma wrappers and the fp32 -> 16-bit pair packing of one input type T (__nv_bfloat16 or __half), for kernels
-// templated on T: pack(lo, hi) is the bf16x2 / f16x2 word (lo in the low half, round to nearest), mma_ss / mma_rs the
+// templated on T: pack(lo, hi) is the bf16x2 / f16x2 word (lo in the low half, round to nearest), unpack its inverse (exact), mma_ss / mma_rs the
 // m64n128k16 forms, mma64 the m64n64k16 one. Declared for every target (kernels name it in templates); the members
 // exist on sm_90a only.
 template <typename T>
@@ -220,6 +258,10 @@ struct WgmmaOps<__nv_bfloat16> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+  }
+  // The word's two elements as floats (exact): x the low half.
+  static __device__ __forceinline__ float2 unpack(uint32_t w) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
   }
   static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
     wgmma_ss_m64n128k16_bf16(d, a, b, scale_d);
@@ -239,6 +281,9 @@ struct WgmmaOps<__half> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t w) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&w));
   }
   static __device__ __forceinline__ void mma_ss(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
     wgmma_ss_m64n128k16_f16(d, a, b, scale_d);

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "distattn/core/mask.h"
 #include "distattn/core/position_map.h"
@@ -95,6 +96,11 @@ struct AttnParams {
   int64_t lse_row_step() const;    // resolved lse_row_stride (0 -> 1)
 };
 
+// The rotation of a RoPE (positional/rope.h defines it) in the form the fused attention calls take:
+// - AttnBwdParams::rope_grad (the inverse of the gradients, below);
+// - flash_attention_forward_rope (sparse/flash_attention.h): q and k rotated by +theta in place, then attended.
+// validate_rope_angles checks the fields.
+//
 // Inverse RoPE of the gradients, fused into the CUDA backward (positional/rope.h defines the rotation).
 // When AttnBwdParams::rope_grad points at one of these, dq and dk come out of the backward rotated back by
 // -theta, exactly what rope_apply_cuda(..., inverse = true) would produce on the plain backward's dq and dk
@@ -102,12 +108,13 @@ struct AttnParams {
 // the 16-bit gradient is rounded, rotated in fp32, rounded again; bit-identical). The positions are the
 // backward's own q_pos (for dq) and kv_pos (for dk): global positions. dv is not touched.
 // CUDA engine only, plain mode only (accumulate = false); the host engine rejects it (apply rope_apply_host).
-struct RopeGradParams {
+struct RopeAngles {
   const float* inv_freq = nullptr;  // [rotary_dim / 2] fp32 on the engine's device (make_rope_frequencies)
   int64_t rotary_dim = 0;           // dims rotated: even, <= D; 0: D
   int style = 0;                    // distattn::RopeStyle value: 0 NeoX (x[i], x[i + rot/2]), 1 GPT-J (x[2i], x[2i+1])
   float scale = 1.0f;               // cos/sin multiplier (RopeFrequencies::scale; YaRN), finite
 };
+using RopeGradParams = RopeAngles;  // the name the backward's field was introduced with
 
 struct AttnBwdParams {
   AttnParams fwd;   // q, k, v, o (the complete forward's output), lse (its final LSE), positions, mask, ALiBi, scale
@@ -131,6 +138,9 @@ struct AttnBwdParams {
 // Throws distattn::Error naming the argument. Engine-specific limits (supported head dims,
 // alignment, pointer residency) are checked by the engine on top of this.
 void validate_forward(const AttnParams& p, Device engine);
+// The fields of a RopeAngles for head dim `head_dim`; errors name `argument` + ".inv_freq" etc. (inv_freq non-null,
+// rotary_dim even and in [0, head_dim] (0: head_dim), style 0 or 1, scale finite). inv_freq is not dereferenced.
+void validate_rope_angles(const RopeAngles& rope, int64_t head_dim, const std::string& argument);
 void validate_backward(const AttnBwdParams& p, Device engine);
 
 }  // namespace distattn

@@ -25,6 +25,19 @@ bool flash_supports_head_dim(int64_t head_dim);
 
 void flash_attention_forward(const AttnParams& params, cudaStream_t stream);
 
+// RoPE and the forward in one call: q and k are rotated IN PLACE by +theta at their global positions (params.q_pos,
+// params.kv_pos; the rotation positional/rope.h defines, with `rope`'s frequencies, rotary dim, style and scale), then
+// attended as flash_attention_forward does. Results are bit-identical to rope_apply_cuda on q and k followed by
+// flash_attention_forward, and q and k hold the rotated values afterwards (what the backward reads; pass the same
+// `rope` as AttnBwdParams::rope_grad to get dq, dk back in the unrotated frame). On the Hopper kernel with NeoX pairing
+// over the whole head dim 128 and no ALiBi, the rotation runs inside the forward's launch, beside the attention (the
+// producer warpgroup's idle warps; sparse/src/flash_fwd_rope.cc); otherwise, or with DISTATTN_ROPE_FWD=separate, the
+// two calls run one after the other. Takes pooled scratch of 512 bytes per q row (and per k row where kv_pos differs
+// from q_pos) plus 4 * (1 + B * Hkv) bytes, freed on `stream`. q, k must not overlap each other, v or o. Throws
+// distattn::Error naming the argument (the forward's checks, "rope.*" fields (validate_rope_angles), "k" / "v" / "o"
+// for overlapping storage) before anything is launched or written.
+void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, cudaStream_t stream);
+
 // Floats that flash_attention_alibi_norms writes for q [B, Sq, Hq, D] and k [B, Skv, Hkv, D]:
 // B * Hkv + B * Hq * ceil(Sq / 128).
 int64_t alibi_merge_norms_floats(const TensorView& q, const TensorView& k);
