@@ -456,8 +456,12 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
   m.proj->linear(detail::mat_of(x), w.qkv_weight, c.bias ? w.qkv_bias : nullptr, qkv_mat);
   const QkvViews v = qkv_views(qkv, c, device_, B, S);
 
-  // 5. RoPE on q and k in place, global positions.
-  if (c.rope) apply_rope(v, positions_, c, m.freqs, m.inv_freq.get(), device_, stream, /*inverse=*/false);
+  // 5. RoPE on q and k in place, global positions. The dense core on CUDA rotates them inside its forward call
+  // (flash_attention_forward_rope: the same bits, the rotation beside the attention where the Hopper kernel applies).
+  const bool rope_in_core = c.rope && device_ == Device::kCuda && c.core == AttentionCore::kDense;
+  if (c.rope && !rope_in_core) {
+    apply_rope(v, positions_, c, m.freqs, m.inv_freq.get(), device_, stream, /*inverse=*/false);
+  }
 
   // 6. The core: o [B, S, Hq, D] packed, lse [B, Hq, S].
   const TensorView ov = TensorView::packed(o, c.dtype, device_, B, S, Hq, c.head_dim);
@@ -484,7 +488,16 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
       p.softmax_scale = c.softmax_scale;
       if (device_ == Device::kCuda) {
         p.alibi_slopes = c.alibi_slopes.empty() ? nullptr : static_cast<const float*>(m.slopes.get());
-        flash_attention_forward(p, stream);
+        if (rope_in_core) {
+          RopeAngles angles;
+          angles.inv_freq = static_cast<const float*>(m.inv_freq.get());
+          angles.rotary_dim = c.rope_config.rotary_dim;
+          angles.style = static_cast<int>(c.rope_config.style);
+          angles.scale = m.freqs.scale;
+          flash_attention_forward_rope(p, angles, stream);
+        } else {
+          flash_attention_forward(p, stream);
+        }
       } else {
         p.alibi_slopes = c.alibi_slopes.empty() ? nullptr : c.alibi_slopes.data();
         host_attention_forward(p, c.host_precision);

@@ -110,11 +110,18 @@ bool pair_units(const FlashFwdHopperParams& k) {
   return 2 * (bend < 0 ? -bend : bend) < (spread < 0 ? -spread : spread);
 }
 
-// Persistent launches for short problems only: up to this many q tiles per (b, h) (Sq <= 4096). Measured on an H100
+// Persistent launches for short problems only: up to this many q tiles per (b, h) (Sq <= 8192). Measured on an H100
 // (notes/hopper_kernel.md, "Persistent schedule"): +8-9% at 2K (B 8) and 4K causal, even at 16K non-causal; at 16K
 // causal the one-CTA-per-unit launch was 3% faster (the hardware's dynamic CTA dispatch balances the 128 unequal q
-// tiles better than the static snake), so long problems keep it.
-constexpr int kPersistentMaxMBlocks = 32;
+// tiles better than the static snake), so long problems keep it. Re-measured on an H200 in session 9
+// (bench/results/2026-11-23_h200_s9_rope_fused, call3 / call4): causal 6K 0.61 -> 0.56 ms (-8%), 8K 1.01-1.02 ->
+// 0.96-0.97 ms (-5%; also B 2 H 16 and GQA 32/8), 12K and 16K no better, 32K and 64K 1.5-3% worse; non-causal within
+// 1% everywhere: plain calls now go up to 64 tiles. Accumulate-mode calls (ring steps, dilated patterns) keep 32: a
+// persistent grid holds every SM until it ends, which would keep a ring step's NCCL kernels (across nodes) from
+// starting beside it (DECISIONS.md, "Persistent forward only for short problems"); one CTA per unit frees SMs as units
+// finish.
+constexpr int kPersistentMaxMBlocks = 64;
+constexpr int kPersistentMaxMBlocksAccumulate = 32;
 
 // Largest key count for which a call in the ALiBi-cutoff case (q_pos == kv_pos, one chunk) goes to this kernel; -1:
 // no limit (the default). Until this kernel had the cutoff itself the limit was 8192 (the mma.sync kernel's cutoff won
@@ -314,7 +321,13 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   k.heads_q = static_cast<int>(p.q.heads());
   k.head_group = static_cast<int>(p.q.heads() / p.k.heads());
   k.num_m_blocks = (k.seqlen_q + FwdConfig::kBlockM - 1) / FwdConfig::kBlockM;
-  const bool persistent = k.num_m_blocks <= kPersistentMaxMBlocks;
+  // DISTATTN_HOPPER_PERSISTENT_M (an integer >= 0; read once; anything else throws naming it) sets the limit of both
+  // kinds of calls, for experiments.
+  static const int persistent_max_m = env_count("DISTATTN_HOPPER_PERSISTENT_M", 0, -1);
+  const int max_m = persistent_max_m >= 0 ? persistent_max_m
+                    : p.accumulate        ? kPersistentMaxMBlocksAccumulate
+                                          : kPersistentMaxMBlocks;
+  const bool persistent = k.num_m_blocks <= max_m;
   // L2 sections (persistent launches): the K and V of the kv heads of one section fit in ~8 MB. Measured at 2K causal
   // B 8 (H100): 8 MB 471 TF, 1 or 4 MB the same, 32 MB 457, every pair in one section 315 (K / V re-read from DRAM).
   // DISTATTN_HOPPER_L2_MB (an integer >= 1; anything else throws naming it) overrides for experiments. One pair per
