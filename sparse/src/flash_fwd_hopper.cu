@@ -350,7 +350,12 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   }
   k.accumulate = p.accumulate;
   // Schedule (after the positions, band and block list: pair_units reads them).
-  k.pair_units = persistent && pair_units(k);
+  // Fused RoPE: no pairing and one (b, h) pair per section, so that the grid's first units span as few kv groups as
+  // possible (each pair's units are consecutive slots, heaviest first): fewer groups to rotate before the launch (3
+  // instead of 6 at 8K, H 32; launch_rope). Measured as fast as the pairing for plain 8K causal calls (session 9,
+  // call4: 0.963-1.004 against 0.963-0.973 ms).
+  if (rope != nullptr) k.section_pairs = 1;
+  k.pair_units = persistent && rope == nullptr && pair_units(k);
   k.num_slots = hopper::slots_per_pair(k) * k.heads_q * k.batch;  // <= M * Hq * B < 2^31 (supported())
   k.o_fp32 = p.o.dtype == DType::kFloat32;
   if (p.o_final.data != nullptr) {  // final accumulate (validated: accumulate mode, q's dtype, o's shape)

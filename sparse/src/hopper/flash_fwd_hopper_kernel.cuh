@@ -400,19 +400,30 @@ __device__ __forceinline__ void rope_helpers(const FlashFwdHopperParams& p, uint
       const uint32_t buf = stage + bi * C::kRopeBufBytes;
       mbar_wait(bars + 8 * bi, (phases >> bi) & 1u);
       phases ^= 1u << bi;
-      // Word item = (row r, chunk ch, word q): elements 2q, 2q + 1 of the chunk = pairs 8 ch + 2q (table .x cos, .y
-      // sin) and 8 ch + 2q + 1 (.z, .w); a warp covers one row's 128 bytes (no bank conflict).
-      for (int item = ht; item < words; item += kHelpers) {
-        const int r = item >> 5, ch = (item >> 2) & 7, q = item & 3;
-        const uint32_t off = static_cast<uint32_t>(r * 128 + ((ch ^ (r & 7)) << 4) + 4 * q);
-        const uint4 tw = lds128(table + static_cast<uint32_t>(r * 512 + ch * 64 + 16 * q));
-        const float2 a = TypeOps<T>::unpack(lds32(buf + off));
-        const float2 bb = TypeOps<T>::unpack(lds32(buf + C::kRopeHalfBytes + off));
-        float ya0, yb0, ya1, yb1;
-        rope_math::rotate(a.x, bb.x, __uint_as_float(tw.x), __uint_as_float(tw.y), &ya0, &yb0);
-        rope_math::rotate(a.y, bb.y, __uint_as_float(tw.z), __uint_as_float(tw.w), &ya1, &yb1);
-        sts32(buf + off, TypeOps<T>::pack(ya0, ya1));
-        sts32(buf + C::kRopeHalfBytes + off, TypeOps<T>::pack(yb0, yb1));
+      // Item = (row r, 16-byte chunk ch): 8 elements of each half, pairs 8 ch .. 8 ch + 7; the table's 64 bytes of the
+      // chunk in four 16-byte loads (word q: pairs 8 ch + 2q (cos .x, sin .y) and 8 ch + 2q + 1 (.z, .w)). A warp covers
+      // four rows' 128 bytes each (no bank conflict).
+      for (int item = ht; item < words / 4; item += kHelpers) {
+        const int r = item >> 3, ch = item & 7;
+        const uint32_t off = static_cast<uint32_t>(r * 128 + ((ch ^ (r & 7)) << 4));
+        const uint32_t cs = table + static_cast<uint32_t>(r * 512 + ch * 64);
+        uint4 x1 = lds128(buf + off);
+        uint4 x2 = lds128(buf + C::kRopeHalfBytes + off);
+        auto rotate_word = [&](uint32_t& w1, uint32_t& w2, uint32_t cs_addr) {
+          const uint4 tw = lds128(cs_addr);
+          const float2 a = TypeOps<T>::unpack(w1), bb = TypeOps<T>::unpack(w2);
+          float ya0, yb0, ya1, yb1;
+          rope_math::rotate(a.x, bb.x, __uint_as_float(tw.x), __uint_as_float(tw.y), &ya0, &yb0);
+          rope_math::rotate(a.y, bb.y, __uint_as_float(tw.z), __uint_as_float(tw.w), &ya1, &yb1);
+          w1 = TypeOps<T>::pack(ya0, ya1);
+          w2 = TypeOps<T>::pack(yb0, yb1);
+        };
+        rotate_word(x1.x, x2.x, cs);
+        rotate_word(x1.y, x2.y, cs + 16);
+        rotate_word(x1.z, x2.z, cs + 32);
+        rotate_word(x1.w, x2.w, cs + 48);
+        sts128(buf + off, x1);
+        sts128(buf + C::kRopeHalfBytes + off, x2);
       }
       fence_proxy_async_all();  // this thread's shared stores before the TMA store reads them
       bwd_named_sync<kHelpers>(3);
