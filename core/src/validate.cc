@@ -147,6 +147,8 @@ bool same_data(const TensorView& a, const TensorView& b) { return a.data != null
 // Forward checks; `accumulate` overrides p.accumulate (the backward validates its forward part as plain).
 void check_forward(const AttnParams& p, Device engine, bool accumulate, bool lse_required) {
   DISTATTN_CHECK_ARG(p.max_ctas >= 0, "max_ctas", "is ", p.max_ctas, " (expected >= 0; 0: one CTA per SM)");
+  DISTATTN_CHECK_ARG(p.persistent_max_rows >= -1, "persistent_max_rows", "is ", p.persistent_max_rows,
+                     " (expected >= -1; -1: automatic)");
   check_view(p.q, "q", engine, false);
   check_view(p.k, "k", engine, false);
   check_view(p.v, "v", engine, false);

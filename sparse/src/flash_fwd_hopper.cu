@@ -321,12 +321,14 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   k.heads_q = static_cast<int>(p.q.heads());
   k.head_group = static_cast<int>(p.q.heads() / p.k.heads());
   k.num_m_blocks = (k.seqlen_q + FwdConfig::kBlockM - 1) / FwdConfig::kBlockM;
-  // DISTATTN_HOPPER_PERSISTENT_M (an integer >= 0; read once; anything else throws naming it) sets the limit of both
-  // kinds of calls, for experiments.
+  // The caller's AttnParams::persistent_max_rows, else the limits above; DISTATTN_HOPPER_PERSISTENT_M (an integer
+  // >= 0; read once; anything else throws naming it) overrides both, for experiments.
   static const int persistent_max_m = env_count("DISTATTN_HOPPER_PERSISTENT_M", 0, -1);
-  const int max_m = persistent_max_m >= 0 ? persistent_max_m
-                    : p.accumulate        ? kPersistentMaxMBlocksAccumulate
-                                          : kPersistentMaxMBlocks;
+  const int64_t caller_max_m = p.persistent_max_rows / FwdConfig::kBlockM;  // -1 / 128 = 0 (unused when -1)
+  const int64_t max_m = persistent_max_m >= 0          ? persistent_max_m
+                        : p.persistent_max_rows >= 0 ? caller_max_m
+                        : p.accumulate               ? kPersistentMaxMBlocksAccumulate
+                                                     : kPersistentMaxMBlocks;
   const bool persistent = k.num_m_blocks <= max_m;
   // L2 sections (persistent launches): the K and V of the kv heads of one section fit in ~8 MB. Measured at 2K causal
   // B 8 (H100): 8 MB 471 TF, 1 or 4 MB the same, 32 MB 457, every pair in one section 315 (K / V re-read from DRAM).

@@ -78,6 +78,11 @@ struct AttnParams {
   // most this many CTAs (0: one per SM), so calls enqueued on different streams at once can share the GPU from
   // their start instead of the later ones waiting for the first one's CTAs to finish. >= 0.
   int max_ctas = 0;
+  // CUDA engine, scheduling only: the Hopper forward runs persistently (one CTA per SM walking the work units, every SM
+  // held until the launch ends) when q has at most this many rows; -1: automatic (8192 in plain mode, 4096 in
+  // accumulate mode). A caller whose communication kernels must find free SMs during the call (NCCL) keeps it low; one
+  // whose exchanges run on the copy engine may raise it. >= -1.
+  int64_t persistent_max_rows = -1;
   // CUDA engine, optional (both null: off): the ALiBi cutoff across merged calls. A caller that merges this call's (o,
   // lse) with other calls' by their LSE (accumulate mode, or its own merge) and guarantees that every q row's own
   // position (a key with pos_k == pos_q: bias 0, visible under every dense band) is among the keys of one of the
