@@ -583,6 +583,7 @@ class RingOp : public OpBase {
       if (st.skipped()) continue;
       p.kv_pos = st.kv_pos;
       p.mask = step_mask(st);
+      p.persistent_max_rows = ring::RingAttention::step_persistent_max_rows(p.mask);  // scheduled as the ring does
       if (fwd) {
         AttnParams f = p;
         f.o = gpu ? local_view(acc_o_.get(), H_, DType::kFloat32) : hacc_o_.view;

@@ -566,12 +566,12 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
                             : step_params(q, device_view(kv[cur], config_.dtype, B, Sl, Hkv, D),
                                           device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.lse = run_lse;
-      // Steps never run the persistent forward (one CTA per unit: SMs free up as units finish). Measured on 2 H200s
+      // Banded / block-sparse steps never run the persistent forward (step_persistent_max_rows). Measured on 2 H200s
       // (bench/results/2026-11-23_h200x2_s9_ring_persistent): persistent up to 8K local rows made the 16K causal forward
       // 2.21 -> 3.02 ms (exposed communication 9% -> 33%, even with the K|V hops on the copy engine); and at 4K local
       // rows, where steps used to be persistent, never persistent runs the 8K causal forward in 0.65 ms instead of 0.82
-      // (fwd+bwd 3.13 instead of 3.35): a static schedule balances the steps' unequal units worse than the hardware.
-      p.persistent_max_rows = 0;
+      // (fwd+bwd 3.13 instead of 3.35); non-causal steps (equal units) keep the default (8K non-causal: +1.2% without).
+      p.persistent_max_rows = step_persistent_max_rows(p.mask);
       if (alibi_merge) {  // k norms of the held shard: copied above for step 0 (cur = 0), received with it later
         p.alibi_merge.kv_norm_sq_max = reinterpret_cast<const float*>(kv[cur] + kv_bytes);
         p.alibi_merge.own_kv_norm_sq_max = own_k_norms;
