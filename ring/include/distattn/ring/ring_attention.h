@@ -130,10 +130,12 @@ class RingAttention {
   // AttnParams::persistent_max_rows of the ring's CUDA step calls with step mask `step_mask`: 0 (never the persistent
   // forward: one CTA per unit, SMs free up as units finish) under a causal band, a window or a block list, whose units
   // differ in weight and which the hardware's dispatch balances better than a static schedule (2 H200s, 8K causal:
-  // forward 0.82 -> 0.65 ms); -1 (the engine's default) for the full mask. Exposed so that timing code that re-issues
-  // the ring's engine calls (the bench's compute-only time) schedules them alike.
+  // forward 0.82 -> 0.65 ms); 4096 for the full mask (persistent up to 4K local rows in both modes, as before session
+  // 9: a persistent step also delays the start of the next hop, and at 8K local rows that cost 1.5-2% at 16K
+  // non-causal). Exposed so that timing code that re-issues the ring's engine calls (the bench's compute-only time)
+  // schedules them alike. bench/results/2026-11-23_h200x2_s9_ring_persistent has the measurements.
   static int64_t step_persistent_max_rows(const Mask& step_mask) {
-    return step_mask.causal || step_mask.window > 0 || step_mask.blocks != nullptr ? 0 : -1;
+    return step_mask.causal || step_mask.window > 0 || step_mask.blocks != nullptr ? 0 : 4096;
   }
 
   // Local shards: q [B, S/P, Hq, D], k, v [B, S/P, Hkv, D] of config.dtype; o [B, S/P, Hq, D] of
