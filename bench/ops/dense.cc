@@ -307,9 +307,10 @@ class DenseOp : public OpBase {
   BenchRope rope_;              // --rope: frequencies (host; GPU also on the device), rotary dim, style
   RopeTimes rope_times_;        // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
   bool rope_bwd_fused_ = true;  // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
-  RopeAngles rope_angles_;  // --rope, GPU: rope_'s device inv_freq, rotary dim, style, scale (forward call, fused inverse)
-  AttentionIo io_;            // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host
-  DeviceBuffer slopes_dev_;   // GPU: ALiBi slopes
+  RopeAngles
+      rope_angles_;  // --rope, GPU: rope_'s device inv_freq, rotary dim, style, scale (forward call, fused inverse)
+  AttentionIo io_;   // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host
+  DeviceBuffer slopes_dev_;  // GPU: ALiBi slopes
 };
 
 }  // namespace

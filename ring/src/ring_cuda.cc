@@ -567,10 +567,10 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
                                           device_view(kv[cur] + nkv * es, config_.dtype, B, Sl, Hkv, D), st);
       p.lse = run_lse;
       // Banded / block-sparse steps never run the persistent forward (step_persistent_max_rows). Measured on 2 H200s
-      // (bench/results/2026-11-23_h200x2_s9_ring_persistent): persistent up to 8K local rows made the 16K causal forward
-      // 2.21 -> 3.02 ms (exposed communication 9% -> 33%, even with the K|V hops on the copy engine); and at 4K local
-      // rows, where steps used to be persistent, never persistent runs the 8K causal forward in 0.65 ms instead of 0.82
-      // (fwd+bwd 3.13 instead of 3.35); full-mask steps keep session 8's limit (4K local rows).
+      // (bench/results/2026-11-23_h200x2_s9_ring_persistent): persistent up to 8K local rows made the 16K causal
+      // forward 2.21 -> 3.02 ms (exposed communication 9% -> 33%, even with the K|V hops on the copy engine); and at 4K
+      // local rows, where steps used to be persistent, never persistent runs the 8K causal forward in 0.65 ms instead
+      // of 0.82 (fwd+bwd 3.13 instead of 3.35); full-mask steps keep session 8's limit (4K local rows).
       p.persistent_max_rows = step_persistent_max_rows(p.mask);
       if (alibi_merge) {  // k norms of the held shard: copied above for step 0 (cur = 0), received with it later
         p.alibi_merge.kv_norm_sq_max = reinterpret_cast<const float*>(kv[cur] + kv_bytes);

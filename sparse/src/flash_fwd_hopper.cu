@@ -33,9 +33,9 @@ using hopper::tma_addressable;
 DeviceSupportCache g_device_support;
 
 bool device_runs_hopper_kernel(int device) {
-  return g_device_support.get(device,
-                              reinterpret_cast<const void*>(hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false, false>),
-                              static_cast<size_t>(FwdConfig::kSmemBytes));
+  return g_device_support.get(
+      device, reinterpret_cast<const void*>(hopper::flash_fwd_hopper_kernel<__nv_bfloat16, false, false>),
+      static_cast<size_t>(FwdConfig::kSmemBytes));
 }
 
 // The same for the fused-RoPE launch (more shared memory: the helpers' staging tile).
@@ -164,8 +164,7 @@ void launch(const FlashFwdHopperParams& params, bool persistent, int max_ctas, c
   DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (bit == 0 || (done_devices.load() & bit) == 0) {
-    DISTATTN_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    DISTATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     done_devices.fetch_or(bit);
   }
   // One dimension: CTA c walks the units of the snake schedule (flash_fwd_hopper_scheduler.h).
@@ -325,7 +324,7 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
   // >= 0; read once; anything else throws naming it) overrides both, for experiments.
   static const int persistent_max_m = env_count("DISTATTN_HOPPER_PERSISTENT_M", 0, -1);
   const int64_t caller_max_m = p.persistent_max_rows / FwdConfig::kBlockM;  // -1 / 128 = 0 (unused when -1)
-  const int64_t max_m = persistent_max_m >= 0          ? persistent_max_m
+  const int64_t max_m = persistent_max_m >= 0        ? persistent_max_m
                         : p.persistent_max_rows >= 0 ? caller_max_m
                         : p.accumulate               ? kPersistentMaxMBlocksAccumulate
                                                      : kPersistentMaxMBlocks;

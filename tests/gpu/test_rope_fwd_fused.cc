@@ -57,9 +57,9 @@ struct FCase {
   int64_t rotary_dim = 0;  // 0: D
   RopeStyle style = RopeStyle::kNeoX;
   bool alibi = false;
-  bool fused_qkv = false;  // q, k, v as head slices of one [B, S, Hq + 2 Hkv, D] buffer (Sq == Skv)
-  bool lse = true;         // plain mode may leave lse null
-  PositionMap pos;         // set (num_chunks > 0 ... see make_inputs): q_pos = kv_pos = pos (self-attention)
+  bool fused_qkv = false;     // q, k, v as head slices of one [B, S, Hq + 2 Hkv, D] buffer (Sq == Skv)
+  bool lse = true;            // plain mode may leave lse null
+  PositionMap pos;            // set (num_chunks > 0 ... see make_inputs): q_pos = kv_pos = pos (self-attention)
   bool expect_fused = false;  // on a Hopper GPU the fused path must be taken
 };
 
@@ -303,7 +303,7 @@ TEST(RopeFwdFused, Fp16NonCausalLongLargePositions) {
   DISTATTN_REQUIRE_GPU();
   FCase c;
   c.dtype = DType::kFloat16;
-  c.Sq = c.Skv = 4224, c.Hq = c.Hkv = 6;  // > 4096 rows: one CTA per unit by default
+  c.Sq = c.Skv = 4224, c.Hq = c.Hkv = 6;           // > 4096 rows: one CTA per unit by default
   c.pos = PositionMap::contiguous(1000000, 4224);  // large angles: the table's accurate sincosf
   c.expect_fused = true;
   RUN_CASE(c);

@@ -76,10 +76,10 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
                       cudaStream_t stream);
 
 // The kernel walks work units (q tile of 128 rows, q head, batch; hopper/flash_fwd_hopper_scheduler.h): for short
-// problems (Sq <= 8192 in plain mode, Sq <= 4096 in accumulate mode) persistently, one CTA per SM each walking a share; otherwise one CTA per unit. For tests and
-// experiments, the CTA count of later launches (all threads, all devices): ctas > 0 = that many (at most the unit
-// count), 0 = one CTA per unit, < 0 = automatic again (then the environment variable DISTATTN_HOPPER_GRID, read once,
-// overrides likewise). Results do not depend on it. Throws nothing.
+// problems (Sq <= 8192 in plain mode, Sq <= 4096 in accumulate mode) persistently, one CTA per SM each walking a share;
+// otherwise one CTA per unit. For tests and experiments, the CTA count of later launches (all threads, all devices):
+// ctas > 0 = that many (at most the unit count), 0 = one CTA per unit, < 0 = automatic again (then the environment
+// variable DISTATTN_HOPPER_GRID, read once, overrides likewise). Results do not depend on it. Throws nothing.
 void flash_fwd_hopper_set_grid_override(int ctas);
 
 }  // namespace distattn

@@ -68,9 +68,9 @@
 #include <cstdint>
 
 #include "distattn/core/mask.h"
+#include "distattn/positional/rope_math.cuh"
 #include "flash_fwd_hopper_params.h"
 #include "flash_fwd_hopper_plan.h"
-#include "distattn/positional/rope_math.cuh"
 #include "flash_fwd_hopper_scheduler.h"
 #include "hopper_bwd_primitives.cuh"
 #include "hopper_primitives.cuh"
@@ -351,7 +351,7 @@ __device__ __forceinline__ void rope_helpers(const FlashFwdHopperParams& p, uint
   using C = FwdConfig;
   constexpr int kHelpers = 96;
   const uint32_t job_slot = bars + 24, stop = bars + 28;  // bars: buffer 0, buffer 1, table mbarriers
-  const int ht = static_cast<int>(threadIdx.x) - 32;     // 0 .. 95
+  const int ht = static_cast<int>(threadIdx.x) - 32;      // 0 .. 95
   uint32_t phases = 0;                                    // bit b: buffer b's phase; bit 2: the table's
   for (;;) {
     if (ht == 0) {
@@ -401,8 +401,8 @@ __device__ __forceinline__ void rope_helpers(const FlashFwdHopperParams& p, uint
       mbar_wait(bars + 8 * bi, (phases >> bi) & 1u);
       phases ^= 1u << bi;
       // Item = (row r, 16-byte chunk ch): 8 elements of each half, pairs 8 ch .. 8 ch + 7; the table's 64 bytes of the
-      // chunk in four 16-byte loads (word q: pairs 8 ch + 2q (cos .x, sin .y) and 8 ch + 2q + 1 (.z, .w)). A warp covers
-      // four rows' 128 bytes each (no bank conflict).
+      // chunk in four 16-byte loads (word q: pairs 8 ch + 2q (cos .x, sin .y) and 8 ch + 2q + 1 (.z, .w)). A warp
+      // covers four rows' 128 bytes each (no bank conflict).
       for (int item = ht; item < words / 4; item += kHelpers) {
         const int r = item >> 3, ch = item & 7;
         const uint32_t off = static_cast<uint32_t>(r * 128 + ((ch ^ (r & 7)) << 4));

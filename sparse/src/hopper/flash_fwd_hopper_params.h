@@ -11,7 +11,7 @@
 //   lse [B, Hq, Sq] fp32  lse_ptr + b*lse_batch_stride + h*lse_head_stride + s*lse_row_stride  (null: not written)
 #pragma once
 
-#include <cuda.h>  // CUtensorMap (a 128-byte, 64-byte aligned opaque struct; header only, no libcuda link)
+#include <cuda.h>          // CUtensorMap (a 128-byte, 64-byte aligned opaque struct; header only, no libcuda link)
 #include <vector_types.h>  // float2
 
 #include <cstdint>
@@ -105,13 +105,13 @@ struct FlashFwdHopperParams {
   // before loading anything. The groups [0, rope_pre_groups), which the first units of the grid need at once, were
   // rotated by a RoPE launch before this one: their counters start complete and claims start at their end
   // (flash_fwd_hopper.cu sets the counters up with rope_prepare).
-  CUtensorMap tmap_rq;                    // q, box 64 x 32 rows (the helpers' loads and stores)
-  CUtensorMap tmap_rk;                    // k, box 64 x 32 rows
-  int rope_jobs = 0;                      // B * Hkv * rope_group_jobs (claims at or past it end a helper)
-  int rope_group_jobs = 0;                // ceil(S / 32)
-  int rope_pre_groups = 0;                // groups rotated before the launch (no wait for them)
-  uint32_t* rope_counters = nullptr;      // [1 + B * Hkv]: claim counter, then finished jobs per group
-  const float2* rope_cs = nullptr;        // [S][64] (scale cos, scale sin) of row s's position, pair i
+  CUtensorMap tmap_rq;                // q, box 64 x 32 rows (the helpers' loads and stores)
+  CUtensorMap tmap_rk;                // k, box 64 x 32 rows
+  int rope_jobs = 0;                  // B * Hkv * rope_group_jobs (claims at or past it end a helper)
+  int rope_group_jobs = 0;            // ceil(S / 32)
+  int rope_pre_groups = 0;            // groups rotated before the launch (no wait for them)
+  uint32_t* rope_counters = nullptr;  // [1 + B * Hkv]: claim counter, then finished jobs per group
+  const float2* rope_cs = nullptr;    // [S][64] (scale cos, scale sin) of row s's position, pair i
 };
 
 }  // namespace hopper

@@ -247,9 +247,9 @@ __device__ __forceinline__ float fast_exp2(float x) {
 
 // --- per input type -----------------------------------------------------------------------------------------
 // The wgmma wrappers and the fp32 -> 16-bit pair packing of one input type T (__nv_bfloat16 or __half), for kernels
-// templated on T: pack(lo, hi) is the bf16x2 / f16x2 word (lo in the low half, round to nearest), unpack its inverse (exact), mma_ss / mma_rs the
-// m64n128k16 forms, mma64 the m64n64k16 one. Declared for every target (kernels name it in templates); the members
-// exist on sm_90a only.
+// templated on T: pack(lo, hi) is the bf16x2 / f16x2 word (lo in the low half, round to nearest), unpack its inverse
+// (exact), mma_ss / mma_rs the m64n128k16 forms, mma64 the m64n64k16 one. Declared for every target (kernels name it in
+// templates); the members exist on sm_90a only.
 template <typename T>
 struct WgmmaOps;
 template <>
