@@ -318,6 +318,17 @@ __device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint
                : "memory");
 }
 
+// 32-bit shared-memory accesses at a shared-window address (volatile: the job slot and stop flag are written by other
+// threads between the named barriers / polled).
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.volatile.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
+  asm volatile("st.volatile.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
 // Fused RoPE (FlashFwdHopperParams, kRope): the producer warpgroup's warps 1-3 (96 threads; warp 0's lane 0 issues
 // the attention's loads) rotate q and k in place, one job (32 rows of a kv group: its K head, then its q heads) at a
 // time. Per job: the table rows by a 1-D bulk copy; per head ("step" s: 0 = K head hkv, s >= 1 = q head
@@ -331,20 +342,9 @@ __device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint
 //   Buffer layout: half hf (d in [64 hf, 64 hf + 64)), row r < 32, 16-byte chunk ch (elements 8 ch .. 8 ch + 7 of the
 //   half) at hf * 4 KB + r * 128 + ((ch ^ (r % 8)) << 4); pair i = 8 ch + e joins element e of half 0 and half 1 at
 //   the same (r, ch), i.e. the same offset in both halves. Table: row r's pair i at r * 512 + 8 i (float2).
-// 32-bit shared-memory accesses at a shared-window address (volatile: the job slot and stop flag are written by other
-// threads between the named barriers / polled).
-__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
-  uint32_t v;
-  asm volatile("ld.volatile.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-  return v;
-}
-__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
-  asm volatile("st.volatile.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
-}
-
 // Register budget: the producer warpgroup runs at 24 registers (the consumers keep 240), so the loop holds little
-// state: the job's coordinates, and per item one 32-bit word of each half (two elements) and its 16 table bytes; the
-// claimed job and the stop flag live in shared memory.
+// state: the job's coordinates, and per item one 16-byte chunk of each half and 16 table bytes at a time; the claimed
+// job and the stop flag live in shared memory.
 template <typename T>
 __device__ __forceinline__ void rope_helpers(const FlashFwdHopperParams& p, uint32_t stage, uint32_t table,
                                              uint32_t bars) {
@@ -366,22 +366,28 @@ __device__ __forceinline__ void rope_helpers(const FlashFwdHopperParams& p, uint
     const int row0 = (j - group * p.rope_group_jobs) * C::kRopeRows;
     // Step s -> buffer s % 2: s = 0 the kv head (group % Hkv) of k, s >= 1 q head (group % Hkv) * head_group + s - 1;
     // batch group / Hkv.
-    auto load_step = [&](int s) {
+    // Tensor map, head and batch of step s (recomputed where used: registers are scarce).
+    auto step_coords = [&](int s, const CUtensorMap** map, int* head, int* b) {
       const int heads_kv = p.heads_q / p.head_group;
-      const int b = group / heads_kv, hkv = group - b * heads_kv;
+      *b = group / heads_kv;
+      const int hkv = group - *b * heads_kv;
+      *map = s == 0 ? &p.tmap_rk : &p.tmap_rq;
+      *head = s == 0 ? hkv : hkv * p.head_group + s - 1;
+    };
+    auto load_step = [&](int s) {
+      const CUtensorMap* map;
+      int head, b;
+      step_coords(s, &map, &head, &b);
       const uint32_t buf = stage + (s & 1) * C::kRopeBufBytes, bar = bars + 8 * (s & 1);
-      const CUtensorMap* map = s == 0 ? &p.tmap_rk : &p.tmap_rq;
-      const int head = s == 0 ? hkv : hkv * p.head_group + s - 1;
       mbar_arrive_expect_tx(bar, C::kRopeBufBytes);
       tma_load_4d(buf, map, bar, 0, row0, head, b);
       tma_load_4d(buf + C::kRopeHalfBytes, map, bar, 64, row0, head, b);
     };
     auto store_step = [&](int s) {
-      const int heads_kv = p.heads_q / p.head_group;
-      const int b = group / heads_kv, hkv = group - b * heads_kv;
+      const CUtensorMap* map;
+      int head, b;
+      step_coords(s, &map, &head, &b);
       const uint32_t buf = stage + (s & 1) * C::kRopeBufBytes;
-      const CUtensorMap* map = s == 0 ? &p.tmap_rk : &p.tmap_rq;
-      const int head = s == 0 ? hkv : hkv * p.head_group + s - 1;
       tma_store_4d(map, buf, 0, row0, head, b);
       tma_store_4d(map, buf + C::kRopeHalfBytes, 64, row0, head, b);
     };
