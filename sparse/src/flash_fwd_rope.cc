@@ -15,7 +15,6 @@
 // timings.
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "distattn/core/check_cuda.h"
@@ -35,40 +34,6 @@ bool rope_fwd_separate_from_env() {
   return separate;
 }
 
-// [first byte, one past the last byte) a view can touch (its shape and strides).
-void byte_span(const TensorView& t, uintptr_t* lo, uintptr_t* hi) {
-  *lo = reinterpret_cast<uintptr_t>(t.data);
-  int64_t last = 0;
-  for (int axis = 0; axis < 4; ++axis) last += (t.shape[axis] - 1) * t.stride[axis];
-  *hi = *lo + static_cast<uintptr_t>(last + 1) * dtype_size(t.dtype);
-}
-
-// Whether two views may share an element. Disjoint byte ranges never do; views of one buffer with the same strides
-// whose bases are a whole number of heads apart (head slices of a packed qkv buffer) share none when their head
-// ranges do not meet and the addressing is unique (a head's D elements within the head stride, the heads of a row
-// within the row stride, the rows of a batch within the batch stride). Anything else is taken as overlapping.
-bool may_overlap(const TensorView& a, const TensorView& b) {
-  uintptr_t alo, ahi, blo, bhi;
-  byte_span(a, &alo, &ahi);
-  byte_span(b, &blo, &bhi);
-  if (alo >= bhi || blo >= ahi) return false;
-  if (a.dtype != b.dtype || a.stride[3] != 1 || b.stride[3] != 1) return true;
-  for (int axis = 0; axis < 4; ++axis) {
-    if (a.stride[axis] != b.stride[axis]) return true;
-    if (axis != 2 && a.shape[axis] != b.shape[axis]) return true;
-  }
-  const int64_t es = static_cast<int64_t>(dtype_size(a.dtype));
-  const int64_t diff = static_cast<int64_t>(blo) - static_cast<int64_t>(alo);  // bytes from a's base to b's
-  const int64_t hs = a.stride[2];
-  if (hs <= 0 || diff % (es * hs) != 0) return true;
-  const int64_t shift = diff / (es * hs);  // b's head h is a's head h + shift
-  const int64_t first = std::min<int64_t>(0, shift), end = std::max<int64_t>(a.shape[2], shift + b.shape[2]);
-  const bool unique = a.shape[3] <= hs && (end - first) * hs <= a.stride[1] &&
-                      (a.shape[0] == 1 || a.shape[1] * a.stride[1] <= a.stride[0]);
-  const bool apart = shift >= a.shape[2] || shift + b.shape[2] <= 0;
-  return !(unique && apart);
-}
-
 }  // namespace
 
 namespace detail {
@@ -80,10 +45,10 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
   validate_rope_angles(rope, params.q.head_dim(), "rope");
   check_device_pointer(rope.inv_freq, "rope.inv_freq");
   // q and k are written in place: they must not share bytes with each other or with what the forward reads / writes.
-  DISTATTN_CHECK_ARG(!may_overlap(params.q, params.k), "k", "overlaps q in memory; both are rotated in place");
-  DISTATTN_CHECK_ARG(!may_overlap(params.q, params.v), "v", "overlaps q in memory; q is rotated in place");
-  DISTATTN_CHECK_ARG(!may_overlap(params.k, params.v), "v", "overlaps k in memory; k is rotated in place");
-  DISTATTN_CHECK_ARG(!may_overlap(params.q, params.o) && !may_overlap(params.k, params.o), "o",
+  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.k), "k", "overlaps q in memory; both are rotated in place");
+  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.v), "v", "overlaps q in memory; q is rotated in place");
+  DISTATTN_CHECK_ARG(!views_may_overlap(params.k, params.v), "v", "overlaps k in memory; k is rotated in place");
+  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.o) && !views_may_overlap(params.k, params.o), "o",
                      "overlaps q or k in memory; they are rotated in place");
 
   const int64_t D = params.q.head_dim();

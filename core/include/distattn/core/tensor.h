@@ -68,4 +68,12 @@ struct TensorView {
 // "[1, 4096, 32, 128] bf16 strides [..]" for error messages.
 std::string describe(const TensorView& t);
 
+// Whether two views may share an element (for calls that write one view in place while reading the other). False
+// when their byte ranges are disjoint, or when they are head slices of one buffer (same dtype and strides, the same
+// shape except the head count, head dim contiguous, bases a whole number of heads apart) whose head ranges do not meet
+// and whose addressing is unique (a head's D elements within the head stride, a row's heads within the row stride,
+// a batch's rows within the batch stride): the q, k, v of a packed qkv projection. True otherwise (conservative).
+// Reads no element; never throws.
+bool views_may_overlap(const TensorView& a, const TensorView& b);
+
 }  // namespace distattn
