@@ -32,7 +32,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -63,6 +62,8 @@ namespace {
 // DISTATTN_ROPE_BWD: true (unset / "fused"): the inverse RoPE of dq, dk fused into the backward; false ("separate"):
 // the backward, then rope_apply_cuda(inverse) on dq, dk (the A/B baseline).
 bool rope_bwd_fused_from_env() { return env_choice("DISTATTN_ROPE_BWD", {"fused", "separate"}, 0) == 0; }
+// DISTATTN_ROPE_FWD (read by flash_attention_forward_rope too, with the same accepted values): true for "separate".
+bool rope_fwd_separate_from_env() { return env_choice("DISTATTN_ROPE_FWD", {"auto", "separate"}, 0) == 1; }
 
 class DenseOp : public OpBase {
  public:
@@ -73,6 +74,7 @@ class DenseOp : public OpBase {
       rope_ = BenchRope(opt_, D_, ctx.on_gpu());
       if (ctx.on_gpu()) {
         rope_bwd_fused_ = rope_bwd_fused_from_env();
+        rope_fwd_separate_ = rope_fwd_separate_from_env();
         rope_angles_.inv_freq = rope_.device_inv_freq();
         rope_angles_.rotary_dim = rope_.rotary_dim();
         rope_angles_.style = static_cast<int>(rope_.style());
@@ -142,8 +144,7 @@ class DenseOp : public OpBase {
     out.set("check_kv_heads", check_kv_heads_);
     json_rope_keys(out, opt_.rope, rope_);
     if (opt_.rope && opt_.pass != Pass::kBackward && ctx_.on_gpu()) {
-      const char* v = std::getenv("DISTATTN_ROPE_FWD");
-      out.set("rope_fwd", v != nullptr && std::string(v) == "separate" ? "separate" : "auto");
+      out.set("rope_fwd", rope_fwd_separate_ ? "separate" : "auto");
     }
     if (opt_.rope && opt_.pass != Pass::kForward && ctx_.on_gpu()) {
       out.set("rope_bwd", fused_rope_bwd() ? "fused" : "separate");
@@ -281,11 +282,10 @@ class DenseOp : public OpBase {
     if (fused_rope_bwd()) b.rope_grad = &rope_angles_;
     return b;
   }
-  // The forward's RoPE as flash_attention_forward_rope runs it (DISTATTN_ROPE_FWD; the library reads it too).
-  static std::string rope_fwd_label() {
-    const char* v = std::getenv("DISTATTN_ROPE_FWD");
-    return v != nullptr && std::string(v) == "separate" ? "separate (a RoPE launch, then the forward)"
-                                                        : "auto (inside the forward's launch where it applies)";
+  // The forward's RoPE as flash_attention_forward_rope runs it (DISTATTN_ROPE_FWD).
+  const char* rope_fwd_label() const {
+    return rope_fwd_separate_ ? "separate (a RoPE launch, then the forward)"
+                              : "auto (inside the forward's launch where it applies)";
   }
   // The inverse RoPE of dq, dk runs inside the attention backward (GPU, --rope, DISTATTN_ROPE_BWD unset / fused).
   bool fused_rope_bwd() const { return opt_.rope && ctx_.on_gpu() && rope_bwd_fused_; }
@@ -304,9 +304,10 @@ class DenseOp : public OpBase {
 
   int64_t check_kv_heads_ = 1;
   std::vector<float> slopes_host_;
-  BenchRope rope_;              // --rope: frequencies (host; GPU also on the device), rotary dim, style
-  RopeTimes rope_times_;        // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
-  bool rope_bwd_fused_ = true;  // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
+  BenchRope rope_;                  // --rope: frequencies (host; GPU also on the device), rotary dim, style
+  RopeTimes rope_times_;            // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
+  bool rope_bwd_fused_ = true;      // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
+  bool rope_fwd_separate_ = false;  // --rope, GPU: DISTATTN_ROPE_FWD is "separate"
   RopeAngles
       rope_angles_;  // --rope, GPU: rope_'s device inv_freq, rotary dim, style, scale (forward call, fused inverse)
   AttentionIo io_;   // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host

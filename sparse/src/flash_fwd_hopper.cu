@@ -52,13 +52,19 @@ bool tile_aligned_chunks(const PositionMap& m, int tile_rows) {
   return hopper::tile_aligned_chunks(m, FlashFwdHopperParams::kMaxChunks, tile_rows);
 }
 
-// The case where the mma.sync kernel applies its ALiBi cutoff (flash_fwd_options.h): q_pos == kv_pos, one chunk.
-bool alibi_cutoff_case(const AttnParams& p) {
-  if (p.q_pos.num_chunks != 1 || p.kv_pos.num_chunks != 1) return false;
-  const PositionChunk& a = p.q_pos.chunks[0];
-  const PositionChunk& b = p.kv_pos.chunks[0];
-  return a.start == b.start && a.stride == b.stride && a.length == b.length;
+// q_pos and kv_pos are the same map, chunk for chunk (self-attention positions).
+bool same_positions(const AttnParams& p) {
+  if (p.q_pos.num_chunks != p.kv_pos.num_chunks) return false;
+  for (int c = 0; c < p.q_pos.num_chunks; ++c) {
+    const PositionChunk& a = p.q_pos.chunks[c];
+    const PositionChunk& b = p.kv_pos.chunks[c];
+    if (a.start != b.start || a.stride != b.stride || a.length != b.length) return false;
+  }
+  return true;
 }
+
+// The case where the mma.sync kernel applies its ALiBi cutoff (flash_fwd_options.h): q_pos == kv_pos, one chunk.
+bool alibi_cutoff_case(const AttnParams& p) { return p.q_pos.num_chunks == 1 && same_positions(p); }
 
 // Grid override for tests and experiments: -1 = none (the environment variable DISTATTN_HOPPER_GRID, then the
 // automatic choice), 0 = one CTA per slot of work units, n > 0 = n CTAs (at most the slot count).
@@ -274,12 +280,7 @@ bool flash_fwd_hopper_rope_supported(const AttnParams& p, int device) {
   // would never run (q, k partly rotated). The cure (the last producer to finish keeps its helpers claiming) is in
   // notes/NEXT.md; until it is GPU-verified, block lists rotate first.
   if (p.mask.blocks != nullptr) return false;
-  if (p.q_pos.num_chunks != p.kv_pos.num_chunks) return false;
-  for (int c = 0; c < p.q_pos.num_chunks; ++c) {
-    const PositionChunk& a = p.q_pos.chunks[c];
-    const PositionChunk& b = p.kv_pos.chunks[c];
-    if (a.start != b.start || a.stride != b.stride || a.length != b.length) return false;
-  }
+  if (!same_positions(p)) return false;
   return flash_fwd_hopper_supported(p, device) && device_runs_rope_kernel(device);
 }
 
