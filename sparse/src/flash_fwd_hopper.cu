@@ -274,17 +274,11 @@ void flash_fwd_hopper(const AttnParams& p, cudaStream_t stream) { flash_fwd_hopp
 
 bool flash_fwd_hopper_rope_supported(const AttnParams& p, int device) {
   if (p.alibi_slopes != nullptr || p.q.seqlen() != p.k.seqlen()) return false;
-  // No block lists: the helpers stop claiming jobs once their CTA's producer is done, and every job gets claimed only
-  // because some unit waits for the last kv group. With self-attention positions and a dense band every q tile sees at
-  // least its own keys, so every unit waits; a block list may leave every unit without a tile, and then trailing jobs
-  // would never run (q, k partly rotated). The cure (the last producer to finish keeps its helpers claiming) is in
-  // notes/NEXT.md; until it is GPU-verified, block lists rotate first.
-  if (p.mask.blocks != nullptr) return false;
   if (!same_positions(p)) return false;
   return flash_fwd_hopper_supported(p, device) && device_runs_rope_kernel(device);
 }
 
-int64_t flash_fwd_hopper_rope_counters(const AttnParams& p) { return 1 + p.k.batch() * p.k.heads(); }
+int64_t flash_fwd_hopper_rope_counters(const AttnParams& p) { return 2 + p.k.batch() * p.k.heads(); }
 
 void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, cudaStream_t stream) {
   flash_fwd_hopper(p, cutoff, nullptr, stream);

@@ -8,8 +8,8 @@
 // is rotated. Before the launch, a small kernel writes the (cos, sin) table and the job counters, and a plain RoPE
 // launch rotates the groups the grid's first units need at once (flash_fwd_hopper.cu, launch_rope).
 //
-// Where the fused path does not apply (GPT-J pairing, partial rotary, head dim 64, ALiBi, a block list, Sq != Skv or
-// q_pos != kv_pos, a GPU or call the Hopper kernel does not take) the call rotates with rope_apply_cuda and then runs
+// Where the fused path does not apply (GPT-J pairing, partial rotary, head dim 64, ALiBi, Sq != Skv or q_pos !=
+// kv_pos, a GPU or call the Hopper kernel does not take) the call rotates with rope_apply_cuda and then runs
 // flash_attention_forward: the same result bit for bit either way. DISTATTN_ROPE_FWD=separate (read once; "auto" or
 // unset: fused where it applies; anything else throws naming the variable) always takes the separate path, for A/B
 // timings.

@@ -64,11 +64,10 @@ struct FlashFwdHopperRope {
   uint32_t* counters = nullptr;     // [flash_fwd_hopper_rope_counters(p)] device scratch (set before the launch)
 };
 
-// flash_fwd_hopper_supported(p, device) and the fused RoPE's conditions: no ALiBi, no block list, Sq == Skv and
-// q_pos == kv_pos, the device's shared memory holds the larger launch. Throws only what flash_fwd_hopper_supported
-// throws.
+// flash_fwd_hopper_supported(p, device) and the fused RoPE's conditions: no ALiBi, Sq == Skv and q_pos == kv_pos, the
+// device's shared memory holds the larger launch. Throws only what flash_fwd_hopper_supported throws.
 bool flash_fwd_hopper_rope_supported(const AttnParams& p, int device);
-// Counters the fused RoPE needs: 1 + B * Hkv.
+// Counters the fused RoPE needs: 2 + B * Hkv.
 int64_t flash_fwd_hopper_rope_counters(const AttnParams& p);
 
 // flash_fwd_hopper with the cutoff and, when `rope` is not null, the fused RoPE (then `p` must also pass

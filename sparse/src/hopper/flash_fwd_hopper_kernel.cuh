@@ -601,8 +601,14 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         load(plan.count - 1, sV, &p.tmap_v, bar_full_v, bar_empty_v);
         g += plan.count;
       }
-      // Every load issued: the helpers claim no more jobs (fused RoPE), so the CTA leaves with its consumers.
-      if constexpr (kRope) *reinterpret_cast<volatile int*>(smem_ptr + C::kOffRopeBar + 28) = 1;
+      // Every load issued: the helpers claim no more jobs (fused RoPE), so the CTA leaves with its consumers; except in
+      // the last CTA to get here (rope_counters[1 + groups] counts them), whose helpers claim until the jobs run out,
+      // so that every job runs even when no unit waits for the trailing groups (units without a tile).
+      if constexpr (kRope) {
+        const int groups = p.rope_jobs / p.rope_group_jobs;
+        const uint32_t done = atomicAdd(p.rope_counters + 1 + groups, 1u) + 1u;
+        if (done < gridDim.x) *reinterpret_cast<volatile int*>(smem_ptr + C::kOffRopeBar + 28) = 1;
+      }
     }
     return;
   }

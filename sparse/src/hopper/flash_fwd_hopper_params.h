@@ -110,7 +110,7 @@ struct FlashFwdHopperParams {
   int rope_jobs = 0;                  // B * Hkv * rope_group_jobs (claims at or past it end a helper)
   int rope_group_jobs = 0;            // ceil(S / 32)
   int rope_pre_groups = 0;            // groups rotated before the launch (no wait for them)
-  uint32_t* rope_counters = nullptr;  // [1 + B * Hkv]: claim counter, then finished jobs per group
+  uint32_t* rope_counters = nullptr;  // [2 + B * Hkv]: claim counter, finished jobs per group, producers done
   const float2* rope_cs = nullptr;    // [S][64] (scale cos, scale sin) of row s's position, pair i
 };
 
