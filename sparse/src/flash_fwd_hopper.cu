@@ -12,7 +12,6 @@
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/env.h"
 #include "distattn/core/error.h"
-#include "distattn/positional/rope.h"
 #include "flash_fwd_rope_prepare.h"
 #include "hopper/flash_fwd_hopper.h"
 #include "hopper/flash_fwd_hopper_kernel.cuh"
@@ -175,13 +174,30 @@ void launch(const FlashFwdHopperParams& params, bool persistent, int max_ctas, c
   }
   // One dimension: CTA c walks the units of the snake schedule (flash_fwd_hopper_scheduler.h).
   const dim3 grid(static_cast<unsigned>(grid_size(params, persistent, max_ctas)));
-  kernel<<<grid, FwdConfig::kThreads, kSmem, stream>>>(params);
+  if constexpr (kRope) {
+    // Programmatic dependent launch: the CTAs may take SMs as rope_prepare's blocks retire (the kernel waits for that
+    // grid before touching global memory), which hides the launch gap between the two.
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(FwdConfig::kThreads);
+    config.dynamicSmemBytes = kSmem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    DISTATTN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+  } else {
+    kernel<<<grid, FwdConfig::kThreads, kSmem, stream>>>(params);
+  }
   DISTATTN_CUDA_CHECK_LAUNCH();
 }
 
 // The fused-RoPE launch (FlashFwdHopperParams, fused RoPE): jobs, the kv groups the grid's first units need (rotated
-// here by a plain RoPE launch, so that no unit of the first wave waits for the helpers), the table and counters, then
-// the kernel. `k` is filled up to the fused-RoPE fields.
+// here by rope_prepare together with the table and the counters, so that no unit of the first wave waits for the
+// helpers), then the kernel, launched as rope_prepare's programmatic dependent. `k` is filled up to the fused-RoPE
+// fields.
 void launch_rope(const AttnParams& p, const FlashFwdHopperRope& rope, bool persistent, FlashFwdHopperParams* k,
                  cudaStream_t stream) {
   constexpr int kRows = FwdConfig::kRopeRows;
@@ -209,22 +225,18 @@ void launch_rope(const AttnParams& p, const FlashFwdHopperRope& rope, bool persi
   }
   if (pre > Hkv) pre = std::min(groups, (pre + Hkv - 1) / Hkv * Hkv);
   k->rope_pre_groups = static_cast<int>(pre);
-  detail::rope_prepare(rope.table, S, p.q_pos, rope.inv_freq, rope.scale, rope.counters, groups, pre, group_jobs,
-                       stream);
+  // The table, the counters and groups [0, pre) (kv heads [0, min(pre, Hkv)) of batches [0, ceil(pre / Hkv)) and
+  // their q heads) in one launch.
+  TensorView pre_q, pre_k;
   if (pre > 0) {
-    // Groups [0, pre): kv heads [0, min(pre, Hkv)) of batches [0, ceil(pre / Hkv)) and their q heads.
     const int64_t nb = (pre + Hkv - 1) / Hkv, nh = std::min(pre, Hkv);
-    RopeParams rp;
-    rp.q = p.q.head_range(0, nh * k->head_group);
-    rp.k = p.k.head_range(0, nh);
-    rp.q.shape[0] = nb;
-    rp.k.shape[0] = nb;
-    rp.q_pos = p.q_pos;
-    rp.k_pos = p.kv_pos;
-    rp.inv_freq = rope.inv_freq;
-    rp.scale = rope.scale;
-    rope_apply_cuda(rp, stream);
+    pre_q = p.q.head_range(0, nh * k->head_group);
+    pre_k = p.k.head_range(0, nh);
+    pre_q.shape[0] = nb;
+    pre_k.shape[0] = nb;
   }
+  detail::rope_prepare(rope.table, S, p.q_pos, rope.inv_freq, rope.scale, rope.counters, groups, pre, group_jobs, pre_q,
+                       pre_k, stream);
   if (p.q.dtype == DType::kBFloat16)
     launch<__nv_bfloat16, false, true>(*k, persistent, p.max_ctas, stream);
   else

@@ -5,8 +5,9 @@
 // compute-bound and leaves the memory bandwidth mostly unused, and its producer warpgroup has three warps that do
 // nothing (one thread issues every TMA load). With the fused path those warps rotate q and k tile by tile inside the
 // forward's own launch (hopper/flash_fwd_hopper_kernel.cuh, "fused RoPE"), and a unit's loads wait until its kv group
-// is rotated. Before the launch, a small kernel writes the (cos, sin) table and the job counters, and a plain RoPE
-// launch rotates the groups the grid's first units need at once (flash_fwd_hopper.cu, launch_rope).
+// is rotated. Before the launch, one small kernel writes the (cos, sin) table and the job counters and rotates the
+// groups the grid's first units need at once (flash_fwd_rope_prepare.cu; the forward starts as its programmatic
+// dependent: flash_fwd_hopper.cu, launch_rope).
 //
 // Where the fused path does not apply (GPT-J pairing, partial rotary, head dim 64, ALiBi, Sq != Skv or q_pos !=
 // kv_pos, a GPU or call the Hopper kernel does not take) the call rotates with rope_apply_cuda and then runs

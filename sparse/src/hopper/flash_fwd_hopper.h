@@ -55,8 +55,8 @@ void flash_fwd_hopper(const AttnParams& p, const FlashFwdHopperCutoff& cutoff, c
 // Fused RoPE (flash_attention_forward_rope): the launch rotates q and k IN PLACE by +theta (NeoX pairs (d, d + 64)
 // over the whole head dim) while it attends, bit-identical to rope_apply_cuda followed by the plain launch (the
 // kernel's "fused RoPE" helpers, hopper/flash_fwd_hopper_kernel.cuh). Self-attention only: Sq == Skv and q_pos ==
-// kv_pos. flash_fwd_hopper enqueues, before the kernel, the table / counter set-up (flash_fwd_rope_prepare.h) and a
-// plain RoPE launch for the kv groups the grid's first units need at once.
+// kv_pos. flash_fwd_hopper enqueues, before the kernel, one launch (flash_fwd_rope_prepare.h) that writes the table
+// and the counters and rotates the kv groups the grid's first units need at once.
 struct FlashFwdHopperRope {
   const float* inv_freq = nullptr;  // [64] fp32 (device): the frequencies
   float scale = 1.0f;               // cos/sin multiplier

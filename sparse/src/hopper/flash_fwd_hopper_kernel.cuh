@@ -500,6 +500,9 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
     mbar_init_fence();
   }
   __syncthreads();
+  // Fused RoPE: the launch may start while rope_prepare (table, counters, the first groups' rotation) still runs
+  // (programmatic dependent launch); nothing global is read or written before that grid is complete.
+  if constexpr (kRope) asm volatile("griddepcontrol.wait;\n" ::: "memory");
 
   // Producer and consumers walk the same units (flash_fwd_hopper_scheduler.h) and count, across units, the units
   // done (k: unit k waits bar_q with parity k & 1 and uses plan slot k % 2) and the kv tiles done (g: tile it of a
