@@ -14,8 +14,9 @@
 //
 // --rope (what a user's training step does around attention): the timed iteration is
 //   RoPE forward on q, k in place (positions 0..S-1) + attention forward: one flash_attention_forward_rope call (on
-//   the Hopper kernel, NeoX over the whole head dim, no ALiBi: the rotation inside the forward's launch; otherwise,
-//   or with DISTATTN_ROPE_FWD=separate, one RoPE launch, then the forward)
+//   the Hopper kernel, NeoX over the whole head dim, no ALiBi, S >= 8K: the rotation inside the forward's launch;
+//   otherwise, or with DISTATTN_ROPE_FWD=separate, one RoPE launch, then the forward; DISTATTN_ROPE_FWD=fused: inside
+//   the launch at any S)
 //   [--pass bwd/fwdbwd: -> attention backward with the inverse RoPE of dq, dk fused into it
 //    (AttnBwdParams::rope_grad: the dQ conversion and the Hopper dK epilogue rotate them back; default), or, with
 //    DISTATTN_ROPE_BWD=separate, -> attention backward -> RoPE backward (inverse rotation) on dq, dk in place]
@@ -62,8 +63,12 @@ namespace {
 // DISTATTN_ROPE_BWD: true (unset / "fused"): the inverse RoPE of dq, dk fused into the backward; false ("separate"):
 // the backward, then rope_apply_cuda(inverse) on dq, dk (the A/B baseline).
 bool rope_bwd_fused_from_env() { return env_choice("DISTATTN_ROPE_BWD", {"fused", "separate"}, 0) == 0; }
-// DISTATTN_ROPE_FWD (read by flash_attention_forward_rope too, with the same accepted values): true for "separate".
-bool rope_fwd_separate_from_env() { return env_choice("DISTATTN_ROPE_FWD", {"auto", "separate"}, 0) == 1; }
+// DISTATTN_ROPE_FWD (read by flash_attention_forward_rope too, with the same accepted values): "auto" | "separate" |
+// "fused".
+const char* rope_fwd_mode_from_env() {
+  static const char* const names[3] = {"auto", "separate", "fused"};
+  return names[env_choice("DISTATTN_ROPE_FWD", {"auto", "separate", "fused"}, 0)];
+}
 
 class DenseOp : public OpBase {
  public:
@@ -74,7 +79,7 @@ class DenseOp : public OpBase {
       rope_ = BenchRope(opt_, D_, ctx.on_gpu());
       if (ctx.on_gpu()) {
         rope_bwd_fused_ = rope_bwd_fused_from_env();
-        rope_fwd_separate_ = rope_fwd_separate_from_env();
+        rope_fwd_mode_ = rope_fwd_mode_from_env();
         rope_angles_.inv_freq = rope_.device_inv_freq();
         rope_angles_.rotary_dim = rope_.rotary_dim();
         rope_angles_.style = static_cast<int>(rope_.style());
@@ -144,7 +149,7 @@ class DenseOp : public OpBase {
     out.set("check_kv_heads", check_kv_heads_);
     json_rope_keys(out, opt_.rope, rope_);
     if (opt_.rope && opt_.pass != Pass::kBackward && ctx_.on_gpu()) {
-      out.set("rope_fwd", rope_fwd_separate_ ? "separate" : "auto");
+      out.set("rope_fwd", rope_fwd_mode_);
     }
     if (opt_.rope && opt_.pass != Pass::kForward && ctx_.on_gpu()) {
       out.set("rope_bwd", fused_rope_bwd() ? "fused" : "separate");
@@ -153,7 +158,7 @@ class DenseOp : public OpBase {
   // Row keys: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels of one iteration that
   // run as launches of their own, timed alone, GPU only; null on the host engine, and null where nothing runs
   // separately) and rope_share_pct = 100 * rope_ms / time_ms. Options keys rope_bwd: "fused" | "separate", rope_fwd:
-  // "auto" | "separate" (DISTATTN_ROPE_FWD).
+  // "auto" | "separate" | "fused" (DISTATTN_ROPE_FWD).
   void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
     json_shape(row);
     row.set("flops", work(seq));
@@ -283,9 +288,11 @@ class DenseOp : public OpBase {
     return b;
   }
   // The forward's RoPE as flash_attention_forward_rope runs it (DISTATTN_ROPE_FWD).
-  const char* rope_fwd_label() const {
-    return rope_fwd_separate_ ? "separate (a RoPE launch, then the forward)"
-                              : "auto (inside the forward's launch where it applies)";
+  std::string rope_fwd_label() const {
+    const std::string mode = rope_fwd_mode_;
+    if (mode == "separate") return "separate (a RoPE launch, then the forward)";
+    if (mode == "fused") return "fused (inside the forward's launch wherever it applies, any S)";
+    return "auto (inside the forward's launch where it applies, S >= 8K)";
   }
   // The inverse RoPE of dq, dk runs inside the attention backward (GPU, --rope, DISTATTN_ROPE_BWD unset / fused).
   bool fused_rope_bwd() const { return opt_.rope && ctx_.on_gpu() && rope_bwd_fused_; }
@@ -304,10 +311,10 @@ class DenseOp : public OpBase {
 
   int64_t check_kv_heads_ = 1;
   std::vector<float> slopes_host_;
-  BenchRope rope_;                  // --rope: frequencies (host; GPU also on the device), rotary dim, style
-  RopeTimes rope_times_;            // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
-  bool rope_bwd_fused_ = true;      // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
-  bool rope_fwd_separate_ = false;  // --rope, GPU: DISTATTN_ROPE_FWD is "separate"
+  BenchRope rope_;                      // --rope: frequencies (host; GPU also on the device), rotary dim, style
+  RopeTimes rope_times_;                // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
+  bool rope_bwd_fused_ = true;          // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
+  const char* rope_fwd_mode_ = "auto";  // --rope, GPU: DISTATTN_ROPE_FWD ("auto" | "separate" | "fused")
   RopeAngles
       rope_angles_;  // --rope, GPU: rope_'s device inv_freq, rotary dim, style, scale (forward call, fused inverse)
   AttentionIo io_;   // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host

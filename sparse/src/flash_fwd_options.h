@@ -35,9 +35,13 @@ struct FlashFwdOptions {
 // pointers, head dim, the CUDA engine's size limits). Throws distattn::Error naming the argument.
 void check_forward_cuda(const AttnParams& params);
 
-// flash_attention_forward_rope (distattn/sparse/flash_attention.h) with the fused path allowed or not (false: rotate
-// with rope_apply_cuda, then attend: the tests' reference). Same checks and throws.
-void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, bool allow_fused,
+// Which path flash_attention_forward_rope takes. kAuto: the public call's rule (fused where it applies, from 8192 rows
+// on; DISTATTN_ROPE_FWD=separate / fused override it); kFused: fused wherever it applies, any size, whatever the
+// environment (the tests); kSeparate: rotate with rope_apply_cuda, then attend (the tests' reference).
+enum class RopeFwdPath { kAuto, kFused, kSeparate };
+
+// flash_attention_forward_rope (distattn/sparse/flash_attention.h) on the given path. Same checks and throws.
+void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path,
                                   cudaStream_t stream);
 
 // Whether flash_attention_forward with FlashFwdOptions::hopper_rope can run `params` on the current device: the

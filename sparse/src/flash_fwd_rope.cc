@@ -10,11 +10,15 @@
 // dependent: flash_fwd_hopper.cu, launch_rope).
 //
 // Where the fused path does not apply (GPT-J pairing, partial rotary, head dim 64, ALiBi, Sq != Skv or q_pos !=
-// kv_pos, a GPU or call the Hopper kernel does not take) the call rotates with rope_apply_cuda and then runs
-// flash_attention_forward: the same result bit for bit either way. DISTATTN_ROPE_FWD=separate (read once; "auto" or
-// unset: fused where it applies; anything else throws naming the variable) always takes the separate path, for A/B
-// timings.
-#include <cuda_runtime_api.h>
+// kv_pos, a GPU or call the Hopper kernel does not take), and below kFusedMinRows rows, the call rotates with
+// rope_apply_cuda and then runs flash_attention_forward: the same result bit for bit either way.
+// Why a size limit: the rotation grows with S and the attention with S^2, so at small S the helpers cannot rotate the
+// kv groups as fast as the units consume them, and the units wait. Measured on an H200 (bf16, H 32, causal forward,
+// over the plain forward; bench/results/2026-11-23_h200_s10_rope_prepare): 2K (B 8) fused +44% against separate
+// +24%; 4K fused +23% (the session-4 study: separate +13%); 8K fused +4.6-4.9% against separate +7.1-7.4%; 16K +2.9%
+// against +3.5%.
+// DISTATTN_ROPE_FWD (read once): "auto" or unset: fused where it applies from kFusedMinRows rows on; "separate": never
+// fused; "fused": fused wherever it applies, any size (A/B runs); anything else throws naming the variable.
 
 #include <cstdint>
 
@@ -30,16 +34,19 @@
 namespace distattn {
 namespace {
 
-bool rope_fwd_separate_from_env() {
-  static const bool separate = env_choice("DISTATTN_ROPE_FWD", {"auto", "separate"}, 0) == 1;
-  return separate;
+constexpr int64_t kFusedMinRows = 8192;
+
+// DISTATTN_ROPE_FWD: 0 auto, 1 separate, 2 fused at any size.
+int rope_fwd_mode_from_env() {
+  static const int mode = env_choice("DISTATTN_ROPE_FWD", {"auto", "separate", "fused"}, 0);
+  return mode;
 }
 
 }  // namespace
 
 namespace detail {
 
-void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, bool allow_fused,
+void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path,
                                   cudaStream_t stream) {
   // Everything is checked before q and k are touched.
   check_forward_cuda(params);
@@ -54,8 +61,13 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
 
   const int64_t D = params.q.head_dim();
   const int64_t rot = rope.rotary_dim == 0 ? D : rope.rotary_dim;
-  const bool fused = allow_fused && !rope_fwd_separate_from_env() && D == 128 && rot == D &&
-                     rope.style == static_cast<int>(RopeStyle::kNeoX) && forward_runs_hopper_rope(params);
+  bool wanted = path == RopeFwdPath::kFused;
+  if (path == RopeFwdPath::kAuto) {
+    const int mode = rope_fwd_mode_from_env();
+    wanted = mode == 2 || (mode == 0 && params.q.seqlen() >= kFusedMinRows);
+  }
+  const bool fused = wanted && D == 128 && rot == D && rope.style == static_cast<int>(RopeStyle::kNeoX) &&
+                     forward_runs_hopper_rope(params);
   if (!fused) {
     RopeParams rp;
     rp.q = params.q;
@@ -88,7 +100,7 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
 }  // namespace detail
 
 void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, cudaStream_t stream) {
-  detail::flash_attention_forward_rope(params, rope, /*allow_fused=*/true, stream);
+  detail::flash_attention_forward_rope(params, rope, detail::RopeFwdPath::kAuto, stream);
 }
 
 }  // namespace distattn

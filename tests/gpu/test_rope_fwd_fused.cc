@@ -5,10 +5,12 @@
 // Claim tested: the same bits as the plain sequence rope_apply_cuda(q, k) -> flash_attention_forward, whatever the
 // grid. Every case starts from the same random inputs (seeds printed) with o and lse poisoned with NaN, and runs
 //   plain:   rope_apply_cuda on q and k in place, then flash_attention_forward;
-//   fused:   detail::flash_attention_forward_rope with the fused path allowed, under several grid sizes (the
-//            automatic one, one CTA per unit, and 1 / 3 / 7 CTAs: one CTA's helpers then rotate almost everything while
-//            its producer waits, and the groups rotated before the launch are those of the few first units);
-//   off:     the same call with the fused path refused (rotate, then attend); and the public call on its own stream.
+//   fused:   detail::flash_attention_forward_rope on the fused path (kFused: at any size, unlike the public call,
+//            which fuses from 8192 rows on), under several grid sizes (the automatic one, one CTA per unit, and
+//            1 / 3 / 7 CTAs: one CTA's helpers then rotate almost everything while its producer waits, and the groups
+//            rotated before the launch are those of the few first units);
+//   off:     the same call on the separate path (kSeparate: rotate, then attend); and the public call on its own
+//            stream.
 // o, lse and the rotated q and k (and, with a qkv buffer, v and every padding byte) must match the plain run bit for
 // bit. Cases meant for the fused path assert that it is taken on a Hopper GPU. End to end, o and lse of the plain run
 // are compared with the fp64 host engine on q, k rotated by rope_apply_host in the input dtype (what the kernel
@@ -263,14 +265,14 @@ void run_case(const FCase& c, uint64_t seed) {
     DeviceRun run;
     make_run(c, in, d_slopes, run);
     flash_fwd_hopper_set_grid_override(grid);
-    detail::flash_attention_forward_rope(run.params, angles, /*allow_fused=*/true, 0);
+    detail::flash_attention_forward_rope(run.params, angles, detail::RopeFwdPath::kFused, 0);
     flash_fwd_hopper_set_grid_override(-1);
     expect_same(collect(c, in, run), plain, "fused allowed, grid " + std::to_string(grid));
   }
   {
     DeviceRun run;
     make_run(c, in, d_slopes, run);
-    detail::flash_attention_forward_rope(run.params, angles, /*allow_fused=*/false, 0);
+    detail::flash_attention_forward_rope(run.params, angles, detail::RopeFwdPath::kSeparate, 0);
     expect_same(collect(c, in, run), plain, "fused refused");
   }
   {

@@ -30,9 +30,10 @@ void flash_attention_forward(const AttnParams& params, cudaStream_t stream);
 // attended as flash_attention_forward does. Results are bit-identical to rope_apply_cuda on q and k followed by
 // flash_attention_forward, and q and k hold the rotated values afterwards (what the backward reads; pass the same
 // `rope` as AttnBwdParams::rope_grad to get dq, dk back in the unrotated frame). On the Hopper kernel with NeoX pairing
-// over the whole head dim 128, no ALiBi, the rotation runs inside the forward's launch, beside the
+// over the whole head dim 128, no ALiBi, from 8192 rows on, the rotation runs inside the forward's launch, beside the
 // attention (the producer warpgroup's idle warps; sparse/src/flash_fwd_rope.cc); otherwise, or with
-// DISTATTN_ROPE_FWD=separate, the two calls run one after the other. The fused path takes pooled scratch of 512 bytes
+// DISTATTN_ROPE_FWD=separate, the two calls run one after the other (DISTATTN_ROPE_FWD=fused: inside the launch at any
+// size, for A/B runs). The fused path takes pooled scratch of 512 bytes
 // per q row plus 4 * (2 + B * Hkv) bytes, freed on `stream`. q, k must not overlap each other, v or o. Throws
 // distattn::Error naming the argument (the forward's checks, "rope.*" fields (validate_rope_angles), "k" / "v" / "o"
 // for overlapping storage) before anything is launched or written.
