@@ -5,7 +5,9 @@
 # (causal, non-causal) and S (2K..128K), B=1, H=32, D=128, bf16; with OPS="dense ring" also -o ring over the
 # node's GPUs (global S; the rope variant only when the ring op accepts --rope). The variants of one (S, pass,
 # mask, op) run back to back, in an order that rotates from one group to the next, so that clock or thermal drift
-# hits every variant alike. Writes OUT_DIR/positional_study.json (one report: every run's rows and command line; format in
+# hits every variant alike; with ROUNDS=R that group runs R times over (its order rotating each round) and the table
+# takes the median of the R times of each variant (one process per run: a single process's time can sit several %
+# off, bench/results/2026-11-23_h200_s10_positional). Writes OUT_DIR/positional_study.json (one report: every run's rows and command line; format in
 # bench/study_lib.py), OUT_DIR/study.log (every run's output) and OUT_DIR/overhead.txt (the overhead table:
 # time(variant) / time(none) - 1, computed by bench/compare.py --positional), printed last; also
 # OUT_DIR/positional_overhead.png when matplotlib is installed.
@@ -20,6 +22,7 @@
 #   e.g. "launch/mpirun.sh -n 2"]   LAYOUT [zigzag]: the ring's shard layout
 #   ITERS / WARMUP  one -n / -w for every S [by S: <= 8K 40/10, 16K 20/3, 32K 10/2, 64K 5/1, larger 3/1]
 #   CHECK [1] with CHECK_MAX_SEQ [2K]: -c 1 checks every variant against the fp64 host engine at S <= 2K
+#   ROUNDS [1]: runs of each variant per (S, pass, mask, op), interleaved; the table uses their median time
 #   MAX_SECONDS [0: none]: launch no run after this many seconds (the rest is recorded as skipped)
 #   DISTATTN_GIT_COMMIT  the commit reported in the JSON (the binary's configure-time commit otherwise)
 # Exit code: 0 every run OK; 1 a run failed, a check found wrong values, or runs were skipped; 2 usage error.
@@ -43,6 +46,11 @@ SHAPE=${SHAPE:-"-B 1 -H 32 -d 128 --dtype bf16"}
 CHECK=${CHECK:-1}
 CHECK_MAX_SEQ=${CHECK_MAX_SEQ:-2K}
 MAX_SECONDS=${MAX_SECONDS:-0}
+ROUNDS=${ROUNDS:-1}
+if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
+  echo "run_positional_study: ROUNDS must be a positive integer, got '$ROUNDS'" >&2
+  exit 2
+fi
 # A singleton MPI init as root (device machines) needs these with Open MPI; harmless elsewhere.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
@@ -93,7 +101,7 @@ LOG=$OUT/study.log
 : >"$LOG"
 {
   echo "# run_positional_study: $(date -u +%Y-%m-%dT%H:%M:%SZ), binary $BENCH"
-  echo "# sizes $SIZES; passes $PASSES; masks $MASKS; variants $VARIANTS; ops $OPS; shape $SHAPE; check $CHECK (S <= $CHECK_MAX_SEQ)"
+  echo "# sizes $SIZES; passes $PASSES; masks $MASKS; variants $VARIANTS; ops $OPS; shape $SHAPE; check $CHECK (S <= $CHECK_MAX_SEQ); rounds $ROUNDS"
   [[ " $OPS " == *" ring "* ]] && echo "# ring: $RING_LAUNCH, layout $LAYOUT, rope variant $([[ $RING_ROPE == 1 ]] && echo yes || echo 'no (the ring op refuses --rope)')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
     --format=csv,noheader 2>/dev/null | sed 's/^/# gpu: /'
@@ -109,44 +117,47 @@ for size in $SIZES; do
   for pass in $PASSES; do
     for mask in $MASKS; do
       for op in $OPS; do
-        # Rotate the variant order per (S, pass, mask, op): none rope alibi, rope alibi none, alibi none rope, ...
-        nv=${#variants[@]}
-        for ((j = 0; j < nv; ++j)); do
-          v=${variants[$(((combo + j) % nv))]}
-          tag="${pass}_${mask}_${v}_${size}"
-          launch=()
-          if [[ $op == ring ]]; then
-            tag="ring_$tag"
-            if [[ $v == rope && $RING_ROPE == 0 ]]; then continue; fi
-            read -r -a launch <<<"$RING_LAUNCH"
-          fi
-          order=$((order + 1))
-          if ((MAX_SECONDS > 0 && SECONDS - start >= MAX_SECONDS)); then
-            printf '%d\t%s\t-1\t0\t\n' "$order" "$tag" >>"$MANIFEST"
-            echo "=== [$order] $tag: skipped (MAX_SECONDS=$MAX_SECONDS reached)" | tee -a "$LOG" >&2
-            FAILED=1
-            continue
-          fi
-          args="-o $op -b $seq -e $seq $SHAPE --pass $pass $timing -c $CHECK --check-max-seq $CHECK_MAX_SEQ"
-          [[ $op == ring ]] && args+=" --layout $LAYOUT"
-          [[ $mask == causal ]] && args+=" --causal"
-          [[ $v == rope ]] && args+=" --rope"
-          [[ $v == alibi ]] && args+=" --alibi"
-          echo "=== [$order] $tag: ${launch[*]}${launch[*]:+ }distattn_bench $args" | tee -a "$LOG" >&2
-          t0=$SECONDS
-          # shellcheck disable=SC2086
-          "${launch[@]}" "$BENCH" $args -J "$RUNS/$tag.json" >>"$LOG" 2>&1
-          rc=$?
-          grep -v '^#' "$LOG" | tail -n 1 >&2
-          if [[ $rc -ne 0 ]]; then
-            echo "run_positional_study: $tag exited $rc (1: wrong values, 2: error; see $LOG)" >&2
-            FAILED=1
-          fi
-          json=""
-          [[ -f $RUNS/$tag.json ]] && json=$RUNS/$tag.json
-          printf '%d\t%s\t%d\t%d\t%s\n' "$order" "$tag" "$rc" "$((SECONDS - t0))" "$json" >>"$MANIFEST"
+        for ((round = 1; round <= ROUNDS; ++round)); do
+          # Rotate the variant order per (S, pass, mask, op) and round: none rope alibi, rope alibi none, ...
+          nv=${#variants[@]}
+          for ((j = 0; j < nv; ++j)); do
+            v=${variants[$(((combo + j) % nv))]}
+            tag="${pass}_${mask}_${v}_${size}"
+            ((ROUNDS > 1)) && tag+="_r$round"
+            launch=()
+            if [[ $op == ring ]]; then
+              tag="ring_$tag"
+              if [[ $v == rope && $RING_ROPE == 0 ]]; then continue; fi
+              read -r -a launch <<<"$RING_LAUNCH"
+            fi
+            order=$((order + 1))
+            if ((MAX_SECONDS > 0 && SECONDS - start >= MAX_SECONDS)); then
+              printf '%d\t%s\t-1\t0\t\n' "$order" "$tag" >>"$MANIFEST"
+              echo "=== [$order] $tag: skipped (MAX_SECONDS=$MAX_SECONDS reached)" | tee -a "$LOG" >&2
+              FAILED=1
+              continue
+            fi
+            args="-o $op -b $seq -e $seq $SHAPE --pass $pass $timing -c $CHECK --check-max-seq $CHECK_MAX_SEQ"
+            [[ $op == ring ]] && args+=" --layout $LAYOUT"
+            [[ $mask == causal ]] && args+=" --causal"
+            [[ $v == rope ]] && args+=" --rope"
+            [[ $v == alibi ]] && args+=" --alibi"
+            echo "=== [$order] $tag: ${launch[*]}${launch[*]:+ }distattn_bench $args" | tee -a "$LOG" >&2
+            t0=$SECONDS
+            # shellcheck disable=SC2086
+            "${launch[@]}" "$BENCH" $args -J "$RUNS/$tag.json" >>"$LOG" 2>&1
+            rc=$?
+            grep -v '^#' "$LOG" | tail -n 1 >&2
+            if [[ $rc -ne 0 ]]; then
+              echo "run_positional_study: $tag exited $rc (1: wrong values, 2: error; see $LOG)" >&2
+              FAILED=1
+            fi
+            json=""
+            [[ -f $RUNS/$tag.json ]] && json=$RUNS/$tag.json
+            printf '%d\t%s\t%d\t%d\t%s\n' "$order" "$tag" "$rc" "$((SECONDS - t0))" "$json" >>"$MANIFEST"
+          done
+          combo=$((combo + 1))
         done
-        combo=$((combo + 1))
       done
     done
   done
@@ -156,7 +167,7 @@ echo "# runs took $((SECONDS - start)) s" | tee -a "$LOG"
 STUDY=$OUT/positional_study.json
 "$PY" "$ROOT/bench/study_lib.py" merge-positional "$MANIFEST" "$STUDY" "sizes=$SIZES" "passes=$PASSES" \
   "masks=$MASKS" "variants=$VARIANTS" "ops=$OPS" "shape=$SHAPE" "check=$CHECK" "check_max_seq=$CHECK_MAX_SEQ" \
-  "iters=${ITERS:-by S}" "warmup=${WARMUP:-by S}" "binary=$BENCH" || FAILED=1
+  "iters=${ITERS:-by S}" "warmup=${WARMUP:-by S}" "rounds=$ROUNDS" "binary=$BENCH" || FAILED=1
 if [[ -f $STUDY ]]; then
   if "$PY" -c "import matplotlib" 2>/dev/null; then
     "$PY" "$ROOT/bench/plot.py" "$STUDY" --out "$OUT" --only positional || FAILED=1

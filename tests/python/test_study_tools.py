@@ -499,8 +499,9 @@ class MergePositionalTest(Tmp):
 
 
 # A stand-in for distattn_bench: reads the options the study passes and writes a -J report whose time is known:
-# none = S / 1024 ms, rope +2%, alibi +10% (and exit 1, "FAILED", for the variant in $STUB_FAIL). -o ring rows are
-# 2-rank rows; "-o ring --rope -h" (the study's probe) succeeds only with $STUB_RING_ROPE set.
+# none = S / 1024 ms, rope +2%, alibi +10% (and exit 1, "FAILED", for the variant in $STUB_FAIL; 1.5x the time for the
+# runs whose tag, the -J file's name, is listed in $STUB_SLOW). -o ring rows are 2-rank rows; "-o ring --rope -h" (the
+# study's probe) succeeds only with $STUB_RING_ROPE set.
 STUB_BENCH = r"""#!/usr/bin/env python3
 import json, os, sys
 a = sys.argv[1:]
@@ -513,6 +514,8 @@ ranks = 2 if op == "ring" else 1
 seq = int(val("-b"))
 variant = "rope" if "--rope" in a else "alibi" if "--alibi" in a else "none"
 t = seq / 1024 * {"none": 1.0, "rope": 1.02, "alibi": 1.10}[variant]
+if os.path.basename(val("-J"))[:-len(".json")] in os.environ.get("STUB_SLOW", "").split():
+    t *= 1.5
 row = {"seq": seq, "time_ms": t, "tflops": 1.0, "gbps": None, "B": 1, "H": 32, "Hkv": 32, "D": 128,
        "causal": "--causal" in a, "window": 0, "alibi": variant == "alibi", "rope": variant == "rope",
        "pass": val("--pass"), "dtype": "bf16", "wrong": 0, "ranks": ranks}
@@ -564,6 +567,32 @@ class StudyScriptTest(Tmp):
         self.assertEqual(table.count("alibi: worst overhead at S >= 8K: +10.00% -> target < 3% MISSED"), 4)
         self.assertIn(table, p.stdout)  # printed last
         self.assertTrue(os.path.exists(os.path.join(out, "study.log")))
+
+    def test_rounds_interleave_and_the_table_takes_the_median(self):
+        # Round 2 of the 8K causal forward's rope run and round 3 of its none run are 1.5x slow (a process that ran
+        # slow): the medians of three rounds keep the true overheads (+2%, +10%).
+        one = dict(SIZES="8K", PASSES="fwd", MASKS="causal", ROUNDS="3",
+                   STUB_SLOW="fwd_causal_rope_8K_r2 fwd_causal_none_8K_r3")
+        p, out = self.run_study(**one)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        with open(os.path.join(out, "positional_study.json")) as f:
+            doc = json.load(f)
+        self.assertEqual([r["tag"] for r in doc["runs"]],
+                         ["fwd_causal_none_8K_r1", "fwd_causal_rope_8K_r1", "fwd_causal_alibi_8K_r1",
+                          "fwd_causal_rope_8K_r2", "fwd_causal_alibi_8K_r2", "fwd_causal_none_8K_r2",
+                          "fwd_causal_alibi_8K_r3", "fwd_causal_none_8K_r3", "fwd_causal_rope_8K_r3"])
+        self.assertEqual(doc["settings"]["rounds"], "3")
+        self.assertEqual(len(doc["rows"]), 9)
+        self.assertIn("rope: worst overhead at S >= 8K: +2.00% -> target < 3% met", p.stdout)
+        self.assertIn("alibi: worst overhead at S >= 8K: +10.00% -> target < 3% MISSED", p.stdout)
+        # One round: the slow run is the only one, and the table shows it.
+        p, out = self.run_study(**dict(one, ROUNDS="1", STUB_SLOW="fwd_causal_rope_8K"))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("rope: worst overhead at S >= 8K: +53.00% -> target < 3% MISSED", p.stdout)
+        for bad in ("0", "two", "-1"):
+            p, out = self.run_study(ROUNDS=bad)
+            self.assertEqual(p.returncode, 2, bad)
+            self.assertIn("ROUNDS must be a positive integer", p.stderr)
 
     def test_ring_joins_when_asked_and_rope_only_where_accepted(self):
         one = dict(SIZES="8K", PASSES="fwd", MASKS="causal", OPS="dense ring", RING_LAUNCH="env")
