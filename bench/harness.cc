@@ -19,6 +19,7 @@
 #include "bench_options.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/check_libs.h"  // after <mpi.h>: DISTATTN_MPI_CHECK
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/launch/device.h"
 #include "distattn/launch/sizes.h"
@@ -120,6 +121,19 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
       if (s) cudaStreamDestroy(s);
     }
   } stream_guard{stream};
+  // DISTATTN_BENCH_PAD_MB=N (experiments; default 0): N MiB of device memory taken before anything else and held to
+  // the end, so that every buffer of the run lands at other addresses. Forward-only timings differ by 5-8% between
+  // processes of the same command (bench/results/2026-11-23_h200_s10_positional); this tells placement from the rest.
+  struct PadGuard {
+    void* p = nullptr;
+    ~PadGuard() {
+      if (p) cudaFree(p);
+    }
+  } pad_guard;
+  if (ctx.on_gpu()) {
+    const int64_t pad_mb = env_int("DISTATTN_BENCH_PAD_MB", 0, int64_t{1} << 20, 0);
+    if (pad_mb > 0) DISTATTN_CUDA_CHECK(cudaMalloc(&pad_guard.p, static_cast<size_t>(pad_mb) << 20));
+  }
 
   // --- header: the command, then one line per rank in rank order -------------------------------------
   const std::string device_name = launch::device_name(ctx.device);
@@ -129,6 +143,10 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
                                        backward_kernel_choice()
                                  : std::string()));
   if (!ctx.on_gpu()) print0(rank, "# no CUDA device: running the host engine (fp32) on small sizes");
+  if (pad_guard.p != nullptr)
+    print0(rank,
+           "# DISTATTN_BENCH_PAD_MB: " + std::to_string(env_int("DISTATTN_BENCH_PAD_MB", 0, int64_t{1} << 20, 0)) +
+               " MiB of device memory held before the run's buffers");
   {
     constexpr int kLine = 256;
     char line[kLine] = {0};
