@@ -14,9 +14,9 @@
 // rope_apply_cuda and then runs flash_attention_forward: the same result bit for bit either way.
 // Why a size limit: the rotation grows with S and the attention with S^2, so at small S the helpers cannot rotate the
 // kv groups as fast as the units consume them, and the units wait. Measured on an H200 (bf16, H 32, causal forward,
-// over the plain forward; bench/results/2026-11-23_h200_s10_rope_prepare): 2K (B 8) fused +44% against separate
-// +24%; 4K fused +23% (the session-4 study: separate +13%); 8K fused +4.6-4.9% against separate +7.1-7.4%; 16K +2.9%
-// against +3.5%.
+// over the plain forward; bench/results/2026-11-23_h200_s10_positional, ..._s10_rope_prepare): 2K (B 8) fused +44%
+// against separate +23%; 4K (B 1) fused +23% against +13.5%, (B 8) about equal; 8K fused +4.6-5.2% against
+// +7.1-7.4%; 16K +2.9% against +3.5%.
 // DISTATTN_ROPE_FWD (read once): "auto" or unset: fused where it applies from kFusedMinRows rows on; "separate": never
 // fused; "fused": fused wherever it applies, any size (A/B runs); anything else throws naming the variable.
 
