@@ -17,6 +17,7 @@
 #include "distattn/core/error.h"
 #include "distattn/positional/rope_math.cuh"
 #include "flash_fwd_rope_prepare.h"
+#include "mma_primitives.cuh"
 
 namespace distattn {
 namespace detail {
@@ -38,28 +39,8 @@ struct PreRotation {
   int64_t hq = 0, hk = 0, nb = 0;  // heads of q, of k, batches (0 heads: nothing to rotate)
 };
 
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  const __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-template <typename T>
-__device__ __forceinline__ float2 unpack2(uint32_t w);
-template <>
-__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t w) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
-}
-template <>
-__device__ __forceinline__ float2 unpack2<__half>(uint32_t w) {
-  return __half22float2(*reinterpret_cast<const __half2*>(&w));
-}
+using kernels::pack2;    // mma_primitives.cuh: two floats -> one 16-bit pair, round to nearest
+using kernels::unpack2;  // its inverse
 
 // Thread x = row s * 8 + unit c (pairs 8c .. 8c + 7 of row s); blockIdx.y = slice of up to 8 head rows. Slice 0 also
 // writes the table and the counters.

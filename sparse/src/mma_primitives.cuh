@@ -87,17 +87,22 @@ __device__ __forceinline__ uint32_t pack2<__half>(float x, float y) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// Sum of the squares of the two 16-bit values in one register (fp32; exact products, one rounding per add).
+// pack2's inverse (exact): the register's two 16-bit values as floats, x = the low half.
 template <typename T>
-__device__ __forceinline__ float sq_sum2(uint32_t packed);
+__device__ __forceinline__ float2 unpack2(uint32_t packed);
 template <>
-__device__ __forceinline__ float sq_sum2<__nv_bfloat16>(uint32_t packed) {
-  const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed));
-  return fmaf(f.x, f.x, f.y * f.y);
+__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t packed) {
+  return make_float2(__uint_as_float(packed << 16), __uint_as_float(packed & 0xffff0000u));
 }
 template <>
-__device__ __forceinline__ float sq_sum2<__half>(uint32_t packed) {
-  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&packed));
+__device__ __forceinline__ float2 unpack2<__half>(uint32_t packed) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&packed));
+}
+
+// Sum of the squares of the two 16-bit values in one register (fp32; exact products, one rounding per add).
+template <typename T>
+__device__ __forceinline__ float sq_sum2(uint32_t packed) {
+  const float2 f = unpack2<T>(packed);
   return fmaf(f.x, f.x, f.y * f.y);
 }
 
