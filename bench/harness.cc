@@ -130,10 +130,8 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
       if (p) cudaFree(p);
     }
   } pad_guard;
-  if (ctx.on_gpu()) {
-    const int64_t pad_mb = env_int("DISTATTN_BENCH_PAD_MB", 0, int64_t{1} << 20, 0);
-    if (pad_mb > 0) DISTATTN_CUDA_CHECK(cudaMalloc(&pad_guard.p, static_cast<size_t>(pad_mb) << 20));
-  }
+  const int64_t pad_mb = ctx.on_gpu() ? env_int("DISTATTN_BENCH_PAD_MB", 0, int64_t{1} << 20, 0) : 0;
+  if (pad_mb > 0) DISTATTN_CUDA_CHECK(cudaMalloc(&pad_guard.p, static_cast<size_t>(pad_mb) << 20));
 
   // --- header: the command, then one line per rank in rank order -------------------------------------
   const std::string device_name = launch::device_name(ctx.device);
@@ -144,9 +142,8 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
                                  : std::string()));
   if (!ctx.on_gpu()) print0(rank, "# no CUDA device: running the host engine (fp32) on small sizes");
   if (pad_guard.p != nullptr)
-    print0(rank,
-           "# DISTATTN_BENCH_PAD_MB: " + std::to_string(env_int("DISTATTN_BENCH_PAD_MB", 0, int64_t{1} << 20, 0)) +
-               " MiB of device memory held before the run's buffers");
+    print0(rank, "# DISTATTN_BENCH_PAD_MB: " + std::to_string(pad_mb) +
+                     " MiB of device memory held before the run's buffers");
   {
     constexpr int kLine = 256;
     char line[kLine] = {0};
