@@ -61,6 +61,11 @@ po::options_description bench_options_description() {
       ("dilated-ragged", po::value<int>()->default_value(1),
        "dilated, mha --core dilated: 1 = rates need not divide segments (torchscale's ragged classes), 0 = they "
        "must")  //
+      ("warmup-ms", po::value<int>()->default_value(0),
+       "GPU: after the -w warm-up iterations, go on warming up until this many ms have passed (every rank as long as "
+       "the slowest), so that the timed iterations run at the clock the GPU keeps under load: an H200 leaves its "
+       "boost clock (1980 MHz) for ~1800-1845 MHz within ~60-100 ms of load when its power cap applies, and a short "
+       "forward-only run otherwise times part boost, part capped. 0: off; the host engine ignores it")  //
       ("seed", po::value<uint64_t>()->default_value(20261122), "seed of the random inputs");
   return desc;
 }
@@ -133,6 +138,9 @@ BenchOptions parse_bench_options(int argc, const char* const argv[], bool have_g
   const int ragged = vm["dilated-ragged"].as<int>();
   DISTATTN_CHECK_ARG(ragged == 0 || ragged == 1, "--dilated-ragged", "expected 0 or 1, got ", ragged);
   o.dilated_ragged = ragged == 1;
+  o.warmup_ms = vm["warmup-ms"].as<int>();
+  DISTATTN_CHECK_ARG(o.warmup_ms >= 0 && o.warmup_ms <= 600000, "--warmup-ms", "must be between 0 and 600000, got ",
+                     o.warmup_ms);
   o.seed = vm["seed"].as<uint64_t>();
   return o;
 }

@@ -38,6 +38,7 @@ struct BenchOptions {
   bool dilated_ragged = true;        // --dilated-ragged 0|1: DilatedConfig::ragged_rates (rates not dividing segments)
   bool dilated_rates_given = false;  // --dilated-rates given explicitly (op mha falls back otherwise, see mha.cc)
   uint64_t seed = 20261122;          // --seed: random inputs of size index i use seed + i (checks: a fresh stream)
+  int warmup_ms = 0;                 // --warmup-ms: GPU warm-up goes on until this many ms passed (0: -w only)
   bool host_engine = false;          // no GPU: the host engine (fp32) runs the op
   bool help = false;                 // -h/--help given: print usage and exit
   std::vector<int64_t> sizes;        // the resolved sweep

@@ -67,12 +67,50 @@ const OpEntry& find_op(const std::string& name) {
   DISTATTN_THROW("--op/-o", "unknown operation '", name, "' (known: ", known, ")");
 }
 
-// Times op.run(): warm-up, then each of `iters` iterations on its own. GPU: CUDA events around each
-// enqueue (GPU time per iteration, the host runs ahead); host engine: a steady clock. Returns the median, ms.
-double time_op(BenchOp& op, const RunContext& ctx, int warmup, int iters, bool sync_each) {
+// --warmup-ms (GPU): runs op until `ms` of wall time have passed on every rank, and returns how many runs that took.
+// Why: under load an H200 holds its boost clock only until its power cap applies (~60-100 ms), then runs ~8% slower
+// (bench/results/2026-11-23_h200_s11_clocks); a short forward-only run would time a mix of both. Ranks agree on the
+// batch size (from the slowest rank's first run) and stop together (MPI_MIN of "done"), so that the collectives inside
+// a multi-rank op.run() pair up.
+int warm_up_for_ms(BenchOp& op, const RunContext& ctx, int ms) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const auto elapsed_ms = [&t0] { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); };
+  op.run();
+  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  // Batches of ~10 ms between the checks: the host waits for the stream only that often.
+  const double first_ms = std::max(max_over_ranks(elapsed_ms()), 1e-3);
+  const int batch = static_cast<int>(std::min(10000.0, std::max(1.0, std::ceil(10.0 / first_ms))));
+  int runs = 1;
+  while (true) {
+    const int done_local = elapsed_ms() >= ms ? 1 : 0;
+    int done = 0;
+    DISTATTN_MPI_CHECK(MPI_Allreduce(&done_local, &done, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+    if (done) break;
+    for (int i = 0; i < batch; ++i) op.run();
+    DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    runs += batch;
+  }
+  return runs;
+}
+
+// Times op.run(): warm-up (-w iterations, then on GPU --warmup-ms), then each of `iters` iterations on its own. GPU:
+// CUDA events around each enqueue (GPU time per iteration, the host runs ahead); host engine: a steady clock. Returns
+// the median, ms.
+double time_op(BenchOp& op, const RunContext& ctx, const BenchOptions& opt) {
   const auto run = [&op] { op.run(); };
-  return ctx.on_gpu() ? median_stream_ms(ctx.stream, warmup, iters, run, sync_each)
-                      : median_host_ms(warmup, iters, run);
+  const launch::CommonOptions& c = opt.common;
+  if (!ctx.on_gpu()) return median_host_ms(c.warmup, c.iters, run);
+  int warmup = c.warmup;
+  if (opt.warmup_ms > 0) {
+    for (int i = 0; i < warmup; ++i) {
+      op.run();
+      if (c.sync_each_iter) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    }
+    warm_up_for_ms(op, ctx, opt.warmup_ms);
+    warmup = 0;
+  }
+  return median_stream_ms(ctx.stream, warmup, c.iters, run, c.sync_each_iter);
 }
 
 void print0(int rank, const std::string& line) {
@@ -123,7 +161,8 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
   } stream_guard{stream};
   // DISTATTN_BENCH_PAD_MB=N (experiments; default 0): N MiB of device memory taken before anything else and held to
   // the end, so that every buffer of the run lands at other addresses. Forward-only timings differ by 5-8% between
-  // processes of the same command (bench/results/2026-11-23_h200_s10_positional); this tells placement from the rest.
+  // processes of the same command (bench/results/2026-11-23_h200_s10_positional); this told placement from the rest.
+  // (Placement it was not: the power cap is, bench/results/2026-11-23_h200_s11_clocks, hence --warmup-ms.)
   struct PadGuard {
     void* p = nullptr;
     ~PadGuard() {
@@ -166,8 +205,9 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
       os << " x" << opt.common.step_factor;
     else
       os << " +" << opt.common.step_increment;
-    os << ", iters " << opt.common.iters << " (median; max over ranks), warm-up " << opt.common.warmup << ", check "
-       << opt.common.check << ", seed " << opt.seed
+    os << ", iters " << opt.common.iters << " (median; max over ranks), warm-up " << opt.common.warmup
+       << (opt.warmup_ms > 0 && ctx.on_gpu() ? " + " + std::to_string(opt.warmup_ms) + " ms" : std::string())
+       << ", check " << opt.common.check << ", seed " << opt.seed
        << (opt.common.sync_each_iter ? ", stream synchronised after every iteration" : "");
     print0(rank, os.str());
   }
@@ -191,8 +231,7 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
   double rate_sum = 0;
   for (int64_t seq : opt.sizes) {
     op->setup(seq);
-    double t_local = time_op(*op, ctx, opt.common.warmup, opt.common.iters, opt.common.sync_each_iter), t_max = 0,
-           t_min = 0;
+    double t_local = time_op(*op, ctx, opt), t_max = 0, t_min = 0;
     DISTATTN_MPI_CHECK(MPI_Allreduce(&t_local, &t_max, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
     DISTATTN_MPI_CHECK(MPI_Allreduce(&t_local, &t_min, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD));
 
@@ -266,7 +305,11 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]) {
     options.set("batch", c.batch).set("heads", c.heads).set("kv_heads", c.resolved_kv_heads());
     options.set("head_dim", c.head_dim).set("dtype", ctx.on_gpu() ? dtype_name(c.dtype) : "fp32");
     options.set("causal", c.causal).set("window", c.window).set("alibi", c.alibi);
-    options.set("iters", c.iters).set("warmup", c.warmup).set("check", c.check).set("sync_each_iter", c.sync_each_iter);
+    options.set("iters", c.iters)
+        .set("warmup", c.warmup)
+        .set("warmup_ms", opt.warmup_ms)
+        .set("check", c.check)
+        .set("sync_each_iter", c.sync_each_iter);
     options.set("check_max_seq", opt.check_max_seq).set("seed", static_cast<int64_t>(opt.seed));
     op->json_options(options);
     JsonObject report;

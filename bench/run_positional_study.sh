@@ -21,6 +21,9 @@
 #   OPS ["dense"; "dense ring" adds the ring]   RING_LAUNCH [launch/mpirun.sh, i.e. one rank per GPU of the node;
 #   e.g. "launch/mpirun.sh -n 2"]   LAYOUT [zigzag]: the ring's shard layout
 #   ITERS / WARMUP  one -n / -w for every S [by S: <= 8K 40/10, 16K 20/3, 32K 10/2, 64K 5/1, larger 3/1]
+#   WARMUP_MS [300]: distattn_bench --warmup-ms, the warm-up goes on until this many ms have passed, so that every
+#   variant is timed at the clock the GPU keeps under load (an H200 drops from its 1980 MHz boost to ~1800-1845 MHz
+#   within ~60-100 ms once its power cap applies: bench/results/2026-11-23_h200_s11_clocks); 0: -w only
 #   CHECK [1] with CHECK_MAX_SEQ [2K]: -c 1 checks every variant against the fp64 host engine at S <= 2K
 #   ROUNDS [1]: runs of each variant per (S, pass, mask, op), interleaved; the table uses their median time
 #   MAX_SECONDS [0: none]: launch no run after this many seconds (the rest is recorded as skipped)
@@ -51,6 +54,11 @@ if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
   echo "run_positional_study: ROUNDS must be a positive integer, got '$ROUNDS'" >&2
   exit 2
 fi
+WARMUP_MS=${WARMUP_MS:-300}
+if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
+  echo "run_positional_study: WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
+  exit 2
+fi
 # A singleton MPI init as root (device machines) needs these with Open MPI; harmless elsewhere.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
@@ -72,7 +80,7 @@ timing_of() {
   elif ((s <= 65536)); then n=5 w=1
   else n=3 w=1
   fi
-  echo "-n ${ITERS:-$n} -w ${WARMUP:-$w}"
+  echo "-n ${ITERS:-$n} -w ${WARMUP:-$w} --warmup-ms $WARMUP_MS"
 }
 
 read -r -a variants <<<"$VARIANTS"
@@ -167,7 +175,7 @@ echo "# runs took $((SECONDS - start)) s" | tee -a "$LOG"
 STUDY=$OUT/positional_study.json
 "$PY" "$ROOT/bench/study_lib.py" merge-positional "$MANIFEST" "$STUDY" "sizes=$SIZES" "passes=$PASSES" \
   "masks=$MASKS" "variants=$VARIANTS" "ops=$OPS" "shape=$SHAPE" "check=$CHECK" "check_max_seq=$CHECK_MAX_SEQ" \
-  "iters=${ITERS:-by S}" "warmup=${WARMUP:-by S}" "rounds=$ROUNDS" "binary=$BENCH" || FAILED=1
+  "iters=${ITERS:-by S}" "warmup=${WARMUP:-by S}" "warmup_ms=$WARMUP_MS" "rounds=$ROUNDS" "binary=$BENCH" || FAILED=1
 if [[ -f $STUDY ]]; then
   if "$PY" -c "import matplotlib" 2>/dev/null; then
     "$PY" "$ROOT/bench/plot.py" "$STUDY" --out "$OUT" --only positional || FAILED=1

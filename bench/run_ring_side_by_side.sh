@@ -11,7 +11,8 @@
 #   PYTHON        python3;  MPIRUN  mpirun;  MPIRUN_ARGS  extra mpirun arguments
 #   RING_SWEEP    "-b 32K -e 128K -f 2";  SHAPE  "-H 32 -d 128 --dtype bf16";  LAYOUT  zigzag
 #   JOBS          default "fwd-causal fwd"; also "fwdbwd-causal fwdbwd bwd-causal"
-#   ITERS (20), WARMUP (5), CHECK (1: distattn checks S <= --check-max-seq, i.e. nothing at 32K+)
+#   ITERS (20), WARMUP (5), WARMUP_MS (0: --warmup-ms of both tools), CHECK (1: distattn checks S <=
+#   --check-max-seq, i.e. nothing at 32K+)
 #   DISTATTN_GIT_COMMIT  reported commit override
 # Exit code non-zero if a check failed or a tool errored (a refused peer shape is a result, not an error).
 set -uo pipefail
@@ -46,7 +47,14 @@ MPI=("$MPIRUN" --allow-run-as-root --oversubscribe --bind-to none -np "$NP" -x N
 # shellcheck disable=SC2206
 MPI+=(${MPIRUN_ARGS:-})
 
-TIMING="-n $ITERS -w $WARMUP"
+WARMUP_MS=${WARMUP_MS:-0}
+if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
+  echo "$(basename "$0"): WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
+  exit 2
+fi
+# WARMUP_MS > 0: both tools warm up until that many ms have passed (--warmup-ms), so that both are timed at the clock
+# the GPU keeps under load (bench/README.md, "Clocks and warm-up").
+TIMING="-n $ITERS -w $WARMUP --warmup-ms $WARMUP_MS"
 MERGE_ARGS=()
 FAILED=0
 echo "run_ring_side_by_side: $NP rank(s), bench $BENCH, out $OUT" >&2

@@ -6,8 +6,8 @@
 #   bench/run_side_by_side.sh [OUT_DIR]
 #
 # Environment: DISTATTN_BENCH (the binary; default: build/bench/distattn_bench, then
-# build-bench/dev/distattn_bench), PYTHON (python3), ITERS (20), WARMUP (5), CHECK (1),
-# DENSE_SWEEP ("-b 2K -e 32K -f 2"), JOBS (default "dense-fwd dense-fwd-causal rope"; also
+# build-bench/dev/distattn_bench), PYTHON (python3), ITERS (20), WARMUP (5), WARMUP_MS (0: --warmup-ms of both
+# tools), CHECK (1), DENSE_SWEEP ("-b 2K -e 32K -f 2"), JOBS (default "dense-fwd dense-fwd-causal rope"; also
 # "dense-fwdbwd dense-fwdbwd-causal alibi"), DISTATTN_GIT_COMMIT (reported commit override).
 set -uo pipefail
 
@@ -26,7 +26,14 @@ JOBS=${JOBS:-"dense-fwd dense-fwd-causal rope"}
 # A singleton MPI init as root (device machines) needs these with Open MPI; harmless elsewhere.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-TIMING="-n $ITERS -w $WARMUP"
+WARMUP_MS=${WARMUP_MS:-0}
+if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
+  echo "$(basename "$0"): WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
+  exit 2
+fi
+# WARMUP_MS > 0: both tools warm up until that many ms have passed (--warmup-ms), so that both are timed at the clock
+# the GPU keeps under load (bench/README.md, "Clocks and warm-up").
+TIMING="-n $ITERS -w $WARMUP --warmup-ms $WARMUP_MS"
 MERGE_ARGS=()
 FAILED=0
 

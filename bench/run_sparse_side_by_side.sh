@@ -7,9 +7,10 @@
 #   bench/run_sparse_side_by_side.sh [OUT_DIR]
 #
 # Environment: DISTATTN_BENCH (the binary; default build/bench/distattn_bench, then build-bs/dev/distattn_bench),
-# PYTHON (python3), ITERS (20), WARMUP (5), CHECK (1: checks run at S <= --check-max-seq only, i.e. never at the
-# default sizes; set SWEEP smaller to check), SWEEP ("-b 16K -e 64K -f 4"), PASS (fwd), SHAPE
-# ("-H 32 -d 128 --dtype bf16"), DENSE_TIMING ("-n 10 -w 2": one dense forward at 64K takes ~0.19 s on an H100),
+# PYTHON (python3), ITERS (20), WARMUP (5), WARMUP_MS (0: --warmup-ms of both tools), CHECK (1: checks run at
+# S <= --check-max-seq only, i.e. never at the default sizes; set SWEEP smaller to check), SWEEP ("-b 16K -e 64K
+# -f 4"), PASS (fwd), SHAPE ("-H 32 -d 128 --dtype bf16"), DENSE_TIMING ("-n 10 -w 2": one dense forward at 64K
+# takes ~0.19 s on an H100),
 # JOBS (default "bdiag window dense"; also "strided", "bigbird", "random": ours only for the last two, flex does
 # not reproduce their seeded draws).
 set -uo pipefail
@@ -31,7 +32,14 @@ JOBS=${JOBS:-"bdiag window dense"}
 DENSE_TIMING=${DENSE_TIMING:-"-n 10 -w 2"}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-TIMING="-n $ITERS -w $WARMUP"
+WARMUP_MS=${WARMUP_MS:-0}
+if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
+  echo "$(basename "$0"): WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
+  exit 2
+fi
+# WARMUP_MS > 0: both tools warm up until that many ms have passed (--warmup-ms), so that both are timed at the clock
+# the GPU keeps under load (bench/README.md, "Clocks and warm-up").
+TIMING="-n $ITERS -w $WARMUP --warmup-ms $WARMUP_MS"
 MERGE_ARGS=()
 FAILED=0
 
@@ -40,7 +48,7 @@ FAILED=0
 run_pair() {
   local name=$1 tag=$2 args=$3 peer=${4:-flex}
   local ours_args="-o sparse $args" timing=$TIMING
-  [[ $peer == dense ]] && ours_args="-o dense $args" timing=$DENSE_TIMING
+  [[ $peer == dense ]] && ours_args="-o dense $args" timing="$DENSE_TIMING --warmup-ms $WARMUP_MS"
   echo "=== $name: distattn_bench $ours_args" >&2
   # shellcheck disable=SC2086
   "$BENCH" $ours_args $SWEEP $SHAPE --pass "$PASS" $timing -c "$CHECK" -J "$OUT/$tag.ours.json" 2>&1 |

@@ -64,10 +64,10 @@ namespace {
 // the backward, then rope_apply_cuda(inverse) on dq, dk (the A/B baseline).
 bool rope_bwd_fused_from_env() { return env_choice("DISTATTN_ROPE_BWD", {"fused", "separate"}, 0) == 0; }
 // DISTATTN_ROPE_FWD (read by flash_attention_forward_rope too, with the same accepted values): "auto" | "separate" |
-// "fused".
+// "fused" | "prerotated" (diagnostic).
 const char* rope_fwd_mode_from_env() {
-  static const char* const names[3] = {"auto", "separate", "fused"};
-  return names[env_choice("DISTATTN_ROPE_FWD", {"auto", "separate", "fused"}, 0)];
+  static const char* const names[4] = {"auto", "separate", "fused", "prerotated"};
+  return names[env_choice("DISTATTN_ROPE_FWD", {"auto", "separate", "fused", "prerotated"}, 0)];
 }
 
 class DenseOp : public OpBase {
@@ -158,7 +158,7 @@ class DenseOp : public OpBase {
   // Row keys: rope (bool) always; with --rope also rotary_dim, style, rope_ms (the RoPE kernels of one iteration that
   // run as launches of their own, timed alone, GPU only; null on the host engine, and null where nothing runs
   // separately) and rope_share_pct = 100 * rope_ms / time_ms. Options keys rope_bwd: "fused" | "separate", rope_fwd:
-  // "auto" | "separate" | "fused" (DISTATTN_ROPE_FWD).
+  // "auto" | "separate" | "fused" | "prerotated" (DISTATTN_ROPE_FWD).
   void json_row(JsonObject& row, int64_t seq, double time_ms) const override {
     json_shape(row);
     row.set("flops", work(seq));
@@ -292,6 +292,8 @@ class DenseOp : public OpBase {
     const std::string mode = rope_fwd_mode_;
     if (mode == "separate") return "separate (a RoPE launch, then the forward)";
     if (mode == "fused") return "fused (inside the forward's launch wherever it applies, any S)";
+    if (mode == "prerotated")
+      return "prerotated (diagnostic: the fused launch, every group rotated by its set-up kernel, any S)";
     return "auto (inside the forward's launch where it applies, S >= 8K)";
   }
   // The inverse RoPE of dq, dk runs inside the attention backward (GPU, --rope, DISTATTN_ROPE_BWD unset / fused).
@@ -314,7 +316,7 @@ class DenseOp : public OpBase {
   BenchRope rope_;                      // --rope: frequencies (host; GPU also on the device), rotary dim, style
   RopeTimes rope_times_;                // --rope, GPU: separately launched RoPE kernels of one iteration, ms, per size
   bool rope_bwd_fused_ = true;          // --rope, GPU: DISTATTN_ROPE_BWD (fused unless "separate")
-  const char* rope_fwd_mode_ = "auto";  // --rope, GPU: DISTATTN_ROPE_FWD ("auto" | "separate" | "fused")
+  const char* rope_fwd_mode_ = "auto";  // --rope, GPU: DISTATTN_ROPE_FWD ("auto" | "separate" | "fused" | "prerotated")
   RopeAngles
       rope_angles_;  // --rope, GPU: rope_'s device inv_freq, rotary dim, style, scale (forward call, fused inverse)
   AttentionIo io_;   // q, k, v, o, lse (+ dout, dq, dk, dv) on the GPU or the host

@@ -147,7 +147,7 @@ def main(argv=None):
     label = pattern_label(args.sparse_pattern, args.sparse_block, args.window, args.causal, args.sparse_random)
 
     def time_fn(fn):
-        return cuda_median_ms(fn, args.iters, args.warmup_iters)
+        return cuda_median_ms(fn, args.iters, args.warmup_iters, args.warmup_ms)
 
     rows = []
     for S in sizes:
@@ -200,7 +200,7 @@ def main(argv=None):
         "command_line": " ".join(sys.argv), "op": "sparse",
         "options": {"batch": B, "heads": H, "kv_heads": Hkv, "head_dim": D, "dtype": args.dtype,
                     "causal": args.causal, "window": args.window, "pass": args.pass_, "iters": args.iters,
-                    "warmup": args.warmup_iters, "sparse_pattern": args.sparse_pattern,
+                    "warmup": args.warmup_iters, "warmup_ms": args.warmup_ms, "sparse_pattern": args.sparse_pattern,
                     "sparse_block": args.sparse_block, "sparse_random": args.sparse_random},
         "rows": rows,
     })

@@ -3,6 +3,7 @@ flash-attention FLOP formula, the options that mirror distattn_bench's, the CUDA
 one pass (fwd / bwd / fwdbwd), the error text of a refused shape and the head of the JSON report. Importing it needs
 no torch (the functions that use it import it when called), so it is unit-tested on machines without a GPU stack."""
 
+import math
 import os
 import re
 import sys
@@ -41,12 +42,47 @@ def flops(B, S, H, D, causal, pass_):
     return f * {"fwd": 1.0, "bwd": 2.5, "fwdbwd": 3.5}[pass_]
 
 
-def cuda_median_ms(fn, iters, warmup):
-    """Median of `iters` CUDA-event timings (ms) of fn() after `warmup` untimed calls, as distattn_bench times."""
+def warm_up_for_ms(fn, ms, all_done=None, max_over_ranks=None, sync=None):
+    """distattn_bench's --warmup-ms: calls fn() until `ms` of wall time have passed; returns the number of calls.
+    Between checks, batches of ~10 ms (from the first call's time). Several ranks: all_done(flag) -> True only when
+    every rank's flag is (an all-reduce MIN) and max_over_ranks(x) -> the largest x (so that every rank runs the same
+    batches and the collectives inside fn pair up). sync() waits for the GPU (default torch.cuda.synchronize)."""
+    import time
+
+    if sync is None:
+        import torch
+
+        sync = torch.cuda.synchronize
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    first_ms = (time.perf_counter() - t0) * 1e3
+    if max_over_ranks is not None:
+        first_ms = max_over_ranks(first_ms)
+    batch = int(min(10000, max(1, math.ceil(10.0 / max(first_ms, 1e-3)))))
+    calls = 1
+    while True:
+        done = (time.perf_counter() - t0) * 1e3 >= ms
+        if all_done is not None:
+            done = all_done(done)
+        if done:
+            return calls
+        for _ in range(batch):
+            fn()
+        sync()
+        calls += batch
+
+
+def cuda_median_ms(fn, iters, warmup, warmup_ms=0, all_done=None, max_over_ranks=None):
+    """Median of `iters` CUDA-event timings (ms) of fn() after `warmup` untimed calls and, with warmup_ms > 0, more
+    until that many ms have passed (warm_up_for_ms, whose multi-rank hooks all_done and max_over_ranks are), as
+    distattn_bench times."""
     import torch
 
     for _ in range(warmup):
         fn()
+    if warmup_ms > 0:
+        warm_up_for_ms(fn, warmup_ms, all_done, max_over_ranks)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     stops = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     for i in range(iters):
@@ -60,13 +96,15 @@ def cuda_median_ms(fn, iters, warmup):
 
 def add_shape_args(p, minseq, maxseq):
     """The options every peer mirrors from distattn_bench, in its order: -b -e -f -i (sweep; defaults `minseq`,
-    `maxseq`), -n -w (timing), -B -H --gqa -d --dtype (shape), --causal."""
+    `maxseq`), -n -w --warmup-ms (timing), -B -H --gqa -d --dtype (shape), --causal."""
     p.add_argument("-b", "--minseq", default=minseq)
     p.add_argument("-e", "--maxseq", default=maxseq)
     p.add_argument("-f", "--stepfactor", type=int, default=2)
     p.add_argument("-i", "--stepseq", default=None)
     p.add_argument("-n", "--iters", type=int, default=20)
     p.add_argument("-w", "--warmup_iters", type=int, default=5)
+    p.add_argument("--warmup-ms", dest="warmup_ms", type=int, default=0,
+                   help="after -w, warm up until this many ms have passed (distattn_bench's --warmup-ms)")
     p.add_argument("-B", "--batch", type=int, default=1)
     p.add_argument("-H", "--heads", type=int, default=32)
     p.add_argument("--gqa", type=int, default=0, help="key/value heads (0: as many as -H)")

@@ -145,13 +145,16 @@ def main():
                 except Exception:
                     pass
 
-    def time_fn(fn):
-        return cuda_median_ms(fn, args.iters, args.warmup_iters)
-
     def max_over_ranks(x):
         t = torch.tensor([x], dtype=torch.float64, device=dev)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t.item())
+
+    def all_done(flag):
+        return -max_over_ranks(-1.0 if flag else 0.0) > 0.5  # MIN over ranks of the flags
+
+    def time_fn(fn):
+        return cuda_median_ms(fn, args.iters, args.warmup_iters, args.warmup_ms, all_done, max_over_ranks)
 
     refused = None  # the non-causal refusal is the same at every size: tried once
     for S in sizes:
@@ -244,7 +247,7 @@ def main():
             "command_line": " ".join(sys.argv), "op": "ring", "ranks": world,
             "options": {"batch": B, "heads": H, "kv_heads": Hkv, "head_dim": D, "dtype": args.dtype,
                         "causal": args.causal, "pass": args.pass_, "iters": args.iters,
-                        "warmup": args.warmup_iters, "rotate": args.rotate or "default",
+                        "warmup": args.warmup_iters, "warmup_ms": args.warmup_ms, "rotate": args.rotate or "default",
                         "load_balance": not args.no_load_balance, "sdpa_backend": args.backend},
             "rows": rows,
         })

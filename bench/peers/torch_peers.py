@@ -62,7 +62,7 @@ def main():
     wanted = set(x for x in args.peers.split(",") if x)
 
     def time_fn(fn):
-        return cuda_median_ms(fn, args.iters, args.warmup_iters)
+        return cuda_median_ms(fn, args.iters, args.warmup_iters, args.warmup_ms)
 
     rows = []
 
@@ -192,7 +192,8 @@ def main():
         "cudnn": torch.backends.cudnn.version(), "command_line": " ".join(sys.argv), "op": args.op,
         "options": {"batch": B, "heads": H, "kv_heads": Hkv, "head_dim": D, "dtype": args.dtype,
                     "causal": args.causal, "alibi": args.alibi, "pass": args.pass_, "iters": args.iters,
-                    "warmup": args.warmup_iters, "rotary_dim": args.rotary_dim, "style": args.style},
+                    "warmup": args.warmup_iters, "warmup_ms": args.warmup_ms, "rotary_dim": args.rotary_dim,
+                    "style": args.style},
         "rows": rows,
     })
     write_report(report, args.json)

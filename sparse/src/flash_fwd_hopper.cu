@@ -224,6 +224,7 @@ void launch_rope(const AttnParams& p, const FlashFwdHopperRope& rope, bool persi
     pre = std::max<int64_t>(pre, int64_t{u.b} * Hkv + u.h / k->head_group + 1);
   }
   if (pre > Hkv) pre = std::min(groups, (pre + Hkv - 1) / Hkv * Hkv);
+  if (rope.rotate_all_before) pre = groups;
   k->rope_pre_groups = static_cast<int>(pre);
   // The table, the counters and groups [0, pre) (kv heads [0, min(pre, Hkv)) of batches [0, ceil(pre / Hkv)) and
   // their q heads) in one launch.

@@ -37,8 +37,10 @@ void check_forward_cuda(const AttnParams& params);
 
 // Which path flash_attention_forward_rope takes. kAuto: the public call's rule (fused where it applies, from 8192 rows
 // on; DISTATTN_ROPE_FWD=separate / fused override it); kFused: fused wherever it applies, any size, whatever the
-// environment (the tests); kSeparate: rotate with rope_apply_cuda, then attend (the tests' reference).
-enum class RopeFwdPath { kAuto, kFused, kSeparate };
+// environment (the tests); kSeparate: rotate with rope_apply_cuda, then attend (the tests' reference);
+// kFusedPrerotated: the fused launch wherever it applies, but its set-up kernel rotates every kv group, so the kernel
+// has nothing to rotate or wait for (the diagnostic DISTATTN_ROPE_FWD=prerotated: the fused kernel's own cost).
+enum class RopeFwdPath { kAuto, kFused, kSeparate, kFusedPrerotated };
 
 // flash_attention_forward_rope (distattn/sparse/flash_attention.h) on the given path. Same checks and throws.
 void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path,

@@ -18,7 +18,9 @@
 // against separate +23%; 4K (B 1) fused +23% against +13.5%, (B 8) about equal; 8K fused +4.6-5.2% against
 // +7.1-7.4%; 16K +2.9% against +3.5%.
 // DISTATTN_ROPE_FWD (read once): "auto" or unset: fused where it applies from kFusedMinRows rows on; "separate": never
-// fused; "fused": fused wherever it applies, any size (A/B runs); anything else throws naming the variable.
+// fused; "fused": fused wherever it applies, any size (A/B runs); "prerotated" (diagnostic): the fused launch at any
+// size, but its set-up kernel rotates every kv group, so the kernel only carries the fused path's code (no helper work,
+// no waits); anything else throws naming the variable.
 
 #include <cstdint>
 
@@ -36,9 +38,9 @@ namespace {
 
 constexpr int64_t kFusedMinRows = 8192;
 
-// DISTATTN_ROPE_FWD: 0 auto, 1 separate, 2 fused at any size.
+// DISTATTN_ROPE_FWD: 0 auto, 1 separate, 2 fused at any size, 3 fused with every group rotated by the set-up kernel.
 int rope_fwd_mode_from_env() {
-  static const int mode = env_choice("DISTATTN_ROPE_FWD", {"auto", "separate", "fused"}, 0);
+  static const int mode = env_choice("DISTATTN_ROPE_FWD", {"auto", "separate", "fused", "prerotated"}, 0);
   return mode;
 }
 
@@ -61,10 +63,12 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
 
   const int64_t D = params.q.head_dim();
   const int64_t rot = rope.rotary_dim == 0 ? D : rope.rotary_dim;
-  bool wanted = path == RopeFwdPath::kFused;
+  bool wanted = path == RopeFwdPath::kFused || path == RopeFwdPath::kFusedPrerotated;
+  bool rotate_all_before = path == RopeFwdPath::kFusedPrerotated;
   if (path == RopeFwdPath::kAuto) {
     const int mode = rope_fwd_mode_from_env();
-    wanted = mode == 2 || (mode == 0 && params.q.seqlen() >= kFusedMinRows);
+    wanted = mode >= 2 || (mode == 0 && params.q.seqlen() >= kFusedMinRows);
+    rotate_all_before = mode == 3;
   }
   const bool fused = wanted && D == 128 && rot == D && rope.style == static_cast<int>(RopeStyle::kNeoX) &&
                      forward_runs_hopper_rope(params);
@@ -92,6 +96,7 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
   r.scale = rope.scale;
   r.table = scratch.get<float2>();
   r.counters = reinterpret_cast<uint32_t*>(scratch.get() + table_bytes);
+  r.rotate_all_before = rotate_all_before;
   FlashFwdOptions options;
   options.hopper_rope = &r;
   flash_attention_forward(params, options, stream);

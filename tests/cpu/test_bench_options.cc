@@ -100,6 +100,8 @@ TEST(BenchOptions, DefaultsAndSweepFromTheCommandLine) {
   EXPECT_EQ(o.common.head_dim, 128);
   EXPECT_EQ(o.common.dtype, DType::kBFloat16);
   EXPECT_EQ(o.check_max_seq, 4096);
+  EXPECT_EQ(o.warmup_ms, 0);  // the time-based warm-up is opt-in
+  EXPECT_EQ(parse({"--warmup-ms", "300"}).warmup_ms, 300);
 
   o = parse({"-b",      "2K",   "-e",       "16K",          "-f",   "2",       "-c",    "1",  "-n",
              "7",       "-w",   "2",        "-o",           "rope", "-H",      "40",    "-d", "64",
@@ -176,6 +178,8 @@ TEST(BenchOptions, ParseErrorsNameTheOption) {
   expect_error_naming([] { parse({"-f", "two"}); }, "stepfactor");
   expect_error_naming([] { parse({"-n", "0"}); }, "iters");
   expect_error_naming([] { parse({"-w", "-1"}); }, "warmup");
+  expect_error_naming([] { parse({"--warmup-ms", "-5"}); }, "--warmup-ms");
+  expect_error_naming([] { parse({"--warmup-ms", "600001"}); }, "--warmup-ms");
   expect_error_naming([] { parse({"-c", "2"}); }, "check");
   expect_error_naming([] { parse({"-H", "0"}); }, "heads");
   expect_error_naming([] { parse({"-H", "32", "--gqa", "5"}); }, "gqa");

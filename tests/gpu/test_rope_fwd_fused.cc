@@ -276,6 +276,13 @@ void run_case(const FCase& c, uint64_t seed) {
     expect_same(collect(c, in, run), plain, "fused refused");
   }
   {
+    // The diagnostic path (DISTATTN_ROPE_FWD=prerotated): rope_prepare rotates every group, the kernel none.
+    DeviceRun run;
+    make_run(c, in, d_slopes, run);
+    detail::flash_attention_forward_rope(run.params, angles, detail::RopeFwdPath::kFusedPrerotated, 0);
+    expect_same(collect(c, in, run), plain, "fused, every group rotated before the launch");
+  }
+  {
     // The public call on a non-default stream (its own rule and the environment choose the schedule).
     cudaStream_t stream = nullptr;
     DISTATTN_CUDA_CHECK(cudaStreamCreate(&stream));

@@ -48,6 +48,40 @@ class PeerCommonTest(unittest.TestCase):
         self.assertEqual(ms, 3.0)           # median of 5, 1, 3, 9, 2
         self.assertEqual(len(calls), 2 + 5)  # warm-up calls are made but not timed
 
+    def test_warm_up_for_ms_runs_until_the_time_has_passed(self):
+        # Each call takes 3 ms of a fake clock: the first sets batches of ceil(10 / 3) = 4 calls; checks at 3, 15, 27,
+        # 39 ms go on, the one at 51 ms stops: 1 + 4 * 4 calls.
+        clock = {"t": 0.0}
+
+        def fn():
+            clock["t"] += 3.0
+
+        with mock.patch("time.perf_counter", side_effect=lambda: clock["t"] / 1e3):
+            calls = peer_common.warm_up_for_ms(fn, 50, sync=lambda: None)
+        self.assertEqual(calls, 17)
+        self.assertGreaterEqual(clock["t"], 50.0)
+
+    def test_warm_up_for_ms_waits_for_every_rank(self):
+        # This rank is done at once (0 ms), but the all-reduce says another rank is not, twice; the agreed first-call
+        # time (max over ranks, 25 ms) makes the batches one call each.
+        seen = []
+
+        def all_done(flag):
+            seen.append(flag)
+            return len(seen) > 2
+
+        calls = peer_common.warm_up_for_ms(lambda: None, 0, all_done=all_done, max_over_ranks=lambda x: 25.0,
+                                           sync=lambda: None)
+        self.assertEqual(calls, 3)
+        self.assertEqual(seen, [True, True, True])
+
+    def test_cuda_median_ms_with_warmup_ms(self):
+        calls = []
+        with mock.patch.dict(sys.modules, {"torch": fake_torch([4.0, 2.0, 6.0])}):
+            ms = peer_common.cuda_median_ms(lambda: calls.append(1), iters=3, warmup=1, warmup_ms=1)
+        self.assertEqual(ms, 4.0)
+        self.assertGreater(len(calls), 1 + 3)  # the time-based warm-up made at least one call of its own
+
     def test_sizes(self):
         self.assertEqual(peer_common.parse_size("4096", "-b"), 4096)
         self.assertEqual(peer_common.parse_size("2K", "-b"), 2048)

@@ -594,6 +594,22 @@ class StudyScriptTest(Tmp):
             self.assertEqual(p.returncode, 2, bad)
             self.assertIn("ROUNDS must be a positive integer", p.stderr)
 
+    def test_time_based_warm_up_reaches_every_run(self):
+        # WARMUP_MS (default 300) goes to every distattn_bench run as --warmup-ms, and into the report's settings.
+        one = dict(SIZES="8K", PASSES="fwd", MASKS="causal", VARIANTS="none rope")
+        for env, want in ((one, "300"), (dict(one, WARMUP_MS="0"), "0"), (dict(one, WARMUP_MS="1000"), "1000")):
+            p, out = self.run_study(**env)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            with open(os.path.join(out, "positional_study.json")) as f:
+                doc = json.load(f)
+            self.assertEqual(doc["settings"]["warmup_ms"], want)
+            for r in doc["runs"]:
+                self.assertIn(f"--warmup-ms {want} ", r["command_line"] + " ")
+        for bad in ("-1", "1.5", "x"):
+            p, out = self.run_study(**dict(one, WARMUP_MS=bad))
+            self.assertEqual(p.returncode, 2, bad)
+            self.assertIn("WARMUP_MS must be a non-negative integer", p.stderr)
+
     def test_ring_joins_when_asked_and_rope_only_where_accepted(self):
         one = dict(SIZES="8K", PASSES="fwd", MASKS="causal", OPS="dense ring", RING_LAUNCH="env")
         p, out = self.run_study(**one)

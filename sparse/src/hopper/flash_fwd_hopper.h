@@ -62,6 +62,9 @@ struct FlashFwdHopperRope {
   float scale = 1.0f;               // cos/sin multiplier
   float2* table = nullptr;          // [S][64] device scratch (written before the launch)
   uint32_t* counters = nullptr;     // [flash_fwd_hopper_rope_counters(p)] device scratch (set before the launch)
+  // Diagnostic (DISTATTN_ROPE_FWD=prerotated): rope_prepare rotates every kv group, so the fused launch has nothing
+  // to rotate or wait for; tells the kernel's own cost from the helpers' work and the units' waits.
+  bool rotate_all_before = false;
 };
 
 // flash_fwd_hopper_supported(p, device) and the fused RoPE's conditions: no ALiBi, Sq == Skv and q_pos == kv_pos, the
