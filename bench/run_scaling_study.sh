@@ -16,6 +16,8 @@
 #   ONE_GPU_MAX ["256K"]: largest S run on one GPU (a dense causal fwd+bwd at 1M takes ~50 s per iteration)
 #   RUN_TIMEOUT [300]: seconds per run          MAX_SECONDS [0: none]: start no run after this many seconds
 #   CHECK [0]: -c for every run (the fp64 check covers S <= --check-max-seq only)
+#   WARMUP_MS [300]: --warmup-ms of every run, so 1, 2 and 4 GPUs are all timed at the clock the GPUs keep under load
+#   (an H200 leaves its boost clock ~60-100 ms into a load: bench/README.md, "Clocks and warm-up"); 0: -w only
 #   DISTATTN_GIT_COMMIT  the commit reported in the JSON
 # Exit code: 0 every run OK; 1 a run failed or was skipped; 2 usage error (no binary).
 set -uo pipefail
@@ -42,6 +44,11 @@ ONE_GPU_MAX=${ONE_GPU_MAX:-256K}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 MAX_SECONDS=${MAX_SECONDS:-0}
 CHECK=${CHECK:-0}
+WARMUP_MS=${WARMUP_MS:-300}
+if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
+  echo "run_scaling_study: WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
+  exit 2
+fi
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 # tokens "32K" / "1M" / "512" -> integer
@@ -108,14 +115,15 @@ for np in $NPS; do
         if [[ $op == ring ]]; then
           # One GPU: the dense op is the ring's reference (no exchange, no ring bookkeeping).
           if ((np == 1)); then
-            run "dense_${pass}_np1_${b}-${e}" 1 -o dense -b "$b" -e "$e" -f 2 $SHAPE $MASK --pass "$pass" -n "$n" -w "$w"
+            run "dense_${pass}_np1_${b}-${e}" 1 -o dense -b "$b" -e "$e" -f 2 $SHAPE $MASK --pass "$pass" -n "$n" -w "$w" \
+              --warmup-ms "$WARMUP_MS"
           else
             run "ring_${pass}_np${np}_${b}-${e}" "$np" -o ring -b "$b" -e "$e" -f 2 $SHAPE $MASK --pass "$pass" \
-              -n "$n" -w "$w"
+              -n "$n" -w "$w" --warmup-ms "$WARMUP_MS"
           fi
         else
           run "dilated_${pass}_np${np}_${b}-${e}" "$np" -o dilated -b "$b" -e "$e" -f 2 $SHAPE $MASK --pass "$pass" \
-            $DILATED_ARGS -n "$n" -w "$w"
+            $DILATED_ARGS -n "$n" -w "$w" --warmup-ms "$WARMUP_MS"
         fi
       done
     done

@@ -712,6 +712,14 @@ class ScalingScriptTest(Tmp):
         self.assertRegex(table, r"dilated fwd causal S=64K +100\.0% +95\.0% +85\.0%")
         self.assertRegex(table, r"fwd causal S=2K +100\.0% +95\.0% +85\.0%")
         self.assertNotIn("S=512K", table)  # no one-GPU reference there
+        # Every run is timed at the settled clock (WARMUP_MS, default 300 ms of warm-up).
+        for r in runs:
+            with open(os.path.join(out, r)) as f:
+                self.assertIn("--warmup-ms 300", json.load(f)["command_line"], r)
+        p = subprocess.run(["/bin/bash", os.path.join(ROOT, "bench", "run_scaling_study.sh"), out],
+                           capture_output=True, text=True, env=dict(e, WARMUP_MS="soon"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("WARMUP_MS must be a non-negative integer", p.stderr)
 
 
 @unittest.skipUnless(HAS_MPL, "matplotlib not installed: plots not tested")
