@@ -67,33 +67,6 @@ const OpEntry& find_op(const std::string& name) {
   DISTATTN_THROW("--op/-o", "unknown operation '", name, "' (known: ", known, ")");
 }
 
-// --warmup-ms (GPU): runs op until `ms` of wall time have passed on every rank, and returns how many runs that took.
-// Why: under load an H200 holds its boost clock only until its power cap applies (~60-100 ms), then runs ~8% slower
-// (bench/results/2026-11-23_h200_s11_clocks); a short forward-only run would time a mix of both. Ranks agree on the
-// batch size (from the slowest rank's first run) and stop together (MPI_MIN of "done"), so that the collectives inside
-// a multi-rank op.run() pair up.
-int warm_up_for_ms(BenchOp& op, const RunContext& ctx, int ms) {
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  const auto elapsed_ms = [&t0] { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); };
-  op.run();
-  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-  // Batches of ~10 ms between the checks: the host waits for the stream only that often.
-  const double first_ms = std::max(max_over_ranks(elapsed_ms()), 1e-3);
-  const int batch = static_cast<int>(std::min(10000.0, std::max(1.0, std::ceil(10.0 / first_ms))));
-  int runs = 1;
-  while (true) {
-    const int done_local = elapsed_ms() >= ms ? 1 : 0;
-    int done = 0;
-    DISTATTN_MPI_CHECK(MPI_Allreduce(&done_local, &done, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
-    if (done) break;
-    for (int i = 0; i < batch; ++i) op.run();
-    DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-    runs += batch;
-  }
-  return runs;
-}
-
 // Times op.run(): warm-up (-w iterations, then on GPU --warmup-ms), then each of `iters` iterations on its own. GPU:
 // CUDA events around each enqueue (GPU time per iteration, the host runs ahead); host engine: a steady clock. Returns
 // the median, ms.
@@ -107,7 +80,7 @@ double time_op(BenchOp& op, const RunContext& ctx, const BenchOptions& opt) {
       op.run();
       if (c.sync_each_iter) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
     }
-    warm_up_for_ms(op, ctx, opt.warmup_ms);
+    warm_up_for_ms(run, ctx.stream, opt.warmup_ms);
     warmup = 0;
   }
   return median_stream_ms(ctx.stream, warmup, c.iters, run, c.sync_each_iter);
@@ -338,6 +311,28 @@ double max_over_ranks(double x) {
   double r = 0;
   DISTATTN_MPI_CHECK(MPI_Allreduce(&x, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
   return r;
+}
+
+int warm_up_for_ms(const std::function<void()>& fn, cudaStream_t stream, int ms) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const auto elapsed_ms = [&t0] { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); };
+  fn();
+  DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  // Batches of ~10 ms between the checks: the host waits for the stream only that often.
+  const double first_ms = std::max(max_over_ranks(elapsed_ms()), 1e-3);
+  const int batch = static_cast<int>(std::min(10000.0, std::max(1.0, std::ceil(10.0 / first_ms))));
+  int calls = 1;
+  while (true) {
+    const int done_local = elapsed_ms() >= ms ? 1 : 0;
+    int done = 0;
+    DISTATTN_MPI_CHECK(MPI_Allreduce(&done_local, &done, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+    if (done) break;
+    for (int i = 0; i < batch; ++i) fn();
+    DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    calls += batch;
+  }
+  return calls;
 }
 
 }  // namespace bench

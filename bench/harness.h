@@ -2,6 +2,10 @@
 // nccl-tests style table, the correctness footer and the JSON report. Ops plug in via bench_op.h.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
+#include <functional>
+
 #include "distattn/launch/mpi_session.h"
 
 namespace distattn {
@@ -15,6 +19,13 @@ int run_bench(launch::MpiSession& mpi, int argc, const char* const argv[]);
 // The maximum of x over the job's ranks (MPI_COMM_WORLD; every rank must call it). Ops report per-rank times and
 // memory as the slowest / largest rank's.
 double max_over_ranks(double x);
+
+// --warmup-ms (GPU): calls fn() (GPU work on `stream`) until `ms` of wall time have passed on every rank; returns how
+// many calls that took. Why: under load an H200 holds its boost clock only until its power cap applies (~60-100 ms),
+// then runs ~8% slower (bench/results/2026-11-23_h200_s11_clocks); a short run would time a mix of both. The ranks
+// agree on the batch size (from the slowest rank's first call) and stop together (MPI_MIN of "done"), so that the
+// collectives inside a multi-rank fn pair up: every rank must call it, with the same ms.
+int warm_up_for_ms(const std::function<void()>& fn, cudaStream_t stream, int ms);
 
 }  // namespace bench
 }  // namespace distattn
