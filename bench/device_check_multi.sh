@@ -8,6 +8,8 @@
 #   Environment: NP (default: the GPUs nvidia-smi lists), BUDGET_S (default 330: benchmarks that would start
 #   after this many seconds are skipped and say so), STAGES (default "tests ring dilated sparse mha cp"),
 #   RING_MAX (default 512K: the ring sweeps' largest S; 1M for issue 6's 8-GPU run), DILATED_MAX (default 1M; 2M),
+#   WARMUP_MS (default 300: every benchmark's --warmup-ms, the context_parallel peer's too, so the figures are taken at
+#   the clock the GPUs keep under load; bench/README.md, "Clocks and warm-up"),
 #   DISTATTN_GIT_COMMIT (the commit the binaries were built from; recorded in the JSON).
 set -uo pipefail
 bin=${1:?BIN_DIR}
@@ -22,6 +24,7 @@ BUDGET_S=${BUDGET_S:-330}
 STAGES=${STAGES:-"tests ring dilated sparse mha cp"}
 RING_MAX=${RING_MAX:-512K}
 DILATED_MAX=${DILATED_MAX:-1M}
+WARMUP_MS=${WARMUP_MS:-300}
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
 export DISTATTN_COMM_TIMEOUT_S=${DISTATTN_COMM_TIMEOUT_S:-120} DISTATTN_GIT_COMMIT=${DISTATTN_GIT_COMMIT:-unknown}
 MPI=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$NP" -x NCCL_NVLS_ENABLE -x DISTATTN_COMM_TIMEOUT_S
@@ -41,7 +44,7 @@ if has tests; then
   done
 fi
 
-B=(-H 32 -d 128 --dtype bf16)
+B=(-H 32 -d 128 --dtype bf16 --warmup-ms "$WARMUP_MS")
 if has ring; then
   # The sweep the ring issue asks for: 2K..RING_MAX (512K; 1M at 8 GPUs), memory per GPU (peakMiB) growing as S/N.
   step ring_fwd_causal 90 "${MPI[@]}" "$bin/distattn_bench" -o ring -b 2K -e "$RING_MAX" -f 2 "${B[@]}" --causal -n 5 -w 2 \
@@ -68,7 +71,8 @@ if has mha; then
 fi
 if has cp; then
   step ring_vs_context_parallel 150 env NP="$NP" DISTATTN_BENCH="$bin/distattn_bench" RING_SWEEP="-b 32K -e 128K -f 4" \
-    ITERS=5 WARMUP=2 CHECK=0 JOBS="fwd-causal fwdbwd-causal" "$here/bench/run_ring_side_by_side.sh" "$out/cp"
+    ITERS=5 WARMUP=2 WARMUP_MS="$WARMUP_MS" CHECK=0 JOBS="fwd-causal fwdbwd-causal" \
+    "$here/bench/run_ring_side_by_side.sh" "$out/cp"
 fi
 
 tar czf "$out/results.tgz" -C "$out" logs $(cd "$out" && ls ./*.json 2>/dev/null) $( [ -d "$out/cp" ] && echo cp)
