@@ -67,23 +67,12 @@ const OpEntry& find_op(const std::string& name) {
   DISTATTN_THROW("--op/-o", "unknown operation '", name, "' (known: ", known, ")");
 }
 
-// Times op.run(): warm-up (-w iterations, then on GPU --warmup-ms), then each of `iters` iterations on its own. GPU:
-// CUDA events around each enqueue (GPU time per iteration, the host runs ahead); host engine: a steady clock. Returns
-// the median, ms.
+// Times op.run() (warm_median_ms on the GPU; host engine: -w calls, then the median of `iters` by a steady clock).
 double time_op(BenchOp& op, const RunContext& ctx, const BenchOptions& opt) {
   const auto run = [&op] { op.run(); };
   const launch::CommonOptions& c = opt.common;
-  if (!ctx.on_gpu()) return median_host_ms(c.warmup, c.iters, run);
-  int warmup = c.warmup;
-  if (opt.warmup_ms > 0) {
-    for (int i = 0; i < warmup; ++i) {
-      op.run();
-      if (c.sync_each_iter) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-    }
-    warm_up_for_ms(run, ctx.stream, opt.warmup_ms);
-    warmup = 0;
-  }
-  return median_stream_ms(ctx.stream, warmup, c.iters, run, c.sync_each_iter);
+  return ctx.on_gpu() ? warm_median_ms(run, ctx.stream, c.warmup, opt.warmup_ms, c.iters, c.sync_each_iter)
+                      : median_host_ms(c.warmup, c.iters, run);
 }
 
 void print0(int rank, const std::string& line) {
@@ -313,7 +302,10 @@ double max_over_ranks(double x) {
   return r;
 }
 
-int warm_up_for_ms(const std::function<void()>& fn, cudaStream_t stream, int ms) {
+namespace {
+
+// --warmup-ms: calls fn() until `ms` of wall time have passed on every rank (warm_median_ms, harness.h).
+void warm_up_for_ms(const std::function<void()>& fn, cudaStream_t stream, int ms) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const auto elapsed_ms = [&t0] { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); };
@@ -322,17 +314,27 @@ int warm_up_for_ms(const std::function<void()>& fn, cudaStream_t stream, int ms)
   // Batches of ~10 ms between the checks: the host waits for the stream only that often.
   const double first_ms = std::max(max_over_ranks(elapsed_ms()), 1e-3);
   const int batch = static_cast<int>(std::min(10000.0, std::max(1.0, std::ceil(10.0 / first_ms))));
-  int calls = 1;
   while (true) {
     const int done_local = elapsed_ms() >= ms ? 1 : 0;
     int done = 0;
     DISTATTN_MPI_CHECK(MPI_Allreduce(&done_local, &done, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
-    if (done) break;
+    if (done) return;
     for (int i = 0; i < batch; ++i) fn();
     DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-    calls += batch;
   }
-  return calls;
+}
+
+}  // namespace
+
+double warm_median_ms(const std::function<void()>& fn, cudaStream_t stream, int warmup, int warmup_ms, int iters,
+                      bool sync_each) {
+  if (warmup_ms <= 0) return median_stream_ms(stream, warmup, iters, fn, sync_each);
+  for (int i = 0; i < warmup; ++i) {
+    fn();
+    if (sync_each) DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  warm_up_for_ms(fn, stream, warmup_ms);
+  return median_stream_ms(stream, 0, iters, fn, sync_each);
 }
 
 }  // namespace bench

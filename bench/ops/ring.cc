@@ -681,19 +681,14 @@ class RingOp : public OpBase {
     });
   }
 
-  // Median over opt.iters of fn() after opt.warmup runs (GPU: then --warmup-ms, as the harness warms up run(), so
-  // that comp(ms) and the step time are taken at the same settled clock; every rank calls it): CUDA events on the
-  // compute stream (GPU) or a steady clock (host), like the harness's own timing of run().
+  // Median over opt.iters of fn() after opt.warmup runs (at least one) and, on the GPU, --warmup-ms (harness.h's
+  // warm_median_ms, as the harness times run(): comp(ms) and the step time at the same settled clock; every rank
+  // calls it); host engine: a steady clock.
   template <typename Fn>
   double time_loop(Fn&& fn) {
     const int warmup = std::max(1, opt_.common.warmup), iters = std::max(1, opt_.common.iters);
-    if (!ctx_.on_gpu()) return median_host_ms(warmup, iters, fn);
-    if (opt_.warmup_ms > 0) {
-      for (int i = 0; i < warmup; ++i) fn();
-      warm_up_for_ms(fn, ctx_.stream, opt_.warmup_ms);
-      return median_stream_ms(ctx_.stream, 0, iters, fn, opt_.common.sync_each_iter);
-    }
-    return median_stream_ms(ctx_.stream, warmup, iters, fn, opt_.common.sync_each_iter);
+    return ctx_.on_gpu() ? warm_median_ms(fn, ctx_.stream, warmup, opt_.warmup_ms, iters, opt_.common.sync_each_iter)
+                         : median_host_ms(warmup, iters, fn);
   }
 
   std::unique_ptr<Communicator> comm_;
