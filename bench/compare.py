@@ -178,6 +178,14 @@ def main(argv=None, out=sys.stdout):
     if len(devs) > 1:
         print(f"# warning: results and baseline come from different devices ({', '.join(sorted(map(str, devs)))})",
               file=out)
+    keys = {m["key"] for m in matched}
+    warm_now = sorted({r["warmup_ms"] for r in rows if r["impl"] == L.OURS and L.row_key(r) in keys})
+    warm_base = sorted({r["warmup_ms"] for r in base if r["impl"] == L.OURS and L.row_key(r) in keys})
+    if warm_now != warm_base:
+        print(f"# warning: results and baseline were timed after different warm-ups (--warmup-ms "
+              f"{'/'.join(map(str, warm_now))} now, {'/'.join(map(str, warm_base))} in the baseline): on an H200 a "
+              "short run can time the boost clock and a warmed one the capped clock, up to ~8% apart "
+              "(bench/README.md, \"Clocks and warm-up\")", file=out)
     return 1 if print_regressions(matched, unmatched, args.threshold, out) else 0
 
 

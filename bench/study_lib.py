@@ -121,6 +121,7 @@ def _normalise(raw, op, impl, job, meta, source, report_ranks):
         "device": meta.get("device"),
         "date": meta.get("date"),
         "commit": meta.get("git_commit"),
+        "warmup_ms": meta.get("warmup_ms", 0),
     }
     if row["ranks"] <= 1:
         row["layout"] = None  # one GPU: no sharding layout, whatever a tool wrote
@@ -134,6 +135,14 @@ def _normalise(raw, op, impl, job, meta, source, report_ranks):
     return row
 
 
+def _warmup_ms(value):
+    """A report's warmup_ms (int, or the positional study's string) as an int; 0 when absent or unreadable."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def rows_of(doc, source):
     """Normalised rows of one parsed document (see the module doc); StudyError on an unknown format."""
     fmt = detect_format(doc)
@@ -141,6 +150,10 @@ def rows_of(doc, source):
         raise StudyError(f"{source}: unknown result format (expected a side-by-side report from "
                          "merge_side_by_side.py, distattn_bench -J output or torch_peers/torch_cp -J output)")
     meta = {k: doc.get(k) for k in ("device", "date", "git_commit")}
+    # --warmup-ms of the run (0 where the report predates it): a run timed after a 300 ms warm-up sees the capped
+    # clock, a short one partly the boost (bench/README.md, "Clocks and warm-up"); compare.py warns when they mix.
+    meta["warmup_ms"] = _warmup_ms((doc.get("settings") or {}).get("warmup_ms", (doc.get("options") or {}).get(
+        "warmup_ms")))
     # A distattn_bench run with DISTATTN_FORWARD_KERNEL=mma measured the older forward kernel on purpose (an A/B):
     # its rows become their own series, "distattn[mma]", instead of being pooled with the default kernel's.
     # Same for DISTATTN_BACKWARD_KERNEL=mma ("distattn[bwd=mma]"; both forced: "distattn[mma,bwd=mma]").
@@ -160,12 +173,15 @@ def rows_of(doc, source):
     elif fmt == "side_by_side":
         job_op = {j.get("name"): j.get("op") for j in doc["jobs"]}
         job_ranks = {j.get("name"): (j.get("options") or {}).get("ranks") for j in doc["jobs"]}
+        # Both tools of a job ran with the same timing options; the job keeps ours.
+        job_warmup = {j.get("name"): _warmup_ms((j.get("options") or {}).get("warmup_ms")) for j in doc["jobs"]}
         for r in doc["rows"]:
             job = r.get("job") if isinstance(r, dict) else None
             op = (r.get("op") if isinstance(r, dict) else None) or job_op.get(job)
             if op is None:
                 raise StudyError(f"{source}: row of job {job!r} has no op (not in the report's jobs)")
-            rows.append(_normalise(r, op, r.get("peer", OURS), job, meta, source, job_ranks.get(job)))
+            job_meta = dict(meta, warmup_ms=job_warmup.get(job, 0))
+            rows.append(_normalise(r, op, r.get("peer", OURS), job, job_meta, source, job_ranks.get(job)))
     else:
         for r in doc["rows"]:
             impl = (r.get("peer") if isinstance(r, dict) else None) or (ours if fmt == "bench" else None)

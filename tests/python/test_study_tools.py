@@ -217,6 +217,23 @@ class RegressionTest(Tmp):
         self.assertEqual(out.count("REGRESSION"), 1)
         self.assertIn("-11.0%  REGRESSION", out)
 
+    def test_warns_when_the_warm_ups_differ(self):
+        # The baseline ran with a short warm-up (no warmup_ms: 0), the results after 300 ms: a warning line, the
+        # check itself unchanged. Same warm-ups: no warning.
+        warm = bench_doc("dense", [dense_row(4096, 300.0), dense_row(8192, 400.0)])
+        warm["options"] = {"warmup_ms": 300}
+        rc, out, _ = self.run_compare(self.write("warm.json", warm), "--baseline", self.base)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("timed after different warm-ups (--warmup-ms 300 now, 0 in the baseline)", out)
+        rc, out, _ = self.run_compare(self.current(300.0, 400.0), "--baseline", self.base)
+        self.assertNotIn("different warm-ups", out)
+        # The positional study's settings (a string) and a side-by-side job's options are read too.
+        self.assertEqual([r["warmup_ms"] for r in L.rows_of(dict(warm, options={}, settings={"warmup_ms": "300"}),
+                                                            "p")], [300, 300])
+        sbs = sbs_doc([("j", "dense", [dense_row(4096, 1.0)], [])])
+        sbs["jobs"][0]["options"] = {"warmup_ms": 250}
+        self.assertEqual([r["warmup_ms"] for r in L.rows_of(sbs, "s")], [250])
+
     def test_unmatched_rows_are_reported_not_flagged(self):
         cur = self.current(300.0, 400.0, [dense_row(32768, 1.0)])
         rc, out, _ = self.run_compare(cur, "--baseline", self.base, "--no-table")
