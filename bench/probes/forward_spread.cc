@@ -12,10 +12,12 @@
 //     event (throttle) reasons, so that a short dip nvidia-smi's 20 ms samples miss shows up; and the board's energy
 //     counter before and after the block: the energy of one call (mJ), which decides the time of a call once the
 //     power cap holds the clock.
-//   - rope=1: the timed call is flash_attention_forward_rope (NeoX over D = 128, base 10000; the path follows
-//     DISTATTN_ROPE_FWD as in the library), to compare the energy per call of the RoPE paths with the plain forward.
+//   - mode (the 7th argument) picks the timed call, to compare energies per call: 0 flash_attention_forward; 1
+//     flash_attention_forward_rope (NeoX over D = 128, base 10000; the path follows DISTATTN_ROPE_FWD as in the
+//     library); 2 the RoPE kernel alone (rope_apply_cuda on q, k in place); 3 a device copy of the same bytes (q and
+//     k into a scratch buffer: what moving them costs without any arithmetic).
 //
-// Usage: distattn_probe_forward_spread [S=8192] [causal=0] [sets=4] [rounds=3] [iters=30] [gap_ms=500] [rope=0]
+// Usage: distattn_probe_forward_spread [S=8192] [causal=0] [sets=4] [rounds=3] [iters=30] [gap_ms=500] [mode=0]
 //                                      [warm_ms=0]
 // warm_ms: before the first round, calls for this many ms (the clock settles under the power cap).
 // Output: one line per (round, set): the median ms of `iters` back-to-back launches (CUDA events around each), the
@@ -40,6 +42,7 @@
 #include "distattn/core/attn_params.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/error.h"
+#include "distattn/positional/rope.h"
 #include "distattn/sparse/flash_attention.h"
 #include "stream_timer.h"
 
@@ -133,7 +136,11 @@ int main(int argc, char** argv) {
     const int rounds = std::max(1, arg_or(argc, argv, 4, 3));
     const int iters = std::max(1, arg_or(argc, argv, 5, 30));
     const int gap_ms = std::max(0, arg_or(argc, argv, 6, 500));
-    const bool rope = arg_or(argc, argv, 7, 0) != 0;
+    const int mode = arg_or(argc, argv, 7, 0);
+    DISTATTN_CHECK_ARG(mode >= 0 && mode <= 3, "mode",
+                       "expected 0 (forward), 1 (forward with RoPE), 2 (RoPE kernel) or "
+                       "3 (copy), got ",
+                       mode);
     const int warm_ms = std::max(0, arg_or(argc, argv, 8, 0));
     const int64_t B = 1, H = 32, D = 128;
     const size_t qkv_bytes = static_cast<size_t>(B * S * H * D) * 2, lse_bytes = static_cast<size_t>(B * H * S) * 4;
@@ -143,9 +150,11 @@ int main(int argc, char** argv) {
     DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     Nvml nvml(0);
     const char* rope_env = std::getenv("DISTATTN_ROPE_FWD");
-    const std::string call_name = rope ? std::string("flash_attention_forward_rope, DISTATTN_ROPE_FWD=") +
-                                             (rope_env != nullptr ? rope_env : "(unset)")
-                                       : std::string("flash_attention_forward");
+    const std::string call_name = mode == 0   ? std::string("flash_attention_forward")
+                                  : mode == 1 ? std::string("flash_attention_forward_rope, DISTATTN_ROPE_FWD=") +
+                                                    (rope_env != nullptr ? rope_env : "(unset)")
+                                  : mode == 2 ? std::string("rope_apply_cuda on q, k (the RoPE kernel alone)")
+                                              : std::string("cudaMemcpyAsync of q and k into a scratch buffer");
     std::printf(
         "# forward_spread: S %lld, %s, B 1, H 32, D 128, bf16; %d sets x %d rounds x %d iters; gap %d ms; "
         "warm %d ms; call %s; NVML %s\n",
@@ -160,11 +169,22 @@ int main(int argc, char** argv) {
     angles.inv_freq = static_cast<const float*>(inv_freq.get());
     angles.rotary_dim = 128;
     angles.style = 0;
+    bench::DeviceBuffer copy_dst(mode == 3 ? 2 * qkv_bytes : 0);  // mode 3: where q and k are copied to
     const auto call = [&](const AttnParams& p) {
-      if (rope)
-        distattn::flash_attention_forward_rope(p, angles, stream);
-      else
+      if (mode == 0) {
         distattn::flash_attention_forward(p, stream);
+      } else if (mode == 1) {
+        distattn::flash_attention_forward_rope(p, angles, stream);
+      } else if (mode == 2) {
+        distattn::RopeParams rp;
+        rp.q = p.q, rp.k = p.k, rp.q_pos = p.q_pos, rp.k_pos = p.kv_pos;
+        rp.rotary_dim = 128, rp.inv_freq = angles.inv_freq;
+        distattn::rope_apply_cuda(rp, stream);
+      } else {
+        char* dst = static_cast<char*>(copy_dst.get());
+        DISTATTN_CUDA_CHECK(cudaMemcpyAsync(dst, p.q.data, qkv_bytes, cudaMemcpyDeviceToDevice, stream));
+        DISTATTN_CUDA_CHECK(cudaMemcpyAsync(dst + qkv_bytes, p.k.data, qkv_bytes, cudaMemcpyDeviceToDevice, stream));
+      }
     };
 
     std::vector<BufferSet> bufs(sets);
