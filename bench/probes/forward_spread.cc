@@ -23,7 +23,7 @@
 // Output: one line per (round, set): the median ms of `iters` back-to-back launches (CUDA events around each), the
 // mean / min SM clock of the samples taken meanwhile, mean power, the OR of the reasons seen and the energy per call;
 // then a summary line.
-// A research tool (bench/results/*_forward_spread): nothing in the library or the tests depends on it.
+// A research tool (bench/results/2026-11-23_h200_s11_clocks): nothing in the library or the tests depends on it.
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
