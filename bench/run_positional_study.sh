@@ -54,11 +54,7 @@ if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
   echo "run_positional_study: ROUNDS must be a positive integer, got '$ROUNDS'" >&2
   exit 2
 fi
-WARMUP_MS=${WARMUP_MS:-300}
-if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
-  echo "run_positional_study: WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
-  exit 2
-fi
+read_warmup_ms run_positional_study 300
 # A singleton MPI init as root (device machines) needs these with Open MPI; harmless elsewhere.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 

@@ -47,11 +47,7 @@ MPI=("$MPIRUN" --allow-run-as-root --oversubscribe --bind-to none -np "$NP" -x N
 # shellcheck disable=SC2206
 MPI+=(${MPIRUN_ARGS:-})
 
-WARMUP_MS=${WARMUP_MS:-0}
-if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
-  echo "$(basename "$0"): WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
-  exit 2
-fi
+read_warmup_ms run_ring_side_by_side 0
 # WARMUP_MS > 0: both tools warm up until that many ms have passed (--warmup-ms), so that both are timed at the clock
 # the GPU keeps under load (bench/README.md, "Clocks and warm-up").
 TIMING="-n $ITERS -w $WARMUP --warmup-ms $WARMUP_MS"

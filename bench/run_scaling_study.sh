@@ -22,6 +22,8 @@
 # Exit code: 0 every run OK; 1 a run failed or was skipped; 2 usage error (no binary).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/study_common.sh
+source "$ROOT/bench/study_common.sh"
 BENCH=${DISTATTN_BENCH:-$ROOT/build/bench/distattn_bench}
 if [[ ! -x $BENCH ]]; then
   echo "run_scaling_study: distattn_bench not found at '$BENCH'; build it or set DISTATTN_BENCH" >&2
@@ -44,11 +46,7 @@ ONE_GPU_MAX=${ONE_GPU_MAX:-256K}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 MAX_SECONDS=${MAX_SECONDS:-0}
 CHECK=${CHECK:-0}
-WARMUP_MS=${WARMUP_MS:-300}
-if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
-  echo "run_scaling_study: WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
-  exit 2
-fi
+read_warmup_ms run_scaling_study 300
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 # tokens "32K" / "1M" / "512" -> integer

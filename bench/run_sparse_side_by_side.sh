@@ -32,11 +32,7 @@ JOBS=${JOBS:-"bdiag window dense"}
 DENSE_TIMING=${DENSE_TIMING:-"-n 10 -w 2"}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-WARMUP_MS=${WARMUP_MS:-0}
-if ! [[ $WARMUP_MS =~ ^[0-9]+$ ]]; then
-  echo "$(basename "$0"): WARMUP_MS must be a non-negative integer, got '$WARMUP_MS'" >&2
-  exit 2
-fi
+read_warmup_ms run_sparse_side_by_side 0
 # WARMUP_MS > 0: both tools warm up until that many ms have passed (--warmup-ms), so that both are timed at the clock
 # the GPU keeps under load (bench/README.md, "Clocks and warm-up").
 TIMING="-n $ITERS -w $WARMUP --warmup-ms $WARMUP_MS"
