@@ -42,6 +42,7 @@ class BenchRope {
   const char* style_name() const { return style_ == RopeStyle::kGptJ ? "gptj" : "neox"; }
   float scale() const { return freqs_.scale; }
   const float* device_inv_freq() const { return static_cast<const float*>(inv_freq_dev_.get()); }
+  const float* host_inv_freq() const { return freqs_.inv_freq.data(); }
 
  private:
   RopeFrequencies freqs_;  // host frequencies (inv_freq [rotary_dim / 2], scale)

@@ -46,17 +46,18 @@
 // sequence (with the same global layout when sparse); tolerance as in dense (2 * naive_err + ulp * max|ref|;
 // host mode 1e-4 * max(1, max|ref|)).
 //
-// --rope (as dense's --rope, per rank): the timed iteration is
-//   RoPE forward on this rank's q, k shards in place (one fused launch; positions = the shard's GLOBAL
-//   position map, schedule().q_pos: a rank's K rows sit at the positions of its q rows)  -> ring forward
-//   [--pass bwd/fwdbwd: -> ring backward -> RoPE backward (inverse rotation) on dq, dk in place]
-// (--pass bwd: q, k are rotated once in setup, before the ring forward that provides O and LSE). K travels
-// already rotated, so the exchange is unchanged. comp(ms) then includes the same RoPE launches (they are compute),
-// so exp(ms) stays the communication's share. The RoPE kernels of one iteration are timed alone once per size
-// (CUDA events, median of 15 after 3 warm-ups, max over ranks) and reported as rope(ms), rope% / rope_ms,
-// rope_share_pct (GPU only; null on the host engine). Check: the references see the FULL q, k rotated on the host
-// with positions 0..S-1 (rope_apply_host in the input dtype: rounded once, as the kernel does), their dq, dk
-// rotated back on the host (fp64 / input dtype), then each rank's shard is compared as above.
+// --rope (as dense's --rope, per rank): the ring gets RingConfig::rope, so its forward rotates this rank's q, k
+// shards in place (positions = the shard's GLOBAL position map, schedule().q_pos: a rank's K rows sit at the
+// positions of its q rows; k in one launch with the K|V send buffer, q in it or inside the own step's launch) and its
+// backward rotates dq, dk back. DISTATTN_BENCH_RING_ROPE=caller (A/B; "ring" is the default) times the caller's way
+// instead: RoPE forward on the q, k shards (one launch) -> ring forward [-> ring backward -> RoPE backward on dq, dk].
+// (--pass bwd: q, k are rotated once in setup, by the ring forward that provides O and LSE.) K travels already
+// rotated, so the exchange is unchanged. comp(ms) includes the RoPE as separate launches on q, k (and dq, dk), the
+// caller's way, so with the ring's own rotation (cheaper) exp(ms) may read low by the difference. The RoPE kernels of
+// one iteration are timed alone once per size (CUDA events, median of 15 after 3 warm-ups, max over ranks) and reported
+// as rope(ms), rope% / rope_ms, rope_share_pct (GPU only; null on the host engine). Check: the references see the FULL
+// q, k rotated on the host with positions 0..S-1 (rope_apply_host in the input dtype: rounded once, as the kernel
+// does), their dq, dk rotated back on the host (fp64 / input dtype), then each rank's shard is compared as above.
 #include <mpi.h>
 
 #include <algorithm>
@@ -78,6 +79,7 @@
 #include "distattn/comm/nccl_communicator.h"
 #include "distattn/core/check_cuda.h"
 #include "distattn/core/check_libs.h"
+#include "distattn/core/env.h"
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/positional/alibi.h"
@@ -156,6 +158,7 @@ class RingOp : public OpBase {
     }
     if (c.alibi) slopes_host_ = alibi_slopes(H_);
     if (opt_.rope) rope_ = BenchRope(opt_, D_, ctx.on_gpu());
+    rope_in_ring_ = opt_.rope && env_choice("DISTATTN_BENCH_RING_ROPE", {"ring", "caller"}, 0) == 0;
     // Block-sparse ring: only with --sparse-pattern given (the option's default belongs to the sparse op).
     if (opt_.sparse_pattern_given) {
       pattern_ = opt_.sparse_pattern;
@@ -203,7 +206,9 @@ class RingOp : public OpBase {
        << "), layout " << opt_.layout << ", " << dtype_name(dtype_) << ", B " << B_ << ", H " << H_ << ", Hkv " << Hkv_
        << ", D " << D_ << ", mask " << mask_cell() << ", alibi " << (c.alibi ? "yes" : "no") << ", rope ";
     if (opt_.rope) {
-      os << "yes (fused kernel on the local q, k shards before, shard's global positions; "
+      os << (rope_in_ring_
+                 ? "yes (the ring's own (RingConfig::rope), shard's global positions; "
+                 : "yes (the caller's: one launch on the local q, k shards before, shard's global positions; ")
          << (opt_.pass == Pass::kForward ? "" : "backward on dq, dk after; ") << "rotary dim " << rope_.rotary_dim()
          << ", " << rope_.style_name() << ")";
     } else {
@@ -322,6 +327,12 @@ class RingOp : public OpBase {
     cfg.dtype = dtype_;
     cfg.mask = mask();
     cfg.alibi_slopes = slopes_ptr();
+    if (rope_in_ring_) {
+      cfg.rope.inv_freq = ctx_.on_gpu() ? rope_.device_inv_freq() : rope_.host_inv_freq();
+      cfg.rope.rotary_dim = rope_.rotary_dim();
+      cfg.rope.style = static_cast<int>(rope_.style());
+      cfg.rope.scale = rope_.scale();
+    }
     cfg.host_precision = HostPrecision::kFloat32;  // host mode only: the fp32 run, checked against fp64
     ring_.reset();
     global_.reset();
@@ -351,8 +362,8 @@ class RingOp : public OpBase {
     if (opt_.rope && ctx_.on_gpu()) time_rope_kernels();  // collective (max over ranks)
     // bwd alone is timed against this O and LSE (computed on rotated q, k with --rope).
     if (opt_.pass == Pass::kBackward) {
-      if (opt_.rope) rope_local(false);
-      ring_forward();
+      if (opt_.rope && !rope_in_ring_) rope_local(false);
+      ring_forward();  // with the ring's RoPE it rotates q, k itself
     }
 
     stats_ = SizeStats();
@@ -450,13 +461,14 @@ class RingOp : public OpBase {
   }
 
  private:
-  // One iteration: [RoPE fwd on the local q, k] -> ring fwd (if fwd) -> ring bwd -> [RoPE bwd on dq, dk] (if bwd).
+  // One iteration: [RoPE fwd on the local q, k] -> ring fwd (if fwd) -> ring bwd -> [RoPE bwd on dq, dk] (if bwd);
+  // the bracketed launches are the caller's only with DISTATTN_BENCH_RING_ROPE=caller (else the ring's calls do it).
   // --pass bwd times (fwd = false, bwd = true): ring bwd [+ RoPE bwd]; q, k were rotated in setup.
   void run_pass(bool fwd, bool bwd) {
-    if (fwd && opt_.rope) rope_local(false);
+    if (fwd && opt_.rope && !rope_in_ring_) rope_local(false);
     if (fwd) ring_forward();
     if (bwd) ring_backward();
-    if (bwd && opt_.rope) rope_local(true);
+    if (bwd && opt_.rope && !rope_in_ring_) rope_local(true);
   }
 
   // RoPE on this rank's shards in place: forward on q, k or (inverse) backward on dq, dk. Positions: the shard's
@@ -693,6 +705,7 @@ class RingOp : public OpBase {
 
   std::unique_ptr<Communicator> comm_;
   std::unique_ptr<ring::RingAttention> ring_;
+  bool rope_in_ring_ = false;            // --rope through RingConfig::rope (default) rather than the caller's launches
   std::string pattern_;                  // --sparse-pattern when given ("" otherwise)
   bool block_sparse_ = false;            // a global block layout drives the ring (every pattern but sliding-window)
   std::unique_ptr<BlockLayout> global_;  // this size's layout (setup)

@@ -385,6 +385,13 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
                                                  : (device_ == Device::kCuda ? static_cast<const float*>(m.slopes.get())
                                                                              : c.alibi_slopes.data());
         rc.softmax_scale = c.softmax_scale;
+        if (c.rope) {  // the ring rotates q, k itself (with its K|V pack) and dq, dk back
+          rc.rope.inv_freq =
+              device_ == Device::kCuda ? static_cast<const float*>(m.inv_freq.get()) : m.freqs.inv_freq.data();
+          rc.rope.rotary_dim = c.rope_config.rotary_dim;
+          rc.rope.style = static_cast<int>(c.rope_config.style);
+          rc.rope.scale = m.freqs.scale;
+        }
         rc.grad_travel = c.ring_grad_travel;
         rc.host_precision = c.host_precision;
         m.ring.reset();
@@ -457,8 +464,10 @@ void MultiHeadAttention::forward(const MhaWeights& w, const SequenceView& x, con
   const QkvViews v = qkv_views(qkv, c, device_, B, S);
 
   // 5. RoPE on q and k in place, global positions. The dense core on CUDA rotates them inside its forward call
-  // (flash_attention_forward_rope: the same bits, the rotation beside the attention where the Hopper kernel applies).
-  const bool rope_in_core = c.rope && device_ == Device::kCuda && c.core == AttentionCore::kDense;
+  // (flash_attention_forward_rope: the same bits, the rotation beside the attention where the Hopper kernel applies);
+  // the ring core rotates them itself on either engine (RingConfig::rope, set when the ring was made).
+  const bool rope_in_core =
+      c.rope && ((device_ == Device::kCuda && c.core == AttentionCore::kDense) || c.core == AttentionCore::kRing);
   if (c.rope && !rope_in_core) {
     apply_rope(v, positions_, c, m.freqs, m.inv_freq.get(), device_, stream, /*inverse=*/false);
   }
@@ -595,8 +604,9 @@ void MultiHeadAttention::backward(const MhaWeights& w, const SequenceView& x, co
     }
   }
 
-  // 3. RoPE backward: the conjugate rotation of dq and dk, same positions.
-  if (c.rope) apply_rope(d, positions_, c, m.freqs, m.inv_freq.get(), device_, stream, /*inverse=*/true);
+  // 3. RoPE backward: the conjugate rotation of dq and dk, same positions (the ring core's backward did it already).
+  if (c.rope && c.core != AttentionCore::kRing)
+    apply_rope(d, positions_, c, m.freqs, m.inv_freq.get(), device_, stream, /*inverse=*/true);
 
   // 4. QKV projection: dWqkv = dqkv^T x, dbqkv = sum dqkv, dx = dqkv Wqkv.
   m.proj->linear_weight_grad(dqkv_mat, detail::mat_of(x), g.qkv_weight, c.bias ? g.qkv_bias : nullptr);

@@ -48,12 +48,26 @@ void rotate_tensor(const TensorView& in, const TensorView& out_or_empty, const P
   }
 }
 
+// copy = out, whole heads (the second output of RopeParams::q_copy / k_copy).
+void copy_tensor(const TensorView& out, const TensorView& copy) {
+  for (int64_t b = 0; b < out.batch(); ++b)
+    for (int64_t s = 0; s < out.seqlen(); ++s)
+      for (int64_t h = 0; h < out.heads(); ++h)
+        for (int64_t d = 0; d < out.head_dim(); ++d)
+          store_from_double(copy.data, copy.offset(b, s, h, d), copy.dtype,
+                            load_as_double(out.data, out.offset(b, s, h, d), out.dtype));
+}
+
 }  // namespace
 
 void rope_apply_host(const RopeParams& p) {
   const int64_t rot = detail::validate_rope_params(p, Device::kHost, /*allow_fp64=*/true);
   rotate_tensor(p.q, p.q_out, p.q_pos, rot, p.style, p.inv_freq, p.scale, p.inverse);
-  if (!p.k.empty()) rotate_tensor(p.k, p.k_out, p.k_pos, rot, p.style, p.inv_freq, p.scale, p.inverse);
+  if (!p.q_copy.empty()) copy_tensor(p.q_out.empty() ? p.q : p.q_out, p.q_copy);
+  if (!p.k.empty()) {
+    rotate_tensor(p.k, p.k_out, p.k_pos, rot, p.style, p.inv_freq, p.scale, p.inverse);
+    if (!p.k_copy.empty()) copy_tensor(p.k_out.empty() ? p.k : p.k_out, p.k_copy);
+  }
 }
 
 }  // namespace distattn

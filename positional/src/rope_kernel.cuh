@@ -18,6 +18,8 @@
 //      same thread, so no ordering between threads is needed.
 //   3. out of place with rotary_dim < D: dims [rotary_dim, D) copied unchanged (element granularity
 //      kTailVec).
+// kCopy launches also write every rotated packet to the tensor's second output when it has one (t.copy), and phase 3
+// copies the tail there: the input is read once for both outputs.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -43,12 +45,16 @@ struct RopeTensorArgs {
   int64_t out_stride_b = 0;  // same three for the output
   int64_t out_stride_s = 0;
   int64_t out_stride_h = 0;
-  int64_t seqlen = 0;      // S (rows per batch); row s has global position pos.position(s)
-  int64_t heads = 0;       // H
-  int64_t rows = 0;        // B * S flattened rows
-  int64_t num_blocks = 0;  // ceil(rows / rows_per_block); 0 for an absent k
-  int copy_tail = 0;       // 1: out of place with rotary_dim < D, copy dims [rotary_dim, D)
-  PositionMap pos;         // global positions of the S rows
+  int64_t seqlen = 0;         // S (rows per batch); row s has global position pos.position(s)
+  int64_t heads = 0;          // H
+  int64_t rows = 0;           // B * S flattened rows
+  int64_t num_blocks = 0;     // ceil(rows / rows_per_block); 0 for an absent k
+  int copy_tail = 0;          // 1: out of place with rotary_dim < D, copy dims [rotary_dim, D)
+  void* copy = nullptr;       // second output (RopeParams::q_copy / k_copy) element (0, 0, 0, 0), or null
+  int64_t copy_stride_b = 0;  // its strides, elements
+  int64_t copy_stride_s = 0;
+  int64_t copy_stride_h = 0;
+  PositionMap pos;  // global positions of the S rows
 };
 
 // Everything one launch needs (passed by value).
@@ -124,16 +130,17 @@ constexpr int kMinBlocks = 3;  // resident blocks per SM the register budget mus
 // (kUnroll 2 with kMinBlocks 4 measured 0.5-1% slower on H100.)
 
 // T: element type. kVec: elements per unit packet (16 / sizeof(T) on the vector path; 1 for NeoX and
-// 2 for GPT-J otherwise). kVector: 16-byte accesses.
-template <typename T, RopeStyle kStyle, int kVec, bool kVector>
+// 2 for GPT-J otherwise). kVector: 16-byte accesses. kCopy: some operand has a second output.
+template <typename T, RopeStyle kStyle, int kVec, bool kVector, bool kCopy>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKernelParams p) {
-  // Shared memory: per row its input/output offsets (int64) and position, then the cos/sin table.
+  // Shared memory: per row its input/output/copy offsets (int64) and position, then the cos/sin table.
   extern __shared__ int64_t smem[];
   const int R = p.rows_per_block;
   const int half = p.half;
   int64_t* s_in_off = smem;                               // [R] offset of (b, s, 0, 0) in the input
   int64_t* s_out_off = smem + R;                          // [R] same in the output
-  float* s_cos = reinterpret_cast<float*>(smem + 2 * R);  // [R * half] scale * cos
+  int64_t* s_copy_off = smem + 2 * R;                     // [R] same in the second output (kCopy)
+  float* s_cos = reinterpret_cast<float*>(smem + 3 * R);  // [R * half] scale * cos
   float* s_sin = s_cos + R * half;                        // [R * half] +-scale * sin
   float* s_pos = s_sin + R * half;                        // [R] float(global position)
 
@@ -150,6 +157,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
     const int64_t s = g - b * t.seqlen;
     s_in_off[threadIdx.x] = b * t.in_stride_b + s * t.in_stride_s;
     s_out_off[threadIdx.x] = b * t.out_stride_b + s * t.out_stride_s;
+    s_copy_off[threadIdx.x] = b * t.copy_stride_b + s * t.copy_stride_s;
     s_pos[threadIdx.x] = rope_math::position_float(t.pos.position(s));  // exact below 2^24, fp32-rounded above
   }
   __syncthreads();
@@ -158,13 +166,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
   // (their latency hides phase 1's sincosf; matters for small problems where a block's prologue shows)
   const T* in = static_cast<const T*>(t.in);
   T* out = static_cast<T*>(t.out);
+  T* copy = static_cast<T*>(t.copy);
+  const bool has_copy = kCopy && copy != nullptr;
   constexpr int kPairsPerUnit = kStyle == RopeStyle::kNeoX ? kVec : kVec / 2;
   const int units = kStyle == RopeStyle::kNeoX ? half / kVec : 2 * half / kVec;  // units per head
   const int units_per_row = static_cast<int>(t.heads) * units;  // < 2^31: heads * D checked by the launcher
   const int total = nrows * units_per_row;
   Packet<T, kVec, kVector> pa[kUnroll], pb[kUnroll];
   T* dst[kUnroll];
-  int table[kUnroll];  // index of the unit's first pair in the cos/sin table
+  T* dst2[kCopy ? kUnroll : 1];  // kCopy: the unit's place in the second output
+  int table[kUnroll];            // index of the unit's first pair in the cos/sin table
   // Loads items base + u * kThreads (u < kUnroll) into registers.
   auto load_batch = [&](int base) {
 #pragma unroll
@@ -178,6 +189,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
         const int c = rem - h * units;
         const T* src = in + s_in_off[r] + h * t.in_stride_h + c * kVec;
         dst[u] = out + s_out_off[r] + h * t.out_stride_h + c * kVec;
+        if constexpr (kCopy) dst2[u] = has_copy ? copy + s_copy_off[r] + h * t.copy_stride_h + c * kVec : nullptr;
         table[u] = r * half + c * kPairsPerUnit;
         pa[u].load(src);
         if constexpr (kStyle == RopeStyle::kNeoX) pb[u].load(src + half);
@@ -215,6 +227,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
           }
           ya.store(dst[u]);
           yb.store(dst[u] + half);
+          if constexpr (kCopy) {
+            if (has_copy) {
+              ya.store(dst2[u]);
+              yb.store(dst2[u] + half);
+            }
+          }
         } else {
           Packet<T, kVec, kVector> y;
 #pragma unroll
@@ -227,13 +245,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
             y.v[2 * e + 1] = from_float<T>(rb);
           }
           y.store(dst[u]);
+          if constexpr (kCopy) {
+            if (has_copy) y.store(dst2[u]);
+          }
         }
       }
     }
   }
 
-  // ---- phase 3: out of place, partial rotary: copy dims [rotary_dim, D) ----
-  if (t.copy_tail) {
+  // ---- phase 3: out of place (or a second output), partial rotary: copy dims [rotary_dim, D) ----
+  if (t.copy_tail || (has_copy && p.rotary_dim < p.head_dim)) {
     constexpr int kTailVec = kVector ? kVec : 1;
     const int tail_units = (p.head_dim - p.rotary_dim) / kTailVec;
     const int tail_per_row = static_cast<int>(t.heads) * tail_units;
@@ -245,7 +266,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) rope_kernel(const RopeKe
       const int d = p.rotary_dim + (rem - h * tail_units) * kTailVec;
       Packet<T, kTailVec, kVector> x;
       x.load(in + s_in_off[r] + h * t.in_stride_h + d);
-      x.store(out + s_out_off[r] + h * t.out_stride_h + d);
+      if (t.copy_tail) x.store(out + s_out_off[r] + h * t.out_stride_h + d);
+      if (has_copy) x.store(copy + s_copy_off[r] + h * t.copy_stride_h + d);
     }
   }
 }

@@ -38,8 +38,8 @@ bool vector_ok(const TensorView& t, int64_t vec) {
   return t.stride[0] % vec == 0 && t.stride[1] % vec == 0 && t.stride[2] % vec == 0;
 }
 
-RopeTensorArgs make_tensor_args(const TensorView& in, const TensorView& out_or_empty, const PositionMap& pos,
-                                int64_t rot, int64_t rows_per_block) {
+RopeTensorArgs make_tensor_args(const TensorView& in, const TensorView& out_or_empty, const TensorView& copy,
+                                const PositionMap& pos, int64_t rot, int64_t rows_per_block) {
   const TensorView& out = out_or_empty.empty() ? in : out_or_empty;
   RopeTensorArgs a;
   a.in = in.data;
@@ -56,28 +56,44 @@ RopeTensorArgs make_tensor_args(const TensorView& in, const TensorView& out_or_e
   a.num_blocks = (a.rows + rows_per_block - 1) / rows_per_block;
   const bool in_place = out.data == in.data && out.stride == in.stride;
   a.copy_tail = (!in_place && rot < in.head_dim()) ? 1 : 0;
+  if (!copy.empty()) {
+    a.copy = copy.data;
+    a.copy_stride_b = copy.stride[0];
+    a.copy_stride_s = copy.stride[1];
+    a.copy_stride_h = copy.stride[2];
+  }
   a.pos = pos;
   return a;
 }
 
-template <typename T>
+template <typename T, bool kCopy>
 void dispatch(const RopeKernelParams& kp, RopeStyle style, bool vec, size_t smem, int64_t blocks, cudaStream_t stream) {
   constexpr int kV = 16 / sizeof(T);
   const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
   if (style == RopeStyle::kNeoX) {
     if (vec) {
-      rope_kernel<T, RopeStyle::kNeoX, kV, true><<<grid, block, smem, stream>>>(kp);
+      rope_kernel<T, RopeStyle::kNeoX, kV, true, kCopy><<<grid, block, smem, stream>>>(kp);
     } else {
-      rope_kernel<T, RopeStyle::kNeoX, 1, false><<<grid, block, smem, stream>>>(kp);
+      rope_kernel<T, RopeStyle::kNeoX, 1, false, kCopy><<<grid, block, smem, stream>>>(kp);
     }
   } else {
     if (vec) {
-      rope_kernel<T, RopeStyle::kGptJ, kV, true><<<grid, block, smem, stream>>>(kp);
+      rope_kernel<T, RopeStyle::kGptJ, kV, true, kCopy><<<grid, block, smem, stream>>>(kp);
     } else {
-      rope_kernel<T, RopeStyle::kGptJ, 2, false><<<grid, block, smem, stream>>>(kp);
+      rope_kernel<T, RopeStyle::kGptJ, 2, false, kCopy><<<grid, block, smem, stream>>>(kp);
     }
   }
   DISTATTN_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void dispatch(const RopeKernelParams& kp, RopeStyle style, bool vec, bool copy, size_t smem, int64_t blocks,
+              cudaStream_t stream) {
+  if (copy) {
+    dispatch<T, true>(kp, style, vec, smem, blocks, stream);
+  } else {
+    dispatch<T, false>(kp, style, vec, smem, blocks, stream);
+  }
 }
 
 }  // namespace
@@ -91,7 +107,8 @@ void launch_rope_kernel(const RopeParams& p, int64_t rot, int64_t items_per_bloc
   // Vector path: every operand aligned, and the unit/tail split falls on packet boundaries.
   const bool split_ok = p.style == RopeStyle::kNeoX ? (half % vec == 0) : (rot % vec == 0);
   const bool vec_path = split_ok && (D - rot) % vec == 0 && vector_ok(q, vec) && vector_ok(p.q_out, vec) &&
-                        vector_ok(p.k, vec) && vector_ok(p.k_out, vec);
+                        vector_ok(p.k, vec) && vector_ok(p.k_out, vec) && vector_ok(p.q_copy, vec) &&
+                        vector_ok(p.k_copy, vec);
   const int64_t unit_elems = vec_path ? vec : (p.style == RopeStyle::kNeoX ? 1 : 2);
   const int64_t units_per_head = p.style == RopeStyle::kNeoX ? half / unit_elems : rot / unit_elems;
 
@@ -109,8 +126,9 @@ void launch_rope_kernel(const RopeParams& p, int64_t rot, int64_t items_per_bloc
   rows_per_block = std::min<int64_t>(rows_per_block, std::max<int64_t>(1, (32 * 1024) / (half * 8)));
 
   RopeKernelParams kp;
-  kp.t[0] = make_tensor_args(q, p.q_out, p.q_pos, rot, rows_per_block);
-  if (!p.k.empty()) kp.t[1] = make_tensor_args(p.k, p.k_out, p.k_pos, rot, rows_per_block);  // else num_blocks 0
+  kp.t[0] = make_tensor_args(q, p.q_out, p.q_copy, p.q_pos, rot, rows_per_block);
+  if (!p.k.empty()) kp.t[1] = make_tensor_args(p.k, p.k_out, p.k_copy, p.k_pos, rot, rows_per_block);  // else 0 blocks
+  const bool copy = !p.q_copy.empty() || !p.k_copy.empty();
   kp.inv_freq = p.inv_freq;
   kp.head_dim = static_cast<int>(D);
   kp.rotary_dim = static_cast<int>(rot);
@@ -121,18 +139,19 @@ void launch_rope_kernel(const RopeParams& p, int64_t rot, int64_t items_per_bloc
 
   const int64_t blocks = kp.t[0].num_blocks + kp.t[1].num_blocks;
   DISTATTN_CHECK_ARG(blocks <= 0x7fffffff, "q", "too many rows for one launch (", blocks, " blocks)");
-  // Row offsets (2 int64 per row), cos/sin table (2 * half floats per row), positions (1 float per row).
-  const size_t smem = static_cast<size_t>(2 * rows_per_block) * sizeof(int64_t) +
+  // Row offsets (3 int64 per row: input, output, second output), cos/sin table (2 * half floats per row), positions
+  // (1 float per row).
+  const size_t smem = static_cast<size_t>(3 * rows_per_block) * sizeof(int64_t) +
                       static_cast<size_t>(rows_per_block * (2 * half + 1)) * sizeof(float);
   switch (q.dtype) {
     case DType::kBFloat16:
-      dispatch<__nv_bfloat16>(kp, p.style, vec_path, smem, blocks, stream);
+      dispatch<__nv_bfloat16>(kp, p.style, vec_path, copy, smem, blocks, stream);
       break;
     case DType::kFloat16:
-      dispatch<__half>(kp, p.style, vec_path, smem, blocks, stream);
+      dispatch<__half>(kp, p.style, vec_path, copy, smem, blocks, stream);
       break;
     case DType::kFloat32:
-      dispatch<float>(kp, p.style, vec_path, smem, blocks, stream);
+      dispatch<float>(kp, p.style, vec_path, copy, smem, blocks, stream);
       break;
     default:
       DISTATTN_THROW("q", "unsupported dtype ", dtype_name(q.dtype));
@@ -147,6 +166,8 @@ void rope_apply_cuda(const RopeParams& p, cudaStream_t stream) {
   if (!p.q_out.empty()) rope::check_device_memory(p.q_out.data, "q_out");
   if (!p.k.empty()) rope::check_device_memory(p.k.data, "k");
   if (!p.k_out.empty()) rope::check_device_memory(p.k_out.data, "k_out");
+  if (!p.q_copy.empty()) rope::check_device_memory(p.q_copy.data, "q_copy");
+  if (!p.k_copy.empty()) rope::check_device_memory(p.k_copy.data, "k_copy");
   rope::check_device_memory(p.inv_freq, "inv_freq");
   rope::launch_rope_kernel(p, rot, 0, stream);
 }

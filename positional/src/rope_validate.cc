@@ -28,6 +28,19 @@ void check_output(const TensorView& out, const TensorView& in, const char* name,
                      dtype_name(out.dtype));
 }
 
+// A second output (RopeParams::q_copy / k_copy): shaped like its input and sharing no memory with any operand.
+void check_copy(const RopeParams& p, const TensorView& copy, const TensorView& in, const char* name,
+                const char* in_name, Device device, bool allow_fp64) {
+  check_operand(copy, name, device, allow_fp64);
+  check_output(copy, in, name, in_name);
+  const TensorView* others[] = {&p.q, &p.k, &p.q_out, &p.k_out, &p.q_copy, &p.k_copy};
+  for (const TensorView* o : others) {
+    if (o == &copy || o->empty()) continue;
+    DISTATTN_CHECK_ARG(!views_may_overlap(copy, *o), name, "shares memory with another operand of the call (",
+                       describe(*o), ")");
+  }
+}
+
 }  // namespace
 
 int64_t validate_rope_params(const RopeParams& p, Device device, bool allow_fp64) {
@@ -50,8 +63,10 @@ int64_t validate_rope_params(const RopeParams& p, Device device, bool allow_fp64
     check_operand(p.q_out, "q_out", device, allow_fp64);
     check_output(p.q_out, p.q, "q_out", "q");
   }
+  if (!p.q_copy.empty()) check_copy(p, p.q_copy, p.q, "q_copy", "q", device, allow_fp64);
   if (p.k.empty()) {
     DISTATTN_CHECK_ARG(p.k_out.empty(), "k_out", "k_out given without k");
+    DISTATTN_CHECK_ARG(p.k_copy.empty(), "k_copy", "k_copy given without k");
   } else {
     check_operand(p.k, "k", device, allow_fp64);
     DISTATTN_CHECK_ARG(p.k.dtype == p.q.dtype, "k", "dtype must equal q's (", dtype_name(p.q.dtype), "), got ",
@@ -64,6 +79,7 @@ int64_t validate_rope_params(const RopeParams& p, Device device, bool allow_fp64
       check_operand(p.k_out, "k_out", device, allow_fp64);
       check_output(p.k_out, p.k, "k_out", "k");
     }
+    if (!p.k_copy.empty()) check_copy(p, p.k_copy, p.k, "k_copy", "k", device, allow_fp64);
   }
   return rot;
 }

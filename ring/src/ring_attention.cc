@@ -36,6 +36,7 @@
 #include "distattn/core/error.h"
 #include "distattn/core/host_engine.h"
 #include "distattn/core/operand_checks.h"
+#include "distattn/positional/rope.h"
 #include "distattn/sparse/block_layout.h"
 #include "distattn/sparse/flash_attention.h"
 
@@ -152,6 +153,22 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
                            " (expected finite)");
       }
     }
+    if (config_.rope.inv_freq != nullptr) {
+      validate_rope_angles(config_.rope, config_.head_dim, "rope");
+      const int64_t rot = config_.rope.rotary_dim == 0 ? config_.head_dim : config_.rope.rotary_dim;
+      rope_freq_host_.resize(static_cast<size_t>(rot / 2));
+      if (comm.device() == Device::kCuda) {  // device frequencies: a host copy for the checks and the fingerprint
+        check_device_pointer(config_.rope.inv_freq, "rope.inv_freq");
+        DISTATTN_CUDA_CHECK(cudaMemcpy(rope_freq_host_.data(), config_.rope.inv_freq,
+                                       rope_freq_host_.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      } else {
+        rope_freq_host_.assign(config_.rope.inv_freq, config_.rope.inv_freq + rot / 2);
+      }
+      for (size_t i = 0; i < rope_freq_host_.size(); ++i) {
+        DISTATTN_CHECK_ARG(std::isfinite(rope_freq_host_[i]), "rope.inv_freq", "entry ", i, " is ", rope_freq_host_[i],
+                           " (expected finite)");
+      }
+    }
     local_rows_ = config_.seq_len / P;
     // DISTATTN_RING_BWD_OWN=whole (default) | split | heads: the CUDA backward's own step in one part, or in two cut
     // by kv rows or by kv heads (ring_cuda.cc). Read at every construction (tests change it between objects); anything
@@ -175,6 +192,11 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
       .add("alibi", config_.alibi_slopes != nullptr ? 1 : 0)
       .add_hash("alibi_slopes", alibi_host_.data(), alibi_host_.size() * sizeof(float))
       .add_float("softmax_scale", config_.softmax_scale)
+      .add("rope", rope_on() ? 1 : 0)
+      .add("rope.rotary_dim", rope_on() ? static_cast<int64_t>(rope_freq_host_.size() * 2) : 0)
+      .add("rope.style", rope_on() ? config_.rope.style : 0)
+      .add_float("rope.scale", rope_on() ? config_.rope.scale : 1.f)
+      .add_hash("rope.inv_freq", rope_freq_host_.data(), rope_freq_host_.size() * sizeof(float))
       .add("grad_travel", static_cast<int64_t>(config_.grad_travel))
       .add("host_precision", static_cast<int64_t>(config_.host_precision))
       .add("DISTATTN_RING_BWD_OWN", bwd_own_split_)
@@ -248,11 +270,47 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
     p.o = o;
     p.lse = lse;
     validate_forward(p, dev);
+    if (rope_on()) {  // q and k are rotated in place: they must not share memory with each other, v or o
+      DISTATTN_CHECK_ARG(!views_may_overlap(q, k), "k", "overlaps q in memory; the ring's RoPE rotates both in place");
+      DISTATTN_CHECK_ARG(!views_may_overlap(q, v) && !views_may_overlap(k, v), "v",
+                         "overlaps q or k in memory; the ring's RoPE rotates them in place");
+      DISTATTN_CHECK_ARG(!views_may_overlap(q, o) && !views_may_overlap(k, o), "o",
+                         "overlaps q or k in memory; the ring's RoPE rotates them in place");
+    }
   });
   if (dev == Device::kCuda) {
-    forward_cuda(q, k, v, o, lse, stream);
+    forward_cuda(q, k, v, o, lse, stream);  // rotates q, k itself (with the K|V pack and the own step)
   } else {
+    if (rope_on()) rope_shards(q, k, TensorView{}, /*inverse=*/false, nullptr);
     forward_host(q, k, v, o, lse);
+  }
+}
+
+void RingAttention::rope_shards(const TensorView& q, const TensorView& k, const TensorView& k_copy, bool inverse,
+                                CUstream_st* stream) const {
+  RopeParams rp;
+  const PositionMap& q_pos = schedule_.q_pos;
+  const PositionMap& k_pos = schedule_.steps[0].kv_pos;  // the own shard: the q rows' positions
+  if (q.empty()) {                                       // k alone, in the call's first operand
+    rp.q = k;
+    rp.q_pos = k_pos;
+    rp.q_copy = k_copy;
+  } else {
+    rp.q = q;
+    rp.q_pos = q_pos;
+    rp.k = k;
+    rp.k_pos = k_pos;
+    rp.k_copy = k_copy;
+  }
+  rp.rotary_dim = config_.rope.rotary_dim;
+  rp.style = static_cast<RopeStyle>(config_.rope.style);
+  rp.inv_freq = config_.rope.inv_freq;
+  rp.scale = config_.rope.scale;
+  rp.inverse = inverse;
+  if (comm_.device() == Device::kCuda) {
+    rope_apply_cuda(rp, stream != nullptr ? stream : cudaStreamLegacy);
+  } else {
+    rope_apply_host(rp);
   }
 }
 
@@ -327,6 +385,14 @@ void RingAttention::backward(const TensorView& dout, const TensorView& q, const 
     backward_cuda(dout, q, k, v, o, lse, dq, dk, dv, stream);
   } else {
     backward_host(dout, q, k, v, o, lse, dq, dk, dv);
+  }
+  if (rope_on()) {  // the gradients back to the unrotated frame: one launch, or one per tensor when dtypes differ
+    if (dq.dtype == dk.dtype) {
+      rope_shards(dq, dk, TensorView{}, /*inverse=*/true, stream);
+    } else {
+      rope_shards(dq, TensorView{}, TensorView{}, /*inverse=*/true, stream);
+      rope_shards(TensorView{}, dk, TensorView{}, /*inverse=*/true, stream);
+    }
   }
 }
 

@@ -516,6 +516,26 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   // Step 0 (this rank's own K|V) reads the caller's k, v either way. Declared last: X's destructor (C waits for X)
   // runs first, before the frees and the K|V idle mark.
   const bool pack_side = pack_on_side_stream();
+  const bool sends = U.size() > 1;
+  // RoPE (RingConfig::rope): q and k rotated in place at their global positions before anything reads them, on C.
+  // k in one launch that also writes the send buffer's K part (k read once, and no pack of k), q in that launch too;
+  // or, where the own step's forward takes the fused path (flash_attention_forward_rope_fuses: from 8192 local rows
+  // on), q inside that step's launch, beside the attention (its helpers rotate q only). This comes before the ALiBi
+  // norms (they must see rotated values; ALiBi never takes the fused path) and before a side stream follows C (the
+  // first send reads the rotated K).
+  bool rope_q_in_own_step = false;
+  if (rope_on()) {
+    const RingStep& own = schedule_.steps[0];
+    if (U[0] == 0 && !own.skipped() && config_.alibi_slopes == nullptr) {
+      AttnParams p0 = step_params(q, k, v, own);  // as the loop below builds step 0's call
+      p0.lse = run_lse;
+      p0.o = direct ? o : acc_view;
+      p0.persistent_max_rows = step_persistent_max_rows(p0.mask);
+      rope_q_in_own_step = flash_attention_forward_rope_fuses(p0, config_.rope);
+    }
+    const TensorView k_send = sends ? device_view(kv[0], config_.dtype, B, Sl, Hkv, D) : TensorView{};
+    rope_shards(rope_q_in_own_step ? TensorView{} : q, k, k_send, /*inverse=*/false, stream);
+  }
   // The norms of the own k and of q (on C, before the side stream follows C), and a copy of the own k's into the
   // held-k place that the first send carries.
   const float* own_k_norms = nullptr;
@@ -529,15 +549,14 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   }
   // The side stream exists only for DISTATTN_RING_PACK=side (creating one per call costs a stream and four events).
   std::optional<SideStream> side;
-  const bool sends = U.size() > 1;
   if (sends && !pack_side) {
-    detail::pack_view(k, kv[0], stream);
+    if (!rope_on()) detail::pack_view(k, kv[0], stream);  // with RoPE the rotation wrote it
     detail::pack_view(v, kv[0] + nkv * es, stream);
   }
   if (sends && pack_side) {
     side.emplace(stream, true);
-    side->follow_main();  // X after C's wait for the previous call's last use of the buffer
-    detail::pack_view(k, kv[0], side->get());
+    side->follow_main();  // X after C's wait for the previous call's last use of the buffer (and after the RoPE)
+    if (!rope_on()) detail::pack_view(k, kv[0], side->get());
     detail::pack_view(v, kv[0] + nkv * es, side->get());
     trace.mark("packed (X)", side->get());
   }
@@ -545,6 +564,7 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
   last_forward_ = RingCallStats();
   last_forward_.steps_run = static_cast<int>(U.size());
   last_forward_.alibi_merge_cutoff = alibi_merge;
+  last_forward_.rope_q_in_own_step = rope_q_in_own_step;
   int cur = 0;
   for (size_t i = 0; i < U.size(); ++i) {
     const int s = U[i];
@@ -585,7 +605,11 @@ void RingAttention::forward_cuda(const TensorView& q, const TensorView& k, const
         if (final_into_o && static_cast<int>(i) == last_computed) p.o_final = o;
       }
       trace.mark("compute " + std::to_string(i) + " start (C)", stream);
-      flash_attention_forward(p, stream);
+      if (s == 0 && rope_q_in_own_step) {
+        flash_attention_forward_rope_q(p, config_.rope, stream);  // q rotated in this launch; k already is
+      } else {
+        flash_attention_forward(p, stream);
+      }
       trace.mark("compute " + std::to_string(i) + " end (C)", stream);
     }
     if (more) {

@@ -212,6 +212,7 @@ void launch_rope(const AttnParams& p, const FlashFwdHopperRope& rope, bool persi
   k->rope_group_jobs = static_cast<int>(group_jobs);
   k->rope_counters = rope.counters;
   k->rope_cs = rope.table;
+  k->rope_first_step = rope.q_only ? 1 : 0;
   // Groups of the first unit of every CTA of the first wave (the schedule is the kernel's: UnitWalk on the host), in
   // whole batches past the first.
   const int grid = grid_size(*k, persistent, p.max_ctas);
@@ -237,7 +238,7 @@ void launch_rope(const AttnParams& p, const FlashFwdHopperRope& rope, bool persi
     pre_k.shape[0] = nb;
   }
   detail::rope_prepare(rope.table, S, p.q_pos, rope.inv_freq, rope.scale, rope.counters, groups, pre, group_jobs, pre_q,
-                       pre_k, stream);
+                       pre_k, !rope.q_only, stream);
   if (p.q.dtype == DType::kBFloat16)
     launch<__nv_bfloat16, false, true>(*k, persistent, p.max_ctas, stream);
   else

@@ -45,6 +45,17 @@ enum class RopeFwdPath { kAuto, kFused, kSeparate, kFusedPrerotated };
 // flash_attention_forward_rope (distattn/sparse/flash_attention.h) on the given path. Same checks and throws.
 void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path,
                                   cudaStream_t stream);
+// The same with `rotate_k` false: q alone is rotated in place, k is taken as it is (already rotated by the caller at
+// kv_pos; the ring rotates its k while packing the send buffer). Fused or not by the same rule; the fused launch's
+// helpers then rotate q only (FlashFwdHopperRope::q_only). Bit-identical to rope_apply_cuda on q followed by
+// flash_attention_forward.
+void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path, bool rotate_k,
+                                  cudaStream_t stream);
+// Whether flash_attention_forward_rope on `path` rotates inside the forward's launch (fused) rather than with a
+// RoPE launch before it: kFused / kFusedPrerotated, or kAuto from kFusedMinRows rows on (DISTATTN_ROPE_FWD), AND head
+// dim 128 rotated whole with NeoX pairs AND forward_runs_hopper_rope. Throws distattn::Error on a CUDA failure (and
+// for a bad DISTATTN_ROPE_FWD).
+bool forward_rope_fuses(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path);
 
 // Whether flash_attention_forward with FlashFwdOptions::hopper_rope can run `params` on the current device: the
 // Hopper kernel takes it (DISTATTN_FORWARD_KERNEL is not "mma") and flash_fwd_hopper_rope_supported. Throws

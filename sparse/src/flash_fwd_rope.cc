@@ -48,34 +48,44 @@ int rope_fwd_mode_from_env() {
 
 namespace detail {
 
+bool forward_rope_fuses(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path) {
+  const int64_t D = params.q.head_dim();
+  const int64_t rot = rope.rotary_dim == 0 ? D : rope.rotary_dim;
+  bool wanted = path == RopeFwdPath::kFused || path == RopeFwdPath::kFusedPrerotated;
+  if (path == RopeFwdPath::kAuto) {
+    const int mode = rope_fwd_mode_from_env();
+    wanted = mode >= 2 || (mode == 0 && params.q.seqlen() >= kFusedMinRows);
+  }
+  return wanted && D == 128 && rot == D && rope.style == static_cast<int>(RopeStyle::kNeoX) &&
+         forward_runs_hopper_rope(params);
+}
+
 void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path,
+                                  cudaStream_t stream) {
+  flash_attention_forward_rope(params, rope, path, /*rotate_k=*/true, stream);
+}
+
+void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, RopeFwdPath path, bool rotate_k,
                                   cudaStream_t stream) {
   // Everything is checked before q and k are touched.
   check_forward_cuda(params);
   validate_rope_angles(rope, params.q.head_dim(), "rope");
   check_device_pointer(rope.inv_freq, "rope.inv_freq");
-  // q and k are written in place: they must not share bytes with each other or with what the forward reads / writes.
-  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.k), "k", "overlaps q in memory; both are rotated in place");
+  // q (and k) are written in place: they must not share bytes with each other or with what the forward reads / writes.
+  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.k), "k", "overlaps q in memory; q is rotated in place");
   DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.v), "v", "overlaps q in memory; q is rotated in place");
-  DISTATTN_CHECK_ARG(!views_may_overlap(params.k, params.v), "v", "overlaps k in memory; k is rotated in place");
-  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.o) && !views_may_overlap(params.k, params.o), "o",
-                     "overlaps q or k in memory; they are rotated in place");
+  DISTATTN_CHECK_ARG(!rotate_k || !views_may_overlap(params.k, params.v), "v",
+                     "overlaps k in memory; k is rotated in place");
+  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.o) && (!rotate_k || !views_may_overlap(params.k, params.o)),
+                     "o", "overlaps q or k in memory; they are rotated in place");
 
-  const int64_t D = params.q.head_dim();
-  const int64_t rot = rope.rotary_dim == 0 ? D : rope.rotary_dim;
-  bool wanted = path == RopeFwdPath::kFused || path == RopeFwdPath::kFusedPrerotated;
-  bool rotate_all_before = path == RopeFwdPath::kFusedPrerotated;
-  if (path == RopeFwdPath::kAuto) {
-    const int mode = rope_fwd_mode_from_env();
-    wanted = mode >= 2 || (mode == 0 && params.q.seqlen() >= kFusedMinRows);
-    rotate_all_before = mode == 3;
-  }
-  const bool fused = wanted && D == 128 && rot == D && rope.style == static_cast<int>(RopeStyle::kNeoX) &&
-                     forward_runs_hopper_rope(params);
+  const bool rotate_all_before =
+      path == RopeFwdPath::kFusedPrerotated || (path == RopeFwdPath::kAuto && rope_fwd_mode_from_env() == 3);
+  const bool fused = forward_rope_fuses(params, rope, path);
   if (!fused) {
     RopeParams rp;
     rp.q = params.q;
-    rp.k = params.k;
+    if (rotate_k) rp.k = params.k;
     rp.q_pos = params.q_pos;
     rp.k_pos = params.kv_pos;
     rp.rotary_dim = rope.rotary_dim;
@@ -97,6 +107,7 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
   r.table = scratch.get<float2>();
   r.counters = reinterpret_cast<uint32_t*>(scratch.get() + table_bytes);
   r.rotate_all_before = rotate_all_before;
+  r.q_only = !rotate_k;
   FlashFwdOptions options;
   options.hopper_rope = &r;
   flash_attention_forward(params, options, stream);
@@ -106,6 +117,14 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
 
 void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, cudaStream_t stream) {
   detail::flash_attention_forward_rope(params, rope, detail::RopeFwdPath::kAuto, stream);
+}
+
+void flash_attention_forward_rope_q(const AttnParams& params, const RopeAngles& rope, cudaStream_t stream) {
+  detail::flash_attention_forward_rope(params, rope, detail::RopeFwdPath::kAuto, /*rotate_k=*/false, stream);
+}
+
+bool flash_attention_forward_rope_fuses(const AttnParams& params, const RopeAngles& rope) {
+  return detail::forward_rope_fuses(params, rope, detail::RopeFwdPath::kAuto);
 }
 
 }  // namespace distattn

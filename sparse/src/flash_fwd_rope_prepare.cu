@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kThreads)
 
 void rope_prepare(float2* table, int64_t rows, const PositionMap& pos, const float* inv_freq, float scale,
                   uint32_t* counters, int64_t groups, int64_t pre_groups, int64_t group_jobs, const TensorView& pre_q,
-                  const TensorView& pre_k, cudaStream_t stream) {
+                  const TensorView& pre_k, bool pre_rotate_k, cudaStream_t stream) {
   PreRotation pre;
   if (pre_groups > 0) {
     DISTATTN_CHECK_ARG(pre_q.dtype == pre_k.dtype && dtype_size(pre_q.dtype) == 2, "q",
@@ -152,7 +152,7 @@ void rope_prepare(float2* table, int64_t rows, const PositionMap& pos, const flo
     pre.q_sb = pre_q.stride[0], pre.q_ss = pre_q.stride[1], pre.q_sh = pre_q.stride[2];
     pre.k_sb = pre_k.stride[0], pre.k_ss = pre_k.stride[1], pre.k_sh = pre_k.stride[2];
     pre.hq = pre_q.heads();
-    pre.hk = pre_k.heads();
+    pre.hk = pre_rotate_k ? pre_k.heads() : 0;
     pre.nb = pre_q.batch();
   }
   const int64_t head_rows = pre.nb * (pre.hq + pre.hk);

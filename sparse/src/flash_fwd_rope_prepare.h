@@ -18,14 +18,15 @@ namespace detail {
 // (FlashFwdHopperParams, fused RoPE; 2 + groups of them): [0] = pre_groups * group_jobs (the first claimable job),
 // [1 + g] = group_jobs for g < pre_groups (rotated here), else 0; [1 + groups] = 0 (producers done).
 // pre_q, pre_k: the heads of the groups [0, pre_groups) ([nb, rows, hq, 128] and [nb, rows, hk, 128] views of q and k,
-// 16-bit dtype, 16-byte aligned rows; hq = hk = 0 when pre_groups is 0), rotated in place by the same cos/sin values
+// 16-bit dtype, 16-byte aligned rows; hq = hk = 0 when pre_groups is 0; pre_k is left alone when `pre_rotate_k` is
+// false: the fused RoPE's q-only mode), rotated in place by the same cos/sin values
 // and rope_math::rotate with one rounding to the dtype, as rope_kernel rotates them (bit-identical).
 // Device pointers; inv_freq [64]. One launch; the forward launched after it on the stream may start early
 // (programmatic dependent launch: it waits for this grid before reading anything). Throws distattn::Error when the
 // launch fails.
 void rope_prepare(float2* table, int64_t rows, const PositionMap& pos, const float* inv_freq, float scale,
                   uint32_t* counters, int64_t groups, int64_t pre_groups, int64_t group_jobs, const TensorView& pre_q,
-                  const TensorView& pre_k, cudaStream_t stream);
+                  const TensorView& pre_k, bool pre_rotate_k, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace distattn

@@ -406,6 +406,46 @@ TEST(RopeFrequencies, ConfigErrorsNameTheField) {
 }
 
 // Bad calls throw naming the argument and write nothing.
+// q_copy / k_copy: a second output holding exactly what the primary output holds (whole heads: the unrotated tail
+// too), in place and out of place, bf16 and fp64; the copies' padding is never written.
+TEST(RopeHost, SecondOutputsEqualThePrimary) {
+  for (DType dt : {DType::kBFloat16, DType::kFloat64})
+    for (bool in_place : {true, false}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (in_place ? " in place" : " out of place"));
+      HostTensor q(dt, 2, 9, 3, 16, 2, 0), k(dt, 2, 7, 1, 16);
+      testing::fill_normal(q, 31);
+      testing::fill_normal(k, 32);
+      HostTensor q_out(dt, 2, 9, 3, 16), k_out(dt, 2, 7, 1, 16, 0, 8);
+      HostTensor q_copy(dt, 2, 9, 3, 16, 4, 0), k_copy(dt, 2, 7, 1, 16, 0, 4);
+      for (HostTensor* t : {&q_out, &k_out, &q_copy, &k_copy}) testing::fill_nan(*t);
+      const HostTensor q0 = clone(q), k0 = clone(k);
+      const std::vector<float> inv = frequencies(16, 12);
+      RopeParams p =
+          make_params(q, &k, PositionMap::contiguous(100, 9), PositionMap::strided(3, 2, 7), inv, 12, RopeStyle::kNeoX);
+      if (!in_place) p.q_out = q_out.view, p.k_out = k_out.view;
+      p.q_copy = q_copy.view;
+      p.k_copy = k_copy.view;
+      rope_apply_host(p);
+      const HostTensor& qp = in_place ? q : q_out;
+      const HostTensor& kp = in_place ? k : k_out;
+      EXPECT_EQ(max_rel_err(q_copy, qp), 0.0);
+      EXPECT_EQ(max_rel_err(k_copy, kp), 0.0);
+      // The rotation happened (not a copy of the input): compare with the independent reference.
+      const HostTensor qr = reference(q0, PositionMap::contiguous(100, 9), inv, 12, RopeStyle::kNeoX, 1.0, false);
+      EXPECT_LE(max_rel_err(q_copy, qr), dt == DType::kFloat64 ? 1e-12 : 1e-2);
+      EXPECT_GT(max_rel_err(q_copy, q0), 1e-3);
+      // Padding untouched: NaN where the view does not reach.
+      auto finite = [&](const HostTensor& t) {
+        int64_t n = 0;
+        const int64_t total = static_cast<int64_t>(t.storage.size() / dtype_size(dt));
+        for (int64_t i = 0; i < total; ++i) n += std::isfinite(load_as_double(t.view.data, i, dt)) ? 1 : 0;
+        return n;
+      };
+      EXPECT_EQ(finite(q_copy), q.view.numel());
+      EXPECT_EQ(finite(k_copy), k.view.numel());
+    }
+}
+
 TEST(RopeHost, BadArgumentsThrowAndWriteNothing) {
   HostTensor q(DType::kFloat32, 1, 8, 2, 16), k(DType::kFloat32, 1, 6, 1, 16), out(DType::kFloat32, 1, 8, 2, 16);
   testing::fill_normal(q, 1);
@@ -458,6 +498,16 @@ TEST(RopeHost, BadArgumentsThrowAndWriteNothing) {
   p = fresh();
   p.scale = NAN;
   EXPECT_ERROR_ARG(rope_apply_host(p), "scale");
+  p = fresh();
+  p.q_copy = q.view;  // the copy on top of its input
+  EXPECT_ERROR_ARG(rope_apply_host(p), "q_copy");
+  p = fresh();
+  p.k_copy = out.view;  // the k copy on top of q_out (and of the wrong shape)
+  EXPECT_ERROR_ARG(rope_apply_host(p), "k_copy");
+  p = fresh();
+  p.k = TensorView();
+  p.k_copy = k.view;
+  EXPECT_ERROR_ARG(rope_apply_host(p), "k_copy");
   // Nothing written: q unchanged, out still all NaN.
   EXPECT_EQ(max_rel_err(q, q0), 0.0);
   for (int64_t s = 0; s < 8; ++s)

@@ -10,7 +10,10 @@
 //            1 / 3 / 7 CTAs: one CTA's helpers then rotate almost everything while its producer waits, and the groups
 //            rotated before the launch are those of the few first units);
 //   off:     the same call on the separate path (kSeparate: rotate, then attend); and the public call on its own
-//            stream.
+//            stream;
+//   q only:  k rotated first by a RoPE launch of its own (as the ring rotates it into its send buffer), then the call
+//            that rotates q alone (rotate_k = false: fused under several grids, separate, and the public
+//            flash_attention_forward_rope_q).
 // o, lse and the rotated q and k (and, with a qkv buffer, v and every padding byte) must match the plain run bit for
 // bit. Cases meant for the fused path assert that it is taken on a Hopper GPU. End to end, o and lse of the plain run
 // are compared with the fp64 host engine on q, k rotated by rope_apply_host in the input dtype (what the kernel
@@ -24,6 +27,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -259,7 +263,9 @@ void run_case(const FCase& c, uint64_t seed) {
   DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   if (c.expect_fused && major == 9) {
     EXPECT_TRUE(detail::forward_runs_hopper_rope(plain_run.params)) << "the fused path does not take this case";
+    EXPECT_TRUE(detail::forward_rope_fuses(plain_run.params, angles, detail::RopeFwdPath::kFused));
   }
+  EXPECT_FALSE(detail::forward_rope_fuses(plain_run.params, angles, detail::RopeFwdPath::kSeparate));
   // Grids: -1 automatic, 0 one CTA per unit, n > 0 that many CTAs.
   for (const int grid : {-1, 0, 1, 3, 7}) {
     DeviceRun run;
@@ -293,6 +299,28 @@ void run_case(const FCase& c, uint64_t seed) {
     DISTATTN_CUDA_CHECK(cudaStreamDestroy(stream));
     expect_same(collect(c, in, run), plain, "public call on a stream of its own");
   }
+  // q only: k rotated by a launch of its own first (its RopeParams take k in the q slot), then q by the call.
+  auto q_only_run = [&](const std::string& what, const std::function<void(const AttnParams&)>& call) {
+    DeviceRun run;
+    make_run(c, in, d_slopes, run);
+    RopeParams kr = rope_on(run.params, c, d_inv.ptr, freqs.scale);
+    kr.q = run.params.k, kr.q_pos = run.params.kv_pos;
+    kr.k = TensorView();
+    rope_apply_cuda(kr, 0);
+    call(run.params);
+    expect_same(collect(c, in, run), plain, what);
+  };
+  for (const int grid : {-1, 0, 1, 3}) {
+    q_only_run("q only, fused allowed, grid " + std::to_string(grid), [&](const AttnParams& p) {
+      flash_fwd_hopper_set_grid_override(grid);
+      detail::flash_attention_forward_rope(p, angles, detail::RopeFwdPath::kFused, /*rotate_k=*/false, 0);
+      flash_fwd_hopper_set_grid_override(-1);
+    });
+  }
+  q_only_run("q only, separate", [&](const AttnParams& p) {
+    detail::flash_attention_forward_rope(p, angles, detail::RopeFwdPath::kSeparate, /*rotate_k=*/false, 0);
+  });
+  q_only_run("q only, public call", [&](const AttnParams& p) { flash_attention_forward_rope_q(p, angles, 0); });
   if (c.fp64_check) expect_close_to_fp64(c, in, freqs, plain);
 }
 

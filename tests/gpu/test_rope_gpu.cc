@@ -1,6 +1,7 @@
 // rope_apply_cuda against rope_apply_host: every dtype, both pairings, partial rotary, in place and
 // out of place (outputs poisoned with NaN), q only, GQA shapes, zigzag positions around 1M, the inverse,
-// padded and misaligned strides (vector and scalar paths), and bad input (Error, nothing written).
+// padded and misaligned strides (vector and scalar paths), second outputs (q_copy / k_copy: the same bits as the
+// primary output, whole heads, nothing written outside them), and bad input (Error, nothing written).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -63,6 +64,7 @@ struct Options {
   bool in_place = true;
   bool with_k = true;
   bool inverse = false;
+  bool copies = false;  // also write q_copy / k_copy (own padding, poisoned)
   float scale = 1.0f;
   PositionMap q_pos, k_pos;
 };
@@ -72,7 +74,8 @@ std::string describe_case(const Shape& sh, const Options& o) {
          std::to_string(sh.B) + " Sq" + std::to_string(sh.Sq) + " Hq" + std::to_string(sh.Hq) + " Skv" +
          std::to_string(sh.Skv) + " Hkv" + std::to_string(sh.Hkv) + " D" + std::to_string(sh.D) + " rot" +
          std::to_string(o.rotary_dim) + " pad" + std::to_string(sh.head_pad) + "/" + std::to_string(sh.row_pad) +
-         (o.in_place ? " in-place" : " out-of-place") + (o.with_k ? "" : " q-only") + (o.inverse ? " inverse" : "");
+         (o.in_place ? " in-place" : " out-of-place") + (o.with_k ? "" : " q-only") + (o.inverse ? " inverse" : "") +
+         (o.copies ? " copies" : "");
 }
 
 // Runs one case on both engines and compares every output element.
@@ -87,6 +90,9 @@ void run_case(const Shape& sh, const Options& o, uint64_t seed) {
   HostTensor k_out(o.dtype, sh.B, sh.Skv, sh.Hkv, sh.D, 0, sh.row_pad == 0 ? 16 : 0);
   testing::fill_nan(q_out);
   testing::fill_nan(k_out);
+  HostTensor q_copy(o.dtype, sh.B, sh.Sq, sh.Hq, sh.D, 4, 8), k_copy(o.dtype, sh.B, sh.Skv, sh.Hkv, sh.D, 0, 24);
+  testing::fill_nan(q_copy);
+  testing::fill_nan(k_copy);
 
   RopeConfig cfg;
   cfg.head_dim = sh.D;
@@ -95,6 +101,7 @@ void run_case(const Shape& sh, const Options& o, uint64_t seed) {
 
   // Host reference on copies.
   HostTensor hq = clone(q), hk = clone(k), hq_out = clone(q_out), hk_out = clone(k_out);
+  HostTensor hq_copy = clone(q_copy), hk_copy = clone(k_copy);
   RopeParams hp;
   hp.q = hq.view;
   if (o.with_k) hp.k = hk.view;
@@ -109,10 +116,14 @@ void run_case(const Shape& sh, const Options& o, uint64_t seed) {
   hp.inv_freq = freqs.inv_freq.data();
   hp.scale = o.scale;
   hp.inverse = o.inverse;
+  if (o.copies) {
+    hp.q_copy = hq_copy.view;
+    if (o.with_k) hp.k_copy = hk_copy.view;
+  }
   rope_apply_host(hp);
 
   // GPU.
-  DeviceTensor dq(q), dk(k), dq_out(q_out), dk_out(k_out);
+  DeviceTensor dq(q), dk(k), dq_out(q_out), dk_out(k_out), dq_copy(q_copy), dk_copy(k_copy);
   DeviceArray<float> dinv(freqs.inv_freq);
   RopeParams gp = hp;
   gp.q = dq.view();
@@ -120,6 +131,8 @@ void run_case(const Shape& sh, const Options& o, uint64_t seed) {
   gp.q_out = o.in_place ? TensorView() : dq_out.view();
   gp.k_out = (o.in_place || !o.with_k) ? TensorView() : dk_out.view();
   gp.inv_freq = dinv.ptr;
+  gp.q_copy = o.copies ? dq_copy.view() : TensorView();
+  gp.k_copy = o.copies && o.with_k ? dk_copy.view() : TensorView();
   rope_apply_cuda(gp, nullptr);
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -138,6 +151,33 @@ void run_case(const Shape& sh, const Options& o, uint64_t seed) {
     if (o.with_k) {
       EXPECT_EQ(count_mismatches(gk_out, hk_out, &first), 0) << "k_out " << first;
       EXPECT_EQ(count_mismatches(gk, k, &first), 0) << "k modified " << first;
+    }
+  }
+  if (o.copies) {
+    // The second outputs: exactly the primary outputs (GPU and host alike), whole heads; their padding stays NaN.
+    HostTensor gq_copy = clone(q_copy), gk_copy = clone(k_copy);
+    dq_copy.download(gq_copy);
+    dk_copy.download(gk_copy);
+    auto expect_identical = [&](const HostTensor& copy, const HostTensor& primary, const char* what) {
+      int64_t diff = 0;
+      for (int64_t b = 0; b < sh.B; ++b)
+        for (int64_t s = 0; s < primary.view.shape[1]; ++s)
+          for (int64_t h = 0; h < primary.view.shape[2]; ++h)
+            for (int64_t d = 0; d < sh.D; ++d) {
+              const double c = copy.get(b, s, h, d), p = primary.get(b, s, h, d);
+              diff += !(c == p);  // NaN (not written) counts
+            }
+      EXPECT_EQ(diff, 0) << what << ": elements differing from the primary output";
+      const int64_t n = static_cast<int64_t>(copy.storage.size() / dtype_size(o.dtype));
+      int64_t finite = 0;
+      for (int64_t i = 0; i < n; ++i) finite += std::isfinite(load_as_double(copy.view.data, i, o.dtype)) ? 1 : 0;
+      EXPECT_EQ(finite, primary.view.numel()) << what << ": writes outside the view or missing writes";
+    };
+    expect_identical(gq_copy, o.in_place ? gq : gq_out, "q_copy (GPU)");
+    expect_identical(hq_copy, o.in_place ? hq : hq_out, "q_copy (host)");
+    if (o.with_k) {
+      expect_identical(gk_copy, o.in_place ? gk : gk_out, "k_copy (GPU)");
+      expect_identical(hk_copy, o.in_place ? hk : hk_out, "k_copy (host)");
     }
   }
   // Padding of the outputs stays NaN (nothing written outside the view): checked through the storage.
@@ -196,6 +236,31 @@ TEST(RopeGpu, QOnlyInverseAndScale) {
       o.k_pos = PositionMap::contiguous(5, 23);
       run_case(Shape{1, 41, 5, 23, 1, 64}, o, seed + 7 * n++);  // MQA: one kv head
     }
+}
+
+// Second outputs (the ring's K|V send buffer): in place and out of place, partial rotary (the tail copied), q only,
+// the scalar path.
+TEST(RopeGpu, SecondOutputs) {
+  DISTATTN_REQUIRE_GPU();
+  const uint64_t seed = testing::test_seed();
+  uint64_t n = 0;
+  for (DType dt : {DType::kBFloat16, DType::kFloat32})
+    for (RopeStyle style : {RopeStyle::kNeoX, RopeStyle::kGptJ})
+      for (bool in_place : {true, false})
+        for (int64_t rot : {0, 32}) {
+          Options o;
+          o.dtype = dt;
+          o.style = style;
+          o.in_place = in_place;
+          o.rotary_dim = rot;
+          o.copies = true;
+          o.q_pos = zigzag(1000000, 19, 1, 4, 37);
+          o.k_pos = zigzag(1000000, 27, 1, 4, 53);
+          run_case(Shape{2, 37, 8, 53, 2, 128, 8, 16}, o, seed + 13 * n++);
+          o.with_k = false;
+          o.q_pos = PositionMap::contiguous(3, 13);
+          run_case(Shape{1, 13, 3, 1, 1, 64, 1, 3}, o, seed + 13 * n++);  // misaligned strides: the scalar path
+        }
 }
 
 // Shapes off the 16-byte path: odd head dims, pairs not a multiple of the packet, misaligned strides.
@@ -289,6 +354,27 @@ TEST(RopeGpu, BadInputThrowsAndWritesNothing) {
   p = fresh();
   p.q_out.shape[1] = 15;
   EXPECT_ERROR_ARG(rope_apply_cuda(p, nullptr), "q_out");
+  p = fresh();
+  p.q_copy = dq.view();  // the copy on top of q
+  EXPECT_ERROR_ARG(rope_apply_cuda(p, nullptr), "q_copy");
+  p = fresh();
+  p.q_copy = dout.view();  // the copy on top of q_out
+  EXPECT_ERROR_ARG(rope_apply_cuda(p, nullptr), "q_copy");
+  p = fresh();
+  p.k = TensorView();
+  p.k_copy = dout.view();  // a k copy without k
+  p.q_out = TensorView();
+  EXPECT_ERROR_ARG(rope_apply_cuda(p, nullptr), "k_copy");
+  p = fresh();
+  p.q_out = TensorView();
+  p.q_copy = dout.view();
+  p.q_copy.shape[2] = 3;  // wrong shape
+  EXPECT_ERROR_ARG(rope_apply_cuda(p, nullptr), "q_copy");
+  p = fresh();
+  p.q_out = TensorView();
+  p.q_copy = dout.view();
+  p.q_copy.data = out.view.data;  // host memory
+  EXPECT_ERROR_ARG(rope_apply_cuda(p, nullptr), "q_copy");
   DISTATTN_CUDA_CHECK(cudaDeviceSynchronize());
   HostTensor gq = clone(q), gout = clone(out);
   dq.download(gq);

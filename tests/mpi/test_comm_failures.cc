@@ -194,6 +194,29 @@ TEST(RingFailures, DisagreeingConfigsFailOnEveryRank) {
     cfg.alibi_slopes = slopes.data();
     expect_error_containing([&] { RingAttention ra(comm, cfg); }, {"alibi_slopes", last}, "alibi slopes");
   }
+  {  // RoPE frequencies with different values (a hash of inv_freq), and RoPE on one rank only
+    RingConfig cfg = small_config(P);
+    std::vector<float> freq(static_cast<size_t>(cfg.head_dim / 2), 0.01f);
+    if (r == P - 1) freq[1] = 0.02f;
+    cfg.rope.inv_freq = freq.data();
+    expect_error_containing([&] { RingAttention ra(comm, cfg); }, {"rope.inv_freq", last}, "rope frequencies");
+    freq[1] = 0.01f;
+    if (r == P - 1) cfg.rope.scale = 1.5f;
+    expect_error_containing([&] { RingAttention ra(comm, cfg); }, {"rope.scale", last}, "rope scale");
+    cfg.rope.scale = 1.f;
+    if (r == P - 1) cfg.rope.inv_freq = nullptr;
+    expect_error_containing([&] { RingAttention ra(comm, cfg); }, {"rope", last}, "rope on one rank");
+  }
+  {  // a bad RoPE field on one rank: every rank gets the Error naming it
+    RingConfig cfg = small_config(P);
+    std::vector<float> freq(static_cast<size_t>(cfg.head_dim), 0.01f);
+    cfg.rope.inv_freq = freq.data();
+    if (r == P - 1) cfg.rope.rotary_dim = cfg.head_dim + 2;
+    expect_error_containing([&] { RingAttention ra(comm, cfg); }, {"rope.rotary_dim"}, "rope rotary dim");
+    cfg.rope.rotary_dim = 0;
+    if (r == P - 1) freq[3] = std::nanf("");
+    expect_error_containing([&] { RingAttention ra(comm, cfg); }, {"rope.inv_freq", "entry 3"}, "rope NaN frequency");
+  }
   {  // the backward's own-step split (an environment switch that changes the size of the home hop)
     const char* old = std::getenv("DISTATTN_RING_BWD_OWN");
     const std::string saved = old ? old : "";

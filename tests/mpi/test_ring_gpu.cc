@@ -19,7 +19,8 @@
 //   error + slack; and, for "does not grow with the number of ranks", ring error <= 2x the one-GPU error +
 //   the same slack. A table line per case (errors reduced over ranks) is printed on rank 0.
 // RoPE: the ring API takes rotated q, k; each rank rotates its shards ON THE GPU with the shard's global
-// positions (rope_apply_cuda), the reference rotates the full Q, K on the host with 0..S-1.
+// positions (rope_apply_cuda), the reference rotates the full Q, K on the host with 0..S-1. RingConfig::rope (the
+// ring rotating q, k itself and dq, dk back) must give the same bits as that caller's way: RopeInsideTheRing below.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -421,6 +422,154 @@ TEST(RingGpu, AlibiCutoffAcrossSteps) {
     setenv("DISTATTN_RING_ALIBI_CUTOFF", saved.c_str(), 1);
   } else {
     unsetenv("DISTATTN_RING_ALIBI_CUTOFF");
+  }
+}
+
+// RingConfig::rope: the ring rotates q, k itself (k in one RoPE launch that also writes the K|V send buffer; q in that
+// launch, or inside the own step's forward launch from 8192 local rows on) and dq, dk back. Claim: the same bits as
+// the caller's way -- rope_apply_cuda on the shards at their global positions, the ring without RoPE, the inverse
+// rotation of dq, dk -- for o, lse, the rotated q and k, dq, dk and dv (the caller's way is held to fp64 in
+// ForwardBackwardMatchFp64AndOneGpu). Cases: zigzag and contiguous, causal and not, GQA 4:2, odd small shards (the
+// RoPE launch rotates q too), GPT-J with partial rotary (never fused), and 8192-row shards (on a Hopper GPU q is then
+// rotated in the own step's launch: RingCallStats::rope_q_in_own_step). Every output is poisoned first and must come
+// out finite, so equal bytes cannot be two unwritten buffers.
+TEST(RingGpu, RopeInsideTheRingEqualsTheCallersRotation) {
+  REQUIRE_GPU_PER_RANK();
+  NcclCommunicator comm(MPI_COMM_WORLD, -1, kCommTimeout);
+  const int P = mpi_size(), r = mpi_rank();
+  int device = 0, major = 0;
+  DISTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  DISTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  const bool env_free =
+      std::getenv("DISTATTN_ROPE_FWD") == nullptr && std::getenv("DISTATTN_FORWARD_KERNEL") == nullptr;
+  struct RCase {
+    ShardLayout layout;
+    int64_t S;
+    Mask mask;
+    RopeStyle style;
+    int64_t rotary_dim;
+    bool expect_fused;  // on a Hopper GPU (and no environment override)
+  };
+  const std::vector<RCase> cases = {
+      {ShardLayout::kZigzag, seq_near(1544, ShardLayout::kZigzag), Mask::make_causal(), RopeStyle::kNeoX, 0, false},
+      {ShardLayout::kContiguous, seq_near(1540, ShardLayout::kContiguous), Mask::none(), RopeStyle::kGptJ, 64, false},
+      {ShardLayout::kZigzag, 8192 * P, Mask::make_causal(), RopeStyle::kNeoX, 0, true},
+      {ShardLayout::kContiguous, 8192 * P, Mask::none(), RopeStyle::kNeoX, 0, true},
+  };
+  const DType bf = DType::kBFloat16;
+  for (const RCase& rc : cases) {
+    const int64_t B = 1, Hq = 4, Hkv = 2, D = 128, S = rc.S, Sl = S / P;
+    const uint64_t seed = test_seed() + 131 * static_cast<uint64_t>(S) + (rc.mask.causal ? 1 : 0) + 1000 * r;
+    SCOPED_TRACE(::testing::Message() << ring::layout_name(rc.layout) << (rc.mask.causal ? "/causal" : "/full")
+                                      << (rc.style == RopeStyle::kGptJ ? "/gptj" : "/neox") << " rot " << rc.rotary_dim
+                                      << " S=" << S << " P=" << P << " rank " << r << " seed " << seed);
+    // This rank's shards (random per rank: both ways get the same bytes, no global reference is needed).
+    HostTensor q(bf, B, Sl, Hq, D), k(bf, B, Sl, Hkv, D), v(bf, B, Sl, Hkv, D), dout(bf, B, Sl, Hq, D);
+    fill_normal_each({&q, &k, &v, &dout}, seed);
+    RopeConfig rcfg;
+    rcfg.head_dim = D;
+    rcfg.rotary_dim = rc.rotary_dim;
+    rcfg.style = rc.style;
+    const RopeFrequencies freqs = make_rope_frequencies(rcfg);
+    DeviceArray<float> d_freq(freqs.inv_freq);
+    const PositionMap pos = ring::shard_positions(rc.layout, S, P, r);
+    cudaStream_t stream = nullptr;
+    DISTATTN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+
+    // Everything one way leaves: o, lse, q and k afterwards, dq, dk, dv.
+    struct Outputs {
+      HostTensor t[6];  // o, q, k, dq, dk, dv
+      std::vector<float> lse;
+      bool fused = false;
+    };
+    auto run = [&](bool inside) {
+      Outputs out;
+      DeviceTensor d_q(q), d_k(k), d_v(v), d_dout(dout);
+      RingConfig cfg;
+      cfg.layout = rc.layout;
+      cfg.seq_len = S;
+      cfg.batch = B;
+      cfg.q_heads = Hq;
+      cfg.kv_heads = Hkv;
+      cfg.head_dim = D;
+      cfg.dtype = bf;
+      cfg.mask = rc.mask;
+      RopeParams rp;
+      rp.q = d_q.view(), rp.k = d_k.view();
+      rp.q_pos = rp.k_pos = pos;
+      rp.rotary_dim = rc.rotary_dim;
+      rp.style = rc.style;
+      rp.inv_freq = d_freq.ptr;
+      rp.scale = freqs.scale;
+      if (inside) {
+        cfg.rope.inv_freq = d_freq.ptr;
+        cfg.rope.rotary_dim = rc.rotary_dim;
+        cfg.rope.style = static_cast<int>(rc.style);
+        cfg.rope.scale = freqs.scale;
+      }
+      RingAttention ra(comm, cfg);
+      if (!inside) rope_apply_cuda(rp, stream);  // the caller's way: rotate, then the ring
+      HostTensor o(bf, B, Sl, Hq, D), g0(bf, B, Sl, Hq, D), g1(bf, B, Sl, Hkv, D), g2(bf, B, Sl, Hkv, D);
+      for (HostTensor* t : {&o, &g0, &g1, &g2}) fill_nan(*t);
+      DeviceTensor d_o(o), d_dq(g0), d_dk(g1), d_dv(g2);
+      DeviceArray<float> d_lse(std::vector<float>(static_cast<size_t>(B * Hq * Sl), std::nanf("")));
+      ra.forward(d_q.view(), d_k.view(), d_v.view(), d_o.view(), d_lse.ptr, stream);
+      out.fused = ra.last_forward().rope_q_in_own_step;
+      ra.backward(d_dout.view(), d_q.view(), d_k.view(), d_v.view(), d_o.view(), d_lse.ptr, d_dq.view(), d_dk.view(),
+                  d_dv.view(), stream);
+      if (!inside) {  // the caller's way: the gradients back to the unrotated frame
+        rp.q = d_dq.view(), rp.k = d_dk.view();
+        rp.inverse = true;
+        rope_apply_cuda(rp, stream);
+      }
+      DISTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+      out.t[0] = o, out.t[1] = q, out.t[2] = k, out.t[3] = g0, out.t[4] = g1, out.t[5] = g2;
+      for (HostTensor& t : out.t) t.view.data = t.storage.data();  // own storage (HostTensor's copy keeps the pointer)
+      d_o.download(out.t[0]);
+      d_q.download(out.t[1]);
+      d_k.download(out.t[2]);
+      d_dq.download(out.t[3]);
+      d_dk.download(out.t[4]);
+      d_dv.download(out.t[5]);
+      out.lse = d_lse.download();
+      return out;
+    };
+    const Outputs caller = run(false), inside = run(true);
+    DISTATTN_CUDA_CHECK(cudaStreamDestroy(stream));
+    const char* names[6] = {"o", "q (rotated)", "k (rotated)", "dq", "dk", "dv"};
+    int64_t bad = 0;
+    for (int i = 0; i < 6; ++i) {
+      const HostTensor& a = inside.t[i];
+      const HostTensor& b = caller.t[i];
+      int64_t non_finite = 0;
+      for (int64_t e = 0; e < a.view.numel(); ++e)
+        non_finite += std::isfinite(load_as_double(a.view.data, e, bf)) ? 0 : 1;
+      EXPECT_EQ(non_finite, 0) << names[i] << ": non-finite elements (unwritten?)";
+      const bool same = a.storage.size() == b.storage.size() &&
+                        std::memcmp(a.storage.data(), b.storage.data(), a.storage.size()) == 0;
+      EXPECT_TRUE(same) << names[i] << " differs from the caller's rotation";
+      bad += same ? 0 : 1;
+    }
+    // The rotation happened: q afterwards differs from the unrotated input.
+    EXPECT_NE(std::memcmp(inside.t[1].storage.data(), q.storage.data(), q.storage.size()), 0) << "q was not rotated";
+    EXPECT_EQ(inside.lse.size(), caller.lse.size());
+    EXPECT_EQ(std::memcmp(inside.lse.data(), caller.lse.data(), inside.lse.size() * sizeof(float)), 0) << "lse differs";
+    for (float x : inside.lse) {
+      if (!std::isfinite(x)) {
+        ADD_FAILURE() << "lse holds a non-finite value";
+        break;
+      }
+    }
+    if (env_free && major == 9) EXPECT_EQ(inside.fused, rc.expect_fused) << "q rotated in the own step's launch";
+    EXPECT_FALSE(caller.fused);
+    int fused_any = inside.fused ? 1 : 0, fused_all = 0;
+    MPI_Allreduce(&fused_any, &fused_all, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (r == 0)
+      std::printf(
+          "[ring-gpu P=%d] rope inside the ring: %s/%s/%s rot %lld S=%lld: %s; q in the own step's launch: %s\n", P,
+          ring::layout_name(rc.layout), rc.mask.causal ? "causal" : "full",
+          rc.style == RopeStyle::kGptJ ? "gptj" : "neox", static_cast<long long>(rc.rotary_dim),
+          static_cast<long long>(S), bad == 0 ? "bit-identical" : "DIFFERS", fused_all ? "yes" : "no");
   }
 }
 

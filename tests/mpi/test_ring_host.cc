@@ -45,13 +45,16 @@ struct Case {
   float scale = 0.f;
   GradTravel travel = GradTravel::kFloat32;
   bool rope = false;  // RoPE on global positions: the full Q, K for the reference, each shard with its map
+  // With rope: RingConfig::rope (the ring rotates the shards itself, and dq, dk back) instead of the caller's
+  // rotation; the reference's dQ, dK are then rotated back too (gradients w.r.t. the unrotated inputs).
+  bool rope_in_ring = false;
   std::string name() const {
     std::string n = std::string(ring::layout_name(layout)) + (mask.causal ? "/causal" : "/full");
     if (mask.window > 0) n += "/window" + std::to_string(mask.window);
     if (alibi) n += "/alibi";
     n += "/Hq" + std::to_string(Hq) + "Hkv" + std::to_string(Hkv) + "D" + std::to_string(D);
     if (travel == GradTravel::kBFloat16) n += "/bf16-grads";
-    if (rope) n += "/rope";
+    if (rope) n += rope_in_ring ? "/rope-in-ring" : "/rope";
     return n;
   }
 };
@@ -77,23 +80,30 @@ CaseErrors run_case(const Case& c, uint64_t seed) {
   // This rank's shards of the (unrotated) inputs.
   HostTensor q = shard_of(Q, c.layout, P, r), k = shard_of(K, c.layout, P, r), v = shard_of(V, c.layout, P, r),
              dout = shard_of(dO, c.layout, P, r);
+  RopeConfig rc;
+  rc.head_dim = c.D;
+  rc.rotary_dim = c.rope_in_ring ? c.D / 2 : 0;  // the ring's own rotation also with partial rotary
+  const RopeFrequencies fr = c.rope ? make_rope_frequencies(rc) : RopeFrequencies{};
+  HostTensor q_rotated;  // with rope_in_ring: this rank's shard of the rotated Q (what q must hold after the forward)
   if (c.rope) {
     // RoPE applied once before the ring: the reference rotates the full Q, K with positions 0..S-1,
     // each rank rotates its shards with the shard's global positions (K travels rotated).
-    RopeConfig rc;
-    rc.head_dim = c.D;
-    const RopeFrequencies fr = make_rope_frequencies(rc);
     RopeParams rp;
+    rp.rotary_dim = rc.rotary_dim;
     rp.inv_freq = fr.inv_freq.data();
     rp.scale = fr.scale;
     rp.q = Q.view;
     rp.k = K.view;
     rp.q_pos = rp.k_pos = PositionMap::contiguous(0, S);
     rope_apply_host(rp);
-    rp.q = q.view;
-    rp.k = k.view;
-    rp.q_pos = rp.k_pos = ring::shard_positions(c.layout, S, P, r);
-    rope_apply_host(rp);
+    if (c.rope_in_ring) {
+      q_rotated = shard_of(Q, c.layout, P, r);
+    } else {
+      rp.q = q.view;
+      rp.k = k.view;
+      rp.q_pos = rp.k_pos = ring::shard_positions(c.layout, S, P, r);
+      rope_apply_host(rp);
+    }
   }
   std::vector<float> slopes;
   if (c.alibi) {
@@ -123,6 +133,17 @@ CaseErrors run_case(const Case& c, uint64_t seed) {
   bp.dk = dK_ref.view;
   bp.dv = dV_ref.view;
   host_attention_backward(bp);
+  if (c.rope && c.rope_in_ring) {  // the ring returns gradients w.r.t. the unrotated q, k: rotate the reference's back
+    RopeParams rp;
+    rp.rotary_dim = rc.rotary_dim;
+    rp.inv_freq = fr.inv_freq.data();
+    rp.scale = fr.scale;
+    rp.q = dQ_ref.view;
+    rp.k = dK_ref.view;
+    rp.q_pos = rp.k_pos = PositionMap::contiguous(0, S);
+    rp.inverse = true;
+    rope_apply_host(rp);
+  }
 
   // The ring.
   MpiCommunicator comm(MPI_COMM_WORLD, kCommTimeout);
@@ -138,6 +159,11 @@ CaseErrors run_case(const Case& c, uint64_t seed) {
   cfg.alibi_slopes = c.alibi ? slopes.data() : nullptr;
   cfg.softmax_scale = c.scale;
   cfg.grad_travel = c.travel;
+  if (c.rope && c.rope_in_ring) {
+    cfg.rope.inv_freq = fr.inv_freq.data();
+    cfg.rope.rotary_dim = rc.rotary_dim;
+    cfg.rope.scale = fr.scale;
+  }
   RingAttention ra(comm, cfg);
   EXPECT_EQ(ra.local_rows(), S / P);
 
@@ -146,6 +172,11 @@ CaseErrors run_case(const Case& c, uint64_t seed) {
   fill_nan(o);
   std::vector<float> lse(static_cast<size_t>(c.B * c.Hq * Sl), std::numeric_limits<float>::quiet_NaN());
   ra.forward(q.view, k.view, v.view, o.view, lse.data());
+  if (c.rope && c.rope_in_ring) {  // q rotated in place at the shard's global positions: the full rotation's rows
+    const ErrorStats sr = compare(q.view, q_rotated.view);
+    EXPECT_EQ(sr.non_finite, 0);
+    EXPECT_EQ(sr.max_abs, 0.0) << "q after the forward is not the shard of the rotated Q: " << sr.str();
+  }
 
   CaseErrors err;
   const HostTensor o_ref = shard_of(O_ref, c.layout, P, r);
@@ -241,6 +272,20 @@ TEST(RingHost, RopeOnGlobalPositionsEveryLayout) {
   for (ShardLayout layout : {ShardLayout::kContiguous, ShardLayout::kZigzag, ShardLayout::kStriped}) {
     Case c{layout, layout == ShardLayout::kZigzag ? int64_t{3} : int64_t{5}, 1, 4, 2, 16, Mask::make_causal(), true};
     c.rope = true;
+    run_and_report(c);
+  }
+}
+
+// RingConfig::rope on the host engine: the ring rotates the shards itself (partial rotary) and returns dq, dk rotated
+// back; against the reference on the full sequence whose dQ, dK are rotated back likewise.
+TEST(RingHost, RopeInsideTheRingEveryLayout) {
+  for (ShardLayout layout : {ShardLayout::kContiguous, ShardLayout::kZigzag, ShardLayout::kStriped}) {
+    Case c{layout, layout == ShardLayout::kZigzag ? int64_t{3} : int64_t{5}, 1, 4, 2, 16, Mask::make_causal(), false};
+    c.rope = true;
+    c.rope_in_ring = true;
+    run_and_report(c);
+    c.mask = Mask::none();
+    c.alibi = true;
     run_and_report(c);
   }
 }

@@ -65,6 +65,9 @@ struct FlashFwdHopperRope {
   // Diagnostic (DISTATTN_ROPE_FWD=prerotated): rope_prepare rotates every kv group, so the fused launch has nothing
   // to rotate or wait for; tells the kernel's own cost from the helpers' work and the units' waits.
   bool rotate_all_before = false;
+  // q only: k arrives already rotated (the caller rotated it, e.g. the ring while packing its send buffer); the launch
+  // and its set-up kernel rotate q alone.
+  bool q_only = false;
 };
 
 // flash_fwd_hopper_supported(p, device) and the fused RoPE's conditions: no ALiBi, Sq == Skv and q_pos == kv_pos, the

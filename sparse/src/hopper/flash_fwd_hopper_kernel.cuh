@@ -331,14 +331,14 @@ __device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
 
 // Fused RoPE (FlashFwdHopperParams, kRope): the producer warpgroup's warps 1-3 (96 threads; warp 0's lane 0 issues
 // the attention's loads) rotate q and k in place, one job (32 rows of a kv group: its K head, then its q heads) at a
-// time. Per job: the table rows by a 1-D bulk copy; per head ("step" s: 0 = K head hkv, s >= 1 = q head
-// hkv * head_group + s - 1) a TMA load into buffer s % 2 (two steps in flight), rotation of the NeoX pairs (d, d + 64)
-// in shared memory, a TMA store back; after the last step's store has landed, a release increment of the group's
-// count. Claiming stops once the CTA's producer has issued its last load (`stop`), so a CTA whose attention is done
-// does not linger on the SM; a producer that waits for a group leaves its own helpers claiming, and every claimed job
-// is finished by a running CTA, so every group completes whatever the grid (no deadlock).
-// The arithmetic is rope_kernel's (positional/src/rope_kernel.cuh) element for element: the table holds the same
-// cos_sin products (rope_prepare), rope_math::rotate, one rounding to T: q and k come out bit-identical.
+// time (q only, rope_first_step 1: the job starts at step 1). Per job: the table rows by a 1-D bulk copy; per head
+// ("step" s: 0 = K head hkv, s >= 1 = q head hkv * head_group + s - 1) a TMA load into buffer s % 2 (two steps in
+// flight), rotation of the NeoX pairs (d, d + 64) in shared memory, a TMA store back; after the last step's store has
+// landed, a release increment of the group's count. Claiming stops once the CTA's producer has issued its last load
+// (`stop`), so a CTA whose attention is done does not linger on the SM; a producer that waits for a group leaves its
+// own helpers claiming, and every claimed job is finished by a running CTA, so every group completes whatever the grid
+// (no deadlock). The arithmetic is rope_kernel's (positional/src/rope_kernel.cuh) element for element: the table holds
+// the same cos_sin products (rope_prepare), rope_math::rotate, one rounding to T: q and k come out bit-identical.
 //   Buffer layout: half hf (d in [64 hf, 64 hf + 64)), row r < 32, 16-byte chunk ch (elements 8 ch .. 8 ch + 7 of the
 //   half) at hf * 4 KB + r * 128 + ((ch ^ (r % 8)) << 4); pair i = 8 ch + e joins element e of half 0 and half 1 at
 //   the same (r, ch), i.e. the same offset in both halves. Table: row r's pair i at r * 512 + 8 i (float2).
@@ -395,13 +395,13 @@ __device__ __forceinline__ void rope_helpers(const FlashFwdHopperParams& p, uint
       const uint32_t bytes = static_cast<uint32_t>(min(C::kRopeRows, p.seqlen_q - row0)) * 512u;
       mbar_arrive_expect_tx(bars + 16, bytes);
       bulk_load_1d(table, p.rope_cs + static_cast<int64_t>(row0) * 64, bytes, bars + 16);
-      load_step(0);
-      if (p.head_group >= 1) load_step(1);  // steps: 1 + head_group >= 2
+      load_step(p.rope_first_step);
+      if (p.rope_first_step + 1 <= p.head_group) load_step(p.rope_first_step + 1);
     }
     mbar_wait(bars + 16, (phases >> 2) & 1u);
     phases ^= 4u;
     const int words = min(C::kRopeRows, p.seqlen_q - row0) * 32;  // rows past S stay as loaded (not stored)
-    for (int s = 0; s <= p.head_group; ++s) {
+    for (int s = p.rope_first_step; s <= p.head_group; ++s) {
       const uint32_t bi = static_cast<uint32_t>(s & 1);
       const uint32_t buf = stage + bi * C::kRopeBufBytes;
       mbar_wait(bars + 8 * bi, (phases >> bi) & 1u);

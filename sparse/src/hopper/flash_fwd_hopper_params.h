@@ -112,6 +112,9 @@ struct FlashFwdHopperParams {
   int rope_pre_groups = 0;            // groups rotated before the launch (no wait for them)
   uint32_t* rope_counters = nullptr;  // [2 + B * Hkv]: claim counter, finished jobs per group, producers done
   const float2* rope_cs = nullptr;    // [S][64] (scale cos, scale sin) of row s's position, pair i
+  // 0: a job rotates its kv head of k, then its q heads; 1 (q only): k arrives rotated (the ring rotates it while it
+  // packs its send buffer), a job rotates its q heads only.
+  int rope_first_step = 0;
 };
 
 }  // namespace hopper

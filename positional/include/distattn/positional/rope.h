@@ -65,10 +65,16 @@ struct RopeFrequencies {
 RopeFrequencies make_rope_frequencies(const RopeConfig& config);
 
 struct RopeParams {
-  TensorView q;            // [B, Sq, Hq, D] input
-  TensorView k;            // [B, Skv, Hkv, D] input; may be empty (data == nullptr): q only
-  TensorView q_out;        // output for q; empty: in place
-  TensorView k_out;        // output for k; empty: in place
+  TensorView q;      // [B, Sq, Hq, D] input
+  TensorView k;      // [B, Skv, Hkv, D] input; may be empty (data == nullptr): q only
+  TensorView q_out;  // output for q; empty: in place
+  TensorView k_out;  // output for k; empty: in place
+  // Optional second outputs (empty: none): the rotated q / k written ALSO here, whole heads (dims past rotary_dim
+  // copied), in the same launch, so each input is read once -- e.g. rotate k in place and into a packed send buffer at
+  // once (the ring does). Shape and dtype of the input, any strides, head dim contiguous; must not share memory with
+  // any other operand of the call (argument "q_copy" / "k_copy" otherwise).
+  TensorView q_copy;
+  TensorView k_copy;
   PositionMap q_pos;       // global positions of q rows
   PositionMap k_pos;       // global positions of k rows
   int64_t rotary_dim = 0;  // 0: D

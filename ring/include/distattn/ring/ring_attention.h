@@ -72,7 +72,18 @@ struct RingConfig {
   // shows it as null: the steps keep their own sub-layouts.)
   const BlockLayout* block_layout = nullptr;
   const float* alibi_slopes = nullptr;  // [Hq] fp32 on the communicator's device, or null
-  float softmax_scale = 0.f;            // 0: 1 / sqrt(D)
+  // Optional RoPE (rope.inv_freq null: off). inv_freq [rotary_dim / 2] fp32 on the communicator's device (host memory
+  // for the host engine), kept valid while the object lives; rotary_dim, style and scale as RopeAngles says
+  // (attn_params.h; make_rope_frequencies gives the values). With it, forward() first rotates this rank's q and k IN
+  // PLACE by +theta at their GLOBAL positions (q_positions(): a rank's k rows sit at its q rows' positions) -- so K
+  // travels rotated, and q, k hold the rotated values afterwards, which is what backward() must be given -- and
+  // backward() returns dq, dk rotated back (gradients with respect to the unrotated q, k). Bit-identical to
+  // rope_apply_cuda / rope_apply_host on the shards before forward() and the inverse rotation of dq, dk after
+  // backward(). CUDA: the rotation of k also writes the K|V send buffer (k read once), and from 8192 local rows on
+  // (Hopper, head dim 128 rotated whole, NeoX pairs, no ALiBi) q is rotated inside the own step's forward launch
+  // (flash_attention_forward_rope's fused path). Agreed across ranks at construction (fields and a hash of inv_freq).
+  RopeAngles rope;
+  float softmax_scale = 0.f;  // 0: 1 / sqrt(D)
   GradTravel grad_travel = GradTravel::kFloat32;
   HostPrecision host_precision = HostPrecision::kFloat64;  // host engine only
   // CUDA: the K|V double buffer is a registered window of the communicator (Communicator::register_window), so
@@ -100,6 +111,9 @@ struct RingCallStats {
   // CUDA forward: the engine calls skipped the kv tiles below the ALiBi bound across steps (AttnParams::alibi_merge;
   // ring_cuda.cc "ALiBi cutoff across steps"; DISTATTN_RING_ALIBI_CUTOFF).
   bool alibi_merge_cutoff = false;
+  // CUDA forward with RingConfig::rope: q was rotated inside the own step's forward launch (the fused path), not in
+  // the RoPE launch that rotated k into the send buffer.
+  bool rope_q_in_own_step = false;
 };
 
 class RingAttention {
@@ -173,7 +187,14 @@ class RingAttention {
   RingConfig config_;
   RingSchedule schedule_;
   int64_t local_rows_ = 0;
-  std::vector<float> alibi_host_;  // host copy of the slopes (host engine; the fingerprint hashes it)
+  std::vector<float> alibi_host_;      // host copy of the slopes (host engine; the fingerprint hashes it)
+  std::vector<float> rope_freq_host_;  // host copy of config.rope.inv_freq (the fingerprint hashes it)
+  bool rope_on() const { return config_.rope.inv_freq != nullptr; }
+  // RoPE of this rank's shards in place (forward: q and k by +theta; inverse: the gradients dq, dk by -theta) at
+  // q_positions(), with config.rope; CUDA on `stream`, host otherwise. k_copy (CUDA, optional): a second output for the
+  // rotated k (the K|V send buffer); q empty: k alone.
+  void rope_shards(const TensorView& q, const TensorView& k, const TensorView& k_copy, bool inverse,
+                   CUstream_st* stream) const;
   RingCallStats last_forward_, last_backward_;
   // CUDA backward: the own step whole or in two parts, cut by kv rows or by kv heads (DISTATTN_RING_BWD_OWN=whole |
   // split | heads; kOwnSplit* below; read and agreed at construction: it changes the size of the home hop, so every

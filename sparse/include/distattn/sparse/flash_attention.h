@@ -39,6 +39,19 @@ void flash_attention_forward(const AttnParams& params, cudaStream_t stream);
 // for overlapping storage) before anything is launched or written.
 void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& rope, cudaStream_t stream);
 
+// flash_attention_forward_rope for a caller that rotated k itself (e.g. while copying it elsewhere: the ring rotates
+// its k into its send buffer and in place in one RoPE launch, RopeParams::k_copy): q alone is rotated IN PLACE by
+// +theta at params.q_pos, k is read as it is. Same paths by the same rule (fused: the launch's helpers rotate q only),
+// same checks and throws; bit-identical to rope_apply_cuda on q followed by flash_attention_forward.
+void flash_attention_forward_rope_q(const AttnParams& params, const RopeAngles& rope, cudaStream_t stream);
+
+// Whether flash_attention_forward_rope (and _q) would rotate inside the forward's launch for these arguments (the
+// fused path: Hopper kernel, head dim 128 rotated whole, NeoX pairs, no ALiBi, self-attention positions, from 8192 q
+// rows on; DISTATTN_ROPE_FWD=separate / fused override the size rule) rather than with a RoPE launch before it. Lets a
+// caller that could also rotate q in a launch of its own choose. Checks nothing else; throws distattn::Error on a CUDA
+// failure.
+bool flash_attention_forward_rope_fuses(const AttnParams& params, const RopeAngles& rope);
+
 // Floats that flash_attention_alibi_norms writes for q [B, Sq, Hq, D] and k [B, Skv, Hkv, D]:
 // B * Hkv + B * Hq * ceil(Sq / 128).
 int64_t alibi_merge_norms_floats(const TensorView& q, const TensorView& k);
