@@ -428,7 +428,7 @@ TEST(RingGpu, AlibiCutoffAcrossSteps) {
 // RingConfig::rope: the ring rotates q, k itself (k in one RoPE launch that also writes the K|V send buffer; q in that
 // launch, or inside the own step's forward launch from 8192 local rows on) and dq, dk back. Claim: the same bits as
 // the caller's way -- rope_apply_cuda on the shards at their global positions, the ring without RoPE, the inverse
-// rotation of dq, dk -- for o, lse, the rotated q and k, dq, dk and dv (the caller's way is held to fp64 in
+// rotation of dq, dk -- for o, lse, the rotated q and k, dk and dv (dq: below) (the caller's way is held to fp64 in
 // ForwardBackwardMatchFp64AndOneGpu). Cases: zigzag and contiguous, causal and not, GQA 4:2, odd small shards (the
 // RoPE launch rotates q too), GPT-J with partial rotary (never fused), and 8192-row shards (on a Hopper GPU q is then
 // rotated in the own step's launch: RingCallStats::rope_q_in_own_step). Every output is poisoned first and must come
@@ -534,10 +534,15 @@ TEST(RingGpu, RopeInsideTheRingEqualsTheCallersRotation) {
       out.lse = d_lse.download();
       return out;
     };
-    const Outputs caller = run(false), inside = run(true);
+    // dq is reduced across the backward's kv tiles by fp32 atomics (the Hopper backward), in an order that changes
+    // from run to run: two runs of the SAME call may differ in its last bits, and after the bf16 rounding by an ulp in
+    // places. So dq is held to a bound (2^-7 of max|dq|: a wrong angle, position or sign moves it by O(max|dq|)), next
+    // to the caller's way run twice (the run-to-run spread, printed); everything else must match bit for bit.
+    const Outputs caller = run(false), inside = run(true), caller2 = run(false);
     DISTATTN_CUDA_CHECK(cudaStreamDestroy(stream));
     const char* names[6] = {"o", "q (rotated)", "k (rotated)", "dq", "dk", "dv"};
     int64_t bad = 0;
+    double dq_diff = 0, dq_spread = 0;
     for (int i = 0; i < 6; ++i) {
       const HostTensor& a = inside.t[i];
       const HostTensor& b = caller.t[i];
@@ -545,6 +550,22 @@ TEST(RingGpu, RopeInsideTheRingEqualsTheCallersRotation) {
       for (int64_t e = 0; e < a.view.numel(); ++e)
         non_finite += std::isfinite(load_as_double(a.view.data, e, bf)) ? 0 : 1;
       EXPECT_EQ(non_finite, 0) << names[i] << ": non-finite elements (unwritten?)";
+      if (i == 3) {
+        double max_ref = 0;
+        for (int64_t e = 0; e < b.view.numel(); ++e) {
+          const double x = load_as_double(b.view.data, e, bf), y = load_as_double(a.view.data, e, bf);
+          const double z = load_as_double(caller2.t[3].view.data, e, bf);
+          max_ref = std::max(max_ref, std::fabs(x));
+          dq_diff = std::max(dq_diff, std::fabs(y - x));
+          dq_spread = std::max(dq_spread, std::fabs(z - x));
+        }
+        const bool close = dq_diff <= std::ldexp(max_ref, -7);
+        EXPECT_TRUE(close) << "dq: max|inside - caller| " << dq_diff
+                           << " above 2^-7 max|dq| = " << std::ldexp(max_ref, -7)
+                           << " (caller run to run: " << dq_spread << ")";
+        bad += close ? 0 : 1;
+        continue;
+      }
       const bool same = a.storage.size() == b.storage.size() &&
                         std::memcmp(a.storage.data(), b.storage.data(), a.storage.size()) == 0;
       EXPECT_TRUE(same) << names[i] << " differs from the caller's rotation";
@@ -566,10 +587,12 @@ TEST(RingGpu, RopeInsideTheRingEqualsTheCallersRotation) {
     MPI_Allreduce(&fused_any, &fused_all, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (r == 0)
       std::printf(
-          "[ring-gpu P=%d] rope inside the ring: %s/%s/%s rot %lld S=%lld: %s; q in the own step's launch: %s\n", P,
-          ring::layout_name(rc.layout), rc.mask.causal ? "causal" : "full",
+          "[ring-gpu P=%d] rope inside the ring: %s/%s/%s rot %lld S=%lld: %s (dq max|diff| %.2e, caller run to "
+          "run %.2e); q in the own step's launch: %s\n",
+          P, ring::layout_name(rc.layout), rc.mask.causal ? "causal" : "full",
           rc.style == RopeStyle::kGptJ ? "gptj" : "neox", static_cast<long long>(rc.rotary_dim),
-          static_cast<long long>(S), bad == 0 ? "bit-identical" : "DIFFERS", fused_all ? "yes" : "no");
+          static_cast<long long>(S), bad == 0 ? "o, lse, q, k, dk, dv bit-identical, dq within bound" : "DIFFERS",
+          dq_diff, dq_spread, fused_all ? "yes" : "no");
   }
 }
 
