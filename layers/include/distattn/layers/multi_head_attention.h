@@ -10,6 +10,7 @@
 //   q, k, v = strided views of qkv:  q [B, S_local, Hq, D]  (row stride N, head stride D, column 0)
 //                                    k [B, S_local, Hkv, D] (column Hq*D),  v (column (Hq + Hkv)*D)
 //   q, k  <- RoPE(q, k) on GLOBAL positions (the core's position map: shard offsets, zigzag chunks), in place
+//            (the dense CUDA core inside its forward call, the ring core inside the ring: RingConfig::rope)
 //   o    = core(q, k, v)               [B, S_local, Hq, D]         (packed, = [T, Hq*D])
 //   y    = o Wo^T + bo                 [B, S_local, E]             Wo [E, Hq*D]
 //
@@ -17,7 +18,7 @@
 //   dWo  = sum_tokens dy^T o           [E, Hq*D]       dbo = sum_tokens dy          [E]
 //   dO   = dy Wo                       [T, Hq*D]
 //   dq, dk, dv = core backward (dO, the forward's O and LSE)      written into dqkv [T, N] (the same strided views)
-//   dq, dk <- RoPE backward (the conjugate rotation, same positions)
+//   dq, dk <- RoPE backward (the conjugate rotation, same positions; the ring core's backward does it itself)
 //   dWqkv = sum_tokens dqkv^T x        [N, E]          dbqkv = sum_tokens dqkv      [N]
 //   dx   = dqkv Wqkv                   [B, S_local, E]
 // Across ranks each rank's weight gradients cover its own tokens only; with all_reduce_weight_grads (default)
