@@ -106,4 +106,13 @@ void check_backward_shards(const ShardSpec& spec, const TensorView& dout, const 
                lse);
 }
 
+void check_rope_in_place(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                         bool rotate_k) {
+  DISTATTN_CHECK_ARG(!views_may_overlap(q, k), "k", "overlaps q in memory; q is rotated in place");
+  DISTATTN_CHECK_ARG(!views_may_overlap(q, v), "v", "overlaps q in memory; q is rotated in place");
+  DISTATTN_CHECK_ARG(!rotate_k || !views_may_overlap(k, v), "v", "overlaps k in memory; k is rotated in place");
+  DISTATTN_CHECK_ARG(!views_may_overlap(q, o) && (!rotate_k || !views_may_overlap(k, o)), "o",
+                     "overlaps q or k in memory; they are rotated in place");
+}
+
 }  // namespace distattn

@@ -270,13 +270,7 @@ void RingAttention::forward(const TensorView& q, const TensorView& k, const Tens
     p.o = o;
     p.lse = lse;
     validate_forward(p, dev);
-    if (rope_on()) {  // q and k are rotated in place: they must not share memory with each other, v or o
-      DISTATTN_CHECK_ARG(!views_may_overlap(q, k), "k", "overlaps q in memory; the ring's RoPE rotates both in place");
-      DISTATTN_CHECK_ARG(!views_may_overlap(q, v) && !views_may_overlap(k, v), "v",
-                         "overlaps q or k in memory; the ring's RoPE rotates them in place");
-      DISTATTN_CHECK_ARG(!views_may_overlap(q, o) && !views_may_overlap(k, o), "o",
-                         "overlaps q or k in memory; the ring's RoPE rotates them in place");
-    }
+    if (rope_on()) check_rope_in_place(q, k, v, o, /*rotate_k=*/true);  // the ring's RoPE rotates q, k in place
   });
   if (dev == Device::kCuda) {
     forward_cuda(q, k, v, o, lse, stream);  // rotates q, k itself (with the K|V pack and the own step)

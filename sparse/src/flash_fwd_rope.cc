@@ -71,13 +71,7 @@ void flash_attention_forward_rope(const AttnParams& params, const RopeAngles& ro
   check_forward_cuda(params);
   validate_rope_angles(rope, params.q.head_dim(), "rope");
   check_device_pointer(rope.inv_freq, "rope.inv_freq");
-  // q (and k) are written in place: they must not share bytes with each other or with what the forward reads / writes.
-  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.k), "k", "overlaps q in memory; q is rotated in place");
-  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.v), "v", "overlaps q in memory; q is rotated in place");
-  DISTATTN_CHECK_ARG(!rotate_k || !views_may_overlap(params.k, params.v), "v",
-                     "overlaps k in memory; k is rotated in place");
-  DISTATTN_CHECK_ARG(!views_may_overlap(params.q, params.o) && (!rotate_k || !views_may_overlap(params.k, params.o)),
-                     "o", "overlaps q or k in memory; they are rotated in place");
+  check_rope_in_place(params.q, params.k, params.v, params.o, rotate_k);  // q (and k) are written in place
 
   const bool rotate_all_before =
       path == RopeFwdPath::kFusedPrerotated || (path == RopeFwdPath::kAuto && rope_fwd_mode_from_env() == 3);

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -232,6 +233,24 @@ TEST(RingFailures, DisagreeingConfigsFailOnEveryRank) {
       unsetenv("DISTATTN_RING_BWD_OWN");
     }
   }
+}
+
+// RingConfig::rope rotates q and k in place: on one rank k is a view of q's first heads (fine for a plain forward,
+// which only reads them), and every rank gets the Error naming "k" before anything is rotated.
+TEST(RingFailures, RopeOperandsThatOverlapFailOnEveryRank) {
+  const int P = mpi_size(), r = mpi_rank();
+  MpiCommunicator comm(MPI_COMM_WORLD, kCommTimeout);
+  RingConfig cfg = small_config(P);
+  std::vector<float> freq(static_cast<size_t>(cfg.head_dim / 2), 0.01f);
+  cfg.rope.inv_freq = freq.data();
+  RingAttention ra(comm, cfg);
+  SmallShard sh(ra.local_rows());
+  std::vector<unsigned char> q_bytes(sh.q.storage.begin(), sh.q.storage.end());
+  TensorView k = sh.k.view;
+  if (r == P - 1) k = sh.q.view.head_range(0, 2);  // k on top of q's heads 0-1
+  expect_error_containing([&] { ra.forward(sh.q.view, k, sh.v.view, sh.o.view, sh.lse.data()); },
+                          {"'k'", "overlaps q", "rank " + std::to_string(P - 1)}, "k on top of q");
+  EXPECT_TRUE(std::equal(q_bytes.begin(), q_bytes.end(), sh.q.storage.begin())) << "q was rotated before the Error";
 }
 
 TEST(RingFailures, LayoutThatCannotSplitFailsOnEveryRank) {

@@ -18,6 +18,12 @@ void check_device_pointer(const void* ptr, const char* argument, bool allow_null
 // the axis has more than one element (the kernels load 16-byte vectors). No residency check, never throws.
 bool cuda_tensor_aligned(const TensorView& t);
 
+// Operands of a call that rotates q (and, with rotate_k, k) IN PLACE by RoPE before attending
+// (flash_attention_forward_rope, the ring's RingConfig::rope): what is written must share no memory with anything else
+// the call reads or writes. Errors name "k", "v" or "o".
+void check_rope_in_place(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                         bool rotate_k);
+
 // Device residency and cuda_tensor_aligned, each failure an Error naming the argument and what is off.
 void check_cuda_tensor(const TensorView& t, const char* argument);
 
