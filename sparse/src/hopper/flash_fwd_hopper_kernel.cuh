@@ -641,6 +641,13 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
 #define DISTATTN_HOPPER_S_FIRST 1
 #endif
   constexpr bool kSFirst = DISTATTN_HOPPER_S_FIRST != 0;
+  // MASK_EARLY (default 1; 0 for A/B): a tile's mask is decided from positions (mask_prep) before waiting for its S,
+  // so that work overlaps the product. On an H200 (session 14, five interleaved rounds, 8K..64K, causal, ALiBi and
+  // not): -0.2% to -0.6%, every case the same sign (bench/results/2026-11-23_h200_s14_softmax_ab).
+#ifndef DISTATTN_HOPPER_MASK_EARLY
+#define DISTATTN_HOPPER_MASK_EARLY 1
+#endif
+  constexpr bool kMaskEarly = DISTATTN_HOPPER_MASK_EARLY != 0;
   auto turn_begin = [&]() {
     if (pingpong) named_sync(1 + cw);
   };
@@ -782,9 +789,19 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       wgmma_commit();
     };
     // Mask of tile `it` where needed: partial band (classify_tile on the position ranges; FULL blocks of a
-    // block list never), or the tile crossing Skv.
+    // block list never), or the tile crossing Skv. mask_prep decides from positions alone (no S), so with
+    // MASK_EARLY it runs while S is still in flight; mask_apply changes the scores.
     float row_off[2] = {0.f, 0.f};  // ALiBi: the tile's per-row score term (softmax_tile<kAlibi>)
-    auto mask = [&](int it) {
+    int mk_n0 = 0;                  // the tile's first kv row
+    bool mk_band = false;           // band mask per element (bounds in mk_lo / mk_hi)
+    bool mk_skv = false;            // only the Skv bound
+    int mk_lo[2] = {0, 0}, mk_hi[2] = {0, 0};
+    int mk_sigma = 0;               // ALiBi: sign of pos_q - pos_k over the tile (0: straddles the diagonal)
+    float mk_kcol = 0.f;            // ALiBi, one-sign tile: score term per column offset
+    float mk_kstep = 0.f;           // ALiBi, straddling tile: kv position step
+    float mk_drow[2] = {0.f, 0.f};  // ALiBi, straddling tile: pos_q - pos_k of this thread's column 0, per row
+    float mk_d0[2] = {0.f, 0.f};    // ALiBi, straddling tile: the row's D0 (clamped)
+    auto mask_prep = [&](int it) {
       int idx;
       const int n0 = plan_tile(p, plan, it, &idx, tile_plan) * C::kBlockN;
       const int k_last = min(n0 + C::kBlockN, p.seqlen_kv) - 1;
@@ -795,14 +812,23 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       const DiagonalBand band{p.band_lo, p.band_hi};
       const bool full = classify_tile(band, plan.q_min, plan.q_max, k_min, k_max) == TileVisibility::kFull;
       const bool band_mask = p.has_blocks ? (__ldg(p.block_row_partial + idx) != 0 && !full) : !full;
+      mk_n0 = n0;
+      mk_band = band_mask;
+      mk_skv = !band_mask && n0 + C::kBlockN > p.seqlen_kv;
+      if (band_mask) {
+        const int2 b0 = bounds[ka.chunk * C::kBlockM + row0];
+        const int2 b1 = bounds[ka.chunk * C::kBlockM + row0 + 8];
+        mk_lo[0] = b0.x, mk_lo[1] = b1.x, mk_hi[0] = b0.y, mk_hi[1] = b1.y;
+      }
       if constexpr (kAlibi) {
         // Bias (see the header): one-sign tiles split into row_off (per row) + c * kcol (per element); tiles
         // straddling pos_q == pos_k take |d| per element. Elements masked below get -inf regardless.
         const int64_t d_lo = plan.q_min - k_max, d_hi = plan.q_max - k_min;  // range of pos_q - pos_k over the tile
         const int sigma = d_lo >= 0 ? 1 : (d_hi <= 0 ? -1 : 0);
         const int64_t k_col = ka.base + static_cast<int64_t>(col_base) * ka.step;  // pos_k of this thread's col 0
+        mk_sigma = sigma;
         if (sigma != 0) {
-          const float kcol = -alibi_coef * static_cast<float>(sigma) * static_cast<float>(ka.step);
+          mk_kcol = -alibi_coef * static_cast<float>(sigma) * static_cast<float>(ka.step);
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int row = row0 + 8 * r;
@@ -810,36 +836,43 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
             const int64_t e_row = sigma * (pos_q - k_col) - dref[row];
             row_off[r] = alibi_coef * static_cast<float>(e_row);
           }
-#pragma unroll
-          for (int i = 0; i < 64; ++i) sc[i] = fmaf(static_cast<float>(8 * (i / 4) + (i % 2)), kcol, sc[i]);
         } else {
-          const float k_step = static_cast<float>(ka.step);
+          mk_kstep = static_cast<float>(ka.step);
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int row = row0 + 8 * r;
             const int64_t pos_q = plan.q_min + static_cast<int64_t>(row) * plan.q_step;
             // Straddling tile: |pos_q - k_col| is within the tile's span (exact in fp32); D0 <= the row's |d| on
             // any visible key here, so |d| - D0 is exact too (a row with no visible key here is all masked).
-            const float d_row = static_cast<float>(pos_q - k_col);
-            const float d0 = static_cast<float>(min(dref[row], static_cast<long long>(1 << 24)));
+            mk_drow[r] = static_cast<float>(pos_q - k_col);
+            mk_d0[r] = static_cast<float>(min(dref[row], static_cast<long long>(1 << 24)));
             row_off[r] = 0.f;
+          }
+        }
+      }
+    };
+    auto mask_apply = [&]() {
+      if constexpr (kAlibi) {
+        if (mk_sigma != 0) {
+#pragma unroll
+          for (int i = 0; i < 64; ++i) sc[i] = fmaf(static_cast<float>(8 * (i / 4) + (i % 2)), mk_kcol, sc[i]);
+        } else {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
 #pragma unroll
             for (int i = 0; i < 64; ++i) {
               if ((i / 2) % 2 != r) continue;
-              const float d = fmaf(-static_cast<float>(8 * (i / 4) + (i % 2)), k_step, d_row);
-              sc[i] = fmaf(fabsf(d) - d0, alibi_coef, sc[i]);
+              const float d = fmaf(-static_cast<float>(8 * (i / 4) + (i % 2)), mk_kstep, mk_drow[r]);
+              sc[i] = fmaf(fabsf(d) - mk_d0[r], alibi_coef, sc[i]);
             }
           }
         }
       }
-      if (band_mask) {
-        const int2 b0 = bounds[ka.chunk * C::kBlockM + row0];
-        const int2 b1 = bounds[ka.chunk * C::kBlockM + row0 + 8];
-        const int kv_lo[2] = {b0.x, b1.x}, kv_hi[2] = {b0.y, b1.y};
-        mask_tile<true>(sc, kv_lo, kv_hi, p.seqlen_kv, n0 + col_base);
-      } else if (n0 + C::kBlockN > p.seqlen_kv) {
+      if (mk_band) {
+        mask_tile<true>(sc, mk_lo, mk_hi, p.seqlen_kv, mk_n0 + col_base);
+      } else if (mk_skv) {
         const int unused[2] = {0, 0};
-        mask_tile<false>(sc, unused, unused, p.seqlen_kv, n0 + col_base);
+        mask_tile<false>(sc, unused, unused, p.seqlen_kv, mk_n0 + col_base);
       }
     };
     auto pack_p = [&]() {
@@ -855,6 +888,7 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
       turn_begin();
       issue_s(s0);
       turn_end();
+      if (kMaskEarly) mask_prep(0);
       wgmma_wait<0>();
       fence_regs(sc);
       __syncwarp();
@@ -862,7 +896,8 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         mbar_arrive(bar_empty_k + 8 * s0);
         if (plan.count == 1) mbar_arrive(bar_q_empty);  // the unit's last S is done: Q may be refilled
       }
-      mask(0);
+      if (!kMaskEarly) mask_prep(0);
+      mask_apply();
       float corr[2];
       softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
       pack_p();
@@ -879,14 +914,16 @@ __global__ void __launch_bounds__(FwdConfig::kThreads, 1)
         if (kSFirst) mbar_wait(bar_full_v + 8 * ps, ((j - 1) / C::kStages) & 1);
         issue_pv(ps);
         turn_end();
-        wgmma_wait<1>();  // S(it) done; P V (it - 1) may still run
+        if (kMaskEarly) mask_prep(it);  // positions only: overlaps S
+        wgmma_wait<1>();                // S(it) done; P V (it - 1) may still run
         fence_regs(sc);
         __syncwarp();
         if (lane == 0) {
           mbar_arrive(bar_empty_k + 8 * s);
           if (it + 1 == plan.count) mbar_arrive(bar_q_empty);  // the unit's last S is done
         }
-        mask(it);
+        if (!kMaskEarly) mask_prep(it);
+        mask_apply();
         const bool rescale = softmax_tile<kAlibi>(sc, row_max, row_sum, corr, scale_log2, row_off);
         wgmma_wait<0>();  // P V (it - 1) done: O and the P registers are free
         fence_regs(o);
