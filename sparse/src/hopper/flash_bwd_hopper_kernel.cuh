@@ -187,6 +187,12 @@ __device__ __forceinline__ int bwd_item_tile(const FlashBwdHopperParams& p, cons
 // H100, 32 heads x 128, bf16 (bench/results/*_hopper_bwd): with red.global.add for dQ both orders ran at ~400 TF
 // (16K, 64K, causal or not); with the TMA reduction (kDqTma) defer + TMA gave 453-464 TF. The combination TMA without
 // defer spilled 16 bytes and was not measured.
+// STATS_EARLY (A/B knob): each item's LSE and delta columns are loaded from shared memory before the waits for S^T and
+// dP^T, so the loads' latency overlaps the products (ncu, session 14: the first exp2's FFMA and the first dS
+// subtraction were the top short-scoreboard stalls).
+#ifndef DISTATTN_HOPPER_BWD_STATS_EARLY
+#define DISTATTN_HOPPER_BWD_STATS_EARLY 1
+#endif
 #ifndef DISTATTN_HOPPER_BWD_DEFER_DQ
 #define DISTATTN_HOPPER_BWD_DEFER_DQ 1
 #endif
@@ -315,6 +321,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
   const uint32_t sDQ = smem_base + C::kOffDQ;
   constexpr bool kDqTma = DISTATTN_HOPPER_BWD_DQ_TMA != 0;
   constexpr bool kDeferDq = DISTATTN_HOPPER_BWD_DEFER_DQ != 0;
+  constexpr bool kStatsEarly = DISTATTN_HOPPER_BWD_STATS_EARLY != 0;
   int* const plan = reinterpret_cast<int*>(smem + C::kOffPlan);
 
   // kv tile 0 first: under a causal band with aligned positions it sees the most q tiles.
@@ -545,11 +552,17 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
         }
         wgmma_commit();
       }
-      wgmma_wait<1>();  // S^T done; dP^T may still run
-      fence_regs(st);
-
       const float* lse2 = stats + s * 128;
       const float* dlt = lse2 + 64;
+      // STATS_EARLY: this thread's LSE columns are read from shared memory while the products run (they are in place
+      // since bar_full), not after the wait, where the first exp2 stood on the load.
+      float2 lse_c[8];
+      if (kStatsEarly) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) lse_c[c] = *reinterpret_cast<const float2*>(lse2 + 8 * c + col_base);
+      }
+      wgmma_wait<1>();  // S^T done; dP^T may still run
+      fence_regs(st);
       if (need_mask) {
         // Visible q columns [lo, hi] of each of this thread's kv rows: pos_q(i) in [pos_k + band_lo, pos_k + band_hi].
         int lo[2], hi[2];
@@ -572,7 +585,7 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
       // P^T = exp2(S^T scale_log2 - LSE_log2[q]); masked (-inf) and LSE_log2 = +inf give 0.
 #pragma unroll
       for (int c = 0; c < 8; ++c) {
-        const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * c + col_base);
+        const float2 l = kStatsEarly ? lse_c[c] : *reinterpret_cast<const float2*>(lse2 + 8 * c + col_base);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           st[4 * c + 2 * r] = fast_exp2(fmaf(st[4 * c + 2 * r], scale_log2, -l.x));
@@ -595,12 +608,17 @@ __global__ void __launch_bounds__(BwdConfig::kThreads, 1)
         }
         wgmma_commit();
       }
+      float2 dlt_c[8];  // STATS_EARLY: delta's columns, read while dP^T and P^T dO run
+      if (kStatsEarly) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) dlt_c[c] = *reinterpret_cast<const float2*>(dlt + 8 * c + col_base);
+      }
       wgmma_wait<1>();  // dP^T done; P^T dO may still run
       fence_regs(dp);
       // dS^T = P^T (dP^T - delta[q])
 #pragma unroll
       for (int c = 0; c < 8; ++c) {
-        const float2 d = *reinterpret_cast<const float2*>(dlt + 8 * c + col_base);
+        const float2 d = kStatsEarly ? dlt_c[c] : *reinterpret_cast<const float2*>(dlt + 8 * c + col_base);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           dp[4 * c + 2 * r] = st[4 * c + 2 * r] * (dp[4 * c + 2 * r] - d.x);
