@@ -104,6 +104,23 @@ bool alibi_merge_cutoff_wanted(const Communicator& comm, const RingConfig& c) {
   return major == 9;
 }
 
+// A host copy of n floats of a configuration array (ALiBi slopes, RoPE frequencies) for the checks and the fingerprint:
+// copied from the device when the ring runs on CUDA (the pointer checked to be device memory first), and every entry
+// checked to be finite (the Error names `argument` and "<what> i").
+std::vector<float> host_finite_floats(const float* src, size_t n, Device device, const char* argument,
+                                      const char* what) {
+  std::vector<float> host(n);
+  if (device == Device::kCuda) {
+    check_device_pointer(src, argument);
+    DISTATTN_CUDA_CHECK(cudaMemcpy(host.data(), src, n * sizeof(float), cudaMemcpyDeviceToHost));
+  } else {
+    host.assign(src, src + n);
+  }
+  for (size_t i = 0; i < n; ++i)
+    DISTATTN_CHECK_ARG(std::isfinite(host[i]), argument, what, " ", i, " is ", host[i], " (expected finite)");
+  return host;
+}
+
 }  // namespace
 
 RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : comm_(comm), config_(config) {
@@ -141,33 +158,14 @@ RingAttention::RingAttention(Communicator& comm, const RingConfig& config) : com
                          ": the CUDA engine has no kernel for it");
     }
     if (config_.alibi_slopes != nullptr) {
-      alibi_host_.resize(static_cast<size_t>(config_.q_heads));
-      if (comm.device() == Device::kCuda) {  // device slopes: a host copy for the checks and the fingerprint
-        DISTATTN_CUDA_CHECK(cudaMemcpy(alibi_host_.data(), config_.alibi_slopes, alibi_host_.size() * sizeof(float),
-                                       cudaMemcpyDeviceToHost));
-      } else {
-        alibi_host_.assign(config_.alibi_slopes, config_.alibi_slopes + config_.q_heads);
-      }
-      for (int64_t h = 0; h < config_.q_heads; ++h) {
-        DISTATTN_CHECK_ARG(std::isfinite(alibi_host_[h]), "alibi_slopes", "slope of head ", h, " is ", alibi_host_[h],
-                           " (expected finite)");
-      }
+      alibi_host_ = host_finite_floats(config_.alibi_slopes, static_cast<size_t>(config_.q_heads), comm.device(),
+                                       "alibi_slopes", "slope of head");
     }
     if (config_.rope.inv_freq != nullptr) {
       validate_rope_angles(config_.rope, config_.head_dim, "rope");
       const int64_t rot = config_.rope.rotary_dim == 0 ? config_.head_dim : config_.rope.rotary_dim;
-      rope_freq_host_.resize(static_cast<size_t>(rot / 2));
-      if (comm.device() == Device::kCuda) {  // device frequencies: a host copy for the checks and the fingerprint
-        check_device_pointer(config_.rope.inv_freq, "rope.inv_freq");
-        DISTATTN_CUDA_CHECK(cudaMemcpy(rope_freq_host_.data(), config_.rope.inv_freq,
-                                       rope_freq_host_.size() * sizeof(float), cudaMemcpyDeviceToHost));
-      } else {
-        rope_freq_host_.assign(config_.rope.inv_freq, config_.rope.inv_freq + rot / 2);
-      }
-      for (size_t i = 0; i < rope_freq_host_.size(); ++i) {
-        DISTATTN_CHECK_ARG(std::isfinite(rope_freq_host_[i]), "rope.inv_freq", "entry ", i, " is ", rope_freq_host_[i],
-                           " (expected finite)");
-      }
+      rope_freq_host_ = host_finite_floats(config_.rope.inv_freq, static_cast<size_t>(rot / 2), comm.device(),
+                                           "rope.inv_freq", "entry");
     }
     local_rows_ = config_.seq_len / P;
     // DISTATTN_RING_BWD_OWN=whole (default) | split | heads: the CUDA backward's own step in one part, or in two cut
